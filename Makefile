@@ -1,0 +1,55 @@
+# peftc: C11 library (libpeftc.a, libpeftc.so) and the peftc command-line tool.
+CC      ?= cc
+OPT     ?= -O2
+BLASDIR ?= /usr/lib/x86_64-linux-gnu/openblas-openmp
+CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -fPIC \
+           -D_GNU_SOURCE -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-openmp
+# OpenBLAS built for OpenMP shares our OpenMP runtime, so BLAS calls and our own
+# parallel loops never oversubscribe the cores.
+LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lutf8proc -ljansson -lm -fopenmp
+
+LIB_SRC := $(sort $(wildcard src/core/*.c src/io/*.c src/tokenizer/*.c src/kernels/*.c \
+                              src/model/*.c src/peft/*.c src/train/*.c))
+CLI_SRC := $(sort $(wildcard src/cli/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=build/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=build/%.o)
+TEST_SRC := $(sort $(wildcard tests/test_*.c))
+TEST_BIN := $(TEST_SRC:tests/%.c=build/tests/%)
+HDRS := include/peftc.h $(wildcard src/*/*.h)
+
+all: build/libpeftc.a build/libpeftc.so peftc
+
+build/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+build/libpeftc.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+build/libpeftc.so: $(LIB_OBJ)
+	$(CC) -shared -o $@ $^ $(LDLIBS)
+
+peftc: $(CLI_OBJ) build/libpeftc.a
+	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libpeftc.a $(LDLIBS)
+
+build/tests/%: tests/%.c build/libpeftc.a $(HDRS) tests/testlib.h
+	@mkdir -p build/tests
+	$(CC) $(CFLAGS) -Itests -o $@ $< build/libpeftc.a $(LDLIBS)
+
+tests: $(TEST_BIN)
+
+# Installs Debian packages and fetches the models (idempotent).
+setup:
+	bash scripts/setup.sh
+
+test: all tests
+	bash tests/run.sh
+
+bench: all
+	bash bench/run
+
+clean:
+	rm -rf build peftc
+
+.PHONY: all setup test tests bench clean

@@ -1,0 +1,130 @@
+/* peftc.h: the one public header of libpeftc.
+ *
+ * Conventions (sqlite / llama.cpp style):
+ *   - every fallible function returns a peftc_status and, on failure, fills the
+ *     caller's peftc_error with one line naming the file or option and the problem;
+ *   - objects come back through out-parameters; each _load/_init has a _free;
+ *   - the library never prints and never exits.
+ */
+#ifndef PEFTC_H
+#define PEFTC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- errors */
+typedef enum peftc_status {
+    PEFTC_OK = 0,
+    PEFTC_ERR_IO,          /* a file could not be opened, read or written */
+    PEFTC_ERR_FORMAT,      /* a file is malformed: bad header, length or offset */
+    PEFTC_ERR_UNSUPPORTED, /* well-formed, but not something peftc can run */
+    PEFTC_ERR_INPUT,       /* user input (text, option, data row) is invalid */
+    PEFTC_ERR_NOMEM,       /* an allocation failed */
+    PEFTC_ERR_NUMERIC      /* a non-finite value appeared (loss, gradient) */
+} peftc_status;
+
+typedef struct peftc_error {
+    peftc_status code;
+    char msg[512];
+} peftc_error;
+
+const char *peftc_status_name(peftc_status s);
+
+/* ------------------------------------------------------- safetensors view */
+/* Read-only view of a .safetensors file (memory-mapped; every header length,
+ * offset and shape is checked against the file size when opened). */
+typedef struct peftc_safetensors peftc_safetensors;
+
+typedef struct peftc_tensor_info {
+    const char *name;
+    const char *dtype;     /* "F32", "F16", "BF16", "I64", ... as in the file */
+    int ndim;
+    int64_t shape[8];
+    size_t nbytes;
+} peftc_tensor_info;
+
+peftc_status peftc_safetensors_open(const char *path, peftc_safetensors **out, peftc_error *err);
+int peftc_safetensors_count(const peftc_safetensors *st);
+void peftc_safetensors_info(const peftc_safetensors *st, int i, peftc_tensor_info *info);
+void peftc_safetensors_free(peftc_safetensors *st);
+
+/* ------------------------------------------------------------ tokenizer */
+typedef struct peftc_tokenizer peftc_tokenizer;
+
+/* Loads vocab.txt (or tokenizer.json's WordPiece vocabulary) and the
+ * normalisation options (tokenizer_config.json / tokenizer.json) from a model
+ * directory. */
+peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, peftc_error *err);
+void peftc_tokenizer_free(peftc_tokenizer *tok);
+int peftc_tokenizer_vocab_size(const peftc_tokenizer *tok);
+/* The id of a vocabulary token, or -1. */
+int32_t peftc_tokenizer_token_id(const peftc_tokenizer *tok, const char *token);
+/* The text of a vocabulary id, or NULL. */
+const char *peftc_tokenizer_token_text(const peftc_tokenizer *tok, int32_t id);
+
+/* Encodes one text (pair may be NULL) as [CLS] a [SEP] (b [SEP]), truncated
+ * longest-first so that the whole fits in max_len tokens (max_len >= 3 for a
+ * single text, >= 4 for a pair). ids and type_ids must hold max_len entries
+ * (type_ids may be NULL). Invalid UTF-8 is PEFTC_ERR_INPUT. */
+peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
+                                    const char *text, size_t text_len,
+                                    const char *pair, size_t pair_len,
+                                    int max_len, int32_t *ids, int32_t *type_ids,
+                                    int *n_out, peftc_error *err);
+
+/* --------------------------------------------------------------- models */
+typedef enum peftc_arch {
+    PEFTC_ARCH_BERT = 1
+} peftc_arch;
+
+typedef struct peftc_config {
+    peftc_arch arch;
+    int vocab_size;
+    int hidden_size;
+    int num_layers;
+    int num_heads;
+    int intermediate_size;
+    int max_position;
+    int type_vocab_size;
+    int pad_token_id;
+    float layer_norm_eps;
+    float hidden_dropout;
+    float attention_dropout;
+    int max_seq_len;       /* sentence_bert_config.json's max_seq_length if the
+                              model directory has one, else max_position */
+} peftc_config;
+
+/* Parses a Hugging Face config.json; rejects what peftc cannot run. */
+peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error *err);
+
+typedef struct peftc_model peftc_model;
+
+/* Loads config.json + model.safetensors from a directory (weights mapped,
+ * converted to fp32 only where the file holds F16/BF16). */
+peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err);
+void peftc_model_free(peftc_model *m);
+const peftc_config *peftc_model_config(const peftc_model *m);
+/* Number of parameters of the base model (embeddings + encoder). */
+int64_t peftc_model_param_count(const peftc_model *m);
+
+typedef enum peftc_pool {
+    PEFTC_POOL_MEAN = 0,
+    PEFTC_POOL_CLS = 1
+} peftc_pool;
+
+/* Runs the encoder in inference mode on a batch of B sequences padded to T
+ * (ids, type_ids: B*T, lens: B real lengths, 1 <= lens[b] <= T).
+ * hidden (B*T*hidden_size, may be NULL) receives the last hidden states;
+ * pooled (B*hidden_size, may be NULL) the pooled vectors. */
+peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_t *type_ids,
+                                const int *lens, int B, int T, peftc_pool pool,
+                                float *hidden, float *pooled, peftc_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PEFTC_H */

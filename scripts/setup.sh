@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up of a fresh Debian machine for peftc:
+#   1. the Debian packages that build peftc (compiler, OpenBLAS, utf8proc, jansson);
+#   2. the reference stack the tests use as an independent oracle (PyTorch from
+#      Debian; HF tokenizers and safetensors from PyPI) unless PEFTC_NO_ORACLE=1;
+#   3. the models (scripts/fetch_models.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+BUILD_PKGS="build-essential libopenblas-openmp-dev libutf8proc-dev libjansson-dev python3-pip unzip"
+ORACLE_PKGS="python3-torch python3-numpy"
+want="$BUILD_PKGS"
+[ "${PEFTC_NO_ORACLE:-0}" = 1 ] || want="$want $ORACLE_PKGS"
+
+missing=""
+for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
+    if ! /usr/bin/python3 -c "import tokenizers, safetensors" 2>/dev/null; then
+        echo "setup: installing the test oracle's PyPI packages (tokenizers, safetensors)"
+        /usr/bin/python3 -m pip install -q --break-system-packages tokenizers safetensors
+    fi
+fi
+
+bash scripts/fetch_models.sh
+echo "setup: done"

@@ -1,0 +1,44 @@
+/* main.c: the peftc command-line tool: dispatch and the usage text. */
+#include "cli/cli.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char usage[] =
+    "usage: peftc COMMAND [options]\n"
+    "\n"
+    "commands:\n"
+    "  tokenize --model DIR [--max-len N] [--pairs]\n"
+    "      stdin lines -> WordPiece token ids, space-separated, one line each\n"
+    "      (--pairs: a TAB separates a sentence pair)\n"
+    "  embed --model DIR [--pool mean|cls] [--normalize] [--batch N] [--max-len N] [--pairs]\n"
+    "      stdin lines -> one line of space-separated floats each\n"
+    "  inspect FILE_OR_DIR\n"
+    "      architecture, config and every tensor (name, dtype, shape) of a model\n"
+    "      directory or a .safetensors file\n"
+    "\n"
+    "global options: --threads N (default: all cores)\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    cli_args a = {argc - 2, argv + 2, calloc((size_t)argc, 1)};
+    if (!a.used) return cli_errorf(1, "out of memory");
+    int ok = 1;
+    int threads = cli_opt_int(&a, "--threads", 0, 1, 1024, &ok);
+    if (!ok) { free(a.used); return 2; }
+    if (threads > 0) omp_set_num_threads(threads);
+
+    const char *cmd = argv[1];
+    int rc;
+    if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(&a);
+    else if (!strcmp(cmd, "embed")) rc = cmd_embed(&a);
+    else if (!strcmp(cmd, "inspect")) rc = cmd_inspect(&a);
+    else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
+    free(a.used);
+    return rc;
+}

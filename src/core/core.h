@@ -1,0 +1,28 @@
+/* core.h: internal helpers shared by every layer (errors, files, allocation). */
+#ifndef PEFTC_CORE_H
+#define PEFTC_CORE_H
+
+#include "peftc.h"
+#include <stdarg.h>
+#include <stdio.h>
+
+/* Records code and a printf-style one-line message in err (may be NULL) and
+ * returns code, so call sites read `return peftc_fail(err, CODE, "...")`. */
+peftc_status peftc_fail(peftc_error *err, peftc_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Reads a whole (small) file into a NUL-terminated malloc'd buffer. */
+peftc_status peftc_read_file(const char *path, char **data, size_t *len, peftc_error *err);
+
+/* Joins dir and name into out (size cap); fails on overflow. */
+peftc_status peftc_path_join(char *out, size_t cap, const char *dir, const char *name, peftc_error *err);
+
+int peftc_file_exists(const char *path);
+
+/* Writes data to path atomically: path.tmp, fsync, rename. */
+peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t len, peftc_error *err);
+
+/* 64-byte aligned allocation (freed with free()). */
+void *peftc_alloc_aligned(size_t bytes);
+
+#endif

@@ -1,0 +1,98 @@
+/* file.c: small-file reading, path joining and atomic writes. */
+#include "core/core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+peftc_status peftc_read_file(const char *path, char **data, size_t *len, peftc_error *err)
+{
+    *data = NULL;
+    if (len) *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: not a regular file", path);
+    }
+    size_t n = (size_t)sb.st_size;
+    char *buf = malloc(n + 1);
+    if (!buf) {
+        fclose(f);
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, n + 1);
+    }
+    if (n && fread(buf, 1, n, f) != n) {
+        free(buf);
+        fclose(f);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: short read", path);
+    }
+    fclose(f);
+    buf[n] = 0;
+    *data = buf;
+    if (len) *len = n;
+    return PEFTC_OK;
+}
+
+peftc_status peftc_path_join(char *out, size_t cap, const char *dir, const char *name, peftc_error *err)
+{
+    size_t dl = strlen(dir);
+    int slash = dl > 0 && dir[dl - 1] != '/';
+    int n = snprintf(out, cap, "%s%s%s", dir, slash ? "/" : "", name);
+    if (n < 0 || (size_t)n >= cap)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s: path too long", dir);
+    return PEFTC_OK;
+}
+
+int peftc_file_exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t len, peftc_error *err)
+{
+    char tmp[4096];
+    int n = snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (n < 0 || (size_t)n >= sizeof tmp)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s: path too long", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            int e = errno;
+            close(fd);
+            unlink(tmp);
+            return peftc_fail(err, PEFTC_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: sync failed: %s", tmp, strerror(e));
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: rename failed: %s", path, strerror(e));
+    }
+    return PEFTC_OK;
+}
+
+void *peftc_alloc_aligned(size_t bytes)
+{
+    void *p = NULL;
+    if (bytes == 0) bytes = 64;
+    bytes = (bytes + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+    return p;
+}

@@ -1,0 +1,89 @@
+/* config.c: Hugging Face config.json -> peftc_config, rejecting what the
+ * encoder cannot run exactly (other architectures, activations, embeddings). */
+#include "core/core.h"
+
+#include <jansson.h>
+#include <string.h>
+
+static peftc_status get_int(json_t *root, const char *path, const char *key, int required,
+                            int def, int lo, int *out, peftc_error *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) {
+        if (required) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing required field \"%s\"", path, key);
+        *out = def;
+        return PEFTC_OK;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > (1 << 30))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: field \"%s\" must be an integer >= %d", path, key, lo);
+    *out = (int)json_integer_value(v);
+    return PEFTC_OK;
+}
+
+static peftc_status get_float(json_t *root, const char *path, const char *key, float def,
+                              float *out, peftc_error *err)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) { *out = def; return PEFTC_OK; }
+    if (!json_is_number(v) || json_number_value(v) < 0)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: field \"%s\" must be a non-negative number", path, key);
+    *out = (float)json_number_value(v);
+    return PEFTC_OK;
+}
+
+peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open (is this a model directory?)", path);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, jerr.line, jerr.text);
+    }
+    peftc_status rc = PEFTC_OK;
+    if (!json_is_object(root)) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a JSON object", path); goto out; }
+
+    json_t *mt = json_object_get(root, "model_type");
+    if (!json_is_string(mt)) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing required field \"model_type\"", path); goto out; }
+    const char *type = json_string_value(mt);
+    if (strcmp(type, "bert") != 0) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not supported (peftc runs: bert)", path, type);
+        goto out;
+    }
+    cfg->arch = PEFTC_ARCH_BERT;
+    if ((rc = get_int(root, path, "vocab_size", 1, 0, 1, &cfg->vocab_size, err)) ||
+        (rc = get_int(root, path, "hidden_size", 1, 0, 1, &cfg->hidden_size, err)) ||
+        (rc = get_int(root, path, "num_hidden_layers", 1, 0, 1, &cfg->num_layers, err)) ||
+        (rc = get_int(root, path, "num_attention_heads", 1, 0, 1, &cfg->num_heads, err)) ||
+        (rc = get_int(root, path, "intermediate_size", 1, 0, 1, &cfg->intermediate_size, err)) ||
+        (rc = get_int(root, path, "max_position_embeddings", 0, 512, 1, &cfg->max_position, err)) ||
+        (rc = get_int(root, path, "type_vocab_size", 0, 2, 1, &cfg->type_vocab_size, err)) ||
+        (rc = get_int(root, path, "pad_token_id", 0, 0, 0, &cfg->pad_token_id, err)) ||
+        (rc = get_float(root, path, "layer_norm_eps", 1e-12f, &cfg->layer_norm_eps, err)) ||
+        (rc = get_float(root, path, "hidden_dropout_prob", 0.1f, &cfg->hidden_dropout, err)) ||
+        (rc = get_float(root, path, "attention_probs_dropout_prob", 0.1f, &cfg->attention_dropout, err)))
+        goto out;
+    if (cfg->hidden_size % cfg->num_heads != 0) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d",
+                        path, cfg->hidden_size, cfg->num_heads);
+        goto out;
+    }
+    if (cfg->hidden_dropout >= 1 || cfg->attention_dropout >= 1) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: dropout probabilities must be below 1", path);
+        goto out;
+    }
+    json_t *act = json_object_get(root, "hidden_act");
+    if (act && !(json_is_string(act) && strcmp(json_string_value(act), "gelu") == 0)) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: hidden_act %s is not supported (peftc runs the exact \"gelu\")",
+                        path, json_is_string(act) ? json_string_value(act) : "(not a string)");
+        goto out;
+    }
+    json_t *pe = json_object_get(root, "position_embedding_type");
+    if (pe && !(json_is_string(pe) && strcmp(json_string_value(pe), "absolute") == 0)) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: position_embedding_type must be \"absolute\"", path);
+        goto out;
+    }
+out:
+    json_decref(root);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/* safetensors.h: internal view of a memory-mapped .safetensors file and a writer. */
+#ifndef PEFTC_SAFETENSORS_H
+#define PEFTC_SAFETENSORS_H
+
+#include "core/core.h"
+
+typedef enum st_dtype {
+    ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL
+} st_dtype;
+
+typedef struct st_tensor {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[8];
+    int64_t numel;
+    size_t nbytes;
+    const void *data;   /* points into the mapping */
+} st_tensor;
+
+struct peftc_safetensors {
+    char *path;
+    void *map;
+    size_t size;
+    int n;
+    st_tensor *t;       /* sorted by name for lookup */
+};
+
+size_t st_dtype_size(st_dtype d);
+const char *st_dtype_name(st_dtype d);
+const st_tensor *st_find(const peftc_safetensors *st, const char *name);
+
+/* Copies/convert a tensor's elements to fp32 (F32, F16, BF16 sources). */
+peftc_status st_to_f32(const peftc_safetensors *st, const st_tensor *t, float *dst, peftc_error *err);
+
+/* Writer: tensors are fp32 arrays; written atomically (temp + fsync + rename)
+ * with __metadata__ {"format": "pt"} as PyTorch/PEFT expect. */
+typedef struct st_write_item {
+    const char *name;
+    int ndim;
+    int64_t shape[8];
+    const float *data;
+} st_write_item;
+
+peftc_status st_write_f32(const char *path, const st_write_item *items, int n, peftc_error *err);
+
+#endif

@@ -1,0 +1,252 @@
+/* bert.c: loading a BERT encoder from config.json + model.safetensors and
+ * running its forward pass (post-LN layers, exact GELU, padding mask). */
+#include "model/bert.h"
+#include "kernels/kernels.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+static peftc_status own(peftc_model *m, float *p, peftc_error *err)
+{
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        float **o = realloc(m->owned, (size_t)cap * sizeof *o);
+        if (!o) { free(p); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+        m->owned = o;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return PEFTC_OK;
+}
+
+/* Finds `name` (with or without the "bert." prefix that task-head checkpoints
+ * use), checks its shape, and points *out at fp32 data. */
+static peftc_status load_w(peftc_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
+                           int optional, float **out, peftc_error *err)
+{
+    char full[256];
+    const st_tensor *t = st_find(m->st, name);
+    if (!t) {
+        snprintf(full, sizeof full, "bert.%s", name);
+        t = st_find(m->st, full);
+    }
+    *out = NULL;
+    if (!t) {
+        if (optional) return PEFTC_OK;
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is missing (maybe not a BERT checkpoint?)", m->st->path, name);
+    }
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char want[64];
+        if (ndim == 2) snprintf(want, sizeof want, "[%lld, %lld]", (long long)d0, (long long)d1);
+        else snprintf(want, sizeof want, "[%lld]", (long long)d0);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has shape [%lld%s...] but config.json implies %s",
+                          m->st->path, t->name, (long long)(t->ndim ? t->shape[0] : 0), t->ndim > 1 ? ", " : "", want);
+    }
+    if (t->dtype == ST_F32 && ((uintptr_t)t->data & 3) == 0) {
+        *out = (float *)t->data; /* frozen weights stay in the mapping: no copy */
+        m->n_params += t->numel;
+        return PEFTC_OK;
+    }
+    float *p = peftc_alloc_aligned((size_t)t->numel * sizeof(float));
+    if (!p) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory for '%s'", m->st->path, name);
+    peftc_status rc = st_to_f32(m->st, t, p, err);
+    if (rc) { free(p); return rc; }
+    if ((rc = own(m, p, err))) return rc;
+    *out = p;
+    m->n_params += t->numel;
+    return PEFTC_OK;
+}
+
+/* sentence-transformers models state the length they were trained with. */
+static int read_max_seq_len(const char *dir, int max_position)
+{
+    char path[4096];
+    if (peftc_path_join(path, sizeof path, dir, "sentence_bert_config.json", NULL)) return max_position;
+    json_t *root = json_load_file(path, 0, NULL);
+    json_t *v = root ? json_object_get(root, "max_seq_length") : NULL;
+    int n = json_is_integer(v) ? (int)json_integer_value(v) : max_position;
+    json_decref(root);
+    return n >= 3 && n <= max_position ? n : max_position;
+}
+
+void peftc_model_free(peftc_model *m)
+{
+    if (!m) return;
+    bert_acts_free(&m->infer);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    peftc_safetensors_free(m->st);
+    free(m->dir);
+    free(m);
+}
+
+peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err)
+{
+    *out = NULL;
+    char path[4096];
+    peftc_status rc;
+    peftc_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->dir = strdup(dir))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    if ((rc = peftc_path_join(path, sizeof path, dir, "config.json", err)) ||
+        (rc = peftc_config_load(path, &m->cfg, err)) ||
+        (rc = peftc_path_join(path, sizeof path, dir, "model.safetensors", err)))
+        goto fail;
+    m->cfg.max_seq_len = read_max_seq_len(dir, m->cfg.max_position);
+    if (!peftc_file_exists(path)) {
+        rc = peftc_fail(err, PEFTC_ERR_IO, "%s: no model.safetensors in this directory (sharded or .bin checkpoints are not supported)", dir);
+        goto fail;
+    }
+    if ((rc = peftc_safetensors_open(path, &m->st, err))) goto fail;
+
+    const peftc_config *c = &m->cfg;
+    int64_t C = c->hidden_size, F = c->intermediate_size;
+    m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
+    if (!m->layers) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto fail; }
+    if ((rc = load_w(m, "embeddings.word_embeddings.weight", 2, c->vocab_size, C, 0, &m->wte, err)) ||
+        (rc = load_w(m, "embeddings.position_embeddings.weight", 2, c->max_position, C, 0, &m->wpe, err)) ||
+        (rc = load_w(m, "embeddings.token_type_embeddings.weight", 2, c->type_vocab_size, C, 0, &m->wtt, err)) ||
+        (rc = load_w(m, "embeddings.LayerNorm.weight", 1, C, 0, 0, &m->emb_ln_w, err)) ||
+        (rc = load_w(m, "embeddings.LayerNorm.bias", 1, C, 0, 0, &m->emb_ln_b, err)))
+        goto fail;
+    for (int l = 0; l < c->num_layers; l++) {
+        bert_layer *L = &m->layers[l];
+        struct { const char *suffix; int ndim; int64_t d0, d1; float **dst; } w[] = {
+            {"attention.self.query.weight", 2, C, C, &L->wq}, {"attention.self.query.bias", 1, C, 0, &L->bq},
+            {"attention.self.key.weight", 2, C, C, &L->wk},   {"attention.self.key.bias", 1, C, 0, &L->bk},
+            {"attention.self.value.weight", 2, C, C, &L->wv}, {"attention.self.value.bias", 1, C, 0, &L->bv},
+            {"attention.output.dense.weight", 2, C, C, &L->wo}, {"attention.output.dense.bias", 1, C, 0, &L->bo},
+            {"attention.output.LayerNorm.weight", 1, C, 0, &L->ln1_w}, {"attention.output.LayerNorm.bias", 1, C, 0, &L->ln1_b},
+            {"intermediate.dense.weight", 2, F, C, &L->wi}, {"intermediate.dense.bias", 1, F, 0, &L->bi},
+            {"output.dense.weight", 2, C, F, &L->wf},       {"output.dense.bias", 1, C, 0, &L->bf},
+            {"output.LayerNorm.weight", 1, C, 0, &L->ln2_w}, {"output.LayerNorm.bias", 1, C, 0, &L->ln2_b},
+        };
+        for (size_t i = 0; i < sizeof w / sizeof *w; i++) {
+            char name[256];
+            snprintf(name, sizeof name, "encoder.layer.%d.%s", l, w[i].suffix);
+            if ((rc = load_w(m, name, w[i].ndim, w[i].d0, w[i].d1, 0, w[i].dst, err))) goto fail;
+        }
+    }
+    if ((rc = load_w(m, "pooler.dense.weight", 2, C, C, 1, &m->pool_w, err)) ||
+        (rc = load_w(m, "pooler.dense.bias", 1, C, 0, 1, &m->pool_b, err)))
+        goto fail;
+    *out = m;
+    return PEFTC_OK;
+fail:
+    peftc_model_free(m);
+    return rc;
+}
+
+const peftc_config *peftc_model_config(const peftc_model *m) { return &m->cfg; }
+
+int64_t peftc_model_param_count(const peftc_model *m) { return m->n_params; }
+
+void bert_acts_free(bert_acts *a)
+{
+    free(a->block);
+    free(a->layer);
+    memset(a, 0, sizeof *a);
+}
+
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, peftc_error *err)
+{
+    bert_acts_free(a);
+    size_t N = (size_t)B * T, C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
+    size_t P = (size_t)B * cfg->num_heads * T * T;
+    /* sizes rounded to 16 floats so every buffer starts 64-byte aligned */
+#define R16(x) (((x) + 15) & ~(size_t)15)
+    size_t per_layer = 7 * R16(N * C) + R16(P) + 2 * R16(N * F) + 4 * R16(N) + R16(N * C);
+    size_t total = 2 * R16(N * C) + 2 * R16(N) + (size_t)n_sets * per_layer;
+    a->block = peftc_alloc_aligned(total * sizeof(float));
+    a->layer = calloc((size_t)n_sets, sizeof *a->layer);
+    if (!a->block || !a->layer) {
+        bert_acts_free(a);
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate activations for batch %d x %d", B, T);
+    }
+    float *p = a->block;
+#define TAKE(dst, n) do { (dst) = p; p += R16(n); } while (0)
+    TAKE(a->emb, N * C); TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
+    for (int l = 0; l < n_sets; l++) {
+        bert_layer_acts *L = &a->layer[l];
+        TAKE(L->q, N * C); TAKE(L->k, N * C); TAKE(L->v, N * C); TAKE(L->probs, P);
+        TAKE(L->ctx, N * C); TAKE(L->attn, N * C); TAKE(L->res1, N * C);
+        TAKE(L->ln1, N * C); TAKE(L->ln1_mean, N); TAKE(L->ln1_rstd, N);
+        TAKE(L->ffn_pre, N * F); TAKE(L->ffn_act, N * F); TAKE(L->ffn_out, N * C);
+        TAKE(L->res2, N * C); TAKE(L->out, N * C); TAKE(L->ln2_mean, N); TAKE(L->ln2_rstd, N);
+    }
+#undef TAKE
+#undef R16
+    a->B = B; a->T = T; a->n_sets = n_sets;
+    a->floats = total;
+    return PEFTC_OK;
+}
+
+float *bert_hidden(const peftc_model *m, const bert_acts *a)
+{
+    int last = a->n_sets == 1 ? 0 : m->cfg.num_layers - 1;
+    return m->cfg.num_layers ? a->layer[last].out : a->emb_ln;
+}
+
+void bert_forward(peftc_model *m, bert_acts *a, const int32_t *ids, const int32_t *type_ids,
+                  const int *lens, int B, int T)
+{
+    const peftc_config *c = &m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, N = B * T;
+    float eps = c->layer_norm_eps;
+    embeddings_forward(a->emb, ids, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
+    layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, m->emb_ln_w, m->emb_ln_b, N, C, eps);
+    const float *x = a->emb_ln;
+    for (int l = 0; l < c->num_layers; l++) {
+        const bert_layer *W = &m->layers[l];
+        /* in inference one activation set is reused: x (the previous layer's
+         * out) is last read by res1, before this layer's out is written */
+        bert_layer_acts *A = &a->layer[a->n_sets == 1 ? 0 : l];
+        matmul_forward(A->q, x, W->wq, W->bq, N, C, C, 0);
+        matmul_forward(A->k, x, W->wk, W->bk, N, C, C, 0);
+        matmul_forward(A->v, x, W->wv, W->bv, N, C, C, 0);
+        attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
+        matmul_forward(A->attn, A->ctx, W->wo, W->bo, N, C, C, 0);
+        memcpy(A->res1, A->attn, (size_t)N * C * sizeof(float));
+        add_inplace(A->res1, x, (size_t)N * C);
+        layernorm_forward(A->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
+        matmul_forward(A->ffn_pre, A->ln1, W->wi, W->bi, N, C, F, 0);
+        gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
+        matmul_forward(A->ffn_out, A->ffn_act, W->wf, W->bf, N, F, C, 0);
+        memcpy(A->res2, A->ffn_out, (size_t)N * C * sizeof(float));
+        add_inplace(A->res2, A->ln1, (size_t)N * C);
+        layernorm_forward(A->out, A->ln2_mean, A->ln2_rstd, A->res2, W->ln2_w, W->ln2_b, N, C, eps);
+        x = A->out;
+    }
+}
+
+peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_t *type_ids,
+                                const int *lens, int B, int T, peftc_pool pool,
+                                float *hidden, float *pooled, peftc_error *err)
+{
+    const peftc_config *c = &m->cfg;
+    if (B <= 0 || T <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "empty batch");
+    if (T > c->max_position)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "sequence length %d exceeds the model's %d positions", T, c->max_position);
+    for (int b = 0; b < B; b++) {
+        if (lens[b] < 1 || lens[b] > T) return peftc_fail(err, PEFTC_ERR_INPUT, "sequence %d has length %d outside [1, %d]", b, lens[b], T);
+        for (int t = 0; t < T; t++) {
+            int32_t id = ids[(size_t)b * T + t], tt = type_ids ? type_ids[(size_t)b * T + t] : 0;
+            if (id < 0 || id >= c->vocab_size) return peftc_fail(err, PEFTC_ERR_INPUT, "token id %d outside the vocabulary (%d)", id, c->vocab_size);
+            if (tt < 0 || tt >= c->type_vocab_size) return peftc_fail(err, PEFTC_ERR_INPUT, "token type %d outside [0, %d)", tt, c->type_vocab_size);
+        }
+    }
+    if (m->infer.B < B || m->infer.T < T || (size_t)m->infer.B * m->infer.T < (size_t)B * T) {
+        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, err);
+        if (rc) return rc;
+    }
+    bert_forward(m, &m->infer, ids, type_ids, lens, B, T);
+    const float *h = bert_hidden(m, &m->infer);
+    int C = c->hidden_size;
+    if (hidden) memcpy(hidden, h, (size_t)B * T * C * sizeof(float));
+    if (pooled) {
+        if (pool == PEFTC_POOL_CLS) cls_pool_forward(pooled, h, B, T, C);
+        else mean_pool_forward(pooled, h, lens, B, T, C);
+    }
+    return PEFTC_OK;
+}
