@@ -124,6 +124,90 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
                                 const int *lens, int B, int T, peftc_pool pool,
                                 float *hidden, float *pooled, peftc_error *err);
 
+/* ------------------------------------------------------------- training */
+typedef struct peftc_train_opts {
+    const char *model_dir;
+    const char *train_path;
+    const char *eval_path;       /* may be NULL */
+    const char *out_dir;
+    const char *resume_dir;      /* may be NULL: continue the run saved there */
+    const char *method;          /* "full", "lora", "bitfit" */
+    const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */
+    /* LoRA */
+    int lora_r;
+    float lora_alpha;
+    float lora_dropout;
+    int rslora;
+    const char *lora_targets;    /* comma list, e.g. "query,value" */
+    /* optimisation */
+    int epochs;
+    int max_steps;               /* > 0 overrides epochs */
+    int batch;
+    int grad_accum;
+    int max_len;
+    float lr;
+    float weight_decay;
+    float warmup_ratio;
+    const char *schedule;        /* "linear", "cosine", "constant" */
+    float clip;                  /* max global gradient norm; <= 0 disables */
+    float adam_beta1, adam_beta2, adam_eps;
+    uint64_t seed;
+    int bucket;                  /* length-bucketed batches */
+    int save_every;              /* checkpoint every N optimizer steps (0: never) */
+    int eval_every;              /* evaluate every N steps (0: each epoch) */
+} peftc_train_opts;
+
+void peftc_train_opts_default(peftc_train_opts *o);
+
+typedef enum peftc_progress_kind {
+    PEFTC_PROGRESS_START,        /* message: what is being trained */
+    PEFTC_PROGRESS_STEP,
+    PEFTC_PROGRESS_EVAL,
+    PEFTC_PROGRESS_CHECKPOINT,
+    PEFTC_PROGRESS_DONE
+} peftc_progress_kind;
+
+typedef struct peftc_progress {
+    peftc_progress_kind kind;
+    int step, total_steps, epoch;
+    float loss, lr, grad_norm;
+    double tokens_per_s, elapsed_s, eta_s;
+    double eval_accuracy, eval_loss, eval_f1, eval_mcc;
+    int64_t trainable_params, total_params;
+    const char *message;
+} peftc_progress;
+
+typedef void (*peftc_progress_fn)(const peftc_progress *p, void *user);
+
+/* Trains and writes out_dir/{adapter_config.json, adapter_model.safetensors,
+ * metrics.json} (and checkpoint.safetensors with save_every). */
+peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, void *user, peftc_error *err);
+
+/* -------------------------------------------------- evaluation, prediction */
+typedef struct peftc_classifier peftc_classifier;
+
+peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_dir,
+                                   peftc_classifier **out, peftc_error *err);
+void peftc_classifier_free(peftc_classifier *c);
+int peftc_classifier_num_labels(const peftc_classifier *c);
+const char *peftc_classifier_label(const peftc_classifier *c, int k);
+
+typedef struct peftc_eval_result {
+    int n;
+    double accuracy, loss;
+    int binary;              /* f1 and mcc are set for two-label tasks */
+    double f1, mcc;
+} peftc_eval_result;
+
+peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, const char *text_col,
+                                   const char *pair_col, const char *label_col,
+                                   peftc_eval_result *res, peftc_error *err);
+/* Predicts n texts (pairs[i] may be NULL; pairs may be NULL): label indices,
+ * and probabilities (n * num_labels, may be NULL). */
+peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *texts,
+                                      const char *const *pairs, int n, int *labels,
+                                      float *probs, peftc_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -39,5 +39,8 @@ void cli_lines_free(cli_lines *l);
 int cmd_tokenize(cli_args *a);
 int cmd_embed(cli_args *a);
 int cmd_inspect(cli_args *a);
+int cmd_train(cli_args *a);
+int cmd_eval(cli_args *a);
+int cmd_predict(cli_args *a);
 
 #endif

@@ -18,6 +18,19 @@ static const char usage[] =
     "      architecture, config and every tensor (name, dtype, shape) of a model\n"
     "      directory or a .safetensors file\n"
     "\n"
+    "  train --model DIR --train FILE [--eval FILE] --method full|lora|bitfit --out RUN_DIR\n"
+    "        [--r R] [--alpha A] [--lora-dropout P] [--rslora] [--target-modules query,value]\n"
+    "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
+    "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
+    "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
+    "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
+    "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
+    "      adapter_model.safetensors and metrics.json\n"
+    "  eval --model DIR --adapter RUN_DIR --data FILE\n"
+    "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
+    "  predict --model DIR --adapter RUN_DIR [--probs]\n"
+    "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
+    "\n"
     "global options: --threads N (default: all cores)\n";
 
 int main(int argc, char **argv)
@@ -38,6 +51,9 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(&a);
     else if (!strcmp(cmd, "embed")) rc = cmd_embed(&a);
     else if (!strcmp(cmd, "inspect")) rc = cmd_inspect(&a);
+    else if (!strcmp(cmd, "train")) rc = cmd_train(&a);
+    else if (!strcmp(cmd, "eval")) rc = cmd_eval(&a);
+    else if (!strcmp(cmd, "predict")) rc = cmd_predict(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

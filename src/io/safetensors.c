@@ -59,6 +59,8 @@ void peftc_safetensors_free(peftc_safetensors *st)
     if (!st) return;
     for (int i = 0; i < st->n; i++) free(st->t[i].name);
     free(st->t);
+    for (int i = 0; i < 2 * st->n_meta; i++) free(st->meta[i]);
+    free(st->meta);
     if (st->map && st->map != MAP_FAILED) munmap(st->map, st->size);
     free(st->path);
     free(st);
@@ -84,7 +86,20 @@ static peftc_status parse_header(peftc_safetensors *st, const char *hdr, size_t 
     const char *key;
     json_t *val;
     json_object_foreach(root, key, val) {
-        if (strcmp(key, "__metadata__") == 0) continue;
+        if (strcmp(key, "__metadata__") == 0) {
+            if (!json_is_object(val)) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: __metadata__ is not an object", path); goto out; }
+            const char *mk;
+            json_t *mv;
+            st->meta = calloc(2 * json_object_size(val) + 1, sizeof(char *));
+            if (!st->meta) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path); goto out; }
+            json_object_foreach(val, mk, mv) {
+                if (!json_is_string(mv)) continue;
+                st->meta[2 * st->n_meta] = strdup(mk);
+                st->meta[2 * st->n_meta + 1] = strdup(json_string_value(mv));
+                st->n_meta++;
+            }
+            continue;
+        }
         if (!json_is_object(val)) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' entry is not an object", path, key); goto out; }
         json_t *jd = json_object_get(val, "dtype"), *js = json_object_get(val, "shape"),
                *jo = json_object_get(val, "data_offsets");
@@ -212,6 +227,13 @@ void peftc_safetensors_info(const peftc_safetensors *st, int i, peftc_tensor_inf
     info->nbytes = t->nbytes;
 }
 
+const char *st_metadata(const peftc_safetensors *st, const char *key)
+{
+    for (int i = 0; i < st->n_meta; i++)
+        if (st->meta[2 * i] && !strcmp(st->meta[2 * i], key)) return st->meta[2 * i + 1];
+    return NULL;
+}
+
 const st_tensor *st_find(const peftc_safetensors *st, const char *name)
 {
     int lo = 0, hi = st->n - 1;
@@ -265,11 +287,12 @@ peftc_status st_to_f32(const peftc_safetensors *st, const st_tensor *t, float *d
     }
 }
 
-peftc_status st_write_f32(const char *path, const st_write_item *items, int n, peftc_error *err)
+peftc_status st_write_f32(const char *path, const st_write_item *items, int n, const char *const *extra, peftc_error *err)
 {
     json_t *hdr = json_object();
     json_t *meta = json_object();
     json_object_set_new(meta, "format", json_string("pt"));
+    for (int i = 0; extra && extra[i]; i += 2) json_object_set_new(meta, extra[i], json_string(extra[i + 1]));
     json_object_set_new(hdr, "__metadata__", meta);
     size_t off = 0;
     for (int i = 0; i < n; i++) {

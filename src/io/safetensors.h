@@ -24,6 +24,8 @@ struct peftc_safetensors {
     size_t size;
     int n;
     st_tensor *t;       /* sorted by name for lookup */
+    char **meta;        /* __metadata__ key, value pairs (strings) */
+    int n_meta;
 };
 
 size_t st_dtype_size(st_dtype d);
@@ -42,6 +44,9 @@ typedef struct st_write_item {
     const float *data;
 } st_write_item;
 
-peftc_status st_write_f32(const char *path, const st_write_item *items, int n, peftc_error *err);
+/* meta: extra string key/values for __metadata__ (NULL-terminated pairs, may be NULL). */
+peftc_status st_write_f32(const char *path, const st_write_item *items, int n, const char *const *meta, peftc_error *err);
+/* The string value of a __metadata__ key, or NULL. */
+const char *st_metadata(const peftc_safetensors *st, const char *key);
 
 #endif

@@ -57,6 +57,18 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout,
                         const float *probs, const float *q, const float *k,
                         const float *v, const int *lens, int B, int T, int C, int NH);
 
+/* Training variants with dropout p on the attention probabilities: mask
+ * (B,NH,T,T) is drawn from a counter-based stream keyed by seed (so it does
+ * not depend on the thread count); probs keeps the undropped probabilities;
+ * out = (probs * mask / (1-p)) v. */
+void attention_forward_train(float *out, float *probs, uint8_t *mask, const float *q,
+                             const float *k, const float *v, const int *lens,
+                             int B, int T, int C, int NH, float p, uint64_t seed);
+void attention_backward_train(float *dq, float *dk, float *dv, const float *dout,
+                              const float *probs, const uint8_t *mask, const float *q,
+                              const float *k, const float *v, const int *lens,
+                              int B, int T, int C, int NH, float p);
+
 /* Inverted dropout: out = inp * mask / (1-p), mask (n bytes) drawn from rng
  * and saved. p == 0 copies and sets mask to 1. out may equal inp. */
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, peftc_rng *rng);
@@ -76,6 +88,15 @@ float softmax_ce_forward(float *losses, float *probs, const float *logits,
 /* dlogits (B,K) += (probs - onehot) * scale   (scale = 1/B for a mean loss) */
 void softmax_ce_backward(float *dlogits, const float *probs, const int *labels,
                          int B, int K, float scale);
+
+void relu_forward(float *out, const float *inp, size_t n);
+void relu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+/* SiLU / swish: x * sigmoid(x) */
+void silu_forward(float *out, const float *inp, size_t n);
+void silu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+
+/* y += a * x, n elements */
+void axpy_inplace(float *y, float a, const float *x, size_t n);
 
 /* y += x, n elements */
 void add_inplace(float *y, const float *x, size_t n);

@@ -154,10 +154,15 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     bert_acts_free(a);
     size_t N = (size_t)B * T, C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
     size_t P = (size_t)B * cfg->num_heads * T * T;
-    /* sizes rounded to 16 floats so every buffer starts 64-byte aligned */
+    int train = n_sets == cfg->num_layers; /* keeps every layer: masks and backward scratch too */
+    /* sizes rounded to 16 floats so every buffer starts 64-byte aligned;
+     * byte masks take a quarter of their count in floats */
 #define R16(x) (((x) + 15) & ~(size_t)15)
-    size_t per_layer = 7 * R16(N * C) + R16(P) + 2 * R16(N * F) + 4 * R16(N) + R16(N * C);
+#define MASKF(n) R16((n) / 4 + 1)
+    size_t per_layer = 10 * R16(N * C) + R16(P) + 2 * R16(N * F) + 4 * R16(N);
+    if (train) per_layer += 2 * MASKF(N * C) + MASKF(P);
     size_t total = 2 * R16(N * C) + 2 * R16(N) + (size_t)n_sets * per_layer;
+    if (train) total += MASKF(N * C) + 8 * R16(N * C) + 2 * R16(N * F);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
@@ -166,6 +171,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     }
     float *p = a->block;
 #define TAKE(dst, n) do { (dst) = p; p += R16(n); } while (0)
+#define TAKEM(dst, n) do { (dst) = (uint8_t *)p; p += MASKF(n); } while (0)
     TAKE(a->emb, N * C); TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
     for (int l = 0; l < n_sets; l++) {
         bert_layer_acts *L = &a->layer[l];
@@ -174,8 +180,17 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
         TAKE(L->ln1, N * C); TAKE(L->ln1_mean, N); TAKE(L->ln1_rstd, N);
         TAKE(L->ffn_pre, N * F); TAKE(L->ffn_act, N * F); TAKE(L->ffn_out, N * C);
         TAKE(L->res2, N * C); TAKE(L->out, N * C); TAKE(L->ln2_mean, N); TAKE(L->ln2_rstd, N);
+        if (train) { TAKEM(L->attn_mask, N * C); TAKEM(L->ffn_mask, N * C); TAKEM(L->probs_mask, P); }
+    }
+    if (train) {
+        TAKEM(a->emb_mask, N * C);
+        TAKE(a->d_x, N * C); TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ln1, N * C);
+        TAKE(a->d_ctx, N * C); TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
+        TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F);
     }
 #undef TAKE
+#undef TAKEM
+#undef MASKF
 #undef R16
     a->B = B; a->T = T; a->n_sets = n_sets;
     a->floats = total;
@@ -188,36 +203,157 @@ float *bert_hidden(const peftc_model *m, const bert_acts *a)
     return m->cfg.num_layers ? a->layer[last].out : a->emb_ln;
 }
 
-void bert_forward(peftc_model *m, bert_acts *a, const int32_t *ids, const int32_t *type_ids,
-                  const int *lens, int B, int T)
+/* A linear layer at a site: h = x W^T + b, then the site's deltas. */
+static void linear_site(const bert_run *run, int l, site_id site, float *h, const float *x,
+                        const float *w, const float *b, int N, int IC, int OC)
+{
+    matmul_forward(h, x, w, b, N, IC, OC, 0);
+    if (run && run->deltas && delta_count(run->deltas, l, site))
+        delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
+}
+
+static void block_site(const bert_run *run, int l, site_id site, float *h, const float *x, int N)
+{
+    if (run && run->deltas && delta_count(run->deltas, l, site))
+        delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
+}
+
+static void hidden_dropout(const bert_run *run, float *x, uint8_t *mask, float p, size_t n)
+{
+    if (run && run->train && p > 0) dropout_forward(x, mask, x, p, n, run->rng);
+}
+
+void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
+                  const int32_t *type_ids, const int *lens, int B, int T)
 {
     const peftc_config *c = &m->cfg;
     int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, N = B * T;
     float eps = c->layer_norm_eps;
+    int train = run && run->train;
+    float ph = train ? c->hidden_dropout : 0.0f, pa = train ? c->attention_dropout : 0.0f;
+    size_t NC = (size_t)N * C;
     embeddings_forward(a->emb, ids, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
     layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, m->emb_ln_w, m->emb_ln_b, N, C, eps);
+    hidden_dropout(run, a->emb_ln, a->emb_mask, ph, NC);
     const float *x = a->emb_ln;
     for (int l = 0; l < c->num_layers; l++) {
         const bert_layer *W = &m->layers[l];
         /* in inference one activation set is reused: x (the previous layer's
          * out) is last read by res1, before this layer's out is written */
         bert_layer_acts *A = &a->layer[a->n_sets == 1 ? 0 : l];
-        matmul_forward(A->q, x, W->wq, W->bq, N, C, C, 0);
-        matmul_forward(A->k, x, W->wk, W->bk, N, C, C, 0);
-        matmul_forward(A->v, x, W->wv, W->bv, N, C, C, 0);
-        attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
-        matmul_forward(A->attn, A->ctx, W->wo, W->bo, N, C, C, 0);
-        memcpy(A->res1, A->attn, (size_t)N * C * sizeof(float));
-        add_inplace(A->res1, x, (size_t)N * C);
+        linear_site(run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, N, C, C);
+        linear_site(run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, N, C, C);
+        linear_site(run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, N, C, C);
+        if (pa > 0)
+            attention_forward_train(A->ctx, A->probs, A->probs_mask, A->q, A->k, A->v, lens, B, T, C, NH,
+                                    pa, peftc_rng_u64(run->rng));
+        else
+            attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
+        linear_site(run, l, SITE_ATTN_O, A->attn, A->ctx, W->wo, W->bo, N, C, C);
+        hidden_dropout(run, A->attn, A->attn_mask, ph, NC);
+        block_site(run, l, SITE_ATTN_OUT, A->attn, x, N);
+        memcpy(A->res1, A->attn, NC * sizeof(float));
+        add_inplace(A->res1, x, NC);
         layernorm_forward(A->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
-        matmul_forward(A->ffn_pre, A->ln1, W->wi, W->bi, N, C, F, 0);
+        linear_site(run, l, SITE_FFN_IN, A->ffn_pre, A->ln1, W->wi, W->bi, N, C, F);
         gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
-        matmul_forward(A->ffn_out, A->ffn_act, W->wf, W->bf, N, F, C, 0);
-        memcpy(A->res2, A->ffn_out, (size_t)N * C * sizeof(float));
-        add_inplace(A->res2, A->ln1, (size_t)N * C);
+        linear_site(run, l, SITE_FFN_DOWN, A->ffn_out, A->ffn_act, W->wf, W->bf, N, F, C);
+        hidden_dropout(run, A->ffn_out, A->ffn_mask, ph, NC);
+        block_site(run, l, SITE_FFN_OUT, A->ffn_out, A->ln1, N);
+        memcpy(A->res2, A->ffn_out, NC * sizeof(float));
+        add_inplace(A->res2, A->ln1, NC);
         layernorm_forward(A->out, A->ln2_mean, A->ln2_rstd, A->res2, W->ln2_w, W->ln2_b, N, C, eps);
         x = A->out;
     }
+}
+
+/* dh <- dh * mask / (1-p), in place (the gradient through inverted dropout) */
+static void dropout_grad_inplace(const bert_run *run, float *dh, const uint8_t *mask, float p, size_t n)
+{
+    if (!run->train || p <= 0) return;
+    float keep = 1.0f / (1.0f - p);
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) dh[i] = mask[i] ? dh[i] * keep : 0.0f;
+}
+
+/* Backward of linear_site: dh (N,OC) w.r.t. the site's final output; dx += . */
+static void linear_site_backward(const bert_run *run, int l, site_id site, float *dh, float *dx,
+                                 const float *x, const float *w, float *dw, float *db, int N, int IC, int OC)
+{
+    if (run->deltas && delta_count(run->deltas, l, site))
+        delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
+    matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
+}
+
+void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
+                   const int32_t *type_ids, const int *lens, int B, int T, float *d_hidden)
+{
+    const peftc_config *c = &m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, N = B * T;
+    size_t NC = (size_t)N * C, NF = (size_t)N * F;
+    float ph = run->train ? c->hidden_dropout : 0.0f, pa = run->train ? c->attention_dropout : 0.0f;
+    bert_grads *G = run->grads;
+    bert_layer none;
+    memset(&none, 0, sizeof none);
+    int emb_trainable = G && (G->wte || G->wpe || G->wtt || G->emb_ln_w || G->emb_ln_b);
+    float *dout = d_hidden;   /* gradient w.r.t. the current layer's output */
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        const bert_layer *W = &m->layers[l];
+        const bert_layer *g = G ? &G->layers[l] : &none;
+        bert_layer_acts *A = &a->layer[l];
+        const float *x = l ? a->layer[l - 1].out : a->emb_ln;
+        /* the layer input's gradient is needed below layer 0 only if something there trains */
+        int need_dx = l > 0 || emb_trainable || run->need_input_grad;
+        float *d_res2 = a->d_a, *d_ffn = a->d_b, *d_ln1 = a->d_ln1, *d_x = a->d_x;
+        /* out = LN2(res2) */
+        memset(d_res2, 0, NC * sizeof(float));
+        layernorm_backward(d_res2, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C);
+        /* res2 = ffn_out + ln1 */
+        memcpy(d_ffn, d_res2, NC * sizeof(float));
+        memcpy(d_ln1, d_res2, NC * sizeof(float));
+        if (run->deltas && delta_count(run->deltas, l, SITE_FFN_OUT))
+            delta_backward(run->deltas, run->pb, l, SITE_FFN_OUT, A->ln1, d_ffn, d_ln1, N);
+        dropout_grad_inplace(run, d_ffn, A->ffn_mask, ph, NC);
+        memset(a->d_f1, 0, NF * sizeof(float));
+        linear_site_backward(run, l, SITE_FFN_DOWN, d_ffn, a->d_f1, A->ffn_act, W->wf, g->wf, g->bf, N, F, C);
+        memset(a->d_f2, 0, NF * sizeof(float));
+        gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
+        linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, A->ln1, W->wi, g->wi, g->bi, N, C, F);
+        /* ln1 = LN1(res1), res1 = attn + x */
+        float *d_res1 = a->d_a;
+        memset(d_res1, 0, NC * sizeof(float));
+        layernorm_backward(d_res1, g->ln1_w, g->ln1_b, d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C);
+        float *d_attn = a->d_b;
+        memcpy(d_attn, d_res1, NC * sizeof(float));
+        memcpy(d_x, d_res1, NC * sizeof(float));
+        if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_OUT))
+            delta_backward(run->deltas, run->pb, l, SITE_ATTN_OUT, x, d_attn, d_x, N);
+        dropout_grad_inplace(run, d_attn, A->attn_mask, ph, NC);
+        memset(a->d_ctx, 0, NC * sizeof(float));
+        linear_site_backward(run, l, SITE_ATTN_O, d_attn, a->d_ctx, A->ctx, W->wo, g->wo, g->bo, N, C, C);
+        memset(a->d_q, 0, NC * sizeof(float));
+        memset(a->d_k, 0, NC * sizeof(float));
+        memset(a->d_v, 0, NC * sizeof(float));
+        if (pa > 0)
+            attention_backward_train(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->probs_mask, A->q, A->k, A->v,
+                                     lens, B, T, C, NH, pa);
+        else
+            attention_backward(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
+        float *dxp = need_dx ? d_x : NULL;
+        linear_site_backward(run, l, SITE_ATTN_Q, a->d_q, dxp, x, W->wq, g->wq, g->bq, N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_K, a->d_k, dxp, x, W->wk, g->wk, g->bk, N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_V, a->d_v, dxp, x, W->wv, g->wv, g->bv, N, C, C);
+        if (!need_dx) return;
+        /* d_x becomes the next (lower) layer's dout; dout's buffer is free now */
+        memcpy(dout, d_x, NC * sizeof(float));
+    }
+    /* embeddings: emb_ln = dropout(LN(emb)) */
+    dropout_grad_inplace(run, dout, a->emb_mask, ph, NC);
+    if (!emb_trainable) return;
+    memset(a->d_a, 0, NC * sizeof(float));
+    layernorm_backward(a->d_a, G->emb_ln_w, G->emb_ln_b, dout, a->emb, m->emb_ln_w, a->emb_mean, a->emb_rstd, N, C);
+    if (G->wte || G->wpe || G->wtt)
+        embeddings_backward(G->wte, G->wpe, G->wtt, a->d_a, ids, type_ids, B, T, C, 0);
 }
 
 peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_t *type_ids,
@@ -240,7 +376,7 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
         peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, err);
         if (rc) return rc;
     }
-    bert_forward(m, &m->infer, ids, type_ids, lens, B, T);
+    bert_forward(m, &m->infer, NULL, ids, type_ids, lens, B, T);
     const float *h = bert_hidden(m, &m->infer);
     int C = c->hidden_size;
     if (hidden) memcpy(hidden, h, (size_t)B * T * C * sizeof(float));
@@ -248,5 +384,50 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
         if (pool == PEFTC_POOL_CLS) cls_pool_forward(pooled, h, B, T, C);
         else mean_pool_forward(pooled, h, lens, B, T, C);
     }
+    return PEFTC_OK;
+}
+
+int bert_tensors(peftc_model *m, bert_grads *g, bert_tensor_ref *refs, int cap)
+{
+    const peftc_config *c = &m->cfg;
+    int64_t C = c->hidden_size, F = c->intermediate_size;
+    int n = 0;
+#define REF(nm, wp, gp, nd, d0, d1, bias) do { if (n < cap) { \
+        bert_tensor_ref *r = &refs[n]; snprintf(r->name, sizeof r->name, "%s", nm); \
+        r->w = (wp); r->g = (gp); r->ndim = (nd); r->shape[0] = (d0); r->shape[1] = (d1); r->is_bias = (bias); } n++; } while (0)
+    REF("embeddings.word_embeddings.weight", &m->wte, &g->wte, 2, c->vocab_size, C, 0);
+    REF("embeddings.position_embeddings.weight", &m->wpe, &g->wpe, 2, c->max_position, C, 0);
+    REF("embeddings.token_type_embeddings.weight", &m->wtt, &g->wtt, 2, c->type_vocab_size, C, 0);
+    REF("embeddings.LayerNorm.weight", &m->emb_ln_w, &g->emb_ln_w, 1, C, 0, 0);
+    REF("embeddings.LayerNorm.bias", &m->emb_ln_b, &g->emb_ln_b, 1, C, 0, 1);
+    for (int l = 0; l < c->num_layers; l++) {
+        bert_layer *W = &m->layers[l], *G = &g->layers[l];
+        char nm[96];
+#define LREF(suffix, field, nd, d0, d1, bias) do { snprintf(nm, sizeof nm, "encoder.layer.%d.%s", l, suffix); \
+        REF(nm, &W->field, &G->field, nd, d0, d1, bias); } while (0)
+        LREF("attention.self.query.weight", wq, 2, C, C, 0); LREF("attention.self.query.bias", bq, 1, C, 0, 1);
+        LREF("attention.self.key.weight", wk, 2, C, C, 0);   LREF("attention.self.key.bias", bk, 1, C, 0, 1);
+        LREF("attention.self.value.weight", wv, 2, C, C, 0); LREF("attention.self.value.bias", bv, 1, C, 0, 1);
+        LREF("attention.output.dense.weight", wo, 2, C, C, 0); LREF("attention.output.dense.bias", bo, 1, C, 0, 1);
+        LREF("attention.output.LayerNorm.weight", ln1_w, 1, C, 0, 0); LREF("attention.output.LayerNorm.bias", ln1_b, 1, C, 0, 1);
+        LREF("intermediate.dense.weight", wi, 2, F, C, 0); LREF("intermediate.dense.bias", bi, 1, F, 0, 1);
+        LREF("output.dense.weight", wf, 2, C, F, 0);       LREF("output.dense.bias", bf, 1, C, 0, 1);
+        LREF("output.LayerNorm.weight", ln2_w, 1, C, 0, 0); LREF("output.LayerNorm.bias", ln2_b, 1, C, 0, 1);
+#undef LREF
+    }
+#undef REF
+    return n;
+}
+
+peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_error *err)
+{
+    for (int i = 0; i < m->n_owned; i++)
+        if (m->owned[i] == *w) return PEFTC_OK;
+    float *p = peftc_alloc_aligned(numel * sizeof(float));
+    if (!p) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory copying a weight");
+    memcpy(p, *w, numel * sizeof(float));
+    peftc_status rc = own(m, p, err);
+    if (rc) return rc;
+    *w = p;
     return PEFTC_OK;
 }

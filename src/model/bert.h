@@ -4,6 +4,7 @@
 
 #include "core/core.h"
 #include "io/safetensors.h"
+#include "peft/delta.h"
 
 /* Pointers into the mapped file (or into owned fp32 copies where the file holds
  * F16/BF16 or where a method must write the weight: full fine-tuning, merge). */
@@ -28,12 +29,18 @@ typedef struct bert_layer_acts {
     float *ffn_out;          /* (N,C) (+ dropout) */
     float *res2;             /* (N,C) ffn_out + ln1 */
     float *out, *ln2_mean, *ln2_rstd;   /* (N,C) layer output, (N), (N) */
+    uint8_t *attn_mask, *ffn_mask;      /* (N,C) hidden dropout masks (training) */
+    uint8_t *probs_mask;                /* (B,NH,T,T) attention dropout mask (training) */
 } bert_layer_acts;
 
 typedef struct bert_acts {
     int B, T;                /* capacity */
     int n_sets;              /* num_layers when training; 1 in inference (reused) */
     float *emb, *emb_mean, *emb_rstd, *emb_ln;   /* (N,C) (N) (N) (N,C) */
+    uint8_t *emb_mask;                           /* (N,C) (training) */
+    /* backward scratch (training only) */
+    float *d_x, *d_a, *d_b, *d_ln1, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
+    float *d_f1, *d_f2;                                         /* (N,F) */
     bert_layer_acts *layer;
     float *block;            /* one allocation holding everything above */
     size_t floats;
@@ -52,13 +59,77 @@ struct peftc_model {
     bert_acts infer;         /* inference scratch, grown on demand */
 };
 
+/* n_sets: 1 for inference (one layer's buffers reused), num_layers for
+ * training (which also allocates masks and backward scratch). */
 peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, peftc_error *err);
 void bert_acts_free(bert_acts *a);
 
-/* Encoder forward (inference): fills a->layer[last set].out (hidden states). */
-void bert_forward(peftc_model *m, bert_acts *a, const int32_t *ids, const int32_t *type_ids,
-                  const int *lens, int B, int T);
+/* Gradient destinations of the base weights: NULL = frozen (no weight
+ * gradient is computed at all). Same shapes as the weights. */
+typedef struct bert_grads {
+    float *wte, *wpe, *wtt, *emb_ln_w, *emb_ln_b;
+    bert_layer *layers;      /* num_layers entries */
+} bert_grads;
+
+/* What a training forward/backward needs beyond the weights. */
+typedef struct bert_run {
+    int train;               /* dropout on */
+    peftc_rng *rng;
+    delta_set *deltas;       /* may be NULL */
+    param_block *pb;         /* the deltas' parameters */
+    bert_grads *grads;       /* may be NULL: nothing of the base is trained */
+    int need_input_grad;     /* keep the gradient w.r.t. the embeddings output */
+} bert_run;
+
+/* Encoder forward. run may be NULL (inference, no deltas). In training
+ * (a->n_sets == num_layers) every layer's activations are kept. */
+void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
+                  const int32_t *type_ids, const int *lens, int B, int T);
+/* Backward from d_hidden (B*T*C, the gradient w.r.t. the last hidden states;
+ * overwritten). Accumulates into run->grads and the deltas' gradients. */
+void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
+                   const int32_t *type_ids, const int *lens, int B, int T, float *d_hidden);
 /* The last hidden states after bert_forward. */
 float *bert_hidden(const peftc_model *m, const bert_acts *a);
+
+
+/* Sequence-classification head of BertForSequenceClassification:
+ * logits = W_c dropout(tanh(W_p h[CLS] + b_p)) + b_c. */
+typedef struct cls_head {
+    int C, K;
+    const float *pool_w, *pool_b, *cls_w, *cls_b;   /* (C,C) (C) (K,C) (K) */
+    float *g_pool_w, *g_pool_b, *g_cls_w, *g_cls_b; /* NULL = frozen */
+    /* activations (capacity B rows) */
+    float *cls, *pooled, *dropped, *logits, *probs, *losses;   /* (B,C)x3 (B,K)x2 (B) */
+    uint8_t *mask;
+    float *d_pooled, *d_cls;                                   /* (B,C) */
+    float *block;
+    int cap_B;
+} cls_head;
+
+peftc_status cls_head_alloc(cls_head *h, int C, int K, int B, peftc_error *err);
+void cls_head_free(cls_head *h);
+/* hidden (B,T,C) -> h->logits (B,K); dropout p when training. */
+void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng);
+/* Mean cross-entropy of h->logits against labels (B), filling h->probs. */
+float cls_head_loss(cls_head *h, const int *labels, int B);
+/* Backward of loss*scale: d_hidden (B,T,C) is overwritten (zero except the CLS rows). */
+void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, int train, float scale, float *d_hidden);
+
+/* Every base tensor of the encoder, with its Hugging Face name (no "bert."
+ * prefix), the model's pointer to it and the matching gradient slot. */
+typedef struct bert_tensor_ref {
+    char name[96];
+    float **w;          /* the model's pointer (re-pointable) */
+    float **g;          /* the slot in bert_grads */
+    int ndim;
+    int64_t shape[2];
+    int is_bias;        /* bias or LayerNorm beta: BitFit's set */
+} bert_tensor_ref;
+
+/* Fills refs (capacity cap) and returns the count (5 + 16 per layer). */
+int bert_tensors(peftc_model *m, bert_grads *g, bert_tensor_ref *refs, int cap);
+/* Makes *w point to an owned writable copy (for merges); no-op if already owned. */
+peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_error *err);
 
 #endif

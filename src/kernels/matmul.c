@@ -1,0 +1,67 @@
+/* matmul.c: dense layers as one cblas_sgemm each (transposes expressed through
+ * the BLAS flags, never by copying), plus the bias row sums. */
+#include <cblas.h>
+#include <string.h>
+#include "kernels/kernels.h"
+
+/* Columns per task in the bias-gradient row sum. A task owns whole columns and
+ * adds rows in ascending order, so the result is the same for any thread count
+ * (no atomics, no per-thread partial sums to merge). */
+#define DBIAS_COLS 64
+
+/* out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias (OC)   [out += ... if accumulate] */
+void matmul_forward(float *out, const float *inp, const float *w, const float *bias,
+                    int N, int IC, int OC, int accumulate)
+{
+    if (N <= 0 || OC <= 0) return;
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (bias) {
+        /* Seed out with the bias so one beta=1 sgemm adds the product on top. */
+        #pragma omp parallel for schedule(static) if ((size_t)N * OC >= (1u << 16))
+        for (int n = 0; n < N; n++) {
+            float *o = out + (size_t)n * OC;
+            if (accumulate) {
+                for (int j = 0; j < OC; j++) o[j] += bias[j];
+            } else {
+                memcpy(o, bias, (size_t)OC * sizeof(float));
+            }
+        }
+        beta = 1.0f;
+    }
+    if (IC <= 0) {  /* empty product; BLAS would reject lda = 0 */
+        if (!bias && !accumulate) memset(out, 0, (size_t)N * OC * sizeof(float));
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC,
+                1.0f, inp, IC, w, IC, beta, out, OC);
+}
+
+/* dinp (N,IC) += dout (N,OC) @ w (OC,IC)
+ * dw   (OC,IC) += dout^T @ inp (N,IC)
+ * dbias (OC)   += sum over rows of dout */
+void matmul_backward(float *dinp, float *dw, float *dbias,
+                     const float *dout, const float *inp, const float *w,
+                     int N, int IC, int OC)
+{
+    if (N <= 0 || OC <= 0) return;
+    if (IC > 0 && dinp)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC,
+                    1.0f, dout, OC, w, IC, 1.0f, dinp, IC);
+    if (IC > 0 && dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N,
+                    1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
+    if (dbias) {
+        int ntask = (OC + DBIAS_COLS - 1) / DBIAS_COLS;
+        #pragma omp parallel for schedule(static) if ((size_t)N * OC >= (1u << 16))
+        for (int task = 0; task < ntask; task++) {
+            int o0 = task * DBIAS_COLS;
+            int o1 = o0 + DBIAS_COLS < OC ? o0 + DBIAS_COLS : OC;
+            double acc[DBIAS_COLS] = {0};  /* double: N can be thousands of rows */
+            for (int n = 0; n < N; n++) {
+                const float *d = dout + (size_t)n * OC;
+                for (int o = o0; o < o1; o++) acc[o - o0] += d[o];
+            }
+            for (int o = o0; o < o1; o++) dbias[o] += (float)acc[o - o0];
+        }
+    }
+}

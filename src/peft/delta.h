@@ -1,0 +1,101 @@
+/* delta.h: the unified view's "delta module" (He et al. 2022) made concrete.
+ *
+ * A site is a place in a transformer block with an input x and an output h.
+ * A delta module at a site computes  u = up(f(down(src)))  with src = x
+ * (parallel insertion) or src = h (sequential insertion), and composes it into
+ * h: h += u (add), h += s*u (fixed or learned scale), h += g*u with
+ * g = sigmoid(x w_g + b_g) per token (gate). LoRA, adapters, parallel and
+ * scaled adapters are presets of this one module; the architecture calls
+ * delta_forward/delta_backward at each site and knows nothing of methods. */
+#ifndef PEFTC_DELTA_H
+#define PEFTC_DELTA_H
+
+#include "core/core.h"
+#include "core/rng.h"
+#include "train/params.h"
+
+typedef enum site_id {
+    SITE_ATTN_Q, SITE_ATTN_K, SITE_ATTN_V, SITE_ATTN_O,   /* linear layers: x = its input, h = its output */
+    SITE_FFN_IN, SITE_FFN_DOWN,
+    SITE_ATTN_OUT,   /* attention sub-layer: x = layer input, h = projection output (after dropout, before residual) */
+    SITE_FFN_OUT,    /* FFN sub-layer: x = FFN input, h = FFN output (after dropout, before residual) */
+    SITE_COUNT
+} site_id;
+
+const char *site_name(site_id s);
+int site_parse(const char *name, site_id *out);   /* 1 if known */
+
+typedef enum delta_act { ACT_IDENTITY, ACT_RELU, ACT_GELU, ACT_SILU, ACT_TANH } delta_act;
+typedef enum delta_insert { INSERT_PARALLEL, INSERT_SEQUENTIAL } delta_insert;
+typedef enum delta_compose { COMPOSE_ADD, COMPOSE_SCALE, COMPOSE_LEARNED_SCALE, COMPOSE_GATE } delta_compose;
+
+const char *act_name(delta_act a);
+int act_parse(const char *name, delta_act *out);
+
+typedef struct delta_spec {
+    site_id site;
+    delta_insert insert;
+    delta_act act;
+    delta_compose compose;
+    float scale;        /* fixed s, or the initial learned s */
+    float dropout;      /* dropout on src before down (LoRA's lora_dropout) */
+    int r;
+    int bias;           /* down/up have biases (adapters) or not (LoRA) */
+    int init_lora;      /* down kaiming-uniform(a=sqrt 5) as LoRA's A; else N(0, 0.02^2). up is zero. */
+    int lora_names;     /* parameters named lora_A.weight / lora_B.weight (PEFT) instead of down/up */
+} delta_spec;
+
+typedef struct delta {
+    delta_spec spec;
+    int layer;
+    int in, out;        /* widths of x and h at the site */
+    /* parameter indices in the trainable block (-1 if absent) */
+    int p_down, p_down_b, p_up, p_up_b, p_gate_w, p_gate_b, p_scale;
+    /* activations for backward (capacity N rows), set by delta_acts_bind */
+    float *src_copy;    /* (N,out) h before this delta, sequential only */
+    float *xd;          /* (N,src width) dropped src, dropout only */
+    uint8_t *mask;      /* (N,src width) dropout mask */
+    float *z, *a;       /* (N,r) before / after the nonlinearity (a == z for identity) */
+    float *u;           /* (N,out) the module's output before composition */
+    float *gate;        /* (N) gate values */
+} delta;
+
+typedef struct delta_set {
+    delta *d;
+    int n, cap;
+    int n_layers;
+    /* first-of-site lists: idx[layer*SITE_COUNT + site] -> indices into d */
+    int *site_first, *site_count;
+    int *order;          /* d indices grouped by (layer, site) */
+    float *act_block;    /* activations of all deltas */
+    float *scratch;      /* backward scratch shared by all deltas */
+    size_t scratch_floats;
+    size_t maxw, maxr;   /* widest x/h and largest rank: scratch strides */
+    int N;               /* row capacity of the buffers */
+} delta_set;
+
+/* Adds a delta at (layer, site) with the given widths; declares its params in pb
+ * under names "<prefix>.<param>" (PEFT-style names are produced when saving). */
+peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int out,
+                       const delta_spec *spec, const char *prefix, peftc_error *err);
+/* Finalises the site index after all delta_add calls. */
+peftc_status delta_index(delta_set *ds, int n_layers, peftc_error *err);
+/* Allocates activation and scratch buffers for N = B*T rows. */
+peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err);
+/* Initialises the parameters of every delta (call after params_alloc). */
+void delta_init_params(delta_set *ds, param_block *pb, peftc_rng *rng);
+void delta_set_free(delta_set *ds);
+
+/* Applies every delta at (layer, site): x (N,in), h (N,out) modified in place. */
+void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
+                   const float *x, float *h, int N, int train, peftc_rng *rng);
+/* Backward through every delta at (layer, site), in reverse order.
+ * dh (N,out): on entry the gradient w.r.t. the final h; on exit w.r.t. the
+ * h before the deltas (sequential deltas add their path). dx (N,in) += the
+ * parallel deltas' and gates' input gradients (may be NULL if not needed). */
+void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
+                    const float *x, float *dh, float *dx, int N);
+/* Any delta at this site? */
+int delta_count(const delta_set *ds, int layer, site_id site);
+
+#endif

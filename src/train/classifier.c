@@ -1,0 +1,138 @@
+/* classifier.c: a base model with a trained adapter, for eval and predict. */
+#include "train/eval.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct peftc_classifier {
+    peftc_model *m;
+    peftc_tokenizer *tok;
+    task t;
+    int B, T;
+};
+
+void peftc_classifier_free(peftc_classifier *c)
+{
+    if (!c) return;
+    task_free(&c->t);
+    peftc_tokenizer_free(c->tok);
+    peftc_model_free(c->m);
+    free(c);
+}
+
+peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_dir,
+                                   peftc_classifier **out, peftc_error *err)
+{
+    *out = NULL;
+    peftc_classifier *c = calloc(1, sizeof *c);
+    if (!c) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    method_opts mo;
+    label_set labels = {0};
+    int max_len = 0;
+    peftc_rng rng;
+    peftc_rng_seed(&rng, 0);
+    peftc_status rc;
+    if ((rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
+        (rc = peftc_model_load(model_dir, &c->m, err)) || (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
+        goto fail;
+    if (labels.n == 0) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s/adapter_config.json: no label list (peftc.labels)", adapter_dir);
+        goto fail;
+    }
+    if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
+    if ((rc = task_init(&c->t, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
+        (rc = task_load_weights(&c->t, adapter_dir, err)))
+        goto fail;
+    c->B = 32;
+    c->T = 0;
+    labels_free(&labels);
+    *out = c;
+    return PEFTC_OK;
+fail:
+    labels_free(&labels);
+    peftc_classifier_free(c);
+    return rc;
+}
+
+int peftc_classifier_num_labels(const peftc_classifier *c) { return c->t.labels.n; }
+
+const char *peftc_classifier_label(const peftc_classifier *c, int k)
+{
+    return k >= 0 && k < c->t.labels.n ? c->t.labels.names[k] : NULL;
+}
+
+/* (Re)allocates activations when a longer batch arrives. */
+static peftc_status ensure(peftc_classifier *c, int T, peftc_error *err)
+{
+    if (T <= c->T) return PEFTC_OK;
+    c->T = T;
+    return task_alloc(&c->t, c->B, T, 0, err);
+}
+
+peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, const char *text_col,
+                                   const char *pair_col, const char *label_col,
+                                   peftc_eval_result *res, peftc_error *err)
+{
+    dataset d = {0};
+    batch_buf bb = {0};
+    data_cols cols = {text_col, pair_col, label_col};
+    peftc_status rc;
+    if ((rc = data_load(data_path, &cols, 1, &d, err)) || (rc = data_map_labels(&d, &c->t.labels, err)) ||
+        (rc = data_tokenize(&d, c->tok, c->t.max_len, err)))
+        goto out;
+    int T = 1;
+    for (int i = 0; i < d.n; i++) if (d.len[i] > T) T = d.len[i];
+    if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err))) goto out;
+    rc = task_evaluate(&c->t, &d, &bb, res, err);
+out:
+    batch_free(&bb);
+    data_free(&d);
+    return rc;
+}
+
+peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *texts,
+                                      const char *const *pairs, int n, int *labels,
+                                      float *probs, peftc_error *err)
+{
+    int L = c->t.max_len, K = c->t.labels.n;
+    int32_t *ids = malloc((size_t)c->B * L * sizeof *ids), *tts = malloc((size_t)c->B * L * sizeof *tts);
+    int *lens = malloc((size_t)c->B * sizeof *lens);
+    int32_t *one = malloc((size_t)L * sizeof *one), *one_t = malloc((size_t)L * sizeof *one_t);
+    peftc_status rc = PEFTC_OK;
+    if (!ids || !tts || !lens || !one || !one_t) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    for (int s = 0; s < n && !rc; s += c->B) {
+        int B = n - s < c->B ? n - s : c->B, T = 1;
+        /* tokenise into fixed-stride rows, then repack at the batch's length */
+        for (int b = 0; b < B; b++) {
+            const char *p = pairs ? pairs[s + b] : NULL;
+            if ((rc = peftc_tokenizer_encode(c->tok, texts[s + b], strlen(texts[s + b]), p, p ? strlen(p) : 0,
+                                             L, ids + (size_t)b * L, tts + (size_t)b * L, &lens[b], err)))
+                goto out;
+            if (lens[b] > T) T = lens[b];
+        }
+        for (int b = 0; b < B; b++) {
+            memcpy(one, ids + (size_t)b * L, (size_t)lens[b] * sizeof *one);
+            memcpy(one_t, tts + (size_t)b * L, (size_t)lens[b] * sizeof *one);
+            for (int j = lens[b]; j < T; j++) one[j] = one_t[j] = 0;
+            memcpy(ids + (size_t)b * T, one, (size_t)T * sizeof *one);
+            memcpy(tts + (size_t)b * T, one_t, (size_t)T * sizeof *one);
+        }
+        if ((rc = ensure(c, T, err))) goto out;
+        task_forward(&c->t, ids, tts, lens, NULL, B, T, 0, NULL);
+        for (int b = 0; b < B; b++) {
+            const float *lg = c->t.head.logits + (size_t)b * K;
+            int best = 0;
+            for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
+            labels[s + b] = best;
+            if (probs) {
+                float mx = lg[best], sum = 0;
+                for (int k = 0; k < K; k++) sum += expf(lg[k] - mx);
+                for (int k = 0; k < K; k++) probs[(size_t)(s + b) * K + k] = expf(lg[k] - mx) / sum;
+            }
+        }
+    }
+out:
+    free(ids); free(tts); free(lens); free(one); free(one_t);
+    return rc;
+}

@@ -1,0 +1,41 @@
+/* data.h: labelled text datasets (TSV, CSV, JSONL) for sequence classification. */
+#ifndef PEFTC_DATA_H
+#define PEFTC_DATA_H
+
+#include "core/core.h"
+
+typedef struct data_cols {
+    const char *text, *pair, *label;   /* names or 0-based indices; NULL = recognise */
+} data_cols;
+
+typedef struct label_set {
+    int n;
+    char **names;
+} label_set;
+
+typedef struct dataset {
+    int n;
+    char **text, **pair;   /* pair[i] NULL for single sentences */
+    char **label_str;      /* raw labels (NULL if unlabelled) */
+    int *label;            /* index into the label set; -1 before data_map_labels */
+    /* token ids after data_tokenize: row i at ids + off[i], len[i] tokens */
+    int32_t *ids, *tts;
+    int *len;
+    size_t *off;
+    long long n_tokens;
+    char *path;
+    char text_col[64], pair_col[64], label_col[64];   /* as resolved */
+} dataset;
+
+/* Reads a file; the format comes from the extension (.tsv, .csv, .jsonl/.json). */
+peftc_status data_load(const char *path, const data_cols *cols, int need_labels, dataset *d, peftc_error *err);
+/* Builds the label set from a training set: integers in numeric order, else sorted strings. */
+peftc_status labels_from_data(const dataset *d, label_set *ls, peftc_error *err);
+/* Maps every label of d through ls; a label outside it is an error naming the row. */
+peftc_status data_map_labels(dataset *d, const label_set *ls, peftc_error *err);
+peftc_status data_tokenize(dataset *d, const peftc_tokenizer *tok, int max_len, peftc_error *err);
+void data_free(dataset *d);
+void labels_free(label_set *ls);
+int labels_find(const label_set *ls, const char *name);
+
+#endif

@@ -1,0 +1,23 @@
+/* eval.h: batched evaluation of a task on a tokenised dataset. */
+#ifndef PEFTC_EVAL_H
+#define PEFTC_EVAL_H
+
+#include "train/task.h"
+
+/* Batch buffers sized for (B, T) (allocated once, reused every step). */
+typedef struct batch_buf {
+    int32_t *ids, *tts;
+    int *lens, *labels, *rows;
+    int B, T;
+} batch_buf;
+
+peftc_status batch_alloc(batch_buf *b, int B, int T, peftc_error *err);
+void batch_free(batch_buf *b);
+/* Pads rows[0..n) of d into b; returns the padded length T. */
+int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n);
+
+/* Runs the task without dropout over d (labels mapped) in length-sorted
+ * batches of at most t->cap_B; fills accuracy, loss, and f1/mcc when binary. */
+peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_result *res, peftc_error *err);
+
+#endif

@@ -1,0 +1,35 @@
+/* params.h: every trainable tensor in one contiguous block; gradients and the
+ * AdamW moments in blocks of the identical layout, so zero-grad, clipping,
+ * the update and checkpointing are flat loops (llm.c's layout). */
+#ifndef PEFTC_PARAMS_H
+#define PEFTC_PARAMS_H
+
+#include "core/core.h"
+
+#define PARAM_NAME_MAX 160
+
+typedef struct param_entry {
+    char name[PARAM_NAME_MAX]; /* the key it is saved under */
+    int ndim;
+    int64_t shape[4];
+    size_t offset, numel;      /* in floats, into the blocks */
+    int no_decay;              /* excluded from weight decay (biases, norms, scales) */
+} param_entry;
+
+typedef struct param_block {
+    param_entry *e;
+    int n, cap;
+    size_t total;              /* floats */
+    float *p, *g, *m, *v;      /* values, gradients, AdamW first and second moments */
+} param_block;
+
+/* Declares a tensor; returns its index. Offsets are fixed by declaration order. */
+int params_add(param_block *pb, const char *name, int ndim, const int64_t *shape, int no_decay);
+/* Allocates the four blocks (zeroed) once all tensors are declared. */
+peftc_status params_alloc(param_block *pb, peftc_error *err);
+float *params_value(const param_block *pb, int idx);
+float *params_grad(const param_block *pb, int idx);
+int params_find(const param_block *pb, const char *name);
+void params_free(param_block *pb);
+
+#endif

@@ -1,0 +1,309 @@
+/* task.c: model + method + classification head, and the adapter files. */
+#include "train/task.h"
+#include "io/safetensors.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define HEAD_PREFIX "base_model.model."
+
+peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                       const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
+{
+    memset(t, 0, sizeof *t);
+    t->m = m;
+    t->tok = tok;
+    t->mo = *mo;
+    t->max_len = max_len;
+    t->p_pool_w = t->p_pool_b = -1;
+    const peftc_config *c = &m->cfg;
+    int C = c->hidden_size, K = labels->n;
+    t->labels.n = labels->n;
+    t->labels.names = calloc((size_t)K, sizeof(char *));
+    if (!t->labels.names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < K; i++) t->labels.names[i] = strdup(labels->names[i]);
+    t->grads.layers = calloc((size_t)c->num_layers, sizeof *t->grads.layers);
+    if (!t->grads.layers) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+
+    peftc_status rc = method_declare(m, mo, &t->pb, &t->ds, err);
+    if (rc) return rc;
+    /* the pooler trains with the base in full fine-tuning, and always when the
+     * checkpoint has none (it must be learned then) */
+    int train_pooler = mo->kind == METHOD_FULL || !m->pool_w;
+    int64_t sh[2] = {C, C}, shk[2] = {K, C};
+    if (train_pooler) {
+        t->p_pool_w = params_add(&t->pb, PEFT_PREFIX "pooler.dense.weight", 2, sh, 0);
+        t->p_pool_b = params_add(&t->pb, PEFT_PREFIX "pooler.dense.bias", 1, sh, 1);
+    }
+    t->p_cls_w = params_add(&t->pb, HEAD_PREFIX "classifier.weight", 2, shk, 0);
+    t->p_cls_b = params_add(&t->pb, HEAD_PREFIX "classifier.bias", 1, shk, 1);
+    if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    if ((rc = params_alloc(&t->pb, err))) return rc;
+    if ((rc = method_bind(m, mo, &t->pb, &t->ds, &t->grads, rng, err))) return rc;
+
+    /* BertForSequenceClassification's init: N(0, 0.02^2) weights, zero bias */
+    float *w = params_value(&t->pb, t->p_cls_w);
+    for (int i = 0; i < K * C; i++) w[i] = 0.02f * peftc_rng_normal(rng);
+    if (train_pooler) {
+        float *pw = params_value(&t->pb, t->p_pool_w), *pb = params_value(&t->pb, t->p_pool_b);
+        if (m->pool_w) {
+            memcpy(pw, m->pool_w, (size_t)C * C * sizeof(float));
+            memcpy(pb, m->pool_b, (size_t)C * sizeof(float));
+        } else {
+            for (int i = 0; i < C * C; i++) pw[i] = 0.02f * peftc_rng_normal(rng);
+        }
+    }
+    cls_head *h = &t->head;
+    h->C = C;
+    h->K = K;
+    h->pool_w = train_pooler ? params_value(&t->pb, t->p_pool_w) : m->pool_w;
+    h->pool_b = train_pooler ? params_value(&t->pb, t->p_pool_b) : m->pool_b;
+    h->g_pool_w = train_pooler ? params_grad(&t->pb, t->p_pool_w) : NULL;
+    h->g_pool_b = train_pooler ? params_grad(&t->pb, t->p_pool_b) : NULL;
+    h->cls_w = params_value(&t->pb, t->p_cls_w);
+    h->cls_b = params_value(&t->pb, t->p_cls_b);
+    h->g_cls_w = params_grad(&t->pb, t->p_cls_w);
+    h->g_cls_b = params_grad(&t->pb, t->p_cls_b);
+    return PEFTC_OK;
+}
+
+peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
+{
+    const peftc_config *c = &t->m->cfg;
+    peftc_status rc;
+    if ((rc = bert_acts_init(&t->acts, c, B, T, train ? c->num_layers : 1, err))) return rc;
+    if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
+    if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) return rc;
+    free(t->d_hidden);
+    t->d_hidden = NULL;
+    if (train && !(t->d_hidden = peftc_alloc_aligned((size_t)B * T * c->hidden_size * sizeof(float))))
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    t->cap_B = B;
+    t->cap_T = T;
+    return PEFTC_OK;
+}
+
+void task_free(task *t)
+{
+    bert_acts_free(&t->acts);
+    delta_set_free(&t->ds);
+    cls_head_free(&t->head);
+    params_free(&t->pb);
+    labels_free(&t->labels);
+    free(t->grads.layers);
+    free(t->d_hidden);
+    memset(t, 0, sizeof *t);
+}
+
+static bert_run task_run(task *t, int train, peftc_rng *rng)
+{
+    bert_run r = {.train = train, .rng = rng, .deltas = t->ds.n && !t->merged ? &t->ds : NULL,
+                  .pb = &t->pb, .grads = &t->grads, .need_input_grad = 0};
+    return r;
+}
+
+float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
+                   int B, int T, int train, peftc_rng *rng)
+{
+    bert_run run = task_run(t, train, rng);
+    bert_forward(t->m, &t->acts, &run, ids, tts, lens, B, T);
+    cls_head_forward(&t->head, bert_hidden(t->m, &t->acts), B, T, t->m->cfg.hidden_dropout, train, rng);
+    return labels ? cls_head_loss(&t->head, labels, B) : 0.0f;
+}
+
+void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
+                   int B, int T, float scale, peftc_rng *rng)
+{
+    bert_run run = task_run(t, 1, rng);
+    cls_head_backward(&t->head, labels, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
+    bert_backward(t->m, &t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
+}
+
+int64_t task_trainable_count(const task *t)
+{
+    int64_t n = 0;
+    for (int i = 0; i < t->pb.n; i++) n += (int64_t)t->pb.e[i].numel;
+    return n;
+}
+
+/* ------------------------------------------------------------ adapter files */
+
+static const char *peft_type(method_kind k)
+{
+    return k == METHOD_LORA ? "LORA" : k == METHOD_BITFIT ? "BITFIT" : "FULL";
+}
+
+/* PEFT matches a plain name as a suffix of the module path, so "output.dense"
+ * would also catch attention.output.dense; a regex (full match) is exact. */
+static json_t *target_modules_json(unsigned mask)
+{
+    int ambiguous = (mask & (1u << SITE_ATTN_O)) || (mask & (1u << SITE_FFN_DOWN));
+    if (!ambiguous) {
+        json_t *a = json_array();
+        for (int s = 0; s <= SITE_FFN_DOWN; s++)
+            if (mask & (1u << s)) json_array_append_new(a, json_string(lora_module_name((site_id)s)));
+        return a;
+    }
+    char re[512] = ".*encoder\\.layer\\.\\d+\\.(";
+    int first = 1;
+    static const char *full[] = {"attention\\.self\\.query", "attention\\.self\\.key", "attention\\.self\\.value",
+                                 "attention\\.output\\.dense", "intermediate\\.dense", "output\\.dense"};
+    for (int s = 0; s <= SITE_FFN_DOWN; s++)
+        if (mask & (1u << s)) { strcat(re, first ? "" : "|"); strcat(re, full[s]); first = 0; }
+    strcat(re, ")");
+    return json_string(re);
+}
+
+peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err)
+{
+    if (mkdir(dir, 0755) != 0) {
+        struct stat sb;
+        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot create the directory", dir);
+    }
+    const method_opts *mo = &t->mo;
+    json_t *cfg = json_object();
+    json_object_set_new(cfg, "peft_type", json_string(peft_type(mo->kind)));
+    json_object_set_new(cfg, "task_type", json_string("SEQ_CLS"));
+    json_object_set_new(cfg, "base_model_name_or_path", json_string(base_model));
+    json_object_set_new(cfg, "revision", json_null());
+    json_object_set_new(cfg, "inference_mode", json_true());
+    json_t *mts = json_array();
+    json_array_append_new(mts, json_string("classifier"));
+    json_array_append_new(mts, json_string("score"));
+    json_object_set_new(cfg, "modules_to_save", mts);
+    if (mo->kind == METHOD_LORA) {
+        json_object_set_new(cfg, "r", json_integer(mo->r));
+        json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
+        json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
+        json_object_set_new(cfg, "use_rslora", json_boolean(mo->rslora));
+        json_object_set_new(cfg, "use_dora", json_false());
+        json_object_set_new(cfg, "target_modules", target_modules_json(mo->targets));
+        json_object_set_new(cfg, "bias", json_string("none"));
+        json_object_set_new(cfg, "fan_in_fan_out", json_false());
+        json_object_set_new(cfg, "init_lora_weights", json_true());
+        json_object_set_new(cfg, "layers_to_transform", json_null());
+        json_object_set_new(cfg, "rank_pattern", json_object());
+        json_object_set_new(cfg, "alpha_pattern", json_object());
+    }
+    json_t *own = json_object();
+    json_object_set_new(own, "method", json_string(method_name(mo->kind)));
+    json_object_set_new(own, "max_len", json_integer(t->max_len));
+    json_t *labels = json_array();
+    for (int i = 0; i < t->labels.n; i++) json_array_append_new(labels, json_string(t->labels.names[i]));
+    json_object_set_new(own, "labels", labels);
+    if (mo->kind == METHOD_LORA) {
+        json_t *tg = json_array();
+        for (int s = 0; s <= SITE_FFN_DOWN; s++)
+            if (mo->targets & (1u << s)) json_array_append_new(tg, json_string(site_name((site_id)s)));
+        json_object_set_new(own, "lora_sites", tg);
+    }
+    json_object_set_new(cfg, "peftc", own);
+    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(cfg);
+    if (!text) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
+    if (!rc) rc = peftc_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    if (rc) return rc;
+
+    st_write_item *items = calloc((size_t)t->pb.n, sizeof *items);
+    if (!items) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < t->pb.n; i++) {
+        const param_entry *e = &t->pb.e[i];
+        items[i].name = e->name;
+        items[i].ndim = e->ndim;
+        for (int d = 0; d < e->ndim; d++) items[i].shape[d] = e->shape[d];
+        items[i].data = params_value(&t->pb, i);
+    }
+    if (!(rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
+        rc = st_write_f32(path, items, t->pb.n, NULL, err);
+    free(items);
+    return rc;
+}
+
+peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
+    if (rc) return rc;
+    json_error_t je;
+    json_t *cfg = json_load_file(path, 0, &je);
+    if (!cfg) {
+        if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: not found (is %s an adapter directory?)", path, dir);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);
+    }
+    memset(labels, 0, sizeof *labels);
+    json_t *own = json_object_get(cfg, "peftc");
+    json_t *pt = json_object_get(cfg, "peft_type");
+    const char *type = json_is_string(pt) ? json_string_value(pt) : "";
+    method_kind k;
+    json_t *mn = json_object_get(own, "method");
+    if (json_is_string(mn) && method_parse(json_string_value(mn), &k)) {}
+    else if (!strcmp(type, "LORA")) k = METHOD_LORA;
+    else if (!strcmp(type, "BITFIT")) k = METHOD_BITFIT;
+    else if (!strcmp(type, "FULL")) k = METHOD_FULL;
+    else { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type \"%s\" is not supported", path, type); }
+    method_defaults(mo, k);
+    if (k == METHOD_LORA) {
+        json_t *v;
+        if (json_is_integer(v = json_object_get(cfg, "r"))) mo->r = (int)json_integer_value(v);
+        if (json_is_number(v = json_object_get(cfg, "lora_alpha"))) mo->alpha = (float)json_number_value(v);
+        if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
+        if (json_is_boolean(v = json_object_get(cfg, "use_rslora"))) mo->rslora = json_is_true(v);
+        json_t *sites = json_object_get(own, "lora_sites"), *tm = json_object_get(cfg, "target_modules");
+        unsigned mask = 0;
+        size_t i;
+        json_t *e;
+        if (json_is_array(sites)) {
+            json_array_foreach(sites, i, e) {
+                site_id s;
+                if (json_is_string(e) && site_parse(json_string_value(e), &s)) mask |= 1u << s;
+            }
+        } else if (json_is_array(tm)) {
+            json_array_foreach(tm, i, e) {
+                unsigned one;
+                if (json_is_string(e) && !lora_parse_targets(json_string_value(e), &one, NULL)) mask |= one;
+            }
+        }
+        if (!mask) { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path); }
+        mo->targets = mask;
+        if (mo->r <= 0) { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path); }
+    }
+    json_t *ml = json_object_get(own, "max_len");
+    *max_len = json_is_integer(ml) ? (int)json_integer_value(ml) : 0;
+    json_t *ls = json_object_get(own, "labels");
+    if (json_is_array(ls) && json_array_size(ls) >= 2) {
+        labels->n = (int)json_array_size(ls);
+        labels->names = calloc((size_t)labels->n, sizeof(char *));
+        for (int i = 0; i < labels->n; i++) {
+            json_t *e = json_array_get(ls, (size_t)i);
+            labels->names[i] = strdup(json_is_string(e) ? json_string_value(e) : "?");
+        }
+    }
+    json_decref(cfg);
+    return PEFTC_OK;
+}
+
+peftc_status task_load_weights(task *t, const char *dir, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
+    if (rc) return rc;
+    peftc_safetensors *st;
+    if ((rc = peftc_safetensors_open(path, &st, err))) return rc;
+    for (int i = 0; i < t->pb.n && !rc; i++) {
+        const param_entry *e = &t->pb.e[i];
+        const st_tensor *x = st_find(st, e->name);
+        if (!x) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is missing (adapter of another method or model?)", path, e->name); break; }
+        int ok = x->ndim == e->ndim;
+        for (int d = 0; ok && d < e->ndim; d++) ok = x->shape[d] == e->shape[d];
+        if (!ok) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has a shape that does not fit this model (maybe wrong base model?)", path, e->name); break; }
+        rc = st_to_f32(st, x, params_value(&t->pb, i), err);
+    }
+    peftc_safetensors_free(st);
+    return rc;
+}

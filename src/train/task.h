@@ -1,0 +1,53 @@
+/* task.h: a model fitted for sequence classification with a PEFT method:
+ * base model + method (trainable block, deltas) + head + label set. Shared by
+ * training, evaluation and prediction. */
+#ifndef PEFTC_TASK_H
+#define PEFTC_TASK_H
+
+#include "model/bert.h"
+#include "peft/methods.h"
+#include "train/data.h"
+
+typedef struct task {
+    peftc_model *m;
+    peftc_tokenizer *tok;
+    method_opts mo;
+    label_set labels;
+    int max_len;
+    param_block pb;
+    delta_set ds;
+    bert_grads grads;
+    cls_head head;
+    int p_cls_w, p_cls_b, p_pool_w, p_pool_b;   /* head params (pooler only if trainable) */
+    bert_acts acts;
+    float *d_hidden;
+    int cap_B, cap_T;
+    int merged;
+} task;
+
+/* Builds everything; labels are copied. rng initialises the new parameters. */
+peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                       const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err);
+/* Activation buffers for batches up to B x T; train adds backward buffers. */
+peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err);
+void task_free(task *t);
+
+/* Forward on a padded batch; returns the mean loss if labels != NULL. Logits
+ * and probabilities are left in t->head. */
+float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
+                   int B, int T, int train, peftc_rng *rng);
+/* Backward of loss*scale after task_forward(train=1): accumulates gradients. */
+void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
+                   int B, int T, float scale, peftc_rng *rng);
+
+/* Number of trainable values (excluding alignment padding). */
+int64_t task_trainable_count(const task *t);
+
+/* adapter_config.json + adapter_model.safetensors in dir (atomic writes). */
+peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err);
+/* Reads an adapter directory's config into mo/labels/max_len (before task_init). */
+peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err);
+/* Loads the tensors of an adapter directory into an initialised task. */
+peftc_status task_load_weights(task *t, const char *dir, peftc_error *err);
+
+#endif

@@ -1,0 +1,399 @@
+/* trainer.c: the training loop — batches, AdamW with warm-up and decay,
+ * gradient accumulation and clipping, evaluation, atomic checkpoints and
+ * bit-exact resume. Nothing is allocated inside a step. */
+#include "train/eval.h"
+#include "kernels/kernels.h"
+#include "io/safetensors.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+
+void peftc_train_opts_default(peftc_train_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->method = "lora";
+    o->lora_r = 8;
+    o->lora_alpha = 8;
+    o->lora_dropout = 0.0f;
+    o->lora_targets = "query,value";
+    o->epochs = 1;
+    o->batch = 32;
+    o->grad_accum = 1;
+    o->max_len = 128;
+    o->lr = 0;              /* 0: the method's default */
+    o->weight_decay = 0.01f;
+    o->warmup_ratio = 0.06f;
+    o->schedule = "linear";
+    o->clip = 1.0f;
+    o->adam_beta1 = 0.9f;
+    o->adam_beta2 = 0.999f;
+    o->adam_eps = 1e-8f;
+    o->seed = 42;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* HF transformers' schedules (the scheduler steps after the optimizer, so
+ * the update of step s uses lambda(s), s counted from 0). */
+static float lr_at(const peftc_train_opts *o, float lr, int step, int total, int warmup)
+{
+    if (step < warmup) return lr * (float)step / (float)(warmup > 1 ? warmup : 1);
+    if (!strcmp(o->schedule, "constant")) return lr;
+    double progress = (double)(step - warmup) / (double)(total - warmup > 1 ? total - warmup : 1);
+    if (progress > 1) progress = 1;
+    if (!strcmp(o->schedule, "cosine")) return (float)(lr * 0.5 * (1.0 + cos(M_PI * progress)));
+    return (float)(lr * (1.0 - progress));
+}
+
+/* The order of training rows in one epoch: a permutation drawn from a
+ * generator seeded by (seed, epoch) alone, so resuming needs only (epoch, pos).
+ * With bucketing, rows are sorted by length inside windows of 50 batches and
+ * the batches of a window are shuffled again. */
+static void epoch_order(int *order, const dataset *d, uint64_t seed, int epoch, int bucket, int B)
+{
+    peftc_rng r;
+    peftc_rng_seed(&r, seed * 1000003ull + (uint64_t)epoch + 1);
+    int n = d->n;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)peftc_rng_below(&r, (uint64_t)i + 1);
+        int t = order[i]; order[i] = order[j]; order[j] = t;
+    }
+    if (!bucket) return;
+    int win = 50 * B;
+    for (int s = 0; s < n; s += win) {
+        int m = n - s < win ? n - s : win;
+        /* insertion sort by length: windows are small */
+        for (int i = s + 1; i < s + m; i++) {
+            int v = order[i], k = i - 1;
+            while (k >= s && d->len[order[k]] > d->len[v]) { order[k + 1] = order[k]; k--; }
+            order[k + 1] = v;
+        }
+        int nb = (m + B - 1) / B;
+        for (int i = nb - 1; i > 0; i--) { /* shuffle whole batches (last may be short: keep it last) */
+            int j = (int)peftc_rng_below(&r, (uint64_t)i + 1);
+            if (i == nb - 1 && m % B) continue;
+            if (j == nb - 1 && m % B) continue;
+            for (int q = 0; q < B; q++) {
+                int a = s + i * B + q, b = s + j * B + q;
+                int t = order[a]; order[a] = order[b]; order[b] = t;
+            }
+        }
+    }
+}
+
+static uint64_t fnv(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) { h ^= c[i]; h *= 1099511628211ull; }
+    return h;
+}
+
+/* Identifies what a checkpoint belongs to: the parameter layout and the
+ * options that change the trajectory. */
+static uint64_t run_signature(const task *t, const peftc_train_opts *o)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < t->pb.n; i++) {
+        h = fnv(h, t->pb.e[i].name, strlen(t->pb.e[i].name));
+        h = fnv(h, t->pb.e[i].shape, sizeof t->pb.e[i].shape);
+    }
+    int ints[] = {o->batch, o->grad_accum, o->max_len, o->bucket};
+    h = fnv(h, ints, sizeof ints);
+    h = fnv(h, &o->seed, sizeof o->seed);
+    return h;
+}
+
+typedef struct train_state {
+    int step, epoch, pos;     /* optimizer steps done; epoch; next row of the epoch order */
+    uint64_t rng;
+} train_state;
+
+static peftc_status save_checkpoint(const task *t, const peftc_train_opts *o, const train_state *s, peftc_error *err)
+{
+    char path[4096], sig[32], step[32], epoch[32], pos[32], rng[32];
+    peftc_status rc = peftc_path_join(path, sizeof path, o->out_dir, "checkpoint.safetensors", err);
+    if (rc) return rc;
+    snprintf(sig, sizeof sig, "%016" PRIx64, run_signature(t, o));
+    snprintf(step, sizeof step, "%d", s->step);
+    snprintf(epoch, sizeof epoch, "%d", s->epoch);
+    snprintf(pos, sizeof pos, "%d", s->pos);
+    snprintf(rng, sizeof rng, "%" PRIu64, s->rng);
+    const char *meta[] = {"peftc_signature", sig, "step", step, "epoch", epoch, "pos", pos, "rng", rng,
+                          "method", method_name(t->mo.kind), "model", o->model_dir, NULL};
+    st_write_item items[3] = {
+        {"params", 1, {(int64_t)t->pb.total}, t->pb.p},
+        {"adam_m", 1, {(int64_t)t->pb.total}, t->pb.m},
+        {"adam_v", 1, {(int64_t)t->pb.total}, t->pb.v},
+    };
+    return st_write_f32(path, items, 3, meta, err);
+}
+
+static peftc_status load_checkpoint(task *t, const peftc_train_opts *o, train_state *s, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, o->resume_dir, "checkpoint.safetensors", err);
+    if (rc) return rc;
+    if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: no checkpoint to resume from (train with --save-every N)", path);
+    peftc_safetensors *st;
+    if ((rc = peftc_safetensors_open(path, &st, err))) return rc;
+    char sig[32];
+    snprintf(sig, sizeof sig, "%016" PRIx64, run_signature(t, o));
+    const char *ssig = st_metadata(st, "peftc_signature"), *meth = st_metadata(st, "method");
+    const st_tensor *p = st_find(st, "params"), *m = st_find(st, "adam_m"), *v = st_find(st, "adam_v");
+    const char *vals[4] = {st_metadata(st, "step"), st_metadata(st, "epoch"), st_metadata(st, "pos"), st_metadata(st, "rng")};
+    if (!ssig || !meth || !p || !m || !v || !vals[0] || !vals[1] || !vals[2] || !vals[3])
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a peftc checkpoint", path);
+    else if (strcmp(meth, method_name(t->mo.kind)))
+        rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint of method '%s', but --method is '%s'", path, meth, method_name(t->mo.kind));
+    else if (strcmp(ssig, sig) || (size_t)p->numel != t->pb.total || (size_t)m->numel != t->pb.total || (size_t)v->numel != t->pb.total ||
+             p->dtype != ST_F32)
+        rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint from another model, method options, batch size or seed", path);
+    if (!rc) {
+        memcpy(t->pb.p, p->data, t->pb.total * sizeof(float));
+        memcpy(t->pb.m, m->data, t->pb.total * sizeof(float));
+        memcpy(t->pb.v, v->data, t->pb.total * sizeof(float));
+        s->step = atoi(vals[0]);
+        s->epoch = atoi(vals[1]);
+        s->pos = atoi(vals[2]);
+        s->rng = strtoull(vals[3], NULL, 10);
+    }
+    peftc_safetensors_free(st);
+    return rc;
+}
+
+static peftc_status write_metrics(const peftc_train_opts *o, const task *t, const peftc_eval_result *ev, int have_eval,
+                                  int steps, int epochs_done, double tok_s, double secs, double final_loss, peftc_error *err)
+{
+    json_t *j = json_object();
+    json_object_set_new(j, "method", json_string(method_name(t->mo.kind)));
+    if (have_eval) {
+        json_object_set_new(j, "eval_accuracy", json_real(ev->accuracy));
+        json_object_set_new(j, "eval_loss", json_real(ev->loss));
+        if (ev->binary) {
+            json_object_set_new(j, "eval_f1", json_real(ev->f1));
+            json_object_set_new(j, "eval_mcc", json_real(ev->mcc));
+        }
+        json_object_set_new(j, "eval_examples", json_integer(ev->n));
+    }
+    int64_t trainable = task_trainable_count(t), total = peftc_model_param_count(t->m);
+    json_object_set_new(j, "trainable_params", json_integer(trainable));
+    json_object_set_new(j, "total_params", json_integer(total));
+    json_object_set_new(j, "trainable_percent", json_real(100.0 * trainable / (double)total));
+    json_object_set_new(j, "train_tokens_per_s", json_real(tok_s));
+    json_object_set_new(j, "train_seconds", json_real(secs));
+    json_object_set_new(j, "train_steps", json_integer(steps));
+    json_object_set_new(j, "epochs", json_integer(epochs_done));
+    json_object_set_new(j, "final_train_loss", json_real(final_loss));
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    json_object_set_new(j, "peak_rss_mb", json_real(ru.ru_maxrss / 1024.0));
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(j);
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, o->out_dir, "metrics.json", err);
+    if (!rc) rc = peftc_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    return rc;
+}
+
+static float default_lr(method_kind k)
+{
+    return k == METHOD_FULL ? 2e-5f : k == METHOD_LORA ? 5e-4f : 1e-3f;
+}
+
+static void emit(peftc_progress_fn fn, void *user, peftc_progress *p)
+{
+    if (fn) fn(p, user);
+}
+
+peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, void *user, peftc_error *err)
+{
+    peftc_status rc;
+    method_opts mo;
+    method_kind kind;
+    if (!o->model_dir || !o->train_path || !o->out_dir)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--model, --train and --out are required");
+    if (!method_parse(o->method, &kind))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--method: unknown method '%s' (this build trains: full, lora, bitfit)", o->method);
+    if (o->batch < 1 || o->grad_accum < 1 || o->max_len < 4 || (o->epochs < 1 && o->max_steps < 1))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--batch, --grad-accum must be >= 1, --max-len >= 4, and --epochs or --max-steps >= 1");
+    if (strcmp(o->schedule, "linear") && strcmp(o->schedule, "cosine") && strcmp(o->schedule, "constant"))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--schedule must be linear, cosine or constant, got '%s'", o->schedule);
+    method_defaults(&mo, kind);
+    mo.r = o->lora_r;
+    mo.alpha = o->lora_alpha;
+    mo.dropout = o->lora_dropout;
+    mo.rslora = o->rslora;
+    if (kind == METHOD_LORA) {
+        if (o->lora_dropout < 0 || o->lora_dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
+        if ((rc = lora_parse_targets(o->lora_targets, &mo.targets, err))) return rc;
+    }
+    float lr = o->lr > 0 ? o->lr : default_lr(kind);
+
+    peftc_model *m = NULL;
+    peftc_tokenizer *tok = NULL;
+    dataset tr = {0}, ev = {0};
+    label_set labels = {0};
+    task t = {0};
+    batch_buf bb = {0};
+    int *order = NULL, have_eval = o->eval_path != NULL;
+    data_cols cols = {o->text_col, o->pair_col, o->label_col};
+    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
+    int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
+    if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
+        (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, tok, max_len, err)))
+        goto out;
+    if (have_eval) {
+        /* the eval file uses the training file's columns unless they were recognised */
+        if ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_labels(&ev, &labels, err)) ||
+            (rc = data_tokenize(&ev, tok, max_len, err)))
+            goto out;
+        if (!tr.pair[0] != !ev.pair[0]) {
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: %s sentence pairs but %s %s", o->eval_path, ev.pair[0] ? "has" : "lacks",
+                            o->train_path, tr.pair[0] ? "has them" : "does not");
+            goto out;
+        }
+    }
+    int T = 1;
+    for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
+    for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
+
+    peftc_rng rng;
+    peftc_rng_seed(&rng, o->seed);
+    if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
+        (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)))
+        goto out;
+    if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    if (mkdir(o->out_dir, 0755) != 0) {
+        struct stat sb;
+        if (stat(o->out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) { rc = peftc_fail(err, PEFTC_ERR_IO, "%s: cannot create the directory", o->out_dir); goto out; }
+    }
+
+    int micro_per_epoch = (tr.n + o->batch - 1) / o->batch;
+    int steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
+    int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
+    int warmup = (int)ceil(o->warmup_ratio * total);
+    train_state s = {0, 0, 0, 0};
+    if (o->resume_dir) {
+        if ((rc = load_checkpoint(&t, o, &s, err))) goto out;
+        rng.state = s.rng;
+    }
+    epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
+
+    peftc_progress pr = {0};
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s",
+             method_name(kind), o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
+             o->resume_dir ? ", resumed" : "");
+    pr.kind = PEFTC_PROGRESS_START;
+    pr.message = msg;
+    pr.total_steps = total;
+    pr.step = s.step;
+    pr.trainable_params = task_trainable_count(&t);
+    pr.total_params = peftc_model_param_count(m);
+    emit(progress, user, &pr);
+
+    peftc_eval_result er = {0};
+    int evaluated_epoch = -1;
+    double t0 = now_s(), tokens = 0, last_loss = 0;
+    int steps_run = 0;
+    while (s.step < total) {
+        memset(t.pb.g, 0, t.pb.total * sizeof(float));
+        double loss_acc = 0;
+        int epoch_ended = 0;
+        for (int a = 0; a < o->grad_accum; a++) {
+            if (s.pos >= tr.n) {
+                s.epoch++;
+                s.pos = 0;
+                epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
+            }
+            int n = tr.n - s.pos < o->batch ? tr.n - s.pos : o->batch;
+            int Tb = batch_fill(&bb, &tr, order + s.pos, n);
+            s.pos += n;
+            float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, 1, &rng);
+            if (!isfinite(loss)) {
+                rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
+                goto out;
+            }
+            /* the mean over the accumulated micro-batches, weighting each by its size */
+            float scale = (float)n / (float)(o->batch * o->grad_accum);
+            task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, scale, &rng);
+            loss_acc += (double)loss * scale;
+            for (int i = 0; i < n; i++) tokens += bb.lens[i];
+            if (s.pos >= tr.n) epoch_ended = 1;
+        }
+        double norm2 = 0;
+        for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
+        float norm = (float)sqrt(norm2);
+        if (!isfinite(norm)) {
+            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite gradient at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
+            goto out;
+        }
+        if (o->clip > 0 && norm > o->clip) {
+            float c = o->clip / (norm + 1e-6f);
+            for (size_t i = 0; i < t.pb.total; i++) t.pb.g[i] *= c;
+        }
+        float lr_now = lr_at(o, lr, s.step, total, warmup);
+        for (int i = 0; i < t.pb.n; i++) {
+            const param_entry *e = &t.pb.e[i];
+            adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel,
+                         lr_now, o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
+        }
+        s.step++;
+        steps_run++;
+        last_loss = loss_acc;
+        double el = now_s() - t0;
+        pr = (peftc_progress){.kind = PEFTC_PROGRESS_STEP, .step = s.step, .total_steps = total, .epoch = s.epoch,
+                              .loss = (float)loss_acc, .lr = lr_now, .grad_norm = norm, .tokens_per_s = tokens / el,
+                              .elapsed_s = el, .eta_s = el / steps_run * (total - s.step)};
+        emit(progress, user, &pr);
+        int do_eval = have_eval && ((epoch_ended && o->eval_every == 0) || (o->eval_every > 0 && s.step % o->eval_every == 0));
+        if (do_eval) {
+            if ((rc = task_evaluate(&t, &ev, &bb, &er, err))) goto out;
+            evaluated_epoch = s.step;
+            pr.kind = PEFTC_PROGRESS_EVAL;
+            pr.eval_accuracy = er.accuracy; pr.eval_loss = er.loss; pr.eval_f1 = er.f1; pr.eval_mcc = er.mcc;
+            emit(progress, user, &pr);
+        }
+        if (o->save_every > 0 && s.step % o->save_every == 0) {
+            s.rng = rng.state;
+            if ((rc = save_checkpoint(&t, o, &s, err))) goto out;
+            pr.kind = PEFTC_PROGRESS_CHECKPOINT;
+            emit(progress, user, &pr);
+        }
+    }
+    double secs = now_s() - t0;
+    if (have_eval && evaluated_epoch != s.step && (rc = task_evaluate(&t, &ev, &bb, &er, err))) goto out;
+    if ((rc = task_save_adapter(&t, o->out_dir, o->model_dir, err))) goto out;
+    rc = write_metrics(o, &t, &er, have_eval, s.step, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0, secs, last_loss, err);
+    if (!rc) {
+        pr = (peftc_progress){.kind = PEFTC_PROGRESS_DONE, .step = s.step, .total_steps = total, .epoch = s.epoch,
+                              .loss = (float)last_loss, .tokens_per_s = secs > 0 ? tokens / secs : 0, .elapsed_s = secs,
+                              .eval_accuracy = er.accuracy, .eval_loss = er.loss, .eval_f1 = er.f1, .eval_mcc = er.mcc,
+                              .trainable_params = task_trainable_count(&t), .total_params = peftc_model_param_count(m),
+                              .message = have_eval ? "eval" : NULL};
+        emit(progress, user, &pr);
+    }
+out:
+    free(order);
+    batch_free(&bb);
+    task_free(&t);
+    labels_free(&labels);
+    data_free(&tr);
+    data_free(&ev);
+    peftc_tokenizer_free(tok);
+    peftc_model_free(m);
+    return rc;
+}
