@@ -131,6 +131,7 @@ typedef struct peftc_train_opts {
     const char *eval_path;       /* may be NULL */
     const char *out_dir;
     const char *resume_dir;      /* may be NULL: continue the run saved there */
+    const char *init_adapter;    /* may be NULL: start from this adapter's weights */
     const char *method;          /* "full", "lora", "bitfit" */
     const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */
     /* LoRA */

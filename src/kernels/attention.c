@@ -1,8 +1,8 @@
 /* attention.c: the softmax(q k^T / sqrt(hd)) v core of multi-head self-attention,
- * with a key padding mask and optional dropout on the probabilities (training
- * variants). One OpenMP task per (batch, head) pair: every row a
- * task writes (probs rows, the head's column slice of out/dq/dk/dv) belongs to
- * that pair alone, so there are no races and no dependence on thread count.
+ * with a key padding mask and, in the training variants, dropout on the
+ * probabilities. One OpenMP task per (batch, head) pair: every row a task
+ * writes (probs and mask rows, the head's column slice of out/dq/dk/dv) belongs
+ * to that pair alone, so there are no races and no dependence on thread count.
  * Hand-written loops rather than sgemm, because BLAS must not be called from
  * inside our parallel region (OpenBLAS threads itself). */
 #include <math.h>

@@ -8,7 +8,8 @@
  *      [PAD], [UNK], [MASK] of a BERT tokenizer.json) are matched in the raw
  *      text (leftmost-longest, case-sensitive) and become their ids directly;
  *   3. every other piece is normalised: clean text (drop NUL, U+FFFD and
- *      control/format/unassigned/private-use chars; whitespace -> ' '), pad CJK
+ *      control/format/private-use chars -- unassigned code points stay;
+ *      '\t' '\n' '\r' and White_Space -> ' '; \v \f U+0085 are dropped), pad CJK
  *      ideographs with spaces, strip accents (NFD, drop Mn), then lowercase --
  *      strip_accents runs *before* lowercase, exactly as in HF, and lowercase
  *      is Rust's char::to_lowercase (U+0130 becomes "i" U+0307);
@@ -20,9 +21,16 @@
  *
  * Unicode data: utf8proc (Unicode 15) for categories, decomposition and
  * lowercase.  HF's Rust crates use older tables for the general categories
- * (unicode_categories) and NFD (unicode-normalization-alignments); the
- * code points where they disagree with utf8proc were found by comparing every
- * code point against the reference and are listed in hf_* tables below.
+ * (unicode_categories) and NFD (unicode-normalization-alignments), and newer
+ * ones (Rust std, regex: Unicode 16) for lowercase and \w; the code points
+ * where they disagree with utf8proc were found by comparing every code point
+ * against the reference and are listed in the hf_* tables below.
+ *
+ * Truncation is HF's truncate_encodings (LongestFirst, stride 0) on the
+ * budget t = max_len - 3 (pair) or max_len - 2: with the shorter side n1 and
+ * the longer n2 (on a tie the text counts as the shorter), the shorter keeps
+ * min(n1, floor(t/2)) and the longer gets the rest of t.  This differs from
+ * "remove one token at a time from the longer" on odd budgets and ties.
  */
 #include "core/core.h"
 
@@ -358,6 +366,8 @@ struct peftc_tokenizer {
     int32_t cls, sep, unk, pad;
     added_tok *added;
     int n_added, any_raw_added, any_norm_added;
+    char **owned; /* strdup'd texts of added tokens outside the vocabulary */
+    size_t n_owned;
 };
 
 static uint64_t fnv_step(uint64_t h, const char *s, size_t n)
@@ -611,14 +621,13 @@ static int grow_ids(peftc_tokenizer *t, int32_t id)
     return 0;
 }
 
-static peftc_status load_added_tokens(peftc_tokenizer *t, json_t *arr, const char *path, char ***owned,
-                                      size_t *n_owned, peftc_error *err)
+static peftc_status load_added_tokens(peftc_tokenizer *t, json_t *arr, const char *path, peftc_error *err)
 {
     size_t n = json_array_size(arr);
     t->added = calloc(n ? n : 1, sizeof *t->added);
-    *owned = calloc(n ? n : 1, sizeof **owned);
-    int32_t max_added_v = -1, *max_added = &max_added_v;
-    if (!t->added || !*owned) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
+    t->owned = calloc(n ? n : 1, sizeof *t->owned);
+    int32_t max_added = -1;
+    if (!t->added || !t->owned) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
     for (size_t i = 0; i < n; i++) {
         json_t *o = json_array_get(arr, i);
         json_t *c = json_object_get(o, "content");
@@ -640,33 +649,33 @@ static peftc_status load_added_tokens(peftc_tokenizer *t, json_t *arr, const cha
          * file is not used. */
         int32_t id = vocab_find(t, "", 0, content, strlen(content));
         for (int k = 0; id < 0 && k < t->n_added; k++) {
-            int32_t o = t->added[k].id;
-            if (t->text[o] && strcmp(t->text[o], content) == 0) id = o;
+            int32_t prev = t->added[k].id;
+            if (t->text[prev] && strcmp(t->text[prev], content) == 0) id = prev;
         }
         if (id < 0) {
-            id = *max_added >= t->n_distinct ? *max_added + 1 : t->n_distinct;
+            id = max_added >= t->n_distinct ? max_added + 1 : t->n_distinct;
             if (id >= (1 << 26)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: too many added tokens", path);
             if (grow_ids(t, id)) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
             if (!t->text[id]) {
                 char *d = strdup(content);
                 if (!d) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
-                (*owned)[(*n_owned)++] = d;
+                t->owned[t->n_owned++] = d;
                 t->text[id] = d;
                 t->len[id] = (uint32_t)strlen(d);
             }
         }
-        if (id > *max_added) *max_added = id;
+        if (id > max_added) max_added = id;
         peftc_status st = add_special(t, content, id, normalized, lstrip, rstrip, single, path, err);
         if (st) return st;
     }
     return PEFTC_OK;
 }
 
-static void tokenizer_free_all(peftc_tokenizer *t, char **owned, size_t n_owned)
+void peftc_tokenizer_free(peftc_tokenizer *t)
 {
-    for (size_t i = 0; i < n_owned; i++) free(owned[i]);
-    free(owned);
     if (!t) return;
+    for (size_t i = 0; i < t->n_owned; i++) free(t->owned[i]);
+    free(t->owned);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].cps);
     free(t->added);
     free(t->text);
@@ -676,13 +685,6 @@ static void tokenizer_free_all(peftc_tokenizer *t, char **owned, size_t n_owned)
     free(t->slot_hash);
     free(t);
 }
-
-/* Everything the tokenizer owns besides itself, so _free can find it. */
-typedef struct {
-    peftc_tokenizer tok;
-    char **owned;
-    size_t n_owned;
-} tok_box;
 
 static peftc_status read_normalizer(peftc_tokenizer *t, json_t *tj, const char *path, peftc_error *err)
 {
@@ -749,9 +751,8 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
     if (!have_vocab && !have_tj)
         return peftc_fail(err, PEFTC_ERR_IO, "%s: no vocab.txt or tokenizer.json (is this a model directory?)", model_dir);
 
-    tok_box *box = calloc(1, sizeof *box);
-    if (!box) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", model_dir);
-    peftc_tokenizer *t = &box->tok;
+    peftc_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", model_dir);
     t->clean_text = t->chinese = t->lowercase = t->strip_accents = 1;
     t->max_chars = 100;
     strcpy(t->prefix, "##");
@@ -805,7 +806,7 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
 
     json_t *added = tj ? json_object_get(tj, "added_tokens") : NULL;
     if (json_is_array(added)) {
-        if ((st = load_added_tokens(t, added, tj_path, &box->owned, &box->n_owned, err))) goto fail;
+        if ((st = load_added_tokens(t, added, tj_path, err))) goto fail;
     } else {
         /* vocab.txt only: BertTokenizer never splits its special tokens. */
         const char *sp[] = {"[PAD]", unk, "[CLS]", "[SEP]", "[MASK]"};
@@ -822,15 +823,8 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
 
 fail:
     json_decref(tj);
-    tokenizer_free_all(t, box->owned, box->n_owned);
+    peftc_tokenizer_free(t);
     return st;
-}
-
-void peftc_tokenizer_free(peftc_tokenizer *tok)
-{
-    if (!tok) return;
-    tok_box *box = (tok_box *)tok; /* tok is the first member */
-    tokenizer_free_all(tok, box->owned, box->n_owned);
 }
 
 int peftc_tokenizer_vocab_size(const peftc_tokenizer *tok) { return tok ? tok->n_ids : 0; }
@@ -841,7 +835,6 @@ int32_t peftc_tokenizer_token_id(const peftc_tokenizer *tok, const char *token)
     size_t n = strlen(token);
     for (int i = 0; i < tok->n_added; i++) {
         const added_tok *a = &tok->added[i];
-        if (a->normalized) continue;
         if (tok->text[a->id] && tok->len[a->id] == n && memcmp(tok->text[a->id], token, n) == 0) return a->id;
     }
     return vocab_find(tok, "", 0, token, n);
@@ -1037,7 +1030,7 @@ static int next_added(const peftc_tokenizer *t, const uint32_t *v, size_t n, siz
         if (best->single_word) {
             int left_word = s > 0 && is_word_char(v[s - 1]);
             int right_word = e < n && is_word_char(v[e]);
-            if (left_word || right_word) { i = e; floor = e; continue; }
+            if (left_word || right_word) { i = e; continue; } /* skipped, as in HF */
         }
         if (best->lstrip) {
             while (s > floor && is_ws(v[s - 1])) s--;
@@ -1131,22 +1124,16 @@ peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
         return st;
     }
     /* HF truncate_encodings, LongestFirst, stride 0, on the budget left after
-     * the special tokens. */
-    size_t total = (size_t)max_len - (size_t)need + 1;
+     * the special tokens: the shorter side (the text on a tie) keeps
+     * min(its length, budget / 2), the longer one gets the rest. */
+    size_t budget = (size_t)max_len - (size_t)need + 1;
     size_t n1 = a.n, n2 = b.n;
     if (!pair) {
-        if (n1 > total) n1 = total;
-    } else if (n1 + n2 > total) {
-        int swap = n1 > n2;
-        if (swap) { size_t x = n1; n1 = n2; n2 = x; }
-        n2 = n1 > total ? n1 : (n1 > total - n1 ? n1 : total - n1);
-        if (n1 + n2 > total) {
-            n1 = total / 2;
-            n2 = n1 + total % 2;
-        }
-        if (swap) { size_t x = n1; n1 = n2; n2 = x; }
-        if (n1 > a.n) n1 = a.n;
-        if (n2 > b.n) n2 = b.n;
+        if (n1 > budget) n1 = budget;
+    } else if (n1 + n2 > budget) {
+        size_t *shorter = n1 > n2 ? &n2 : &n1, *longer = n1 > n2 ? &n1 : &n2;
+        if (*shorter > budget / 2) *shorter = budget / 2;
+        *longer = budget - *shorter;
     }
     int n = 0;
     ids[n] = tok->cls;

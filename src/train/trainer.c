@@ -275,6 +275,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
         (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)))
         goto out;
+    if (o->init_adapter && (rc = task_load_weights(&t, o->init_adapter, err))) goto out;
     if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     if (mkdir(o->out_dir, 0755) != 0) {
         struct stat sb;

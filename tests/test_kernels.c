@@ -1,0 +1,1181 @@
+/* test_kernels.c: every kernel in src/kernels/kernels.h against naive
+ * double-precision references written here.
+ *
+ * Forwards are compared with the reference on odd sizes. Backwards are compared
+ * with central finite differences of L = sum(out * R) (R fixed and random),
+ * taken on the double reference forward at the same (float-representable)
+ * point, so the numerical gradient is accurate to ~1e-9 and the tolerance can
+ * stay tight. Every backward is also checked to accumulate (a second call adds
+ * the same amount again) and to honour NULL gradient pointers (each gradient
+ * computed alone equals the one computed together with the others). Parallel
+ * kernels are run with 1 and 2 OpenMP threads and must agree. */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "testlib.h"
+
+/* ------------------------------------------------------------------ helpers */
+
+static peftc_rng rng;
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    return p;
+}
+static float *falloc(size_t n) { return xcalloc(n, sizeof(float)); }
+static double *dalloc(size_t n) { return xcalloc(n, sizeof(double)); }
+
+static float *frand(size_t n, float lo, float hi)
+{
+    float *x = falloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * peftc_rng_uniform(&rng);
+    return x;
+}
+static float *fcopy(const float *x, size_t n)
+{
+    float *y = falloc(n);
+    memcpy(y, x, n * sizeof(float));
+    return y;
+}
+static double *f2d(const float *x, size_t n)
+{
+    double *y = dalloc(n);
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    return y;
+}
+static double maxabs_d(const double *x, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) if (fabs(x[i]) > m) m = fabs(x[i]);
+    return m;
+}
+/* max |a - b| relative to the scale of b (floored so all-zero b still works) */
+static double rel_err(const float *a, const double *b, size_t n)
+{
+    double m = 0, s = maxabs_d(b, n);
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > m || d != d) m = d != d ? INFINITY : d;
+    }
+    return m / (s > 1e-2 ? s : 1e-2);
+}
+/* error of an accumulated gradient: (g - g0) against the expected increment */
+static double grad_err(const float *g, const float *g0, const double *want, size_t n)
+{
+    double *inc = dalloc(n);
+    for (size_t i = 0; i < n; i++) inc[i] = (double)g[i] - (double)g0[i];
+    double m = 0, s = maxabs_d(want, n);
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs(inc[i] - want[i]);
+        if (d > m || d != d) m = d != d ? INFINITY : d;
+    }
+    free(inc);
+    return m / (s > 1e-2 ? s : 1e-2);
+}
+/* second-call increment (g2 - g1) against the first (g1 - g0) */
+static double accum_err(const float *g2, const float *g1, const float *g0, size_t n)
+{
+    double *want = dalloc(n);
+    for (size_t i = 0; i < n; i++) want[i] = (double)g1[i] - (double)g0[i];
+    double e = grad_err(g2, g1, want, n);
+    free(want);
+    return e;
+}
+static int same_bits(const float *a, const float *b, size_t n)
+{
+    return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+/* Reference forward: fills out from the inputs held in ctx. */
+typedef void (*ref_fwd)(void *ctx, double *out);
+
+static double loss_of(ref_fwd f, void *ctx, double *out, const double *R, size_t nout)
+{
+    f(ctx, out);
+    double s = 0;
+    for (size_t i = 0; i < nout; i++) s += out[i] * R[i];
+    return s;
+}
+
+/* g = dL/dx by central differences, L = sum(out * R), x read by f via ctx */
+static void fd_grad(ref_fwd f, void *ctx, double *x, size_t nx, const double *R,
+                    size_t nout, double *g)
+{
+    double *out = dalloc(nout);
+    for (size_t i = 0; i < nx; i++) {
+        double x0 = x[i], h = 1e-5 * (fabs(x0) > 1 ? fabs(x0) : 1);
+        x[i] = x0 + h; double lp = loss_of(f, ctx, out, R, nout);
+        x[i] = x0 - h; double lm = loss_of(f, ctx, out, R, nout);
+        x[i] = x0;
+        g[i] = (lp - lm) / (2 * h);
+    }
+    free(out);
+}
+
+#define FWD_TOL 2e-6
+#define GRAD_TOL 2e-4
+
+/* ------------------------------------------------------------------ matmul */
+
+typedef struct { double *inp, *w, *bias; int N, IC, OC; } mm_ctx;
+
+static void ref_matmul(void *vctx, double *out)
+{
+    mm_ctx *c = vctx;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->OC; o++) {
+            double s = c->bias ? c->bias[o] : 0;
+            for (int i = 0; i < c->IC; i++) s += c->inp[n * c->IC + i] * c->w[o * c->IC + i];
+            out[n * c->OC + o] = s;
+        }
+}
+
+static void test_matmul(void)
+{
+    const int N = 7, IC = 37, OC = 67;   /* OC > 64 crosses a dbias column block */
+    size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    float *inp = frand(ni, -1, 1), *w = frand(nw, -1, 1), *bias = frand(OC, -1, 1);
+    mm_ctx ctx = { f2d(inp, ni), f2d(w, nw), f2d(bias, OC), N, IC, OC };
+    double *ref = dalloc(no);
+    ref_matmul(&ctx, ref);
+
+    float *out = falloc(no);
+    for (size_t i = 0; i < no; i++) out[i] = NAN;  /* accumulate=0 must not read out */
+    matmul_forward(out, inp, w, bias, N, IC, OC, 0);
+    CHECK(rel_err(out, ref, no) <= FWD_TOL, "matmul_forward bias: err %g", rel_err(out, ref, no));
+
+    float *o0 = frand(no, -1, 1), *acc = fcopy(o0, no);
+    matmul_forward(acc, inp, w, bias, N, IC, OC, 1);
+    CHECK(grad_err(acc, o0, ref, no) <= FWD_TOL, "matmul_forward bias accumulate: err %g",
+          grad_err(acc, o0, ref, no));
+
+    mm_ctx nb = ctx; nb.bias = NULL;
+    double *refnb = dalloc(no);
+    ref_matmul(&nb, refnb);
+    for (size_t i = 0; i < no; i++) out[i] = NAN;
+    matmul_forward(out, inp, w, NULL, N, IC, OC, 0);
+    CHECK(rel_err(out, refnb, no) <= FWD_TOL, "matmul_forward no bias: err %g", rel_err(out, refnb, no));
+    memcpy(acc, o0, no * sizeof(float));
+    matmul_forward(acc, inp, w, NULL, N, IC, OC, 1);
+    CHECK(grad_err(acc, o0, refnb, no) <= FWD_TOL, "matmul_forward no bias accumulate: err %g",
+          grad_err(acc, o0, refnb, no));
+
+    /* backward */
+    float *R = frand(no, -1, 1);
+    double *Rd = f2d(R, no);
+    double *gi = dalloc(ni), *gw = dalloc(nw), *gb = dalloc(OC);
+    fd_grad(ref_matmul, &ctx, ctx.inp, ni, Rd, no, gi);
+    fd_grad(ref_matmul, &ctx, ctx.w, nw, Rd, no, gw);
+    fd_grad(ref_matmul, &ctx, ctx.bias, OC, Rd, no, gb);
+
+    float *di0 = frand(ni, -.1f, .1f), *dw0 = frand(nw, -.1f, .1f), *db0 = frand(OC, -.1f, .1f);
+    float *di = fcopy(di0, ni), *dw = fcopy(dw0, nw), *db = fcopy(db0, OC);
+    matmul_backward(di, dw, db, R, inp, w, N, IC, OC);
+    CHECK(grad_err(di, di0, gi, ni) <= GRAD_TOL, "matmul_backward dinp vs FD: err %g", grad_err(di, di0, gi, ni));
+    CHECK(grad_err(dw, dw0, gw, nw) <= GRAD_TOL, "matmul_backward dw vs FD: err %g", grad_err(dw, dw0, gw, nw));
+    CHECK(grad_err(db, db0, gb, OC) <= GRAD_TOL, "matmul_backward dbias vs FD: err %g", grad_err(db, db0, gb, OC));
+
+    float *di2 = fcopy(di, ni), *dw2 = fcopy(dw, nw), *db2 = fcopy(db, OC);
+    matmul_backward(di2, dw2, db2, R, inp, w, N, IC, OC);
+    CHECK(accum_err(di2, di, di0, ni) <= 1e-5 && accum_err(dw2, dw, dw0, nw) <= 1e-5 &&
+          accum_err(db2, db, db0, OC) <= 1e-5, "matmul_backward accumulates (second call adds again)");
+
+    float *a = fcopy(di0, ni), *b = fcopy(dw0, nw), *c = fcopy(db0, OC);
+    matmul_backward(a, NULL, NULL, R, inp, w, N, IC, OC);
+    matmul_backward(NULL, b, NULL, R, inp, w, N, IC, OC);
+    matmul_backward(NULL, NULL, c, R, inp, w, N, IC, OC);
+    matmul_backward(NULL, NULL, NULL, R, inp, w, N, IC, OC);
+    CHECK(tl_max_abs_diff(a, di, ni) <= 1e-6 && tl_max_abs_diff(b, dw, nw) <= 1e-6 &&
+          same_bits(c, db, OC), "matmul_backward: each gradient alone (others NULL) matches");
+
+    free(inp); free(w); free(bias); free(ctx.inp); free(ctx.w); free(ctx.bias);
+    free(ref); free(out); free(o0); free(acc); free(refnb); free(R); free(Rd);
+    free(gi); free(gw); free(gb); free(di0); free(dw0); free(db0); free(di); free(dw); free(db);
+    free(di2); free(dw2); free(db2); free(a); free(b); free(c);
+}
+
+/* -------------------------------------------------------------- embeddings */
+
+typedef struct {
+    double *wte, *wpe, *wtt;
+    const int32_t *ids, *types;
+    int B, T, C, pos0;
+} emb_ctx;
+
+static void ref_embeddings(void *vctx, double *out)
+{
+    emb_ctx *e = vctx;
+    int C = e->C;
+    for (int b = 0; b < e->B; b++)
+        for (int t = 0; t < e->T; t++) {
+            int bt = b * e->T + t;
+            for (int c = 0; c < C; c++) {
+                double s = e->wte[e->ids[bt] * C + c];
+                if (e->wpe) s += e->wpe[(e->pos0 + t) * C + c];
+                if (e->wtt) s += e->wtt[(e->types ? e->types[bt] : 0) * C + c];
+                out[bt * C + c] = s;
+            }
+        }
+}
+
+static void test_embeddings(void)
+{
+    const int V = 11, P = 16, NT = 2, C = 37, B = 3, T = 5, pos0 = 2;
+    size_t nte = (size_t)V * C, npe = (size_t)P * C, ntt = (size_t)NT * C, no = (size_t)B * T * C;
+    int32_t ids[15], types[15];
+    for (int i = 0; i < B * T; i++) {
+        ids[i] = (int32_t)peftc_rng_below(&rng, 4);   /* few ids: many repeats to scatter */
+        types[i] = (int32_t)peftc_rng_below(&rng, NT);
+    }
+    ids[B * T - 1] = V - 1;
+    float *wte = frand(nte, -1, 1), *wpe = frand(npe, -1, 1), *wtt = frand(ntt, -1, 1);
+    emb_ctx ctx = { f2d(wte, nte), f2d(wpe, npe), f2d(wtt, ntt), ids, types, B, T, C, pos0 };
+    double *ref = dalloc(no);
+    float *out = falloc(no);
+
+    ref_embeddings(&ctx, ref);
+    embeddings_forward(out, ids, types, wte, wpe, wtt, B, T, C, pos0);
+    CHECK(rel_err(out, ref, no) <= FWD_TOL, "embeddings_forward: err %g", rel_err(out, ref, no));
+
+    emb_ctx nt = ctx; nt.types = NULL;
+    ref_embeddings(&nt, ref);
+    embeddings_forward(out, ids, NULL, wte, wpe, wtt, B, T, C, pos0);
+    CHECK(rel_err(out, ref, no) <= FWD_TOL, "embeddings_forward type_ids NULL: err %g", rel_err(out, ref, no));
+
+    emb_ctx np = ctx; np.wpe = NULL; np.wtt = NULL;
+    ref_embeddings(&np, ref);
+    embeddings_forward(out, ids, types, wte, NULL, NULL, B, T, C, pos0);
+    CHECK(rel_err(out, ref, no) <= FWD_TOL, "embeddings_forward wpe, wtt NULL: err %g", rel_err(out, ref, no));
+
+    float *R = frand(no, -1, 1);
+    double *Rd = f2d(R, no);
+    double *gte = dalloc(nte), *gpe = dalloc(npe), *gtt = dalloc(ntt);
+    fd_grad(ref_embeddings, &ctx, ctx.wte, nte, Rd, no, gte);
+    fd_grad(ref_embeddings, &ctx, ctx.wpe, npe, Rd, no, gpe);
+    fd_grad(ref_embeddings, &ctx, ctx.wtt, ntt, Rd, no, gtt);
+
+    float *te0 = frand(nte, -.1f, .1f), *pe0 = frand(npe, -.1f, .1f), *tt0 = frand(ntt, -.1f, .1f);
+    float *te = fcopy(te0, nte), *pe = fcopy(pe0, npe), *tt = fcopy(tt0, ntt);
+    embeddings_backward(te, pe, tt, R, ids, types, B, T, C, pos0);
+    CHECK(grad_err(te, te0, gte, nte) <= GRAD_TOL, "embeddings_backward dwte vs FD: err %g", grad_err(te, te0, gte, nte));
+    CHECK(grad_err(pe, pe0, gpe, npe) <= GRAD_TOL, "embeddings_backward dwpe vs FD: err %g", grad_err(pe, pe0, gpe, npe));
+    CHECK(grad_err(tt, tt0, gtt, ntt) <= GRAD_TOL, "embeddings_backward dwtt vs FD: err %g", grad_err(tt, tt0, gtt, ntt));
+
+    float *te2 = fcopy(te, nte), *pe2 = fcopy(pe, npe), *tt2 = fcopy(tt, ntt);
+    embeddings_backward(te2, pe2, tt2, R, ids, types, B, T, C, pos0);
+    CHECK(accum_err(te2, te, te0, nte) <= 1e-5 && accum_err(pe2, pe, pe0, npe) <= 1e-5 &&
+          accum_err(tt2, tt, tt0, ntt) <= 1e-5, "embeddings_backward accumulates");
+
+    float *a = fcopy(te0, nte), *b = fcopy(pe0, npe), *c = fcopy(tt0, ntt);
+    embeddings_backward(a, NULL, NULL, R, ids, types, B, T, C, pos0);
+    embeddings_backward(NULL, b, NULL, R, ids, types, B, T, C, pos0);
+    embeddings_backward(NULL, NULL, c, R, ids, types, B, T, C, pos0);
+    embeddings_backward(NULL, NULL, NULL, R, ids, types, B, T, C, pos0);
+    CHECK(same_bits(a, te, nte) && same_bits(b, pe, npe) && same_bits(c, tt, ntt),
+          "embeddings_backward: each gradient alone (others NULL) matches");
+
+    /* type_ids NULL: everything lands in row 0 of dwtt */
+    fd_grad(ref_embeddings, &nt, nt.wtt, ntt, Rd, no, gtt);
+    memcpy(c, tt0, ntt * sizeof(float));
+    embeddings_backward(NULL, NULL, c, R, ids, NULL, B, T, C, pos0);
+    CHECK(grad_err(c, tt0, gtt, ntt) <= GRAD_TOL && same_bits(c + C, tt0 + C, (size_t)C),
+          "embeddings_backward type_ids NULL: dwtt row 0 only, err %g", grad_err(c, tt0, gtt, ntt));
+
+    free(wte); free(wpe); free(wtt); free(ctx.wte); free(ctx.wpe); free(ctx.wtt);
+    free(ref); free(out); free(R); free(Rd); free(gte); free(gpe); free(gtt);
+    free(te0); free(pe0); free(tt0); free(te); free(pe); free(tt);
+    free(te2); free(pe2); free(tt2); free(a); free(b); free(c);
+}
+
+/* --------------------------------------------------------------- layernorm */
+
+typedef struct { double *inp, *w, *b; int N, C; double eps; double *mean, *rstd; } ln_ctx;
+
+static void ref_layernorm(void *vctx, double *out)
+{
+    ln_ctx *l = vctx;
+    for (int n = 0; n < l->N; n++) {
+        const double *x = l->inp + n * l->C;
+        double m = 0, v = 0;
+        for (int c = 0; c < l->C; c++) m += x[c];
+        m /= l->C;
+        for (int c = 0; c < l->C; c++) v += (x[c] - m) * (x[c] - m);
+        v /= l->C;
+        double rs = 1 / sqrt(v + l->eps);
+        if (l->mean) { l->mean[n] = m; l->rstd[n] = rs; }
+        for (int c = 0; c < l->C; c++) out[n * l->C + c] = (x[c] - m) * rs * l->w[c] + l->b[c];
+    }
+}
+
+static void test_layernorm(void)
+{
+    const int N = 7, C = 37;
+    const float eps = 1e-5f;
+    size_t nx = (size_t)N * C;
+    float *inp = frand(nx, -1, 1), *w = frand(C, 0.5f, 1.5f), *bb = frand(C, -1, 1);
+    for (size_t i = 0; i < nx; i++) inp[i] += 3.0f;   /* |mean| > std, as in residual streams */
+    double *rm = dalloc(N), *rr = dalloc(N);
+    ln_ctx ctx = { f2d(inp, nx), f2d(w, C), f2d(bb, C), N, C, eps, rm, rr };
+    double *ref = dalloc(nx);
+    ref_layernorm(&ctx, ref);
+    ctx.mean = ctx.rstd = NULL;
+
+    float *out = falloc(nx), *mean = falloc(N), *rstd = falloc(N);
+    layernorm_forward(out, mean, rstd, inp, w, bb, N, C, eps);
+    CHECK(rel_err(out, ref, nx) <= 1e-5, "layernorm_forward out: err %g", rel_err(out, ref, nx));
+    CHECK(rel_err(mean, rm, N) <= FWD_TOL && rel_err(rstd, rr, N) <= FWD_TOL,
+          "layernorm_forward mean/rstd: err %g %g", rel_err(mean, rm, N), rel_err(rstd, rr, N));
+
+    float *R = frand(nx, -1, 1);
+    double *Rd = f2d(R, nx);
+    double *gi = dalloc(nx), *gw = dalloc(C), *gb = dalloc(C);
+    fd_grad(ref_layernorm, &ctx, ctx.inp, nx, Rd, nx, gi);
+    fd_grad(ref_layernorm, &ctx, ctx.w, C, Rd, nx, gw);
+    fd_grad(ref_layernorm, &ctx, ctx.b, C, Rd, nx, gb);
+
+    float *di0 = frand(nx, -.1f, .1f), *dw0 = frand(C, -.1f, .1f), *db0 = frand(C, -.1f, .1f);
+    float *di = fcopy(di0, nx), *dw = fcopy(dw0, C), *db = fcopy(db0, C);
+    layernorm_backward(di, dw, db, R, inp, w, mean, rstd, N, C);
+    CHECK(grad_err(di, di0, gi, nx) <= GRAD_TOL, "layernorm_backward dinp vs FD: err %g", grad_err(di, di0, gi, nx));
+    CHECK(grad_err(dw, dw0, gw, C) <= GRAD_TOL, "layernorm_backward dw vs FD: err %g", grad_err(dw, dw0, gw, C));
+    CHECK(grad_err(db, db0, gb, C) <= GRAD_TOL, "layernorm_backward db vs FD: err %g", grad_err(db, db0, gb, C));
+
+    float *di2 = fcopy(di, nx), *dw2 = fcopy(dw, C), *db2 = fcopy(db, C);
+    layernorm_backward(di2, dw2, db2, R, inp, w, mean, rstd, N, C);
+    CHECK(accum_err(di2, di, di0, nx) <= 1e-5 && accum_err(dw2, dw, dw0, C) <= 1e-5 &&
+          accum_err(db2, db, db0, C) <= 1e-5, "layernorm_backward accumulates");
+
+    float *a = fcopy(di0, nx), *b = fcopy(dw0, C), *c = fcopy(db0, C);
+    layernorm_backward(a, NULL, NULL, R, inp, w, mean, rstd, N, C);
+    layernorm_backward(NULL, b, NULL, R, inp, w, mean, rstd, N, C);
+    layernorm_backward(NULL, NULL, c, R, inp, w, mean, rstd, N, C);
+    layernorm_backward(NULL, NULL, NULL, R, inp, w, mean, rstd, N, C);
+    CHECK(same_bits(a, di, nx) && same_bits(b, dw, C) && same_bits(c, db, C),
+          "layernorm_backward: each gradient alone (others NULL) matches");
+
+    free(inp); free(w); free(bb); free(rm); free(rr); free(ctx.inp); free(ctx.w); free(ctx.b);
+    free(ref); free(out); free(mean); free(rstd); free(R); free(Rd); free(gi); free(gw); free(gb);
+    free(di0); free(dw0); free(db0); free(di); free(dw); free(db); free(di2); free(dw2); free(db2);
+    free(a); free(b); free(c);
+}
+
+/* ------------------------------------------------------------- activations */
+
+enum { ACT_GELU, ACT_TANH, ACT_RELU, ACT_SILU, N_ACT };
+static const char *act_name[N_ACT] = { "gelu", "tanh", "relu", "silu" };
+typedef struct { double *x; size_t n; int kind; } act_ctx;
+
+static void ref_act(void *vctx, double *out)
+{
+    act_ctx *a = vctx;
+    for (size_t i = 0; i < a->n; i++) {
+        double x = a->x[i];
+        switch (a->kind) {
+        case ACT_GELU: out[i] = 0.5 * x * (1 + erf(x / sqrt(2.0))); break;
+        case ACT_TANH: out[i] = tanh(x); break;
+        case ACT_RELU: out[i] = x > 0 ? x : 0; break;
+        default: out[i] = x / (1 + exp(-x)); break;
+        }
+    }
+}
+
+static void act_fwd(int kind, float *out, const float *x, size_t n)
+{
+    switch (kind) {
+    case ACT_GELU: gelu_forward(out, x, n); break;
+    case ACT_TANH: tanh_forward(out, x, n); break;
+    case ACT_RELU: relu_forward(out, x, n); break;
+    default: silu_forward(out, x, n); break;
+    }
+}
+
+/* tanh_backward takes the forward output, the others the input */
+static void act_bwd(int kind, float *dinp, const float *x, const float *y, const float *dout, size_t n)
+{
+    switch (kind) {
+    case ACT_GELU: gelu_backward(dinp, x, dout, n); break;
+    case ACT_TANH: tanh_backward(dinp, y, dout, n); break;
+    case ACT_RELU: relu_backward(dinp, x, dout, n); break;
+    default: silu_backward(dinp, x, dout, n); break;
+    }
+}
+
+static void test_activations(void)
+{
+    const size_t n = 1001;
+    float *x = frand(n, -5, 5);
+    x[0] = 0; x[1] = -0.0f; x[2] = 8; x[3] = -8; x[4] = 1e-3f; x[5] = -1e-3f;
+    for (int kind = 0; kind < N_ACT; kind++) {
+        const char *name = act_name[kind];
+        act_ctx ctx = { f2d(x, n), n, kind };
+        double *ref = dalloc(n);
+        ref_act(&ctx, ref);
+        float *out = falloc(n);
+        act_fwd(kind, out, x, n);
+        CHECK(rel_err(out, ref, n) <= FWD_TOL, "%s_forward: err %g", name, rel_err(out, ref, n));
+
+        float *R = frand(n, -1, 1);
+        double *Rd = f2d(R, n), *g = dalloc(n);
+        fd_grad(ref_act, &ctx, ctx.x, n, Rd, n, g);
+        if (kind == ACT_RELU) g[0] = g[1] = 0;   /* kink at 0: derivative taken as 0 (PyTorch) */
+        float *d0 = frand(n, -.1f, .1f), *d = fcopy(d0, n);
+        act_bwd(kind, d, x, out, R, n);
+        CHECK(grad_err(d, d0, g, n) <= GRAD_TOL, "%s_backward vs FD: err %g", name, grad_err(d, d0, g, n));
+        float *d2 = fcopy(d, n);
+        act_bwd(kind, d2, x, out, R, n);
+        CHECK(accum_err(d2, d, d0, n) <= 1e-5, "%s_backward accumulates", name);
+        if (kind == ACT_GELU || kind == ACT_TANH) {
+            act_bwd(kind, NULL, x, out, R, n);
+            CHECK(1, "%s_backward with NULL dinp is a no-op", name);
+        }
+
+        /* in place: out == inp is how the model may call it */
+        float *y = fcopy(x, n);
+        act_fwd(kind, y, y, n);
+        CHECK(same_bits(y, out, n), "%s_forward in place", name);
+        free(ctx.x); free(ref); free(out); free(R); free(Rd); free(g); free(d0); free(d); free(d2); free(y);
+    }
+    free(x);
+}
+
+/* --------------------------------------------------------------- attention */
+
+/* mask (B,NH,T,T) NULL for plain attention; else weights probs * mask * invk */
+typedef struct {
+    double *q, *k, *v; const int *lens; int B, T, C, NH;
+    const uint8_t *mask; double invk;
+} att_ctx;
+
+static int clamp_len(const int *lens, int b, int T)
+{
+    int L = lens ? lens[b] : T;
+    return L < 0 ? 0 : L > T ? T : L;
+}
+
+/* out (B,T,C), probs (B,NH,T,T) or NULL */
+static void ref_attention_full(const att_ctx *a, double *out, double *probs)
+{
+    int B = a->B, T = a->T, C = a->C, NH = a->NH, hd = C / NH;
+    double sc = 1 / sqrt((double)hd);
+    double *p = dalloc(T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                int L = clamp_len(a->lens, b, T);
+                const double *qt = a->q + ((size_t)b * T + t) * C + h * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j < L; j++) {
+                    const double *kj = a->k + ((size_t)b * T + j) * C + h * hd;
+                    double s = 0;
+                    for (int d = 0; d < hd; d++) s += qt[d] * kj[d];
+                    p[j] = s * sc;
+                    if (p[j] > mx) mx = p[j];
+                }
+                for (int j = 0; j < L; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+                for (int j = 0; j < T; j++) p[j] = j < L ? p[j] / sum : 0;
+                size_t row = (((size_t)b * NH + h) * T + t) * T;
+                if (probs) memcpy(probs + row, p, T * sizeof(double));
+                double *o = out + ((size_t)b * T + t) * C + h * hd;
+                for (int d = 0; d < hd; d++) {
+                    double s = 0;
+                    for (int j = 0; j < L; j++) {
+                        double wj = a->mask ? p[j] * a->mask[row + j] * a->invk : p[j];
+                        s += wj * a->v[((size_t)b * T + j) * C + h * hd + d];
+                    }
+                    o[d] = s;
+                }
+            }
+    free(p);
+}
+static void ref_attention(void *vctx, double *out) { ref_attention_full(vctx, out, NULL); }
+
+/* analytic double backward (used where FD would be too slow); overwrites dq, dk, dv */
+static void ref_attention_backward(const att_ctx *a, const double *dout,
+                                   double *dq, double *dk, double *dv)
+{
+    int B = a->B, T = a->T, C = a->C, NH = a->NH, hd = C / NH;
+    size_t n = (size_t)B * T * C;
+    double sc = 1 / sqrt((double)hd);
+    double *out = dalloc(n), *probs = dalloc((size_t)B * NH * T * T), *dp = dalloc(T);
+    ref_attention_full(a, out, probs);
+    memset(dq, 0, n * sizeof(double)); memset(dk, 0, n * sizeof(double)); memset(dv, 0, n * sizeof(double));
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t row = (((size_t)b * NH + h) * T + t) * T;
+                const double *p = probs + row;
+                size_t rt = ((size_t)b * T + t) * C + h * hd;
+                double D = 0;
+                for (int j = 0; j < T; j++) {
+                    size_t rj = ((size_t)b * T + j) * C + h * hd;
+                    double s = 0;
+                    for (int d = 0; d < hd; d++) s += dout[rt + d] * a->v[rj + d];
+                    dp[j] = a->mask ? s * a->mask[row + j] * a->invk : s;   /* dL/dP */
+                    D += p[j] * dp[j];
+                }
+                for (int j = 0; j < T; j++) {
+                    size_t rj = ((size_t)b * T + j) * C + h * hd;
+                    double ds = p[j] * (dp[j] - D) * sc;
+                    double wj = a->mask ? p[j] * a->mask[row + j] * a->invk : p[j];
+                    for (int d = 0; d < hd; d++) {
+                        dq[rt + d] += ds * a->k[rj + d];
+                        dk[rj + d] += ds * a->q[rt + d];
+                        dv[rj + d] += wj * dout[rt + d];
+                    }
+                }
+            }
+    free(out); free(probs); free(dp);
+}
+
+/* kernel forward+backward on random data against the double reference
+ * (forward, probs and analytic backward), plus the NULL-gradient check */
+static void attention_vs_ref(const char *name, int B, int T, int NH, int hd, const int *lens, float pdrop)
+{
+    int C = NH * hd;
+    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
+    float *q = frand(n, -1, 1), *k = frand(n, -1, 1), *v = frand(n, -1, 1), *R = frand(n, -1, 1);
+    uint8_t *mask = pdrop > 0 ? xcalloc(np, 1) : NULL;
+    float *out = falloc(n), *probs = falloc(np);
+    if (mask) attention_forward_train(out, probs, mask, q, k, v, lens, B, T, C, NH, pdrop, 77);
+    else attention_forward(out, probs, q, k, v, lens, B, T, C, NH);
+    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, C, NH, mask, 1.0 / (1.0 - pdrop) };
+    double *ro = dalloc(n), *rp = dalloc(np), *gq = dalloc(n), *gk = dalloc(n), *gv = dalloc(n);
+    double *Rd = f2d(R, n);
+    ref_attention_full(&ctx, ro, rp);
+    ref_attention_backward(&ctx, Rd, gq, gk, gv);
+    CHECK(rel_err(out, ro, n) <= 1e-5 && rel_err(probs, rp, np) <= 1e-5,
+          "%s: forward out err %g, probs err %g", name, rel_err(out, ro, n), rel_err(probs, rp, np));
+    float *z = falloc(n), *dq = falloc(n), *dk = falloc(n), *dv = falloc(n);
+#define ATT_BWD(a_, b_, c_) (mask ? attention_backward_train(a_, b_, c_, R, probs, mask, q, k, v, lens, B, T, C, NH, pdrop) \
+                              : attention_backward(a_, b_, c_, R, probs, q, k, v, lens, B, T, C, NH))
+    ATT_BWD(dq, dk, dv);
+    CHECK(grad_err(dq, z, gq, n) <= GRAD_TOL && grad_err(dk, z, gk, n) <= GRAD_TOL &&
+          grad_err(dv, z, gv, n) <= GRAD_TOL, "%s: backward vs double reference: err dq %g dk %g dv %g",
+          name, grad_err(dq, z, gq, n), grad_err(dk, z, gk, n), grad_err(dv, z, gv, n));
+    float *a = falloc(n), *b = falloc(n), *c = falloc(n);
+    ATT_BWD(a, NULL, NULL);
+    ATT_BWD(NULL, b, NULL);
+    ATT_BWD(NULL, NULL, c);
+#undef ATT_BWD
+    CHECK(same_bits(a, dq, n) && same_bits(b, dk, n) && same_bits(c, dv, n),
+          "%s: each gradient alone (others NULL) matches", name);
+    free(mask); free(q); free(k); free(v); free(R); free(ctx.q); free(ctx.k); free(ctx.v);
+    free(ro); free(rp); free(gq); free(gk); free(gv); free(Rd); free(out); free(probs);
+    free(z); free(dq); free(dk); free(dv); free(a); free(b); free(c);
+}
+
+static void test_attention(void)
+{
+    const int B = 4, T = 7, NH = 2, hd = 5, C = NH * hd;
+    const int lens[4] = { 7, 4, 1, 0 };
+    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
+    float *q = frand(n, -1.5f, 1.5f), *k = frand(n, -1.5f, 1.5f), *v = frand(n, -1, 1);
+    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, C, NH, NULL, 1 };
+    double *ro = dalloc(n), *rp = dalloc(np);
+    ref_attention_full(&ctx, ro, rp);
+
+    float *out = falloc(n), *probs = falloc(np);
+    for (size_t i = 0; i < np; i++) probs[i] = NAN;   /* every entry must be written */
+    attention_forward(out, probs, q, k, v, lens, B, T, C, NH);
+    CHECK(rel_err(out, ro, n) <= 1e-5, "attention_forward out: err %g", rel_err(out, ro, n));
+    CHECK(rel_err(probs, rp, np) <= 1e-5, "attention_forward probs: err %g", rel_err(probs, rp, np));
+
+    int masked_zero = 1, rows_ok = 1;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const float *p = probs + (((size_t)b * NH + h) * T + t) * T;
+                double s = 0;
+                for (int j = 0; j < T; j++) {
+                    if (j >= lens[b] && p[j] != 0.0f) masked_zero = 0;
+                    s += p[j];
+                }
+                if (fabs(s - (lens[b] > 0 ? 1.0 : 0.0)) > 1e-5) rows_ok = 0;
+            }
+    CHECK(masked_zero, "attention_forward: probs of keys >= lens[b] are exactly 0");
+    CHECK(rows_ok, "attention_forward: prob rows sum to 1 (0 for an empty sequence), padded queries too");
+
+    float *R = frand(n, -1, 1);
+    double *Rd = f2d(R, n), *gq = dalloc(n), *gk = dalloc(n), *gv = dalloc(n);
+    fd_grad(ref_attention, &ctx, ctx.q, n, Rd, n, gq);
+    fd_grad(ref_attention, &ctx, ctx.k, n, Rd, n, gk);
+    fd_grad(ref_attention, &ctx, ctx.v, n, Rd, n, gv);
+    float *dq0 = frand(n, -.1f, .1f), *dk0 = frand(n, -.1f, .1f), *dv0 = frand(n, -.1f, .1f);
+    float *dq = fcopy(dq0, n), *dk = fcopy(dk0, n), *dv = fcopy(dv0, n);
+    attention_backward(dq, dk, dv, R, probs, q, k, v, lens, B, T, C, NH);
+    CHECK(grad_err(dq, dq0, gq, n) <= GRAD_TOL, "attention_backward dq vs FD: err %g", grad_err(dq, dq0, gq, n));
+    CHECK(grad_err(dk, dk0, gk, n) <= GRAD_TOL, "attention_backward dk vs FD: err %g", grad_err(dk, dk0, gk, n));
+    CHECK(grad_err(dv, dv0, gv, n) <= GRAD_TOL, "attention_backward dv vs FD: err %g", grad_err(dv, dv0, gv, n));
+
+    /* the analytic reference used for the big cases agrees with FD too */
+    double *aq = dalloc(n), *ak = dalloc(n), *av = dalloc(n);
+    ref_attention_backward(&ctx, Rd, aq, ak, av);
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        m = fmax(m, fabs(aq[i] - gq[i])); m = fmax(m, fabs(ak[i] - gk[i])); m = fmax(m, fabs(av[i] - gv[i]));
+    }
+    CHECK(m <= 1e-7, "reference attention backward agrees with FD: %g", m);
+
+    float *dq2 = fcopy(dq, n), *dk2 = fcopy(dk, n), *dv2 = fcopy(dv, n);
+    attention_backward(dq2, dk2, dv2, R, probs, q, k, v, lens, B, T, C, NH);
+    CHECK(accum_err(dq2, dq, dq0, n) <= 1e-5 && accum_err(dk2, dk, dk0, n) <= 1e-5 &&
+          accum_err(dv2, dv, dv0, n) <= 1e-5, "attention_backward accumulates");
+
+    float *a = fcopy(dq0, n), *b = fcopy(dk0, n), *c = fcopy(dv0, n);
+    attention_backward(a, NULL, NULL, R, probs, q, k, v, lens, B, T, C, NH);
+    attention_backward(NULL, b, NULL, R, probs, q, k, v, lens, B, T, C, NH);
+    attention_backward(NULL, NULL, c, R, probs, q, k, v, lens, B, T, C, NH);
+    attention_backward(NULL, NULL, NULL, R, probs, q, k, v, lens, B, T, C, NH);
+    CHECK(same_bits(a, dq, n) && same_bits(b, dk, n) && same_bits(c, dv, n),
+          "attention_backward: each gradient alone (others NULL) matches");
+
+    /* lens NULL means no padding */
+    int full[4] = { T, T, T, T };
+    float *o1 = falloc(n), *p1 = falloc(np);
+    attention_forward(o1, p1, q, k, v, NULL, B, T, C, NH);
+    attention_forward(out, probs, q, k, v, full, B, T, C, NH);
+    CHECK(same_bits(o1, out, n) && same_bits(p1, probs, np), "attention_forward lens NULL = full lengths");
+
+    /* realistic head size with a tail, and the long-sequence backward path
+     * (more keys than the kernel keeps dP for on the stack) */
+    const int lens2[2] = { 40, 23 };
+    attention_vs_ref("attention hd=33 T=40", 2, 40, 3, 33, lens2, 0.0f);
+    attention_vs_ref("attention_train p=0.2 hd=33 T=40", 2, 40, 3, 33, lens2, 0.2f);
+    const int lens3[3] = { 1100, 512, 513 };   /* either side of the kernel's stack bound */
+    attention_vs_ref("attention T=1100 lens 1100/512/513 (both backward paths)", 3, 1100, 2, 3, lens3, 0.0f);
+    attention_vs_ref("attention_train p=0.1 T=1100 (both backward paths)", 3, 1100, 2, 3, lens3, 0.1f);
+
+    free(q); free(k); free(v); free(ctx.q); free(ctx.k); free(ctx.v); free(ro); free(rp);
+    free(out); free(probs); free(R); free(Rd); free(gq); free(gk); free(gv);
+    free(dq0); free(dk0); free(dv0); free(dq); free(dk); free(dv); free(aq); free(ak); free(av);
+    free(dq2); free(dk2); free(dv2); free(a); free(b); free(c); free(o1); free(p1);
+}
+
+
+static void test_attention_train(void)
+{
+    const int B = 3, T = 7, NH = 2, hd = 5, C = NH * hd;
+    const int lens[3] = { 7, 5, 2 };
+    const float p = 0.25f;
+    const uint64_t seed = 0xABCDEF12345ull;
+    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
+    float *q = frand(n, -1.5f, 1.5f), *k = frand(n, -1.5f, 1.5f), *v = frand(n, -1, 1);
+    float *out = falloc(n), *probs = falloc(np), *out0 = falloc(n), *probs0 = falloc(np);
+    uint8_t *mask = xcalloc(np, 1);
+    memset(mask, 9, np);
+    attention_forward_train(out, probs, mask, q, k, v, lens, B, T, C, NH, p, seed);
+    attention_forward(out0, probs0, q, k, v, lens, B, T, C, NH);
+    CHECK(same_bits(probs, probs0, np), "attention_forward_train: probs are the undropped probabilities");
+
+    /* mask element i is the i-th sequential draw of a peftc_rng with state = seed */
+    peftc_rng r = { seed };
+    int seq_ok = 1, kept = 0, total = 0;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++)
+                for (int j = 0; j < T; j++) {
+                    size_t i = (((size_t)b * NH + h) * T + t) * T + j;
+                    uint8_t want = peftc_rng_uniform(&r) >= p;
+                    if (j >= lens[b]) want = 0;
+                    if (mask[i] != want) seq_ok = 0;
+                    if (j < lens[b]) { kept += mask[i]; total++; }
+                }
+    CHECK(seq_ok, "attention_forward_train: mask = counter-based draws keyed by seed (0 on padded keys)");
+
+    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, C, NH, mask, 1.0 / (1.0 - p) };
+    double *ro = dalloc(n);
+    ref_attention(&ctx, ro);
+    CHECK(rel_err(out, ro, n) <= 1e-5, "attention_forward_train out = (probs*mask/(1-p)) v: err %g (kept %d/%d)",
+          rel_err(out, ro, n), kept, total);
+
+    float *R = frand(n, -1, 1);
+    double *Rd = f2d(R, n), *gq = dalloc(n), *gk = dalloc(n), *gv = dalloc(n);
+    fd_grad(ref_attention, &ctx, ctx.q, n, Rd, n, gq);
+    fd_grad(ref_attention, &ctx, ctx.k, n, Rd, n, gk);
+    fd_grad(ref_attention, &ctx, ctx.v, n, Rd, n, gv);
+    float *dq0 = frand(n, -.1f, .1f), *dk0 = frand(n, -.1f, .1f), *dv0 = frand(n, -.1f, .1f);
+    float *dq = fcopy(dq0, n), *dk = fcopy(dk0, n), *dv = fcopy(dv0, n);
+    attention_backward_train(dq, dk, dv, R, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    CHECK(grad_err(dq, dq0, gq, n) <= GRAD_TOL, "attention_backward_train dq vs FD: err %g", grad_err(dq, dq0, gq, n));
+    CHECK(grad_err(dk, dk0, gk, n) <= GRAD_TOL, "attention_backward_train dk vs FD: err %g", grad_err(dk, dk0, gk, n));
+    CHECK(grad_err(dv, dv0, gv, n) <= GRAD_TOL, "attention_backward_train dv vs FD: err %g", grad_err(dv, dv0, gv, n));
+
+    float *dq2 = fcopy(dq, n), *dk2 = fcopy(dk, n), *dv2 = fcopy(dv, n);
+    attention_backward_train(dq2, dk2, dv2, R, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    CHECK(accum_err(dq2, dq, dq0, n) <= 1e-5 && accum_err(dk2, dk, dk0, n) <= 1e-5 &&
+          accum_err(dv2, dv, dv0, n) <= 1e-5, "attention_backward_train accumulates");
+    float *a = fcopy(dq0, n), *b = fcopy(dk0, n), *c = fcopy(dv0, n);
+    attention_backward_train(a, NULL, NULL, R, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    attention_backward_train(NULL, b, NULL, R, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    attention_backward_train(NULL, NULL, c, R, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    attention_backward_train(NULL, NULL, NULL, R, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    CHECK(same_bits(a, dq, n) && same_bits(b, dk, n) && same_bits(c, dv, n),
+          "attention_backward_train: each gradient alone (others NULL) matches");
+
+    /* p = 0 is plain attention */
+    attention_forward_train(out, probs, mask, q, k, v, lens, B, T, C, NH, 0.0f, seed);
+    int ones = 1;
+    for (int b_ = 0; b_ < B; b_++)
+        for (size_t i = 0; i < (size_t)NH * T * T; i++)
+            if (mask[(size_t)b_ * NH * T * T + i] != ((int)(i % T) < lens[b_])) ones = 0;
+    CHECK(same_bits(out, out0, n) && same_bits(probs, probs0, np) && ones,
+          "attention_forward_train p=0 = attention_forward, mask 1 on real keys");
+    memcpy(a, dq0, n * sizeof(float)); memcpy(b, dk0, n * sizeof(float)); memcpy(c, dv0, n * sizeof(float));
+    memcpy(dq, dq0, n * sizeof(float)); memcpy(dk, dk0, n * sizeof(float)); memcpy(dv, dv0, n * sizeof(float));
+    memset(mask, 0, np);   /* at p = 0 the mask is not consulted */
+    attention_backward_train(a, b, c, R, probs, mask, q, k, v, lens, B, T, C, NH, 0.0f);
+    attention_backward(dq, dk, dv, R, probs, q, k, v, lens, B, T, C, NH);
+    CHECK(same_bits(a, dq, n) && same_bits(b, dk, n) && same_bits(c, dv, n),
+          "attention_backward_train p=0 = attention_backward (mask ignored)");
+
+    /* keep rate over a bigger draw */
+    {
+        const int B2 = 1, T2 = 128, NH2 = 2, C2 = 8;
+        size_t n2 = (size_t)B2 * T2 * C2, np2 = (size_t)B2 * NH2 * T2 * T2;
+        float *x = frand(n2, -1, 1), *o2 = falloc(n2), *p2 = falloc(np2);
+        uint8_t *m2 = xcalloc(np2, 1);
+        attention_forward_train(o2, p2, m2, x, x, x, NULL, B2, T2, C2, NH2, 0.25f, 5);
+        size_t kk = 0;
+        for (size_t i = 0; i < np2; i++) kk += m2[i];
+        double frac = (double)kk / np2;
+        CHECK(fabs(frac - 0.75) < 0.02, "attention_forward_train: kept fraction %.4f ~ 1-p", frac);
+        free(x); free(o2); free(p2); free(m2);
+    }
+
+    free(q); free(k); free(v); free(out); free(probs); free(out0); free(probs0); free(mask);
+    free(ctx.q); free(ctx.k); free(ctx.v); free(ro); free(R); free(Rd); free(gq); free(gk); free(gv);
+    free(dq0); free(dk0); free(dv0); free(dq); free(dk); free(dv); free(dq2); free(dk2); free(dv2);
+    free(a); free(b); free(c);
+}
+
+/* ----------------------------------------------------------------- dropout */
+
+static void test_dropout(void)
+{
+    const size_t n = 10007;
+    const float p = 0.3f, scale = 1.0f / (1.0f - p);
+    float *x = frand(n, -1, 1), *out = falloc(n);
+    uint8_t *mask = xcalloc(n, 1);
+    peftc_rng r1, r2;
+    peftc_rng_seed(&r1, 1234);
+    peftc_rng_seed(&r2, 1234);
+    dropout_forward(out, mask, x, p, n, &r1);
+    size_t kept = 0;
+    int seq_ok = 1, val_ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t keep = peftc_rng_uniform(&r2) >= p;
+        if (mask[i] != keep) seq_ok = 0;
+        if (out[i] != (mask[i] ? x[i] * scale : 0.0f)) val_ok = 0;
+        kept += mask[i] == 1;
+    }
+    CHECK(seq_ok && r1.state == r2.state, "dropout_forward: mask = one sequential draw per element (keep iff u >= p)");
+    CHECK(val_ok, "dropout_forward: out = inp * mask / (1-p)");
+    double frac = (double)kept / n;
+    CHECK(fabs(frac - 0.7) < 0.02, "dropout_forward: kept fraction %.4f ~ 1-p", frac);
+
+    float *y = fcopy(x, n);
+    uint8_t *mask2 = xcalloc(n, 1);
+    peftc_rng_seed(&r1, 1234);
+    dropout_forward(y, mask2, y, p, n, &r1);
+    CHECK(same_bits(y, out, n) && memcmp(mask, mask2, n) == 0, "dropout_forward in place (out == inp)");
+
+    peftc_rng_seed(&r1, 99);
+    uint64_t s0 = r1.state;
+    memset(mask2, 7, n);
+    dropout_forward(y, mask2, x, 0.0f, n, &r1);
+    int ones = 1;
+    for (size_t i = 0; i < n; i++) if (mask2[i] != 1) ones = 0;
+    CHECK(same_bits(y, x, n) && ones && r1.state == s0, "dropout_forward p=0: copy, mask all 1, no draws");
+
+    float *dout = frand(n, -1, 1), *d0 = frand(n, -.1f, .1f), *d = fcopy(d0, n);
+    dropout_backward(d, mask, dout, p, n);
+    double *want = dalloc(n);
+    for (size_t i = 0; i < n; i++) want[i] = mask[i] ? (double)dout[i] * scale : 0;
+    CHECK(grad_err(d, d0, want, n) <= 1e-6, "dropout_backward: dinp += dout * mask / (1-p): err %g", grad_err(d, d0, want, n));
+    float *d2 = fcopy(d, n);
+    dropout_backward(d2, mask, dout, p, n);
+    dropout_backward(NULL, mask, dout, p, n);
+    CHECK(accum_err(d2, d, d0, n) <= 1e-6, "dropout_backward accumulates, NULL dinp is a no-op");
+    memcpy(d, d0, n * sizeof(float));
+    dropout_backward(d, mask2, dout, 0.0f, n);
+    for (size_t i = 0; i < n; i++) want[i] = dout[i];
+    CHECK(grad_err(d, d0, want, n) <= 1e-6, "dropout_backward p=0 passes dout through");
+
+    free(x); free(out); free(mask); free(y); free(mask2); free(dout); free(d0); free(d); free(d2); free(want);
+}
+
+/* ----------------------------------------------------------------- pooling */
+
+typedef struct { double *x; const int *lens; int B, T, C, cls; } pool_ctx;
+
+static void ref_pool(void *vctx, double *out)
+{
+    pool_ctx *p = vctx;
+    for (int b = 0; b < p->B; b++)
+        for (int c = 0; c < p->C; c++) {
+            if (p->cls) { out[b * p->C + c] = p->x[(size_t)b * p->T * p->C + c]; continue; }
+            int L = clamp_len(p->lens, b, p->T);
+            double s = 0;
+            for (int t = 0; t < L; t++) s += p->x[((size_t)b * p->T + t) * p->C + c];
+            out[b * p->C + c] = L ? s / L : 0;
+        }
+}
+
+static void test_pooling(void)
+{
+    const int B = 3, T = 6, C = 37;
+    const int lens[3] = { 6, 2, 0 };
+    size_t nx = (size_t)B * T * C, no = (size_t)B * C;
+    float *x = frand(nx, -1, 1), *out = falloc(no), *R = frand(no, -1, 1);
+    double *ref = dalloc(no), *Rd = f2d(R, no), *g = dalloc(nx);
+    for (int cls = 0; cls < 2; cls++) {
+        const char *name = cls ? "cls_pool" : "mean_pool";
+        pool_ctx ctx = { f2d(x, nx), lens, B, T, C, cls };
+        ref_pool(&ctx, ref);
+        if (cls) cls_pool_forward(out, x, B, T, C); else mean_pool_forward(out, x, lens, B, T, C);
+        CHECK(rel_err(out, ref, no) <= FWD_TOL, "%s_forward: err %g", name, rel_err(out, ref, no));
+        fd_grad(ref_pool, &ctx, ctx.x, nx, Rd, no, g);
+        float *d0 = frand(nx, -.1f, .1f), *d = fcopy(d0, nx);
+        if (cls) cls_pool_backward(d, R, B, T, C); else mean_pool_backward(d, R, lens, B, T, C);
+        CHECK(grad_err(d, d0, g, nx) <= GRAD_TOL, "%s_backward vs FD: err %g", name, grad_err(d, d0, g, nx));
+        float *d2 = fcopy(d, nx);
+        if (cls) { cls_pool_backward(d2, R, B, T, C); cls_pool_backward(NULL, R, B, T, C); }
+        else { mean_pool_backward(d2, R, lens, B, T, C); mean_pool_backward(NULL, R, lens, B, T, C); }
+        CHECK(accum_err(d2, d, d0, nx) <= 1e-5, "%s_backward accumulates, NULL dinp is a no-op", name);
+        free(ctx.x); free(d0); free(d); free(d2);
+    }
+    free(x); free(out); free(R); free(ref); free(Rd); free(g);
+}
+
+/* -------------------------------------------------------------- softmax CE */
+
+typedef struct { double *logits; const int *labels; int B, K; } ce_ctx;
+
+static void ref_ce(void *vctx, double *out)  /* out[0] = mean loss */
+{
+    ce_ctx *e = vctx;
+    double tot = 0;
+    for (int b = 0; b < e->B; b++) {
+        const double *x = e->logits + (size_t)b * e->K;
+        double mx = -INFINITY, s = 0;
+        for (int j = 0; j < e->K; j++) mx = fmax(mx, x[j]);
+        for (int j = 0; j < e->K; j++) s += exp(x[j] - mx);
+        tot += log(s) + mx - x[e->labels[b]];
+    }
+    out[0] = tot / e->B;
+}
+
+static void test_softmax_ce(void)
+{
+    const int B = 5, K = 7;
+    const int labels[5] = { 0, 6, 3, 3, 1 };
+    size_t n = (size_t)B * K;
+    float *x = frand(n, -3, 3);
+    for (int j = 0; j < K; j++) x[2 * K + j] = 60.0f * (j - 3);   /* saturated row: label prob ~ 0 */
+    ce_ctx ctx = { f2d(x, n), labels, B, K };
+    double rmean;
+    ref_ce(&ctx, &rmean);
+    double *rl = dalloc(B), *rp = dalloc(n);
+    for (int b = 0; b < B; b++) {
+        ce_ctx one = { ctx.logits + (size_t)b * K, labels + b, 1, K };
+        ref_ce(&one, &rl[b]);
+        double mx = -INFINITY, s = 0;
+        for (int j = 0; j < K; j++) mx = fmax(mx, one.logits[j]);
+        for (int j = 0; j < K; j++) s += exp(one.logits[j] - mx);
+        for (int j = 0; j < K; j++) rp[b * K + j] = exp(one.logits[j] - mx) / s;
+    }
+    float *losses = falloc(B), *probs = falloc(n);
+    float mean = softmax_ce_forward(losses, probs, x, labels, B, K);
+    CHECK(fabs(mean - rmean) <= 1e-5 * fmax(1, fabs(rmean)), "softmax_ce_forward mean %g vs %g", mean, rmean);
+    CHECK(rel_err(losses, rl, B) <= FWD_TOL, "softmax_ce_forward losses (incl. saturated row): err %g", rel_err(losses, rl, B));
+    CHECK(rel_err(probs, rp, n) <= FWD_TOL, "softmax_ce_forward probs: err %g", rel_err(probs, rp, n));
+    float m2 = softmax_ce_forward(NULL, NULL, x, labels, B, K);
+    CHECK(m2 == mean, "softmax_ce_forward with losses, probs NULL gives the same mean");
+
+    double one = 1, *g = dalloc(n);
+    fd_grad(ref_ce, &ctx, ctx.logits, n, &one, 1, g);
+    float *d0 = frand(n, -.1f, .1f), *d = fcopy(d0, n);
+    softmax_ce_backward(d, probs, labels, B, K, 1.0f / B);
+    CHECK(grad_err(d, d0, g, n) <= GRAD_TOL, "softmax_ce_backward vs FD of the mean loss: err %g", grad_err(d, d0, g, n));
+    float *d2 = fcopy(d, n);
+    softmax_ce_backward(d2, probs, labels, B, K, 1.0f / B);
+    softmax_ce_backward(NULL, probs, labels, B, K, 1.0f / B);
+    CHECK(accum_err(d2, d, d0, n) <= 1e-5, "softmax_ce_backward accumulates, NULL dlogits is a no-op");
+    free(x); free(ctx.logits); free(rl); free(rp); free(losses); free(probs); free(g); free(d0); free(d); free(d2);
+}
+
+/* ------------------------------------------------------------------- adamw */
+
+static void test_adamw(void)
+{
+    enum { n = 6 };
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+    float p[n] = { 0.5f, -1.0f, 2.0f, 0.0f, -0.25f, 3.0f }, m[n] = { 0 }, v[n] = { 0 };
+    double pd[n], md[n] = { 0 }, vd[n] = { 0 };
+    for (int i = 0; i < n; i++) pd[i] = p[i];
+    float grads[3][n] = {
+        { 0.1f, -0.2f, 0.3f, 0.0f, 1e-4f, -5.0f },
+        { -0.3f, 0.2f, 0.1f, 0.5f, 1e-4f, 4.0f },
+        { 0.05f, 0.0f, -0.7f, 0.5f, -2e-4f, -3.0f },
+    };
+    for (int t = 1; t <= 3; t++) {
+        adamw_update(p, grads[t - 1], m, v, n, lr, b1, b2, eps, wd, t);
+        for (int i = 0; i < n; i++) {
+            double g = grads[t - 1][i];
+            pd[i] -= (double)lr * wd * pd[i];
+            md[i] = (double)b1 * md[i] + (1 - (double)b1) * g;
+            vd[i] = (double)b2 * vd[i] + (1 - (double)b2) * g * g;
+            double mh = md[i] / (1 - pow(b1, t)), vh = vd[i] / (1 - pow(b2, t));
+            pd[i] -= lr * mh / (sqrt(vh) + eps);
+        }
+    }
+    double ep = 0, em = 0, ev = 0;
+    for (int i = 0; i < n; i++) {
+        ep = fmax(ep, fabs(p[i] - pd[i]));
+        em = fmax(em, fabs(m[i] - md[i]) / fmax(fabs(md[i]), 1e-6));
+        ev = fmax(ev, fabs(v[i] - vd[i]) / fmax(fabs(vd[i]), 1e-12));
+    }
+    CHECK(ep <= 1e-6 && em <= 1e-5 && ev <= 1e-5,
+          "adamw_update: 3 steps match a double hand computation (p %g, m %g, v %g)", ep, em, ev);
+    /* the first step moves every parameter with a nonzero grad by ~lr */
+    float q[1] = { 1.0f }, mq[1] = { 0 }, vq[1] = { 0 }, gq[1] = { 1e-3f };
+    adamw_update(q, gq, mq, vq, 1, lr, b1, b2, eps, 0.0f, 1);
+    CHECK(fabs((1.0 - q[0]) - lr) <= 1e-5, "adamw_update step 1 bias correction: moved %g", 1.0 - q[0]);
+}
+
+/* -------------------------------------------------------------------- misc */
+
+static void test_misc(void)
+{
+    const int N = 5, C = 37;
+    size_t n = (size_t)N * C;
+    float *y = frand(n, -1, 1), *x = frand(n, -1, 1), *y0 = fcopy(y, n);
+    double *want = dalloc(n);
+    for (size_t i = 0; i < n; i++) want[i] = (double)y[i] + x[i];
+    add_inplace(y, x, n);
+    CHECK(rel_err(y, want, n) <= 1e-7, "add_inplace");
+    for (size_t i = 0; i < n; i++) want[i] = (double)y[i] - 0.375 * x[i];
+    axpy_inplace(y, -0.375f, x, n);
+    CHECK(rel_err(y, want, n) <= 1e-7, "axpy_inplace");
+
+    memset(y0 + 2 * C, 0, C * sizeof(float));  /* a zero row must stay zero */
+    for (int r = 0; r < N; r++) {
+        double s = 0;
+        for (int c = 0; c < C; c++) s += (double)y0[r * C + c] * y0[r * C + c];
+        for (int c = 0; c < C; c++) want[r * C + c] = s > 0 ? y0[r * C + c] / sqrt(s) : 0;
+    }
+    l2_normalize_rows(y0, N, C);
+    CHECK(rel_err(y0, want, n) <= FWD_TOL, "l2_normalize_rows (zero row stays 0): err %g", rel_err(y0, want, n));
+    free(y); free(x); free(y0); free(want);
+}
+
+/* ------------------------------------------------- thread-count independence */
+
+/* Each case fills res with every output of a forward+backward on fixed data
+ * big enough to take the kernel's parallel path; returns the count. */
+typedef size_t (*tcase)(float *res);
+
+static float *trand(peftc_rng *r, size_t n, float lo, float hi)
+{
+    float *x = falloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * peftc_rng_uniform(r);
+    return x;
+}
+#define TCAP (4u << 20)
+
+static size_t tc_matmul(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 1);
+    const int N = 600, IC = 70, OC = 131;
+    float *inp = trand(&r, (size_t)N * IC, -1, 1), *w = trand(&r, (size_t)OC * IC, -1, 1);
+    float *bias = trand(&r, OC, -1, 1), *dout = trand(&r, (size_t)N * OC, -1, 1);
+    float *out = res, *di = out + N * OC, *dw = di + N * IC, *db = dw + OC * IC;
+    memset(res, 0, (size_t)(N * OC + N * IC + OC * IC + OC) * sizeof(float));
+    matmul_forward(out, inp, w, bias, N, IC, OC, 0);
+    matmul_backward(di, dw, db, dout, inp, w, N, IC, OC);
+    free(inp); free(w); free(bias); free(dout);
+    return (size_t)(N * OC + N * IC + OC * IC + OC);
+}
+
+static size_t tc_embeddings(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 2);
+    const int V = 50, B = 4, T = 64, C = 200, pos0 = 1;
+    int32_t ids[256], types[256];
+    for (int i = 0; i < B * T; i++) { ids[i] = (int32_t)peftc_rng_below(&r, V); types[i] = i & 1; }
+    float *wte = trand(&r, (size_t)V * C, -1, 1), *wpe = trand(&r, (size_t)(T + pos0) * C, -1, 1);
+    float *wtt = trand(&r, 2 * C, -1, 1), *dout = trand(&r, (size_t)B * T * C, -1, 1);
+    size_t no = (size_t)B * T * C, n = no + (size_t)(V + T + pos0 + 2) * C;
+    memset(res, 0, n * sizeof(float));
+    float *gte = res + no, *gpe = gte + V * C, *gtt = gpe + (T + pos0) * C;
+    embeddings_forward(res, ids, types, wte, wpe, wtt, B, T, C, pos0);
+    embeddings_backward(gte, gpe, gtt, dout, ids, types, B, T, C, pos0);
+    free(wte); free(wpe); free(wtt); free(dout);
+    return n;
+}
+
+static size_t tc_layernorm(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 3);
+    const int N = 300, C = 130;
+    size_t nx = (size_t)N * C;
+    float *x = trand(&r, nx, -2, 3), *w = trand(&r, C, 0, 2), *b = trand(&r, C, -1, 1);
+    float *dout = trand(&r, nx, -1, 1);
+    memset(res, 0, (2 * nx + 2 * N + 2 * C) * sizeof(float));
+    float *out = res, *mean = out + nx, *rstd = mean + N, *di = rstd + N, *dw = di + nx, *db = dw + C;
+    layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-5f);
+    layernorm_backward(di, dw, db, dout, x, w, mean, rstd, N, C);
+    free(x); free(w); free(b); free(dout);
+    return 2 * nx + 2 * N + 2 * C;
+}
+
+static size_t tc_elementwise(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 4);
+    const size_t n = 100003;
+    float *x = trand(&r, n, -4, 4), *dout = trand(&r, n, -1, 1), *g = trand(&r, n, -1, 1);
+    memset(res, 0, 13 * n * sizeof(float));
+    relu_forward(res + 9 * n, x, n);
+    relu_backward(res + 10 * n, x, dout, n);
+    silu_forward(res + 11 * n, x, n);
+    silu_backward(res + 12 * n, x, dout, n);
+    gelu_forward(res, x, n);
+    gelu_backward(res + n, x, dout, n);
+    tanh_forward(res + 2 * n, x, n);
+    tanh_backward(res + 3 * n, res + 2 * n, dout, n);
+    memcpy(res + 4 * n, x, n * sizeof(float));
+    add_inplace(res + 4 * n, dout, n);
+    axpy_inplace(res + 4 * n, 0.5f, g, n);
+    memcpy(res + 5 * n, x, n * sizeof(float));
+    l2_normalize_rows(res + 5 * n, 313, 319);
+    uint8_t *mask = xcalloc(n, 1);
+    for (size_t i = 0; i < n; i++) mask[i] = i % 3 != 0;
+    dropout_backward(res + 6 * n, mask, dout, 0.25f, n);
+    /* adamw: params, m, v after two steps */
+    float *p = res + 7 * n, *m = res + 8 * n, *v = falloc(n);
+    memcpy(p, x, n * sizeof(float));
+    adamw_update(p, g, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1);
+    adamw_update(p, dout, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 2);
+    for (size_t i = 0; i < n; i++) m[i] += v[i];
+    free(x); free(dout); free(g); free(mask); free(v);
+    return 13 * n;
+}
+
+static size_t tc_dropout_fwd(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 5);
+    const size_t n = 100003;
+    float *x = trand(&r, n, -1, 1);
+    uint8_t *mask = xcalloc(n, 1);
+    dropout_forward(res, mask, x, 0.1f, n, &r);
+    for (size_t i = 0; i < n; i++) res[n + i] = mask[i];
+    free(x); free(mask);
+    return 2 * n;
+}
+
+static size_t tc_attention(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 6);
+    const int B = 2, T = 64, NH = 4, hd = 16, C = NH * hd;
+    const int lens[2] = { 64, 37 };
+    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
+    float *q = trand(&r, n, -1, 1), *k = trand(&r, n, -1, 1), *v = trand(&r, n, -1, 1);
+    float *dout = trand(&r, n, -1, 1);
+    memset(res, 0, (4 * n + np) * sizeof(float));
+    float *out = res, *probs = out + n, *dq = probs + np, *dk = dq + n, *dv = dk + n;
+    attention_forward(out, probs, q, k, v, lens, B, T, C, NH);
+    attention_backward(dq, dk, dv, dout, probs, q, k, v, lens, B, T, C, NH);
+    free(q); free(k); free(v); free(dout);
+    return 4 * n + np;
+}
+
+static size_t tc_attention_train(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 8);
+    const int B = 2, T = 64, NH = 4, hd = 16, C = NH * hd;
+    const int lens[2] = { 50, 64 };
+    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
+    float *q = trand(&r, n, -1, 1), *k = trand(&r, n, -1, 1), *v = trand(&r, n, -1, 1);
+    float *dout = trand(&r, n, -1, 1);
+    uint8_t *mask = xcalloc(np, 1);
+    memset(res, 0, (4 * n + 2 * np) * sizeof(float));
+    float *out = res, *probs = out + n, *dq = probs + np, *dk = dq + n, *dv = dk + n, *mf = dv + n;
+    attention_forward_train(out, probs, mask, q, k, v, lens, B, T, C, NH, 0.1f, 1234);
+    attention_backward_train(dq, dk, dv, dout, probs, mask, q, k, v, lens, B, T, C, NH, 0.1f);
+    for (size_t i = 0; i < np; i++) mf[i] = mask[i];
+    free(q); free(k); free(v); free(dout); free(mask);
+    return 4 * n + 2 * np;
+}
+
+static size_t tc_pool_ce(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 7);
+    const int B = 4, T = 64, C = 200, K = 300, BC = 128;
+    const int lens[4] = { 64, 10, 1, 33 };
+    size_t nx = (size_t)B * T * C;
+    float *x = trand(&r, nx, -1, 1), *dout = trand(&r, (size_t)B * C, -1, 1);
+    float *logits = trand(&r, (size_t)BC * K, -5, 5);
+    int labels[128];
+    for (int b = 0; b < BC; b++) labels[b] = (int)peftc_rng_below(&r, K);
+    size_t n = (size_t)B * C + nx + BC + 2 * (size_t)BC * K + 1;
+    memset(res, 0, n * sizeof(float));
+    float *o = res, *di = o + B * C, *losses = di + nx, *probs = losses + BC, *dl = probs + BC * K;
+    mean_pool_forward(o, x, lens, B, T, C);
+    mean_pool_backward(di, dout, lens, B, T, C);
+    dl[BC * K] = softmax_ce_forward(losses, probs, logits, labels, BC, K);
+    softmax_ce_backward(dl, probs, labels, BC, K, 1.0f / BC);
+    free(x); free(dout); free(logits);
+    return n;
+}
+
+static void thread_check(const char *name, tcase f, double tol)
+{
+    int saved = omp_get_max_threads();
+    float *r1 = falloc(TCAP), *r2 = falloc(TCAP);
+    omp_set_num_threads(1);
+    size_t n1 = f(r1);
+    omp_set_num_threads(2);
+    int two = omp_get_max_threads() == 2;
+    size_t n2 = f(r2);
+    omp_set_num_threads(saved);
+    double d = n1 == n2 && n1 <= TCAP ? tl_max_abs_diff(r1, r2, n1) : INFINITY;
+    CHECK(two && d <= tol, "%s: 1 vs 2 threads agree (max diff %g over %zu values)", name, d, n1);
+    free(r1); free(r2);
+}
+
+static void test_threads(void)
+{
+    thread_check("matmul fwd/bwd", tc_matmul, 1e-4);  /* BLAS may split sums differently */
+    thread_check("embeddings fwd/bwd", tc_embeddings, 0);
+    thread_check("layernorm fwd/bwd", tc_layernorm, 0);
+    thread_check("gelu/tanh/relu/silu/add/axpy/l2/dropout_bwd/adamw", tc_elementwise, 0);
+    thread_check("dropout_forward", tc_dropout_fwd, 0);
+    thread_check("attention fwd/bwd", tc_attention, 0);
+    thread_check("attention_train fwd/bwd + mask", tc_attention_train, 0);
+    thread_check("mean_pool + softmax_ce fwd/bwd", tc_pool_ce, 0);
+}
+
+int main(void)
+{
+    peftc_rng_seed(&rng, 20240601);
+    test_matmul();
+    test_embeddings();
+    test_layernorm();
+    test_activations();
+    test_attention();
+    test_attention_train();
+    test_dropout();
+    test_pooling();
+    test_softmax_ce();
+    test_adamw();
+    test_misc();
+    test_threads();
+    return tl_finish();
+}
