@@ -156,6 +156,8 @@ typedef struct peftc_train_opts {
     int bucket;                  /* length-bucketed batches */
     int save_every;              /* checkpoint every N optimizer steps (0: never) */
     int eval_every;              /* evaluate every N steps (0: each epoch) */
+    int stop_after;              /* > 0: stop after this many optimizer steps, as if
+                                    interrupted, leaving a checkpoint for resume_dir */
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);

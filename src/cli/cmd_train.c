@@ -91,6 +91,7 @@ int cmd_train(cli_args *a)
     o.bucket = cli_flag(a, "--bucket");
     o.save_every = cli_opt_int(a, "--save-every", 0, 1, 1 << 30, &ok);
     o.eval_every = cli_opt_int(a, "--eval-every", 0, 1, 1 << 30, &ok);
+    o.stop_after = cli_opt_int(a, "--stop-after", 0, 1, 1 << 30, &ok);
     if (!ok) return 2;
     if (cli_check_unused(a, "train")) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)

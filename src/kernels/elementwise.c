@@ -12,6 +12,7 @@ void relu_forward(float *out, const float *inp, size_t n)
 
 void relu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
+    if (!dinp) return;
     #pragma omp parallel for simd schedule(static) if (n >= (1u << 16))
     for (size_t i = 0; i < n; i++) dinp[i] += inp[i] > 0.0f ? dout[i] : 0.0f;
 }
@@ -25,6 +26,7 @@ void silu_forward(float *out, const float *inp, size_t n)
 /* d/dx x*s(x) = s(x) * (1 + x*(1 - s(x))) */
 void silu_backward(float *dinp, const float *inp, const float *dout, size_t n)
 {
+    if (!dinp) return;
     #pragma omp parallel for schedule(static) if (n >= (1u << 16))
     for (size_t i = 0; i < n; i++) {
         float s = 1.0f / (1.0f + expf(-inp[i]));

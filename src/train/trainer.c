@@ -109,6 +109,12 @@ static uint64_t run_signature(const task *t, const peftc_train_opts *o)
         h = fnv(h, t->pb.e[i].name, strlen(t->pb.e[i].name));
         h = fnv(h, t->pb.e[i].shape, sizeof t->pb.e[i].shape);
     }
+    /* the base model: its shape and a sample of its frozen weights */
+    const peftc_config *c = &t->m->cfg;
+    int dims[] = {c->vocab_size, c->hidden_size, c->num_layers, c->num_heads, c->intermediate_size};
+    h = fnv(h, dims, sizeof dims);
+    size_t sample = (size_t)c->hidden_size * 8;
+    h = fnv(h, t->m->wpe, sample * sizeof(float));
     int ints[] = {o->batch, o->grad_accum, o->max_len, o->bucket};
     h = fnv(h, ints, sizeof ints);
     h = fnv(h, &o->seed, sizeof o->seed);
@@ -120,12 +126,12 @@ typedef struct train_state {
     uint64_t rng;
 } train_state;
 
-static peftc_status save_checkpoint(const task *t, const peftc_train_opts *o, const train_state *s, peftc_error *err)
+static peftc_status save_checkpoint(const task *t, const peftc_train_opts *o, const train_state *s, uint64_t run_sig, peftc_error *err)
 {
     char path[4096], sig[32], step[32], epoch[32], pos[32], rng[32];
     peftc_status rc = peftc_path_join(path, sizeof path, o->out_dir, "checkpoint.safetensors", err);
     if (rc) return rc;
-    snprintf(sig, sizeof sig, "%016" PRIx64, run_signature(t, o));
+    snprintf(sig, sizeof sig, "%016" PRIx64, run_sig);
     snprintf(step, sizeof step, "%d", s->step);
     snprintf(epoch, sizeof epoch, "%d", s->epoch);
     snprintf(pos, sizeof pos, "%d", s->pos);
@@ -140,7 +146,7 @@ static peftc_status save_checkpoint(const task *t, const peftc_train_opts *o, co
     return st_write_f32(path, items, 3, meta, err);
 }
 
-static peftc_status load_checkpoint(task *t, const peftc_train_opts *o, train_state *s, peftc_error *err)
+static peftc_status load_checkpoint(task *t, const peftc_train_opts *o, train_state *s, uint64_t run_sig, peftc_error *err)
 {
     char path[4096];
     peftc_status rc = peftc_path_join(path, sizeof path, o->resume_dir, "checkpoint.safetensors", err);
@@ -149,7 +155,7 @@ static peftc_status load_checkpoint(task *t, const peftc_train_opts *o, train_st
     peftc_safetensors *st;
     if ((rc = peftc_safetensors_open(path, &st, err))) return rc;
     char sig[32];
-    snprintf(sig, sizeof sig, "%016" PRIx64, run_signature(t, o));
+    snprintf(sig, sizeof sig, "%016" PRIx64, run_sig);
     const char *ssig = st_metadata(st, "peftc_signature"), *meth = st_metadata(st, "method");
     const st_tensor *p = st_find(st, "params"), *m = st_find(st, "adam_m"), *v = st_find(st, "adam_v");
     const char *vals[4] = {st_metadata(st, "step"), st_metadata(st, "epoch"), st_metadata(st, "pos"), st_metadata(st, "rng")};
@@ -275,6 +281,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
         (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)))
         goto out;
+    /* taken before any weight moves: full fine-tuning trains the sampled ones */
+    uint64_t run_sig = run_signature(&t, o);
     if (o->init_adapter && (rc = task_load_weights(&t, o->init_adapter, err))) goto out;
     if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     if (mkdir(o->out_dir, 0755) != 0) {
@@ -288,7 +296,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
     if (o->resume_dir) {
-        if ((rc = load_checkpoint(&t, o, &s, err))) goto out;
+        if ((rc = load_checkpoint(&t, o, &s, run_sig, err))) goto out;
         rng.state = s.rng;
     }
     epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
@@ -368,23 +376,28 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             pr.eval_accuracy = er.accuracy; pr.eval_loss = er.loss; pr.eval_f1 = er.f1; pr.eval_mcc = er.mcc;
             emit(progress, user, &pr);
         }
-        if (o->save_every > 0 && s.step % o->save_every == 0) {
+        int stopping = o->stop_after > 0 && s.step >= o->stop_after && s.step < total;
+        if ((o->save_every > 0 && s.step % o->save_every == 0) || stopping) {
             s.rng = rng.state;
-            if ((rc = save_checkpoint(&t, o, &s, err))) goto out;
+            if ((rc = save_checkpoint(&t, o, &s, run_sig, err))) goto out;
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             emit(progress, user, &pr);
         }
+        if (stopping) break;
     }
     double secs = now_s() - t0;
-    if (have_eval && evaluated_epoch != s.step && (rc = task_evaluate(&t, &ev, &bb, &er, err))) goto out;
+    if (have_eval && evaluated_epoch != s.step && s.step == total) {
+        if ((rc = task_evaluate(&t, &ev, &bb, &er, err))) goto out;
+        evaluated_epoch = s.step;
+    }
     if ((rc = task_save_adapter(&t, o->out_dir, o->model_dir, err))) goto out;
-    rc = write_metrics(o, &t, &er, have_eval, s.step, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0, secs, last_loss, err);
+    rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0, secs, last_loss, err);
     if (!rc) {
         pr = (peftc_progress){.kind = PEFTC_PROGRESS_DONE, .step = s.step, .total_steps = total, .epoch = s.epoch,
                               .loss = (float)last_loss, .tokens_per_s = secs > 0 ? tokens / secs : 0, .elapsed_s = secs,
                               .eval_accuracy = er.accuracy, .eval_loss = er.loss, .eval_f1 = er.f1, .eval_mcc = er.mcc,
                               .trainable_params = task_trainable_count(&t), .total_params = peftc_model_param_count(m),
-                              .message = have_eval ? "eval" : NULL};
+                              .message = evaluated_epoch >= 0 ? "eval" : NULL};
         emit(progress, user, &pr);
     }
 out:
