@@ -21,17 +21,21 @@ all: build/libpeftc.a build/libpeftc.so peftc
 
 build/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@echo "CC $<"
+	@$(CC) $(CFLAGS) -c $< -o $@
 
 build/libpeftc.a: $(LIB_OBJ)
 	@rm -f $@
-	ar rcs $@ $^
+	@echo "AR $@"
+	@ar rcs $@ $^
 
 build/libpeftc.so: $(LIB_OBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) -shared -o $@ $^ $(LDLIBS)
 
 peftc: $(CLI_OBJ) build/libpeftc.a
-	$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libpeftc.a $(LDLIBS)
+	@echo "LD $@"
+	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libpeftc.a $(LDLIBS)
 
 build/tests/%: tests/%.c build/libpeftc.a $(HDRS) tests/testlib.h
 	@mkdir -p build/tests
@@ -46,10 +50,14 @@ setup:
 test: all tests
 	bash tests/run.sh
 
+# Sets up, builds, and runs the main job (LoRA on SST-2, eval, predict).
+demo:
+	bash scripts/demo.sh
+
 bench: all
 	bash bench/run
 
 clean:
 	rm -rf build peftc
 
-.PHONY: all setup test tests bench clean
+.PHONY: all setup test tests bench clean demo
