@@ -47,7 +47,10 @@ tests: $(TEST_BIN)
 setup:
 	bash scripts/setup.sh
 
-test: all tests
+# Sets up what is missing (idempotent), builds, runs every test.
+test:
+	bash scripts/setup.sh
+	$(MAKE) all tests
 	bash tests/run.sh
 
 # Sets up, builds, and runs the main job (LoRA on SST-2, eval, predict).
