@@ -132,14 +132,19 @@ typedef struct peftc_train_opts {
     const char *out_dir;
     const char *resume_dir;      /* may be NULL: continue the run saved there */
     const char *init_adapter;    /* may be NULL: start from this adapter's weights */
-    const char *method;          /* "full", "lora", "bitfit" */
+    const char *method;          /* a preset (see peftc_method_list) or "custom" */
     const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */
-    /* LoRA */
-    int lora_r;
+    /* method options; 0 / NULL: the preset's default */
+    int lora_r;                  /* LoRA rank, or an adapter's bottleneck */
     float lora_alpha;
     float lora_dropout;
     int rslora;
     const char *lora_targets;    /* comma list, e.g. "query,value" */
+    const char *site;            /* parallel-adapter: "ffn" or "attn" */
+    float scale;                 /* scaled-parallel-adapter: s */
+    int learned_scale;
+    const char *const *deltas;   /* custom: delta specs "site=...,insert=...,r=..." */
+    int n_deltas;
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */
@@ -161,6 +166,10 @@ typedef struct peftc_train_opts {
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);
+
+/* The method presets, what each expands to and its parameter formula
+ * (multi-line text into out). */
+void peftc_method_list(char *out, size_t cap);
 
 typedef enum peftc_progress_kind {
     PEFTC_PROGRESS_START,        /* message: what is being trained */

@@ -95,7 +95,7 @@ printf 'sentence\tlabel\n' > "$W/empty.tsv"
 expect_fail "empty training file" "no examples" -- ./peftc train $common --train "$W/empty.tsv" --method lora --out "$W/r_empty"
 expect_fail "sentence-pair column missing" "nope" -- ./peftc train $common --train "$W/tiny/pairs.tsv" --text-col sentence1 --text-pair-col nope --label-col label --method lora --out "$W/r_pair"
 expect_fail "unknown method" "unknown method" -- ./peftc train $common --train "$W/tiny/train.tsv" --method magic --out "$W/r_m"
-expect_fail "LoRA rank larger than the width" "larger than the width" -- ./peftc train $common --train "$W/tiny/train.tsv" --method lora --r 64 --out "$W/r_r"
+expect_fail "LoRA rank larger than the width" "the width of query" -- ./peftc train $common --train "$W/tiny/train.tsv" --method lora --r 64 --out "$W/r_r"
 
 # resume: 2N steps == N steps + resume N steps, bit for bit (dropout on)
 rc="--train $W/tiny/train.tsv --method lora --r 4 --lora-dropout 0.1 --max-steps 12"

@@ -42,5 +42,6 @@ int cmd_inspect(cli_args *a);
 int cmd_train(cli_args *a);
 int cmd_eval(cli_args *a);
 int cmd_predict(cli_args *a);
+int cmd_methods(cli_args *a);
 
 #endif

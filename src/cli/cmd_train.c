@@ -72,11 +72,18 @@ int cmd_train(cli_args *a)
     o.text_col = cli_opt(a, "--text-col");
     o.pair_col = cli_opt(a, "--text-pair-col");
     o.label_col = cli_opt(a, "--label-col");
-    o.lora_r = cli_opt_int(a, "--r", o.lora_r, -1000000, 1 << 20, &ok);
+    o.lora_r = cli_opt_int(a, "--r", 0, -1000000, 1 << 20, &ok);
+    if (o.lora_r < 0) { cli_errorf(2, "option --r: must be positive, got %d", o.lora_r); ok = 0; }
     o.lora_alpha = (float)cli_opt_double(a, "--alpha", o.lora_alpha, 0, 1e6, &ok);
     o.lora_dropout = (float)cli_opt_double(a, "--lora-dropout", o.lora_dropout, 0, 0.99, &ok);
     o.rslora = cli_flag(a, "--rslora");
     if ((v = cli_opt(a, "--target-modules"))) o.lora_targets = v;
+    o.site = cli_opt(a, "--site");
+    o.scale = (float)cli_opt_double(a, "--scale", 0, -1e6, 1e6, &ok);
+    o.learned_scale = cli_flag(a, "--learned-scale");
+    const char *deltas[32];
+    while (o.n_deltas < 32 && (v = cli_opt(a, "--delta"))) deltas[o.n_deltas++] = v;
+    o.deltas = deltas;
     o.epochs = cli_opt_int(a, "--epochs", o.epochs, 1, 100000, &ok);
     o.max_steps = cli_opt_int(a, "--max-steps", 0, 1, 1 << 30, &ok);
     o.batch = cli_opt_int(a, "--batch", o.batch, 1, 65536, &ok);
@@ -153,4 +160,13 @@ int cmd_predict(cli_args *a)
     cli_lines_free(&L);
     peftc_classifier_free(c);
     return rc;
+}
+
+int cmd_methods(cli_args *a)
+{
+    if (cli_check_unused(a, "methods")) return 2;
+    char buf[8192];
+    peftc_method_list(buf, sizeof buf);
+    fputs(buf, stdout);
+    return 0;
 }

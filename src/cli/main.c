@@ -18,8 +18,11 @@ static const char usage[] =
     "      architecture, config and every tensor (name, dtype, shape) of a model\n"
     "      directory or a .safetensors file\n"
     "\n"
-    "  train --model DIR --train FILE [--eval FILE] --method full|lora|bitfit --out RUN_DIR\n"
+    "  methods\n"
+    "      the method presets, what each expands to, and its parameter count\n"
+    "  train --model DIR --train FILE [--eval FILE] --method NAME --out RUN_DIR\n"
     "        [--r R] [--alpha A] [--lora-dropout P] [--rslora] [--target-modules query,value]\n"
+    "        [--site ffn|attn] [--scale S] [--learned-scale] [--delta SPEC]...\n"
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
@@ -55,6 +58,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "train")) rc = cmd_train(&a);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(&a);
     else if (!strcmp(cmd, "predict")) rc = cmd_predict(&a);
+    else if (!strcmp(cmd, "methods")) rc = cmd_methods(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

@@ -249,6 +249,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
                                     pa, peftc_rng_u64(run->rng));
         else
             attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
+        block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
         linear_site(run, l, SITE_ATTN_O, A->attn, A->ctx, W->wo, W->bo, N, C, C);
         hidden_dropout(run, A->attn, A->attn_mask, ph, NC);
         block_site(run, l, SITE_ATTN_OUT, A->attn, x, N);
@@ -257,6 +258,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         layernorm_forward(A->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
         linear_site(run, l, SITE_FFN_IN, A->ffn_pre, A->ln1, W->wi, W->bi, N, C, F);
         gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
+        block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
         linear_site(run, l, SITE_FFN_DOWN, A->ffn_out, A->ffn_act, W->wf, W->bf, N, F, C);
         hidden_dropout(run, A->ffn_out, A->ffn_mask, ph, NC);
         block_site(run, l, SITE_FFN_OUT, A->ffn_out, A->ln1, N);
@@ -316,6 +318,8 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         dropout_grad_inplace(run, d_ffn, A->ffn_mask, ph, NC);
         memset(a->d_f1, 0, NF * sizeof(float));
         linear_site_backward(run, l, SITE_FFN_DOWN, d_ffn, a->d_f1, A->ffn_act, W->wf, g->wf, g->bf, N, F, C);
+        if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
+            delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
         memset(a->d_f2, 0, NF * sizeof(float));
         gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
         linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, A->ln1, W->wi, g->wi, g->bi, N, C, F);
@@ -331,6 +335,8 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         dropout_grad_inplace(run, d_attn, A->attn_mask, ph, NC);
         memset(a->d_ctx, 0, NC * sizeof(float));
         linear_site_backward(run, l, SITE_ATTN_O, d_attn, a->d_ctx, A->ctx, W->wo, g->wo, g->bo, N, C, C);
+        if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_HEADS))
+            delta_backward(run->deltas, run->pb, l, SITE_ATTN_HEADS, x, a->d_ctx, d_x, N);
         memset(a->d_q, 0, NC * sizeof(float));
         memset(a->d_k, 0, NC * sizeof(float));
         memset(a->d_v, 0, NC * sizeof(float));

@@ -2,12 +2,13 @@
 #include "peft/delta.h"
 #include "kernels/kernels.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *site_names[SITE_COUNT] = {
-    "attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.down", "attn.out", "ffn.out",
+    "attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.down", "attn.out", "ffn.out", "attn.heads", "ffn.act",
 };
 
 const char *site_name(site_id s) { return s < SITE_COUNT ? site_names[s] : "?"; }
@@ -42,7 +43,10 @@ static int decl(param_block *pb, const char *prefix, const char *what, int ndim,
 peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int out,
                        const delta_spec *spec, const char *prefix, peftc_error *err)
 {
-    if (spec->r <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: rank r must be positive, got %d", prefix, spec->r);
+    if (spec->kind == DELTA_BOTTLENECK && spec->r <= 0)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s: rank r must be positive, got %d", prefix, spec->r);
+    if (spec->heads > 0 && (out % spec->heads || spec->insert != INSERT_PARALLEL))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s: a multi-head delta needs a parallel insertion and a width divisible by heads", prefix);
     if (ds->n == ds->cap) {
         int cap = ds->cap ? 2 * ds->cap : 32;
         delta *d = realloc(ds->d, (size_t)cap * sizeof *d);
@@ -56,10 +60,19 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
     d->layer = layer;
     d->in = in;
     d->out = out;
+    d->p_down = d->p_up = d->p_down_b = d->p_up_b = d->p_gate_w = d->p_gate_b = d->p_scale = d->p_vec = -1;
+    if (spec->kind == DELTA_SCALE) {
+        /* PEFT's (IA)^3 shapes: [1, in] for feed-forward inputs, [out, 1] otherwise */
+        d->p_vec = spec->site == SITE_FFN_ACT ? decl(pb, prefix, "ia3_l", 2, 1, out, 1) : decl(pb, prefix, "ia3_l", 2, out, 1, 1);
+        if (d->p_vec < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        ds->n++;
+        return PEFTC_OK;
+    }
     int src_w = spec->insert == INSERT_PARALLEL ? in : out;
-    d->p_down = decl(pb, prefix, spec->lora_names ? "lora_A.weight" : "down", 2, spec->r, src_w, 0);
+    int r_all = spec->heads > 0 ? spec->heads * spec->r : spec->r;
+    d->p_down = decl(pb, prefix, spec->lora_names ? "lora_A.weight" : "down", 2, r_all, src_w, 0);
     d->p_up = decl(pb, prefix, spec->lora_names ? "lora_B.weight" : "up", 2, out, spec->r, 0);
-    d->p_down_b = spec->bias ? decl(pb, prefix, "down_bias", 1, spec->r, 0, 1) : -1;
+    d->p_down_b = spec->bias ? decl(pb, prefix, "down_bias", 1, r_all, 0, 1) : -1;
     d->p_up_b = spec->bias ? decl(pb, prefix, "up_bias", 1, out, 0, 1) : -1;
     d->p_gate_w = spec->compose == COMPOSE_GATE ? decl(pb, prefix, "gate", 2, 1, in, 0) : -1;
     d->p_gate_b = spec->compose == COMPOSE_GATE ? decl(pb, prefix, "gate_bias", 1, 1, 0, 1) : -1;
@@ -111,7 +124,14 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
             delta *d = &ds->d[i];
             const delta_spec *s = &d->spec;
             size_t src_w = s->insert == INSERT_PARALLEL ? (size_t)d->in : (size_t)d->out;
-            size_t need = R16((size_t)N * s->r) * (s->act == ACT_IDENTITY ? 1 : 2)
+            size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
+            if (s->kind == DELTA_SCALE) {
+                /* only the h before scaling, for the factors' gradient */
+                if (pass == 0) { total += R16((size_t)N * d->out); if ((size_t)d->out > maxw) maxw = (size_t)d->out; continue; }
+                d->src_copy = p; p += R16((size_t)N * d->out);
+                continue;
+            }
+            size_t need = R16((size_t)N * r_all) * (s->act == ACT_IDENTITY ? 1 : 2)
                         + (s->insert == INSERT_SEQUENTIAL ? R16((size_t)N * d->out) : 0)
                         + (s->dropout > 0 ? R16((size_t)N * src_w) + R16((size_t)N * src_w / 4 + 1) : 0)
                         + (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE ? R16((size_t)N * d->out) : 0)
@@ -120,11 +140,11 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
                 total += need;
                 if ((size_t)d->in > maxw) maxw = (size_t)d->in;
                 if ((size_t)d->out > maxw) maxw = (size_t)d->out;
-                if ((size_t)s->r > maxr) maxr = (size_t)s->r;
+                if (r_all > maxr) maxr = r_all;
                 continue;
             }
-            d->z = p; p += R16((size_t)N * s->r);
-            if (s->act == ACT_IDENTITY) d->a = d->z; else { d->a = p; p += R16((size_t)N * s->r); }
+            d->z = p; p += R16((size_t)N * r_all);
+            if (s->act == ACT_IDENTITY) d->a = d->z; else { d->a = p; p += R16((size_t)N * r_all); }
             d->src_copy = NULL; d->xd = NULL; d->mask = NULL; d->u = NULL; d->gate = NULL;
             if (s->insert == INSERT_SEQUENTIAL) { d->src_copy = p; p += R16((size_t)N * d->out); }
             if (s->dropout > 0) {
@@ -154,6 +174,11 @@ void delta_init_params(delta_set *ds, param_block *pb, peftc_rng *rng)
 {
     for (int i = 0; i < ds->n; i++) {
         delta *d = &ds->d[i];
+        if (d->spec.kind == DELTA_SCALE) { /* (IA)^3 starts as the identity */
+            float *l = params_value(pb, d->p_vec);
+            for (size_t j = 0; j < pb->e[d->p_vec].numel; j++) l[j] = 1.0f;
+            continue;
+        }
         const param_entry *e = &pb->e[d->p_down];
         float *w = params_value(pb, d->p_down);
         size_t fan_in = (size_t)e->shape[1];
@@ -206,6 +231,60 @@ static void act_backward(delta_act act, float *dz, const float *z, const float *
     }
 }
 
+static void add_bias_rows(float *u, const float *bias, int N, int W)
+{
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < W; j++) u[(size_t)n * W + j] += bias[j];
+}
+
+/* h (N,W) *= l (W) per row */
+static void scale_rows_inplace(float *h, const float *l, int N, int W)
+{
+    #pragma omp parallel for schedule(static) if ((size_t)N * W >= (1u << 16))
+    for (int r = 0; r < N; r++) {
+        float *hr = h + (size_t)r * W;
+        for (int j = 0; j < W; j++) hr[j] *= l[j];
+    }
+}
+
+/* dl += sum_rows dh * h_pre; dh *= l (in place: now w.r.t. h_pre).
+ * dl is summed serially over rows so the order never depends on threads. */
+static void scale_rows_backward(float *dh, float *dl, const float *h_pre, const float *l, int N, int W)
+{
+    for (int r = 0; r < N; r++) {
+        const float *hr = h_pre + (size_t)r * W;
+        float *dr = dh + (size_t)r * W;
+        for (int j = 0; j < W; j++) { dl[j] += dr[j] * hr[j]; dr[j] *= l[j]; }
+    }
+}
+
+/* Multi-head up-projection: head g maps a[:, g*r:(g+1)*r] through its
+ * block up[g*hd:(g+1)*hd, :] (hd,r) to u[:, g*hd:(g+1)*hd]. */
+static void up_heads_forward(float *u, const float *a, const float *up, const float *bias, int N, int heads, int r, int out)
+{
+    int hd = out / heads;
+    for (int g = 0; g < heads; g++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, hd, r, 1.0f, a + (size_t)g * r, heads * r,
+                    up + (size_t)g * hd * r, r, 0.0f, u + (size_t)g * hd, out);
+    if (bias) add_bias_rows(u, bias, N, out);
+}
+
+static void up_heads_backward(float *da, float *dup, float *dbias, const float *du, const float *a, const float *up,
+                              int N, int heads, int r, int out)
+{
+    int hd = out / heads;
+    for (int g = 0; g < heads; g++) {
+        /* da_g (N,r) += du_g (N,hd) @ up_g (hd,r); dup_g (hd,r) += du_g^T a_g */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, hd, 1.0f, du + (size_t)g * hd, out,
+                    up + (size_t)g * hd * r, r, 1.0f, da + (size_t)g * r, heads * r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hd, r, N, 1.0f, du + (size_t)g * hd, out,
+                    a + (size_t)g * r, heads * r, 1.0f, dup + (size_t)g * hd * r, r);
+    }
+    if (dbias)
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < out; j++) dbias[j] += du[(size_t)n * out + j];
+}
+
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
@@ -216,6 +295,11 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
     for (int k = 0; k < cnt; k++) {
         delta *d = &ds->d[ds->order[ds->site_first[cell] + k]];
         const delta_spec *s = &d->spec;
+        if (s->kind == DELTA_SCALE) {
+            memcpy(d->src_copy, h, (size_t)N * d->out * sizeof(float));
+            scale_rows_inplace(h, params_value(pb, d->p_vec), N, d->out);
+            continue;
+        }
         int src_w = s->insert == INSERT_PARALLEL ? d->in : d->out;
         const float *src = x;
         if (s->insert == INSERT_SEQUENTIAL) {
@@ -228,10 +312,12 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         }
         const float *down_b = d->p_down_b >= 0 ? params_value(pb, d->p_down_b) : NULL;
         const float *up_b = d->p_up_b >= 0 ? params_value(pb, d->p_up_b) : NULL;
-        matmul_forward(d->z, src, params_value(pb, d->p_down), down_b, N, src_w, s->r, 0);
-        act_forward(s->act, d->a, d->z, (size_t)N * s->r);
+        int r_all = s->heads > 0 ? s->heads * s->r : s->r;
+        matmul_forward(d->z, src, params_value(pb, d->p_down), down_b, N, src_w, r_all, 0);
+        act_forward(s->act, d->a, d->z, (size_t)N * r_all);
         float *u = d->u ? d->u : ds->scratch;
-        matmul_forward(u, d->a, params_value(pb, d->p_up), up_b, N, s->r, d->out, 0);
+        if (s->heads > 0) up_heads_forward(u, d->a, params_value(pb, d->p_up), up_b, N, s->heads, s->r, d->out);
+        else matmul_forward(u, d->a, params_value(pb, d->p_up), up_b, N, s->r, d->out, 0);
         size_t n = (size_t)N * d->out;
         switch (s->compose) {
         case COMPOSE_ADD: add_inplace(h, u, n); break;
@@ -265,7 +351,12 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
     for (int k = cnt - 1; k >= 0; k--) {
         delta *d = &ds->d[ds->order[ds->site_first[cell] + k]];
         const delta_spec *s = &d->spec;
+        if (s->kind == DELTA_SCALE) {
+            scale_rows_backward(dh, params_grad(pb, d->p_vec), d->src_copy, params_value(pb, d->p_vec), N, d->out);
+            continue;
+        }
         int src_w = s->insert == INSERT_PARALLEL ? d->in : d->out;
+        int r_all = s->heads > 0 ? s->heads * s->r : s->r;
         size_t n = (size_t)N * d->out;
         float *du = ds->scratch;
         float *dsrc = du + R16((size_t)ds->N * ds->maxw);
@@ -308,15 +399,18 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         float *dup_b = d->p_up_b >= 0 ? params_grad(pb, d->p_up_b) : NULL;
         float *ddown_b = d->p_down_b >= 0 ? params_grad(pb, d->p_down_b) : NULL;
         /* da (N,r) = du @ up; dup += du^T a */
-        memset(da, 0, (size_t)N * s->r * sizeof(float));
-        matmul_backward(da, params_grad(pb, d->p_up), dup_b, du, d->a, params_value(pb, d->p_up), N, s->r, d->out);
+        memset(da, 0, (size_t)N * r_all * sizeof(float));
+        if (s->heads > 0)
+            up_heads_backward(da, params_grad(pb, d->p_up), dup_b, du, d->a, params_value(pb, d->p_up), N, s->heads, s->r, d->out);
+        else
+            matmul_backward(da, params_grad(pb, d->p_up), dup_b, du, d->a, params_value(pb, d->p_up), N, s->r, d->out);
         if (s->act == ACT_IDENTITY) dz = da;
-        else act_backward(s->act, dz, d->z, d->a, da, (size_t)N * s->r);
+        else act_backward(s->act, dz, d->z, d->a, da, (size_t)N * r_all);
         const float *src = s->dropout > 0 ? d->xd : (s->insert == INSERT_PARALLEL ? x : d->src_copy);
         int need_dsrc = s->insert == INSERT_SEQUENTIAL || dx;
         if (need_dsrc) memset(dsrc, 0, (size_t)N * src_w * sizeof(float));
         matmul_backward(need_dsrc ? dsrc : NULL, params_grad(pb, d->p_down), ddown_b, dz, src,
-                        params_value(pb, d->p_down), N, src_w, s->r);
+                        params_value(pb, d->p_down), N, src_w, r_all);
         if (!need_dsrc) continue;
         if (s->dropout > 0) { /* in place: dsrc = mask * dsrc / (1-p) */
             float keep = 1.0f / (1.0f - s->dropout);
@@ -325,4 +419,94 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         if (s->insert == INSERT_SEQUENTIAL) add_inplace(dh, dsrc, n);
         else add_inplace(dx, dsrc, (size_t)N * d->in);
     }
+}
+
+static const char *insert_names[] = {"parallel", "sequential"};
+
+peftc_status delta_spec_parse(const char *text, delta_spec *sp, peftc_error *err)
+{
+    memset(sp, 0, sizeof *sp);
+    sp->kind = DELTA_BOTTLENECK;
+    sp->insert = INSERT_PARALLEL;
+    sp->act = ACT_RELU;
+    sp->compose = COMPOSE_ADD;
+    sp->scale = 1.0f;
+    sp->r = 0;
+    sp->bias = -1;
+    int have_site = 0;
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", text);
+    for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (!eq) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta '%s': '%s' is not key=value", text, kv);
+        *eq = 0;
+        const char *k = kv, *v = eq + 1;
+        char *end;
+        if (!strcmp(k, "site")) {
+            if (!site_parse(v, &sp->site))
+                return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: unknown site '%s' (attn.q attn.k attn.v attn.o ffn.in ffn.down "
+                                  "attn.out ffn.out attn.heads ffn.act)", v);
+            have_site = 1;
+        } else if (!strcmp(k, "kind")) {
+            if (!strcmp(v, "bottleneck")) sp->kind = DELTA_BOTTLENECK;
+            else if (!strcmp(v, "scale")) sp->kind = DELTA_SCALE;
+            else return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: kind must be bottleneck or scale, got '%s'", v);
+        } else if (!strcmp(k, "insert")) {
+            if (!strcmp(v, "parallel")) sp->insert = INSERT_PARALLEL;
+            else if (!strcmp(v, "sequential")) sp->insert = INSERT_SEQUENTIAL;
+            else return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: insert must be parallel or sequential, got '%s'", v);
+        } else if (!strcmp(k, "r")) {
+            long r = strtol(v, &end, 10);
+            if (*end || r <= 0 || r > 1 << 20) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: r must be a positive integer, got '%s'", v);
+            sp->r = (int)r;
+        } else if (!strcmp(k, "act")) {
+            if (!act_parse(v, &sp->act)) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: act must be identity, relu, gelu, silu or tanh, got '%s'", v);
+        } else if (!strcmp(k, "compose")) {
+            if (!strcmp(v, "add")) sp->compose = COMPOSE_ADD;
+            else if (!strcmp(v, "gate")) sp->compose = COMPOSE_GATE;
+            else if (!strncmp(v, "scale:", 6) || !strncmp(v, "learned:", 8)) {
+                int learned = v[0] == 'l';
+                double x = strtod(v + (learned ? 8 : 6), &end);
+                if (*end || !(x > -1e6 && x < 1e6)) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: bad scale in '%s'", v);
+                sp->compose = learned ? COMPOSE_LEARNED_SCALE : COMPOSE_SCALE;
+                sp->scale = (float)x;
+            } else return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: compose must be add, scale:S, learned:S or gate, got '%s'", v);
+        } else if (!strcmp(k, "bias")) {
+            sp->bias = !strcmp(v, "1") || !strcmp(v, "true");
+        } else if (!strcmp(k, "dropout")) {
+            double x = strtod(v, &end);
+            if (*end || x < 0 || x >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: dropout must be in [0, 1), got '%s'", v);
+            sp->dropout = (float)x;
+        } else if (!strcmp(k, "init")) {
+            if (!strcmp(v, "lora")) sp->init_lora = 1;
+            else if (!strcmp(v, "bert")) sp->init_lora = 0;
+            else return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: init must be lora or bert, got '%s'", v);
+        } else if (!strcmp(k, "heads")) {
+            long hh = strtol(v, &end, 10);
+            if (*end || hh <= 0 || hh > 4096) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: heads must be a positive integer, got '%s'", v);
+            sp->heads = (int)hh;
+        } else {
+            return peftc_fail(err, PEFTC_ERR_INPUT, "--delta '%s': unknown key '%s' (site kind insert r act compose bias dropout init heads)", text, k);
+        }
+    }
+    if (!have_site) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta '%s': site= is required", text);
+    if (sp->kind == DELTA_BOTTLENECK && sp->r <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta '%s': r= is required", text);
+    if (sp->bias < 0) sp->bias = sp->act != ACT_IDENTITY; /* adapters have biases, LoRA-like linear ones not */
+    return PEFTC_OK;
+}
+
+void delta_spec_format(const delta_spec *sp, char *out, size_t cap)
+{
+    if (sp->kind == DELTA_SCALE) { snprintf(out, cap, "site=%s,kind=scale", site_name(sp->site)); return; }
+    char comp[48];
+    switch (sp->compose) {
+    case COMPOSE_ADD: snprintf(comp, sizeof comp, "add"); break;
+    case COMPOSE_SCALE: snprintf(comp, sizeof comp, "scale:%.9g", sp->scale); break;
+    case COMPOSE_LEARNED_SCALE: snprintf(comp, sizeof comp, "learned:%.9g", sp->scale); break;
+    case COMPOSE_GATE: snprintf(comp, sizeof comp, "gate"); break;
+    }
+    int n = snprintf(out, cap, "site=%s,insert=%s,r=%d,act=%s,compose=%s,bias=%d,dropout=%.9g,init=%s",
+                     site_name(sp->site), insert_names[sp->insert], sp->r, act_name(sp->act), comp, sp->bias,
+                     sp->dropout, sp->init_lora ? "lora" : "bert");
+    if (sp->heads > 0 && n > 0 && (size_t)n < cap) snprintf(out + n, cap - (size_t)n, ",heads=%d", sp->heads);
 }

@@ -19,6 +19,8 @@ typedef enum site_id {
     SITE_FFN_IN, SITE_FFN_DOWN,
     SITE_ATTN_OUT,   /* attention sub-layer: x = layer input, h = projection output (after dropout, before residual) */
     SITE_FFN_OUT,    /* FFN sub-layer: x = FFN input, h = FFN output (after dropout, before residual) */
+    SITE_ATTN_HEADS, /* per-head attention outputs: x = layer input, h = heads concatenated, before the projection */
+    SITE_FFN_ACT,    /* FFN inner activation: x = h = GELU output (N, d_ff) */
     SITE_COUNT
 } site_id;
 
@@ -32,7 +34,13 @@ typedef enum delta_compose { COMPOSE_ADD, COMPOSE_SCALE, COMPOSE_LEARNED_SCALE, 
 const char *act_name(delta_act a);
 int act_parse(const char *name, delta_act *out);
 
+typedef enum delta_kind {
+    DELTA_BOTTLENECK,   /* u = up(f(down(src))) composed into h */
+    DELTA_SCALE         /* (IA)^3: h <- h * l, one learned factor per channel, init 1 */
+} delta_kind;
+
 typedef struct delta_spec {
+    delta_kind kind;
     site_id site;
     delta_insert insert;
     delta_act act;
@@ -43,7 +51,14 @@ typedef struct delta_spec {
     int bias;           /* down/up have biases (adapters) or not (LoRA) */
     int init_lora;      /* down kaiming-uniform(a=sqrt 5) as LoRA's A; else N(0, 0.02^2). up is zero. */
     int lora_names;     /* parameters named lora_A.weight / lora_B.weight (PEFT) instead of down/up */
+    int heads;          /* > 0: multi-head form, r per head, up block-diagonal per head (h width = heads * hd) */
 } delta_spec;
+
+/* "site=ffn.out,insert=parallel,r=64,act=relu,compose=scale:4[,bias=1][,dropout=0.1][,init=lora|bert][,heads=12]"
+ * or "site=attn.k,kind=scale". Unknown keys and values are errors naming the key. */
+peftc_status delta_spec_parse(const char *text, delta_spec *spec, peftc_error *err);
+/* The inverse of delta_spec_parse (saved in adapter_config.json). */
+void delta_spec_format(const delta_spec *spec, char *out, size_t cap);
 
 typedef struct delta {
     delta_spec spec;
@@ -51,6 +66,7 @@ typedef struct delta {
     int in, out;        /* widths of x and h at the site */
     /* parameter indices in the trainable block (-1 if absent) */
     int p_down, p_down_b, p_up, p_up_b, p_gate_w, p_gate_b, p_scale;
+    int p_vec;          /* DELTA_SCALE: the factors (out) */
     /* activations for backward (capacity N rows), set by delta_acts_bind */
     float *src_copy;    /* (N,out) h before this delta, sequential only */
     float *xd;          /* (N,src width) dropped src, dropout only */

@@ -6,34 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *method_name(method_kind k)
-{
-    switch (k) {
-    case METHOD_FULL: return "full";
-    case METHOD_LORA: return "lora";
-    case METHOD_BITFIT: return "bitfit";
-    }
-    return "?";
-}
-
-int method_parse(const char *name, method_kind *k)
-{
-    for (int i = METHOD_FULL; i <= METHOD_BITFIT; i++)
-        if (!strcmp(name, method_name((method_kind)i))) { *k = (method_kind)i; return 1; }
-    return 0;
-}
-
-void method_defaults(method_opts *mo, method_kind k)
-{
-    memset(mo, 0, sizeof *mo);
-    mo->kind = k;
-    /* HF PEFT's LoraConfig defaults */
-    mo->r = 8;
-    mo->alpha = 8;
-    mo->dropout = 0.0f;
-    mo->targets = (1u << SITE_ATTN_Q) | (1u << SITE_ATTN_V);
-}
-
 static const struct { const char *name; site_id site; } lora_aliases[] = {
     {"query", SITE_ATTN_Q}, {"key", SITE_ATTN_K}, {"value", SITE_ATTN_V},
     {"attention.output.dense", SITE_ATTN_O}, {"intermediate.dense", SITE_FFN_IN}, {"output.dense", SITE_FFN_DOWN},
@@ -72,17 +44,20 @@ float lora_scale(const method_opts *mo)
     return mo->rslora ? mo->alpha / sqrtf((float)mo->r) : mo->alpha / (float)mo->r;
 }
 
-/* The (in, out) widths of a linear site. */
+/* The widths of x and h at a site. */
 static void site_dims(const peftc_config *c, site_id s, int *in, int *out)
 {
     *in = *out = c->hidden_size;
     if (s == SITE_FFN_IN) *out = c->intermediate_size;
     if (s == SITE_FFN_DOWN) *in = c->intermediate_size;
+    if (s == SITE_FFN_ACT) *in = *out = c->intermediate_size;
 }
 
 static int base_trains(const method_opts *mo, const bert_tensor_ref *r)
 {
-    return mo->kind == METHOD_FULL || (mo->kind == METHOD_BITFIT && r->is_bias);
+    if (mo->base == BASE_ALL) return 1;
+    if (mo->base == BASE_BIAS && r->is_bias) return 1;
+    return mo->train_norms && strstr(r->name, "encoder.layer.") && strstr(r->name, "LayerNorm");
 }
 
 peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *pb, delta_set *ds, peftc_error *err)
@@ -107,26 +82,53 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
     }
     free(refs);
     free(gl);
-    if (mo->kind != METHOD_LORA) return PEFTC_OK;
-    if (mo->r <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--r must be positive, got %d", mo->r);
-    for (int l = 0; l < c->num_layers; l++)
-        for (int s = 0; s <= SITE_FFN_DOWN; s++) {
-            if (!(mo->targets & (1u << s))) continue;
+    for (int l = 0; l < c->num_layers; l++) {
+        if (mo->lora) {
+            for (int st = 0; st <= SITE_FFN_DOWN; st++) {
+                if (!(mo->targets & (1u << st))) continue;
+                int in, out;
+                site_dims(c, (site_id)st, &in, &out);
+                if (mo->r <= 0 || mo->r > (in < out ? in : out))
+                    return peftc_fail(err, PEFTC_ERR_INPUT, "--r %d must be in [1, %d], the width of %s", mo->r,
+                                      in < out ? in : out, lora_module_name((site_id)st));
+                delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = (site_id)st, .insert = INSERT_PARALLEL,
+                                 .act = ACT_IDENTITY, .compose = COMPOSE_SCALE, .scale = lora_scale(mo),
+                                 .dropout = mo->dropout, .r = mo->r, .bias = 0, .init_lora = 1, .lora_names = 1};
+                char prefix[PARAM_NAME_MAX];
+                snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.%s%s", l,
+                         st <= SITE_ATTN_V ? "attention.self." : "", lora_module_name((site_id)st));
+                peftc_status rc = delta_add(ds, pb, l, in, out, &sp, prefix, err);
+                if (rc) return rc;
+            }
+        }
+        int at_site[SITE_COUNT] = {0};
+        for (int k = 0; k < mo->n_deltas; k++) {
+            const delta_spec *sp = &mo->deltas[k];
             int in, out;
-            site_dims(c, (site_id)s, &in, &out);
-            if (mo->r > (in < out ? in : out))
-                return peftc_fail(err, PEFTC_ERR_INPUT, "--r %d is larger than the width %d of %s", mo->r, in < out ? in : out,
-                                  lora_module_name((site_id)s));
-            delta_spec sp = {.site = (site_id)s, .insert = INSERT_PARALLEL, .act = ACT_IDENTITY,
-                             .compose = COMPOSE_SCALE, .scale = lora_scale(mo), .dropout = mo->dropout,
-                             .r = mo->r, .bias = 0, .init_lora = 1, .lora_names = 1};
+            site_dims(c, sp->site, &in, &out);
+            int width = sp->insert == INSERT_PARALLEL ? (in < out ? in : out) : out;
+            if (sp->kind == DELTA_BOTTLENECK && sp->heads > 0) {
+                if (out % sp->heads)
+                    return peftc_fail(err, PEFTC_ERR_INPUT, "delta at %s: width %d is not divisible by heads=%d", site_name(sp->site), out, sp->heads);
+                width = out / sp->heads;
+            }
+            if (sp->kind == DELTA_BOTTLENECK && (sp->r <= 0 || sp->r > width))
+                return peftc_fail(err, PEFTC_ERR_INPUT, "delta at %s: r=%d must be in [1, %d], the width there", site_name(sp->site), sp->r, width);
+            if (sp->kind == DELTA_SCALE && !(sp->site == SITE_ATTN_K || sp->site == SITE_ATTN_V || sp->site == SITE_ATTN_Q ||
+                                             sp->site == SITE_FFN_ACT || sp->site == SITE_ATTN_HEADS))
+                return peftc_fail(err, PEFTC_ERR_INPUT, "a scale delta goes at attn.q, attn.k, attn.v, attn.heads or ffn.act, not %s", site_name(sp->site));
             char prefix[PARAM_NAME_MAX];
-            const char *mod = lora_module_name((site_id)s);
-            snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.%s%s", l,
-                     s <= SITE_ATTN_V ? "attention.self." : "", mod);
-            peftc_status rc = delta_add(ds, pb, l, in, out, &sp, prefix, err);
+            if (sp->kind == DELTA_SCALE) /* PEFT's (IA)^3 key names */
+                snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.%s", l,
+                         sp->site == SITE_FFN_ACT ? "output.dense" : sp->site == SITE_ATTN_K ? "attention.self.key" :
+                         sp->site == SITE_ATTN_V ? "attention.self.value" : sp->site == SITE_ATTN_Q ? "attention.self.query" : "attention.heads");
+            else
+                snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.delta.%s.%d", l, site_name(sp->site), at_site[sp->site]);
+            at_site[sp->site]++;
+            peftc_status rc = delta_add(ds, pb, l, in, out, sp, prefix, err);
             if (rc) return rc;
         }
+    }
     return delta_index(ds, c->num_layers, err);
 }
 
@@ -167,20 +169,143 @@ static float **site_weight(bert_layer *L, site_id s)
     }
 }
 
-peftc_status lora_merge(peftc_model *m, const method_opts *mo, const param_block *pb, const delta_set *ds,
-                        int sign, peftc_error *err)
+static float **site_bias(bert_layer *L, site_id s)
 {
-    if (mo->kind != METHOD_LORA) return PEFTC_OK;
+    switch (s) {
+    case SITE_ATTN_Q: return &L->bq;
+    case SITE_ATTN_K: return &L->bk;
+    case SITE_ATTN_V: return &L->bv;
+    default: return NULL;
+    }
+}
+
+int method_mergeable(const method_opts *mo)
+{
+    for (int k = 0; k < mo->n_deltas; k++)
+        if (mo->deltas[k].kind != DELTA_SCALE || mo->deltas[k].site == SITE_ATTN_HEADS) return 0;
+    return 1;
+}
+
+peftc_status method_merge(peftc_model *m, const method_opts *mo, const param_block *pb, const delta_set *ds,
+                          int sign, peftc_error *err)
+{
+    if (!method_mergeable(mo))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "method %s has deltas that cannot be merged into the weights", mo->name);
     for (int i = 0; i < ds->n; i++) {
         const delta *d = &ds->d[i];
-        float **w = site_weight(&m->layers[d->layer], d->spec.site);
-        if (!w) continue;
-        peftc_status rc = bert_make_owned(m, w, (size_t)d->in * d->out, err);
-        if (rc) return rc;
-        /* W (out,in) += sign * s * B (out,r) @ A (r,in) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->out, d->in, d->spec.r,
-                    (float)sign * d->spec.scale, params_value(pb, d->p_up), d->spec.r,
-                    params_value(pb, d->p_down), d->in, 1.0f, *w, d->in);
+        bert_layer *L = &m->layers[d->layer];
+        peftc_status rc;
+        if (d->spec.kind == DELTA_BOTTLENECK) {
+            float **w = site_weight(L, d->spec.site);
+            if (!w) continue;
+            if ((rc = bert_make_owned(m, w, (size_t)d->in * d->out, err))) return rc;
+            /* W (out,in) += sign * s * B (out,r) @ A (r,in) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->out, d->in, d->spec.r,
+                        (float)sign * d->spec.scale, params_value(pb, d->p_up), d->spec.r,
+                        params_value(pb, d->p_down), d->in, 1.0f, *w, d->in);
+            continue;
+        }
+        const float *l = params_value(pb, d->p_vec);
+        if (d->spec.site == SITE_FFN_ACT) { /* scales the down projection's inputs: its columns */
+            int C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+            if ((rc = bert_make_owned(m, &L->wf, (size_t)C * F, err))) return rc;
+            for (int o = 0; o < C; o++)
+                for (int j = 0; j < F; j++) L->wf[(size_t)o * F + j] = sign > 0 ? L->wf[(size_t)o * F + j] * l[j] : L->wf[(size_t)o * F + j] / l[j];
+        } else { /* scales the projection's outputs: rows of W and the bias */
+            float **w = site_weight(L, d->spec.site), **b = site_bias(L, d->spec.site);
+            if ((rc = bert_make_owned(m, w, (size_t)d->in * d->out, err)) || (rc = bert_make_owned(m, b, (size_t)d->out, err))) return rc;
+            for (int o = 0; o < d->out; o++) {
+                float f = sign > 0 ? l[o] : 1.0f / l[o];
+                for (int j = 0; j < d->in; j++) (*w)[(size_t)o * d->in + j] *= f;
+                (*b)[o] *= f;
+            }
+        }
+    }
+    return PEFTC_OK;
+}
+
+static int imax(int a, int b) { return a > b ? a : b; }
+
+static delta_spec adapter_spec(site_id site, delta_insert ins, delta_act act, int r)
+{
+    delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = site, .insert = ins, .act = act, .compose = COMPOSE_ADD,
+                     .scale = 1.0f, .r = r, .bias = 1, .init_lora = 0};
+    return sp;
+}
+
+static const struct { const char *name, *expands, *formula; } presets[] = {
+    {"full", "every base weight trains", "all parameters"},
+    {"bitfit", "every bias and LayerNorm bias trains", "sum of bias sizes"},
+    {"lora", "delta at each target linear: parallel, identity, scale alpha/r (query,value by default)", "L * targets * r * (in + out)"},
+    {"ia3", "scale deltas at attn.k, attn.v, ffn.act (init 1, mergeable)", "L * (2d + d_ff)"},
+    {"adapter-houlsby", "sequential silu bottlenecks at attn.out and ffn.out, r = d/16; layer LayerNorms train", "L * (2 * (2rd + r + d) + 4d)"},
+    {"adapter-pfeiffer", "sequential relu bottleneck at ffn.out, r = d/16", "L * (2rd + r + d)"},
+    {"parallel-adapter", "parallel relu bottleneck reading the sub-layer input, at ffn.out (--site attn: attn.out), r = d/16", "L * (2rd + r + d)"},
+    {"scaled-parallel-adapter", "parallel relu bottleneck at ffn.out composed with scale s = 4 (--scale, --learned-scale)", "L * (2rd + r + d) (+ L)"},
+    {"mh-parallel-adapter", "per-head parallel relu bottlenecks on the heads' outputs (attn.heads), r per head = 2(d/16)/h", "L * (h r d + d r + h r + d)"},
+    {"custom", "--delta 'site=...,insert=...,r=...,act=...,compose=...' (repeatable)", "per delta"},
+};
+
+void method_list(char *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof presets / sizeof *presets && n < cap; i++) {
+        int w = snprintf(out + n, cap - n, "%-24s %s\n%-24s   params: %s\n", presets[i].name, presets[i].expands, "", presets[i].formula);
+        if (w < 0) break;
+        n += (size_t)w;
+    }
+}
+
+peftc_status method_build(const char *name, const method_args *a, const peftc_config *cfg,
+                          method_opts *mo, peftc_error *err)
+{
+    memset(mo, 0, sizeof *mo);
+    snprintf(mo->name, sizeof mo->name, "%s", name);
+    int C = cfg->hidden_size, NH = cfg->num_heads;
+    int r_ad = a->r > 0 ? a->r : imax(1, C / 16);
+    peftc_status rc;
+    if (!strcmp(name, "full")) {
+        mo->base = BASE_ALL;
+    } else if (!strcmp(name, "bitfit")) {
+        mo->base = BASE_BIAS;
+    } else if (!strcmp(name, "lora")) {
+        mo->lora = 1;
+        mo->r = a->r > 0 ? a->r : 8;
+        mo->alpha = a->alpha > 0 ? a->alpha : 8;
+        mo->dropout = a->lora_dropout;
+        mo->rslora = a->rslora;
+        if (mo->dropout < 0 || mo->dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
+        if ((rc = lora_parse_targets(a->targets ? a->targets : "query,value", &mo->targets, err))) return rc;
+    } else if (!strcmp(name, "ia3")) {
+        site_id sites[3] = {SITE_ATTN_K, SITE_ATTN_V, SITE_FFN_ACT};
+        for (int i = 0; i < 3; i++) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = sites[i]};
+    } else if (!strcmp(name, "adapter-houlsby")) {
+        mo->deltas[mo->n_deltas++] = adapter_spec(SITE_ATTN_OUT, INSERT_SEQUENTIAL, ACT_SILU, r_ad);
+        mo->deltas[mo->n_deltas++] = adapter_spec(SITE_FFN_OUT, INSERT_SEQUENTIAL, ACT_SILU, r_ad);
+        mo->train_norms = 1;
+    } else if (!strcmp(name, "adapter-pfeiffer")) {
+        mo->deltas[mo->n_deltas++] = adapter_spec(SITE_FFN_OUT, INSERT_SEQUENTIAL, ACT_RELU, r_ad);
+    } else if (!strcmp(name, "parallel-adapter")) {
+        site_id st = SITE_FFN_OUT;
+        if (a->site && !strcmp(a->site, "attn")) st = SITE_ATTN_OUT;
+        else if (a->site && strcmp(a->site, "ffn")) return peftc_fail(err, PEFTC_ERR_INPUT, "--site must be ffn or attn, got '%s'", a->site);
+        mo->deltas[mo->n_deltas++] = adapter_spec(st, INSERT_PARALLEL, ACT_RELU, r_ad);
+    } else if (!strcmp(name, "scaled-parallel-adapter")) {
+        delta_spec sp = adapter_spec(SITE_FFN_OUT, INSERT_PARALLEL, ACT_RELU, r_ad);
+        sp.compose = a->learned_scale ? COMPOSE_LEARNED_SCALE : COMPOSE_SCALE;
+        sp.scale = a->scale > 0 ? a->scale : 4.0f;
+        mo->deltas[mo->n_deltas++] = sp;
+    } else if (!strcmp(name, "mh-parallel-adapter")) {
+        delta_spec sp = adapter_spec(SITE_ATTN_HEADS, INSERT_PARALLEL, ACT_RELU, a->r > 0 ? a->r : imax(1, 2 * r_ad / NH));
+        sp.heads = NH;
+        mo->deltas[mo->n_deltas++] = sp;
+    } else if (!strcmp(name, "custom")) {
+        if (a->n_deltas <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--method custom needs at least one --delta");
+        if (a->n_deltas > METHOD_MAX_DELTAS) return peftc_fail(err, PEFTC_ERR_INPUT, "at most %d --delta options", METHOD_MAX_DELTAS);
+        for (int i = 0; i < a->n_deltas; i++)
+            if ((rc = delta_spec_parse(a->deltas[i], &mo->deltas[mo->n_deltas++], err))) return rc;
+    } else {
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--method: unknown method '%s' (see peftc methods)", name);
     }
     return PEFTC_OK;
 }

@@ -1,5 +1,5 @@
 /* methods.h: the named methods as presets — which base tensors train and
- * which delta modules are placed at which sites. */
+ * which delta modules are placed at which sites of every layer. */
 #ifndef PEFTC_METHODS_H
 #define PEFTC_METHODS_H
 
@@ -7,20 +7,44 @@
 #include "peft/delta.h"
 #include "train/params.h"
 
-typedef enum method_kind { METHOD_FULL, METHOD_LORA, METHOD_BITFIT } method_kind;
+typedef enum base_train { BASE_NONE, BASE_ALL, BASE_BIAS } base_train;
+
+#define METHOD_MAX_DELTAS 16
 
 typedef struct method_opts {
-    method_kind kind;
+    char name[32];            /* the preset ("lora", "adapter-houlsby", "custom", ...) */
+    base_train base;          /* which base tensors train */
+    int train_norms;          /* the layers' LayerNorms train too (Houlsby) */
+    int n_deltas;             /* delta modules placed in every layer */
+    delta_spec deltas[METHOD_MAX_DELTAS];
+    /* LoRA: its deltas are generated from these (PEFT names and config) */
+    int lora;
     int r;
     float alpha;
     float dropout;
     int rslora;
-    unsigned targets;   /* bit (1 << site_id) per LoRA target */
+    unsigned targets;         /* bit (1 << site_id) per LoRA target */
 } method_opts;
 
-const char *method_name(method_kind k);
-int method_parse(const char *name, method_kind *k);
-void method_defaults(method_opts *mo, method_kind k);
+/* Options a user gives with --method NAME; zero/NULL means the preset's default. */
+typedef struct method_args {
+    int r;                    /* LoRA rank, adapter bottleneck */
+    float alpha, lora_dropout;
+    int rslora;
+    const char *targets;      /* LoRA target modules */
+    const char *site;         /* parallel-adapter: "ffn" or "attn" */
+    float scale;              /* scaled-parallel-adapter's s */
+    int learned_scale;
+    const char *const *deltas;/* custom: --delta specs */
+    int n_deltas;
+} method_args;
+
+/* Builds a preset for a model (widths decide the default bottlenecks). */
+peftc_status method_build(const char *name, const method_args *args, const peftc_config *cfg,
+                          method_opts *mo, peftc_error *err);
+/* Prints the presets, what each expands to and its parameter formula. */
+void method_list(char *out, size_t cap);
+
 /* "query,value" / "attn.q,attn.v" / "query,key,value,attention.output.dense,intermediate.dense,output.dense" */
 peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *err);
 /* The Hugging Face module name of a linear site (query, key, ...). */
@@ -34,9 +58,13 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
  * model at them, fills g (NULL for frozen) and initialises the deltas. */
 peftc_status method_bind(peftc_model *m, const method_opts *mo, param_block *pb, delta_set *ds,
                          bert_grads *g, peftc_rng *rng, peftc_error *err);
-/* LoRA merge (sign +1) / unmerge (-1): W += sign * s * B A for every LoRA delta. */
-peftc_status lora_merge(peftc_model *m, const method_opts *mo, const param_block *pb, const delta_set *ds,
-                        int sign, peftc_error *err);
+/* Merge (sign +1) / unmerge (-1) the mergeable deltas into the base weights:
+ * LoRA W += s B A; (IA)^3 on k/v: W, b scaled by l; on the FFN activation:
+ * the down projection's columns scaled by l. Unmerge divides back. */
+peftc_status method_merge(peftc_model *m, const method_opts *mo, const param_block *pb, const delta_set *ds,
+                          int sign, peftc_error *err);
+/* Whether every delta of the method can be merged. */
+int method_mergeable(const method_opts *mo);
 
 #define PEFT_PREFIX "base_model.model.bert."
 

@@ -32,7 +32,7 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     if (rc) return rc;
     /* the pooler trains with the base in full fine-tuning, and always when the
      * checkpoint has none (it must be learned then) */
-    int train_pooler = mo->kind == METHOD_FULL || !m->pool_w;
+    int train_pooler = mo->base == BASE_ALL || !m->pool_w;
     int64_t sh[2] = {C, C}, shk[2] = {K, C};
     if (train_pooler) {
         t->p_pool_w = params_add(&t->pb, PEFT_PREFIX "pooler.dense.weight", 2, sh, 0);
@@ -131,9 +131,11 @@ int64_t task_trainable_count(const task *t)
 
 /* ------------------------------------------------------------ adapter files */
 
-static const char *peft_type(method_kind k)
+static const char *peft_type(const method_opts *mo)
 {
-    return k == METHOD_LORA ? "LORA" : k == METHOD_BITFIT ? "BITFIT" : "FULL";
+    if (mo->lora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "LORA";
+    if (!strcmp(mo->name, "ia3")) return "IA3";
+    return "PEFTC"; /* this project's own methods: described by the "peftc" object */
 }
 
 /* PEFT matches a plain name as a suffix of the module path, so "output.dense"
@@ -165,7 +167,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     }
     const method_opts *mo = &t->mo;
     json_t *cfg = json_object();
-    json_object_set_new(cfg, "peft_type", json_string(peft_type(mo->kind)));
+    json_object_set_new(cfg, "peft_type", json_string(peft_type(mo)));
     json_object_set_new(cfg, "task_type", json_string("SEQ_CLS"));
     json_object_set_new(cfg, "base_model_name_or_path", json_string(base_model));
     json_object_set_new(cfg, "revision", json_null());
@@ -174,7 +176,18 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     json_array_append_new(mts, json_string("classifier"));
     json_array_append_new(mts, json_string("score"));
     json_object_set_new(cfg, "modules_to_save", mts);
-    if (mo->kind == METHOD_LORA) {
+    if (!strcmp(peft_type(mo), "IA3")) {
+        json_t *tm = json_array(), *ff = json_array();
+        json_array_append_new(tm, json_string("key"));
+        json_array_append_new(tm, json_string("value"));
+        json_array_append_new(tm, json_string("output.dense"));
+        json_array_append_new(ff, json_string("output.dense"));
+        json_object_set_new(cfg, "target_modules", tm);
+        json_object_set_new(cfg, "feedforward_modules", ff);
+        json_object_set_new(cfg, "fan_in_fan_out", json_false());
+        json_object_set_new(cfg, "init_ia3_weights", json_true());
+    }
+    if (mo->lora) {
         json_object_set_new(cfg, "r", json_integer(mo->r));
         json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
         json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
@@ -189,12 +202,21 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "alpha_pattern", json_object());
     }
     json_t *own = json_object();
-    json_object_set_new(own, "method", json_string(method_name(mo->kind)));
+    json_object_set_new(own, "method", json_string(mo->name));
+    json_object_set_new(own, "base", json_string(mo->base == BASE_ALL ? "all" : mo->base == BASE_BIAS ? "bias" : "none"));
+    json_object_set_new(own, "train_norms", json_boolean(mo->train_norms));
+    json_t *dl = json_array();
+    for (int k = 0; k < mo->n_deltas; k++) {
+        char spec[256];
+        delta_spec_format(&mo->deltas[k], spec, sizeof spec);
+        json_array_append_new(dl, json_string(spec));
+    }
+    json_object_set_new(own, "deltas", dl);
     json_object_set_new(own, "max_len", json_integer(t->max_len));
     json_t *labels = json_array();
     for (int i = 0; i < t->labels.n; i++) json_array_append_new(labels, json_string(t->labels.names[i]));
     json_object_set_new(own, "labels", labels);
-    if (mo->kind == METHOD_LORA) {
+    if (mo->lora) {
         json_t *tg = json_array();
         for (int s = 0; s <= SITE_FFN_DOWN; s++)
             if (mo->targets & (1u << s)) json_array_append_new(tg, json_string(site_name((site_id)s)));
@@ -237,19 +259,42 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);
     }
     memset(labels, 0, sizeof *labels);
+    memset(mo, 0, sizeof *mo);
     json_t *own = json_object_get(cfg, "peftc");
     json_t *pt = json_object_get(cfg, "peft_type");
     const char *type = json_is_string(pt) ? json_string_value(pt) : "";
-    method_kind k;
-    json_t *mn = json_object_get(own, "method");
-    if (json_is_string(mn) && method_parse(json_string_value(mn), &k)) {}
-    else if (!strcmp(type, "LORA")) k = METHOD_LORA;
-    else if (!strcmp(type, "BITFIT")) k = METHOD_BITFIT;
-    else if (!strcmp(type, "FULL")) k = METHOD_FULL;
-    else { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type \"%s\" is not supported", path, type); }
-    method_defaults(mo, k);
-    if (k == METHOD_LORA) {
-        json_t *v;
+    json_t *v;
+    peftc_status rc2 = PEFTC_OK;
+    if (json_is_object(own)) {
+        if (json_is_string(v = json_object_get(own, "method"))) snprintf(mo->name, sizeof mo->name, "%s", json_string_value(v));
+        const char *base = json_is_string(v = json_object_get(own, "base")) ? json_string_value(v) : "none";
+        mo->base = !strcmp(base, "all") ? BASE_ALL : !strcmp(base, "bias") ? BASE_BIAS : BASE_NONE;
+        mo->train_norms = json_is_true(json_object_get(own, "train_norms"));
+        json_t *dl = json_object_get(own, "deltas"), *e;
+        size_t i;
+        if (json_is_array(dl)) {
+            if (json_array_size(dl) > METHOD_MAX_DELTAS) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: too many deltas", path);
+            json_array_foreach(dl, i, e) {
+                if (rc2) break;
+                if (!json_is_string(e)) { rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.deltas holds a non-string", path); break; }
+                peftc_error e2 = {0};
+                if (delta_spec_parse(json_string_value(e), &mo->deltas[mo->n_deltas++], &e2))
+                    rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %s", path, e2.msg);
+            }
+        }
+    } else if (!strcmp(type, "IA3")) {
+        snprintf(mo->name, sizeof mo->name, "ia3");
+        site_id sites[3] = {SITE_ATTN_K, SITE_ATTN_V, SITE_FFN_ACT};
+        for (int i = 0; i < 3; i++) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = sites[i]};
+    } else if (!strcmp(type, "LORA")) {
+        snprintf(mo->name, sizeof mo->name, "lora");
+    } else {
+        rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type \"%s\" is not supported", path, type);
+    }
+    if (!rc2 && (!strcmp(type, "LORA") || json_is_array(json_object_get(own, "lora_sites")))) {
+        mo->lora = 1;
+        mo->r = 8;
+        mo->alpha = 8;
         if (json_is_integer(v = json_object_get(cfg, "r"))) mo->r = (int)json_integer_value(v);
         if (json_is_number(v = json_object_get(cfg, "lora_alpha"))) mo->alpha = (float)json_number_value(v);
         if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
@@ -260,8 +305,8 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         json_t *e;
         if (json_is_array(sites)) {
             json_array_foreach(sites, i, e) {
-                site_id s;
-                if (json_is_string(e) && site_parse(json_string_value(e), &s)) mask |= 1u << s;
+                site_id st;
+                if (json_is_string(e) && site_parse(json_string_value(e), &st)) mask |= 1u << st;
             }
         } else if (json_is_array(tm)) {
             json_array_foreach(tm, i, e) {
@@ -269,10 +314,11 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
                 if (json_is_string(e) && !lora_parse_targets(json_string_value(e), &one, NULL)) mask |= one;
             }
         }
-        if (!mask) { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path); }
         mo->targets = mask;
-        if (mo->r <= 0) { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path); }
+        if (!mask) rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path);
+        else if (mo->r <= 0) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path);
     }
+    if (rc2) { json_decref(cfg); return rc2; }
     json_t *ml = json_object_get(own, "max_len");
     *max_len = json_is_integer(ml) ? (int)json_integer_value(ml) : 0;
     json_t *ls = json_object_get(own, "labels");

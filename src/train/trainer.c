@@ -18,10 +18,7 @@ void peftc_train_opts_default(peftc_train_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->method = "lora";
-    o->lora_r = 8;
-    o->lora_alpha = 8;
-    o->lora_dropout = 0.0f;
-    o->lora_targets = "query,value";
+    o->lora_targets = NULL;
     o->epochs = 1;
     o->batch = 32;
     o->grad_accum = 1;
@@ -137,7 +134,7 @@ static peftc_status save_checkpoint(const task *t, const peftc_train_opts *o, co
     snprintf(pos, sizeof pos, "%d", s->pos);
     snprintf(rng, sizeof rng, "%" PRIu64, s->rng);
     const char *meta[] = {"peftc_signature", sig, "step", step, "epoch", epoch, "pos", pos, "rng", rng,
-                          "method", method_name(t->mo.kind), "model", o->model_dir, NULL};
+                          "method", t->mo.name, "model", o->model_dir, NULL};
     st_write_item items[3] = {
         {"params", 1, {(int64_t)t->pb.total}, t->pb.p},
         {"adam_m", 1, {(int64_t)t->pb.total}, t->pb.m},
@@ -161,8 +158,8 @@ static peftc_status load_checkpoint(task *t, const peftc_train_opts *o, train_st
     const char *vals[4] = {st_metadata(st, "step"), st_metadata(st, "epoch"), st_metadata(st, "pos"), st_metadata(st, "rng")};
     if (!ssig || !meth || !p || !m || !v || !vals[0] || !vals[1] || !vals[2] || !vals[3])
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a peftc checkpoint", path);
-    else if (strcmp(meth, method_name(t->mo.kind)))
-        rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint of method '%s', but --method is '%s'", path, meth, method_name(t->mo.kind));
+    else if (strcmp(meth, t->mo.name))
+        rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint of method '%s', but --method is '%s'", path, meth, t->mo.name);
     else if (strcmp(ssig, sig) || (size_t)p->numel != t->pb.total || (size_t)m->numel != t->pb.total || (size_t)v->numel != t->pb.total ||
              p->dtype != ST_F32)
         rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint from another model, method options, batch size or seed", path);
@@ -183,7 +180,7 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
                                   int steps, int epochs_done, double tok_s, double secs, double final_loss, peftc_error *err)
 {
     json_t *j = json_object();
-    json_object_set_new(j, "method", json_string(method_name(t->mo.kind)));
+    json_object_set_new(j, "method", json_string(t->mo.name));
     if (have_eval) {
         json_object_set_new(j, "eval_accuracy", json_real(ev->accuracy));
         json_object_set_new(j, "eval_loss", json_real(ev->loss));
@@ -214,10 +211,14 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
     return rc;
 }
 
-static float default_lr(method_kind k)
+/* Full fine-tuning moves pretrained weights: small steps. Every other method
+ * trains new or few parameters: larger. */
+static float default_lr(const method_opts *mo)
 {
-    return k == METHOD_FULL ? 2e-5f : k == METHOD_LORA ? 5e-4f : 1e-3f;
+    return mo->base == BASE_ALL ? 2e-5f : mo->base == BASE_BIAS ? 1e-3f : 5e-4f;
 }
+
+void peftc_method_list(char *out, size_t cap) { method_list(out, cap); }
 
 static void emit(peftc_progress_fn fn, void *user, peftc_progress *p)
 {
@@ -228,26 +229,12 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
 {
     peftc_status rc;
     method_opts mo;
-    method_kind kind;
     if (!o->model_dir || !o->train_path || !o->out_dir)
         return peftc_fail(err, PEFTC_ERR_INPUT, "--model, --train and --out are required");
-    if (!method_parse(o->method, &kind))
-        return peftc_fail(err, PEFTC_ERR_INPUT, "--method: unknown method '%s' (this build trains: full, lora, bitfit)", o->method);
     if (o->batch < 1 || o->grad_accum < 1 || o->max_len < 4 || (o->epochs < 1 && o->max_steps < 1))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--batch, --grad-accum must be >= 1, --max-len >= 4, and --epochs or --max-steps >= 1");
     if (strcmp(o->schedule, "linear") && strcmp(o->schedule, "cosine") && strcmp(o->schedule, "constant"))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--schedule must be linear, cosine or constant, got '%s'", o->schedule);
-    method_defaults(&mo, kind);
-    mo.r = o->lora_r;
-    mo.alpha = o->lora_alpha;
-    mo.dropout = o->lora_dropout;
-    mo.rslora = o->rslora;
-    if (kind == METHOD_LORA) {
-        if (o->lora_dropout < 0 || o->lora_dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
-        if ((rc = lora_parse_targets(o->lora_targets, &mo.targets, err))) return rc;
-    }
-    float lr = o->lr > 0 ? o->lr : default_lr(kind);
-
     peftc_model *m = NULL;
     peftc_tokenizer *tok = NULL;
     dataset tr = {0}, ev = {0};
@@ -256,7 +243,13 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     batch_buf bb = {0};
     int *order = NULL, have_eval = o->eval_path != NULL;
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
-    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
+    method_args ma = {.r = o->lora_r, .alpha = o->lora_alpha, .lora_dropout = o->lora_dropout, .rslora = o->rslora,
+                      .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
+                      .deltas = o->deltas, .n_deltas = o->n_deltas};
+    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
+        (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
+        goto out;
+    float lr = o->lr > 0 ? o->lr : default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
     if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
         (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, tok, max_len, err)))
@@ -304,7 +297,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     peftc_progress pr = {0};
     char msg[512];
     snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s",
-             method_name(kind), o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
+             mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
              o->resume_dir ? ", resumed" : "");
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
