@@ -145,6 +145,10 @@ typedef struct peftc_train_opts {
     int learned_scale;
     const char *const *deltas;   /* custom: delta specs "site=...,insert=...,r=..." */
     int n_deltas;
+    int num_virtual;             /* prompt, ptuning: number of virtual tokens */
+    const char *template_text;   /* ptuning: "P P {text} P {pair}" */
+    const char *encoder;         /* ptuning: "mlp" (default) or "none" */
+    int encoder_hidden;
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */

@@ -84,6 +84,10 @@ int cmd_train(cli_args *a)
     const char *deltas[32];
     while (o.n_deltas < 32 && (v = cli_opt(a, "--delta"))) deltas[o.n_deltas++] = v;
     o.deltas = deltas;
+    o.num_virtual = cli_opt_int(a, "--num-virtual", 0, 1, 4096, &ok);
+    o.template_text = cli_opt(a, "--template");
+    o.encoder = cli_opt(a, "--encoder");
+    o.encoder_hidden = cli_opt_int(a, "--encoder-hidden", 0, 1, 1 << 16, &ok);
     o.epochs = cli_opt_int(a, "--epochs", o.epochs, 1, 100000, &ok);
     o.max_steps = cli_opt_int(a, "--max-steps", 0, 1, 1 << 30, &ok);
     o.batch = cli_opt_int(a, "--batch", o.batch, 1, 65536, &ok);

@@ -161,7 +161,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
 #define MASKF(n) R16((n) / 4 + 1)
     size_t per_layer = 10 * R16(N * C) + R16(P) + 2 * R16(N * F) + 4 * R16(N);
     if (train) per_layer += 2 * MASKF(N * C) + MASKF(P);
-    size_t total = 2 * R16(N * C) + 2 * R16(N) + (size_t)n_sets * per_layer;
+    size_t total = 2 * R16(N * C) + 3 * R16(N) + (size_t)n_sets * per_layer;
     if (train) total += MASKF(N * C) + 8 * R16(N * C) + 2 * R16(N * F);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
@@ -173,6 +173,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
 #define TAKE(dst, n) do { (dst) = p; p += R16(n); } while (0)
 #define TAKEM(dst, n) do { (dst) = (uint8_t *)p; p += MASKF(n); } while (0)
     TAKE(a->emb, N * C); TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
+    a->ids_clean = (int32_t *)p; p += R16(N);
     for (int l = 0; l < n_sets; l++) {
         bert_layer_acts *L = &a->layer[l];
         TAKE(L->q, N * C); TAKE(L->k, N * C); TAKE(L->v, N * C); TAKE(L->probs, P);
@@ -232,7 +233,20 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
     int train = run && run->train;
     float ph = train ? c->hidden_dropout : 0.0f, pa = train ? c->attention_dropout : 0.0f;
     size_t NC = (size_t)N * C;
-    embeddings_forward(a->emb, ids, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
+    if (run && run->virt) {
+        for (int i = 0; i < N; i++) a->ids_clean[i] = ids[i] < 0 ? 0 : ids[i];
+        embeddings_forward(a->emb, a->ids_clean, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
+        /* virtual tokens: their own word vector, the usual position and type */
+        for (int i = 0; i < N; i++) {
+            if (ids[i] >= 0) continue;
+            const float *vk = run->virt + (size_t)(-ids[i] - 1) * C, *pe = m->wpe + (size_t)(i % T) * C;
+            const float *te = m->wtt + (size_t)(type_ids ? type_ids[i] : 0) * C;
+            float *row = a->emb + (size_t)i * C;
+            for (int c2 = 0; c2 < C; c2++) row[c2] = vk[c2] + pe[c2] + te[c2];
+        }
+    } else {
+        embeddings_forward(a->emb, ids, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
+    }
     layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, m->emb_ln_w, m->emb_ln_b, N, C, eps);
     hidden_dropout(run, a->emb_ln, a->emb_mask, ph, NC);
     const float *x = a->emb_ln;
@@ -298,6 +312,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
     bert_layer none;
     memset(&none, 0, sizeof none);
     int emb_trainable = G && (G->wte || G->wpe || G->wtt || G->emb_ln_w || G->emb_ln_b);
+    int virt_trainable = run->virt && run->d_virt;
     float *dout = d_hidden;   /* gradient w.r.t. the current layer's output */
     for (int l = c->num_layers - 1; l >= 0; l--) {
         const bert_layer *W = &m->layers[l];
@@ -305,7 +320,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         bert_layer_acts *A = &a->layer[l];
         const float *x = l ? a->layer[l - 1].out : a->emb_ln;
         /* the layer input's gradient is needed below layer 0 only if something there trains */
-        int need_dx = l > 0 || emb_trainable || run->need_input_grad;
+        int need_dx = l > 0 || emb_trainable || virt_trainable || run->need_input_grad;
         float *d_res2 = a->d_a, *d_ffn = a->d_b, *d_ln1 = a->d_ln1, *d_x = a->d_x;
         /* out = LN2(res2) */
         memset(d_res2, 0, NC * sizeof(float));
@@ -355,11 +370,19 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
     }
     /* embeddings: emb_ln = dropout(LN(emb)) */
     dropout_grad_inplace(run, dout, a->emb_mask, ph, NC);
-    if (!emb_trainable) return;
+    if (!emb_trainable && !virt_trainable) return;
     memset(a->d_a, 0, NC * sizeof(float));
-    layernorm_backward(a->d_a, G->emb_ln_w, G->emb_ln_b, dout, a->emb, m->emb_ln_w, a->emb_mean, a->emb_rstd, N, C);
-    if (G->wte || G->wpe || G->wtt)
-        embeddings_backward(G->wte, G->wpe, G->wtt, a->d_a, ids, type_ids, B, T, C, 0);
+    layernorm_backward(a->d_a, G ? G->emb_ln_w : NULL, G ? G->emb_ln_b : NULL, dout, a->emb, m->emb_ln_w,
+                       a->emb_mean, a->emb_rstd, N, C);
+    if (virt_trainable)
+        for (int i = 0; i < N; i++) { /* serially: rows of one virtual token add up in a fixed order */
+            if (ids[i] >= 0) continue;
+            float *dv = run->d_virt + (size_t)(-ids[i] - 1) * C;
+            const float *dr = a->d_a + (size_t)i * C;
+            for (int c2 = 0; c2 < C; c2++) dv[c2] += dr[c2];
+        }
+    if (G && (G->wte || G->wpe || G->wtt))
+        embeddings_backward(G->wte, G->wpe, G->wtt, a->d_a, run->virt ? a->ids_clean : ids, type_ids, B, T, C, 0);
 }
 
 peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_t *type_ids,

@@ -38,6 +38,7 @@ typedef struct bert_acts {
     int n_sets;              /* num_layers when training; 1 in inference (reused) */
     float *emb, *emb_mean, *emb_rstd, *emb_ln;   /* (N,C) (N) (N) (N,C) */
     uint8_t *emb_mask;                           /* (N,C) (training) */
+    int32_t *ids_clean;                          /* (N) ids with virtual tokens mapped to 0 */
     /* backward scratch (training only) */
     float *d_x, *d_a, *d_b, *d_ln1, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
     float *d_f1, *d_f2;                                         /* (N,F) */
@@ -79,6 +80,11 @@ typedef struct bert_run {
     param_block *pb;         /* the deltas' parameters */
     bert_grads *grads;       /* may be NULL: nothing of the base is trained */
     int need_input_grad;     /* keep the gradient w.r.t. the embeddings output */
+    /* virtual tokens (prompt tuning, P-tuning): an id -(k+1) takes row k of
+     * virt (n_virt, C) as its word embedding; d_virt (may be NULL) += its gradient */
+    const float *virt;
+    float *d_virt;
+    int n_virt;
 } bert_run;
 
 /* Encoder forward. run may be NULL (inference, no deltas). In training

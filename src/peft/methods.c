@@ -243,6 +243,8 @@ static const struct { const char *name, *expands, *formula; } presets[] = {
     {"parallel-adapter", "parallel relu bottleneck reading the sub-layer input, at ffn.out (--site attn: attn.out), r = d/16", "L * (2rd + r + d)"},
     {"scaled-parallel-adapter", "parallel relu bottleneck at ffn.out composed with scale s = 4 (--scale, --learned-scale)", "L * (2rd + r + d) (+ L)"},
     {"mh-parallel-adapter", "per-head parallel relu bottlenecks on the heads' outputs (attn.heads), r per head = 2(d/16)/h", "L * (h r d + d r + h r + d)"},
+    {"prompt", "20 soft-prompt vectors before [CLS] (PEFT's prompt tuning; --num-virtual, --prompt-init-text)", "n * d"},
+    {"ptuning", "virtual tokens at --template positions ('P P {text} P {pair}'), from an MLP prompt encoder (folded away on save)", "n*d + d*h + h*h + h*d (+ biases) while training; n*d saved"},
     {"custom", "--delta 'site=...,insert=...,r=...,act=...,compose=...' (repeatable)", "per delta"},
 };
 
@@ -299,6 +301,24 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         delta_spec sp = adapter_spec(SITE_ATTN_HEADS, INSERT_PARALLEL, ACT_RELU, a->r > 0 ? a->r : imax(1, 2 * r_ad / NH));
         sp.heads = NH;
         mo->deltas[mo->n_deltas++] = sp;
+    } else if (!strcmp(name, "prompt")) {
+        mo->prompt.n_virtual = a->num_virtual > 0 ? a->num_virtual : 20;
+        mo->prompt.before_cls = 1;
+        mo->prompt.encoder = PROMPT_ENC_NONE;
+    } else if (!strcmp(name, "ptuning")) {
+        int n = a->num_virtual > 0 ? a->num_virtual : 8;
+        if (a->template_text) {
+            if ((rc = template_parse(a->template_text, &mo->prompt, err))) return rc;
+        } else {
+            if (n > TEMPLATE_MAX - 2) return peftc_fail(err, PEFTC_ERR_INPUT, "--num-virtual: at most %d", TEMPLATE_MAX - 2);
+            for (int i = 0; i < n; i++) mo->prompt.items[mo->prompt.n_items++] = TPL_VIRT;
+            mo->prompt.items[mo->prompt.n_items++] = TPL_TEXT;
+            mo->prompt.n_virtual = n;
+        }
+        if (a->encoder && !strcmp(a->encoder, "none")) mo->prompt.encoder = PROMPT_ENC_NONE;
+        else if (!a->encoder || !strcmp(a->encoder, "mlp")) mo->prompt.encoder = PROMPT_ENC_MLP;
+        else return peftc_fail(err, PEFTC_ERR_INPUT, "--encoder must be mlp or none, got '%s'", a->encoder);
+        mo->prompt.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
     } else if (!strcmp(name, "custom")) {
         if (a->n_deltas <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--method custom needs at least one --delta");
         if (a->n_deltas > METHOD_MAX_DELTAS) return peftc_fail(err, PEFTC_ERR_INPUT, "at most %d --delta options", METHOD_MAX_DELTAS);

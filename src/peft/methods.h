@@ -5,6 +5,7 @@
 
 #include "model/bert.h"
 #include "peft/delta.h"
+#include "peft/prompt.h"
 #include "train/params.h"
 
 typedef enum base_train { BASE_NONE, BASE_ALL, BASE_BIAS } base_train;
@@ -24,6 +25,7 @@ typedef struct method_opts {
     float dropout;
     int rslora;
     unsigned targets;         /* bit (1 << site_id) per LoRA target */
+    prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
 } method_opts;
 
 /* Options a user gives with --method NAME; zero/NULL means the preset's default. */
@@ -37,6 +39,10 @@ typedef struct method_args {
     int learned_scale;
     const char *const *deltas;/* custom: --delta specs */
     int n_deltas;
+    int num_virtual;          /* prompt, ptuning: virtual tokens */
+    const char *template_text;/* ptuning: "P P {text} P {pair}" */
+    const char *encoder;      /* ptuning: "mlp" (default) or "none" */
+    int encoder_hidden;
 } method_args;
 
 /* Builds a preset for a model (widths decide the default bottlenecks). */

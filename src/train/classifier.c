@@ -9,6 +9,7 @@ struct peftc_classifier {
     peftc_model *m;
     peftc_tokenizer *tok;
     task t;
+    encoder_ctx enc;
     int B, T;
 };
 
@@ -16,6 +17,7 @@ void peftc_classifier_free(peftc_classifier *c)
 {
     if (!c) return;
     task_free(&c->t);
+    encoder_free(&c->enc);
     peftc_tokenizer_free(c->tok);
     peftc_model_free(c->m);
     free(c);
@@ -42,7 +44,7 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     }
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
     if ((rc = task_init(&c->t, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_load_weights(&c->t, adapter_dir, err)))
+        (rc = task_load_weights(&c->t, adapter_dir, err)) || (rc = encoder_init(&c->enc, c->tok, &mo.prompt, max_len, err)))
         goto fail;
     c->B = 32;
     c->T = 0;
@@ -79,7 +81,7 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
     data_cols cols = {text_col, pair_col, label_col};
     peftc_status rc;
     if ((rc = data_load(data_path, &cols, 1, &d, err)) || (rc = data_map_labels(&d, &c->t.labels, err)) ||
-        (rc = data_tokenize(&d, c->tok, c->t.max_len, err)))
+        (rc = data_tokenize(&d, encoder_encode, &c->enc, c->t.max_len, err)))
         goto out;
     int T = 1;
     for (int i = 0; i < d.n; i++) if (d.len[i] > T) T = d.len[i];
@@ -106,8 +108,7 @@ peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *te
         /* tokenise into fixed-stride rows, then repack at the batch's length */
         for (int b = 0; b < B; b++) {
             const char *p = pairs ? pairs[s + b] : NULL;
-            if ((rc = peftc_tokenizer_encode(c->tok, texts[s + b], strlen(texts[s + b]), p, p ? strlen(p) : 0,
-                                             L, ids + (size_t)b * L, tts + (size_t)b * L, &lens[b], err)))
+            if ((rc = encoder_encode(&c->enc, texts[s + b], p, ids + (size_t)b * L, tts + (size_t)b * L, &lens[b], err)))
                 goto out;
             if (lens[b] > T) T = lens[b];
         }

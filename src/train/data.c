@@ -387,7 +387,7 @@ peftc_status data_map_labels(dataset *d, const label_set *ls, peftc_error *err)
     return PEFTC_OK;
 }
 
-peftc_status data_tokenize(dataset *d, const peftc_tokenizer *tok, int max_len, peftc_error *err)
+peftc_status data_tokenize(dataset *d, encode_fn encode, const void *user, int max_len, peftc_error *err)
 {
     free(d->ids); free(d->tts); free(d->len); free(d->off);
     d->ids = malloc((size_t)d->n * max_len * sizeof *d->ids);
@@ -400,8 +400,7 @@ peftc_status data_tokenize(dataset *d, const peftc_tokenizer *tok, int max_len, 
     for (int i = 0; i < d->n; i++) {
         peftc_error e2 = {0};
         int n;
-        if (peftc_tokenizer_encode(tok, d->text[i], strlen(d->text[i]), d->pair[i], d->pair[i] ? strlen(d->pair[i]) : 0,
-                                   max_len, d->ids + pos, d->tts + pos, &n, &e2))
+        if (encode(user, d->text[i], d->pair[i], d->ids + pos, d->tts + pos, &n, &e2))
             return peftc_fail(err, e2.code, "%s: example %d: %s", d->path, i + 1, e2.msg);
         d->off[i] = pos;
         d->len[i] = n;

@@ -33,7 +33,10 @@ peftc_status data_load(const char *path, const data_cols *cols, int need_labels,
 peftc_status labels_from_data(const dataset *d, label_set *ls, peftc_error *err);
 /* Maps every label of d through ls; a label outside it is an error naming the row. */
 peftc_status data_map_labels(dataset *d, const label_set *ls, peftc_error *err);
-peftc_status data_tokenize(dataset *d, const peftc_tokenizer *tok, int max_len, peftc_error *err);
+/* encode(user, text, pair, ids, tts, &n, err) tokenises one example into at most max_len ids. */
+typedef peftc_status (*encode_fn)(const void *user, const char *text, const char *pair, int32_t *ids,
+                                  int32_t *tts, int *n, peftc_error *err);
+peftc_status data_tokenize(dataset *d, encode_fn encode, const void *user, int max_len, peftc_error *err);
 void data_free(dataset *d);
 void labels_free(label_set *ls);
 int labels_find(const label_set *ls, const char *name);

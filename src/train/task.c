@@ -30,6 +30,11 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
 
     peftc_status rc = method_declare(m, mo, &t->pb, &t->ds, err);
     if (rc) return rc;
+    if (mo->prompt.n_virtual > 0) {
+        if (mo->prompt.n_virtual + 3 > c->max_position)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%d virtual tokens overflow the model's %d positions", mo->prompt.n_virtual, c->max_position);
+        if ((rc = prompt_declare(&t->prompt, &mo->prompt, C, &t->pb, err))) return rc;
+    }
     /* the pooler trains with the base in full fine-tuning, and always when the
      * checkpoint has none (it must be learned then) */
     int train_pooler = mo->base == BASE_ALL || !m->pool_w;
@@ -43,6 +48,10 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, &t->grads, rng, err))) return rc;
+    if (mo->prompt.n_virtual > 0) {
+        if ((rc = prompt_alloc(&t->prompt, err))) return rc;
+        prompt_init(&t->prompt, &t->pb, m->wte, c->vocab_size, NULL, 0, rng);
+    }
 
     /* BertForSequenceClassification's init: N(0, 0.02^2) weights, zero bias */
     float *w = params_value(&t->pb, t->p_cls_w);
@@ -67,6 +76,42 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     h->cls_b = params_value(&t->pb, t->p_cls_b);
     h->g_cls_w = params_grad(&t->pb, t->p_cls_w);
     h->g_cls_b = params_grad(&t->pb, t->p_cls_b);
+    return PEFTC_OK;
+}
+
+peftc_status encoder_init(encoder_ctx *e, const peftc_tokenizer *tok, const prompt_spec *ps, int max_len, peftc_error *err)
+{
+    memset(e, 0, sizeof *e);
+    e->tok = tok;
+    e->ps = *ps;
+    e->max_len = max_len;
+    if (ps->n_virtual > 0 && max_len - ps->n_virtual < 4)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%d virtual tokens leave no room for the input in --max-len %d", ps->n_virtual, max_len);
+    e->tmp_ids = malloc((size_t)max_len * sizeof *e->tmp_ids);
+    e->tmp_tts = malloc((size_t)max_len * sizeof *e->tmp_tts);
+    if (!e->tmp_ids || !e->tmp_tts) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    return PEFTC_OK;
+}
+
+void encoder_free(encoder_ctx *e)
+{
+    free(e->tmp_ids);
+    free(e->tmp_tts);
+    memset(e, 0, sizeof *e);
+}
+
+peftc_status encoder_encode(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts,
+                            int *n, peftc_error *err)
+{
+    const encoder_ctx *e = user;
+    size_t tl = strlen(text), pl = pair ? strlen(pair) : 0;
+    if (e->ps.n_virtual <= 0)
+        return peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len, ids, tts, n, err);
+    int m;
+    peftc_status rc = peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len - e->ps.n_virtual,
+                                             e->tmp_ids, e->tmp_tts, &m, err);
+    if (rc) return rc;
+    *n = template_apply(&e->ps, e->tmp_ids, e->tmp_tts, m, ids, tts, e->max_len);
     return PEFTC_OK;
 }
 
@@ -95,6 +140,7 @@ void task_free(task *t)
     labels_free(&t->labels);
     free(t->grads.layers);
     free(t->d_hidden);
+    prompt_free(&t->prompt);
     memset(t, 0, sizeof *t);
 }
 
@@ -102,12 +148,18 @@ static bert_run task_run(task *t, int train, peftc_rng *rng)
 {
     bert_run r = {.train = train, .rng = rng, .deltas = t->ds.n && !t->merged ? &t->ds : NULL,
                   .pb = &t->pb, .grads = &t->grads, .need_input_grad = 0};
+    if (t->mo.prompt.n_virtual > 0) {
+        r.virt = t->prompt.out;
+        r.d_virt = train ? t->prompt.d_out : NULL;
+        r.n_virt = t->mo.prompt.n_virtual;
+    }
     return r;
 }
 
 float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
                    int B, int T, int train, peftc_rng *rng)
 {
+    if (t->mo.prompt.n_virtual > 0) prompt_forward(&t->prompt, &t->pb);
     bert_run run = task_run(t, train, rng);
     bert_forward(t->m, &t->acts, &run, ids, tts, lens, B, T);
     cls_head_forward(&t->head, bert_hidden(t->m, &t->acts), B, T, t->m->cfg.hidden_dropout, train, rng);
@@ -118,8 +170,11 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
                    int B, int T, float scale, peftc_rng *rng)
 {
     bert_run run = task_run(t, 1, rng);
+    if (t->mo.prompt.n_virtual > 0)
+        memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
     cls_head_backward(&t->head, labels, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
     bert_backward(t->m, &t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
+    if (t->mo.prompt.n_virtual > 0) prompt_backward(&t->prompt, &t->pb);
 }
 
 int64_t task_trainable_count(const task *t)
@@ -212,6 +267,17 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_array_append_new(dl, json_string(spec));
     }
     json_object_set_new(own, "deltas", dl);
+    if (mo->prompt.n_virtual > 0) {
+        json_t *pj = json_object();
+        char tpl[1024];
+        template_format(&mo->prompt, tpl, sizeof tpl);
+        json_object_set_new(pj, "num_virtual_tokens", json_integer(mo->prompt.n_virtual));
+        json_object_set_new(pj, "before_cls", json_boolean(mo->prompt.before_cls));
+        json_object_set_new(pj, "template", json_string(tpl));
+        json_object_set_new(own, "prompt", pj); /* saved folded: the encoder's output only */
+        json_object_set_new(cfg, "num_virtual_tokens", json_integer(mo->prompt.n_virtual));
+        json_object_set_new(cfg, "token_dim", json_integer(t->m->cfg.hidden_size));
+    }
     json_object_set_new(own, "max_len", json_integer(t->max_len));
     json_t *labels = json_array();
     for (int i = 0; i < t->labels.n; i++) json_array_append_new(labels, json_string(t->labels.names[i]));
@@ -232,17 +298,25 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     free(text);
     if (rc) return rc;
 
-    st_write_item *items = calloc((size_t)t->pb.n, sizeof *items);
+    st_write_item *items = calloc((size_t)t->pb.n + 1, sizeof *items);
     if (!items) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    int ni = 0;
     for (int i = 0; i < t->pb.n; i++) {
         const param_entry *e = &t->pb.e[i];
-        items[i].name = e->name;
-        items[i].ndim = e->ndim;
-        for (int d = 0; d < e->ndim; d++) items[i].shape[d] = e->shape[d];
-        items[i].data = params_value(&t->pb, i);
+        if (!strncmp(e->name, "prompt_encoder.", 15)) continue; /* folded below */
+        items[ni].name = e->name;
+        items[ni].ndim = e->ndim;
+        for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
+        items[ni].data = params_value(&t->pb, i);
+        ni++;
+    }
+    if (mo->prompt.n_virtual > 0 && mo->prompt.encoder != PROMPT_ENC_NONE) {
+        prompt_forward((prompt_module *)&t->prompt, &t->pb);
+        items[ni] = (st_write_item){"prompt_embeddings", 2, {mo->prompt.n_virtual, t->m->cfg.hidden_size}, t->prompt.out};
+        ni++;
     }
     if (!(rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
-        rc = st_write_f32(path, items, t->pb.n, NULL, err);
+        rc = st_write_f32(path, items, ni, NULL, err);
     free(items);
     return rc;
 }
@@ -270,6 +344,20 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         const char *base = json_is_string(v = json_object_get(own, "base")) ? json_string_value(v) : "none";
         mo->base = !strcmp(base, "all") ? BASE_ALL : !strcmp(base, "bias") ? BASE_BIAS : BASE_NONE;
         mo->train_norms = json_is_true(json_object_get(own, "train_norms"));
+        json_t *pj = json_object_get(own, "prompt");
+        if (json_is_object(pj)) {
+            json_t *tp = json_object_get(pj, "template"), *nv = json_object_get(pj, "num_virtual_tokens");
+            mo->prompt.before_cls = json_is_true(json_object_get(pj, "before_cls"));
+            mo->prompt.encoder = PROMPT_ENC_NONE;
+            if (mo->prompt.before_cls) mo->prompt.n_virtual = json_is_integer(nv) ? (int)json_integer_value(nv) : 0;
+            else {
+                peftc_error e2 = {0};
+                if (!json_is_string(tp) || template_parse(json_string_value(tp), &mo->prompt, &e2))
+                    rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad peftc.prompt.template %s", path, e2.msg);
+            }
+            if (!rc2 && (mo->prompt.n_virtual <= 0 || mo->prompt.n_virtual > 4096))
+                rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad num_virtual_tokens", path);
+        }
         json_t *dl = json_object_get(own, "deltas"), *e;
         size_t i;
         if (json_is_array(dl)) {

@@ -7,6 +7,7 @@
 #include "model/bert.h"
 #include "peft/methods.h"
 #include "train/data.h"
+#include "peft/prompt.h"
 
 typedef struct task {
     peftc_model *m;
@@ -23,7 +24,23 @@ typedef struct task {
     float *d_hidden;
     int cap_B, cap_T;
     int merged;
+    prompt_module prompt;     /* when mo.prompt.n_virtual > 0 */
 } task;
+
+/* How examples become model input: the tokenizer, then the method's virtual
+ * tokens (template), within max_len. */
+typedef struct encoder_ctx {
+    const peftc_tokenizer *tok;
+    prompt_spec ps;
+    int max_len;
+    int32_t *tmp_ids, *tmp_tts;
+} encoder_ctx;
+
+peftc_status encoder_init(encoder_ctx *e, const peftc_tokenizer *tok, const prompt_spec *ps, int max_len, peftc_error *err);
+void encoder_free(encoder_ctx *e);
+/* An encode_fn (data.h) with user = encoder_ctx*. ids/tts hold max_len entries. */
+peftc_status encoder_encode(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts,
+                            int *n, peftc_error *err);
 
 /* Builds everything; labels are copied. rng initialises the new parameters. */
 peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,

@@ -241,23 +241,26 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     label_set labels = {0};
     task t = {0};
     batch_buf bb = {0};
+    encoder_ctx enc = {0};
     int *order = NULL, have_eval = o->eval_path != NULL;
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
     method_args ma = {.r = o->lora_r, .alpha = o->lora_alpha, .lora_dropout = o->lora_dropout, .rslora = o->rslora,
                       .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
-                      .deltas = o->deltas, .n_deltas = o->n_deltas};
+                      .deltas = o->deltas, .n_deltas = o->n_deltas, .num_virtual = o->num_virtual,
+                      .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden};
     if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
         (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
         goto out;
     float lr = o->lr > 0 ? o->lr : default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
-    if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
-        (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, tok, max_len, err)))
+    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) ||
+        (rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
+        (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
         goto out;
     if (have_eval) {
         /* the eval file uses the training file's columns unless they were recognised */
         if ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_labels(&ev, &labels, err)) ||
-            (rc = data_tokenize(&ev, tok, max_len, err)))
+            (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err)))
             goto out;
         if (!tr.pair[0] != !ev.pair[0]) {
             rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: %s sentence pairs but %s %s", o->eval_path, ev.pair[0] ? "has" : "lacks",
@@ -395,6 +398,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     }
 out:
     free(order);
+    encoder_free(&enc);
     batch_free(&bb);
     task_free(&t);
     labels_free(&labels);
