@@ -119,7 +119,7 @@ void cls_head_free(cls_head *h);
 void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng);
 /* Mean cross-entropy of h->logits against labels (B), filling h->probs. */
 float cls_head_loss(cls_head *h, const int *labels, int B);
-/* Backward of loss*scale: d_hidden (B,T,C) is overwritten (zero except the CLS rows). */
+/* Backward of scale * (mean loss over the B rows): d_hidden (B,T,C) is overwritten (zero except the CLS rows). */
 void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, int train, float scale, float *d_hidden);
 
 /* Every base tensor of the encoder, with its Hugging Face name (no "bert."

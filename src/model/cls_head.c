@@ -53,7 +53,7 @@ void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, in
     int C = h->C, K = h->K;
     float *dlogits = h->logits; /* logits are not needed any more: reuse their buffer */
     memset(dlogits, 0, (size_t)B * K * sizeof(float));
-    softmax_ce_backward(dlogits, h->probs, labels, B, K, scale);
+    softmax_ce_backward(dlogits, h->probs, labels, B, K, scale / (float)B); /* d(scale * mean loss) */
     float *d_dropped = h->d_cls;
     memset(d_dropped, 0, (size_t)B * C * sizeof(float));
     matmul_backward(d_dropped, h->g_cls_w, h->g_cls_b, dlogits, h->dropped, h->cls_w, B, C, K);
