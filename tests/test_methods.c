@@ -119,7 +119,7 @@ static void check_grads(const char *label, const method_opts *mo)
     task_backward(&t, ids, tts, lens, labels, B, T, 1.0f, NULL);
     double worst = 0;
     const char *worst_name = "";
-    int checked = 0;
+    int checked = 0, skipped = 0;
     for (int e = 0; e < t.pb.n; e++) {
         const param_entry *pe = &t.pb.e[e];
         size_t step = pe->numel > 6 ? pe->numel / 6 : 1;
@@ -130,16 +130,20 @@ static void check_grads(const char *label, const method_opts *mo)
             const float h = 2e-3f;
             *p = keep + h; double lp = loss_at(&t);
             *p = keep - h; double lm = loss_at(&t);
+            *p = keep + h / 2; double lp2 = loss_at(&t);
+            *p = keep - h / 2; double lm2 = loss_at(&t);
             *p = keep;
-            double fd = (lp - lm) / (2.0 * h), an = t.pb.g[pe->offset + i];
+            double fd = (lp - lm) / (2.0 * h), fd2 = (lp2 - lm2) / h, an = t.pb.g[pe->offset + i];
+            /* a ReLU kink within +-h makes the two step sizes disagree: not a smooth point, skip it */
+            if (fabs(fd - fd2) > 0.05 * fabs(fd) + 2e-4) { skipped++; continue; }
             /* float32 loss: central differences carry ~1e-4 absolute noise */
             double rel = fabs(fd - an) / (fmax(gmax, 5e-3));
             if (rel > worst) { worst = rel; worst_name = pe->name; }
             checked++;
         }
     }
-    CHECK(worst < 2e-2 && checked > 0, "%s: %d sampled gradients vs finite differences, worst rel err %.2e (%s)",
-          label, checked, worst, worst_name);
+    CHECK(worst < 2e-2 && checked > 0 && skipped * 10 < checked, "%s: %d sampled gradients vs finite differences "
+          "(%d at non-smooth points skipped), worst rel err %.2e (%s)", label, checked, skipped, worst, worst_name);
     task_free(&t);
     peftc_model_free(m);
 }
@@ -236,6 +240,9 @@ int main(void)
     }
     mo = preset("ia3", &none);
     check_merge("ia3", &mo);
+    method_args lstm = {.num_virtual = 3, .encoder = "lstm", .encoder_hidden = 5};
+    mo = preset("ptuning", &lstm);
+    check_grads("ptuning (bidirectional LSTM encoder)", &mo);
     method_args learned = {.r = 3, .learned_scale = 1};
     mo = preset("scaled-parallel-adapter", &learned);
     check_grads("scaled-parallel-adapter (learned s)", &mo);

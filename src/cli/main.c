@@ -23,7 +23,7 @@ static const char usage[] =
     "  train --model DIR --train FILE [--eval FILE] --method NAME --out RUN_DIR\n"
     "        [--r R] [--alpha A] [--lora-dropout P] [--rslora] [--target-modules query,value]\n"
     "        [--site ffn|attn] [--scale S] [--learned-scale] [--delta SPEC]...\n"
-    "        [--num-virtual N] [--template 'P P {text} P {pair}'] [--encoder mlp|none] [--encoder-hidden H]\n"
+    "        [--num-virtual N] [--template 'P P {text} P {pair}'] [--encoder mlp|lstm|none] [--encoder-hidden H]\n"
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"

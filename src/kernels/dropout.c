@@ -1,11 +1,45 @@
-/* dropout.c: inverted dropout with a saved byte mask. */
+/* dropout.c: inverted dropout with a saved byte mask. The mask is counter-based
+ * (element i's draw is a function of a key and i alone), so it is generated in
+ * parallel and vectorised, yet depends only on the rng state, never on the
+ * thread count or the instruction-set tier. */
 #include <string.h>
+#include <omp.h>
+#define PEFTC_KERNELS_INTERNAL
 #include "kernels/kernels.h"
 
+#define DROPOUT_PAR (1u << 15)
+#define GAMMA 0x9E3779B97F4A7C15ull
+
+/* elements [i0, i0+n) of the stream keyed by key; mask may be NULL */
+KERN_INLINE void drop_fwd_body(float *out, uint8_t *mask, const float *inp, size_t n,
+                               uint64_t key, size_t i0, uint64_t thr, float scale, const int F)
+{
+    (void)F;
+    uint64_t z0 = key + (uint64_t)(i0 + 1) * GAMMA;
+    if (mask) {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            uint64_t z = kern_mix64(z0 + (uint64_t)i * GAMMA);
+            uint8_t keep = (z >> 40) >= thr;
+            mask[i] = keep;
+            out[i] = keep ? inp[i] * scale : 0.0f;
+        }
+    } else {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            uint64_t z = kern_mix64(z0 + (uint64_t)i * GAMMA);
+            out[i] = (z >> 40) >= thr ? inp[i] * scale : 0.0f;
+        }
+    }
+}
+KERN_TIERS(drop_fwd, (float *out, uint8_t *mask, const float *inp, size_t n, uint64_t key, size_t i0,
+                      uint64_t thr, float scale), out, mask, inp, n, key, i0, thr, scale)
+
 /* out (n) = inp * mask / (1-p); mask[i] = 1 (keep, probability 1-p) or 0.
- * Draws one uniform per element from rng in index order, on one thread, so the
- * mask depends only on the rng state, never on the thread count.
- * p <= 0 copies (no draws, mask all 1); p >= 1 zeroes (no draws, mask all 0).
+ * Takes one draw from rng, key = peftc_rng_u64(rng); mask[i] = 1 iff the i-th
+ * draw of a peftc_rng with state = key is >= p (draw i is a function of key and
+ * i alone, as in attention_forward_train).
+ * p <= 0 copies (no draw, mask all 1); p >= 1 zeroes (no draw, mask all 0).
  * out may equal inp. mask may be NULL when no backward follows. */
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, peftc_rng *rng)
 {
@@ -15,30 +49,51 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
         return;
     }
     if (p >= 1.0f) {
-        for (size_t i = 0; i < n; i++) out[i] = 0.0f;
+        memset(out, 0, n * sizeof(float));
         if (mask) memset(mask, 0, n);
         return;
     }
+    uint64_t key = peftc_rng_u64(rng);
+    uint64_t thr = kern_keep_threshold(p);
     float scale = 1.0f / (1.0f - p);
-    for (size_t i = 0; i < n; i++) {
-        uint8_t keep = peftc_rng_uniform(rng) >= p;
-        if (mask) mask[i] = keep;
-        out[i] = keep ? inp[i] * scale : 0.0f;
+    void (*f)(float *, uint8_t *, const float *, size_t, uint64_t, size_t, uint64_t, float) = KERN_PICK(drop_fwd);
+    if (n < DROPOUT_PAR) { f(out, mask, inp, n, key, 0, thr, scale); return; }
+    #pragma omp parallel
+    {
+        size_t s, e;
+        kern_split(n, &s, &e);
+        if (e > s) f(out + s, mask ? mask + s : NULL, inp + s, e - s, key, s, thr, scale);
     }
 }
+
+KERN_INLINE void drop_bwd_body(float *dinp, const uint8_t *mask, const float *dout, size_t n,
+                               float scale, const int F)
+{
+    (void)F;
+    if (mask) {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) dinp[i] += mask[i] ? dout[i] * scale : 0.0f;
+    } else {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) dinp[i] += dout[i];
+    }
+}
+KERN_TIERS(drop_bwd, (float *dinp, const uint8_t *mask, const float *dout, size_t n, float scale),
+           dinp, mask, dout, n, scale)
 
 /* dinp (n) += dout * mask / (1-p); p <= 0 passes dout through (mask unused). */
 void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n)
 {
     if (!dinp) return;
-    if (p <= 0.0f) {
-        #pragma omp parallel for schedule(static) if (n >= (1u << 15))
-        for (size_t i = 0; i < n; i++) dinp[i] += dout[i];
-        return;
-    }
     if (p >= 1.0f) return;
-    float scale = 1.0f / (1.0f - p);
-    #pragma omp parallel for schedule(static) if (n >= (1u << 15))
-    for (size_t i = 0; i < n; i++)
-        if (mask[i]) dinp[i] += dout[i] * scale;
+    if (p <= 0.0f) mask = NULL;
+    float scale = 1.0f / (1.0f - (p > 0.0f ? p : 0.0f));
+    void (*f)(float *, const uint8_t *, const float *, size_t, float) = KERN_PICK(drop_bwd);
+    if (n < DROPOUT_PAR) { f(dinp, mask, dout, n, scale); return; }
+    #pragma omp parallel
+    {
+        size_t s, e;
+        kern_split(n, &s, &e);
+        if (e > s) f(dinp + s, mask ? mask + s : NULL, dout + s, e - s, scale);
+    }
 }

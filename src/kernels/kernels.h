@@ -14,6 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "core/rng.h"
+#ifdef PEFTC_KERNELS_INTERNAL
+#include <math.h>
+#endif
 
 /* out (N,OC) = inp (N,IC) @ w(OC,IC)^T + bias(OC); bias may be NULL.
  * If accumulate, out += instead of =. */
@@ -107,5 +110,123 @@ void l2_normalize_rows(float *x, int N, int C);
 /* AdamW with decoupled weight decay and bias correction; step t >= 1. */
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float weight_decay, int t);
+
+/* Instruction-set tier of the kernels' inner loops. By default the best the
+ * CPU supports is chosen at start-up (AVX-512 F/BW/DQ/VL, else AVX2+FMA, else
+ * portable SSE2 code); the environment variable PEFTC_KERNELS_ISA =
+ * portable|avx2|avx512 lowers it. kernels_set_isa forces a tier (a tier the
+ * CPU lacks is lowered to the best it has; KERNELS_ISA_AUTO restores the
+ * default) and returns the tier now in use; for tests and benchmarks, and not
+ * to be called while kernels run. Results of different tiers agree to
+ * rounding; within one tier they do not depend on the thread count. */
+enum { KERNELS_ISA_AUTO = -1, KERNELS_ISA_PORTABLE = 0, KERNELS_ISA_AVX2 = 1, KERNELS_ISA_AVX512 = 2 };
+int kernels_set_isa(int isa);
+int kernels_isa(void);
+/* the best tier this CPU supports */
+int kernels_isa_max(void);
+const char *kernels_isa_name(int isa);
+
+#ifdef PEFTC_KERNELS_INTERNAL
+/* ---- shared by the .c files of src/kernels only ---- */
+
+/* current tier (cpu.c) */
+extern int kern_isa_level;
+
+/* Each tiered inner loop is written once as a KERN_INLINE body taking a
+ * trailing `const int F` (1 = the target has FMA) and instantiated three
+ * times: plain, KERN_AVX2 and KERN_AVX512 (GCC compiles the inlined body for
+ * each target; the project builds without -march). */
+#define KERN_INLINE static inline __attribute__((always_inline))
+#define KERN_AVX2 __attribute__((target("avx2,fma")))
+#define KERN_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
+#define KERN_TIERS(name, params, ...)                                                   \
+    static void name##_portable params { name##_body(__VA_ARGS__, 0); }                 \
+    KERN_AVX2 static void name##_avx2 params { name##_body(__VA_ARGS__, 1); }           \
+    KERN_AVX512 static void name##_avx512 params { name##_body(__VA_ARGS__, 1); }
+#define KERN_PICK(name) (kern_isa_level >= KERNELS_ISA_AVX512 ? name##_avx512 :        \
+                         kern_isa_level >= KERNELS_ISA_AVX2 ? name##_avx2 : name##_portable)
+
+/* a*b + c: one rounding where the target has FMA (F), else two */
+KERN_INLINE float kern_madd(float a, float b, float c, const int F)
+{
+    return F ? __builtin_fmaf(a, b, c) : a * b + c;
+}
+
+/* exp(x), branch-free so loops around it vectorise: Cody-Waite reduction to
+ * r in [-ln2/2, ln2/2] and Cephes' degree-7 polynomial, max error ~1 ulp for
+ * x in [-87.33, 88]; 0 below (no subnormals), exp(88) for x in (88, 88.72],
+ * +inf above; NaN stays NaN. */
+KERN_INLINE float kern_exp(float x, const int F)
+{
+    float xc = x < -87.5f ? -87.5f : x;
+    xc = xc > 88.0f ? 88.0f : xc;
+    /* n = round(x / ln2) by the 1.5 * 2^23 trick; n also sits in t's low bits */
+    float t = kern_madd(xc, 1.44269504088896341f, 12582912.0f, F);
+    float n = t - 12582912.0f;
+    float r = kern_madd(n, -0.693359375f, xc, F);
+    r = kern_madd(n, 2.12194440e-4f, r, F);
+    float p = 1.9875691500e-4f;
+    p = kern_madd(p, r, 1.3981999507e-3f, F);
+    p = kern_madd(p, r, 8.3334519073e-3f, F);
+    p = kern_madd(p, r, 4.1665795894e-2f, F);
+    p = kern_madd(p, r, 1.6666665459e-1f, F);
+    p = kern_madd(p, r, 5.0000001201e-1f, F);
+    float y = kern_madd(p, r * r, r, F) + 1.0f;
+    union { float f; int32_t i; } tb = { t };
+    union { int32_t i; float f; } sc = { (tb.i - 0x4B400000 + 127) * (1 << 23) };
+    y *= sc.f;
+    y = x < -87.33654f ? 0.0f : y;
+    return x > 88.72283f ? (float)INFINITY : y;
+}
+
+/* erf(x), branch-free; max error 1.3 ulp (relative 1e-7). |x| < 1:
+ * x + x * P(x^2); |x| >= 1: 1 - exp(Q(|x|)) with Q ~ log erfc on [1, 4]
+ * (erf rounds to 1 beyond 3.92). Minimax-style fits (Lawson iteration). */
+KERN_INLINE float kern_erf(float x, const int F)
+{
+    float s = x * x, t = x < 0.0f ? -x : x;
+    float p = 7.853846910e-05f;
+    p = kern_madd(p, s, -8.010189049e-04f, F);
+    p = kern_madd(p, s, 5.188327283e-03f, F);
+    p = kern_madd(p, s, -2.685381100e-02f, F);
+    p = kern_madd(p, s, 1.128358543e-01f, F);
+    p = kern_madd(p, s, -3.761262596e-01f, F);
+    p = kern_madd(p, s, 1.283791671e-01f, F);
+    float small = kern_madd(x, p, x, F);
+    float u = t > 4.0f ? 4.0f : t;   /* NaN passes through */
+    float q = 1.855775190e-04f;
+    q = kern_madd(q, u, -2.939640777e-03f, F);
+    q = kern_madd(q, u, 2.180544846e-02f, F);
+    q = kern_madd(q, u, -1.030376330e-01f, F);
+    q = kern_madd(q, u, -6.382253766e-01f, F);
+    q = kern_madd(q, u, -1.127040267e+00f, F);
+    q = kern_madd(q, u, -3.536774602e-04f, F);
+    float big = 1.0f - kern_exp(q, F);
+    big = x < 0.0f ? -big : big;
+    return t < 1.0f ? small : big;
+}
+
+/* [*start, *end) of n elements for the calling thread of the current parallel
+ * region: contiguous, in thread order, boundaries on multiples of 16 elements
+ * (whole cache lines for 4-byte elements). */
+void kern_split(size_t n, size_t *start, size_t *end);
+
+/* Counter-based dropout draws (the scheme of attention_forward_train): draw i
+ * of the splitmix64 stream keyed by `key` (a peftc_rng with state = key) is
+ * the uniform float (z_i >> 40) / 2^24 with z_i = mix(key + (i+1)*gamma), and
+ * it keeps iff >= p, i.e. iff (z_i >> 40) >= kern_keep_threshold(p). */
+KERN_INLINE uint64_t kern_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static inline uint64_t kern_keep_threshold(float p)
+{
+    /* u * 2^-24 >= p  <=>  u >= ceil(p * 2^24), exactly (both sides exact) */
+    double t = ceil((double)p * 16777216.0);
+    return t <= 0.0 ? 0 : t >= 16777216.0 ? 16777216u : (uint64_t)t;
+}
+#endif /* PEFTC_KERNELS_INTERNAL */
 
 #endif

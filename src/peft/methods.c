@@ -244,7 +244,7 @@ static const struct { const char *name, *expands, *formula; } presets[] = {
     {"scaled-parallel-adapter", "parallel relu bottleneck at ffn.out composed with scale s = 4 (--scale, --learned-scale)", "L * (2rd + r + d) (+ L)"},
     {"mh-parallel-adapter", "per-head parallel relu bottlenecks on the heads' outputs (attn.heads), r per head = 2(d/16)/h", "L * (h r d + d r + h r + d)"},
     {"prompt", "20 soft-prompt vectors before [CLS] (PEFT's prompt tuning; --num-virtual, --prompt-init-text)", "n * d"},
-    {"ptuning", "virtual tokens at --template positions ('P P {text} P {pair}'), from an MLP prompt encoder (folded away on save)", "n*d + d*h + h*h + h*d (+ biases) while training; n*d saved"},
+    {"ptuning", "virtual tokens at --template positions ('P P {text} P {pair}'), from an MLP (or --encoder lstm: bidirectional LSTM + MLP) prompt encoder, folded away on save", "n*d + d*h + h*h + h*d (+ biases) while training; n*d saved"},
     {"custom", "--delta 'site=...,insert=...,r=...,act=...,compose=...' (repeatable)", "per delta"},
 };
 
@@ -316,8 +316,9 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
             mo->prompt.n_virtual = n;
         }
         if (a->encoder && !strcmp(a->encoder, "none")) mo->prompt.encoder = PROMPT_ENC_NONE;
+        else if (a->encoder && !strcmp(a->encoder, "lstm")) mo->prompt.encoder = PROMPT_ENC_LSTM;
         else if (!a->encoder || !strcmp(a->encoder, "mlp")) mo->prompt.encoder = PROMPT_ENC_MLP;
-        else return peftc_fail(err, PEFTC_ERR_INPUT, "--encoder must be mlp or none, got '%s'", a->encoder);
+        else return peftc_fail(err, PEFTC_ERR_INPUT, "--encoder must be mlp, lstm or none, got '%s'", a->encoder);
         mo->prompt.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
     } else if (!strcmp(name, "custom")) {
         if (a->n_deltas <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--method custom needs at least one --delta");

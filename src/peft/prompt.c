@@ -97,6 +97,27 @@ peftc_status prompt_declare(prompt_module *pm, const prompt_spec *ps, int C, par
     pm->p_w1 = pm->p_b1 = pm->p_w2 = pm->p_b2 = pm->p_w3 = pm->p_b3 = -1;
     if (ps->encoder == PROMPT_ENC_NONE) {
         pm->p_emb = decl(pb, "prompt_embeddings", P, C, 2, 0);
+    } else if (ps->encoder == PROMPT_ENC_LSTM) {
+        /* PEFT's PromptEncoder (LSTM): bidirectional LSTM(C, h) x 2 layers, then Linear(2h,2h) ReLU Linear(2h,C) */
+        pm->p_emb = decl(pb, "prompt_encoder.embedding.weight", P, C, 2, 0);
+        for (int l = 0; l < LSTM_LAYERS; l++)
+            for (int d = 0; d < 2; d++) {
+                char nm[PARAM_NAME_MAX];
+                int in = l == 0 ? C : 2 * h;
+                const char *sfx = d ? "_reverse" : "";
+                snprintf(nm, sizeof nm, "prompt_encoder.lstm_head.weight_ih_l%d%s", l, sfx);
+                pm->p_wih[l][d] = decl(pb, nm, 4 * h, in, 2, 0);
+                snprintf(nm, sizeof nm, "prompt_encoder.lstm_head.weight_hh_l%d%s", l, sfx);
+                pm->p_whh[l][d] = decl(pb, nm, 4 * h, h, 2, 0);
+                snprintf(nm, sizeof nm, "prompt_encoder.lstm_head.bias_ih_l%d%s", l, sfx);
+                pm->p_bih[l][d] = decl(pb, nm, 4 * h, 0, 1, 1);
+                snprintf(nm, sizeof nm, "prompt_encoder.lstm_head.bias_hh_l%d%s", l, sfx);
+                pm->p_bhh[l][d] = decl(pb, nm, 4 * h, 0, 1, 1);
+            }
+        pm->p_w2 = decl(pb, "prompt_encoder.mlp_head.0.weight", 2 * h, 2 * h, 2, 0);
+        pm->p_b2 = decl(pb, "prompt_encoder.mlp_head.0.bias", 2 * h, 0, 1, 1);
+        pm->p_w3 = decl(pb, "prompt_encoder.mlp_head.2.weight", C, 2 * h, 2, 0);
+        pm->p_b3 = decl(pb, "prompt_encoder.mlp_head.2.bias", C, 0, 1, 1);
     } else { /* PEFT's PromptEncoder (MLP): Linear(C,h) ReLU Linear(h,h) ReLU Linear(h,C) */
         pm->p_emb = decl(pb, "prompt_encoder.embedding.weight", P, C, 2, 0);
         pm->p_w1 = decl(pb, "prompt_encoder.mlp_head.0.weight", h, C, 2, 0);
@@ -123,6 +144,24 @@ peftc_status prompt_alloc(prompt_module *pm, peftc_error *err)
     pm->d_h2 = calloc(P * h, sizeof(float));
     if (!pm->out || !pm->d_out || !pm->h1 || !pm->a1 || !pm->h2 || !pm->a2 || !pm->d_h || !pm->d_h2)
         return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory for the prompt");
+    if (pm->spec.encoder == PROMPT_ENC_LSTM) {
+        size_t ld = (size_t)LSTM_LAYERS * 2;
+        pm->lstm_gates = calloc(ld * P * 4 * h, sizeof(float));
+        pm->lstm_c = calloc(ld * P * h, sizeof(float));
+        pm->lstm_h = calloc(ld * P * h, sizeof(float));
+        pm->lstm_out = calloc((size_t)LSTM_LAYERS * P * 2 * h, sizeof(float));
+        /* backward scratch: d of a layer's output and input (P,2h) x2, dgates (P,4h), dh, dc (h) */
+        pm->lstm_d = calloc(4 * P * 2 * h + P * 4 * h + 2 * h + P * C, sizeof(float));
+        if (!pm->lstm_gates || !pm->lstm_c || !pm->lstm_h || !pm->lstm_out || !pm->lstm_d)
+            return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory for the prompt encoder");
+        /* the head works at width 2h: h1/a1 (P,2h) */
+        free(pm->h1); free(pm->a1); free(pm->d_h); free(pm->d_h2);
+        pm->h1 = calloc(P * 2 * h, sizeof(float));
+        pm->a1 = calloc(P * 2 * h, sizeof(float));
+        pm->d_h = calloc(P * 2 * h, sizeof(float));
+        pm->d_h2 = calloc(P * 2 * h, sizeof(float));
+        if (!pm->h1 || !pm->a1 || !pm->d_h || !pm->d_h2) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    }
     return PEFTC_OK;
 }
 
@@ -130,6 +169,8 @@ void prompt_free(prompt_module *pm)
 {
     free(pm->out); free(pm->d_out); free(pm->h1); free(pm->a1); free(pm->h2); free(pm->a2);
     free(pm->d_h); free(pm->d_h2);
+    free(pm->lstm_gates); free(pm->lstm_c); free(pm->lstm_h); free(pm->lstm_out); free(pm->lstm_d);
+    pm->lstm_gates = pm->lstm_c = pm->lstm_h = pm->lstm_out = pm->lstm_d = NULL;
     pm->out = pm->d_out = pm->h1 = pm->a1 = pm->h2 = pm->a2 = pm->d_h = pm->d_h2 = NULL;
 }
 
@@ -145,6 +186,26 @@ void prompt_init(prompt_module *pm, param_block *pb, const float *wte, int V, co
         memcpy(e + (size_t)k * C, wte + (size_t)id * C, (size_t)C * sizeof(float));
     }
     if (pm->spec.encoder == PROMPT_ENC_NONE) return;
+    if (pm->spec.encoder == PROMPT_ENC_LSTM) {
+        /* torch.nn.LSTM's default: every weight and bias uniform in +-1/sqrt(h) */
+        float bound = 1.0f / sqrtf((float)h);
+        for (int l = 0; l < LSTM_LAYERS; l++)
+            for (int d = 0; d < 2; d++) {
+                int ids4[4] = {pm->p_wih[l][d], pm->p_whh[l][d], pm->p_bih[l][d], pm->p_bhh[l][d]};
+                for (int q = 0; q < 4; q++) {
+                    float *w = params_value(pb, ids4[q]);
+                    for (size_t j = 0; j < pb->e[ids4[q]].numel; j++) w[j] = (2 * peftc_rng_uniform(rng) - 1) * bound;
+                }
+            }
+        int ws[2] = {pm->p_w2, pm->p_w3}, bs[2] = {pm->p_b2, pm->p_b3};
+        for (int i = 0; i < 2; i++) {
+            float b2 = 1.0f / sqrtf((float)(2 * h));
+            float *w = params_value(pb, ws[i]), *b = params_value(pb, bs[i]);
+            for (size_t j = 0; j < pb->e[ws[i]].numel; j++) w[j] = (2 * peftc_rng_uniform(rng) - 1) * b2;
+            for (size_t j = 0; j < pb->e[bs[i]].numel; j++) b[j] = (2 * peftc_rng_uniform(rng) - 1) * b2;
+        }
+        return;
+    }
     /* torch.nn.Linear's default: kaiming-uniform weights and uniform biases, bound 1/sqrt(fan_in) */
     int ws[3] = {pm->p_w1, pm->p_w2, pm->p_w3}, bs[3] = {pm->p_b1, pm->p_b2, pm->p_b3}, fan[3] = {C, h, h};
     for (int i = 0; i < 3; i++) {
@@ -155,12 +216,102 @@ void prompt_init(prompt_module *pm, param_block *pb, const float *wte, int V, co
     }
 }
 
+static inline float sigm(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* One direction of one LSTM layer over the P steps (PyTorch's gate order i, f, g, o).
+ * x (P,in) -> h_all (P,h) and the layer output's column block out (P, ld) at offset. */
+static void lstm_dir_forward(const float *x, int P, int in, int h, const float *wih, const float *whh,
+                             const float *bih, const float *bhh, int reverse, float *gates, float *c_all,
+                             float *h_all, float *out, int ld)
+{
+    /* input projections for every step at once: gates = x W_ih^T + b_ih */
+    matmul_forward(gates, x, wih, bih, P, in, 4 * h, 0);
+    for (int s = 0; s < P; s++) {
+        int t = reverse ? P - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+        float *g = gates + (size_t)t * 4 * h;
+        const float *hp = s ? h_all + (size_t)tp * h : NULL, *cp = s ? c_all + (size_t)tp * h : NULL;
+        for (int j = 0; j < 4 * h; j++) {
+            float acc = g[j] + bhh[j];
+            if (hp) for (int k = 0; k < h; k++) acc += whh[(size_t)j * h + k] * hp[k];
+            g[j] = acc;
+        }
+        for (int j = 0; j < h; j++) {
+            float ig = sigm(g[j]), fg = sigm(g[h + j]), gg = tanhf(g[2 * h + j]), og = sigm(g[3 * h + j]);
+            g[j] = ig; g[h + j] = fg; g[2 * h + j] = gg; g[3 * h + j] = og;
+            float c = ig * gg + (cp ? fg * cp[j] : 0.0f);
+            c_all[(size_t)t * h + j] = c;
+            float hv = og * tanhf(c);
+            h_all[(size_t)t * h + j] = hv;
+            out[(size_t)t * ld + j] = hv;
+        }
+    }
+}
+
+/* Backward through time: dout (P, ld) column block for this direction -> dx (P,in) +=, parameter gradients +=. */
+static void lstm_dir_backward(const float *x, int P, int in, int h, const float *wih, const float *whh,
+                              float *dwih, float *dwhh, float *dbih, float *dbhh, int reverse, const float *gates,
+                              const float *c_all, const float *h_all, const float *dout, int ld, float *dx,
+                              float *dg_all, float *dh, float *dc)
+{
+    memset(dh, 0, (size_t)h * sizeof(float));
+    memset(dc, 0, (size_t)h * sizeof(float));
+    for (int s = P - 1; s >= 0; s--) {
+        int t = reverse ? P - 1 - s : s, tp = reverse ? t + 1 : t - 1;
+        const float *g = gates + (size_t)t * 4 * h;
+        const float *cp = s ? c_all + (size_t)tp * h : NULL, *hp = s ? h_all + (size_t)tp * h : NULL;
+        float *dg = dg_all + (size_t)t * 4 * h;
+        for (int j = 0; j < h; j++) {
+            float dhj = dh[j] + dout[(size_t)t * ld + j];
+            float c = c_all[(size_t)t * h + j], tc = tanhf(c);
+            float ig = g[j], fg = g[h + j], gg = g[2 * h + j], og = g[3 * h + j];
+            float dcj = dc[j] + dhj * og * (1 - tc * tc);
+            dg[j] = dcj * gg * ig * (1 - ig);
+            dg[h + j] = cp ? dcj * cp[j] * fg * (1 - fg) : 0.0f;
+            dg[2 * h + j] = dcj * ig * (1 - gg * gg);
+            dg[3 * h + j] = dhj * tc * og * (1 - og);
+            dc[j] = dcj * fg;  /* to the previous step's cell */
+        }
+        /* to the previous step's hidden state: dh = dg W_hh; and W_hh's gradient */
+        memset(dh, 0, (size_t)h * sizeof(float));
+        for (int j = 0; j < 4 * h; j++) {
+            dbhh[j] += dg[j];
+            if (!hp) continue;
+            for (int k = 0; k < h; k++) {
+                dh[k] += dg[j] * whh[(size_t)j * h + k];
+                dwhh[(size_t)j * h + k] += dg[j] * hp[k];
+            }
+        }
+    }
+    /* input side for all steps at once: dx += dG W_ih, dW_ih += dG^T x, db_ih += sum dG */
+    matmul_backward(dx, dwih, dbih, dg_all, x, wih, P, in, 4 * h);
+}
+
 void prompt_forward(prompt_module *pm, const param_block *pb)
 {
     int P = pm->spec.n_virtual, C = pm->C, h = pm->spec.hidden;
     const float *e = params_value(pb, pm->p_emb);
     if (pm->spec.encoder == PROMPT_ENC_NONE) {
         memcpy(pm->out, e, (size_t)P * C * sizeof(float));
+        return;
+    }
+    if (pm->spec.encoder == PROMPT_ENC_LSTM) {
+        const float *x = e;
+        int in = C;
+        for (int l = 0; l < LSTM_LAYERS; l++) {
+            float *lo = pm->lstm_out + (size_t)l * P * 2 * h;
+            for (int d = 0; d < 2; d++) {
+                size_t ld = (size_t)l * 2 + d;
+                lstm_dir_forward(x, P, in, h, params_value(pb, pm->p_wih[l][d]), params_value(pb, pm->p_whh[l][d]),
+                                 params_value(pb, pm->p_bih[l][d]), params_value(pb, pm->p_bhh[l][d]), d,
+                                 pm->lstm_gates + ld * P * 4 * h, pm->lstm_c + ld * P * h, pm->lstm_h + ld * P * h,
+                                 lo + (size_t)d * h, 2 * h);
+            }
+            x = lo;
+            in = 2 * h;
+        }
+        matmul_forward(pm->h1, x, params_value(pb, pm->p_w2), params_value(pb, pm->p_b2), P, 2 * h, 2 * h, 0);
+        relu_forward(pm->a1, pm->h1, (size_t)P * 2 * h);
+        matmul_forward(pm->out, pm->a1, params_value(pb, pm->p_w3), params_value(pb, pm->p_b3), P, 2 * h, C, 0);
         return;
     }
     matmul_forward(pm->h1, e, params_value(pb, pm->p_w1), params_value(pb, pm->p_b1), P, C, h, 0);
@@ -176,6 +327,35 @@ void prompt_backward(prompt_module *pm, param_block *pb)
     float *de = params_grad(pb, pm->p_emb);
     if (pm->spec.encoder == PROMPT_ENC_NONE) {
         add_inplace(de, pm->d_out, (size_t)P * C);
+        return;
+    }
+    if (pm->spec.encoder == PROMPT_ENC_LSTM) {
+        size_t H2 = (size_t)P * 2 * h;
+        float *d_lo = pm->lstm_d, *d_in = d_lo + H2, *dg = d_in + 2 * H2, *dh = dg + (size_t)P * 4 * h, *dc = dh + h;
+        float *last = pm->lstm_out + (size_t)(LSTM_LAYERS - 1) * H2;
+        memset(pm->d_h, 0, H2 * sizeof(float));
+        matmul_backward(pm->d_h, params_grad(pb, pm->p_w3), params_grad(pb, pm->p_b3), pm->d_out, pm->a1,
+                        params_value(pb, pm->p_w3), P, 2 * h, C);
+        memset(pm->d_h2, 0, H2 * sizeof(float));
+        relu_backward(pm->d_h2, pm->h1, pm->d_h, H2);
+        memset(d_lo, 0, H2 * sizeof(float));
+        matmul_backward(d_lo, params_grad(pb, pm->p_w2), params_grad(pb, pm->p_b2), pm->d_h2, last,
+                        params_value(pb, pm->p_w2), P, 2 * h, 2 * h);
+        for (int l = LSTM_LAYERS - 1; l >= 0; l--) {
+            const float *x = l ? pm->lstm_out + (size_t)(l - 1) * H2 : params_value(pb, pm->p_emb);
+            int in = l ? 2 * h : C;
+            float *dx = l ? d_in : de;
+            if (l) memset(d_in, 0, H2 * sizeof(float));
+            for (int d = 0; d < 2; d++) {
+                size_t ld = (size_t)l * 2 + d;
+                lstm_dir_backward(x, P, in, h, params_value(pb, pm->p_wih[l][d]), params_value(pb, pm->p_whh[l][d]),
+                                  params_grad(pb, pm->p_wih[l][d]), params_grad(pb, pm->p_whh[l][d]),
+                                  params_grad(pb, pm->p_bih[l][d]), params_grad(pb, pm->p_bhh[l][d]), d,
+                                  pm->lstm_gates + ld * P * 4 * h, pm->lstm_c + ld * P * h, pm->lstm_h + ld * P * h,
+                                  d_lo + (size_t)d * h, 2 * h, dx, dg, dh, dc);
+            }
+            if (l) memcpy(d_lo, d_in, H2 * sizeof(float));
+        }
         return;
     }
     memset(pm->d_h, 0, (size_t)P * h * sizeof(float));

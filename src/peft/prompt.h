@@ -10,7 +10,9 @@
 #include "core/rng.h"
 #include "train/params.h"
 
-typedef enum prompt_encoder { PROMPT_ENC_NONE, PROMPT_ENC_MLP } prompt_encoder;
+typedef enum prompt_encoder { PROMPT_ENC_NONE, PROMPT_ENC_MLP, PROMPT_ENC_LSTM } prompt_encoder;
+
+#define LSTM_LAYERS 2   /* PEFT's encoder_num_layers default */
 
 #define TEMPLATE_MAX 128
 typedef enum template_item { TPL_VIRT, TPL_TEXT, TPL_PAIR } template_item;
@@ -39,7 +41,13 @@ typedef struct prompt_module {
     prompt_spec spec;
     int C;
     int p_emb;                /* (P,C): the prompt (no encoder) or the encoder's input */
-    int p_w1, p_b1, p_w2, p_b2, p_w3, p_b3;   /* MLP: C->h->h->C */
+    int p_w1, p_b1, p_w2, p_b2, p_w3, p_b3;   /* MLP: C->h->h->C; LSTM head: 2h->2h->C (w1 unused) */
+    /* LSTM (bidirectional, LSTM_LAYERS layers): [layer][dir] W_ih (4h,in), W_hh (4h,h), b_ih, b_hh */
+    int p_wih[LSTM_LAYERS][2], p_whh[LSTM_LAYERS][2], p_bih[LSTM_LAYERS][2], p_bhh[LSTM_LAYERS][2];
+    float *lstm_gates;        /* [layer][dir] (P, 4h): i f g o after their nonlinearities */
+    float *lstm_c, *lstm_h;   /* [layer][dir] (P, h) cell and hidden states */
+    float *lstm_out;          /* [layer] (P, 2h) the layer's output (both directions) */
+    float *lstm_d;            /* scratch for backward */
     float *out, *d_out;       /* (P,C) virtual token vectors and their gradient */
     float *h1, *a1, *h2, *a2; /* (P,h) encoder activations */
     float *d_h;               /* (P,h) scratch */
