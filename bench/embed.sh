@@ -54,7 +54,8 @@ def runs(name):
     wall = min(float(r[0]) for r in rows)
     rss = max(int(r[1]) for r in rows) / 1024
     p = os.path.join(out, name + ".model")
-    model = min(map(float, open(p).read().split())) if os.path.exists(p) else None
+    times = [float(t) for t in open(p).read().split()] if os.path.exists(p) else []
+    model = min(times) if times else None
     return wall, rss, model
 
 def load(name):
