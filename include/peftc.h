@@ -147,8 +147,10 @@ typedef struct peftc_train_opts {
     int n_deltas;
     int num_virtual;             /* prompt, ptuning: number of virtual tokens */
     const char *template_text;   /* ptuning: "P P {text} P {pair}" */
-    const char *encoder;         /* ptuning: "mlp" (default) or "none" */
+    const char *encoder;         /* ptuning: "mlp" (default), "lstm" or "none" */
     int encoder_hidden;
+    int prefix_len;              /* prefix, ptuning-v2, mam, unipelt */
+    int prefix_projection;       /* prefix: MLP reparameterisation while training */
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */

@@ -19,6 +19,16 @@
 #include "kernels/kernels.h"
 #include "testlib.h"
 
+/* Every test runs once per instruction-set tier the CPU supports; each result
+ * line names the tier. */
+static const char *tier_name = "";
+#undef CHECK
+#define CHECK(cond, ...) do {                                                   \
+        if (cond) { tl_passed++; printf("ok   - [%s] ", tier_name); }           \
+        else { tl_failed++; printf("FAIL - %s:%d: [%s] ", __FILE__, __LINE__, tier_name); } \
+        printf(__VA_ARGS__); printf("\n");                                      \
+    } while (0)
+
 /* ------------------------------------------------------------------ helpers */
 
 static peftc_rng rng;
@@ -769,13 +779,17 @@ static void test_dropout(void)
     dropout_forward(out, mask, x, p, n, &r1);
     size_t kept = 0;
     int seq_ok = 1, val_ok = 1;
+    /* one draw from rng keys a counter-based stream: mask[i] = (draw i of a
+     * peftc_rng with state = key) >= p */
+    peftc_rng ks = { peftc_rng_u64(&r2) };
     for (size_t i = 0; i < n; i++) {
-        uint8_t keep = peftc_rng_uniform(&r2) >= p;
+        uint8_t keep = peftc_rng_uniform(&ks) >= p;
         if (mask[i] != keep) seq_ok = 0;
         if (out[i] != (mask[i] ? x[i] * scale : 0.0f)) val_ok = 0;
         kept += mask[i] == 1;
     }
-    CHECK(seq_ok && r1.state == r2.state, "dropout_forward: mask = one sequential draw per element (keep iff u >= p)");
+    CHECK(seq_ok && r1.state == r2.state,
+          "dropout_forward: one draw from rng keys the stream, mask[i] = (draw i) >= p");
     CHECK(val_ok, "dropout_forward: out = inp * mask / (1-p)");
     double frac = (double)kept / n;
     CHECK(fabs(frac - 0.7) < 0.02, "dropout_forward: kept fraction %.4f ~ 1-p", frac);
@@ -793,6 +807,36 @@ static void test_dropout(void)
     int ones = 1;
     for (size_t i = 0; i < n; i++) if (mask2[i] != 1) ones = 0;
     CHECK(same_bits(y, x, n) && ones && r1.state == s0, "dropout_forward p=0: copy, mask all 1, no draws");
+
+    /* big enough for the parallel path; every thread's chunk continues the
+     * same stream; and p = 1 drops everything without a draw */
+    {
+        const size_t nb = 300007;
+        const float pb = 0.1f;
+        float *xb = frand(nb, -1, 1), *ob = falloc(nb);
+        uint8_t *mb = xcalloc(nb, 1);
+        peftc_rng_seed(&r1, 4321);
+        peftc_rng_seed(&r2, 4321);
+        dropout_forward(ob, mb, xb, pb, nb, &r1);
+        peftc_rng kb = { peftc_rng_u64(&r2) };
+        int ok = r1.state == r2.state;
+        for (size_t i = 0; i < nb; i++) {
+            uint8_t keep = peftc_rng_uniform(&kb) >= pb;
+            if (mb[i] != keep || ob[i] != (keep ? xb[i] * (1.0f / (1.0f - pb)) : 0.0f)) ok = 0;
+        }
+        float *ob2 = falloc(nb);
+        peftc_rng_seed(&r1, 4321);
+        dropout_forward(ob2, NULL, xb, pb, nb, &r1);   /* no mask: same out */
+        ok = ok && same_bits(ob, ob2, nb);
+        CHECK(ok, "dropout_forward n=%zu (parallel): mask and out follow the keyed stream; mask NULL same out", nb);
+        peftc_rng_seed(&r1, 4321);
+        s0 = r1.state;
+        dropout_forward(ob, mb, xb, 1.0f, nb, &r1);
+        int zeros = r1.state == s0;
+        for (size_t i = 0; i < nb; i++) if (ob[i] != 0.0f || mb[i] != 0) zeros = 0;
+        CHECK(zeros, "dropout_forward p=1: all zero, mask all 0, no draws");
+        free(xb); free(ob); free(ob2); free(mb);
+    }
 
     float *dout = frand(n, -1, 1), *d0 = frand(n, -.1f, .1f), *d = fcopy(d0, n);
     dropout_backward(d, mask, dout, p, n);
@@ -1164,18 +1208,29 @@ static void test_threads(void)
 
 int main(void)
 {
-    peftc_rng_seed(&rng, 20240601);
-    test_matmul();
-    test_embeddings();
-    test_layernorm();
-    test_activations();
-    test_attention();
-    test_attention_train();
-    test_dropout();
-    test_pooling();
-    test_softmax_ce();
-    test_adamw();
-    test_misc();
-    test_threads();
+    int top = kernels_isa_max();
+    printf("# CPU supports kernel tiers up to %s\n", kernels_isa_name(top));
+    for (int isa = top; isa >= KERNELS_ISA_PORTABLE; isa--) {
+        int got = kernels_set_isa(isa);
+        tier_name = kernels_isa_name(isa);
+        CHECK(got == isa && kernels_isa() == isa, "kernels_set_isa(%s)", tier_name);
+        peftc_rng_seed(&rng, 20240601);
+        test_matmul();
+        test_embeddings();
+        test_layernorm();
+        test_activations();
+        test_attention();
+        test_attention_train();
+        test_dropout();
+        test_pooling();
+        test_softmax_ce();
+        test_adamw();
+        test_misc();
+        test_threads();
+    }
+    tier_name = "auto";
+    CHECK(kernels_set_isa(KERNELS_ISA_AUTO) <= top && kernels_set_isa(top + 1) == top,
+          "kernels_set_isa: AUTO restores the default, a tier above the CPU's is lowered");
+    kernels_set_isa(KERNELS_ISA_AUTO);
     return tl_finish();
 }

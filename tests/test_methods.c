@@ -6,6 +6,7 @@
 #include "testlib.h"
 #include "train/task.h"
 #include "io/safetensors.h"
+#include "kernels/kernels.h"
 
 #include <string.h>
 #include <sys/stat.h>
@@ -211,6 +212,37 @@ static void test_templates(void)
     CHECK(template_parse("{text} Q", &ps, &err) != PEFTC_OK, "an unknown template item is rejected: %s", err.msg);
 }
 
+/* The prefix kernel against the plain one run on [prefix; sequence] with the
+ * prefix rows as ordinary (always valid) positions; padding never attended. */
+static void test_prefix_attention(void)
+{
+    enum { Bq = 2, Tq = 5, Pp = 3, Cc = 8, Hh = 2, Tk = Pp + Tq };
+    int lq[Bq] = {5, 2}, lfull[Bq] = {Pp + 5, Pp + 2};
+    static float q[Bq * Tq * Cc], k[Bq * Tk * Cc], v[Bq * Tk * Cc], out[Bq * Tq * Cc], probs[Bq * Hh * Tq * Tk];
+    static float qf[Bq * Tk * Cc], outf[Bq * Tk * Cc], probsf[Bq * Hh * Tk * Tk];
+    peftc_rng r;
+    peftc_rng_seed(&r, 9);
+    for (int i = 0; i < Bq * Tq * Cc; i++) q[i] = peftc_rng_normal(&r);
+    for (int i = 0; i < Bq * Tk * Cc; i++) { k[i] = peftc_rng_normal(&r); v[i] = peftc_rng_normal(&r); }
+    memset(qf, 0, sizeof qf);
+    for (int b = 0; b < Bq; b++) memcpy(qf + ((size_t)b * Tk + Pp) * Cc, q + (size_t)b * Tq * Cc, Tq * Cc * sizeof(float));
+    attention_forward_prefix(out, probs, NULL, q, k, v, lq, Bq, Tq, Pp, Cc, Hh, 0.0f, 0);
+    attention_forward(outf, probsf, qf, k, v, lfull, Bq, Tk, Cc, Hh);
+    double d = 0;
+    int pad_zero = 1, prefix_pos = 1;
+    for (int b = 0; b < Bq; b++)
+        for (int t = 0; t < Tq; t++) {
+            d = fmax(d, tl_max_abs_diff(out + ((size_t)b * Tq + t) * Cc, outf + ((size_t)b * Tk + Pp + t) * Cc, Cc));
+            for (int h = 0; h < Hh; h++) {
+                const float *pr = probs + (((size_t)b * Hh + h) * Tq + t) * Tk;
+                for (int j = 0; j < Pp; j++) prefix_pos &= pr[j] > 0;
+                for (int j = Pp + lq[b]; j < Tk; j++) pad_zero &= pr[j] == 0;
+            }
+        }
+    CHECK(d < 1e-5, "prefix attention equals plain attention over [prefix; sequence] (max diff %.2g)", d);
+    CHECK(prefix_pos && pad_zero, "prefix positions always attended, padding never");
+}
+
 static method_opts preset(const char *name, const method_args *a)
 {
     method_opts mo;
@@ -224,6 +256,7 @@ int main(void)
 {
     make_model();
     test_templates();
+    test_prefix_attention();
     method_args none = {0}, lora = {.r = 2, .alpha = 4, .targets = "query,key,value,attention.output.dense,intermediate.dense,output.dense"};
     method_args ad = {.r = 4}, pt = {.num_virtual = 2};
     const char *presets[] = {"full", "bitfit", "ia3", "adapter-houlsby", "adapter-pfeiffer", "parallel-adapter",
@@ -240,6 +273,14 @@ int main(void)
     }
     mo = preset("ia3", &none);
     check_merge("ia3", &mo);
+    method_args pre = {.prefix_len = 3, .r = 2}, proj = {.prefix_len = 2, .prefix_projection = 1, .encoder_hidden = 6};
+    const char *prefixed[] = {"prefix", "ptuning-v2", "mam", "unipelt"};
+    for (int i = 0; i < 4; i++) {
+        mo = preset(prefixed[i], &pre);
+        check_grads(prefixed[i], &mo);
+    }
+    mo = preset("prefix", &proj);
+    check_grads("prefix (MLP reparameterisation)", &mo);
     method_args lstm = {.num_virtual = 3, .encoder = "lstm", .encoder_hidden = 5};
     mo = preset("ptuning", &lstm);
     check_grads("ptuning (bidirectional LSTM encoder)", &mo);

@@ -88,6 +88,8 @@ int cmd_train(cli_args *a)
     o.template_text = cli_opt(a, "--template");
     o.encoder = cli_opt(a, "--encoder");
     o.encoder_hidden = cli_opt_int(a, "--encoder-hidden", 0, 1, 1 << 16, &ok);
+    o.prefix_len = cli_opt_int(a, "--prefix-len", 0, 1, 1 << 20, &ok);
+    o.prefix_projection = cli_flag(a, "--prefix-projection");
     o.epochs = cli_opt_int(a, "--epochs", o.epochs, 1, 100000, &ok);
     o.max_steps = cli_opt_int(a, "--max-steps", 0, 1, 1 << 30, &ok);
     o.batch = cli_opt_int(a, "--batch", o.batch, 1, 65536, &ok);

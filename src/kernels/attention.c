@@ -2,13 +2,53 @@
  * with a key padding mask and, in the training variants, dropout on the
  * probabilities. One OpenMP task per (batch, head) pair: every row a task
  * writes (probs and mask rows, the head's column slice of out/dq/dk/dv) belongs
- * to that pair alone, so there are no races and no dependence on thread count.
- * Hand-written loops rather than sgemm, because BLAS must not be called from
- * inside our parallel region (OpenBLAS threads itself). */
+ * to that pair alone, so there are no races and no dependence on thread count
+ * (or on which thread runs which head: the schedule is dynamic).
+ *
+ * BLAS must not be called from inside our parallel region (OpenBLAS threads
+ * itself), and per-head matrices are small (64 x 64 x 32 for BERT at T = 64),
+ * so the products are our own:
+ * - AVX-512 / AVX2 tiers: every product of a head (q k^T, P v, dout v^T,
+ *   dS k, dS^T q, W^T dout) is a small GEMM on a register-blocked micro-kernel
+ *   (8 x 32 zmm, 6 x 16 ymm), operands read in place through strides; only
+ *   k^T and v^T are packed (a panel at a time, on the stack). The softmax and
+ *   dS rows are vectorised loops with kern_exp. Queries go in blocks of up to
+ *   ATT_QB_FLOATS / L rows whose scores / dP live in a per-thread heap scratch.
+ * - portable tier (and the fall-back if that scratch cannot be allocated):
+ *   hand loops over rows of the head. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#include <immintrin.h>
+#define PEFTC_KERNELS_INTERNAL
 #include "kernels/kernels.h"
 #include "core/rng.h"
+
+#define GAMMA 0x9E3779B97F4A7C15ull
+
+static inline int key_len(const int *lens, int b, int T)
+{
+    int L = lens ? lens[b] : T;
+    return L < 0 ? 0 : (L > T ? T : L);
+}
+
+/* Dropout decision for flat probs index idx. splitmix64 is counter-based: the
+ * idx-th draw of a peftc_rng whose state is seed needs only seed + idx*gamma,
+ * so any thread can draw any element and the mask is the same for every
+ * thread count (and equals sequential draws from {state = seed}). */
+static inline uint8_t attn_keep(uint64_t seed, size_t idx, float p)
+{
+    peftc_rng r = { seed + (uint64_t)idx * GAMMA };
+    return peftc_rng_uniform(&r) >= p;
+}
+
+/* Weight factor of a kept/dropped probability: 1 without dropout. */
+static inline float keepw(const uint8_t *m, int j, float invk)
+{
+    return m ? (m[j] ? invk : 0.0f) : 1.0f;
+}
+
+/* ================================================================ portable */
 
 /* The backward keeps the dS rows of ATT_TQ queries on the stack, for up to
  * ATT_KEYS_STACK keys: 4 x 512 floats = 8 KiB per thread, which covers BERT's
@@ -71,105 +111,54 @@ static inline void axpy_rows(float *y, const float *a, const float *rows, size_t
     for (; j < L; j++) axpyf(y, a[j], rows + (size_t)j * ld, n);
 }
 
-static inline int key_len(const int *lens, int b, int T)
+/* Forward of head (b, h), hand loops; mask NULL means no dropout. */
+static void fwd_head_portable(float *out, float *probs, uint8_t *mask, const float *q,
+                              const float *k, const float *v, int L, int b, int h,
+                              int T, int C, int NH, float p, uint64_t seed)
 {
-    int L = lens ? lens[b] : T;
-    return L < 0 ? 0 : (L > T ? T : L);
-}
-
-/* Dropout decision for flat probs index idx. splitmix64 is counter-based: the
- * idx-th draw of a peftc_rng whose state is seed needs only seed + idx*gamma,
- * so any thread can draw any element and the mask is the same for every
- * thread count (and equals sequential draws from {state = seed}). */
-static inline uint8_t attn_keep(uint64_t seed, size_t idx, float p)
-{
-    peftc_rng r = { seed + (uint64_t)idx * 0x9E3779B97F4A7C15ull };
-    return peftc_rng_uniform(&r) >= p;
-}
-
-/* Weight factor of a kept/dropped probability: 1 without dropout. */
-static inline float keepw(const uint8_t *m, int j, float invk)
-{
-    return m ? (m[j] ? invk : 0.0f) : 1.0f;
-}
-
-/* Shared forward; mask NULL means no dropout (p and seed unused). */
-static void attention_fwd(float *out, float *probs, uint8_t *mask, const float *q,
-                          const float *k, const float *v, const int *lens,
-                          int B, int T, int C, int NH, float p, uint64_t seed)
-{
-    if (B <= 0 || T <= 0 || NH <= 0) return;
     int hd = C / NH;
     float scale = 1.0f / sqrtf((float)hd);
     float invk = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-    #pragma omp parallel for collapse(2) schedule(static) \
-        if ((size_t)B * NH * T * T * hd >= (1u << 16))
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            int L = key_len(lens, b, T);
-            const float *kb = k + (size_t)b * T * C + (size_t)h * hd;
-            const float *vb = v + (size_t)b * T * C + (size_t)h * hd;
-            for (int t = 0; t < T; t++) {
-                const float *qt = q + ((size_t)b * T + t) * C + (size_t)h * hd;
-                float *o = out + ((size_t)b * T + t) * C + (size_t)h * hd;
-                size_t row = (((size_t)b * NH + h) * T + t) * T;
-                float *pr = probs + row;
-                /* The probs row doubles as the scores buffer: no scratch needed. */
-                dot_rows(pr, qt, kb, (size_t)C, L, hd);
-                float mx = -INFINITY;
-                for (int j = 0; j < L; j++) {
-                    pr[j] *= scale;
-                    if (pr[j] > mx) mx = pr[j];
-                }
-                float sum = 0.0f;
-                for (int j = 0; j < L; j++) {
-                    float e = expf(pr[j] - mx);
-                    pr[j] = e;
-                    sum += e;
-                }
-                float inv = L > 0 ? 1.0f / sum : 0.0f;
-                for (int j = 0; j < L; j++) pr[j] *= inv;
-                for (int j = L; j < T; j++) pr[j] = 0.0f;
-                memset(o, 0, (size_t)hd * sizeof(float));
-                if (!mask) {
-                    axpy_rows(o, pr, vb, (size_t)C, L, hd);
-                    continue;
-                }
-                /* probs must stay undropped for the backward, so the dropped
-                 * weights are built a chunk at a time on the stack */
-                uint8_t *m = mask + row;
-                for (int j = 0; j < L; j++) m[j] = p <= 0.0f ? 1 : p >= 1.0f ? 0 : attn_keep(seed, row + j, p);
-                for (int j = L; j < T; j++) m[j] = 0;
-                float w[ATT_PV_CHUNK];
-                for (int j0 = 0; j0 < L; j0 += ATT_PV_CHUNK) {
-                    int jn = L - j0 < ATT_PV_CHUNK ? L - j0 : ATT_PV_CHUNK;
-                    for (int j = 0; j < jn; j++) w[j] = m[j0 + j] ? pr[j0 + j] * invk : 0.0f;
-                    axpy_rows(o, w, vb + (size_t)j0 * C, (size_t)C, jn, hd);
-                }
-            }
+    const float *kb = k + (size_t)b * T * C + (size_t)h * hd;
+    const float *vb = v + (size_t)b * T * C + (size_t)h * hd;
+    for (int t = 0; t < T; t++) {
+        const float *qt = q + ((size_t)b * T + t) * C + (size_t)h * hd;
+        float *o = out + ((size_t)b * T + t) * C + (size_t)h * hd;
+        size_t row = (((size_t)b * NH + h) * T + t) * T;
+        float *pr = probs + row;
+        /* The probs row doubles as the scores buffer: no scratch needed. */
+        dot_rows(pr, qt, kb, (size_t)C, L, hd);
+        float mx = -INFINITY;
+        for (int j = 0; j < L; j++) {
+            pr[j] *= scale;
+            if (pr[j] > mx) mx = pr[j];
+        }
+        float sum = 0.0f;
+        for (int j = 0; j < L; j++) {
+            float e = expf(pr[j] - mx);
+            pr[j] = e;
+            sum += e;
+        }
+        float inv = L > 0 ? 1.0f / sum : 0.0f;
+        for (int j = 0; j < L; j++) pr[j] *= inv;
+        for (int j = L; j < T; j++) pr[j] = 0.0f;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        if (!mask) {
+            axpy_rows(o, pr, vb, (size_t)C, L, hd);
+            continue;
+        }
+        /* probs must stay undropped for the backward, so the dropped
+         * weights are built a chunk at a time on the stack */
+        uint8_t *m = mask + row;
+        for (int j = 0; j < L; j++) m[j] = p <= 0.0f ? 1 : p >= 1.0f ? 0 : attn_keep(seed, row + j, p);
+        for (int j = L; j < T; j++) m[j] = 0;
+        float w[ATT_PV_CHUNK];
+        for (int j0 = 0; j0 < L; j0 += ATT_PV_CHUNK) {
+            int jn = L - j0 < ATT_PV_CHUNK ? L - j0 : ATT_PV_CHUNK;
+            for (int j = 0; j < jn; j++) w[j] = m[j0 + j] ? pr[j0 + j] * invk : 0.0f;
+            axpy_rows(o, w, vb + (size_t)j0 * C, (size_t)C, jn, hd);
         }
     }
-}
-
-/* q, k, v, out (B,T,C), C = NH*hd, head h in columns [h*hd, (h+1)*hd);
- * probs (B,NH,T,T): probs[b,h,t,j] = softmax_j(q_t . k_j / sqrt(hd)) over j < lens[b],
- * exactly 0 for j >= lens[b]; out[b,t,h] = sum_j probs[b,h,t,j] v_j.
- * lens NULL means no padding. A sequence with lens[b] == 0 gets zero rows. */
-void attention_forward(float *out, float *probs, const float *q, const float *k,
-                       const float *v, const int *lens, int B, int T, int C, int NH)
-{
-    attention_fwd(out, probs, NULL, q, k, v, lens, B, T, C, NH, 0.0f, 0);
-}
-
-/* As attention_forward, plus mask (B,NH,T,T): mask[i] = 1 (keep) iff the i-th
- * draw (i the flat index) of a peftc_rng with state = seed is >= p, for keys
- * j < lens[b]; 0 for j >= lens[b]. probs stays undropped;
- * out[b,t,h] = sum_j probs * mask / (1-p) * v_j. p <= 0 keeps all, p >= 1 drops all. */
-void attention_forward_train(float *out, float *probs, uint8_t *mask, const float *q,
-                             const float *k, const float *v, const int *lens,
-                             int B, int T, int C, int NH, float p, uint64_t seed)
-{
-    attention_fwd(out, probs, mask, q, k, v, lens, B, T, C, NH, p, seed);
 }
 
 /* Backward of one (batch, head) with more than ATT_KEYS_STACK keys: one query
@@ -200,15 +189,731 @@ static void attention_backward_long(float *dq, float *dk, float *dv, const float
     }
 }
 
+/* Backward of head (b, h), hand loops. Queries go ATT_TQ at a time so each
+ * dk_j / dv_j row (strided by C, hence poorly cached) is read and written once
+ * per tile rather than once per query. */
+static void bwd_head_portable(float *dq, float *dk, float *dv, const float *dout,
+                              const float *probs, const uint8_t *mask, float invk,
+                              const float *q, const float *k, const float *v,
+                              int L, int b, int h, int T, int C, int NH)
+{
+    int hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t off = (size_t)b * T * C + (size_t)h * hd;
+    const float *qb = q + off, *kb = k + off, *vb = v + off, *db = dout + off;
+    const float *pb = probs + ((size_t)b * NH + h) * T * T;
+    const uint8_t *mb = mask ? mask + ((size_t)b * NH + h) * T * T : NULL;
+    float *dqb = dq ? dq + off : NULL, *dkb = dk ? dk + off : NULL;
+    float *dvb = dv ? dv + off : NULL;
+    if (L > ATT_KEYS_STACK) {
+        attention_backward_long(dqb, dkb, dvb, db, pb, mb, invk, qb, kb, vb, L, T, C, hd, scale);
+        return;
+    }
+    /* dS rows of the current query tile (dP first, then dS in place) */
+    float ds[ATT_TQ][ATT_KEYS_STACK];
+    for (int t0 = 0; t0 < T; t0 += ATT_TQ) {
+        int tn = T - t0 < ATT_TQ ? T - t0 : ATT_TQ;
+        const float *p[ATT_TQ], *dt[ATT_TQ], *qt[ATT_TQ];
+        const uint8_t *m[ATT_TQ];
+        for (int r = 0; r < ATT_TQ; r++) {
+            /* a short last tile repeats its last row with weight 0 below */
+            int t = t0 + (r < tn ? r : tn - 1);
+            p[r] = pb + (size_t)t * T;
+            m[r] = mb ? mb + (size_t)t * T : NULL;
+            dt[r] = db + (size_t)t * C;
+            qt[r] = qb + (size_t)t * C;
+        }
+        if (dvb) {
+            for (int j = 0; j < L; j++) {
+                float w[ATT_TQ];
+                for (int r = 0; r < ATT_TQ; r++) w[r] = r < tn ? p[r][j] * keepw(m[r], j, invk) : 0.0f;
+                float *y = dvb + (size_t)j * C;
+                #pragma omp simd
+                for (int i = 0; i < hd; i++)
+                    y[i] += w[0] * dt[0][i] + w[1] * dt[1][i] + w[2] * dt[2][i] + w[3] * dt[3][i];
+            }
+        }
+        if (!dqb && !dkb) continue;
+        for (int r = 0; r < tn; r++) {
+            float *d = ds[r];
+            dot_rows(d, dt[r], vb, (size_t)C, L, hd);
+            double D = 0.0;
+            for (int j = 0; j < L; j++) D += (double)(p[r][j] * keepw(m[r], j, invk)) * d[j];
+            float Df = (float)D;
+            for (int j = 0; j < L; j++) d[j] = p[r][j] * (keepw(m[r], j, invk) * d[j] - Df) * scale;
+            if (dqb) axpy_rows(dqb + (size_t)(t0 + r) * C, d, kb, (size_t)C, L, hd);
+        }
+        if (dkb) {
+            for (int j = 0; j < L; j++) {
+                float w[ATT_TQ];
+                for (int r = 0; r < ATT_TQ; r++) w[r] = r < tn ? ds[r][j] : 0.0f;
+                float *y = dkb + (size_t)j * C;
+                #pragma omp simd
+                for (int i = 0; i < hd; i++)
+                    y[i] += w[0] * qt[0][i] + w[1] * qt[1][i] + w[2] * qt[2][i] + w[3] * qt[3][i];
+            }
+        }
+    }
+}
+
+/* ============================================================ small GEMMs */
+
+/* A micro-kernel computes one tile of at most MR x NR of
+ *   C[i*ldc + n] (+)= sum_{k<K} A[i*ars + k*acs] * B[k*ldb + n]
+ * (i < mr, n < nr; += if acc, else =). A is read through any strides (so it
+ * may be a transposed view); B rows are contiguous. */
+typedef void (*att_uk)(int mr, int nr, int K, const float *A, size_t ars, size_t acs,
+                       const float *B, size_t ldb, float *C, size_t ldc, int acc);
+/* packs B[k*bks + n*bns] (k < kc, n < nr) into P[k*ldp + n] */
+typedef void (*att_pack)(float *P, size_t ldp, const float *B, size_t bks, size_t bns, int kc, int nr);
+
+/* depth of a packed panel: ATT_KC x NR floats on the stack (16 KiB for NR = 32) */
+#define ATT_KC 128
+#define ATT_NR_MAX 32
+
+/* ---- AVX-512: 8 x 32 tile in 16 zmm accumulators */
+
+KERN_INLINE KERN_AVX512 void uk512_body(const int MR, const int NV, int K, const float *A,
+                                         size_t ars, size_t acs, const float *B, size_t ldb,
+                                         __mmask16 m0, __mmask16 m1, float *C, size_t ldc, int acc)
+{
+    __m512 c0[8], c1[8];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < MR; i++) {
+        c0[i] = acc ? _mm512_maskz_loadu_ps(m0, C + i * ldc) : _mm512_setzero_ps();
+        if (NV > 1) c1[i] = acc ? _mm512_maskz_loadu_ps(m1, C + i * ldc + 16) : _mm512_setzero_ps();
+    }
+    for (int k = 0; k < K; k++) {
+        const float *a = A + (size_t)k * acs;
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, B);
+        __m512 b1 = NV > 1 ? _mm512_maskz_loadu_ps(m1, B + 16) : b0;
+        B += ldb;
+        _Pragma("GCC unroll 8")
+    for (int i = 0; i < MR; i++) {
+            __m512 av = _mm512_set1_ps(a[i * ars]);
+            c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+            if (NV > 1) c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(C + i * ldc, m0, c0[i]);
+        if (NV > 1) _mm512_mask_storeu_ps(C + i * ldc + 16, m1, c1[i]);
+    }
+}
+
+#define UK512_CASES(NV)                                                                     \
+    switch (mr) {                                                                           \
+    case 8: uk512_body(8, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    case 7: uk512_body(7, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    case 6: uk512_body(6, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    case 5: uk512_body(5, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    case 4: uk512_body(4, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    case 3: uk512_body(3, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    case 2: uk512_body(2, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;         \
+    default: uk512_body(1, NV, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;        \
+    }
+
+KERN_AVX512 static void uk_avx512(int mr, int nr, int K, const float *A, size_t ars, size_t acs,
+                                  const float *B, size_t ldb, float *C, size_t ldc, int acc)
+{
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    if (nr > 16) { UK512_CASES(2) } else { UK512_CASES(1) }
+}
+
+KERN_AVX512 static void pack_avx512(float *P, size_t ldp, const float *B, size_t bks, size_t bns,
+                                    int kc, int nr)
+{
+    if (bks != 1 || (size_t)nr * bns >= (1u << 30)) {
+        for (int k = 0; k < kc; k++)
+            for (int n = 0; n < nr; n++) P[(size_t)k * ldp + n] = B[(size_t)k * bks + (size_t)n * bns];
+        return;
+    }
+    /* column n of the panel is a contiguous run of B: gather 16 columns at once */
+    __m512i idx0 = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                      _mm512_set1_epi32((int)bns));
+    __m512i idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32((int)(16 * bns)));
+    __mmask16 m0 = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? (__mmask16)0xFFFF : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    for (int k = 0; k < kc; k++) {
+        __m512 g0 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, idx0, B + k, 4);
+        _mm512_mask_storeu_ps(P + (size_t)k * ldp, m0, g0);
+        if (nr > 16) {
+            __m512 g1 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, idx1, B + k, 4);
+            _mm512_mask_storeu_ps(P + (size_t)k * ldp + 16, m1, g1);
+        }
+    }
+}
+
+/* ---- AVX-512 row operations (masked tails, in-register reductions) */
+
+KERN_INLINE KERN_AVX512 __mmask16 tail16(int n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* exp on 16 lanes: kern_exp's reduction and polynomial, with 2^n applied by
+ * vscalefps; x < -87.33654 gives 0 (no subnormals), overflow gives +inf,
+ * NaN stays NaN. */
+KERN_INLINE KERN_AVX512 __m512 exp512(__m512 x)
+{
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_NLT_UQ);
+    return _mm512_maskz_scalef_ps(normal, y, n);
+}
+
+/* Row operations load and store whole vectors wherever they lie inside the
+ * row's allocation (cap entries: T for probs rows, the padded width for
+ * scratch rows) and mask lanes >= L in registers: on this hardware a load
+ * with a partial mask of data outside L1 costs ~5x a plain one. */
+KERN_INLINE KERN_AVX512 __m512 ld16(const float *p, int j, int cap)
+{
+    return j + 16 <= cap ? _mm512_loadu_ps(p + j) : _mm512_maskz_loadu_ps(tail16(cap - j), p + j);
+}
+KERN_INLINE KERN_AVX512 void st16(float *p, int j, int cap, __m512 v)
+{
+    if (j + 16 <= cap) _mm512_storeu_ps(p + j, v);
+    else _mm512_mask_storeu_ps(p + j, tail16(cap - j), v);
+}
+
+/* Rows of up to ATT_REG_L entries are held in 4 zmm registers each. */
+#define ATT_REG_L 64
+
+/* softmax of `rows` rows of S (stride ld, T entries each); see att_ops.softmax */
+KERN_AVX512 static void softmax_rows_avx512(float *S, size_t ld, int rows, int L, int T, float scale)
+{
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), vs = _mm512_set1_ps(scale), zero = _mm512_setzero_ps();
+    if (L == 0) {
+        for (int r = 0; r < rows; r++)
+            for (int j = 0; j < T; j += 16) st16(S + (size_t)r * ld, j, T, zero);
+        return;
+    }
+    if (T <= ATT_REG_L) {
+        __mmask16 m[4];
+        for (int i = 0; i < 4; i++) m[i] = tail16(L - 16 * i > 0 ? L - 16 * i : 0);
+        for (int r = 0; r < rows; r++) {
+            float *p = S + (size_t)r * ld;
+            __m512 x[4];
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < 4; i++)
+                x[i] = 16 * i < T ? _mm512_mask_mov_ps(ninf, m[i], ld16(p, 16 * i, T)) : ninf;
+            __m512 mx = _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3]));
+            __m512 nms = _mm512_set1_ps(-_mm512_reduce_max_ps(mx) * scale);
+            /* lanes >= L hold -inf: exp gives 0 there, which also clears them */
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < 4; i++) x[i] = exp512(_mm512_fmadd_ps(x[i], vs, nms));
+            __m512 sum = _mm512_add_ps(_mm512_add_ps(x[0], x[1]), _mm512_add_ps(x[2], x[3]));
+            __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < 4; i++)
+                if (16 * i < T) st16(p, 16 * i, T, _mm512_mul_ps(x[i], inv));
+        }
+        return;
+    }
+    for (int r = 0; r < rows; r++) {
+        float *p = S + (size_t)r * ld;
+        __m512 mx = ninf;
+        for (int j = 0; j < L; j += 16)
+            mx = _mm512_max_ps(mx, _mm512_mask_mov_ps(ninf, tail16(L - j), ld16(p, j, T)));
+        __m512 nms = _mm512_set1_ps(-_mm512_reduce_max_ps(mx) * scale);
+        __m512 sum = zero;
+        for (int j = 0; j < L; j += 16) {
+            __m512 e = exp512(_mm512_fmadd_ps(_mm512_mask_mov_ps(ninf, tail16(L - j), ld16(p, j, T)), vs, nms));
+            st16(p, j, T, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+        int j = 0;
+        for (; j < L; j += 16) st16(p, j, T, _mm512_mul_ps(ld16(p, j, T), inv));
+        for (; j < T; j += 16) st16(p, j, T, zero);
+    }
+}
+
+/* dS rows in place of dP; see att_ops.ds. Row capacities: dP and W rows
+ * cap_d / cap_w entries, P rows cap_p. */
+KERN_AVX512 static void ds_rows_avx512(float *dP, size_t ldd, int capd, const float *P, size_t ldp, int capp,
+                                       const float *W, size_t ldw, int capw, int rows, int L, float scale)
+{
+    const __m512 vs = _mm512_set1_ps(scale);
+    if (L <= ATT_REG_L) {
+        __mmask16 m[4];
+        for (int i = 0; i < 4; i++) m[i] = tail16(L - 16 * i > 0 ? L - 16 * i : 0);
+        int nv = (L + 15) / 16;
+        for (int r = 0; r < rows; r++) {
+            float *dp = dP + (size_t)r * ldd;
+            const float *pr = P + (size_t)r * ldp, *wr = W + (size_t)r * ldw;
+            __m512 d[4], w[4];
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < 4; i++) {
+                d[i] = i < nv ? _mm512_maskz_mov_ps(m[i], ld16(dp, 16 * i, capd)) : _mm512_setzero_ps();
+                w[i] = i < nv ? _mm512_maskz_mov_ps(m[i], ld16(wr, 16 * i, capw)) : _mm512_setzero_ps();
+            }
+            __m512 acc = _mm512_add_ps(_mm512_mul_ps(w[0], d[0]), _mm512_mul_ps(w[1], d[1]));
+            acc = _mm512_add_ps(acc, _mm512_add_ps(_mm512_mul_ps(w[2], d[2]), _mm512_mul_ps(w[3], d[3])));
+            __m512 nD = _mm512_set1_ps(-_mm512_reduce_add_ps(acc));
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < 4; i++) {
+                if (i >= nv) break;
+                __m512 pd = _mm512_mul_ps(_mm512_maskz_mov_ps(m[i], ld16(pr, 16 * i, capp)), nD);
+                st16(dp, 16 * i, capd, _mm512_mul_ps(_mm512_fmadd_ps(w[i], d[i], pd), vs));
+            }
+        }
+        return;
+    }
+    for (int r = 0; r < rows; r++) {
+        float *dp = dP + (size_t)r * ldd;
+        const float *pr = P + (size_t)r * ldp, *wr = W + (size_t)r * ldw;
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < L; j += 16) {
+            __mmask16 m = tail16(L - j);
+            acc = _mm512_fmadd_ps(_mm512_maskz_mov_ps(m, ld16(wr, j, capw)), _mm512_maskz_mov_ps(m, ld16(dp, j, capd)), acc);
+        }
+        __m512 nD = _mm512_set1_ps(-_mm512_reduce_add_ps(acc));
+        for (int j = 0; j < L; j += 16) {
+            __mmask16 m = tail16(L - j);
+            __m512 pd = _mm512_mul_ps(_mm512_maskz_mov_ps(m, ld16(pr, j, capp)), nD);
+            __m512 t = _mm512_fmadd_ps(_mm512_maskz_mov_ps(m, ld16(wr, j, capw)), _mm512_maskz_mov_ps(m, ld16(dp, j, capd)), pd);
+            st16(dp, j, capd, _mm512_mul_ps(t, vs));
+        }
+    }
+}
+
+KERN_INLINE KERN_AVX512 __m512i mix64_512(__m512i z)
+{
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)0xBF58476D1CE4E5B9ull));
+    z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)0x94D049BB133111EBull));
+    return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+
+/* mask rows (stride T) and dropped weights (stride ldw, capacity capw >= L);
+ * see att_ops.dropout */
+KERN_AVX512 static void dropout_rows_avx512(uint8_t *mk, float *w, size_t ldw, int capw, const float *P,
+                                            size_t ldp, int rows, int L, int T, uint64_t seed, size_t idx,
+                                            uint64_t thr, float invk)
+{
+    const __m512i g16 = _mm512_set1_epi64((long long)(16 * GAMMA)), vthr = _mm512_set1_epi64((long long)thr);
+    const __m512i lane = _mm512_mullo_epi64(_mm512_setr_epi64(1, 2, 3, 4, 5, 6, 7, 8),
+                                            _mm512_set1_epi64((long long)GAMMA));
+    const __m512 vk = _mm512_set1_ps(invk);
+    for (int r = 0; r < rows; r++) {
+        uint8_t *mrow = mk + (size_t)r * T;
+        float *wr = w + (size_t)r * ldw;
+        const float *pr = P + (size_t)r * ldp;
+        /* lane l of z0 / z1: seed + (flat index + l + 1) * gamma (l + 8 for z1) */
+        __m512i z0 = _mm512_add_epi64(_mm512_set1_epi64((long long)(seed + (uint64_t)(idx + (size_t)r * T) * GAMMA)), lane);
+        __m512i z1 = _mm512_add_epi64(z0, _mm512_set1_epi64((long long)(8 * GAMMA)));
+        int j = 0;
+        for (; j < L; j += 16) {
+            __mmask8 k0 = _mm512_cmp_epu64_mask(_mm512_srli_epi64(mix64_512(z0), 40), vthr, _MM_CMPINT_NLT);
+            __mmask8 k1 = _mm512_cmp_epu64_mask(_mm512_srli_epi64(mix64_512(z1), 40), vthr, _MM_CMPINT_NLT);
+            __mmask16 keep = (__mmask16)((((unsigned)k1 << 8) | k0) & tail16(L - j));
+            __m128i mb = _mm_maskz_mov_epi8(keep, _mm_set1_epi8(1));
+            if (j + 16 <= T) _mm_storeu_si128((__m128i *)(mrow + j), mb);
+            else _mm_mask_storeu_epi8(mrow + j, tail16(T - j), mb);
+            st16(wr, j, capw, _mm512_maskz_mul_ps(keep, ld16(pr, j, T), vk));
+            z0 = _mm512_add_epi64(z0, g16);
+            z1 = _mm512_add_epi64(z1, g16);
+        }
+        if (T > j) memset(mrow + j, 0, (size_t)(T - j));
+    }
+}
+
+/* dropped weights from a saved mask (rows of T entries); see att_ops.wrow */
+KERN_AVX512 static void w_rows_avx512(float *w, size_t ldw, int capw, const float *P, size_t ldp,
+                                      const uint8_t *mk, size_t ldm, int rows, int L, int T, float invk)
+{
+    const __m512 vk = _mm512_set1_ps(invk);
+    for (int r = 0; r < rows; r++) {
+        float *wr = w + (size_t)r * ldw;
+        const float *pr = P + (size_t)r * ldp;
+        const uint8_t *mrow = mk + (size_t)r * ldm;
+        for (int j = 0; j < L; j += 16) {
+            __m128i mb = j + 16 <= T ? _mm_loadu_si128((const __m128i *)(mrow + j))
+                                     : _mm_maskz_loadu_epi8(tail16(T - j), mrow + j);
+            __mmask16 keep = _mm_mask_test_epi8_mask(tail16(L - j), mb, _mm_set1_epi8(-1));
+            st16(wr, j, capw, _mm512_maskz_mul_ps(keep, ld16(pr, j, T), vk));
+        }
+    }
+}
+
+/* ---- AVX2 + FMA: 6 x 16 tile in 12 ymm accumulators */
+
+KERN_INLINE KERN_AVX2 __m256i mask8_avx2(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* FULL: nr == 16, plain loads and stores; else masked (masks m0, m1) */
+KERN_INLINE KERN_AVX2 void uk256_body(const int MR, const int FULL, int K, const float *A, size_t ars,
+                                       size_t acs, const float *B, size_t ldb, __m256i m0, __m256i m1,
+                                       float *C, size_t ldc, int acc)
+{
+    __m256 c0[6], c1[6];
+    _Pragma("GCC unroll 6")
+    for (int i = 0; i < MR; i++) {
+        if (!acc) {
+            c0[i] = _mm256_setzero_ps();
+            c1[i] = _mm256_setzero_ps();
+        } else if (FULL) {
+            c0[i] = _mm256_loadu_ps(C + i * ldc);
+            c1[i] = _mm256_loadu_ps(C + i * ldc + 8);
+        } else {
+            c0[i] = _mm256_maskload_ps(C + i * ldc, m0);
+            c1[i] = _mm256_maskload_ps(C + i * ldc + 8, m1);
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        const float *a = A + (size_t)k * acs;
+        __m256 b0 = FULL ? _mm256_loadu_ps(B) : _mm256_maskload_ps(B, m0);
+        __m256 b1 = FULL ? _mm256_loadu_ps(B + 8) : _mm256_maskload_ps(B + 8, m1);
+        B += ldb;
+        _Pragma("GCC unroll 6")
+        for (int i = 0; i < MR; i++) {
+            __m256 av = _mm256_broadcast_ss(a + i * ars);
+            c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+        }
+    }
+    _Pragma("GCC unroll 6")
+    for (int i = 0; i < MR; i++) {
+        if (FULL) {
+            _mm256_storeu_ps(C + i * ldc, c0[i]);
+            _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+        } else {
+            _mm256_maskstore_ps(C + i * ldc, m0, c0[i]);
+            _mm256_maskstore_ps(C + i * ldc + 8, m1, c1[i]);
+        }
+    }
+}
+
+#define UK256_CASES(FULL)                                                                   \
+    switch (mr) {                                                                           \
+    case 6: uk256_body(6, FULL, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;       \
+    case 5: uk256_body(5, FULL, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;       \
+    case 4: uk256_body(4, FULL, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;       \
+    case 3: uk256_body(3, FULL, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;       \
+    case 2: uk256_body(2, FULL, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;       \
+    default: uk256_body(1, FULL, K, A, ars, acs, B, ldb, m0, m1, C, ldc, acc); break;      \
+    }
+
+KERN_AVX2 static void uk_avx2(int mr, int nr, int K, const float *A, size_t ars, size_t acs,
+                              const float *B, size_t ldb, float *C, size_t ldc, int acc)
+{
+    __m256i m0 = mask8_avx2(nr), m1 = mask8_avx2(nr - 8);
+    if (nr >= 16) { UK256_CASES(1) } else { UK256_CASES(0) }
+}
+
+KERN_AVX2 static void pack_avx2(float *P, size_t ldp, const float *B, size_t bks, size_t bns, int kc, int nr)
+{
+    for (int k = 0; k < kc; k++)
+        for (int n = 0; n < nr; n++) P[(size_t)k * ldp + n] = B[(size_t)k * bks + (size_t)n * bns];
+}
+
+/* Row operations in plain C (omp simd loops, kern_v16 reductions) for AVX2 */
+
+KERN_AVX2 static void softmax_rows_avx2(float *S, size_t ld, int rows, int L, int T, float scale)
+{
+    for (int r = 0; r < rows; r++) {
+        float *p = S + (size_t)r * ld;
+        if (L > 0) {
+            float ms = kern_vmax(p, L) * scale;
+            #pragma omp simd
+            for (int j = 0; j < L; j++) p[j] = kern_exp(kern_madd(p[j], scale, -ms, 1), 1);
+            float inv = 1.0f / kern_vsum(p, L);
+            #pragma omp simd
+            for (int j = 0; j < L; j++) p[j] *= inv;
+        }
+        for (int j = L; j < T; j++) p[j] = 0.0f;
+    }
+}
+
+KERN_AVX2 static void dropout_rows_avx2(uint8_t *mk, float *w, size_t ldw, int capw, const float *P,
+                                        size_t ldp, int rows, int L, int T, uint64_t seed, size_t idx,
+                                        uint64_t thr, float invk)
+{
+    (void)capw;
+    for (int r = 0; r < rows; r++) {
+        uint8_t *mrow = mk + (size_t)r * T;
+        float *wr = w + (size_t)r * ldw;
+        const float *pr = P + (size_t)r * ldp;
+        uint64_t z0 = seed + (uint64_t)(idx + (size_t)r * T + 1) * GAMMA;
+        #pragma omp simd
+        for (int j = 0; j < L; j++) {
+            uint8_t keep = (kern_mix64(z0 + (uint64_t)j * GAMMA) >> 40) >= thr;
+            mrow[j] = keep;
+            wr[j] = kern_sel(keep, pr[j] * invk, 0.0f);
+        }
+        for (int j = L; j < T; j++) mrow[j] = 0;
+    }
+}
+
+KERN_AVX2 static void w_rows_avx2(float *w, size_t ldw, int capw, const float *P, size_t ldp,
+                                  const uint8_t *mk, size_t ldm, int rows, int L, int T, float invk)
+{
+    (void)capw; (void)T;
+    for (int r = 0; r < rows; r++) {
+        float *wr = w + (size_t)r * ldw;
+        const float *pr = P + (size_t)r * ldp;
+        const uint8_t *mrow = mk + (size_t)r * ldm;
+        #pragma omp simd
+        for (int j = 0; j < L; j++) wr[j] = kern_sel(mrow[j], pr[j] * invk, 0.0f);
+    }
+}
+
+KERN_AVX2 static void ds_rows_avx2(float *dP, size_t ldd, int capd, const float *P, size_t ldp, int capp,
+                                   const float *W, size_t ldw, int capw, int rows, int L, float scale)
+{
+    (void)capd; (void)capp; (void)capw;
+    for (int r = 0; r < rows; r++) {
+        float *dp = dP + (size_t)r * ldd;
+        const float *pr = P + (size_t)r * ldp, *wr = W + (size_t)r * ldw;
+        float D = kern_vdot(wr, dp, L);
+        #pragma omp simd
+        for (int j = 0; j < L; j++) dp[j] = kern_madd(wr[j], dp[j], -pr[j] * D, 1) * scale;
+    }
+}
+
+/* C (M x N) (+)= A (M x K, strides ars/acs) * B (K x N, B[k*bks + n*bns]).
+ * bns == 1: B rows are used in place; else B is packed a panel of NR columns
+ * by ATT_KC rows at a time. The summation order of every element depends only
+ * on M, N, K and the tier. */
+KERN_INLINE void att_gemm(att_uk uk, att_pack pack, const int MR, const int NR, int M, int N, int K,
+                          const float *A, size_t ars, size_t acs, const float *B, size_t bks,
+                          size_t bns, float *C, size_t ldc, int acc)
+{
+    float panel[ATT_KC * ATT_NR_MAX];
+    for (int n0 = 0; n0 < N; n0 += NR) {
+        int nr = N - n0 < NR ? N - n0 : NR;
+        if (bns == 1 || K == 0) {
+            for (int m0 = 0; m0 < M; m0 += MR)
+                uk(M - m0 < MR ? M - m0 : MR, nr, K, A + (size_t)m0 * ars, ars, acs, B + n0, bks,
+                   C + (size_t)m0 * ldc + n0, ldc, acc);
+            continue;
+        }
+        for (int k0 = 0; k0 < K; k0 += ATT_KC) {
+            int kc = K - k0 < ATT_KC ? K - k0 : ATT_KC;
+            pack(panel, NR, B + (size_t)k0 * bks + (size_t)n0 * bns, bks, bns, kc, nr);
+            for (int m0 = 0; m0 < M; m0 += MR)
+                uk(M - m0 < MR ? M - m0 : MR, nr, kc, A + (size_t)m0 * ars + (size_t)k0 * acs, ars, acs,
+                   panel, NR, C + (size_t)m0 * ldc + n0, ldc, acc || k0 > 0);
+        }
+    }
+}
+
+/* ====================================================== blocked head passes */
+
+/* Queries go in blocks of up to max(ATT_QB_MIN, ATT_QB_FLOATS / L) rows (all
+ * T if fewer); a block's scratch rows are att_pad(L) floats wide. */
+#define ATT_QB_FLOATS 32768
+#define ATT_QB_MIN 64
+
+static int att_qblock(int T, int L)
+{
+    int qb = L > 0 ? ATT_QB_FLOATS / L : T;
+    if (qb < ATT_QB_MIN) qb = ATT_QB_MIN;
+    return qb < T ? qb : T;
+}
+
+static int att_pad(int L) { return (L + 15) & ~15; }
+
+/* The tier-specific pieces of the blocked passes. Row operations work on
+ * `rows` rows of L keys (row r of a matrix X with stride ldx at X + r*ldx;
+ * cap: entries of each row that may be read and written, >= L). Scratch rows
+ * have stride and capacity att_pad(L). */
+typedef struct {
+    att_uk uk;
+    att_pack pack;
+    int MR, NR;   /* micro-kernel tile */
+    /* S rows (L scores) -> softmax(S * scale); entries L..T-1 set to 0 */
+    void (*softmax)(float *S, size_t ld, int rows, int L, int T, float scale);
+    /* mask rows (stride T) of flat indices idx + r*T + j: keep draws for
+     * j < L, 0 for L <= j < T; w[j] = P[j] * mask[j] * invk for j < L */
+    void (*dropout)(uint8_t *mask, float *w, size_t ldw, int capw, const float *P, size_t ldp, int rows,
+                    int L, int T, uint64_t seed, size_t idx, uint64_t thr, float invk);
+    /* w[j] = mask[j] ? P[j] * invk : 0, j < L */
+    void (*wrow)(float *w, size_t ldw, int capw, const float *P, size_t ldp, const uint8_t *mask,
+                 size_t ldm, int rows, int L, int T, float invk);
+    /* dS in place of dP: with W = P * mask / (1-p) (W = P without dropout)
+     * and D = sum_j W_j dP_j, dS_j = (W_j dP_j - P_j D) * scale */
+    void (*ds)(float *dP, size_t ldd, int capd, const float *P, size_t ldp, int capp, const float *W,
+               size_t ldw, int capw, int rows, int L, float scale);
+} att_ops;
+
+static const att_ops ops_avx512 = {
+    uk_avx512, pack_avx512, 8, 32, softmax_rows_avx512, dropout_rows_avx512, w_rows_avx512, ds_rows_avx512,
+};
+static const att_ops ops_avx2 = {
+    uk_avx2, pack_avx2, 6, 16, softmax_rows_avx2, dropout_rows_avx2, w_rows_avx2, ds_rows_avx2,
+};
+
+/* C (M x N) (+)= A (M x K) B (K x N) through the tier's micro-kernel; see att_gemm */
+static void gemm(const att_ops *o, int M, int N, int K, const float *A, size_t ars, size_t acs,
+                 const float *B, size_t bks, size_t bns, float *C, size_t ldc, int acc)
+{
+    att_gemm(o->uk, o->pack, o->MR, o->NR, M, N, K, A, ars, acs, B, bks, bns, C, ldc, acc);
+}
+
+/* Forward of head (b, h). ws: scratch of qb * att_pad(L) floats (dropout only). */
+static void fwd_head(const att_ops *o, float *out, float *probs, uint8_t *mask, const float *q,
+                     const float *k, const float *v, int L, int b, int h, int T, int C, int NH,
+                     float p, uint64_t seed, float *ws)
+{
+    int hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    float invk = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    uint64_t thr = kern_keep_threshold(p);
+    size_t off = (size_t)b * T * C + (size_t)h * hd;
+    const float *qb = q + off, *kb = k + off, *vb = v + off;
+    float *ob = out + off;
+    size_t prow = ((size_t)b * NH + h) * T;   /* flat row index of query 0 */
+    int qbl = att_qblock(T, L), Lp = att_pad(L);
+    for (int t0 = 0; t0 < T; t0 += qbl) {
+        int tn = T - t0 < qbl ? T - t0 : qbl;
+        float *S = probs + (prow + t0) * T;
+        /* S = q k^T: B[d][j] = k[j*C + d] */
+        gemm(o, tn, L, hd, qb + (size_t)t0 * C, (size_t)C, 1, kb, 1, (size_t)C, S, (size_t)T, 0);
+        o->softmax(S, (size_t)T, tn, L, T, scale);
+        const float *W = S;
+        size_t ldw = (size_t)T;
+        if (mask) {
+            o->dropout(mask + (prow + t0) * T, ws, (size_t)Lp, Lp, S, (size_t)T, tn, L, T, seed,
+                       (prow + t0) * T, thr, invk);
+            W = ws;
+            ldw = (size_t)Lp;
+        }
+        /* out = W v */
+        gemm(o, tn, hd, L, W, ldw, 1, vb, (size_t)C, 1, ob + (size_t)t0 * C, (size_t)C, 0);
+    }
+}
+
+/* Backward of head (b, h). ws: scratch of 2 * qb * att_pad(L) floats. */
+static void bwd_head(const att_ops *o, float *dq, float *dk, float *dv, const float *dout,
+                     const float *probs, const uint8_t *mask, float invk, const float *q,
+                     const float *k, const float *v, int L, int b, int h, int T, int C, int NH,
+                     float *ws)
+{
+    if (L == 0) return;
+    int hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t off = (size_t)b * T * C + (size_t)h * hd;
+    const float *qb = q + off, *kb = k + off, *vb = v + off, *db = dout + off;
+    size_t prow = ((size_t)b * NH + h) * T;
+    int qbl = att_qblock(T, L), Lp = att_pad(L);
+    float *wbuf = ws, *dP = ws + (size_t)qbl * Lp;
+    for (int t0 = 0; t0 < T; t0 += qbl) {
+        int tn = T - t0 < qbl ? T - t0 : qbl;
+        const float *P = probs + (prow + t0) * T;
+        const float *W = P;
+        size_t ldw = (size_t)T;
+        int capw = T;
+        if (mask) {
+            o->wrow(wbuf, (size_t)Lp, Lp, P, (size_t)T, mask + (prow + t0) * T, (size_t)T, tn, L, T, invk);
+            W = wbuf;
+            ldw = (size_t)Lp;
+            capw = Lp;
+        }
+        const float *dob = db + (size_t)t0 * C;
+        /* dv (L x hd) += W^T dout */
+        if (dv) gemm(o, L, hd, tn, W, 1, ldw, dob, (size_t)C, 1, dv + off, (size_t)C, 1);
+        if (!dq && !dk) continue;
+        /* dP (tn x L) = dout v^T: B[d][j] = v[j*C + d] */
+        gemm(o, tn, L, hd, dob, (size_t)C, 1, vb, 1, (size_t)C, dP, (size_t)Lp, 0);
+        o->ds(dP, (size_t)Lp, Lp, P, (size_t)T, T, W, ldw, capw, tn, L, scale);
+        /* dq (tn x hd) += dS k;  dk (L x hd) += dS^T q */
+        if (dq)
+            gemm(o, tn, hd, L, dP, (size_t)Lp, 1, kb, (size_t)C, 1, dq + off + (size_t)t0 * C, (size_t)C, 1);
+        if (dk)
+            gemm(o, L, hd, tn, dP, 1, (size_t)Lp, qb + (size_t)t0 * C, (size_t)C, 1, dk + off, (size_t)C, 1);
+    }
+}
+
+/* ================================================================ drivers */
+
+/* the blocked passes' ops for the current tier; NULL: portable hand loops */
+static const att_ops *pick_ops(void)
+{
+    return kern_isa_level >= KERNELS_ISA_AVX512 ? &ops_avx512
+         : kern_isa_level >= KERNELS_ISA_AVX2 ? &ops_avx2 : NULL;
+}
+
+/* Shared forward; mask NULL means no dropout (p and seed unused). */
+static void attention_fwd(float *out, float *probs, uint8_t *mask, const float *q,
+                          const float *k, const float *v, const int *lens,
+                          int B, int T, int C, int NH, float p, uint64_t seed)
+{
+    if (B <= 0 || T <= 0 || NH <= 0) return;
+    const att_ops *fast = pick_ops();
+    int maxL = 0;
+    for (int b = 0; b < B; b++) if (key_len(lens, b, T) > maxL) maxL = key_len(lens, b, T);
+    size_t wsn = mask ? (size_t)att_qblock(T, maxL) * (size_t)att_pad(maxL) : 0;
+    #pragma omp parallel if ((size_t)B * NH * T * T * (C / NH) >= (1u << 16))
+    {
+        float *ws = fast && wsn ? malloc(wsn * sizeof(float)) : NULL;
+        int ok = fast && (ws || !wsn);
+        #pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                int L = key_len(lens, b, T);
+                if (ok) fwd_head(fast, out, probs, mask, q, k, v, L, b, h, T, C, NH, p, seed, ws);
+                else fwd_head_portable(out, probs, mask, q, k, v, L, b, h, T, C, NH, p, seed);
+            }
+        }
+        free(ws);
+    }
+}
+
+/* q, k, v, out (B,T,C), C = NH*hd, head h in columns [h*hd, (h+1)*hd);
+ * probs (B,NH,T,T): probs[b,h,t,j] = softmax_j(q_t . k_j / sqrt(hd)) over j < lens[b],
+ * exactly 0 for j >= lens[b]; out[b,t,h] = sum_j probs[b,h,t,j] v_j.
+ * lens NULL means no padding. A sequence with lens[b] == 0 gets zero rows. */
+void attention_forward(float *out, float *probs, const float *q, const float *k,
+                       const float *v, const int *lens, int B, int T, int C, int NH)
+{
+    attention_fwd(out, probs, NULL, q, k, v, lens, B, T, C, NH, 0.0f, 0);
+}
+
+/* As attention_forward, plus mask (B,NH,T,T): mask[i] = 1 (keep) iff the i-th
+ * draw (i the flat index) of a peftc_rng with state = seed is >= p, for keys
+ * j < lens[b]; 0 for j >= lens[b]. probs stays undropped;
+ * out[b,t,h] = sum_j probs * mask / (1-p) * v_j. p <= 0 keeps all, p >= 1 drops all. */
+void attention_forward_train(float *out, float *probs, uint8_t *mask, const float *q,
+                             const float *k, const float *v, const int *lens,
+                             int B, int T, int C, int NH, float p, uint64_t seed)
+{
+    if (p <= 0.0f) {
+        /* no dropout: mask 1 on real keys, out and probs as attention_forward */
+        attention_fwd(out, probs, NULL, q, k, v, lens, B, T, C, NH, 0.0f, 0);
+        for (int b = 0; b < B; b++) {
+            int L = key_len(lens, b, T);
+            for (size_t r = 0; r < (size_t)NH * T; r++) {
+                uint8_t *m = mask + ((size_t)b * NH * T + r) * T;
+                memset(m, 1, (size_t)L);
+                memset(m + L, 0, (size_t)(T - L));
+            }
+        }
+        return;
+    }
+    attention_fwd(out, probs, mask, q, k, v, lens, B, T, C, NH, p, seed);
+}
+
 /* Shared backward. With P = probs, W = P * mask / (1-p) the weights the
  * forward applied to v (W = P without dropout), dW_tj = dout_t . v_j and
  * D_t = sum_j W_tj dW_tj:
  * dv_j += sum_t W_tj dout_t
  * dS_tj = P_tj (mask_tj / (1-p) * dW_tj - D_t) / sqrt(hd)
  * dq_t += sum_j dS_tj k_j;   dk_j += sum_t dS_tj q_t
- * Only keys j < lens[b] take part (P is 0 elsewhere). All (B,T,C).
- * Queries go ATT_TQ at a time so each dk_j / dv_j row (strided by C, hence
- * poorly cached) is read and written once per tile rather than once per query. */
+ * Only keys j < lens[b] take part (P is 0 elsewhere). All (B,T,C). */
 static void attention_bwd(float *dq, float *dk, float *dv, const float *dout,
                           const float *probs, const uint8_t *mask, float invk,
                           const float *q, const float *k, const float *v,
@@ -216,69 +921,23 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dout,
 {
     if (B <= 0 || T <= 0 || NH <= 0) return;
     if (!dq && !dk && !dv) return;
-    int hd = C / NH;
-    float scale = 1.0f / sqrtf((float)hd);
-    #pragma omp parallel for collapse(2) schedule(static) \
-        if ((size_t)B * NH * T * T * hd >= (1u << 16))
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            int L = key_len(lens, b, T);
-            size_t off = (size_t)b * T * C + (size_t)h * hd;
-            const float *qb = q + off, *kb = k + off, *vb = v + off, *db = dout + off;
-            const float *pb = probs + ((size_t)b * NH + h) * T * T;
-            const uint8_t *mb = mask ? mask + ((size_t)b * NH + h) * T * T : NULL;
-            float *dqb = dq ? dq + off : NULL, *dkb = dk ? dk + off : NULL;
-            float *dvb = dv ? dv + off : NULL;
-            if (L > ATT_KEYS_STACK) {
-                attention_backward_long(dqb, dkb, dvb, db, pb, mb, invk, qb, kb, vb, L, T, C, hd, scale);
-                continue;
-            }
-            /* dS rows of the current query tile (dP first, then dS in place) */
-            float ds[ATT_TQ][ATT_KEYS_STACK];
-            for (int t0 = 0; t0 < T; t0 += ATT_TQ) {
-                int tn = T - t0 < ATT_TQ ? T - t0 : ATT_TQ;
-                const float *p[ATT_TQ], *dt[ATT_TQ], *qt[ATT_TQ];
-                const uint8_t *m[ATT_TQ];
-                for (int r = 0; r < ATT_TQ; r++) {
-                    /* a short last tile repeats its last row with weight 0 below */
-                    int t = t0 + (r < tn ? r : tn - 1);
-                    p[r] = pb + (size_t)t * T;
-                    m[r] = mb ? mb + (size_t)t * T : NULL;
-                    dt[r] = db + (size_t)t * C;
-                    qt[r] = qb + (size_t)t * C;
-                }
-                if (dvb) {
-                    for (int j = 0; j < L; j++) {
-                        float w[ATT_TQ];
-                        for (int r = 0; r < ATT_TQ; r++) w[r] = r < tn ? p[r][j] * keepw(m[r], j, invk) : 0.0f;
-                        float *y = dvb + (size_t)j * C;
-                        #pragma omp simd
-                        for (int i = 0; i < hd; i++)
-                            y[i] += w[0] * dt[0][i] + w[1] * dt[1][i] + w[2] * dt[2][i] + w[3] * dt[3][i];
-                    }
-                }
-                if (!dqb && !dkb) continue;
-                for (int r = 0; r < tn; r++) {
-                    float *d = ds[r];
-                    dot_rows(d, dt[r], vb, (size_t)C, L, hd);
-                    double D = 0.0;
-                    for (int j = 0; j < L; j++) D += (double)(p[r][j] * keepw(m[r], j, invk)) * d[j];
-                    float Df = (float)D;
-                    for (int j = 0; j < L; j++) d[j] = p[r][j] * (keepw(m[r], j, invk) * d[j] - Df) * scale;
-                    if (dqb) axpy_rows(dqb + (size_t)(t0 + r) * C, d, kb, (size_t)C, L, hd);
-                }
-                if (dkb) {
-                    for (int j = 0; j < L; j++) {
-                        float w[ATT_TQ];
-                        for (int r = 0; r < ATT_TQ; r++) w[r] = r < tn ? ds[r][j] : 0.0f;
-                        float *y = dkb + (size_t)j * C;
-                        #pragma omp simd
-                        for (int i = 0; i < hd; i++)
-                            y[i] += w[0] * qt[0][i] + w[1] * qt[1][i] + w[2] * qt[2][i] + w[3] * qt[3][i];
-                    }
-                }
+    const att_ops *fast = pick_ops();
+    int maxL = 0;
+    for (int b = 0; b < B; b++) if (key_len(lens, b, T) > maxL) maxL = key_len(lens, b, T);
+    size_t wsn = 2 * (size_t)att_qblock(T, maxL) * (size_t)att_pad(maxL);
+    #pragma omp parallel if ((size_t)B * NH * T * T * (C / NH) >= (1u << 16))
+    {
+        float *ws = fast && wsn ? malloc(wsn * sizeof(float)) : NULL;
+        int ok = fast && (ws || !wsn);
+        #pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < NH; h++) {
+                int L = key_len(lens, b, T);
+                if (ok) bwd_head(fast, dq, dk, dv, dout, probs, mask, invk, q, k, v, L, b, h, T, C, NH, ws);
+                else bwd_head_portable(dq, dk, dv, dout, probs, mask, invk, q, k, v, L, b, h, T, C, NH);
             }
         }
+        free(ws);
     }
 }
 

@@ -22,13 +22,13 @@ KERN_INLINE void drop_fwd_body(float *out, uint8_t *mask, const float *inp, size
             uint64_t z = kern_mix64(z0 + (uint64_t)i * GAMMA);
             uint8_t keep = (z >> 40) >= thr;
             mask[i] = keep;
-            out[i] = keep ? inp[i] * scale : 0.0f;
+            out[i] = kern_sel(keep, inp[i] * scale, 0.0f);
         }
     } else {
         #pragma omp simd
         for (size_t i = 0; i < n; i++) {
             uint64_t z = kern_mix64(z0 + (uint64_t)i * GAMMA);
-            out[i] = (z >> 40) >= thr ? inp[i] * scale : 0.0f;
+            out[i] = kern_sel((z >> 40) >= thr, inp[i] * scale, 0.0f);
         }
     }
 }
@@ -72,7 +72,7 @@ KERN_INLINE void drop_bwd_body(float *dinp, const uint8_t *mask, const float *do
     (void)F;
     if (mask) {
         #pragma omp simd
-        for (size_t i = 0; i < n; i++) dinp[i] += mask[i] ? dout[i] * scale : 0.0f;
+        for (size_t i = 0; i < n; i++) dinp[i] += kern_sel(mask[i], dout[i] * scale, 0.0f);
     } else {
         #pragma omp simd
         for (size_t i = 0; i < n; i++) dinp[i] += dout[i];

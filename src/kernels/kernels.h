@@ -72,6 +72,16 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                               const float *k, const float *v, const int *lens,
                               int B, int T, int C, int NH, float p);
 
+/* With a prefix: k, v are (B, P+T, C) where the first P keys of every
+ * sequence (the prefix) are always attended and key P+j only if j < lens[b];
+ * probs and mask are (B,NH,T,P+T). p == 0: no dropout (mask unused, may be NULL). */
+void attention_forward_prefix(float *out, float *probs, uint8_t *mask, const float *q, const float *k,
+                              const float *v, const int *lens, int B, int T, int P, int C, int NH,
+                              float p, uint64_t seed);
+void attention_backward_prefix(float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                               const uint8_t *mask, const float *q, const float *k, const float *v,
+                               const int *lens, int B, int T, int P, int C, int NH, float p);
+
 /* Inverted dropout: out = inp * mask / (1-p), mask (n bytes) drawn from rng
  * and saved. p == 0 copies and sets mask to 1. out may equal inp. */
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, peftc_rng *rng);
@@ -152,14 +162,23 @@ KERN_INLINE float kern_madd(float a, float b, float c, const int F)
     return F ? __builtin_fmaf(a, b, c) : a * b + c;
 }
 
+/* a where cond else b, as bit operations: no branch for the compiler to sink work into */
+KERN_INLINE float kern_sel(int cond, float a, float b)
+{
+    union { float f; int32_t i; } ua = { a }, ub = { b }, r;
+    int32_t m = -(int32_t)(cond != 0);
+    r.i = (ua.i & m) | (ub.i & ~m);
+    return r.f;
+}
+
 /* exp(x), branch-free so loops around it vectorise: Cody-Waite reduction to
  * r in [-ln2/2, ln2/2] and Cephes' degree-7 polynomial, max error ~1 ulp for
  * x in [-87.33, 88]; 0 below (no subnormals), exp(88) for x in (88, 88.72],
  * +inf above; NaN stays NaN. */
 KERN_INLINE float kern_exp(float x, const int F)
 {
-    float xc = x < -87.5f ? -87.5f : x;
-    xc = xc > 88.0f ? 88.0f : xc;
+    float xc = kern_sel(x < -87.5f, -87.5f, x);
+    xc = kern_sel(xc > 88.0f, 88.0f, xc);
     /* n = round(x / ln2) by the 1.5 * 2^23 trick; n also sits in t's low bits */
     float t = kern_madd(xc, 1.44269504088896341f, 12582912.0f, F);
     float n = t - 12582912.0f;
@@ -175,8 +194,8 @@ KERN_INLINE float kern_exp(float x, const int F)
     union { float f; int32_t i; } tb = { t };
     union { int32_t i; float f; } sc = { (tb.i - 0x4B400000 + 127) * (1 << 23) };
     y *= sc.f;
-    y = x < -87.33654f ? 0.0f : y;
-    return x > 88.72283f ? (float)INFINITY : y;
+    y = kern_sel(x < -87.33654f, 0.0f, y);
+    return kern_sel(x > 88.72283f, (float)INFINITY, y);
 }
 
 /* erf(x), branch-free; max error 1.3 ulp (relative 1e-7). |x| < 1:
@@ -184,7 +203,7 @@ KERN_INLINE float kern_exp(float x, const int F)
  * (erf rounds to 1 beyond 3.92). Minimax-style fits (Lawson iteration). */
 KERN_INLINE float kern_erf(float x, const int F)
 {
-    float s = x * x, t = x < 0.0f ? -x : x;
+    float s = x * x, t = __builtin_fabsf(x);
     float p = 7.853846910e-05f;
     p = kern_madd(p, s, -8.010189049e-04f, F);
     p = kern_madd(p, s, 5.188327283e-03f, F);
@@ -193,7 +212,7 @@ KERN_INLINE float kern_erf(float x, const int F)
     p = kern_madd(p, s, -3.761262596e-01f, F);
     p = kern_madd(p, s, 1.283791671e-01f, F);
     float small = kern_madd(x, p, x, F);
-    float u = t > 4.0f ? 4.0f : t;   /* NaN passes through */
+    float u = kern_sel(t > 4.0f, 4.0f, t);   /* NaN passes through */
     float q = 1.855775190e-04f;
     q = kern_madd(q, u, -2.939640777e-03f, F);
     q = kern_madd(q, u, 2.180544846e-02f, F);
@@ -202,8 +221,65 @@ KERN_INLINE float kern_erf(float x, const int F)
     q = kern_madd(q, u, -1.127040267e+00f, F);
     q = kern_madd(q, u, -3.536774602e-04f, F);
     float big = 1.0f - kern_exp(q, F);
-    big = x < 0.0f ? -big : big;
-    return t < 1.0f ? small : big;
+    big = __builtin_copysignf(big, x);
+    return kern_sel(t < 1.0f, small, big);
+}
+
+/* Reductions with 16 partial sums in a GCC vector (one zmm, two ymm or four
+ * xmm, by target): `#pragma omp simd reduction` compiles to a slow spill
+ * through memory at -O2. The combination order is fixed, so results depend
+ * only on n and the tier. */
+typedef float kern_v16 __attribute__((vector_size(64)));
+typedef int32_t kern_v16i __attribute__((vector_size(64)));
+/* (vectors are never passed by value: that ABI differs with and without AVX-512) */
+#define KERN_V16_LOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(kern_v16))
+KERN_INLINE float kern_v16_hsum(const kern_v16 *v)
+{
+    const float *x = (const float *)v;
+    float a[8];
+    for (int l = 0; l < 8; l++) a[l] = x[l] + x[l + 8];
+    for (int l = 0; l < 4; l++) a[l] += a[l + 4];
+    return (a[0] + a[2]) + (a[1] + a[3]);
+}
+/* sum x[0..n) */
+KERN_INLINE float kern_vsum(const float *x, int n)
+{
+    kern_v16 acc = { 0 }, v;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) { KERN_V16_LOAD(v, x + j); acc += v; }
+    float s = kern_v16_hsum(&acc);
+    for (; j < n; j++) s += x[j];
+    return s;
+}
+/* sum a[j] * b[j], j < n */
+KERN_INLINE float kern_vdot(const float *a, const float *b, int n)
+{
+    kern_v16 acc = { 0 }, va, vb;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        KERN_V16_LOAD(va, a + j);
+        KERN_V16_LOAD(vb, b + j);
+        acc += va * vb;
+    }
+    float s = kern_v16_hsum(&acc);
+    for (; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+/* max x[0..n), -inf for n = 0 (NaNs are not propagated) */
+KERN_INLINE float kern_vmax(const float *x, int n)
+{
+    kern_v16 acc = (kern_v16){ 0 } - (float)INFINITY, v;
+    int j = 0;
+    for (; j + 16 <= n; j += 16) {
+        KERN_V16_LOAD(v, x + j);
+        kern_v16i gt = v > acc;
+        acc = (kern_v16)(((kern_v16i)v & gt) | ((kern_v16i)acc & ~gt));
+    }
+    const float *l16 = (const float *)&acc;
+    float m = -(float)INFINITY;
+    for (int l = 0; l < 16; l++) m = l16[l] > m ? l16[l] : m;
+    for (; j < n; j++) m = x[j] > m ? x[j] : m;
+    return m;
 }
 
 /* [*start, *end) of n elements for the calling thread of the current parallel

@@ -1,12 +1,30 @@
 /* misc.c: small vector helpers (residual adds, embedding normalisation). */
 #include <math.h>
+#include <omp.h>
+#define PEFTC_KERNELS_INTERNAL
 #include "kernels/kernels.h"
+
+#define ADD_PAR (1u << 15)
+
+KERN_INLINE void add_body(float *y, const float *x, size_t n, const int F)
+{
+    (void)F;
+    #pragma omp simd
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+KERN_TIERS(add, (float *y, const float *x, size_t n), y, x, n)
 
 /* y (n) += x (n) */
 void add_inplace(float *y, const float *x, size_t n)
 {
-    #pragma omp parallel for simd schedule(static) if (n >= (1u << 15))
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
+    void (*f)(float *, const float *, size_t) = KERN_PICK(add);
+    if (n < ADD_PAR) { f(y, x, n); return; }
+    #pragma omp parallel
+    {
+        size_t s, e;
+        kern_split(n, &s, &e);
+        if (e > s) f(y + s, x + s, e - s);
+    }
 }
 
 /* x (N,C): each row /= max(||row||_2, 1e-12), as torch.nn.functional.normalize,

@@ -1,23 +1,49 @@
 /* softmax_ce.c: softmax cross-entropy classification loss. */
 #include <math.h>
+#define PEFTC_KERNELS_INTERNAL
 #include "kernels/kernels.h"
 
-/* One row: writes probs (if given) and returns -log softmax(x)[label]. */
-static double ce_row(float *p, const float *x, int label, int K)
+#define CE_PAR (1u << 14)
+
+/* rows [b0, b1): probs (if given), loss (if given) = -log softmax(x)[label];
+ * the losses are also returned through tot[b - b0] when tot is given */
+KERN_INLINE void ce_rows_body(float *losses, float *probs, const float *logits, const int *labels,
+                              int b0, int b1, int K, double *tot, const int F)
 {
-    float mx = -INFINITY;
-    for (int j = 0; j < K; j++) if (x[j] > mx) mx = x[j];
-    double sum = 0.0;
-    if (p) {
-        for (int j = 0; j < K; j++) { p[j] = expf(x[j] - mx); sum += p[j]; }
-        float inv = (float)(1.0 / sum);
-        for (int j = 0; j < K; j++) p[j] *= inv;
-    } else {
-        for (int j = 0; j < K; j++) sum += expf(x[j] - mx);
+    for (int b = b0; b < b1; b++) {
+        const float *x = logits + (size_t)b * K;
+        float *p = probs ? probs + (size_t)b * K : NULL;
+        float mx = kern_vmax(x, K);
+        float sum;
+        if (p) {
+            #pragma omp simd
+            for (int j = 0; j < K; j++) p[j] = kern_exp(x[j] - mx, F);
+            sum = kern_vsum(p, K);
+            float inv = 1.0f / sum;
+            #pragma omp simd
+            for (int j = 0; j < K; j++) p[j] *= inv;
+        } else {
+            kern_v16 acc = { 0 };
+            int j = 0;
+            for (; j + 16 <= K; j += 16) {
+                float e[16];
+                #pragma omp simd
+                for (int l = 0; l < 16; l++) e[l] = kern_exp(x[j + l] - mx, F);
+                kern_v16 v;
+                KERN_V16_LOAD(v, e);
+                acc += v;
+            }
+            sum = kern_v16_hsum(&acc);
+            for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+        }
+        /* log-sum-exp form: exact even when probs[label] underflows to 0 */
+        double loss = log((double)sum) + (double)mx - (double)x[labels[b]];
+        if (losses) losses[b] = (float)loss;
+        if (tot) tot[b - b0] = loss;
     }
-    /* log-sum-exp form: exact even when probs[label] underflows to 0 */
-    return log(sum) + (double)mx - (double)x[label];
 }
+KERN_TIERS(ce_rows, (float *losses, float *probs, const float *logits, const int *labels, int b0, int b1,
+                     int K, double *tot), losses, probs, logits, labels, b0, b1, K, tot)
 
 /* logits (B,K), labels (B) in [0,K). probs (B,K) = softmax(logits) (may be
  * NULL when no backward follows); losses (B) = -log probs[label] (may be NULL).
@@ -26,18 +52,20 @@ float softmax_ce_forward(float *losses, float *probs, const float *logits,
                          const int *labels, int B, int K)
 {
     if (B <= 0) return 0.0f;
+    void (*f)(float *, float *, const float *, const int *, int, int, int, double *) = KERN_PICK(ce_rows);
     double total = 0.0;
-    if (losses) {
-        #pragma omp parallel for schedule(static) if ((size_t)B * K >= (1u << 14))
-        for (int b = 0; b < B; b++)
-            losses[b] = (float)ce_row(probs ? probs + (size_t)b * K : NULL,
-                                      logits + (size_t)b * K, labels[b], K);
+    if (losses && (size_t)B * K >= CE_PAR) {
+        #pragma omp parallel for schedule(static)
+        for (int b = 0; b < B; b++) f(losses, probs, logits, labels, b, b + 1, K, NULL);
         for (int b = 0; b < B; b++) total += losses[b];
     } else {
-        /* nowhere to park per-row losses: stay serial to keep the sum ordered */
-        for (int b = 0; b < B; b++)
-            total += ce_row(probs ? probs + (size_t)b * K : NULL,
-                            logits + (size_t)b * K, labels[b], K);
+        /* serial, rows in order; each loss rounded to float as when stored,
+         * so the mean does not depend on whether losses are kept */
+        for (int b = 0; b < B; b++) {
+            double l;
+            f(losses, probs, logits, labels, b, b + 1, K, &l);
+            total += (double)(float)l;
+        }
     }
     return (float)(total / B);
 }
@@ -51,6 +79,7 @@ void softmax_ce_backward(float *dlogits, const float *probs, const int *labels,
     for (int b = 0; b < B; b++) {
         const float *p = probs + (size_t)b * K;
         float *d = dlogits + (size_t)b * K;
+        #pragma omp simd
         for (int j = 0; j < K; j++) d[j] += p[j] * scale;
         d[labels[b]] -= scale;
     }

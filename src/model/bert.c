@@ -4,6 +4,7 @@
 #include "kernels/kernels.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,11 +150,12 @@ void bert_acts_free(bert_acts *a)
     memset(a, 0, sizeof *a);
 }
 
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, peftc_error *err)
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix, peftc_error *err)
 {
     bert_acts_free(a);
     size_t N = (size_t)B * T, C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
-    size_t P = (size_t)B * cfg->num_heads * T * T;
+    size_t Tk = (size_t)T + (size_t)n_prefix, NK = (size_t)B * Tk;
+    size_t P = (size_t)B * cfg->num_heads * T * Tk;
     int train = n_sets == cfg->num_layers; /* keeps every layer: masks and backward scratch too */
     /* sizes rounded to 16 floats so every buffer starts 64-byte aligned;
      * byte masks take a quarter of their count in floats */
@@ -161,8 +163,9 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
 #define MASKF(n) R16((n) / 4 + 1)
     size_t per_layer = 10 * R16(N * C) + R16(P) + 2 * R16(N * F) + 4 * R16(N);
     if (train) per_layer += 2 * MASKF(N * C) + MASKF(P);
+    if (n_prefix) per_layer += 2 * R16(NK * C) + R16(2 * N) + R16(2 * (size_t)B);
     size_t total = 2 * R16(N * C) + 3 * R16(N) + (size_t)n_sets * per_layer;
-    if (train) total += MASKF(N * C) + 8 * R16(N * C) + 2 * R16(N * F);
+    if (train) total += MASKF(N * C) + 8 * R16(N * C) + 2 * R16(N * F) + (n_prefix ? 2 * R16(NK * C) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
@@ -182,18 +185,20 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
         TAKE(L->ffn_pre, N * F); TAKE(L->ffn_act, N * F); TAKE(L->ffn_out, N * C);
         TAKE(L->res2, N * C); TAKE(L->out, N * C); TAKE(L->ln2_mean, N); TAKE(L->ln2_rstd, N);
         if (train) { TAKEM(L->attn_mask, N * C); TAKEM(L->ffn_mask, N * C); TAKEM(L->probs_mask, P); }
+        if (n_prefix) { TAKE(L->k_ext, NK * C); TAKE(L->v_ext, NK * C); TAKE(L->gate_sig, 2 * N); TAKE(L->gate, 2 * (size_t)B); }
     }
     if (train) {
         TAKEM(a->emb_mask, N * C);
         TAKE(a->d_x, N * C); TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ln1, N * C);
         TAKE(a->d_ctx, N * C); TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
         TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F);
+        if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); }
     }
 #undef TAKE
 #undef TAKEM
 #undef MASKF
 #undef R16
-    a->B = B; a->T = T; a->n_sets = n_sets;
+    a->B = B; a->T = T; a->n_sets = n_sets; a->P = n_prefix;
     a->floats = total;
     return PEFTC_OK;
 }
@@ -222,6 +227,95 @@ static void block_site(const bert_run *run, int l, site_id site, float *h, const
 static void hidden_dropout(const bert_run *run, float *x, uint8_t *mask, float p, size_t n)
 {
     if (run && run->train && p > 0) dropout_forward(x, mask, x, p, n, run->rng);
+}
+
+static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Builds layer l's extended keys/values: per sequence [g * prefix ; own],
+ * with the sequence's gates g (1 without gating). width = 2 L C. */
+static void prefix_extend(const bert_run *run, bert_layer_acts *A, const float *x, const int *lens,
+                          int l, int B, int T, int C, size_t width)
+{
+    int P = run->n_prefix, Tk = P + T;
+    for (int b = 0; b < B; b++) {
+        float gk = 1.0f, gv = 1.0f;
+        if (run->prefix_gate_w) {
+            /* AdapterHub/UniPELT: the mean over the sequence's tokens of sigmoid(x W_g + b_g) */
+            const float *wk = run->prefix_gate_w + (size_t)(2 * l) * C, *wv = wk + C;
+            float bk = run->prefix_gate_b[2 * l], bv = run->prefix_gate_b[2 * l + 1];
+            double sk = 0, sv = 0;
+            for (int t = 0; t < lens[b]; t++) {
+                const float *xt = x + ((size_t)b * T + t) * C;
+                float ak = bk, av = bv;
+                for (int c = 0; c < C; c++) { ak += xt[c] * wk[c]; av += xt[c] * wv[c]; }
+                float sgk = sigmoidf_(ak), sgv = sigmoidf_(av);
+                A->gate_sig[((size_t)b * T + t) * 2] = sgk;
+                A->gate_sig[((size_t)b * T + t) * 2 + 1] = sgv;
+                sk += sgk;
+                sv += sgv;
+            }
+            gk = (float)(sk / lens[b]);
+            gv = (float)(sv / lens[b]);
+        }
+        A->gate[2 * b] = gk;
+        A->gate[2 * b + 1] = gv;
+    }
+    #pragma omp parallel for schedule(static)
+    for (int b = 0; b < B; b++) {
+        float *ke = A->k_ext + (size_t)b * Tk * C, *ve = A->v_ext + (size_t)b * Tk * C;
+        float gk = A->gate[2 * b], gv = A->gate[2 * b + 1];
+        for (int i = 0; i < P; i++) {
+            const float *src = run->prefix_kv + (size_t)i * width + (size_t)(2 * l) * C;
+            for (int c = 0; c < C; c++) {
+                ke[(size_t)i * C + c] = gk * src[c];
+                ve[(size_t)i * C + c] = gv * src[C + c];
+            }
+        }
+        memcpy(ke + (size_t)P * C, A->k + (size_t)b * T * C, (size_t)T * C * sizeof(float));
+        memcpy(ve + (size_t)P * C, A->v + (size_t)b * T * C, (size_t)T * C * sizeof(float));
+    }
+}
+
+/* Backward of prefix_extend: d_kext/d_vext (B,P+T,C) -> d_k, d_v (N,C) (overwritten),
+ * the prefix's and the gates' gradients, and d_x += the gates' input gradient. */
+static void prefix_extend_backward(const bert_run *run, const bert_layer_acts *A, const float *x, const int *lens,
+                                   int l, int B, int T, int C, size_t width, const float *d_kext, const float *d_vext,
+                                   float *d_k, float *d_v, float *d_x)
+{
+    int P = run->n_prefix, Tk = P + T;
+    for (int b = 0; b < B; b++) {
+        const float *dke = d_kext + (size_t)b * Tk * C, *dve = d_vext + (size_t)b * Tk * C;
+        memcpy(d_k + (size_t)b * T * C, dke + (size_t)P * C, (size_t)T * C * sizeof(float));
+        memcpy(d_v + (size_t)b * T * C, dve + (size_t)P * C, (size_t)T * C * sizeof(float));
+        float gk = A->gate[2 * b], gv = A->gate[2 * b + 1];
+        double dgk = 0, dgv = 0;
+        for (int i = 0; i < P; i++) {
+            const float *src = run->prefix_kv + (size_t)i * width + (size_t)(2 * l) * C;
+            float *dst = run->d_prefix_kv ? run->d_prefix_kv + (size_t)i * width + (size_t)(2 * l) * C : NULL;
+            for (int c = 0; c < C; c++) {
+                float a = dke[(size_t)i * C + c], v = dve[(size_t)i * C + c];
+                if (dst) { dst[c] += gk * a; dst[C + c] += gv * v; }
+                dgk += (double)a * src[c];
+                dgv += (double)v * src[C + c];
+            }
+        }
+        if (!run->prefix_gate_w || !run->d_prefix_gate_w) continue;
+        const float *wk = run->prefix_gate_w + (size_t)(2 * l) * C, *wv = wk + C;
+        float *dwk = run->d_prefix_gate_w + (size_t)(2 * l) * C, *dwv = dwk + C;
+        for (int t = 0; t < lens[b]; t++) {
+            const float *xt = x + ((size_t)b * T + t) * C;
+            float sk = A->gate_sig[((size_t)b * T + t) * 2], sv = A->gate_sig[((size_t)b * T + t) * 2 + 1];
+            float pk = (float)(dgk / lens[b]) * sk * (1 - sk), pv = (float)(dgv / lens[b]) * sv * (1 - sv);
+            run->d_prefix_gate_b[2 * l] += pk;
+            run->d_prefix_gate_b[2 * l + 1] += pv;
+            float *dxt = d_x ? d_x + ((size_t)b * T + t) * C : NULL;
+            for (int c = 0; c < C; c++) {
+                dwk[c] += pk * xt[c];
+                dwv[c] += pv * xt[c];
+                if (dxt) dxt[c] += pk * wk[c] + pv * wv[c];
+            }
+        }
+    }
 }
 
 void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
@@ -258,7 +352,11 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         linear_site(run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, N, C, C);
         linear_site(run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, N, C, C);
         linear_site(run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, N, C, C);
-        if (pa > 0)
+        if (run && run->n_prefix) {
+            prefix_extend(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C);
+            attention_forward_prefix(A->ctx, A->probs, A->probs_mask, A->q, A->k_ext, A->v_ext, lens, B, T,
+                                     run->n_prefix, C, NH, pa, pa > 0 ? peftc_rng_u64(run->rng) : 0);
+        } else if (pa > 0)
             attention_forward_train(A->ctx, A->probs, A->probs_mask, A->q, A->k, A->v, lens, B, T, C, NH,
                                     pa, peftc_rng_u64(run->rng));
         else
@@ -355,7 +453,15 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         memset(a->d_q, 0, NC * sizeof(float));
         memset(a->d_k, 0, NC * sizeof(float));
         memset(a->d_v, 0, NC * sizeof(float));
-        if (pa > 0)
+        if (run->n_prefix) {
+            size_t NK = (size_t)B * (T + run->n_prefix) * C;
+            memset(a->d_kext, 0, NK * sizeof(float));
+            memset(a->d_vext, 0, NK * sizeof(float));
+            attention_backward_prefix(a->d_q, a->d_kext, a->d_vext, a->d_ctx, A->probs, A->probs_mask, A->q, A->k_ext,
+                                      A->v_ext, lens, B, T, run->n_prefix, C, NH, pa);
+            prefix_extend_backward(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C, a->d_kext, a->d_vext,
+                                   a->d_k, a->d_v, need_dx ? d_x : NULL);
+        } else if (pa > 0)
             attention_backward_train(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->probs_mask, A->q, A->k, A->v,
                                      lens, B, T, C, NH, pa);
         else
@@ -402,7 +508,7 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
         }
     }
     if (m->infer.B < B || m->infer.T < T || (size_t)m->infer.B * m->infer.T < (size_t)B * T) {
-        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, err);
+        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, 0, err);
         if (rc) return rc;
     }
     bert_forward(m, &m->infer, NULL, ids, type_ids, lens, B, T);

@@ -30,11 +30,14 @@ typedef struct bert_layer_acts {
     float *res2;             /* (N,C) ffn_out + ln1 */
     float *out, *ln2_mean, *ln2_rstd;   /* (N,C) layer output, (N), (N) */
     uint8_t *attn_mask, *ffn_mask;      /* (N,C) hidden dropout masks (training) */
-    uint8_t *probs_mask;                /* (B,NH,T,T) attention dropout mask (training) */
+    uint8_t *probs_mask;                /* (B,NH,T,P+T) attention dropout mask (training) */
+    float *k_ext, *v_ext;               /* (B,P+T,C) keys/values after the prefix (P > 0) */
+    float *gate_sig, *gate;             /* (B,T,2) per-token sigmoids, (B,2) the prefix gates */
 } bert_layer_acts;
 
 typedef struct bert_acts {
     int B, T;                /* capacity */
+    int P;                   /* prefix length the buffers hold */
     int n_sets;              /* num_layers when training; 1 in inference (reused) */
     float *emb, *emb_mean, *emb_rstd, *emb_ln;   /* (N,C) (N) (N) (N,C) */
     uint8_t *emb_mask;                           /* (N,C) (training) */
@@ -42,6 +45,7 @@ typedef struct bert_acts {
     /* backward scratch (training only) */
     float *d_x, *d_a, *d_b, *d_ln1, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
     float *d_f1, *d_f2;                                         /* (N,F) */
+    float *d_kext, *d_vext;                                     /* (B,P+T,C) */
     bert_layer_acts *layer;
     float *block;            /* one allocation holding everything above */
     size_t floats;
@@ -61,8 +65,9 @@ struct peftc_model {
 };
 
 /* n_sets: 1 for inference (one layer's buffers reused), num_layers for
- * training (which also allocates masks and backward scratch). */
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, peftc_error *err);
+ * training (which also allocates masks and backward scratch); n_prefix: the
+ * prefix length the attention buffers must hold (0: none). */
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix, peftc_error *err);
 void bert_acts_free(bert_acts *a);
 
 /* Gradient destinations of the base weights: NULL = frozen (no weight
@@ -85,6 +90,14 @@ typedef struct bert_run {
     const float *virt;
     float *d_virt;
     int n_virt;
+    /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT): n_prefix
+     * rows of (2 L C): layer l's keys at columns [2lC, (2l+1)C), values next;
+     * optional per-sequence gates (UniPELT): rows 2l, 2l+1 of gate_w (2L, C) */
+    int n_prefix;
+    const float *prefix_kv;
+    float *d_prefix_kv;
+    const float *prefix_gate_w, *prefix_gate_b;
+    float *d_prefix_gate_w, *d_prefix_gate_b;
 } bert_run;
 
 /* Encoder forward. run may be NULL (inference, no deltas). In training

@@ -325,7 +325,7 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         case COMPOSE_LEARNED_SCALE: axpy_inplace(h, params_value(pb, d->p_scale)[0], u, n); break;
         case COMPOSE_GATE: {
             const float *gw = params_value(pb, d->p_gate_w);
-            float gb = params_value(pb, d->p_gate_b)[0];
+            float gb = params_value(pb, d->p_gate_b)[0], sc = s->scale;
             #pragma omp parallel for schedule(static)
             for (int r = 0; r < N; r++) {
                 const float *xr = x + (size_t)r * d->in;
@@ -335,7 +335,7 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
                 d->gate[r] = g;
                 float *hr = h + (size_t)r * d->out;
                 const float *ur = u + (size_t)r * d->out;
-                for (int j = 0; j < d->out; j++) hr[j] += g * ur[j];
+                for (int j = 0; j < d->out; j++) hr[j] += g * sc * ur[j];
             }
             break;
         }
@@ -378,11 +378,12 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
             const float *gw = params_value(pb, d->p_gate_w);
             float *dgw = params_grad(pb, d->p_gate_w);
             double dgb = 0;
+            float sc = s->scale;
             /* per-row gate gradient; dgw accumulated serially so the sum order is fixed */
             for (int r = 0; r < N; r++) {
                 const float *dhr = dh + (size_t)r * d->out, *ur = d->u + (size_t)r * d->out;
                 float g = d->gate[r], dg = 0;
-                for (int j = 0; j < d->out; j++) { dg += dhr[j] * ur[j]; du[(size_t)r * d->out + j] = g * dhr[j]; }
+                for (int j = 0; j < d->out; j++) { dg += sc * dhr[j] * ur[j]; du[(size_t)r * d->out + j] = g * sc * dhr[j]; }
                 float dpre = dg * g * (1.0f - g);
                 dgb += dpre;
                 const float *xr = x + (size_t)r * d->in;
@@ -464,6 +465,12 @@ peftc_status delta_spec_parse(const char *text, delta_spec *sp, peftc_error *err
         } else if (!strcmp(k, "compose")) {
             if (!strcmp(v, "add")) sp->compose = COMPOSE_ADD;
             else if (!strcmp(v, "gate")) sp->compose = COMPOSE_GATE;
+            else if (!strncmp(v, "gate:", 5)) { /* gate times a fixed scale (UniPELT's gated LoRA) */
+                double x = strtod(v + 5, &end);
+                if (*end || !(x > -1e6 && x < 1e6)) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: bad scale in '%s'", v);
+                sp->compose = COMPOSE_GATE;
+                sp->scale = (float)x;
+            }
             else if (!strncmp(v, "scale:", 6) || !strncmp(v, "learned:", 8)) {
                 int learned = v[0] == 'l';
                 double x = strtod(v + (learned ? 8 : 6), &end);
@@ -503,7 +510,7 @@ void delta_spec_format(const delta_spec *sp, char *out, size_t cap)
     case COMPOSE_ADD: snprintf(comp, sizeof comp, "add"); break;
     case COMPOSE_SCALE: snprintf(comp, sizeof comp, "scale:%.9g", sp->scale); break;
     case COMPOSE_LEARNED_SCALE: snprintf(comp, sizeof comp, "learned:%.9g", sp->scale); break;
-    case COMPOSE_GATE: snprintf(comp, sizeof comp, "gate"); break;
+    case COMPOSE_GATE: snprintf(comp, sizeof comp, sp->scale == 1.0f ? "gate" : "gate:%.9g", sp->scale); break;
     }
     int n = snprintf(out, cap, "site=%s,insert=%s,r=%d,act=%s,compose=%s,bias=%d,dropout=%.9g,init=%s",
                      site_name(sp->site), insert_names[sp->insert], sp->r, act_name(sp->act), comp, sp->bias,

@@ -245,6 +245,10 @@ static const struct { const char *name, *expands, *formula; } presets[] = {
     {"mh-parallel-adapter", "per-head parallel relu bottlenecks on the heads' outputs (attn.heads), r per head = 2(d/16)/h", "L * (h r d + d r + h r + d)"},
     {"prompt", "20 soft-prompt vectors before [CLS] (PEFT's prompt tuning; --num-virtual, --prompt-init-text)", "n * d"},
     {"ptuning", "virtual tokens at --template positions ('P P {text} P {pair}'), from an MLP (or --encoder lstm: bidirectional LSTM + MLP) prompt encoder, folded away on save", "n*d + d*h + h*h + h*d (+ biases) while training; n*d saved"},
+    {"prefix", "20 key/value vectors per layer prepended to attention (--prefix-len; --prefix-projection: MLP reparameterisation, folded on save)", "L * 2 n d"},
+    {"ptuning-v2", "deep prompts: prefix key/values at every layer, no reparameterisation (--prefix-len, default 20)", "L * 2 n d"},
+    {"mam", "prefix (n = 30) at attention + scaled parallel adapter at the FFN (r = min(512, d), s = 4)", "L * (2 n d + 2rd + r + d)"},
+    {"unipelt", "gated LoRA on query,value (r 8, alpha 16) + gated prefix (n = 10) + gated sequential adapter after the FFN (r = d/16)", "L * (4 r d + 2 d + 2 n d + 2 d + 2 + 2 r' d + r' + d + d + 1)"},
     {"custom", "--delta 'site=...,insert=...,r=...,act=...,compose=...' (repeatable)", "per delta"},
 };
 
@@ -320,6 +324,30 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         else if (!a->encoder || !strcmp(a->encoder, "mlp")) mo->prompt.encoder = PROMPT_ENC_MLP;
         else return peftc_fail(err, PEFTC_ERR_INPUT, "--encoder must be mlp, lstm or none, got '%s'", a->encoder);
         mo->prompt.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
+    } else if (!strcmp(name, "prefix") || !strcmp(name, "ptuning-v2")) {
+        mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 20;
+        mo->prefix.project = !strcmp(name, "prefix") && a->prefix_projection;
+        mo->prefix.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
+    } else if (!strcmp(name, "mam")) {
+        mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 30;
+        delta_spec sp = adapter_spec(SITE_FFN_OUT, INSERT_PARALLEL, ACT_RELU, a->r > 0 ? a->r : (C < 512 ? C : 512));
+        sp.compose = COMPOSE_SCALE;
+        sp.scale = a->scale > 0 ? a->scale : 4.0f;
+        mo->deltas[mo->n_deltas++] = sp;
+    } else if (!strcmp(name, "unipelt")) {
+        mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 10;
+        mo->prefix.gate = 1;
+        /* gated LoRA (scale alpha/r inside the gate) on query and value */
+        int r = a->r > 0 ? a->r : 8;
+        float alpha = a->alpha > 0 ? a->alpha : 16;
+        site_id qv[2] = {SITE_ATTN_Q, SITE_ATTN_V};
+        for (int i = 0; i < 2; i++)
+            mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_BOTTLENECK, .site = qv[i], .insert = INSERT_PARALLEL,
+                                                      .act = ACT_IDENTITY, .compose = COMPOSE_GATE, .scale = alpha / r,
+                                                      .r = r, .bias = 0, .init_lora = 1};
+        delta_spec ad = adapter_spec(SITE_FFN_OUT, INSERT_SEQUENTIAL, ACT_RELU, imax(1, C / 16));
+        ad.compose = COMPOSE_GATE;
+        mo->deltas[mo->n_deltas++] = ad;
     } else if (!strcmp(name, "custom")) {
         if (a->n_deltas <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--method custom needs at least one --delta");
         if (a->n_deltas > METHOD_MAX_DELTAS) return peftc_fail(err, PEFTC_ERR_INPUT, "at most %d --delta options", METHOD_MAX_DELTAS);

@@ -6,6 +6,7 @@
 #include "model/bert.h"
 #include "peft/delta.h"
 #include "peft/prompt.h"
+#include "peft/prefix.h"
 #include "train/params.h"
 
 typedef enum base_train { BASE_NONE, BASE_ALL, BASE_BIAS } base_train;
@@ -26,6 +27,7 @@ typedef struct method_opts {
     int rslora;
     unsigned targets;         /* bit (1 << site_id) per LoRA target */
     prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
+    prefix_spec prefix;       /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT) */
 } method_opts;
 
 /* Options a user gives with --method NAME; zero/NULL means the preset's default. */
@@ -43,6 +45,8 @@ typedef struct method_args {
     const char *template_text;/* ptuning: "P P {text} P {pair}" */
     const char *encoder;      /* ptuning: "mlp" (default) or "none" */
     int encoder_hidden;
+    int prefix_len;           /* prefix, ptuning-v2, mam, unipelt */
+    int prefix_projection;    /* prefix: reparameterise with an MLP while training */
 } method_args;
 
 /* Builds a preset for a model (widths decide the default bottlenecks). */

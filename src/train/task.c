@@ -35,6 +35,11 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
             return peftc_fail(err, PEFTC_ERR_INPUT, "%d virtual tokens overflow the model's %d positions", mo->prompt.n_virtual, c->max_position);
         if ((rc = prompt_declare(&t->prompt, &mo->prompt, C, &t->pb, err))) return rc;
     }
+    if (mo->prefix.n > 0) {
+        if (mo->prefix.n > c->max_position)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "--prefix-len %d overflows the model's %d positions", mo->prefix.n, c->max_position);
+        if ((rc = prefix_declare(&t->prefix, &mo->prefix, c->num_layers, C, &t->pb, err))) return rc;
+    }
     /* the pooler trains with the base in full fine-tuning, and always when the
      * checkpoint has none (it must be learned then) */
     int train_pooler = mo->base == BASE_ALL || !m->pool_w;
@@ -51,6 +56,10 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     if (mo->prompt.n_virtual > 0) {
         if ((rc = prompt_alloc(&t->prompt, err))) return rc;
         prompt_init(&t->prompt, &t->pb, m->wte, c->vocab_size, NULL, 0, rng);
+    }
+    if (mo->prefix.n > 0) {
+        if ((rc = prefix_alloc(&t->prefix, err))) return rc;
+        prefix_init(&t->prefix, &t->pb, rng);
     }
 
     /* BertForSequenceClassification's init: N(0, 0.02^2) weights, zero bias */
@@ -119,7 +128,7 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
 {
     const peftc_config *c = &t->m->cfg;
     peftc_status rc;
-    if ((rc = bert_acts_init(&t->acts, c, B, T, train ? c->num_layers : 1, err))) return rc;
+    if ((rc = bert_acts_init(&t->acts, c, B, T, train ? c->num_layers : 1, t->mo.prefix.n, err))) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
     if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) return rc;
     free(t->d_hidden);
@@ -141,6 +150,7 @@ void task_free(task *t)
     free(t->grads.layers);
     free(t->d_hidden);
     prompt_free(&t->prompt);
+    prefix_free(&t->prefix);
     memset(t, 0, sizeof *t);
 }
 
@@ -153,6 +163,18 @@ static bert_run task_run(task *t, int train, peftc_rng *rng)
         r.d_virt = train ? t->prompt.d_out : NULL;
         r.n_virt = t->mo.prompt.n_virtual;
     }
+    if (t->mo.prefix.n > 0) {
+        const prefix_module *pm = &t->prefix;
+        r.n_prefix = t->mo.prefix.n;
+        r.prefix_kv = pm->kv;
+        r.d_prefix_kv = train ? pm->d_kv : NULL;
+        if (pm->spec.gate) {
+            r.prefix_gate_w = params_value(&t->pb, pm->p_gate_w);
+            r.prefix_gate_b = params_value(&t->pb, pm->p_gate_b);
+            r.d_prefix_gate_w = train ? params_grad(&t->pb, pm->p_gate_w) : NULL;
+            r.d_prefix_gate_b = train ? params_grad(&t->pb, pm->p_gate_b) : NULL;
+        }
+    }
     return r;
 }
 
@@ -160,6 +182,7 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
                    int B, int T, int train, peftc_rng *rng)
 {
     if (t->mo.prompt.n_virtual > 0) prompt_forward(&t->prompt, &t->pb);
+    if (t->mo.prefix.n > 0) prefix_forward(&t->prefix, &t->pb);
     bert_run run = task_run(t, train, rng);
     bert_forward(t->m, &t->acts, &run, ids, tts, lens, B, T);
     cls_head_forward(&t->head, bert_hidden(t->m, &t->acts), B, T, t->m->cfg.hidden_dropout, train, rng);
@@ -172,9 +195,12 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
     bert_run run = task_run(t, 1, rng);
     if (t->mo.prompt.n_virtual > 0)
         memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
+    if (t->mo.prefix.n > 0)
+        memset(t->prefix.d_kv, 0, (size_t)t->mo.prefix.n * 2 * t->m->cfg.num_layers * t->m->cfg.hidden_size * sizeof(float));
     cls_head_backward(&t->head, labels, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
     bert_backward(t->m, &t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
     if (t->mo.prompt.n_virtual > 0) prompt_backward(&t->prompt, &t->pb);
+    if (t->mo.prefix.n > 0) prefix_backward(&t->prefix, &t->pb);
 }
 
 int64_t task_trainable_count(const task *t)
@@ -278,6 +304,17 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "num_virtual_tokens", json_integer(mo->prompt.n_virtual));
         json_object_set_new(cfg, "token_dim", json_integer(t->m->cfg.hidden_size));
     }
+    if (mo->prefix.n > 0) {
+        json_t *pj = json_object();
+        json_object_set_new(pj, "num_virtual_tokens", json_integer(mo->prefix.n));
+        json_object_set_new(pj, "gate", json_boolean(mo->prefix.gate));
+        json_object_set_new(own, "prefix", pj); /* saved folded: the key/values only */
+        json_object_set_new(cfg, "num_virtual_tokens", json_integer(mo->prefix.n));
+        json_object_set_new(cfg, "token_dim", json_integer(t->m->cfg.hidden_size));
+        json_object_set_new(cfg, "num_layers", json_integer(t->m->cfg.num_layers));
+        json_object_set_new(cfg, "num_attention_heads", json_integer(t->m->cfg.num_heads));
+        json_object_set_new(cfg, "prefix_projection", json_false());
+    }
     json_object_set_new(own, "max_len", json_integer(t->max_len));
     json_t *labels = json_array();
     for (int i = 0; i < t->labels.n; i++) json_array_append_new(labels, json_string(t->labels.names[i]));
@@ -308,6 +345,12 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         items[ni].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
         items[ni].data = params_value(&t->pb, i);
+        ni++;
+    }
+    if (mo->prefix.n > 0 && mo->prefix.project) {
+        prefix_forward((prefix_module *)&t->prefix, &t->pb);
+        items[ni] = (st_write_item){"prompt_embeddings", 2, {mo->prefix.n, 2 * (int64_t)t->m->cfg.num_layers * t->m->cfg.hidden_size},
+                                    t->prefix.kv};
         ni++;
     }
     if (mo->prompt.n_virtual > 0 && mo->prompt.encoder != PROMPT_ENC_NONE) {
@@ -357,6 +400,13 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
             }
             if (!rc2 && (mo->prompt.n_virtual <= 0 || mo->prompt.n_virtual > 4096))
                 rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad num_virtual_tokens", path);
+        }
+        json_t *xj = json_object_get(own, "prefix");
+        if (json_is_object(xj)) {
+            json_t *nv = json_object_get(xj, "num_virtual_tokens");
+            mo->prefix.n = json_is_integer(nv) ? (int)json_integer_value(nv) : 0;
+            mo->prefix.gate = json_is_true(json_object_get(xj, "gate"));
+            if (mo->prefix.n <= 0 || mo->prefix.n > 4096) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad prefix length", path);
         }
         json_t *dl = json_object_get(own, "deltas"), *e;
         size_t i;

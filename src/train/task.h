@@ -25,6 +25,7 @@ typedef struct task {
     int cap_B, cap_T;
     int merged;
     prompt_module prompt;     /* when mo.prompt.n_virtual > 0 */
+    prefix_module prefix;     /* when mo.prefix.n > 0 */
 } task;
 
 /* How examples become model input: the tokenizer, then the method's virtual

@@ -247,7 +247,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     method_args ma = {.r = o->lora_r, .alpha = o->lora_alpha, .lora_dropout = o->lora_dropout, .rslora = o->rslora,
                       .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
                       .deltas = o->deltas, .n_deltas = o->n_deltas, .num_virtual = o->num_virtual,
-                      .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden};
+                      .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden,
+                      .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection};
     if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
         (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
         goto out;
