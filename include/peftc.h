@@ -207,6 +207,10 @@ typedef struct peftc_classifier peftc_classifier;
 peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_dir,
                                    peftc_classifier **out, peftc_error *err);
 void peftc_classifier_free(peftc_classifier *c);
+/* Folds the adapter's mergeable deltas (LoRA, (IA)^3) into the base weights so
+ * inference costs what the base model costs; PEFTC_ERR_UNSUPPORTED for methods
+ * that cannot be merged. */
+peftc_status peftc_classifier_merge(peftc_classifier *c, peftc_error *err);
 int peftc_classifier_num_labels(const peftc_classifier *c);
 const char *peftc_classifier_label(const peftc_classifier *c, int k);
 

@@ -119,12 +119,14 @@ int cmd_eval(cli_args *a)
 {
     const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter"), *data = cli_opt(a, "--data");
     const char *tc = cli_opt(a, "--text-col"), *pc = cli_opt(a, "--text-pair-col"), *lc = cli_opt(a, "--label-col");
+    int merge = cli_flag(a, "--merge");
     if (cli_check_unused(a, "eval")) return 2;
     if (!model || !*model || !adapter || !*adapter || !data || !*data)
         return cli_errorf(2, "eval: --model DIR, --adapter RUN_DIR and --data FILE are required");
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
     peftc_eval_result r;
     if (peftc_classifier_eval(c, data, tc, pc, lc, &r, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
     printf("{\"examples\": %d, \"accuracy\": %.6f, \"loss\": %.6f", r.n, r.accuracy, r.loss);
@@ -137,12 +139,13 @@ int cmd_eval(cli_args *a)
 int cmd_predict(cli_args *a)
 {
     const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter");
-    int with_probs = cli_flag(a, "--probs");
+    int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge");
     if (cli_check_unused(a, "predict")) return 2;
     if (!model || !*model || !adapter || !*adapter) return cli_errorf(2, "predict: --model DIR and --adapter RUN_DIR are required");
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
     cli_lines L;
     if (cli_read_lines(stdin, "stdin", &L)) { peftc_classifier_free(c); return 1; }
     int K = peftc_classifier_num_labels(c);

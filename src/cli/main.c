@@ -32,9 +32,9 @@ static const char usage[] =
     "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"
-    "  eval --model DIR --adapter RUN_DIR --data FILE\n"
+    "  eval --model DIR --adapter RUN_DIR --data FILE [--merge]\n"
     "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
-    "  predict --model DIR --adapter RUN_DIR [--probs]\n"
+    "  predict --model DIR --adapter RUN_DIR [--probs] [--merge]\n"
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
     "\n"
     "global options: --threads N (default: all cores)\n";

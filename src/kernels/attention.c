@@ -764,6 +764,16 @@ static void gemm(const att_ops *o, int M, int N, int K, const float *A, size_t a
     att_gemm(o->uk, o->pack, o->MR, o->NR, M, N, K, A, ars, acs, B, bks, bns, C, ldc, acc);
 }
 
+/* Requests rows [0, rows) of a head's column slice (width floats, row stride
+ * ld) ahead of use: the rows are C floats apart, a pattern the hardware
+ * prefetchers follow poorly, and a head reads each of them many times. */
+#define ATT_PREFETCH_T 128
+static void prefetch_slice(const float *p, int rows, size_t ld, int width)
+{
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < width; c += 16) __builtin_prefetch(p + (size_t)r * ld + c, 0, 3);
+}
+
 /* Forward of head (b, h). ws: scratch of qb * att_pad(L) floats (dropout only). */
 static void fwd_head(const att_ops *o, float *out, float *probs, uint8_t *mask, const float *q,
                      const float *k, const float *v, int L, int b, int h, int T, int C, int NH,
@@ -778,6 +788,11 @@ static void fwd_head(const att_ops *o, float *out, float *probs, uint8_t *mask, 
     float *ob = out + off;
     size_t prow = ((size_t)b * NH + h) * T;   /* flat row index of query 0 */
     int qbl = att_qblock(T, L), Lp = att_pad(L);
+    if (T <= ATT_PREFETCH_T) {
+        prefetch_slice(kb, L, (size_t)C, hd);
+        prefetch_slice(qb, T, (size_t)C, hd);
+        prefetch_slice(vb, L, (size_t)C, hd);
+    }
     for (int t0 = 0; t0 < T; t0 += qbl) {
         int tn = T - t0 < qbl ? T - t0 : qbl;
         float *S = probs + (prow + t0) * T;
@@ -811,6 +826,15 @@ static void bwd_head(const att_ops *o, float *dq, float *dk, float *dv, const fl
     size_t prow = ((size_t)b * NH + h) * T;
     int qbl = att_qblock(T, L), Lp = att_pad(L);
     float *wbuf = ws, *dP = ws + (size_t)qbl * Lp;
+    if (T <= ATT_PREFETCH_T) {
+        prefetch_slice(db, T, (size_t)C, hd);
+        prefetch_slice(vb, L, (size_t)C, hd);
+        prefetch_slice(kb, L, (size_t)C, hd);
+        prefetch_slice(qb, T, (size_t)C, hd);
+        if (dv) prefetch_slice(dv + off, L, (size_t)C, hd);
+        if (dk) prefetch_slice(dk + off, L, (size_t)C, hd);
+        if (dq) prefetch_slice(dq + off, T, (size_t)C, hd);
+    }
     for (int t0 = 0; t0 < T; t0 += qbl) {
         int tn = T - t0 < qbl ? T - t0 : qbl;
         const float *P = probs + (prow + t0) * T;

@@ -384,7 +384,9 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     peftc_status rc2 = PEFTC_OK;
     if (json_is_object(own)) {
         if (json_is_string(v = json_object_get(own, "method"))) snprintf(mo->name, sizeof mo->name, "%s", json_string_value(v));
-        const char *base = json_is_string(v = json_object_get(own, "base")) ? json_string_value(v) : "none";
+        /* hand-written configs may name only the method: full and bitfit imply their base */
+        const char *base = json_is_string(v = json_object_get(own, "base")) ? json_string_value(v)
+                         : !strcmp(mo->name, "full") ? "all" : !strcmp(mo->name, "bitfit") ? "bias" : "none";
         mo->base = !strcmp(base, "all") ? BASE_ALL : !strcmp(base, "bias") ? BASE_BIAS : BASE_NONE;
         mo->train_norms = json_is_true(json_object_get(own, "train_norms"));
         json_t *pj = json_object_get(own, "prompt");
