@@ -33,7 +33,7 @@ expect_fail() {
     if [ "$rc" -eq 99 ]; then bad "$name: valgrind found errors or leaks"; sed 's/^/    /' "$err" | head -20; return; fi
     if [ "$rc" -eq 0 ] || [ "$rc" -ge 128 ]; then bad "$name: exit code $rc"; cat "$err"; return; fi
     if [ "$lines" -ne 1 ]; then bad "$name: $lines error lines on stderr"; cat "$err"; return; fi
-    if ! grep '^peftc: ' "$err" | grep -q -- "$needle"; then bad "$name: message lacks '$needle': $(cat "$err")"; return; fi
+    if ! grep '^peftc: ' "$err" | grep -qF -- "$needle"; then bad "$name: message lacks '$needle': $(cat "$err")"; return; fi
     ok "$name: $(grep '^peftc: ' "$err")${vg:+ (valgrind clean)}"
 }
 
@@ -96,6 +96,41 @@ expect_fail "empty training file" "no examples" -- ./peftc train $common --train
 expect_fail "sentence-pair column missing" "nope" -- ./peftc train $common --train "$W/tiny/pairs.tsv" --text-col sentence1 --text-pair-col nope --label-col label --method lora --out "$W/r_pair"
 expect_fail "unknown method" "unknown method" -- ./peftc train $common --train "$W/tiny/train.tsv" --method magic --out "$W/r_m"
 expect_fail "LoRA rank larger than the width" "the width of query" -- ./peftc train $common --train "$W/tiny/train.tsv" --method lora --r 64 --out "$W/r_r"
+
+# --- the design space (methods, deltas) ---
+tr="$common --train $W/tiny/train.tsv --max-steps 1"
+expect_fail "unknown site" "unknown site 'attn.z'" -- ./peftc train $tr --method custom --delta 'site=attn.z,r=2' --out "$W/d1"
+expect_fail "rank <= 0" "r must be a positive integer" -- ./peftc train $tr --method custom --delta 'site=ffn.out,r=0' --out "$W/d2"
+expect_fail "rank larger than the width" "r=1000 must be in [1, 32]" -- ./peftc train $tr --method adapter-pfeiffer --r 1000 --out "$W/d3"
+expect_fail "unknown delta key" "unknown key 'rank'" -- ./peftc train $tr --method custom --delta 'site=ffn.out,rank=4' --out "$W/d4"
+expect_fail "custom without --delta" "at least one --delta" -- ./peftc train $tr --method custom --out "$W/d5"
+expect_fail "prefix overflowing the positions" "overflows" -- ./peftc train $tr --method prefix --prefix-len 100 --out "$W/d6"
+expect_fail "prompt overflowing the sequence" "leave no room" -- ./peftc train $tr --method prompt --num-virtual 62 --out "$W/d7"
+expect_fail "template without the input placeholder" "no {text} placeholder" -- ./peftc train $tr --method ptuning --template 'P P' --out "$W/d8"
+for m in ia3 adapter-houlsby mh-parallel-adapter prefix ptuning mam unipelt; do
+    if ./peftc train $common --train "$W/tiny/train.tsv" --method $m --prefix-len 4 --num-virtual 3 --max-steps 2 --out "$W/m_$m" 2>"$W/log" &&
+       ./peftc eval --model "$T" --adapter "$W/m_$m" --data "$W/tiny/dev.tsv" >"$W/ev" 2>>"$W/log"; then
+        ok "$m: train, save, load, eval: $(cat "$W/ev")"
+    else bad "$m: $(tail -1 "$W/log")"; fi
+done
+$PY - "$T" "$W/wide" <<'PYEOF'
+import json, shutil, sys
+import numpy as np
+from safetensors.numpy import load_file, save_file
+src, dst = sys.argv[1], sys.argv[2]
+shutil.copytree(src, dst)
+c = json.load(open(f"{src}/config.json"))
+c["hidden_size"] = 48
+json.dump(c, open(f"{dst}/config.json", "w"))
+t = load_file(f"{src}/model.safetensors")
+def widen(a):
+    shape = [48 if d == 32 else d for d in a.shape]
+    out = np.zeros(shape, np.float32); out[tuple(slice(0, d) for d in a.shape)] = a
+    return out
+save_file({k: widen(v) for k, v in t.items()}, f"{dst}/model.safetensors", metadata={"format": "pt"})
+PYEOF
+expect_fail "adapter whose deltas don't fit the model" "does not fit this model" -- ./peftc eval --model "$W/wide" --adapter "$W/m_adapter-houlsby" --data "$W/tiny/dev.tsv"
+expect_fail "merge of a method that cannot merge" "cannot be merged" -- ./peftc eval --model "$T" --adapter "$W/m_mam" --data "$W/tiny/dev.tsv" --merge
 
 # resume: 2N steps == N steps + resume N steps, bit for bit (dropout on)
 rc="--train $W/tiny/train.tsv --method lora --r 4 --lora-dropout 0.1 --max-steps 12"
