@@ -14,22 +14,7 @@ PY=${PYTHON:-/usr/bin/python3}
 MODEL=models/all-MiniLM-L6-v2
 FX=tests/out/bert_ref
 N=64
-pass=0; fail=0
-ok()   { echo "ok   - $*"; pass=$((pass + 1)); }
-bad()  { echo "FAIL - $*"; fail=$((fail + 1)); }
-finish() { echo "## $pass $fail"; [ "$fail" -eq 0 ]; exit $?; }
-# adds up the ok/FAIL lines and the "## p f" line of a sub-step's output
-tally() {
-    local out="$1" line
-    printf '%s\n' "$out" | grep -E '^(ok  |FAIL|#)' | grep -v '^## '
-    line=$(printf '%s\n' "$out" | grep -E '^## [0-9]+ [0-9]+$' | tail -1)
-    if [ -n "$line" ]; then
-        set -- $line; pass=$((pass + $2)); fail=$((fail + $3))
-    else
-        pass=$((pass + $(printf '%s\n' "$out" | grep -c '^ok  ')))
-        fail=$((fail + $(printf '%s\n' "$out" | grep -c '^FAIL')))
-    fi
-}
+. tests/lib.sh
 
 # ---- 1. fixture (regenerated when missing or older than the oracle or the model)
 mkdir -p tests/out

@@ -38,22 +38,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
 FX=tests/out/train_ref
-pass=0; fail=0
-ok()   { echo "ok   - $*"; pass=$((pass + 1)); }
-bad()  { echo "FAIL - $*"; fail=$((fail + 1)); }
-finish() { echo "## $pass $fail"; [ "$fail" -eq 0 ]; exit $?; }
-# adds up the ok/FAIL lines and the "## p f" line of a sub-step's output
-tally() {
-    local out="$1" line
-    printf '%s\n' "$out" | grep -E '^(ok  |FAIL|#)' | grep -v '^## '
-    line=$(printf '%s\n' "$out" | grep -E '^## [0-9]+ [0-9]+$' | tail -1)
-    if [ -n "$line" ]; then
-        set -- $line; pass=$((pass + $2)); fail=$((fail + $3))
-    else
-        printf '%s\n' "$out" | tail -5
-        bad "no result line from: $(printf '%s\n' "$out" | head -1)"
-    fi
-}
+. tests/lib.sh
 
 # ---- 1. fixture and oracle (always regenerated: about a second)
 rm -rf "$FX"
