@@ -103,6 +103,7 @@ expect_fail "unknown site" "unknown site 'attn.z'" -- ./peftc train $tr --method
 expect_fail "rank <= 0" "r must be a positive integer" -- ./peftc train $tr --method custom --delta 'site=ffn.out,r=0' --out "$W/d2"
 expect_fail "rank larger than the width" "r=1000 must be in [1, 32]" -- ./peftc train $tr --method adapter-pfeiffer --r 1000 --out "$W/d3"
 expect_fail "unknown delta key" "unknown key 'rank'" -- ./peftc train $tr --method custom --delta 'site=ffn.out,rank=4' --out "$W/d4"
+expect_fail "bottleneck at ffn.act" "only kind=scale" -- ./peftc train $tr --method custom --delta 'site=ffn.act,r=2' --out "$W/d9"
 expect_fail "custom without --delta" "at least one --delta" -- ./peftc train $tr --method custom --out "$W/d5"
 expect_fail "prefix overflowing the positions" "overflows" -- ./peftc train $tr --method prefix --prefix-len 100 --out "$W/d6"
 expect_fail "prompt overflowing the sequence" "leave no room" -- ./peftc train $tr --method prompt --num-virtual 62 --out "$W/d7"

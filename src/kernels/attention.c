@@ -19,9 +19,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <immintrin.h>
 #define PEFTC_KERNELS_INTERNAL
 #include "kernels/kernels.h"
+#if KERN_X86
+#include <immintrin.h>
+#endif
 #include "core/rng.h"
 
 #define GAMMA 0x9E3779B97F4A7C15ull
@@ -271,6 +273,7 @@ typedef void (*att_pack)(float *P, size_t ldp, const float *B, size_t bks, size_
 #define ATT_KC 128
 #define ATT_NR_MAX 32
 
+#if KERN_X86
 /* ---- AVX-512: 8 x 32 tile in 16 zmm accumulators */
 
 KERN_INLINE KERN_AVX512 void uk512_body(const int MR, const int NV, int K, const float *A,
@@ -620,19 +623,44 @@ KERN_AVX2 static void pack_avx2(float *P, size_t ldp, const float *B, size_t bks
         for (int n = 0; n < nr; n++) P[(size_t)k * ldp + n] = B[(size_t)k * bks + (size_t)n * bns];
 }
 
-/* Row operations in plain C (omp simd loops, kern_v16 reductions) for AVX2 */
+/* Row operations for AVX2: elementwise parts as omp simd loops, reductions
+ * with intrinsics (8 lanes, then a fixed tree) */
+
+KERN_INLINE KERN_AVX2 float hsum256(__m256 v)
+{
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+KERN_INLINE KERN_AVX2 float hmax256(__m256 v)
+{
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
 
 KERN_AVX2 static void softmax_rows_avx2(float *S, size_t ld, int rows, int L, int T, float scale)
 {
     for (int r = 0; r < rows; r++) {
         float *p = S + (size_t)r * ld;
         if (L > 0) {
-            float ms = kern_vmax(p, L) * scale;
+            __m256 mv = _mm256_set1_ps(-INFINITY);
+            int j = 0;
+            for (; j + 8 <= L; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(p + j));
+            float mx = hmax256(mv);
+            for (; j < L; j++) mx = p[j] > mx ? p[j] : mx;
+            float ms = mx * scale;
             #pragma omp simd
-            for (int j = 0; j < L; j++) p[j] = kern_exp(kern_madd(p[j], scale, -ms, 1), 1);
-            float inv = 1.0f / kern_vsum(p, L);
+            for (int i = 0; i < L; i++) p[i] = kern_exp(kern_madd(p[i], scale, -ms, 1), 1);
+            __m256 sv = _mm256_setzero_ps();
+            for (j = 0; j + 8 <= L; j += 8) sv = _mm256_add_ps(sv, _mm256_loadu_ps(p + j));
+            float sum = hsum256(sv);
+            for (; j < L; j++) sum += p[j];
+            float inv = 1.0f / sum;
             #pragma omp simd
-            for (int j = 0; j < L; j++) p[j] *= inv;
+            for (int i = 0; i < L; i++) p[i] *= inv;
         }
         for (int j = L; j < T; j++) p[j] = 0.0f;
     }
@@ -678,11 +706,17 @@ KERN_AVX2 static void ds_rows_avx2(float *dP, size_t ldd, int capd, const float 
     for (int r = 0; r < rows; r++) {
         float *dp = dP + (size_t)r * ldd;
         const float *pr = P + (size_t)r * ldp, *wr = W + (size_t)r * ldw;
-        float D = kern_vdot(wr, dp, L);
+        __m256 acc = _mm256_setzero_ps();
+        int j = 0;
+        for (; j + 8 <= L; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(wr + j), _mm256_loadu_ps(dp + j), acc);
+        float D = hsum256(acc);
+        for (; j < L; j++) D += wr[j] * dp[j];
         #pragma omp simd
-        for (int j = 0; j < L; j++) dp[j] = kern_madd(wr[j], dp[j], -pr[j] * D, 1) * scale;
+        for (int i = 0; i < L; i++) dp[i] = kern_madd(wr[i], dp[i], -pr[i] * D, 1) * scale;
     }
 }
+
+#endif /* KERN_X86 */
 
 /* C (M x N) (+)= A (M x K, strides ars/acs) * B (K x N, B[k*bks + n*bns]).
  * bns == 1: B rows are used in place; else B is packed a panel of NR columns
@@ -727,6 +761,18 @@ static int att_qblock(int T, int L)
 
 static int att_pad(int L) { return (L + 15) & ~15; }
 
+/* floats of one query block's scratch rows, the most any sequence needs */
+static size_t att_scratch(const int *lens, int B, int T)
+{
+    size_t m = 0;
+    for (int b = 0; b < B; b++) {
+        int L = key_len(lens, b, T);
+        size_t n = (size_t)att_qblock(T, L) * (size_t)att_pad(L);
+        if (n > m) m = n;
+    }
+    return m;
+}
+
 /* The tier-specific pieces of the blocked passes. Row operations work on
  * `rows` rows of L keys (row r of a matrix X with stride ldx at X + r*ldx;
  * cap: entries of each row that may be read and written, >= L). Scratch rows
@@ -750,12 +796,14 @@ typedef struct {
                size_t ldw, int capw, int rows, int L, float scale);
 } att_ops;
 
+#if KERN_X86
 static const att_ops ops_avx512 = {
     uk_avx512, pack_avx512, 8, 32, softmax_rows_avx512, dropout_rows_avx512, w_rows_avx512, ds_rows_avx512,
 };
 static const att_ops ops_avx2 = {
     uk_avx2, pack_avx2, 6, 16, softmax_rows_avx2, dropout_rows_avx2, w_rows_avx2, ds_rows_avx2,
 };
+#endif
 
 /* C (M x N) (+)= A (M x K) B (K x N) through the tier's micro-kernel; see att_gemm */
 static void gemm(const att_ops *o, int M, int N, int K, const float *A, size_t ars, size_t acs,
@@ -787,6 +835,12 @@ static void fwd_head(const att_ops *o, float *out, float *probs, uint8_t *mask, 
     const float *qb = q + off, *kb = k + off, *vb = v + off;
     float *ob = out + off;
     size_t prow = ((size_t)b * NH + h) * T;   /* flat row index of query 0 */
+    if (L == 0) {   /* an empty sequence: zero probs, mask and out rows */
+        memset(probs + prow * T, 0, (size_t)T * T * sizeof(float));
+        if (mask) memset(mask + prow * T, 0, (size_t)T * T);
+        for (int t = 0; t < T; t++) memset(ob + (size_t)t * C, 0, (size_t)hd * sizeof(float));
+        return;
+    }
     int qbl = att_qblock(T, L), Lp = att_pad(L);
     if (T <= ATT_PREFETCH_T) {
         prefetch_slice(kb, L, (size_t)C, hd);
@@ -867,8 +921,12 @@ static void bwd_head(const att_ops *o, float *dq, float *dk, float *dv, const fl
 /* the blocked passes' ops for the current tier; NULL: portable hand loops */
 static const att_ops *pick_ops(void)
 {
+#if KERN_X86
     return kern_isa_level >= KERNELS_ISA_AVX512 ? &ops_avx512
          : kern_isa_level >= KERNELS_ISA_AVX2 ? &ops_avx2 : NULL;
+#else
+    return NULL;
+#endif
 }
 
 /* Shared forward; mask NULL means no dropout (p and seed unused). */
@@ -878,9 +936,7 @@ static void attention_fwd(float *out, float *probs, uint8_t *mask, const float *
 {
     if (B <= 0 || T <= 0 || NH <= 0) return;
     const att_ops *fast = pick_ops();
-    int maxL = 0;
-    for (int b = 0; b < B; b++) if (key_len(lens, b, T) > maxL) maxL = key_len(lens, b, T);
-    size_t wsn = mask ? (size_t)att_qblock(T, maxL) * (size_t)att_pad(maxL) : 0;
+    size_t wsn = mask ? att_scratch(lens, B, T) : 0;
     #pragma omp parallel if ((size_t)B * NH * T * T * (C / NH) >= (1u << 16))
     {
         float *ws = fast && wsn ? malloc(wsn * sizeof(float)) : NULL;
@@ -946,9 +1002,7 @@ static void attention_bwd(float *dq, float *dk, float *dv, const float *dout,
     if (B <= 0 || T <= 0 || NH <= 0) return;
     if (!dq && !dk && !dv) return;
     const att_ops *fast = pick_ops();
-    int maxL = 0;
-    for (int b = 0; b < B; b++) if (key_len(lens, b, T) > maxL) maxL = key_len(lens, b, T);
-    size_t wsn = 2 * (size_t)att_qblock(T, maxL) * (size_t)att_pad(maxL);
+    size_t wsn = 2 * att_scratch(lens, B, T);
     #pragma omp parallel if ((size_t)B * NH * T * T * (C / NH) >= (1u << 16))
     {
         float *ws = fast && wsn ? malloc(wsn * sizeof(float)) : NULL;

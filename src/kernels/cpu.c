@@ -12,7 +12,7 @@ static int isa_default = KERNELS_ISA_PORTABLE;
 
 static int detect(void)
 {
-#if defined(__x86_64__) || defined(__i386__)
+#if KERN_X86
     __builtin_cpu_init();  /* required when called from a constructor */
     /* libgcc's checks include the OS saving the vector state (XGETBV) */
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

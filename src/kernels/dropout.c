@@ -97,3 +97,26 @@ void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float
         if (e > s) f(dinp + s, mask ? mask + s : NULL, dout + s, e - s, scale);
     }
 }
+
+KERN_INLINE void drop_bwd_ip_body(float *d, const uint8_t *mask, size_t n, float scale, const int F)
+{
+    (void)F;
+    #pragma omp simd
+    for (size_t i = 0; i < n; i++) d[i] = kern_sel(mask[i], d[i] * scale, 0.0f);
+}
+KERN_TIERS(drop_bwd_ip, (float *d, const uint8_t *mask, size_t n, float scale), d, mask, n, scale)
+
+void dropout_backward_inplace(float *d, const uint8_t *mask, float p, size_t n)
+{
+    if (!d || p <= 0.0f) return;
+    if (p >= 1.0f) { memset(d, 0, n * sizeof(float)); return; }
+    float scale = 1.0f / (1.0f - p);
+    void (*f)(float *, const uint8_t *, size_t, float) = KERN_PICK(drop_bwd_ip);
+    if (n < DROPOUT_PAR) { f(d, mask, n, scale); return; }
+    #pragma omp parallel
+    {
+        size_t s, e;
+        kern_split(n, &s, &e);
+        if (e > s) f(d + s, mask + s, e - s, scale);
+    }
+}

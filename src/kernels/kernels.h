@@ -86,6 +86,9 @@ void attention_backward_prefix(float *dq, float *dk, float *dv, const float *dou
  * and saved. p == 0 copies and sets mask to 1. out may equal inp. */
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, peftc_rng *rng);
 void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n);
+/* In place: d (n) = d * mask / (1-p), the gradient through inverted dropout
+ * when it replaces rather than accumulates; p <= 0 leaves d, p >= 1 zeroes it. */
+void dropout_backward_inplace(float *d, const uint8_t *mask, float p, size_t n);
 
 /* Pooling over the first lens[b] positions of (B,T,C) into (B,C). */
 void mean_pool_forward(float *out, const float *inp, const int *lens, int B, int T, int C);
@@ -143,18 +146,28 @@ const char *kernels_isa_name(int isa);
 extern int kern_isa_level;
 
 /* Each tiered inner loop is written once as a KERN_INLINE body taking a
- * trailing `const int F` (1 = the target has FMA) and instantiated three
- * times: plain, KERN_AVX2 and KERN_AVX512 (GCC compiles the inlined body for
- * each target; the project builds without -march). */
+ * trailing `const int F` (0 plain, 1 AVX2 + FMA, 2 AVX-512; nonzero means the
+ * target has FMA) and instantiated three times by KERN_TIERS: plain,
+ * KERN_AVX2 and KERN_AVX512 (GCC compiles the inlined body for each target;
+ * the project builds without -march). Off x86 (or with
+ * -DPEFTC_KERNELS_NO_X86) only the plain one exists. */
 #define KERN_INLINE static inline __attribute__((always_inline))
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(PEFTC_KERNELS_NO_X86)
+#define KERN_X86 1
 #define KERN_AVX2 __attribute__((target("avx2,fma")))
 #define KERN_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
 #define KERN_TIERS(name, params, ...)                                                   \
     static void name##_portable params { name##_body(__VA_ARGS__, 0); }                 \
     KERN_AVX2 static void name##_avx2 params { name##_body(__VA_ARGS__, 1); }           \
-    KERN_AVX512 static void name##_avx512 params { name##_body(__VA_ARGS__, 1); }
+    KERN_AVX512 static void name##_avx512 params { name##_body(__VA_ARGS__, 2); }
 #define KERN_PICK(name) (kern_isa_level >= KERNELS_ISA_AVX512 ? name##_avx512 :        \
                          kern_isa_level >= KERNELS_ISA_AVX2 ? name##_avx2 : name##_portable)
+#else
+#define KERN_X86 0
+#define KERN_TIERS(name, params, ...)                                                   \
+    static void name##_portable params { name##_body(__VA_ARGS__, 0); }
+#define KERN_PICK(name) name##_portable
+#endif
 
 /* a*b + c: one rounding where the target has FMA (F), else two */
 KERN_INLINE float kern_madd(float a, float b, float c, const int F)
@@ -191,8 +204,8 @@ KERN_INLINE float kern_exp(float x, const int F)
     p = kern_madd(p, r, 1.6666665459e-1f, F);
     p = kern_madd(p, r, 5.0000001201e-1f, F);
     float y = kern_madd(p, r * r, r, F) + 1.0f;
-    union { float f; int32_t i; } tb = { t };
-    union { int32_t i; float f; } sc = { (tb.i - 0x4B400000 + 127) * (1 << 23) };
+    union { float f; uint32_t u; } tb = { t };
+    union { uint32_t u; float f; } sc = { (tb.u - 0x4B400000u + 127u) << 23 };   /* 2^n */
     y *= sc.f;
     y = kern_sel(x < -87.33654f, 0.0f, y);
     return kern_sel(x > 88.72283f, (float)INFINITY, y);
@@ -225,59 +238,60 @@ KERN_INLINE float kern_erf(float x, const int F)
     return kern_sel(t < 1.0f, small, big);
 }
 
-/* Reductions with 16 partial sums in a GCC vector (one zmm, two ymm or four
- * xmm, by target): `#pragma omp simd reduction` compiles to a slow spill
- * through memory at -O2. The combination order is fixed, so results depend
- * only on n and the tier. */
-typedef float kern_v16 __attribute__((vector_size(64)));
-typedef int32_t kern_v16i __attribute__((vector_size(64)));
-/* (vectors are never passed by value: that ABI differs with and without AVX-512) */
-#define KERN_V16_LOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(kern_v16))
-KERN_INLINE float kern_v16_hsum(const kern_v16 *v)
-{
-    const float *x = (const float *)v;
-    float a[8];
-    for (int l = 0; l < 8; l++) a[l] = x[l] + x[l + 8];
-    for (int l = 0; l < 4; l++) a[l] += a[l + 4];
-    return (a[0] + a[2]) + (a[1] + a[3]);
-}
+/* Reductions with KERN_LANES(F) partial sums (an array the `omp simd` lane
+ * loop keeps in registers: 16 floats are one zmm, 8 one ymm; the plain SSE2
+ * build does best with 16): a `#pragma omp simd reduction` compiles to a slow
+ * spill through memory at -O2, and GCC vectors wider than the target go
+ * through the stack. The combination order is fixed, so results depend only
+ * on n and the tier. */
+#define KERN_LANES(F) ((F) == 1 ? 8 : 16)
+/* s = the partial sums acc[0..W) combined pairwise (W = 8 or 16) */
+#define KERN_ACC_COMBINE(acc, W, s) do {                                     \
+        if ((W) == 16) for (int l_ = 0; l_ < 8; l_++) (acc)[l_] += (acc)[l_ + 8]; \
+        for (int l_ = 0; l_ < 4; l_++) (acc)[l_] += (acc)[l_ + 4];         \
+        (s) = ((acc)[0] + (acc)[2]) + ((acc)[1] + (acc)[3]);               \
+    } while (0)
 /* sum x[0..n) */
-KERN_INLINE float kern_vsum(const float *x, int n)
+KERN_INLINE float kern_vsum(const float *x, int n, const int F)
 {
-    kern_v16 acc = { 0 }, v;
+    const int W = KERN_LANES(F);
+    float acc[16] = { 0 }, s;
     int j = 0;
-    for (; j + 16 <= n; j += 16) { KERN_V16_LOAD(v, x + j); acc += v; }
-    float s = kern_v16_hsum(&acc);
+    for (; j + W <= n; j += W) {
+        #pragma omp simd
+        for (int l = 0; l < W; l++) acc[l] += x[j + l];
+    }
+    KERN_ACC_COMBINE(acc, W, s);
     for (; j < n; j++) s += x[j];
     return s;
 }
 /* sum a[j] * b[j], j < n */
-KERN_INLINE float kern_vdot(const float *a, const float *b, int n)
+KERN_INLINE float kern_vdot(const float *a, const float *b, int n, const int F)
 {
-    kern_v16 acc = { 0 }, va, vb;
+    const int W = KERN_LANES(F);
+    float acc[16] = { 0 }, s;
     int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        KERN_V16_LOAD(va, a + j);
-        KERN_V16_LOAD(vb, b + j);
-        acc += va * vb;
+    for (; j + W <= n; j += W) {
+        #pragma omp simd
+        for (int l = 0; l < W; l++) acc[l] += a[j + l] * b[j + l];
     }
-    float s = kern_v16_hsum(&acc);
+    KERN_ACC_COMBINE(acc, W, s);
     for (; j < n; j++) s += a[j] * b[j];
     return s;
 }
 /* max x[0..n), -inf for n = 0 (NaNs are not propagated) */
-KERN_INLINE float kern_vmax(const float *x, int n)
+KERN_INLINE float kern_vmax(const float *x, int n, const int F)
 {
-    kern_v16 acc = (kern_v16){ 0 } - (float)INFINITY, v;
+    const int W = KERN_LANES(F);
+    float acc[16];
+    for (int l = 0; l < 16; l++) acc[l] = -(float)INFINITY;
     int j = 0;
-    for (; j + 16 <= n; j += 16) {
-        KERN_V16_LOAD(v, x + j);
-        kern_v16i gt = v > acc;
-        acc = (kern_v16)(((kern_v16i)v & gt) | ((kern_v16i)acc & ~gt));
+    for (; j + W <= n; j += W) {
+        #pragma omp simd
+        for (int l = 0; l < W; l++) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
     }
-    const float *l16 = (const float *)&acc;
     float m = -(float)INFINITY;
-    for (int l = 0; l < 16; l++) m = l16[l] > m ? l16[l] : m;
+    for (int l = 0; l < W; l++) m = acc[l] > m ? acc[l] : m;
     for (; j < n; j++) m = x[j] > m ? x[j] : m;
     return m;
 }

@@ -7,37 +7,96 @@
 #include <omp.h>
 #define PEFTC_KERNELS_INTERNAL
 #include "kernels/kernels.h"
+#if KERN_X86
+#include <immintrin.h>
+#endif
 
 /* Channels per task for the dw/db reductions over rows; a task owns whole
  * columns so sums run in row order whatever the thread count. */
 #define LN_COLS 64
 #define LN_PAR (1u << 14)
 
-typedef double v8d __attribute__((vector_size(64)));
-typedef float v8f __attribute__((vector_size(32)));
-
-/* sum_c x[c] (+ and, if sq, sum_c (x[c] - m)^2 instead), in double */
-KERN_INLINE double row_sum_d(const float *x, int C, double m, const int sq)
+#if KERN_X86
+/* AVX2 versions of the two row reductions below: GCC -O2 keeps the generic
+ * code's double partial sums in memory for that target. 16 partial sums in
+ * four ymm, combined in a fixed order. */
+KERN_AVX2 static double row_sum_d_avx2(const float *x, int C, double m, int sq)
 {
-    v8d a0 = { 0 }, a1 = { 0 };
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, a2 = a0, a3 = a0, vm = _mm256_set1_pd(m);
     int c = 0;
     for (; c + 16 <= C; c += 16) {
-        v8f lo, hi;
-        __builtin_memcpy(&lo, x + c, sizeof lo);
-        __builtin_memcpy(&hi, x + c + 8, sizeof hi);
-        v8d dlo = __builtin_convertvector(lo, v8d), dhi = __builtin_convertvector(hi, v8d);
+        __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c)), vm);
+        __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 4)), vm);
+        __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 8)), vm);
+        __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + c + 12)), vm);
         if (sq) {
-            dlo -= m; dhi -= m;
-            a0 += dlo * dlo; a1 += dhi * dhi;
+            a0 = _mm256_fmadd_pd(d0, d0, a0); a1 = _mm256_fmadd_pd(d1, d1, a1);
+            a2 = _mm256_fmadd_pd(d2, d2, a2); a3 = _mm256_fmadd_pd(d3, d3, a3);
         } else {
-            a0 += dlo; a1 += dhi;
+            a0 = _mm256_add_pd(a0, d0); a1 = _mm256_add_pd(a1, d1);
+            a2 = _mm256_add_pd(a2, d2); a3 = _mm256_add_pd(a3, d3);
         }
     }
-    a0 += a1;
-    const double *l = (const double *)&a0;
-    double s = ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
+    __m256d a = _mm256_add_pd(_mm256_add_pd(a0, a2), _mm256_add_pd(a1, a3));
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    double s = _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
     for (; c < C; c++) {
-        double d = sq ? x[c] - m : x[c];
+        double d = (double)x[c] - m;
+        s += sq ? d * d : d;
+    }
+    return s;
+}
+
+KERN_AVX2 static void row_bwd_sums_avx2(const float *x, const float *d, const float *w, int C, float m,
+                                        float rs, double *s1, double *s2)
+{
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0, b0 = a0, b1 = a0;
+    __m256 vm = _mm256_set1_ps(m), vr = _mm256_set1_ps(rs);
+    int c = 0;
+    for (; c + 8 <= C; c += 8) {
+        __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm), vr);
+        __m256 dxh = _mm256_mul_ps(_mm256_loadu_ps(d + c), _mm256_loadu_ps(w + c));
+        __m256 p = _mm256_mul_ps(dxh, xh);
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(dxh)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(dxh, 1)));
+        b0 = _mm256_add_pd(b0, _mm256_cvtps_pd(_mm256_castps256_ps128(p)));
+        b1 = _mm256_add_pd(b1, _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1)));
+    }
+    __m256d a = _mm256_add_pd(a0, a1), b = _mm256_add_pd(b0, b1);
+    __m128d ha = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    __m128d hb = _mm_add_pd(_mm256_castpd256_pd128(b), _mm256_extractf128_pd(b, 1));
+    double sa = _mm_cvtsd_f64(_mm_add_sd(ha, _mm_unpackhi_pd(ha, ha)));
+    double sb = _mm_cvtsd_f64(_mm_add_sd(hb, _mm_unpackhi_pd(hb, hb)));
+    for (; c < C; c++) {
+        float xh = (x[c] - m) * rs, dxh = d[c] * w[c];
+        sa += dxh;
+        sb += (double)(dxh * xh);
+    }
+    *s1 = sa;
+    *s2 = sb;
+}
+#endif
+
+/* sum_c x[c] (or, if sq, sum_c (x[c] - m)^2), in double: KERN_LANES partial sums
+ * combined in a fixed order */
+KERN_INLINE double row_sum_d(const float *x, int C, double m, const int sq, const int F)
+{
+#if KERN_X86
+    if (F == 1) return row_sum_d_avx2(x, C, m, sq);
+#endif
+    const int W = KERN_LANES(F);
+    double acc[16] = { 0 }, s;
+    int c = 0;
+    for (; c + W <= C; c += W) {
+        #pragma omp simd
+        for (int l = 0; l < W; l++) {
+            double d = (double)x[c + l] - m;
+            acc[l] += sq ? d * d : d;
+        }
+    }
+    KERN_ACC_COMBINE(acc, W, s);
+    for (; c < C; c++) {
+        double d = (double)x[c] - m;
         s += sq ? d * d : d;
     }
     return s;
@@ -45,31 +104,27 @@ KERN_INLINE double row_sum_d(const float *x, int C, double m, const int sq)
 
 /* s1 = sum_c dout*w, s2 = sum_c dout*w*xhat, in double */
 KERN_INLINE void row_bwd_sums(const float *x, const float *d, const float *w, int C, float m, float rs,
-                              double *s1, double *s2)
+                              double *s1, double *s2, const int F)
 {
-    v8d a0 = { 0 }, a1 = { 0 }, b0 = { 0 }, b1 = { 0 };
-    int c = 0;
-    for (; c + 16 <= C; c += 16) {
-        kern_v16 xv, dv, wv;
-        KERN_V16_LOAD(xv, x + c);
-        KERN_V16_LOAD(dv, d + c);
-        KERN_V16_LOAD(wv, w + c);
-        kern_v16 xh = (xv - m) * rs, dxh = dv * wv, p = dxh * xh;
-        v8f lo, hi, plo, phi;
-        __builtin_memcpy(&lo, &dxh, sizeof lo);
-        __builtin_memcpy(&hi, (const float *)&dxh + 8, sizeof hi);
-        __builtin_memcpy(&plo, &p, sizeof plo);
-        __builtin_memcpy(&phi, (const float *)&p + 8, sizeof phi);
-        a0 += __builtin_convertvector(lo, v8d);
-        a1 += __builtin_convertvector(hi, v8d);
-        b0 += __builtin_convertvector(plo, v8d);
-        b1 += __builtin_convertvector(phi, v8d);
+#if KERN_X86
+    if (F == 1) {
+        row_bwd_sums_avx2(x, d, w, C, m, rs, s1, s2);
+        return;
     }
-    a0 += a1;
-    b0 += b1;
-    const double *la = (const double *)&a0, *lb = (const double *)&b0;
-    double sa = ((la[0] + la[4]) + (la[2] + la[6])) + ((la[1] + la[5]) + (la[3] + la[7]));
-    double sb = ((lb[0] + lb[4]) + (lb[2] + lb[6])) + ((lb[1] + lb[5]) + (lb[3] + lb[7]));
+#endif
+    const int W = KERN_LANES(F);
+    double a[16] = { 0 }, b[16] = { 0 }, sa, sb;
+    int c = 0;
+    for (; c + W <= C; c += W) {
+        #pragma omp simd
+        for (int l = 0; l < W; l++) {
+            float xh = (x[c + l] - m) * rs, dxh = d[c + l] * w[c + l];
+            a[l] += (double)dxh;
+            b[l] += (double)(dxh * xh);
+        }
+    }
+    KERN_ACC_COMBINE(a, W, sa);
+    KERN_ACC_COMBINE(b, W, sb);
     for (; c < C; c++) {
         float xh = (x[c] - m) * rs, dxh = d[c] * w[c];
         sa += dxh;
@@ -85,8 +140,8 @@ KERN_INLINE void ln_fwd_body(float *out, float *mean, float *rstd, const float *
     for (int n = n0; n < n1; n++) {
         const float *x = inp + (size_t)n * C;
         float *o = out + (size_t)n * C;
-        double m = C > 0 ? row_sum_d(x, C, 0.0, 0) / C : 0.0;
-        double var = C > 0 ? row_sum_d(x, C, m, 1) / C : 0.0;
+        double m = C > 0 ? row_sum_d(x, C, 0.0, 0, F) / C : 0.0;
+        double var = C > 0 ? row_sum_d(x, C, m, 1, F) / C : 0.0;
         float mf = (float)m;
         float rs = (float)(1.0 / sqrt(var + (double)eps));
         #pragma omp simd
@@ -124,7 +179,7 @@ KERN_INLINE void ln_bwd_dx_body(float *dinp, const float *dout, const float *inp
         float *di = dinp + (size_t)n * C;
         float m = mean[n], rs = rstd[n];
         double s1, s2;
-        row_bwd_sums(x, d, w, C, m, rs, &s1, &s2);
+        row_bwd_sums(x, d, w, C, m, rs, &s1, &s2, F);
         float m1 = (float)(s1 / C), m2 = (float)(s2 / C);
         #pragma omp simd
         for (int c = 0; c < C; c++) {

@@ -13,27 +13,24 @@ KERN_INLINE void ce_rows_body(float *losses, float *probs, const float *logits, 
     for (int b = b0; b < b1; b++) {
         const float *x = logits + (size_t)b * K;
         float *p = probs ? probs + (size_t)b * K : NULL;
-        float mx = kern_vmax(x, K);
+        float mx = kern_vmax(x, K, F);
         float sum;
         if (p) {
             #pragma omp simd
             for (int j = 0; j < K; j++) p[j] = kern_exp(x[j] - mx, F);
-            sum = kern_vsum(p, K);
+            sum = kern_vsum(p, K, F);
             float inv = 1.0f / sum;
             #pragma omp simd
             for (int j = 0; j < K; j++) p[j] *= inv;
         } else {
-            kern_v16 acc = { 0 };
+            const int W = KERN_LANES(F);
+            float acc[16] = { 0 };
             int j = 0;
-            for (; j + 16 <= K; j += 16) {
-                float e[16];
+            for (; j + W <= K; j += W) {
                 #pragma omp simd
-                for (int l = 0; l < 16; l++) e[l] = kern_exp(x[j + l] - mx, F);
-                kern_v16 v;
-                KERN_V16_LOAD(v, e);
-                acc += v;
+                for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
             }
-            sum = kern_v16_hsum(&acc);
+            KERN_ACC_COMBINE(acc, W, sum);
             for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
         }
         /* log-sum-exp form: exact even when probs[label] underflows to 0 */

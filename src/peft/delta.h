@@ -20,7 +20,7 @@ typedef enum site_id {
     SITE_ATTN_OUT,   /* attention sub-layer: x = layer input, h = projection output (after dropout, before residual) */
     SITE_FFN_OUT,    /* FFN sub-layer: x = FFN input, h = FFN output (after dropout, before residual) */
     SITE_ATTN_HEADS, /* per-head attention outputs: x = layer input, h = heads concatenated, before the projection */
-    SITE_FFN_ACT,    /* FFN inner activation: x = h = GELU output (N, d_ff) */
+    SITE_FFN_ACT,    /* FFN inner activation: x = h = GELU output (N, d_ff); scale deltas only */
     SITE_COUNT
 } site_id;
 

@@ -114,6 +114,8 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
             }
             if (sp->kind == DELTA_BOTTLENECK && (sp->r <= 0 || sp->r > width))
                 return peftc_fail(err, PEFTC_ERR_INPUT, "delta at %s: r=%d must be in [1, %d], the width there", site_name(sp->site), sp->r, width);
+            if (sp->kind == DELTA_BOTTLENECK && sp->site == SITE_FFN_ACT)
+                return peftc_fail(err, PEFTC_ERR_INPUT, "site ffn.act takes only kind=scale deltas ((IA)^3); put bottlenecks at ffn.in, ffn.down or ffn.out");
             if (sp->kind == DELTA_SCALE && !(sp->site == SITE_ATTN_K || sp->site == SITE_ATTN_V || sp->site == SITE_ATTN_Q ||
                                              sp->site == SITE_FFN_ACT || sp->site == SITE_ATTN_HEADS))
                 return peftc_fail(err, PEFTC_ERR_INPUT, "a scale delta goes at attn.q, attn.k, attn.v, attn.heads or ffn.act, not %s", site_name(sp->site));

@@ -181,7 +181,8 @@ void prompt_init(prompt_module *pm, param_block *pb, const float *wte, int V, co
     /* from the vocabulary (Lester et al.'s best init): the given text's tokens
      * cyclically, else random rows among the ordinary (non-special) ids */
     for (int k = 0; k < P; k++) {
-        int id = n_init > 0 ? init_ids[k % n_init] : 1000 + (int)peftc_rng_below(rng, (uint64_t)(V > 2000 ? V - 1000 : V));
+        int lo = V > 2000 ? 1000 : V / 2; /* BERT vocabularies keep special and unused tokens below 1000 */
+        int id = n_init > 0 ? init_ids[k % n_init] : lo + (int)peftc_rng_below(rng, (uint64_t)(V - lo));
         if (id >= V) id = V - 1;
         memcpy(e + (size_t)k * C, wte + (size_t)id * C, (size_t)C * sizeof(float));
     }
