@@ -5,6 +5,8 @@
 # file. Also: training, eval, predict and bit-exact resume on a tiny model.
 set -u
 cd "$(dirname "$0")/.."
+# set here so peftc does not restart itself to set it (valgrind must see the real process)
+export GOMP_SPINCOUNT=10000
 PY=/usr/bin/python3
 W=$(mktemp -d /tmp/peftc_cli.XXXXXX)
 trap 'rm -rf "$W"' EXIT

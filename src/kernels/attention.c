@@ -3,19 +3,24 @@
  * probabilities. One OpenMP task per (batch, head) pair: every row a task
  * writes (probs and mask rows, the head's column slice of out/dq/dk/dv) belongs
  * to that pair alone, so there are no races and no dependence on thread count
- * (or on which thread runs which head: the schedule is dynamic).
+ * (or on which thread runs which head: the schedule is dynamic, which also
+ * balances padded sequences).
  *
  * BLAS must not be called from inside our parallel region (OpenBLAS threads
- * itself), and per-head matrices are small (64 x 64 x 32 for BERT at T = 64),
- * so the products are our own:
+ * itself), and per-head matrices are small (64 x 64 x 32 for BERT at T = 64).
+ * cblas_sgemm per head, called serially, takes about as long for the products
+ * alone as the kernels below take for everything on one core, and cannot use
+ * the second (bench/kernels_bench.c measures both), so the products are ours:
  * - AVX-512 / AVX2 tiers: every product of a head (q k^T, P v, dout v^T,
- *   dS k, dS^T q, W^T dout) is a small GEMM on a register-blocked micro-kernel
- *   (8 x 32 zmm, 6 x 16 ymm), operands read in place through strides; only
- *   k^T and v^T are packed (a panel at a time, on the stack). The softmax and
- *   dS rows are vectorised loops with kern_exp. Queries go in blocks of up to
- *   ATT_QB_FLOATS / L rows whose scores / dP live in a per-thread heap scratch.
- * - portable tier (and the fall-back if that scratch cannot be allocated):
- *   hand loops over rows of the head. */
+ *   W^T dout, dS k, dS^T q) is a small GEMM on a register-blocked micro-kernel
+ *   (8 x 32 in zmm, 6 x 16 in ymm) reading its operands in place through
+ *   strides; only k^T and v^T are packed, a panel at a time on the stack. The
+ *   softmax, dropout and dS rows are vectorised with in-register reductions.
+ *   Queries go in blocks of up to max(64, 32768 / L) rows whose dropped
+ *   weights and dP live in a per-thread heap scratch. A head's rows are C
+ *   floats apart, so they are prefetched when the head starts.
+ * - portable tier (and the fall-back should the scratch not be allocated):
+ *   hand loops over the rows of the head. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -71,6 +71,9 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                               const float *probs, const uint8_t *mask, const float *q,
                               const float *k, const float *v, const int *lens,
                               int B, int T, int C, int NH, float p);
+/* (The four attention kernels allocate: per call, each thread mallocs a
+ * scratch of about 2 x max(32768, 64 T) floats (256 KiB up to T = 512); should
+ * that fail they fall back to loops that need none.) */
 
 /* With a prefix: k, v are (B, P+T, C) where the first P keys of every
  * sequence (the prefix) are always attended and key P+j only if j < lens[b];
@@ -85,6 +88,9 @@ void attention_backward_prefix(float *dq, float *dk, float *dv, const float *dou
 /* Inverted dropout: out = inp * mask / (1-p), mask (n bytes) drawn from rng
  * and saved. p == 0 copies and sets mask to 1. out may equal inp. */
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, peftc_rng *rng);
+/* (dropout_forward takes exactly one draw, key = peftc_rng_u64(rng), when
+ * 0 < p < 1; mask[i] = 1 iff the i-th draw of a peftc_rng with state = key is
+ * >= p: counter-based, so the mask does not depend on the thread count.) */
 void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n);
 /* In place: d (n) = d * mask / (1-p), the gradient through inverted dropout
  * when it replaces rather than accumulates; p <= 0 leaves d, p >= 1 zeroes it. */

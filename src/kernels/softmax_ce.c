@@ -13,25 +13,39 @@ KERN_INLINE void ce_rows_body(float *losses, float *probs, const float *logits, 
     for (int b = b0; b < b1; b++) {
         const float *x = logits + (size_t)b * K;
         float *p = probs ? probs + (size_t)b * K : NULL;
-        float mx = kern_vmax(x, K, F);
-        float sum;
-        if (p) {
-            #pragma omp simd
-            for (int j = 0; j < K; j++) p[j] = kern_exp(x[j] - mx, F);
-            sum = kern_vsum(p, K, F);
-            float inv = 1.0f / sum;
-            #pragma omp simd
-            for (int j = 0; j < K; j++) p[j] *= inv;
-        } else {
-            const int W = KERN_LANES(F);
-            float acc[16] = { 0 };
-            int j = 0;
-            for (; j + W <= K; j += W) {
-                #pragma omp simd
-                for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
+        float mx = -INFINITY, sum = 0.0f;
+        if (K < 16) {   /* a few classes: plain loops */
+            for (int j = 0; j < K; j++) mx = x[j] > mx ? x[j] : mx;
+            for (int j = 0; j < K; j++) {
+                float e = kern_exp(x[j] - mx, F);
+                if (p) p[j] = e;
+                sum += e;
             }
-            KERN_ACC_COMBINE(acc, W, sum);
-            for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+            if (p) {
+                float inv = 1.0f / sum;
+                for (int j = 0; j < K; j++) p[j] *= inv;
+            }
+        } else {
+            mx = kern_vmax(x, K, F);
+            if (p) {
+                #pragma omp simd
+                for (int j = 0; j < K; j++) p[j] = kern_exp(x[j] - mx, F);
+                sum = kern_vsum(p, K, F);
+                float inv = 1.0f / sum;
+                #pragma omp simd
+                for (int j = 0; j < K; j++) p[j] *= inv;
+            } else {
+                /* the same partial sums as kern_vsum over the stored exps */
+                const int W = KERN_LANES(F);
+                float acc[16] = { 0 };
+                int j = 0;
+                for (; j + W <= K; j += W) {
+                    #pragma omp simd
+                    for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
+                }
+                KERN_ACC_COMBINE(acc, W, sum);
+                for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+            }
         }
         /* log-sum-exp form: exact even when probs[label] underflows to 0 */
         double loss = log((double)sum) + (double)mx - (double)x[labels[b]];
@@ -56,12 +70,14 @@ float softmax_ce_forward(float *losses, float *probs, const float *logits,
         for (int b = 0; b < B; b++) f(losses, probs, logits, labels, b, b + 1, K, NULL);
         for (int b = 0; b < B; b++) total += losses[b];
     } else {
-        /* serial, rows in order; each loss rounded to float as when stored,
-         * so the mean does not depend on whether losses are kept */
-        for (int b = 0; b < B; b++) {
-            double l;
-            f(losses, probs, logits, labels, b, b + 1, K, &l);
-            total += (double)(float)l;
+        /* serial, rows in order, a chunk of rows per call; each loss rounded
+         * to float as when stored, so the mean does not depend on whether
+         * losses are kept */
+        double l[256];
+        for (int b0 = 0; b0 < B; b0 += 256) {
+            int b1 = b0 + 256 < B ? b0 + 256 : B;
+            f(losses, probs, logits, labels, b0, b1, K, l);
+            for (int b = b0; b < b1; b++) total += (double)(float)l[b - b0];
         }
     }
     return (float)(total / B);
