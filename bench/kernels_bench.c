@@ -8,6 +8,8 @@
  * older git revision for before/after numbers.
  *   kernels_bench [filter] [reps]     filter: substring of the kernel names
  */
+#include <cblas.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -131,6 +133,49 @@ static void b_att_bwd_train(void *c)
                              a->lens, a->B, a->T, a->C, a->NH, a->p);
 }
 
+/* The alternative considered for attention: cblas_sgemm per (batch, head),
+ * serially (BLAS may not be called inside our parallel regions; OpenBLAS
+ * threads a call itself when it is big enough), operands strided in place.
+ * Only the products are timed (forward: q k^T and P v; backward: dout v^T,
+ * W^T dout, dS k, dS^T q); the softmax / dS rows would come on top. */
+static void b_att_fwd_blas_gemms(void *c)
+{
+    att_ctx *a = c;
+    int T = a->T, C = a->C, NH = a->NH, hd = C / NH;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int b = 0; b < a->B; b++)
+        for (int h = 0; h < NH; h++) {
+            int L = a->lens[b];
+            size_t off = (size_t)b * T * C + (size_t)h * hd;
+            float *S = a->probs + ((size_t)b * NH + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, hd, scale, a->q + off, C,
+                        a->k + off, C, 0.0f, S, T);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, L, 1.0f, S, T, a->v + off, C,
+                        0.0f, a->out + off, C);
+        }
+}
+static void b_att_bwd_blas_gemms(void *c)
+{
+    att_ctx *a = c;
+    int T = a->T, C = a->C, NH = a->NH, hd = C / NH;
+    float *dP = malloc((size_t)T * T * sizeof(float));
+    for (int b = 0; b < a->B; b++)
+        for (int h = 0; h < NH; h++) {
+            int L = a->lens[b];
+            size_t off = (size_t)b * T * C + (size_t)h * hd;
+            const float *P = a->probs + ((size_t)b * NH + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, T, 1.0f, P, T, a->dout + off, C,
+                        1.0f, a->dv + off, C);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, L, hd, 1.0f, a->dout + off, C,
+                        a->v + off, C, 0.0f, dP, L);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, L, 1.0f, dP, L, a->k + off, C,
+                        1.0f, a->dq + off, C);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L, hd, T, 1.0f, dP, L, a->q + off, C,
+                        1.0f, a->dk + off, C);
+        }
+    free(dP);
+}
+
 static void bench_attention(int B, int T, int padded, double per_step)
 {
     att_ctx a;
@@ -145,6 +190,12 @@ static void bench_attention(int B, int T, int padded, double per_step)
     run(name, b_att_fwd_train, &a, per_step);
     snprintf(name, sizeof name, "attention_backward_train B%d T%d%s", B, T, pd);
     run(name, b_att_bwd_train, &a, per_step);
+    if (!padded) {
+        snprintf(name, sizeof name, "cblas gemms only (fwd) B%d T%d", B, T);
+        run(name, b_att_fwd_blas_gemms, &a, 0);
+        snprintf(name, sizeof name, "cblas gemms only (bwd) B%d T%d", B, T);
+        run(name, b_att_bwd_blas_gemms, &a, 0);
+    }
     att_free(&a);
 }
 

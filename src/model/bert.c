@@ -385,9 +385,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
 static void dropout_grad_inplace(const bert_run *run, float *dh, const uint8_t *mask, float p, size_t n)
 {
     if (!run->train || p <= 0) return;
-    float keep = 1.0f / (1.0f - p);
-    #pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++) dh[i] = mask[i] ? dh[i] * keep : 0.0f;
+    dropout_backward_inplace(dh, mask, p, n);
 }
 
 /* Backward of linear_site: dh (N,OC) w.r.t. the site's final output; dx += . */

@@ -413,10 +413,7 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         matmul_backward(need_dsrc ? dsrc : NULL, params_grad(pb, d->p_down), ddown_b, dz, src,
                         params_value(pb, d->p_down), N, src_w, r_all);
         if (!need_dsrc) continue;
-        if (s->dropout > 0) { /* in place: dsrc = mask * dsrc / (1-p) */
-            float keep = 1.0f / (1.0f - s->dropout);
-            for (size_t i = 0; i < (size_t)N * src_w; i++) dsrc[i] = d->mask[i] ? dsrc[i] * keep : 0.0f;
-        }
+        if (s->dropout > 0) dropout_backward_inplace(dsrc, d->mask, s->dropout, (size_t)N * src_w);
         if (s->insert == INSERT_SEQUENTIAL) add_inplace(dh, dsrc, n);
         else add_inplace(dx, dsrc, (size_t)N * d->in);
     }
