@@ -7,11 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-600}; shift || true
-METHODS=${*:-"full lora bitfit ia3 adapter-houlsby adapter-pfeiffer parallel-adapter scaled-parallel-adapter mh-parallel-adapter prefix ptuning-v2 prompt ptuning mam unipelt"}
+METHODS=${*:-"full lora bitfit ia3 adapter-houlsby adapter-pfeiffer parallel-adapter parallel-adapter-attn scaled-parallel-adapter mh-parallel-adapter prefix ptuning-v2 prompt ptuning mam unipelt"}
 DATA=${DATA:-../shared/data/glue-sst2}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
 OUT=${OUT:-runs/methods-$STEPS}
-make -s
+make -s >/dev/null
 mkdir -p "$OUT"
 lr_of() {
     case "$1" in
@@ -20,9 +20,13 @@ lr_of() {
         *) echo 1e-3 ;;
     esac
 }
+# the preset a row runs, and its options ("parallel-adapter-attn": the same
+# adapter at the attention sub-layer, for the FFN-vs-attention comparison)
+method_of() { case "$1" in parallel-adapter-attn) echo parallel-adapter ;; *) echo "$1" ;; esac; }
 extra_of() {
     case "$1" in
         lora) echo "--r 8 --alpha 16 --target-modules query,value" ;;
+        parallel-adapter-attn) echo "--site attn" ;;
         *) echo "" ;;
     esac
 }
@@ -31,16 +35,15 @@ for m in $METHODS; do
     if [ -f "$run/metrics.json" ]; then echo "($m: kept $run/metrics.json)" >&2; continue; fi
     echo "== $m" >&2
     /usr/bin/time -v ./peftc train --model "$MODEL" --train "$DATA/train.tsv" --eval "$DATA/dev.tsv" \
-        --method "$m" $(extra_of "$m") --lr "$(lr_of "$m")" --bucket --max-steps "$STEPS" --batch 32 --seed 42 \
+        --method "$(method_of "$m")" $(extra_of "$m") --lr "$(lr_of "$m")" --bucket --max-steps "$STEPS" --batch 32 --seed 42 \
         --out "$run" 2> "$run.log" || { echo "$m failed: $(tail -1 "$run.log")" >&2; continue; }
-    grep -E "Maximum resident" "$run.log" | awk '{print $NF}' > "$run/peak_rss_kb"
 done
 echo "| method | trainable params | trainable % | SST-2 dev acc | train tokens/s | train s | peak RSS MiB |"
 echo "|---|---:|---:|---:|---:|---:|---:|"
 for m in $METHODS; do
     f="$OUT/$m/metrics.json"
     [ -f "$f" ] || { echo "| $m | failed | | | | | |"; continue; }
-    rss=$(cat "$OUT/$m/peak_rss_kb" 2>/dev/null || echo 0)
+    rss=$(grep -E "Maximum resident" "$OUT/$m.log" 2>/dev/null | awk '{print $NF}')
     /usr/bin/python3 - "$f" "$m" "$rss" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1])); kb = int(sys.argv[3] or 0)
