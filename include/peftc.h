@@ -150,7 +150,7 @@ typedef struct peftc_train_opts {
     const char *encoder;         /* ptuning: "mlp" (default), "lstm" or "none" */
     int encoder_hidden;
     int prefix_len;              /* prefix, ptuning-v2, mam, unipelt */
-    int prefix_projection;       /* prefix: MLP reparameterisation while training */
+    int prefix_projection;       /* 1: MLP reparameterisation while training, -1: none, 0: the preset's default */
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */

@@ -67,7 +67,7 @@ static int parse_opts(int argc, char **argv, method_args *a, const char **deltas
     a->deltas = deltas;
     for (int i = 0; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int flag = !strcmp(k, "--learned-scale") || !strcmp(k, "--prefix-projection");
+        int flag = !strcmp(k, "--learned-scale") || !strcmp(k, "--prefix-projection") || !strcmp(k, "--no-prefix-projection");
         if (!flag && !v) { fprintf(stderr, "option %s needs a value\n", k); return -1; }
         if (!strcmp(k, "--r")) a->r = atoi(v);
         else if (!strcmp(k, "--alpha")) a->alpha = (float)atof(v);
@@ -85,6 +85,7 @@ static int parse_opts(int argc, char **argv, method_args *a, const char **deltas
         else if (!strcmp(k, "--encoder-hidden")) a->encoder_hidden = atoi(v);
         else if (!strcmp(k, "--prefix-len")) a->prefix_len = atoi(v);
         else if (!strcmp(k, "--prefix-projection")) a->prefix_projection = 1;
+        else if (!strcmp(k, "--no-prefix-projection")) a->prefix_projection = -1;
         else if (!strcmp(k, "--max-len")) *max_len = atoi(v);
         else if (!strcmp(k, "--label")) *label = v;
         else { fprintf(stderr, "unknown option %s\n", k); return -1; }

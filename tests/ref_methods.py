@@ -164,7 +164,7 @@ CASES = [
          deltas=[adapter("ffn.out", "parallel", "relu", R_AD, "learned")], fresh=True),
     Case("mh-parallel-adapter", "mh-parallel-adapter", ["--r", "2"],
          deltas=[D("attn.heads", r=2, act="relu", bias=True, heads=NH)], fresh=True),
-    Case("prefix", "prefix", ["--prefix-len", "5"], prefix=dict(n=5, project=False, gate=False)),
+    Case("prefix", "prefix", ["--prefix-len", "5", "--no-prefix-projection"], prefix=dict(n=5, project=False, gate=False)),
     Case("prefix-projection", "prefix", ["--prefix-len", "4", "--prefix-projection", "--encoder-hidden", "24"],
          prefix=dict(n=4, project=True, hidden=24, gate=False)),
     Case("ptuning-v2", "ptuning-v2", prefix=dict(n=20, project=False, gate=False)),

@@ -89,7 +89,7 @@ int cmd_train(cli_args *a)
     o.encoder = cli_opt(a, "--encoder");
     o.encoder_hidden = cli_opt_int(a, "--encoder-hidden", 0, 1, 1 << 16, &ok);
     o.prefix_len = cli_opt_int(a, "--prefix-len", 0, 1, 1 << 20, &ok);
-    o.prefix_projection = cli_flag(a, "--prefix-projection");
+    o.prefix_projection = cli_flag(a, "--prefix-projection") ? 1 : cli_flag(a, "--no-prefix-projection") ? -1 : 0;
     o.epochs = cli_opt_int(a, "--epochs", o.epochs, 1, 100000, &ok);
     o.max_steps = cli_opt_int(a, "--max-steps", 0, 1, 1 << 30, &ok);
     o.batch = cli_opt_int(a, "--batch", o.batch, 1, 65536, &ok);

@@ -25,7 +25,7 @@ static const char usage[] =
     "        [--r R] [--alpha A] [--lora-dropout P] [--rslora] [--target-modules query,value]\n"
     "        [--site ffn|attn] [--scale S] [--learned-scale] [--delta SPEC]...\n"
     "        [--num-virtual N] [--template 'P P {text} P {pair}'] [--encoder mlp|lstm|none] [--encoder-hidden H]\n"
-    "        [--prefix-len N] [--prefix-projection]\n"
+    "        [--prefix-len N] [--prefix-projection | --no-prefix-projection]\n"
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"

@@ -247,7 +247,7 @@ static const struct { const char *name, *expands, *formula; } presets[] = {
     {"mh-parallel-adapter", "per-head parallel relu bottlenecks on the heads' outputs (attn.heads), r per head = 2(d/16)/h", "L * (h r d + d r + h r + d)"},
     {"prompt", "20 soft-prompt vectors before [CLS] (PEFT's prompt tuning; --num-virtual, --prompt-init-text)", "n * d"},
     {"ptuning", "virtual tokens at --template positions ('P P {text} P {pair}'), from an MLP (or --encoder lstm: bidirectional LSTM + MLP) prompt encoder, folded away on save", "n*d + d*h + h*h + h*d (+ biases) while training; n*d saved"},
-    {"prefix", "20 key/value vectors per layer prepended to attention (--prefix-len; --prefix-projection: MLP reparameterisation, folded on save)", "L * 2 n d"},
+    {"prefix", "20 key/value vectors per layer prepended to attention (--prefix-len), reparameterised by an MLP while training and folded on save (--no-prefix-projection: plain)", "L * 2 n d"},
     {"ptuning-v2", "deep prompts: prefix key/values at every layer, no reparameterisation (--prefix-len, default 20)", "L * 2 n d"},
     {"mam", "prefix (n = 30) at attention + scaled parallel adapter at the FFN (r = min(512, d), s = 4)", "L * (2 n d + 2rd + r + d)"},
     {"unipelt", "gated LoRA on query,value (r 8, alpha 16) + gated prefix (n = 10) + gated sequential adapter after the FFN (r = d/16)", "L * (4 r d + 2 d + 2 n d + 2 d + 2 + 2 r' d + r' + d + d + 1)"},
@@ -328,7 +328,8 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         mo->prompt.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
     } else if (!strcmp(name, "prefix") || !strcmp(name, "ptuning-v2")) {
         mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 20;
-        mo->prefix.project = !strcmp(name, "prefix") && a->prefix_projection;
+        /* Li & Liang reparameterise prefix tuning by default; P-tuning v2 does not */
+        mo->prefix.project = a->prefix_projection ? a->prefix_projection > 0 : !strcmp(name, "prefix");
         mo->prefix.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
     } else if (!strcmp(name, "mam")) {
         mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 30;

@@ -46,7 +46,7 @@ typedef struct method_args {
     const char *encoder;      /* ptuning: "mlp" (default) or "none" */
     int encoder_hidden;
     int prefix_len;           /* prefix, ptuning-v2, mam, unipelt */
-    int prefix_projection;    /* prefix: reparameterise with an MLP while training */
+    int prefix_projection;    /* 1 / -1: reparameterise with an MLP while training or not; 0: the preset's default */
 } method_args;
 
 /* Builds a preset for a model (widths decide the default bottlenecks). */
