@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 lr_of() {
     case "$1" in
         full) echo 3e-5 ;; lora) echo 2e-3 ;; bitfit) echo 2e-3 ;; ia3) echo 5e-3 ;;
-        prompt) echo 3e-2 ;; ptuning) echo 1e-3 ;; prefix|ptuning-v2) echo 5e-3 ;;
+        prompt) echo 3e-2 ;; ptuning) echo 1e-3 ;; prefix) echo 5e-4 ;; ptuning-v2) echo 5e-3 ;;
         *) echo 1e-3 ;;
     esac
 }
