@@ -18,6 +18,7 @@ TRAIN = [("train.lora.32x64", "LoRA r8 q,v"), ("train.lora.16x128", "LoRA r8 q,v
          ("train.full.32x64", "full fine-tuning")]
 INFER = [("infer.lora.32x64", "LoRA unmerged"), ("infer.lora-merged.32x64", "LoRA merged")]
 LOGIT_TOL = 1e-3   # max |difference| / max |logit| between implementations
+OTHER_TOL = 0.1    # CPUs other processes kept busy during a run above which its time is flagged
 
 
 def parse(path):
@@ -47,6 +48,11 @@ def fmt(x, nd=1):
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{nd}f}"
 
 
+def flag(*runs):
+    """"⚠" when another process used > OTHER_TOL CPUs during one of the runs."""
+    return " ⚠" if any(r and num(r, "other_cpus") > OTHER_TOL for r in runs) else ""
+
+
 def pct(x):
     s = fmt(x, 0)
     return s if s == "–" else s + "%"
@@ -56,12 +62,15 @@ def main():
     meta, res, failed = parse(sys.argv[1])
     # torch's q/k/v as one fused projection (label torch.*) or three
     # (torch-separate.*): "torch" is the faster of those that ran
+    res_by_label = {r["label"]: r for r in res.values()}
     torch_layout = {}
     for n, _ in TRAIN + INFER:
         cands = [(num(res[k], "median_ms"), k) for k in (f"torch.{n}", f"torch-separate.{n}") if k in res]
+        # the faster of the undisturbed runs (all runs if every one was disturbed)
+        clean = [c for c in cands if num(res[c[1]], "other_cpus") <= OTHER_TOL]
         if cands:
-            best = min(cands)[1]
-            torch_layout[n] = (res[best].get("qkv", "?"), [(res[k].get("qkv", "?"), ms) for ms, k in cands])
+            best = min(clean or cands)[1]
+            torch_layout[n] = (res[best].get("qkv", "?"), [(res[k].get("qkv", "?") + flag(res[k]), ms) for ms, k in cands])
             res[f"torch-fused.{n}"] = res.get(f"torch.{n}")
             res[f"torch.{n}"] = res[best]
     out = []
@@ -94,8 +103,15 @@ def main():
     others = meta.get("others_before", "")
     if others:
         load_note += f" (busiest other processes before: {others})"
+    # the labels as run (torch.* now holds the chosen layout; torch-fused.* the fused run)
+    ran = {k: r for k, r in res.items() if not (k.startswith("torch.") and f"torch-fused.{k[6:]}" in res)}
+    flagged = sorted(r["label"] for r in ran.values() if num(r, "other_cpus") > OTHER_TOL)
+    if flagged:
+        load_note += (f"; **⚠ marks a time taken while other processes kept > {OTHER_TOL:g} CPU busy** "
+                      f"({len(flagged)} of {len(ran)} runs, after up to {meta.get('retries', '?')} retries: "
+                      + ", ".join(f"{k} {num(res_by_label[k], 'other_cpus'):.2f}" for k in flagged) + " CPUs)")
     p(load_note)
-    if not (busy < 15 and busy_after < 15):
+    if not (busy < 15 and busy_after < 15) or flagged:
         p("")
         p("> **Warning: the machine was busy with other work — these timings are contaminated "
           "(other processes share the 2 cores); rerun `make bench` on an idle machine.**")
@@ -134,9 +150,9 @@ def main():
             sp, spp = ratio(num(a, "tokens_per_s"), num(t, "tokens_per_s")), \
                 ratio(num(ap, "tokens_per_s"), num(t, "tokens_per_s"))
             sp_s = fmt(sp, 2) + "×" + (f" (PASSIVE {fmt(spp, 2)}×)" if not math.isnan(spp) else "")
-            p(f"| {desc} | {bt} | {int(num(a or t, 'trainable')):,} | {fmt(num(a, 'median_ms'))} "
-              f"| {fmt(num(a, 'tokens_per_s'), 0)} | {fmt(num(ap, 'tokens_per_s'), 0)} "
-              f"| {fmt(num(t, 'median_ms'))} | {fmt(num(t, 'tokens_per_s'), 0)} | {sp_s} "
+            p(f"| {desc} | {bt} | {int(num(a or t, 'trainable')):,} | {fmt(num(a, 'median_ms'))}{flag(a)} "
+              f"| {fmt(num(a, 'tokens_per_s'), 0)} | {fmt(num(ap, 'tokens_per_s'), 0)}{flag(ap)} "
+              f"| {fmt(num(t, 'median_ms'))}{flag(t)} | {fmt(num(t, 'tokens_per_s'), 0)} | {sp_s} "
               f"| {fmt(num(a, 'rss_kib') / 1024, 0)} | {fmt(num(t, 'rss_kib') / 1024, 0)} "
               f"| {fmt(ratio(num(t, 'rss_kib'), num(a, 'rss_kib')), 2)}× |")
         p("")
@@ -153,8 +169,8 @@ def main():
             bt = n.split(".")[-1].replace("x", " × ")
             sp, spp = ratio(num(a, "seq_per_s"), num(t, "seq_per_s")), ratio(num(ap, "seq_per_s"), num(t, "seq_per_s"))
             sp_s = fmt(sp, 2) + "×" + (f" (PASSIVE {fmt(spp, 2)}×)" if not math.isnan(spp) else "")
-            p(f"| {desc} | {bt} | {fmt(num(a, 'median_ms'))} | {fmt(num(a, 'seq_per_s'))} "
-              f"| {fmt(num(ap, 'seq_per_s'))} | {fmt(num(t, 'median_ms'))} | {fmt(num(t, 'seq_per_s'))} "
+            p(f"| {desc} | {bt} | {fmt(num(a, 'median_ms'))}{flag(a)} | {fmt(num(a, 'seq_per_s'))} "
+              f"| {fmt(num(ap, 'seq_per_s'))}{flag(ap)} | {fmt(num(t, 'median_ms'))}{flag(t)} | {fmt(num(t, 'seq_per_s'))} "
               f"| {sp_s} | {fmt(num(a, 'rss_kib') / 1024, 0)} | {fmt(num(t, 'rss_kib') / 1024, 0)} "
               f"| {fmt(ratio(num(t, 'rss_kib'), num(a, 'rss_kib')), 2)}× |")
         p("")
@@ -199,7 +215,7 @@ def main():
     if torch_layout:
         p("- torch's query/key/value projections: " + "; ".join(
             f"{n}: {lay} (" + ", ".join(f"{q} {ms:.0f} ms" for q, ms in c) + ")"
-            for n, (lay, c) in torch_layout.items()) + " — the table uses the faster")
+            for n, (lay, c) in torch_layout.items()) + " — the table uses the faster undisturbed one")
     p("- trainable parameters, peftc = torch: "
       + ("yes for every workload" if not any("trainable" in x for x in problems) else "**NO** (below)"))
     falls = []

@@ -179,13 +179,14 @@ int main(int argc, char **argv)
     method_opts mo;
     /* LoRA r 8, alpha 16 on query, value; Pfeiffer adapter r = d/16 = 24;
      * prefix 20 vectors per layer, no reparameterisation */
-    method_args ma = {.r = 0, .alpha = 16, .targets = "query,value", .prefix_len = 20};
+    method_args ma = {.r = 0, .alpha = 16, .targets = "query,value", .prefix_len = 20, .prefix_projection = -1};
     if (!strcmp(preset, "lora")) ma.r = 8;
     double t_load = now_s();
     if (peftc_model_load(model_dir, &m, &err) || method_build(preset, &ma, &m->cfg, &mo, &err)) {
         fprintf(stderr, "train_step: %s\n", err.msg);
         return 1;
     }
+    mo.prefix.project = 0;   /* plain prefix vectors, whatever the preset's default */
     char *names[2] = {"0", "1"};
     label_set labels = {2, names};
     peftc_rng rng;

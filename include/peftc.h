@@ -111,6 +111,13 @@ const peftc_config *peftc_model_config(const peftc_model *m);
 /* Number of parameters of the base model (embeddings + encoder). */
 int64_t peftc_model_param_count(const peftc_model *m);
 
+/* bf16 path (off by default; also PEFTC_BF16=1 in the environment): the
+ * frozen linear weights of the encoder (query/key/value, attention output,
+ * intermediate, output) are rounded to bf16 and multiplied with AVX-512-BF16,
+ * accumulating in fp32; trained weights stay fp32. Process-wide; returns 1 if
+ * now on, 0 if off (on = 0, or the CPU lacks avx512bf16). */
+int peftc_set_bf16(int on);
+
 typedef enum peftc_pool {
     PEFTC_POOL_MEAN = 0,
     PEFTC_POOL_CLS = 1

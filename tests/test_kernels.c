@@ -235,6 +235,109 @@ static void ref_embeddings(void *vctx, double *out)
         }
 }
 
+/* bf16 of x as a double (the rounding of the kernels) */
+static double bf16d(float x)
+{
+    union { uint32_t u; float f; } v = { (uint32_t)kernels_f32_to_bf16(x) << 16 };
+    return v.f;
+}
+
+/* One bf16 forward + backward case: against a double reference computed from
+ * the bf16-rounded operands (the kernel's only rounding left is the fp32
+ * accumulation: tolerance 1e-5 relative to the sum of |products|), and against
+ * the fp32 product (loose: 2^-8 relative rounding of both operands, so
+ * |err| <= 2^-7 * sum |a||w| per element, checked with a 1e-2 bound). */
+static void bf16_case(int N, int IC, int OC, int nthreads)
+{
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(nthreads);
+    size_t ni = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    float *inp = frand(ni, -1, 1), *w = frand(nw, -1, 1), *bias = frand(OC, -1, 1);
+    float *dout = frand(no, -1, 1), *o0 = frand(no, -1, 1), *d0 = frand(ni, -1, 1);
+    matmul_bf16 *p = matmul_bf16_pack(w, IC, OC);
+    float *out = falloc(no), *acc = fcopy(o0, no), *dinp = fcopy(d0, ni), *db = falloc(OC);
+    for (size_t i = 0; i < no; i++) out[i] = NAN;
+    matmul_bf16_forward(out, inp, p, bias, N, IC, OC, 0);
+    matmul_bf16_forward(acc, inp, p, NULL, N, IC, OC, 1);
+    int rc = matmul_bf16_backward(dinp, db, dout, p, N, IC, OC);
+    double e_fwd = 0, e_acc = 0, e_bwd = 0, l_fwd = 0, l_bwd = 0;
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            double s = 0, sa = 0, f = 0;
+            for (int k = 0; k < IC; k++) {
+                double t = bf16d(inp[(size_t)n * IC + k]) * bf16d(w[(size_t)o * IC + k]);
+                s += t; sa += fabs(t);
+                f += (double)inp[(size_t)n * IC + k] * w[(size_t)o * IC + k];
+            }
+            size_t i = (size_t)n * OC + o;
+            double sc = sa + 1e-30;
+            e_fwd = fmax(e_fwd, fabs(out[i] - (s + bias[o])) / sc);
+            e_acc = fmax(e_acc, fabs(acc[i] - (s + o0[i])) / sc);
+            l_fwd = fmax(l_fwd, fabs(out[i] - (f + bias[o])) / sc);
+            if (out[i] != out[i]) e_fwd = INFINITY;
+        }
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < IC; k++) {
+            double s = 0, sa = 0, f = 0;
+            for (int o = 0; o < OC; o++) {
+                double t = bf16d(dout[(size_t)n * OC + o]) * bf16d(w[(size_t)o * IC + k]);
+                s += t; sa += fabs(t);
+                f += (double)dout[(size_t)n * OC + o] * w[(size_t)o * IC + k];
+            }
+            size_t i = (size_t)n * IC + k;
+            e_bwd = fmax(e_bwd, fabs(dinp[i] - (s + d0[i])) / (sa + 1e-30));
+            l_bwd = fmax(l_bwd, fabs(dinp[i] - (f + d0[i])) / (sa + 1e-30));
+        }
+    double e_db = 0;
+    for (int o = 0; o < OC; o++) {
+        double s = 0;
+        for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
+        e_db = fmax(e_db, fabs(db[o] - s));
+    }
+    CHECK(p && rc == 0 && e_fwd <= 1e-5 && e_acc <= 1e-5 && e_bwd <= 1e-5 && e_db <= 1e-4,
+          "matmul_bf16 N=%d IC=%d OC=%d %d thread(s) vs bf16-rounded double: fwd %.2g, fwd acc %.2g, bwd %.2g, dbias %.2g",
+          N, IC, OC, nthreads, e_fwd, e_acc, e_bwd, e_db);
+    CHECK(l_fwd <= 1e-2 && l_bwd <= 1e-2,
+          "matmul_bf16 N=%d IC=%d OC=%d vs fp32 (loose, <= 1e-2 of sum|a w|): fwd %.2g, bwd %.2g",
+          N, IC, OC, l_fwd, l_bwd);
+    matmul_bf16_free(p);
+    free(inp); free(w); free(bias); free(dout); free(o0); free(d0); free(out); free(acc); free(dinp); free(db);
+    omp_set_num_threads(saved);
+}
+
+static void test_matmul_bf16(void)
+{
+    if (!kernels_bf16_supported()) {
+        CHECK(matmul_bf16_pack(NULL, 4, 4) == NULL && kernels_set_bf16(1) == 0,
+              "matmul_bf16 (no avx512bf16: skipped)");
+        return;
+    }
+    /* rounding: ties to even, NaN stays NaN */
+    CHECK(kernels_f32_to_bf16(1.0f) == 0x3F80 && kernels_f32_to_bf16(1.00390625f) == 0x3F80 &&
+          kernels_f32_to_bf16(1.01171875f) == 0x3F82 && (kernels_f32_to_bf16(NAN) & 0x7FFF) > 0x7F80,
+          "kernels_f32_to_bf16 rounds to nearest even");
+    const int sz[][3] = { {1, 1, 1}, {7, 37, 67}, {13, 33, 17}, {25, 64, 48}, {12, 31, 32}, {50, 96, 130},
+                          {33, 65, 40}, {64, 96, 64} };
+    int amx0 = kernels_bf16_amx(-1);
+    for (int amx = amx0; amx >= 0; amx--) {   /* AMX tiles (if usable), then AVX-512-BF16 */
+        kernels_bf16_amx(amx);
+        printf("# matmul_bf16 with %s\n", kernels_bf16_amx(-1) ? "AMX tiles" : "AVX-512-BF16");
+        for (size_t c = 0; c < sizeof sz / sizeof sz[0]; c++)
+            for (int t = 1; t <= 2; t++) bf16_case(sz[c][0], sz[c][1], sz[c][2], t);
+    }
+    kernels_bf16_amx(1);
+    /* the thread count does not change a bit of the result */
+    int N = 101, IC = 77, OC = 45, saved = omp_get_max_threads();
+    float *inp = frand((size_t)N * IC, -1, 1), *w = frand((size_t)OC * IC, -1, 1);
+    float *r1 = falloc((size_t)N * OC), *r2 = falloc((size_t)N * OC);
+    matmul_bf16 *p = matmul_bf16_pack(w, IC, OC);
+    omp_set_num_threads(1); matmul_bf16_forward(r1, inp, p, NULL, N, IC, OC, 0);
+    omp_set_num_threads(2); matmul_bf16_forward(r2, inp, p, NULL, N, IC, OC, 0);
+    omp_set_num_threads(saved);
+    CHECK(tl_max_abs_diff(r1, r2, (size_t)N * OC) == 0, "matmul_bf16: 1 and 2 threads agree exactly");
+    matmul_bf16_free(p); free(inp); free(w); free(r1); free(r2);
+}
+
 static void test_embeddings(void)
 {
     const int V = 11, P = 16, NT = 2, C = 37, B = 3, T = 5, pos0 = 2;
@@ -415,6 +518,33 @@ static void act_bwd(int kind, float *dinp, const float *x, const float *y, const
     case ACT_RELU: relu_backward(dinp, x, dout, n); break;
     default: silu_backward(dinp, x, dout, n); break;
     }
+}
+
+/* GELU forward and backward on a dense grid of [-10, 10] against double:
+ * within 1e-6 absolute (the vectorised erf / exp of kernels.h replace libm's) */
+static void test_gelu_dense(void)
+{
+    const size_t n = 2000001;
+    float *x = falloc(n), *y = falloc(n), *g = falloc(n), *one = falloc(n);
+    for (size_t i = 0; i < n; i++) { x[i] = -10.0f + 20.0f * (float)i / (float)(n - 1); one[i] = 1.0f; }
+    gelu_forward(y, x, n);
+    gelu_backward(g, x, one, n);
+    double ef = 0, eb = 0;
+    float af = 0, ab = 0;
+    for (size_t i = 0; i < n; i++) {
+        double xd = x[i], cdf = 0.5 * (1 + erf(xd / sqrt(2.0)));
+        double rf = xd * cdf, rb = cdf + xd * exp(-0.5 * xd * xd) / sqrt(2 * M_PI);
+        if (!(fabs(y[i] - rf) <= ef)) { ef = fabs(y[i] - rf); af = x[i]; }
+        if (!(fabs(g[i] - rb) <= eb)) { eb = fabs(g[i] - rb); ab = x[i]; }
+    }
+    CHECK(ef <= 1e-6 && eb <= 1e-6, "gelu on a dense grid of [-10,10]: max abs err fwd %.3g (x=%g), bwd %.3g (x=%g)",
+          ef, af, eb, ab);
+    /* a NaN stays NaN (so a diverging run shows), +inf passes */
+    float sv[2] = { NAN, INFINITY }, so[2], sg[2] = { 0, 0 }, s1[2] = { 1, 1 };
+    gelu_forward(so, sv, 2);
+    gelu_backward(sg, sv, s1, 2);
+    CHECK(isnan(so[0]) && so[1] == INFINITY && isnan(sg[0]), "gelu: f(NaN) = NaN, f(inf) = inf, f'(NaN) = NaN");
+    free(x); free(y); free(g); free(one);
 }
 
 static void test_activations(void)
@@ -661,6 +791,15 @@ static void test_attention(void)
     const int lens3[3] = { 1100, 512, 513 };   /* either side of the kernel's stack bound */
     attention_vs_ref("attention T=1100 lens 1100/512/513 (both backward paths)", 3, 1100, 2, 3, lens3, 0.0f);
     attention_vs_ref("attention_train p=0.1 T=1100 (both backward paths)", 3, 1100, 2, 3, lens3, 0.1f);
+    /* BERT's head size at T = 64 (whole-vector rows, full micro-kernel
+     * panels) with padded lengths on and off the 16-lane grid; and T = 300,
+     * where the blocked passes take the queries in several blocks */
+    const int lens4[3] = { 64, 40, 17 };
+    attention_vs_ref("attention hd=32 T=64 lens 64/40/17", 3, 64, 2, 32, lens4, 0.0f);
+    attention_vs_ref("attention_train p=0.1 hd=32 T=64 lens 64/40/17", 3, 64, 2, 32, lens4, 0.1f);
+    const int lens5[2] = { 300, 161 };
+    attention_vs_ref("attention hd=16 T=300 (query blocks)", 2, 300, 2, 16, lens5, 0.0f);
+    attention_vs_ref("attention_train p=0.3 hd=16 T=300 (query blocks)", 2, 300, 2, 16, lens5, 0.3f);
 
     free(q); free(k); free(v); free(ctx.q); free(ctx.k); free(ctx.v); free(ro); free(rp);
     free(out); free(probs); free(R); free(Rd); free(gq); free(gk); free(gv);
@@ -847,6 +986,20 @@ static void test_dropout(void)
     dropout_backward(d2, mask, dout, p, n);
     dropout_backward(NULL, mask, dout, p, n);
     CHECK(accum_err(d2, d, d0, n) <= 1e-6, "dropout_backward accumulates, NULL dinp is a no-op");
+    /* in place: d = d * mask / (1-p), the same values as accumulating into zeros */
+    float *ip = fcopy(dout, n), *z = falloc(n);
+    dropout_backward_inplace(ip, mask, p, n);
+    dropout_backward(z, mask, dout, p, n);
+    int ip_ok = same_bits(ip, z, n);
+    memcpy(ip, dout, n * sizeof(float));
+    dropout_backward_inplace(ip, mask, 0.0f, n);
+    ip_ok = ip_ok && same_bits(ip, dout, n);
+    dropout_backward_inplace(ip, mask, 1.0f, n);
+    dropout_backward_inplace(NULL, mask, p, n);
+    for (size_t i = 0; i < n; i++) if (ip[i] != 0.0f) ip_ok = 0;
+    CHECK(ip_ok, "dropout_backward_inplace = dropout_backward into zeros; p=0 keeps, p=1 zeroes, NULL is a no-op");
+    free(ip); free(z);
+
     memcpy(d, d0, n * sizeof(float));
     dropout_backward(d, mask2, dout, 0.0f, n);
     for (size_t i = 0; i < n; i++) want[i] = dout[i];
@@ -942,6 +1095,25 @@ static void test_softmax_ce(void)
     CHECK(rel_err(probs, rp, n) <= FWD_TOL, "softmax_ce_forward probs: err %g", rel_err(probs, rp, n));
     float m2 = softmax_ce_forward(NULL, NULL, x, labels, B, K);
     CHECK(m2 == mean, "softmax_ce_forward with losses, probs NULL gives the same mean");
+    {   /* more classes than a vector holds: the vectorised row path */
+        const int B2 = 3, K2 = 53;
+        const int lab2[3] = { 0, 52, 17 };
+        float *x2 = frand((size_t)B2 * K2, -4, 4), *p2 = falloc((size_t)B2 * K2), *l2 = falloc(B2);
+        float mean2 = softmax_ce_forward(l2, p2, x2, lab2, B2, K2);
+        double want = 0, perr = 0;
+        for (int b = 0; b < B2; b++) {
+            double mx = -INFINITY, sum = 0;
+            for (int j = 0; j < K2; j++) mx = fmax(mx, x2[b * K2 + j]);
+            for (int j = 0; j < K2; j++) sum += exp(x2[b * K2 + j] - mx);
+            want += log(sum) + mx - x2[b * K2 + lab2[b]];
+            for (int j = 0; j < K2; j++) perr = fmax(perr, fabs(p2[b * K2 + j] - exp(x2[b * K2 + j] - mx) / sum));
+        }
+        want /= B2;
+        CHECK(fabs(mean2 - want) <= 1e-5 * fmax(1, fabs(want)) && perr <= FWD_TOL &&
+              softmax_ce_forward(NULL, NULL, x2, lab2, B2, K2) == mean2,
+              "softmax_ce_forward K=53: mean %g vs %g, probs err %g, same mean without losses/probs", mean2, want, perr);
+        free(x2); free(p2); free(l2);
+    }
 
     double one = 1, *g = dalloc(n);
     fd_grad(ref_ce, &ctx, ctx.logits, n, &one, 1, g);
@@ -1120,8 +1292,10 @@ static size_t tc_dropout_fwd(float *res)
     uint8_t *mask = xcalloc(n, 1);
     dropout_forward(res, mask, x, 0.1f, n, &r);
     for (size_t i = 0; i < n; i++) res[n + i] = mask[i];
+    memcpy(res + 2 * n, x, n * sizeof(float));
+    dropout_backward_inplace(res + 2 * n, mask, 0.1f, n);
     free(x); free(mask);
-    return 2 * n;
+    return 3 * n;
 }
 
 static size_t tc_attention(float *res)
@@ -1200,7 +1374,7 @@ static void test_threads(void)
     thread_check("embeddings fwd/bwd", tc_embeddings, 0);
     thread_check("layernorm fwd/bwd", tc_layernorm, 0);
     thread_check("gelu/tanh/relu/silu/add/axpy/l2/dropout_bwd/adamw", tc_elementwise, 0);
-    thread_check("dropout_forward", tc_dropout_fwd, 0);
+    thread_check("dropout_forward + dropout_backward_inplace", tc_dropout_fwd, 0);
     thread_check("attention fwd/bwd", tc_attention, 0);
     thread_check("attention_train fwd/bwd + mask", tc_attention_train, 0);
     thread_check("mean_pool + softmax_ce fwd/bwd", tc_pool_ce, 0);
@@ -1219,6 +1393,7 @@ int main(void)
         test_embeddings();
         test_layernorm();
         test_activations();
+        test_gelu_dense();
         test_attention();
         test_attention_train();
         test_dropout();
@@ -1232,5 +1407,6 @@ int main(void)
     CHECK(kernels_set_isa(KERNELS_ISA_AUTO) <= top && kernels_set_isa(top + 1) == top,
           "kernels_set_isa: AUTO restores the default, a tier above the CPU's is lowered");
     kernels_set_isa(KERNELS_ISA_AUTO);
+    test_matmul_bf16();
     return tl_finish();
 }

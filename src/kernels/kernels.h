@@ -27,6 +27,40 @@ void matmul_backward(float *dinp, float *dw, float *dbias,
                      const float *dout, const float *inp, const float *w,
                      int N, int IC, int OC);
 
+/* bf16 path for frozen weights (AVX-512-BF16, vdpbf16ps). Off by default;
+ * kernels_set_bf16(1) or the environment variable PEFTC_BF16=1 turns it on,
+ * only if the CPU has avx512bf16 (kernels_set_bf16 returns what is now in
+ * use). The kernels are usable whenever kernels_bf16_supported(), whatever
+ * the switch: it is for the model code to consult. */
+int kernels_bf16_supported(void);
+int kernels_set_bf16(int on);
+int kernels_bf16(void);
+/* The matmul_bf16 kernels use AMX tiles (TDPBF16PS) where the CPU and the
+ * OS allow (Linux arch_prctl permission, asked on first use), else
+ * AVX-512-BF16: same operands, same fp32 accumulation (the order of the
+ * additions differs). kernels_bf16_amx(0) / (1) forbids / allows AMX (-1:
+ * query); returns whether AMX is now used. PEFTC_BF16_AMX=0 forbids it. */
+int kernels_bf16_amx(int on);
+/* fp32 -> bf16 bits, round to nearest even (NaN stays NaN) */
+uint16_t kernels_f32_to_bf16(float f);
+/* A weight w (OC,IC) rounded to bf16 and packed for the kernels (allocates;
+ * the packed copy of the transpose, for the backward, is made on the first
+ * matmul_bf16_backward). w must stay valid and unchanged. NULL if
+ * unsupported or out of memory. */
+typedef struct matmul_bf16 matmul_bf16;
+matmul_bf16 *matmul_bf16_pack(const float *w, int IC, int OC);
+void matmul_bf16_free(matmul_bf16 *p);
+size_t matmul_bf16_bytes(const matmul_bf16 *p);
+/* out (N,OC) = bf16(inp) @ bf16(w)^T + bias, products accumulated in fp32
+ * (out += if accumulate). Each thread mallocs a 12 x IC bf16 tile per call. */
+void matmul_bf16_forward(float *out, const float *inp, const matmul_bf16 *w, const float *bias,
+                         int N, int IC, int OC, int accumulate);
+/* dinp (N,IC) += bf16(dout) @ bf16(w) (may be NULL); dbias (OC) += row sums of
+ * dout in fp32 (may be NULL). No weight gradient: the weight is frozen.
+ * Returns 0, or -1 (nothing done) if the transposed packing ran out of memory. */
+int matmul_bf16_backward(float *dinp, float *dbias, const float *dout, matmul_bf16 *w,
+                         int N, int IC, int OC);
+
 /* out (B,T,C) = wte[ids] + wpe[pos0 + t] + wtt[type_ids] ; type_ids may be NULL (type 0) */
 void embeddings_forward(float *out, const int32_t *ids, const int32_t *type_ids,
                         const float *wte, const float *wpe, const float *wtt,

@@ -77,6 +77,8 @@ void peftc_model_free(peftc_model *m)
     bert_acts_free(&m->infer);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
+    for (int l = 0; m->layers && l < m->cfg.num_layers; l++)
+        for (int j = 0; j < 6; j++) matmul_bf16_free(m->layers[l].bf16[j]);
     free(m->layers);
     peftc_safetensors_free(m->st);
     free(m->dir);
@@ -209,11 +211,24 @@ float *bert_hidden(const peftc_model *m, const bert_acts *a)
     return m->cfg.num_layers ? a->layer[last].out : a->emb_ln;
 }
 
+/* The bf16 copy of a frozen weight if the bf16 path is on (packed on first
+ * use), else NULL. A trained weight drops its copy (made by an evaluation
+ * between steps, say): the optimizer is about to change it. */
+static matmul_bf16 *bf16_weight(matmul_bf16 **slot, int frozen, const float *w, int IC, int OC)
+{
+    if (!frozen && *slot) { matmul_bf16_free(*slot); *slot = NULL; }
+    if (!frozen || !kernels_bf16()) return NULL;
+    if (!*slot) *slot = matmul_bf16_pack(w, IC, OC);   /* NULL (out of memory): fp32 */
+    return *slot;
+}
+
 /* A linear layer at a site: h = x W^T + b, then the site's deltas. */
 static void linear_site(const bert_run *run, int l, site_id site, float *h, const float *x,
-                        const float *w, const float *b, int N, int IC, int OC)
+                        const float *w, const float *b, matmul_bf16 **bf, int frozen, int N, int IC, int OC)
 {
-    matmul_forward(h, x, w, b, N, IC, OC, 0);
+    matmul_bf16 *wb = bf16_weight(bf, frozen, w, IC, OC);
+    if (wb) matmul_bf16_forward(h, x, wb, b, N, IC, OC, 0);
+    else matmul_forward(h, x, w, b, N, IC, OC, 0);
     if (run && run->deltas && delta_count(run->deltas, l, site))
         delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
 }
@@ -345,13 +360,14 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
     hidden_dropout(run, a->emb_ln, a->emb_mask, ph, NC);
     const float *x = a->emb_ln;
     for (int l = 0; l < c->num_layers; l++) {
-        const bert_layer *W = &m->layers[l];
+        bert_layer *W = &m->layers[l];
+        const bert_layer *G = run && run->grads ? &run->grads->layers[l] : NULL;
         /* in inference one activation set is reused: x (the previous layer's
          * out) is last read by res1, before this layer's out is written */
         bert_layer_acts *A = &a->layer[a->n_sets == 1 ? 0 : l];
-        linear_site(run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, N, C, C);
-        linear_site(run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, N, C, C);
-        linear_site(run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, N, C, C);
+        linear_site(run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G->wq), N, C, C);
+        linear_site(run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G->wk), N, C, C);
+        linear_site(run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, &W->bf16[2], !(G && G->wv), N, C, C);
         if (run && run->n_prefix) {
             prefix_extend(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C);
             attention_forward_prefix(A->ctx, A->probs, A->probs_mask, A->q, A->k_ext, A->v_ext, lens, B, T,
@@ -362,16 +378,16 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         else
             attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
-        linear_site(run, l, SITE_ATTN_O, A->attn, A->ctx, W->wo, W->bo, N, C, C);
+        linear_site(run, l, SITE_ATTN_O, A->attn, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
         hidden_dropout(run, A->attn, A->attn_mask, ph, NC);
         block_site(run, l, SITE_ATTN_OUT, A->attn, x, N);
         memcpy(A->res1, A->attn, NC * sizeof(float));
         add_inplace(A->res1, x, NC);
         layernorm_forward(A->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
-        linear_site(run, l, SITE_FFN_IN, A->ffn_pre, A->ln1, W->wi, W->bi, N, C, F);
+        linear_site(run, l, SITE_FFN_IN, A->ffn_pre, A->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
         gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
         block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
-        linear_site(run, l, SITE_FFN_DOWN, A->ffn_out, A->ffn_act, W->wf, W->bf, N, F, C);
+        linear_site(run, l, SITE_FFN_DOWN, A->ffn_out, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
         hidden_dropout(run, A->ffn_out, A->ffn_mask, ph, NC);
         block_site(run, l, SITE_FFN_OUT, A->ffn_out, A->ln1, N);
         memcpy(A->res2, A->ffn_out, NC * sizeof(float));
@@ -390,11 +406,14 @@ static void dropout_grad_inplace(const bert_run *run, float *dh, const uint8_t *
 
 /* Backward of linear_site: dh (N,OC) w.r.t. the site's final output; dx += . */
 static void linear_site_backward(const bert_run *run, int l, site_id site, float *dh, float *dx,
-                                 const float *x, const float *w, float *dw, float *db, int N, int IC, int OC)
+                                 const float *x, const float *w, float *dw, float *db, matmul_bf16 **bf,
+                                 int N, int IC, int OC)
 {
     if (run->deltas && delta_count(run->deltas, l, site))
         delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
-    matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
+    matmul_bf16 *wb = bf16_weight(bf, !dw, w, IC, OC);
+    if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC))
+        matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
 }
 
 void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
@@ -411,7 +430,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
     int virt_trainable = run->virt && run->d_virt;
     float *dout = d_hidden;   /* gradient w.r.t. the current layer's output */
     for (int l = c->num_layers - 1; l >= 0; l--) {
-        const bert_layer *W = &m->layers[l];
+        bert_layer *W = &m->layers[l];
         const bert_layer *g = G ? &G->layers[l] : &none;
         bert_layer_acts *A = &a->layer[l];
         const float *x = l ? a->layer[l - 1].out : a->emb_ln;
@@ -428,12 +447,12 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
             delta_backward(run->deltas, run->pb, l, SITE_FFN_OUT, A->ln1, d_ffn, d_ln1, N);
         dropout_grad_inplace(run, d_ffn, A->ffn_mask, ph, NC);
         memset(a->d_f1, 0, NF * sizeof(float));
-        linear_site_backward(run, l, SITE_FFN_DOWN, d_ffn, a->d_f1, A->ffn_act, W->wf, g->wf, g->bf, N, F, C);
+        linear_site_backward(run, l, SITE_FFN_DOWN, d_ffn, a->d_f1, A->ffn_act, W->wf, g->wf, g->bf, &W->bf16[5], N, F, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
             delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
         memset(a->d_f2, 0, NF * sizeof(float));
         gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
-        linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, A->ln1, W->wi, g->wi, g->bi, N, C, F);
+        linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, A->ln1, W->wi, g->wi, g->bi, &W->bf16[4], N, C, F);
         /* ln1 = LN1(res1), res1 = attn + x */
         float *d_res1 = a->d_a;
         memset(d_res1, 0, NC * sizeof(float));
@@ -445,7 +464,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
             delta_backward(run->deltas, run->pb, l, SITE_ATTN_OUT, x, d_attn, d_x, N);
         dropout_grad_inplace(run, d_attn, A->attn_mask, ph, NC);
         memset(a->d_ctx, 0, NC * sizeof(float));
-        linear_site_backward(run, l, SITE_ATTN_O, d_attn, a->d_ctx, A->ctx, W->wo, g->wo, g->bo, N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_O, d_attn, a->d_ctx, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], N, C, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_HEADS))
             delta_backward(run->deltas, run->pb, l, SITE_ATTN_HEADS, x, a->d_ctx, d_x, N);
         memset(a->d_q, 0, NC * sizeof(float));
@@ -465,9 +484,9 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         else
             attention_backward(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         float *dxp = need_dx ? d_x : NULL;
-        linear_site_backward(run, l, SITE_ATTN_Q, a->d_q, dxp, x, W->wq, g->wq, g->bq, N, C, C);
-        linear_site_backward(run, l, SITE_ATTN_K, a->d_k, dxp, x, W->wk, g->wk, g->bk, N, C, C);
-        linear_site_backward(run, l, SITE_ATTN_V, a->d_v, dxp, x, W->wv, g->wv, g->bv, N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_Q, a->d_q, dxp, x, W->wq, g->wq, g->bq, &W->bf16[0], N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_K, a->d_k, dxp, x, W->wk, g->wk, g->bk, &W->bf16[1], N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_V, a->d_v, dxp, x, W->wv, g->wv, g->bv, &W->bf16[2], N, C, C);
         if (!need_dx) return;
         /* d_x becomes the next (lower) layer's dout; dout's buffer is free now */
         memcpy(dout, d_x, NC * sizeof(float));
@@ -554,6 +573,8 @@ int bert_tensors(peftc_model *m, bert_grads *g, bert_tensor_ref *refs, int cap)
 
 peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_error *err)
 {
+    for (int l = 0; l < m->cfg.num_layers; l++)   /* the weight may change: drop the bf16 copies */
+        for (int j = 0; j < 6; j++) { matmul_bf16_free(m->layers[l].bf16[j]); m->layers[l].bf16[j] = NULL; }
     for (int i = 0; i < m->n_owned; i++)
         if (m->owned[i] == *w) return PEFTC_OK;
     float *p = peftc_alloc_aligned(numel * sizeof(float));

@@ -15,6 +15,10 @@ typedef struct bert_layer {
     float *wi, *bi;                       /* intermediate.dense                (F,C), (F) */
     float *wf, *bf;                       /* output.dense                      (C,F), (C) */
     float *ln2_w, *ln2_b;                 /* output.LayerNorm                  (C) */
+    /* bf16 copies of wq, wk, wv, wo, wi, wf for the --bf16 path (kernels_bf16()):
+     * packed on first use while the weight is frozen; freed with the model and
+     * by bert_make_owned (a weight about to change) */
+    struct matmul_bf16 *bf16[6];
 } bert_layer;
 
 /* Activations of one layer, kept for backward when training. */
