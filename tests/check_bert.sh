@@ -40,23 +40,13 @@ fi
 tally "$("$PY" tests/ref_bert.py selfcheck --n 16 2>&1)"
 
 # ---- 2. library API (tests/bert_ref.c, built with the Makefile's flags)
-if [ ! -f build/libpeftc.a ]; then
-    bad "build/libpeftc.a missing: run make"
-else
-    mkvar() { make -s --no-print-directory --eval='print-%: ; @echo $($*)' "print-$1"; }
-    CC_=$(mkvar CC); CFLAGS_=$(mkvar CFLAGS); LDLIBS_=$(mkvar LDLIBS)
-    mkdir -p build/tests
-    if ! out=$($CC_ $CFLAGS_ -Itests -o build/tests/bert_ref tests/bert_ref.c build/libpeftc.a $LDLIBS_ 2>&1); then
-        printf '%s\n' "$out" | head -20
-        bad "tests/bert_ref.c does not build"
-    else
-        out=$(timeout 600 build/tests/bert_ref "$FX" 2>&1); rc=$?
-        tally "$out"
-        if ! printf '%s\n' "$out" | grep -qE '^## [0-9]+ [0-9]+$'; then
-            printf '%s\n' "$out" | tail -5; bad "bert_ref produced no result line (exit $rc)"
-        elif [ $rc -ne 0 ] && ! printf '%s\n' "$out" | grep -q '^FAIL'; then
-            bad "bert_ref exited $rc"
-        fi
+if build_driver bert_ref; then
+    out=$(timeout 600 build/tests/bert_ref "$FX" 2>&1); rc=$?
+    tally "$out"
+    if ! printf '%s\n' "$out" | grep -qE '^## [0-9]+ [0-9]+$'; then
+        printf '%s\n' "$out" | tail -5; bad "bert_ref produced no result line (exit $rc)"
+    elif [ $rc -ne 0 ] && ! printf '%s\n' "$out" | grep -q '^FAIL'; then
+        bad "bert_ref exited $rc"
     fi
 fi
 

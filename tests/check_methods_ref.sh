@@ -41,17 +41,7 @@ tally "$("$PY" tests/ref_methods.py gen "$FX" 2>&1)"
 [ -f "$FX/model/model.safetensors" ] || { bad "the oracle wrote no model"; finish; }
 
 # ---- 2 and 3. through the library API (tests/methods_grad.c)
-if [ ! -f build/libpeftc.a ]; then
-    bad "build/libpeftc.a missing: run make"
-else
-    mkvar() { make -s --no-print-directory --eval='print-%: ; @echo $($*)' "print-$1"; }
-    CC_=$(mkvar CC); CFLAGS_=$(mkvar CFLAGS); LDLIBS_=$(mkvar LDLIBS)
-    mkdir -p build/tests
-    if ! out=$($CC_ $CFLAGS_ -Itests -o build/tests/methods_grad tests/methods_grad.c build/libpeftc.a $LDLIBS_ 2>&1); then
-        printf '%s\n' "$out" | head -20
-        bad "tests/methods_grad.c does not build"
-    else
-        tally "$(timeout 300 "$PY" tests/ref_methods.py compare "$FX" build/tests/methods_grad 2>&1)"
-    fi
+if build_driver methods_grad; then
+    tally "$(timeout 300 "$PY" tests/ref_methods.py compare "$FX" build/tests/methods_grad 2>&1)"
 fi
 finish

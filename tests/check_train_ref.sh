@@ -48,23 +48,13 @@ tally "$("$PY" tests/ref_train.py gen "$FX" 2>&1)"
     { bad "the oracle wrote no reference"; finish; }
 
 # ---- 2. loss and gradients through the library API (tests/train_grad.c)
-if [ ! -f build/libpeftc.a ]; then
-    bad "build/libpeftc.a missing: run make"
-else
-    mkvar() { make -s --no-print-directory --eval='print-%: ; @echo $($*)' "print-$1"; }
-    CC_=$(mkvar CC); CFLAGS_=$(mkvar CFLAGS); LDLIBS_=$(mkvar LDLIBS)
-    mkdir -p build/tests
-    if ! out=$($CC_ $CFLAGS_ -Itests -o build/tests/train_grad tests/train_grad.c build/libpeftc.a $LDLIBS_ 2>&1); then
-        printf '%s\n' "$out" | head -20
-        bad "tests/train_grad.c does not build"
-    else
-        for m in full lora bitfit; do
-            out=$(timeout 120 build/tests/train_grad "$FX/model" "$FX/train.tsv" "$FX/init_$m" "$FX/c_grad_$m.safetensors" 2>&1)
-            tally "$out"
-            [ -f "$FX/c_grad_$m.safetensors" ] || continue
-            tally "$("$PY" tests/ref_train.py compare-grads $m "$FX" "$FX/c_grad_$m.safetensors" 2>&1)"
-        done
-    fi
+if build_driver train_grad; then
+    for m in full lora bitfit; do
+        out=$(timeout 120 build/tests/train_grad "$FX/model" "$FX/train.tsv" "$FX/init_$m" "$FX/c_grad_$m.safetensors" 2>&1)
+        tally "$out"
+        [ -f "$FX/c_grad_$m.safetensors" ] || continue
+        tally "$("$PY" tests/ref_train.py compare-grads $m "$FX" "$FX/c_grad_$m.safetensors" 2>&1)"
+    done
 fi
 
 # ---- 3. 5 training steps through the CLI

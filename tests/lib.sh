@@ -22,3 +22,19 @@ tally() {
         fi
     fi
 }
+
+# build_driver NAME: builds build/tests/NAME from tests/NAME.c against
+# build/libpeftc.a with the Makefile's own CC, CFLAGS and LDLIBS; on failure
+# reports it (bad) and returns 1.
+build_driver() {
+    if [ ! -f build/libpeftc.a ]; then bad "build/libpeftc.a missing: run make"; return 1; fi
+    local cc cflags ldlibs out
+    mkvar() { make -s --no-print-directory --eval='print-%: ; @echo $($*)' "print-$1"; }
+    cc=$(mkvar CC); cflags=$(mkvar CFLAGS); ldlibs=$(mkvar LDLIBS)
+    mkdir -p build/tests
+    if ! out=$($cc $cflags -Itests -o "build/tests/$1" "tests/$1.c" build/libpeftc.a $ldlibs 2>&1); then
+        printf '%s\n' "$out" | head -20
+        bad "tests/$1.c does not build"
+        return 1
+    fi
+}
