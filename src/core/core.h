@@ -19,6 +19,9 @@ peftc_status peftc_path_join(char *out, size_t cap, const char *dir, const char 
 
 int peftc_file_exists(const char *path);
 
+/* Creates a directory and any missing parents (mkdir -p). */
+peftc_status peftc_mkdir_p(const char *dir, peftc_error *err);
+
 /* Writes data to path atomically: path.tmp, fsync, rename. */
 peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t len, peftc_error *err);
 

@@ -96,3 +96,25 @@ void *peftc_alloc_aligned(size_t bytes)
     if (posix_memalign(&p, 64, bytes) != 0) return NULL;
     return p;
 }
+
+peftc_status peftc_mkdir_p(const char *dir, peftc_error *err)
+{
+    char buf[4096];
+    int n = snprintf(buf, sizeof buf, "%s", dir);
+    if (n <= 0 || (size_t)n >= sizeof buf) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: path too long", dir);
+    for (char *p = buf + 1; ; p++) {
+        if (*p != '/' && *p) continue;
+        char c = *p;
+        *p = 0;
+        struct stat sb;
+        if (stat(buf, &sb) != 0) {
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot create the directory: %s", buf, strerror(errno));
+        } else if (!S_ISDIR(sb.st_mode)) {
+            return peftc_fail(err, PEFTC_ERR_IO, "%s: exists and is not a directory", buf);
+        }
+        if (!c) break;
+        *p = c;
+    }
+    return PEFTC_OK;
+}

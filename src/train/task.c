@@ -242,10 +242,8 @@ static json_t *target_modules_json(unsigned mask)
 
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err)
 {
-    if (mkdir(dir, 0755) != 0) {
-        struct stat sb;
-        if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot create the directory", dir);
-    }
+    peftc_status mk = peftc_mkdir_p(dir, err);
+    if (mk) return mk;
     const method_opts *mo = &t->mo;
     json_t *cfg = json_object();
     json_object_set_new(cfg, "peft_type", json_string(peft_type(mo)));

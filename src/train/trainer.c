@@ -282,10 +282,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     uint64_t run_sig = run_signature(&t, o);
     if (o->init_adapter && (rc = task_load_weights(&t, o->init_adapter, err))) goto out;
     if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
-    if (mkdir(o->out_dir, 0755) != 0) {
-        struct stat sb;
-        if (stat(o->out_dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) { rc = peftc_fail(err, PEFTC_ERR_IO, "%s: cannot create the directory", o->out_dir); goto out; }
-    }
+    if ((rc = peftc_mkdir_p(o->out_dir, err))) goto out;
 
     int micro_per_epoch = (tr.n + o->batch - 1) / o->batch;
     int steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
