@@ -46,19 +46,6 @@
 #define TOL_BASE 1e-6
 #define MAX_DELTAS 32
 
-static int die(const char *what, const peftc_error *err)
-{
-    CHECK(0, "%s: %s", what, err->msg);
-    return tl_finish();
-}
-
-static float *dup_floats(const float *p, size_t n)
-{
-    float *q = malloc(n * sizeof *q);
-    if (!q) { perror("malloc"); exit(2); }
-    memcpy(q, p, n * sizeof *q);
-    return q;
-}
 
 /* Parses OPTIONS into a; returns 0 or prints the problem and returns -1. */
 static int parse_opts(int argc, char **argv, method_args *a, const char **deltas, int *max_len, const char **label)
@@ -194,7 +181,7 @@ static int cmd_grad(int argc, char **argv)
     peftc_error err = {0};
     setup s;
     const char *what;
-    if (build(&s, model_dir, data_path, method, argc - 5, argv + 5, &what, &err)) return die(what, &err);
+    if (build(&s, model_dir, data_path, method, argc - 5, argv + 5, &what, &err)) return tl_die(what, &err);
     task *t = &s.t;
     int B = s.B, T = s.T, K = t->labels.n;
     int rc0 = load_init(t, init, &err);
@@ -204,7 +191,7 @@ static int cmd_grad(int argc, char **argv)
 
     memset(t->pb.g, 0, t->pb.total * sizeof(float));
     float loss = task_forward(t, s.bb.ids, s.bb.tts, s.bb.lens, s.bb.labels, B, T, 1, &s.rng);
-    float *logits = dup_floats(t->head.logits, (size_t)B * K);
+    float *logits = tl_dup_floats(t->head.logits, (size_t)B * K);
     task_backward(t, s.bb.ids, s.bb.tts, s.bb.lens, s.bb.labels, B, T, 1.0f, &s.rng);
 
     float *ids_f = malloc((size_t)B * T * sizeof *ids_f), *tts_f = malloc((size_t)B * T * sizeof *tts_f);
@@ -246,7 +233,7 @@ static int cmd_fresh(int argc, char **argv)
     peftc_error err = {0};
     setup s;
     const char *what;
-    if (build(&s, model_dir, data_path, method, argc - 3, argv + 3, &what, &err)) return die(what, &err);
+    if (build(&s, model_dir, data_path, method, argc - 3, argv + 3, &what, &err)) return tl_die(what, &err);
     task *t = &s.t;
     int B = s.B, T = s.T, K = t->labels.n, C = s.m->cfg.hidden_size;
 
@@ -258,7 +245,7 @@ static int cmd_fresh(int argc, char **argv)
     memset(&h0, 0, sizeof h0);
     if (peftc_model_load(model_dir, &m0, &err) || bert_acts_init(&a0, &m0->cfg, B, T, 1, 0, &err) ||
         cls_head_alloc(&h0, C, K, B, &err))
-        return die("base model", &err);
+        return tl_die("base model", &err);
     bert_forward(m0, &a0, NULL, s.bb.ids, s.bb.tts, s.bb.lens, B, T);
     h0.C = C;
     h0.K = K;
@@ -267,7 +254,7 @@ static int cmd_fresh(int argc, char **argv)
     h0.cls_w = params_value(&t->pb, t->p_cls_w); /* the task's own (random) classifier */
     h0.cls_b = params_value(&t->pb, t->p_cls_b);
     cls_head_forward(&h0, bert_hidden(m0, &a0), B, T, 0.0f, 0, NULL);
-    float *base = dup_floats(h0.logits, (size_t)B * K);
+    float *base = tl_dup_floats(h0.logits, (size_t)B * K);
     double bmax = 0;
     for (int i = 0; i < B * K; i++) bmax = fmax(bmax, fabs(base[i]));
 

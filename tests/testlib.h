@@ -7,6 +7,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include "peftc.h"
 
 static int tl_passed, tl_failed;
 
@@ -31,6 +33,22 @@ static inline double tl_max_abs_diff(const float *a, const float *b, size_t n)
         if (d > m || d != d) m = d != d ? INFINITY : d;
     }
     return m;
+}
+
+/* records a failed library call as a failed check and ends the test */
+static inline int tl_die(const char *what, const peftc_error *err)
+{
+    CHECK(0, "%s: %s", what, err->msg);
+    return tl_finish();
+}
+
+/* a malloc'd copy of n floats (the test stops if memory runs out) */
+static inline float *tl_dup_floats(const float *p, size_t n)
+{
+    float *q = malloc(n * sizeof *q);
+    if (!q) { perror("malloc"); exit(2); }
+    memcpy(q, p, n * sizeof *q);
+    return q;
 }
 
 #endif

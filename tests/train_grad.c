@@ -30,19 +30,6 @@
 #define TOL_MERGE_LOGITS 1e-5
 #define TOL_UNMERGE 1e-6
 
-static int die(const char *what, const peftc_error *err)
-{
-    CHECK(0, "%s: %s", what, err->msg);
-    return tl_finish();
-}
-
-static float *dup_floats(const float *p, size_t n)
-{
-    float *q = malloc(n * sizeof *q);
-    if (!q) { perror("malloc"); exit(2); }
-    memcpy(q, p, n * sizeof *q);
-    return q;
-}
 
 /* The six linear weights of every layer: pointers into the model (re-read each
  * time: a merge re-points them at owned copies). */
@@ -69,13 +56,13 @@ static void merge_checks(task *t, const batch_buf *bb, int B, int T, peftc_rng *
     peftc_error err = {0};
 
     task_forward(t, bb->ids, bb->tts, bb->lens, NULL, B, T, 0, rng);
-    float *unmerged = dup_floats(t->head.logits, (size_t)B * K);
+    float *unmerged = tl_dup_floats(t->head.logits, (size_t)B * K);
     double d = tl_max_abs_diff(unmerged, logits_train, (size_t)B * K);
     CHECK(d <= 1e-6, "lora: eval-mode and train-mode forward agree with dropout 0: max abs diff %.3g", d);
 
     float **before = calloc((size_t)nl * N_LIN, sizeof *before);
     for (int l = 0; l < nl; l++)
-        for (int k = 0; k < N_LIN; k++) before[l * N_LIN + k] = dup_floats(*lin_slot(m, l, k), lin_numel(c, k));
+        for (int k = 0; k < N_LIN; k++) before[l * N_LIN + k] = tl_dup_floats(*lin_slot(m, l, k), lin_numel(c, k));
 
     peftc_status rc = method_merge(m, &t->mo, &t->pb, &t->ds, +1, &err);
     CHECK(rc == PEFTC_OK, "lora: method_merge(+1) %s", rc ? err.msg : "succeeds");
@@ -132,13 +119,13 @@ int main(int argc, char **argv)
     peftc_error err = {0};
     peftc_model *m = NULL;
     peftc_tokenizer *tok = NULL;
-    if (peftc_model_load(model_dir, &m, &err)) return die("model", &err);
-    if (peftc_tokenizer_load(model_dir, &tok, &err)) return die("tokenizer", &err);
+    if (peftc_model_load(model_dir, &m, &err)) return tl_die("model", &err);
+    if (peftc_tokenizer_load(model_dir, &tok, &err)) return tl_die("tokenizer", &err);
 
     method_opts mo;
     label_set cfg_labels = {0}, labels = {0};
     int max_len = 0;
-    if (adapter_read_config(adapter, &mo, &cfg_labels, &max_len, &err)) return die("adapter_config.json", &err);
+    if (adapter_read_config(adapter, &mo, &cfg_labels, &max_len, &err)) return tl_die("adapter_config.json", &err);
     if (max_len <= 0 || max_len > m->cfg.max_position) max_len = m->cfg.max_position;
 
     dataset d = {0};
@@ -147,7 +134,7 @@ int main(int argc, char **argv)
     if (data_load(train_path, &cols, 1, &d, &err) || labels_from_data(&d, &labels, &err) ||
         data_map_labels(&d, &labels, &err) || encoder_init(&enc, tok, &mo.prompt, max_len, &err) ||
         data_tokenize(&d, encoder_encode, &enc, max_len, &err))
-        return die("training data", &err);
+        return tl_die("training data", &err);
     int same = cfg_labels.n == labels.n;
     for (int i = 0; same && i < labels.n; i++) same = !strcmp(cfg_labels.names[i], labels.names[i]);
     CHECK(same, "%s: the adapter's label set equals the training file's (%d labels)", mo.name, labels.n);
@@ -159,9 +146,9 @@ int main(int argc, char **argv)
     task t;
     batch_buf bb = {0};
     if (task_init(&t, m, tok, &mo, &labels, max_len, &rng, &err) || task_alloc(&t, B, T, 1, &err))
-        return die("task", &err);
-    if (task_load_weights(&t, adapter, &err)) return die("init weights", &err);
-    if (batch_alloc(&bb, B, T, &err)) return die("batch", &err);
+        return tl_die("task", &err);
+    if (task_load_weights(&t, adapter, &err)) return tl_die("init weights", &err);
+    if (batch_alloc(&bb, B, T, &err)) return tl_die("batch", &err);
     int *rows = malloc((size_t)B * sizeof *rows);
     for (int i = 0; i < B; i++) rows[i] = i;
     int Tb = batch_fill(&bb, &d, rows, B);
@@ -169,7 +156,7 @@ int main(int argc, char **argv)
     memset(t.pb.g, 0, t.pb.total * sizeof(float));
     float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, B, Tb, 1, &rng);
     int K = t.labels.n;
-    float *logits = dup_floats(t.head.logits, (size_t)B * K); /* backward reuses the buffer */
+    float *logits = tl_dup_floats(t.head.logits, (size_t)B * K); /* backward reuses the buffer */
     task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, B, Tb, 1.0f, &rng);
 
     float *ids_f = malloc((size_t)B * Tb * sizeof *ids_f);
