@@ -213,7 +213,7 @@ typedef struct {
 static void b_gelu_fwd(void *c) { ew_ctx *e = c; gelu_forward(e->y, e->x, e->n); }
 static void b_gelu_bwd(void *c) { ew_ctx *e = c; gelu_backward(e->g, e->x, e->d, e->n); }
 static void b_drop_fwd(void *c) { ew_ctx *e = c; dropout_forward(e->y, e->mask, e->x, 0.1f, e->n, &e->rng); }
-static void b_drop_bwd(void *c) { ew_ctx *e = c; dropout_backward(e->g, e->mask, e->d, 0.1f, e->n); }
+static void b_drop_bwd(void *c) { ew_ctx *e = c; dropout_backward(e->g, e->mask, e->d, 0.1f, e->n, 1); }
 static void b_add(void *c) { ew_ctx *e = c; add_inplace(e->g, e->d, e->n); }
 static void b_ln_fwd(void *c)
 {
@@ -223,12 +223,12 @@ static void b_ln_fwd(void *c)
 static void b_ln_bwd(void *c)
 {
     ew_ctx *e = c;
-    layernorm_backward(e->g, e->dw, e->db, e->d, e->x, e->w, e->mean, e->rstd, e->N, e->C);
+    layernorm_backward(e->g, e->dw, e->db, e->d, e->x, e->w, e->mean, e->rstd, e->N, e->C, 1);
 }
 static void b_ln_bwd_dx(void *c)
 {
     ew_ctx *e = c;
-    layernorm_backward(e->g, NULL, NULL, e->d, e->x, e->w, e->mean, e->rstd, e->N, e->C);
+    layernorm_backward(e->g, NULL, NULL, e->d, e->x, e->w, e->mean, e->rstd, e->N, e->C, 1);
 }
 static void b_ce_fwd(void *c)
 {

@@ -455,23 +455,44 @@ static void test_layernorm(void)
 
     float *di0 = frand(nx, -.1f, .1f), *dw0 = frand(C, -.1f, .1f), *db0 = frand(C, -.1f, .1f);
     float *di = fcopy(di0, nx), *dw = fcopy(dw0, C), *db = fcopy(db0, C);
-    layernorm_backward(di, dw, db, R, inp, w, mean, rstd, N, C);
+    layernorm_backward(di, dw, db, R, inp, w, mean, rstd, N, C, 1);
     CHECK(grad_err(di, di0, gi, nx) <= GRAD_TOL, "layernorm_backward dinp vs FD: err %g", grad_err(di, di0, gi, nx));
     CHECK(grad_err(dw, dw0, gw, C) <= GRAD_TOL, "layernorm_backward dw vs FD: err %g", grad_err(dw, dw0, gw, C));
     CHECK(grad_err(db, db0, gb, C) <= GRAD_TOL, "layernorm_backward db vs FD: err %g", grad_err(db, db0, gb, C));
 
     float *di2 = fcopy(di, nx), *dw2 = fcopy(dw, C), *db2 = fcopy(db, C);
-    layernorm_backward(di2, dw2, db2, R, inp, w, mean, rstd, N, C);
+    layernorm_backward(di2, dw2, db2, R, inp, w, mean, rstd, N, C, 1);
     CHECK(accum_err(di2, di, di0, nx) <= 1e-5 && accum_err(dw2, dw, dw0, C) <= 1e-5 &&
           accum_err(db2, db, db0, C) <= 1e-5, "layernorm_backward accumulates");
 
     float *a = fcopy(di0, nx), *b = fcopy(dw0, C), *c = fcopy(db0, C);
-    layernorm_backward(a, NULL, NULL, R, inp, w, mean, rstd, N, C);
-    layernorm_backward(NULL, b, NULL, R, inp, w, mean, rstd, N, C);
-    layernorm_backward(NULL, NULL, c, R, inp, w, mean, rstd, N, C);
-    layernorm_backward(NULL, NULL, NULL, R, inp, w, mean, rstd, N, C);
+    layernorm_backward(a, NULL, NULL, R, inp, w, mean, rstd, N, C, 1);
+    layernorm_backward(NULL, b, NULL, R, inp, w, mean, rstd, N, C, 1);
+    layernorm_backward(NULL, NULL, c, R, inp, w, mean, rstd, N, C, 1);
+    layernorm_backward(NULL, NULL, NULL, R, inp, w, mean, rstd, N, C, 1);
     CHECK(same_bits(a, di, nx) && same_bits(b, dw, C) && same_bits(c, db, C),
           "layernorm_backward: each gradient alone (others NULL) matches");
+
+    /* accumulate 0 overwrites: the same bits as accumulating into zeros */
+    float *zs = calloc(nx, sizeof(float)), *ov = frand(nx, -5, 5);
+    layernorm_backward(zs, NULL, NULL, R, inp, w, mean, rstd, N, C, 1);
+    layernorm_backward(ov, NULL, NULL, R, inp, w, mean, rstd, N, C, 0);
+    CHECK(same_bits(ov, zs, nx), "layernorm_backward accumulate 0 = into zeros");
+    /* layernorm_apply reproduces the forward output from mean/rstd bit for bit */
+    float *ap = frand(nx, -5, 5);
+    layernorm_apply(ap, inp, mean, rstd, w, bb, N, C);
+    CHECK(same_bits(ap, out, nx), "layernorm_apply = layernorm_forward's output, bit for bit");
+    {   /* large enough to run in parallel */
+        const int N2 = 301, C2 = 384;
+        size_t n2 = (size_t)N2 * C2;
+        float *x2 = frand(n2, -2, 4), *o2 = falloc(n2), *m2 = falloc(N2), *r2 = falloc(N2), *a2 = falloc(n2);
+        float *w2 = frand(C2, 0.5f, 1.5f), *b2 = frand(C2, -1, 1);
+        layernorm_forward(o2, m2, r2, x2, w2, b2, N2, C2, eps);
+        layernorm_apply(a2, x2, m2, r2, w2, b2, N2, C2);
+        CHECK(same_bits(a2, o2, n2), "layernorm_apply = layernorm_forward (N %d, C %d, parallel)", N2, C2);
+        free(x2); free(o2); free(m2); free(r2); free(a2); free(w2); free(b2);
+    }
+    free(zs); free(ov); free(ap);
 
     free(inp); free(w); free(bb); free(rm); free(rr); free(ctx.inp); free(ctx.w); free(ctx.b);
     free(ref); free(out); free(mean); free(rstd); free(R); free(Rd); free(gi); free(gw); free(gb);
@@ -978,18 +999,18 @@ static void test_dropout(void)
     }
 
     float *dout = frand(n, -1, 1), *d0 = frand(n, -.1f, .1f), *d = fcopy(d0, n);
-    dropout_backward(d, mask, dout, p, n);
+    dropout_backward(d, mask, dout, p, n, 1);
     double *want = dalloc(n);
     for (size_t i = 0; i < n; i++) want[i] = mask[i] ? (double)dout[i] * scale : 0;
     CHECK(grad_err(d, d0, want, n) <= 1e-6, "dropout_backward: dinp += dout * mask / (1-p): err %g", grad_err(d, d0, want, n));
     float *d2 = fcopy(d, n);
-    dropout_backward(d2, mask, dout, p, n);
-    dropout_backward(NULL, mask, dout, p, n);
+    dropout_backward(d2, mask, dout, p, n, 1);
+    dropout_backward(NULL, mask, dout, p, n, 1);
     CHECK(accum_err(d2, d, d0, n) <= 1e-6, "dropout_backward accumulates, NULL dinp is a no-op");
     /* in place: d = d * mask / (1-p), the same values as accumulating into zeros */
     float *ip = fcopy(dout, n), *z = falloc(n);
     dropout_backward_inplace(ip, mask, p, n);
-    dropout_backward(z, mask, dout, p, n);
+    dropout_backward(z, mask, dout, p, n, 1);
     int ip_ok = same_bits(ip, z, n);
     memcpy(ip, dout, n * sizeof(float));
     dropout_backward_inplace(ip, mask, 0.0f, n);
@@ -998,10 +1019,19 @@ static void test_dropout(void)
     dropout_backward_inplace(NULL, mask, p, n);
     for (size_t i = 0; i < n; i++) if (ip[i] != 0.0f) ip_ok = 0;
     CHECK(ip_ok, "dropout_backward_inplace = dropout_backward into zeros; p=0 keeps, p=1 zeroes, NULL is a no-op");
-    free(ip); free(z);
+    /* accumulate 0: out of place overwrites; p=1 zeroes; p=0 copies */
+    float *ov = frand(n, -5, 5);
+    dropout_backward(ov, mask, dout, p, n, 0);
+    int ov_ok = same_bits(ov, z, n);
+    dropout_backward(ov, mask, dout, 0.0f, n, 0);
+    ov_ok = ov_ok && same_bits(ov, dout, n);
+    dropout_backward(ov, mask, dout, 1.0f, n, 0);
+    for (size_t i = 0; i < n; i++) if (ov[i] != 0.0f) ov_ok = 0;
+    CHECK(ov_ok, "dropout_backward accumulate 0 overwrites (p, 0 and 1)");
+    free(ip); free(z); free(ov);
 
     memcpy(d, d0, n * sizeof(float));
-    dropout_backward(d, mask2, dout, 0.0f, n);
+    dropout_backward(d, mask2, dout, 0.0f, n, 1);
     for (size_t i = 0; i < n; i++) want[i] = dout[i];
     CHECK(grad_err(d, d0, want, n) <= 1e-6, "dropout_backward p=0 passes dout through");
 
@@ -1247,7 +1277,7 @@ static size_t tc_layernorm(float *res)
     memset(res, 0, (2 * nx + 2 * N + 2 * C) * sizeof(float));
     float *out = res, *mean = out + nx, *rstd = mean + N, *di = rstd + N, *dw = di + nx, *db = dw + C;
     layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-5f);
-    layernorm_backward(di, dw, db, dout, x, w, mean, rstd, N, C);
+    layernorm_backward(di, dw, db, dout, x, w, mean, rstd, N, C, 1);
     free(x); free(w); free(b); free(dout);
     return 2 * nx + 2 * N + 2 * C;
 }
@@ -1273,7 +1303,7 @@ static size_t tc_elementwise(float *res)
     l2_normalize_rows(res + 5 * n, 313, 319);
     uint8_t *mask = xcalloc(n, 1);
     for (size_t i = 0; i < n; i++) mask[i] = i % 3 != 0;
-    dropout_backward(res + 6 * n, mask, dout, 0.25f, n);
+    dropout_backward(res + 6 * n, mask, dout, 0.25f, n, 1);
     /* adamw: params, m, v after two steps */
     float *p = res + 7 * n, *m = res + 8 * n, *v = falloc(n);
     memcpy(p, x, n * sizeof(float));

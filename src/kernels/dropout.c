@@ -67,56 +67,49 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
 }
 
 KERN_INLINE void drop_bwd_body(float *dinp, const uint8_t *mask, const float *dout, size_t n,
-                               float scale, const int F)
+                               float scale, int acc, const int F)
 {
     (void)F;
-    if (mask) {
+    if (mask && acc) {
         #pragma omp simd
         for (size_t i = 0; i < n; i++) dinp[i] += kern_sel(mask[i], dout[i] * scale, 0.0f);
-    } else {
+    } else if (mask) {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) dinp[i] = kern_sel(mask[i], dout[i] * scale, 0.0f);
+    } else if (acc) {
         #pragma omp simd
         for (size_t i = 0; i < n; i++) dinp[i] += dout[i];
+    } else {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) dinp[i] = dout[i];
     }
 }
-KERN_TIERS(drop_bwd, (float *dinp, const uint8_t *mask, const float *dout, size_t n, float scale),
-           dinp, mask, dout, n, scale)
+KERN_TIERS(drop_bwd, (float *dinp, const uint8_t *mask, const float *dout, size_t n, float scale, int acc),
+           dinp, mask, dout, n, scale, acc)
 
-/* dinp (n) += dout * mask / (1-p); p <= 0 passes dout through (mask unused). */
-void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n)
+/* dinp (n) (+)= dout * mask / (1-p); p <= 0 passes dout through (mask unused).
+ * dinp may equal dout when !accumulate (the in-place form). */
+void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n, int accumulate)
 {
     if (!dinp) return;
-    if (p >= 1.0f) return;
+    if (p >= 1.0f) {
+        if (!accumulate) memset(dinp, 0, n * sizeof(float));
+        return;
+    }
     if (p <= 0.0f) mask = NULL;
+    if (!mask && !accumulate && dinp == dout) return;
     float scale = 1.0f / (1.0f - (p > 0.0f ? p : 0.0f));
-    void (*f)(float *, const uint8_t *, const float *, size_t, float) = KERN_PICK(drop_bwd);
-    if (n < DROPOUT_PAR) { f(dinp, mask, dout, n, scale); return; }
+    void (*f)(float *, const uint8_t *, const float *, size_t, float, int) = KERN_PICK(drop_bwd);
+    if (n < DROPOUT_PAR) { f(dinp, mask, dout, n, scale, accumulate); return; }
     #pragma omp parallel
     {
         size_t s, e;
         kern_split(n, &s, &e);
-        if (e > s) f(dinp + s, mask ? mask + s : NULL, dout + s, e - s, scale);
+        if (e > s) f(dinp + s, mask ? mask + s : NULL, dout + s, e - s, scale, accumulate);
     }
 }
-
-KERN_INLINE void drop_bwd_ip_body(float *d, const uint8_t *mask, size_t n, float scale, const int F)
-{
-    (void)F;
-    #pragma omp simd
-    for (size_t i = 0; i < n; i++) d[i] = kern_sel(mask[i], d[i] * scale, 0.0f);
-}
-KERN_TIERS(drop_bwd_ip, (float *d, const uint8_t *mask, size_t n, float scale), d, mask, n, scale)
 
 void dropout_backward_inplace(float *d, const uint8_t *mask, float p, size_t n)
 {
-    if (!d || p <= 0.0f) return;
-    if (p >= 1.0f) { memset(d, 0, n * sizeof(float)); return; }
-    float scale = 1.0f / (1.0f - p);
-    void (*f)(float *, const uint8_t *, size_t, float) = KERN_PICK(drop_bwd_ip);
-    if (n < DROPOUT_PAR) { f(d, mask, n, scale); return; }
-    #pragma omp parallel
-    {
-        size_t s, e;
-        kern_split(n, &s, &e);
-        if (e > s) f(d + s, mask + s, e - s, scale);
-    }
+    dropout_backward(d, mask, d, p, n, 0);
 }

@@ -72,9 +72,14 @@ void embeddings_backward(float *dwte, float *dwpe, float *dwtt, const float *dou
 /* out (N,C) = (inp - mean)/sqrt(var + eps) * w + b; saves mean (N), rstd (N) */
 void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                        const float *w, const float *b, int N, int C, float eps);
+/* dinp (+)= (accumulate 0 overwrites dinp: no memset needed) */
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C);
+                        const float *rstd, int N, int C, int accumulate);
+/* out = layernorm_forward's output again from its saved mean and rstd, the
+ * same bits: the backward recomputes outputs instead of storing them. */
+void layernorm_apply(float *out, const float *inp, const float *mean, const float *rstd,
+                     const float *w, const float *b, int N, int C);
 
 /* exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))) */
 void gelu_forward(float *out, const float *inp, size_t n);
@@ -125,7 +130,8 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
 /* (dropout_forward takes exactly one draw, key = peftc_rng_u64(rng), when
  * 0 < p < 1; mask[i] = 1 iff the i-th draw of a peftc_rng with state = key is
  * >= p: counter-based, so the mask does not depend on the thread count.) */
-void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n);
+/* dinp (n) += dout * mask / (1-p) (accumulate 0: =, and dinp may equal dout) */
+void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n, int accumulate);
 /* In place: d (n) = d * mask / (1-p), the gradient through inverted dropout
  * when it replaces rather than accumulates; p <= 0 leaves d, p >= 1 zeroes it. */
 void dropout_backward_inplace(float *d, const uint8_t *mask, float p, size_t n);

@@ -170,8 +170,38 @@ void layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
     }
 }
 
+KERN_INLINE void ln_apply_body(float *out, const float *inp, const float *mean, const float *rstd, const float *w,
+                                const float *b, int n0, int n1, int C, const int F)
+{
+    for (int n = n0; n < n1; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        float mf = mean[n], rs = rstd[n];
+        /* the expression of ln_fwd_body, so the result is the same bits */
+        #pragma omp simd
+        for (int c = 0; c < C; c++) o[c] = kern_madd((x[c] - mf) * rs, w[c], b[c], F);
+    }
+}
+KERN_TIERS(ln_apply, (float *out, const float *inp, const float *mean, const float *rstd, const float *w,
+                      const float *b, int n0, int n1, int C), out, inp, mean, rstd, w, b, n0, n1, C)
+
+void layernorm_apply(float *out, const float *inp, const float *mean, const float *rstd,
+                     const float *w, const float *b, int N, int C)
+{
+    if (N <= 0) return;
+    void (*f)(float *, const float *, const float *, const float *, const float *, const float *, int, int, int) =
+        KERN_PICK(ln_apply);
+    if ((size_t)N * C < LN_PAR) { f(out, inp, mean, rstd, w, b, 0, N, C); return; }
+    #pragma omp parallel
+    {
+        int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        int n0 = (int)((long long)N * t / nt), n1 = (int)((long long)N * (t + 1) / nt);
+        if (n1 > n0) f(out, inp, mean, rstd, w, b, n0, n1, C);
+    }
+}
+
 KERN_INLINE void ln_bwd_dx_body(float *dinp, const float *dout, const float *inp, const float *w,
-                                const float *mean, const float *rstd, int n0, int n1, int C, const int F)
+                                const float *mean, const float *rstd, int n0, int n1, int C, int acc, const int F)
 {
     for (int n = n0; n < n1; n++) {
         const float *x = inp + (size_t)n * C;
@@ -184,12 +214,13 @@ KERN_INLINE void ln_bwd_dx_body(float *dinp, const float *dout, const float *inp
         #pragma omp simd
         for (int c = 0; c < C; c++) {
             float xh = (x[c] - m) * rs;
-            di[c] += (kern_madd(d[c], w[c], -m1, F) - xh * m2) * rs;
+            float g = (kern_madd(d[c], w[c], -m1, F) - xh * m2) * rs;
+            di[c] = acc ? di[c] + g : g;
         }
     }
 }
 KERN_TIERS(ln_bwd_dx, (float *dinp, const float *dout, const float *inp, const float *w, const float *mean,
-                       const float *rstd, int n0, int n1, int C), dinp, dout, inp, w, mean, rstd, n0, n1, C)
+                       const float *rstd, int n0, int n1, int C, int acc), dinp, dout, inp, w, mean, rstd, n0, n1, C, acc)
 
 /* dw/db over all rows for columns [c0, c1), c1 - c0 <= LN_COLS: blocks of
  * LN_ROWS rows summed in float, the block sums in double */
@@ -230,11 +261,11 @@ KERN_TIERS(ln_bwd_dw, (float *dw, float *db, const float *dout, const float *inp
  * dw (C) += sum_n dout * xhat;  db (C) += sum_n dout;   xhat = (inp - mean) * rstd */
 void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
                         const float *inp, const float *w, const float *mean,
-                        const float *rstd, int N, int C)
+                        const float *rstd, int N, int C, int accumulate)
 {
     if (N <= 0 || C <= 0) return;
     if (!dinp && !dw && !db) return;
-    void (*fdx)(float *, const float *, const float *, const float *, const float *, const float *, int, int, int) =
+    void (*fdx)(float *, const float *, const float *, const float *, const float *, const float *, int, int, int, int) =
         KERN_PICK(ln_bwd_dx);
     void (*fdw)(float *, float *, const float *, const float *, const float *, const float *, int, int, int, int) =
         KERN_PICK(ln_bwd_dw);
@@ -244,7 +275,7 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
         if (dinp) {
             int nt = omp_get_num_threads(), t = omp_get_thread_num();
             int n0 = (int)((long long)N * t / nt), n1 = (int)((long long)N * (t + 1) / nt);
-            if (n1 > n0) fdx(dinp, dout, inp, w, mean, rstd, n0, n1, C);
+            if (n1 > n0) fdx(dinp, dout, inp, w, mean, rstd, n0, n1, C, accumulate);
         }
         /* no barrier needed: the column tasks only read */
         #pragma omp for schedule(dynamic) nowait

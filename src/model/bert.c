@@ -152,47 +152,54 @@ void bert_acts_free(bert_acts *a)
     memset(a, 0, sizeof *a);
 }
 
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix, peftc_error *err)
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix,
+                            unsigned keep, peftc_error *err)
 {
     bert_acts_free(a);
     size_t N = (size_t)B * T, C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
     size_t Tk = (size_t)T + (size_t)n_prefix, NK = (size_t)B * Tk;
     size_t P = (size_t)B * cfg->num_heads * T * Tk;
     int train = n_sets == cfg->num_layers; /* keeps every layer: masks and backward scratch too */
+    int keep_ctx = train && (keep & BERT_KEEP_CTX), keep_act = train && (keep & BERT_KEEP_FFN_ACT);
     /* sizes rounded to 16 floats so every buffer starts 64-byte aligned;
      * byte masks take a quarter of their count in floats */
 #define R16(x) (((x) + 15) & ~(size_t)15)
 #define MASKF(n) R16((n) / 4 + 1)
-    size_t per_layer = 10 * R16(N * C) + R16(P) + 2 * R16(N * F) + 4 * R16(N);
+    size_t per_layer = (5 + keep_ctx) * R16(N * C) + R16(P) + (1 + keep_act) * R16(N * F) + 4 * R16(N);
     if (train) per_layer += 2 * MASKF(N * C) + MASKF(P);
     if (n_prefix) per_layer += 2 * R16(NK * C) + R16(2 * N) + R16(2 * (size_t)B);
-    size_t total = 2 * R16(N * C) + 3 * R16(N) + (size_t)n_sets * per_layer;
-    if (train) total += MASKF(N * C) + 8 * R16(N * C) + 2 * R16(N * F) + (n_prefix ? 2 * R16(NK * C) : 0);
+    /* emb, emb_ln, xbuf[2], ln1, hidden (+ ctx, ffn_act scratch) */
+    size_t total = (6 + !keep_ctx) * R16(N * C) + !keep_act * R16(N * F) + 3 * R16(N) + (size_t)n_sets * per_layer;
+    if (train) total += MASKF(N * C) + 6 * R16(N * C) + 2 * R16(N * F) + (n_prefix ? 2 * R16(NK * C) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
         bert_acts_free(a);
         return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate activations for batch %d x %d", B, T);
     }
-    float *p = a->block;
+    float *p = a->block, *ctx_scratch = NULL, *act_scratch = NULL;
 #define TAKE(dst, n) do { (dst) = p; p += R16(n); } while (0)
 #define TAKEM(dst, n) do { (dst) = (uint8_t *)p; p += MASKF(n); } while (0)
     TAKE(a->emb, N * C); TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
     a->ids_clean = (int32_t *)p; p += R16(N);
+    TAKE(a->xbuf[0], N * C); TAKE(a->xbuf[1], N * C); TAKE(a->ln1, N * C); TAKE(a->hidden, N * C);
+    if (!keep_ctx) TAKE(ctx_scratch, N * C);
+    if (!keep_act) TAKE(act_scratch, N * F);
     for (int l = 0; l < n_sets; l++) {
         bert_layer_acts *L = &a->layer[l];
         TAKE(L->q, N * C); TAKE(L->k, N * C); TAKE(L->v, N * C); TAKE(L->probs, P);
-        TAKE(L->ctx, N * C); TAKE(L->attn, N * C); TAKE(L->res1, N * C);
-        TAKE(L->ln1, N * C); TAKE(L->ln1_mean, N); TAKE(L->ln1_rstd, N);
-        TAKE(L->ffn_pre, N * F); TAKE(L->ffn_act, N * F); TAKE(L->ffn_out, N * C);
-        TAKE(L->res2, N * C); TAKE(L->out, N * C); TAKE(L->ln2_mean, N); TAKE(L->ln2_rstd, N);
+        if (keep_ctx) TAKE(L->ctx, N * C); else L->ctx = ctx_scratch;
+        TAKE(L->res1, N * C); TAKE(L->ln1_mean, N); TAKE(L->ln1_rstd, N);
+        TAKE(L->ffn_pre, N * F);
+        if (keep_act) TAKE(L->ffn_act, N * F); else L->ffn_act = act_scratch;
+        TAKE(L->res2, N * C); TAKE(L->ln2_mean, N); TAKE(L->ln2_rstd, N);
         if (train) { TAKEM(L->attn_mask, N * C); TAKEM(L->ffn_mask, N * C); TAKEM(L->probs_mask, P); }
         if (n_prefix) { TAKE(L->k_ext, NK * C); TAKE(L->v_ext, NK * C); TAKE(L->gate_sig, 2 * N); TAKE(L->gate, 2 * (size_t)B); }
     }
     if (train) {
         TAKEM(a->emb_mask, N * C);
-        TAKE(a->d_x, N * C); TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ln1, N * C);
-        TAKE(a->d_ctx, N * C); TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
+        TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
+        TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
         TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F);
         if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); }
     }
@@ -200,15 +207,26 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
 #undef TAKEM
 #undef MASKF
 #undef R16
-    a->B = B; a->T = T; a->n_sets = n_sets; a->P = n_prefix;
+    a->B = B; a->T = T; a->n_sets = n_sets; a->P = n_prefix; a->keep = keep;
     a->floats = total;
     return PEFTC_OK;
 }
 
+unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_grads *g)
+{
+    unsigned keep = 0;
+    for (int l = 0; l < cfg->num_layers; l++) {
+        const bert_layer *G = g && g->layers ? &g->layers[l] : NULL;
+        if ((G && G->wo) || delta_count(ds, l, SITE_ATTN_O)) keep |= BERT_KEEP_CTX;
+        if ((G && G->wf) || delta_count(ds, l, SITE_FFN_DOWN) || delta_count(ds, l, SITE_FFN_ACT))
+            keep |= BERT_KEEP_FFN_ACT;
+    }
+    return keep;
+}
+
 float *bert_hidden(const peftc_model *m, const bert_acts *a)
 {
-    int last = a->n_sets == 1 ? 0 : m->cfg.num_layers - 1;
-    return m->cfg.num_layers ? a->layer[last].out : a->emb_ln;
+    return m->cfg.num_layers ? a->hidden : a->emb_ln;
 }
 
 /* The bf16 copy of a frozen weight if the bf16 path is on (packed on first
@@ -362,9 +380,9 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
     for (int l = 0; l < c->num_layers; l++) {
         bert_layer *W = &m->layers[l];
         const bert_layer *G = run && run->grads ? &run->grads->layers[l] : NULL;
-        /* in inference one activation set is reused: x (the previous layer's
-         * out) is last read by res1, before this layer's out is written */
+        /* in inference one activation set is reused */
         bert_layer_acts *A = &a->layer[a->n_sets == 1 ? 0 : l];
+        float *out = l == c->num_layers - 1 ? a->hidden : a->xbuf[l & 1];   /* never x's buffer */
         linear_site(run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G->wq), N, C, C);
         linear_site(run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G->wk), N, C, C);
         linear_site(run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, &W->bf16[2], !(G && G->wv), N, C, C);
@@ -378,42 +396,56 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         else
             attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
-        linear_site(run, l, SITE_ATTN_O, A->attn, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
-        hidden_dropout(run, A->attn, A->attn_mask, ph, NC);
-        block_site(run, l, SITE_ATTN_OUT, A->attn, x, N);
-        memcpy(A->res1, A->attn, NC * sizeof(float));
+        /* res1 = dropout(ctx Wo^T + bo) (+ attn.out deltas) + x, built in place */
+        linear_site(run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
+        hidden_dropout(run, A->res1, A->attn_mask, ph, NC);
+        block_site(run, l, SITE_ATTN_OUT, A->res1, x, N);
         add_inplace(A->res1, x, NC);
-        layernorm_forward(A->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
-        linear_site(run, l, SITE_FFN_IN, A->ffn_pre, A->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
+        layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
+        linear_site(run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
         gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
         block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
-        linear_site(run, l, SITE_FFN_DOWN, A->ffn_out, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
-        hidden_dropout(run, A->ffn_out, A->ffn_mask, ph, NC);
-        block_site(run, l, SITE_FFN_OUT, A->ffn_out, A->ln1, N);
-        memcpy(A->res2, A->ffn_out, NC * sizeof(float));
-        add_inplace(A->res2, A->ln1, NC);
-        layernorm_forward(A->out, A->ln2_mean, A->ln2_rstd, A->res2, W->ln2_w, W->ln2_b, N, C, eps);
-        x = A->out;
+        /* res2 = dropout(act Wf^T + bf) (+ ffn.out deltas) + ln1 */
+        linear_site(run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
+        hidden_dropout(run, A->res2, A->ffn_mask, ph, NC);
+        block_site(run, l, SITE_FFN_OUT, A->res2, a->ln1, N);
+        add_inplace(A->res2, a->ln1, NC);
+        layernorm_forward(out, A->ln2_mean, A->ln2_rstd, A->res2, W->ln2_w, W->ln2_b, N, C, eps);
+        x = out;
     }
 }
 
-/* dh <- dh * mask / (1-p), in place (the gradient through inverted dropout) */
-static void dropout_grad_inplace(const bert_run *run, float *dh, const uint8_t *mask, float p, size_t n)
-{
-    if (!run->train || p <= 0) return;
-    dropout_backward_inplace(dh, mask, p, n);
-}
-
-/* Backward of linear_site: dh (N,OC) w.r.t. the site's final output; dx += . */
-static void linear_site_backward(const bert_run *run, int l, site_id site, float *dh, float *dx,
+/* Backward of linear_site: dh (N,OC) w.r.t. the site's final output;
+ * dx (+)= (accumulate 0: overwritten). */
+static void linear_site_backward(const bert_run *run, int l, site_id site, float *dh, float *dx, int accumulate,
                                  const float *x, const float *w, float *dw, float *db, matmul_bf16 **bf,
                                  int N, int IC, int OC)
 {
-    if (run->deltas && delta_count(run->deltas, l, site))
+    if (run->deltas && delta_count(run->deltas, l, site)) {
+        /* a sequential delta turns dh into the gradient of its input, so it runs first */
+        if (dx && !accumulate) memset(dx, 0, (size_t)N * IC * sizeof(float));
+        accumulate = 1;
         delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
+    }
+    if (dx && !accumulate) memset(dx, 0, (size_t)N * IC * sizeof(float));
     matmul_bf16 *wb = bf16_weight(bf, !dw, w, IC, OC);
     if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC))
         matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
+}
+
+/* Gradient through a residual block output h (+ deltas at a block site) then
+ * hidden dropout: dst = the gradient of the block's output before dropout,
+ * from dres (the gradient of the residual sum); the site's deltas add their
+ * input gradient into dx. */
+static void block_site_backward(const bert_run *run, int l, site_id site, float *dst, const float *dres,
+                                const float *x, float *dx, const uint8_t *mask, float p, size_t NC, int N)
+{
+    if (run->deltas && delta_count(run->deltas, l, site)) {
+        memcpy(dst, dres, NC * sizeof(float));
+        delta_backward(run->deltas, run->pb, l, site, x, dst, dx, N);
+        dropout_backward(dst, mask, dst, run->train ? p : 0.0f, NC, 0);
+    } else
+        dropout_backward(dst, mask, dres, run->train ? p : 0.0f, NC, 0);
 }
 
 void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
@@ -428,43 +460,39 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
     memset(&none, 0, sizeof none);
     int emb_trainable = G && (G->wte || G->wpe || G->wtt || G->emb_ln_w || G->emb_ln_b);
     int virt_trainable = run->virt && run->d_virt;
-    float *dout = d_hidden;   /* gradient w.r.t. the current layer's output */
+    /* dout: the gradient w.r.t. the current layer's output; the layer's input
+     * gradient replaces it in the same buffer */
+    float *dout = d_hidden;
     for (int l = c->num_layers - 1; l >= 0; l--) {
         bert_layer *W = &m->layers[l];
         const bert_layer *g = G ? &G->layers[l] : &none;
         bert_layer_acts *A = &a->layer[l];
-        const float *x = l ? a->layer[l - 1].out : a->emb_ln;
+        /* the layer input and ln1, recomputed from the saved sums and statistics */
+        const float *x = a->emb_ln;
+        if (l) {
+            const bert_layer *Wp = &m->layers[l - 1];
+            const bert_layer_acts *Ap = &a->layer[l - 1];
+            layernorm_apply(a->xbuf[0], Ap->res2, Ap->ln2_mean, Ap->ln2_rstd, Wp->ln2_w, Wp->ln2_b, N, C);
+            x = a->xbuf[0];
+        }
+        layernorm_apply(a->ln1, A->res1, A->ln1_mean, A->ln1_rstd, W->ln1_w, W->ln1_b, N, C);
         /* the layer input's gradient is needed below layer 0 only if something there trains */
         int need_dx = l > 0 || emb_trainable || virt_trainable || run->need_input_grad;
-        float *d_res2 = a->d_a, *d_ffn = a->d_b, *d_ln1 = a->d_ln1, *d_x = a->d_x;
-        /* out = LN2(res2) */
-        memset(d_res2, 0, NC * sizeof(float));
-        layernorm_backward(d_res2, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C);
-        /* res2 = ffn_out + ln1 */
-        memcpy(d_ffn, d_res2, NC * sizeof(float));
-        memcpy(d_ln1, d_res2, NC * sizeof(float));
-        if (run->deltas && delta_count(run->deltas, l, SITE_FFN_OUT))
-            delta_backward(run->deltas, run->pb, l, SITE_FFN_OUT, A->ln1, d_ffn, d_ln1, N);
-        dropout_grad_inplace(run, d_ffn, A->ffn_mask, ph, NC);
-        memset(a->d_f1, 0, NF * sizeof(float));
-        linear_site_backward(run, l, SITE_FFN_DOWN, d_ffn, a->d_f1, A->ffn_act, W->wf, g->wf, g->bf, &W->bf16[5], N, F, C);
+        float *d_ln1 = a->d_a, *d_blk = a->d_b;
+        /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
+        layernorm_backward(d_ln1, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
+        block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_mask, ph, NC, N);
+        linear_site_backward(run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf, &W->bf16[5], N, F, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
             delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
         memset(a->d_f2, 0, NF * sizeof(float));
         gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
-        linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, A->ln1, W->wi, g->wi, g->bi, &W->bf16[4], N, C, F);
-        /* ln1 = LN1(res1), res1 = attn + x */
-        float *d_res1 = a->d_a;
-        memset(d_res1, 0, NC * sizeof(float));
-        layernorm_backward(d_res1, g->ln1_w, g->ln1_b, d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C);
-        float *d_attn = a->d_b;
-        memcpy(d_attn, d_res1, NC * sizeof(float));
-        memcpy(d_x, d_res1, NC * sizeof(float));
-        if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_OUT))
-            delta_backward(run->deltas, run->pb, l, SITE_ATTN_OUT, x, d_attn, d_x, N);
-        dropout_grad_inplace(run, d_attn, A->attn_mask, ph, NC);
-        memset(a->d_ctx, 0, NC * sizeof(float));
-        linear_site_backward(run, l, SITE_ATTN_O, d_attn, a->d_ctx, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], N, C, C);
+        linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi, &W->bf16[4], N, C, F);
+        /* ln1 = LN1(res1), res1 = dropout(attn) + x: d_x starts as d_res1, in dout's buffer */
+        float *d_x = dout;
+        layernorm_backward(d_x, g->ln1_w, g->ln1_b, d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C, 0);
+        block_site_backward(run, l, SITE_ATTN_OUT, d_blk, d_x, x, d_x, A->attn_mask, ph, NC, N);
+        linear_site_backward(run, l, SITE_ATTN_O, d_blk, a->d_ctx, 0, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], N, C, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_HEADS))
             delta_backward(run->deltas, run->pb, l, SITE_ATTN_HEADS, x, a->d_ctx, d_x, N);
         memset(a->d_q, 0, NC * sizeof(float));
@@ -484,19 +512,16 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         else
             attention_backward(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         float *dxp = need_dx ? d_x : NULL;
-        linear_site_backward(run, l, SITE_ATTN_Q, a->d_q, dxp, x, W->wq, g->wq, g->bq, &W->bf16[0], N, C, C);
-        linear_site_backward(run, l, SITE_ATTN_K, a->d_k, dxp, x, W->wk, g->wk, g->bk, &W->bf16[1], N, C, C);
-        linear_site_backward(run, l, SITE_ATTN_V, a->d_v, dxp, x, W->wv, g->wv, g->bv, &W->bf16[2], N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_Q, a->d_q, dxp, 1, x, W->wq, g->wq, g->bq, &W->bf16[0], N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_K, a->d_k, dxp, 1, x, W->wk, g->wk, g->bk, &W->bf16[1], N, C, C);
+        linear_site_backward(run, l, SITE_ATTN_V, a->d_v, dxp, 1, x, W->wv, g->wv, g->bv, &W->bf16[2], N, C, C);
         if (!need_dx) return;
-        /* d_x becomes the next (lower) layer's dout; dout's buffer is free now */
-        memcpy(dout, d_x, NC * sizeof(float));
     }
     /* embeddings: emb_ln = dropout(LN(emb)) */
-    dropout_grad_inplace(run, dout, a->emb_mask, ph, NC);
+    dropout_backward(dout, a->emb_mask, dout, ph, NC, 0);
     if (!emb_trainable && !virt_trainable) return;
-    memset(a->d_a, 0, NC * sizeof(float));
     layernorm_backward(a->d_a, G ? G->emb_ln_w : NULL, G ? G->emb_ln_b : NULL, dout, a->emb, m->emb_ln_w,
-                       a->emb_mean, a->emb_rstd, N, C);
+                       a->emb_mean, a->emb_rstd, N, C, 0);
     if (virt_trainable)
         for (int i = 0; i < N; i++) { /* serially: rows of one virtual token add up in a fixed order */
             if (ids[i] >= 0) continue;
@@ -525,7 +550,7 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
         }
     }
     if (m->infer.B < B || m->infer.T < T || (size_t)m->infer.B * m->infer.T < (size_t)B * T) {
-        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, 0, err);
+        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, 0, 0, err);
         if (rc) return rc;
     }
     bert_forward(m, &m->infer, NULL, ids, type_ids, lens, B, T);

@@ -21,35 +21,48 @@ typedef struct bert_layer {
     struct matmul_bf16 *bf16[6];
 } bert_layer;
 
-/* Activations of one layer, kept for backward when training. */
+/* Activations of one layer, kept for the backward when training. Only what
+ * the backward cannot recompute cheaply is stored: the LayerNorm outputs
+ * (ln1, the layer output) are recomputed from their inputs and saved
+ * statistics, and the attention and FFN projections are written straight
+ * into the residual sums. */
 typedef struct bert_layer_acts {
     float *q, *k, *v;        /* (N,C) */
     float *probs;            /* (B,NH,T,T) */
-    float *ctx;              /* (N,C) attention output before the projection */
-    float *attn;             /* (N,C) projection output (+ dropout) */
-    float *res1;             /* (N,C) attn + layer input */
-    float *ln1, *ln1_mean, *ln1_rstd;   /* (N,C), (N), (N) */
-    float *ffn_pre, *ffn_act;           /* (N,F) */
-    float *ffn_out;          /* (N,C) (+ dropout) */
-    float *res2;             /* (N,C) ffn_out + ln1 */
-    float *out, *ln2_mean, *ln2_rstd;   /* (N,C) layer output, (N), (N) */
+    float *ctx;              /* (N,C) attention output before the projection; the
+                                shared scratch unless BERT_KEEP_CTX */
+    float *res1;             /* (N,C) dropout(attn proj) + layer input */
+    float *ln1_mean, *ln1_rstd;          /* (N) */
+    float *ffn_pre;          /* (N,F) */
+    float *ffn_act;          /* (N,F) gelu(ffn_pre); shared scratch unless BERT_KEEP_FFN_ACT */
+    float *res2;             /* (N,C) dropout(FFN out) + ln1 */
+    float *ln2_mean, *ln2_rstd;          /* (N) */
     uint8_t *attn_mask, *ffn_mask;      /* (N,C) hidden dropout masks (training) */
     uint8_t *probs_mask;                /* (B,NH,T,P+T) attention dropout mask (training) */
     float *k_ext, *v_ext;               /* (B,P+T,C) keys/values after the prefix (P > 0) */
     float *gate_sig, *gate;             /* (B,T,2) per-token sigmoids, (B,2) the prefix gates */
 } bert_layer_acts;
 
+/* What the backward must find stored because something trains on it: the
+ * attention context (input of attn.o: its weight gradient or deltas there)
+ * and the GELU output (input of ffn.down, and ffn.act's scale deltas). */
+enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2 };
+
 typedef struct bert_acts {
     int B, T;                /* capacity */
     int P;                   /* prefix length the buffers hold */
     int n_sets;              /* num_layers when training; 1 in inference (reused) */
+    unsigned keep;           /* BERT_KEEP_* */
     float *emb, *emb_mean, *emb_rstd, *emb_ln;   /* (N,C) (N) (N) (N,C) */
     uint8_t *emb_mask;                           /* (N,C) (training) */
     int32_t *ids_clean;                          /* (N) ids with virtual tokens mapped to 0 */
+    float *xbuf[2];          /* (N,C) layer outputs in turn; the backward's recomputed inputs */
+    float *ln1;              /* (N,C) the current layer's ln1 */
+    float *hidden;           /* (N,C) the last layer's output */
     /* backward scratch (training only) */
-    float *d_x, *d_a, *d_b, *d_ln1, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
-    float *d_f1, *d_f2;                                         /* (N,F) */
-    float *d_kext, *d_vext;                                     /* (B,P+T,C) */
+    float *d_a, *d_b, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
+    float *d_f1, *d_f2;                           /* (N,F) */
+    float *d_kext, *d_vext;                       /* (B,P+T,C) */
     bert_layer_acts *layer;
     float *block;            /* one allocation holding everything above */
     size_t floats;
@@ -70,8 +83,10 @@ struct peftc_model {
 
 /* n_sets: 1 for inference (one layer's buffers reused), num_layers for
  * training (which also allocates masks and backward scratch); n_prefix: the
- * prefix length the attention buffers must hold (0: none). */
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix, peftc_error *err);
+ * prefix length the attention buffers must hold (0: none); keep: BERT_KEEP_*
+ * (bert_keep_for tells what a training run needs). */
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix,
+                            unsigned keep, peftc_error *err);
 void bert_acts_free(bert_acts *a);
 
 /* Gradient destinations of the base weights: NULL = frozen (no weight
@@ -103,6 +118,10 @@ typedef struct bert_run {
     const float *prefix_gate_w, *prefix_gate_b;
     float *d_prefix_gate_w, *d_prefix_gate_b;
 } bert_run;
+
+/* The BERT_KEEP_* flags a training run with these deltas and base-weight
+ * gradients (either may be NULL) needs. */
+unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_grads *g);
 
 /* Encoder forward. run may be NULL (inference, no deltas). In training
  * (a->n_sets == num_layers) every layer's activations are kept. */

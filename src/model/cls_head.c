@@ -58,7 +58,7 @@ void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, in
     memset(d_dropped, 0, (size_t)B * C * sizeof(float));
     matmul_backward(d_dropped, h->g_cls_w, h->g_cls_b, dlogits, h->dropped, h->cls_w, B, C, K);
     memset(h->d_pooled, 0, (size_t)B * C * sizeof(float));
-    dropout_backward(h->d_pooled, h->mask, d_dropped, train ? p : 0.0f, (size_t)B * C);
+    dropout_backward(h->d_pooled, h->mask, d_dropped, train ? p : 0.0f, (size_t)B * C, 1);
     /* through tanh, into the pre-activation; reuse d_dropped's buffer */
     float *d_pre = d_dropped;
     memset(d_pre, 0, (size_t)B * C * sizeof(float));
