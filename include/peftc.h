@@ -111,11 +111,13 @@ const peftc_config *peftc_model_config(const peftc_model *m);
 /* Number of parameters of the base model (embeddings + encoder). */
 int64_t peftc_model_param_count(const peftc_model *m);
 
-/* bf16 path (off by default; also PEFTC_BF16=1 in the environment): the
- * frozen linear weights of the encoder (query/key/value, attention output,
- * intermediate, output) are rounded to bf16 and multiplied with AVX-512-BF16,
- * accumulating in fp32; trained weights stay fp32. Process-wide; returns 1 if
- * now on, 0 if off (on = 0, or the CPU lacks avx512bf16). */
+/* bf16 path: the frozen linear weights of the encoder (query/key/value,
+ * attention output, intermediate, output) are rounded to bf16 and multiplied
+ * with AMX tiles (or AVX-512-BF16), accumulating in fp32; trained weights stay
+ * fp32. On by default where the CPU and OS allow AMX, fp32 elsewhere.
+ * on = 1 forces it (if the CPU has avx512bf16), 0 forces fp32, -1 restores
+ * the default; PEFTC_BF16=1 / 0 in the environment does the same at start.
+ * Process-wide; returns 1 if bf16 is now in use, else 0. */
 int peftc_set_bf16(int on);
 
 typedef enum peftc_pool {

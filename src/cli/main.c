@@ -39,7 +39,8 @@ static const char usage[] =
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
     "\n"
     "global options: --threads N (default: all cores)\n"
-    "  --bf16   frozen encoder weights in bf16 (AVX-512-BF16 CPUs only; fp32 otherwise the default)\n";
+    "  --bf16   frozen encoder weights in bf16 (the default where the CPU has AMX; needs AVX-512-BF16)\n"
+    "  --fp32   frozen encoder weights in fp32 (the default without AMX)\n";
 
 /* OpenMP threads (ours and OpenBLAS's) spin-wait ~300k iterations between
  * parallel regions by default; when another process holds a core that
@@ -71,7 +72,13 @@ int main(int argc, char **argv)
     int threads = cli_opt_int(&a, "--threads", 0, 1, 1024, &ok);
     if (!ok) { free(a.used); return 2; }
     if (threads > 0) omp_set_num_threads(threads);
-    if (cli_flag(&a, "--bf16") && !peftc_set_bf16(1)) {
+    int want_bf16 = cli_flag(&a, "--bf16"), want_fp32 = cli_flag(&a, "--fp32");
+    if (want_bf16 && want_fp32) {
+        free(a.used);
+        return cli_errorf(2, "--bf16 and --fp32 exclude each other");
+    }
+    if (want_fp32) peftc_set_bf16(0);
+    if (want_bf16 && !peftc_set_bf16(1)) {
         free(a.used);
         return cli_errorf(1, "--bf16: this CPU lacks AVX-512-BF16 (avx512bf16); run without --bf16");
     }

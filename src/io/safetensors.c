@@ -334,3 +334,15 @@ peftc_status st_write_f32(const char *path, const st_write_item *items, int n, c
     free(buf);
     return rc;
 }
+
+void st_release(const peftc_safetensors *st, const void *p, size_t bytes)
+{
+    if (!st || !st->map || !p) return;
+    uintptr_t lo = (uintptr_t)st->map, hi = lo + st->size, a = (uintptr_t)p, b = a + bytes;
+    if (a < lo || b > hi || b < a) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    a = (a + page - 1) / page * page;
+    b = b / page * page;
+    /* the mapping is PROT_READ + MAP_PRIVATE: no page holds changes to lose */
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}

@@ -32,6 +32,12 @@ size_t st_dtype_size(st_dtype d);
 const char *st_dtype_name(st_dtype d);
 const st_tensor *st_find(const peftc_safetensors *st, const char *name);
 
+/* Drops the pages wholly inside [p, p + bytes) from the process's resident
+ * set if they lie in st's (read-only) mapping: for weights that were copied
+ * (packed to bf16, say) and will not be read again soon. A later read maps
+ * them again from the page cache. No-op outside the mapping. */
+void st_release(const peftc_safetensors *st, const void *p, size_t bytes);
+
 /* Copies/convert a tensor's elements to fp32 (F32, F16, BF16 sources). */
 peftc_status st_to_f32(const peftc_safetensors *st, const st_tensor *t, float *dst, peftc_error *err);
 

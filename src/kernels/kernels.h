@@ -27,11 +27,13 @@ void matmul_backward(float *dinp, float *dw, float *dbias,
                      const float *dout, const float *inp, const float *w,
                      int N, int IC, int OC);
 
-/* bf16 path for frozen weights (AVX-512-BF16, vdpbf16ps). Off by default;
- * kernels_set_bf16(1) or the environment variable PEFTC_BF16=1 turns it on,
- * only if the CPU has avx512bf16 (kernels_set_bf16 returns what is now in
- * use). The kernels are usable whenever kernels_bf16_supported(), whatever
- * the switch: it is for the model code to consult. */
+/* bf16 path for frozen weights (AMX or AVX-512-BF16). By default on where
+ * AMX tiles run (kernels_bf16_amx), off elsewhere; kernels_set_bf16(1) / (0)
+ * or PEFTC_BF16=1 / 0 in the environment force it on (if the CPU has
+ * avx512bf16) / off, kernels_set_bf16(-1) restores the default; it returns
+ * what is now in use. The kernels are usable whenever
+ * kernels_bf16_supported(), whatever the switch: it is for the model code
+ * to consult. */
 int kernels_bf16_supported(void);
 int kernels_set_bf16(int on);
 int kernels_bf16(void);

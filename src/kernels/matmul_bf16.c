@@ -23,7 +23,8 @@ struct matmul_bf16 {
     uint16_t *bwd;        /* panels over IC, pairs over OC (packed on first backward) */
 };
 
-static int bf16_supported = -1, bf16_on = 0;
+static int bf16_supported = -1;
+static int bf16_on = -1;   /* -1: the default, on where AMX runs (where bf16 pays) */
 
 int kernels_bf16_supported(void)
 {
@@ -42,18 +43,20 @@ int kernels_bf16_supported(void)
 __attribute__((constructor)) static void bf16_init(void)
 {
     const char *e = getenv("PEFTC_BF16");
-    if (e && e[0] == '1' && !e[1]) kernels_set_bf16(1);
+    if (e && (e[0] == '0' || e[0] == '1') && !e[1]) kernels_set_bf16(e[0] == '1');
     e = getenv("PEFTC_BF16_AMX");
     if (e && e[0] == '0' && !e[1]) kernels_bf16_amx(0);
 }
 
 int kernels_set_bf16(int on)
 {
-    bf16_on = on && kernels_bf16_supported();
-    return bf16_on;
+    bf16_on = on < 0 ? -1 : on && kernels_bf16_supported();
+    return kernels_bf16();
 }
 
-int kernels_bf16(void) { return bf16_on; }
+/* Without AMX, vdpbf16ps runs at about 0.6x OpenBLAS's sgemm here: bf16
+ * would cost precision and time, so the default is fp32 there. */
+int kernels_bf16(void) { return bf16_on < 0 ? kernels_bf16_amx(-1) : bf16_on; }
 
 /* the public switch of include/peftc.h */
 int peftc_set_bf16(int on);

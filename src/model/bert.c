@@ -232,19 +232,20 @@ float *bert_hidden(const peftc_model *m, const bert_acts *a)
 /* The bf16 copy of a frozen weight if the bf16 path is on (packed on first
  * use), else NULL. A trained weight drops its copy (made by an evaluation
  * between steps, say): the optimizer is about to change it. */
-static matmul_bf16 *bf16_weight(matmul_bf16 **slot, int frozen, const float *w, int IC, int OC)
+static matmul_bf16 *bf16_weight(const peftc_model *m, matmul_bf16 **slot, int frozen, const float *w, int IC, int OC)
 {
     if (!frozen && *slot) { matmul_bf16_free(*slot); *slot = NULL; }
     if (!frozen || !kernels_bf16()) return NULL;
-    if (!*slot) *slot = matmul_bf16_pack(w, IC, OC);   /* NULL (out of memory): fp32 */
+    if (!*slot && (*slot = matmul_bf16_pack(w, IC, OC)))   /* NULL (out of memory): fp32 */
+        st_release(m->st, w, (size_t)IC * OC * sizeof(float));   /* the fp32 copy is not read again */
     return *slot;
 }
 
 /* A linear layer at a site: h = x W^T + b, then the site's deltas. */
-static void linear_site(const bert_run *run, int l, site_id site, float *h, const float *x,
+static void linear_site(const peftc_model *m, const bert_run *run, int l, site_id site, float *h, const float *x,
                         const float *w, const float *b, matmul_bf16 **bf, int frozen, int N, int IC, int OC)
 {
-    matmul_bf16 *wb = bf16_weight(bf, frozen, w, IC, OC);
+    matmul_bf16 *wb = bf16_weight(m, bf, frozen, w, IC, OC);
     if (wb) matmul_bf16_forward(h, x, wb, b, N, IC, OC, 0);
     else matmul_forward(h, x, w, b, N, IC, OC, 0);
     if (run && run->deltas && delta_count(run->deltas, l, site))
@@ -383,9 +384,9 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         /* in inference one activation set is reused */
         bert_layer_acts *A = &a->layer[a->n_sets == 1 ? 0 : l];
         float *out = l == c->num_layers - 1 ? a->hidden : a->xbuf[l & 1];   /* never x's buffer */
-        linear_site(run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G->wq), N, C, C);
-        linear_site(run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G->wk), N, C, C);
-        linear_site(run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, &W->bf16[2], !(G && G->wv), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G->wq), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G->wk), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, &W->bf16[2], !(G && G->wv), N, C, C);
         if (run && run->n_prefix) {
             prefix_extend(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C);
             attention_forward_prefix(A->ctx, A->probs, A->probs_mask, A->q, A->k_ext, A->v_ext, lens, B, T,
@@ -397,16 +398,16 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
             attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
         /* res1 = dropout(ctx Wo^T + bo) (+ attn.out deltas) + x, built in place */
-        linear_site(run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
         hidden_dropout(run, A->res1, A->attn_mask, ph, NC);
         block_site(run, l, SITE_ATTN_OUT, A->res1, x, N);
         add_inplace(A->res1, x, NC);
         layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
-        linear_site(run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
+        linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
         gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
         block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
         /* res2 = dropout(act Wf^T + bf) (+ ffn.out deltas) + ln1 */
-        linear_site(run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
+        linear_site(m, run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
         hidden_dropout(run, A->res2, A->ffn_mask, ph, NC);
         block_site(run, l, SITE_FFN_OUT, A->res2, a->ln1, N);
         add_inplace(A->res2, a->ln1, NC);
@@ -417,9 +418,9 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
 
 /* Backward of linear_site: dh (N,OC) w.r.t. the site's final output;
  * dx (+)= (accumulate 0: overwritten). */
-static void linear_site_backward(const bert_run *run, int l, site_id site, float *dh, float *dx, int accumulate,
-                                 const float *x, const float *w, float *dw, float *db, matmul_bf16 **bf,
-                                 int N, int IC, int OC)
+static void linear_site_backward(const peftc_model *m, const bert_run *run, int l, site_id site, float *dh,
+                                 float *dx, int accumulate, const float *x, const float *w, float *dw, float *db,
+                                 matmul_bf16 **bf, uint8_t *bwd_packed, int N, int IC, int OC)
 {
     if (run->deltas && delta_count(run->deltas, l, site)) {
         /* a sequential delta turns dh into the gradient of its input, so it runs first */
@@ -428,9 +429,14 @@ static void linear_site_backward(const bert_run *run, int l, site_id site, float
         delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
     }
     if (dx && !accumulate) memset(dx, 0, (size_t)N * IC * sizeof(float));
-    matmul_bf16 *wb = bf16_weight(bf, !dw, w, IC, OC);
+    matmul_bf16 *wb = bf16_weight(m, bf, !dw, w, IC, OC);
     if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC))
         matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
+    else if (!*bwd_packed) {
+        /* the first backward read the fp32 weight again for the transposed packing */
+        st_release(m->st, w, (size_t)IC * OC * sizeof(float));
+        *bwd_packed = 1;
+    }
 }
 
 /* Gradient through a residual block output h (+ deltas at a block site) then
@@ -482,17 +488,17 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
         layernorm_backward(d_ln1, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
         block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_mask, ph, NC, N);
-        linear_site_backward(run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf, &W->bf16[5], N, F, C);
+        linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf, &W->bf16[5], &W->bf16_bwd_packed[5], N, F, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
             delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
         memset(a->d_f2, 0, NF * sizeof(float));
         gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
-        linear_site_backward(run, l, SITE_FFN_IN, a->d_f2, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi, &W->bf16[4], N, C, F);
+        linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f2, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi, &W->bf16[4], &W->bf16_bwd_packed[4], N, C, F);
         /* ln1 = LN1(res1), res1 = dropout(attn) + x: d_x starts as d_res1, in dout's buffer */
         float *d_x = dout;
         layernorm_backward(d_x, g->ln1_w, g->ln1_b, d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C, 0);
         block_site_backward(run, l, SITE_ATTN_OUT, d_blk, d_x, x, d_x, A->attn_mask, ph, NC, N);
-        linear_site_backward(run, l, SITE_ATTN_O, d_blk, a->d_ctx, 0, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_O, d_blk, a->d_ctx, 0, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], &W->bf16_bwd_packed[3], N, C, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_HEADS))
             delta_backward(run->deltas, run->pb, l, SITE_ATTN_HEADS, x, a->d_ctx, d_x, N);
         memset(a->d_q, 0, NC * sizeof(float));
@@ -512,9 +518,9 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         else
             attention_backward(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         float *dxp = need_dx ? d_x : NULL;
-        linear_site_backward(run, l, SITE_ATTN_Q, a->d_q, dxp, 1, x, W->wq, g->wq, g->bq, &W->bf16[0], N, C, C);
-        linear_site_backward(run, l, SITE_ATTN_K, a->d_k, dxp, 1, x, W->wk, g->wk, g->bk, &W->bf16[1], N, C, C);
-        linear_site_backward(run, l, SITE_ATTN_V, a->d_v, dxp, 1, x, W->wv, g->wv, g->bv, &W->bf16[2], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_Q, a->d_q, dxp, 1, x, W->wq, g->wq, g->bq, &W->bf16[0], &W->bf16_bwd_packed[0], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_K, a->d_k, dxp, 1, x, W->wk, g->wk, g->bk, &W->bf16[1], &W->bf16_bwd_packed[1], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_V, a->d_v, dxp, 1, x, W->wv, g->wv, g->bv, &W->bf16[2], &W->bf16_bwd_packed[2], N, C, C);
         if (!need_dx) return;
     }
     /* embeddings: emb_ln = dropout(LN(emb)) */
@@ -599,7 +605,7 @@ int bert_tensors(peftc_model *m, bert_grads *g, bert_tensor_ref *refs, int cap)
 peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_error *err)
 {
     for (int l = 0; l < m->cfg.num_layers; l++)   /* the weight may change: drop the bf16 copies */
-        for (int j = 0; j < 6; j++) { matmul_bf16_free(m->layers[l].bf16[j]); m->layers[l].bf16[j] = NULL; }
+        for (int j = 0; j < 6; j++) { matmul_bf16_free(m->layers[l].bf16[j]); m->layers[l].bf16[j] = NULL; m->layers[l].bf16_bwd_packed[j] = 0; }
     for (int i = 0; i < m->n_owned; i++)
         if (m->owned[i] == *w) return PEFTC_OK;
     float *p = peftc_alloc_aligned(numel * sizeof(float));

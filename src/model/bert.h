@@ -19,6 +19,7 @@ typedef struct bert_layer {
      * packed on first use while the weight is frozen; freed with the model and
      * by bert_make_owned (a weight about to change) */
     struct matmul_bf16 *bf16[6];
+    uint8_t bf16_bwd_packed[6];           /* the backward packing exists (pages released once) */
 } bert_layer;
 
 /* Activations of one layer, kept for the backward when training. Only what
