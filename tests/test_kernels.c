@@ -1035,6 +1035,44 @@ static void test_dropout(void)
     for (size_t i = 0; i < n; i++) want[i] = dout[i];
     CHECK(grad_err(d, d0, want, n) <= 1e-6, "dropout_backward p=0 passes dout through");
 
+    {   /* the keyed forms (no stored mask) against the masked ones, 1 and 2
+         * threads, on a size that runs in parallel */
+        const size_t nb = 100003;
+        float *xb = frand(nb, -1, 1), *db = frand(nb, -1, 1), *acc0 = frand(nb, -1, 1);
+        float *oa = falloc(nb), *ob = falloc(nb), *ga = falloc(nb), *gb = falloc(nb);
+        uint8_t *mb = xcalloc(nb, 1);
+        peftc_rng rr, rk;
+        peftc_rng_seed(&rr, 77);
+        rk = rr;
+        uint64_t key = peftc_rng_u64(&rk);
+        dropout_forward(oa, mb, xb, p, nb, &rr);
+        int ok = 1;
+        for (int nt = 1; nt <= 2; nt++) {
+            omp_set_num_threads(nt);
+            dropout_forward_key(ob, xb, p, nb, key);
+            ok = ok && same_bits(oa, ob, nb);
+            dropout_backward(ga, mb, db, p, nb, 0);
+            dropout_backward_key(gb, db, p, nb, key, 0);
+            ok = ok && same_bits(ga, gb, nb);
+            memcpy(ga, acc0, nb * sizeof(float)); memcpy(gb, acc0, nb * sizeof(float));
+            dropout_backward(ga, mb, db, p, nb, 1);
+            dropout_backward_key(gb, db, p, nb, key, 1);
+            ok = ok && same_bits(ga, gb, nb);
+            memcpy(gb, db, nb * sizeof(float));
+            dropout_backward(ga, mb, db, p, nb, 0);
+            dropout_backward_key(gb, gb, p, nb, key, 0);   /* in place */
+            ok = ok && same_bits(ga, gb, nb);
+        }
+        omp_set_num_threads(2);
+        dropout_forward_key(ob, xb, 0.0f, nb, key);
+        dropout_backward_key(gb, db, 1.0f, nb, key, 0);
+        int edges = same_bits(ob, xb, nb);
+        for (size_t i = 0; i < nb; i++) if (gb[i] != 0.0f) edges = 0;
+        CHECK(ok && edges, "dropout_forward_key / dropout_backward_key = the masked forms with the same key "
+              "(overwrite, accumulate, in place; 1 and 2 threads); p=0 copies, p=1 zeroes");
+        free(xb); free(db); free(acc0); free(oa); free(ob); free(ga); free(gb); free(mb);
+    }
+
     free(x); free(out); free(mask); free(y); free(mask2); free(dout); free(d0); free(d); free(d2); free(want);
 }
 

@@ -41,6 +41,20 @@ KERN_TIERS(drop_fwd, (float *out, uint8_t *mask, const float *inp, size_t n, uin
  * i alone, as in attention_forward_train).
  * p <= 0 copies (no draw, mask all 1); p >= 1 zeroes (no draw, mask all 0).
  * out may equal inp. mask may be NULL when no backward follows. */
+static void drop_fwd_run(float *out, uint8_t *mask, const float *inp, float p, size_t n, uint64_t key)
+{
+    uint64_t thr = kern_keep_threshold(p);
+    float scale = 1.0f / (1.0f - p);
+    void (*f)(float *, uint8_t *, const float *, size_t, uint64_t, size_t, uint64_t, float) = KERN_PICK(drop_fwd);
+    if (n < DROPOUT_PAR) { f(out, mask, inp, n, key, 0, thr, scale); return; }
+    #pragma omp parallel
+    {
+        size_t s, e;
+        kern_split(n, &s, &e);
+        if (e > s) f(out + s, mask ? mask + s : NULL, inp + s, e - s, key, s, thr, scale);
+    }
+}
+
 void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_t n, peftc_rng *rng)
 {
     if (p <= 0.0f) {
@@ -53,16 +67,60 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
         if (mask) memset(mask, 0, n);
         return;
     }
-    uint64_t key = peftc_rng_u64(rng);
+    drop_fwd_run(out, mask, inp, p, n, peftc_rng_u64(rng));
+}
+
+void dropout_forward_key(float *out, const float *inp, float p, size_t n, uint64_t key)
+{
+    if (p <= 0.0f) { if (out != inp) memmove(out, inp, n * sizeof(float)); return; }
+    if (p >= 1.0f) { memset(out, 0, n * sizeof(float)); return; }
+    drop_fwd_run(out, NULL, inp, p, n, key);
+}
+
+/* the backward with the mask drawn again from the key instead of read */
+KERN_INLINE void drop_bwd_key_body(float *dinp, const float *dout, size_t n, uint64_t key, size_t i0,
+                                   uint64_t thr, float scale, int acc, const int F)
+{
+    (void)F;
+    uint64_t z0 = key + (uint64_t)(i0 + 1) * GAMMA;
+    if (acc) {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            uint64_t z = kern_mix64(z0 + (uint64_t)i * GAMMA);
+            dinp[i] += kern_sel((z >> 40) >= thr, dout[i] * scale, 0.0f);
+        }
+    } else {
+        #pragma omp simd
+        for (size_t i = 0; i < n; i++) {
+            uint64_t z = kern_mix64(z0 + (uint64_t)i * GAMMA);
+            dinp[i] = kern_sel((z >> 40) >= thr, dout[i] * scale, 0.0f);
+        }
+    }
+}
+KERN_TIERS(drop_bwd_key, (float *dinp, const float *dout, size_t n, uint64_t key, size_t i0, uint64_t thr,
+                          float scale, int acc), dinp, dout, n, key, i0, thr, scale, acc)
+
+void dropout_backward_key(float *dinp, const float *dout, float p, size_t n, uint64_t key, int accumulate)
+{
+    if (!dinp) return;
+    if (p <= 0.0f) {
+        if (accumulate) dropout_backward(dinp, NULL, dout, 0.0f, n, 1);
+        else if (dinp != dout) memmove(dinp, dout, n * sizeof(float));
+        return;
+    }
+    if (p >= 1.0f) {
+        if (!accumulate) memset(dinp, 0, n * sizeof(float));
+        return;
+    }
     uint64_t thr = kern_keep_threshold(p);
     float scale = 1.0f / (1.0f - p);
-    void (*f)(float *, uint8_t *, const float *, size_t, uint64_t, size_t, uint64_t, float) = KERN_PICK(drop_fwd);
-    if (n < DROPOUT_PAR) { f(out, mask, inp, n, key, 0, thr, scale); return; }
+    void (*f)(float *, const float *, size_t, uint64_t, size_t, uint64_t, float, int) = KERN_PICK(drop_bwd_key);
+    if (n < DROPOUT_PAR) { f(dinp, dout, n, key, 0, thr, scale, accumulate); return; }
     #pragma omp parallel
     {
         size_t s, e;
         kern_split(n, &s, &e);
-        if (e > s) f(out + s, mask ? mask + s : NULL, inp + s, e - s, key, s, thr, scale);
+        if (e > s) f(dinp + s, dout + s, e - s, key, s, thr, scale, accumulate);
     }
 }
 

@@ -62,6 +62,9 @@ void matmul_bf16_forward(float *out, const float *inp, const matmul_bf16 *w, con
  * Returns 0, or -1 (nothing done) if the transposed packing ran out of memory. */
 int matmul_bf16_backward(float *dinp, float *dbias, const float *dout, matmul_bf16 *w,
                          int N, int IC, int OC);
+/* Makes the transposed packing now (0; -1 if out of memory), so that
+ * matmul_bf16_backward calls on w from several threads at once only read. */
+int matmul_bf16_prepare_backward(matmul_bf16 *w);
 
 /* out (B,T,C) = wte[ids] + wpe[pos0 + t] + wtt[type_ids] ; type_ids may be NULL (type 0) */
 void embeddings_forward(float *out, const int32_t *ids, const int32_t *type_ids,
@@ -134,6 +137,13 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
  * >= p: counter-based, so the mask does not depend on the thread count.) */
 /* dinp (n) += dout * mask / (1-p) (accumulate 0: =, and dinp may equal dout) */
 void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float p, size_t n, int accumulate);
+/* Without a stored mask: dropout_forward_key is dropout_forward with the
+ * key given (the same stream: dropout_forward's key is its one rng draw);
+ * dropout_backward_key draws the mask again from the key, so a training step
+ * stores 8 bytes per dropout instead of a byte per element. dinp may equal
+ * dout when !accumulate. */
+void dropout_forward_key(float *out, const float *inp, float p, size_t n, uint64_t key);
+void dropout_backward_key(float *dinp, const float *dout, float p, size_t n, uint64_t key, int accumulate);
 /* In place: d (n) = d * mask / (1-p), the gradient through inverted dropout
  * when it replaces rather than accumulates; p <= 0 leaves d, p >= 1 zeroes it. */
 void dropout_backward_inplace(float *d, const uint8_t *mask, float p, size_t n);

@@ -354,6 +354,12 @@ void matmul_bf16_forward(float *out, const float *inp, const matmul_bf16 *w, con
     matmul_forward(out, inp, w ? w->w : NULL, bias, N, IC, OC, accumulate);   /* not reached on supported CPUs */
 }
 
+int matmul_bf16_prepare_backward(matmul_bf16 *w)
+{
+    if (!w->bwd) w->bwd = pack(w->w, w->IC, w->OC, 1, (size_t)w->IC);
+    return w->bwd ? 0 : -1;
+}
+
 int matmul_bf16_backward(float *dinp, float *dbias, const float *dout, matmul_bf16 *w,
                          int N, int IC, int OC)
 {

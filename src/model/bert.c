@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -161,16 +162,19 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     size_t P = (size_t)B * cfg->num_heads * T * Tk;
     int train = n_sets == cfg->num_layers; /* keeps every layer: masks and backward scratch too */
     int keep_ctx = train && (keep & BERT_KEEP_CTX), keep_act = train && (keep & BERT_KEEP_FFN_ACT);
+    int unfused = (keep & BERT_FFN_UNFUSED) != 0, nth = omp_get_max_threads();
     /* sizes rounded to 16 floats so every buffer starts 64-byte aligned;
      * byte masks take a quarter of their count in floats */
 #define R16(x) (((x) + 15) & ~(size_t)15)
 #define MASKF(n) R16((n) / 4 + 1)
     size_t per_layer = (5 + keep_ctx) * R16(N * C) + R16(P) + (1 + keep_act) * R16(N * F) + 4 * R16(N);
-    if (train) per_layer += 2 * MASKF(N * C) + MASKF(P);
+    if (train) per_layer += MASKF(P);
     if (n_prefix) per_layer += 2 * R16(NK * C) + R16(2 * N) + R16(2 * (size_t)B);
     /* emb, emb_ln, xbuf[2], ln1, hidden (+ ctx, ffn_act scratch) */
-    size_t total = (6 + !keep_ctx) * R16(N * C) + !keep_act * R16(N * F) + 3 * R16(N) + (size_t)n_sets * per_layer;
-    if (train) total += MASKF(N * C) + 6 * R16(N * C) + 2 * R16(N * F) + (n_prefix ? 2 * R16(NK * C) : 0);
+    size_t rows = (size_t)nth * 2 * R16((size_t)BERT_FFN_ROWS * F);
+    size_t total = (6 + !keep_ctx) * R16(N * C) + (unfused && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
+                   (size_t)n_sets * per_layer;
+    if (train) total += 6 * R16(N * C) + 2 * unfused * R16(N * F) + (n_prefix ? 2 * R16(NK * C) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
@@ -184,7 +188,9 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     a->ids_clean = (int32_t *)p; p += R16(N);
     TAKE(a->xbuf[0], N * C); TAKE(a->xbuf[1], N * C); TAKE(a->ln1, N * C); TAKE(a->hidden, N * C);
     if (!keep_ctx) TAKE(ctx_scratch, N * C);
-    if (!keep_act) TAKE(act_scratch, N * F);
+    if (unfused && !keep_act) TAKE(act_scratch, N * F);
+    a->ffn_rows = p; p += rows;
+    a->ffn_threads = nth;
     for (int l = 0; l < n_sets; l++) {
         bert_layer_acts *L = &a->layer[l];
         TAKE(L->q, N * C); TAKE(L->k, N * C); TAKE(L->v, N * C); TAKE(L->probs, P);
@@ -193,14 +199,13 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
         TAKE(L->ffn_pre, N * F);
         if (keep_act) TAKE(L->ffn_act, N * F); else L->ffn_act = act_scratch;
         TAKE(L->res2, N * C); TAKE(L->ln2_mean, N); TAKE(L->ln2_rstd, N);
-        if (train) { TAKEM(L->attn_mask, N * C); TAKEM(L->ffn_mask, N * C); TAKEM(L->probs_mask, P); }
+        if (train) TAKEM(L->probs_mask, P);
         if (n_prefix) { TAKE(L->k_ext, NK * C); TAKE(L->v_ext, NK * C); TAKE(L->gate_sig, 2 * N); TAKE(L->gate, 2 * (size_t)B); }
     }
     if (train) {
-        TAKEM(a->emb_mask, N * C);
         TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
         TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
-        TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F);
+        if (unfused) { TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F); }
         if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); }
     }
 #undef TAKE
@@ -220,6 +225,9 @@ unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_
         if ((G && G->wo) || delta_count(ds, l, SITE_ATTN_O)) keep |= BERT_KEEP_CTX;
         if ((G && G->wf) || delta_count(ds, l, SITE_FFN_DOWN) || delta_count(ds, l, SITE_FFN_ACT))
             keep |= BERT_KEEP_FFN_ACT;
+        if ((G && (G->wi || G->bi || G->wf || G->bf)) || delta_count(ds, l, SITE_FFN_IN) ||
+            delta_count(ds, l, SITE_FFN_ACT) || delta_count(ds, l, SITE_FFN_DOWN))
+            keep |= BERT_FFN_UNFUSED;
     }
     return keep;
 }
@@ -241,6 +249,93 @@ static matmul_bf16 *bf16_weight(const peftc_model *m, matmul_bf16 **slot, int fr
     return *slot;
 }
 
+/* bf16_weight with the backward's transposed packing made (NULL: fp32) */
+static matmul_bf16 *bf16_weight_bwd(const peftc_model *m, matmul_bf16 **slot, uint8_t *bwd_packed, int frozen,
+                                    const float *w, int IC, int OC)
+{
+    matmul_bf16 *wb = bf16_weight(m, slot, frozen, w, IC, OC);
+    if (!wb || *bwd_packed) return wb;
+    if (matmul_bf16_prepare_backward(wb)) return NULL;
+    /* the packing read the fp32 weight again */
+    st_release(m->st, w, (size_t)IC * OC * sizeof(float));
+    *bwd_packed = 1;
+    return wb;
+}
+
+/* Floats between the threads' row-block buffers (a multiple of 16: aligned) */
+static size_t ffn_rows_stride(int F) { return ((size_t)BERT_FFN_ROWS * F + 15) & ~(size_t)15; }
+
+/* The FFN runs as fused row blocks unless something trains on its inside:
+ * trained weights or biases (their gradients sum over all rows), or deltas at
+ * ffn.in, ffn.act, ffn.down (they work on whole batches). */
+static int ffn_fused(const bert_run *run, const bert_layer *G, int l)
+{
+    if (G && (G->wi || G->bi || G->wf || G->bf)) return 0;
+    return !(run && run->deltas && (delta_count(run->deltas, l, SITE_FFN_IN) || delta_count(run->deltas, l, SITE_FFN_ACT) ||
+                                    delta_count(run->deltas, l, SITE_FFN_DOWN)));
+}
+
+/* ffn_pre = ln1 Wi^T + bi (kept), res2 = gelu(ffn_pre) Wf^T + bf, in blocks of
+ * BERT_FFN_ROWS rows that each thread takes whole with single-threaded
+ * kernels (nested regions run serially): the GELU output of a block stays in
+ * the thread's cache, never the full (N,F) in memory, and there is no barrier
+ * between the three steps. Block boundaries do not depend on the thread
+ * count, and every row is computed by one thread, so neither do results. */
+static void ffn_fused_forward(const peftc_model *m, bert_acts *a, bert_layer_acts *A, bert_layer *W, int N)
+{
+    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size, R = BERT_FFN_ROWS;
+    matmul_bf16 *wi = bf16_weight(m, &W->bf16[4], 1, W->wi, C, F), *wf = bf16_weight(m, &W->bf16[5], 1, W->wf, F, C);
+    int nb = (N + R - 1) / R, nth = omp_get_max_threads();
+    if (nth > a->ffn_threads) nth = a->ffn_threads;
+    size_t stride = ffn_rows_stride(F);
+    #pragma omp parallel num_threads(nth)
+    {
+        float *act = a->ffn_rows + (size_t)omp_get_thread_num() * 2 * stride;
+        #pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int r0 = b * R, nr = N - r0 < R ? N - r0 : R;
+            float *pre = A->ffn_pre + (size_t)r0 * F, *o = A->res2 + (size_t)r0 * C;
+            const float *x = a->ln1 + (size_t)r0 * C;
+            if (wi) matmul_bf16_forward(pre, x, wi, W->bi, nr, C, F, 0);
+            else matmul_forward(pre, x, W->wi, W->bi, nr, C, F, 0);
+            gelu_forward(act, pre, (size_t)nr * F);
+            if (wf) matmul_bf16_forward(o, act, wf, W->bf, nr, F, C, 0);
+            else matmul_forward(o, act, W->wf, W->bf, nr, F, C, 0);
+        }
+    }
+}
+
+/* Backward of ffn_fused_forward for frozen Wi, Wf: d_ln1 += ((d_blk Wf) *
+ * gelu'(ffn_pre)) Wi, block by block as in the forward. */
+static void ffn_fused_backward(const peftc_model *m, bert_acts *a, bert_layer_acts *A, bert_layer *W,
+                               const float *d_blk, float *d_ln1, int N)
+{
+    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size, R = BERT_FFN_ROWS;
+    matmul_bf16 *wi = bf16_weight_bwd(m, &W->bf16[4], &W->bf16_bwd_packed[4], 1, W->wi, C, F);
+    matmul_bf16 *wf = bf16_weight_bwd(m, &W->bf16[5], &W->bf16_bwd_packed[5], 1, W->wf, F, C);
+    int nb = (N + R - 1) / R, nth = omp_get_max_threads();
+    if (nth > a->ffn_threads) nth = a->ffn_threads;
+    size_t stride = ffn_rows_stride(F);
+    #pragma omp parallel num_threads(nth)
+    {
+        float *dact = a->ffn_rows + (size_t)omp_get_thread_num() * 2 * stride, *dpre = dact + stride;
+        #pragma omp for schedule(static)
+        for (int b = 0; b < nb; b++) {
+            int r0 = b * R, nr = N - r0 < R ? N - r0 : R;
+            size_t nf = (size_t)nr * F;
+            const float *dh = d_blk + (size_t)r0 * C;
+            memset(dact, 0, nf * sizeof(float));
+            if (!wf || matmul_bf16_backward(dact, NULL, dh, wf, nr, F, C))
+                matmul_backward(dact, NULL, NULL, dh, NULL, W->wf, nr, F, C);
+            memset(dpre, 0, nf * sizeof(float));
+            gelu_backward(dpre, A->ffn_pre + (size_t)r0 * F, dact, nf);
+            float *dx = d_ln1 + (size_t)r0 * C;
+            if (!wi || matmul_bf16_backward(dx, NULL, dpre, wi, nr, C, F))
+                matmul_backward(dx, NULL, NULL, dpre, NULL, W->wi, nr, C, F);
+        }
+    }
+}
+
 /* A linear layer at a site: h = x W^T + b, then the site's deltas. */
 static void linear_site(const peftc_model *m, const bert_run *run, int l, site_id site, float *h, const float *x,
                         const float *w, const float *b, matmul_bf16 **bf, int frozen, int N, int IC, int OC)
@@ -258,9 +353,9 @@ static void block_site(const bert_run *run, int l, site_id site, float *h, const
         delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
 }
 
-static void hidden_dropout(const bert_run *run, float *x, uint8_t *mask, float p, size_t n)
+static void hidden_dropout(const bert_run *run, float *x, uint64_t *key, float p, size_t n)
 {
-    if (run && run->train && p > 0) dropout_forward(x, mask, x, p, n, run->rng);
+    if (run && run->train && p > 0) dropout_forward_key(x, x, p, n, *key = peftc_rng_u64(run->rng));
 }
 
 static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -376,7 +471,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         embeddings_forward(a->emb, ids, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
     }
     layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, m->emb_ln_w, m->emb_ln_b, N, C, eps);
-    hidden_dropout(run, a->emb_ln, a->emb_mask, ph, NC);
+    hidden_dropout(run, a->emb_ln, &a->emb_key, ph, NC);
     const float *x = a->emb_ln;
     for (int l = 0; l < c->num_layers; l++) {
         bert_layer *W = &m->layers[l];
@@ -399,16 +494,20 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
         /* res1 = dropout(ctx Wo^T + bo) (+ attn.out deltas) + x, built in place */
         linear_site(m, run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
-        hidden_dropout(run, A->res1, A->attn_mask, ph, NC);
+        hidden_dropout(run, A->res1, &A->attn_key, ph, NC);
         block_site(run, l, SITE_ATTN_OUT, A->res1, x, N);
         add_inplace(A->res1, x, NC);
         layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
-        linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
-        gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
-        block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
-        /* res2 = dropout(act Wf^T + bf) (+ ffn.out deltas) + ln1 */
-        linear_site(m, run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
-        hidden_dropout(run, A->res2, A->ffn_mask, ph, NC);
+        /* res2 = dropout(gelu(ln1 Wi^T + bi) Wf^T + bf) (+ ffn.out deltas) + ln1 */
+        if (ffn_fused(run, G, l))
+            ffn_fused_forward(m, a, A, W, N);
+        else {
+            linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
+            gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
+            block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
+            linear_site(m, run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
+        }
+        hidden_dropout(run, A->res2, &A->ffn_key, ph, NC);
         block_site(run, l, SITE_FFN_OUT, A->res2, a->ln1, N);
         add_inplace(A->res2, a->ln1, NC);
         layernorm_forward(out, A->ln2_mean, A->ln2_rstd, A->res2, W->ln2_w, W->ln2_b, N, C, eps);
@@ -429,14 +528,9 @@ static void linear_site_backward(const peftc_model *m, const bert_run *run, int 
         delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
     }
     if (dx && !accumulate) memset(dx, 0, (size_t)N * IC * sizeof(float));
-    matmul_bf16 *wb = bf16_weight(m, bf, !dw, w, IC, OC);
+    matmul_bf16 *wb = bf16_weight_bwd(m, bf, bwd_packed, !dw, w, IC, OC);
     if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC))
         matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
-    else if (!*bwd_packed) {
-        /* the first backward read the fp32 weight again for the transposed packing */
-        st_release(m->st, w, (size_t)IC * OC * sizeof(float));
-        *bwd_packed = 1;
-    }
 }
 
 /* Gradient through a residual block output h (+ deltas at a block site) then
@@ -444,14 +538,14 @@ static void linear_site_backward(const peftc_model *m, const bert_run *run, int 
  * from dres (the gradient of the residual sum); the site's deltas add their
  * input gradient into dx. */
 static void block_site_backward(const bert_run *run, int l, site_id site, float *dst, const float *dres,
-                                const float *x, float *dx, const uint8_t *mask, float p, size_t NC, int N)
+                                const float *x, float *dx, uint64_t key, float p, size_t NC, int N)
 {
     if (run->deltas && delta_count(run->deltas, l, site)) {
         memcpy(dst, dres, NC * sizeof(float));
         delta_backward(run->deltas, run->pb, l, site, x, dst, dx, N);
-        dropout_backward(dst, mask, dst, run->train ? p : 0.0f, NC, 0);
+        dropout_backward_key(dst, dst, run->train ? p : 0.0f, NC, key, 0);
     } else
-        dropout_backward(dst, mask, dres, run->train ? p : 0.0f, NC, 0);
+        dropout_backward_key(dst, dres, run->train ? p : 0.0f, NC, key, 0);
 }
 
 void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
@@ -487,17 +581,23 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         float *d_ln1 = a->d_a, *d_blk = a->d_b;
         /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
         layernorm_backward(d_ln1, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
-        block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_mask, ph, NC, N);
-        linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf, &W->bf16[5], &W->bf16_bwd_packed[5], N, F, C);
-        if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
-            delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
-        memset(a->d_f2, 0, NF * sizeof(float));
-        gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
-        linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f2, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi, &W->bf16[4], &W->bf16_bwd_packed[4], N, C, F);
+        block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_key, ph, NC, N);
+        if (ffn_fused(run, G ? g : NULL, l))
+            ffn_fused_backward(m, a, A, W, d_blk, d_ln1, N);
+        else {
+            linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf,
+                                 &W->bf16[5], &W->bf16_bwd_packed[5], N, F, C);
+            if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
+                delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
+            memset(a->d_f2, 0, NF * sizeof(float));
+            gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
+            linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f2, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi,
+                                 &W->bf16[4], &W->bf16_bwd_packed[4], N, C, F);
+        }
         /* ln1 = LN1(res1), res1 = dropout(attn) + x: d_x starts as d_res1, in dout's buffer */
         float *d_x = dout;
         layernorm_backward(d_x, g->ln1_w, g->ln1_b, d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C, 0);
-        block_site_backward(run, l, SITE_ATTN_OUT, d_blk, d_x, x, d_x, A->attn_mask, ph, NC, N);
+        block_site_backward(run, l, SITE_ATTN_OUT, d_blk, d_x, x, d_x, A->attn_key, ph, NC, N);
         linear_site_backward(m, run, l, SITE_ATTN_O, d_blk, a->d_ctx, 0, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], &W->bf16_bwd_packed[3], N, C, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_HEADS))
             delta_backward(run->deltas, run->pb, l, SITE_ATTN_HEADS, x, a->d_ctx, d_x, N);
@@ -524,7 +624,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         if (!need_dx) return;
     }
     /* embeddings: emb_ln = dropout(LN(emb)) */
-    dropout_backward(dout, a->emb_mask, dout, ph, NC, 0);
+    dropout_backward_key(dout, dout, ph, NC, a->emb_key, 0);
     if (!emb_trainable && !virt_trainable) return;
     layernorm_backward(a->d_a, G ? G->emb_ln_w : NULL, G ? G->emb_ln_b : NULL, dout, a->emb, m->emb_ln_w,
                        a->emb_mean, a->emb_rstd, N, C, 0);

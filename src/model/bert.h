@@ -35,10 +35,11 @@ typedef struct bert_layer_acts {
     float *res1;             /* (N,C) dropout(attn proj) + layer input */
     float *ln1_mean, *ln1_rstd;          /* (N) */
     float *ffn_pre;          /* (N,F) */
-    float *ffn_act;          /* (N,F) gelu(ffn_pre); shared scratch unless BERT_KEEP_FFN_ACT */
+    float *ffn_act;          /* (N,F) gelu(ffn_pre): with BERT_KEEP_FFN_ACT per layer, else
+                                shared scratch with BERT_FFN_UNFUSED, else NULL */
     float *res2;             /* (N,C) dropout(FFN out) + ln1 */
     float *ln2_mean, *ln2_rstd;          /* (N) */
-    uint8_t *attn_mask, *ffn_mask;      /* (N,C) hidden dropout masks (training) */
+    uint64_t attn_key, ffn_key;         /* hidden dropout streams (training; masks drawn again) */
     uint8_t *probs_mask;                /* (B,NH,T,P+T) attention dropout mask (training) */
     float *k_ext, *v_ext;               /* (B,P+T,C) keys/values after the prefix (P > 0) */
     float *gate_sig, *gate;             /* (B,T,2) per-token sigmoids, (B,2) the prefix gates */
@@ -46,8 +47,13 @@ typedef struct bert_layer_acts {
 
 /* What the backward must find stored because something trains on it: the
  * attention context (input of attn.o: its weight gradient or deltas there)
- * and the GELU output (input of ffn.down, and ffn.act's scale deltas). */
-enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2 };
+ * and the GELU output (input of ffn.down, and ffn.act's scale deltas).
+ * BERT_FFN_UNFUSED: some layer's FFN has deltas or trained weights, so it
+ * runs whole-batch with (N,F) scratch instead of the fused row blocks. */
+enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2, BERT_FFN_UNFUSED = 4 };
+
+/* Rows per block of the fused FFN (see bert.c: ffn_fused_forward) */
+#define BERT_FFN_ROWS 64
 
 typedef struct bert_acts {
     int B, T;                /* capacity */
@@ -55,14 +61,16 @@ typedef struct bert_acts {
     int n_sets;              /* num_layers when training; 1 in inference (reused) */
     unsigned keep;           /* BERT_KEEP_* */
     float *emb, *emb_mean, *emb_rstd, *emb_ln;   /* (N,C) (N) (N) (N,C) */
-    uint8_t *emb_mask;                           /* (N,C) (training) */
+    uint64_t emb_key;                            /* embeddings' dropout stream (training) */
     int32_t *ids_clean;                          /* (N) ids with virtual tokens mapped to 0 */
     float *xbuf[2];          /* (N,C) layer outputs in turn; the backward's recomputed inputs */
     float *ln1;              /* (N,C) the current layer's ln1 */
     float *hidden;           /* (N,C) the last layer's output */
+    float *ffn_rows;         /* fused FFN: per thread 2 x (BERT_FFN_ROWS, F) */
+    int ffn_threads;         /* threads ffn_rows has room for */
     /* backward scratch (training only) */
     float *d_a, *d_b, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
-    float *d_f1, *d_f2;                           /* (N,F) */
+    float *d_f1, *d_f2;                           /* (N,F) (BERT_FFN_UNFUSED) */
     float *d_kext, *d_vext;                       /* (B,P+T,C) */
     bert_layer_acts *layer;
     float *block;            /* one allocation holding everything above */
