@@ -1,6 +1,9 @@
 # tests/lib.sh: shared helpers of the check_*.sh scripts (sourced).
 # ok/bad count and print one line each; tally adds up a sub-step's output
 # (its "## p f" line, else its ok/FAIL lines); finish prints "## p f" and exits.
+# The oracle checks compare fp32 to fp32 tolerances: frozen weights in fp32
+# (bf16 is the default on AMX CPUs; tests/check_bf16.sh asks for it per command).
+export PEFTC_BF16=0
 pass=0; fail=0
 ok()   { echo "ok   - $*"; pass=$((pass + 1)); }
 bad()  { echo "FAIL - $*"; fail=$((fail + 1)); }

@@ -327,8 +327,11 @@ int main(void)
         mo = preset(prefixed[i], &pre);
         check_grads(prefixed[i], &mo);
     }
+    mo = preset("unipelt", &pre);
+    check_threads("unipelt (gated prefix, gated adapter, LoRA)", &mo);
     mo = preset("prefix", &proj);
     check_grads("prefix (MLP reparameterisation)", &mo);
+    check_threads("prefix (MLP reparameterisation)", &mo);
     method_args lstm = {.num_virtual = 3, .encoder = "lstm", .encoder_hidden = 5};
     mo = preset("ptuning", &lstm);
     check_grads("ptuning (bidirectional LSTM encoder)", &mo);

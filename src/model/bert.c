@@ -174,7 +174,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     size_t rows = (size_t)nth * 2 * R16((size_t)BERT_FFN_ROWS * F);
     size_t total = (6 + !keep_ctx) * R16(N * C) + (unfused && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
                    (size_t)n_sets * per_layer;
-    if (train) total += 6 * R16(N * C) + 2 * unfused * R16(N * F) + (n_prefix ? 2 * R16(NK * C) : 0);
+    if (train) total += 6 * R16(N * C) + 2 * unfused * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
@@ -206,7 +206,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
         TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
         TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
         if (unfused) { TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F); }
-        if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); }
+        if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); a->d_gate = (double *)p; p += R16(4 * (size_t)B); }
     }
 #undef TAKE
 #undef TAKEM
@@ -366,6 +366,8 @@ static void prefix_extend(const bert_run *run, bert_layer_acts *A, const float *
                           int l, int B, int T, int C, size_t width)
 {
     int P = run->n_prefix, Tk = P + T;
+    /* every sequence on its own: the results do not depend on the threads */
+    #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         float gk = 1.0f, gv = 1.0f;
         if (run->prefix_gate_w) {
@@ -388,11 +390,7 @@ static void prefix_extend(const bert_run *run, bert_layer_acts *A, const float *
         }
         A->gate[2 * b] = gk;
         A->gate[2 * b + 1] = gv;
-    }
-    #pragma omp parallel for schedule(static)
-    for (int b = 0; b < B; b++) {
         float *ke = A->k_ext + (size_t)b * Tk * C, *ve = A->v_ext + (size_t)b * Tk * C;
-        float gk = A->gate[2 * b], gv = A->gate[2 * b + 1];
         for (int i = 0; i < P; i++) {
             const float *src = run->prefix_kv + (size_t)i * width + (size_t)(2 * l) * C;
             for (int c = 0; c < C; c++) {
@@ -406,45 +404,72 @@ static void prefix_extend(const bert_run *run, bert_layer_acts *A, const float *
 }
 
 /* Backward of prefix_extend: d_kext/d_vext (B,P+T,C) -> d_k, d_v (N,C) (overwritten),
- * the prefix's and the gates' gradients, and d_x += the gates' input gradient. */
+ * the prefix's and the gates' gradients, and d_x += the gates' input gradient.
+ * dgate (2B) is scratch. Sums over sequences and tokens run in a fixed order
+ * (per sequence, then per prefix row or weight column), whatever the threads. */
 static void prefix_extend_backward(const bert_run *run, const bert_layer_acts *A, const float *x, const int *lens,
                                    int l, int B, int T, int C, size_t width, const float *d_kext, const float *d_vext,
-                                   float *d_k, float *d_v, float *d_x)
+                                   float *d_k, float *d_v, float *d_x, double *dgate)
 {
     int P = run->n_prefix, Tk = P + T;
+    int gated = run->prefix_gate_w && run->d_prefix_gate_w;
+    const float *wk = gated ? run->prefix_gate_w + (size_t)(2 * l) * C : NULL, *wv = wk ? wk + C : NULL;
+    #pragma omp parallel for schedule(static)
     for (int b = 0; b < B; b++) {
         const float *dke = d_kext + (size_t)b * Tk * C, *dve = d_vext + (size_t)b * Tk * C;
         memcpy(d_k + (size_t)b * T * C, dke + (size_t)P * C, (size_t)T * C * sizeof(float));
         memcpy(d_v + (size_t)b * T * C, dve + (size_t)P * C, (size_t)T * C * sizeof(float));
-        float gk = A->gate[2 * b], gv = A->gate[2 * b + 1];
+        if (!gated) continue;
         double dgk = 0, dgv = 0;
         for (int i = 0; i < P; i++) {
             const float *src = run->prefix_kv + (size_t)i * width + (size_t)(2 * l) * C;
-            float *dst = run->d_prefix_kv ? run->d_prefix_kv + (size_t)i * width + (size_t)(2 * l) * C : NULL;
             for (int c = 0; c < C; c++) {
-                float a = dke[(size_t)i * C + c], v = dve[(size_t)i * C + c];
-                if (dst) { dst[c] += gk * a; dst[C + c] += gv * v; }
-                dgk += (double)a * src[c];
-                dgv += (double)v * src[C + c];
+                dgk += (double)dke[(size_t)i * C + c] * src[c];
+                dgv += (double)dve[(size_t)i * C + c] * src[C + c];
             }
         }
-        if (!run->prefix_gate_w || !run->d_prefix_gate_w) continue;
-        const float *wk = run->prefix_gate_w + (size_t)(2 * l) * C, *wv = wk + C;
-        float *dwk = run->d_prefix_gate_w + (size_t)(2 * l) * C, *dwv = dwk + C;
+        dgate[2 * b] = dgk / lens[b];
+        dgate[2 * b + 1] = dgv / lens[b];
+        if (!d_x) continue;
         for (int t = 0; t < lens[b]; t++) {
-            const float *xt = x + ((size_t)b * T + t) * C;
             float sk = A->gate_sig[((size_t)b * T + t) * 2], sv = A->gate_sig[((size_t)b * T + t) * 2 + 1];
-            float pk = (float)(dgk / lens[b]) * sk * (1 - sk), pv = (float)(dgv / lens[b]) * sv * (1 - sv);
-            run->d_prefix_gate_b[2 * l] += pk;
-            run->d_prefix_gate_b[2 * l + 1] += pv;
-            float *dxt = d_x ? d_x + ((size_t)b * T + t) * C : NULL;
-            for (int c = 0; c < C; c++) {
-                dwk[c] += pk * xt[c];
-                dwv[c] += pv * xt[c];
-                if (dxt) dxt[c] += pk * wk[c] + pv * wv[c];
+            float pk = (float)dgate[2 * b] * sk * (1 - sk), pv = (float)dgate[2 * b + 1] * sv * (1 - sv);
+            float *dxt = d_x + ((size_t)b * T + t) * C;
+            for (int c = 0; c < C; c++) dxt[c] += pk * wk[c] + pv * wv[c];
+        }
+    }
+    /* the prefix rows: each thread owns rows i, summing over the sequences in order */
+    if (run->d_prefix_kv) {
+        #pragma omp parallel for schedule(static)
+        for (int i = 0; i < P; i++) {
+            float *dst = run->d_prefix_kv + (size_t)i * width + (size_t)(2 * l) * C;
+            for (int b = 0; b < B; b++) {
+                const float *dke = d_kext + ((size_t)b * Tk + i) * C, *dve = d_vext + ((size_t)b * Tk + i) * C;
+                float gk = A->gate[2 * b], gv = A->gate[2 * b + 1];
+                for (int c = 0; c < C; c++) { dst[c] += gk * dke[c]; dst[C + c] += gv * dve[c]; }
             }
         }
     }
+    if (!gated) return;
+    /* the gate weights: each thread owns columns, summing over (sequence, token) in order */
+    float *dwk = run->d_prefix_gate_w + (size_t)(2 * l) * C, *dwv = dwk + C;
+    #pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += 16) {
+        int c1 = c0 + 16 < C ? c0 + 16 : C;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < lens[b]; t++) {
+                const float *xt = x + ((size_t)b * T + t) * C;
+                float sk = A->gate_sig[((size_t)b * T + t) * 2], sv = A->gate_sig[((size_t)b * T + t) * 2 + 1];
+                float pk = (float)dgate[2 * b] * sk * (1 - sk), pv = (float)dgate[2 * b + 1] * sv * (1 - sv);
+                for (int c = c0; c < c1; c++) { dwk[c] += pk * xt[c]; dwv[c] += pv * xt[c]; }
+            }
+    }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < lens[b]; t++) {
+            float sk = A->gate_sig[((size_t)b * T + t) * 2], sv = A->gate_sig[((size_t)b * T + t) * 2 + 1];
+            run->d_prefix_gate_b[2 * l] += (float)dgate[2 * b] * sk * (1 - sk);
+            run->d_prefix_gate_b[2 * l + 1] += (float)dgate[2 * b + 1] * sv * (1 - sv);
+        }
 }
 
 void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
@@ -611,7 +636,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
             attention_backward_prefix(a->d_q, a->d_kext, a->d_vext, a->d_ctx, A->probs, A->probs_mask, A->q, A->k_ext,
                                       A->v_ext, lens, B, T, run->n_prefix, C, NH, pa);
             prefix_extend_backward(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C, a->d_kext, a->d_vext,
-                                   a->d_k, a->d_v, need_dx ? d_x : NULL);
+                                   a->d_k, a->d_v, need_dx ? d_x : NULL, a->d_gate);
         } else if (pa > 0)
             attention_backward_train(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->probs_mask, A->q, A->k, A->v,
                                      lens, B, T, C, NH, pa);

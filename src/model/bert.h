@@ -72,6 +72,7 @@ typedef struct bert_acts {
     float *d_a, *d_b, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
     float *d_f1, *d_f2;                           /* (N,F) (BERT_FFN_UNFUSED) */
     float *d_kext, *d_vext;                       /* (B,P+T,C) */
+    double *d_gate;                               /* (B,2) prefix gates' gradients / length */
     bert_layer_acts *layer;
     float *block;            /* one allocation holding everything above */
     size_t floats;
