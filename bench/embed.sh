@@ -5,6 +5,8 @@
 # /usr/bin/time -v. Also checks that both produce the same embeddings
 # (cosine >= 0.999), so that the comparison is of the same work.
 #   bash bench/embed.sh            (RUNS, THREADS, PYTHON override the defaults)
+# peftc runs with PEFTC_BF16=$BF16 (0: fp32, the default here; 1: bf16 frozen
+# weights), set explicitly whatever the library's default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -15,6 +17,7 @@ THREADS=${THREADS:-2}
 OUT=build/bench/embed
 mkdir -p "$OUT"
 PEFTC=${PEFTC:-./peftc}
+BF16=${BF16:-0}
 [ -x "$PEFTC" ] || { echo "embed.sh: $PEFTC missing: run make" >&2; exit 1; }
 
 # the sentences, without the header and the space before the TAB
@@ -41,13 +44,14 @@ run() {
     done
 }
 rm -f "$OUT"/*.model
-OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS run peftc "$PEFTC" embed --model "$MODEL" --normalize
+PEFTC_BF16=$BF16 OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS run peftc "$PEFTC" embed --model "$MODEL" --normalize
 OMP_NUM_THREADS=$THREADS run torch "$PY" tests/ref_bert.py --model "$MODEL" embed --threads "$THREADS"
 
-"$PY" - "$OUT" "$N" "$THREADS" <<'EOF'
+"$PY" - "$OUT" "$N" "$THREADS" "$BF16" <<'EOF'
 import os, sys
 import numpy as np
 out, n, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+prec = "fp32" if sys.argv[4] == "0" else "bf16"
 
 def runs(name):
     rows = [l.split() for l in open(os.path.join(out, name + ".runs"))]
@@ -66,7 +70,7 @@ tw, trss, tmodel = runs("torch")
 a, b = load("peftc"), load("torch")
 ok = a.shape == b.shape == (n, b.shape[1])
 cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)) if ok else np.zeros(1)
-print(f"embed: {n} SST-2 dev sentences, all-MiniLM-L6-v2, {threads} threads, best of "
+print(f"embed: {n} SST-2 dev sentences, all-MiniLM-L6-v2, {threads} threads, peftc {prec} (PEFTC_BF16), best of "
       f"{len(open(os.path.join(out, 'peftc.runs')).readlines())}")
 print(f"{'':28s} {'sent/s':>9s} {'wall s':>8s} {'peak RSS MiB':>13s}")
 print(f"{'peftc embed (process)':28s} {n / pw:9.1f} {pw:8.3f} {prss:13.1f}")

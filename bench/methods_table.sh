@@ -4,13 +4,16 @@
 # trainable %, dev accuracy, training tokens/s, wall time, peak RSS.
 #   bench/methods_table.sh [STEPS] [METHOD...]      (default: 600 steps, every preset)
 # Learning rates per method are fixed below (the usual ranges of the papers; not tuned).
+# Every run sets PEFTC_BF16=$BF16 explicitly (0: fp32, the default here; 1: bf16
+# frozen weights; then OUT defaults to runs/methods-STEPS-bf16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-600}; shift || true
 METHODS=${*:-"full lora bitfit ia3 adapter-houlsby adapter-pfeiffer parallel-adapter parallel-adapter-attn scaled-parallel-adapter mh-parallel-adapter prefix ptuning-v2 prompt ptuning mam unipelt"}
 DATA=${DATA:-../shared/data/glue-sst2}
 MODEL=${MODEL:-models/all-MiniLM-L6-v2}
-OUT=${OUT:-runs/methods-$STEPS}
+BF16=${BF16:-0}
+OUT=${OUT:-runs/methods-$STEPS$([ "$BF16" = 0 ] || echo -bf16)}
 make -s >/dev/null
 mkdir -p "$OUT"
 lr_of() {
@@ -34,7 +37,7 @@ for m in $METHODS; do
     run="$OUT/$m"
     if [ -f "$run/metrics.json" ]; then echo "($m: kept $run/metrics.json)" >&2; continue; fi
     echo "== $m" >&2
-    /usr/bin/time -v ./peftc train --model "$MODEL" --train "$DATA/train.tsv" --eval "$DATA/dev.tsv" \
+    PEFTC_BF16=$BF16 /usr/bin/time -v ./peftc train --model "$MODEL" --train "$DATA/train.tsv" --eval "$DATA/dev.tsv" \
         --method "$(method_of "$m")" $(extra_of "$m") --lr "$(lr_of "$m")" --bucket --max-steps "$STEPS" --batch 32 --seed 42 \
         --out "$run" 2> "$run.log" || { echo "$m failed: $(tail -1 "$run.log")" >&2; continue; }
 done

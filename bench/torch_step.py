@@ -4,9 +4,23 @@ batch and step as bench/train_step.c, in plain PyTorch (Debian's
 python3-torch), one workload per process; prints one line
     RESULT impl=torch key=value ...
 
-  torch_step.py train lora|adapter-pfeiffer|prefix|full B T [--model DIR] [--threads 2]
-  torch_step.py infer lora|lora-merged B T
-  torch_step.py mm N          torch.mm N^3 (what torch's BLAS reaches here)
+  torch_step.py train lora|adapter-pfeiffer|prefix|full B T [--model DIR] [--threads 2] [--bf16]
+  torch_step.py infer lora|lora-merged B T [--bf16]
+  torch_step.py mm N [--bf16]  torch.mm N^3 (what torch's BLAS reaches here;
+                               --bf16: of bf16 tensors, oneDNN's bf16 GEMM)
+
+--bf16: the forward (and the loss) under torch.autocast("cpu",
+dtype=torch.bfloat16), the mixed precision torch 1.13 offers on CPU. Every
+linear and matmul (frozen and trainable weights, LoRA, the adapters, the
+attention's QK^T and PV) and their backward run on bf16 operands through
+oneDNN 2.6 (ONEDNN_VERBOSE=1 on this Xeon: brg:avx512_core_amx_bf16, i.e.
+AMX, for all but the GEMMs with an inner dimension of 8 or 2 (LoRA B's
+forward, the classifier), which take brg:avx512_core_bf16).
+Their bf16 outputs go on through GELU (oneDNN eltwise), softmax and dropout
+in bf16; the residual additions promote to fp32 (the residual stream starts
+as the fp32 embeddings), so LayerNorm runs in fp32. The parameters, their
+gradients and AdamW stay fp32; autocast casts the weights at every forward.
+No GradScaler: bf16 has fp32's exponent range.
 
 Model: BertForSequenceClassification (post-LN BERT, exact-erf GELU, pooler
 tanh, dropout, classifier; 2 labels) written as nn.Modules from the
@@ -330,6 +344,8 @@ def cmd_mm(a):
     n = a.B
     x = torch.rand(n, n) * 2 - 1
     y = torch.rand(n, n) * 2 - 1
+    if a.bf16:
+        x, y = x.bfloat16(), y.bfloat16()
     torch.mm(x, y)
     ts = []
     for _ in range(int(os.environ.get("BENCH_SGEMM_REPS", "10"))):
@@ -338,7 +354,8 @@ def cmd_mm(a):
         ts.append(time.perf_counter() - t0)
     ts.sort()
     fl = 2.0 * n ** 3
-    print(f"RESULT impl=torch workload=mm n={n} threads={torch.get_num_threads()} reps={len(ts)} "
+    print(f"RESULT impl=torch workload=mm precision={'bf16' if a.bf16 else 'fp32'} n={n} "
+          f"threads={torch.get_num_threads()} reps={len(ts)} "
           f"best_ms={ts[0] * 1e3:.3f} median_ms={ts[len(ts) // 2] * 1e3:.3f} "
           f"peak_gflops={fl / ts[0] * 1e-9:.2f} median_gflops={fl / ts[len(ts) // 2] * 1e-9:.2f}")
 
@@ -351,6 +368,8 @@ def main():
     ap.add_argument("T", type=int, nargs="?", default=0)
     ap.add_argument("--model", default="models/all-MiniLM-L6-v2")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true",
+                    help="torch.autocast('cpu', dtype=torch.bfloat16) around the forward and the loss")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(42)
@@ -383,7 +402,8 @@ def main():
 
         def step(_):
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(ids), labels)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                loss = F.cross_entropy(model(ids), labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -396,14 +416,15 @@ def main():
         out = {}
 
         def step(_):
-            with torch.inference_mode():
-                z = model(ids)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+                z = model(ids).float()
                 out["logits"] = z
                 return F.cross_entropy(z, labels).item()
     warm, ts, losses = timed_loop(step)
     s = sorted(ts)
     med = s[len(s) // 2] if len(s) % 2 else 0.5 * (s[len(s) // 2 - 1] + s[len(s) // 2])
-    print(f"RESULT impl=torch workload={a.mode} method={method} B={B} T={T} threads={torch.get_num_threads()} "
+    print(f"RESULT impl=torch workload={a.mode} method={method} precision={'bf16' if a.bf16 else 'fp32'} "
+          f"B={B} T={T} threads={torch.get_num_threads()} "
           f"trainable={trainable} base_params={base} warmup={warm} steps={len(ts)} "
           f"median_ms={med * 1e3:.3f} min_ms={s[0] * 1e3:.3f} tokens_per_s={B * T / med:.1f} "
           f"seq_per_s={B / med:.2f} loss_first={losses[0]:.5f} loss_last={losses[-1]:.5f} "

@@ -8,6 +8,27 @@
  *   train_step train METHOD B T MODEL_DIR   METHOD: lora | adapter-pfeiffer | prefix | full
  *   train_step infer lora|lora-merged B T MODEL_DIR
  *   train_step sgemm N                       cblas_sgemm N^3 (the machine's peak)
+ *   train_step bf16gemm N                    matmul_bf16_forward N^3 (the bf16 path's peak;
+ *                                            AMX where usable), exit 3 without AVX-512-BF16
+ *
+ * Precision: PEFTC_BF16=1 runs the frozen weights' matmuls in bf16
+ * (kernels_set_bf16(1): AMX tiles where the CPU and kernel allow,
+ * PEFTC_BF16_AMX=0 forbids them), PEFTC_BF16=0 in fp32; either is applied
+ * here explicitly, so the library's default does not matter (unset: the
+ * default). PEFTC_BF16=1 on a CPU without AVX-512-BF16 exits 3. Trainable
+ * weights, the deltas, attention, LayerNorm etc. are fp32 either way. The
+ * RESULT line says precision=fp32|bf16 and amx=0|1.
+ *
+ * Shape options (for bench/scaling.sh; defaults = the bench/run workloads):
+ *   BENCH_LORA_R   LoRA rank (8; alpha stays 16)
+ *   BENCH_LAYERS   use only the first L encoder layers (all): cfg.num_layers
+ *                  is lowered after loading and before the method and the
+ *                  buffers are built, so everything sized from it (deltas,
+ *                  gradients, activations, the FLOP count) sees L layers; the
+ *                  pooler reads layer L's output. base_params counts L layers.
+ *                  Meant for train: with L = 1, infer's buffers are sized as
+ *                  for training (bert_acts_init tells the two apart by
+ *                  n_sets == num_layers), which costs memory, not correctness.
  *
  * Training step = zero grads + task_forward(train=1) + task_backward + global
  * grad-norm clipping at 1.0 + adamw_update of every trainable tensor
@@ -126,8 +147,62 @@ static int usage(void)
 {
     fprintf(stderr, "usage: train_step train lora|adapter-pfeiffer|prefix|full B T MODEL_DIR\n"
                     "       train_step infer lora|lora-merged B T MODEL_DIR\n"
-                    "       train_step sgemm N\n");
+                    "       train_step sgemm N\n"
+                    "       train_step bf16gemm N\n");
     return 2;
+}
+
+/* PEFTC_BF16=0|1 applied explicitly (whatever the library's default);
+ * returns 0, or 3 when bf16 is asked for and the CPU cannot */
+static int set_precision(void)
+{
+    const char *e = getenv("PEFTC_BF16");
+    if (!e || !*e) return 0;
+    int want = strcmp(e, "0") != 0;
+    if (kernels_set_bf16(want) != want) {
+        fprintf(stderr, "train_step: PEFTC_BF16=1 but this CPU lacks AVX-512-BF16\n");
+        return 3;
+    }
+    return 0;
+}
+
+/* out (N,N) = in (N,N) @ w^T through the bf16 path (what a frozen linear
+ * runs with PEFTC_BF16=1): rounding the activations is part of the time */
+static int bench_bf16gemm(int n)
+{
+    if (!kernels_bf16_supported()) {
+        fprintf(stderr, "train_step: this CPU lacks AVX-512-BF16\n");
+        return 3;
+    }
+    float *a = malloc((size_t)n * n * sizeof *a), *w = malloc((size_t)n * n * sizeof *w),
+          *c = malloc((size_t)n * n * sizeof *c);
+    if (!a || !w || !c) { fprintf(stderr, "out of memory\n"); return 1; }
+    for (size_t i = 0; i < (size_t)n * n; i++) {
+        a[i] = (float)(splitmix64(i) % 2001) * 1e-3f - 1.0f;
+        w[i] = (float)(splitmix64(i + 7777777) % 2001) * 1e-3f - 1.0f;
+    }
+    matmul_bf16 *wb = matmul_bf16_pack(w, n, n);
+    if (!wb) { fprintf(stderr, "out of memory\n"); return 1; }
+    int reps = env_int("BENCH_SGEMM_REPS", 10);
+    double best = 1e30, ts[256];
+    if (reps > 256) reps = 256;
+    if (reps < 1) reps = 1;
+    matmul_bf16_forward(c, a, wb, NULL, n, n, n, 0);   /* warm-up */
+    for (int i = 0; i < reps; i++) {
+        double t0 = now_s();
+        matmul_bf16_forward(c, a, wb, NULL, n, n, n, 0);
+        ts[i] = now_s() - t0;
+        if (ts[i] < best) best = ts[i];
+    }
+    qsort(ts, (size_t)reps, sizeof *ts, cmp_double);
+    double fl = 2.0 * n * n * n;
+    printf("RESULT impl=peftc workload=bf16gemm precision=bf16 amx=%d n=%d threads=%d reps=%d best_ms=%.3f "
+           "median_ms=%.3f peak_gflops=%.2f median_gflops=%.2f check=%.4g\n",
+           kernels_bf16_amx(-1), n, omp_get_max_threads(), reps, best * 1e3, ts[reps / 2] * 1e3,
+           fl / best * 1e-9, fl / ts[reps / 2] * 1e-9, (double)c[(size_t)n * n / 2]);
+    matmul_bf16_free(wb);
+    free(a); free(w); free(c);
+    return 0;
 }
 
 static int bench_sgemm(int n)
@@ -162,7 +237,10 @@ static int bench_sgemm(int n)
 
 int main(int argc, char **argv)
 {
+    int rc = set_precision();
+    if (rc) return rc;
     if (argc == 3 && !strcmp(argv[1], "sgemm")) return bench_sgemm(atoi(argv[2]));
+    if (argc == 3 && !strcmp(argv[1], "bf16gemm")) return bench_bf16gemm(atoi(argv[2]));
     if (argc != 6) return usage();
     int train = !strcmp(argv[1], "train");
     if (!train && strcmp(argv[1], "infer")) return usage();
@@ -180,9 +258,30 @@ int main(int argc, char **argv)
     /* LoRA r 8, alpha 16 on query, value; Pfeiffer adapter r = d/16 = 24;
      * prefix 20 vectors per layer, no reparameterisation */
     method_args ma = {.r = 0, .alpha = 16, .targets = "query,value", .prefix_len = 20, .prefix_projection = -1};
-    if (!strcmp(preset, "lora")) ma.r = 8;
+    if (!strcmp(preset, "lora") && (ma.r = env_int("BENCH_LORA_R", 8)) < 1) {
+        fprintf(stderr, "train_step: BENCH_LORA_R must be >= 1\n");
+        return 2;
+    }
     double t_load = now_s();
-    if (peftc_model_load(model_dir, &m, &err) || method_build(preset, &ma, &m->cfg, &mo, &err)) {
+    if (peftc_model_load(model_dir, &m, &err)) {
+        fprintf(stderr, "train_step: %s\n", err.msg);
+        return 1;
+    }
+    /* BENCH_LAYERS: only the first L layers; set before anything is sized
+     * from cfg.num_layers (the other layers stay mapped, unused) */
+    int64_t base_params = peftc_model_param_count(m);
+    int L = env_int("BENCH_LAYERS", m->cfg.num_layers);
+    if (L < 1 || L > m->cfg.num_layers) {
+        fprintf(stderr, "train_step: BENCH_LAYERS must be in [1, %d]\n", m->cfg.num_layers);
+        return 2;
+    }
+    {
+        int64_t C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+        int64_t per_layer = 4 * (C * C + C) + 2 * C * F + F + C + 4 * C;   /* q k v o, ffn, 2 LayerNorms */
+        base_params -= (int64_t)(m->cfg.num_layers - L) * per_layer;
+        m->cfg.num_layers = L;
+    }
+    if (method_build(preset, &ma, &m->cfg, &mo, &err)) {
         fprintf(stderr, "train_step: %s\n", err.msg);
         return 1;
     }
@@ -282,11 +381,13 @@ int main(int argc, char **argv)
     double med = nm % 2 ? med_sorted[nm / 2] : 0.5 * (med_sorted[nm / 2 - 1] + med_sorted[nm / 2]);
     double fl = step_flops(preset, &m->cfg, B, T, train, merged, mo.r > 0 ? mo.r : (mo.n_deltas ? mo.deltas[0].r : 0),
                            mo.lora ? __builtin_popcount(mo.targets) : 0, mo.prefix.n, labels.n);
-    printf("RESULT impl=peftc workload=%s method=%s B=%d T=%d threads=%d trainable=%lld base_params=%lld "
+    printf("RESULT impl=peftc workload=%s method=%s precision=%s amx=%d B=%d T=%d layers=%d r=%d threads=%d "
+           "trainable=%lld base_params=%lld "
            "warmup=%d steps=%d median_ms=%.3f min_ms=%.3f tokens_per_s=%.1f seq_per_s=%.2f "
            "loss_first=%.5f loss_last=%.5f gflop=%.3f gflops=%.2f load_s=%.2f dropout=%.2f isa=%s lr=%g",
-           train ? "train" : "infer", method, B, T, omp_get_max_threads(), (long long)task_trainable_count(&t),
-           (long long)peftc_model_param_count(m),
+           train ? "train" : "infer", method, kernels_bf16() ? "bf16" : "fp32", kernels_bf16() && kernels_bf16_amx(-1),
+           B, T, m->cfg.num_layers, mo.lora ? mo.r : 0, omp_get_max_threads(), (long long)task_trainable_count(&t),
+           (long long)base_params,
            warm, n, med * 1e3, med_sorted[0] * 1e3, B * T / med, B / med, losses[0], losses[step - 1],
            fl * 1e-9, fl / med * 1e-9, t_load, train ? m->cfg.hidden_dropout : 0.0, kernels_isa_name(kernels_isa()), train ? lr : 0.0);
     if (!train) {
