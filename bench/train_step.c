@@ -26,9 +26,6 @@
  *                  buffers are built, so everything sized from it (deltas,
  *                  gradients, activations, the FLOP count) sees L layers; the
  *                  pooler reads layer L's output. base_params counts L layers.
- *                  Meant for train: with L = 1, infer's buffers are sized as
- *                  for training (bert_acts_init tells the two apart by
- *                  n_sets == num_layers), which costs memory, not correctness.
  *
  * Training step = zero grads + task_forward(train=1) + task_backward + global
  * grad-norm clipping at 1.0 + adamw_update of every trainable tensor

@@ -243,7 +243,7 @@ static int cmd_fresh(int argc, char **argv)
     memset(&a0, 0, sizeof a0);
     cls_head h0;
     memset(&h0, 0, sizeof h0);
-    if (peftc_model_load(model_dir, &m0, &err) || bert_acts_init(&a0, &m0->cfg, B, T, 1, 0, 0, &err) ||
+    if (peftc_model_load(model_dir, &m0, &err) || bert_acts_init(&a0, &m0->cfg, B, T, 0, 0, 0, &err) ||
         cls_head_alloc(&h0, C, K, B, &err))
         return tl_die("base model", &err);
     bert_forward(m0, &a0, NULL, s.bb.ids, s.bb.tts, s.bb.lens, B, T);

@@ -153,14 +153,16 @@ void bert_acts_free(bert_acts *a)
     memset(a, 0, sizeof *a);
 }
 
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix,
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int train, int n_prefix,
                             unsigned keep, peftc_error *err)
 {
     bert_acts_free(a);
     size_t N = (size_t)B * T, C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
     size_t Tk = (size_t)T + (size_t)n_prefix, NK = (size_t)B * Tk;
     size_t P = (size_t)B * cfg->num_heads * T * Tk;
-    int train = n_sets == cfg->num_layers; /* keeps every layer: masks and backward scratch too */
+    /* training keeps every layer's activations and the backward scratch;
+     * inference reuses one layer's */
+    int n_sets = train ? cfg->num_layers : 1;
     int keep_ctx = train && (keep & BERT_KEEP_CTX), keep_act = train && (keep & BERT_KEEP_FFN_ACT);
     int unfused = (keep & BERT_FFN_UNFUSED) != 0, nth = omp_get_max_threads();
     /* sizes rounded to 16 floats so every buffer starts 64-byte aligned;
@@ -212,7 +214,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
 #undef TAKEM
 #undef MASKF
 #undef R16
-    a->B = B; a->T = T; a->n_sets = n_sets; a->P = n_prefix; a->keep = keep;
+    a->B = B; a->T = T; a->n_sets = n_sets; a->train = train; a->P = n_prefix; a->keep = keep;
     a->floats = total;
     return PEFTC_OK;
 }
@@ -502,7 +504,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         bert_layer *W = &m->layers[l];
         const bert_layer *G = run && run->grads ? &run->grads->layers[l] : NULL;
         /* in inference one activation set is reused */
-        bert_layer_acts *A = &a->layer[a->n_sets == 1 ? 0 : l];
+        bert_layer_acts *A = &a->layer[a->train ? l : 0];
         float *out = l == c->num_layers - 1 ? a->hidden : a->xbuf[l & 1];   /* never x's buffer */
         linear_site(m, run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G->wq), N, C, C);
         linear_site(m, run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G->wk), N, C, C);
@@ -681,7 +683,7 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
         }
     }
     if (m->infer.B < B || m->infer.T < T || (size_t)m->infer.B * m->infer.T < (size_t)B * T) {
-        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 1, 0, 0, err);
+        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 0, 0, 0, err);
         if (rc) return rc;
     }
     bert_forward(m, &m->infer, NULL, ids, type_ids, lens, B, T);

@@ -58,6 +58,7 @@ enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2, BERT_FFN_UNFUSED = 4 };
 typedef struct bert_acts {
     int B, T;                /* capacity */
     int P;                   /* prefix length the buffers hold */
+    int train;               /* allocated for training (else inference) */
     int n_sets;              /* num_layers when training; 1 in inference (reused) */
     unsigned keep;           /* BERT_KEEP_* */
     float *emb, *emb_mean, *emb_rstd, *emb_ln;   /* (N,C) (N) (N) (N,C) */
@@ -91,11 +92,11 @@ struct peftc_model {
     bert_acts infer;         /* inference scratch, grown on demand */
 };
 
-/* n_sets: 1 for inference (one layer's buffers reused), num_layers for
- * training (which also allocates masks and backward scratch); n_prefix: the
+/* train: keep every layer's activations and allocate the backward scratch
+ * (else one layer's buffers are reused: inference); n_prefix: the
  * prefix length the attention buffers must hold (0: none); keep: BERT_KEEP_*
  * (bert_keep_for tells what a training run needs). */
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int n_sets, int n_prefix,
+peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int train, int n_prefix,
                             unsigned keep, peftc_error *err);
 void bert_acts_free(bert_acts *a);
 
@@ -134,7 +135,7 @@ typedef struct bert_run {
 unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_grads *g);
 
 /* Encoder forward. run may be NULL (inference, no deltas). In training
- * (a->n_sets == num_layers) every layer's activations are kept. */
+ * (a->train) every layer's activations are kept. */
 void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
                   const int32_t *type_ids, const int *lens, int B, int T);
 /* Backward from d_hidden (B*T*C, the gradient w.r.t. the last hidden states;
