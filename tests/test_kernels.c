@@ -1260,6 +1260,129 @@ static void test_misc(void)
     free(y); free(x); free(y0); free(want);
 }
 
+/* ----------------------------------------------------------------- scaling */
+
+/* Sizes with a partial last block of rows (the kernels sum rows in blocks of 64). */
+enum { SC_N = 150, SC_IC = 37, SC_OC = 41 };
+
+/* out (N,OC) = s * sigmoid(x w + b) * u */
+typedef struct { double *x, *u, *w, *b; int N, IC, OC; double s; } gate_ctx;
+
+static void ref_gate(void *vctx, double *out)
+{
+    gate_ctx *c = vctx;
+    for (int r = 0; r < c->N; r++) {
+        double z = c->b[0];
+        for (int j = 0; j < c->IC; j++) z += c->x[r * c->IC + j] * c->w[j];
+        double g = 1 / (1 + exp(-z));
+        for (int j = 0; j < c->OC; j++) out[r * c->OC + j] = c->s * g * c->u[r * c->OC + j];
+    }
+}
+
+static void test_gate(void)
+{
+    const int N = SC_N, IC = SC_IC, OC = SC_OC;
+    size_t nx = (size_t)N * IC, no = (size_t)N * OC;
+    float *x = frand(nx, -1, 1), *u = frand(no, -1, 1), *w = frand(IC, -.5f, .5f), b = 0.3f, s = 1.5f;
+    double bd = b;
+    gate_ctx ctx = { f2d(x, nx), f2d(u, no), f2d(w, IC), &bd, N, IC, OC, s };
+    double *ref = dalloc(no);
+    ref_gate(&ctx, ref);
+    float *h0 = frand(no, -1, 1), *h = fcopy(h0, no), *g = falloc(N);
+    gate_forward(h, g, x, u, w, b, s, N, IC, OC);
+    CHECK(grad_err(h, h0, ref, no) <= FWD_TOL, "gate_forward (h += s g u): err %g", grad_err(h, h0, ref, no));
+
+    float *R = frand(no, -1, 1);
+    double *Rd = f2d(R, no), *gx = dalloc(nx), *gu = dalloc(no), *gw = dalloc(IC), gb;
+    fd_grad(ref_gate, &ctx, ctx.x, nx, Rd, no, gx);
+    fd_grad(ref_gate, &ctx, ctx.u, no, Rd, no, gu);
+    fd_grad(ref_gate, &ctx, ctx.w, IC, Rd, no, gw);
+    fd_grad(ref_gate, &ctx, ctx.b, 1, Rd, no, &gb);
+    float *du = falloc(no), *dx0 = frand(nx, -.1f, .1f), *dw0 = frand(IC, -.1f, .1f), db0 = 0.05f;
+    float *dx = fcopy(dx0, nx), *dw = fcopy(dw0, IC), db = db0;
+    float *scratch = falloc(scaling_scratch_floats(N, IC));
+    for (size_t i = 0; i < no; i++) du[i] = NAN;   /* du is written, never read */
+    gate_backward(du, dx, dw, &db, scratch, R, x, u, g, w, s, N, IC, OC);
+    CHECK(rel_err(du, gu, no) <= GRAD_TOL, "gate_backward du vs FD: err %g", rel_err(du, gu, no));
+    CHECK(grad_err(dx, dx0, gx, nx) <= GRAD_TOL, "gate_backward dx vs FD: err %g", grad_err(dx, dx0, gx, nx));
+    CHECK(grad_err(dw, dw0, gw, IC) <= GRAD_TOL, "gate_backward dw vs FD: err %g", grad_err(dw, dw0, gw, IC));
+    CHECK(grad_err(&db, &db0, &gb, 1) <= GRAD_TOL, "gate_backward db vs FD: err %g", grad_err(&db, &db0, &gb, 1));
+
+    float *dx2 = fcopy(dx, nx), *dw2 = fcopy(dw, IC), db2 = db, *du2 = falloc(no);
+    gate_backward(du2, dx2, dw2, &db2, scratch, R, x, u, g, w, s, N, IC, OC);
+    CHECK(accum_err(dx2, dx, dx0, nx) <= 1e-5 && accum_err(dw2, dw, dw0, IC) <= 1e-5 &&
+          accum_err(&db2, &db, &db0, 1) <= 1e-5 && same_bits(du2, du, no),
+          "gate_backward accumulates dx, dw, db (second call adds again) and rewrites du");
+
+    float *a = fcopy(dx0, nx), *bw = fcopy(dw0, IC), c = db0;
+    gate_backward(du2, a, NULL, NULL, scratch, R, x, u, g, w, s, N, IC, OC);
+    gate_backward(du2, NULL, bw, NULL, scratch, R, x, u, g, w, s, N, IC, OC);
+    gate_backward(du2, NULL, NULL, &c, scratch, R, x, u, g, w, s, N, IC, OC);
+    CHECK(same_bits(a, dx, nx) && same_bits(bw, dw, IC) && same_bits(&c, &db, 1) && same_bits(du2, du, no),
+          "gate_backward: each gradient alone (others NULL) matches");
+    free(ctx.x); free(ctx.u); free(ctx.w); free(x); free(u); free(w); free(ref); free(h0); free(h); free(g);
+    free(R); free(Rd); free(gx); free(gu); free(gw); free(du); free(dx0); free(dw0); free(dx); free(dw);
+    free(scratch); free(dx2); free(dw2); free(du2); free(a); free(bw);
+}
+
+/* out (N,W) = a * x, and out = h * l per channel */
+typedef struct { double *x, *a; int N, W; } scal_ctx;
+
+static void ref_axpy(void *vctx, double *out)
+{
+    scal_ctx *c = vctx;
+    for (int i = 0; i < c->N * c->W; i++) out[i] = c->a[0] * c->x[i];
+}
+
+static void ref_chscale(void *vctx, double *out)
+{
+    scal_ctx *c = vctx;
+    for (int i = 0; i < c->N * c->W; i++) out[i] = c->x[i] * c->a[i % c->W];
+}
+
+static void test_scalings(void)
+{
+    const int N = SC_N, W = SC_OC;
+    size_t n = (size_t)N * W;
+    float *x = frand(n, -1, 1), *R = frand(n, -1, 1), a = -0.75f;
+    double ad = a, *Rd = f2d(R, n), *gx = dalloc(n), ga;
+    scal_ctx ctx = { f2d(x, n), &ad, N, W };
+    fd_grad(ref_axpy, &ctx, ctx.x, n, Rd, n, gx);
+    fd_grad(ref_axpy, &ctx, ctx.a, 1, Rd, n, &ga);
+    float *dx = falloc(n), da0 = 0.25f, da = da0, *scratch = falloc(scaling_scratch_floats(N, W));
+    for (size_t i = 0; i < n; i++) dx[i] = NAN;
+    axpy_backward(dx, &da, scratch, R, x, a, N, W);
+    CHECK(rel_err(dx, gx, n) <= GRAD_TOL && grad_err(&da, &da0, &ga, 1) <= GRAD_TOL,
+          "axpy_backward dx, da vs FD: err %g, %g", rel_err(dx, gx, n), grad_err(&da, &da0, &ga, 1));
+    float *dx2 = falloc(n), da2 = da;
+    axpy_backward(dx2, &da2, scratch, R, x, a, N, W);
+    axpy_backward(dx2, NULL, NULL, R, NULL, a, N, W);
+    CHECK(accum_err(&da2, &da, &da0, 1) <= 1e-5 && same_bits(dx2, dx, n),
+          "axpy_backward accumulates da, rewrites dx; da NULL needs no x or scratch");
+    free(ctx.x);
+
+    /* channel scaling: x is h, a is l (W) */
+    float *l = frand(W, 0.5f, 1.5f), *h = fcopy(x, n);
+    scal_ctx cc = { f2d(x, n), f2d(l, W), N, W };
+    double *ref = dalloc(n), *gl = dalloc(W);
+    ref_chscale(&cc, ref);
+    channel_scale_forward(h, l, N, W);
+    CHECK(rel_err(h, ref, n) <= FWD_TOL, "channel_scale_forward: err %g", rel_err(h, ref, n));
+    fd_grad(ref_chscale, &cc, cc.x, n, Rd, n, gx);
+    fd_grad(ref_chscale, &cc, cc.a, W, Rd, n, gl);
+    float *dh = fcopy(R, n), *dl0 = frand(W, -.1f, .1f), *dl = fcopy(dl0, W);
+    channel_scale_backward(dh, dl, scratch, x, l, N, W);
+    CHECK(rel_err(dh, gx, n) <= GRAD_TOL && grad_err(dl, dl0, gl, W) <= GRAD_TOL,
+          "channel_scale_backward dh (in place), dl vs FD: err %g, %g", rel_err(dh, gx, n), grad_err(dl, dl0, gl, W));
+    float *dh2 = fcopy(R, n), *dl2 = fcopy(dl, W), *dh3 = fcopy(R, n);
+    channel_scale_backward(dh2, dl2, scratch, x, l, N, W);
+    channel_scale_backward(dh3, NULL, NULL, x, l, N, W);
+    CHECK(accum_err(dl2, dl, dl0, W) <= 1e-5 && same_bits(dh2, dh, n) && same_bits(dh3, dh, n),
+          "channel_scale_backward accumulates dl; with dl NULL dh is the same");
+    free(x); free(R); free(Rd); free(gx); free(dx); free(scratch); free(dx2); free(l); free(h); free(cc.x);
+    free(cc.a); free(ref); free(gl); free(dh); free(dl0); free(dl); free(dh2); free(dl2); free(dh3);
+}
+
 /* ------------------------------------------------- thread-count independence */
 
 /* Each case fills res with every output of a forward+backward on fixed data
@@ -1421,6 +1544,29 @@ static size_t tc_pool_ce(float *res)
     return n;
 }
 
+static size_t tc_scaling(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 9);
+    const int N = 600, IC = 96, OC = 80;   /* past the parallel threshold; 10 row blocks, the last partial */
+    size_t nx = (size_t)N * IC, no = (size_t)N * OC;
+    float *x = trand(&r, nx, -1, 1), *u = trand(&r, no, -1, 1), *w = trand(&r, IC, -.3f, .3f);
+    float *dh = trand(&r, no, -1, 1), *l = trand(&r, OC, 0.5f, 1.5f);
+    float *scratch = falloc(scaling_scratch_floats(N, IC > OC ? IC : OC));
+    size_t total = 5 * no + N + nx + IC + 1 + 1 + OC;
+    memset(res, 0, total * sizeof(float));
+    float *h = res, *du = h + no, *dxs = du + no, *chs = dxs + no, *dch = chs + no, *g = dch + no;
+    float *dx = g + N, *dw = dx + nx, *db = dw + IC, *da = db + 1, *dl = da + 1;
+    gate_forward(h, g, x, u, w, 0.2f, 2.0f, N, IC, OC);
+    gate_backward(du, dx, dw, db, scratch, dh, x, u, g, w, 2.0f, N, IC, OC);
+    axpy_backward(dxs, da, scratch, dh, u, 0.5f, N, OC);
+    memcpy(chs, u, no * sizeof(float));
+    channel_scale_forward(chs, l, N, OC);
+    memcpy(dch, dh, no * sizeof(float));
+    channel_scale_backward(dch, dl, scratch, u, l, N, OC);
+    free(x); free(u); free(w); free(dh); free(l); free(scratch);
+    return total;
+}
+
 static void thread_check(const char *name, tcase f, double tol)
 {
     int saved = omp_get_max_threads();
@@ -1446,6 +1592,7 @@ static void test_threads(void)
     thread_check("attention fwd/bwd", tc_attention, 0);
     thread_check("attention_train fwd/bwd + mask", tc_attention_train, 0);
     thread_check("mean_pool + softmax_ce fwd/bwd", tc_pool_ce, 0);
+    thread_check("gate, axpy_backward, channel_scale fwd/bwd", tc_scaling, 0);
 }
 
 int main(void)
@@ -1469,6 +1616,8 @@ int main(void)
         test_softmax_ce();
         test_adamw();
         test_misc();
+        test_gate();
+        test_scalings();
         test_threads();
     }
     tier_name = "auto";

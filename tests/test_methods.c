@@ -285,6 +285,75 @@ static void check_threads(const char *label, const method_opts *mo)
     omp_set_num_threads(2);
 }
 
+/* One delta alone, forward (training, so dropout draws) and backward on fixed
+ * random data at N rows: copies h, dh, dx and every gradient into res and
+ * returns their count (0 if it could not be built). */
+static size_t delta_pass(const char *spec_text, int N, int in, int out, float *res, size_t cap)
+{
+    delta_set ds = {0};
+    param_block pb = {0};
+    peftc_error err = {0};
+    delta_spec sp;
+    size_t count = 0;
+    if (delta_spec_parse(spec_text, &sp, &err) || delta_add(&ds, &pb, 0, in, out, &sp, "d", &err) ||
+        delta_index(&ds, 1, &err) || params_alloc(&pb, &err) || delta_acts_alloc(&ds, N, &err)) {
+        printf("# %s: %s\n", spec_text, err.msg);
+        goto done;
+    }
+    peftc_rng r;
+    peftc_rng_seed(&r, 17);
+    delta_init_params(&ds, &pb, &r);
+    for (size_t i = 0; i < pb.total; i++) pb.p[i] += 0.1f * peftc_rng_normal(&r);   /* up starts at 0 */
+    size_t nx = (size_t)N * in, nh = (size_t)N * out;
+    count = 2 * nh + nx + pb.total;
+    if (count > cap) { count = 0; goto done; }
+    float *h = res, *dh = h + nh, *dx = dh + nh, *g = dx + nx;
+    float *x = malloc(nx * sizeof(float));
+    if (!x) { count = 0; goto done; }
+    for (size_t i = 0; i < nx; i++) { x[i] = peftc_rng_normal(&r); dx[i] = 0; }
+    for (size_t i = 0; i < nh; i++) { h[i] = peftc_rng_normal(&r); dh[i] = peftc_rng_normal(&r); }
+    delta_forward(&ds, &pb, 0, sp.site, x, h, N, 1, &r);
+    delta_backward(&ds, &pb, 0, sp.site, x, dh, dx, N);
+    memcpy(g, pb.g, pb.total * sizeof(float));
+    free(x);
+done:
+    delta_set_free(&ds);
+    params_free(&pb);
+    return count;
+}
+
+/* The deltas' row sums (gate weight and bias, learned scale, (IA)^3 factors,
+ * bias gradients) are formed in fixed blocks of rows: at a size past every
+ * parallel threshold, 1 and 2 OpenMP threads give bit-identical results. */
+static void test_delta_threads(void)
+{
+    enum { N = 1000, IN = 96, OUT = 80 };
+    const char *specs[] = {
+        "site=attn.q,insert=parallel,r=8,act=identity,compose=gate:2,dropout=0.1",   /* UniPELT's gated LoRA */
+        "site=ffn.out,insert=sequential,r=6,act=relu,compose=gate",                  /* UniPELT's gated adapter */
+        "site=ffn.out,insert=parallel,r=6,act=relu,compose=learned:4",
+        "site=attn.q,insert=parallel,r=4,act=identity,compose=scale:2",
+        "site=attn.k,kind=scale",
+        "site=attn.heads,insert=parallel,r=2,act=relu,heads=4",
+    };
+    size_t cap = 4 * (size_t)N * (IN + OUT);
+    float *r1 = malloc(cap * sizeof(float)), *r2 = malloc(cap * sizeof(float));
+    int saved = omp_get_max_threads();
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        omp_set_num_threads(1);
+        size_t n1 = delta_pass(specs[i], N, IN, OUT, r1, cap);
+        omp_set_num_threads(2);
+        int two = omp_get_max_threads() == 2;
+        size_t n2 = delta_pass(specs[i], N, IN, OUT, r2, cap);
+        double d = n1 && n1 == n2 ? tl_max_abs_diff(r1, r2, n1) : INFINITY;
+        CHECK(two && n1 && n1 == n2 && !memcmp(r1, r2, n1 * sizeof(float)),
+              "[%s] N=%d: forward and gradients bit-identical at 1 and 2 threads (max diff %g over %zu values)",
+              specs[i], N, d, n1);
+    }
+    omp_set_num_threads(saved);
+    free(r1); free(r2);
+}
+
 static method_opts preset(const char *name, const method_args *a)
 {
     method_opts mo;
@@ -299,6 +368,7 @@ int main(void)
     make_model();
     test_templates();
     test_prefix_attention();
+    test_delta_threads();
     method_args none = {0}, lora = {.r = 2, .alpha = 4, .targets = "query,key,value,attention.output.dense,intermediate.dense,output.dense"};
     method_args ad = {.r = 4}, pt = {.num_virtual = 2};
     const char *presets[] = {"full", "bitfit", "ia3", "adapter-houlsby", "adapter-pfeiffer", "parallel-adapter",

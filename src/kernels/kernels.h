@@ -26,6 +26,8 @@ void matmul_forward(float *out, const float *inp, const float *w, const float *b
 void matmul_backward(float *dinp, float *dw, float *dbias,
                      const float *dout, const float *inp, const float *w,
                      int N, int IC, int OC);
+/* dbias (OC) += sum_rows dout (N,OC): the gradient of a bias added to every row */
+void bias_backward(float *dbias, const float *dout, int N, int OC);
 
 /* bf16 path for frozen weights (AMX or AVX-512-BF16). By default on where
  * AMX tiles run (kernels_bf16_amx), off elsewhere; kernels_set_bf16(1) / (0)
@@ -86,13 +88,18 @@ void layernorm_backward(float *dinp, float *dw, float *db, const float *dout,
 void layernorm_apply(float *out, const float *inp, const float *mean, const float *rstd,
                      const float *w, const float *b, int N, int C);
 
+/* Elementwise activations (activations.c), n elements; out may equal inp. */
 /* exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))) */
 void gelu_forward(float *out, const float *inp, size_t n);
 void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n);
-
 void tanh_forward(float *out, const float *inp, size_t n);
 /* uses the forward output y: dinp += dout * (1 - y^2) */
 void tanh_backward(float *dinp, const float *out, const float *dout, size_t n);
+void relu_forward(float *out, const float *inp, size_t n);
+void relu_backward(float *dinp, const float *inp, const float *dout, size_t n);
+/* SiLU / swish: x * sigmoid(x) */
+void silu_forward(float *out, const float *inp, size_t n);
+void silu_backward(float *dinp, const float *inp, const float *dout, size_t n);
 
 /* Multi-head self-attention core (after the q/k/v projections).
  * q, k, v, out: (B,T,C) with C = NH*hd; probs: (B,NH,T,T) saved for backward.
@@ -163,14 +170,32 @@ float softmax_ce_forward(float *losses, float *probs, const float *logits,
 void softmax_ce_backward(float *dlogits, const float *probs, const int *labels,
                          int B, int K, float scale);
 
-void relu_forward(float *out, const float *inp, size_t n);
-void relu_backward(float *dinp, const float *inp, const float *dout, size_t n);
-/* SiLU / swish: x * sigmoid(x) */
-void silu_forward(float *out, const float *inp, size_t n);
-void silu_backward(float *dinp, const float *inp, const float *dout, size_t n);
-
+/* Scalings of a hidden state, as the delta modules use them (scaling.c).
+ * The backward kernels WRITE the gradient of the scaled tensor (dx, du: the
+ * delta's own output, which nothing else feeds) and accumulate the others.
+ * Their sums over rows (da, dw, db, dl) go through `scratch`, at least
+ * scaling_scratch_floats(N, W) floats for N rows and W the widest row summed
+ * (IC for the gate, W for channel scaling, 0 for axpy), and are formed in
+ * fixed blocks of rows added in order: they never depend on the thread count. */
+size_t scaling_scratch_floats(int N, int W);
 /* y += a * x, n elements */
 void axpy_inplace(float *y, float a, const float *x, size_t n);
+/* for y (N,W) += a x: dx (N,W) = a dy (written); da (1) += sum dy * x (da may
+ * be NULL; then x and scratch are not used) */
+void axpy_backward(float *dx, float *da, float *scratch, const float *dy, const float *x, float a, int N, int W);
+/* per-token sigmoid gate: g (N) = sigmoid(x (N,IC) . w (IC) + b); h (N,OC) += s * g * u (N,OC) */
+void gate_forward(float *h, float *g, const float *x, const float *u, const float *w, float b, float s,
+                  int N, int IC, int OC);
+/* du (N,OC) = s g dh (written); with dpre = s (dh . u) g (1-g) per row:
+ * dx (N,IC) += dpre w, dw (IC) += sum_rows dpre x, db (1) += sum_rows dpre.
+ * dx, dw, db may be NULL. */
+void gate_backward(float *du, float *dx, float *dw, float *db, float *scratch, const float *dh, const float *x,
+                   const float *u, const float *g, const float *w, float s, int N, int IC, int OC);
+/* per-channel scaling ((IA)^3): h (N,W) *= l (W) row by row */
+void channel_scale_forward(float *h, const float *l, int N, int W);
+/* dl (W) += sum_rows dh * h_pre (dl may be NULL); then dh (N,W) *= l in place,
+ * becoming the gradient w.r.t. h_pre */
+void channel_scale_backward(float *dh, float *dl, float *scratch, const float *h_pre, const float *l, int N, int W);
 
 /* y += x, n elements */
 void add_inplace(float *y, const float *x, size_t n);

@@ -50,18 +50,22 @@ void matmul_backward(float *dinp, float *dw, float *dbias,
     if (IC > 0 && dw)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N,
                     1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
-    if (dbias) {
-        int ntask = (OC + DBIAS_COLS - 1) / DBIAS_COLS;
-        #pragma omp parallel for schedule(static) if ((size_t)N * OC >= (1u << 16))
-        for (int task = 0; task < ntask; task++) {
-            int o0 = task * DBIAS_COLS;
-            int o1 = o0 + DBIAS_COLS < OC ? o0 + DBIAS_COLS : OC;
-            double acc[DBIAS_COLS] = {0};  /* double: N can be thousands of rows */
-            for (int n = 0; n < N; n++) {
-                const float *d = dout + (size_t)n * OC;
-                for (int o = o0; o < o1; o++) acc[o - o0] += d[o];
-            }
-            for (int o = o0; o < o1; o++) dbias[o] += (float)acc[o - o0];
+    if (dbias) bias_backward(dbias, dout, N, OC);
+}
+
+/* dbias (OC) += sum over rows of dout (N,OC) */
+void bias_backward(float *dbias, const float *dout, int N, int OC)
+{
+    int ntask = (OC + DBIAS_COLS - 1) / DBIAS_COLS;
+    #pragma omp parallel for schedule(static) if ((size_t)N * OC >= (1u << 16))
+    for (int task = 0; task < ntask; task++) {
+        int o0 = task * DBIAS_COLS;
+        int o1 = o0 + DBIAS_COLS < OC ? o0 + DBIAS_COLS : OC;
+        double acc[DBIAS_COLS] = {0};  /* double: N can be thousands of rows */
+        for (int n = 0; n < N; n++) {
+            const float *d = dout + (size_t)n * OC;
+            for (int o = o0; o < o1; o++) acc[o - o0] += d[o];
         }
+        for (int o = o0; o < o1; o++) dbias[o] += (float)acc[o - o0];
     }
 }

@@ -156,11 +156,13 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
         }
         if (pass == 0) {
             ds->act_block = peftc_alloc_aligned((total ? total : 16) * sizeof(float));
-            /* scratch: du (N,maxw) | dsrc (N,maxw) | da (N,maxr) | dz (N,maxr);
-             * the forward's u uses du's slot */
+            /* scratch: du (N,maxw) | dsrc (N,maxw) | da (N,maxr) | dz (N,maxr) |
+             * the scaling kernels' row-block partial sums; the forward's u
+             * uses du's slot */
             ds->maxw = maxw;
             ds->maxr = maxr;
-            ds->scratch_floats = 2 * R16((size_t)N * maxw) + 2 * R16((size_t)N * maxr);
+            ds->scratch_floats = 2 * R16((size_t)N * maxw) + 2 * R16((size_t)N * maxr)
+                               + scaling_scratch_floats(N, (int)maxw);
             ds->scratch = peftc_alloc_aligned(ds->scratch_floats * sizeof(float));
             if (!ds->act_block || !ds->scratch)
                 return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate delta activations for %d rows", N);
@@ -231,30 +233,14 @@ static void act_backward(delta_act act, float *dz, const float *z, const float *
     }
 }
 
+/* u (N,W) += bias (W) on every row */
 static void add_bias_rows(float *u, const float *bias, int N, int W)
 {
-    for (int n = 0; n < N; n++)
-        for (int j = 0; j < W; j++) u[(size_t)n * W + j] += bias[j];
-}
-
-/* h (N,W) *= l (W) per row */
-static void scale_rows_inplace(float *h, const float *l, int N, int W)
-{
     #pragma omp parallel for schedule(static) if ((size_t)N * W >= (1u << 16))
-    for (int r = 0; r < N; r++) {
-        float *hr = h + (size_t)r * W;
-        for (int j = 0; j < W; j++) hr[j] *= l[j];
-    }
-}
-
-/* dl += sum_rows dh * h_pre; dh *= l (in place: now w.r.t. h_pre).
- * dl is summed serially over rows so the order never depends on threads. */
-static void scale_rows_backward(float *dh, float *dl, const float *h_pre, const float *l, int N, int W)
-{
-    for (int r = 0; r < N; r++) {
-        const float *hr = h_pre + (size_t)r * W;
-        float *dr = dh + (size_t)r * W;
-        for (int j = 0; j < W; j++) { dl[j] += dr[j] * hr[j]; dr[j] *= l[j]; }
+    for (int n = 0; n < N; n++) {
+        float *ur = u + (size_t)n * W;
+        #pragma omp simd
+        for (int j = 0; j < W; j++) ur[j] += bias[j];
     }
 }
 
@@ -280,12 +266,8 @@ static void up_heads_backward(float *da, float *dup, float *dbias, const float *
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, hd, r, N, 1.0f, du + (size_t)g * hd, out,
                     a + (size_t)g * r, heads * r, 1.0f, dup + (size_t)g * hd * r, r);
     }
-    if (dbias)
-        for (int n = 0; n < N; n++)
-            for (int j = 0; j < out; j++) dbias[j] += du[(size_t)n * out + j];
+    if (dbias) bias_backward(dbias, du, N, out);
 }
-
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
                    const float *x, float *h, int N, int train, peftc_rng *rng)
@@ -297,7 +279,7 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         const delta_spec *s = &d->spec;
         if (s->kind == DELTA_SCALE) {
             memcpy(d->src_copy, h, (size_t)N * d->out * sizeof(float));
-            scale_rows_inplace(h, params_value(pb, d->p_vec), N, d->out);
+            channel_scale_forward(h, params_value(pb, d->p_vec), N, d->out);
             continue;
         }
         int src_w = s->insert == INSERT_PARALLEL ? d->in : d->out;
@@ -323,22 +305,10 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         case COMPOSE_ADD: add_inplace(h, u, n); break;
         case COMPOSE_SCALE: axpy_inplace(h, s->scale, u, n); break;
         case COMPOSE_LEARNED_SCALE: axpy_inplace(h, params_value(pb, d->p_scale)[0], u, n); break;
-        case COMPOSE_GATE: {
-            const float *gw = params_value(pb, d->p_gate_w);
-            float gb = params_value(pb, d->p_gate_b)[0], sc = s->scale;
-            #pragma omp parallel for schedule(static)
-            for (int r = 0; r < N; r++) {
-                const float *xr = x + (size_t)r * d->in;
-                float acc = gb;
-                for (int j = 0; j < d->in; j++) acc += xr[j] * gw[j];
-                float g = sigmoidf(acc);
-                d->gate[r] = g;
-                float *hr = h + (size_t)r * d->out;
-                const float *ur = u + (size_t)r * d->out;
-                for (int j = 0; j < d->out; j++) hr[j] += g * sc * ur[j];
-            }
+        case COMPOSE_GATE:
+            gate_forward(h, d->gate, x, u, params_value(pb, d->p_gate_w), params_value(pb, d->p_gate_b)[0],
+                         s->scale, N, d->in, d->out);
             break;
-        }
         }
     }
 }
@@ -351,51 +321,30 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
     for (int k = cnt - 1; k >= 0; k--) {
         delta *d = &ds->d[ds->order[ds->site_first[cell] + k]];
         const delta_spec *s = &d->spec;
+        float *du = ds->scratch;
+        float *dsrc = du + R16((size_t)ds->N * ds->maxw);
+        float *da = dsrc + R16((size_t)ds->N * ds->maxw);
+        float *dz = da + R16((size_t)ds->N * ds->maxr);
+        float *partials = dz + R16((size_t)ds->N * ds->maxr);
         if (s->kind == DELTA_SCALE) {
-            scale_rows_backward(dh, params_grad(pb, d->p_vec), d->src_copy, params_value(pb, d->p_vec), N, d->out);
+            channel_scale_backward(dh, params_grad(pb, d->p_vec), partials, d->src_copy, params_value(pb, d->p_vec),
+                                   N, d->out);
             continue;
         }
         int src_w = s->insert == INSERT_PARALLEL ? d->in : d->out;
         int r_all = s->heads > 0 ? s->heads * s->r : s->r;
         size_t n = (size_t)N * d->out;
-        float *du = ds->scratch;
-        float *dsrc = du + R16((size_t)ds->N * ds->maxw);
-        float *da = dsrc + R16((size_t)ds->N * ds->maxw);
-        float *dz = da + R16((size_t)ds->N * ds->maxr);
         switch (s->compose) {
         case COMPOSE_ADD: memcpy(du, dh, n * sizeof(float)); break;
-        case COMPOSE_SCALE:
-            for (size_t i = 0; i < n; i++) du[i] = s->scale * dh[i];
+        case COMPOSE_SCALE: axpy_backward(du, NULL, NULL, dh, NULL, s->scale, N, d->out); break;
+        case COMPOSE_LEARNED_SCALE:
+            axpy_backward(du, params_grad(pb, d->p_scale), partials, dh, d->u, params_value(pb, d->p_scale)[0],
+                          N, d->out);
             break;
-        case COMPOSE_LEARNED_SCALE: {
-            float sc = params_value(pb, d->p_scale)[0];
-            double dsum = 0;
-            for (size_t i = 0; i < n; i++) { dsum += (double)dh[i] * d->u[i]; du[i] = sc * dh[i]; }
-            params_grad(pb, d->p_scale)[0] += (float)dsum;
+        case COMPOSE_GATE:
+            gate_backward(du, dx, params_grad(pb, d->p_gate_w), params_grad(pb, d->p_gate_b), partials, dh, x, d->u,
+                          d->gate, params_value(pb, d->p_gate_w), s->scale, N, d->in, d->out);
             break;
-        }
-        case COMPOSE_GATE: {
-            const float *gw = params_value(pb, d->p_gate_w);
-            float *dgw = params_grad(pb, d->p_gate_w);
-            double dgb = 0;
-            float sc = s->scale;
-            /* per-row gate gradient; dgw accumulated serially so the sum order is fixed */
-            for (int r = 0; r < N; r++) {
-                const float *dhr = dh + (size_t)r * d->out, *ur = d->u + (size_t)r * d->out;
-                float g = d->gate[r], dg = 0;
-                for (int j = 0; j < d->out; j++) { dg += sc * dhr[j] * ur[j]; du[(size_t)r * d->out + j] = g * sc * dhr[j]; }
-                float dpre = dg * g * (1.0f - g);
-                dgb += dpre;
-                const float *xr = x + (size_t)r * d->in;
-                for (int j = 0; j < d->in; j++) dgw[j] += dpre * xr[j];
-                if (dx) {
-                    float *dxr = dx + (size_t)r * d->in;
-                    for (int j = 0; j < d->in; j++) dxr[j] += dpre * gw[j];
-                }
-            }
-            params_grad(pb, d->p_gate_b)[0] += (float)dgb;
-            break;
-        }
         }
         float *dup_b = d->p_up_b >= 0 ? params_grad(pb, d->p_up_b) : NULL;
         float *ddown_b = d->p_down_b >= 0 ? params_grad(pb, d->p_down_b) : NULL;
