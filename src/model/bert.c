@@ -164,7 +164,9 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
      * inference reuses one layer's */
     int n_sets = train ? cfg->num_layers : 1;
     int keep_ctx = train && (keep & BERT_KEEP_CTX), keep_act = train && (keep & BERT_KEEP_FFN_ACT);
-    int unfused = (keep & BERT_FFN_UNFUSED) != 0, nth = omp_get_max_threads();
+    /* whole-batch FFN buffers: where something trains inside the FFN, and in
+     * fp32, where OpenBLAS would pack the weight again for every row block */
+    int whole = (keep & BERT_FFN_UNFUSED) || !kernels_bf16(), nth = omp_get_max_threads();
     /* sizes rounded to 16 floats so every buffer starts 64-byte aligned;
      * byte masks take a quarter of their count in floats */
 #define R16(x) (((x) + 15) & ~(size_t)15)
@@ -174,9 +176,9 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     if (n_prefix) per_layer += 2 * R16(NK * C) + R16(2 * N) + R16(2 * (size_t)B);
     /* emb, emb_ln, xbuf[2], ln1, hidden (+ ctx, ffn_act scratch) */
     size_t rows = (size_t)nth * 2 * R16((size_t)BERT_FFN_ROWS * F);
-    size_t total = (6 + !keep_ctx) * R16(N * C) + (unfused && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
+    size_t total = (6 + !keep_ctx) * R16(N * C) + (whole && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
                    (size_t)n_sets * per_layer;
-    if (train) total += 6 * R16(N * C) + 2 * unfused * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
+    if (train) total += 6 * R16(N * C) + (whole ? 1 + keep_act : 0) * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
@@ -190,7 +192,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     a->ids_clean = (int32_t *)p; p += R16(N);
     TAKE(a->xbuf[0], N * C); TAKE(a->xbuf[1], N * C); TAKE(a->ln1, N * C); TAKE(a->hidden, N * C);
     if (!keep_ctx) TAKE(ctx_scratch, N * C);
-    if (unfused && !keep_act) TAKE(act_scratch, N * F);
+    if (whole && !keep_act) TAKE(act_scratch, N * F);
     a->ffn_rows = p; p += rows;
     a->ffn_threads = nth;
     for (int l = 0; l < n_sets; l++) {
@@ -207,7 +209,11 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     if (train) {
         TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
         TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
-        if (unfused) { TAKE(a->d_f1, N * F); TAKE(a->d_f2, N * F); }
+        /* d_f1 is the forward's GELU output buffer again when that is not kept */
+        if (whole) {
+            if (keep_act) TAKE(a->d_f1, N * F); else a->d_f1 = act_scratch;
+            TAKE(a->d_f2, N * F);
+        }
         if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); a->d_gate = (double *)p; p += R16(4 * (size_t)B); }
     }
 #undef TAKE
@@ -526,7 +532,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         add_inplace(A->res1, x, NC);
         layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
         /* res2 = dropout(gelu(ln1 Wi^T + bi) Wf^T + bf) (+ ffn.out deltas) + ln1 */
-        if (ffn_fused(run, G, l))
+        if (ffn_fused(run, G, l) && (kernels_bf16() || !A->ffn_act))
             ffn_fused_forward(m, a, A, W, N);
         else {
             linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
@@ -609,7 +615,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
         layernorm_backward(d_ln1, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
         block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_key, ph, NC, N);
-        if (ffn_fused(run, G ? g : NULL, l))
+        if (ffn_fused(run, G ? g : NULL, l) && (kernels_bf16() || !A->ffn_act))
             ffn_fused_backward(m, a, A, W, d_blk, d_ln1, N);
         else {
             linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf,

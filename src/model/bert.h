@@ -36,7 +36,7 @@ typedef struct bert_layer_acts {
     float *ln1_mean, *ln1_rstd;          /* (N) */
     float *ffn_pre;          /* (N,F) */
     float *ffn_act;          /* (N,F) gelu(ffn_pre): with BERT_KEEP_FFN_ACT per layer, else
-                                shared scratch with BERT_FFN_UNFUSED, else NULL */
+                                shared scratch if the FFN runs whole-batch, else NULL */
     float *res2;             /* (N,C) dropout(FFN out) + ln1 */
     float *ln2_mean, *ln2_rstd;          /* (N) */
     uint64_t attn_key, ffn_key;         /* hidden dropout streams (training; masks drawn again) */
@@ -49,7 +49,8 @@ typedef struct bert_layer_acts {
  * attention context (input of attn.o: its weight gradient or deltas there)
  * and the GELU output (input of ffn.down, and ffn.act's scale deltas).
  * BERT_FFN_UNFUSED: some layer's FFN has deltas or trained weights, so it
- * runs whole-batch with (N,F) scratch instead of the fused row blocks. */
+ * runs whole-batch with (N,F) scratch instead of the fused row blocks (fp32
+ * runs whole-batch too: OpenBLAS packs the weight again for every block). */
 enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2, BERT_FFN_UNFUSED = 4 };
 
 /* Rows per block of the fused FFN (see bert.c: ffn_fused_forward) */
@@ -71,7 +72,7 @@ typedef struct bert_acts {
     int ffn_threads;         /* threads ffn_rows has room for */
     /* backward scratch (training only) */
     float *d_a, *d_b, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
-    float *d_f1, *d_f2;                           /* (N,F) (BERT_FFN_UNFUSED) */
+    float *d_f1, *d_f2;                           /* (N,F) (whole-batch FFN) */
     float *d_kext, *d_vext;                       /* (B,P+T,C) */
     double *d_gate;                               /* (B,2) prefix gates' gradients / length */
     bert_layer_acts *layer;
