@@ -302,10 +302,13 @@ KERN_BF16 static void gemm_bf16_gelu_grad(const epi *e, const float *A, int lda,
  * epilogue runs a few vectors per k step during the NEXT output block's tile
  * loop; the NEXT row block's A is converted to bf16 a row chunk per k step
  * during this one. A blocks and output blocks are double-buffered in the
- * thread's scratch. That gains 15-25% at K = 1536 and little at K = 384. The
- * GELU epilogues' arithmetic (~35 cycles per 16 values) still adds nearly its
- * full time: 512-bit vector work and TDPBF16PS compete for issue ports, so
- * there the fusion saves the memory passes and zeroing, not the arithmetic.
+ * thread's scratch. At the MiniLM shapes (N = 2048, 2 threads) that took
+ * 1.4-1.9 to 1.8-2.25 TFLOPS, except 384 x 384 accumulating into out (about
+ * 5-10% slower: the epilogue's reads of out, spread over the k loop, are
+ * latency-bound). The GELU epilogues' arithmetic (~35 cycles per 16 values)
+ * still adds nearly its full time: 512-bit vector work and TDPBF16PS compete
+ * for issue ports, so there the fusion saves the memory passes and zeroing,
+ * not the arithmetic.
  * The A block is kept in tile order (each 16 x 32 bf16 tile contiguous,
  * 1 KiB), so its tile loads are unit-stride like the B panels'. */
 #include <sys/syscall.h>
