@@ -205,6 +205,42 @@ static void test_matmul(void)
     CHECK(tl_max_abs_diff(a, di, ni) <= 1e-6 && tl_max_abs_diff(b, dw, nw) <= 1e-6 &&
           same_bits(c, db, OC), "matmul_backward: each gradient alone (others NULL) matches");
 
+    /* the input gradient alone: overwritten (accumulate 0, NaN before) or added */
+    float *dx = falloc(ni);
+    for (size_t i = 0; i < ni; i++) dx[i] = NAN;
+    matmul_backward_input(dx, R, w, N, IC, OC, 0);
+    double e0 = rel_err(dx, gi, ni);
+    memcpy(dx, di0, ni * sizeof(float));
+    matmul_backward_input(dx, R, w, N, IC, OC, 1);
+    CHECK(e0 <= GRAD_TOL && grad_err(dx, di0, gi, ni) <= GRAD_TOL,
+          "matmul_backward_input vs FD: accumulate 0 err %g, accumulate 1 err %g", e0, grad_err(dx, di0, gi, ni));
+
+    /* the FFN pair: pre is matmul_forward's, act gelu_forward's, bit for bit;
+     * dpre = (R w) * gelu'(pre) for a pre of (N, IC) */
+    float *pre = falloc(no), *act = falloc(no), *act2 = falloc(no);
+    for (size_t i = 0; i < no; i++) pre[i] = act[i] = NAN;
+    matmul_forward_gelu(pre, act, inp, w, bias, N, IC, OC);
+    matmul_forward(out, inp, w, bias, N, IC, OC, 0);
+    gelu_forward(act2, out, no);
+    int fwd_same = same_bits(pre, out, no) && same_bits(act, act2, no);
+    matmul_forward_gelu(act2, NULL, inp, w, bias, N, IC, OC);
+    CHECK(fwd_same && same_bits(act2, pre, no),
+          "matmul_forward_gelu = matmul_forward + gelu_forward bit for bit (and act NULL)");
+    float *gp = frand(ni, -4, 4), *dpre = falloc(ni);
+    double *want = dalloc(ni);
+    for (size_t i = 0; i < ni; i++) {
+        double x = gp[i], cdf = 0.5 * (1 + erf(x / sqrt(2.0)));
+        want[i] = gi[i] * (cdf + x * exp(-0.5 * x * x) / sqrt(2 * M_PI));
+        dpre[i] = NAN;
+    }
+    matmul_backward_gelu(dpre, gp, R, w, N, IC, OC);
+    matmul_backward_input(dx, R, w, N, IC, OC, 0);
+    gelu_backward_inplace(dx, gp, ni);
+    CHECK(rel_err(dpre, want, ni) <= GRAD_TOL && tl_max_abs_diff(dpre, dx, ni) == 0,
+          "matmul_backward_gelu vs FD x gelu': err %g; = backward_input + gelu_backward_inplace exactly",
+          rel_err(dpre, want, ni));
+    free(dx); free(pre); free(act); free(act2); free(gp); free(dpre); free(want);
+
     free(inp); free(w); free(bias); free(ctx.inp); free(ctx.w); free(ctx.bias);
     free(ref); free(out); free(o0); free(acc); free(refnb); free(R); free(Rd);
     free(gi); free(gw); free(gb); free(di0); free(dw0); free(db0); free(di); free(dw); free(db);
@@ -259,8 +295,11 @@ static void bf16_case(int N, int IC, int OC, int nthreads)
     for (size_t i = 0; i < no; i++) out[i] = NAN;
     matmul_bf16_forward(out, inp, p, bias, N, IC, OC, 0);
     matmul_bf16_forward(acc, inp, p, NULL, N, IC, OC, 1);
-    int rc = matmul_bf16_backward(dinp, db, dout, p, N, IC, OC);
-    double e_fwd = 0, e_acc = 0, e_bwd = 0, l_fwd = 0, l_bwd = 0;
+    int rc = matmul_bf16_backward(dinp, db, dout, p, N, IC, OC, 1);
+    float *dnew = falloc(ni);   /* accumulate 0: overwritten, NaN must not leak */
+    for (size_t i = 0; i < ni; i++) dnew[i] = NAN;
+    rc |= matmul_bf16_backward(dnew, NULL, dout, p, N, IC, OC, 0);
+    double e_fwd = 0, e_acc = 0, e_bwd = 0, e_new = 0, l_fwd = 0, l_bwd = 0;
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) {
             double s = 0, sa = 0, f = 0;
@@ -286,6 +325,8 @@ static void bf16_case(int N, int IC, int OC, int nthreads)
             }
             size_t i = (size_t)n * IC + k;
             e_bwd = fmax(e_bwd, fabs(dinp[i] - (s + d0[i])) / (sa + 1e-30));
+            e_new = fmax(e_new, fabs(dnew[i] - s) / (sa + 1e-30));
+            if (dnew[i] != dnew[i]) e_new = INFINITY;
             l_bwd = fmax(l_bwd, fabs(dinp[i] - (f + d0[i])) / (sa + 1e-30));
         }
     double e_db = 0;
@@ -294,15 +335,149 @@ static void bf16_case(int N, int IC, int OC, int nthreads)
         for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
         e_db = fmax(e_db, fabs(db[o] - s));
     }
-    CHECK(p && rc == 0 && e_fwd <= 1e-5 && e_acc <= 1e-5 && e_bwd <= 1e-5 && e_db <= 1e-4,
-          "matmul_bf16 N=%d IC=%d OC=%d %d thread(s) vs bf16-rounded double: fwd %.2g, fwd acc %.2g, bwd %.2g, dbias %.2g",
-          N, IC, OC, nthreads, e_fwd, e_acc, e_bwd, e_db);
+    CHECK(p && rc == 0 && e_fwd <= 1e-5 && e_acc <= 1e-5 && e_bwd <= 1e-5 && e_new <= 1e-5 && e_db <= 1e-4,
+          "matmul_bf16 N=%d IC=%d OC=%d %d thread(s) vs bf16-rounded double: fwd %.2g, fwd acc %.2g, "
+          "bwd acc %.2g, bwd %.2g, dbias %.2g", N, IC, OC, nthreads, e_fwd, e_acc, e_bwd, e_new, e_db);
     CHECK(l_fwd <= 1e-2 && l_bwd <= 1e-2,
           "matmul_bf16 N=%d IC=%d OC=%d vs fp32 (loose, <= 1e-2 of sum|a w|): fwd %.2g, bwd %.2g",
           N, IC, OC, l_fwd, l_bwd);
     matmul_bf16_free(p);
     free(inp); free(w); free(bias); free(dout); free(o0); free(d0); free(out); free(acc); free(dinp); free(db);
+    free(dnew);
     omp_set_num_threads(saved);
+}
+
+/* ---- the fused GELU kernels (matmul_bf16_forward_gelu / _backward_gelu) ---- */
+
+/* ref (N,M) = sum_k bf16(a[n][k]) bf16(b(m, k)) in double and mag = sum of the
+ * |products|; b(m, k) = w[m*IC + k] (forward, M = OC, K = IC) or w[k*IC + m]
+ * (backward, M = IC, K = OC) */
+static void ref_bf16(double *ref, double *mag, const float *a, const float *w, int N, int IC, int OC, int bwd)
+{
+    int M = bwd ? IC : OC, K = bwd ? OC : IC;
+    for (int n = 0; n < N; n++)
+        for (int m = 0; m < M; m++) {
+            double s = 0, sa = 0;
+            for (int k = 0; k < K; k++) {
+                double t = bf16d(a[(size_t)n * K + k]) * bf16d(bwd ? w[(size_t)k * IC + m] : w[(size_t)m * IC + k]);
+                s += t; sa += fabs(t);
+            }
+            ref[(size_t)n * M + m] = s;
+            mag[(size_t)n * M + m] = sa + 1e-30;
+        }
+}
+
+/* One run of every bf16 kernel on fixed inputs: pre/act (fused forward),
+ * pre2 (fused forward, act NULL), out (plain forward, bias), dpre (fused
+ * backward), d0 (backward, accumulate 0), d1 (backward, accumulate 1 onto
+ * dbase). Outputs start as NaN, so one that is not written shows. */
+typedef struct { float *pre, *act, *pre2, *out, *dpre, *d0, *d1; } bf16_outs;
+
+static bf16_outs bf16_run(matmul_bf16 *p, const float *inp, const float *bias, const float *dout,
+                          const float *gpre, const float *dbase, int N, int IC, int OC, int *rc)
+{
+    size_t no = (size_t)N * OC, ni = (size_t)N * IC;
+    bf16_outs r = { falloc(no), falloc(no), falloc(no), falloc(no), falloc(ni), falloc(ni), fcopy(dbase, ni) };
+    for (size_t i = 0; i < no; i++) r.pre[i] = r.act[i] = r.pre2[i] = r.out[i] = NAN;
+    for (size_t i = 0; i < ni; i++) r.dpre[i] = r.d0[i] = NAN;
+    matmul_bf16_forward_gelu(r.pre, r.act, inp, p, bias, N, IC, OC);
+    matmul_bf16_forward_gelu(r.pre2, NULL, inp, p, bias, N, IC, OC);
+    matmul_bf16_forward(r.out, inp, p, bias, N, IC, OC, 0);
+    *rc |= matmul_bf16_backward_gelu(r.dpre, gpre, dout, p, N, IC, OC);
+    *rc |= matmul_bf16_backward(r.d0, NULL, dout, p, N, IC, OC, 0);
+    *rc |= matmul_bf16_backward(r.d1, NULL, dout, p, N, IC, OC, 1);
+    return r;
+}
+static void bf16_outs_free(bf16_outs *r)
+{
+    free(r->pre); free(r->act); free(r->pre2); free(r->out); free(r->dpre); free(r->d0); free(r->d1);
+}
+static int bf16_outs_same(const bf16_outs *a, const bf16_outs *b, size_t no, size_t ni)
+{
+    return same_bits(a->pre, b->pre, no) && same_bits(a->act, b->act, no) && same_bits(a->pre2, b->pre2, no) &&
+           same_bits(a->out, b->out, no) && same_bits(a->dpre, b->dpre, ni) && same_bits(a->d0, b->d0, ni) &&
+           same_bits(a->d1, b->d1, ni);
+}
+
+/* The kernels with AMX (if usable) and with AVX-512-BF16, on 1 and 2
+ * threads: against the bf16-rounded double reference (1e-5 of the sum of
+ * |products|: the fp32 accumulation); the GELU parts bit for bit against
+ * gelu_forward / gelu_backward_inplace at the AVX-512 tier on the GEMM's own
+ * output; 1 and 2 threads bit for bit. */
+static void bf16_fused_case(int N, int IC, int OC)
+{
+    size_t ni = (size_t)N * IC, no = (size_t)N * OC;
+    float *inp = frand(ni, -1, 1), *w = frand((size_t)OC * IC, -1, 1), *bias = frand(OC, -1, 1);
+    float *dout = frand(no, -1, 1), *gpre = frand(ni, -4, 4), *dbase = frand(ni, -1, 1);
+    double *rf = dalloc(no), *mf = dalloc(no), *rb = dalloc(ni), *mb = dalloc(ni);
+    ref_bf16(rf, mf, inp, w, N, IC, OC, 0);
+    ref_bf16(rb, mb, dout, w, N, IC, OC, 1);
+    matmul_bf16 *p = matmul_bf16_pack(w, IC, OC);
+    int saved = omp_get_max_threads(), isa = kernels_isa(), amx0 = kernels_bf16_amx(-1);
+    for (int amx = amx0; amx >= 0; amx--) {
+        kernels_bf16_amx(amx);
+        const char *how = amx ? "AMX" : "AVX-512-BF16";
+        int rc = 0;
+        omp_set_num_threads(1);
+        bf16_outs r1 = bf16_run(p, inp, bias, dout, gpre, dbase, N, IC, OC, &rc);
+        omp_set_num_threads(2);
+        bf16_outs r2 = bf16_run(p, inp, bias, dout, gpre, dbase, N, IC, OC, &rc);
+        omp_set_num_threads(saved);
+        double e_pre = 0, e_d0 = 0, e_d1 = 0;
+        for (size_t i = 0; i < no; i++) {
+            double e = fabs(r1.pre[i] - (rf[i] + bias[i % OC])) / mf[i];
+            e_pre = e == e && e < e_pre ? e_pre : e;
+        }
+        for (size_t i = 0; i < ni; i++) {
+            double e = fabs(r1.d0[i] - rb[i]) / mb[i], f = fabs(r1.d1[i] - (rb[i] + dbase[i])) / mb[i];
+            e_d0 = e == e && e < e_d0 ? e_d0 : e;
+            e_d1 = f == f && f < e_d1 ? e_d1 : f;
+        }
+        /* the GELU parts, on the kernel's own GEMM output */
+        kernels_set_isa(KERNELS_ISA_AVX512);
+        float *act = falloc(no), *dpre = fcopy(r1.d0, ni);
+        gelu_forward(act, r1.pre, no);
+        gelu_backward_inplace(dpre, gpre, ni);
+        kernels_set_isa(isa);
+        CHECK(rc == 0 && e_pre <= 1e-5 && e_d0 <= 1e-5 && e_d1 <= 1e-5,
+              "matmul_bf16 fused %s N=%d IC=%d OC=%d vs bf16-rounded double: pre %.2g, bwd accumulate 0 %.2g, "
+              "accumulate 1 %.2g", how, N, IC, OC, e_pre, e_d0, e_d1);
+        CHECK(same_bits(r1.pre, r1.out, no) && same_bits(r1.pre2, r1.out, no) && same_bits(r1.act, act, no),
+              "matmul_bf16_forward_gelu %s N=%d IC=%d OC=%d: pre = matmul_bf16_forward (also with act NULL), "
+              "act = gelu_forward(pre), bit for bit", how, N, IC, OC);
+        CHECK(tl_max_abs_diff(r1.dpre, dpre, ni) == 0,
+              "matmul_bf16_backward_gelu %s N=%d IC=%d OC=%d = backward (accumulate 0) x gelu_backward_inplace, "
+              "bit for bit", how, N, IC, OC);
+        CHECK(bf16_outs_same(&r1, &r2, no, ni), "matmul_bf16 (all kernels) %s N=%d IC=%d OC=%d: 1 and 2 threads "
+              "agree bit for bit", how, N, IC, OC);
+        free(act); free(dpre);
+        bf16_outs_free(&r1); bf16_outs_free(&r2);
+    }
+    kernels_bf16_amx(amx0);
+    matmul_bf16_free(p);
+    free(inp); free(w); free(bias); free(dout); free(gpre); free(dbase); free(rf); free(mf); free(rb); free(mb);
+}
+
+/* kern_scratch (internal to the kernels; declared here to test it): a
+ * per-thread buffer, reused, grown, 64-byte aligned */
+void *kern_scratch(size_t bytes);
+static void test_scratch(void)
+{
+    char *a = kern_scratch(100), *b = kern_scratch(50);
+    int ok = a && a == b && ((uintptr_t)a & 63) == 0;
+    char *c = kern_scratch(3u << 20);
+    ok = ok && c && ((uintptr_t)c & 63) == 0;
+    if (c) { memset(c, 1, 3u << 20); ok = ok && kern_scratch(1000) == c; }
+    char *t[2] = { NULL, NULL };
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(2);
+    #pragma omp parallel
+    {
+        int i = omp_get_thread_num();
+        if (i < 2) { t[i] = kern_scratch(4096); if (t[i]) memset(t[i], i, 4096); }
+    }
+    omp_set_num_threads(saved);
+    CHECK(ok && t[0] && t[1] && t[0] != t[1], "kern_scratch: aligned, reused, grown, one buffer per thread");
 }
 
 static void test_matmul_bf16(void)
@@ -319,6 +494,7 @@ static void test_matmul_bf16(void)
     const int sz[][3] = { {1, 1, 1}, {7, 37, 67}, {13, 33, 17}, {25, 64, 48}, {12, 31, 32}, {50, 96, 130},
                           {33, 65, 40}, {64, 96, 64} };
     int amx0 = kernels_bf16_amx(-1);
+    if (!amx0) printf("# AMX not usable here (CPU or OS): AVX-512-BF16 only\n");
     for (int amx = amx0; amx >= 0; amx--) {   /* AMX tiles (if usable), then AVX-512-BF16 */
         kernels_bf16_amx(amx);
         printf("# matmul_bf16 with %s\n", kernels_bf16_amx(-1) ? "AMX tiles" : "AVX-512-BF16");
@@ -336,6 +512,11 @@ static void test_matmul_bf16(void)
     omp_set_num_threads(saved);
     CHECK(tl_max_abs_diff(r1, r2, (size_t)N * OC) == 0, "matmul_bf16: 1 and 2 threads agree exactly");
     matmul_bf16_free(p); free(inp); free(w); free(r1); free(r2);
+    /* odd sizes and tails: K odd, not a multiple of 32 or 1536 + 1; M over the
+     * AMX GELU block width (384) with a partial block; several row blocks */
+    const int fz[][3] = { {1, 1, 1}, {7, 37, 67}, {33, 65, 40}, {101, 77, 45}, {200, 130, 70},
+                          {70, 401, 97}, {40, 97, 401}, {37, 1001, 50}, {19, 50, 1537} };
+    for (size_t c = 0; c < sizeof fz / sizeof fz[0]; c++) bf16_fused_case(fz[c][0], fz[c][1], fz[c][2]);
 }
 
 static void test_embeddings(void)
@@ -595,6 +776,13 @@ static void test_activations(void)
         if (kind == ACT_GELU || kind == ACT_TANH) {
             act_bwd(kind, NULL, x, out, R, n);
             CHECK(1, "%s_backward with NULL dinp is a no-op", name);
+        }
+        if (kind == ACT_GELU) {   /* replacing: R * gelu'(x), what gelu_backward adds to zeros */
+            float *z = falloc(n), *ip = fcopy(R, n);
+            gelu_backward(z, x, R, n);
+            gelu_backward_inplace(ip, x, n);
+            CHECK(tl_max_abs_diff(ip, z, n) == 0, "gelu_backward_inplace = gelu_backward into zeros");
+            free(z); free(ip);
         }
 
         /* in place: out == inp is how the model may call it */
@@ -1448,7 +1636,9 @@ static size_t tc_elementwise(float *res)
     peftc_rng r; peftc_rng_seed(&r, 4);
     const size_t n = 100003;
     float *x = trand(&r, n, -4, 4), *dout = trand(&r, n, -1, 1), *g = trand(&r, n, -1, 1);
-    memset(res, 0, 13 * n * sizeof(float));
+    memset(res, 0, 14 * n * sizeof(float));
+    memcpy(res + 13 * n, dout, n * sizeof(float));
+    gelu_backward_inplace(res + 13 * n, x, n);
     relu_forward(res + 9 * n, x, n);
     relu_backward(res + 10 * n, x, dout, n);
     silu_forward(res + 11 * n, x, n);
@@ -1472,7 +1662,7 @@ static size_t tc_elementwise(float *res)
     adamw_update(p, dout, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 2);
     for (size_t i = 0; i < n; i++) m[i] += v[i];
     free(x); free(dout); free(g); free(mask); free(v);
-    return 13 * n;
+    return 14 * n;
 }
 
 static size_t tc_dropout_fwd(float *res)
@@ -1587,7 +1777,7 @@ static void test_threads(void)
     thread_check("matmul fwd/bwd", tc_matmul, 1e-4);  /* BLAS may split sums differently */
     thread_check("embeddings fwd/bwd", tc_embeddings, 0);
     thread_check("layernorm fwd/bwd", tc_layernorm, 0);
-    thread_check("gelu/tanh/relu/silu/add/axpy/l2/dropout_bwd/adamw", tc_elementwise, 0);
+    thread_check("gelu/gelu_inplace/tanh/relu/silu/add/axpy/l2/dropout_bwd/adamw", tc_elementwise, 0);
     thread_check("dropout_forward + dropout_backward_inplace", tc_dropout_fwd, 0);
     thread_check("attention fwd/bwd", tc_attention, 0);
     thread_check("attention_train fwd/bwd + mask", tc_attention_train, 0);
@@ -1624,6 +1814,7 @@ int main(void)
     CHECK(kernels_set_isa(KERNELS_ISA_AUTO) <= top && kernels_set_isa(top + 1) == top,
           "kernels_set_isa: AUTO restores the default, a tier above the CPU's is lowered");
     kernels_set_isa(KERNELS_ISA_AUTO);
+    test_scratch();
     test_matmul_bf16();
     return tl_finish();
 }

@@ -9,30 +9,26 @@
 /* Below this many elements a parallel region costs more than it saves. */
 #define ELEMWISE_PAR (1u << 15)
 
-#define SQRT1_2 0.70710678118654752f
-#define INV_SQRT_2PI 0.39894228040143268f
-
 KERN_INLINE void gelu_fwd_body(float *out, const float *inp, size_t n, const int F)
 {
     #pragma omp simd
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + kern_erf(x * SQRT1_2, F));
-    }
+    for (size_t i = 0; i < n; i++) out[i] = kern_gelu(inp[i], F);
 }
 KERN_TIERS(gelu_fwd, (float *out, const float *inp, size_t n), out, inp, n)
 
 KERN_INLINE void gelu_bwd_body(float *dinp, const float *inp, const float *dout, size_t n, const int F)
 {
     #pragma omp simd
-    for (size_t i = 0; i < n; i++) {
-        float x = inp[i];
-        float cdf = 0.5f * (1.0f + kern_erf(x * SQRT1_2, F));
-        float pdf = INV_SQRT_2PI * kern_exp(-0.5f * x * x, F);
-        dinp[i] += dout[i] * kern_madd(x, pdf, cdf, F);
-    }
+    for (size_t i = 0; i < n; i++) dinp[i] += dout[i] * kern_gelu_grad(inp[i], F);
 }
 KERN_TIERS(gelu_bwd, (float *dinp, const float *inp, const float *dout, size_t n), dinp, inp, dout, n)
+
+KERN_INLINE void gelu_bwd_inplace_body(float *d, const float *inp, size_t n, const int F)
+{
+    #pragma omp simd
+    for (size_t i = 0; i < n; i++) d[i] = d[i] * kern_gelu_grad(inp[i], F);
+}
+KERN_TIERS(gelu_bwd_inplace, (float *d, const float *inp, size_t n), d, inp, n)
 
 /* out (n) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)); out may equal inp */
 void gelu_forward(float *out, const float *inp, size_t n)
@@ -58,6 +54,20 @@ void gelu_backward(float *dinp, const float *inp, const float *dout, size_t n)
         size_t s, e;
         kern_split(n, &s, &e);
         if (e > s) f(dinp + s, inp + s, dout + s, e - s);
+    }
+}
+
+/* d (n) = d * (Phi(x) + x * phi(x)) */
+void gelu_backward_inplace(float *d, const float *inp, size_t n)
+{
+    if (!d) return;
+    void (*f)(float *, const float *, size_t) = KERN_PICK(gelu_bwd_inplace);
+    if (n < ELEMWISE_PAR) { f(d, inp, n); return; }
+    #pragma omp parallel
+    {
+        size_t s, e;
+        kern_split(n, &s, &e);
+        if (e > s) f(d + s, inp + s, e - s);
     }
 }
 

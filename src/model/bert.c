@@ -175,10 +175,10 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     if (train) per_layer += MASKF(P);
     if (n_prefix) per_layer += 2 * R16(NK * C) + R16(2 * N) + R16(2 * (size_t)B);
     /* emb, emb_ln, xbuf[2], ln1, hidden (+ ctx, ffn_act scratch) */
-    size_t rows = (size_t)nth * 2 * R16((size_t)BERT_FFN_ROWS * F);
+    size_t rows = (size_t)nth * R16((size_t)BERT_FFN_ROWS * F);
     size_t total = (6 + !keep_ctx) * R16(N * C) + (whole && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
                    (size_t)n_sets * per_layer;
-    if (train) total += 6 * R16(N * C) + (whole ? 1 + keep_act : 0) * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
+    if (train) total += 6 * R16(N * C) + (whole && keep_act) * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
@@ -209,10 +209,9 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     if (train) {
         TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
         TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
-        /* d_f1 is the forward's GELU output buffer again when that is not kept */
+        /* d_f is the forward's GELU output buffer again when that is not kept */
         if (whole) {
-            if (keep_act) TAKE(a->d_f1, N * F); else a->d_f1 = act_scratch;
-            TAKE(a->d_f2, N * F);
+            if (keep_act) TAKE(a->d_f, N * F); else a->d_f = act_scratch;
         }
         if (n_prefix) { TAKE(a->d_kext, NK * C); TAKE(a->d_vext, NK * C); a->d_gate = (double *)p; p += R16(4 * (size_t)B); }
     }
@@ -298,15 +297,15 @@ static void ffn_fused_forward(const peftc_model *m, bert_acts *a, bert_layer_act
     size_t stride = ffn_rows_stride(F);
     #pragma omp parallel num_threads(nth)
     {
-        float *act = a->ffn_rows + (size_t)omp_get_thread_num() * 2 * stride;
+        float *act = a->ffn_rows + (size_t)omp_get_thread_num() * stride;
         #pragma omp for schedule(static)
         for (int b = 0; b < nb; b++) {
             int r0 = b * R, nr = N - r0 < R ? N - r0 : R;
             float *pre = A->ffn_pre + (size_t)r0 * F, *o = A->res2 + (size_t)r0 * C;
             const float *x = a->ln1 + (size_t)r0 * C;
-            if (wi) matmul_bf16_forward(pre, x, wi, W->bi, nr, C, F, 0);
-            else matmul_forward(pre, x, W->wi, W->bi, nr, C, F, 0);
-            gelu_forward(act, pre, (size_t)nr * F);
+            /* the GELU is applied to each output tile while it is in cache */
+            if (wi) matmul_bf16_forward_gelu(pre, act, x, wi, W->bi, nr, C, F);
+            else matmul_forward_gelu(pre, act, x, W->wi, W->bi, nr, C, F);
             if (wf) matmul_bf16_forward(o, act, wf, W->bf, nr, F, C, 0);
             else matmul_forward(o, act, W->wf, W->bf, nr, F, C, 0);
         }
@@ -326,20 +325,17 @@ static void ffn_fused_backward(const peftc_model *m, bert_acts *a, bert_layer_ac
     size_t stride = ffn_rows_stride(F);
     #pragma omp parallel num_threads(nth)
     {
-        float *dact = a->ffn_rows + (size_t)omp_get_thread_num() * 2 * stride, *dpre = dact + stride;
+        float *dpre = a->ffn_rows + (size_t)omp_get_thread_num() * stride;
         #pragma omp for schedule(static)
         for (int b = 0; b < nb; b++) {
             int r0 = b * R, nr = N - r0 < R ? N - r0 : R;
-            size_t nf = (size_t)nr * F;
-            const float *dh = d_blk + (size_t)r0 * C;
-            memset(dact, 0, nf * sizeof(float));
-            if (!wf || matmul_bf16_backward(dact, NULL, dh, wf, nr, F, C))
-                matmul_backward(dact, NULL, NULL, dh, NULL, W->wf, nr, F, C);
-            memset(dpre, 0, nf * sizeof(float));
-            gelu_backward(dpre, A->ffn_pre + (size_t)r0 * F, dact, nf);
+            const float *dh = d_blk + (size_t)r0 * C, *pre = A->ffn_pre + (size_t)r0 * F;
+            /* dpre = (dh Wf) * gelu'(pre), the factor applied per output tile */
+            if (!wf || matmul_bf16_backward_gelu(dpre, pre, dh, wf, nr, F, C))
+                matmul_backward_gelu(dpre, pre, dh, W->wf, nr, F, C);
             float *dx = d_ln1 + (size_t)r0 * C;
-            if (!wi || matmul_bf16_backward(dx, NULL, dpre, wi, nr, C, F))
-                matmul_backward(dx, NULL, NULL, dpre, NULL, W->wi, nr, C, F);
+            if (!wi || matmul_bf16_backward(dx, NULL, dpre, wi, nr, C, F, 1))
+                matmul_backward_input(dx, dpre, W->wi, nr, C, F, 1);
         }
     }
 }
@@ -560,10 +556,11 @@ static void linear_site_backward(const peftc_model *m, const bert_run *run, int 
         accumulate = 1;
         delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
     }
-    if (dx && !accumulate) memset(dx, 0, (size_t)N * IC * sizeof(float));
     matmul_bf16 *wb = bf16_weight_bwd(m, bf, bwd_packed, !dw, w, IC, OC);
-    if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC))
-        matmul_backward(dx, dw, db, dh, x, w, N, IC, OC);
+    if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC, accumulate)) {
+        if (dx) matmul_backward_input(dx, dh, w, N, IC, OC, accumulate);
+        if (dw || db) matmul_backward(NULL, dw, db, dh, x, w, N, IC, OC);
+    }
 }
 
 /* Gradient through a residual block output h (+ deltas at a block site) then
@@ -618,13 +615,12 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         if (ffn_fused(run, G ? g : NULL, l) && (kernels_bf16() || !A->ffn_act))
             ffn_fused_backward(m, a, A, W, d_blk, d_ln1, N);
         else {
-            linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f1, 0, A->ffn_act, W->wf, g->wf, g->bf,
+            linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f, 0, A->ffn_act, W->wf, g->wf, g->bf,
                                  &W->bf16[5], &W->bf16_bwd_packed[5], N, F, C);
             if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
-                delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f1, NULL, N);
-            memset(a->d_f2, 0, NF * sizeof(float));
-            gelu_backward(a->d_f2, A->ffn_pre, a->d_f1, NF);
-            linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f2, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi,
+                delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f, NULL, N);
+            gelu_backward_inplace(a->d_f, A->ffn_pre, NF);
+            linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi,
                                  &W->bf16[4], &W->bf16_bwd_packed[4], N, C, F);
         }
         /* ln1 = LN1(res1), res1 = dropout(attn) + x: d_x starts as d_res1, in dout's buffer */

@@ -68,11 +68,11 @@ typedef struct bert_acts {
     float *xbuf[2];          /* (N,C) layer outputs in turn; the backward's recomputed inputs */
     float *ln1;              /* (N,C) the current layer's ln1 */
     float *hidden;           /* (N,C) the last layer's output */
-    float *ffn_rows;         /* fused FFN: per thread 2 x (BERT_FFN_ROWS, F) */
+    float *ffn_rows;         /* fused FFN: per thread (BERT_FFN_ROWS, F) */
     int ffn_threads;         /* threads ffn_rows has room for */
     /* backward scratch (training only) */
     float *d_a, *d_b, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
-    float *d_f1, *d_f2;                           /* (N,F) (whole-batch FFN) */
+    float *d_f;                                   /* (N,F) (whole-batch FFN) */
     float *d_kext, *d_vext;                       /* (B,P+T,C) */
     double *d_gate;                               /* (B,2) prefix gates' gradients / length */
     bert_layer_acts *layer;
