@@ -1,6 +1,7 @@
 /* kernels_bench.c: ms per call of the kernels at the shapes of one training
  * step of all-MiniLM-L6-v2 (6 layers, C=384, 12 heads of 32, FFN 1536) at
- * batch 32 x seq 64, plus attention at B=16 x T=128 and B=2 x T=512.
+ * batch 32 x seq 64, plus attention at B=16 x T=128 and B=2 x T=512, and
+ * attention with a prefix of 20 keys (prefix tuning) at batch 32 x seq 64.
  *
  * Each kernel is run REPS times in bursts; the minimum time per call over the
  * bursts is printed (other jobs may share the cores). Built and run by
@@ -80,21 +81,21 @@ static void run(const char *name, bench_fn f, void *ctx, double per_step)
 /* ------------------------------------------------------------- attention */
 
 typedef struct {
-    int B, T, C, NH;
+    int B, T, C, NH, P;   /* P: prefix keys (k, v, dk, dv are (B,P+T,C)) */
     float *q, *k, *v, *out, *probs, *dout, *dq, *dk, *dv;
     uint8_t *mask;
     int *lens;
     float p;
 } att_ctx;
 
-static void att_init(att_ctx *a, int B, int T, int C, int NH, int padded)
+static void att_init(att_ctx *a, int B, int T, int P, int C, int NH, int padded)
 {
-    a->B = B; a->T = T; a->C = C; a->NH = NH; a->p = 0.1f;
-    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
-    a->q = frand(n, -1, 1, 1); a->k = frand(n, -1, 1, 2); a->v = frand(n, -1, 1, 3);
+    a->B = B; a->T = T; a->P = P; a->C = C; a->NH = NH; a->p = 0.1f;
+    size_t n = (size_t)B * T * C, nk = (size_t)B * (P + T) * C, np = (size_t)B * NH * T * (P + T);
+    a->q = frand(n, -1, 1, 1); a->k = frand(nk, -1, 1, 2); a->v = frand(nk, -1, 1, 3);
     a->dout = frand(n, -1, 1, 4);
     a->out = calloc(n, sizeof(float)); a->probs = calloc(np, sizeof(float));
-    a->dq = calloc(n, sizeof(float)); a->dk = calloc(n, sizeof(float)); a->dv = calloc(n, sizeof(float));
+    a->dq = calloc(n, sizeof(float)); a->dk = calloc(nk, sizeof(float)); a->dv = calloc(nk, sizeof(float));
     a->mask = calloc(np, 1);
     a->lens = malloc(B * sizeof(int));
     peftc_rng r;
@@ -131,6 +132,24 @@ static void b_att_bwd_train(void *c)
     att_ctx *a = c;
     attention_backward_train(a->dq, a->dk, a->dv, a->dout, a->probs, a->mask, a->q, a->k, a->v,
                              a->lens, a->B, a->T, a->C, a->NH, a->p);
+}
+
+static void b_att_fwd_prefix(void *c)
+{
+    att_ctx *a = c;
+    attention_forward_prefix(a->out, a->probs, a->mask, a->q, a->k, a->v, a->lens, a->B, a->T, a->P, a->C,
+                             a->NH, a->p, 42);
+}
+static void b_att_bwd_prefix(void *c)
+{
+    att_ctx *a = c;
+    attention_backward_prefix(a->dq, a->dk, a->dv, a->dout, a->probs, a->mask, a->q, a->k, a->v, a->lens,
+                              a->B, a->T, a->P, a->C, a->NH, a->p);
+}
+static void b_att_prefix_step(void *c)
+{
+    b_att_fwd_prefix(c);
+    b_att_bwd_prefix(c);
 }
 
 /* The alternative considered for attention: cblas_sgemm per (batch, head),
@@ -180,7 +199,7 @@ static void bench_attention(int B, int T, int padded, double per_step)
 {
     att_ctx a;
     char name[80];
-    att_init(&a, B, T, 384, 12, padded);
+    att_init(&a, B, T, 0, 384, 12, padded);
     const char *pd = padded ? " pad" : "";
     snprintf(name, sizeof name, "attention_forward B%d T%d%s", B, T, pd);
     run(name, b_att_fwd, &a, per_step);
@@ -195,6 +214,27 @@ static void bench_attention(int B, int T, int padded, double per_step)
         run(name, b_att_fwd_blas_gemms, &a, 0);
         snprintf(name, sizeof name, "cblas gemms only (bwd) B%d T%d", B, T);
         run(name, b_att_bwd_blas_gemms, &a, 0);
+    }
+    att_free(&a);
+}
+
+/* prefix attention (P-tuning v2 / prefix tuning / MAM / UniPELT), without
+ * and with attention dropout */
+static void bench_attention_prefix(int B, int T, int P, int padded, double per_step)
+{
+    att_ctx a;
+    char name[80];
+    att_init(&a, B, T, P, 384, 12, padded);
+    const char *pd = padded ? " pad" : "";
+    for (int drop = 0; drop <= 1; drop++) {
+        a.p = drop ? 0.1f : 0.0f;
+        const char *dn = drop ? " p.1" : "";
+        snprintf(name, sizeof name, "attn_prefix fwd B%d T%d P%d%s%s", B, T, P, pd, dn);
+        run(name, b_att_fwd_prefix, &a, per_step);
+        snprintf(name, sizeof name, "attn_prefix bwd B%d T%d P%d%s%s", B, T, P, pd, dn);
+        run(name, b_att_bwd_prefix, &a, per_step);
+        snprintf(name, sizeof name, "attn_prefix fwd+bwd B%d T%d P%d%s%s", B, T, P, pd, dn);
+        run(name, b_att_prefix_step, &a, per_step);
     }
     att_free(&a);
 }
@@ -274,6 +314,8 @@ int main(int argc, char **argv)
     bench_attention(B, T, 1, 0);
     bench_attention(16, 128, 0, 0);
     bench_attention(2, 512, 0, 0);
+    bench_attention_prefix(B, T, 20, 0, L);
+    bench_attention_prefix(B, T, 20, 1, 0);
 
     ew_ctx e = ew_make((size_t)N * F, N, C);
     run("gelu_forward N*F", b_gelu_fwd, &e, L);

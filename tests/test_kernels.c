@@ -796,9 +796,11 @@ static void test_activations(void)
 
 /* --------------------------------------------------------------- attention */
 
-/* mask (B,NH,T,T) NULL for plain attention; else weights probs * mask * invk */
+/* k, v (B,P+T,C) with P prefix keys every query attends (P = 0: plain
+ * self-attention); mask (B,NH,T,P+T) NULL without dropout, else the weights
+ * are probs * mask * invk */
 typedef struct {
-    double *q, *k, *v; const int *lens; int B, T, C, NH;
+    double *q, *k, *v; const int *lens; int B, T, P, C, NH;
     const uint8_t *mask; double invk;
 } att_ctx;
 
@@ -808,35 +810,35 @@ static int clamp_len(const int *lens, int b, int T)
     return L < 0 ? 0 : L > T ? T : L;
 }
 
-/* out (B,T,C), probs (B,NH,T,T) or NULL */
+/* out (B,T,C), probs (B,NH,T,P+T) or NULL */
 static void ref_attention_full(const att_ctx *a, double *out, double *probs)
 {
-    int B = a->B, T = a->T, C = a->C, NH = a->NH, hd = C / NH;
+    int B = a->B, T = a->T, P = a->P, Tk = P + T, C = a->C, NH = a->NH, hd = C / NH;
     double sc = 1 / sqrt((double)hd);
-    double *p = dalloc(T);
+    double *p = dalloc(Tk);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                int L = clamp_len(a->lens, b, T);
+                int L = P + clamp_len(a->lens, b, T);
                 const double *qt = a->q + ((size_t)b * T + t) * C + h * hd;
                 double mx = -INFINITY, sum = 0;
                 for (int j = 0; j < L; j++) {
-                    const double *kj = a->k + ((size_t)b * T + j) * C + h * hd;
+                    const double *kj = a->k + ((size_t)b * Tk + j) * C + h * hd;
                     double s = 0;
                     for (int d = 0; d < hd; d++) s += qt[d] * kj[d];
                     p[j] = s * sc;
                     if (p[j] > mx) mx = p[j];
                 }
                 for (int j = 0; j < L; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
-                for (int j = 0; j < T; j++) p[j] = j < L ? p[j] / sum : 0;
-                size_t row = (((size_t)b * NH + h) * T + t) * T;
-                if (probs) memcpy(probs + row, p, T * sizeof(double));
+                for (int j = 0; j < Tk; j++) p[j] = j < L ? p[j] / sum : 0;
+                size_t row = (((size_t)b * NH + h) * T + t) * Tk;
+                if (probs) memcpy(probs + row, p, Tk * sizeof(double));
                 double *o = out + ((size_t)b * T + t) * C + h * hd;
                 for (int d = 0; d < hd; d++) {
                     double s = 0;
                     for (int j = 0; j < L; j++) {
                         double wj = a->mask ? p[j] * a->mask[row + j] * a->invk : p[j];
-                        s += wj * a->v[((size_t)b * T + j) * C + h * hd + d];
+                        s += wj * a->v[((size_t)b * Tk + j) * C + h * hd + d];
                     }
                     o[d] = s;
                 }
@@ -845,32 +847,33 @@ static void ref_attention_full(const att_ctx *a, double *out, double *probs)
 }
 static void ref_attention(void *vctx, double *out) { ref_attention_full(vctx, out, NULL); }
 
-/* analytic double backward (used where FD would be too slow); overwrites dq, dk, dv */
+/* analytic double backward (used where FD would be too slow); overwrites dq
+ * (B,T,C), dk and dv (B,P+T,C) */
 static void ref_attention_backward(const att_ctx *a, const double *dout,
                                    double *dq, double *dk, double *dv)
 {
-    int B = a->B, T = a->T, C = a->C, NH = a->NH, hd = C / NH;
-    size_t n = (size_t)B * T * C;
+    int B = a->B, T = a->T, Tk = a->P + T, C = a->C, NH = a->NH, hd = C / NH;
+    size_t n = (size_t)B * T * C, nk = (size_t)B * Tk * C;
     double sc = 1 / sqrt((double)hd);
-    double *out = dalloc(n), *probs = dalloc((size_t)B * NH * T * T), *dp = dalloc(T);
+    double *out = dalloc(n), *probs = dalloc((size_t)B * NH * T * Tk), *dp = dalloc(Tk);
     ref_attention_full(a, out, probs);
-    memset(dq, 0, n * sizeof(double)); memset(dk, 0, n * sizeof(double)); memset(dv, 0, n * sizeof(double));
+    memset(dq, 0, n * sizeof(double)); memset(dk, 0, nk * sizeof(double)); memset(dv, 0, nk * sizeof(double));
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
-                size_t row = (((size_t)b * NH + h) * T + t) * T;
+                size_t row = (((size_t)b * NH + h) * T + t) * Tk;
                 const double *p = probs + row;
                 size_t rt = ((size_t)b * T + t) * C + h * hd;
                 double D = 0;
-                for (int j = 0; j < T; j++) {
-                    size_t rj = ((size_t)b * T + j) * C + h * hd;
+                for (int j = 0; j < Tk; j++) {
+                    size_t rj = ((size_t)b * Tk + j) * C + h * hd;
                     double s = 0;
                     for (int d = 0; d < hd; d++) s += dout[rt + d] * a->v[rj + d];
                     dp[j] = a->mask ? s * a->mask[row + j] * a->invk : s;   /* dL/dP */
                     D += p[j] * dp[j];
                 }
-                for (int j = 0; j < T; j++) {
-                    size_t rj = ((size_t)b * T + j) * C + h * hd;
+                for (int j = 0; j < Tk; j++) {
+                    size_t rj = ((size_t)b * Tk + j) * C + h * hd;
                     double ds = p[j] * (dp[j] - D) * sc;
                     double wj = a->mask ? p[j] * a->mask[row + j] * a->invk : p[j];
                     for (int d = 0; d < hd; d++) {
@@ -883,37 +886,55 @@ static void ref_attention_backward(const att_ctx *a, const double *dout,
     free(out); free(probs); free(dp);
 }
 
-/* kernel forward+backward on random data against the double reference
- * (forward, probs and analytic backward), plus the NULL-gradient check */
-static void attention_vs_ref(const char *name, int B, int T, int NH, int hd, const int *lens, float pdrop)
+/* The kernel under test: the prefix entry points if prefix (any P), else the
+ * plain / train ones (P must be 0). mask NULL: no dropout. */
+static void att_fwd(int prefix, float *out, float *probs, uint8_t *mask, const float *q, const float *k,
+                    const float *v, const int *lens, int B, int T, int P, int C, int NH, float p, uint64_t seed)
 {
-    int C = NH * hd;
-    size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
-    float *q = frand(n, -1, 1), *k = frand(n, -1, 1), *v = frand(n, -1, 1), *R = frand(n, -1, 1);
+    if (prefix) attention_forward_prefix(out, probs, mask, q, k, v, lens, B, T, P, C, NH, mask ? p : 0.0f, seed);
+    else if (mask) attention_forward_train(out, probs, mask, q, k, v, lens, B, T, C, NH, p, seed);
+    else attention_forward(out, probs, q, k, v, lens, B, T, C, NH);
+}
+static void att_bwd(int prefix, float *dq, float *dk, float *dv, const float *dout, const float *probs,
+                    const uint8_t *mask, const float *q, const float *k, const float *v, const int *lens,
+                    int B, int T, int P, int C, int NH, float p)
+{
+    if (prefix)
+        attention_backward_prefix(dq, dk, dv, dout, probs, mask, q, k, v, lens, B, T, P, C, NH, mask ? p : 0.0f);
+    else if (mask) attention_backward_train(dq, dk, dv, dout, probs, mask, q, k, v, lens, B, T, C, NH, p);
+    else attention_backward(dq, dk, dv, dout, probs, q, k, v, lens, B, T, C, NH);
+}
+
+/* kernel forward+backward on random data against the double reference
+ * (forward, probs and analytic backward), plus the NULL-gradient check;
+ * P > 0 (or prefix) goes through the prefix entry points */
+static void attention_vs_ref(const char *name, int B, int T, int P, int NH, int hd, const int *lens,
+                             float pdrop, int prefix)
+{
+    int C = NH * hd, Tk = P + T;
+    prefix = prefix || P > 0;
+    size_t n = (size_t)B * T * C, nk = (size_t)B * Tk * C, np = (size_t)B * NH * T * Tk;
+    float *q = frand(n, -1, 1), *k = frand(nk, -1, 1), *v = frand(nk, -1, 1), *R = frand(n, -1, 1);
     uint8_t *mask = pdrop > 0 ? xcalloc(np, 1) : NULL;
     float *out = falloc(n), *probs = falloc(np);
-    if (mask) attention_forward_train(out, probs, mask, q, k, v, lens, B, T, C, NH, pdrop, 77);
-    else attention_forward(out, probs, q, k, v, lens, B, T, C, NH);
-    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, C, NH, mask, 1.0 / (1.0 - pdrop) };
-    double *ro = dalloc(n), *rp = dalloc(np), *gq = dalloc(n), *gk = dalloc(n), *gv = dalloc(n);
+    att_fwd(prefix, out, probs, mask, q, k, v, lens, B, T, P, C, NH, pdrop, 77);
+    att_ctx ctx = { f2d(q, n), f2d(k, nk), f2d(v, nk), lens, B, T, P, C, NH, mask, 1.0 / (1.0 - pdrop) };
+    double *ro = dalloc(n), *rp = dalloc(np), *gq = dalloc(n), *gk = dalloc(nk), *gv = dalloc(nk);
     double *Rd = f2d(R, n);
     ref_attention_full(&ctx, ro, rp);
     ref_attention_backward(&ctx, Rd, gq, gk, gv);
     CHECK(rel_err(out, ro, n) <= 1e-5 && rel_err(probs, rp, np) <= 1e-5,
           "%s: forward out err %g, probs err %g", name, rel_err(out, ro, n), rel_err(probs, rp, np));
-    float *z = falloc(n), *dq = falloc(n), *dk = falloc(n), *dv = falloc(n);
-#define ATT_BWD(a_, b_, c_) (mask ? attention_backward_train(a_, b_, c_, R, probs, mask, q, k, v, lens, B, T, C, NH, pdrop) \
-                              : attention_backward(a_, b_, c_, R, probs, q, k, v, lens, B, T, C, NH))
-    ATT_BWD(dq, dk, dv);
-    CHECK(grad_err(dq, z, gq, n) <= GRAD_TOL && grad_err(dk, z, gk, n) <= GRAD_TOL &&
-          grad_err(dv, z, gv, n) <= GRAD_TOL, "%s: backward vs double reference: err dq %g dk %g dv %g",
-          name, grad_err(dq, z, gq, n), grad_err(dk, z, gk, n), grad_err(dv, z, gv, n));
-    float *a = falloc(n), *b = falloc(n), *c = falloc(n);
-    ATT_BWD(a, NULL, NULL);
-    ATT_BWD(NULL, b, NULL);
-    ATT_BWD(NULL, NULL, c);
-#undef ATT_BWD
-    CHECK(same_bits(a, dq, n) && same_bits(b, dk, n) && same_bits(c, dv, n),
+    float *z = falloc(nk), *dq = falloc(n), *dk = falloc(nk), *dv = falloc(nk);
+    att_bwd(prefix, dq, dk, dv, R, probs, mask, q, k, v, lens, B, T, P, C, NH, pdrop);
+    CHECK(grad_err(dq, z, gq, n) <= GRAD_TOL && grad_err(dk, z, gk, nk) <= GRAD_TOL &&
+          grad_err(dv, z, gv, nk) <= GRAD_TOL, "%s: backward vs double reference: err dq %g dk %g dv %g",
+          name, grad_err(dq, z, gq, n), grad_err(dk, z, gk, nk), grad_err(dv, z, gv, nk));
+    float *a = falloc(n), *b = falloc(nk), *c = falloc(nk);
+    att_bwd(prefix, a, NULL, NULL, R, probs, mask, q, k, v, lens, B, T, P, C, NH, pdrop);
+    att_bwd(prefix, NULL, b, NULL, R, probs, mask, q, k, v, lens, B, T, P, C, NH, pdrop);
+    att_bwd(prefix, NULL, NULL, c, R, probs, mask, q, k, v, lens, B, T, P, C, NH, pdrop);
+    CHECK(same_bits(a, dq, n) && same_bits(b, dk, nk) && same_bits(c, dv, nk),
           "%s: each gradient alone (others NULL) matches", name);
     free(mask); free(q); free(k); free(v); free(R); free(ctx.q); free(ctx.k); free(ctx.v);
     free(ro); free(rp); free(gq); free(gk); free(gv); free(Rd); free(out); free(probs);
@@ -926,7 +947,7 @@ static void test_attention(void)
     const int lens[4] = { 7, 4, 1, 0 };
     size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
     float *q = frand(n, -1.5f, 1.5f), *k = frand(n, -1.5f, 1.5f), *v = frand(n, -1, 1);
-    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, C, NH, NULL, 1 };
+    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, 0, C, NH, NULL, 1 };
     double *ro = dalloc(n), *rp = dalloc(np);
     ref_attention_full(&ctx, ro, rp);
 
@@ -995,20 +1016,20 @@ static void test_attention(void)
     /* realistic head size with a tail, and the long-sequence backward path
      * (more keys than the kernel keeps dP for on the stack) */
     const int lens2[2] = { 40, 23 };
-    attention_vs_ref("attention hd=33 T=40", 2, 40, 3, 33, lens2, 0.0f);
-    attention_vs_ref("attention_train p=0.2 hd=33 T=40", 2, 40, 3, 33, lens2, 0.2f);
+    attention_vs_ref("attention hd=33 T=40", 2, 40, 0, 3, 33, lens2, 0.0f, 0);
+    attention_vs_ref("attention_train p=0.2 hd=33 T=40", 2, 40, 0, 3, 33, lens2, 0.2f, 0);
     const int lens3[3] = { 1100, 512, 513 };   /* either side of the kernel's stack bound */
-    attention_vs_ref("attention T=1100 lens 1100/512/513 (both backward paths)", 3, 1100, 2, 3, lens3, 0.0f);
-    attention_vs_ref("attention_train p=0.1 T=1100 (both backward paths)", 3, 1100, 2, 3, lens3, 0.1f);
+    attention_vs_ref("attention T=1100 lens 1100/512/513 (both backward paths)", 3, 1100, 0, 2, 3, lens3, 0.0f, 0);
+    attention_vs_ref("attention_train p=0.1 T=1100 (both backward paths)", 3, 1100, 0, 2, 3, lens3, 0.1f, 0);
     /* BERT's head size at T = 64 (whole-vector rows, full micro-kernel
      * panels) with padded lengths on and off the 16-lane grid; and T = 300,
      * where the blocked passes take the queries in several blocks */
     const int lens4[3] = { 64, 40, 17 };
-    attention_vs_ref("attention hd=32 T=64 lens 64/40/17", 3, 64, 2, 32, lens4, 0.0f);
-    attention_vs_ref("attention_train p=0.1 hd=32 T=64 lens 64/40/17", 3, 64, 2, 32, lens4, 0.1f);
+    attention_vs_ref("attention hd=32 T=64 lens 64/40/17", 3, 64, 0, 2, 32, lens4, 0.0f, 0);
+    attention_vs_ref("attention_train p=0.1 hd=32 T=64 lens 64/40/17", 3, 64, 0, 2, 32, lens4, 0.1f, 0);
     const int lens5[2] = { 300, 161 };
-    attention_vs_ref("attention hd=16 T=300 (query blocks)", 2, 300, 2, 16, lens5, 0.0f);
-    attention_vs_ref("attention_train p=0.3 hd=16 T=300 (query blocks)", 2, 300, 2, 16, lens5, 0.3f);
+    attention_vs_ref("attention hd=16 T=300 (query blocks)", 2, 300, 0, 2, 16, lens5, 0.0f, 0);
+    attention_vs_ref("attention_train p=0.3 hd=16 T=300 (query blocks)", 2, 300, 0, 2, 16, lens5, 0.3f, 0);
 
     free(q); free(k); free(v); free(ctx.q); free(ctx.k); free(ctx.v); free(ro); free(rp);
     free(out); free(probs); free(R); free(Rd); free(gq); free(gk); free(gv);
@@ -1047,7 +1068,7 @@ static void test_attention_train(void)
                 }
     CHECK(seq_ok, "attention_forward_train: mask = counter-based draws keyed by seed (0 on padded keys)");
 
-    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, C, NH, mask, 1.0 / (1.0 - p) };
+    att_ctx ctx = { f2d(q, n), f2d(k, n), f2d(v, n), lens, B, T, 0, C, NH, mask, 1.0 / (1.0 - p) };
     double *ro = dalloc(n);
     ref_attention(&ctx, ro);
     CHECK(rel_err(out, ro, n) <= 1e-5, "attention_forward_train out = (probs*mask/(1-p)) v: err %g (kept %d/%d)",
@@ -1111,6 +1132,147 @@ static void test_attention_train(void)
     free(ctx.q); free(ctx.k); free(ctx.v); free(ro); free(R); free(Rd); free(gq); free(gk); free(gv);
     free(dq0); free(dk0); free(dv0); free(dq); free(dk); free(dv); free(dq2); free(dk2); free(dv2);
     free(a); free(b); free(c);
+}
+
+/* Attention with a prefix (prefix tuning, P-tuning v2, MAM, UniPELT): k and v
+ * are (B,P+T,C), their first P rows attended by every query. */
+static void test_attention_prefix(void)
+{
+    /* finite differences on a small case: odd sizes, a padded and an empty
+     * sequence (which still attends the prefix) */
+    {
+        const int B = 3, T = 5, P = 3, NH = 2, hd = 5, C = NH * hd, Tk = P + T;
+        const int lens[3] = { 5, 2, 0 };
+        const uint64_t seed = 0x5EED0F;
+        size_t n = (size_t)B * T * C, nk = (size_t)B * Tk * C, np = (size_t)B * NH * T * Tk;
+        float *q = frand(n, -1.5f, 1.5f), *k = frand(nk, -1.5f, 1.5f), *v = frand(nk, -1, 1);
+        float *R = frand(n, -1, 1), *out = falloc(n), *probs = falloc(np), *probs0 = falloc(np);
+        uint8_t *mask = xcalloc(np, 1);
+        double *Rd = f2d(R, n);
+        for (int drop = 0; drop <= 1; drop++) {
+            const float p = drop ? 0.3f : 0.0f;
+            const char *tag = drop ? "prefix attention p=0.3" : "prefix attention";
+            for (size_t i = 0; i < np; i++) probs[i] = NAN;   /* every entry must be written */
+            memset(mask, 9, np);
+            attention_forward_prefix(out, probs, drop ? mask : NULL, q, k, v, lens, B, T, P, C, NH, p, seed);
+            att_ctx ctx = { f2d(q, n), f2d(k, nk), f2d(v, nk), lens, B, T, P, C, NH, drop ? mask : NULL,
+                            1.0 / (1.0 - p) };
+            double *ro = dalloc(n), *rp = dalloc(np);
+            ref_attention_full(&ctx, ro, rp);
+            CHECK(rel_err(out, ro, n) <= 1e-5 && rel_err(probs, rp, np) <= 1e-5,
+                  "%s P=%d: out err %g, probs err %g", tag, P, rel_err(out, ro, n), rel_err(probs, rp, np));
+            int rows_ok = 1;
+            for (int b = 0; b < B; b++)
+                for (size_t r = 0; r < (size_t)NH * T; r++) {
+                    const float *pr = probs + ((size_t)b * NH * T + r) * Tk;
+                    double sum = 0;
+                    for (int j = 0; j < Tk; j++) {
+                        if (j < P && !(pr[j] > 0)) rows_ok = 0;
+                        if (j >= P + lens[b] && pr[j] != 0.0f) rows_ok = 0;
+                        sum += pr[j];
+                    }
+                    if (fabs(sum - 1) > 1e-5) rows_ok = 0;
+                }
+            CHECK(rows_ok, "%s: prefix keys always attended, padded keys exactly 0, rows sum to 1", tag);
+            if (drop) {
+                CHECK(same_bits(probs, probs0, np), "%s: probs are the undropped probabilities", tag);
+                /* mask element i is the i-th sequential draw of a peftc_rng with state = seed */
+                peftc_rng r = { seed };
+                int seq_ok = 1;
+                for (size_t i = 0; i < np; i++) {
+                    int b = (int)(i / ((size_t)NH * T * Tk)), j = (int)(i % Tk);
+                    uint8_t want = peftc_rng_uniform(&r) >= p;
+                    if (j >= P + lens[b]) want = 0;
+                    if (mask[i] != want) seq_ok = 0;
+                }
+                CHECK(seq_ok, "%s: mask = counter-based draws over (B,NH,T,P+T) keyed by seed, 0 on padded keys", tag);
+            } else {
+                memcpy(probs0, probs, np * sizeof(float));
+            }
+
+            double *gq = dalloc(n), *gk = dalloc(nk), *gv = dalloc(nk);
+            fd_grad(ref_attention, &ctx, ctx.q, n, Rd, n, gq);
+            fd_grad(ref_attention, &ctx, ctx.k, nk, Rd, n, gk);
+            fd_grad(ref_attention, &ctx, ctx.v, nk, Rd, n, gv);
+            float *dq0 = frand(n, -.1f, .1f), *dk0 = frand(nk, -.1f, .1f), *dv0 = frand(nk, -.1f, .1f);
+            float *dq = fcopy(dq0, n), *dk = fcopy(dk0, nk), *dv = fcopy(dv0, nk);
+            attention_backward_prefix(dq, dk, dv, R, probs, drop ? mask : NULL, q, k, v, lens, B, T, P, C, NH, p);
+            CHECK(grad_err(dq, dq0, gq, n) <= GRAD_TOL && grad_err(dk, dk0, gk, nk) <= GRAD_TOL &&
+                  grad_err(dv, dv0, gv, nk) <= GRAD_TOL, "%s: backward vs FD: err dq %g dk %g dv %g", tag,
+                  grad_err(dq, dq0, gq, n), grad_err(dk, dk0, gk, nk), grad_err(dv, dv0, gv, nk));
+            float *dq2 = fcopy(dq, n), *dk2 = fcopy(dk, nk), *dv2 = fcopy(dv, nk);
+            attention_backward_prefix(dq2, dk2, dv2, R, probs, drop ? mask : NULL, q, k, v, lens, B, T, P, C, NH, p);
+            CHECK(accum_err(dq2, dq, dq0, n) <= 1e-5 && accum_err(dk2, dk, dk0, nk) <= 1e-5 &&
+                  accum_err(dv2, dv, dv0, nk) <= 1e-5, "%s: backward accumulates", tag);
+            free(ctx.q); free(ctx.k); free(ctx.v); free(ro); free(rp); free(gq); free(gk); free(gv);
+            free(dq0); free(dk0); free(dv0); free(dq); free(dk); free(dv); free(dq2); free(dk2); free(dv2);
+        }
+
+        /* p >= 1 drops everything: out 0, mask 0, no gradient */
+        float *dq = frand(n, -1, 1), *dk = frand(nk, -1, 1), *dv = frand(nk, -1, 1);
+        float *dq0 = fcopy(dq, n), *dk0 = fcopy(dk, nk), *dv0 = fcopy(dv, nk);
+        attention_forward_prefix(out, probs, mask, q, k, v, lens, B, T, P, C, NH, 1.0f, seed);
+        int zero = 1;
+        for (size_t i = 0; i < n; i++) zero &= out[i] == 0.0f;
+        for (size_t i = 0; i < np; i++) zero &= mask[i] == 0;
+        attention_backward_prefix(dq, dk, dv, R, probs, mask, q, k, v, lens, B, T, P, C, NH, 1.0f);
+        CHECK(zero && same_bits(dq, dq0, n) && same_bits(dk, dk0, nk) && same_bits(dv, dv0, nk),
+              "prefix attention p=1: out and mask 0, gradients untouched");
+        free(dq); free(dk); free(dv); free(dq0); free(dk0); free(dv0);
+        free(q); free(k); free(v); free(R); free(out); free(probs); free(probs0); free(mask); free(Rd);
+    }
+
+    /* P = 0 through the prefix entry points is plain attention, bit for bit */
+    {
+        const int B = 3, T = 9, NH = 3, hd = 7, C = NH * hd;
+        const int lens[3] = { 9, 4, 0 };
+        size_t n = (size_t)B * T * C, np = (size_t)B * NH * T * T;
+        float *q = frand(n, -1.5f, 1.5f), *k = frand(n, -1.5f, 1.5f), *v = frand(n, -1, 1), *R = frand(n, -1, 1);
+        float *o1 = falloc(n), *o2 = falloc(n), *p1 = falloc(np), *p2 = falloc(np);
+        uint8_t *m1 = xcalloc(np, 1), *m2 = xcalloc(np, 1);
+        float *g1[3], *g2[3];
+        for (int i = 0; i < 3; i++) { g1[i] = falloc(n); g2[i] = falloc(n); }
+        int same = 1;
+        for (int drop = 0; drop <= 1; drop++) {
+            float p = drop ? 0.2f : 0.0f;
+            for (int i = 0; i < 3; i++) { memset(g1[i], 0, n * sizeof(float)); memset(g2[i], 0, n * sizeof(float)); }
+            att_fwd(0, o1, p1, drop ? m1 : NULL, q, k, v, lens, B, T, 0, C, NH, p, 11);
+            att_fwd(1, o2, p2, drop ? m2 : NULL, q, k, v, lens, B, T, 0, C, NH, p, 11);
+            att_bwd(0, g1[0], g1[1], g1[2], R, p1, drop ? m1 : NULL, q, k, v, lens, B, T, 0, C, NH, p);
+            att_bwd(1, g2[0], g2[1], g2[2], R, p2, drop ? m2 : NULL, q, k, v, lens, B, T, 0, C, NH, p);
+            same &= same_bits(o1, o2, n) && same_bits(p1, p2, np) && (!drop || !memcmp(m1, m2, np));
+            for (int i = 0; i < 3; i++) same &= same_bits(g1[i], g2[i], n);
+        }
+        CHECK(same, "prefix attention P=0 = attention_forward/_train and attention_backward/_train, bit for bit");
+        for (int i = 0; i < 3; i++) { free(g1[i]); free(g2[i]); }
+        free(q); free(k); free(v); free(R); free(o1); free(o2); free(p1); free(p2); free(m1); free(m2);
+    }
+
+    /* against the analytic reference: P = 0, 1, 5, 20 with odd T and head
+     * size (vector tails everywhere), padded and empty sequences */
+    const int Ps[4] = { 0, 1, 5, 20 };
+    const int lens[3] = { 13, 6, 0 };
+    char name[128];
+    for (int i = 0; i < 4; i++)
+        for (int drop = 0; drop <= 1; drop++) {
+            snprintf(name, sizeof name, "prefix attention P=%d T=13 hd=7%s", Ps[i], drop ? " p=0.2" : "");
+            attention_vs_ref(name, 3, 13, Ps[i], 3, 7, lens, drop ? 0.2f : 0.0f, 1);
+        }
+    /* fewer than 16 keys per row in all */
+    const int lens2[2] = { 7, 3 };
+    attention_vs_ref("prefix attention P=1 T=7 (rows of 8 keys)", 2, 7, 1, 2, 5, lens2, 0.0f, 1);
+    attention_vs_ref("prefix attention P=1 T=7 (rows of 8 keys) p=0.2", 2, 7, 1, 2, 5, lens2, 0.2f, 1);
+    /* the MiniLM shape: hd = 32, T = 64, P = 20 (84 keys: six vectors, the
+     * last partial), padded lengths on and off the 16-lane grid */
+    const int lens3[3] = { 64, 44, 17 };
+    attention_vs_ref("prefix attention P=20 hd=32 T=64 lens 64/44/17", 3, 64, 20, 2, 32, lens3, 0.0f, 1);
+    attention_vs_ref("prefix attention P=20 hd=32 T=64 lens 64/44/17 p=0.1", 3, 64, 20, 2, 32, lens3, 0.1f, 1);
+    /* more keys than the rows kept in registers (P + T > 128) and either side
+     * of the portable backward's stack bound (P + lens = 520 / 512 / 513) */
+    const int lens4[3] = { 500, 492, 493 };
+    attention_vs_ref("prefix attention P=20 T=500 (long rows, both backward paths)", 3, 500, 20, 2, 3, lens4, 0.0f, 1);
+    attention_vs_ref("prefix attention P=20 T=500 p=0.1 (long rows, both backward paths)", 3, 500, 20, 2, 3, lens4,
+                     0.1f, 1);
 }
 
 /* ----------------------------------------------------------------- dropout */
@@ -1713,6 +1875,29 @@ static size_t tc_attention_train(float *res)
     return 4 * n + 2 * np;
 }
 
+static size_t tc_attention_prefix(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 10);
+    const int B = 3, T = 45, P = 20, NH = 4, hd = 19, C = NH * hd, Tk = P + T;
+    const int lens[3] = { 45, 30, 0 };
+    size_t n = (size_t)B * T * C, nk = (size_t)B * Tk * C, np = (size_t)B * NH * T * Tk;
+    float *q = trand(&r, n, -1, 1), *k = trand(&r, nk, -1, 1), *v = trand(&r, nk, -1, 1);
+    float *dout = trand(&r, n, -1, 1);
+    uint8_t *mask = xcalloc(np, 1);
+    size_t total = 2 * n + 2 * nk + 3 * np;
+    memset(res, 0, total * sizeof(float));
+    float *out = res, *probs = out + n, *dq = probs + np, *dk = dq + n, *dv = dk + nk, *mf = dv + nk;
+    float *probs0 = mf + np;
+    attention_forward_prefix(out, probs, mask, q, k, v, lens, B, T, P, C, NH, 0.1f, 1234);
+    attention_backward_prefix(dq, dk, dv, dout, probs, mask, q, k, v, lens, B, T, P, C, NH, 0.1f);
+    for (size_t i = 0; i < np; i++) mf[i] = mask[i];
+    float *o0 = falloc(n);
+    attention_forward_prefix(o0, probs0, NULL, q, k, v, lens, B, T, P, C, NH, 0.0f, 0);
+    attention_backward_prefix(dq, dk, dv, o0, probs0, NULL, q, k, v, lens, B, T, P, C, NH, 0.0f);
+    free(q); free(k); free(v); free(dout); free(mask); free(o0);
+    return total;
+}
+
 static size_t tc_pool_ce(float *res)
 {
     peftc_rng r; peftc_rng_seed(&r, 7);
@@ -1781,6 +1966,7 @@ static void test_threads(void)
     thread_check("dropout_forward + dropout_backward_inplace", tc_dropout_fwd, 0);
     thread_check("attention fwd/bwd", tc_attention, 0);
     thread_check("attention_train fwd/bwd + mask", tc_attention_train, 0);
+    thread_check("attention_prefix fwd/bwd P=20, with and without dropout", tc_attention_prefix, 0);
     thread_check("mean_pool + softmax_ce fwd/bwd", tc_pool_ce, 0);
     thread_check("gate, axpy_backward, channel_scale fwd/bwd", tc_scaling, 0);
 }
@@ -1801,6 +1987,7 @@ int main(void)
         test_gelu_dense();
         test_attention();
         test_attention_train();
+        test_attention_prefix();
         test_dropout();
         test_pooling();
         test_softmax_ce();

@@ -158,19 +158,27 @@ void attention_backward_train(float *dq, float *dk, float *dv, const float *dout
                               const float *probs, const uint8_t *mask, const float *q,
                               const float *k, const float *v, const int *lens,
                               int B, int T, int C, int NH, float p);
-/* (The four attention kernels allocate: per call, each thread mallocs a
- * scratch of about 2 x max(32768, 64 T) floats (256 KiB up to T = 512); should
- * that fail they fall back to loops that need none.) */
 
 /* With a prefix: k, v are (B, P+T, C) where the first P keys of every
  * sequence (the prefix) are always attended and key P+j only if j < lens[b];
- * probs and mask are (B,NH,T,P+T). p == 0: no dropout (mask unused, may be NULL). */
+ * probs and mask are (B,NH,T,P+T), the mask drawn as in
+ * attention_forward_train (i the flat index into (B,NH,T,P+T)).
+ * p <= 0: no dropout (mask neither read nor written, may be NULL).
+ * With P = 0, out, probs, mask and gradients are bit for bit those of
+ * attention_forward (p <= 0) or attention_forward_train and their backwards. */
 void attention_forward_prefix(float *out, float *probs, uint8_t *mask, const float *q, const float *k,
                               const float *v, const int *lens, int B, int T, int P, int C, int NH,
                               float p, uint64_t seed);
 void attention_backward_prefix(float *dq, float *dk, float *dv, const float *dout, const float *probs,
                                const uint8_t *mask, const float *q, const float *k, const float *v,
                                const int *lens, int B, int T, int P, int C, int NH, float p);
+/* (The attention kernels with dropout, and all their backwards, use a
+ * per-thread scratch of about 2 x max(32768, 64 (P+T)) floats (256 KiB up to
+ * P+T = 512) on the AVX2 / AVX-512 tiers. Each thread allocates it on its
+ * first call that needs it or needs more, and keeps it until the thread
+ * exits, so repeated calls at one shape, as in training, allocate nothing
+ * after the first. Should the allocation fail, they fall back to loops that
+ * need none.) */
 
 /* Inverted dropout: out = inp * mask / (1-p), mask (n bytes) drawn from rng
  * and saved. p == 0 copies and sets mask to 1. out may equal inp. */
