@@ -1733,6 +1733,181 @@ static void test_scalings(void)
     free(cc.a); free(ref); free(gl); free(dh); free(dl0); free(dl); free(dh2); free(dl2); free(dh3);
 }
 
+/* ----------------------------------------------------------------- lowrank */
+
+/* out (N,O) = alpha (inp (N,I) w (O,I)^T + b (O)): the down-projection
+ * (alpha 1) and the up-projection's increment of h are both this */
+typedef struct { double *inp, *w, *b; int N, I, O; double alpha; } lr_ctx;
+
+static void ref_lowrank(void *vctx, double *out)
+{
+    lr_ctx *c = vctx;
+    for (int n = 0; n < c->N; n++)
+        for (int o = 0; o < c->O; o++) {
+            double s = c->b ? c->b[o] : 0;
+            for (int i = 0; i < c->I; i++) s += c->inp[(size_t)n * c->I + i] * c->w[(size_t)o * c->I + i];
+            out[(size_t)n * c->O + o] = c->alpha * s;
+        }
+}
+
+/* the gradients of L = sum(out * D): dinp = alpha D w, dw = alpha D^T inp, db = alpha colsum(D) */
+static void ref_lowrank_grad(const lr_ctx *c, const double *D, double *dinp, double *dw, double *db)
+{
+    size_t N = (size_t)c->N, I = (size_t)c->I, O = (size_t)c->O;
+    memset(dinp, 0, N * I * sizeof(double));
+    memset(dw, 0, O * I * sizeof(double));
+    memset(db, 0, O * sizeof(double));
+    for (size_t n = 0; n < N; n++)
+        for (size_t o = 0; o < O; o++) {
+            double d = c->alpha * D[n * O + o];
+            db[o] += d;
+            for (size_t i = 0; i < I; i++) {
+                dinp[n * I + i] += d * c->w[o * I + i];
+                dw[o * I + i] += d * c->inp[n * I + i];
+            }
+        }
+}
+
+static float *fnan(size_t n)
+{
+    float *x = falloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = NAN;
+    return x;
+}
+
+/* one shape: N rows, x (N,IC), A (R,IC), B (OC,R); fd: also against finite differences */
+static void lowrank_case(int N, int IC, int OC, int R, int fd)
+{
+    char tag[64];
+    snprintf(tag, sizeof tag, "N=%d IC=%d OC=%d R=%d", N, IC, OC, R);
+    size_t nx = (size_t)N * IC, nz = (size_t)N * R, nh = (size_t)N * OC, nA = (size_t)R * IC, nB = (size_t)OC * R;
+    const float alpha = 0.75f;
+    float *x = frand(nx, -1, 1), *A = frand(nA, -.5f, .5f), *bd = frand(R, -.5f, .5f);
+    float *a = frand(nz, -1, 1), *B = frand(nB, -.5f, .5f), *bu = frand(OC, -.5f, .5f);
+    float *scratch = fnan(lowrank_scratch_floats(N, IC > OC ? IC : OC, R));   /* never read before written */
+    lr_ctx dc = { f2d(x, nx), f2d(A, nA), f2d(bd, R), N, IC, R, 1.0 };
+    lr_ctx uc = { f2d(a, nz), f2d(B, nB), f2d(bu, OC), N, R, OC, alpha };
+
+    /* forwards, with and without bias */
+    double *zr = dalloc(nz), *hr = dalloc(nh);
+    float *z = fnan(nz), *h0 = frand(nh, -1, 1), *h = fcopy(h0, nh);
+    ref_lowrank(&dc, zr);
+    lowrank_down_forward(z, scratch, x, A, bd, N, IC, R);
+    double e = rel_err(z, zr, nz);
+    double *bsave = dc.b;
+    dc.b = NULL;
+    ref_lowrank(&dc, zr);
+    dc.b = bsave;
+    float *z2 = fnan(nz);
+    lowrank_down_forward(z2, scratch, x, A, NULL, N, IC, R);
+    double e2 = rel_err(z2, zr, nz);
+    CHECK(e <= FWD_TOL && e2 <= FWD_TOL, "lowrank_down_forward %s: z vs reference err %g, without bias %g", tag, e, e2);
+    ref_lowrank(&uc, hr);
+    lowrank_up_forward(h, scratch, a, B, bu, alpha, N, R, OC);
+    e = grad_err(h, h0, hr, nh);
+    bsave = uc.b;
+    uc.b = NULL;
+    ref_lowrank(&uc, hr);
+    uc.b = bsave;
+    float *h2 = fcopy(h0, nh);
+    lowrank_up_forward(h2, scratch, a, B, NULL, alpha, N, R, OC);
+    e2 = grad_err(h2, h0, hr, nh);
+    CHECK(e <= FWD_TOL && e2 <= FWD_TOL, "lowrank_up_forward %s: h += alpha (a B^T + b) err %g, without bias %g",
+          tag, e, e2);
+
+    /* up backward: da written, dB and dbias accumulated */
+    float *dh = frand(nh, -1, 1), *da = fnan(nz), *dB0 = frand(nB, -.1f, .1f), *dbu0 = frand(OC, -.1f, .1f);
+    float *dB = fcopy(dB0, nB), *dbu = fcopy(dbu0, OC);
+    double *dhd = f2d(dh, nh), *gda = dalloc(nz), *gdB = dalloc(nB), *gdbu = dalloc(OC);
+    ref_lowrank_grad(&uc, dhd, gda, gdB, gdbu);
+    lowrank_up_backward(da, dB, dbu, scratch, dh, a, B, alpha, N, R, OC);
+    CHECK(rel_err(da, gda, nz) <= FWD_TOL && grad_err(dB, dB0, gdB, nB) <= FWD_TOL &&
+          grad_err(dbu, dbu0, gdbu, OC) <= FWD_TOL,
+          "lowrank_up_backward %s vs reference: da err %g, dB %g, dbias %g", tag, rel_err(da, gda, nz),
+          grad_err(dB, dB0, gdB, nB), grad_err(dbu, dbu0, gdbu, OC));
+    if (fd) {
+        double *fa = dalloc(nz), *fB = dalloc(nB), *fb = dalloc(OC);
+        fd_grad(ref_lowrank, &uc, uc.inp, nz, dhd, nh, fa);
+        fd_grad(ref_lowrank, &uc, uc.w, nB, dhd, nh, fB);
+        fd_grad(ref_lowrank, &uc, uc.b, OC, dhd, nh, fb);
+        CHECK(rel_err(da, fa, nz) <= GRAD_TOL && grad_err(dB, dB0, fB, nB) <= GRAD_TOL &&
+              grad_err(dbu, dbu0, fb, OC) <= GRAD_TOL,
+              "lowrank_up_backward %s vs finite differences: da err %g, dB %g, dbias %g", tag, rel_err(da, fa, nz),
+              grad_err(dB, dB0, fB, nB), grad_err(dbu, dbu0, fb, OC));
+        free(fa); free(fB); free(fb);
+    }
+    float *da2 = fnan(nz), *dB2 = fcopy(dB, nB), *dbu2 = fcopy(dbu, OC);
+    lowrank_up_backward(da2, dB2, dbu2, scratch, dh, a, B, alpha, N, R, OC);
+    CHECK(same_bits(da2, da, nz) && accum_err(dB2, dB, dB0, nB) <= 1e-5 && accum_err(dbu2, dbu, dbu0, OC) <= 1e-5,
+          "lowrank_up_backward %s: rewrites da, accumulates dB and dbias", tag);
+    float *da3 = fnan(nz), *dB3 = fcopy(dB0, nB), *dbu3 = fcopy(dbu0, OC);
+    lowrank_up_backward(da3, NULL, NULL, scratch, dh, a, B, alpha, N, R, OC);
+    lowrank_up_backward(NULL, dB3, NULL, scratch, dh, a, B, alpha, N, R, OC);
+    lowrank_up_backward(NULL, NULL, dbu3, scratch, dh, a, B, alpha, N, R, OC);
+    CHECK(same_bits(da3, da, nz) && same_bits(dB3, dB, nB) && same_bits(dbu3, dbu, OC),
+          "lowrank_up_backward %s: each gradient alone (others NULL) matches", tag);
+
+    /* down backward: everything accumulated */
+    float *dz = frand(nz, -1, 1), *dx0 = frand(nx, -.1f, .1f), *dA0 = frand(nA, -.1f, .1f), *dbd0 = frand(R, -.1f, .1f);
+    float *dx = fcopy(dx0, nx), *dA = fcopy(dA0, nA), *dbd = fcopy(dbd0, R);
+    double *dzd = f2d(dz, nz), *gdx = dalloc(nx), *gdA = dalloc(nA), *gdbd = dalloc(R);
+    ref_lowrank_grad(&dc, dzd, gdx, gdA, gdbd);
+    lowrank_down_backward(dx, dA, dbd, scratch, dz, x, A, N, IC, R);
+    CHECK(grad_err(dx, dx0, gdx, nx) <= FWD_TOL && grad_err(dA, dA0, gdA, nA) <= FWD_TOL &&
+          grad_err(dbd, dbd0, gdbd, R) <= FWD_TOL,
+          "lowrank_down_backward %s vs reference: dx err %g, dA %g, dbias %g", tag, grad_err(dx, dx0, gdx, nx),
+          grad_err(dA, dA0, gdA, nA), grad_err(dbd, dbd0, gdbd, R));
+    if (fd) {
+        double *fx = dalloc(nx), *fA = dalloc(nA), *fb = dalloc(R);
+        fd_grad(ref_lowrank, &dc, dc.inp, nx, dzd, nz, fx);
+        fd_grad(ref_lowrank, &dc, dc.w, nA, dzd, nz, fA);
+        fd_grad(ref_lowrank, &dc, dc.b, R, dzd, nz, fb);
+        CHECK(grad_err(dx, dx0, fx, nx) <= GRAD_TOL && grad_err(dA, dA0, fA, nA) <= GRAD_TOL &&
+              grad_err(dbd, dbd0, fb, R) <= GRAD_TOL,
+              "lowrank_down_backward %s vs finite differences: dx err %g, dA %g, dbias %g", tag,
+              grad_err(dx, dx0, fx, nx), grad_err(dA, dA0, fA, nA), grad_err(dbd, dbd0, fb, R));
+        free(fx); free(fA); free(fb);
+    }
+    float *dx2 = fcopy(dx, nx), *dA2 = fcopy(dA, nA), *dbd2 = fcopy(dbd, R);
+    lowrank_down_backward(dx2, dA2, dbd2, scratch, dz, x, A, N, IC, R);
+    CHECK(accum_err(dx2, dx, dx0, nx) <= 1e-5 && accum_err(dA2, dA, dA0, nA) <= 1e-5 &&
+          accum_err(dbd2, dbd, dbd0, R) <= 1e-5, "lowrank_down_backward %s: accumulates dx, dA, dbias", tag);
+    float *dx3 = fcopy(dx0, nx), *dA3 = fcopy(dA0, nA), *dbd3 = fcopy(dbd0, R);
+    lowrank_down_backward(dx3, NULL, NULL, scratch, dz, NULL, A, N, IC, R);   /* x unused without dA */
+    lowrank_down_backward(NULL, dA3, NULL, scratch, dz, x, A, N, IC, R);
+    lowrank_down_backward(NULL, NULL, dbd3, scratch, dz, NULL, A, N, IC, R);
+    CHECK(same_bits(dx3, dx, nx) && same_bits(dA3, dA, nA) && same_bits(dbd3, dbd, R),
+          "lowrank_down_backward %s: each gradient alone (others NULL, x NULL without dA) matches", tag);
+
+    free(x); free(A); free(bd); free(a); free(B); free(bu); free(scratch);
+    free(dc.inp); free(dc.w); free(dc.b); free(uc.inp); free(uc.w); free(uc.b);
+    free(zr); free(hr); free(z); free(z2); free(h0); free(h); free(h2);
+    free(dh); free(da); free(dB0); free(dbu0); free(dB); free(dbu); free(dhd); free(gda); free(gdB); free(gdbu);
+    free(da2); free(dB2); free(dbu2); free(da3); free(dB3); free(dbu3);
+    free(dz); free(dx0); free(dA0); free(dbd0); free(dx); free(dA); free(dbd); free(dzd); free(gdx); free(gdA);
+    free(gdbd); free(dx2); free(dA2); free(dbd2); free(dx3); free(dA3); free(dbd3);
+}
+
+static void test_lowrank(void)
+{
+    /* ranks 1, 3, 8, 17, 64; widths off the vector width; N past one
+     * 128-row block of the gradient sums, with a short last block */
+    lowrank_case(1, 1, 1, 1, 1);
+    lowrank_case(7, 19, 23, 3, 1);
+    lowrank_case(45, 70, 9, 1, 1);
+    lowrank_case(37, 33, 47, 8, 1);
+    lowrank_case(131, 17, 40, 17, 1);
+    lowrank_case(257, 385, 129, 64, 0);
+    lowrank_case(300, 384, 384, 8, 0);
+
+    /* N = 0 touches nothing */
+    float h = 1.0f, dB = 2.0f, db = 3.0f, s[64], one = 1.0f;
+    lowrank_up_forward(&h, s, &one, &one, &one, 1.0f, 0, 1, 1);
+    lowrank_up_backward(NULL, &dB, &db, s, &one, &one, &one, 1.0f, 0, 1, 1);
+    lowrank_down_backward(&h, &dB, &db, s, &one, &one, &one, 0, 1, 1);
+    CHECK(h == 1.0f && dB == 2.0f && db == 3.0f, "lowrank kernels with N = 0 change nothing");
+}
+
 /* ------------------------------------------------- thread-count independence */
 
 /* Each case fills res with every output of a forward+backward on fixed data
@@ -1942,6 +2117,27 @@ static size_t tc_scaling(float *res)
     return total;
 }
 
+static size_t tc_lowrank(float *res)
+{
+    peftc_rng r; peftc_rng_seed(&r, 11);
+    /* past the parallel threshold; 5 row blocks, the last partial; R = 17: masked tiles */
+    const int N = 515, IC = 385, OC = 200, R = 17;
+    size_t nx = (size_t)N * IC, nz = (size_t)N * R, nh = (size_t)N * OC;
+    float *x = trand(&r, nx, -1, 1), *A = trand(&r, (size_t)R * IC, -.3f, .3f), *bd = trand(&r, R, -.3f, .3f);
+    float *B = trand(&r, (size_t)OC * R, -.3f, .3f), *bu = trand(&r, OC, -.3f, .3f), *dh = trand(&r, nh, -1, 1);
+    float *scratch = falloc(lowrank_scratch_floats(N, IC, R));
+    size_t total = 2 * nz + nh + (size_t)OC * R + OC + nx + (size_t)R * IC + R;
+    memset(res, 0, total * sizeof(float));
+    float *z = res, *h = z + nz, *da = h + nh, *dB = da + nz, *dbu = dB + (size_t)OC * R, *dx = dbu + OC;
+    float *dA = dx + nx, *dbd = dA + (size_t)R * IC;
+    lowrank_down_forward(z, scratch, x, A, bd, N, IC, R);
+    lowrank_up_forward(h, scratch, z, B, bu, 0.5f, N, R, OC);
+    lowrank_up_backward(da, dB, dbu, scratch, dh, z, B, 0.5f, N, R, OC);
+    lowrank_down_backward(dx, dA, dbd, scratch, da, x, A, N, IC, R);
+    free(x); free(A); free(bd); free(B); free(bu); free(dh); free(scratch);
+    return total;
+}
+
 static void thread_check(const char *name, tcase f, double tol)
 {
     int saved = omp_get_max_threads();
@@ -1969,6 +2165,7 @@ static void test_threads(void)
     thread_check("attention_prefix fwd/bwd P=20, with and without dropout", tc_attention_prefix, 0);
     thread_check("mean_pool + softmax_ce fwd/bwd", tc_pool_ce, 0);
     thread_check("gate, axpy_backward, channel_scale fwd/bwd", tc_scaling, 0);
+    thread_check("lowrank down/up fwd/bwd", tc_lowrank, 0);
 }
 
 int main(void)
@@ -1995,6 +2192,7 @@ int main(void)
         test_misc();
         test_gate();
         test_scalings();
+        test_lowrank();
         test_threads();
     }
     tier_name = "auto";

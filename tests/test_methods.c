@@ -333,6 +333,7 @@ static void test_delta_threads(void)
         "site=ffn.out,insert=sequential,r=6,act=relu,compose=gate",                  /* UniPELT's gated adapter */
         "site=ffn.out,insert=parallel,r=6,act=relu,compose=learned:4",
         "site=attn.q,insert=parallel,r=4,act=identity,compose=scale:2",
+        "site=ffn.out,insert=sequential,r=24,act=relu,compose=add,bias=1,dropout=0.1",   /* lowrank kernels */
         "site=attn.k,kind=scale",
         "site=attn.heads,insert=parallel,r=2,act=relu,heads=4",
     };
@@ -354,6 +355,92 @@ static void test_delta_threads(void)
     free(r1); free(r2);
 }
 
+/* One delta's forward (training: dropout draws) and backward on fixed
+ * random data, parameters filled from a fixed stream; a learned scale starts
+ * at the spec's value. Fills h (N,out), dh, dx (N,in) and the gradients of the
+ * first n_grad floats of the parameter block (down, up and their biases come
+ * first, in the same places whatever the composition). 0 if it failed. */
+static int delta_run(const char *spec_text, int N, int in, int out, float *h, float *dh, float *dx, float *g,
+                     size_t n_grad)
+{
+    delta_set ds = {0};
+    param_block pb = {0};
+    peftc_error err = {0};
+    delta_spec sp;
+    int ok = 0;
+    if (delta_spec_parse(spec_text, &sp, &err) || delta_add(&ds, &pb, 0, in, out, &sp, "d", &err) ||
+        delta_index(&ds, 1, &err) || params_alloc(&pb, &err) || delta_acts_alloc(&ds, N, &err) || pb.total < n_grad) {
+        printf("# %s: %s\n", spec_text, err.msg);
+        goto done;
+    }
+    peftc_rng r;
+    peftc_rng_seed(&r, 23);
+    for (size_t i = 0; i < n_grad; i++) pb.p[i] = 0.2f * peftc_rng_normal(&r);
+    if (ds.d[0].p_scale >= 0) params_value(&pb, ds.d[0].p_scale)[0] = sp.scale;
+    float *x = malloc((size_t)N * in * sizeof(float));
+    if (!x) goto done;
+    for (size_t i = 0; i < (size_t)N * in; i++) { x[i] = peftc_rng_normal(&r); dx[i] = 0; }
+    for (size_t i = 0; i < (size_t)N * out; i++) { h[i] = peftc_rng_normal(&r); dh[i] = peftc_rng_normal(&r); }
+    peftc_rng drop;
+    peftc_rng_seed(&drop, 29);
+    delta_forward(&ds, &pb, 0, sp.site, x, h, N, 1, &drop);
+    delta_backward(&ds, &pb, 0, sp.site, x, dh, dx, N);
+    memcpy(g, pb.g, n_grad * sizeof(float));
+    free(x);
+    ok = 1;
+done:
+    delta_set_free(&ds);
+    params_free(&pb);
+    return ok;
+}
+
+/* Bottlenecks of rank <= 64 composed by a fixed scale (or add) run on the
+ * lowrank kernels; a learned scale at the same value takes the matmul path
+ * with u in memory. Same parameters, inputs and dropout draws: the outputs
+ * and the gradients of down, up and their biases must agree to rounding
+ * (dropout on the source, sequential insertion, activations, biases). */
+static void test_delta_lowrank_path(void)
+{
+    enum { N = 300, IN = 48, OUT = 40 };
+    const char *specs[][2] = {
+        {"site=attn.q,insert=parallel,r=8,act=identity,compose=scale:2,dropout=0.1",
+         "site=attn.q,insert=parallel,r=8,act=identity,compose=learned:2,dropout=0.1"},
+        {"site=ffn.out,insert=sequential,r=5,act=relu,compose=add,dropout=0.2",
+         "site=ffn.out,insert=sequential,r=5,act=relu,compose=learned:1,dropout=0.2"},
+        {"site=ffn.out,insert=sequential,r=17,act=gelu,compose=scale:0.5,bias=1",
+         "site=ffn.out,insert=sequential,r=17,act=gelu,compose=learned:0.5,bias=1"},
+        {"site=attn.v,insert=parallel,r=40,act=silu,compose=add,bias=1,dropout=0.1",
+         "site=attn.v,insert=parallel,r=40,act=silu,compose=learned:1,bias=1,dropout=0.1"},
+    };
+    size_t nh = (size_t)N * OUT, nx = (size_t)N * IN;
+    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++) {
+        delta_spec sp;
+        peftc_error err = {0};
+        delta_spec_parse(specs[i][0], &sp, &err);
+        int src_w = sp.insert == INSERT_PARALLEL ? IN : OUT;
+        size_t ng = (size_t)sp.r * src_w + (size_t)OUT * sp.r + (sp.bias ? (size_t)sp.r + OUT : 0);
+        float *v[2][4];
+        int ok = 1;
+        for (int k = 0; k < 2; k++) {
+            v[k][0] = malloc(nh * sizeof(float)); v[k][1] = malloc(nh * sizeof(float));
+            v[k][2] = malloc(nx * sizeof(float)); v[k][3] = malloc(ng * sizeof(float));
+            ok = ok && v[k][0] && v[k][1] && v[k][2] && v[k][3] &&
+                 delta_run(specs[i][k], N, IN, OUT, v[k][0], v[k][1], v[k][2], v[k][3], ng);
+        }
+        double e[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+        size_t len[4] = {nh, nh, nx, ng};
+        for (int j = 0; ok && j < 4; j++) {
+            double m = 0;
+            for (size_t q = 0; q < len[j]; q++) m = fmax(m, fabs((double)v[1][j][q]));
+            e[j] = tl_max_abs_diff(v[0][j], v[1][j], len[j]) / (m > 1e-3 ? m : 1e-3);
+        }
+        CHECK(ok && e[0] <= 1e-5 && e[1] <= 1e-5 && e[2] <= 1e-5 && e[3] <= 1e-5,
+              "[%s] lowrank kernels vs the matmul path: h, dh, dx, %zu parameter gradients agree "
+              "(rel err %.2g %.2g %.2g %.2g)", specs[i][0], ng, e[0], e[1], e[2], e[3]);
+        for (int k = 0; k < 2; k++) for (int j = 0; j < 4; j++) free(v[k][j]);
+    }
+}
+
 static method_opts preset(const char *name, const method_args *a)
 {
     method_opts mo;
@@ -369,6 +456,7 @@ int main(void)
     test_templates();
     test_prefix_attention();
     test_delta_threads();
+    test_delta_lowrank_path();
     method_args none = {0}, lora = {.r = 2, .alpha = 4, .targets = "query,key,value,attention.output.dense,intermediate.dense,output.dense"};
     method_args ad = {.r = 4}, pt = {.num_virtual = 2};
     const char *presets[] = {"full", "bitfit", "ia3", "adapter-houlsby", "adapter-pfeiffer", "parallel-adapter",

@@ -241,6 +241,35 @@ void channel_scale_forward(float *h, const float *l, int N, int W);
  * becoming the gradient w.r.t. h_pre */
 void channel_scale_backward(float *dh, float *dl, float *scratch, const float *h_pre, const float *l, int N, int W);
 
+/* Low-rank products of a rank-R delta module (lowrank.c): the down-projection
+ * z = x A^T + b (A (R,IC)) and the up-projection h += alpha (a B^T + b)
+ * (B (OC,R)), which adds into h directly (no (N,OC) intermediate, alpha in
+ * the same pass). Made for small ranks, R <= LOWRANK_MAX_R (correct for any
+ * R >= 1, but the scratch grows as R x width per 128 rows), any widths.
+ * `scratch`: at least lowrank_scratch_floats(N, W, R) floats, W >= the width
+ * (IC or OC) of the call; no kernel allocates. Each backward reads the wide
+ * operands once, a few rows at a time, and sums weight and bias gradients
+ * over rows in fixed blocks of rows added in block order: results never
+ * depend on the thread count. Optional pointers may be NULL. */
+#define LOWRANK_MAX_R 64
+size_t lowrank_scratch_floats(int N, int W, int R);
+/* z (N,R) = x (N,IC) A^T + bias (R) (written; bias may be NULL) */
+void lowrank_down_forward(float *z, float *scratch, const float *x, const float *A, const float *bias,
+                          int N, int IC, int R);
+/* h (N,OC) += alpha * (a (N,R) B^T + bias (OC)) (bias may be NULL) */
+void lowrank_up_forward(float *h, float *scratch, const float *a, const float *B, const float *bias, float alpha,
+                        int N, int R, int OC);
+/* Backward of lowrank_up_forward for dh (N,OC), one pass over dh:
+ * da (N,R) = alpha dh B (WRITTEN: a is the delta's own activation),
+ * dB (OC,R) += alpha dh^T a, dbias (OC) += alpha colsum(dh). */
+void lowrank_up_backward(float *da, float *dB, float *dbias, float *scratch, const float *dh, const float *a,
+                         const float *B, float alpha, int N, int R, int OC);
+/* Backward of lowrank_down_forward for dz (N,R), one pass over the rows:
+ * dx (N,IC) += dz A, dA (R,IC) += dz^T x, dbias (R) += colsum(dz)
+ * (x is read only for dA and may be NULL without it). */
+void lowrank_down_backward(float *dx, float *dA, float *dbias, float *scratch, const float *dz, const float *x,
+                           const float *A, int N, int IC, int R);
+
 /* y += x, n elements */
 void add_inplace(float *y, const float *x, size_t n);
 

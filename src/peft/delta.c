@@ -113,11 +113,24 @@ int delta_count(const delta_set *ds, int layer, site_id site)
 
 #define R16(x) (((x) + 15) & ~(size_t)15)
 
+/* A single-head bottleneck of rank <= LOWRANK_MAX_R composed by a fixed
+ * scale (add: 1) runs on the lowrank kernels: the up-projection adds s u
+ * into h as it forms u, and its backward reads dh once for da, dup and the
+ * bias. Gated and learned-scale compositions need u itself (the gate and the
+ * scale's gradient read it) and stay on matmul_forward/backward, as do
+ * multi-head deltas (block-diagonal up-projection). */
+static int delta_lowrank(const delta_spec *s)
+{
+    return s->kind == DELTA_BOTTLENECK && s->heads == 0 && s->r <= LOWRANK_MAX_R &&
+           (s->compose == COMPOSE_ADD || s->compose == COMPOSE_SCALE);
+}
+
 peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
 {
     free(ds->act_block); free(ds->scratch);
     ds->act_block = NULL; ds->scratch = NULL;
     size_t total = 0, maxw = 1, maxr = 1;
+    int lr_r = 0;   /* the largest rank on the lowrank kernels */
     for (int pass = 0; pass < 2; pass++) {
         float *p = ds->act_block;
         for (int i = 0; i < ds->n; i++) {
@@ -141,6 +154,7 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
                 if ((size_t)d->in > maxw) maxw = (size_t)d->in;
                 if ((size_t)d->out > maxw) maxw = (size_t)d->out;
                 if (r_all > maxr) maxr = r_all;
+                if (delta_lowrank(s) && s->r > lr_r) lr_r = s->r;
                 continue;
             }
             d->z = p; p += R16((size_t)N * r_all);
@@ -157,12 +171,13 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
         if (pass == 0) {
             ds->act_block = peftc_alloc_aligned((total ? total : 16) * sizeof(float));
             /* scratch: du (N,maxw) | dsrc (N,maxw) | da (N,maxr) | dz (N,maxr) |
-             * the scaling kernels' row-block partial sums; the forward's u
-             * uses du's slot */
+             * the row-block partial sums of the scaling or lowrank kernels;
+             * the forward's u uses du's slot */
             ds->maxw = maxw;
             ds->maxr = maxr;
-            ds->scratch_floats = 2 * R16((size_t)N * maxw) + 2 * R16((size_t)N * maxr)
-                               + scaling_scratch_floats(N, (int)maxw);
+            size_t part = scaling_scratch_floats(N, (int)maxw);
+            size_t lr = lr_r > 0 ? lowrank_scratch_floats(N, (int)maxw, lr_r) : 0;
+            ds->scratch_floats = 2 * R16((size_t)N * maxw) + 2 * R16((size_t)N * maxr) + (part > lr ? part : lr);
             ds->scratch = peftc_alloc_aligned(ds->scratch_floats * sizeof(float));
             if (!ds->act_block || !ds->scratch)
                 return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate delta activations for %d rows", N);
@@ -269,6 +284,12 @@ static void up_heads_backward(float *da, float *dup, float *dbias, const float *
     if (dbias) bias_backward(dbias, du, N, out);
 }
 
+/* the scratch's last region: row-block partial sums (scaling, lowrank kernels) */
+static float *delta_partials(const delta_set *ds)
+{
+    return ds->scratch + 2 * R16((size_t)ds->N * ds->maxw) + 2 * R16((size_t)ds->N * ds->maxr);
+}
+
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
                    const float *x, float *h, int N, int train, peftc_rng *rng)
 {
@@ -294,6 +315,14 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         }
         const float *down_b = d->p_down_b >= 0 ? params_value(pb, d->p_down_b) : NULL;
         const float *up_b = d->p_up_b >= 0 ? params_value(pb, d->p_up_b) : NULL;
+        if (delta_lowrank(s)) {
+            float *lr_scratch = delta_partials(ds);
+            lowrank_down_forward(d->z, lr_scratch, src, params_value(pb, d->p_down), down_b, N, src_w, s->r);
+            act_forward(s->act, d->a, d->z, (size_t)N * s->r);
+            lowrank_up_forward(h, lr_scratch, d->a, params_value(pb, d->p_up), up_b,
+                               s->compose == COMPOSE_SCALE ? s->scale : 1.0f, N, s->r, d->out);
+            continue;
+        }
         int r_all = s->heads > 0 ? s->heads * s->r : s->r;
         matmul_forward(d->z, src, params_value(pb, d->p_down), down_b, N, src_w, r_all, 0);
         act_forward(s->act, d->a, d->z, (size_t)N * r_all);
@@ -325,7 +354,7 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         float *dsrc = du + R16((size_t)ds->N * ds->maxw);
         float *da = dsrc + R16((size_t)ds->N * ds->maxw);
         float *dz = da + R16((size_t)ds->N * ds->maxr);
-        float *partials = dz + R16((size_t)ds->N * ds->maxr);
+        float *partials = delta_partials(ds);
         if (s->kind == DELTA_SCALE) {
             channel_scale_backward(dh, params_grad(pb, d->p_vec), partials, d->src_copy, params_value(pb, d->p_vec),
                                    N, d->out);
@@ -334,6 +363,27 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         int src_w = s->insert == INSERT_PARALLEL ? d->in : d->out;
         int r_all = s->heads > 0 ? s->heads * s->r : s->r;
         size_t n = (size_t)N * d->out;
+        float *dup_b = d->p_up_b >= 0 ? params_grad(pb, d->p_up_b) : NULL;
+        float *ddown_b = d->p_down_b >= 0 ? params_grad(pb, d->p_down_b) : NULL;
+        const float *src = s->dropout > 0 ? d->xd : (s->insert == INSERT_PARALLEL ? x : d->src_copy);
+        if (delta_lowrank(s)) {
+            lowrank_up_backward(da, params_grad(pb, d->p_up), dup_b, partials, dh, d->a, params_value(pb, d->p_up),
+                                s->compose == COMPOSE_SCALE ? s->scale : 1.0f, N, s->r, d->out);
+            if (s->act == ACT_IDENTITY) dz = da;
+            else act_backward(s->act, dz, d->z, d->a, da, (size_t)N * s->r);
+            /* the source's gradient: sequential deltas add it to dh (read
+             * for the last time above), parallel ones to dx */
+            float *dtarget = s->insert == INSERT_SEQUENTIAL ? dh : dx;
+            float *dgrad = dtarget;
+            if (dtarget && s->dropout > 0) {   /* through the dropout mask first */
+                dgrad = dsrc;
+                memset(dsrc, 0, (size_t)N * src_w * sizeof(float));
+            }
+            lowrank_down_backward(dgrad, params_grad(pb, d->p_down), ddown_b, partials, dz, src,
+                                  params_value(pb, d->p_down), N, src_w, s->r);
+            if (dgrad != dtarget) dropout_backward(dtarget, d->mask, dsrc, s->dropout, (size_t)N * src_w, 1);
+            continue;
+        }
         switch (s->compose) {
         case COMPOSE_ADD: memcpy(du, dh, n * sizeof(float)); break;
         case COMPOSE_SCALE: axpy_backward(du, NULL, NULL, dh, NULL, s->scale, N, d->out); break;
@@ -346,8 +396,6 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
                           d->gate, params_value(pb, d->p_gate_w), s->scale, N, d->in, d->out);
             break;
         }
-        float *dup_b = d->p_up_b >= 0 ? params_grad(pb, d->p_up_b) : NULL;
-        float *ddown_b = d->p_down_b >= 0 ? params_grad(pb, d->p_down_b) : NULL;
         /* da (N,r) = du @ up; dup += du^T a */
         memset(da, 0, (size_t)N * r_all * sizeof(float));
         if (s->heads > 0)
@@ -356,7 +404,6 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
             matmul_backward(da, params_grad(pb, d->p_up), dup_b, du, d->a, params_value(pb, d->p_up), N, s->r, d->out);
         if (s->act == ACT_IDENTITY) dz = da;
         else act_backward(s->act, dz, d->z, d->a, da, (size_t)N * r_all);
-        const float *src = s->dropout > 0 ? d->xd : (s->insert == INSERT_PARALLEL ? x : d->src_copy);
         int need_dsrc = s->insert == INSERT_SEQUENTIAL || dx;
         if (need_dsrc) memset(dsrc, 0, (size_t)N * src_w * sizeof(float));
         matmul_backward(need_dsrc ? dsrc : NULL, params_grad(pb, d->p_down), ddown_b, dz, src,
