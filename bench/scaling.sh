@@ -137,6 +137,9 @@ echo "META key=busy_after value=$(busy)" >> "$RAW"
 "$PY" - "$RAW" "$SWEEPS" > "$OUT/scaling.md" <<'EOF' || fails=$((fails + 1))
 import sys
 
+sys.path.insert(0, "bench")
+from report import fmt, num  # noqa: E402
+
 OTHER_TOL = 0.1
 meta, res = {}, {}
 for line in open(sys.argv[1]):
@@ -149,18 +152,6 @@ for line in open(sys.argv[1]):
     elif f[0] == "RESULT":
         res[(kv["precision"], int(kv["B"]), int(kv["T"]), int(kv["r"]), int(kv["layers"]))] = kv
 precs = [p for p in ("fp32", "bf16") if any(k[0] == p for k in res)]
-
-
-def num(d, k):
-    try:
-        return float(d[k])
-    except (KeyError, TypeError, ValueError):
-        return float("nan")
-
-
-def fmt(x, nd=1):
-    return "–" if x != x else f"{x:,.{nd}f}"
-
 
 out = []
 p = out.append

@@ -174,9 +174,15 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     size_t per_layer = (5 + keep_ctx) * R16(N * C) + R16(P) + (1 + keep_act) * R16(N * F) + 4 * R16(N);
     if (train) per_layer += MASKF(P);
     if (n_prefix) per_layer += 2 * R16(NK * C) + R16(2 * N) + R16(2 * (size_t)B);
-    /* emb, emb_ln, xbuf[2], ln1, hidden (+ ctx, ffn_act scratch) */
+    /* emb, emb_ln, xbuf[2], ln1, hidden (+ ctx, ffn_act scratch); in training
+     * the forward-only ones (emb unless the embeddings train, xbuf[1], hidden,
+     * the ctx scratch) share the backward's d_v, d_q, d_k, d_ctx: the forward
+     * is done with them (the head keeps its own copy of the [CLS] rows) before
+     * the backward writes those */
+    int keep_emb = (keep & BERT_KEEP_EMB) != 0;
+    size_t shared = train ? 2 + !keep_ctx + !keep_emb : 0;
     size_t rows = (size_t)nth * R16((size_t)BERT_FFN_ROWS * F);
-    size_t total = (6 + !keep_ctx) * R16(N * C) + (whole && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
+    size_t total = (6 + !keep_ctx - shared) * R16(N * C) + (whole && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
                    (size_t)n_sets * per_layer;
     if (train) total += 6 * R16(N * C) + (whole && keep_act) * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
@@ -188,10 +194,19 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     float *p = a->block, *ctx_scratch = NULL, *act_scratch = NULL;
 #define TAKE(dst, n) do { (dst) = p; p += R16(n); } while (0)
 #define TAKEM(dst, n) do { (dst) = (uint8_t *)p; p += MASKF(n); } while (0)
-    TAKE(a->emb, N * C); TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
+    if (train) {
+        TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
+        TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
+        a->xbuf[1] = a->d_q;
+        a->hidden = a->d_k;
+        if (keep_emb) TAKE(a->emb, N * C); else a->emb = a->d_v;
+        if (!keep_ctx) ctx_scratch = a->d_ctx;
+    } else {
+        TAKE(a->emb, N * C); TAKE(a->xbuf[1], N * C); TAKE(a->hidden, N * C); TAKE(ctx_scratch, N * C);
+    }
+    TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
     a->ids_clean = (int32_t *)p; p += R16(N);
-    TAKE(a->xbuf[0], N * C); TAKE(a->xbuf[1], N * C); TAKE(a->ln1, N * C); TAKE(a->hidden, N * C);
-    if (!keep_ctx) TAKE(ctx_scratch, N * C);
+    TAKE(a->xbuf[0], N * C); TAKE(a->ln1, N * C);
     if (whole && !keep_act) TAKE(act_scratch, N * F);
     a->ffn_rows = p; p += rows;
     a->ffn_threads = nth;
@@ -207,8 +222,6 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
         if (n_prefix) { TAKE(L->k_ext, NK * C); TAKE(L->v_ext, NK * C); TAKE(L->gate_sig, 2 * N); TAKE(L->gate, 2 * (size_t)B); }
     }
     if (train) {
-        TAKE(a->d_a, N * C); TAKE(a->d_b, N * C); TAKE(a->d_ctx, N * C);
-        TAKE(a->d_q, N * C); TAKE(a->d_k, N * C); TAKE(a->d_v, N * C);
         /* d_f is the forward's GELU output buffer again when that is not kept */
         if (whole) {
             if (keep_act) TAKE(a->d_f, N * F); else a->d_f = act_scratch;
@@ -227,6 +240,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
 unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_grads *g)
 {
     unsigned keep = 0;
+    if (g && (g->wte || g->wpe || g->wtt || g->emb_ln_w || g->emb_ln_b)) keep |= BERT_KEEP_EMB;
     for (int l = 0; l < cfg->num_layers; l++) {
         const bert_layer *G = g && g->layers ? &g->layers[l] : NULL;
         if ((G && G->wo) || delta_count(ds, l, SITE_ATTN_O)) keep |= BERT_KEEP_CTX;

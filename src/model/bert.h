@@ -51,7 +51,8 @@ typedef struct bert_layer_acts {
  * BERT_FFN_UNFUSED: some layer's FFN has deltas or trained weights, so it
  * runs whole-batch with (N,F) scratch instead of the fused row blocks (fp32
  * runs whole-batch too: OpenBLAS packs the weight again for every block). */
-enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2, BERT_FFN_UNFUSED = 4 };
+enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2, BERT_FFN_UNFUSED = 4,
+       BERT_KEEP_EMB = 8 /* the embeddings' sum (their LayerNorm's input): they or virtual tokens train */ };
 
 /* Rows per block of the fused FFN (see bert.c: ffn_fused_forward) */
 #define BERT_FFN_ROWS 64

@@ -129,6 +129,7 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
     const peftc_config *c = &t->m->cfg;
     peftc_status rc;
     unsigned keep = bert_keep_for(c, t->ds.n ? &t->ds : NULL, &t->grads);
+    if (t->mo.prompt.n_virtual > 0) keep |= BERT_KEEP_EMB;   /* the virtual tokens' gradient */
     if ((rc = bert_acts_init(&t->acts, c, B, T, train, t->mo.prefix.n, keep, err))) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
     if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) return rc;
