@@ -441,6 +441,41 @@ static void test_delta_lowrank_path(void)
     }
 }
 
+/* fp32: the FFN in chunks (several of them) and in per-thread blocks give the
+ * same loss and gradients as in one chunk, to rounding */
+static void check_ffn_chunks(const method_opts *mo)
+{
+    enum { B2 = 6, T2 = 30 };
+    static int32_t ids2[B2 * T2], tts2[B2 * T2];
+    int lens2[B2] = {30, 17, 30, 3, 29, 30}, labels2[B2] = {0, 1, 2, 2, 1, 0};
+    for (int i = 0; i < B2 * T2; i++) { ids2[i] = 5 + (i * 7) % (V - 5); tts2[i] = 0; }
+    kernels_set_bf16(0);
+    task t;
+    peftc_model *m = NULL;
+    peftc_error err = {0};
+    if (!build(&t, &m, mo, 1) || task_alloc(&t, B2, T2, 1, &err)) { CHECK(0, "ffn chunks: build: %s", err.msg); return; }
+    int rows[3] = {t.acts.ffn_act_rows, 64, 0};   /* one chunk, three chunks, per-thread blocks */
+    float *g[3];
+    double loss[3];
+    for (int k = 0; k < 3; k++) {
+        t.acts.ffn_act_rows = rows[k];
+        memset(t.pb.g, 0, t.pb.total * sizeof(float));
+        loss[k] = task_forward(&t, ids2, tts2, lens2, labels2, B2, T2, 1, NULL);
+        task_backward(&t, ids2, tts2, lens2, labels2, B2, T2, 1.0f, NULL);
+        g[k] = tl_dup_floats(t.pb.g, t.pb.total);
+    }
+    double gmax = 0, d1 = 0, d2 = 0;
+    for (size_t i = 0; i < t.pb.total; i++) gmax = fmax(gmax, fabs(g[0][i]));
+    d1 = tl_max_abs_diff(g[0], g[1], t.pb.total) / gmax;
+    d2 = tl_max_abs_diff(g[0], g[2], t.pb.total) / gmax;
+    CHECK(rows[0] == B2 * T2 && d1 <= 1e-5 && d2 <= 1e-5 && fabs(loss[1] - loss[0]) <= 1e-6 && fabs(loss[2] - loss[0]) <= 1e-6,
+          "fp32 FFN in 1 chunk of %d rows, in chunks of 64, in per-thread blocks: gradients agree to %.2g, %.2g of the largest",
+          rows[0], d1, d2);
+    for (int k = 0; k < 3; k++) free(g[k]);
+    task_free(&t);
+    peftc_model_free(m);
+}
+
 static method_opts preset(const char *name, const method_args *a)
 {
     method_opts mo;
@@ -477,6 +512,7 @@ int main(void)
     method_args lora_qv = {.r = 2, .alpha = 4, .targets = "query,value"};
     mo = preset("lora", &lora_qv);
     check_threads("lora (query, value: fused FFN)", &mo);
+    check_ffn_chunks(&mo);
     mo = preset("bitfit", &none);
     check_threads("bitfit", &mo);
     method_args pre = {.prefix_len = 3, .r = 2}, proj = {.prefix_len = 2, .prefix_projection = 1, .encoder_hidden = 6};

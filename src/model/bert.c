@@ -182,7 +182,10 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     int keep_emb = (keep & BERT_KEEP_EMB) != 0;
     size_t shared = train ? 2 + !keep_ctx + !keep_emb : 0;
     size_t rows = (size_t)nth * R16((size_t)BERT_FFN_ROWS * F);
-    size_t total = (6 + !keep_ctx - shared) * R16(N * C) + (whole && !keep_act) * R16(N * F) + rows + 3 * R16(N) +
+    /* the shared GELU output holds every row where deltas need the whole batch,
+     * else chunks of BERT_FFN_CHUNK rows */
+    size_t act_rows = (keep & BERT_FFN_UNFUSED) || N < BERT_FFN_CHUNK ? N : BERT_FFN_CHUNK;
+    size_t total = (6 + !keep_ctx - shared) * R16(N * C) + (whole && !keep_act) * R16(act_rows * F) + rows + 3 * R16(N) +
                    (size_t)n_sets * per_layer;
     if (train) total += 6 * R16(N * C) + (whole && keep_act) * R16(N * F) + (n_prefix ? 2 * R16(NK * C) + R16(4 * (size_t)B) : 0);
     a->block = peftc_alloc_aligned(total * sizeof(float));
@@ -207,7 +210,8 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     TAKE(a->emb_ln, N * C); TAKE(a->emb_mean, N); TAKE(a->emb_rstd, N);
     a->ids_clean = (int32_t *)p; p += R16(N);
     TAKE(a->xbuf[0], N * C); TAKE(a->ln1, N * C);
-    if (whole && !keep_act) TAKE(act_scratch, N * F);
+    if (whole && !keep_act) TAKE(act_scratch, act_rows * F);
+    a->ffn_act_rows = whole && !keep_act ? (int)act_rows : 0;
     a->ffn_rows = p; p += rows;
     a->ffn_threads = nth;
     for (int l = 0; l < n_sets; l++) {
@@ -296,61 +300,86 @@ static int ffn_fused(const bert_run *run, const bert_layer *G, int l)
                                     delta_count(run->deltas, l, SITE_FFN_DOWN)));
 }
 
-/* ffn_pre = ln1 Wi^T + bi (kept), res2 = gelu(ffn_pre) Wf^T + bf, in blocks of
- * BERT_FFN_ROWS rows that each thread takes whole with single-threaded
- * kernels (nested regions run serially): the GELU output of a block stays in
- * the thread's cache, never the full (N,F) in memory, and there is no barrier
- * between the three steps. Block boundaries do not depend on the thread
+/* ffn_pre = ln1 Wi^T + bi (kept) and res2 = gelu(ffn_pre) Wf^T + bf for rows
+ * [r0, r0 + nr), the GELU output in act (nr, F); wi, wf NULL: fp32 */
+static void ffn_rows_forward(const bert_acts *a, bert_layer_acts *A, const bert_layer *W, const matmul_bf16 *wi,
+                             const matmul_bf16 *wf, float *act, int r0, int nr, int C, int F)
+{
+    float *pre = A->ffn_pre + (size_t)r0 * F, *o = A->res2 + (size_t)r0 * C;
+    const float *x = a->ln1 + (size_t)r0 * C;
+    /* the GELU is applied to each output tile while it is in cache */
+    if (wi) matmul_bf16_forward_gelu(pre, act, x, wi, W->bi, nr, C, F);
+    else matmul_forward_gelu(pre, act, x, W->wi, W->bi, nr, C, F);
+    if (wf) matmul_bf16_forward(o, act, wf, W->bf, nr, F, C, 0);
+    else matmul_forward(o, act, W->wf, W->bf, nr, F, C, 0);
+}
+
+/* Its backward for frozen Wi, Wf: d_ln1 += ((d_blk Wf) * gelu'(ffn_pre)) Wi
+ * for rows [r0, r0 + nr), with dpre (nr, F) as scratch */
+static void ffn_rows_backward(const bert_layer_acts *A, const bert_layer *W, matmul_bf16 *wi, matmul_bf16 *wf,
+                              const float *d_blk, float *d_ln1, float *dpre, int r0, int nr, int C, int F)
+{
+    const float *dh = d_blk + (size_t)r0 * C, *pre = A->ffn_pre + (size_t)r0 * F;
+    /* dpre = (dh Wf) * gelu'(pre), the factor applied per output tile */
+    if (!wf || matmul_bf16_backward_gelu(dpre, pre, dh, wf, nr, F, C))
+        matmul_backward_gelu(dpre, pre, dh, W->wf, nr, F, C);
+    float *dx = d_ln1 + (size_t)r0 * C;
+    if (!wi || matmul_bf16_backward(dx, NULL, dpre, wi, nr, C, F, 1))
+        matmul_backward_input(dx, dpre, W->wi, nr, C, F, 1);
+}
+
+/* The FFN of a layer with nothing trained inside it, by rows. With bf16
+ * weights: blocks of BERT_FFN_ROWS rows that each thread takes whole with
+ * single-threaded kernels (nested regions run serially), so the GELU output
+ * of a block stays in the thread's cache, never the full (N,F) in memory, and
+ * there is no barrier between the steps. In fp32 (OpenBLAS would pack the
+ * weight again for every small block): chunks of a->ffn_act_rows rows, each
+ * step threaded. Block and chunk boundaries do not depend on the thread
  * count, and every row is computed by one thread, so neither do results. */
+static int ffn_blocked(const bert_acts *a, const bert_layer_acts *A) { return kernels_bf16() || !A->ffn_act || !a->ffn_act_rows; }
+
 static void ffn_fused_forward(const peftc_model *m, bert_acts *a, bert_layer_acts *A, bert_layer *W, int N)
 {
-    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size, R = BERT_FFN_ROWS;
+    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+    if (!ffn_blocked(a, A)) {
+        for (int r0 = 0; r0 < N; r0 += a->ffn_act_rows)
+            ffn_rows_forward(a, A, W, NULL, NULL, A->ffn_act, r0, N - r0 < a->ffn_act_rows ? N - r0 : a->ffn_act_rows, C, F);
+        return;
+    }
+    int R = BERT_FFN_ROWS, nb = (N + R - 1) / R, nth = omp_get_max_threads();
     matmul_bf16 *wi = bf16_weight(m, &W->bf16[4], 1, W->wi, C, F), *wf = bf16_weight(m, &W->bf16[5], 1, W->wf, F, C);
-    int nb = (N + R - 1) / R, nth = omp_get_max_threads();
     if (nth > a->ffn_threads) nth = a->ffn_threads;
     size_t stride = ffn_rows_stride(F);
     #pragma omp parallel num_threads(nth)
     {
         float *act = a->ffn_rows + (size_t)omp_get_thread_num() * stride;
         #pragma omp for schedule(static)
-        for (int b = 0; b < nb; b++) {
-            int r0 = b * R, nr = N - r0 < R ? N - r0 : R;
-            float *pre = A->ffn_pre + (size_t)r0 * F, *o = A->res2 + (size_t)r0 * C;
-            const float *x = a->ln1 + (size_t)r0 * C;
-            /* the GELU is applied to each output tile while it is in cache */
-            if (wi) matmul_bf16_forward_gelu(pre, act, x, wi, W->bi, nr, C, F);
-            else matmul_forward_gelu(pre, act, x, W->wi, W->bi, nr, C, F);
-            if (wf) matmul_bf16_forward(o, act, wf, W->bf, nr, F, C, 0);
-            else matmul_forward(o, act, W->wf, W->bf, nr, F, C, 0);
-        }
+        for (int b = 0; b < nb; b++)
+            ffn_rows_forward(a, A, W, wi, wf, act, b * R, N - b * R < R ? N - b * R : R, C, F);
     }
 }
 
-/* Backward of ffn_fused_forward for frozen Wi, Wf: d_ln1 += ((d_blk Wf) *
- * gelu'(ffn_pre)) Wi, block by block as in the forward. */
 static void ffn_fused_backward(const peftc_model *m, bert_acts *a, bert_layer_acts *A, bert_layer *W,
                                const float *d_blk, float *d_ln1, int N)
 {
-    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size, R = BERT_FFN_ROWS;
+    int C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+    if (!ffn_blocked(a, A)) {
+        for (int r0 = 0; r0 < N; r0 += a->ffn_act_rows)
+            ffn_rows_backward(A, W, NULL, NULL, d_blk, d_ln1, a->d_f, r0,
+                              N - r0 < a->ffn_act_rows ? N - r0 : a->ffn_act_rows, C, F);
+        return;
+    }
+    int R = BERT_FFN_ROWS, nb = (N + R - 1) / R, nth = omp_get_max_threads();
     matmul_bf16 *wi = bf16_weight_bwd(m, &W->bf16[4], &W->bf16_bwd_packed[4], 1, W->wi, C, F);
     matmul_bf16 *wf = bf16_weight_bwd(m, &W->bf16[5], &W->bf16_bwd_packed[5], 1, W->wf, F, C);
-    int nb = (N + R - 1) / R, nth = omp_get_max_threads();
     if (nth > a->ffn_threads) nth = a->ffn_threads;
     size_t stride = ffn_rows_stride(F);
     #pragma omp parallel num_threads(nth)
     {
         float *dpre = a->ffn_rows + (size_t)omp_get_thread_num() * stride;
         #pragma omp for schedule(static)
-        for (int b = 0; b < nb; b++) {
-            int r0 = b * R, nr = N - r0 < R ? N - r0 : R;
-            const float *dh = d_blk + (size_t)r0 * C, *pre = A->ffn_pre + (size_t)r0 * F;
-            /* dpre = (dh Wf) * gelu'(pre), the factor applied per output tile */
-            if (!wf || matmul_bf16_backward_gelu(dpre, pre, dh, wf, nr, F, C))
-                matmul_backward_gelu(dpre, pre, dh, W->wf, nr, F, C);
-            float *dx = d_ln1 + (size_t)r0 * C;
-            if (!wi || matmul_bf16_backward(dx, NULL, dpre, wi, nr, C, F, 1))
-                matmul_backward_input(dx, dpre, W->wi, nr, C, F, 1);
-        }
+        for (int b = 0; b < nb; b++)
+            ffn_rows_backward(A, W, wi, wf, d_blk, d_ln1, dpre, b * R, N - b * R < R ? N - b * R : R, C, F);
     }
 }
 
@@ -542,7 +571,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         add_inplace(A->res1, x, NC);
         layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
         /* res2 = dropout(gelu(ln1 Wi^T + bi) Wf^T + bf) (+ ffn.out deltas) + ln1 */
-        if (ffn_fused(run, G, l) && (kernels_bf16() || !A->ffn_act))
+        if (ffn_fused(run, G, l))
             ffn_fused_forward(m, a, A, W, N);
         else {
             linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
@@ -626,7 +655,7 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
         layernorm_backward(d_ln1, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
         block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_key, ph, NC, N);
-        if (ffn_fused(run, G ? g : NULL, l) && (kernels_bf16() || !A->ffn_act))
+        if (ffn_fused(run, G ? g : NULL, l))
             ffn_fused_backward(m, a, A, W, d_blk, d_ln1, N);
         else {
             linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f, 0, A->ffn_act, W->wf, g->wf, g->bf,

@@ -54,8 +54,10 @@ typedef struct bert_layer_acts {
 enum { BERT_KEEP_CTX = 1, BERT_KEEP_FFN_ACT = 2, BERT_FFN_UNFUSED = 4,
        BERT_KEEP_EMB = 8 /* the embeddings' sum (their LayerNorm's input): they or virtual tokens train */ };
 
-/* Rows per block of the fused FFN (see bert.c: ffn_fused_forward) */
+/* Rows per block of the fused FFN with bf16 weights, and per chunk in fp32
+ * (see bert.c: ffn_fused_forward) */
 #define BERT_FFN_ROWS 64
+#define BERT_FFN_CHUNK 1024
 
 typedef struct bert_acts {
     int B, T;                /* capacity */
@@ -71,6 +73,7 @@ typedef struct bert_acts {
     float *hidden;           /* (N,C) the last layer's output */
     float *ffn_rows;         /* fused FFN: per thread (BERT_FFN_ROWS, F) */
     int ffn_threads;         /* threads ffn_rows has room for */
+    int ffn_act_rows;        /* rows the shared GELU output (and d_f) holds; 0: none */
     /* backward scratch (training only) */
     float *d_a, *d_b, *d_ctx, *d_q, *d_k, *d_v;   /* (N,C) */
     float *d_f;                                   /* (N,F) (whole-batch FFN) */
