@@ -6,7 +6,7 @@ CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -fPIC \
            -D_GNU_SOURCE -Iinclude -Isrc -I/usr/include/x86_64-linux-gnu/openblas-openmp
 # OpenBLAS built for OpenMP shares our OpenMP runtime, so BLAS calls and our own
 # parallel loops never oversubscribe the cores.
-LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lutf8proc -ljansson -lm -fopenmp
+LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lutf8proc -ljansson -lpcre2-8 -lm -fopenmp
 
 LIB_SRC := $(sort $(wildcard src/core/*.c src/io/*.c src/tokenizer/*.c src/kernels/*.c \
                               src/model/*.c src/peft/*.c src/train/*.c))

