@@ -251,6 +251,61 @@ static void act_layout(qact *a, void *buf, int N, int IC, const qinfo *q)
     a->signed8 = q->off == 128;
 }
 
+#if KERN_X86
+/* round half away from zero, exactly roundf: t = trunc(v), then one more
+ * step away from zero where |v - t| >= 0.5 (v - t is exact) */
+KERN_AVX512 static inline __m512 round_away512(__m512 v)
+{
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_abs_ps(_mm512_sub_ps(v, t));
+    __mmask16 up = _mm512_cmp_ps_mask(f, _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, _mm512_set1_ps(-0.0f)));
+    return _mm512_mask_add_ps(t, up, t, one);
+}
+
+/* quant_q8_0_block / quant_q8_k_block on AVX-512, the same bits: the blocks
+ * of one row (q: the int8 levels, ad: per block the dequantisation scale) */
+KERN_AVX512 static void act_q8_avx512(const float *x, int IC, int8_t *qq, float *ad, int k)
+{
+    if (!k) {
+        for (int b = 0; b < IC / 32; b++) {
+            __m512 x0 = _mm512_loadu_ps(x + 32 * b), x1 = _mm512_loadu_ps(x + 32 * b + 16);
+            float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+            float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+            __m512 vi = _mm512_set1_ps(id);
+            __m512i q0 = _mm512_cvttps_epi32(round_away512(_mm512_mul_ps(x0, vi)));
+            __m512i q1 = _mm512_cvttps_epi32(round_away512(_mm512_mul_ps(x1, vi)));
+            _mm_storeu_si128((__m128i *)(qq + 32 * b), _mm512_cvtepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(qq + 32 * b + 16), _mm512_cvtepi32_epi8(q1));
+            ad[b] = quant_f16_to_f32(quant_f32_to_f16(d));
+        }
+        return;
+    }
+    for (int b = 0; b < IC / 256; b++) {
+        const float *xb = x + 256 * b;
+        __m512 m = _mm512_setzero_ps();
+        for (int j = 0; j < 256; j += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(xb + j)));
+        float amax = _mm512_reduce_max_ps(m), max = 0.0f;
+        for (int j = 0; j < 256; j++)
+            if (__builtin_fabsf(xb[j]) == amax) { max = xb[j]; break; }   /* the first of largest magnitude */
+        if (max == 0.0f) {
+            memset(qq + 256 * b, 0, 256);
+            ad[b] = 0.0f;
+            continue;
+        }
+        float iscale = -128.0f / max;
+        __m512 vi = _mm512_set1_ps(iscale);
+        for (int j = 0; j < 256; j += 16) {
+            __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(vi, _mm512_loadu_ps(xb + j)),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm512_min_ps(v, _mm512_set1_ps(127.0f));
+            _mm_storeu_si128((__m128i *)(qq + 256 * b + j), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+        }
+        ad[b] = 1.0f / iscale;
+    }
+}
+#endif
+
 /* quantise token n: exactly quant_quantize_row(q->act) */
 static void act_quantise_row(const qact *a, const qinfo *q, const float *x, int IC, int n)
 {
@@ -258,6 +313,14 @@ static void act_quantise_row(const qact *a, const qinfo *q, const float *x, int 
     float *ad = (float *)a->ad + (size_t)n * a->nsb, *as = (float *)a->as + (size_t)n * a->nsb;
     int32_t *ac = (int32_t *)a->ac + (size_t)n * a->nsb;
     const int S = q->S;
+#if KERN_X86
+    if (kern_isa_level >= KERNELS_ISA_AVX512) {
+        const int k = q->act == GGML_TYPE_Q8_K;
+        act_q8_avx512(x, IC, qq, ad, k);
+        if (k)   /* the 256-block scale for each sub-block, last block first (in place) */
+            for (int s = IC / S - 1; s >= 0; s--) ad[s] = ad[s / (256 / S)];
+    } else
+#endif
     if (q->act == GGML_TYPE_Q8_0) {
         for (int b = 0; b < IC / 32; b++) {
             blk_q8_0 blk;
@@ -336,12 +399,13 @@ static inline int32_t load4(const int8_t *p)
  * vpmaddubsw + vpmaddwd (pairs of u * q fit int16: u <= 63 and |q| <= 128;
  * for Q8_0, u - 128 is signed and the activations are negated where it is
  * negative so vpmaddubsw sees |u - 128| <= 128 against |q| <= 127). */
+#define U8 _Pragma("GCC unroll 8")
 #define MK512_BODY(DOT)                                                                     \
     const int S = a->S, W = S / 4, nsb = a->nsb, min = a->min;                              \
     const size_t words = (size_t)S * (NIB ? 8 : 16), sb = words + 64 + (min ? 64 : 0);      \
     const int8_t *aq[8];                                                                    \
     __m512 acc[8];                                                                          \
-    for (int r = 0; r < R; r++) {                                                           \
+    U8 for (int r = 0; r < R; r++) {                                                           \
         aq[r] = a->q + (size_t)(r0 + r) * a->ldq;                                           \
         acc[r] = _mm512_setzero_ps();                                                       \
     }                                                                                       \
@@ -349,40 +413,40 @@ static inline int32_t load4(const int8_t *p)
     for (int s = 0; s < nsb; s++) {                                                         \
         const uint8_t *p = P + (size_t)s * sb;                                              \
         __m512i is[8];                                                                      \
-        for (int r = 0; r < R; r++)                                                         \
+        U8 for (int r = 0; r < R; r++)                                                         \
             is[r] = SIGNED8 ? _mm512_setzero_si512()                                        \
                             : _mm512_set1_epi32(a->ac[(size_t)(r0 + r) * nsb + s]);         \
         if (NIB) {                                                                          \
-            for (int k = 0; k < W / 2; k++) {                                               \
+            U8 for (int k = 0; k < W / 2; k++) {                                               \
                 __m512i x = _mm512_load_si512((const void *)(p + (size_t)k * 64));          \
                 __m512i wl = _mm512_and_si512(x, m4);                                       \
                 __m512i wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);                 \
-                for (int r = 0; r < R; r++) {                                               \
+                U8 for (int r = 0; r < R; r++) {                                               \
                     DOT(is[r], wl, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * k)));        \
                     DOT(is[r], wh, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * (k + W / 2)))); \
                 }                                                                           \
             }                                                                               \
         } else {                                                                            \
-            for (int k = 0; k < W; k++) {                                                   \
+            U8 for (int k = 0; k < W; k++) {                                                   \
                 __m512i w = _mm512_load_si512((const void *)(p + (size_t)k * 64));          \
-                for (int r = 0; r < R; r++)                                                 \
+                U8 for (int r = 0; r < R; r++)                                                 \
                     DOT(is[r], w, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * k)));         \
             }                                                                               \
         }                                                                                   \
         const __m512 dw = _mm512_load_ps((const float *)(p + words));                       \
-        for (int r = 0; r < R; r++) {                                                       \
+        U8 for (int r = 0; r < R; r++) {                                                       \
             __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(is[r]),                             \
                                      _mm512_set1_ps(a->ad[(size_t)(r0 + r) * nsb + s]));    \
             acc[r] = _mm512_fmadd_ps(t, dw, acc[r]);                                        \
         }                                                                                   \
         if (min) {                                                                          \
             const __m512 mw = _mm512_load_ps((const float *)(p + words + 64));              \
-            for (int r = 0; r < R; r++)                                                     \
+            U8 for (int r = 0; r < R; r++)                                                     \
                 acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(a->as[(size_t)(r0 + r) * nsb + s]), acc[r]); \
         }                                                                                   \
     }                                                                                       \
     const __mmask16 mk = (__mmask16)((1u << nc) - 1);                                       \
-    for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(out + (size_t)r * ldo, mk, acc[r]);
+    U8 for (int r = 0; r < R; r++) _mm512_mask_storeu_ps(out + (size_t)r * ldo, mk, acc[r]);
 
 #define DOT_VNNI(acc, w, x) ((acc) = _mm512_dpbusd_epi32((acc), (w), (x)))
 #define DOT_BW(acc, w, x) do {                                                              \
@@ -468,16 +532,16 @@ KERN_AVX2 KERN_INLINE void mk256_body(const qact *a, const uint8_t *P, int r0, f
     for (int h = 0; h < 2; h++) {
         const int8_t *aq[4];
         __m256 acc[4];
-        for (int r = 0; r < R; r++) {
+        U8 for (int r = 0; r < R; r++) {
             aq[r] = a->q + (size_t)(r0 + r) * a->ldq;
             acc[r] = _mm256_setzero_ps();
         }
         for (int s = 0; s < nsb; s++) {
             const uint8_t *p = P + (size_t)s * sb + 32 * h;
             __m256i is[4];
-            for (int r = 0; r < R; r++)
+            U8 for (int r = 0; r < R; r++)
                 is[r] = SIGNED8 ? _mm256_setzero_si256() : _mm256_set1_epi32(a->ac[(size_t)(r0 + r) * nsb + s]);
-            for (int k = 0; k < W; k++) {
+            U8 for (int k = 0; k < W; k++) {
                 __m256i w;
                 if (!NIB) w = _mm256_load_si256((const __m256i *)(p + (size_t)k * 64));
                 else if (k < W / 2) w = _mm256_and_si256(_mm256_load_si256((const __m256i *)(p + (size_t)k * 64)), m4);
@@ -487,26 +551,26 @@ KERN_AVX2 KERN_INLINE void mk256_body(const qact *a, const uint8_t *P, int r0, f
                     w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80));
                     wa = _mm256_abs_epi8(w);
                 }
-                for (int r = 0; r < R; r++) {
+                U8 for (int r = 0; r < R; r++) {
                     __m256i x = _mm256_set1_epi32(load4(aq[r] + s * S + 4 * k));
                     if (SIGNED8) x = _mm256_sign_epi8(x, w);
                     is[r] = _mm256_add_epi32(is[r], _mm256_madd_epi16(_mm256_maddubs_epi16(wa, x), ones));
                 }
             }
             const __m256 dw = _mm256_loadu_ps((const float *)(P + (size_t)s * sb + words) + 8 * h);
-            for (int r = 0; r < R; r++) {
+            U8 for (int r = 0; r < R; r++) {
                 __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(is[r]), _mm256_set1_ps(a->ad[(size_t)(r0 + r) * nsb + s]));
                 acc[r] = _mm256_fmadd_ps(t, dw, acc[r]);
             }
             if (min) {
                 const __m256 mw = _mm256_loadu_ps((const float *)(P + (size_t)s * sb + words + 64) + 8 * h);
-                for (int r = 0; r < R; r++)
+                U8 for (int r = 0; r < R; r++)
                     acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(a->as[(size_t)(r0 + r) * nsb + s]), acc[r]);
             }
         }
         int n = nc - 8 * h;
         n = n < 0 ? 0 : n > 8 ? 8 : n;
-        for (int r = 0; r < R; r++) {
+        U8 for (int r = 0; r < R; r++) {
             float tmp[8];
             _mm256_storeu_ps(tmp, acc[r]);
             memcpy(out + (size_t)r * ldo + 8 * h, tmp, (size_t)n * 4);
