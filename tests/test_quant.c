@@ -291,6 +291,31 @@ static void test_tiers_agree(void)
     }
 }
 
+/* the shapes above are small enough that quant_matmul may run them on one
+ * thread: 1 vs 2 threads again on shapes big enough to be split, both
+ * splits (decode: OC across threads; prompt: tiles of tokens x rows) */
+static void test_threads_big(void)
+{
+    for (size_t ti = 0; ti < 8; ti++) {
+        uint32_t t = types[ti];
+        int bad = 0;
+        static const int Ns[] = { 1, 2, 100 };
+        for (int k = 0; k < 3; k++) {
+            const int N = Ns[k], IC = 512, OC = N == 1 ? 1000 : 150;
+            uint8_t *w = make_weight(t, IC, OC);
+            float *A = xmalloc((size_t)N * IC * 4), *o1 = xmalloc((size_t)N * OC * 4), *o2 = xmalloc((size_t)N * OC * 4);
+            for (size_t j = 0; j < (size_t)N * IC; j++) A[j] = urand(-2, 2);
+            omp_set_num_threads(1);
+            quant_matmul(o1, A, w, t, N, IC, OC);
+            omp_set_num_threads(2);
+            quant_matmul(o2, A, w, t, N, IC, OC);
+            bad += memcmp(o1, o2, (size_t)N * OC * 4) != 0;
+            free(w); free(A); free(o1); free(o2);
+        }
+        CHECK(bad == 0, "%s: N=1,2,100 x 512 x (1000,150,150): 1 and 2 threads bit for bit", ggml_traits(t)->name);
+    }
+}
+
 static void test_roundtrip(void)
 {
     const int n = 256 * 8;
@@ -380,6 +405,7 @@ int main(void)
         }
     }
     kernels_set_isa(KERNELS_ISA_AUTO);
+    test_threads_big();
     test_tiers_agree();
     return tl_finish();
 }

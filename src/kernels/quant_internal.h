@@ -41,6 +41,22 @@ static inline int quant_q6k_value(const blk_q6_k *x, int v)
     return lo | hi << 4;
 }
 
+/* fp16 -> fp32 inline (quant_f16_to_f32's bits) for the decoders' inner loops */
+static inline float quant_h2f(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ff, x;
+    float f;
+    if (e == 0x1f) x = sign | 0x7f800000u | (m << 13);
+    else if (e) x = sign | ((e + 112) << 23) | (m << 13);
+    else {
+        f = (float)m * 5.9604644775390625e-8f;
+        __builtin_memcpy(&x, &f, 4);
+        x |= sign;
+    }
+    __builtin_memcpy(&f, &x, 4);
+    return f;
+}
+
 void quant_q8_0_block(const float *x, blk_q8_0 *y);
 void quant_q8_k_block(const float *x, blk_q8_k *y);
 

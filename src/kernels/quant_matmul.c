@@ -202,11 +202,56 @@ static void build_panel(uint8_t *P, const qinfo *q, int nib, const uint8_t *u, c
     }
 }
 
+/* Q4_0 / Q4_1 (nibble panel) and Q8_0 without the detour through levels:
+ * a block's qs byte i holds values i and i+16 in its nibbles, which is the
+ * nibble word's pairing (word k, k + S/8), so word k of a row is qs[4k..4k+3]
+ * as stored; Q8_0's word k is q[4k..4k+3] + 128 (the top bit flipped). */
+static int fast_panel(uint8_t *P, const qinfo *q, uint32_t t, const void *w, size_t row_bytes, int r0, int nr,
+                      int IC, int nib)
+{
+    if (!((t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q4_1) && nib) && t != GGML_TYPE_Q8_0) return 0;
+    const int nsb = IC / 32;
+    const size_t sb = sub_bytes(q, nib), words = (size_t)32 * (nib ? 8 : 16);
+    /* row by row, each row read in order; rows nr..15 are zero */
+    for (int r = 0; r < QG; r++) {
+        const uint8_t *row = (const uint8_t *)w + (size_t)(r0 + r) * row_bytes;
+        for (int s = 0; s < nsb; s++) {
+            uint8_t *p = P + (size_t)s * sb + r * 4;
+            float *pd = (float *)(P + (size_t)s * sb + words) + r, *pm = pd + 16;
+            if (r >= nr) {
+                for (int k = 0; k < (nib ? 4 : 8); k++) memset(p + (size_t)k * 64, 0, 4);
+                *pd = 0.0f;
+                if (q->min) *pm = 0.0f;
+            } else if (t == GGML_TYPE_Q8_0) {
+                const blk_q8_0 *x = (const blk_q8_0 *)row + s;
+                for (int k = 0; k < 8; k++) {
+                    uint32_t v;
+                    memcpy(&v, x->qs + 4 * k, 4);
+                    v ^= 0x80808080u;
+                    memcpy(p + (size_t)k * 64, &v, 4);
+                }
+                *pd = quant_h2f(x->d);
+            } else if (t == GGML_TYPE_Q4_0) {
+                const blk_q4_0 *x = (const blk_q4_0 *)row + s;
+                for (int k = 0; k < 4; k++) memcpy(p + (size_t)k * 64, x->qs + 4 * k, 4);
+                *pd = quant_h2f(x->d);
+            } else {
+                const blk_q4_1 *x = (const blk_q4_1 *)row + s;
+                for (int k = 0; k < 4; k++) memcpy(p + (size_t)k * 64, x->qs + 4 * k, 4);
+                *pd = quant_h2f(x->d);
+                *pm = quant_h2f(x->m);
+            }
+        }
+    }
+    return 1;
+}
+
 /* the panel of rows [r0, r0 + nr) of a weight in its ggml layout; tmp holds
  * 16 * (IC + 8 nsb) bytes */
 static void decode_panel(uint8_t *P, uint8_t *tmp, const qinfo *q, uint32_t t, const void *w,
                          size_t row_bytes, int r0, int nr, int IC, int nib)
 {
+    if (fast_panel(P, q, t, w, row_bytes, r0, nr, IC, nib)) return;
     const int nsb = IC / q->S;
     uint8_t *u = tmp;
     float *dw = (float *)(tmp + (size_t)QG * IC), *mw = dw + (size_t)QG * nsb;
@@ -653,7 +698,8 @@ static int qmatmul(float *out, const float *inp, const void *w, const quant_pack
     if (N < 0 || IC <= 0 || OC < 0 || IC % blk) return QUANT_EUNSUPPORTED;
     if (N == 0 || OC == 0) return 0;
     const int nsb = IC / q.S, G = (OC + QG - 1) / QG;
-    const int nib = pk ? pk->nib : 0;
+    /* the raw path builds the packed layout's panels, so both give the same bits */
+    const int nib = q.nib;
     const size_t gbytes = (size_t)nsb * sub_bytes(&q, nib);
     const size_t tmpb = ((size_t)QG * IC + (size_t)QG * nsb * 8 + 63) & ~(size_t)63;
     const size_t per_thread = pk ? 0 : ((gbytes + 63) & ~(size_t)63) + tmpb;
@@ -662,18 +708,24 @@ static int qmatmul(float *out, const float *inp, const void *w, const quant_pack
     const long tiles = (long)G * NC;
     int nt = omp_get_max_threads();
     if (nt > tiles) nt = (int)tiles;
+    /* below ~200k multiply-adds per thread the fork/join costs more than it saves */
+    const double macs = (double)N * IC * OC;
+    if (nt > 1 && macs < 2e5 * nt) nt = macs < 4e5 ? 1 : (int)(macs / 2e5);
     if (nt < 1) nt = 1;
     uint8_t *buf = kern_scratch(abytes + (size_t)nt * per_thread);
     if (!buf) return QUANT_ENOMEM;
     qact a;
     act_layout(&a, buf, N, IC, &q);
-    #pragma omp parallel for schedule(static) num_threads(nt) if (N > 1)
-    for (int n = 0; n < N; n++) act_quantise_row(&a, &q, inp + (size_t)n * IC, IC, n);
     const mk_fn mk = pick_mk();
     const size_t row_bytes = ggml_row_bytes(type, IC);
+    /* one parallel region per call (a fork/join costs microseconds, as much as
+     * a small decode-time product): the activations first, then the tiles */
     #pragma omp parallel num_threads(nt)
     {
         const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+        for (int n = (int)((long)N * tid / nth); n < (int)((long)N * (tid + 1) / nth); n++)
+            act_quantise_row(&a, &q, inp + (size_t)n * IC, IC, n);
+        #pragma omp barrier
         uint8_t *panel = buf + abytes + (size_t)tid * per_thread, *tmp = panel + ((gbytes + 63) & ~(size_t)63);
         /* contiguous tiles, group-major: each group decoded once per thread */
         long t0 = tiles * tid / nth, t1 = tiles * (tid + 1) / nth;
@@ -684,7 +736,7 @@ static int qmatmul(float *out, const float *inp, const void *w, const quant_pack
             const uint8_t *P;
             if (pk) P = pk->data + (size_t)g * pk->group_bytes;
             else {
-                if (g != last) decode_panel(panel, tmp, &q, type, w, row_bytes, g * QG, nr, IC, 0);
+                if (g != last) decode_panel(panel, tmp, &q, type, w, row_bytes, g * QG, nr, IC, nib);
                 P = panel;
             }
             last = g;
