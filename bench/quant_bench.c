@@ -39,11 +39,13 @@ static double cpu_now(void)
 static int reps = 7;
 static int use_cpu;   /* QBENCH_CPU=1: rank by process CPU time / threads (less noisy when shared) */
 
-typedef struct { float *out; const float *inp; const void *w; const quant_packed *p; uint32_t t; int N, IC, OC; } ctx;
+typedef struct { float *out; const float *inp; const void *w; const quant_packed *p; uint32_t t; int N, IC, OC, bwd; } ctx;
 
 static void call(const ctx *c)
 {
-    if (c->p) quant_matmul_packed(c->out, c->inp, c->p, c->N);
+    /* backward: out (N,IC) = inp (N,OC) @ W */
+    if (c->bwd) quant_matmul_backward_input(c->out, c->inp, c->w, c->t, c->N, c->IC, c->OC, 0);
+    else if (c->p) quant_matmul_packed(c->out, c->inp, c->p, c->N);
     else quant_matmul(c->out, c->inp, c->w, c->t, c->N, c->IC, c->OC);
 }
 
@@ -120,6 +122,7 @@ int main(int argc, char **argv)
         uint32_t t = type_by_name(tok);
         if (t == 0xFFFFFFFFu) { fprintf(stderr, "unknown type %s\n", tok); return 2; }
         double model[2][2][3] = { { { 0 } } };   /* [packed][threads-1][N] seconds per token */
+        int skipped = 0;
         for (int s = 0; s < 5; s++) {
             int IC = shapes[s][0], OC = shapes[s][1];
             uint32_t tt = t;
@@ -127,6 +130,7 @@ int main(int argc, char **argv)
                 tt = GGML_TYPE_Q8_0;   /* 576 is no multiple of 256: SmolLM2's head is Q8_0 anyway */
             if (IC % ggml_traits(tt)->block) {
                 printf("%-5s %5d x %5d: IC not a multiple of the block, skipped\n", tok, IC, OC);
+                skipped = 1;
                 continue;
             }
             uint8_t *w = make_weight(tt, IC, OC, &r);
@@ -135,7 +139,7 @@ int main(int argc, char **argv)
                 int N = Ns[ni];
                 for (int th = 1; th <= maxthr; th++) {
                     omp_set_num_threads(th);
-                    ctx c = { out, inp, w, NULL, tt, N, IC, OC };
+                    ctx c = { out, inp, w, NULL, tt, N, IC, OC, 0 };
                     double traw = timeit(&c);
                     double tpk = traw;
                     if (p) { c.p = p; tpk = timeit(&c); }
@@ -147,8 +151,21 @@ int main(int argc, char **argv)
                     model[1][th - 1][ni] += per_tok[s] * tpk / N;
                 }
             }
+            /* the input gradient through the frozen quantised weight (QLoRA) */
+            if (OC <= 1536)
+                for (int th = 1; th <= maxthr; th++) {
+                    omp_set_num_threads(th);
+                    ctx c = { out, inp, w, NULL, tt, 128, IC, OC, 1 };
+                    double tb = timeit(&c);
+                    printf("%-5s N=128 %5d x %5d  %dT: backward_input %9.1f us %7.1f GFLOPS\n", ggml_traits(tt)->name,
+                           IC, OC, th, tb * 1e6, 2.0 * 128 * IC * OC / tb * 1e-9);
+                }
             quant_packed_free(p);
             free(w);
+        }
+        if (skipped) {
+            printf("## %s: some shapes skipped, no SmolLM2 estimate\n", tok);
+            continue;
         }
         for (int th = 1; th <= maxthr; th++)
             printf("## %s SmolLM2 matmuls, %dT: tok/s raw N=1 %.0f, N=128 %.0f, N=512 %.0f | packed N=1 %.0f, N=128 %.0f, N=512 %.0f\n",

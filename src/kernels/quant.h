@@ -53,8 +53,10 @@ uint32_t quant_act_type(uint32_t type);
 int quant_matmul(float *out, const float *inp, const void *w, uint32_t type, int N, int IC, int OC);
 
 /* dinp (N,IC) = dout (N,OC) @ W (+= if accumulate), W as in quant_matmul (any
- * type quant_dequantize_row handles), dequantised 64 rows at a time into a
- * per-thread scratch (never the whole matrix), products in fp32 (sgemm). */
+ * type quant_dequantize_row handles but Q8_K), dequantised a chunk of rows
+ * (~1 MiB of fp32: 16..512 rows) at a time into the calling thread's scratch
+ * (kept; never the whole matrix), then dinp += dout[:, chunk] @ chunk as one
+ * sgemm. Results do not depend on the thread count. */
 int quant_matmul_backward_input(float *dinp, const float *dout, const void *w, uint32_t type,
                                 int N, int IC, int OC, int accumulate);
 
