@@ -457,10 +457,15 @@ static inline int32_t load4(const int8_t *p)
     const __m512i m4 = _mm512_set1_epi8(0x0f);                                              \
     for (int s = 0; s < nsb; s++) {                                                         \
         const uint8_t *p = P + (size_t)s * sb;                                              \
-        __m512i is[8];                                                                      \
-        U8 for (int r = 0; r < R; r++)                                                         \
+        /* with few tokens the sums of a sub-block would be one chain of    \
+         * dependent vpdpbusd: two chains (added at the end, exactly) */    \
+        const int SPLIT = R <= 2;                                                           \
+        __m512i is[8], is2[8];                                                              \
+        U8 for (int r = 0; r < R; r++) {                                                       \
             is[r] = SIGNED8 ? _mm512_setzero_si512()                                        \
                             : _mm512_set1_epi32(a->ac[(size_t)(r0 + r) * nsb + s]);         \
+            is2[r] = _mm512_setzero_si512();                                                \
+        }                                                                                   \
         if (NIB) {                                                                          \
             U8 for (int k = 0; k < W / 2; k++) {                                               \
                 __m512i x = _mm512_load_si512((const void *)(p + (size_t)k * 64));          \
@@ -468,16 +473,20 @@ static inline int32_t load4(const int8_t *p)
                 __m512i wh = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);                 \
                 U8 for (int r = 0; r < R; r++) {                                               \
                     DOT(is[r], wl, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * k)));        \
-                    DOT(is[r], wh, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * (k + W / 2)))); \
+                    if (SPLIT) DOT(is2[r], wh, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * (k + W / 2)))); \
+                    else DOT(is[r], wh, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * (k + W / 2)))); \
                 }                                                                           \
             }                                                                               \
         } else {                                                                            \
             U8 for (int k = 0; k < W; k++) {                                                   \
                 __m512i w = _mm512_load_si512((const void *)(p + (size_t)k * 64));          \
-                U8 for (int r = 0; r < R; r++)                                                 \
-                    DOT(is[r], w, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * k)));         \
+                U8 for (int r = 0; r < R; r++) {                                               \
+                    if (SPLIT && (k & 1)) DOT(is2[r], w, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * k))); \
+                    else DOT(is[r], w, _mm512_set1_epi32(load4(aq[r] + s * S + 4 * k)));    \
+                }                                                                           \
             }                                                                               \
         }                                                                                   \
+        if (SPLIT) U8 for (int r = 0; r < R; r++) is[r] = _mm512_add_epi32(is[r], is2[r]);    \
         const __m512 dw = _mm512_load_ps((const float *)(p + words));                       \
         U8 for (int r = 0; r < R; r++) {                                                       \
             __m512 t = _mm512_mul_ps(_mm512_cvtepi32_ps(is[r]),                             \
