@@ -181,23 +181,28 @@ static void build_panel(uint8_t *P, const qinfo *q, int nib, const uint8_t *u, c
                         const float *mw, int nr, int IC)
 {
     const int S = q->S, nsb = IC / S, W = S / 4;
-    const size_t sb = sub_bytes(q, nib);
-    for (int s = 0; s < nsb; s++) {
-        uint8_t *p = P + (size_t)s * sb;
-        const size_t words = (size_t)S * (nib ? 8 : 16);
-        float *pd = (float *)(p + words), *pm = pd + 16;
-        if (nib) memset(p, 0, words);
-        for (int r = 0; r < QG; r++) {
-            for (int k = 0; k < W; k++) {
-                for (int j = 0; j < 4; j++) {
-                    uint8_t v = r < nr ? u[(size_t)r * IC + (size_t)s * S + 4 * k + j] : 0;
-                    if (!nib) p[(size_t)k * 64 + r * 4 + j] = v;
-                    else if (k < W / 2) p[(size_t)k * 64 + r * 4 + j] |= v;
-                    else p[(size_t)(k - W / 2) * 64 + r * 4 + j] |= (uint8_t)(v << 4);
+    const size_t sb = sub_bytes(q, nib), words = (size_t)S * (nib ? 8 : 16);
+    /* 4 values of a row at a time (a 32-bit move); nibble words pair word k
+     * (low nibbles) with word k + W/2 (high): levels <= 15, so one shift and
+     * or per 4 values, no carries between bytes */
+    for (int r = 0; r < QG; r++) {
+        const uint8_t *ur = u + (size_t)r * IC;
+        for (int s = 0; s < nsb; s++) {
+            uint8_t *p = P + (size_t)s * sb + r * 4;
+            float *pd = (float *)(P + (size_t)s * sb + words) + r, *pm = pd + 16;
+            for (int k = 0; k < (nib ? W / 2 : W); k++) {
+                uint32_t v = 0, h = 0;
+                if (r < nr) {
+                    memcpy(&v, ur + (size_t)s * S + 4 * k, 4);
+                    if (nib) {
+                        memcpy(&h, ur + (size_t)s * S + 4 * (k + W / 2), 4);
+                        v |= h << 4;
+                    }
                 }
+                memcpy(p + (size_t)k * 64, &v, 4);
             }
-            pd[r] = r < nr ? dw[(size_t)r * nsb + s] : 0.0f;
-            if (q->min) pm[r] = r < nr ? mw[(size_t)r * nsb + s] : 0.0f;
+            *pd = r < nr ? dw[(size_t)r * nsb + s] : 0.0f;
+            if (q->min) *pm = r < nr ? mw[(size_t)r * nsb + s] : 0.0f;
         }
     }
 }
