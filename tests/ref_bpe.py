@@ -147,15 +147,75 @@ def set_pre(d, pre):
     d["model"]["ignore_merges"] = pre in LLAMA3
 
 
+# Chat templates as their models publish them (Llama-3-8B-Instruct, Zephyr-7B-beta).
+CHAT_TEMPLATES = {
+    "llama3": "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+              "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
+              "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+              "{{ content }}{% endfor %}{% if add_generation_prompt %}"
+              "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+    "zephyr": "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + "
+              "message['content'] + eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + "
+              "message['content'] + eos_token }}\n{% elif message['role'] == 'assistant' %}\n"
+              "{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+              "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
+}
+
+
+def features(d, name):
+    """Pipelines that exercise the tokenizer.json constructs one by one."""
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    seq = lambda *p: {"type": "Sequence", "pretokenizers": list(p)}
+    split = lambda pat, beh, inv=False, lit=False: {"type": "Split", "pattern": {"String" if lit else "Regex": pat},
+                                                  "behavior": beh, "invert": inv}
+    if name == "t-prefix":
+        d["pre_tokenizer"] = dict(bl, add_prefix_space=True)
+        d["model"]["merges"] = [" ".join(m) for m in d["model"]["merges"]]
+        d["post_processor"] = {"type": "TemplateProcessing",
+                               "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                                          {"Sequence": {"id": "A", "type_id": 0}},
+                                          {"SpecialToken": {"id": "<|im_end|>", "type_id": 0}}],
+                               "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                               "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"]},
+                                                  "<|im_end|>": {"id": "<|im_end|>", "ids": [2], "tokens": ["<|im_end|>"]}}}
+        for a in d["added_tokens"]:
+            if a["content"] == "<|im_end|>":
+                a["lstrip"] = a["rstrip"] = True
+            if a["content"] == "<|im_start|>":
+                a["rstrip"] = True
+    elif name == "t-prefix2":
+        d["pre_tokenizer"] = seq(split("\\p{P}", "Isolated"), dict(bl, add_prefix_space=True, use_regex=False))
+    elif name == "t-split":
+        d["pre_tokenizer"] = seq(split(" ", "MergedWithPrevious", lit=True), split("[,.;:]", "MergedWithNext"),
+                                 {"type": "Digits", "individual_digits": False}, dict(bl, use_regex=False))
+    elif name == "t-contig":
+        d["pre_tokenizer"] = seq(split("\\s", "Contiguous", inv=True), bl)
+    elif name == "t-removed":
+        d["pre_tokenizer"] = seq(split("\\s+", "Removed"), split("o", "Isolated", inv=True), dict(bl, use_regex=False))
+    elif name == "t-nfc":
+        d["normalizer"] = {"type": "NFC"}
+        d["model"]["ignore_merges"] = True
+    else:
+        raise SystemExit("unknown variant " + name)
+
+
 def variants(d, base, pres):
-    src = json.load(open(os.path.join(d, "tokenizer.json"), encoding="utf-8"))
-    conf = open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8").read()
+    raw = open(os.path.join(d, "tokenizer.json"), encoding="utf-8").read()
+    conf = json.load(open(os.path.join(d, "tokenizer_config.json"), encoding="utf-8"))
     for pre in pres:
         out = base + "-" + pre
         os.makedirs(out, exist_ok=True)
-        set_pre(src, pre)
+        src = json.loads(raw)
+        c = dict(conf)
+        if pre.startswith("chat-"):
+            c["chat_template"] = CHAT_TEMPLATES[pre[5:]]
+            c["bos_token"], c["eos_token"] = "<|im_start|>", "<|im_end|>"
+        elif pre.startswith("t-"):
+            features(src, pre)
+        else:
+            set_pre(src, pre)
         json.dump(src, open(os.path.join(out, "tokenizer.json"), "w", encoding="utf-8"), ensure_ascii=False)
-        open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8").write(conf)
+        json.dump(c, open(os.path.join(out, "tokenizer_config.json"), "w", encoding="utf-8"), ensure_ascii=False)
 
 
 def read_jsonl():

@@ -496,7 +496,7 @@ static peftc_status add_step_re(bpe_tokenizer *t, int kind, const char *pat, siz
     if (pat) {
         int ec;
         PCRE2_SIZE eo;
-        st->re = pcre2_compile((PCRE2_SPTR)pat, plen, PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0),
+        st->re = pcre2_compile((PCRE2_SPTR)pat, plen, PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP),
                                &ec, &eo, NULL);
         if (!st->re) {
             PCRE2_UCHAR msg[160];
@@ -1388,6 +1388,9 @@ size_t bpe_stream_flush(bpe_stream *st, char *out, size_t cap)
  *                          text when the first message is not system
  *   chatml                 the plain ChatML loop
  *   llama3                 Llama-3-Instruct (bos_token, content | trim)
+ *   zephyr                 Zephyr-7B-beta / TinyLlama-Chat (<|user|> ... eos_token)
+ * Whitespace is what transformers' Jinja environment makes of them
+ * (trim_blocks, lstrip_blocks: the newline after a block tag is dropped).
  */
 static const char CHATML_SYS_A[] =
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
@@ -1403,6 +1406,12 @@ static const char LLAMA3[] =
     "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + "
     "'<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
     "{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+static const char ZEPHYR[] =
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + "
+    "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}";
 
 /* Compares ignoring trailing whitespace of the template (files often end in \n). */
 static int same_text(const char *t, const char *want)
@@ -1434,6 +1443,7 @@ const char *bpe_chat_family(const char *tmpl)
     if (chatml_default_system(tmpl, &l)) return "chatml-default-system";
     if (same_text(tmpl, CHATML)) return "chatml";
     if (same_text(tmpl, LLAMA3)) return "llama3";
+    if (same_text(tmpl, ZEPHYR)) return "zephyr";
     return NULL;
 }
 
@@ -1460,13 +1470,12 @@ static void py_strip(const char *s, size_t *a, size_t *b)
 peftc_status bpe_chat_render(const char *tmpl, const char *bos, const char *eos, const bpe_chat_msg *m, int n,
                              int add_gen, char **out, peftc_error *err)
 {
-    (void)eos;
     *out = NULL;
     if (!tmpl) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "the tokenizer has no chat template");
     const char *fam = bpe_chat_family(tmpl);
     if (!fam)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "chat template not recognised (supported: ChatML, ChatML with "
-                          "a default system message as in SmolLM2, Llama-3): '%.60s...'", tmpl);
+                          "a default system message as in SmolLM2, Llama-3, Zephyr): '%.60s...'", tmpl);
     for (int i = 0; i < n; i++)
         if (!m[i].role || !m[i].content)
             return peftc_fail(err, PEFTC_ERR_INPUT, "chat message %d has no role or content", i);
@@ -1482,6 +1491,17 @@ peftc_status bpe_chat_render(const char *tmpl, const char *bos, const char *eos,
                    cb_add(&b, "<|eot_id|>", 10);
         }
         if (add_gen) bad |= cb_add(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n", 47);
+    } else if (!strcmp(fam, "zephyr")) {
+        /* per known role "<|role|>\n" content eos "\n"; other roles print
+         * nothing; the generation prompt follows the last message only */
+        for (int i = 0; i < n && !bad; i++) {
+            const char *r = m[i].role;
+            if (strcmp(r, "user") && strcmp(r, "system") && strcmp(r, "assistant")) continue;
+            bad |= cb_add(&b, "<|", 2) || cb_add(&b, r, strlen(r)) || cb_add(&b, "|>\n", 3) ||
+                   cb_add(&b, m[i].content, strlen(m[i].content)) || (eos && cb_add(&b, eos, strlen(eos))) ||
+                   cb_add(&b, "\n", 1);
+        }
+        if (add_gen && n > 0) bad |= cb_add(&b, "<|assistant|>\n", 14);
     } else {
         size_t sl = 0;
         const char *sys = !strcmp(fam, "chatml-default-system") ? chatml_default_system(tmpl, &sl) : NULL;
