@@ -312,6 +312,8 @@ struct bpe_tokenizer {
     char pre_name[128];
     added_tok *added;
     int nadded;
+    int added_head[256];       /* first added token starting with a byte, -1 */
+    int *added_next;           /* the next one with the same first byte */
     int32_t bos, eos, unk, pad;
     int32_t model_unk;         /* the BPE model's unk_token (tokenizer.json only), -1: none */
     int32_t prefix[8], suffix[8];
@@ -355,6 +357,7 @@ void bpe_free(bpe_tokenizer *t)
     for (int i = 0; i < t->nsteps; i++) pcre2_code_free(t->steps[i].re);
     for (int i = 0; i < t->nadded; i++) free(t->added[i].text);
     free(t->added);
+    free(t->added_next);
     free(t->chat_template);
     free(t);
 }
@@ -539,6 +542,22 @@ static peftc_status add_added(bpe_tokenizer *t, const char *s, size_t n, int32_t
     return PEFTC_OK;
 }
 
+/* Buckets the added tokens by first byte (Llama-3 has 256 of them; the
+ * text scan then looks only at those that can start at a position). */
+static peftc_status index_added(bpe_tokenizer *t, peftc_error *err)
+{
+    for (int c = 0; c < 256; c++) t->added_head[c] = -1;
+    if (!t->nadded) return PEFTC_OK;
+    t->added_next = malloc((size_t)t->nadded * sizeof *t->added_next);
+    if (!t->added_next) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int k = t->nadded - 1; k >= 0; k--) {
+        unsigned char c = (unsigned char)t->added[k].text[0];
+        t->added_next[k] = t->added_head[c];
+        t->added_head[c] = k;
+    }
+    return PEFTC_OK;
+}
+
 /* ------------------------------------------------------ from GGUF arrays */
 
 static int in_alphabet(const char *s, size_t n)
@@ -643,6 +662,7 @@ peftc_status bpe_from_vocab(const bpe_vocab *v, bpe_tokenizer **out, peftc_error
         if (ids[i] < -1 || ids[i] >= v->n_tokens)
             s = peftc_fail(err, PEFTC_ERR_FORMAT, "tokenizer.ggml.%s_token_id: %d is outside the vocabulary (%d tokens)",
                            names[i], ids[i], v->n_tokens);
+    if (!s) s = index_added(t, err);
     if (!s) {
         t->bos = v->bos_id; t->eos = v->eos_id; t->unk = v->unk_id; t->pad = v->pad_id;
         if (v->add_bos && t->bos >= 0) t->prefix[t->nprefix++] = t->bos;
@@ -895,7 +915,7 @@ peftc_status bpe_from_tokenizer_json(const char *path, bpe_tokenizer **out, peft
             goto done;
         }
     }
-    if ((s = index_vocab(t, path, err))) goto done;
+    if ((s = index_vocab(t, path, err)) || (s = index_added(t, err))) goto done;
     {
         size_t nm = json_array_size(merges);
         strv *m = calloc(nm ? nm : 1, sizeof *m);
@@ -1115,7 +1135,9 @@ static peftc_status run_step(const pre_step *st, enc_ctx *c, peftc_error *err)
         size_t first = out->np, pos = 0, prev = 0;
         int prev_match = 0;
         while (pos <= n) {
-            int rc = pcre2_match(st->re, (PCRE2_SPTR)s, n, pos, 0, c->md, NULL);
+            /* the text was validated once (utf8_check); PCRE2 would otherwise check
+             * the whole subject again on every call, quadratic in a long piece */
+            int rc = pcre2_match(st->re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, c->md, NULL);
             if (rc == PCRE2_ERROR_NOMATCH) break;
             if (rc < 0) {
                 free(tmp.v);
@@ -1178,12 +1200,13 @@ nomem:
  * if parse_special); returns its index or -1, with *at its start. */
 static int find_added(const bpe_tokenizer *t, const char *s, size_t n, size_t from, int parse_special, size_t *at)
 {
+    if (!t->nadded) return -1;
     for (size_t i = from; i < n; i++) {
         int best = -1;
-        for (int k = 0; k < t->nadded; k++) {
+        for (int k = t->added_head[(unsigned char)s[i]]; k >= 0; k = t->added_next[k]) {
             const added_tok *a = &t->added[k];
             if (a->special && !parse_special) continue;
-            if (a->text[0] != s[i] || a->len > n - i || (best >= 0 && a->len <= t->added[best].len)) continue;
+            if (a->len > n - i || (best >= 0 && a->len <= t->added[best].len)) continue;
             if (!memcmp(s + i, a->text, a->len)) best = k;
         }
         if (best >= 0) { *at = i; return best; }
