@@ -40,6 +40,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pcre2.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -207,11 +208,13 @@ static int is_ws(uint32_t c)
 static uint32_t byte2cp[256];
 static int16_t cp2byte[512];   /* the alphabet lies in U+0021..U+0143 */
 
+static pthread_once_t alphabet_once = PTHREAD_ONCE_INIT;
+
 static void alphabet_init(void)
 {
     /* bytes_to_unicode(): printable Latin-1 bytes stand for themselves, the
-     * rest map to U+0100 upwards in byte order.  Written once with the same
-     * values by any thread, so a race is harmless; done at construction. */
+     * rest map to U+0100 upwards in byte order.  Filled once (pthread_once,
+     * so tokenizers may be built from several threads). */
     int n = 0;
     for (int i = 0; i < 512; i++) cp2byte[i] = -1;
     for (int b = 0; b < 256; b++) {
@@ -377,7 +380,7 @@ static bpe_tokenizer *tok_new(int n_ids)
         bpe_free(t);
         return NULL;
     }
-    alphabet_init();
+    pthread_once(&alphabet_once, alphabet_init);
     return t;
 }
 
