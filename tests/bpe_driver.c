@@ -1,10 +1,11 @@
 /* bpe_driver.c: the C side of tests/check_bpe.sh.
  *
  *   bpe_driver json TOKENIZER_JSON [--special] < texts.jsonl
- *   bpe_driver dump DUMP [--pre NAME] [--special] [--no-roundtrip] < texts.jsonl
+ *   bpe_driver dump DUMP [--pre NAME] [--special] [--no-roundtrip] [--no-parse] < texts.jsonl
  *       one line of ids per input text (a JSON string per line); checks
  *       decode(encode(x)) == x and prints "roundtrip <bad> <total>" on stderr
- *       (with the first bad line), then the encoding time.
+ *       (with the first bad line), then the encoding time.  --no-parse:
+ *       special tokens in the text are plain text (parse_special = 0).
  *   bpe_driver chat TOKENIZER_JSON | chatdump DUMP < chats.jsonl
  *       the chat template output per line as a JSON string.
  *
@@ -123,19 +124,21 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *mode = argv[1], *path = argv[2], *pre = NULL;
-    int special = 0, roundtrip = 1;
+    int special = 0, roundtrip = 1, parse = 1;
     for (int i = 3; i < argc; i++) {
         if (!strcmp(argv[i], "--special")) special = 1;
         else if (!strcmp(argv[i], "--no-roundtrip")) roundtrip = 0;
+        else if (!strcmp(argv[i], "--no-parse")) parse = 0;
         else if (!strcmp(argv[i], "--pre") && i + 1 < argc) pre = argv[++i];
     }
     peftc_error err = {0};
     bpe_tokenizer *tok = NULL;
     char *keep = NULL;
     peftc_status s;
+    bpe_vocab v;
+    memset(&v, 0, sizeof v);
     if (!strcmp(mode, "json") || !strcmp(mode, "chat")) s = bpe_from_tokenizer_json(path, &tok, &err);
     else {
-        bpe_vocab v;
         if (load_dump(path, &v, &keep)) {
             fprintf(stderr, "bpe_driver: %s: cannot read\n", path);
             return 1;
@@ -184,7 +187,7 @@ int main(int argc, char **argv)
             int k = 0;
             struct timespec t0, t1;
             clock_gettime(CLOCK_MONOTONIC, &t0);
-            if (bpe_encode_alloc(tok, t, tl, special, 1, &ids, &k, &err)) {
+            if (bpe_encode_alloc(tok, t, tl, special, parse, &ids, &k, &err)) {
                 fprintf(stderr, "bpe_driver: line %ld: %s\n", total + 1, err.msg);
                 return 1;
             }
@@ -213,5 +216,11 @@ int main(int argc, char **argv)
     free(in);
     bpe_free(tok);
     free(keep);
+    free((void *)v.tokens);
+    free((void *)v.token_lens);
+    free((void *)v.token_types);
+    free((void *)v.merges);
+    free((void *)v.merge_lens);
+    free((void *)v.chat_template);
     return 0;
 }

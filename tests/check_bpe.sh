@@ -104,12 +104,15 @@ for pre in $pres; do args+=("$tmp/v-$pre/tokenizer.json:$tmp/want_$pre"); done
 "$PY" tests/ref_bpe.py encode "$tmp/texts.jsonl" "${args[@]}" 2>"$tmp/e" ||
     { bad "reference encode: $(tail -1 "$tmp/e")"; finish; }
 "$PY" tests/ref_bpe.py encode "$tmp/texts.jsonl" --special "$tmp/smol/tokenizer.json:$tmp/want_sp" 2>/dev/null
+"$PY" tests/ref_bpe.py encode "$tmp/texts.jsonl" --no-parse "$tmp/smol/tokenizer.json:$tmp/want_np" 2>/dev/null
 "$PY" tests/ref_bpe.py encode "$tmp/sweep.jsonl" "$tmp/smol/tokenizer.json:$tmp/want_sw" \
     "$tmp/v-llama-bpe/tokenizer.json:$tmp/want_sw2" 2>/dev/null
 
 cmp_ids "SmolLM2 tokenizer.json" "$tmp/texts.jsonl" "$tmp/want" -- json "$tmp/smol/tokenizer.json"
 cmp_ids "SmolLM2 GGUF arrays (pre smollm)" "$tmp/texts.jsonl" "$tmp/want" -- dump "$tmp/smol.dump"
 cmp_ids "SmolLM2 tokenizer.json, add_special" "$tmp/texts.jsonl" "$tmp/want_sp" -- json "$tmp/smol/tokenizer.json" --special
+cmp_ids "SmolLM2 GGUF arrays, specials as text (encode_special_tokens)" "$tmp/texts.jsonl" "$tmp/want_np" -- \
+    dump "$tmp/smol.dump" --no-parse
 # the sweep has control bytes SmolLM2's vocabulary lacks (HF drops them), so
 # no round trip there
 cmp_ids "code point sweep, smollm" "$tmp/sweep.jsonl" "$tmp/want_sw" -- json "$tmp/smol/tokenizer.json" --no-roundtrip

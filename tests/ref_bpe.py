@@ -20,9 +20,10 @@
   ref_bpe.py variants DIR OUT_BASE PRE...
       DIR/tokenizer.json with the pre-tokenizer (and ignore_merges) hfjson
       would give for each PRE, into OUT_BASE-PRE/ (quicker than reconverting)
-  ref_bpe.py encode TEXTS [--special] TOKENIZER_JSON:OUT...
+  ref_bpe.py encode TEXTS [--special] [--no-parse] TOKENIZER_JSON:OUT...
       ids per line of TEXTS (JSON strings) into each OUT (add_special_tokens
-      only with --special)
+      only with --special; --no-parse: encode_special_tokens, i.e. special
+      tokens in the text are plain text)
   ref_bpe.py chat TOK_DIR < chats.jsonl
       transformers' apply_chat_template(tokenize=False) per line as a JSON
       string (each input line: {"messages": [...], "add_generation_prompt": b})
@@ -226,13 +227,16 @@ def read_jsonl():
 def encode(texts, args):
     from tokenizers import Tokenizer
     special = "--special" in args
+    noparse = "--no-parse" in args
     data = open(texts, "rb").read().decode("utf-8")
     xs = [json.loads(x) for x in data.split("\n") if x]
     for a in args:
-        if a == "--special":
+        if a in ("--special", "--no-parse"):
             continue
         tj, out = a.rsplit(":", 1)
         tok = Tokenizer.from_file(tj)
+        if noparse:
+            tok.encode_special_tokens = True
         enc = tok.encode_batch(xs, add_special_tokens=special)
         with open(out, "w") as f:
             f.write("".join(" ".join(map(str, e.ids)) + "\n" for e in enc))
