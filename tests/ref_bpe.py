@@ -2,8 +2,10 @@
 """Reference side of tests/check_bpe.sh: Hugging Face `tokenizers` / transformers.
 
   ref_bpe.py texts DATA_DIR HARD_CASES > texts.jsonl
-      one JSON string per line: real lines from GSM8K, Alpaca, XSum, WMT16 en-ro
-      (both sides) and the hard-case file (lines, "\\n" and "\\t" escapes kept as is)
+      one JSON string per line: real texts (GSM8K test: 200 questions and
+      answers; Alpaca: 200 instructions, inputs, outputs; XSum: the 10 sample
+      and 100 test1000 documents and summaries; WMT16 en-ro: 150 newstest2016
+      lines a side and the 11-line sample both sides) and the hard-case file (lines, "\\n" and "\\t" escapes kept as is)
   ref_bpe.py dump GGUF OUT
       the GGUF's tokenizer metadata as a simple dump for tests/bpe_driver.c:
       "key value" lines, then "tokens N", N lines "type len<TAB>bytes", then
@@ -54,6 +56,13 @@ def texts(data, hard):
         add(d["output"])
     with open(os.path.join(data, "xsum-sample/sample.json"), encoding="utf-8") as f:
         for line in f:
+            d = json.loads(line)
+            add(d["document"])
+            add(d["summary"])
+    with open(os.path.join(data, "xsum-test1000/test.jsonl"), encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= 100:
+                break
             d = json.loads(line)
             add(d["document"])
             add(d["summary"])
