@@ -53,6 +53,10 @@ peftc_status bpe_from_vocab(const bpe_vocab *v, bpe_tokenizer **out, peftc_error
  * the construct. */
 peftc_status bpe_from_tokenizer_json(const char *path, bpe_tokenizer **out, peftc_error *err);
 
+/* From a GGUF file's tokenizer.* metadata (tokenizer/bpe_gguf.c). */
+struct gguf_file;
+peftc_status bpe_from_gguf(const struct gguf_file *g, bpe_tokenizer **out, peftc_error *err);
+
 void bpe_free(bpe_tokenizer *tok);
 
 int bpe_vocab_size(const bpe_tokenizer *tok);   /* largest id + 1 */
