@@ -308,8 +308,8 @@ int main(int argc, char **argv)
             for (int k = 0; k < 2; k++)
                 for (int ab = 0; ab < 2; ab++) {
                     char name[PARAM_NAME_MAX];
-                    snprintf(name, sizeof name, PEFT_PREFIX "encoder.layer.%d.attention.self.%s.lora_%c.weight", l, tg[k],
-                             ab ? 'B' : 'A');
+                    snprintf(name, sizeof name, "%sencoder.layer.%d.attention.self.%s.lora_%c.weight", m->family->peft_prefix,
+                             l, tg[k], ab ? 'B' : 'A');
                     int i = params_find(&t.pb, name);
                     if (i < 0) { fprintf(stderr, "train_step: no tensor %s\n", name); return 1; }
                     if (ab && train) continue;

@@ -83,7 +83,8 @@ peftc_status peftc_gguf_describe(const char *path, int max_items, char **out, pe
 
 /* --------------------------------------------------------------- models */
 typedef enum peftc_arch {
-    PEFTC_ARCH_BERT = 1
+    PEFTC_ARCH_BERT = 1,   /* encoder (model_type "bert") */
+    PEFTC_ARCH_LLAMA = 2   /* decoder (model_type "llama", GGUF "llama") */
 } peftc_arch;
 
 typedef struct peftc_config {
@@ -103,16 +104,20 @@ typedef struct peftc_config {
                               model directory has one, else max_position */
 } peftc_config;
 
-/* Parses a Hugging Face config.json; rejects what peftc cannot run. */
+/* Parses a Hugging Face config.json, dispatching on its model_type to the
+ * family's fields; rejects what peftc cannot run. */
 peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error *err);
 
 typedef struct peftc_model peftc_model;
 
-/* Loads config.json + model.safetensors from a directory (weights mapped,
- * converted to fp32 only where the file holds F16/BF16). */
+/* Loads a model directory (config.json + model.safetensors; weights mapped,
+ * converted to fp32 only where the file holds F16/BF16); config.json's
+ * model_type picks the model family. */
 peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err);
 void peftc_model_free(peftc_model *m);
 const peftc_config *peftc_model_config(const peftc_model *m);
+/* The model family's name ("bert"): its config.json model_type. */
+const char *peftc_model_family(const peftc_model *m);
 /* Number of parameters of the base model (embeddings + encoder). */
 int64_t peftc_model_param_count(const peftc_model *m);
 

@@ -237,23 +237,21 @@ static int cmd_fresh(int argc, char **argv)
     task *t = &s.t;
     int B = s.B, T = s.T, K = t->labels.n, C = s.m->cfg.hidden_size;
 
-    /* the base: a second load of the model, never touched by a method, no bert_run at all */
+    /* the base: a second load of the model, never touched by a method, no model_run at all */
     peftc_model *m0 = NULL;
-    bert_acts a0;
-    memset(&a0, 0, sizeof a0);
+    model_acts *a0 = NULL;
     cls_head h0;
     memset(&h0, 0, sizeof h0);
-    if (peftc_model_load(model_dir, &m0, &err) || bert_acts_init(&a0, &m0->cfg, B, T, 0, 0, 0, &err) ||
+    if (peftc_model_load(model_dir, &m0, &err) || model_acts_init(m0, &a0, B, T, 0, 0, 0, &err) ||
         cls_head_alloc(&h0, C, K, B, &err))
         return tl_die("base model", &err);
-    bert_forward(m0, &a0, NULL, s.bb.ids, s.bb.tts, s.bb.lens, B, T);
+    m0->family->forward(m0, a0, NULL, s.bb.ids, s.bb.tts, s.bb.lens, B, T);
     h0.C = C;
     h0.K = K;
-    h0.pool_w = m0->pool_w;
-    h0.pool_b = m0->pool_b;
+    m0->family->pooler(m0, &h0.pool_w, &h0.pool_b);
     h0.cls_w = params_value(&t->pb, t->p_cls_w); /* the task's own (random) classifier */
     h0.cls_b = params_value(&t->pb, t->p_cls_b);
-    cls_head_forward(&h0, bert_hidden(m0, &a0), B, T, 0.0f, 0, NULL);
+    cls_head_forward(&h0, m0->family->hidden(m0, a0), B, T, 0.0f, 0, NULL);
     float *base = tl_dup_floats(h0.logits, (size_t)B * K);
     double bmax = 0;
     for (int i = 0; i < B * K; i++) bmax = fmax(bmax, fabs(base[i]));
@@ -282,7 +280,7 @@ static int cmd_fresh(int argc, char **argv)
 
     free(base);
     cls_head_free(&h0);
-    bert_acts_free(&a0);
+    m0->family->acts_free(a0);
     peftc_model_free(m0);
     teardown(&s);
     return tl_finish();

@@ -5,6 +5,7 @@
  * template placement of virtual tokens. */
 #include "testlib.h"
 #include "train/task.h"
+#include "model/bert.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 
@@ -161,7 +162,7 @@ static void check_starts_as_base(const char *label, const method_opts *mo)
     make_batch(0);
     task_forward(&t0, ids, tts, lens, NULL, B, T, 0, NULL);
     task_forward(&t1, ids, tts, lens, NULL, B, T, 0, NULL);
-    double d = tl_max_abs_diff(bert_hidden(m0, &t0.acts), bert_hidden(m1, &t1.acts), (size_t)B * T * C);
+    double d = tl_max_abs_diff(m0->family->hidden(m0, t0.acts), m1->family->hidden(m1, t1.acts), (size_t)B * T * C);
     CHECK(d == 0.0, "%s: hidden states at step 0 equal the base model's (max diff %.3g)", label, d);
     task_free(&t0); task_free(&t1);
     peftc_model_free(m0); peftc_model_free(m1);
@@ -177,9 +178,9 @@ static void check_merge(const char *label, const method_opts *mo)
     task_forward(&t, ids, tts, lens, NULL, B, T, 0, NULL);
     memcpy(before, t.head.logits, sizeof before);
     float wq0[C * C], wv0[C * C], wf0[C * F];
-    memcpy(wq0, m->layers[1].wq, sizeof wq0);
-    memcpy(wv0, m->layers[1].wv, sizeof wv0);
-    memcpy(wf0, m->layers[1].wf, sizeof wf0);
+    memcpy(wq0, bert_of(m)->layers[1].wq, sizeof wq0);
+    memcpy(wv0, bert_of(m)->layers[1].wv, sizeof wv0);
+    memcpy(wf0, bert_of(m)->layers[1].wf, sizeof wf0);
     peftc_error err = {0};
     CHECK(method_merge(m, &t.mo, &t.pb, &t.ds, +1, &err) == PEFTC_OK, "%s: merge: %s", label, err.msg);
     t.merged = 1;
@@ -188,8 +189,8 @@ static void check_merge(const char *label, const method_opts *mo)
     double d = tl_max_abs_diff(before, merged, B * K);
     CHECK(d <= 1e-5, "%s: merged logits equal unmerged ones (max diff %.3g)", label, d);
     method_merge(m, &t.mo, &t.pb, &t.ds, -1, &err);
-    double w = fmax(fmax(tl_max_abs_diff(wq0, m->layers[1].wq, C * C), tl_max_abs_diff(wv0, m->layers[1].wv, C * C)),
-                    tl_max_abs_diff(wf0, m->layers[1].wf, C * F));
+    double w = fmax(fmax(tl_max_abs_diff(wq0, bert_of(m)->layers[1].wq, C * C), tl_max_abs_diff(wv0, bert_of(m)->layers[1].wv, C * C)),
+                    tl_max_abs_diff(wf0, bert_of(m)->layers[1].wf, C * F));
     CHECK(w <= 1e-6, "%s: unmerge restores the base weights (max diff %.3g)", label, w);
     task_free(&t);
     peftc_model_free(m);
@@ -454,11 +455,11 @@ static void check_ffn_chunks(const method_opts *mo)
     peftc_model *m = NULL;
     peftc_error err = {0};
     if (!build(&t, &m, mo, 1) || task_alloc(&t, B2, T2, 1, &err)) { CHECK(0, "ffn chunks: build: %s", err.msg); return; }
-    int rows[3] = {t.acts.ffn_act_rows, 64, 0};   /* one chunk, three chunks, per-thread blocks */
+    int rows[3] = {((bert_acts *)t.acts)->ffn_act_rows, 64, 0};   /* one chunk, three chunks, per-thread blocks */
     float *g[3];
     double loss[3];
     for (int k = 0; k < 3; k++) {
-        t.acts.ffn_act_rows = rows[k];
+        ((bert_acts *)t.acts)->ffn_act_rows = rows[k];
         memset(t.pb.g, 0, t.pb.total * sizeof(float));
         loss[k] = task_forward(&t, ids2, tts2, lens2, labels2, B2, T2, 1, NULL);
         task_backward(&t, ids2, tts2, lens2, labels2, B2, T2, 1.0f, NULL);

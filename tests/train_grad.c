@@ -39,14 +39,13 @@
 /* The six linear weights of every layer: pointers into the model (re-read each
  * time: a merge re-points them at owned copies). */
 #define N_LIN 6
-static float **lin_slot(peftc_model *m, int l, int k)
-{
-    bert_layer *L = &m->layers[l];
-    float **s[N_LIN] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wi, &L->wf};
-    return s[k];
-}
 static const char *lin_name[N_LIN] = {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"};
 static const site_id lin_site[N_LIN] = {SITE_ATTN_Q, SITE_ATTN_K, SITE_ATTN_V, SITE_ATTN_O, SITE_FFN_IN, SITE_FFN_DOWN};
+static float **lin_slot(peftc_model *m, int l, int k)
+{
+    float **w, **b;
+    return m->family->linear(m, l, lin_site[k], &w, &b) ? w : NULL;
+}
 
 static size_t lin_numel(const peftc_config *c, int k)
 {

@@ -70,11 +70,13 @@ int cmd_inspect(cli_args *a)
 
     char path[4096];
     peftc_error err = {0};
-    peftc_config c;
-    snprintf(path, sizeof path, "%s/config.json", target);
-    if (peftc_config_load(path, &c, &err))
+    peftc_model *m;
+    /* loading checks the weights against the config and names the family */
+    if (peftc_model_load(target, &m, &err))
         return cli_fail(&err);
-    printf("directory: %s\narchitecture: bert\n", target);
+    const peftc_config *cp = peftc_model_config(m), c = *cp;
+    printf("directory: %s\narchitecture: %s\n", target, peftc_model_family(m));
+    peftc_model_free(m);
     printf("config: vocab_size=%d hidden_size=%d num_layers=%d num_heads=%d intermediate_size=%d "
            "max_position=%d type_vocab_size=%d layer_norm_eps=%g hidden_dropout=%g attention_dropout=%g\n",
            c.vocab_size, c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size, c.max_position,

@@ -1,15 +1,17 @@
 /* bert.c: loading a BERT encoder from config.json + model.safetensors and
  * running its forward pass (post-LN layers, exact GELU, padding mask). */
 #include "model/bert.h"
+#include "model/cls_head.h"
 #include "kernels/kernels.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-static peftc_status own(peftc_model *m, float *p, peftc_error *err)
+static peftc_status own(bert_model *m, float *p, peftc_error *err)
 {
     if (m->n_owned == m->cap_owned) {
         int cap = m->cap_owned ? 2 * m->cap_owned : 64;
@@ -24,7 +26,7 @@ static peftc_status own(peftc_model *m, float *p, peftc_error *err)
 
 /* Finds `name` (with or without the "bert." prefix that task-head checkpoints
  * use), checks its shape, and points *out at fp32 data. */
-static peftc_status load_w(peftc_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
+static peftc_status load_w(bert_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
                            int optional, float **out, peftc_error *err)
 {
     char full[256];
@@ -47,7 +49,7 @@ static peftc_status load_w(peftc_model *m, const char *name, int ndim, int64_t d
     }
     if (t->dtype == ST_F32 && ((uintptr_t)t->data & 3) == 0) {
         *out = (float *)t->data; /* frozen weights stay in the mapping: no copy */
-        m->n_params += t->numel;
+        m->base.n_params += t->numel;
         return PEFTC_OK;
     }
     float *p = peftc_alloc_aligned((size_t)t->numel * sizeof(float));
@@ -56,7 +58,7 @@ static peftc_status load_w(peftc_model *m, const char *name, int ndim, int64_t d
     if (rc) { free(p); return rc; }
     if ((rc = own(m, p, err))) return rc;
     *out = p;
-    m->n_params += t->numel;
+    m->base.n_params += t->numel;
     return PEFTC_OK;
 }
 
@@ -72,39 +74,39 @@ static int read_max_seq_len(const char *dir, int max_position)
     return n >= 3 && n <= max_position ? n : max_position;
 }
 
-void peftc_model_free(peftc_model *m)
+static void bert_free(peftc_model *pm)
 {
+    bert_model *m = bert_of(pm);
     if (!m) return;
-    bert_acts_free(&m->infer);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
-    for (int l = 0; m->layers && l < m->cfg.num_layers; l++)
+    for (int l = 0; m->layers && l < m->base.cfg.num_layers; l++)
         for (int j = 0; j < 6; j++) matmul_bf16_free(m->layers[l].bf16[j]);
     free(m->layers);
     peftc_safetensors_free(m->st);
-    free(m->dir);
+    free(m->base.dir);
     free(m);
 }
 
-peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err)
+static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_model **out, peftc_error *err)
 {
     *out = NULL;
     char path[4096];
     peftc_status rc;
-    peftc_model *m = calloc(1, sizeof *m);
-    if (!m || !(m->dir = strdup(dir))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    if ((rc = peftc_path_join(path, sizeof path, dir, "config.json", err)) ||
-        (rc = peftc_config_load(path, &m->cfg, err)) ||
-        (rc = peftc_path_join(path, sizeof path, dir, "model.safetensors", err)))
+    bert_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->base.dir = strdup(dir))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    m->base.cfg = *cfg;
+    m->base.family = &model_family_bert;
+    if ((rc = peftc_path_join(path, sizeof path, dir, "model.safetensors", err)))
         goto fail;
-    m->cfg.max_seq_len = read_max_seq_len(dir, m->cfg.max_position);
+    m->base.cfg.max_seq_len = read_max_seq_len(dir, m->base.cfg.max_position);
     if (!peftc_file_exists(path)) {
         rc = peftc_fail(err, PEFTC_ERR_IO, "%s: no model.safetensors in this directory (sharded or .bin checkpoints are not supported)", dir);
         goto fail;
     }
     if ((rc = peftc_safetensors_open(path, &m->st, err))) goto fail;
 
-    const peftc_config *c = &m->cfg;
+    const peftc_config *c = &m->base.cfg;
     int64_t C = c->hidden_size, F = c->intermediate_size;
     m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
     if (!m->layers) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto fail; }
@@ -135,28 +137,41 @@ peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *e
     if ((rc = load_w(m, "pooler.dense.weight", 2, C, C, 1, &m->pool_w, err)) ||
         (rc = load_w(m, "pooler.dense.bias", 1, C, 0, 1, &m->pool_b, err)))
         goto fail;
-    *out = m;
+    *out = &m->base;
     return PEFTC_OK;
 fail:
-    peftc_model_free(m);
+    bert_free(&m->base);
     return rc;
 }
 
-const peftc_config *peftc_model_config(const peftc_model *m) { return &m->cfg; }
-
-int64_t peftc_model_param_count(const peftc_model *m) { return m->n_params; }
-
-void bert_acts_free(bert_acts *a)
+static void acts_release(bert_acts *a)
 {
     free(a->block);
     free(a->layer);
     memset(a, 0, sizeof *a);
 }
 
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int train, int n_prefix,
-                            unsigned keep, peftc_error *err)
+static void bert_acts_free(model_acts *ma)
 {
-    bert_acts_free(a);
+    if (!ma) return;
+    acts_release((bert_acts *)ma);
+    free(ma);
+}
+
+static peftc_status acts_build(bert_acts *a, const peftc_config *cfg, int B, int T, int train, int n_prefix,
+                               unsigned keep, peftc_error *err);
+
+static peftc_status bert_acts_init(const peftc_model *m, model_acts **ma, int B, int T, int train, int n_prefix,
+                                   unsigned keep, peftc_error *err)
+{
+    if (!*ma && !(*ma = calloc(1, sizeof(bert_acts)))) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    return acts_build((bert_acts *)*ma, &m->cfg, B, T, train, n_prefix, keep, err);
+}
+
+static peftc_status acts_build(bert_acts *a, const peftc_config *cfg, int B, int T, int train, int n_prefix,
+                               unsigned keep, peftc_error *err)
+{
+    acts_release(a);
     size_t N = (size_t)B * T, C = (size_t)cfg->hidden_size, F = (size_t)cfg->intermediate_size;
     size_t Tk = (size_t)T + (size_t)n_prefix, NK = (size_t)B * Tk;
     size_t P = (size_t)B * cfg->num_heads * T * Tk;
@@ -191,7 +206,7 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     a->block = peftc_alloc_aligned(total * sizeof(float));
     a->layer = calloc((size_t)n_sets, sizeof *a->layer);
     if (!a->block || !a->layer) {
-        bert_acts_free(a);
+        acts_release(a);
         return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate activations for batch %d x %d", B, T);
     }
     float *p = a->block, *ctx_scratch = NULL, *act_scratch = NULL;
@@ -241,24 +256,36 @@ peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T,
     return PEFTC_OK;
 }
 
-unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_grads *g)
+/* Layer l's gradient slots (BL_*) in a model_run.grads array; NULL if nothing trains. */
+static inline float *const *layer_grads(float *const *g, int l)
+{
+    return g ? g + BT_COUNT + (size_t)BL_COUNT * l : NULL;
+}
+
+static int emb_trains(float *const *g)
+{
+    return g && (g[BT_WTE] || g[BT_WPE] || g[BT_WTT] || g[BT_EMB_LN_W] || g[BT_EMB_LN_B]);
+}
+
+static unsigned bert_keep_for(const peftc_model *m, const delta_set *ds, float *const *g, int virt_train)
 {
     unsigned keep = 0;
-    if (g && (g->wte || g->wpe || g->wtt || g->emb_ln_w || g->emb_ln_b)) keep |= BERT_KEEP_EMB;
-    for (int l = 0; l < cfg->num_layers; l++) {
-        const bert_layer *G = g && g->layers ? &g->layers[l] : NULL;
-        if ((G && G->wo) || delta_count(ds, l, SITE_ATTN_O)) keep |= BERT_KEEP_CTX;
-        if ((G && G->wf) || delta_count(ds, l, SITE_FFN_DOWN) || delta_count(ds, l, SITE_FFN_ACT))
+    if (emb_trains(g) || virt_train) keep |= BERT_KEEP_EMB;   /* the embeddings' or the virtual tokens' gradient */
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        float *const *G = layer_grads(g, l);
+        if ((G && G[BL_WO]) || delta_count(ds, l, SITE_ATTN_O)) keep |= BERT_KEEP_CTX;
+        if ((G && G[BL_WF]) || delta_count(ds, l, SITE_FFN_DOWN) || delta_count(ds, l, SITE_FFN_ACT))
             keep |= BERT_KEEP_FFN_ACT;
-        if ((G && (G->wi || G->bi || G->wf || G->bf)) || delta_count(ds, l, SITE_FFN_IN) ||
+        if ((G && (G[BL_WI] || G[BL_BI] || G[BL_WF] || G[BL_BF])) || delta_count(ds, l, SITE_FFN_IN) ||
             delta_count(ds, l, SITE_FFN_ACT) || delta_count(ds, l, SITE_FFN_DOWN))
             keep |= BERT_FFN_UNFUSED;
     }
     return keep;
 }
 
-float *bert_hidden(const peftc_model *m, const bert_acts *a)
+static float *bert_hidden(const peftc_model *m, const model_acts *ma)
 {
+    const bert_acts *a = (const bert_acts *)ma;
     return m->cfg.num_layers ? a->hidden : a->emb_ln;
 }
 
@@ -270,7 +297,7 @@ static matmul_bf16 *bf16_weight(const peftc_model *m, matmul_bf16 **slot, int fr
     if (!frozen && *slot) { matmul_bf16_free(*slot); *slot = NULL; }
     if (!frozen || !kernels_bf16()) return NULL;
     if (!*slot && (*slot = matmul_bf16_pack(w, IC, OC)))   /* NULL (out of memory): fp32 */
-        st_release(m->st, w, (size_t)IC * OC * sizeof(float));   /* the fp32 copy is not read again */
+        st_release(((const bert_model *)m)->st, w, (size_t)IC * OC * sizeof(float));   /* the fp32 copy is not read again */
     return *slot;
 }
 
@@ -282,7 +309,7 @@ static matmul_bf16 *bf16_weight_bwd(const peftc_model *m, matmul_bf16 **slot, ui
     if (!wb || *bwd_packed) return wb;
     if (matmul_bf16_prepare_backward(wb)) return NULL;
     /* the packing read the fp32 weight again */
-    st_release(m->st, w, (size_t)IC * OC * sizeof(float));
+    st_release(((const bert_model *)m)->st, w, (size_t)IC * OC * sizeof(float));
     *bwd_packed = 1;
     return wb;
 }
@@ -293,9 +320,9 @@ static size_t ffn_rows_stride(int F) { return ((size_t)BERT_FFN_ROWS * F + 15) &
 /* The FFN runs as fused row blocks unless something trains on its inside:
  * trained weights or biases (their gradients sum over all rows), or deltas at
  * ffn.in, ffn.act, ffn.down (they work on whole batches). */
-static int ffn_fused(const bert_run *run, const bert_layer *G, int l)
+static int ffn_fused(const model_run *run, float *const *G, int l)
 {
-    if (G && (G->wi || G->bi || G->wf || G->bf)) return 0;
+    if (G && (G[BL_WI] || G[BL_BI] || G[BL_WF] || G[BL_BF])) return 0;
     return !(run && run->deltas && (delta_count(run->deltas, l, SITE_FFN_IN) || delta_count(run->deltas, l, SITE_FFN_ACT) ||
                                     delta_count(run->deltas, l, SITE_FFN_DOWN)));
 }
@@ -384,7 +411,7 @@ static void ffn_fused_backward(const peftc_model *m, bert_acts *a, bert_layer_ac
 }
 
 /* A linear layer at a site: h = x W^T + b, then the site's deltas. */
-static void linear_site(const peftc_model *m, const bert_run *run, int l, site_id site, float *h, const float *x,
+static void linear_site(const peftc_model *m, const model_run *run, int l, site_id site, float *h, const float *x,
                         const float *w, const float *b, matmul_bf16 **bf, int frozen, int N, int IC, int OC)
 {
     matmul_bf16 *wb = bf16_weight(m, bf, frozen, w, IC, OC);
@@ -394,13 +421,13 @@ static void linear_site(const peftc_model *m, const bert_run *run, int l, site_i
         delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
 }
 
-static void block_site(const bert_run *run, int l, site_id site, float *h, const float *x, int N)
+static void block_site(const model_run *run, int l, site_id site, float *h, const float *x, int N)
 {
     if (run && run->deltas && delta_count(run->deltas, l, site))
         delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
 }
 
-static void hidden_dropout(const bert_run *run, float *x, uint64_t *key, float p, size_t n)
+static void hidden_dropout(const model_run *run, float *x, uint64_t *key, float p, size_t n)
 {
     if (run && run->train && p > 0) dropout_forward_key(x, x, p, n, *key = peftc_rng_u64(run->rng));
 }
@@ -409,7 +436,7 @@ static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* Builds layer l's extended keys/values: per sequence [g * prefix ; own],
  * with the sequence's gates g (1 without gating). width = 2 L C. */
-static void prefix_extend(const bert_run *run, bert_layer_acts *A, const float *x, const int *lens,
+static void prefix_extend(const model_run *run, bert_layer_acts *A, const float *x, const int *lens,
                           int l, int B, int T, int C, size_t width)
 {
     int P = run->n_prefix, Tk = P + T;
@@ -454,7 +481,7 @@ static void prefix_extend(const bert_run *run, bert_layer_acts *A, const float *
  * the prefix's and the gates' gradients, and d_x += the gates' input gradient.
  * dgate (2B) is scratch. Sums over sequences and tokens run in a fixed order
  * (per sequence, then per prefix row or weight column), whatever the threads. */
-static void prefix_extend_backward(const bert_run *run, const bert_layer_acts *A, const float *x, const int *lens,
+static void prefix_extend_backward(const model_run *run, const bert_layer_acts *A, const float *x, const int *lens,
                                    int l, int B, int T, int C, size_t width, const float *d_kext, const float *d_vext,
                                    float *d_k, float *d_v, float *d_x, double *dgate)
 {
@@ -519,9 +546,12 @@ static void prefix_extend_backward(const bert_run *run, const bert_layer_acts *A
         }
 }
 
-void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
-                  const int32_t *type_ids, const int *lens, int B, int T)
+static void bert_forward(peftc_model *pm, model_acts *ma, const model_run *run, const int32_t *ids,
+                         const int32_t *type_ids, const int *lens, int B, int T)
 {
+    bert_model *bm = bert_of(pm);
+    peftc_model *m = pm;
+    bert_acts *a = (bert_acts *)ma;
     const peftc_config *c = &m->cfg;
     int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, N = B * T;
     float eps = c->layer_norm_eps;
@@ -530,30 +560,30 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
     size_t NC = (size_t)N * C;
     if (run && run->virt) {
         for (int i = 0; i < N; i++) a->ids_clean[i] = ids[i] < 0 ? 0 : ids[i];
-        embeddings_forward(a->emb, a->ids_clean, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
+        embeddings_forward(a->emb, a->ids_clean, type_ids, bm->wte, bm->wpe, bm->wtt, B, T, C, 0);
         /* virtual tokens: their own word vector, the usual position and type */
         for (int i = 0; i < N; i++) {
             if (ids[i] >= 0) continue;
-            const float *vk = run->virt + (size_t)(-ids[i] - 1) * C, *pe = m->wpe + (size_t)(i % T) * C;
-            const float *te = m->wtt + (size_t)(type_ids ? type_ids[i] : 0) * C;
+            const float *vk = run->virt + (size_t)(-ids[i] - 1) * C, *pe = bm->wpe + (size_t)(i % T) * C;
+            const float *te = bm->wtt + (size_t)(type_ids ? type_ids[i] : 0) * C;
             float *row = a->emb + (size_t)i * C;
             for (int c2 = 0; c2 < C; c2++) row[c2] = vk[c2] + pe[c2] + te[c2];
         }
     } else {
-        embeddings_forward(a->emb, ids, type_ids, m->wte, m->wpe, m->wtt, B, T, C, 0);
+        embeddings_forward(a->emb, ids, type_ids, bm->wte, bm->wpe, bm->wtt, B, T, C, 0);
     }
-    layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, m->emb_ln_w, m->emb_ln_b, N, C, eps);
+    layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, bm->emb_ln_w, bm->emb_ln_b, N, C, eps);
     hidden_dropout(run, a->emb_ln, &a->emb_key, ph, NC);
     const float *x = a->emb_ln;
     for (int l = 0; l < c->num_layers; l++) {
-        bert_layer *W = &m->layers[l];
-        const bert_layer *G = run && run->grads ? &run->grads->layers[l] : NULL;
+        bert_layer *W = &bm->layers[l];
+        float *const *G = run ? layer_grads(run->grads, l) : NULL;
         /* in inference one activation set is reused */
         bert_layer_acts *A = &a->layer[a->train ? l : 0];
         float *out = l == c->num_layers - 1 ? a->hidden : a->xbuf[l & 1];   /* never x's buffer */
-        linear_site(m, run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G->wq), N, C, C);
-        linear_site(m, run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G->wk), N, C, C);
-        linear_site(m, run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, &W->bf16[2], !(G && G->wv), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_Q, A->q, x, W->wq, W->bq, &W->bf16[0], !(G && G[BL_WQ]), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_K, A->k, x, W->wk, W->bk, &W->bf16[1], !(G && G[BL_WK]), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_V, A->v, x, W->wv, W->bv, &W->bf16[2], !(G && G[BL_WV]), N, C, C);
         if (run && run->n_prefix) {
             prefix_extend(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C);
             attention_forward_prefix(A->ctx, A->probs, A->probs_mask, A->q, A->k_ext, A->v_ext, lens, B, T,
@@ -565,7 +595,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
             attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
         /* res1 = dropout(ctx Wo^T + bo) (+ attn.out deltas) + x, built in place */
-        linear_site(m, run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G->wo), N, C, C);
+        linear_site(m, run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G[BL_WO]), N, C, C);
         hidden_dropout(run, A->res1, &A->attn_key, ph, NC);
         block_site(run, l, SITE_ATTN_OUT, A->res1, x, N);
         add_inplace(A->res1, x, NC);
@@ -574,10 +604,10 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
         if (ffn_fused(run, G, l))
             ffn_fused_forward(m, a, A, W, N);
         else {
-            linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G->wi), N, C, F);
+            linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G[BL_WI]), N, C, F);
             gelu_forward(A->ffn_act, A->ffn_pre, (size_t)N * F);
             block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
-            linear_site(m, run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G->wf), N, F, C);
+            linear_site(m, run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G[BL_WF]), N, F, C);
         }
         hidden_dropout(run, A->res2, &A->ffn_key, ph, NC);
         block_site(run, l, SITE_FFN_OUT, A->res2, a->ln1, N);
@@ -589,7 +619,7 @@ void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32
 
 /* Backward of linear_site: dh (N,OC) w.r.t. the site's final output;
  * dx (+)= (accumulate 0: overwritten). */
-static void linear_site_backward(const peftc_model *m, const bert_run *run, int l, site_id site, float *dh,
+static void linear_site_backward(const peftc_model *m, const model_run *run, int l, site_id site, float *dh,
                                  float *dx, int accumulate, const float *x, const float *w, float *dw, float *db,
                                  matmul_bf16 **bf, uint8_t *bwd_packed, int N, int IC, int OC)
 {
@@ -610,7 +640,7 @@ static void linear_site_backward(const peftc_model *m, const bert_run *run, int 
  * hidden dropout: dst = the gradient of the block's output before dropout,
  * from dres (the gradient of the residual sum); the site's deltas add their
  * input gradient into dx. */
-static void block_site_backward(const bert_run *run, int l, site_id site, float *dst, const float *dres,
+static void block_site_backward(const model_run *run, int l, site_id site, float *dst, const float *dres,
                                 const float *x, float *dx, uint64_t key, float p, size_t NC, int N)
 {
     if (run->deltas && delta_count(run->deltas, l, site)) {
@@ -621,29 +651,31 @@ static void block_site_backward(const bert_run *run, int l, site_id site, float 
         dropout_backward_key(dst, dres, run->train ? p : 0.0f, NC, key, 0);
 }
 
-void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
-                   const int32_t *type_ids, const int *lens, int B, int T, float *d_hidden)
+static void bert_backward(peftc_model *pm, model_acts *ma, const model_run *run, const int32_t *ids,
+                          const int32_t *type_ids, const int *lens, int B, int T, float *d_hidden)
 {
+    bert_model *bm = bert_of(pm);
+    peftc_model *m = pm;
+    bert_acts *a = (bert_acts *)ma;
     const peftc_config *c = &m->cfg;
     int C = c->hidden_size, F = c->intermediate_size, NH = c->num_heads, N = B * T;
     size_t NC = (size_t)N * C, NF = (size_t)N * F;
     float ph = run->train ? c->hidden_dropout : 0.0f, pa = run->train ? c->attention_dropout : 0.0f;
-    bert_grads *G = run->grads;
-    bert_layer none;
-    memset(&none, 0, sizeof none);
-    int emb_trainable = G && (G->wte || G->wpe || G->wtt || G->emb_ln_w || G->emb_ln_b);
+    float *const *G = run->grads;
+    static float *const none[BL_COUNT];   /* a frozen layer's gradient slots */
+    int emb_trainable = emb_trains(G);
     int virt_trainable = run->virt && run->d_virt;
     /* dout: the gradient w.r.t. the current layer's output; the layer's input
      * gradient replaces it in the same buffer */
     float *dout = d_hidden;
     for (int l = c->num_layers - 1; l >= 0; l--) {
-        bert_layer *W = &m->layers[l];
-        const bert_layer *g = G ? &G->layers[l] : &none;
+        bert_layer *W = &bm->layers[l];
+        float *const *g = G ? layer_grads(G, l) : none;
         bert_layer_acts *A = &a->layer[l];
         /* the layer input and ln1, recomputed from the saved sums and statistics */
         const float *x = a->emb_ln;
         if (l) {
-            const bert_layer *Wp = &m->layers[l - 1];
+            const bert_layer *Wp = &bm->layers[l - 1];
             const bert_layer_acts *Ap = &a->layer[l - 1];
             layernorm_apply(a->xbuf[0], Ap->res2, Ap->ln2_mean, Ap->ln2_rstd, Wp->ln2_w, Wp->ln2_b, N, C);
             x = a->xbuf[0];
@@ -653,24 +685,24 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         int need_dx = l > 0 || emb_trainable || virt_trainable || run->need_input_grad;
         float *d_ln1 = a->d_a, *d_blk = a->d_b;
         /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
-        layernorm_backward(d_ln1, g->ln2_w, g->ln2_b, dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
+        layernorm_backward(d_ln1, g[BL_LN2_W], g[BL_LN2_B], dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
         block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_key, ph, NC, N);
         if (ffn_fused(run, G ? g : NULL, l))
             ffn_fused_backward(m, a, A, W, d_blk, d_ln1, N);
         else {
-            linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f, 0, A->ffn_act, W->wf, g->wf, g->bf,
+            linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f, 0, A->ffn_act, W->wf, g[BL_WF], g[BL_BF],
                                  &W->bf16[5], &W->bf16_bwd_packed[5], N, F, C);
             if (run->deltas && delta_count(run->deltas, l, SITE_FFN_ACT))
                 delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->ffn_act, a->d_f, NULL, N);
             gelu_backward_inplace(a->d_f, A->ffn_pre, NF);
-            linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f, d_ln1, 1, a->ln1, W->wi, g->wi, g->bi,
+            linear_site_backward(m, run, l, SITE_FFN_IN, a->d_f, d_ln1, 1, a->ln1, W->wi, g[BL_WI], g[BL_BI],
                                  &W->bf16[4], &W->bf16_bwd_packed[4], N, C, F);
         }
         /* ln1 = LN1(res1), res1 = dropout(attn) + x: d_x starts as d_res1, in dout's buffer */
         float *d_x = dout;
-        layernorm_backward(d_x, g->ln1_w, g->ln1_b, d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C, 0);
+        layernorm_backward(d_x, g[BL_LN1_W], g[BL_LN1_B], d_ln1, A->res1, W->ln1_w, A->ln1_mean, A->ln1_rstd, N, C, 0);
         block_site_backward(run, l, SITE_ATTN_OUT, d_blk, d_x, x, d_x, A->attn_key, ph, NC, N);
-        linear_site_backward(m, run, l, SITE_ATTN_O, d_blk, a->d_ctx, 0, A->ctx, W->wo, g->wo, g->bo, &W->bf16[3], &W->bf16_bwd_packed[3], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_O, d_blk, a->d_ctx, 0, A->ctx, W->wo, g[BL_WO], g[BL_BO], &W->bf16[3], &W->bf16_bwd_packed[3], N, C, C);
         if (run->deltas && delta_count(run->deltas, l, SITE_ATTN_HEADS))
             delta_backward(run->deltas, run->pb, l, SITE_ATTN_HEADS, x, a->d_ctx, d_x, N);
         memset(a->d_q, 0, NC * sizeof(float));
@@ -690,15 +722,15 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
         else
             attention_backward(a->d_q, a->d_k, a->d_v, a->d_ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         float *dxp = need_dx ? d_x : NULL;
-        linear_site_backward(m, run, l, SITE_ATTN_Q, a->d_q, dxp, 1, x, W->wq, g->wq, g->bq, &W->bf16[0], &W->bf16_bwd_packed[0], N, C, C);
-        linear_site_backward(m, run, l, SITE_ATTN_K, a->d_k, dxp, 1, x, W->wk, g->wk, g->bk, &W->bf16[1], &W->bf16_bwd_packed[1], N, C, C);
-        linear_site_backward(m, run, l, SITE_ATTN_V, a->d_v, dxp, 1, x, W->wv, g->wv, g->bv, &W->bf16[2], &W->bf16_bwd_packed[2], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_Q, a->d_q, dxp, 1, x, W->wq, g[BL_WQ], g[BL_BQ], &W->bf16[0], &W->bf16_bwd_packed[0], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_K, a->d_k, dxp, 1, x, W->wk, g[BL_WK], g[BL_BK], &W->bf16[1], &W->bf16_bwd_packed[1], N, C, C);
+        linear_site_backward(m, run, l, SITE_ATTN_V, a->d_v, dxp, 1, x, W->wv, g[BL_WV], g[BL_BV], &W->bf16[2], &W->bf16_bwd_packed[2], N, C, C);
         if (!need_dx) return;
     }
     /* embeddings: emb_ln = dropout(LN(emb)) */
     dropout_backward_key(dout, dout, ph, NC, a->emb_key, 0);
     if (!emb_trainable && !virt_trainable) return;
-    layernorm_backward(a->d_a, G ? G->emb_ln_w : NULL, G ? G->emb_ln_b : NULL, dout, a->emb, m->emb_ln_w,
+    layernorm_backward(a->d_a, G ? G[BT_EMB_LN_W] : NULL, G ? G[BT_EMB_LN_B] : NULL, dout, a->emb, bm->emb_ln_w,
                        a->emb_mean, a->emb_rstd, N, C, 0);
     if (virt_trainable)
         for (int i = 0; i < N; i++) { /* serially: rows of one virtual token add up in a fixed order */
@@ -707,76 +739,58 @@ void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int3
             const float *dr = a->d_a + (size_t)i * C;
             for (int c2 = 0; c2 < C; c2++) dv[c2] += dr[c2];
         }
-    if (G && (G->wte || G->wpe || G->wtt))
-        embeddings_backward(G->wte, G->wpe, G->wtt, a->d_a, run->virt ? a->ids_clean : ids, type_ids, B, T, C, 0);
+    if (G && (G[BT_WTE] || G[BT_WPE] || G[BT_WTT]))
+        embeddings_backward(G[BT_WTE], G[BT_WPE], G[BT_WTT], a->d_a, run->virt ? a->ids_clean : ids, type_ids, B, T, C, 0);
 }
 
-peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_t *type_ids,
-                                const int *lens, int B, int T, peftc_pool pool,
-                                float *hidden, float *pooled, peftc_error *err)
-{
-    const peftc_config *c = &m->cfg;
-    if (B <= 0 || T <= 0) return peftc_fail(err, PEFTC_ERR_INPUT, "empty batch");
-    if (T > c->max_position)
-        return peftc_fail(err, PEFTC_ERR_INPUT, "sequence length %d exceeds the model's %d positions", T, c->max_position);
-    for (int b = 0; b < B; b++) {
-        if (lens[b] < 1 || lens[b] > T) return peftc_fail(err, PEFTC_ERR_INPUT, "sequence %d has length %d outside [1, %d]", b, lens[b], T);
-        for (int t = 0; t < T; t++) {
-            int32_t id = ids[(size_t)b * T + t], tt = type_ids ? type_ids[(size_t)b * T + t] : 0;
-            if (id < 0 || id >= c->vocab_size) return peftc_fail(err, PEFTC_ERR_INPUT, "token id %d outside the vocabulary (%d)", id, c->vocab_size);
-            if (tt < 0 || tt >= c->type_vocab_size) return peftc_fail(err, PEFTC_ERR_INPUT, "token type %d outside [0, %d)", tt, c->type_vocab_size);
-        }
-    }
-    if (m->infer.B < B || m->infer.T < T || (size_t)m->infer.B * m->infer.T < (size_t)B * T) {
-        peftc_status rc = bert_acts_init(&m->infer, c, B > m->infer.B ? B : m->infer.B, T > m->infer.T ? T : m->infer.T, 0, 0, 0, err);
-        if (rc) return rc;
-    }
-    bert_forward(m, &m->infer, NULL, ids, type_ids, lens, B, T);
-    const float *h = bert_hidden(m, &m->infer);
-    int C = c->hidden_size;
-    if (hidden) memcpy(hidden, h, (size_t)B * T * C * sizeof(float));
-    if (pooled) {
-        if (pool == PEFTC_POOL_CLS) cls_pool_forward(pooled, h, B, T, C);
-        else mean_pool_forward(pooled, h, lens, B, T, C);
-    }
-    return PEFTC_OK;
-}
+/* The per-layer tensors, indexed by BL_*: the order of the tensor list and
+ * of the gradient slots. */
+static const struct { const char *suffix; size_t off; int ndim, d0_ffn, d1_ffn, bias, norm; } layer_tensors[BL_COUNT] = {
+#define LT(i, sfx, f, nd, d0f, d1f, b, nrm) [i] = {sfx, offsetof(bert_layer, f), nd, d0f, d1f, b, nrm}
+    LT(BL_WQ, "attention.self.query.weight", wq, 2, 0, 0, 0, 0),   LT(BL_BQ, "attention.self.query.bias", bq, 1, 0, 0, 1, 0),
+    LT(BL_WK, "attention.self.key.weight", wk, 2, 0, 0, 0, 0),     LT(BL_BK, "attention.self.key.bias", bk, 1, 0, 0, 1, 0),
+    LT(BL_WV, "attention.self.value.weight", wv, 2, 0, 0, 0, 0),   LT(BL_BV, "attention.self.value.bias", bv, 1, 0, 0, 1, 0),
+    LT(BL_WO, "attention.output.dense.weight", wo, 2, 0, 0, 0, 0), LT(BL_BO, "attention.output.dense.bias", bo, 1, 0, 0, 1, 0),
+    LT(BL_LN1_W, "attention.output.LayerNorm.weight", ln1_w, 1, 0, 0, 0, 1),
+    LT(BL_LN1_B, "attention.output.LayerNorm.bias", ln1_b, 1, 0, 0, 1, 1),
+    LT(BL_WI, "intermediate.dense.weight", wi, 2, 1, 0, 0, 0),     LT(BL_BI, "intermediate.dense.bias", bi, 1, 1, 0, 1, 0),
+    LT(BL_WF, "output.dense.weight", wf, 2, 0, 1, 0, 0),           LT(BL_BF, "output.dense.bias", bf, 1, 0, 0, 1, 0),
+    LT(BL_LN2_W, "output.LayerNorm.weight", ln2_w, 1, 0, 0, 0, 1), LT(BL_LN2_B, "output.LayerNorm.bias", ln2_b, 1, 0, 0, 1, 1),
+#undef LT
+};
 
-int bert_tensors(peftc_model *m, bert_grads *g, bert_tensor_ref *refs, int cap)
+static int bert_tensors(peftc_model *pm, model_tensor *refs, int cap)
 {
-    const peftc_config *c = &m->cfg;
+    bert_model *m = bert_of(pm);
+    const peftc_config *c = &pm->cfg;
     int64_t C = c->hidden_size, F = c->intermediate_size;
     int n = 0;
-#define REF(nm, wp, gp, nd, d0, d1, bias) do { if (n < cap) { \
-        bert_tensor_ref *r = &refs[n]; snprintf(r->name, sizeof r->name, "%s", nm); \
-        r->w = (wp); r->g = (gp); r->ndim = (nd); r->shape[0] = (d0); r->shape[1] = (d1); r->is_bias = (bias); } n++; } while (0)
-    REF("embeddings.word_embeddings.weight", &m->wte, &g->wte, 2, c->vocab_size, C, 0);
-    REF("embeddings.position_embeddings.weight", &m->wpe, &g->wpe, 2, c->max_position, C, 0);
-    REF("embeddings.token_type_embeddings.weight", &m->wtt, &g->wtt, 2, c->type_vocab_size, C, 0);
-    REF("embeddings.LayerNorm.weight", &m->emb_ln_w, &g->emb_ln_w, 1, C, 0, 0);
-    REF("embeddings.LayerNorm.bias", &m->emb_ln_b, &g->emb_ln_b, 1, C, 0, 1);
+#define REF(nm, wp, nd, d0, d1, bias, norm, lay) do { if (n < cap) { \
+        model_tensor *r = &refs[n]; snprintf(r->name, sizeof r->name, "%s", nm); \
+        r->w = (wp); r->ndim = (nd); r->shape[0] = (d0); r->shape[1] = (d1); r->is_bias = (bias); \
+        r->is_norm = (norm); r->layer = (lay); } n++; } while (0)
+    REF("embeddings.word_embeddings.weight", &m->wte, 2, c->vocab_size, C, 0, 0, -1);
+    REF("embeddings.position_embeddings.weight", &m->wpe, 2, c->max_position, C, 0, 0, -1);
+    REF("embeddings.token_type_embeddings.weight", &m->wtt, 2, c->type_vocab_size, C, 0, 0, -1);
+    REF("embeddings.LayerNorm.weight", &m->emb_ln_w, 1, C, 0, 0, 1, -1);
+    REF("embeddings.LayerNorm.bias", &m->emb_ln_b, 1, C, 0, 1, 1, -1);
     for (int l = 0; l < c->num_layers; l++) {
-        bert_layer *W = &m->layers[l], *G = &g->layers[l];
         char nm[96];
-#define LREF(suffix, field, nd, d0, d1, bias) do { snprintf(nm, sizeof nm, "encoder.layer.%d.%s", l, suffix); \
-        REF(nm, &W->field, &G->field, nd, d0, d1, bias); } while (0)
-        LREF("attention.self.query.weight", wq, 2, C, C, 0); LREF("attention.self.query.bias", bq, 1, C, 0, 1);
-        LREF("attention.self.key.weight", wk, 2, C, C, 0);   LREF("attention.self.key.bias", bk, 1, C, 0, 1);
-        LREF("attention.self.value.weight", wv, 2, C, C, 0); LREF("attention.self.value.bias", bv, 1, C, 0, 1);
-        LREF("attention.output.dense.weight", wo, 2, C, C, 0); LREF("attention.output.dense.bias", bo, 1, C, 0, 1);
-        LREF("attention.output.LayerNorm.weight", ln1_w, 1, C, 0, 0); LREF("attention.output.LayerNorm.bias", ln1_b, 1, C, 0, 1);
-        LREF("intermediate.dense.weight", wi, 2, F, C, 0); LREF("intermediate.dense.bias", bi, 1, F, 0, 1);
-        LREF("output.dense.weight", wf, 2, C, F, 0);       LREF("output.dense.bias", bf, 1, C, 0, 1);
-        LREF("output.LayerNorm.weight", ln2_w, 1, C, 0, 0); LREF("output.LayerNorm.bias", ln2_b, 1, C, 0, 1);
-#undef LREF
+        for (int j = 0; j < BL_COUNT; j++) {
+            snprintf(nm, sizeof nm, "encoder.layer.%d.%s", l, layer_tensors[j].suffix);
+            float **w = (float **)((char *)&m->layers[l] + layer_tensors[j].off);
+            int64_t d0 = layer_tensors[j].d0_ffn ? F : C, d1 = layer_tensors[j].ndim == 2 ? (layer_tensors[j].d1_ffn ? F : C) : 0;
+            REF(nm, w, layer_tensors[j].ndim, d0, d1, layer_tensors[j].bias, layer_tensors[j].norm, l);
+        }
     }
 #undef REF
     return n;
 }
 
-peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_error *err)
+static peftc_status bert_make_owned(peftc_model *pm, float **w, size_t numel, peftc_error *err)
 {
-    for (int l = 0; l < m->cfg.num_layers; l++)   /* the weight may change: drop the bf16 copies */
+    bert_model *m = bert_of(pm);
+    for (int l = 0; l < pm->cfg.num_layers; l++)   /* the weight may change: drop the bf16 copies */
         for (int j = 0; j < 6; j++) { matmul_bf16_free(m->layers[l].bf16[j]); m->layers[l].bf16[j] = NULL; m->layers[l].bf16_bwd_packed[j] = 0; }
     for (int i = 0; i < m->n_owned; i++)
         if (m->owned[i] == *w) return PEFTC_OK;
@@ -788,3 +802,79 @@ peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_erro
     *w = p;
     return PEFTC_OK;
 }
+
+/* Every site exists in every layer: x and h are C wide except around the FFN's inside. */
+static int bert_site(const peftc_model *m, int layer, site_id s, int *in, int *out)
+{
+    const peftc_config *c = &m->cfg;
+    if (layer < 0 || layer >= c->num_layers || (int)s < 0 || s >= SITE_COUNT) return 0;
+    *in = *out = c->hidden_size;
+    if (s == SITE_FFN_IN) *out = c->intermediate_size;
+    if (s == SITE_FFN_DOWN) *in = c->intermediate_size;
+    if (s == SITE_FFN_ACT) *in = *out = c->intermediate_size;
+    return 1;
+}
+
+static int bert_linear(peftc_model *pm, int layer, site_id s, float ***w, float ***b)
+{
+    if (layer < 0 || layer >= pm->cfg.num_layers) return 0;
+    bert_layer *L = &bert_of(pm)->layers[layer];
+    switch (s) {
+    case SITE_ATTN_Q: *w = &L->wq; *b = &L->bq; return 1;
+    case SITE_ATTN_K: *w = &L->wk; *b = &L->bk; return 1;
+    case SITE_ATTN_V: *w = &L->wv; *b = &L->bv; return 1;
+    case SITE_ATTN_O: *w = &L->wo; *b = &L->bo; return 1;
+    case SITE_FFN_IN: *w = &L->wi; *b = &L->bi; return 1;
+    case SITE_FFN_DOWN: *w = &L->wf; *b = &L->bf; return 1;
+    default: return 0;
+    }
+}
+
+static const float *bert_word_embeddings(const peftc_model *m) { return ((const bert_model *)m)->wte; }
+
+static int bert_pooler(const peftc_model *m, const float **w, const float **b)
+{
+    *w = ((const bert_model *)m)->pool_w;
+    *b = ((const bert_model *)m)->pool_b;
+    return 1;
+}
+
+/* the position embeddings' first rows: present in every BERT checkpoint */
+static const float *bert_weights_sample(const peftc_model *m, size_t *n)
+{
+    *n = (size_t)m->cfg.hidden_size * 8;
+    return ((const bert_model *)m)->wpe;
+}
+
+const model_family model_family_bert = {
+    .name = "bert",
+    .arch = PEFTC_ARCH_BERT,
+    .load = bert_load,
+    .free = bert_free,
+    .acts_init = bert_acts_init,
+    .acts_free = bert_acts_free,
+    .keep_for = bert_keep_for,
+    .forward = bert_forward,
+    .backward = bert_backward,
+    .hidden = bert_hidden,
+    .site = bert_site,
+    .linear = bert_linear,
+    .make_writable = bert_make_owned,
+    .tensors = bert_tensors,
+    .word_embeddings = bert_word_embeddings,
+    .pooler = bert_pooler,
+    .weights_sample = bert_weights_sample,
+    .peft_prefix = "base_model.model.bert.",
+    .pooler_module = "pooler.dense",
+    .layer_path = "encoder.layer.%d",
+    .site_module = {
+        [SITE_ATTN_Q] = "attention.self.query", [SITE_ATTN_K] = "attention.self.key",
+        [SITE_ATTN_V] = "attention.self.value", [SITE_ATTN_O] = "attention.output.dense",
+        [SITE_FFN_IN] = "intermediate.dense", [SITE_FFN_DOWN] = "output.dense",
+        [SITE_ATTN_HEADS] = "attention.heads",   /* peftc's own: no module in BERT */
+    },
+    .site_target = {
+        [SITE_ATTN_Q] = "query", [SITE_ATTN_K] = "key", [SITE_ATTN_V] = "value",
+        [SITE_ATTN_O] = "attention.output.dense", [SITE_FFN_IN] = "intermediate.dense", [SITE_FFN_DOWN] = "output.dense",
+    },
+};

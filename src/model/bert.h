@@ -1,10 +1,10 @@
-/* bert.h: the BERT encoder's weights and activations (internal). */
+/* bert.h: the BERT encoder's weights and activations (internal to the
+ * family: layers above reach it through model_family_bert, model.h). */
 #ifndef PEFTC_BERT_H
 #define PEFTC_BERT_H
 
-#include "core/core.h"
+#include "model/model.h"
 #include "io/safetensors.h"
-#include "peft/delta.h"
 
 /* Pointers into the mapped file (or into owned fp32 copies where the file holds
  * F16/BF16 or where a method must write the weight: full fine-tuning, merge). */
@@ -84,110 +84,22 @@ typedef struct bert_acts {
     size_t floats;
 } bert_acts;
 
-struct peftc_model {
-    peftc_config cfg;
+/* The base tensors in the order of the tensor list, which is also the index
+ * of model_run.grads: the embeddings (BT_*), then BL_COUNT per layer (BL_*). */
+enum { BT_WTE, BT_WPE, BT_WTT, BT_EMB_LN_W, BT_EMB_LN_B, BT_COUNT };
+enum { BL_WQ, BL_BQ, BL_WK, BL_BK, BL_WV, BL_BV, BL_WO, BL_BO, BL_LN1_W, BL_LN1_B,
+       BL_WI, BL_BI, BL_WF, BL_BF, BL_LN2_W, BL_LN2_B, BL_COUNT };
+
+typedef struct bert_model {
+    peftc_model base;        /* first: a peftc_model * is a bert_model * */
     peftc_safetensors *st;
-    char *dir;
     float *wte, *wpe, *wtt, *emb_ln_w, *emb_ln_b;
     bert_layer *layers;
     float *pool_w, *pool_b;  /* pooler.dense (C,C), (C); NULL if absent */
     float **owned;           /* fp32 copies this model must free */
     int n_owned, cap_owned;
-    int64_t n_params;
-    bert_acts infer;         /* inference scratch, grown on demand */
-};
+} bert_model;
 
-/* train: keep every layer's activations and allocate the backward scratch
- * (else one layer's buffers are reused: inference); n_prefix: the
- * prefix length the attention buffers must hold (0: none); keep: BERT_KEEP_*
- * (bert_keep_for tells what a training run needs). */
-peftc_status bert_acts_init(bert_acts *a, const peftc_config *cfg, int B, int T, int train, int n_prefix,
-                            unsigned keep, peftc_error *err);
-void bert_acts_free(bert_acts *a);
-
-/* Gradient destinations of the base weights: NULL = frozen (no weight
- * gradient is computed at all). Same shapes as the weights. */
-typedef struct bert_grads {
-    float *wte, *wpe, *wtt, *emb_ln_w, *emb_ln_b;
-    bert_layer *layers;      /* num_layers entries */
-} bert_grads;
-
-/* What a training forward/backward needs beyond the weights. */
-typedef struct bert_run {
-    int train;               /* dropout on */
-    peftc_rng *rng;
-    delta_set *deltas;       /* may be NULL */
-    param_block *pb;         /* the deltas' parameters */
-    bert_grads *grads;       /* may be NULL: nothing of the base is trained */
-    int need_input_grad;     /* keep the gradient w.r.t. the embeddings output */
-    /* virtual tokens (prompt tuning, P-tuning): an id -(k+1) takes row k of
-     * virt (n_virt, C) as its word embedding; d_virt (may be NULL) += its gradient */
-    const float *virt;
-    float *d_virt;
-    int n_virt;
-    /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT): n_prefix
-     * rows of (2 L C): layer l's keys at columns [2lC, (2l+1)C), values next;
-     * optional per-sequence gates (UniPELT): rows 2l, 2l+1 of gate_w (2L, C) */
-    int n_prefix;
-    const float *prefix_kv;
-    float *d_prefix_kv;
-    const float *prefix_gate_w, *prefix_gate_b;
-    float *d_prefix_gate_w, *d_prefix_gate_b;
-} bert_run;
-
-/* The BERT_KEEP_* flags a training run with these deltas and base-weight
- * gradients (either may be NULL) needs. */
-unsigned bert_keep_for(const peftc_config *cfg, const delta_set *ds, const bert_grads *g);
-
-/* Encoder forward. run may be NULL (inference, no deltas). In training
- * (a->train) every layer's activations are kept. */
-void bert_forward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
-                  const int32_t *type_ids, const int *lens, int B, int T);
-/* Backward from d_hidden (B*T*C, the gradient w.r.t. the last hidden states;
- * overwritten). Accumulates into run->grads and the deltas' gradients. */
-void bert_backward(peftc_model *m, bert_acts *a, const bert_run *run, const int32_t *ids,
-                   const int32_t *type_ids, const int *lens, int B, int T, float *d_hidden);
-/* The last hidden states after bert_forward. */
-float *bert_hidden(const peftc_model *m, const bert_acts *a);
-
-
-/* Sequence-classification head of BertForSequenceClassification:
- * logits = W_c dropout(tanh(W_p h[CLS] + b_p)) + b_c. */
-typedef struct cls_head {
-    int C, K;
-    const float *pool_w, *pool_b, *cls_w, *cls_b;   /* (C,C) (C) (K,C) (K) */
-    float *g_pool_w, *g_pool_b, *g_cls_w, *g_cls_b; /* NULL = frozen */
-    /* activations (capacity B rows) */
-    float *cls, *pooled, *dropped, *logits, *probs, *losses;   /* (B,C)x3 (B,K)x2 (B) */
-    uint8_t *mask;
-    float *d_pooled, *d_cls;                                   /* (B,C) */
-    float *block;
-    int cap_B;
-} cls_head;
-
-peftc_status cls_head_alloc(cls_head *h, int C, int K, int B, peftc_error *err);
-void cls_head_free(cls_head *h);
-/* hidden (B,T,C) -> h->logits (B,K); dropout p when training. */
-void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng);
-/* Mean cross-entropy of h->logits against labels (B), filling h->probs. */
-float cls_head_loss(cls_head *h, const int *labels, int B);
-/* Backward of scale * (mean loss over the B rows): d_hidden (B,T,C) is overwritten (zero except the CLS rows). */
-void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, int train, float scale, float *d_hidden);
-
-/* Every base tensor of the encoder, with its Hugging Face name (no "bert."
- * prefix), the model's pointer to it and the matching gradient slot. */
-typedef struct bert_tensor_ref {
-    char name[96];
-    float **w;          /* the model's pointer (re-pointable) */
-    float **g;          /* the slot in bert_grads */
-    int ndim;
-    int64_t shape[2];
-    int is_bias;        /* bias or LayerNorm beta: BitFit's set */
-} bert_tensor_ref;
-
-/* Fills refs (capacity cap) and returns the count (5 + 16 per layer). */
-int bert_tensors(peftc_model *m, bert_grads *g, bert_tensor_ref *refs, int cap);
-/* Makes *w point to an owned writable copy (for merges); no-op if already owned. */
-peftc_status bert_make_owned(peftc_model *m, float **w, size_t numel, peftc_error *err);
+static inline bert_model *bert_of(peftc_model *m) { return (bert_model *)m; }
 
 #endif

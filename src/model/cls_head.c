@@ -1,5 +1,5 @@
 /* cls_head.c: BertForSequenceClassification's head (pooler + classifier). */
-#include "model/bert.h"
+#include "model/cls_head.h"
 #include "kernels/kernels.h"
 
 #include <stdlib.h>

@@ -6,16 +6,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* peftc's own names of linear sites, beside site_name's and the families' */
 static const struct { const char *name; site_id site; } lora_aliases[] = {
-    {"query", SITE_ATTN_Q}, {"key", SITE_ATTN_K}, {"value", SITE_ATTN_V},
-    {"attention.output.dense", SITE_ATTN_O}, {"intermediate.dense", SITE_FFN_IN}, {"output.dense", SITE_FFN_DOWN},
     {"attn_out", SITE_ATTN_O}, {"ffn_in", SITE_FFN_IN}, {"ffn_out", SITE_FFN_DOWN},
 };
 
-const char *lora_module_name(site_id s)
+const char *lora_module_name(const model_family *f, site_id s)
 {
-    for (size_t i = 0; i < 6; i++) if (lora_aliases[i].site == s) return lora_aliases[i].name;
-    return NULL;
+    return s < SITE_COUNT ? f->site_target[s] : NULL;
+}
+
+/* A family's target_modules name of a linear site; 0 if no family has it. */
+static int family_target(const char *name, site_id *out)
+{
+    for (int i = 0; model_families[i]; i++)
+        for (int s = 0; s < SITE_LINEAR_END; s++) {
+            const char *t = model_families[i]->site_target[s];
+            if (t && !strcmp(t, name)) { *out = (site_id)s; return 1; }
+        }
+    return 0;
 }
 
 peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *err)
@@ -26,13 +35,20 @@ peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *e
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         while (*tok == ' ') tok++;
         site_id s;
-        int found = 0;
+        int found = family_target(tok, &s);
         for (size_t i = 0; i < sizeof lora_aliases / sizeof *lora_aliases && !found; i++)
             if (!strcmp(tok, lora_aliases[i].name)) { s = lora_aliases[i].site; found = 1; }
-        if (!found && site_parse(tok, &s) && s <= SITE_FFN_DOWN) found = 1;
-        if (!found)
-            return peftc_fail(err, PEFTC_ERR_INPUT, "--target-modules: unknown module '%s' (use query, key, value, "
-                              "attention.output.dense, intermediate.dense, output.dense)", tok);
+        if (!found && site_parse(tok, &s) && s < SITE_LINEAR_END) found = 1;
+        if (!found) {
+            char names[512] = "";
+            size_t len = 0;
+            for (int i = 0; model_families[i]; i++)
+                for (int k = 0; k < SITE_LINEAR_END; k++)
+                    if (model_families[i]->site_target[k] && len < sizeof names)
+                        len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "",
+                                                model_families[i]->site_target[k]);
+            return peftc_fail(err, PEFTC_ERR_INPUT, "--target-modules: unknown module '%s' (use %s)", tok, names);
+        }
         *mask |= 1u << s;
     }
     if (!*mask) return peftc_fail(err, PEFTC_ERR_INPUT, "--target-modules: no module given");
@@ -44,59 +60,67 @@ float lora_scale(const method_opts *mo)
     return mo->rslora ? mo->alpha / sqrtf((float)mo->r) : mo->alpha / (float)mo->r;
 }
 
-/* The widths of x and h at a site. */
-static void site_dims(const peftc_config *c, site_id s, int *in, int *out)
-{
-    *in = *out = c->hidden_size;
-    if (s == SITE_FFN_IN) *out = c->intermediate_size;
-    if (s == SITE_FFN_DOWN) *in = c->intermediate_size;
-    if (s == SITE_FFN_ACT) *in = *out = c->intermediate_size;
-}
-
-static int base_trains(const method_opts *mo, const bert_tensor_ref *r)
+static int base_trains(const method_opts *mo, const model_tensor *r)
 {
     if (mo->base == BASE_ALL) return 1;
     if (mo->base == BASE_BIAS && r->is_bias) return 1;
-    return mo->train_norms && strstr(r->name, "encoder.layer.") && strstr(r->name, "LayerNorm");
+    return mo->train_norms && r->is_norm && r->layer >= 0;   /* the blocks' norms (Houlsby) */
+}
+
+/* The model's tensor list (freed by the caller); NULL when out of memory. */
+static model_tensor *tensor_list(peftc_model *m, int *n)
+{
+    *n = m->family->tensors(m, NULL, 0);
+    model_tensor *refs = calloc((size_t)(*n > 0 ? *n : 1), sizeof *refs);
+    if (refs) m->family->tensors(m, refs, *n);
+    return refs;
+}
+
+int method_grad_slots(peftc_model *m) { return m->family->tensors(m, NULL, 0); }
+
+/* "<peft_prefix><layer path>.<module>" of a module in block l; module NULL: the block itself */
+static void module_name(const model_family *f, int l, const char *module, char *out, size_t cap)
+{
+    char layer[128];
+    snprintf(layer, sizeof layer, f->layer_path, l);
+    /* names longer than cap are cut (params_add's names are bounded the same way) */
+    if (snprintf(out, cap, "%s%s%s%s", f->peft_prefix, layer, module ? "." : "", module ? module : "") >= (int)cap)
+        out[cap - 1] = 0;
 }
 
 peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *pb, delta_set *ds, peftc_error *err)
 {
     const peftc_config *c = &m->cfg;
-    bert_grads tmp = {0};
-    bert_layer *gl = calloc((size_t)c->num_layers, sizeof *gl);
-    if (!gl) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
-    tmp.layers = gl;
-    int n = bert_tensors(m, &tmp, NULL, 0);
-    bert_tensor_ref *refs = calloc((size_t)n, sizeof *refs);
-    if (!refs) { free(gl); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    bert_tensors(m, &tmp, refs, n);
+    const model_family *f = m->family;
+    int n;
+    model_tensor *refs = tensor_list(m, &n);
+    if (!refs) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < n; i++) {
         if (!base_trains(mo, &refs[i])) continue;
         char name[PARAM_NAME_MAX];
-        snprintf(name, sizeof name, PEFT_PREFIX "%s", refs[i].name);
+        snprintf(name, sizeof name, "%s%s", f->peft_prefix, refs[i].name);
         if (params_add(pb, name, refs[i].ndim, refs[i].shape, refs[i].is_bias || refs[i].ndim == 1) < 0) {
-            free(refs); free(gl);
+            free(refs);
             return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
         }
     }
     free(refs);
-    free(gl);
     for (int l = 0; l < c->num_layers; l++) {
         if (mo->lora) {
-            for (int st = 0; st <= SITE_FFN_DOWN; st++) {
+            for (int st = 0; st < SITE_LINEAR_END; st++) {
                 if (!(mo->targets & (1u << st))) continue;
                 int in, out;
-                site_dims(c, (site_id)st, &in, &out);
+                if (!f->site(m, l, (site_id)st, &in, &out) || !f->site_module[st])
+                    return peftc_fail(err, PEFTC_ERR_INPUT, "LoRA target %s: a %s model has no such linear layer",
+                                      site_name((site_id)st), f->name);
                 if (mo->r <= 0 || mo->r > (in < out ? in : out))
                     return peftc_fail(err, PEFTC_ERR_INPUT, "--r %d must be in [1, %d], the width of %s", mo->r,
-                                      in < out ? in : out, lora_module_name((site_id)st));
+                                      in < out ? in : out, lora_module_name(f, (site_id)st));
                 delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = (site_id)st, .insert = INSERT_PARALLEL,
                                  .act = ACT_IDENTITY, .compose = COMPOSE_SCALE, .scale = lora_scale(mo),
                                  .dropout = mo->dropout, .r = mo->r, .bias = 0, .init_lora = 1, .lora_names = 1};
                 char prefix[PARAM_NAME_MAX];
-                snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.%s%s", l,
-                         st <= SITE_ATTN_V ? "attention.self." : "", lora_module_name((site_id)st));
+                module_name(f, l, f->site_module[st], prefix, sizeof prefix);
                 peftc_status rc = delta_add(ds, pb, l, in, out, &sp, prefix, err);
                 if (rc) return rc;
             }
@@ -105,7 +129,8 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
         for (int k = 0; k < mo->n_deltas; k++) {
             const delta_spec *sp = &mo->deltas[k];
             int in, out;
-            site_dims(c, sp->site, &in, &out);
+            if (!f->site(m, l, sp->site, &in, &out))
+                return peftc_fail(err, PEFTC_ERR_INPUT, "delta at %s: a %s model has no such site", site_name(sp->site), f->name);
             int width = sp->insert == INSERT_PARALLEL ? (in < out ? in : out) : out;
             if (sp->kind == DELTA_BOTTLENECK && sp->heads > 0) {
                 if (out % sp->heads)
@@ -120,12 +145,15 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
                                              sp->site == SITE_FFN_ACT || sp->site == SITE_ATTN_HEADS))
                 return peftc_fail(err, PEFTC_ERR_INPUT, "a scale delta goes at attn.q, attn.k, attn.v, attn.heads or ffn.act, not %s", site_name(sp->site));
             char prefix[PARAM_NAME_MAX];
-            if (sp->kind == DELTA_SCALE) /* PEFT's (IA)^3 key names */
-                snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.%s", l,
-                         sp->site == SITE_FFN_ACT ? "output.dense" : sp->site == SITE_ATTN_K ? "attention.self.key" :
-                         sp->site == SITE_ATTN_V ? "attention.self.value" : sp->site == SITE_ATTN_Q ? "attention.self.query" : "attention.heads");
-            else
-                snprintf(prefix, sizeof prefix, PEFT_PREFIX "encoder.layer.%d.delta.%s.%d", l, site_name(sp->site), at_site[sp->site]);
+            if (sp->kind == DELTA_SCALE) { /* PEFT's (IA)^3 key names: ffn.act's vector sits on the down projection's input */
+                const char *mod = f->site_module[sp->site == SITE_FFN_ACT ? SITE_FFN_DOWN : sp->site];
+                if (!mod) return peftc_fail(err, PEFTC_ERR_INPUT, "scale delta at %s: a %s model has no module there", site_name(sp->site), f->name);
+                module_name(f, l, mod, prefix, sizeof prefix);
+            } else {
+                char dname[64];
+                snprintf(dname, sizeof dname, "delta.%s.%d", site_name(sp->site), at_site[sp->site]);
+                module_name(f, l, dname, prefix, sizeof prefix);
+            }
             at_site[sp->site]++;
             peftc_status rc = delta_add(ds, pb, l, in, out, sp, prefix, err);
             if (rc) return rc;
@@ -135,50 +163,26 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
 }
 
 peftc_status method_bind(peftc_model *m, const method_opts *mo, param_block *pb, delta_set *ds,
-                         bert_grads *g, peftc_rng *rng, peftc_error *err)
+                         float **grads, peftc_rng *rng, peftc_error *err)
 {
-    int n = bert_tensors(m, g, NULL, 0);
-    bert_tensor_ref *refs = calloc((size_t)n, sizeof *refs);
+    int n;
+    model_tensor *refs = tensor_list(m, &n);
     if (!refs) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
-    bert_tensors(m, g, refs, n);
     for (int i = 0; i < n; i++) {
-        *refs[i].g = NULL;
+        grads[i] = NULL;
         if (!base_trains(mo, &refs[i])) continue;
         char name[PARAM_NAME_MAX];
-        snprintf(name, sizeof name, PEFT_PREFIX "%s", refs[i].name);
+        snprintf(name, sizeof name, "%s%s", m->family->peft_prefix, refs[i].name);
         int k = params_find(pb, name);
         if (k < 0) { free(refs); return peftc_fail(err, PEFTC_ERR_INPUT, "internal: %s not declared", name); }
         float *dst = params_value(pb, k);
         memcpy(dst, *refs[i].w, pb->e[k].numel * sizeof(float));
         *refs[i].w = dst;   /* the model now reads the trainable copy */
-        *refs[i].g = params_grad(pb, k);
+        grads[i] = params_grad(pb, k);
     }
     free(refs);
     if (ds) delta_init_params(ds, pb, rng);
     return PEFTC_OK;
-}
-
-static float **site_weight(bert_layer *L, site_id s)
-{
-    switch (s) {
-    case SITE_ATTN_Q: return &L->wq;
-    case SITE_ATTN_K: return &L->wk;
-    case SITE_ATTN_V: return &L->wv;
-    case SITE_ATTN_O: return &L->wo;
-    case SITE_FFN_IN: return &L->wi;
-    case SITE_FFN_DOWN: return &L->wf;
-    default: return NULL;
-    }
-}
-
-static float **site_bias(bert_layer *L, site_id s)
-{
-    switch (s) {
-    case SITE_ATTN_Q: return &L->bq;
-    case SITE_ATTN_K: return &L->bk;
-    case SITE_ATTN_V: return &L->bv;
-    default: return NULL;
-    }
 }
 
 int method_mergeable(const method_opts *mo)
@@ -193,14 +197,14 @@ peftc_status method_merge(peftc_model *m, const method_opts *mo, const param_blo
 {
     if (!method_mergeable(mo))
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "method %s has deltas that cannot be merged into the weights", mo->name);
+    const model_family *f = m->family;
     for (int i = 0; i < ds->n; i++) {
         const delta *d = &ds->d[i];
-        bert_layer *L = &m->layers[d->layer];
         peftc_status rc;
+        float **w, **b;
         if (d->spec.kind == DELTA_BOTTLENECK) {
-            float **w = site_weight(L, d->spec.site);
-            if (!w) continue;
-            if ((rc = bert_make_owned(m, w, (size_t)d->in * d->out, err))) return rc;
+            if (!f->linear(m, d->layer, d->spec.site, &w, &b)) continue;
+            if ((rc = f->make_writable(m, w, (size_t)d->in * d->out, err))) return rc;
             /* W (out,in) += sign * s * B (out,r) @ A (r,in) */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, d->out, d->in, d->spec.r,
                         (float)sign * d->spec.scale, params_value(pb, d->p_up), d->spec.r,
@@ -209,17 +213,21 @@ peftc_status method_merge(peftc_model *m, const method_opts *mo, const param_blo
         }
         const float *l = params_value(pb, d->p_vec);
         if (d->spec.site == SITE_FFN_ACT) { /* scales the down projection's inputs: its columns */
-            int C = m->cfg.hidden_size, F = m->cfg.intermediate_size;
-            if ((rc = bert_make_owned(m, &L->wf, (size_t)C * F, err))) return rc;
+            int C, F;
+            if (!f->linear(m, d->layer, SITE_FFN_DOWN, &w, &b) || !f->site(m, d->layer, SITE_FFN_DOWN, &F, &C))
+                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "a %s model has no down projection to merge ffn.act into", f->name);
+            if ((rc = f->make_writable(m, w, (size_t)C * F, err))) return rc;
+            float *wf = *w;
             for (int o = 0; o < C; o++)
-                for (int j = 0; j < F; j++) L->wf[(size_t)o * F + j] = sign > 0 ? L->wf[(size_t)o * F + j] * l[j] : L->wf[(size_t)o * F + j] / l[j];
+                for (int j = 0; j < F; j++) wf[(size_t)o * F + j] = sign > 0 ? wf[(size_t)o * F + j] * l[j] : wf[(size_t)o * F + j] / l[j];
         } else { /* scales the projection's outputs: rows of W and the bias */
-            float **w = site_weight(L, d->spec.site), **b = site_bias(L, d->spec.site);
-            if ((rc = bert_make_owned(m, w, (size_t)d->in * d->out, err)) || (rc = bert_make_owned(m, b, (size_t)d->out, err))) return rc;
+            if (!f->linear(m, d->layer, d->spec.site, &w, &b))
+                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "a %s model has no linear layer at %s to merge into", f->name, site_name(d->spec.site));
+            if ((rc = f->make_writable(m, w, (size_t)d->in * d->out, err)) || (*b && (rc = f->make_writable(m, b, (size_t)d->out, err)))) return rc;
             for (int o = 0; o < d->out; o++) {
-                float f = sign > 0 ? l[o] : 1.0f / l[o];
-                for (int j = 0; j < d->in; j++) (*w)[(size_t)o * d->in + j] *= f;
-                (*b)[o] *= f;
+                float s = sign > 0 ? l[o] : 1.0f / l[o];
+                for (int j = 0; j < d->in; j++) (*w)[(size_t)o * d->in + j] *= s;
+                if (*b) (*b)[o] *= s;
             }
         }
     }

@@ -3,7 +3,7 @@
 #ifndef PEFTC_METHODS_H
 #define PEFTC_METHODS_H
 
-#include "model/bert.h"
+#include "model/model.h"
 #include "peft/delta.h"
 #include "peft/prompt.h"
 #include "peft/prefix.h"
@@ -55,19 +55,24 @@ peftc_status method_build(const char *name, const method_args *args, const peftc
 /* Prints the presets, what each expands to and its parameter formula. */
 void method_list(char *out, size_t cap);
 
-/* "query,value" / "attn.q,attn.v" / "query,key,value,attention.output.dense,intermediate.dense,output.dense" */
+/* "query,value" / "attn.q,attn.v" / "query,key,value,attention.output.dense,intermediate.dense,output.dense":
+ * site names, peftc's aliases, and every registered family's target_modules
+ * names (an adapter config is read before its model is loaded). */
 peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *err);
-/* The Hugging Face module name of a linear site (query, key, ...). */
-const char *lora_module_name(site_id s);
+/* The PEFT target_modules name of a linear site in a family (query, key, ...). */
+const char *lora_module_name(const model_family *f, site_id s);
 float lora_scale(const method_opts *mo);
 
 /* Declares the method's trainable tensors (base copies and deltas) in pb/ds,
- * with PEFT-style names (base_model.model.bert....). */
+ * with PEFT-style names (the family's peft_prefix, then its module paths). */
 peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *pb, delta_set *ds, peftc_error *err);
 /* After params_alloc: copies trainable base tensors into pb, re-points the
- * model at them, fills g (NULL for frozen) and initialises the deltas. */
+ * model at them, fills grads (one slot per tensor of the family's list:
+ * method_grad_slots; NULL for frozen) and initialises the deltas. */
 peftc_status method_bind(peftc_model *m, const method_opts *mo, param_block *pb, delta_set *ds,
-                         bert_grads *g, peftc_rng *rng, peftc_error *err);
+                         float **grads, peftc_rng *rng, peftc_error *err);
+/* The number of gradient slots method_bind fills (the model's tensor count). */
+int method_grad_slots(peftc_model *m);
 /* Merge (sign +1) / unmerge (-1) the mergeable deltas into the base weights:
  * LoRA W += s B A; (IA)^3 on k/v: W, b scaled by l; on the FFN activation:
  * the down projection's columns scaled by l. Unmerge divides back. */
@@ -75,7 +80,5 @@ peftc_status method_merge(peftc_model *m, const method_opts *mo, const param_blo
                           int sign, peftc_error *err);
 /* Whether every delta of the method can be merged. */
 int method_mergeable(const method_opts *mo);
-
-#define PEFT_PREFIX "base_model.model.bert."
 
 #endif

@@ -2,7 +2,7 @@
  * the input), P-tuning (Liu et al.: virtual tokens at template positions,
  * produced by a prompt encoder). Virtual token k appears in a token-id
  * sequence as the id -(k+1); the model takes its word vector from the prompt
- * table (see bert_run.virt). */
+ * table (see model_run.virt). */
 #ifndef PEFTC_PROMPT_H
 #define PEFTC_PROMPT_H
 

@@ -25,8 +25,10 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     t->labels.names = calloc((size_t)K, sizeof(char *));
     if (!t->labels.names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < K; i++) t->labels.names[i] = strdup(labels->names[i]);
-    t->grads.layers = calloc((size_t)c->num_layers, sizeof *t->grads.layers);
-    if (!t->grads.layers) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    const model_family *f = m->family;
+    int n_slots = method_grad_slots(m);
+    t->grads = calloc((size_t)(n_slots > 0 ? n_slots : 1), sizeof *t->grads);
+    if (!t->grads) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
 
     peftc_status rc = method_declare(m, mo, &t->pb, &t->ds, err);
     if (rc) return rc;
@@ -42,20 +44,26 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     }
     /* the pooler trains with the base in full fine-tuning, and always when the
      * checkpoint has none (it must be learned then) */
-    int train_pooler = mo->base == BASE_ALL || !m->pool_w;
+    const float *m_pool_w = NULL, *m_pool_b = NULL;
+    if (!f->pooler(m, &m_pool_w, &m_pool_b))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "sequence classification of a %s model is not supported yet", f->name);
+    int train_pooler = mo->base == BASE_ALL || !m_pool_w;
     int64_t sh[2] = {C, C}, shk[2] = {K, C};
     if (train_pooler) {
-        t->p_pool_w = params_add(&t->pb, PEFT_PREFIX "pooler.dense.weight", 2, sh, 0);
-        t->p_pool_b = params_add(&t->pb, PEFT_PREFIX "pooler.dense.bias", 1, sh, 1);
+        char nw[PARAM_NAME_MAX], nb[PARAM_NAME_MAX];
+        snprintf(nw, sizeof nw, "%s%s.weight", f->peft_prefix, f->pooler_module);
+        snprintf(nb, sizeof nb, "%s%s.bias", f->peft_prefix, f->pooler_module);
+        t->p_pool_w = params_add(&t->pb, nw, 2, sh, 0);
+        t->p_pool_b = params_add(&t->pb, nb, 1, sh, 1);
     }
     t->p_cls_w = params_add(&t->pb, HEAD_PREFIX "classifier.weight", 2, shk, 0);
     t->p_cls_b = params_add(&t->pb, HEAD_PREFIX "classifier.bias", 1, shk, 1);
     if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     if ((rc = params_alloc(&t->pb, err))) return rc;
-    if ((rc = method_bind(m, mo, &t->pb, &t->ds, &t->grads, rng, err))) return rc;
+    if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
     if (mo->prompt.n_virtual > 0) {
         if ((rc = prompt_alloc(&t->prompt, err))) return rc;
-        prompt_init(&t->prompt, &t->pb, m->wte, c->vocab_size, NULL, 0, rng);
+        prompt_init(&t->prompt, &t->pb, f->word_embeddings(m), c->vocab_size, NULL, 0, rng);
     }
     if (mo->prefix.n > 0) {
         if ((rc = prefix_alloc(&t->prefix, err))) return rc;
@@ -67,9 +75,9 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     for (int i = 0; i < K * C; i++) w[i] = 0.02f * peftc_rng_normal(rng);
     if (train_pooler) {
         float *pw = params_value(&t->pb, t->p_pool_w), *pb = params_value(&t->pb, t->p_pool_b);
-        if (m->pool_w) {
-            memcpy(pw, m->pool_w, (size_t)C * C * sizeof(float));
-            memcpy(pb, m->pool_b, (size_t)C * sizeof(float));
+        if (m_pool_w) {
+            memcpy(pw, m_pool_w, (size_t)C * C * sizeof(float));
+            memcpy(pb, m_pool_b, (size_t)C * sizeof(float));
         } else {
             for (int i = 0; i < C * C; i++) pw[i] = 0.02f * peftc_rng_normal(rng);
         }
@@ -77,8 +85,8 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     cls_head *h = &t->head;
     h->C = C;
     h->K = K;
-    h->pool_w = train_pooler ? params_value(&t->pb, t->p_pool_w) : m->pool_w;
-    h->pool_b = train_pooler ? params_value(&t->pb, t->p_pool_b) : m->pool_b;
+    h->pool_w = train_pooler ? params_value(&t->pb, t->p_pool_w) : m_pool_w;
+    h->pool_b = train_pooler ? params_value(&t->pb, t->p_pool_b) : m_pool_b;
     h->g_pool_w = train_pooler ? params_grad(&t->pb, t->p_pool_w) : NULL;
     h->g_pool_b = train_pooler ? params_grad(&t->pb, t->p_pool_b) : NULL;
     h->cls_w = params_value(&t->pb, t->p_cls_w);
@@ -128,9 +136,9 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
 {
     const peftc_config *c = &t->m->cfg;
     peftc_status rc;
-    unsigned keep = bert_keep_for(c, t->ds.n ? &t->ds : NULL, &t->grads);
-    if (t->mo.prompt.n_virtual > 0) keep |= BERT_KEEP_EMB;   /* the virtual tokens' gradient */
-    if ((rc = bert_acts_init(&t->acts, c, B, T, train, t->mo.prefix.n, keep, err))) return rc;
+    const model_family *f = t->m->family;
+    unsigned keep = f->keep_for(t->m, t->ds.n ? &t->ds : NULL, t->grads, t->mo.prompt.n_virtual > 0);
+    if ((rc = model_acts_init(t->m, &t->acts, B, T, train, t->mo.prefix.n, keep, err))) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
     if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) return rc;
     free(t->d_hidden);
@@ -144,22 +152,22 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
 
 void task_free(task *t)
 {
-    bert_acts_free(&t->acts);
+    if (t->m) t->m->family->acts_free(t->acts);
     delta_set_free(&t->ds);
     cls_head_free(&t->head);
     params_free(&t->pb);
     labels_free(&t->labels);
-    free(t->grads.layers);
+    free(t->grads);
     free(t->d_hidden);
     prompt_free(&t->prompt);
     prefix_free(&t->prefix);
     memset(t, 0, sizeof *t);
 }
 
-static bert_run task_run(task *t, int train, peftc_rng *rng)
+static model_run task_run(task *t, int train, peftc_rng *rng)
 {
-    bert_run r = {.train = train, .rng = rng, .deltas = t->ds.n && !t->merged ? &t->ds : NULL,
-                  .pb = &t->pb, .grads = &t->grads, .need_input_grad = 0};
+    model_run r = {.train = train, .rng = rng, .deltas = t->ds.n && !t->merged ? &t->ds : NULL,
+                   .pb = &t->pb, .grads = t->grads, .need_input_grad = 0};
     if (t->mo.prompt.n_virtual > 0) {
         r.virt = t->prompt.out;
         r.d_virt = train ? t->prompt.d_out : NULL;
@@ -185,22 +193,22 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
 {
     if (t->mo.prompt.n_virtual > 0) prompt_forward(&t->prompt, &t->pb);
     if (t->mo.prefix.n > 0) prefix_forward(&t->prefix, &t->pb);
-    bert_run run = task_run(t, train, rng);
-    bert_forward(t->m, &t->acts, &run, ids, tts, lens, B, T);
-    cls_head_forward(&t->head, bert_hidden(t->m, &t->acts), B, T, t->m->cfg.hidden_dropout, train, rng);
+    model_run run = task_run(t, train, rng);
+    t->m->family->forward(t->m, t->acts, &run, ids, tts, lens, B, T);
+    cls_head_forward(&t->head, t->m->family->hidden(t->m, t->acts), B, T, t->m->cfg.hidden_dropout, train, rng);
     return labels ? cls_head_loss(&t->head, labels, B) : 0.0f;
 }
 
 void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
                    int B, int T, float scale, peftc_rng *rng)
 {
-    bert_run run = task_run(t, 1, rng);
+    model_run run = task_run(t, 1, rng);
     if (t->mo.prompt.n_virtual > 0)
         memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
     if (t->mo.prefix.n > 0)
         memset(t->prefix.d_kv, 0, (size_t)t->mo.prefix.n * 2 * t->m->cfg.num_layers * t->m->cfg.hidden_size * sizeof(float));
     cls_head_backward(&t->head, labels, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
-    bert_backward(t->m, &t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
+    t->m->family->backward(t->m, t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
     if (t->mo.prompt.n_virtual > 0) prompt_backward(&t->prompt, &t->pb);
     if (t->mo.prefix.n > 0) prefix_backward(&t->prefix, &t->pb);
 }
@@ -221,23 +229,59 @@ static const char *peft_type(const method_opts *mo)
     return "PEFTC"; /* this project's own methods: described by the "peftc" object */
 }
 
-/* PEFT matches a plain name as a suffix of the module path, so "output.dense"
- * would also catch attention.output.dense; a regex (full match) is exact. */
-static json_t *target_modules_json(unsigned mask)
+/* Whether name a equals b or is a dotted suffix of it (PEFT's match of a
+ * plain target_modules name against a module path). */
+static int suffix_match(const char *a, const char *b)
 {
-    int ambiguous = (mask & (1u << SITE_ATTN_O)) || (mask & (1u << SITE_FFN_DOWN));
+    size_t la = strlen(a), lb = strlen(b);
+    return la == lb ? !strcmp(a, b) : la < lb && b[lb - la - 1] == '.' && !strcmp(b + lb - la, a);
+}
+
+/* A regex-escaped copy of a module path; a printf %d becomes \d+. */
+static void regex_escape(const char *in, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (; *in && n + 4 < cap; in++) {
+        if (in[0] == '%' && in[1] == 'd') { memcpy(out + n, "\\d+", 3); n += 3; in++; continue; }
+        if (*in == '.') out[n++] = '\\';
+        out[n++] = *in;
+    }
+    out[n] = 0;
+}
+
+/* PEFT matches a plain name as a suffix of the module path, so a target
+ * named like the tail of another linear layer's path ("output.dense" of
+ * "attention.output.dense") would catch that one too; where a target's name
+ * collides with another linear site's path (either way), a regex (full match)
+ * is exact. */
+static json_t *target_modules_json(const model_family *f, unsigned mask)
+{
+    int ambiguous = 0;
+    for (int s = 0; s < SITE_LINEAR_END; s++) {
+        if (!(mask & (1u << s)) || !f->site_target[s]) continue;
+        for (int o = 0; o < SITE_LINEAR_END; o++)
+            if (o != s && f->site_target[o] && f->site_module[o] && f->site_module[s] &&
+                (suffix_match(f->site_target[s], f->site_module[o]) || suffix_match(f->site_target[o], f->site_module[s])))
+                ambiguous = 1;
+    }
     if (!ambiguous) {
         json_t *a = json_array();
-        for (int s = 0; s <= SITE_FFN_DOWN; s++)
-            if (mask & (1u << s)) json_array_append_new(a, json_string(lora_module_name((site_id)s)));
+        for (int s = 0; s < SITE_LINEAR_END; s++)
+            if (mask & (1u << s)) json_array_append_new(a, json_string(lora_module_name(f, (site_id)s)));
         return a;
     }
-    char re[512] = ".*encoder\\.layer\\.\\d+\\.(";
+    char re[1024] = ".*", part[256];
+    regex_escape(f->layer_path, part, sizeof part);
+    strcat(re, part);
+    strcat(re, "\\.(");
     int first = 1;
-    static const char *full[] = {"attention\\.self\\.query", "attention\\.self\\.key", "attention\\.self\\.value",
-                                 "attention\\.output\\.dense", "intermediate\\.dense", "output\\.dense"};
-    for (int s = 0; s <= SITE_FFN_DOWN; s++)
-        if (mask & (1u << s)) { strcat(re, first ? "" : "|"); strcat(re, full[s]); first = 0; }
+    for (int s = 0; s < SITE_LINEAR_END; s++)
+        if ((mask & (1u << s)) && f->site_module[s] && strlen(re) + 2 * strlen(f->site_module[s]) + 4 < sizeof re) {
+            regex_escape(f->site_module[s], part, sizeof part);
+            strcat(re, first ? "" : "|");
+            strcat(re, part);
+            first = 0;
+        }
     strcat(re, ")");
     return json_string(re);
 }
@@ -247,6 +291,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     peftc_status mk = peftc_mkdir_p(dir, err);
     if (mk) return mk;
     const method_opts *mo = &t->mo;
+    const model_family *f = t->m->family;
     json_t *cfg = json_object();
     json_object_set_new(cfg, "peft_type", json_string(peft_type(mo)));
     json_object_set_new(cfg, "task_type", json_string("SEQ_CLS"));
@@ -259,10 +304,11 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     json_object_set_new(cfg, "modules_to_save", mts);
     if (!strcmp(peft_type(mo), "IA3")) {
         json_t *tm = json_array(), *ff = json_array();
-        json_array_append_new(tm, json_string("key"));
-        json_array_append_new(tm, json_string("value"));
-        json_array_append_new(tm, json_string("output.dense"));
-        json_array_append_new(ff, json_string("output.dense"));
+        /* (IA)^3 on k, v and the FFN's inside, whose vector PEFT puts on the down projection's input */
+        json_array_append_new(tm, json_string(lora_module_name(f, SITE_ATTN_K)));
+        json_array_append_new(tm, json_string(lora_module_name(f, SITE_ATTN_V)));
+        json_array_append_new(tm, json_string(lora_module_name(f, SITE_FFN_DOWN)));
+        json_array_append_new(ff, json_string(lora_module_name(f, SITE_FFN_DOWN)));
         json_object_set_new(cfg, "target_modules", tm);
         json_object_set_new(cfg, "feedforward_modules", ff);
         json_object_set_new(cfg, "fan_in_fan_out", json_false());
@@ -274,7 +320,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
         json_object_set_new(cfg, "use_rslora", json_boolean(mo->rslora));
         json_object_set_new(cfg, "use_dora", json_false());
-        json_object_set_new(cfg, "target_modules", target_modules_json(mo->targets));
+        json_object_set_new(cfg, "target_modules", target_modules_json(f, mo->targets));
         json_object_set_new(cfg, "bias", json_string("none"));
         json_object_set_new(cfg, "fan_in_fan_out", json_false());
         json_object_set_new(cfg, "init_lora_weights", json_true());
@@ -321,7 +367,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     json_object_set_new(own, "labels", labels);
     if (mo->lora) {
         json_t *tg = json_array();
-        for (int s = 0; s <= SITE_FFN_DOWN; s++)
+        for (int s = 0; s < SITE_LINEAR_END; s++)
             if (mo->targets & (1u << s)) json_array_append_new(tg, json_string(site_name((site_id)s)));
         json_object_set_new(own, "lora_sites", tg);
     }

@@ -4,7 +4,8 @@
 #ifndef PEFTC_TASK_H
 #define PEFTC_TASK_H
 
-#include "model/bert.h"
+#include "model/model.h"
+#include "model/cls_head.h"
 #include "peft/methods.h"
 #include "train/data.h"
 #include "peft/prompt.h"
@@ -17,10 +18,10 @@ typedef struct task {
     int max_len;
     param_block pb;
     delta_set ds;
-    bert_grads grads;
+    float **grads;            /* the base tensors' gradient slots (the family's tensor order; NULL = frozen) */
     cls_head head;
     int p_cls_w, p_cls_b, p_pool_w, p_pool_b;   /* head params (pooler only if trainable) */
-    bert_acts acts;
+    model_acts *acts;         /* the family's activation buffers */
     float *d_hidden;
     int cap_B, cap_T;
     int merged;

@@ -110,8 +110,9 @@ static uint64_t run_signature(const task *t, const peftc_train_opts *o)
     const peftc_config *c = &t->m->cfg;
     int dims[] = {c->vocab_size, c->hidden_size, c->num_layers, c->num_heads, c->intermediate_size};
     h = fnv(h, dims, sizeof dims);
-    size_t sample = (size_t)c->hidden_size * 8;
-    h = fnv(h, t->m->wpe, sample * sizeof(float));
+    size_t sample;
+    const float *w = t->m->family->weights_sample(t->m, &sample);
+    h = fnv(h, w, sample * sizeof(float));
     int ints[] = {o->batch, o->grad_accum, o->max_len, o->bucket};
     h = fnv(h, ints, sizeof ints);
     h = fnv(h, &o->seed, sizeof o->seed);

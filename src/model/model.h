@@ -1,0 +1,178 @@
+/* model.h: the model-family interface (internal).
+ *
+ * A model family (BERT, Llama, ...) is one const struct of function pointers
+ * and names, `model_family`, defined by the family's own file in model/. Every
+ * layer above (train/, peft/, cli/) reaches a model only through it: the
+ * forward and backward, the activation buffers, the sites where deltas act
+ * and their widths, the linear weights a merge folds deltas into, the tensors
+ * full fine-tuning and BitFit train, and the names PEFT gives all of these.
+ * So a method never touches a model file, and a family never touches a method
+ * (it calls delta_forward/delta_backward at its sites, knowing no method).
+ *
+ * The indirection costs one call per forward/backward (and one per merge or
+ * tensor list): the hot loops, per layer and per element, stay inside the
+ * family's file.
+ *
+ * ---- How to add a family (e.g. "gpt2")
+ *  1. io/config.c: a parser for its config.json fields, added to the table
+ *     there under its model_type; a new peftc_arch value in peftc.h. (A new
+ *     file format, such as GGUF, is a reader in io/ of its own, whose
+ *     architecture key picks the family the same way.)
+ *  2. model/gpt2.h + model/gpt2.c: the family's model struct with `peftc_model
+ *     base` as its FIRST member (model_of/family casts rely on it), its
+ *     activation struct (opaque above: model_acts), and
+ *        const model_family model_family_gpt2 = { .name = "gpt2", ... };
+ *     filling every field below: load/free from a directory or file, acts
+ *     init/free/keep_for, forward/backward/hidden, site/linear/make_writable,
+ *     tensors (with the gradient index order forward/backward use),
+ *     word_embeddings, pooler, weights_sample, and the PEFT names
+ *     (peft_prefix, layer_path, site_module, site_target).
+ *  3. model/model.c: add &model_family_gpt2 to the registry array.
+ *  train/, peft/ and cli/ need no change.
+ */
+#ifndef PEFTC_MODEL_H
+#define PEFTC_MODEL_H
+
+#include "core/core.h"
+#include "core/rng.h"
+#include "peft/delta.h"
+#include "train/params.h"
+
+/* Linear sites are the site ids below the first block site: [0, SITE_LINEAR_END).
+ * (ffn.gate / ffn.up, when added, go at the end of that group.) */
+#define SITE_LINEAR_END SITE_ATTN_OUT
+
+typedef struct model_family model_family;
+
+/* The family-neutral part of every model: each family's struct starts with it. */
+struct peftc_model {
+    peftc_config cfg;
+    const model_family *family;
+    char *dir;                  /* the directory or file it was loaded from */
+    int64_t n_params;
+    struct model_acts *infer;   /* inference scratch of peftc_model_encode, grown on demand */
+    int infer_B, infer_T;
+};
+
+/* A family's activation buffers; each family defines its own struct behind
+ * this name and casts (train/ only holds the pointer). */
+typedef struct model_acts model_acts;
+
+/* What a forward/backward needs beyond the weights. */
+typedef struct model_run {
+    int train;               /* dropout on */
+    peftc_rng *rng;
+    delta_set *deltas;       /* may be NULL */
+    param_block *pb;         /* the deltas' parameters */
+    /* gradient destinations of the base tensors, indexed as the family's
+     * tensor list (model_family.tensors); an entry NULL = that tensor is
+     * frozen (no weight gradient is computed at all). The array may be NULL:
+     * nothing of the base trains. */
+    float *const *grads;
+    int need_input_grad;     /* keep the gradient w.r.t. the embeddings output */
+    /* virtual tokens (prompt tuning, P-tuning): an id -(k+1) takes row k of
+     * virt (n_virt, C) as its word embedding; d_virt (may be NULL) += its gradient */
+    const float *virt;
+    float *d_virt;
+    int n_virt;
+    /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT): n_prefix
+     * rows of (2 L C): layer l's keys at columns [2lC, (2l+1)C), values next;
+     * optional per-sequence gates (UniPELT): rows 2l, 2l+1 of gate_w (2L, C) */
+    int n_prefix;
+    const float *prefix_kv;
+    float *d_prefix_kv;
+    const float *prefix_gate_w, *prefix_gate_b;
+    float *d_prefix_gate_w, *d_prefix_gate_b;
+} model_run;
+
+/* One base tensor: for full fine-tuning, BitFit, trained norms. */
+typedef struct model_tensor {
+    char name[96];      /* Hugging Face name without the family's prefix ("encoder.layer.0.attention.self.query.weight") */
+    float **w;          /* the model's pointer (re-pointable: a trained copy replaces it) */
+    int ndim;
+    int64_t shape[2];
+    int is_bias;        /* a bias or a norm's bias: BitFit's set */
+    int is_norm;        /* a norm's weight or bias */
+    int layer;          /* its block, -1 outside the blocks (embeddings, final norm) */
+} model_tensor;
+
+struct model_family {
+    const char *name;           /* config.json model_type (and GGUF general.architecture) */
+    peftc_arch arch;
+
+    /* ---- loading: a model directory (or file); the config is parsed by io/config.c */
+    peftc_status (*load)(const char *path, const peftc_config *cfg, peftc_model **out, peftc_error *err);
+    void (*free)(peftc_model *m);
+
+    /* ---- activations. train: keep every layer's activations and the
+     * backward scratch (else one layer's buffers are reused); n_prefix: the
+     * prefix length the attention buffers hold; keep: the family's flags from
+     * keep_for. *a may be NULL (allocated) or a previous buffer set (reused). */
+    peftc_status (*acts_init)(const peftc_model *m, model_acts **a, int B, int T, int train, int n_prefix,
+                              unsigned keep, peftc_error *err);
+    void (*acts_free)(model_acts *a);
+    /* The buffers a training run with these deltas and gradients (either may
+     * be NULL; virt_train: virtual tokens train) must keep. */
+    unsigned (*keep_for)(const peftc_model *m, const delta_set *ds, float *const *grads, int virt_train);
+
+    /* ---- compute. forward: run may be NULL (inference, no deltas). backward
+     * from d_hidden (B*T*C, overwritten): accumulates into run->grads, the
+     * deltas', virtual tokens' and prefixes' gradients. */
+    void (*forward)(peftc_model *m, model_acts *a, const model_run *run, const int32_t *ids,
+                    const int32_t *type_ids, const int *lens, int B, int T);
+    void (*backward)(peftc_model *m, model_acts *a, const model_run *run, const int32_t *ids,
+                     const int32_t *type_ids, const int *lens, int B, int T, float *d_hidden);
+    /* The last hidden states (B*T*C) after forward. */
+    float *(*hidden)(const peftc_model *m, const model_acts *a);
+
+    /* ---- sites. 1 if (layer, site) exists in this family, with the widths
+     * of x and h there; 0 if not. */
+    int (*site)(const peftc_model *m, int layer, site_id s, int *in, int *out);
+    /* The linear layer at a linear site: the slots of its weight (out, in)
+     * and bias (out; *b = NULL: none). 0 if the site is no linear layer here. */
+    int (*linear)(peftc_model *m, int layer, site_id s, float ***w, float ***b);
+    /* Makes *slot an owned, writable fp32 copy of numel floats (no-op if it
+     * is one) and drops what the family derived from weights (bf16 packs):
+     * before a weight is changed in place (merges). */
+    peftc_status (*make_writable)(peftc_model *m, float **slot, size_t numel, peftc_error *err);
+
+    /* ---- tensors: fills out (capacity cap; may be 0) and returns the count.
+     * The order is the index of model_run.grads. */
+    int (*tensors)(peftc_model *m, model_tensor *out, int cap);
+    /* The word embeddings (vocab_size, C) (prompt tuning's init). */
+    const float *(*word_embeddings)(const peftc_model *m);
+    /* A sequence-classification pooler over the first token (tanh(W h + b)):
+     * 1 if the family has one, its weights in *w, *b (NULL if the checkpoint
+     * lacks them: the task learns it). 0: no pooler. */
+    int (*pooler)(const peftc_model *m, const float **w, const float **b);
+    /* Some frozen floats that identify the checkpoint (a training run's
+     * signature hashes them); *n their count. */
+    const float *(*weights_sample)(const peftc_model *m, size_t *n);
+
+    /* ---- PEFT names (adapter files Hugging Face PEFT loads) */
+    const char *peft_prefix;    /* of the base tensors: "base_model.model.bert." */
+    const char *pooler_module;  /* "pooler.dense" (if pooler() says 1) */
+    const char *layer_path;     /* printf format of a block's module path: "encoder.layer.%d" */
+    /* per site: the module path inside a block ("attention.self.query"),
+     * NULL where the site is no module; and the target_modules name of a
+     * linear site ("query") */
+    const char *site_module[SITE_COUNT];
+    const char *site_target[SITE_COUNT];
+};
+
+extern const model_family model_family_bert;
+
+/* The registered families, NULL-terminated. */
+extern const model_family *const model_families[];
+/* By config.json model_type / GGUF general.architecture; NULL if unknown. */
+const model_family *model_family_find(const char *model_type);
+const model_family *model_family_for_arch(peftc_arch arch);
+
+/* A model's activation buffers through its family (a generic wrapper). */
+static inline peftc_status model_acts_init(const peftc_model *m, model_acts **a, int B, int T, int train,
+                                           int n_prefix, unsigned keep, peftc_error *err)
+{
+    return m->family->acts_init(m, a, B, T, train, n_prefix, keep, err);
+}
+
+#endif
