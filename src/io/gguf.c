@@ -359,13 +359,11 @@ peftc_status gguf_open(const char *path, gguf_file **out, peftc_error *err)
     }
     g->size = (size_t)sb.st_size;
     if (g->size < 24) {
-        close(fd);
-        peftc_status rc;
         /* still say why precisely: wrong magic beats "too short" */
-        unsigned char head[8] = {0};
+        unsigned char head[4] = {0};
         ssize_t n = pread(fd, head, sizeof head, 0);
-        (void)n;
-        rc = (g->size >= 4 && memcmp(head, "GGUF", 4))
+        close(fd);
+        peftc_status rc = (n == 4 && memcmp(head, "GGUF", 4))
              ? peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a GGUF file (the magic is not 'GGUF')", path)
              : peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated: %zu bytes is too short for a GGUF header", path, g->size);
         gguf_close(g);
