@@ -104,7 +104,7 @@ static peftc_status rdstr(cursor *c, const char *what, const char **s, uint64_t 
     peftc_status rc = rd64(c, what, len);
     if (rc) return rc;
     if (*len > left(c))
-        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: %s at byte %zu has length %" PRIu64 " but only %zu bytes follow",
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: %s at byte %zu has length %" PRIu64 " but only %zu bytes follow",
                           c->path, what, c->pos - 8, *len, left(c));
     *s = (const char *)c->p + c->pos;
     c->pos += (size_t)*len;
@@ -137,7 +137,7 @@ static peftc_status skip_value(cursor *c, uint32_t type, int depth, const char *
         return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s' is an array of unknown value type %u", c->path, key, et);
     size_t min = et == GGUF_TYPE_STRING ? 8 : et == GGUF_TYPE_ARRAY ? 12 : scalar_size[et];
     if (n > left(c) / min)
-        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s': array of %" PRIu64 " %s items cannot fit in the %zu bytes left",
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: key '%s': array of %" PRIu64 " %s items cannot fit in the %zu bytes left",
                           c->path, key, n, gguf_type_name(et), left(c));
     if (et != GGUF_TYPE_STRING && et != GGUF_TYPE_ARRAY) {
         c->pos += (size_t)n * min;
@@ -299,9 +299,9 @@ static peftc_status parse(gguf_file *g, peftc_error *err)
     uint64_t n_t, n_kv;
     if ((rc = rd64(&c, "the tensor count", &n_t)) || (rc = rd64(&c, "the metadata count", &n_kv))) return rc;
     if (n_kv > left(&c) / GGUF_MIN_KV || n_kv > INT32_MAX)
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %" PRIu64 " metadata entries cannot fit in the file's %zu bytes", g->path, n_kv, g->size);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: %" PRIu64 " metadata entries cannot fit in the file's %zu bytes", g->path, n_kv, g->size);
     if (n_t > (left(&c) - n_kv * GGUF_MIN_KV) / GGUF_MIN_TENSOR || n_t > INT32_MAX)
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %" PRIu64 " tensors cannot fit in the file's %zu bytes", g->path, n_t, g->size);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: %" PRIu64 " tensors cannot fit in the file's %zu bytes", g->path, n_t, g->size);
     if ((rc = parse_kvs(g, &c, n_kv))) return rc;
 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -330,7 +330,7 @@ static peftc_status parse(gguf_file *g, peftc_error *err)
                               g->path, t->name, t->offset, g->alignment);
         size_t room = g->size - (size_t)g->data_start;
         if (t->offset > room || t->nbytes > room - t->offset)
-            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' bytes [%" PRIu64 ", +%zu) lie outside the data section (%zu bytes)",
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: tensor '%s' bytes [%" PRIu64 ", +%zu) lie outside the data section (%zu bytes)",
                               g->path, t->name, t->offset, t->nbytes, room);
         t->data = g->map + g->data_start + t->offset;
     }
