@@ -163,14 +163,15 @@ void gguf_close(gguf_file *g)
     free(g);
 }
 
-static const gguf_file *sort_ctx_g;
-static int cmp_kv(const void *a, const void *b)
+static int cmp_kv(const void *a, const void *b, void *ctx)
 {
-    return strcmp(sort_ctx_g->kv[*(const int *)a].key, sort_ctx_g->kv[*(const int *)b].key);
+    const gguf_file *g = ctx;
+    return strcmp(g->kv[*(const int *)a].key, g->kv[*(const int *)b].key);
 }
-static int cmp_t(const void *a, const void *b)
+static int cmp_t(const void *a, const void *b, void *ctx)
 {
-    return strcmp(sort_ctx_g->t[*(const int *)a].name, sort_ctx_g->t[*(const int *)b].name);
+    const gguf_file *g = ctx;
+    return strcmp(g->t[*(const int *)a].name, g->t[*(const int *)b].name);
 }
 
 /* A NUL-terminated copy of a name; names with a NUL byte inside are refused
@@ -269,9 +270,9 @@ static peftc_status check_unique(gguf_file *g, peftc_error *err)
     if (!g->kv_sorted || !g->t_sorted) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", g->path);
     for (int i = 0; i < g->n_kv; i++) g->kv_sorted[i] = i;
     for (int i = 0; i < g->n_tensors; i++) g->t_sorted[i] = i;
-    sort_ctx_g = g;  /* qsort has no context argument; open is not re-entrant across threads here */
-    qsort(g->kv_sorted, (size_t)g->n_kv, sizeof(int), cmp_kv);
-    qsort(g->t_sorted, (size_t)g->n_tensors, sizeof(int), cmp_t);
+    /* qsort_r (glibc): a context argument keeps gguf_open thread-safe */
+    qsort_r(g->kv_sorted, (size_t)g->n_kv, sizeof(int), cmp_kv, g);
+    qsort_r(g->t_sorted, (size_t)g->n_tensors, sizeof(int), cmp_t, g);
     for (int i = 1; i < g->n_kv; i++)
         if (!strcmp(g->kv[g->kv_sorted[i]].key, g->kv[g->kv_sorted[i - 1]].key))
             return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: duplicate metadata key '%s'", g->path, g->kv[g->kv_sorted[i]].key);
