@@ -76,11 +76,6 @@ peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
                                     int max_len, int32_t *ids, int32_t *type_ids,
                                     int *n_out, peftc_error *err);
 
-/* GGUF files (llama.cpp): a text description of the header, every metadata
- * key (type and value; arrays cut after max_items) and every tensor (type,
- * shape in ggml order, offset, bytes), into *out (malloc'd, free()). */
-peftc_status peftc_gguf_describe(const char *path, int max_items, char **out, peftc_error *err);
-
 /* --------------------------------------------------------------- models */
 typedef enum peftc_arch {
     PEFTC_ARCH_BERT = 1,   /* encoder (model_type "bert") */

@@ -1,12 +1,8 @@
-/* gguf.c: the GGUF reader (see gguf.h for the layout).
- *
- * The file is parsed twice: a first pass walks every key, value and tensor
- * info with a cursor that checks each read against the end of the mapping,
- * and only counts; allocation happens after it, sized by what the file
- * proved it holds. So a count of 2^60 is refused by the first read past the
- * end (each entry takes at least 8 bytes), never by an allocation.
- * Nested arrays are bounded in depth, and the work of walking them is
- * bounded by the file size, because every element consumes bytes. */
+/* gguf.c: mmap reader of GGUF v2/v3 files. The header is walked once with a
+ * cursor that checks each read against the file size; counts and lengths are
+ * compared with the bytes left (divided by the smallest possible entry) before
+ * anything is allocated from them, so a hostile header cannot make us allocate
+ * or loop more than the file's size allows. */
 #include "io/gguf.h"
 
 #include <errno.h>
@@ -18,559 +14,599 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GGUF_MAX_DEPTH 4          /* arrays of arrays of ... (upstream uses 1 level) */
-#define GGUF_MAX_KEY 65536
-#define GGUF_MAX_NAME 65536
-#define GGUF_MAX_DIMS 4
+/* Keys longer than this are not metadata names (the spec caps them at 65535). */
+#define GGUF_MAX_KEY 65535u
+/* Smallest encodings: a kv is a key (8-byte length + >= 1 byte), a type and a
+ * 1-byte value; a tensor info is a name, n_dims, type and offset. */
+#define GGUF_MIN_KV 13u
+#define GGUF_MIN_TENSOR 25u
 
+typedef struct gguf_kv {
+    const char *key;
+    uint32_t type;
+    size_t pos;            /* value's offset in the file */
+    uint32_t arr_type;
+    uint64_t arr_len;
+    size_t arr_pos;        /* first element's offset */
+    size_t *str_pos;       /* string arrays: each element's length field */
+} gguf_kv;
+
+struct gguf_file {
+    char *path;
+    const uint8_t *map;
+    size_t size;
+    uint32_t version, alignment;
+    uint64_t data_start;
+    int n_kv, n_tensors;
+    gguf_kv *kv;
+    int *kv_sorted;        /* kv indices sorted by key */
+    gguf_tensor *t;
+    int *t_sorted;
+};
+
+static const size_t scalar_size[GGUF_TYPE_COUNT] = {
+    [GGUF_TYPE_UINT8] = 1, [GGUF_TYPE_INT8] = 1, [GGUF_TYPE_UINT16] = 2, [GGUF_TYPE_INT16] = 2,
+    [GGUF_TYPE_UINT32] = 4, [GGUF_TYPE_INT32] = 4, [GGUF_TYPE_FLOAT32] = 4, [GGUF_TYPE_BOOL] = 1,
+    [GGUF_TYPE_UINT64] = 8, [GGUF_TYPE_INT64] = 8, [GGUF_TYPE_FLOAT64] = 8,
+};
+
+const char *gguf_type_name(gguf_type t)
+{
+    static const char *names[GGUF_TYPE_COUNT] = {
+        "uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "bool",
+        "string", "array", "uint64", "int64", "float64"};
+    return (unsigned)t < GGUF_TYPE_COUNT ? names[t] : "?";
+}
+
+/* ------------------------------------------------------------ the cursor */
 typedef struct cursor {
-    const uint8_t *p, *end, *base;
+    const uint8_t *p;
+    size_t size, pos;
     const char *path;
     peftc_error *err;
-    peftc_status rc;
 } cursor;
 
-static int need(cursor *c, uint64_t n, const char *what)
-{
-    if (c->rc) return 0;
-    if ((uint64_t)(c->end - c->p) < n) {
-        c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: truncated GGUF file: %s needs %" PRIu64 " bytes at offset %zu, %zu left",
-                           c->path, what, n, (size_t)(c->p - c->base), (size_t)(c->end - c->p));
-        return 0;
-    }
-    return 1;
-}
+static size_t left(const cursor *c) { return c->size - c->pos; }
 
-static uint32_t rd_u32(cursor *c, const char *what)
+static uint64_t le64(const uint8_t *p)
 {
-    if (!need(c, 4, what)) return 0;
-    uint32_t v;
-    memcpy(&v, c->p, 4);
-    c->p += 4;
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
     return v;
 }
+static uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 
-static uint64_t rd_u64(cursor *c, const char *what)
+static peftc_status truncated(cursor *c, const char *what)
 {
-    if (!need(c, 8, what)) return 0;
-    uint64_t v;
-    memcpy(&v, c->p, 8);
-    c->p += 8;
-    return v;
+    return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: truncated: the file ends (%zu bytes) inside %s at byte %zu",
+                      c->path, c->size, what, c->pos);
 }
 
-/* a string: returns its bytes (in the mapping) and length */
-static const uint8_t *rd_str(cursor *c, uint64_t *len, uint64_t max, const char *what)
+static peftc_status rd32(cursor *c, const char *what, uint32_t *v)
 {
-    uint64_t n = rd_u64(c, what);
-    if (c->rc) return NULL;
-    if (n > max) {
-        c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: %s is %" PRIu64 " bytes long (at most %" PRIu64 ")", c->path, what, n, max);
-        return NULL;
-    }
-    if (!need(c, n, what)) return NULL;
-    const uint8_t *s = c->p;
-    c->p += n;
-    *len = n;
-    return s;
+    if (left(c) < 4) return truncated(c, what);
+    *v = le32(c->p + c->pos);
+    c->pos += 4;
+    return PEFTC_OK;
 }
 
-static size_t scalar_size(uint32_t t)
+static peftc_status rd64(cursor *c, const char *what, uint64_t *v)
 {
-    switch (t) {
-    case GGUF_UINT8: case GGUF_INT8: case GGUF_BOOL: return 1;
-    case GGUF_UINT16: case GGUF_INT16: return 2;
-    case GGUF_UINT32: case GGUF_INT32: case GGUF_FLOAT32: return 4;
-    case GGUF_UINT64: case GGUF_INT64: case GGUF_FLOAT64: return 8;
-    default: return 0;
-    }
+    if (left(c) < 8) return truncated(c, what);
+    *v = le64(c->p + c->pos);
+    c->pos += 8;
+    return PEFTC_OK;
 }
 
-const char *gguf_vtype_name(uint32_t t)
+/* A length-prefixed string; (s, len) point into the file. */
+static peftc_status rdstr(cursor *c, const char *what, const char **s, uint64_t *len)
 {
-    static const char *const n[] = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "float32",
-                                    "bool", "string", "array", "uint64", "int64", "float64"};
-    return t < GGUF_VTYPE_COUNT ? n[t] : "unknown";
+    peftc_status rc = rd64(c, what, len);
+    if (rc) return rc;
+    if (*len > left(c))
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: %s at byte %zu has length %" PRIu64 " but only %zu bytes follow",
+                          c->path, what, c->pos - 8, *len, left(c));
+    *s = (const char *)c->p + c->pos;
+    c->pos += (size_t)*len;
+    return PEFTC_OK;
 }
 
-/* Skips one value of type t; depth bounds nested arrays. */
-static void skip_value(cursor *c, uint32_t t, int depth, const char *key)
+/* Checks a value of type `type` at the cursor and steps over it. Every loop
+ * iteration consumes at least 8 bytes, so the work is bounded by the file. */
+static peftc_status skip_value(cursor *c, uint32_t type, int depth, const char *key)
 {
-    if (c->rc) return;
-    size_t s = scalar_size(t);
-    if (s) { if (need(c, s, key)) c->p += s; return; }
-    if (t == GGUF_STRING) { uint64_t l; rd_str(c, &l, UINT64_MAX, key); return; }
-    if (t != GGUF_ARRAY) {
-        c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s' has unknown value type %u", c->path, key, t);
-        return;
+    if (type >= GGUF_TYPE_COUNT)
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s' has unknown value type %u", c->path, key, type);
+    if (type == GGUF_TYPE_STRING) {
+        const char *s;
+        uint64_t n;
+        return rdstr(c, "a string value", &s, &n);
     }
-    if (depth >= GGUF_MAX_DEPTH) {
-        c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s' nests arrays deeper than %d levels", c->path, key, GGUF_MAX_DEPTH);
-        return;
+    if (type != GGUF_TYPE_ARRAY) {
+        if (left(c) < scalar_size[type]) return truncated(c, "a value");
+        c->pos += scalar_size[type];
+        return PEFTC_OK;
     }
-    uint32_t et = rd_u32(c, key);
-    uint64_t n = rd_u64(c, key);
-    if (c->rc) return;
-    size_t es = scalar_size(et);
-    if (es) {
-        if (n > (uint64_t)(c->end - c->p) / es) {
-            c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s': an array of %" PRIu64 " %s values does not fit in the file",
-                               c->path, key, n, gguf_vtype_name(et));
-            return;
-        }
-        c->p += n * es;
-        return;
+    if (depth >= GGUF_MAX_DEPTH)
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s' nests arrays deeper than %d levels", c->path, key, GGUF_MAX_DEPTH);
+    uint32_t et;
+    uint64_t n;
+    peftc_status rc;
+    if ((rc = rd32(c, "an array's element type", &et)) || (rc = rd64(c, "an array's length", &n))) return rc;
+    if (et >= GGUF_TYPE_COUNT)
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s' is an array of unknown value type %u", c->path, key, et);
+    size_t min = et == GGUF_TYPE_STRING ? 8 : et == GGUF_TYPE_ARRAY ? 12 : scalar_size[et];
+    if (n > left(c) / min)
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: key '%s': array of %" PRIu64 " %s items cannot fit in the %zu bytes left",
+                          c->path, key, n, gguf_type_name(et), left(c));
+    if (et != GGUF_TYPE_STRING && et != GGUF_TYPE_ARRAY) {
+        c->pos += (size_t)n * min;
+        return PEFTC_OK;
     }
-    if (et != GGUF_STRING && et != GGUF_ARRAY) {
-        c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s': array of unknown value type %u", c->path, key, et);
-        return;
-    }
-    /* every string or array element takes at least 8 bytes */
-    if (n > (uint64_t)(c->end - c->p) / 8) {
-        c->rc = peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: key '%s': an array of %" PRIu64 " %ss does not fit in the file",
-                           c->path, key, n, gguf_vtype_name(et));
-        return;
-    }
-    for (uint64_t j = 0; j < n && !c->rc; j++) skip_value(c, et, depth + 1, key);
+    for (uint64_t j = 0; j < n; j++)
+        if ((rc = skip_value(c, et, depth + 1, key))) return rc;
+    return PEFTC_OK;
 }
 
-int gguf_is_gguf(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    char m[4];
-    int ok = fread(m, 1, 4, f) == 4 && !memcmp(m, "GGUF", 4);
-    fclose(f);
-    return ok;
-}
-
+/* ------------------------------------------------------------ open/close */
 void gguf_close(gguf_file *g)
 {
     if (!g) return;
-    if (g->kv)
-        for (int i = 0; i < g->n_kv; i++) free(g->kv[i].arr_str);
-    if (g->tensors)
-        for (int i = 0; i < g->n_tensors; i++) free((char *)g->tensors[i].name);
+    for (int i = 0; i < g->n_kv; i++) { free((char *)g->kv[i].key); free(g->kv[i].str_pos); }
     free(g->kv);
-    free(g->tensors);
+    free(g->kv_sorted);
+    for (int i = 0; i < g->n_tensors; i++) free((char *)g->t[i].name);
+    free(g->t);
+    free(g->t_sorted);
     if (g->map) munmap((void *)g->map, g->size);
     free(g->path);
     free(g);
 }
 
-static int key_eq(const gguf_kv *kv, const char *key)
+static int cmp_kv(const void *a, const void *b, void *ctx)
 {
-    size_t n = strlen(key);
-    return kv->key_len == n && !memcmp(kv->key, key, n);
+    const gguf_file *g = ctx;
+    return strcmp(g->kv[*(const int *)a].key, g->kv[*(const int *)b].key);
+}
+static int cmp_t(const void *a, const void *b, void *ctx)
+{
+    const gguf_file *g = ctx;
+    return strcmp(g->t[*(const int *)a].name, g->t[*(const int *)b].name);
 }
 
-int gguf_find(const gguf_file *g, const char *key)
+/* A NUL-terminated copy of a name; names with a NUL byte inside are refused
+ * because lookups by C string could never find them. */
+static peftc_status copy_name(cursor *c, const char *what, const char *s, uint64_t len, const char **out)
 {
-    for (int i = 0; i < g->n_kv; i++)
-        if (key_eq(&g->kv[i], key)) return i;
-    return -1;
+    if (len == 0) return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: empty %s at byte %zu", c->path, what, c->pos - 8);
+    if (memchr(s, 0, (size_t)len))
+        return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: %s at byte %zu contains a NUL byte", c->path, what, c->pos - (size_t)len - 8);
+    char *d = malloc((size_t)len + 1);
+    if (!d) return peftc_fail(c->err, PEFTC_ERR_NOMEM, "%s: out of memory", c->path);
+    memcpy(d, s, (size_t)len);
+    d[len] = 0;
+    *out = d;
+    return PEFTC_OK;
 }
 
-/* a printable, bounded rendering of a key for messages */
-static void key_text(const uint8_t *k, size_t n, char *out, size_t cap)
+static peftc_status parse_kvs(gguf_file *g, cursor *c, uint64_t n_kv)
 {
-    size_t w = 0;
-    for (size_t i = 0; i < n && w + 5 < cap; i++) {
-        unsigned char ch = k[i];
-        if (ch >= 0x20 && ch < 0x7f) out[w++] = (char)ch;
-        else w += (size_t)snprintf(out + w, cap - w, "\\x%02x", ch);
+    peftc_status rc;
+    g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
+    if (!g->kv) return peftc_fail(c->err, PEFTC_ERR_NOMEM, "%s: out of memory", c->path);
+    for (uint64_t i = 0; i < n_kv; i++) {
+        const char *s;
+        uint64_t len;
+        if ((rc = rdstr(c, "a metadata key", &s, &len))) return rc;
+        if (len > GGUF_MAX_KEY)
+            return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: metadata key at byte %zu is %" PRIu64 " bytes long (max %u)",
+                              c->path, c->pos - (size_t)len - 8, len, GGUF_MAX_KEY);
+        gguf_kv *kv = &g->kv[i];
+        if ((rc = copy_name(c, "metadata key", s, len, &kv->key))) return rc;
+        g->n_kv = (int)i + 1;
+        if ((rc = rd32(c, "a metadata value type", &kv->type))) return rc;
+        kv->pos = c->pos;
+        if ((rc = skip_value(c, kv->type, 0, kv->key))) return rc;
+        if (kv->type != GGUF_TYPE_ARRAY) continue;
+        kv->arr_type = le32(g->map + kv->pos);
+        kv->arr_len = le64(g->map + kv->pos + 4);
+        kv->arr_pos = kv->pos + 12;
+        if (kv->arr_type != GGUF_TYPE_STRING) continue;
+        /* the array was checked: arr_len * 8 bytes fit in the file */
+        kv->str_pos = malloc((kv->arr_len ? kv->arr_len : 1) * sizeof *kv->str_pos);
+        if (!kv->str_pos) return peftc_fail(c->err, PEFTC_ERR_NOMEM, "%s: out of memory", c->path);
+        size_t p = kv->arr_pos;
+        for (uint64_t j = 0; j < kv->arr_len; j++) { kv->str_pos[j] = p; p += 8 + (size_t)le64(g->map + p); }
     }
-    if (n && w + 5 >= cap && w + 4 <= cap) { memcpy(out + w, "...", 3); w += 3; }
-    out[w < cap ? w : cap - 1] = 0;
+    return PEFTC_OK;
+}
+
+static peftc_status parse_tensors(gguf_file *g, cursor *c, uint64_t n_t)
+{
+    peftc_status rc;
+    g->t = calloc(n_t ? n_t : 1, sizeof *g->t);
+    if (!g->t) return peftc_fail(c->err, PEFTC_ERR_NOMEM, "%s: out of memory", c->path);
+    for (uint64_t i = 0; i < n_t; i++) {
+        gguf_tensor *t = &g->t[i];
+        const char *s;
+        uint64_t len;
+        if ((rc = rdstr(c, "a tensor name", &s, &len))) return rc;
+        if ((rc = copy_name(c, "tensor name", s, len, &t->name))) return rc;
+        t->name_len = (size_t)len;
+        g->n_tensors = (int)i + 1;
+        uint32_t nd;
+        if ((rc = rd32(c, "a tensor's n_dims", &nd))) return rc;
+        if (nd > GGUF_MAX_DIMS)
+            return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (max %d)", c->path, t->name, nd, GGUF_MAX_DIMS);
+        t->n_dims = (int)nd;
+        int64_t numel = 1;
+        for (int d = 0; d < GGUF_MAX_DIMS; d++) {
+            uint64_t v = 1;
+            if (d < t->n_dims && (rc = rd64(c, "a tensor's shape", &v))) return rc;
+            if (v > INT64_MAX || __builtin_mul_overflow(numel, (int64_t)v, &numel))
+                return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has an invalid shape (dimension %d is %" PRId64 ")",
+                                  c->path, t->name, d, (int64_t)v);
+            t->ne[d] = (int64_t)v;
+        }
+        if ((rc = rd32(c, "a tensor's type", &t->type)) || (rc = rd64(c, "a tensor's offset", &t->offset))) return rc;
+        const ggml_type_traits *tr = ggml_traits(t->type);
+        if (!tr)
+            return peftc_fail(c->err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' has unknown type id %u", c->path, t->name, t->type);
+        if (t->ne[0] % tr->block)
+            return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: tensor '%s': ne[0] = %" PRId64 " is not a multiple of %s's block of %d",
+                              c->path, t->name, t->ne[0], tr->name, tr->block);
+        uint64_t nb;
+        if (__builtin_mul_overflow((uint64_t)(numel / tr->block), (uint64_t)tr->bytes, &nb))
+            return peftc_fail(c->err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is too large", c->path, t->name);
+        t->nbytes = (size_t)nb;
+    }
+    return PEFTC_OK;
+}
+
+static peftc_status check_unique(gguf_file *g, peftc_error *err)
+{
+    g->kv_sorted = malloc((g->n_kv ? g->n_kv : 1) * sizeof(int));
+    g->t_sorted = malloc((g->n_tensors ? g->n_tensors : 1) * sizeof(int));
+    if (!g->kv_sorted || !g->t_sorted) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", g->path);
+    for (int i = 0; i < g->n_kv; i++) g->kv_sorted[i] = i;
+    for (int i = 0; i < g->n_tensors; i++) g->t_sorted[i] = i;
+    /* qsort_r (glibc): a context argument keeps gguf_open thread-safe */
+    qsort_r(g->kv_sorted, (size_t)g->n_kv, sizeof(int), cmp_kv, g);
+    qsort_r(g->t_sorted, (size_t)g->n_tensors, sizeof(int), cmp_t, g);
+    for (int i = 1; i < g->n_kv; i++)
+        if (!strcmp(g->kv[g->kv_sorted[i]].key, g->kv[g->kv_sorted[i - 1]].key))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: duplicate metadata key '%s'", g->path, g->kv[g->kv_sorted[i]].key);
+    for (int i = 1; i < g->n_tensors; i++)
+        if (!strcmp(g->t[g->t_sorted[i]].name, g->t[g->t_sorted[i - 1]].name))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: duplicate tensor name '%s'", g->path, g->t[g->t_sorted[i]].name);
+    return PEFTC_OK;
+}
+
+static peftc_status parse(gguf_file *g, peftc_error *err)
+{
+    cursor c = {g->map, g->size, 0, g->path, err};
+    peftc_status rc;
+    uint32_t magic;
+    if ((rc = rd32(&c, "the magic", &magic))) return rc;
+    if (memcmp(g->map, "GGUF", 4))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a GGUF file (the magic is not 'GGUF')", g->path);
+    if ((rc = rd32(&c, "the version", &g->version))) return rc;
+    if (g->version == 1)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: GGUF version 1 is not supported (only v2 and v3; re-convert the model)", g->path);
+    if ((g->version & 0xffff) == 0 && g->version)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: big-endian GGUF is not supported", g->path);
+    if (g->version != 2 && g->version != 3)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: GGUF version %u is not supported (only v2 and v3)", g->path, g->version);
+    uint64_t n_t, n_kv;
+    if ((rc = rd64(&c, "the tensor count", &n_t)) || (rc = rd64(&c, "the metadata count", &n_kv))) return rc;
+    if (n_kv > left(&c) / GGUF_MIN_KV || n_kv > INT32_MAX)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: %" PRIu64 " metadata entries cannot fit in the file's %zu bytes", g->path, n_kv, g->size);
+    if (n_t > (left(&c) - n_kv * GGUF_MIN_KV) / GGUF_MIN_TENSOR || n_t > INT32_MAX)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: %" PRIu64 " tensors cannot fit in the file's %zu bytes", g->path, n_t, g->size);
+    if ((rc = parse_kvs(g, &c, n_kv))) return rc;
+
+    g->alignment = GGUF_DEFAULT_ALIGNMENT;
+    for (int i = 0; i < g->n_kv; i++) {
+        if (strcmp(g->kv[i].key, "general.alignment")) continue;
+        const gguf_kv *kv = &g->kv[i];
+        uint64_t a = kv->type == GGUF_TYPE_UINT32 ? le32(g->map + kv->pos)
+                   : kv->type == GGUF_TYPE_UINT64 ? le64(g->map + kv->pos) : 0;
+        if (kv->type != GGUF_TYPE_UINT32 && kv->type != GGUF_TYPE_UINT64)
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: general.alignment is a %s, not an unsigned integer", g->path, gguf_type_name(kv->type));
+        if (a == 0 || (a & (a - 1)) || a > (1u << 30))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: general.alignment = %" PRIu64 " is not a power of two", g->path, a);
+        g->alignment = (uint32_t)a;
+    }
+    if ((rc = parse_tensors(g, &c, n_t))) return rc;
+    if ((rc = check_unique(g, err))) return rc;
+    /* the data section starts at the next multiple of the alignment */
+    g->data_start = (c.pos + g->alignment - 1) / g->alignment * g->alignment;
+    if (g->n_tensors && g->data_start > g->size)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated: the data section would start at byte %" PRIu64 ", past the end (%zu bytes)",
+                          g->path, g->data_start, g->size);
+    for (int i = 0; i < g->n_tensors; i++) {
+        gguf_tensor *t = &g->t[i];
+        if (t->offset % g->alignment)
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' offset %" PRIu64 " is not a multiple of the alignment %u",
+                              g->path, t->name, t->offset, g->alignment);
+        size_t room = g->size - (size_t)g->data_start;
+        if (t->offset > room || t->nbytes > room - t->offset)
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated or corrupt: tensor '%s' bytes [%" PRIu64 ", +%zu) lie outside the data section (%zu bytes)",
+                              g->path, t->name, t->offset, t->nbytes, room);
+        t->data = g->map + g->data_start + t->offset;
+    }
+    return PEFTC_OK;
 }
 
 peftc_status gguf_open(const char *path, gguf_file **out, peftc_error *err)
 {
     *out = NULL;
+    gguf_file *g = calloc(1, sizeof *g);
+    if (!g || !(g->path = strdup(path))) {
+        free(g);
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
+    }
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) {
+        peftc_status rc = peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        gguf_close(g);
+        return rc;
+    }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
+        gguf_close(g);
         return peftc_fail(err, PEFTC_ERR_IO, "%s: not a regular file", path);
     }
-    if (sb.st_size < 24) {
-        close(fd);
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %lld bytes is too short for a GGUF header (24)", path, (long long)sb.st_size);
-    }
-    gguf_file *g = calloc(1, sizeof *g);
-    if (!g) { close(fd); return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path); }
-    g->path = strdup(path);
     g->size = (size_t)sb.st_size;
+    if (g->size < 24) {
+        /* still say why precisely: wrong magic beats "too short" */
+        unsigned char head[4] = {0};
+        ssize_t n = pread(fd, head, sizeof head, 0);
+        close(fd);
+        peftc_status rc = (n == 4 && memcmp(head, "GGUF", 4))
+             ? peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a GGUF file (the magic is not 'GGUF')", path)
+             : peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated: %zu bytes is too short for a GGUF header", path, g->size);
+        gguf_close(g);
+        return rc;
+    }
     void *m = mmap(NULL, g->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (m == MAP_FAILED || !g->path) {
-        if (m != MAP_FAILED) munmap(m, g->size);
-        free(g->path);
-        free(g);
-        return peftc_fail(err, PEFTC_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+    if (m == MAP_FAILED) {
+        peftc_status rc = peftc_fail(err, PEFTC_ERR_IO, "%s: mmap failed: %s", path, strerror(errno));
+        gguf_close(g);
+        return rc;
     }
     g->map = m;
-    peftc_status rc = PEFTC_OK;
-    cursor c = {g->map, g->map + g->size, g->map, path, err, PEFTC_OK};
-    if (memcmp(g->map, "GGUF", 4)) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a GGUF file (the magic is not \"GGUF\")", path);
-        goto fail;
-    }
-    c.p += 4;
-    g->version = rd_u32(&c, "version");
-    if (g->version != 2 && g->version != 3) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: GGUF version %u is not supported (peftc reads versions 2 and 3)", path, g->version);
-        goto fail;
-    }
-    uint64_t n_tensors = rd_u64(&c, "tensor count"), n_kv = rd_u64(&c, "key count");
-    /* a key-value pair takes >= 8 + 4 + 1 bytes, a tensor info >= 8 + 4 + 4 + 8 */
-    if (n_kv > g->size / 13 || n_kv > INT32_MAX) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %" PRIu64 " metadata keys cannot fit in a file of %zu bytes", path, n_kv, g->size);
-        goto fail;
-    }
-    if (n_tensors > g->size / 24 || n_tensors > INT32_MAX) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %" PRIu64 " tensors cannot fit in a file of %zu bytes", path, n_tensors, g->size);
-        goto fail;
-    }
-    g->kv = calloc(n_kv ? n_kv : 1, sizeof *g->kv);
-    g->tensors = calloc(n_tensors ? n_tensors : 1, sizeof *g->tensors);
-    if (!g->kv || !g->tensors) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
-
-    char kt[160];
-    g->alignment = 32;
-    for (uint64_t i = 0; i < n_kv; i++) {
-        gguf_kv *kv = &g->kv[i];
-        uint64_t kl;
-        const uint8_t *k = rd_str(&c, &kl, GGUF_MAX_KEY, "a metadata key");
-        kv->type = rd_u32(&c, "a value type");
-        if (c.rc) { rc = c.rc; goto fail; }
-        kv->key = (const char *)k;
-        kv->key_len = kl;
-        g->n_kv = (int)i + 1;
-        key_text(k, kl, kt, sizeof kt);
-        for (uint64_t j = 0; j < i; j++)
-            if (g->kv[j].key_len == kl && !memcmp(g->kv[j].key, k, kl)) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata key '%s' appears twice", path, kt);
-                goto fail;
-            }
-        kv->value = c.p;
-        if (kv->type == GGUF_ARRAY) {
-            const uint8_t *start = c.p;
-            kv->arr_type = rd_u32(&c, kt);
-            kv->arr_n = rd_u64(&c, kt);
-            c.p = start;
-        }
-        skip_value(&c, kv->type, 0, kt);
-        if (c.rc) { rc = c.rc; goto fail; }
-        kv->value_bytes = (size_t)(c.p - kv->value);
-        if (kv->type == GGUF_ARRAY && kv->arr_type == GGUF_STRING) {
-            /* index the strings: arr_n is bounded by the bytes they took */
-            kv->arr_str = malloc((kv->arr_n ? kv->arr_n : 1) * sizeof *kv->arr_str);
-            if (!kv->arr_str) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory indexing '%s'", path, kt); goto fail; }
-            const uint8_t *q = kv->value + 12;
-            for (uint64_t j = 0; j < kv->arr_n; j++) {
-                uint64_t l;
-                kv->arr_str[j] = q;
-                memcpy(&l, q, 8);
-                q += 8 + l;
-            }
-        }
-        if (key_eq(kv, "general.alignment")) {
-            int64_t a;
-            if (kv->type != GGUF_UINT32 && kv->type != GGUF_UINT64 && kv->type != GGUF_INT32 && kv->type != GGUF_INT64) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: general.alignment is a %s, not an integer", path, gguf_vtype_name(kv->type));
-                goto fail;
-            }
-            gguf_get_int(g, "general.alignment", &a);
-            if (a <= 0 || a > (1 << 20) || (a & (a - 1))) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: general.alignment %lld is not a power of two in [1, 2^20]", path, (long long)a);
-                goto fail;
-            }
-            g->alignment = (uint64_t)a;
-        }
-    }
-    for (uint64_t i = 0; i < n_tensors; i++) {
-        gguf_tensor *t = &g->tensors[i];
-        uint64_t nl;
-        const uint8_t *name = rd_str(&c, &nl, GGUF_MAX_NAME, "a tensor name");
-        uint32_t nd = rd_u32(&c, "a tensor's dimension count");
-        if (c.rc) { rc = c.rc; goto fail; }
-        key_text(name, nl, kt, sizeof kt);
-        if (nd < 1 || nd > GGUF_MAX_DIMS) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has %u dimensions (1 to %d allowed)", path, kt, nd, GGUF_MAX_DIMS);
-            goto fail;
-        }
-        char *nm = malloc(nl + 1);
-        if (!nm) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path); goto fail; }
-        memcpy(nm, name, nl);
-        nm[nl] = 0;
-        t->name = nm;
-        g->n_tensors = (int)i + 1;
-        if (strlen(nm) != nl) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor name '%s' contains a NUL byte", path, kt);
-            goto fail;
-        }
-        t->n_dims = (int)nd;
-        uint64_t numel = 1;
-        for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = 1;
-        for (uint32_t d = 0; d < nd; d++) {
-            uint64_t e = rd_u64(&c, "a tensor dimension");
-            if (c.rc) { rc = c.rc; goto fail; }
-            if (e > (uint64_t)INT64_MAX || (e && numel > (uint64_t)INT64_MAX / e)) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s': dimension %u (%" PRIu64 ") makes the element count overflow", path, kt, d, e);
-                goto fail;
-            }
-            t->ne[d] = (int64_t)e;
-            numel *= e;
-        }
-        t->type = rd_u32(&c, "a tensor type");
-        t->offset = rd_u64(&c, "a tensor offset");
-        if (c.rc) { rc = c.rc; goto fail; }
-        const ggml_type_traits *tr = ggml_traits(t->type);
-        if (!tr) {
-            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' has ggml type %u, which peftc does not know", path, kt, t->type);
-            goto fail;
-        }
-        if (t->ne[0] % tr->block) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s': %lld values per row is not a multiple of the %s block (%d)",
-                            path, kt, (long long)t->ne[0], tr->name, tr->block);
-            goto fail;
-        }
-        uint64_t blocks = numel / (uint64_t)tr->block;
-        if (blocks > (uint64_t)SIZE_MAX / (uint64_t)tr->bytes) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is too large", path, kt);
-            goto fail;
-        }
-        t->nbytes = (size_t)(blocks * (uint64_t)tr->bytes);
-        if (t->offset % g->alignment) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' offset %" PRIu64 " is not a multiple of the alignment %" PRIu64,
-                            path, kt, t->offset, g->alignment);
-            goto fail;
-        }
-        for (uint64_t j = 0; j < i; j++)
-            if (!strcmp(g->tensors[j].name, nm)) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' appears twice", path, kt);
-                goto fail;
-            }
-    }
-    size_t hdr = (size_t)(c.p - g->map);
-    uint64_t start = (hdr + g->alignment - 1) / g->alignment * g->alignment;
-    if (start > g->size && n_tensors) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated GGUF file: the tensor data would start at %" PRIu64 ", past the end (%zu)", path, start, g->size);
-        goto fail;
-    }
-    g->data_start = (size_t)start;
-    for (int i = 0; i < g->n_tensors; i++) {
-        gguf_tensor *t = &g->tensors[i];
-        uint64_t avail = g->size - g->data_start;
-        if (t->offset > avail || t->nbytes > avail - t->offset) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' (%zu bytes at offset %" PRIu64 ") lies past the end of the file (%" PRIu64 " data bytes)",
-                            path, t->name, t->nbytes, t->offset, avail);
-            goto fail;
-        }
-        t->data = g->map + g->data_start + t->offset;
-    }
+    peftc_status rc = parse(g, err);
+    if (rc) { gguf_close(g); return rc; }
     *out = g;
     return PEFTC_OK;
-fail:
-    gguf_close(g);
-    return rc;
+}
+
+/* ------------------------------------------------------------ accessors */
+const char *gguf_path(const gguf_file *g) { return g->path; }
+uint32_t gguf_version(const gguf_file *g) { return g->version; }
+uint32_t gguf_alignment(const gguf_file *g) { return g->alignment; }
+uint64_t gguf_data_offset(const gguf_file *g) { return g->data_start; }
+int gguf_kv_count(const gguf_file *g) { return g->n_kv; }
+int gguf_tensor_count(const gguf_file *g) { return g->n_tensors; }
+const char *gguf_key(const gguf_file *g, int i) { return i >= 0 && i < g->n_kv ? g->kv[i].key : NULL; }
+gguf_type gguf_kv_type(const gguf_file *g, int i) { return i >= 0 && i < g->n_kv ? (gguf_type)g->kv[i].type : GGUF_TYPE_COUNT; }
+
+int gguf_find_key(const gguf_file *g, const char *key)
+{
+    int lo = 0, hi = g->n_kv - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(g->kv[g->kv_sorted[mid]].key, key);
+        if (!c) return g->kv_sorted[mid];
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+}
+
+const gguf_tensor *gguf_tensor_at(const gguf_file *g, int i) { return i >= 0 && i < g->n_tensors ? &g->t[i] : NULL; }
+
+const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name)
+{
+    int lo = 0, hi = g->n_tensors - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(g->t[g->t_sorted[mid]].name, name);
+        if (!c) return &g->t[g->t_sorted[mid]];
+        if (c < 0) lo = mid + 1; else hi = mid - 1;
+    }
+    return NULL;
+}
+
+int64_t gguf_tensor_numel(const gguf_tensor *t)
+{
+    return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];   /* checked at open */
+}
+
+peftc_status gguf_tensor_check_type(const gguf_file *g, const gguf_tensor *t, peftc_error *err)
+{
+    const ggml_type_traits *tr = ggml_traits(t->type);
+    if (!tr || !tr->supported)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' has type %s (id %u), which peftc cannot compute with",
+                          g->path, t->name, tr ? tr->name : "?", t->type);
+    return PEFTC_OK;
+}
+
+/* integer scalar at p of type t; 0 if t is not an integer type */
+static int read_int(const uint8_t *p, uint32_t t, int64_t *v, int *big)
+{
+    *big = 0;
+    switch (t) {
+    case GGUF_TYPE_UINT8: *v = p[0]; return 1;
+    case GGUF_TYPE_INT8: *v = (int8_t)p[0]; return 1;
+    case GGUF_TYPE_UINT16: *v = (uint16_t)(p[0] | p[1] << 8); return 1;
+    case GGUF_TYPE_INT16: *v = (int16_t)(uint16_t)(p[0] | p[1] << 8); return 1;
+    case GGUF_TYPE_UINT32: *v = le32(p); return 1;
+    case GGUF_TYPE_INT32: *v = (int32_t)le32(p); return 1;
+    case GGUF_TYPE_UINT64: { uint64_t u = le64(p); *big = u > INT64_MAX; *v = (int64_t)u; return 1; }
+    case GGUF_TYPE_INT64: *v = (int64_t)le64(p); return 1;
+    default: return 0;
+    }
 }
 
 int gguf_get_int(const gguf_file *g, const char *key, int64_t *out)
 {
-    int i = gguf_find(g, key);
+    int i = gguf_find_key(g, key), big;
     if (i < 0) return 0;
-    const gguf_kv *kv = &g->kv[i];
-    const uint8_t *v = kv->value;
-    switch (kv->type) {
-    case GGUF_UINT8: *out = v[0]; return 1;
-    case GGUF_INT8: *out = (int8_t)v[0]; return 1;
-    case GGUF_UINT16: { uint16_t x; memcpy(&x, v, 2); *out = x; return 1; }
-    case GGUF_INT16: { int16_t x; memcpy(&x, v, 2); *out = x; return 1; }
-    case GGUF_UINT32: { uint32_t x; memcpy(&x, v, 4); *out = x; return 1; }
-    case GGUF_INT32: { int32_t x; memcpy(&x, v, 4); *out = x; return 1; }
-    case GGUF_UINT64: { uint64_t x; memcpy(&x, v, 8); if (x > INT64_MAX) return -1; *out = (int64_t)x; return 1; }
-    case GGUF_INT64: { int64_t x; memcpy(&x, v, 8); *out = x; return 1; }
-    case GGUF_BOOL: *out = v[0] != 0; return 1;
-    default: return -1;
-    }
+    int64_t v;
+    if (!read_int(g->map + g->kv[i].pos, g->kv[i].type, &v, &big) || big) return -1;
+    *out = v;
+    return 1;
 }
 
 int gguf_get_float(const gguf_file *g, const char *key, double *out)
 {
-    int i = gguf_find(g, key);
+    int i = gguf_find_key(g, key), big;
     if (i < 0) return 0;
-    const gguf_kv *kv = &g->kv[i];
-    if (kv->type == GGUF_FLOAT32) { float x; memcpy(&x, kv->value, 4); *out = x; return 1; }
-    if (kv->type == GGUF_FLOAT64) { double x; memcpy(&x, kv->value, 8); *out = x; return 1; }
-    int64_t iv;
-    int r = gguf_get_int(g, key, &iv);
-    if (r == 1 && kv->type != GGUF_BOOL) { *out = (double)iv; return 1; }
-    return -1;
+    const uint8_t *p = g->map + g->kv[i].pos;
+    int64_t v;
+    if (g->kv[i].type == GGUF_TYPE_FLOAT32) { uint32_t u = le32(p); float f; memcpy(&f, &u, 4); *out = f; return 1; }
+    if (g->kv[i].type == GGUF_TYPE_FLOAT64) { uint64_t u = le64(p); memcpy(out, &u, 8); return 1; }
+    if (!read_int(p, g->kv[i].type, &v, &big)) return -1;
+    *out = big ? (double)(uint64_t)v : (double)v;
+    return 1;
 }
 
 int gguf_get_bool(const gguf_file *g, const char *key, int *out)
 {
-    int i = gguf_find(g, key);
+    int i = gguf_find_key(g, key);
     if (i < 0) return 0;
-    if (g->kv[i].type != GGUF_BOOL) return -1;
-    *out = g->kv[i].value[0] != 0;
+    if (g->kv[i].type != GGUF_TYPE_BOOL) return -1;
+    *out = g->map[g->kv[i].pos] != 0;
     return 1;
 }
 
 int gguf_get_str(const gguf_file *g, const char *key, const char **s, size_t *len)
 {
-    int i = gguf_find(g, key);
+    int i = gguf_find_key(g, key);
     if (i < 0) return 0;
-    if (g->kv[i].type != GGUF_STRING) return -1;
-    uint64_t l;
-    memcpy(&l, g->kv[i].value, 8);
-    *s = (const char *)g->kv[i].value + 8;
-    *len = (size_t)l;
+    if (g->kv[i].type != GGUF_TYPE_STRING) return -1;
+    *len = (size_t)le64(g->map + g->kv[i].pos);
+    *s = (const char *)g->map + g->kv[i].pos + 8;
     return 1;
 }
 
-void gguf_arr_str(const gguf_file *g, int i, uint64_t j, const char **s, size_t *len)
+int gguf_str_copy(const char *s, size_t len, char *out, size_t cap)
 {
-    const uint8_t *q = g->kv[i].arr_str[j];
-    uint64_t l;
-    memcpy(&l, q, 8);
-    *s = (const char *)q + 8;
-    *len = (size_t)l;
+    if (!cap) return 0;
+    size_t n = len < cap - 1 ? len : cap - 1;
+    memcpy(out, s, n);
+    out[n] = 0;
+    return n == len;
+}
+
+int gguf_arr_type(const gguf_file *g, int i)
+{
+    return i >= 0 && i < g->n_kv && g->kv[i].type == GGUF_TYPE_ARRAY ? (int)g->kv[i].arr_type : -1;
+}
+
+uint64_t gguf_arr_len(const gguf_file *g, int i)
+{
+    return gguf_arr_type(g, i) >= 0 ? g->kv[i].arr_len : 0;
+}
+
+int gguf_arr_str(const gguf_file *g, int i, uint64_t j, const char **s, size_t *len)
+{
+    if (gguf_arr_type(g, i) != GGUF_TYPE_STRING || j >= g->kv[i].arr_len) return 0;
+    size_t p = g->kv[i].str_pos[j];
+    *len = (size_t)le64(g->map + p);
+    *s = (const char *)g->map + p + 8;
+    return 1;
 }
 
 const void *gguf_arr_data(const gguf_file *g, int i)
 {
-    const gguf_kv *kv = &g->kv[i];
-    if (kv->type != GGUF_ARRAY || !scalar_size(kv->arr_type)) return NULL;
-    return kv->value + 12;
+    int t = gguf_arr_type(g, i);
+    if (t < 0 || t == GGUF_TYPE_STRING || t == GGUF_TYPE_ARRAY) return NULL;
+    return g->map + g->kv[i].arr_pos;
 }
 
-const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name)
+/* ------------------------------------------------------------ formatting */
+typedef struct sbuf { char *out; size_t cap, n; } sbuf;
+
+static void put(sbuf *b, const char *s, size_t n)
 {
-    for (int i = 0; i < g->n_tensors; i++)
-        if (!strcmp(g->tensors[i].name, name)) return &g->tensors[i];
-    return NULL;
+    for (size_t i = 0; i < n; i++, b->n++)
+        if (b->n + 1 < b->cap) b->out[b->n] = s[i];
 }
 
-/* ---------------------------------------------------------------- text */
-
-typedef struct sbuf { char *p; size_t n, cap; } sbuf;
-static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sbuf *b, const char *fmt, ...)
+static void putf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(sbuf *b, const char *fmt, ...)
 {
-    if (b->n + 1 >= b->cap) return;
+    char tmp[64];
     va_list ap;
     va_start(ap, fmt);
-    int w = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
     va_end(ap);
-    if (w > 0) b->n += (size_t)w < b->cap - b->n ? (size_t)w : b->cap - b->n - 1;
+    if (n > 0) put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-static void put_str(sbuf *b, const uint8_t *s, uint64_t n)
+static void put_str(sbuf *b, const uint8_t *s, size_t n)
 {
-    put(b, "\"");
-    for (uint64_t i = 0; i < n && b->n + 8 < b->cap; i++) {
-        unsigned char ch = s[i];
-        if (ch == '"' || ch == '\\') put(b, "\\%c", ch);
-        else if (ch == '\n') put(b, "\\n");
-        else if (ch < 0x20 || ch == 0x7f) put(b, "\\x%02x", ch);
-        else put(b, "%c", ch);
+    put(b, "'", 1);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ch = s[i];
+        if (ch == '\\') put(b, "\\\\", 2);
+        else if (ch == '\'') put(b, "\\'", 2);
+        else if (ch == '\n') put(b, "\\n", 2);
+        else if (ch == '\t') put(b, "\\t", 2);
+        else if (ch == '\r') put(b, "\\r", 2);
+        else if (ch < 0x20 || ch == 0x7f) putf(b, "\\x%02x", ch);
+        else put(b, (const char *)&ch, 1);
     }
-    put(b, "\"");
+    put(b, "'", 1);
 }
 
-/* one value at *p of type t (already validated at open), advancing *p */
-static void fmt_value(sbuf *b, const uint8_t **p, const uint8_t *end, uint32_t t, int max_items)
+/* Formats the value of type t at file offset p (already validated at open);
+ * returns the offset just past it. */
+static size_t fmt_value(const gguf_file *g, sbuf *b, size_t p, uint32_t t, int max_items)
 {
-    const uint8_t *v = *p;
+    const uint8_t *q = g->map + p;
+    int64_t v;
+    int big;
+    if (read_int(q, t, &v, &big)) {
+        if (big) putf(b, "%" PRIu64, (uint64_t)v); else putf(b, "%" PRId64, v);
+        return p + scalar_size[t];
+    }
     switch (t) {
-    case GGUF_UINT8: put(b, "%u", v[0]); *p += 1; return;
-    case GGUF_INT8: put(b, "%d", (int8_t)v[0]); *p += 1; return;
-    case GGUF_BOOL: put(b, "%s", v[0] ? "true" : "false"); *p += 1; return;
-    case GGUF_UINT16: { uint16_t x; memcpy(&x, v, 2); put(b, "%u", x); *p += 2; return; }
-    case GGUF_INT16: { int16_t x; memcpy(&x, v, 2); put(b, "%d", x); *p += 2; return; }
-    case GGUF_UINT32: { uint32_t x; memcpy(&x, v, 4); put(b, "%u", x); *p += 4; return; }
-    case GGUF_INT32: { int32_t x; memcpy(&x, v, 4); put(b, "%d", x); *p += 4; return; }
-    case GGUF_FLOAT32: { float x; memcpy(&x, v, 4); put(b, "%.9g", (double)x); *p += 4; return; }
-    case GGUF_UINT64: { uint64_t x; memcpy(&x, v, 8); put(b, "%" PRIu64, x); *p += 8; return; }
-    case GGUF_INT64: { int64_t x; memcpy(&x, v, 8); put(b, "%" PRId64, x); *p += 8; return; }
-    case GGUF_FLOAT64: { double x; memcpy(&x, v, 8); put(b, "%.17g", x); *p += 8; return; }
-    case GGUF_STRING: { uint64_t l; memcpy(&l, v, 8); put_str(b, v + 8, l); *p += 8 + l; return; }
-    case GGUF_ARRAY: {
-        uint32_t et;
-        uint64_t n;
-        memcpy(&et, v, 4);
-        memcpy(&n, v + 4, 8);
-        *p += 12;
-        put(b, "[");
-        size_t es = scalar_size(et);
-        for (uint64_t j = 0; j < n; j++) {
-            if ((int64_t)j >= max_items) {
-                /* skip the rest without printing */
-                if (es) { *p += (n - j) * es; }
-                else { cursor c = {*p, end, *p, "", NULL, PEFTC_OK}; for (; j < n; j++) skip_value(&c, et, 1, ""); *p = c.p; }
-                put(b, ", ... (%" PRIu64 " items)", n);
-                break;
-            }
-            if (j) put(b, ", ");
-            fmt_value(b, p, end, et, max_items);
-        }
-        put(b, "]");
-        return;
+    case GGUF_TYPE_FLOAT32: { uint32_t u = le32(q); float f; memcpy(&f, &u, 4); putf(b, "%.9g", (double)f); return p + 4; }
+    case GGUF_TYPE_FLOAT64: { uint64_t u = le64(q); double d; memcpy(&d, &u, 8); putf(b, "%.17g", d); return p + 8; }
+    case GGUF_TYPE_BOOL: put(b, q[0] ? "true" : "false", q[0] ? 4 : 5); return p + 1;
+    case GGUF_TYPE_STRING: { size_t n = (size_t)le64(q); put_str(b, q + 8, n); return p + 8 + n; }
+    default: break;
     }
-    default: put(b, "?"); return;
+    /* array */
+    uint32_t et = le32(q);
+    uint64_t n = le64(q + 4);
+    p += 12;
+    uint64_t shown = max_items >= 0 && n > (uint64_t)max_items ? (uint64_t)max_items : n;
+    put(b, "[", 1);
+    if (shown < n) putf(b, "%" PRIu64 " items: ", n);
+    for (uint64_t j = 0; j < shown; j++) {
+        if (j) put(b, ", ", 2);
+        p = fmt_value(g, b, p, et, max_items);
     }
+    if (shown < n) {
+        put(b, shown ? ", ...]" : "...]", shown ? 6 : 4);
+        /* step over the rest so an enclosing array can go on */
+        if (et != GGUF_TYPE_STRING && et != GGUF_TYPE_ARRAY) return p + (size_t)(n - shown) * scalar_size[et];
+        sbuf none = {NULL, 0, 0};
+        for (uint64_t j = shown; j < n; j++) p = fmt_value(g, &none, p, et, 0);
+        return p;
+    }
+    put(b, "]", 1);
+    return p;
 }
 
-void gguf_format_value(const gguf_file *g, int i, char *out, size_t cap, int max_items)
+size_t gguf_format_value(const gguf_file *g, int i, char *out, size_t cap, int max_items)
 {
-    if (!cap) return;
-    sbuf b = {out, 0, cap};
-    out[0] = 0;
-    const uint8_t *p = g->kv[i].value;
-    fmt_value(&b, &p, g->map + g->size, g->kv[i].type, max_items);
-}
-
-/* ------------------------------------------------------- public: inspect */
-
-peftc_status peftc_gguf_describe(const char *path, int max_items, char **out, peftc_error *err)
-{
-    *out = NULL;
-    gguf_file *g;
-    peftc_status rc = gguf_open(path, &g, err);
-    if (rc) return rc;
-    size_t cap = 4096 + (size_t)g->n_kv * 1024 + (size_t)g->n_tensors * 160;
-    char *text = malloc(cap);
-    if (!text) { gguf_close(g); return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path); }
-    sbuf b = {text, 0, cap};
-    text[0] = 0;
-    uint64_t data_bytes = 0;
-    for (int i = 0; i < g->n_tensors; i++) data_bytes += g->tensors[i].nbytes;
-    put(&b, "file: %s\nformat: GGUF v%u, alignment %llu, %d metadata keys, %d tensors (%.1f MB of tensor data from offset %zu)\n",
-        path, g->version, (unsigned long long)g->alignment, g->n_kv, g->n_tensors, data_bytes / 1e6, g->data_start);
-    put(&b, "metadata:\n");
-    char val[800];
-    for (int i = 0; i < g->n_kv; i++) {
-        const gguf_kv *kv = &g->kv[i];
-        char kt[160];
-        key_text((const uint8_t *)kv->key, kv->key_len, kt, sizeof kt);
-        gguf_format_value(g, i, val, sizeof val, max_items);
-        if (kv->type == GGUF_ARRAY)
-            put(&b, "  %-44s array[%s; %llu] %s\n", kt, gguf_vtype_name(kv->arr_type), (unsigned long long)kv->arr_n, val);
-        else
-            put(&b, "  %-44s %-7s %s\n", kt, gguf_vtype_name(kv->type), val);
-    }
-    put(&b, "tensors:\n");
-    for (int i = 0; i < g->n_tensors; i++) {
-        const gguf_tensor *t = &g->tensors[i];
-        put(&b, "  %-44s %-5s [", t->name, ggml_traits(t->type)->name);
-        for (int d = 0; d < t->n_dims; d++) put(&b, d ? ", %lld" : "%lld", (long long)t->ne[d]);
-        put(&b, "] offset %llu, %zu bytes\n", (unsigned long long)t->offset, t->nbytes);
-    }
-    gguf_close(g);
-    *out = text;
-    return PEFTC_OK;
+    sbuf b = {out, cap, 0};
+    if (i >= 0 && i < g->n_kv) fmt_value(g, &b, g->kv[i].pos, g->kv[i].type, max_items);
+    if (cap) out[b.n < cap ? b.n : cap - 1] = 0;
+    return b.n;
 }

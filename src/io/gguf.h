@@ -1,86 +1,88 @@
-/* gguf.h: a read-only view of a GGUF file (llama.cpp's model format), v2
- * and v3, memory-mapped. Every count, length, string and offset is checked
- * against the file when it is opened, before anything is allocated from it:
- * a later accessor never reads outside the mapping.
- *
- * Layout (little-endian): "GGUF", u32 version, u64 n_tensors, u64 n_kv;
- * n_kv (key string, u32 value type, value); n_tensors (name string, u32
- * n_dims, n_dims x u64 ne, u32 ggml type, u64 offset); padding to
- * general.alignment (default 32); the tensor data, each tensor at its offset
- * from there. A string is u64 length + bytes (no NUL); an array is u32 element
- * type + u64 count + elements (arrays may nest). */
+/* gguf.h: internal read-only view of a memory-mapped GGUF file (v2, v3).
+ * Every count, length, offset and shape is checked against the file size when
+ * opened, before anything is allocated from it; after a successful open every
+ * accessor is O(1) (or O(log n) for lookups by name) and cannot fail on
+ * bounds. Strings point into the mapping and are NOT NUL-terminated, except
+ * key and tensor names, which are copied (NUL-terminated) at open. */
 #ifndef PEFTC_GGUF_H
 #define PEFTC_GGUF_H
 
 #include "core/core.h"
 #include "io/ggml_types.h"
 
-typedef enum gguf_vtype {
-    GGUF_UINT8 = 0, GGUF_INT8 = 1, GGUF_UINT16 = 2, GGUF_INT16 = 3, GGUF_UINT32 = 4, GGUF_INT32 = 5,
-    GGUF_FLOAT32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8, GGUF_ARRAY = 9, GGUF_UINT64 = 10, GGUF_INT64 = 11,
-    GGUF_FLOAT64 = 12, GGUF_VTYPE_COUNT
-} gguf_vtype;
+typedef enum gguf_type {
+    GGUF_TYPE_UINT8 = 0, GGUF_TYPE_INT8 = 1, GGUF_TYPE_UINT16 = 2, GGUF_TYPE_INT16 = 3,
+    GGUF_TYPE_UINT32 = 4, GGUF_TYPE_INT32 = 5, GGUF_TYPE_FLOAT32 = 6, GGUF_TYPE_BOOL = 7,
+    GGUF_TYPE_STRING = 8, GGUF_TYPE_ARRAY = 9, GGUF_TYPE_UINT64 = 10, GGUF_TYPE_INT64 = 11,
+    GGUF_TYPE_FLOAT64 = 12, GGUF_TYPE_COUNT
+} gguf_type;
 
-const char *gguf_vtype_name(uint32_t t);
-
-typedef struct gguf_kv {
-    const char *key;        /* into the mapping, key_len bytes, not NUL-terminated */
-    size_t key_len;
-    uint32_t type;          /* gguf_vtype */
-    const uint8_t *value;   /* the value's bytes in the mapping */
-    size_t value_bytes;
-    /* arrays (type GGUF_ARRAY) */
-    uint32_t arr_type;
-    uint64_t arr_n;
-    const uint8_t **arr_str;   /* string arrays: element j starts at arr_str[j] (u64 length, bytes) */
-} gguf_kv;
+#define GGUF_MAX_DIMS 4
+#define GGUF_MAX_DEPTH 8          /* nesting of arrays of arrays */
+#define GGUF_DEFAULT_ALIGNMENT 32
 
 typedef struct gguf_tensor {
     const char *name;       /* NUL-terminated copy */
+    size_t name_len;
     int n_dims;
-    int64_t ne[4];          /* ne[0] is the contiguous dimension (ggml order) */
-    uint32_t type;          /* ggml_type */
-    uint64_t offset;        /* from the data section */
+    int64_t ne[GGUF_MAX_DIMS];  /* ggml order: ne[0] is the contiguous dimension; unused = 1 */
+    uint32_t type;          /* ggml_type id */
+    uint64_t offset;        /* relative to the data section */
     size_t nbytes;
-    const void *data;
+    const void *data;       /* into the mapping */
 } gguf_tensor;
 
-typedef struct gguf_file {
-    char *path;
-    const uint8_t *map;
-    size_t size;
-    uint32_t version;
-    uint64_t alignment;
-    size_t data_start;
-    gguf_kv *kv;
-    int n_kv;
-    gguf_tensor *tensors;
-    int n_tensors;
-} gguf_file;
+typedef struct gguf_file gguf_file;
 
-/* 1 if the file at path starts with the GGUF magic. */
-int gguf_is_gguf(const char *path);
 peftc_status gguf_open(const char *path, gguf_file **out, peftc_error *err);
 void gguf_close(gguf_file *g);
 
-/* Index of key, or -1. */
-int gguf_find(const gguf_file *g, const char *key);
-/* Typed getters by key; 0 if absent, 1 if found and converted, -1 if
- * present with a type that does not convert (any integer type converts to
- * int64 if in range; float32/64 to double; bool to int). */
+const char *gguf_path(const gguf_file *g);
+uint32_t gguf_version(const gguf_file *g);
+uint32_t gguf_alignment(const gguf_file *g);
+uint64_t gguf_data_offset(const gguf_file *g);   /* start of the data section in the file */
+int gguf_kv_count(const gguf_file *g);
+
+/* Index of a key, or -1. */
+int gguf_find_key(const gguf_file *g, const char *key);
+const char *gguf_key(const gguf_file *g, int i);          /* NUL-terminated */
+gguf_type gguf_kv_type(const gguf_file *g, int i);
+const char *gguf_type_name(gguf_type t);                  /* "uint8" ... "float64", "?" */
+
+/* Typed getters by key: 1 = found and converted, 0 = absent, -1 = present but
+ * of another type (or an integer out of int64 range). get_int accepts any
+ * integer type; get_float any integer or float type. */
 int gguf_get_int(const gguf_file *g, const char *key, int64_t *out);
 int gguf_get_float(const gguf_file *g, const char *key, double *out);
 int gguf_get_bool(const gguf_file *g, const char *key, int *out);
-/* A string value: pointer into the mapping and its length. */
 int gguf_get_str(const gguf_file *g, const char *key, const char **s, size_t *len);
-/* Element j of a string array (kv index i). */
-void gguf_arr_str(const gguf_file *g, int i, uint64_t j, const char **s, size_t *len);
-/* Pointer to the raw elements of a numeric array (little-endian), or NULL. */
+/* Copies (s, len) into out as a NUL-terminated string of at most cap - 1
+ * bytes; returns 1 if it fit, 0 if truncated. */
+int gguf_str_copy(const char *s, size_t len, char *out, size_t cap);
+
+/* Arrays (by kv index). arr_type: the element type, or -1 if kv i is not an
+ * array. arr_str: element j of a string array in O(1) (1, or 0 if not a string
+ * array or j out of range). arr_data: the raw little-endian elements of an
+ * array of a numeric or bool type (NULL for strings and arrays of arrays). */
+int gguf_arr_type(const gguf_file *g, int i);
+uint64_t gguf_arr_len(const gguf_file *g, int i);
+int gguf_arr_str(const gguf_file *g, int i, uint64_t j, const char **s, size_t *len);
 const void *gguf_arr_data(const gguf_file *g, int i);
 
-const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name);
+/* Writes kv i's value as text like snprintf (returns the length the whole text
+ * needs): numbers in decimal (float32 %.9g, float64 %.17g), bool true/false,
+ * strings single-quoted with \\ \' \n \t \r and \xNN escapes for other control
+ * bytes, arrays "[a, b]"; an array longer than max_items (>= 0) is abbreviated
+ * "[N items: a, b, ...]" (max_items < 0: every item). */
+size_t gguf_format_value(const gguf_file *g, int i, char *out, size_t cap, int max_items);
 
-/* The value of kv i as text (arrays abbreviated to max_items elements). */
-void gguf_format_value(const gguf_file *g, int i, char *out, size_t cap, int max_items);
+int gguf_tensor_count(const gguf_file *g);
+const gguf_tensor *gguf_tensor_at(const gguf_file *g, int i);
+const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name);
+/* Elements of a tensor (product of ne). */
+int64_t gguf_tensor_numel(const gguf_tensor *t);
+/* PEFTC_ERR_UNSUPPORTED naming the tensor and its type if peftc cannot
+ * compute with the tensor's type (the bytes are still readable). */
+peftc_status gguf_tensor_check_type(const gguf_file *g, const gguf_tensor *t, peftc_error *err);
 
 #endif
