@@ -19,26 +19,25 @@ peftc_status bpe_from_gguf(const gguf_file *g, bpe_tokenizer **out, peftc_error 
     const char *model;
     size_t ml;
     if (gguf_get_str(g, "tokenizer.ggml.model", &model, &ml) != 1)
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no tokenizer (tokenizer.ggml.model is missing)", g->path);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no tokenizer (tokenizer.ggml.model is missing)", gguf_path(g));
     if (ml != 4 || memcmp(model, "gpt2", 4))
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tokenizer.ggml.model \"%.*s\" is not supported (peftc reads byte-level BPE: \"gpt2\")",
-                          g->path, (int)(ml < 40 ? ml : 40), model);
-    int it = gguf_find(g, "tokenizer.ggml.tokens"), im = gguf_find(g, "tokenizer.ggml.merges"),
-        ity = gguf_find(g, "tokenizer.ggml.token_type");
-    if (it < 0 || g->kv[it].type != GGUF_ARRAY || g->kv[it].arr_type != GGUF_STRING)
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tokenizer.ggml.tokens is missing or not an array of strings", g->path);
-    if (im < 0 || g->kv[im].type != GGUF_ARRAY || g->kv[im].arr_type != GGUF_STRING || g->kv[im].arr_n == 0)
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: a BPE tokenizer without merges (tokenizer.ggml.merges is missing or empty)", g->path);
-    uint64_t nt = g->kv[it].arr_n, nm = g->kv[im].arr_n;
+                          gguf_path(g), (int)(ml < 40 ? ml : 40), model);
+    int it = gguf_find_key(g, "tokenizer.ggml.tokens"), im = gguf_find_key(g, "tokenizer.ggml.merges"),
+        ity = gguf_find_key(g, "tokenizer.ggml.token_type");
+    if (it < 0 || gguf_arr_type(g, it) != GGUF_TYPE_STRING)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tokenizer.ggml.tokens is missing or not an array of strings", gguf_path(g));
+    if (im < 0 || gguf_arr_type(g, im) != GGUF_TYPE_STRING || gguf_arr_len(g, im) == 0)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: a BPE tokenizer without merges (tokenizer.ggml.merges is missing or empty)", gguf_path(g));
+    uint64_t nt = gguf_arr_len(g, it), nm = gguf_arr_len(g, im);
     if (nt == 0 || nt > (1u << 24) || nm > (1u << 24))
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %llu tokens and %llu merges: out of range (1 to 2^24)", g->path,
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %llu tokens and %llu merges: out of range (1 to 2^24)", gguf_path(g),
                           (unsigned long long)nt, (unsigned long long)nm);
     const int32_t *types = NULL;
     int32_t *types_copy = NULL;
     if (ity >= 0) {
-        if (g->kv[ity].type != GGUF_ARRAY || g->kv[ity].arr_n != nt ||
-            (g->kv[ity].arr_type != GGUF_INT32 && g->kv[ity].arr_type != GGUF_UINT32))
-            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tokenizer.ggml.token_type must be %llu int32 values", g->path, (unsigned long long)nt);
+        if (gguf_arr_len(g, ity) != nt || (gguf_arr_type(g, ity) != GGUF_TYPE_INT32 && gguf_arr_type(g, ity) != GGUF_TYPE_UINT32))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tokenizer.ggml.token_type must be %llu int32 values", gguf_path(g), (unsigned long long)nt);
         types_copy = malloc(nt * sizeof *types_copy);
         if (!types_copy) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
         memcpy(types_copy, gguf_arr_data(g, ity), nt * sizeof *types_copy);
@@ -75,7 +74,7 @@ peftc_status bpe_from_gguf(const gguf_file *g, bpe_tokenizer **out, peftc_error 
         char msg[sizeof err->msg];
         memcpy(msg, err->msg, sizeof msg);
         msg[200] = 0;   /* the file name and a bounded message fit */
-        snprintf(err->msg, sizeof err->msg, "%.300s: %.200s", g->path, msg);
+        snprintf(err->msg, sizeof err->msg, "%.300s: %.200s", gguf_path(g), msg);
     }
 done:
     free(types_copy);
