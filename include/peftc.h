@@ -76,6 +76,11 @@ peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
                                     int max_len, int32_t *ids, int32_t *type_ids,
                                     int *n_out, peftc_error *err);
 
+/* GGUF files (llama.cpp): a text description of the header, every metadata
+ * key (type and value; arrays cut after max_items) and every tensor (type,
+ * shape in ggml order, offset, bytes), into *out (malloc'd, free()). */
+peftc_status peftc_gguf_describe(const char *path, int max_items, char **out, peftc_error *err);
+
 /* --------------------------------------------------------------- models */
 typedef enum peftc_arch {
     PEFTC_ARCH_BERT = 1
@@ -238,6 +243,81 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
 peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *texts,
                                       const char *const *pairs, int n, int *labels,
                                       float *probs, peftc_error *err);
+
+/* ------------------------------------------------------ decoders (causal LM) */
+/* A decoder language model ready to generate: the model (a GGUF file, or an
+ * HF directory with config.json model_type llama), its byte-level BPE
+ * tokenizer (from the GGUF metadata or tokenizer.json), a KV cache of n_ctx
+ * positions, and any LoRA adapters, applied unmerged or merged. */
+typedef struct peftc_lm peftc_lm;
+
+typedef struct peftc_lm_opts {
+    int n_ctx;                       /* KV cache positions; 0: min(model context, 4096) */
+    int n_batch;                     /* prompt tokens per forward; 0: 512 */
+    const char *const *adapters;     /* adapter directories (PEFT layout), n_adapters of them */
+    const float *adapter_scales;     /* a multiplier per adapter (NULL: 1 each) */
+    int n_adapters;
+    int merge;                       /* fold the adapters into the weights (F32/F16/BF16 bases) */
+} peftc_lm_opts;
+
+void peftc_lm_opts_default(peftc_lm_opts *o);
+peftc_status peftc_lm_load(const char *model_path, const peftc_lm_opts *o, peftc_lm **out, peftc_error *err);
+void peftc_lm_free(peftc_lm *lm);
+/* One line describing the model (architecture, layers, widths, weight types). */
+const char *peftc_lm_describe(const peftc_lm *lm);
+int peftc_lm_n_ctx(const peftc_lm *lm);
+
+typedef struct peftc_gen_opts {
+    float temperature;               /* <= 0: greedy (the default) */
+    int top_k;                       /* 0: off */
+    float top_p;                     /* 1: off */
+    float min_p;                     /* 0: off */
+    float repeat_penalty;            /* 1: off */
+    int repeat_last_n;               /* tokens the penalty looks back (default 64) */
+    uint64_t seed;
+    int max_new_tokens;              /* default 256; generation also stops at EOS and end-of-turn tokens */
+    const char *const *stop;         /* stop strings (not printed), n_stop of them */
+    int n_stop;
+    int add_bos;                     /* -1: as the model says; 0 / 1 */
+    int parse_special;               /* special tokens written in the prompt become their ids (chat prompts) */
+    int ignore_eos;                  /* go on past EOS / end of turn (benchmarks: a fixed token count) */
+} peftc_gen_opts;
+
+void peftc_gen_opts_default(peftc_gen_opts *o);
+
+/* Streaming: called with each piece of text as soon as it is complete UTF-8
+ * and cannot be the start of a stop string; return non-zero to stop. */
+typedef int (*peftc_gen_fn)(const char *text, size_t len, void *user);
+
+typedef struct peftc_gen_stats {
+    int prompt_tokens;               /* evaluated for this call (a prefix already in the KV cache is reused) */
+    int cached_tokens;               /* reused from the previous call */
+    int gen_tokens;
+    double prompt_s, gen_s;          /* wall time of prompt processing and of decoding */
+    const char *stop_reason;         /* "eos", "stop", "length", "context", "callback" */
+} peftc_gen_stats;
+
+/* Generates a continuation of prompt. The KV cache keeps the tokens of the
+ * last call, so a chat that re-sends the conversation evaluates only what is
+ * new. stats may be NULL. */
+peftc_status peftc_lm_generate(peftc_lm *lm, const char *prompt, const peftc_gen_opts *o, peftc_gen_fn fn,
+                               void *user, peftc_gen_stats *stats, peftc_error *err);
+
+typedef struct peftc_chat_msg {
+    const char *role;                /* "system", "user", "assistant" */
+    const char *content;
+} peftc_chat_msg;
+
+/* The model's chat template applied to msgs (*out malloc'd, free()). */
+peftc_status peftc_lm_chat_format(const peftc_lm *lm, const peftc_chat_msg *msgs, int n,
+                                  int add_generation_prompt, char **out, peftc_error *err);
+/* Token ids of text (*ids malloc'd). */
+peftc_status peftc_lm_tokenize(const peftc_lm *lm, const char *text, size_t len, int add_bos, int parse_special,
+                               int32_t **ids, int *n, peftc_error *err);
+/* Logits (n_vocab) after the tokens ids[0..n) from position 0 (a fresh cache);
+ * all != 0: every position's logits (n * n_vocab). For evaluation and tests. */
+int peftc_lm_vocab_size(const peftc_lm *lm);
+peftc_status peftc_lm_logits(peftc_lm *lm, const int32_t *ids, int n, int all, float *logits, peftc_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,29 @@
 /* cmd_inspect.c: `peftc inspect FILE_OR_DIR`. */
 #include "cli/cli.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+static int print_gguf(const char *path)
+{
+    peftc_error err = {0};
+    char *text;
+    if (peftc_gguf_describe(path, 8, &text, &err)) return cli_fail(&err);
+    fputs(text, stdout);
+    free(text);
+    return 0;
+}
+
+static int has_gguf_magic(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char m[4];
+    int ok = fread(m, 1, 4, f) == 4 && !memcmp(m, "GGUF", 4);
+    fclose(f);
+    return ok;
+}
 
 static int print_tensors(const char *path)
 {
@@ -38,10 +59,14 @@ int cmd_inspect(cli_args *a)
     for (int i = 0; i < a->argc; i++)
         if (!a->used[i] && strncmp(a->argv[i], "--", 2) != 0) { target = a->argv[i]; a->used[i] = 1; break; }
     if (cli_check_unused(a, "inspect")) return 2;
-    if (!target) return cli_errorf(2, "inspect: give a model directory or a .safetensors file");
+    if (!target) return cli_errorf(2, "inspect: give a model directory, a .safetensors file or a .gguf file");
     struct stat sb;
     if (stat(target, &sb) != 0) return cli_errorf(1, "%s: no such file or directory", target);
-    if (!S_ISDIR(sb.st_mode)) return print_tensors(target);
+    if (!S_ISDIR(sb.st_mode)) {
+        size_t n = strlen(target);
+        if (has_gguf_magic(target) || (n > 5 && !strcmp(target + n - 5, ".gguf"))) return print_gguf(target);
+        return print_tensors(target);
+    }
 
     char path[4096];
     peftc_error err = {0};
