@@ -1,11 +1,13 @@
 /* llama_ref.c: peftc's Llama decoder against the PyTorch oracle's fixture
  * (tests/ref_llama.py fixture) through the internal API.
  *
- *   llama_ref MODEL IDS.txt FX TOL [NGEN]
+ *   llama_ref MODEL IDS.txt FX TOL [NGEN [MINSAME]]
  *       all-token logits of every prompt (one batch from position 0), the
  *       same by incremental decode (first half as a batch, then one token at
  *       a time through the KV cache), and greedy generation of the first NGEN
- *       prompts against FX/gen.txt. TOL: max abs logit tolerance.
+ *       prompts against FX/gen.txt. TOL: max abs logit tolerance; MINSAME:
+ *       how many continuations must be identical (default NGEN).
+ *       LLAMA_REF_DEQUANT=1: a GGUF's weights dequantised to fp32 at load.
  *   llama_ref bad MODEL WORD...
  *       loading must fail with one line containing every WORD.
  *   llama_ref ctx MODEL
@@ -75,6 +77,8 @@ int main(int argc, char **argv)
     if (argc < 5) { fprintf(stderr, "usage: llama_ref MODEL IDS FX TOL [NGEN]\n"); return 2; }
     double tol = atof(argv[4]);
     int ngen = argc > 5 ? atoi(argv[5]) : 0;
+    int minsame = argc > 6 ? atoi(argv[6]) : -1;
+    const char *dq = getenv("LLAMA_REF_DEQUANT");
     static int len[MAXP], glen[MAXP];
     int np = read_lines(argv[2], P, len, MAXP);
     if (np <= 0) { CHECK(0, "cannot read %s", argv[2]); return tl_finish(); }
@@ -82,7 +86,8 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/gen.txt", argv[3]);
     int ng = read_lines(path, G, glen, MAXP);
     if (ngen > ng) ngen = ng < 0 ? 0 : ng;
-    if (llama_load(argv[1], &m, &err)) return tl_die("llama_load", &err);
+    if (llama_load_ex(argv[1], dq && *dq == '1' ? LLAMA_LOAD_DEQUANT : 0, &m, &err)) return tl_die("llama_load", &err);
+    if (minsame < 0 || minsame > ngen) minsame = ngen;
     const llama_config *cf = llama_model_config(m);
     int V = cf->vocab_size, tot = 0, maxlen = 0;
     for (int i = 0; i < np; i++) { tot += len[i]; if (len[i] > maxlen) maxlen = len[i]; }
@@ -97,12 +102,14 @@ int main(int argc, char **argv)
     int gl = ngen ? glen[0] : 0;
     llama_ctx c;
     if (llama_ctx_init(&c, m, maxlen + gl + 1, maxlen, &err)) return tl_die("llama_ctx_init", &err);
-    double worst_all = 0, worst_inc = 0;
-    int wa = 0, wi = 0;
+    double worst_all = 0, worst_inc = 0, sum_abs = 0;
+    int wa = 0, wi = 0, top1 = 0;
     const float *r = ref;
     for (int i = 0; i < np; i++, r += (size_t)len[i - 1] * V) {
         if (llama_forward(m, &c, NULL, P[i], len[i], 0, lg, 1, &err)) return tl_die("llama_forward", &err);
         double d = tl_max_abs_diff(lg, r, (size_t)len[i] * V);
+        for (size_t j = 0; j < (size_t)len[i] * V; j++) sum_abs += fabs((double)lg[j] - r[j]);
+        for (int t = 0; t < len[i]; t++) top1 += argmax(lg + (size_t)t * V, V) == argmax(r + (size_t)t * V, V);
         if (d > worst_all) { worst_all = d; wa = i; }
         int half = len[i] / 2 > 0 ? len[i] / 2 : 1;
         if (llama_forward(m, &c, NULL, P[i], half, 0, lg, 0, &err)) return tl_die("llama_forward", &err);
@@ -116,6 +123,8 @@ int main(int argc, char **argv)
     }
     CHECK(worst_all <= tol, "all-token logits of %d prompts (%d tokens): max abs %.3g (prompt %d) <= %g", np, tot,
           worst_all, wa + 1, tol);
+    printf("#   mean abs logit difference %.3g; top-1 token agrees on %d / %d positions\n", sum_abs / ((double)tot * V),
+           top1, tot);
     CHECK(worst_inc <= tol, "incremental decode through the KV cache: max abs %.3g (prompt %d) <= %g", worst_inc, wi + 1,
           tol);
     int same = 0, prefix_min = gl;
@@ -134,7 +143,7 @@ int main(int argc, char **argv)
         }
     }
     if (ngen)
-        CHECK(same == ngen, "greedy %d-token continuations identical on %d / %d prompts", gl, same, ngen);
+        CHECK(same >= minsame, "greedy %d-token continuations identical on %d / %d prompts (>= %d)", gl, same, ngen, minsame);
     free(ref); free(lg);
     llama_ctx_free(&c);
     llama_free(m);

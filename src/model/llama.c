@@ -1,6 +1,8 @@
 /* llama.c: the Llama decoder: HF config/weights, GGUF, KV-cache forward. */
 #include "model/llama.h"
 #include "io/safetensors.h"
+#include "io/gguf.h"
+#include "kernels/quant.h"
 #include <jansson.h>
 #include <math.h>
 #include <omp.h>
@@ -15,6 +17,8 @@ struct llama_model {
     peftc_safetensors *st[MAX_SHARDS];
     int n_st;
     const void *gguf;            /* gguf_file * (GGUF models) */
+    const float *rope_ff;        /* GGUF rope_freqs.weight (hd/2) or NULL */
+    int dequant;                 /* LLAMA_LOAD_DEQUANT */
     llama_weight tok_embd, output;
     const float *norm;
     llama_layer *layers;
@@ -45,6 +49,7 @@ void llama_free(llama_model *m)
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     for (int i = 0; i < m->n_st; i++) peftc_safetensors_free(m->st[i]);
+    gguf_close((gguf_file *)m->gguf);
     free(m->layers);
     free(m->path);
     free(m);
@@ -335,10 +340,185 @@ static peftc_status hf_load(llama_model *m, const char *dir, peftc_error *err)
 }
 
 /* ----------------------------------------------------------------- GGUF */
+static peftc_status gg_int(const gguf_file *g, const char *key, int required, int def, int lo, int *out, peftc_error *err)
+{
+    int64_t v;
+    int r = gguf_get_int(g, key, &v);
+    if (r == 0) {
+        if (required) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing metadata %s", g->path, key);
+        *out = def;
+        return PEFTC_OK;
+    }
+    if (r < 0 || v < lo || v > (1 << 30))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata %s must be an integer >= %d", g->path, key, lo);
+    *out = (int)v;
+    return PEFTC_OK;
+}
+
+static peftc_status gg_float(const gguf_file *g, const char *key, float def, float *out, peftc_error *err)
+{
+    double v;
+    int r = gguf_get_float(g, key, &v);
+    if (r == 0) { *out = def; return PEFTC_OK; }
+    if (r < 0 || !(v > 0)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata %s must be a positive number", g->path, key);
+    *out = (float)v;
+    return PEFTC_OK;
+}
+
+static int gg_streq(const gguf_file *g, const char *key, const char *want, char *got, size_t cap)
+{
+    const char *s;
+    size_t n;
+    if (gguf_get_str(g, key, &s, &n) != 1) { snprintf(got, cap, "(none)"); return 0; }
+    snprintf(got, cap, "%.*s", (int)(n < cap - 1 ? n : cap - 1), s);
+    return n == strlen(want) && !memcmp(s, want, n);
+}
+
+static peftc_status gguf_config(const gguf_file *g, llama_config *c, peftc_error *err)
+{
+    char arch[128];
+    peftc_status rc;
+    memset(c, 0, sizeof *c);
+    if (!gg_streq(g, "general.architecture", "llama", arch, sizeof arch))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: architecture \"%s\" is not supported (llama only)", g->path, arch);
+    int rope_dim;
+    if ((rc = gg_int(g, "llama.block_count", 1, 0, 1, &c->num_layers, err)) ||
+        (rc = gg_int(g, "llama.embedding_length", 1, 0, 1, &c->hidden_size, err)) ||
+        (rc = gg_int(g, "llama.feed_forward_length", 1, 0, 1, &c->intermediate_size, err)) ||
+        (rc = gg_int(g, "llama.attention.head_count", 1, 0, 1, &c->num_heads, err)) ||
+        (rc = gg_int(g, "llama.attention.head_count_kv", 0, c->num_heads, 1, &c->num_kv_heads, err)) ||
+        (rc = gg_int(g, "llama.attention.key_length", 0, 0, 1, &c->head_dim, err)) ||
+        (rc = gg_int(g, "llama.context_length", 0, 2048, 1, &c->max_position, err)) ||
+        (rc = gg_float(g, "llama.attention.layer_norm_rms_epsilon", 1e-5f, &c->rms_norm_eps, err)) ||
+        (rc = gg_float(g, "llama.rope.freq_base", 10000.f, &c->rope_theta, err)) ||
+        (rc = gg_int(g, "llama.rope.dimension_count", 0, 0, 0, &rope_dim, err)))
+        return rc;
+    int vt = gguf_find(g, "tokenizer.ggml.tokens");
+    int nvocab = vt >= 0 && g->kv[vt].type == GGUF_ARRAY ? (int)g->kv[vt].arr_n : 0;
+    if ((rc = gg_int(g, "llama.vocab_size", !nvocab, nvocab, 1, &c->vocab_size, err))) return rc;
+    if ((rc = gg_int(g, "tokenizer.ggml.bos_token_id", 0, -1, 0, &c->bos_id, err)) ||
+        (rc = gg_int(g, "tokenizer.ggml.eos_token_id", 0, -1, 0, &c->eos_id, err)))
+        return rc;
+    char st[64];
+    c->rope_factor = 1;
+    if (gguf_find(g, "llama.rope.scaling.type") >= 0 && !gg_streq(g, "llama.rope.scaling.type", "none", st, sizeof st)) {
+        if (strcmp(st, "linear"))
+            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: llama.rope.scaling.type \"%s\" is not supported (none, linear)",
+                              g->path, st);
+        c->rope_scaling = LLAMA_ROPE_SCALING_LINEAR;
+        if ((rc = gg_float(g, "llama.rope.scaling.factor", 1.f, &c->rope_factor, err))) return rc;
+    } else if (gguf_find(g, "llama.rope.scale_linear") >= 0) {
+        if ((rc = gg_float(g, "llama.rope.scale_linear", 1.f, &c->rope_factor, err))) return rc;
+        c->rope_scaling = c->rope_factor != 1 ? LLAMA_ROPE_SCALING_LINEAR : LLAMA_ROPE_SCALING_NONE;
+    }
+    c->rope_interleaved = 1;
+    if ((rc = check_config(g->path, c, err))) return rc;
+    if (rope_dim && rope_dim != c->head_dim)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: partial RoPE (llama.rope.dimension_count %d, head size %d)",
+                          g->path, rope_dim, c->head_dim);
+    return PEFTC_OK;
+}
+
+/* A GGUF tensor of ggml shape (ne0 = in, ne1 = out); ne1 = 0 for a vector. */
+static peftc_status gg_tensor(const gguf_file *g, const char *name, int64_t ne0, int64_t ne1, int optional,
+                              const gguf_tensor **out, peftc_error *err)
+{
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    *out = t;
+    if (!t) return optional ? PEFTC_OK : peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
+    const ggml_type_traits *tr = ggml_traits(t->type);
+    if (!tr || !tr->supported || t->type == GGML_TYPE_Q8_K)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which peftc cannot compute with", g->path,
+                          name, tr ? tr->name : "(unknown)");
+    int nd = ne1 ? 2 : 1;
+    int ok = t->ne[0] == ne0 && (nd == 1 ? t->n_dims == 1 || (t->n_dims == 2 && t->ne[1] == 1) : t->n_dims == 2 && t->ne[1] == ne1);
+    if (!ok) {
+        char got[96] = "", *p = got;
+        for (int i = 0; i < t->n_dims && p < got + 80; i++)
+            p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "", (long long)t->ne[i]);
+        if (nd == 1)
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld]", g->path, name, got,
+                              (long long)ne0);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld, %lld] (ggml order)",
+                          g->path, name, got, (long long)ne0, (long long)ne1);
+    }
+    return PEFTC_OK;
+}
+
+/* A norm or frequency vector as fp32 (converted if stored otherwise). */
+static peftc_status gg_vector(llama_model *m, const gguf_file *g, const char *name, int64_t n, int optional,
+                              const float **out, peftc_error *err)
+{
+    const gguf_tensor *t;
+    peftc_status rc = gg_tensor(g, name, n, 0, optional, &t, err);
+    *out = NULL;
+    if (rc || !t) return rc;
+    if (t->type == GGML_TYPE_F32) { *out = t->data; return PEFTC_OK; }
+    float *dst = own(m, (size_t)n * sizeof(float));
+    if (!dst) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    if (quant_dequantize_row(t->type, t->data, dst, n))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s: cannot convert its type", g->path, name);
+    *out = dst;
+    return PEFTC_OK;
+}
+
+static peftc_status gg_weight(llama_model *m, const gguf_file *g, const char *name, int in, int outd, int optional,
+                              llama_weight *w, peftc_error *err)
+{
+    const gguf_tensor *t;
+    peftc_status rc = gg_tensor(g, name, in, outd, optional, &t, err);
+    if (rc || !t) return rc;
+    if (ggml_row_bytes(t->type, in) == 0)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s: rows of %d values are not whole %s blocks", g->path,
+                          name, in, ggml_traits(t->type)->name);
+    w->type = t->type; w->data = t->data; w->in = in; w->out = outd; w->bf16 = NULL;
+    if (quant_act_type(t->type) == 0xFFFFFFFFu)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which has no matmul kernel", g->path, name,
+                          ggml_traits(t->type)->name);
+    if (m->dequant && t->type != GGML_TYPE_F32) {
+        size_t rb = ggml_row_bytes(t->type, in);
+        float *dst = own(m, (size_t)in * outd * sizeof(float));
+        if (!dst) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory dequantising %s", name);
+        for (int r = 0; r < outd; r++)
+            quant_dequantize_row(t->type, (const char *)t->data + (size_t)r * rb, dst + (size_t)r * in, in);
+        w->type = GGML_TYPE_F32; w->data = dst;
+    }
+    return PEFTC_OK;
+}
+
 static peftc_status gguf_load(llama_model *m, const char *path, peftc_error *err)
 {
-    (void)m;
-    return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: GGUF files are not supported yet", path);
+    peftc_status rc;
+    gguf_file *g;
+    if ((rc = gguf_open(path, &g, err))) return rc;
+    m->gguf = g;
+    if ((rc = gguf_config(g, &m->cfg, err))) return rc;
+    llama_config *c = &m->cfg;
+    int C = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
+    int QD = c->num_heads * hd, KVD = c->num_kv_heads * hd;
+    if ((rc = gg_weight(m, g, "token_embd.weight", C, c->vocab_size, 0, &m->tok_embd, err)) ||
+        (rc = gg_vector(m, g, "output_norm.weight", C, 0, &m->norm, err)) ||
+        (rc = gg_weight(m, g, "output.weight", C, c->vocab_size, 1, &m->output, err)) ||
+        (rc = gg_vector(m, g, "rope_freqs.weight", hd / 2, 1, &m->rope_ff, err)))
+        return rc;
+    c->tie_word_embeddings = m->output.data == NULL;
+    if (c->tie_word_embeddings) m->output = m->tok_embd;
+    m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
+    if (!m->layers) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < c->num_layers; l++) {
+        llama_layer *L = &m->layers[l];
+        char n[128];
+#define GW(suffix, i, o, dst) (snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix), gg_weight(m, g, n, i, o, 0, dst, err))
+#define GN(suffix, dst) (snprintf(n, sizeof n, "blk.%d.%s.weight", l, suffix), gg_vector(m, g, n, C, 0, dst, err))
+        if ((rc = GW("attn_q", C, QD, &L->wq)) || (rc = GW("attn_k", C, KVD, &L->wk)) || (rc = GW("attn_v", C, KVD, &L->wv)) ||
+            (rc = GW("attn_output", QD, C, &L->wo)) || (rc = GW("ffn_gate", C, F, &L->wgate)) ||
+            (rc = GW("ffn_up", C, F, &L->wup)) || (rc = GW("ffn_down", F, C, &L->wdown)) ||
+            (rc = GN("attn_norm", &L->attn_norm)) || (rc = GN("ffn_norm", &L->ffn_norm)))
+            return rc;
+#undef GW
+#undef GN
+    }
+    return PEFTC_OK;
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -349,12 +529,18 @@ static int ends_with(const char *s, const char *suf)
 
 peftc_status llama_load(const char *path, llama_model **out, peftc_error *err)
 {
+    return llama_load_ex(path, 0, out, err);
+}
+
+peftc_status llama_load_ex(const char *path, unsigned flags, llama_model **out, peftc_error *err)
+{
     *out = NULL;
     llama_model *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    peftc_status rc = ends_with(path, ".gguf") ? gguf_load(m, path, err) : hf_load(m, path, err);
+    m->dequant = (flags & LLAMA_LOAD_DEQUANT) != 0;
+    peftc_status rc = ends_with(path, ".gguf") || gguf_is_gguf(path) ? gguf_load(m, path, err) : hf_load(m, path, err);
     if (!rc) {
-        float *ff = NULL;   /* rope_freqs (GGUF) would be set by gguf_load */
+        const float *ff = m->rope_ff;
         m->inv_freq = own(m, (size_t)m->cfg.head_dim / 2 * sizeof(float));
         if (!m->inv_freq) rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
         else rope_freqs(&m->cfg, m->inv_freq, ff);
@@ -410,21 +596,20 @@ peftc_status llama_ctx_init(llama_ctx *c, const llama_model *m, int n_ctx, int n
 }
 
 /* -------------------------------------------------------------- forward */
-void llama_linear(float *out, const float *in, const llama_weight *w, int N)
+int llama_linear(float *out, const float *in, const llama_weight *w, int N)
 {
     if (w->type == GGML_TYPE_F32) {
         matmul_forward(out, in, w->data, NULL, N, w->in, w->out, 0);
-        return;
+        return 0;
     }
-    /* quantised types: kernels/quant.h (not reached: loading rejects them) */
-    memset(out, 0, (size_t)N * w->out * sizeof *out);
+    return quant_matmul(out, in, w->data, w->type, N, w->in, w->out);
 }
 
 /* Row `id` of the token embedding table as fp32. */
 static void embed_row(float *dst, const llama_weight *w, int id)
 {
     if (w->type == GGML_TYPE_F32) memcpy(dst, (const float *)w->data + (size_t)id * w->in, (size_t)w->in * sizeof *dst);
-    else memset(dst, 0, (size_t)w->in * sizeof *dst);
+    else quant_dequantize_row(w->type, (const char *)w->data + (size_t)id * ggml_row_bytes(w->type, w->in), dst, w->in);
 }
 
 static void rmsnorm(float *out, const float *x, const float *w, int N, int C, float eps)
@@ -522,6 +707,7 @@ peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, c
             return peftc_fail(err, PEFTC_ERR_INPUT, "token id %d out of range (vocabulary of %d)", ids[i], cf->vocab_size);
     int C = cf->hidden_size, hd = cf->head_dim, L = cf->num_layers, F = cf->intermediate_size;
     size_t KVD = (size_t)cf->num_kv_heads * hd;
+    int qr;
     for (int i = 0; i < n; i++) embed_row(c->x + (size_t)i * C, &m->tok_embd, ids[i]);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < hd / 2; j++) {
@@ -533,35 +719,38 @@ peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, c
         const llama_layer *W = &m->layers[l];
         float *kc = c->k[l] + (size_t)pos * KVD, *vc = c->v[l] + (size_t)pos * KVD;
         rmsnorm(c->xn, c->x, W->attn_norm, n, C, cf->rms_norm_eps);
-        llama_linear(c->q, c->xn, &W->wq, n);
+        if ((qr = llama_linear(c->q, c->xn, &W->wq, n))) goto qfail;
         site(run, l, SITE_ATTN_Q, c->xn, c->q, n);
-        llama_linear(kc, c->xn, &W->wk, n);
+        if ((qr = llama_linear(kc, c->xn, &W->wk, n))) goto qfail;
         site(run, l, SITE_ATTN_K, c->xn, kc, n);
-        llama_linear(vc, c->xn, &W->wv, n);
+        if ((qr = llama_linear(vc, c->xn, &W->wv, n))) goto qfail;
         site(run, l, SITE_ATTN_V, c->xn, vc, n);
         rope(c->q, n, cf->num_heads, hd, (size_t)cf->num_heads * hd, c->rope_cs, cf->rope_interleaved);
         rope(kc, n, cf->num_kv_heads, hd, KVD, c->rope_cs, cf->rope_interleaved);
         attention(c, cf, l, n, pos);
-        llama_linear(c->tmp, c->att, &W->wo, n);
+        if ((qr = llama_linear(c->tmp, c->att, &W->wo, n))) goto qfail;
         site(run, l, SITE_ATTN_O, c->att, c->tmp, n);
         for (size_t i = 0; i < (size_t)n * C; i++) c->x[i] += c->tmp[i];
         rmsnorm(c->xn, c->x, W->ffn_norm, n, C, cf->rms_norm_eps);
-        llama_linear(c->g, c->xn, &W->wgate, n);
+        if ((qr = llama_linear(c->g, c->xn, &W->wgate, n))) goto qfail;
         site(run, l, SITE_FFN_GATE, c->xn, c->g, n);
-        llama_linear(c->u, c->xn, &W->wup, n);
+        if ((qr = llama_linear(c->u, c->xn, &W->wup, n))) goto qfail;
         site(run, l, SITE_FFN_UP, c->xn, c->u, n);
         #pragma omp parallel for schedule(static) if ((size_t)n * F > 65536)
         for (size_t i = 0; i < (size_t)n * F; i++) {
             float g = c->g[i];
             c->g[i] = g / (1.0f + expf(-g)) * c->u[i];
         }
-        llama_linear(c->tmp, c->g, &W->wdown, n);
+        if ((qr = llama_linear(c->tmp, c->g, &W->wdown, n))) goto qfail;
         site(run, l, SITE_FFN_DOWN, c->g, c->tmp, n);
         for (size_t i = 0; i < (size_t)n * C; i++) c->x[i] += c->tmp[i];
     }
     int first = all_logits ? 0 : n - 1, rows = n - first;
     rmsnorm(c->xn, c->x + (size_t)first * C, m->norm, rows, C, cf->rms_norm_eps);
-    llama_linear(logits, c->xn, &m->output, rows);
+    if ((qr = llama_linear(logits, c->xn, &m->output, rows))) goto qfail;
     c->n_past = pos + n;
     return PEFTC_OK;
+qfail:
+    return peftc_fail(err, qr == QUANT_ENOMEM ? PEFTC_ERR_NOMEM : PEFTC_ERR_UNSUPPORTED,
+                      "quantised matmul failed (%s)", qr == QUANT_ENOMEM ? "out of memory" : "unsupported type or size");
 }

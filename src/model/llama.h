@@ -79,6 +79,10 @@ typedef struct llama_run {
 
 /* path: an HF model directory or a .gguf file. */
 peftc_status llama_load(const char *path, llama_model **out, peftc_error *err);
+/* LLAMA_LOAD_DEQUANT: GGUF weights dequantised to fp32 copies at load (the
+ * tests compare that path with the HF directory of the same weights). */
+enum { LLAMA_LOAD_DEQUANT = 1 };
+peftc_status llama_load_ex(const char *path, unsigned flags, llama_model **out, peftc_error *err);
 void llama_free(llama_model *m);
 const llama_config *llama_model_config(const llama_model *m);
 /* The GGUF file the model came from (an io/gguf.h gguf_file *), or NULL for
@@ -97,7 +101,9 @@ void llama_ctx_free(llama_ctx *c);
 peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, const int32_t *ids, int n,
                            int pos, float *logits, int all_logits, peftc_error *err);
 
-/* out (N, w->out) = in (N, w->in) @ W^T, whatever W's type. */
-void llama_linear(float *out, const float *in, const llama_weight *w, int N);
+/* out (N, w->out) = in (N, w->in) @ W^T, whatever W's type (F32: BLAS sgemm;
+ * F16/BF16/quantised: quant_matmul, 8-bit activations for the quantised
+ * types). 0, or a QUANT_E* code (nothing done). */
+int llama_linear(float *out, const float *in, const llama_weight *w, int N);
 
 #endif
