@@ -9,6 +9,7 @@
 
 static const char *site_names[SITE_COUNT] = {
     "attn.q", "attn.k", "attn.v", "attn.o", "ffn.in", "ffn.down", "attn.out", "ffn.out", "attn.heads", "ffn.act",
+    "ffn.gate", "ffn.up",
 };
 
 const char *site_name(site_id s) { return s < SITE_COUNT ? site_names[s] : "?"; }
@@ -439,7 +440,7 @@ peftc_status delta_spec_parse(const char *text, delta_spec *sp, peftc_error *err
         if (!strcmp(k, "site")) {
             if (!site_parse(v, &sp->site))
                 return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: unknown site '%s' (attn.q attn.k attn.v attn.o ffn.in ffn.down "
-                                  "attn.out ffn.out attn.heads ffn.act)", v);
+                                  "attn.out ffn.out attn.heads ffn.act ffn.gate ffn.up)", v);
             have_site = 1;
         } else if (!strcmp(k, "kind")) {
             if (!strcmp(v, "bottleneck")) sp->kind = DELTA_BOTTLENECK;

@@ -21,6 +21,7 @@ typedef enum site_id {
     SITE_FFN_OUT,    /* FFN sub-layer: x = FFN input, h = FFN output (after dropout, before residual) */
     SITE_ATTN_HEADS, /* per-head attention outputs: x = layer input, h = heads concatenated, before the projection */
     SITE_FFN_ACT,    /* FFN inner activation: x = h = GELU output (N, d_ff); scale deltas only */
+    SITE_FFN_GATE, SITE_FFN_UP,   /* gated FFNs (Llama's SwiGLU): gate_proj, up_proj (linear sites) */
     SITE_COUNT
 } site_id;
 
