@@ -43,5 +43,7 @@ int cmd_train(cli_args *a);
 int cmd_eval(cli_args *a);
 int cmd_predict(cli_args *a);
 int cmd_methods(cli_args *a);
+int cmd_generate(cli_args *a);
+int cmd_chat(cli_args *a);
 
 #endif

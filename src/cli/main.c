@@ -38,6 +38,15 @@ static const char usage[] =
     "  predict --model DIR --adapter RUN_DIR [--probs] [--merge]\n"
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
     "\n"
+    "  generate --model FILE.gguf|DIR (--prompt TEXT | --prompt-file FILE) [--chat [--system TEXT]]\n"
+    "        [--adapter DIR[:SCALE]]... [--merge] [--max-new-tokens N] [--temp T] [--top-k K]\n"
+    "        [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
+    "        [--stop STR]... [--ctx N] [--batch N] [--no-bos] [--timings]\n"
+    "      a decoder's continuation of the prompt, streamed to stdout (greedy unless --temp > 0);\n"
+    "      --chat wraps the prompt in the model's chat template\n"
+    "  chat --model FILE.gguf|DIR [--system TEXT] [the sampling and adapter options of generate]\n"
+    "      an interactive conversation: one user turn per stdin line, an empty line quits\n"
+    "\n"
     "global options: --threads N (default: all cores)\n"
     "  --bf16   frozen encoder weights in bf16 (the default where the CPU has AMX; needs AVX-512-BF16)\n"
     "  --fp32   frozen encoder weights in fp32 (the default without AMX)\n";
@@ -92,6 +101,8 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(&a);
     else if (!strcmp(cmd, "predict")) rc = cmd_predict(&a);
     else if (!strcmp(cmd, "methods")) rc = cmd_methods(&a);
+    else if (!strcmp(cmd, "generate")) rc = cmd_generate(&a);
+    else if (!strcmp(cmd, "chat")) rc = cmd_chat(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

@@ -29,6 +29,8 @@ struct llama_model {
 
 const llama_config *llama_model_config(const llama_model *m) { return &m->cfg; }
 const void *llama_model_gguf(const llama_model *m) { return m->gguf; }
+llama_layer *llama_model_layer(llama_model *m, int i) { return &m->layers[i]; }
+uint32_t llama_model_embd_type(const llama_model *m) { return m->tok_embd.type; }
 
 static void *own(llama_model *m, size_t bytes)
 {
@@ -345,12 +347,12 @@ static peftc_status gg_int(const gguf_file *g, const char *key, int required, in
     int64_t v;
     int r = gguf_get_int(g, key, &v);
     if (r == 0) {
-        if (required) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing metadata %s", g->path, key);
+        if (required) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing metadata %s", gguf_path(g), key);
         *out = def;
         return PEFTC_OK;
     }
     if (r < 0 || v < lo || v > (1 << 30))
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata %s must be an integer >= %d", g->path, key, lo);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata %s must be an integer >= %d", gguf_path(g), key, lo);
     *out = (int)v;
     return PEFTC_OK;
 }
@@ -360,7 +362,7 @@ static peftc_status gg_float(const gguf_file *g, const char *key, float def, flo
     double v;
     int r = gguf_get_float(g, key, &v);
     if (r == 0) { *out = def; return PEFTC_OK; }
-    if (r < 0 || !(v > 0)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata %s must be a positive number", g->path, key);
+    if (r < 0 || !(v > 0)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: metadata %s must be a positive number", gguf_path(g), key);
     *out = (float)v;
     return PEFTC_OK;
 }
@@ -380,7 +382,7 @@ static peftc_status gguf_config(const gguf_file *g, llama_config *c, peftc_error
     peftc_status rc;
     memset(c, 0, sizeof *c);
     if (!gg_streq(g, "general.architecture", "llama", arch, sizeof arch))
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: architecture \"%s\" is not supported (llama only)", g->path, arch);
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: architecture \"%s\" is not supported (llama only)", gguf_path(g), arch);
     int rope_dim;
     if ((rc = gg_int(g, "llama.block_count", 1, 0, 1, &c->num_layers, err)) ||
         (rc = gg_int(g, "llama.embedding_length", 1, 0, 1, &c->hidden_size, err)) ||
@@ -393,29 +395,29 @@ static peftc_status gguf_config(const gguf_file *g, llama_config *c, peftc_error
         (rc = gg_float(g, "llama.rope.freq_base", 10000.f, &c->rope_theta, err)) ||
         (rc = gg_int(g, "llama.rope.dimension_count", 0, 0, 0, &rope_dim, err)))
         return rc;
-    int vt = gguf_find(g, "tokenizer.ggml.tokens");
-    int nvocab = vt >= 0 && g->kv[vt].type == GGUF_ARRAY ? (int)g->kv[vt].arr_n : 0;
+    int vt = gguf_find_key(g, "tokenizer.ggml.tokens");
+    int nvocab = vt >= 0 && gguf_arr_type(g, vt) >= 0 ? (int)gguf_arr_len(g, vt) : 0;
     if ((rc = gg_int(g, "llama.vocab_size", !nvocab, nvocab, 1, &c->vocab_size, err))) return rc;
     if ((rc = gg_int(g, "tokenizer.ggml.bos_token_id", 0, -1, 0, &c->bos_id, err)) ||
         (rc = gg_int(g, "tokenizer.ggml.eos_token_id", 0, -1, 0, &c->eos_id, err)))
         return rc;
     char st[64];
     c->rope_factor = 1;
-    if (gguf_find(g, "llama.rope.scaling.type") >= 0 && !gg_streq(g, "llama.rope.scaling.type", "none", st, sizeof st)) {
+    if (gguf_find_key(g, "llama.rope.scaling.type") >= 0 && !gg_streq(g, "llama.rope.scaling.type", "none", st, sizeof st)) {
         if (strcmp(st, "linear"))
             return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: llama.rope.scaling.type \"%s\" is not supported (none, linear)",
-                              g->path, st);
+                              gguf_path(g), st);
         c->rope_scaling = LLAMA_ROPE_SCALING_LINEAR;
         if ((rc = gg_float(g, "llama.rope.scaling.factor", 1.f, &c->rope_factor, err))) return rc;
-    } else if (gguf_find(g, "llama.rope.scale_linear") >= 0) {
+    } else if (gguf_find_key(g, "llama.rope.scale_linear") >= 0) {
         if ((rc = gg_float(g, "llama.rope.scale_linear", 1.f, &c->rope_factor, err))) return rc;
         c->rope_scaling = c->rope_factor != 1 ? LLAMA_ROPE_SCALING_LINEAR : LLAMA_ROPE_SCALING_NONE;
     }
     c->rope_interleaved = 1;
-    if ((rc = check_config(g->path, c, err))) return rc;
+    if ((rc = check_config(gguf_path(g), c, err))) return rc;
     if (rope_dim && rope_dim != c->head_dim)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: partial RoPE (llama.rope.dimension_count %d, head size %d)",
-                          g->path, rope_dim, c->head_dim);
+                          gguf_path(g), rope_dim, c->head_dim);
     return PEFTC_OK;
 }
 
@@ -425,10 +427,10 @@ static peftc_status gg_tensor(const gguf_file *g, const char *name, int64_t ne0,
 {
     const gguf_tensor *t = gguf_find_tensor(g, name);
     *out = t;
-    if (!t) return optional ? PEFTC_OK : peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing tensor %s", g->path, name);
+    if (!t) return optional ? PEFTC_OK : peftc_fail(err, PEFTC_ERR_FORMAT, "%s: missing tensor %s", gguf_path(g), name);
     const ggml_type_traits *tr = ggml_traits(t->type);
     if (!tr || !tr->supported || t->type == GGML_TYPE_Q8_K)
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which peftc cannot compute with", g->path,
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which peftc cannot compute with", gguf_path(g),
                           name, tr ? tr->name : "(unknown)");
     int nd = ne1 ? 2 : 1;
     int ok = t->ne[0] == ne0 && (nd == 1 ? t->n_dims == 1 || (t->n_dims == 2 && t->ne[1] == 1) : t->n_dims == 2 && t->ne[1] == ne1);
@@ -437,10 +439,10 @@ static peftc_status gg_tensor(const gguf_file *g, const char *name, int64_t ne0,
         for (int i = 0; i < t->n_dims && p < got + 80; i++)
             p += snprintf(p, (size_t)(got + sizeof got - p), "%s%lld", i ? ", " : "", (long long)t->ne[i]);
         if (nd == 1)
-            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld]", g->path, name, got,
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld]", gguf_path(g), name, got,
                               (long long)ne0);
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld, %lld] (ggml order)",
-                          g->path, name, got, (long long)ne0, (long long)ne1);
+                          gguf_path(g), name, got, (long long)ne0, (long long)ne1);
     }
     return PEFTC_OK;
 }
@@ -457,7 +459,7 @@ static peftc_status gg_vector(llama_model *m, const gguf_file *g, const char *na
     float *dst = own(m, (size_t)n * sizeof(float));
     if (!dst) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     if (quant_dequantize_row(t->type, t->data, dst, n))
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s: cannot convert its type", g->path, name);
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s: cannot convert its type", gguf_path(g), name);
     *out = dst;
     return PEFTC_OK;
 }
@@ -469,11 +471,11 @@ static peftc_status gg_weight(llama_model *m, const gguf_file *g, const char *na
     peftc_status rc = gg_tensor(g, name, in, outd, optional, &t, err);
     if (rc || !t) return rc;
     if (ggml_row_bytes(t->type, in) == 0)
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s: rows of %d values are not whole %s blocks", g->path,
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s: rows of %d values are not whole %s blocks", gguf_path(g),
                           name, in, ggml_traits(t->type)->name);
     w->type = t->type; w->data = t->data; w->in = in; w->out = outd; w->bf16 = NULL;
     if (quant_act_type(t->type) == 0xFFFFFFFFu)
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which has no matmul kernel", g->path, name,
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has type %s, which has no matmul kernel", gguf_path(g), name,
                           ggml_traits(t->type)->name);
     if (m->dequant && t->type != GGML_TYPE_F32) {
         size_t rb = ggml_row_bytes(t->type, in);
@@ -484,6 +486,17 @@ static peftc_status gg_weight(llama_model *m, const gguf_file *g, const char *na
         w->type = GGML_TYPE_F32; w->data = dst;
     }
     return PEFTC_OK;
+}
+
+/* GGUF files are recognised by their magic, whatever their name */
+static int has_gguf_magic(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    char m[4];
+    int ok = fread(m, 1, 4, f) == 4 && !memcmp(m, "GGUF", 4);
+    fclose(f);
+    return ok;
 }
 
 static peftc_status gguf_load(llama_model *m, const char *path, peftc_error *err)
@@ -538,7 +551,7 @@ peftc_status llama_load_ex(const char *path, unsigned flags, llama_model **out, 
     llama_model *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     m->dequant = (flags & LLAMA_LOAD_DEQUANT) != 0;
-    peftc_status rc = ends_with(path, ".gguf") || gguf_is_gguf(path) ? gguf_load(m, path, err) : hf_load(m, path, err);
+    peftc_status rc = ends_with(path, ".gguf") || has_gguf_magic(path) ? gguf_load(m, path, err) : hf_load(m, path, err);
     if (!rc) {
         const float *ff = m->rope_ff;
         m->inv_freq = own(m, (size_t)m->cfg.head_dim / 2 * sizeof(float));

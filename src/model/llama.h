@@ -88,6 +88,9 @@ const llama_config *llama_model_config(const llama_model *m);
 /* The GGUF file the model came from (an io/gguf.h gguf_file *), or NULL for
  * an HF directory: its metadata holds the tokenizer. */
 const void *llama_model_gguf(const llama_model *m);
+/* Block i's weights (merges re-point them) and the token embedding's type. */
+llama_layer *llama_model_layer(llama_model *m, int i);
+uint32_t llama_model_embd_type(const llama_model *m);
 
 /* KV cache for n_ctx positions (<= max_position is not required) and
  * scratch for batches of up to n_batch tokens. */

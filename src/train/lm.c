@@ -1,0 +1,402 @@
+/* lm.c: the public decoder API (peftc_lm_*): a decoder, its tokenizer, LoRA
+ * adapters applied unmerged (delta modules at the linear sites, each
+ * adapter's own scale) or merged, and the generation loop. */
+#include "model/decoder.h"
+#include "io/safetensors.h"
+#include "tokenizer/bpe.h"
+#include "train/generate.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+struct peftc_lm {
+    decoder *dec;
+    bpe_tokenizer *tok;
+    gen_model gen;
+    delta_set ds;
+    param_block pb;
+    int n_ctx, n_batch;
+    char path[1024];
+    char describe[320];
+};
+
+void peftc_lm_opts_default(peftc_lm_opts *o)
+{
+    memset(o, 0, sizeof *o);
+}
+
+void peftc_gen_opts_default(peftc_gen_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->temperature = 0.0f;
+    o->top_p = 1.0f;
+    o->repeat_penalty = 1.0f;
+    o->repeat_last_n = 64;
+    o->seed = 42;
+    o->max_new_tokens = 256;
+    o->add_bos = -1;
+}
+
+/* ------------------------------------------------------------ tokenizer */
+
+/* The model's tokenizer; *tok stays NULL when the model has none (a GGUF
+ * without tokenizer.* keys, a directory without tokenizer.json): logits
+ * from ids still work, text in or out is an error then. */
+static peftc_status tokenizer_for(const char *path, const decoder *dec, bpe_tokenizer **tok, peftc_error *err)
+{
+    *tok = NULL;
+    const gguf_file *g = decoder_gguf(dec);
+    if (g) return gguf_find_key(g, "tokenizer.ggml.model") < 0 ? PEFTC_OK : bpe_from_gguf(g, tok, err);
+    char p[4096];
+    peftc_status rc = peftc_path_join(p, sizeof p, path, "tokenizer.json", err);
+    if (rc) return rc;
+    if (!peftc_file_exists(p)) return PEFTC_OK;
+    return bpe_from_tokenizer_json(p, tok, err);
+}
+
+static peftc_status need_tokenizer(const peftc_lm *lm, peftc_error *err)
+{
+    if (lm->tok) return PEFTC_OK;
+    return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: the model has no tokenizer (no tokenizer.ggml.* metadata or tokenizer.json): text cannot be encoded",
+                      lm->path);
+}
+
+/* ------------------------------------------------------------- adapters */
+
+typedef struct lora_src {
+    peftc_safetensors *st;
+    char dir[1024];
+    float scale;                 /* user scale * alpha / r (or / sqrt r) */
+    int r;
+} lora_src;
+
+static peftc_status read_lora_config(const char *dir, int *r, float *alpha, int *rslora, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
+    if (rc) return rc;
+    char *text;
+    size_t len;
+    if ((rc = peftc_read_file(path, &text, &len, err))) return rc;
+    json_error_t je;
+    json_t *j = json_loadb(text, len, 0, &je);
+    free(text);
+    if (!j || !json_is_object(j)) {
+        if (j) json_decref(j);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a JSON object (line %d: %s)", path, je.line, je.text);
+    }
+    const char *type = json_string_value(json_object_get(j, "peft_type"));
+    if (!type || strcmp(type, "LORA")) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type %s: decoders take LORA adapters for generation", path, type ? type : "(missing)");
+        goto done;
+    }
+    json_t *jr = json_object_get(j, "r"), *ja = json_object_get(j, "lora_alpha");
+    if (!json_is_integer(jr) || json_integer_value(jr) < 1 || json_integer_value(jr) > 65536) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"r\" must be an integer in [1, 65536]", path);
+        goto done;
+    }
+    *r = (int)json_integer_value(jr);
+    *alpha = ja ? (float)json_number_value(ja) : 8.0f;
+    if (ja && (!json_is_number(ja) || !isfinite(*alpha))) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"lora_alpha\" must be a finite number", path);
+        goto done;
+    }
+    *rslora = json_is_true(json_object_get(j, "use_rslora"));
+    if (json_is_true(json_object_get(j, "fan_in_fan_out"))) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to this model", path);
+        goto done;
+    }
+    const char *bias = json_string_value(json_object_get(j, "bias"));
+    if (bias && strcmp(bias, "none")) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: bias \"%s\": the model has no biases to train (use \"none\")", path, bias);
+        goto done;
+    }
+    json_t *mts = json_object_get(j, "modules_to_save");
+    if (mts && !json_is_null(mts) && !(json_is_array(mts) && json_array_size(mts) == 0)) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: modules_to_save is not supported for generation", path);
+        goto done;
+    }
+done:
+    json_decref(j);
+    return rc;
+}
+
+/* Parses "<prefix><layer>.<module>.lora_A.weight": layer, site. */
+static int parse_key(const decoder *dec, const char *key, int *layer, site_id *s)
+{
+    const char *pre = decoder_peft_layers_prefix(dec);
+    size_t pl = strlen(pre), kl = strlen(key);
+    static const char suf[] = ".lora_A.weight";
+    if (kl <= pl + sizeof suf || strncmp(key, pre, pl) || strcmp(key + kl - (sizeof suf - 1), suf)) return 0;
+    const char *p = key + pl;
+    char *end;
+    long l = strtol(p, &end, 10);
+    if (end == p || *end != '.' || l < 0 || l > 100000) return 0;
+    char module[128];
+    size_t ml = (size_t)(key + kl - (sizeof suf - 1) - (end + 1));
+    if (ml == 0 || ml >= sizeof module) return 0;
+    memcpy(module, end + 1, ml);
+    module[ml] = 0;
+    if (!decoder_site_of_module(dec, module, s)) return 0;
+    *layer = (int)l;
+    return 1;
+}
+
+static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_error *err)
+{
+    peftc_status rc = PEFTC_OK;
+    const decoder_info *di = decoder_get_info(lm->dec);
+    lora_src *src = calloc((size_t)o->n_adapters, sizeof *src);
+    if (!src) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    /* declare every adapter's deltas, then allocate once and fill */
+    int first_delta[65];
+    for (int k = 0; k < o->n_adapters && !rc; k++) {
+        lora_src *a = &src[k];
+        snprintf(a->dir, sizeof a->dir, "%s", o->adapters[k]);
+        int r = 0, rslora = 0;
+        float alpha = 0;
+        if ((rc = read_lora_config(a->dir, &r, &alpha, &rslora, err))) break;
+        float us = o->adapter_scales ? o->adapter_scales[k] : 1.0f;
+        a->r = r;
+        a->scale = us * (rslora ? alpha / sqrtf((float)r) : alpha / (float)r);
+        char path[4096];
+        if ((rc = peftc_path_join(path, sizeof path, a->dir, "adapter_model.safetensors", err))) break;
+        if ((rc = peftc_safetensors_open(path, &a->st, err))) break;
+        first_delta[k] = lm->ds.n;
+        int found = 0;
+        for (int i = 0; i < a->st->n && !rc; i++) {
+            const st_tensor *ta = &a->st->t[i];
+            int layer;
+            site_id s;
+            if (!parse_key(lm->dec, ta->name, &layer, &s)) {
+                if (strstr(ta->name, "lora_A") || strstr(ta->name, "lora_B") || strstr(ta->name, "lora_embedding")) {
+                    if (strstr(ta->name, "lora_B")) continue;   /* checked with its A */
+                    rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' adapts no linear layer of this %s model (maybe wrong base model?)",
+                                    path, ta->name, di->arch);
+                } else {
+                    rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' is not a LoRA factor this model can apply", path, ta->name);
+                }
+                break;
+            }
+            if (layer >= di->n_layers) {
+                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is for layer %d; the model has %d layers (maybe wrong base model?)",
+                                path, ta->name, layer, di->n_layers);
+                break;
+            }
+            char bname[512];
+            size_t nl = strlen(ta->name);
+            if (nl + 1 > sizeof bname) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor name too long", path); break; }
+            memcpy(bname, ta->name, nl + 1);
+            bname[nl - strlen("A.weight")] = 'B';
+            const st_tensor *tb = st_find(a->st, bname);
+            int in, out;
+            decoder_site_dims(lm->dec, s, &in, &out);
+            if (!tb) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' has no lora_B beside it", path, ta->name); break; }
+            if (ta->ndim != 2 || ta->shape[0] != r || ta->shape[1] != in || tb->ndim != 2 || tb->shape[0] != out || tb->shape[1] != r) {
+                rc = peftc_fail(err, PEFTC_ERR_FORMAT,
+                                "%s: '%s' must be (%d, %d) and its lora_B (%d, %d) for this model and r %d (maybe wrong base model?)",
+                                path, ta->name, r, in, out, r, r);
+                break;
+            }
+            delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = s, .insert = INSERT_PARALLEL, .act = ACT_IDENTITY,
+                             .compose = COMPOSE_SCALE, .scale = a->scale, .r = r, .bias = 0, .init_lora = 1, .lora_names = 1};
+            char prefix[160];
+            snprintf(prefix, sizeof prefix, "adapter%d.%d.%s", k, layer, decoder_module_of_site(lm->dec, s));
+            if ((rc = delta_add(&lm->ds, &lm->pb, layer, in, out, &sp, prefix, err))) break;
+            found++;
+        }
+        if (!rc && !found) rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no LoRA tensors (lora_A/lora_B) in adapter_model.safetensors", a->dir);
+    }
+    first_delta[o->n_adapters] = lm->ds.n;
+    if (!rc && lm->ds.n) rc = params_alloc(&lm->pb, err);
+    /* fill: the deltas were declared in tensor order, so walk again the same way */
+    for (int k = 0; k < o->n_adapters && !rc; k++) {
+        lora_src *a = &src[k];
+        int di_ = first_delta[k];
+        for (int i = 0; i < a->st->n && !rc; i++) {
+            const st_tensor *ta = &a->st->t[i];
+            int layer;
+            site_id s;
+            if (!parse_key(lm->dec, ta->name, &layer, &s)) continue;
+            delta *d = &lm->ds.d[di_++];
+            char bname[512];
+            size_t nl = strlen(ta->name);
+            memcpy(bname, ta->name, nl + 1);
+            bname[nl - strlen("A.weight")] = 'B';
+            const st_tensor *tb = st_find(a->st, bname);
+            float *A = params_value(&lm->pb, d->p_down), *B = params_value(&lm->pb, d->p_up);
+            if ((rc = st_to_f32(a->st, ta, A, err)) || (rc = st_to_f32(a->st, tb, B, err))) break;
+            for (size_t j = 0; j < (size_t)d->in * a->r; j++)
+                if (!isfinite(A[j])) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' holds a non-finite value", a->dir, ta->name); break; }
+            for (size_t j = 0; !rc && j < (size_t)d->out * a->r; j++)
+                if (!isfinite(B[j])) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' holds a non-finite value", a->dir, bname); break; }
+            if (!rc) decoder_adapt_lora_b(lm->dec, s, B, d->out, a->r);
+        }
+    }
+    for (int k = 0; k < o->n_adapters; k++)
+        if (src[k].st) peftc_safetensors_free(src[k].st);
+    free(src);
+    if (rc) return rc;
+    if (!lm->ds.n) return PEFTC_OK;
+    if (o->merge) {
+        for (int i = 0; i < lm->ds.n && !rc; i++) {
+            delta *d = &lm->ds.d[i];
+            rc = decoder_merge_lora(lm->dec, d->layer, d->spec.site, params_value(&lm->pb, d->p_down),
+                                    params_value(&lm->pb, d->p_up), d->spec.r, d->spec.scale, err);
+        }
+        delta_set_free(&lm->ds);
+        memset(&lm->ds, 0, sizeof lm->ds);
+        params_free(&lm->pb);
+        memset(&lm->pb, 0, sizeof lm->pb);
+        return rc;
+    }
+    if ((rc = delta_index(&lm->ds, di->n_layers, err))) return rc;
+    return delta_acts_alloc(&lm->ds, lm->n_batch, err);
+}
+
+/* ------------------------------------------------------------ the handle */
+
+static peftc_status eval_cb(void *model, const int32_t *ids, int n, int pos, float *logits, peftc_error *err)
+{
+    peftc_lm *lm = model;
+    return decoder_eval(lm->dec, lm->ds.n ? &lm->ds : NULL, &lm->pb, ids, n, pos, logits, 0, err);
+}
+
+peftc_status peftc_lm_load(const char *model_path, const peftc_lm_opts *o, peftc_lm **out, peftc_error *err)
+{
+    *out = NULL;
+    peftc_lm_opts def;
+    if (!o) { peftc_lm_opts_default(&def); o = &def; }
+    if (o->n_adapters < 0 || o->n_adapters > 64)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "at most 64 adapters, got %d", o->n_adapters);
+    peftc_lm *lm = calloc(1, sizeof *lm);
+    if (!lm) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    peftc_status rc = decoder_load(model_path, &lm->dec, err);
+    if (rc) { free(lm); return rc; }
+    const decoder_info *di = decoder_get_info(lm->dec);
+    lm->n_ctx = o->n_ctx > 0 ? o->n_ctx : (di->n_ctx_train > 0 && di->n_ctx_train < 4096 ? di->n_ctx_train : 4096);
+    if (di->n_ctx_train > 0 && lm->n_ctx > di->n_ctx_train) {
+        rc = peftc_fail(err, PEFTC_ERR_INPUT, "--ctx %d: the model was trained for %d positions", lm->n_ctx, di->n_ctx_train);
+        goto fail;
+    }
+    lm->n_batch = o->n_batch > 0 ? o->n_batch : 512;
+    if (lm->n_batch > lm->n_ctx) lm->n_batch = lm->n_ctx;
+    snprintf(lm->path, sizeof lm->path, "%s", model_path);
+    if ((rc = tokenizer_for(model_path, lm->dec, &lm->tok, err))) goto fail;
+    if (lm->tok && bpe_vocab_size(lm->tok) > di->n_vocab) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: the tokenizer has %d tokens but the model's embedding only %d rows",
+                        model_path, bpe_vocab_size(lm->tok), di->n_vocab);
+        goto fail;
+    }
+    if ((rc = load_adapters(lm, o, err))) goto fail;
+    if ((rc = decoder_ctx_init(lm->dec, lm->n_ctx, lm->n_batch, err))) goto fail;
+    if (lm->tok && (rc = gen_model_init(&lm->gen, eval_cb, lm, lm->n_ctx, di->n_vocab, lm->n_batch, lm->tok, err))) goto fail;
+    snprintf(lm->describe, sizeof lm->describe, "%s: %s, %d layers, d %d, vocab %d, %s weights, context %d%s%s",
+             model_path, di->arch, di->n_layers, di->d_model, di->n_vocab, di->weights, lm->n_ctx,
+             o->n_adapters ? (o->merge ? ", adapters merged" : ", adapters unmerged") : "", "");
+    *out = lm;
+    return PEFTC_OK;
+fail:
+    peftc_lm_free(lm);
+    return rc;
+}
+
+void peftc_lm_free(peftc_lm *lm)
+{
+    if (!lm) return;
+    gen_model_free(&lm->gen);
+    delta_set_free(&lm->ds);
+    params_free(&lm->pb);
+    if (lm->tok) bpe_free(lm->tok);
+    decoder_free(lm->dec);
+    free(lm);
+}
+
+const char *peftc_lm_describe(const peftc_lm *lm) { return lm->describe; }
+int peftc_lm_n_ctx(const peftc_lm *lm) { return lm->n_ctx; }
+int peftc_lm_vocab_size(const peftc_lm *lm) { return decoder_get_info(lm->dec)->n_vocab; }
+
+static int want_bos(const peftc_lm *lm, int add_bos)
+{
+    (void)lm;
+    return add_bos;   /* -1: the tokenizer's own add_bos (bpe_encode's add_special) */
+}
+
+peftc_status peftc_lm_tokenize(const peftc_lm *lm, const char *text, size_t len, int add_bos, int parse_special,
+                               int32_t **ids, int *n, peftc_error *err)
+{
+    peftc_status rc = need_tokenizer(lm, err);
+    if (rc) return rc;
+    return bpe_encode_alloc(lm->tok, text, len, add_bos != 0, parse_special, ids, n, err);
+}
+
+peftc_status peftc_lm_generate(peftc_lm *lm, const char *prompt, const peftc_gen_opts *o, peftc_gen_fn fn,
+                               void *user, peftc_gen_stats *stats, peftc_error *err)
+{
+    peftc_gen_opts def;
+    if (!o) { peftc_gen_opts_default(&def); o = &def; }
+    peftc_status rc = need_tokenizer(lm, err);
+    if (rc) return rc;
+    int32_t *ids = NULL;
+    int n = 0;
+    int bos = want_bos(lm, o->add_bos);
+    rc = bpe_encode_alloc(lm->tok, prompt, strlen(prompt), bos != 0, o->parse_special, &ids, &n, err);
+    if (rc) return rc;
+    /* add_bos 1 on a tokenizer that adds none by itself: put BOS in front */
+    if (bos == 1 && bpe_bos_id(lm->tok) >= 0 && (n == 0 || ids[0] != bpe_bos_id(lm->tok))) {
+        int32_t *t = realloc(ids, (size_t)(n + 1) * sizeof *t);
+        if (!t) { free(ids); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+        ids = t;
+        memmove(ids + 1, ids, (size_t)n * sizeof *ids);
+        ids[0] = bpe_bos_id(lm->tok);
+        n++;
+    }
+    /* an empty prompt starts from BOS (or, without one, the EOS/pad token
+     * that opens documents in GPT-2-style training) */
+    if (n == 0) {
+        int32_t start = bpe_bos_id(lm->tok) >= 0 ? bpe_bos_id(lm->tok) : bpe_eos_id(lm->tok);
+        if (start >= 0) {
+            free(ids);
+            ids = malloc(sizeof *ids);
+            if (!ids) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+            ids[0] = start;
+            n = 1;
+        }
+    }
+    rc = gen_run(&lm->gen, ids, n, o, fn, user, stats, err);
+    free(ids);
+    return rc;
+}
+
+peftc_status peftc_lm_chat_format(const peftc_lm *lm, const peftc_chat_msg *msgs, int n, int add_generation_prompt,
+                                  char **out, peftc_error *err)
+{
+    peftc_status rc0 = need_tokenizer(lm, err);
+    if (rc0) return rc0;
+    bpe_chat_msg *m = malloc((size_t)(n > 0 ? n : 1) * sizeof *m);
+    if (!m) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) m[i] = (bpe_chat_msg){msgs[i].role, msgs[i].content};
+    peftc_status rc = bpe_chat_apply(lm->tok, m, n, add_generation_prompt, out, err);
+    free(m);
+    return rc;
+}
+
+peftc_status peftc_lm_logits(peftc_lm *lm, const int32_t *ids, int n, int all, float *logits, peftc_error *err)
+{
+    int V = decoder_get_info(lm->dec)->n_vocab;
+    if (n < 1 || n > lm->n_ctx)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "logits: %d tokens, the context holds %d", n, lm->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V) return peftc_fail(err, PEFTC_ERR_INPUT, "logits: token id %d outside the vocabulary (%d)", ids[i], V);
+    lm->gen.n_cached = 0;   /* the cache is overwritten from position 0 */
+    peftc_status rc = PEFTC_OK;
+    for (int i = 0; i < n && !rc; i += lm->n_batch) {
+        int k = n - i < lm->n_batch ? n - i : lm->n_batch;
+        rc = decoder_eval(lm->dec, lm->ds.n ? &lm->ds : NULL, &lm->pb, ids + i, k, i,
+                          all ? logits + (size_t)i * V : logits, all, err);
+    }
+    return rc;
+}
