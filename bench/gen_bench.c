@@ -88,7 +88,7 @@ int main(int argc, char **argv)
             if (peftc_lm_logits(lm, ids, n, 0, logits, &err)) { fprintf(stderr, "gen_bench: %s\n", err.msg); return 1; }
             if (r >= 0) t[r] = now() - t0;
         }
-        printf(", \"pp%d_tok_s\": %.2f", n, n / median(t, reps));
+        printf(", \"pp%d_tok_s\": %.2f, \"pp_tok_s\": %.2f", n, n / median(t, reps), n / median(t, reps));
         free(ids);
     }
     if (tg > 0) {
@@ -105,7 +105,7 @@ int main(int argc, char **argv)
              * last, which is sampled and not fed back) and the sampling */
             if (r >= 0) t[r] = st.gen_s / (st.gen_tokens > 1 ? st.gen_tokens - 1 : 1);
         }
-        printf(", \"tg%d_tok_s\": %.2f", tg, 1.0 / median(t, reps));
+        printf(", \"tg%d_tok_s\": %.2f, \"tg_tok_s\": %.2f", tg, 1.0 / median(t, reps), 1.0 / median(t, reps));
     }
     printf("}\n");
     free(logits);

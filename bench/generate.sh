@@ -41,28 +41,32 @@ stem=$(basename "$MODEL" .gguf); stem=${stem%.*}
 model_of() { if [ "$1" = "$srctype" ]; then echo "$MODEL"; else echo "$LLAMACPP_MODELS/$stem.$1.gguf"; fi; }
 
 # ---------------------------------------------------------------------------
-# peftc side: SKIPPED until `peftc generate` exists. The interface assumed here
-# (`peftc bench-gen ... ` printing {"pp_tok_s", "tg_tok_s", "rss_mb"}) is the
-# plan, not yet a real command: adjust peftc_run below when it lands.
+# peftc side: bench/gen_bench.c (the public peftc_lm_* API, measured as
+# llama-bench measures: pp N random tokens from an empty cache, tg 64 tokens
+# one at a time after BOS) printing {"pp_tok_s", "tg_tok_s"}; built with the
+# Makefile's flags into build/bench/gen_bench.
 # ---------------------------------------------------------------------------
 have_peftc=0
 if [ "${BENCH_NO_PEFTC:-0}" != 1 ]; then
     if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
         make -s --no-print-directory all >&2 || say "make all failed: the peftc side is skipped"
     fi
-    if [ -x "$PEFTC" ] && "$PEFTC" generate --help > /dev/null 2>&1; then
+    mkvar() { make -s --no-print-directory --eval='print-%: ; @echo $($*)' "print-$1"; }
+    mkdir -p build/bench
+    if [ -f build/libpeftc.a ] && $(mkvar CC) $(mkvar CFLAGS) -o build/bench/gen_bench bench/gen_bench.c build/libpeftc.a $(mkvar LDLIBS); then
         have_peftc=1
+        PEFTC_BENCH=build/bench/gen_bench
     else
-        say "peftc side SKIPPED: \`$PEFTC generate --help\` does not work (no decoder yet)"
+        say "peftc side SKIPPED: bench/gen_bench.c does not build"
     fi
 fi
 # peftc_run TYPE FILE: $GEN/peftc.TYPE.pN.{json,time,err} for N in 128 512
 peftc_run() {
     local t=$1 f=$2 n
     for n in 128 512; do
-        echo "+ $PEFTC bench-gen --model $f --threads $THREADS --prompt-tokens $n --gen-tokens 64 --reps $REPS" >&2
-        if ! /usr/bin/time -v -o "$GEN/peftc.$t.p$n.time" "$PEFTC" bench-gen --model "$f" --threads "$THREADS" \
-                --prompt-tokens "$n" --gen-tokens 64 --reps "$REPS" > "$GEN/peftc.$t.p$n.json" 2> "$GEN/peftc.$t.p$n.err"; then
+        echo "+ $PEFTC_BENCH $f --threads $THREADS --pp $n --tg 64 --reps $REPS" >&2
+        if ! /usr/bin/time -v -o "$GEN/peftc.$t.p$n.time" env ${PEFTC_ENV:-GOMP_SPINCOUNT=10000} "$PEFTC_BENCH" "$f" --threads "$THREADS" \
+                --pp "$n" --tg 64 --reps "$REPS" > "$GEN/peftc.$t.p$n.json" 2> "$GEN/peftc.$t.p$n.err"; then
             say "peftc bench-gen failed for $t (prompt $n): $(tail -1 "$GEN/peftc.$t.p$n.err")"
             echo '{"error": "'"$(tail -1 "$GEN/peftc.$t.p$n.err" | tr -d '"\\')"'"}' > "$GEN/peftc.$t.p$n.json"
         fi

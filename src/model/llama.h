@@ -52,6 +52,8 @@ typedef struct llama_weight {
     const void *data;
     int in, out;
     matmul_bf16 *bf16;           /* reserved: a packed bf16 copy (NULL) */
+    struct quant_packed *packed; /* quantised weights in the kernels' interleaved layout
+                                    (made once at load; the file's blocks are then not read) */
 } llama_weight;
 
 typedef struct llama_layer {
