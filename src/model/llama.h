@@ -22,6 +22,7 @@
 
 #include "core/core.h"
 #include "io/ggml_types.h"
+#include "io/gguf.h"
 #include "kernels/kernels.h"
 #include "peft/delta.h"
 
@@ -87,9 +88,9 @@ enum { LLAMA_LOAD_DEQUANT = 1 };
 peftc_status llama_load_ex(const char *path, unsigned flags, llama_model **out, peftc_error *err);
 void llama_free(llama_model *m);
 const llama_config *llama_model_config(const llama_model *m);
-/* The GGUF file the model came from (an io/gguf.h gguf_file *), or NULL for
- * an HF directory: its metadata holds the tokenizer. */
-const void *llama_model_gguf(const llama_model *m);
+/* The GGUF file the model came from, or NULL for an HF directory: its
+ * metadata holds the tokenizer (tokenizer.ggml.*). Owned by the model. */
+const gguf_file *llama_model_gguf(const llama_model *m);
 /* Block i's weights (merges re-point them) and the token embedding's type. */
 llama_layer *llama_model_layer(llama_model *m, int i);
 uint32_t llama_model_embd_type(const llama_model *m);
