@@ -280,6 +280,14 @@ void l2_normalize_rows(float *x, int N, int C);
 void adamw_update(float *params, const float *grads, float *m, float *v, size_t n,
                   float lr, float beta1, float beta2, float eps, float weight_decay, int t);
 
+/* Causal attention of n new tokens (positions pos..pos+n-1) over a KV cache
+ * holding positions 0..pos+n-1: q, out (n, n_heads*hd); K, V (>= pos+n,
+ * n_kv_heads*hd), grouped-query (head h reads KV head h / (n_heads /
+ * n_kv_heads)); scale 1/sqrt(hd); fp32 softmax. scores: per-thread scratch
+ * of scores_stride >= pos+n floats for every OpenMP thread. Inference only. */
+void attention_kv_forward(float *out, const float *q, const float *K, const float *V, int n, int pos, int n_heads,
+                          int n_kv_heads, int hd, float *scores, size_t scores_stride);
+
 /* Instruction-set tier of the kernels' inner loops. By default the best the
  * CPU supports is chosen at start-up (AVX-512 F/BW/DQ/VL, else AVX2+FMA, else
  * portable SSE2 code); the environment variable PEFTC_KERNELS_ISA =

@@ -713,36 +713,8 @@ static void site(const llama_run *run, int l, site_id s, const float *x, float *
 /* causal GQA attention of n queries at positions pos.. over cache rows 0..pos+n-1 */
 static void attention(llama_ctx *c, const llama_config *cf, int l, int n, int pos)
 {
-    int NH = cf->num_heads, hd = cf->head_dim, G = NH / cf->num_kv_heads;
-    size_t QD = (size_t)NH * hd, KVD = (size_t)cf->num_kv_heads * hd;
-    const float *K = c->k[l], *V = c->v[l];
-    float scale = 1.0f / sqrtf((float)hd);
-    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
-    for (int h = 0; h < NH; h++)
-        for (int i = 0; i < n; i++) {
-            float *s = c->scores + (size_t)omp_get_thread_num() * R16(c->n_ctx);
-            const float *q = c->q + (size_t)i * QD + (size_t)h * hd;
-            size_t ko = (size_t)(h / G) * hd;
-            int T = pos + i + 1;
-            float mx = -INFINITY;
-            for (int t = 0; t < T; t++) {
-                const float *k = K + (size_t)t * KVD + ko;
-                float d = 0;
-                for (int j = 0; j < hd; j++) d += q[j] * k[j];
-                s[t] = d * scale;
-                if (s[t] > mx) mx = s[t];
-            }
-            float sum = 0;
-            for (int t = 0; t < T; t++) { s[t] = expf(s[t] - mx); sum += s[t]; }
-            float inv = 1.0f / sum;
-            float *o = c->att + (size_t)i * QD + (size_t)h * hd;
-            for (int j = 0; j < hd; j++) o[j] = 0;
-            for (int t = 0; t < T; t++) {
-                const float *v = V + (size_t)t * KVD + ko;
-                float p = s[t] * inv;
-                for (int j = 0; j < hd; j++) o[j] += p * v[j];
-            }
-        }
+    attention_kv_forward(c->att, c->q, c->k[l], c->v[l], n, pos, cf->num_heads, cf->num_kv_heads, cf->head_dim,
+                         c->scores, R16(c->n_ctx));
 }
 
 peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, const int32_t *ids, int n, int pos,
