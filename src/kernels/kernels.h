@@ -284,7 +284,11 @@ void adamw_update(float *params, const float *grads, float *m, float *v, size_t 
  * holding positions 0..pos+n-1: q, out (n, n_heads*hd); K, V (>= pos+n,
  * n_kv_heads*hd), grouped-query (head h reads KV head h / (n_heads /
  * n_kv_heads)); scale 1/sqrt(hd); fp32 softmax. scores: per-thread scratch
- * of scores_stride >= pos+n floats for every OpenMP thread. Inference only. */
+ * of scores_stride >= ATTN_KV_QBLOCK * (pos+n) floats for every OpenMP
+ * thread. Prompts (n >= ATTN_KV_QBLOCK / 2) run in blocks of ATTN_KV_QBLOCK
+ * queries whose scores and weighted sums are two sgemms; decoding runs one
+ * row at a time. Inference only. */
+#define ATTN_KV_QBLOCK 32
 void attention_kv_forward(float *out, const float *q, const float *K, const float *V, int n, int pos, int n_heads,
                           int n_kv_heads, int hd, float *scores, size_t scores_stride);
 

@@ -611,7 +611,7 @@ peftc_status llama_ctx_init(llama_ctx *c, const llama_model *m, int n_ctx, int n
     size_t NB = (size_t)n_batch;
     int nth = omp_get_max_threads();
     size_t total = 2 * L * R16((size_t)n_ctx * KVD) + 3 * R16(NB * C) + 2 * R16(NB * QD) + 2 * R16(NB * F) +
-                   R16(NB * hd) + (size_t)nth * R16(n_ctx);
+                   R16(NB * hd) + (size_t)nth * ATTN_KV_QBLOCK * R16(n_ctx);
     c->block = peftc_alloc_aligned(total * sizeof(float));
     c->k = calloc(L, sizeof *c->k);
     c->v = calloc(L, sizeof *c->v);
@@ -627,7 +627,7 @@ peftc_status llama_ctx_init(llama_ctx *c, const llama_model *m, int n_ctx, int n
     TAKE(c->q, NB * QD); TAKE(c->att, NB * QD);
     TAKE(c->g, NB * F); TAKE(c->u, NB * F);
     TAKE(c->rope_cs, NB * hd);
-    TAKE(c->scores, (size_t)nth * n_ctx);
+    TAKE(c->scores, (size_t)nth * ATTN_KV_QBLOCK * R16(n_ctx));
 #undef TAKE
     c->n_ctx = n_ctx; c->n_batch = n_batch; c->n_threads = nth;
     return PEFTC_OK;
@@ -714,7 +714,7 @@ static void site(const llama_run *run, int l, site_id s, const float *x, float *
 static void attention(llama_ctx *c, const llama_config *cf, int l, int n, int pos)
 {
     attention_kv_forward(c->att, c->q, c->k[l], c->v[l], n, pos, cf->num_heads, cf->num_kv_heads, cf->head_dim,
-                         c->scores, R16(c->n_ctx));
+                         c->scores, (size_t)ATTN_KV_QBLOCK * R16(c->n_ctx));
 }
 
 peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, const int32_t *ids, int n, int pos,
