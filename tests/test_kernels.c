@@ -1893,6 +1893,9 @@ static void test_lowrank(void)
     /* ranks 1, 3, 8, 17, 64; widths off the vector width; N past one
      * 128-row block of the gradient sums, with a short last block */
     lowrank_case(1, 1, 1, 1, 1);
+    lowrank_case(1, 70, 37, 16, 1);    /* one or two rows (decoding): the direct dots */
+    lowrank_case(2, 33, 50, 32, 1);
+    lowrank_case(1, 40, 16, 5, 1);
     lowrank_case(7, 19, 23, 3, 1);
     lowrank_case(45, 70, 9, 1, 1);
     lowrank_case(37, 33, 47, 8, 1);

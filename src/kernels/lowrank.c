@@ -461,10 +461,59 @@ void lowrank_down_forward(float *z, float *scratch, const float *x, const float 
     }
 }
 
+#if KERN_X86
+/* h (OC) += alpha (B a + bias) for one row, R a multiple of 16: 16 outputs
+ * at a time, each a vector of products, then one transpose-and-add tree
+ * turns the 16 vectors into the 16 sums (a horizontal reduction per output
+ * would cost more than the products). */
+KERN_AVX512 static void lr_up_row_r16_avx512(float *h, const float *a, const float *B, const float *bias, float alpha,
+                                             int R, int OC)
+{
+    int o = 0;
+    for (; o + 16 <= OC; o += 16) {
+        __m512 v[16];
+        for (int u = 0; u < 16; u++) {
+            const float *b = B + (size_t)(o + u) * R;
+            __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(b), _mm512_loadu_ps(a));
+            for (int r = 16; r < R; r += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(b + r), _mm512_loadu_ps(a + r), acc);
+            v[u] = acc;
+        }
+        __m512 w[8], x[4];
+        for (int k = 0; k < 8; k++)   /* per 128-bit lane: v2k, v2k+1 halves summed, interleaved */
+            w[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]), _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+        for (int k = 0; k < 4; k++) { /* per 128-bit lane: the lane sums of v4k .. v4k+3 */
+            __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(w[2 * k]), _mm512_castps_pd(w[2 * k + 1]));
+            __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(w[2 * k]), _mm512_castps_pd(w[2 * k + 1]));
+            x[k] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+        }
+        /* across the four 128-bit lanes */
+        __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(x[0], x[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        __m512 z = _mm512_add_ps(_mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(x[2], x[3], _MM_SHUFFLE(3, 1, 3, 1)));
+        __m512 sum = _mm512_add_ps(_mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(y, z, _MM_SHUFFLE(3, 1, 3, 1)));
+        if (bias) sum = _mm512_add_ps(sum, _mm512_loadu_ps(bias + o));
+        _mm512_storeu_ps(h + o, _mm512_fmadd_ps(_mm512_set1_ps(alpha), sum, _mm512_loadu_ps(h + o)));
+    }
+    for (; o < OC; o++) {
+        float d = 0;
+        for (int r = 0; r < R; r++) d += a[r] * B[(size_t)o * R + r];
+        h[o] += alpha * (d + (bias ? bias[o] : 0.0f));
+    }
+}
+#endif
+
 void lowrank_up_forward(float *h, float *scratch, const float *a, const float *B, const float *bias, float alpha,
                         int N, int R, int OC)
 {
     if (N <= 0 || OC <= 0 || R <= 0) return;
+#if KERN_X86
+    if (N <= LR_SMALL_N && R % 16 == 0 && kern_isa_level >= KERNELS_ISA_AVX512) {
+        for (int n = 0; n < N; n++) lr_up_row_r16_avx512(h + (size_t)n * OC, a + (size_t)n * R, B, bias, alpha, R, OC);
+        return;
+    }
+#endif
     if (N <= LR_SMALL_N) { KERN_PICK(lr_small_up)(h, a, B, bias, alpha, N, R, OC); return; }
     lr_gemm_fn g = lr_pick();
     float *Bt = scratch;   /* (R, OC) */
