@@ -13,24 +13,13 @@
 #include <float.h>
 #include <omp.h>
 
-KERN_INLINE float dot_body(const float *a, const float *b, int n, const int F)
-{
-    float acc[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int u = 0; u < 16; u++) acc[u] = kern_madd(a[j + u], b[j + u], acc[u], F);
-    float d = 0;
-    for (int u = 0; u < 16; u++) d += acc[u];
-    for (; j < n; j++) d = kern_madd(a[j], b[j], d, F);
-    return d;
-}
 
 KERN_INLINE void attn_row_body(float *out, const float *q, const float *K, const float *V, size_t stride, int T,
                                int hd, float scale, float *s, const int F)
 {
     float mx = -FLT_MAX;
     for (int t = 0; t < T; t++) {
-        float d = dot_body(q, K + (size_t)t * stride, hd, F) * scale;
+        float d = kern_dot(q, K + (size_t)t * stride, hd, F) * scale;
         s[t] = d;
         mx = d > mx ? d : mx;
     }

@@ -343,6 +343,20 @@ KERN_INLINE float kern_madd(float a, float b, float c, const int F)
     return F ? __builtin_fmaf(a, b, c) : a * b + c;
 }
 
+/* sum a[j] b[j] with 16 partial sums, so each tier vectorises it (a plain
+ * loop is a serial reduction the compiler must keep in order) */
+KERN_INLINE float kern_dot(const float *a, const float *b, int n, const int F)
+{
+    float acc[16] = {0};
+    int j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int u = 0; u < 16; u++) acc[u] = kern_madd(a[j + u], b[j + u], acc[u], F);
+    float d = 0;
+    for (int u = 0; u < 16; u++) d += acc[u];
+    for (; j < n; j++) d = kern_madd(a[j], b[j], d, F);
+    return d;
+}
+
 /* a where cond else b, as bit operations: no branch for the compiler to sink work into */
 KERN_INLINE float kern_sel(int cond, float a, float b)
 {

@@ -411,23 +411,12 @@ static void lr_colsum(float *part, const float *d, int rows, int W, int acc)
  * packing the operand, as the blocked path does, would cost as much as the
  * product itself. 16 partial sums let each tier vectorise the dots. */
 #define LR_SMALL_N 2
-KERN_INLINE float lr_dot(const float *a, const float *b, int n, const int F)
-{
-    float acc[16] = {0};
-    int j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int u = 0; u < 16; u++) acc[u] = kern_madd(a[j + u], b[j + u], acc[u], F);
-    float d = 0;
-    for (int u = 0; u < 16; u++) d += acc[u];
-    for (; j < n; j++) d = kern_madd(a[j], b[j], d, F);
-    return d;
-}
 KERN_INLINE void lr_small_down_body(float *z, const float *x, const float *A, const float *bias, int N, int IC, int R,
                                     const int F)
 {
     for (int n = 0; n < N; n++)
         for (int r = 0; r < R; r++)
-            z[(size_t)n * R + r] = lr_dot(x + (size_t)n * IC, A + (size_t)r * IC, IC, F) + (bias ? bias[r] : 0.0f);
+            z[(size_t)n * R + r] = kern_dot(x + (size_t)n * IC, A + (size_t)r * IC, IC, F) + (bias ? bias[r] : 0.0f);
 }
 KERN_TIERS(lr_small_down, (float *z, const float *x, const float *A, const float *bias, int N, int IC, int R),
            z, x, A, bias, N, IC, R)
@@ -436,7 +425,7 @@ KERN_INLINE void lr_small_up_body(float *h, const float *a, const float *B, cons
 {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++)
-            h[(size_t)n * OC + o] += alpha * (lr_dot(a + (size_t)n * R, B + (size_t)o * R, R, F) + (bias ? bias[o] : 0.0f));
+            h[(size_t)n * OC + o] += alpha * (kern_dot(a + (size_t)n * R, B + (size_t)o * R, R, F) + (bias ? bias[o] : 0.0f));
 }
 KERN_TIERS(lr_small_up, (float *h, const float *a, const float *B, const float *bias, float alpha, int N, int R, int OC),
            h, a, B, bias, alpha, N, R, OC)

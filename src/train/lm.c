@@ -31,11 +31,15 @@ void peftc_lm_opts_default(peftc_lm_opts *o)
 void peftc_gen_opts_default(peftc_gen_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->temperature = 0.0f;
-    o->top_p = 1.0f;
-    o->repeat_penalty = 1.0f;
-    o->repeat_last_n = 64;
-    o->seed = 42;
+    sampler_opts so;
+    sampler_opts_default(&so);   /* one place for the sampling defaults */
+    o->temperature = so.temperature;
+    o->top_k = so.top_k;
+    o->top_p = so.top_p;
+    o->min_p = so.min_p;
+    o->repeat_penalty = so.repeat_penalty;
+    o->repeat_last_n = so.repeat_last_n;
+    o->seed = so.seed;
     o->max_new_tokens = 256;
     o->add_bos = -1;
 }
