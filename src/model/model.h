@@ -83,6 +83,11 @@ typedef struct model_run {
     float *d_prefix_kv;
     const float *prefix_gate_w, *prefix_gate_b;
     float *d_prefix_gate_w, *d_prefix_gate_b;
+    /* decoders: packed rows. segments (B*T; NULL = one sequence per row)
+     * gives each token's example index within its row: attention stays
+     * inside a segment (and is causal), and positions restart at 0 at each
+     * segment's first token. Encoders ignore it. */
+    const int32_t *segments;
 } model_run;
 
 /* One base tensor: for full fine-tuning, BitFit, trained norms. */
@@ -148,6 +153,16 @@ struct model_family {
     /* Some frozen floats that identify the checkpoint (a training run's
      * signature hashes them); *n their count. */
     const float *(*weights_sample)(const peftc_model *m, size_t *n);
+
+    /* ---- causal LM head (decoders; NULL in encoders). hidden() is then
+     * after the final norm. lm_head: logits (N, vocab) of N hidden rows
+     * (N, C), whatever the output weight's storage (tied embedding,
+     * quantised). lm_head_backward: d_h (N, C) += d_logits (N, vocab) @ W;
+     * d_w (vocab, C; NULL = frozen) += d_logits^T h. The causal-LM task
+     * calls them on chunks of the rows that carry a loss only. */
+    void (*lm_head)(const peftc_model *m, const float *h, int N, float *logits);
+    void (*lm_head_backward)(const peftc_model *m, const float *h, const float *d_logits, int N, float *d_h,
+                             float *d_w);
 
     /* ---- PEFT names (adapter files Hugging Face PEFT loads) */
     const char *peft_prefix;    /* of the base tensors: "base_model.model.bert." */

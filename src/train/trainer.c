@@ -2,6 +2,7 @@
  * gradient accumulation and clipping, evaluation, atomic checkpoints and
  * bit-exact resume. Nothing is allocated inside a step. */
 #include "train/eval.h"
+#include "train/checkpoint.h"
 #include "kernels/kernels.h"
 #include "io/safetensors.h"
 
@@ -119,64 +120,6 @@ static uint64_t run_signature(const task *t, const peftc_train_opts *o)
     return h;
 }
 
-typedef struct train_state {
-    int step, epoch, pos;     /* optimizer steps done; epoch; next row of the epoch order */
-    uint64_t rng;
-} train_state;
-
-static peftc_status save_checkpoint(const task *t, const peftc_train_opts *o, const train_state *s, uint64_t run_sig, peftc_error *err)
-{
-    char path[4096], sig[32], step[32], epoch[32], pos[32], rng[32];
-    peftc_status rc = peftc_path_join(path, sizeof path, o->out_dir, "checkpoint.safetensors", err);
-    if (rc) return rc;
-    snprintf(sig, sizeof sig, "%016" PRIx64, run_sig);
-    snprintf(step, sizeof step, "%d", s->step);
-    snprintf(epoch, sizeof epoch, "%d", s->epoch);
-    snprintf(pos, sizeof pos, "%d", s->pos);
-    snprintf(rng, sizeof rng, "%" PRIu64, s->rng);
-    const char *meta[] = {"peftc_signature", sig, "step", step, "epoch", epoch, "pos", pos, "rng", rng,
-                          "method", t->mo.name, "model", o->model_dir, NULL};
-    st_write_item items[3] = {
-        {"params", 1, {(int64_t)t->pb.total}, t->pb.p},
-        {"adam_m", 1, {(int64_t)t->pb.total}, t->pb.m},
-        {"adam_v", 1, {(int64_t)t->pb.total}, t->pb.v},
-    };
-    return st_write_f32(path, items, 3, meta, err);
-}
-
-static peftc_status load_checkpoint(task *t, const peftc_train_opts *o, train_state *s, uint64_t run_sig, peftc_error *err)
-{
-    char path[4096];
-    peftc_status rc = peftc_path_join(path, sizeof path, o->resume_dir, "checkpoint.safetensors", err);
-    if (rc) return rc;
-    if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: no checkpoint to resume from (train with --save-every N)", path);
-    peftc_safetensors *st;
-    if ((rc = peftc_safetensors_open(path, &st, err))) return rc;
-    char sig[32];
-    snprintf(sig, sizeof sig, "%016" PRIx64, run_sig);
-    const char *ssig = st_metadata(st, "peftc_signature"), *meth = st_metadata(st, "method");
-    const st_tensor *p = st_find(st, "params"), *m = st_find(st, "adam_m"), *v = st_find(st, "adam_v");
-    const char *vals[4] = {st_metadata(st, "step"), st_metadata(st, "epoch"), st_metadata(st, "pos"), st_metadata(st, "rng")};
-    if (!ssig || !meth || !p || !m || !v || !vals[0] || !vals[1] || !vals[2] || !vals[3])
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a peftc checkpoint", path);
-    else if (strcmp(meth, t->mo.name))
-        rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint of method '%s', but --method is '%s'", path, meth, t->mo.name);
-    else if (strcmp(ssig, sig) || (size_t)p->numel != t->pb.total || (size_t)m->numel != t->pb.total || (size_t)v->numel != t->pb.total ||
-             p->dtype != ST_F32)
-        rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint from another model, method options, batch size or seed", path);
-    if (!rc) {
-        memcpy(t->pb.p, p->data, t->pb.total * sizeof(float));
-        memcpy(t->pb.m, m->data, t->pb.total * sizeof(float));
-        memcpy(t->pb.v, v->data, t->pb.total * sizeof(float));
-        s->step = atoi(vals[0]);
-        s->epoch = atoi(vals[1]);
-        s->pos = atoi(vals[2]);
-        s->rng = strtoull(vals[3], NULL, 10);
-    }
-    peftc_safetensors_free(st);
-    return rc;
-}
-
 static peftc_status write_metrics(const peftc_train_opts *o, const task *t, const peftc_eval_result *ev, int have_eval,
                                   int steps, int epochs_done, double tok_s, double secs, double final_loss, peftc_error *err)
 {
@@ -291,7 +234,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
     if (o->resume_dir) {
-        if ((rc = load_checkpoint(&t, o, &s, run_sig, err))) goto out;
+        if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &s, err))) goto out;
         rng.state = s.rng;
     }
     epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
@@ -374,7 +317,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         int stopping = o->stop_after > 0 && s.step >= o->stop_after && s.step < total;
         if ((o->save_every > 0 && s.step % o->save_every == 0) || stopping) {
             s.rng = rng.state;
-            if ((rc = save_checkpoint(&t, o, &s, run_sig, err))) goto out;
+            if ((rc = checkpoint_save(o->out_dir, &t.pb, t.mo.name, o->model_dir, &s, run_sig, err))) goto out;
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             emit(progress, user, &pr);
         }

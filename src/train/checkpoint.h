@@ -1,0 +1,22 @@
+/* checkpoint.h: save and resume a training run's state (internal). */
+#ifndef PEFTC_CHECKPOINT_H
+#define PEFTC_CHECKPOINT_H
+
+#include "core/core.h"
+#include "train/params.h"
+
+typedef struct train_state {
+    int step, epoch, pos;     /* optimizer steps done; epoch; next row of the epoch order */
+    uint64_t rng;
+} train_state;
+
+/* out_dir/checkpoint.safetensors: pb's values and moments, s, the run's
+ * signature (what the checkpoint belongs to), the method and model names. */
+peftc_status checkpoint_save(const char *out_dir, const param_block *pb, const char *method, const char *model,
+                             const train_state *s, uint64_t run_sig, peftc_error *err);
+/* Reads resume_dir/checkpoint.safetensors into pb and s; refuses one of
+ * another method or signature. */
+peftc_status checkpoint_load(const char *resume_dir, param_block *pb, const char *method, uint64_t run_sig,
+                             train_state *s, peftc_error *err);
+
+#endif
