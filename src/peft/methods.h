@@ -5,6 +5,7 @@
 
 #include "model/model.h"
 #include "peft/delta.h"
+#include "peft/adalora.h"
 #include "peft/prompt.h"
 #include "peft/prefix.h"
 #include "train/params.h"
@@ -25,7 +26,10 @@ typedef struct method_opts {
     float alpha;
     float dropout;
     int rslora;
-    unsigned targets;         /* bit (1 << site_id) per LoRA target */
+    unsigned targets;         /* bit (1 << site_id) per LoRA (or AdaLoRA) target */
+    /* AdaLoRA: SVD deltas of rank ada.init_r on the targets (r = init_r, alpha, dropout, targets above) */
+    int adalora;
+    peftc_adalora_opts ada;
     prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
     prefix_spec prefix;       /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT) */
 } method_opts;
@@ -47,6 +51,7 @@ typedef struct method_args {
     int encoder_hidden;
     int prefix_len;           /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;    /* 1 / -1: reparameterise with an MLP while training or not; 0: the preset's default */
+    const peftc_adalora_opts *adalora;   /* adalora (NULL: PEFT's defaults) */
 } method_args;
 
 /* Builds a preset for a model (widths decide the default bottlenecks). */
@@ -62,6 +67,8 @@ peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *e
 /* The PEFT target_modules name of a linear site in a family (query, key, ...). */
 const char *lora_module_name(const model_family *f, site_id s);
 float lora_scale(const method_opts *mo);
+/* AdaLoRA's SVDLinear scale: lora_alpha / (ranknum + 1e-5), ranknum = init_r */
+float adalora_scale(const method_opts *mo);
 
 /* Declares the method's trainable tensors (base copies and deltas) in pb/ds,
  * with PEFT-style names (the family's peft_prefix, then its module paths). */

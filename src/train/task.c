@@ -61,6 +61,7 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
+    if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
     if (mo->prompt.n_virtual > 0) {
         if ((rc = prompt_alloc(&t->prompt, err))) return rc;
         prompt_init(&t->prompt, &t->pb, f->word_embeddings(m), c->vocab_size, NULL, 0, rng);
@@ -161,6 +162,7 @@ void task_free(task *t)
     free(t->d_hidden);
     prompt_free(&t->prompt);
     prefix_free(&t->prefix);
+    adalora_free(&t->ada);
     memset(t, 0, sizeof *t);
 }
 
@@ -224,6 +226,7 @@ int64_t task_trainable_count(const task *t)
 
 static const char *peft_type(const method_opts *mo)
 {
+    if (mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "ADALORA";
     if (mo->lora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "LORA";
     if (!strcmp(mo->name, "ia3")) return "IA3";
     return "PEFTC"; /* this project's own methods: described by the "peftc" object */
@@ -286,6 +289,43 @@ static json_t *target_modules_json(const model_family *f, unsigned mask)
     return json_string(re);
 }
 
+/* AdaLoraConfig as PEFT saves it: LoraConfig's fields, the schedule and the
+ * rank pattern ({"<module>.lora_E": [kept...]}, null before any masking) */
+static void adalora_config_json(const task *t, json_t *cfg)
+{
+    const method_opts *mo = &t->mo;
+    const peftc_adalora_opts *o = t->ada.on ? &t->ada.o : &mo->ada;
+    json_object_set_new(cfg, "r", json_integer(8));   /* LoraConfig's default: AdaLoRA ignores r */
+    json_object_set_new(cfg, "init_r", json_integer(o->init_r));
+    json_object_set_new(cfg, "target_r", json_integer(o->target_r));
+    json_object_set_new(cfg, "tinit", json_integer(o->tinit));
+    json_object_set_new(cfg, "tfinal", json_integer(o->tfinal));
+    json_object_set_new(cfg, "deltaT", json_integer(o->delta_t));
+    json_object_set_new(cfg, "beta1", json_real(o->beta1));
+    json_object_set_new(cfg, "beta2", json_real(o->beta2));
+    json_object_set_new(cfg, "orth_reg_weight", json_real(o->orth_reg_weight));
+    json_object_set_new(cfg, "total_step", o->total_step > 0 ? json_integer(o->total_step) : json_null());
+    json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
+    json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
+    json_object_set_new(cfg, "use_rslora", json_false());
+    json_object_set_new(cfg, "use_dora", json_false());
+    json_object_set_new(cfg, "target_modules", target_modules_json(t->m->family, mo->targets));
+    json_object_set_new(cfg, "bias", json_string("none"));
+    json_object_set_new(cfg, "fan_in_fan_out", json_false());
+    json_object_set_new(cfg, "init_lora_weights", json_true());
+    json_object_set_new(cfg, "layers_to_transform", json_null());
+    json_object_set_new(cfg, "alpha_pattern", json_object());
+    if (!t->ada.on || t->ada.flags[0] == 0) { json_object_set_new(cfg, "rank_pattern", json_null()); return; }
+    json_t *rp = json_object();
+    for (int i = 0; i < t->ada.n_mod; i++) {
+        const adalora_module *m = &t->ada.mod[i];
+        json_t *row = json_array();
+        for (int k = 0; k < m->r; k++) json_array_append_new(row, json_boolean(t->ada.keep[m->tri + k] != 0.0f));
+        json_object_set_new(rp, m->key, row);
+    }
+    json_object_set_new(cfg, "rank_pattern", rp);
+}
+
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err)
 {
     peftc_status mk = peftc_mkdir_p(dir, err);
@@ -328,6 +368,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "rank_pattern", json_object());
         json_object_set_new(cfg, "alpha_pattern", json_object());
     }
+    if (mo->adalora) adalora_config_json(t, cfg);
     json_t *own = json_object();
     json_object_set_new(own, "method", json_string(mo->name));
     json_object_set_new(own, "base", json_string(mo->base == BASE_ALL ? "all" : mo->base == BASE_BIAS ? "bias" : "none"));
@@ -382,7 +423,9 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     if (rc) return rc;
 
     st_write_item *items = calloc((size_t)t->pb.n + 1, sizeof *items);
-    if (!items) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    /* AdaLoRA's tensors cut to the rank pattern, as PEFT saves them */
+    float *cut = t->ada.on ? malloc(t->pb.total * sizeof(float)) : NULL;
+    if (!items || (t->ada.on && !cut)) { free(items); free(cut); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     int ni = 0;
     for (int i = 0; i < t->pb.n; i++) {
         const param_entry *e = &t->pb.e[i];
@@ -391,6 +434,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         items[ni].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
         items[ni].data = params_value(&t->pb, i);
+        if (cut && adalora_compact(&t->ada, &t->pb, i, cut + e->offset, items[ni].shape)) items[ni].data = cut + e->offset;
         ni++;
     }
     if (mo->prefix.n > 0 && mo->prefix.project) {
@@ -407,6 +451,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     if (!(rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
         rc = st_write_f32(path, items, ni, NULL, err);
     free(items);
+    free(cut);
     return rc;
 }
 
