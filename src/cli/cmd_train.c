@@ -98,8 +98,9 @@ int cmd_train(cli_args *a)
     o.adalora.total_step = cli_opt_int(a, "--total-step", 0, 1, 1 << 30, &ok);
     o.adalora.beta1 = (float)cli_opt_double(a, "--beta1", 0, 1e-6, 0.999999, &ok);
     o.adalora.beta2 = (float)cli_opt_double(a, "--beta2", 0, 1e-6, 0.999999, &ok);
-    o.adalora.orth_reg_set = cli_opt(a, "--orth-reg-weight") != NULL;
-    o.adalora.orth_reg_weight = (float)cli_opt_double(a, "--orth-reg-weight", 0, 0, 1e6, &ok);
+    double orth = cli_opt_double(a, "--orth-reg-weight", -1, 0, 1e6, &ok);   /* -1: unset (0 is a valid weight) */
+    o.adalora.orth_reg_set = orth >= 0;
+    o.adalora.orth_reg_weight = orth >= 0 ? (float)orth : 0.0f;
     o.epochs = cli_opt_int(a, "--epochs", o.epochs, 1, 100000, &ok);
     o.max_steps = cli_opt_int(a, "--max-steps", 0, 1, 1 << 30, &ok);
     o.batch = cli_opt_int(a, "--batch", o.batch, 1, 65536, &ok);

@@ -246,7 +246,6 @@ static void mask_to_budget(adalora_state *a, param_block *pb, int budget)
         }
     }
     a->flags[0] = 1.0f;
-    a->flags[1] = (float)budget;
 }
 
 /* AdaLoraModel.update_and_allocate(global_step) */
@@ -257,13 +256,18 @@ void adalora_update(adalora_state *a, param_block *pb, int step)
     if (step < end) {
         update_ipt(a, pb);
         int budget = budget_schedule(a, step, &mask_ind);
+        a->flags[1] = (float)budget;
         if (mask_ind) mask_to_budget(a, pb, budget);
     } else if (step == end) {
         /* the final allocation (force_mask), then RankAllocator.reset_ipt */
-        mask_to_budget(a, pb, budget_schedule(a, step, &mask_ind));
+        int budget = budget_schedule(a, step, &mask_ind);
+        a->flags[1] = (float)budget;
+        mask_to_budget(a, pb, budget);
         memset(a->ipt_ema, 0, pb->total * sizeof(float));
         memset(a->unc_ema, 0, pb->total * sizeof(float));
-    } else if (a->flags[0] != 0) {
+    } else {
+        a->flags[1] = (float)a->target_bgt;
+        if (a->flags[0] == 0) return;
         /* mask_using_rank_pattern: the optimizer moved the masked E; zero them again */
         for (int i = 0; i < a->n_mod; i++) {
             float *E = params_value(pb, a->mod[i].p_e);

@@ -34,7 +34,7 @@ typedef struct adalora_state {
     int init_bgt, target_bgt;  /* total triplets; target_r * modules */
     float *ipt_ema, *unc_ema;  /* (pb->total) exp_avg_ipt, exp_avg_unc in the block's layout */
     float *keep;               /* (init_bgt) 1 kept, 0 masked: the last rank pattern */
-    float flags[2];            /* [0]: a rank pattern exists; [1]: the last budget */
+    float flags[2];            /* [0]: a rank pattern exists; [1]: the budget of the last step (saved in checkpoints) */
     double *score, *sorted;    /* (init_bgt) triplet scores, kth-value scratch */
     double *cov;               /* (r_max^2) */
 } adalora_state;

@@ -291,6 +291,14 @@ static json_t *target_modules_json(const model_family *f, unsigned mask)
 
 /* AdaLoraConfig as PEFT saves it: LoraConfig's fields, the schedule and the
  * rank pattern ({"<module>.lora_E": [kept...]}, null before any masking) */
+/* a float option as the decimal it was given as (0.85, not 0.850000024) */
+static json_t *json_float(float x)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.7g", x);
+    return json_real(strtod(b, NULL));
+}
+
 static void adalora_config_json(const task *t, json_t *cfg)
 {
     const method_opts *mo = &t->mo;
@@ -301,12 +309,12 @@ static void adalora_config_json(const task *t, json_t *cfg)
     json_object_set_new(cfg, "tinit", json_integer(o->tinit));
     json_object_set_new(cfg, "tfinal", json_integer(o->tfinal));
     json_object_set_new(cfg, "deltaT", json_integer(o->delta_t));
-    json_object_set_new(cfg, "beta1", json_real(o->beta1));
-    json_object_set_new(cfg, "beta2", json_real(o->beta2));
-    json_object_set_new(cfg, "orth_reg_weight", json_real(o->orth_reg_weight));
+    json_object_set_new(cfg, "beta1", json_float(o->beta1));
+    json_object_set_new(cfg, "beta2", json_float(o->beta2));
+    json_object_set_new(cfg, "orth_reg_weight", json_float(o->orth_reg_weight));
     json_object_set_new(cfg, "total_step", o->total_step > 0 ? json_integer(o->total_step) : json_null());
-    json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
-    json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
+    json_object_set_new(cfg, "lora_alpha", json_float(mo->alpha));
+    json_object_set_new(cfg, "lora_dropout", json_float(mo->dropout));
     json_object_set_new(cfg, "use_rslora", json_false());
     json_object_set_new(cfg, "use_dora", json_false());
     json_object_set_new(cfg, "target_modules", target_modules_json(t->m->family, mo->targets));
