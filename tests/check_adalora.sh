@@ -15,9 +15,12 @@
 #      norms; the saved adapter: AdaLoraConfig fields, rank_pattern, tensor
 #      shapes as PEFT's save_pretrained; peft.PeftModel.from_pretrained loads
 #      it and gives peftc's eval loss (1e-5), and PEFT's own model's logits;
-#   3. resume: a run stopped after step 8 and resumed equals the straight run
+#   3. peftc eval loads AdaLoRA adapters (per-module ranks from rank_pattern):
+#      its own, unmerged and merged, and PEFT's save_pretrained of the oracle
+#      run: the loss equals training's eval_loss / PEFT's (2e-6, printed to 6 places);
+#   4. resume: a run stopped after step 8 and resumed equals the straight run
 #      bit for bit (adapter and checkpoint, EMAs included);
-#   4. bad input: target_r > init_r, no budgeting phase (tinit + tfinal >=
+#   5. bad input: target_r > init_r, no budgeting phase (tinit + tfinal >=
 #      total steps), --r with adalora: one line, non-zero exit.
 # Float32 vs float64: the parameters follow PEFT's to ~1e-6 relative; the
 # EMAs are products |p g| of float32 gradients (relative ~1e-4 where
@@ -53,6 +56,49 @@ for k in $(seq 1 $STEPS); do
 done
 [ $runs_ok = 1 ] && ok "peftc train --method adalora: $STEPS runs, stopped after steps 1..$STEPS"
 [ $runs_ok = 1 ] && tally "$("$PY" tests/ref_adalora.py compare "$FX" "$FX/runs" "$FX/runs/$STEPS.log" 2>&1)"
+
+# ---- peftc loads AdaLoRA adapters: its own (unmerged and merged) and PEFT's
+# save_pretrained (labels added: PEFT's config has none; float32 tensors), same loss as the
+# run's metrics.json / PEFT's own model
+loss_of() { timeout 60 ./peftc eval --model "$FX/model" --data "$FX/train.tsv" "$@" 2>&1 |
+            "$PY" -c 'import json,sys; print(json.loads(sys.stdin.read())["loss"])' 2>/dev/null; }
+want=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["eval_loss"])' "$FX/runs/$STEPS/metrics.json" 2>/dev/null)
+for mode in unmerged merged; do
+    flag=(); [ $mode = merged ] && flag=(--merge)
+    got=$(loss_of --adapter "$FX/runs/$STEPS" "${flag[@]}")
+    if [ -n "$got" ] && [ -n "$want" ] && "$PY" -c "import sys; sys.exit(abs($got - $want) > 2e-6)"; then
+        ok "peftc eval of its AdaLoRA adapter ($mode, ranks cut by rank_pattern): loss $got = training's eval_loss $want"
+    else
+        bad "peftc eval ($mode) of the AdaLoRA adapter: loss '$got' vs training's '$want'"
+    fi
+done
+rm -rf "$FX/peft_labelled" && cp -r "$FX/peft_saved" "$FX/peft_labelled"
+"$PY" - "$FX/peft_labelled/adapter_config.json" <<'PYEOF'
+import json, os, sys
+from safetensors.numpy import load_file, save_file
+c = json.load(open(sys.argv[1]))
+c["peftc"] = {"labels": ["0", "1"], "max_len": 32}
+json.dump(c, open(sys.argv[1], "w"))
+st = os.path.join(os.path.dirname(sys.argv[1]), "adapter_model.safetensors")   # the oracle ran in float64
+save_file({k: v.astype("float32") for k, v in load_file(st).items()}, st, metadata={"format": "pt"})
+PYEOF
+got=$(loss_of --adapter "$FX/peft_labelled")
+want=$("$PY" - "$FX" <<'PYEOF'
+import sys, numpy as np
+from safetensors.numpy import load_file
+sys.path.insert(0, "tests")
+import ref_train as R
+import torch
+z = torch.from_numpy(load_file(sys.argv[1] + "/ref.safetensors")["logits"])
+_, _, _, y = R.encode_batch(sys.argv[1])
+print(float(torch.nn.functional.cross_entropy(z, y)))
+PYEOF
+)
+if [ -n "$got" ] && [ -n "$want" ] && "$PY" -c "import sys; sys.exit(abs($got - $want) > 2e-6)"; then
+    ok "peftc eval of PEFT's own trained AdaLoRA adapter (its rank_pattern, resized tensors): loss $got = PEFT's $want"
+else
+    bad "peftc eval of PEFT's adapter: loss '$got' vs PEFT's '$want'"
+fi
 
 # ---- resume: stop after 8, resume, equal to the straight run bit for bit
 rm -rf "$FX/resume"

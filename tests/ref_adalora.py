@@ -59,7 +59,7 @@ TOL_EMA = 1e-4     # exp_avg_ipt, exp_avg_unc: products |p g| of float32 gradien
 TOL_LOSS = 1e-4    # the log prints 4 decimals
 TOL_NORM = 1e-3    # the log prints 3 decimals
 TOL_LOGITS = 1e-5  # PEFT-loaded (float32) vs the same adapter in peftc: same weights
-TOL_LOGITS_TRAJ = 2e-4  # vs the float64 oracle after STEPS steps
+TOL_LOGITS_TRAJ = 2e-5  # vs the float64 oracle after STEPS steps (measured 6.8e-7)
 
 
 class Tally:

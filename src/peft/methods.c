@@ -66,6 +66,35 @@ float adalora_scale(const method_opts *mo)
     return (float)(mo->alpha / (double)((float)mo->r + 1e-5f));
 }
 
+int adalora_key_site(const char *key, int *layer, site_id *site)
+{
+    char full[PARAM_NAME_MAX * 2];
+    /* the key is the parameter's name inside PEFT's wrapper, base_model.model. */
+    snprintf(full, sizeof full, "base_model.model.%s", key);
+    size_t n = strlen(full), tail = strlen(".lora_E");
+    if (n <= tail || strcmp(full + n - tail, ".lora_E")) return 0;
+    full[n - tail] = 0;
+    for (int i = 0; model_families[i]; i++) {
+        const model_family *f = model_families[i];
+        const char *pct = f->layer_path ? strstr(f->layer_path, "%d") : NULL;
+        size_t lp = strlen(f->peft_prefix);
+        if (!pct || strncmp(full, f->peft_prefix, lp)) continue;
+        const char *p = full + lp;
+        size_t pre = (size_t)(pct - f->layer_path);
+        if (strncmp(p, f->layer_path, pre)) continue;
+        p += pre;
+        char *end;
+        long l = strtol(p, &end, 10);
+        if (end == p || l < 0 || l >= ADALORA_MAX_LAYERS) continue;
+        const char *post = pct + 2;
+        if (strncmp(end, post, strlen(post)) || end[strlen(post)] != '.') continue;
+        const char *mod = end + strlen(post) + 1;
+        for (int s = 0; s < SITE_LINEAR_END; s++)
+            if (f->site_module[s] && !strcmp(mod, f->site_module[s])) { *layer = (int)l; *site = (site_id)s; return 1; }
+    }
+    return 0;
+}
+
 static int base_trains(const method_opts *mo, const model_tensor *r)
 {
     if (mo->base == BASE_ALL) return 1;
@@ -119,6 +148,13 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
                 if (!f->site(m, l, (site_id)st, &in, &out) || !f->site_module[st])
                     return peftc_fail(err, PEFTC_ERR_INPUT, "LoRA target %s: a %s model has no such linear layer",
                                       site_name((site_id)st), f->name);
+                int r_kept = mo->r;   /* a loaded AdaLoRA adapter: the module's kept triplets (0: no module) */
+                if (mo->adalora && mo->ada_ranks) {
+                    if (l >= ADALORA_MAX_LAYERS)
+                        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "AdaLoRA adapters of more than %d layers", ADALORA_MAX_LAYERS);
+                    if ((r_kept = mo->ada_rank[l][st]) == 0) continue;
+                    if (r_kept > mo->r) return peftc_fail(err, PEFTC_ERR_FORMAT, "rank_pattern: %d kept triplets of init_r %d", r_kept, mo->r);
+                }
                 if (mo->r <= 0 || mo->r > (in < out ? in : out))
                     return peftc_fail(err, PEFTC_ERR_INPUT, "%s %d must be in [1, %d], the width of %s",
                                       mo->adalora ? "--init-r" : "--r", mo->r,
@@ -126,7 +162,7 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
                 delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = (site_id)st, .insert = INSERT_PARALLEL,
                                  .act = ACT_IDENTITY, .compose = COMPOSE_SCALE, .scale = lora_scale(mo),
                                  .dropout = mo->dropout, .r = mo->r, .bias = 0, .init_lora = 1, .lora_names = 1};
-                if (mo->adalora) { sp.kind = DELTA_SVD; sp.scale = adalora_scale(mo); }
+                if (mo->adalora) { sp.kind = DELTA_SVD; sp.scale = adalora_scale(mo); sp.r = r_kept; }
                 char prefix[PARAM_NAME_MAX];
                 module_name(f, l, f->site_module[st], prefix, sizeof prefix);
                 peftc_status rc = delta_add(ds, pb, l, in, out, &sp, prefix, err);

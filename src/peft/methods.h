@@ -13,6 +13,7 @@
 typedef enum base_train { BASE_NONE, BASE_ALL, BASE_BIAS } base_train;
 
 #define METHOD_MAX_DELTAS 16
+#define ADALORA_MAX_LAYERS 256   /* per-module ranks of a loaded AdaLoRA adapter */
 
 typedef struct method_opts {
     char name[32];            /* the preset ("lora", "adapter-houlsby", "custom", ...) */
@@ -30,6 +31,8 @@ typedef struct method_opts {
     /* AdaLoRA: SVD deltas of rank ada.init_r on the targets (r = init_r, alpha, dropout, targets above) */
     int adalora;
     peftc_adalora_opts ada;
+    int ada_ranks;            /* a loaded adapter: each module's kept rank (its rank_pattern) in ada_rank */
+    unsigned short ada_rank[ADALORA_MAX_LAYERS][SITE_COUNT];
     prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
     prefix_spec prefix;       /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT) */
 } method_opts;
@@ -69,6 +72,9 @@ const char *lora_module_name(const model_family *f, site_id s);
 float lora_scale(const method_opts *mo);
 /* AdaLoRA's SVDLinear scale: lora_alpha / (ranknum + 1e-5), ranknum = init_r */
 float adalora_scale(const method_opts *mo);
+/* The (layer, site) of a rank_pattern key ("bert.encoder.layer.3.attention.self.value.lora_E")
+ * in any registered family; 1 if recognised. */
+int adalora_key_site(const char *key, int *layer, site_id *site);
 
 /* Declares the method's trainable tensors (base copies and deltas) in pb/ds,
  * with PEFT-style names (the family's peft_prefix, then its module paths). */

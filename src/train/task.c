@@ -463,6 +463,50 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     return rc;
 }
 
+/* An AdaLoraConfig (PEFT's or peftc's): the SVD deltas at init_r's scale,
+ * each module at its rank_pattern's kept rank (the saved tensors' rows). */
+static peftc_status adalora_read_config(json_t *cfg, method_opts *mo, const char *path, peftc_error *err)
+{
+    json_t *v, *tm = json_object_get(cfg, "target_modules"), *rp = json_object_get(cfg, "rank_pattern");
+    mo->adalora = 1;
+    mo->ada.init_r = json_is_integer(v = json_object_get(cfg, "init_r")) ? (int)json_integer_value(v) : 12;
+    mo->ada.target_r = json_is_integer(v = json_object_get(cfg, "target_r")) ? (int)json_integer_value(v) : 8;
+    mo->r = mo->ada.init_r;
+    mo->alpha = json_is_number(v = json_object_get(cfg, "lora_alpha")) ? (float)json_number_value(v) : 8.0f;
+    /* scaling = lora_alpha if lora_alpha > 0 else r (SVDLinear.update_layer) */
+    if (!(mo->alpha > 0)) mo->alpha = (float)mo->r;
+    if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
+    if (mo->r <= 0 || mo->r > 1 << 16) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: init_r %d out of range", path, mo->r);
+    size_t i;
+    json_t *e;
+    unsigned mask = 0;
+    if (json_is_array(tm)) {
+        json_array_foreach(tm, i, e) {
+            unsigned one;
+            if (json_is_string(e) && !lora_parse_targets(json_string_value(e), &one, NULL)) mask |= one;
+        }
+    }
+    if (json_is_object(rp)) {   /* the modules are the pattern's keys; each keeps its true entries */
+        const char *key;
+        mo->ada_ranks = 1;
+        mask = 0;
+        json_object_foreach(rp, key, v) {
+            int layer;
+            site_id site;
+            if (!adalora_key_site(key, &layer, &site) || !json_is_array(v) || json_array_size(v) != (size_t)mo->r)
+                return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: rank_pattern entry '%s' is not a known module with %d flags",
+                                  path, key, mo->r);
+            int kept = 0;
+            json_array_foreach(v, i, e) kept += json_is_true(e);
+            mo->ada_rank[layer][site] = (unsigned short)kept;
+            mask |= 1u << site;
+        }
+    }
+    mo->targets = mask;
+    if (!mask) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the AdaLoRA target modules", path);
+    return PEFTC_OK;
+}
+
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err)
 {
     char path[4096];
@@ -527,9 +571,12 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         for (int i = 0; i < 3; i++) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = sites[i]};
     } else if (!strcmp(type, "LORA")) {
         snprintf(mo->name, sizeof mo->name, "lora");
+    } else if (!strcmp(type, "ADALORA")) {
+        snprintf(mo->name, sizeof mo->name, "adalora");
     } else {
         rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type \"%s\" is not supported", path, type);
     }
+    if (!rc2 && !strcmp(type, "ADALORA")) rc2 = adalora_read_config(cfg, mo, path, err);
     if (!rc2 && (!strcmp(type, "LORA") || json_is_array(json_object_get(own, "lora_sites")))) {
         mo->lora = 1;
         mo->r = 8;
