@@ -199,10 +199,26 @@ static int budget_schedule(const adalora_state *a, int step, int *mask_ind)
     return (int)((double)(a->init_bgt - a->target_bgt) * pow(mul, 3.0) + a->target_bgt);
 }
 
-static int cmp_double(const void *x, const void *y)
+/* Ascending heapsort in place: qsort may allocate, and nothing allocates in a step. */
+static void sift_down(double *a, size_t i, size_t n)
 {
-    double u = *(const double *)x, v = *(const double *)y;
-    return (u > v) - (u < v);
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) return;
+        if (c + 1 < n && a[c + 1] > a[c]) c++;
+        if (!(a[c] > a[i])) return;
+        double t = a[i]; a[i] = a[c]; a[c] = t;
+        i = c;
+    }
+}
+
+static void heapsort_double(double *a, size_t n)
+{
+    for (size_t i = n / 2; i-- > 0;) sift_down(a, i, n);
+    for (size_t end = n; end-- > 1;) {
+        double t = a[0]; a[0] = a[end]; a[end] = t;
+        sift_down(a, 0, end);
+    }
 }
 
 /* RankAllocator.mask_to_budget: the score of triplet k is
@@ -233,7 +249,7 @@ static void mask_to_budget(adalora_state *a, param_block *pb, int budget)
     double thr = -INFINITY;
     if (kth >= 1) {
         memcpy(a->sorted, a->score, (size_t)a->init_bgt * sizeof(double));
-        qsort(a->sorted, (size_t)a->init_bgt, sizeof(double), cmp_double);
+        heapsort_double(a->sorted, (size_t)a->init_bgt);
         thr = a->sorted[kth - 1];
     }
     for (int i = 0; i < a->n_mod; i++) {
