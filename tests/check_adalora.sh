@@ -21,7 +21,7 @@
 #   4. resume: a run stopped after step 8 and resumed equals the straight run
 #      bit for bit (adapter and checkpoint, EMAs included);
 #   5. bad input: target_r > init_r, no budgeting phase (tinit + tfinal >=
-#      total steps), --r with adalora: one line, non-zero exit.
+#      total steps), --r with adalora, resume with another schedule: one line, non-zero exit.
 # Float32 vs float64: the parameters follow PEFT's to ~1e-6 relative; the
 # EMAs are products |p g| of float32 gradients (relative ~1e-4 where
 # gradients are small); the masks are decided by score gaps the oracle checks
@@ -131,4 +131,7 @@ expect_fail "target_r > init_r" "target-r 6 exceeds --init-r 4" "${base[@]}" --i
 expect_fail "tinit + tfinal >= total steps" "no budgeting phase" "${base[@]}" --tinit 6 --tfinal 4 --max-steps 10
 expect_fail "tinit + tfinal >= --total-step" "no budgeting phase" "${base[@]}" --tinit 6 --tfinal 4 --total-step 10 --max-steps 50
 expect_fail "--r with adalora" "use --init-r" "${base[@]}" --r 4 --max-steps 10
+other=("${args[@]}")   # the same run with --tfinal 4
+for i in "${!other[@]}"; do [ "${other[$i]}" = --tfinal ] && other[$((i + 1))]=4; done
+expect_fail "resume with another schedule" "checkpoint of other adalora_options" "${other[@]}" --resume "$FX/runs/8" --out "$FX/bad"
 finish

@@ -80,11 +80,12 @@ peftc_status adalora_init(adalora_state *a, const peftc_adalora_opts *o, param_b
         return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     for (int k = 0; k < a->init_bgt; k++) a->keep[k] = 1.0f;
     a->flags[1] = (float)a->init_bgt;
-    if (pb->n_state + 4 > PARAM_STATE_MAX) return peftc_fail(err, PEFTC_ERR_INPUT, "internal: no room for AdaLoRA's state");
-    pb->state[pb->n_state++] = (param_state){"adalora_exp_avg_ipt", a->ipt_ema, pb->total};
-    pb->state[pb->n_state++] = (param_state){"adalora_exp_avg_unc", a->unc_ema, pb->total};
-    pb->state[pb->n_state++] = (param_state){"adalora_rank_mask", a->keep, (size_t)a->init_bgt};
-    pb->state[pb->n_state++] = (param_state){"adalora_flags", a->flags, 2};
+    if (pb->n_state + 5 > PARAM_STATE_MAX) return peftc_fail(err, PEFTC_ERR_INPUT, "internal: no room for AdaLoRA's state");
+    pb->state[pb->n_state++] = (param_state){"adalora_exp_avg_ipt", a->ipt_ema, pb->total, 0};
+    pb->state[pb->n_state++] = (param_state){"adalora_exp_avg_unc", a->unc_ema, pb->total, 0};
+    pb->state[pb->n_state++] = (param_state){"adalora_rank_mask", a->keep, (size_t)a->init_bgt, 0};
+    pb->state[pb->n_state++] = (param_state){"adalora_flags", a->flags, 2, 0};
+    pb->state[pb->n_state++] = (param_state){"adalora_options", a->opts, 9, 1};   /* filled by adalora_begin */
     a->on = 1;
     return PEFTC_OK;
 }
@@ -97,6 +98,10 @@ peftc_status adalora_begin(adalora_state *a, int run_steps, peftc_error *err)
         return peftc_fail(err, PEFTC_ERR_INPUT, "adalora: --tinit %d and --tfinal %d leave no budgeting phase in %d total steps "
                           "(need tinit < total_step - tfinal; set --total-step or train longer)", a->o.tinit, a->o.tfinal,
                           a->o.total_step);
+    const peftc_adalora_opts *o = &a->o;
+    float opts[9] = {(float)o->init_r, (float)o->target_r, (float)o->tinit, (float)o->tfinal, (float)o->delta_t,
+                     (float)o->total_step, o->beta1, o->beta2, o->orth_reg_weight};
+    memcpy(a->opts, opts, sizeof opts);
     return PEFTC_OK;
 }
 

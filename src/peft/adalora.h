@@ -37,6 +37,7 @@ typedef struct adalora_state {
     float flags[2];            /* [0]: a rank pattern exists; [1]: the budget of the last step (saved in checkpoints) */
     double *score, *sorted;    /* (init_bgt) triplet scores, kth-value scratch */
     double *cov;               /* (r_max^2) */
+    float opts[9];             /* the resolved options, checked on resume */
 } adalora_state;
 
 /* PEFT's defaults into o (0 = unset); checks the options (target_r <= init_r,

@@ -61,10 +61,13 @@ peftc_status checkpoint_load(const char *resume_dir, param_block *pb, const char
         if (!x || x->dtype != ST_F32 || (size_t)x->numel != pb->state[i].numel)
             rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint lacks %s of %zu values (saved by another version or method options)",
                             path, pb->state[i].name, pb->state[i].numel);
+        else if (pb->state[i].match && memcmp(x->data, pb->state[i].data, pb->state[i].numel * sizeof(float)))
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint of other %s (resume with the options it was started with)",
+                            path, pb->state[i].name);
     }
     if (!rc) {
         for (int i = 0; i < pb->n_state; i++)
-            memcpy(pb->state[i].data, st_find(st, pb->state[i].name)->data, pb->state[i].numel * sizeof(float));
+            if (!pb->state[i].match) memcpy(pb->state[i].data, st_find(st, pb->state[i].name)->data, pb->state[i].numel * sizeof(float));
         memcpy(pb->p, p->data, pb->total * sizeof(float));
         memcpy(pb->m, m->data, pb->total * sizeof(float));
         memcpy(pb->v, v->data, pb->total * sizeof(float));

@@ -22,8 +22,9 @@ typedef struct param_state {
     const char *name;
     float *data;
     size_t numel;
+    int match;                 /* not restored but compared on resume: the options the state belongs to */
 } param_state;
-#define PARAM_STATE_MAX 4
+#define PARAM_STATE_MAX 6
 
 typedef struct param_block {
     param_entry *e;
