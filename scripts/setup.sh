@@ -30,6 +30,13 @@ if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
         echo "setup: installing the test oracles' PyPI packages (tokenizers, safetensors, gguf, transformers, jinja2)"
         /usr/bin/python3 -m pip install -q --break-system-packages tokenizers safetensors gguf transformers jinja2
     fi
+    # HF PEFT (the oracle of the adapter formats and of AdaLoRA); it brings
+    # PyPI's torch (>= 2.6, which transformers' models need), which then
+    # shadows Debian's older python3-torch for /usr/bin/python3.
+    if ! /usr/bin/python3 -c "import peft, torch, transformers.models.llama" 2>/dev/null; then
+        echo "setup: installing HF peft (and PyPI torch) for the test oracles"
+        /usr/bin/python3 -m pip install -q --break-system-packages peft
+    fi
 fi
 
 bash scripts/fetch_models.sh
