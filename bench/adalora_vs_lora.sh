@@ -34,7 +34,7 @@ rp = json.load(open(f"{out}/adalora/adapter_config.json"))["rank_pattern"]
 mods = ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
         "intermediate.dense", "output.dense"]
 layers = sorted({int(re.search(r"layer\.(\d+)\.", k).group(1)) for k in rp})
-print("| layer | " + " | ".join(m.replace("attention.", "") for m in mods) + " | sum |")
+print("| layer | " + " | ".join(("q", "k", "v", "attn.o", "ffn.in", "ffn.down")) + " | sum |")
 print("|---" * (len(mods) + 2) + "|")
 col = [0] * len(mods)
 for l in layers:
