@@ -18,6 +18,7 @@
 #   3. peftc eval loads AdaLoRA adapters (per-module ranks from rank_pattern):
 #      its own, unmerged and merged, and PEFT's save_pretrained of the oracle
 #      run: the loss equals training's eval_loss / PEFT's (2e-6, printed to 6 places);
+#      a run with target_r 1 (a module pruned to rank 0) loads in PEFT and peftc;
 #   4. resume: a run stopped after step 8 and resumed equals the straight run
 #      bit for bit (adapter and checkpoint, EMAs included);
 #   5. bad input: target_r > init_r, no budgeting phase (tinit + tfinal >=
@@ -98,6 +99,22 @@ if [ -n "$got" ] && [ -n "$want" ] && "$PY" -c "import sys; sys.exit(abs($got - 
     ok "peftc eval of PEFT's own trained AdaLoRA adapter (its rank_pattern, resized tensors): loss $got = PEFT's $want"
 else
     bad "peftc eval of PEFT's adapter: loss '$got' vs PEFT's '$want'"
+fi
+
+# a pattern with a module pruned to rank 0 (target_r 1): PEFT and peftc load it
+if timeout 60 ./peftc train --model "$FX/model" --train "$FX/train.tsv" --method adalora --init-adapter "$FX/init" \
+        --init-r 4 --target-r 1 --tinit 2 --tfinal 3 --delta-t 1 --batch 8 --max-steps 12 --lr 1e-2 --schedule constant \
+        --warmup-ratio 0 --max-len 32 --eval "$FX/train.tsv" --out "$FX/rank0" 2> "$FX/rank0.log"; then
+    tally "$("$PY" tests/ref_adalora.py load "$FX" "$FX/rank0" 2>&1)"
+    got=$(loss_of --adapter "$FX/rank0")
+    want=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["eval_loss"])' "$FX/rank0/metrics.json" 2>/dev/null)
+    if [ -n "$got" ] && [ -n "$want" ] && "$PY" -c "import sys; sys.exit(abs($got - $want) > 2e-6)"; then
+        ok "peftc eval of an adapter with a rank-0 module: loss $got = training's $want"
+    else
+        bad "peftc eval of the rank-0 adapter: '$got' vs '$want'"
+    fi
+else
+    tail -3 "$FX/rank0.log"; bad "peftc train --target-r 1 failed"
 fi
 
 # ---- resume: stop after 8, resume, equal to the straight run bit for bit

@@ -19,6 +19,7 @@ pattern; at the end PEFT's save_pretrained (the config PEFT writes).
 Modes (run from the repo root):
   gen OUT               the model, train.tsv, OUT/init (the init adapter) and
                         OUT/ref.safetensors + OUT/ref.json (per-step records)
+  load OUT RUN          PEFT loads RUN's adapter; its loss equals RUN/metrics.json's
   compare OUT RUNS LOG  RUNS/K holds `peftc train --stop-after K` (K = 1..STEPS,
                         STEPS without --stop-after): its checkpoint (parameters,
                         EMAs, masks, budget) after each step against PEFT's;
@@ -391,8 +392,31 @@ def cmd_compare(out, runs, log):
     return tl.finish()
 
 
+def cmd_load(out, run):
+    """PEFT loads a peftc AdaLoRA adapter (any rank pattern, modules of rank 0
+    included) and gives the loss peftc measured with it (metrics.json)."""
+    tl = Tally()
+    from peft import PeftModel
+    ids, mask, tts, y = R.encode_batch(out)
+    pm = PeftModel.from_pretrained(base_model(out, torch.float64), run).to(torch.float64).eval()
+    with torch.no_grad():
+        z = pm(input_ids=ids, attention_mask=mask, token_type_ids=tts).logits
+    loss = float(torch.nn.functional.cross_entropy(z, y))
+    rp = json.load(open(os.path.join(run, "adapter_config.json")))["rank_pattern"]
+    ranks = [sum(v) for v in rp.values()]
+    got = {n.split("layer.")[1].split(".lora_E")[0]: int(p.shape[0]) for n, p in pm.named_parameters() if "lora_E" in n}
+    mj = json.load(open(os.path.join(run, "metrics.json")))
+    d = abs(mj["eval_loss"] - loss) / loss
+    tl.check(sorted(got.values()) == sorted(ranks) and d <= TOL_LOGITS,
+             f"PEFT loads the adapter with ranks {ranks} (modules {got}) and its loss {loss:.8f} equals peftc's "
+             f"eval_loss {mj['eval_loss']:.8f}: rel diff {d:.3g} (<= {TOL_LOGITS:g})")
+    return tl.finish()
+
+
 def main():
     a = sys.argv[1:]
+    if len(a) == 3 and a[0] == "load":
+        return cmd_load(a[1], a[2])
     if len(a) == 2 and a[0] == "gen":
         return cmd_gen(a[1])
     if len(a) == 4 and a[0] == "compare":
