@@ -155,8 +155,14 @@ static int nearest_knob(peftc_model *m, sweep_entry *e, int hi, double target, i
     peftc_method_info info;
     int lo = 1;
     if (count_at(m, e, 1, num_labels, &info) < 0) return 0;
-    while (hi > lo && count_at(m, e, hi, num_labels, &info) < 0) hi = lo + (hi - lo) / 2;   /* the buildable range */
-    int a = 1, b = hi;   /* first k in [a, b] with count >= target, or b */
+    /* the buildable sizes are 1..kmax (a limit is a width or a position
+     * count): the largest by binary search */
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (count_at(m, e, mid, num_labels, &info) >= 0) lo = mid;
+        else hi = mid - 1;
+    }
+    int a = 1, b = lo;   /* first k in [a, b] with count >= target, or b */
     while (a < b) {
         int mid = a + (b - a) / 2;
         int64_t c = count_at(m, e, mid, num_labels, &info);
