@@ -183,6 +183,9 @@ typedef struct peftc_train_opts {
     int eval_every;              /* evaluate every N steps (0: each epoch) */
     int stop_after;              /* > 0: stop after this many optimizer steps, as if
                                     interrupted, leaving a checkpoint for resume_dir */
+    float lr_end;                /* > lr: a learning-rate range test (Smith 2017): the
+                                    rate grows geometrically from lr at the first step to
+                                    lr_end at the last, no warm-up or decay */
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);

@@ -209,6 +209,37 @@ else
     bad "lr-grid sweep failed: $(tail -3 $W/s4.log)"
 fi
 
+# 3b. --lr auto: a geometric range test per method and budget, lr at the smoothed loss's minimum / 10
+if $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lora,prompt --budgets 5% --seeds 1,2 --steps 4 \
+      --lr-auto-steps 40 --batch 8 --lr auto --format md --out $W/s6 >$W/s6.log 2>&1; then
+    out=$($PY - "$W/s6" <<'EOF2'
+import json, sys, math
+d = sys.argv[1]
+man = json.load(open(f"{d}/sweep.json"))
+default = {"lora": 5e-4, "prompt": 3e-2}
+for name in ("lora", "prompt"):
+    t = [r for r in man["runs"] if r["name"] == name and r["lr_find"]]
+    main = [r for r in man["runs"] if r["name"] == name and not r["grid"]]
+    rows = [l.split(",") for l in open(f"{d}/{t[0]['dir']}/loss.csv").read().split()[1:]]
+    lo, hi, n = default[name] / 100, min(1.0, default[name] * 100), len(rows)
+    geo = all(abs(float(r[2]) / (lo * (hi / lo) ** (i / (n - 1))) - 1) < 1e-4 for i, r in enumerate(rows))
+    avg, pw, best, best_lr = 0.0, 1.0, math.inf, 0.0
+    for r in rows:
+        avg = 0.9 * avg + 0.1 * float(r[1]); pw *= 0.9
+        sm = avg / (1 - pw)
+        if best < math.inf and sm > 4 * best: break
+        if sm < best: best, best_lr = sm, float(r[2])
+    want = max(best_lr / 10, lo)
+    used = [m["lr"] for m in main]
+    okk = n == 40 and geo and all(abs(u / want - 1) < 1e-4 for u in used)
+    print(("ok   - " if okk else "FAIL - ") + f"--lr auto {name}: {n} steps from {lo:g} to {hi:g} geometric ({geo}); pick {want:.4g}, runs use {used}")
+EOF2
+)
+    tally "$out"
+else
+    bad "--lr auto sweep failed: $(tail -3 $W/s6.log)"
+fi
+
 # 4. bad input: one line, non-zero
 check_err() {
     local name="$1" needle="$2"; shift 2
@@ -218,6 +249,7 @@ check_err() {
 }
 check_err "unknown method" "unknown method 'nope'" $P sweep --model $T/model --train $T/train.tsv --methods lora,nope --out $W/e1
 check_err "bad budget" "--budgets: 'x%'" $P sweep --model $T/model --train $T/train.tsv --methods lora --budgets 1%,x% --out $W/e2
+check_err "--lr other than auto" "--lr takes only 'auto'" $P sweep --model $T/model --train $T/train.tsv --methods lora --lr 0.1 --out $W/e5
 check_err "even lr grid" "--lr-grid must be odd" $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lora --lr-grid 2 --out $W/e3
 echo '{"methods": ["lora"], "stepz": 3}' >$W/bad.json
 check_err "sweep file key" "unknown key \"stepz\"" $P sweep --sweep $W/bad.json --model $T/model --train $T/train.tsv --out $W/e4

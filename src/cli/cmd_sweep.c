@@ -48,7 +48,7 @@ typedef struct sweep_run {
     uint64_t seed;
     int knob_value;
     float lr;                         /* 0 until the grid has chosen */
-    int grid;                         /* an lr-grid run (first seed only) */
+    int grid;                         /* 1: an lr-grid run, 2: an lr range test (first seed only) */
     int group;                        /* (entry, budget) index */
     peftc_method_info info;
     char status[16];                  /* "planned", "done", "failed" */
@@ -57,6 +57,7 @@ typedef struct sweep_run {
 typedef struct sweep {
     const char *model, *train, *eval, *out, *metric;
     int steps, batch, max_len, save_every, lr_grid, retry_failed;
+    int lr_auto, lr_auto_steps;       /* --lr auto: a range test per method and budget */
     sweep_entry entries[SWEEP_MAX_ENTRIES];
     int n_entries;
     char budget_text[SWEEP_MAX_BUDGETS][16];
@@ -216,7 +217,8 @@ static int read_num_labels(const char *path)
 static void run_dir_name(char *out, size_t cap, const sweep *s, const sweep_run *r)
 {
     const char *b = r->budget < 0 ? "fixed" : s->budget_text[r->budget];
-    if (r->grid) snprintf(out, cap, "%s-%s-s%llu-lr%.3g", s->entries[r->entry].name, b, (unsigned long long)r->seed, (double)r->lr);
+    if (r->grid == 2) snprintf(out, cap, "%s-%s-lrfind", s->entries[r->entry].name, b);
+    else if (r->grid) snprintf(out, cap, "%s-%s-s%llu-lr%.3g", s->entries[r->entry].name, b, (unsigned long long)r->seed, (double)r->lr);
     else snprintf(out, cap, "%s-%s-s%llu", s->entries[r->entry].name, b, (unsigned long long)r->seed);
 }
 
@@ -235,7 +237,7 @@ static int plan(sweep *s)
     peftc_model *m;
     if (peftc_model_load(s->model, &m, &err)) return cli_fail(&err);
     const peftc_config *cfg = peftc_model_config(m);
-    int cap = s->n_entries * (s->n_budgets > 0 ? s->n_budgets : 1) * (s->n_seeds + SWEEP_MAX_LRS);
+    int cap = s->n_entries * (s->n_budgets > 0 ? s->n_budgets : 1) * (s->n_seeds + SWEEP_MAX_LRS + 1);
     s->runs = calloc((size_t)cap, sizeof *s->runs);
     if (!s->runs) { peftc_model_free(m); return cli_errorf(1, "out of memory"); }
     int group = 0;
@@ -268,6 +270,15 @@ static int plan(sweep *s)
             int budget = e->knob == KNOB_NONE || s->n_budgets == 0 ? -1 : bi;
             float grid[SWEEP_MAX_LRS];
             int ng = (e->n_lr > 1 || (e->n_lr == 0 && s->lr_grid > 1)) ? lr_grid(s, e, info.lr, grid) : 0;
+            if (s->lr_auto && e->n_lr == 0) {
+                /* the range test starts at the default lr / 100 (its lr_end: default x 100, at most 1) */
+                sweep_run *r = &s->runs[s->n_runs++];
+                *r = (sweep_run){.entry = ei, .budget = budget, .seed_idx = 0, .seed = s->seeds[0], .knob_value = k,
+                                 .lr = info.lr / 100, .grid = 2, .group = group, .info = info};
+                r->info.lr = r->lr;
+                run_dir_name(r->dir, sizeof r->dir, s, r);
+                ng = 0;
+            }
             for (int g = 0; g < ng; g++) {
                 sweep_run *r = &s->runs[s->n_runs++];
                 *r = (sweep_run){.entry = ei, .budget = budget, .seed_idx = 0, .seed = s->seeds[0], .knob_value = k,
@@ -279,7 +290,8 @@ static int plan(sweep *s)
                 sweep_run *r = &s->runs[s->n_runs++];
                 /* with a grid the lr is chosen once the grid has run */
                 *r = (sweep_run){.entry = ei, .budget = budget, .seed_idx = si, .seed = s->seeds[si], .knob_value = k,
-                                 .lr = ng ? 0 : (e->n_lr == 1 ? e->lrs[0] : info.lr), .grid = 0, .group = group, .info = info};
+                                 .lr = ng || (s->lr_auto && e->n_lr == 0) ? 0 : (e->n_lr == 1 ? e->lrs[0] : info.lr),
+                                 .grid = 0, .group = group, .info = info};
                 r->info.lr = r->lr;
                 run_dir_name(r->dir, sizeof r->dir, s, r);
             }
@@ -304,7 +316,8 @@ static json_t *run_json(const sweep *s, const sweep_run *r)
     json_object_set_new(j, "budget_fraction", json_real(r->budget < 0 ? 0 : s->budget[r->budget]));
     json_object_set_new(j, "seed", json_integer((json_int_t)r->seed));
     json_object_set_new(j, "lr", json_real(r->lr));
-    json_object_set_new(j, "grid", json_boolean(r->grid));
+    json_object_set_new(j, "grid", json_boolean(r->grid != 0));
+    json_object_set_new(j, "lr_find", json_boolean(r->grid == 2));
     json_object_set_new(j, "group", json_integer(r->group));
     json_object_set_new(j, "knob", json_string(knob_names[e->knob]));
     json_object_set_new(j, "knob_value", json_integer(r->knob_value));
@@ -332,6 +345,8 @@ static int write_manifest(const sweep *s)
     json_object_set_new(j, "max_len", json_integer(s->max_len));
     json_object_set_new(j, "metric", json_string(s->metric));
     json_object_set_new(j, "lr_grid", json_integer(s->lr_grid));
+    json_object_set_new(j, "lr_auto", json_boolean(s->lr_auto));
+    json_object_set_new(j, "lr_auto_steps", json_integer(s->lr_auto_steps));
     json_t *seeds = json_array();
     for (int i = 0; i < s->n_seeds; i++) json_array_append_new(seeds, json_integer((json_int_t)s->seeds[i]));
     json_object_set_new(j, "seeds", seeds);
@@ -389,7 +404,7 @@ static FILE *open_curve(const char *path, int keep_upto)
     size_t kept_len = 0;
     FILE *mem = open_memstream(&kept, &kept_len);
     if (!mem) return NULL;
-    fputs("step,loss\n", mem);
+    fputs("step,loss,lr\n", mem);
     FILE *old = keep_upto > 0 ? fopen(path, "r") : NULL;
     if (old) {
         char line[256];
@@ -420,7 +435,7 @@ static void child_progress(const peftc_progress *p, void *user)
         break;
     }
     case PEFTC_PROGRESS_STEP: {
-        if (c->csv) fprintf(c->csv, "%d,%.6g\n", p->step, (double)p->loss);
+        if (c->csv) fprintf(c->csv, "%d,%.6g,%.6g\n", p->step, (double)p->loss, (double)p->lr);
         double rate = c->sec_per_step > 0 ? c->sec_per_step : p->elapsed_s / (p->step > 0 ? p->step : 1);
         fmt_time(eta, sizeof eta, p->eta_s);
         fmt_time(sweep_eta, sizeof sweep_eta, p->eta_s + c->remaining_steps_after * rate);
@@ -490,6 +505,13 @@ static int run_one(sweep *s, sweep_run *r, int run_no, int n_runs, double remain
         o.seed = r->seed;
         o.lr = r->lr;
         o.save_every = s->save_every;
+        if (r->grid == 2) { /* the range test: no checkpoint (a rerun starts it again), no eval */
+            o.lr_end = fminf(1.0f, r->lr * 1e4f);
+            o.max_steps = s->lr_auto_steps;
+            o.save_every = 0;
+            o.eval_path = NULL;
+            o.resume_dir = NULL;
+        }
         child_ctx c = {.label = dir, .run_no = run_no, .n_runs = n_runs, .tty = isatty(2),
                        .remaining_steps_after = remaining_after, .sec_per_step = sec_per_step};
         peftc_error err = {0};
@@ -526,8 +548,9 @@ static int run_one(sweep *s, sweep_run *r, int run_no, int n_runs, double remain
     remove(ckpt);
     write_run_json(dir, "done", peak_mb, wall, NULL);
     snprintf(r->status, sizeof r->status, "done");
-    fprintf(stderr, "[%d/%d] %s done: %s %.4f, %.1f s, peak RSS %.0f MB\n", run_no, n_runs, r->dir, s->metric,
-            run_metric(s, r), wall, peak_mb);
+    if (r->grid == 2) fprintf(stderr, "[%d/%d] %s done: range test, %.1f s\n", run_no, n_runs, r->dir, wall);
+    else fprintf(stderr, "[%d/%d] %s done: %s %.4f, %.1f s, peak RSS %.0f MB\n", run_no, n_runs, r->dir, s->metric,
+                 run_metric(s, r), wall, peak_mb);
     return 0;
 }
 
@@ -561,6 +584,46 @@ static void choose_lr(sweep *s, int group)
     }
 }
 
+/* The range test's pick: the loss smoothed by an exponential moving average
+ * (beta 0.9, bias-corrected), cut where it diverges (4x its minimum so far);
+ * the lr at its minimum / 10 — the steepest fall lies about a decade below
+ * the minimum (Smith 2017; fastai's lr_find). 0 if the test has no rows. */
+static float lr_from_range_test(const char *csv_path)
+{
+    FILE *f = fopen(csv_path, "r");
+    if (!f) return 0;
+    char line[256];
+    double avg = 0, best = INFINITY, best_lr = 0, pw = 1;
+    while (fgets(line, sizeof line, f)) {
+        int step;
+        double loss, lr;
+        if (sscanf(line, "%d,%lf,%lf", &step, &loss, &lr) != 3 || !isfinite(loss)) continue;
+        avg = 0.9 * avg + 0.1 * loss;
+        pw *= 0.9;
+        double smooth = avg / (1 - pw);
+        if (isfinite(best) && smooth > 4 * best) break;
+        if (smooth < best) { best = smooth; best_lr = lr; }
+    }
+    fclose(f);
+    return (float)(best_lr / 10);
+}
+
+static void choose_lr_auto(sweep *s, int lrfind)
+{
+    sweep_run *t = &s->runs[lrfind];
+    char path[4300];
+    snprintf(path, sizeof path, "%s/%s/loss.csv", s->out, t->dir);
+    float lr = strcmp(t->status, "done") ? 0 : lr_from_range_test(path);
+    if (lr > 0 && lr < t->lr) lr = t->lr;   /* not below the tested range */
+    for (int i = 0; i < s->n_runs; i++) {
+        sweep_run *r = &s->runs[i];
+        if (r->group != t->group || r->grid) continue;
+        r->lr = lr;   /* 0 (the test failed): the method's default */
+        r->info.lr = lr > 0 ? lr : r->info.lr;
+    }
+    fprintf(stderr, "sweep: %s: lr %g from the range test\n", t->dir, (double)lr);
+}
+
 static int execute(sweep *s)
 {
     int todo = 0, done = 0, failed = 0, skipped = 0;
@@ -579,7 +642,10 @@ static int execute(sweep *s)
     for (int i = 0; i < s->n_runs; i++) {
         sweep_run *r = &s->runs[i];
         /* the first main run of a group with a grid: choose its lr now */
-        if (!r->grid && r->seed_idx == 0 && i > 0 && s->runs[i - 1].grid && s->runs[i - 1].group == r->group) {
+        if (!r->grid && r->seed_idx == 0 && i > 0 && s->runs[i - 1].grid == 2 && s->runs[i - 1].group == r->group) {
+            choose_lr_auto(s, i - 1);
+            if (write_manifest(s)) return 1;
+        } else if (!r->grid && r->seed_idx == 0 && i > 0 && s->runs[i - 1].grid && s->runs[i - 1].group == r->group) {
             int was_planned = !strcmp(r->status, "planned");
             choose_lr(s, r->group);
             if (was_planned && strcmp(r->status, "planned")) { steps_left -= s->steps; todo--; }
@@ -784,6 +850,11 @@ int cmd_sweep(cli_args *a)
     s.max_len = cli_opt_int(a, "--max-len", s.max_len, 8, 1 << 20, &ok);
     s.save_every = cli_opt_int(a, "--save-every", s.save_every, 1, 1 << 30, &ok);
     s.lr_grid = cli_opt_int(a, "--lr-grid", s.lr_grid, 1, SWEEP_MAX_LRS, &ok);
+    if ((v = cli_opt(a, "--lr"))) {
+        if (strcmp(v, "auto")) { cli_errorf(2, "sweep: --lr takes only 'auto' (per-method rates go in a --sweep file)"); ok = 0; }
+        s.lr_auto = 1;
+    }
+    s.lr_auto_steps = cli_opt_int(a, "--lr-auto-steps", s.lr_auto_steps, 5, 1 << 20, &ok);
     s.retry_failed = cli_flag(a, "--retry-failed");
     const char *format = cli_opt(a, "--format");
     char items[SWEEP_MAX_ENTRIES][64];
@@ -821,10 +892,13 @@ int cmd_sweep(cli_args *a)
         cli_errorf(2, "--format must be html or md, got '%s'", format);
     else if (s.lr_grid > 1 && !s.eval)
         cli_errorf(2, "--lr-grid picks by the eval metric: give --eval FILE");
+    else if (s.lr_auto && s.lr_grid > 1)
+        cli_errorf(2, "--lr auto and --lr-grid exclude each other");
     else if (s.lr_grid % 2 == 0)
         cli_errorf(2, "--lr-grid must be odd (the default lr in the middle), got %d", s.lr_grid);
     else rc = 0;
     if (rc) { json_decref(file); return rc; }
+    if (!s.lr_auto_steps) s.lr_auto_steps = s.steps < 100 ? s.steps : 100;
     if (!s.save_every) s.save_every = s.steps / 4 > 0 ? s.steps / 4 : 1;   /* an interrupted run loses at most a quarter */
     s.t_start = now_s();
     if ((s.num_labels = read_num_labels(s.train)) < 2) {

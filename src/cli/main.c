@@ -39,7 +39,7 @@ static const char usage[] =
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
     "  sweep --model DIR --train FILE [--eval FILE] --methods M1,M2,... --out SWEEP_DIR\n"
     "        [--budgets 0.1%,0.5%,2%] [--seeds 1,2,3] [--steps N] [--batch B] [--max-len T]\n"
-    "        [--lr-grid 1|3|5] [--metric accuracy|f1|mcc] [--save-every N] [--sweep FILE.json]\n"
+    "        [--lr-grid 1|3|5 | --lr auto [--lr-auto-steps N]] [--metric accuracy|f1|mcc] [--save-every N] [--sweep FILE.json]\n"
     "        [--retry-failed] [--format html|md]\n"
     "      every method at every budget (the size whose trainable % is nearest) and seed, each run\n"
     "      in its own process; resumable; writes SWEEP_DIR/<method>-<budget>-s<seed>/ and report.html\n"

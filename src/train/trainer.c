@@ -46,6 +46,8 @@ static double now_s(void)
  * the update of step s uses lambda(s), s counted from 0). */
 static float lr_at(const peftc_train_opts *o, float lr, int step, int total, int warmup)
 {
+    if (o->lr_end > lr) /* range test: lr * (lr_end / lr)^(step / (total - 1)) */
+        return (float)(lr * pow((double)o->lr_end / lr, total > 1 ? (double)step / (total - 1) : 0.0));
     if (step < warmup) return lr * (float)step / (float)(warmup > 1 ? warmup : 1);
     if (!strcmp(o->schedule, "constant")) return lr;
     double progress = (double)(step - warmup) / (double)(total - warmup > 1 ? total - warmup : 1);
