@@ -65,6 +65,19 @@ for r in runs:
         if best != k:
             print(f"FAIL - {r['dir']}: {r['knob']}={k} but {best} is nearest the budget"); bad += 1
         checked += 1
+    # BitFit: the embeddings' and encoder's biases (the pretrained pooler stays frozen, as for every method but full)
+    fixed = {"full": total, "bitfit": sum(v.size for k, v in w.items() if k.endswith(".bias") and not k.startswith("pooler.")),
+             "ia3": L * (2 * C + F)}                            # k, v and the FFN activation
+    if m in fixed:
+        if r["saved_params"] != fixed[m] + head:
+            print(f"FAIL - {r['dir']}: saved {r['saved_params']} != {fixed[m] + head}"); bad += 1
+        checked += 1
+    if m == "mam":   # prefix n = 30 + scaled parallel adapter of rank k at the FFN
+        mam = lambda j: 2 * 30 * L * C + L * (C * j + j + j * C + C) + head
+        best = min(range(1, C + 1), key=lambda j: (abs(mam(j) - r["budget_fraction"] * total), j))
+        if r["saved_params"] != mam(r["knob_value"]) or best != r["knob_value"]:
+            print(f"FAIL - {r['dir']}: mam r={r['knob_value']} saved {r['saved_params']}, closed form {mam(r['knob_value'])}, nearest r={best}"); bad += 1
+        checked += 1
     met = json.load(open(f"{d}/{r['dir']}/metrics.json"))
     if met["trainable_params"] != r["trainable_params"]:
         print(f"FAIL - {r['dir']}: counted {r['trainable_params']} trainable, training had {met['trainable_params']}"); bad += 1
