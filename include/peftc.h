@@ -217,6 +217,12 @@ typedef struct peftc_method_info {
 peftc_status peftc_method_info_get(peftc_model *m, const peftc_train_opts *o, int num_labels,
                                    peftc_method_info *info, peftc_error *err);
 
+/* The number of distinct labels of a training file (TSV, CSV, JSONL; columns
+ * NULL: recognised as peftc_train does): the head's size for
+ * peftc_method_info_get. */
+peftc_status peftc_data_num_labels(const char *path, const char *text_col, const char *pair_col, const char *label_col,
+                                   int *num_labels, peftc_error *err);
+
 typedef enum peftc_progress_kind {
     PEFTC_PROGRESS_START,        /* message: what is being trained */
     PEFTC_PROGRESS_STEP,

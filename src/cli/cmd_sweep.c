@@ -179,41 +179,6 @@ static int nearest_knob(peftc_model *m, sweep_entry *e, int hi, double target, i
     return k;
 }
 
-static int read_num_labels(const char *path)
-{
-    /* the sweep's counts include the classifier head: K labels. The child
-     * reads the data again; here only the distinct values of the label
-     * column are wanted, so the header's "label" column is looked up. */
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    int col = -1, K = 0, rows = 0;
-    char seen[64][32];
-    while ((n = getline(&line, &cap, f)) > 0) {
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
-        char *save = NULL;
-        int c = 0;
-        if (col < 0) {
-            for (char *t = strtok_r(line, "\t", &save); t; t = strtok_r(NULL, "\t", &save), c++)
-                if (!strcmp(t, "label")) col = c;
-            if (col < 0) break;
-            continue;
-        }
-        char *t = strtok_r(line, "\t", &save);
-        for (; t && c < col; c++) t = strtok_r(NULL, "\t", &save);
-        if (!t) continue;
-        int k = 0;
-        while (k < K && strcmp(seen[k], t)) k++;
-        if (k == K && K < 64) snprintf(seen[K++], sizeof seen[0], "%s", t);
-        if (++rows > 200000) break;
-    }
-    free(line);
-    fclose(f);
-    return col < 0 ? -1 : K;
-}
-
 static void run_dir_name(char *out, size_t cap, const sweep *s, const sweep_run *r)
 {
     const char *b = r->budget < 0 ? "fixed" : s->budget_text[r->budget];
@@ -901,10 +866,9 @@ int cmd_sweep(cli_args *a)
     if (!s.lr_auto_steps) s.lr_auto_steps = s.steps < 100 ? s.steps : 100;
     if (!s.save_every) s.save_every = s.steps / 4 > 0 ? s.steps / 4 : 1;   /* an interrupted run loses at most a quarter */
     s.t_start = now_s();
-    if ((s.num_labels = read_num_labels(s.train)) < 2) {
-        json_decref(file);
-        return cli_errorf(1, "%s: cannot read the labels (a TSV with a 'label' column and two or more labels is needed)", s.train);
-    }
+    /* the counts include the classifier head: its size needs the labels */
+    peftc_error err = {0};
+    if (peftc_data_num_labels(s.train, NULL, NULL, NULL, &s.num_labels, &err)) { json_decref(file); return cli_fail(&err); }
     if (mkdir(s.out, 0777) && errno != EEXIST) { json_decref(file); return cli_errorf(1, "%s: cannot create: %s", s.out, strerror(errno)); }
     rc = plan(&s);
     if (!rc) rc = execute(&s);

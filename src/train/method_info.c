@@ -138,3 +138,18 @@ peftc_status peftc_method_info_get(peftc_model *m, const peftc_train_opts *o, in
     describe(&mo, info);
     return PEFTC_OK;
 }
+
+peftc_status peftc_data_num_labels(const char *path, const char *text_col, const char *pair_col, const char *label_col,
+                                   int *num_labels, peftc_error *err)
+{
+    *num_labels = 0;
+    data_cols cols = {text_col, pair_col, label_col};
+    dataset d = {0};
+    label_set ls = {0};
+    peftc_status rc = data_load(path, &cols, 1, &d, err);
+    if (!rc) rc = labels_from_data(&d, &ls, err);
+    if (!rc) *num_labels = ls.n;
+    labels_free(&ls);
+    data_free(&d);
+    return rc;
+}
