@@ -266,6 +266,7 @@ check_err "--lr other than auto" "--lr takes only 'auto'" $P sweep --model $T/mo
 check_err "even lr grid" "--lr-grid must be odd" $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lora --lr-grid 2 --out $W/e3
 echo '{"methods": ["lora"], "stepz": 3}' >$W/bad.json
 check_err "sweep file key" "unknown key \"stepz\"" $P sweep --sweep $W/bad.json --model $T/model --train $T/train.tsv --out $W/e4
+check_err "resume with other steps" "this sweep was run with --steps 600, not 7" $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit,lora --steps 7 --batch 4 --out $W/s2
 check_err "report of a non-sweep dir" "sweep.json" $P report $W/tiny
 
 # 5. a sweep file: custom deltas with the budget's knob, a named preset variant

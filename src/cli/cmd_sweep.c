@@ -589,6 +589,33 @@ static void choose_lr_auto(sweep *s, int lrfind)
     fprintf(stderr, "sweep: %s: lr %g from the range test\n", t->dir, (double)lr);
 }
 
+/* A sweep directory is resumed only with the options its finished runs were
+ * trained with (else they would be mixed into one table). */
+static int check_same_sweep(const sweep *s)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/sweep.json", s->out);
+    json_t *j = json_load_file(path, 0, NULL);
+    if (!j) return 0;   /* a new sweep */
+    struct { const char *key, *now; } strs[] = {{"model", s->model}, {"train", s->train}, {"eval", s->eval ? s->eval : ""}};
+    struct { const char *key, *opt; int now; } ints[] = {{"steps", "--steps", s->steps}, {"batch", "--batch", s->batch},
+                                                         {"max_len", "--max-len", s->max_len}};
+    int rc = 0;
+    for (size_t i = 0; i < sizeof strs / sizeof *strs && !rc; i++) {
+        const char *was = json_string_value(json_object_get(j, strs[i].key));
+        if (!was) was = "";
+        if (strcmp(was, strs[i].now))
+            rc = cli_errorf(2, "%s: this sweep was run with --%s '%s', not '%s' (use another --out)", path, strs[i].key, was, strs[i].now);
+    }
+    for (size_t i = 0; i < sizeof ints / sizeof *ints && !rc; i++) {
+        json_int_t was = json_integer_value(json_object_get(j, ints[i].key));
+        if (was != ints[i].now)
+            rc = cli_errorf(2, "%s: this sweep was run with %s %lld, not %d (use another --out)", path, ints[i].opt, (long long)was, ints[i].now);
+    }
+    json_decref(j);
+    return rc;
+}
+
 static int execute(sweep *s)
 {
     int todo = 0, done = 0, failed = 0, skipped = 0;
@@ -646,7 +673,8 @@ static int parse_budget(const char *t, char *label, size_t cap, double *frac)
     if (end == t || (*end && !(pct && !end[1])) || !(v > 0)) return -1;
     *frac = pct ? v / 100.0 : v;
     if (*frac >= 1) return -1;
-    snprintf(label, cap, "%s%s", t, pct ? "" : "");
+    if (strlen(t) >= cap) return -1;
+    snprintf(label, cap, "%s", t);
     return 0;
 }
 
@@ -870,6 +898,8 @@ int cmd_sweep(cli_args *a)
     peftc_error err = {0};
     if (peftc_data_num_labels(s.train, NULL, NULL, NULL, &s.num_labels, &err)) { json_decref(file); return cli_fail(&err); }
     if (mkdir(s.out, 0777) && errno != EEXIST) { json_decref(file); return cli_errorf(1, "%s: cannot create: %s", s.out, strerror(errno)); }
+    rc = check_same_sweep(&s);
+    if (rc) { json_decref(file); return rc; }
     rc = plan(&s);
     if (!rc) rc = execute(&s);
     if (rc != 1) {
