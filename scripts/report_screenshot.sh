@@ -40,7 +40,7 @@ print(len(re.findall(r'<circle class=\"run\"', fig)))")
 [ "$pts" -eq "$runs" ] && ok "Chromium's DOM: Figure 1 has $pts points, one per run" || bad "Chromium's DOM: $pts points for $runs runs"
 grep -q "trainable parameters (% of the model, log scale)" "$W/dom.html" && grep -q 'class="legend"' "$W/dom.html" \
     && ok "Chromium's DOM: axis label and legend present" || bad "Chromium's DOM lacks the axis label or the legend"
-"$CHROME" $flags --window-size=1280,3200 --screenshot="$PWD/$PNG" "file://$(realpath "$D")/report.html" >/dev/null 2>>"$W/chrome.err"
+"$CHROME" $flags --window-size=1280,3200 --screenshot="$(realpath -m "$PNG")" "file://$(realpath "$D")/report.html" >/dev/null 2>>"$W/chrome.err"
 size=$(stat -c %s "$PNG" 2>/dev/null || echo 0)
 # a blank page compresses to a few KB; the charts make it much larger
 [ "$size" -gt 30000 ] && ok "screenshot $PNG ($size bytes)" || { bad "screenshot missing or blank ($size bytes)"; tail -3 "$W/chrome.err"; }
