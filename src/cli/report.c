@@ -306,15 +306,23 @@ static int write_html(FILE *f, json_t *man, rrun *R, int nr, rgroup *G, int ng, 
             for (int g = 0; g < ng; g++) if (R[G[g].first].color == c) { if (!strcmp(R[G[g].first].budget, r->budget)) break; b++; }
             fprintf(f, "<polyline class=\"curve\" stroke=\"%s\" stroke-dasharray=\"%s\" points=\"", palette[c % N_COLORS],
                     b == 0 ? "none" : b == 1 ? "5 3" : "2 2");
-            int stride = r->n_loss / 400 + 1;   /* at most ~400 points a curve */
-            for (int k = 0; k < r->n_loss; k += stride) fprintf(f, "%.1f,%.1f ", px(&q, r->loss_step[k]), py(&q, r->loss[k]));
+            /* per-batch losses are noisy: each point is the mean of a window
+             * of about 1/30 of the run (at most ~400 points a curve) */
+            int win = r->n_loss / 30 > 0 ? r->n_loss / 30 : 1, stride = r->n_loss / 400 + 1;
+            for (int k = 0; k < r->n_loss; k += stride) {
+                int a = k - win / 2 > 0 ? k - win / 2 : 0, b = k + win / 2 + 1 < r->n_loss ? k + win / 2 + 1 : r->n_loss;
+                double sum = 0;
+                for (int j = a; j < b; j++) sum += r->loss[j];
+                fprintf(f, "%.1f,%.1f ", px(&q, r->loss_step[k]), py(&q, sum / (b - a)));
+            }
             fprintf(f, "\"><title>");
             esc(f, r->dir);
             fprintf(f, "</title></polyline>\n");
         }
         fprintf(f, "</svg>\n");
     }
-    fprintf(f, "<p class=\"note\">One line per run (seeds overlaid); budgets: solid, dashed, dotted in the order of the table.</p>\n");
+    fprintf(f, "<p class=\"note\">One line per run (seeds overlaid), each point the mean loss over a window of 1/30 of the run; "
+               "budgets: solid, dashed, dotted in the order of the table.</p>\n");
 
     /* speed and memory bars */
     for (int which = 0; which < 2; which++) {
