@@ -160,7 +160,7 @@ rm -f $W/s1/report.html
 if $P report $W/s1 2>$W/err && [ -s $W/s1/report.html ]; then ok "peftc report DIR regenerates report.html"; else bad "peftc report: $(cat $W/err)"; fi
 
 # 2. kill and resume
-args="--model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit,lora --seeds 1,2 --steps 600 --batch 4 --save-every 40 --format md"
+args="--model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit,lora --seeds 1,2 --steps 2000 --batch 4 --save-every 40 --format md"
 $P sweep $args --out $W/s2 >$W/s2a.log 2>&1 &
 SWEEP_PID=$!
 # wait until the first run is done and the second has a checkpoint
@@ -189,7 +189,7 @@ t2=$(stat -c %.9Y $W/s2/bitfit-fixed-s1/metrics.json)
 grep -q "4 runs, 1 finished before (kept), 3 to train" $W/s2b.log && [ "$t1" = "$t2" ] \
     && ok "finished run kept, not redone (metrics.json untouched; 3 of 4 trained)" || bad "finished run redone: $(head -1 $W/s2b.log) $t1 $t2"
 grep -q "bitfit on .*, resumed" $W/s2b.log && ok "interrupted run resumed from its checkpoint" || bad "no resume: $(grep bitfit $W/s2b.log | head -2)"
-$P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit --seeds 2 --steps 600 --batch 4 --save-every 40 \
+$P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit --seeds 2 --steps 2000 --batch 4 --save-every 40 \
     --format md --out $W/s3 >$W/s3.log 2>&1
 cmp -s $W/s2/bitfit-fixed-s2/adapter_model.safetensors $W/s3/bitfit-fixed-s2/adapter_model.safetensors \
     && ok "resumed run's adapter is bit-identical to an uninterrupted run's" || bad "resumed adapter differs from an uninterrupted run"
@@ -197,7 +197,7 @@ $PY -c "
 import sys
 rows = [l.split(',') for l in open('$W/s2/bitfit-fixed-s2/loss.csv').read().split()[1:]]
 steps = [int(r[0]) for r in rows]
-sys.exit(0 if steps == list(range(1, 601)) else 1)" && ok "resumed run's loss.csv has steps 1..600 once each" || bad "resumed loss.csv steps wrong"
+sys.exit(0 if steps == list(range(1, 2001)) else 1)" && ok "resumed run's loss.csv has steps 1..2000 once each" || bad "resumed loss.csv steps wrong"
 [ ! -f $W/s2/bitfit-fixed-s2/checkpoint.safetensors ] && ok "checkpoint removed once the run finished" || bad "checkpoint left behind"
 
 # 3. lr grid: the default x {1/3, 1, 3} on the first seed, the best eval metric's lr for every seed
@@ -266,7 +266,7 @@ check_err "--lr other than auto" "--lr takes only 'auto'" $P sweep --model $T/mo
 check_err "even lr grid" "--lr-grid must be odd" $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lora --lr-grid 2 --out $W/e3
 echo '{"methods": ["lora"], "stepz": 3}' >$W/bad.json
 check_err "sweep file key" "unknown key \"stepz\"" $P sweep --sweep $W/bad.json --model $T/model --train $T/train.tsv --out $W/e4
-check_err "resume with other steps" "this sweep was run with --steps 600, not 7" $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit,lora --steps 7 --batch 4 --out $W/s2
+check_err "resume with other steps" "this sweep was run with --steps 2000, not 7" $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods bitfit,lora --steps 7 --batch 4 --out $W/s2
 check_err "report of a non-sweep dir" "sweep.json" $P report $W/tiny
 
 # 5. a sweep file: custom deltas with the budget's knob, a named preset variant

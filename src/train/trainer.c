@@ -225,6 +225,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
+    if ((rc = adalora_begin(&t.ada, total, err))) goto out;
     if (o->resume_dir) {
         if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &s, err))) goto out;
         rng.state = s.rng;
@@ -273,6 +274,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             for (int i = 0; i < n; i++) tokens += bb.lens[i];
             if (s.pos >= tr.n) epoch_ended = 1;
         }
+        loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
@@ -290,6 +292,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel,
                          lr_now, o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
         }
+        adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
         s.step++;
         steps_run++;
         last_loss = loss_acc;
