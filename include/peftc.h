@@ -211,7 +211,8 @@ void peftc_method_list(char *out, size_t cap);
 typedef struct peftc_method_info {
     int64_t trainable_params;  /* what training updates, the classifier head and reparameterisation
                                   MLPs included (metrics.json's trainable_params) */
-    int64_t saved_params;      /* what the adapter keeps (prefix / P-tuning MLPs folded away): the papers' count */
+    int64_t saved_params;      /* what the adapter keeps (prefix / P-tuning MLPs folded away): the papers' count;
+                                  AdaLoRA: at init_r (its pruning happens while training) */
     int64_t total_params;      /* the base model's (peftc_model_param_count) */
     float lr;                  /* o->lr if set, else the method's default */
     char spec[512];            /* what the method expands to: trained base tensors, delta specs, prompt, prefix */

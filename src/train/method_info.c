@@ -71,8 +71,14 @@ static void describe(const method_opts *mo, peftc_method_info *in)
         appendf(in->spec, sizeof in->spec, "biases; ");
     }
     if (mo->train_norms) appendf(in->spec, sizeof in->spec, "layer norms; ");
-    if (mo->lora) {
-        appendf(in->spec, sizeof in->spec, "LoRA r=%d alpha=%g%s on", mo->r, (double)mo->alpha, mo->rslora ? " (rs)" : "");
+    if (mo->lora || mo->adalora) {
+        /* AdaLoRA is LoRA's place in the design space with an SVD form whose
+         * rank is pruned while training: counted at init_r */
+        if (mo->adalora)
+            appendf(in->spec, sizeof in->spec, "AdaLoRA r=%d pruned to %d on average, alpha=%g, on", mo->ada.init_r, mo->ada.target_r,
+                    (double)mo->alpha);
+        else
+            appendf(in->spec, sizeof in->spec, "LoRA r=%d alpha=%g%s on", mo->r, (double)mo->alpha, mo->rslora ? " (rs)" : "");
         for (int s = 0; s < SITE_LINEAR_END; s++) {
             if (!(mo->targets & (1u << s))) continue;
             appendf(in->spec, sizeof in->spec, " %s", site_name((site_id)s));
