@@ -185,7 +185,7 @@ int cmd_predict(cli_args *a)
 int cmd_methods(cli_args *a)
 {
     if (cli_check_unused(a, "methods")) return 2;
-    char buf[8192];
+    char buf[16384];
     peftc_method_list(buf, sizeof buf);
     fputs(buf, stdout);
     return 0;

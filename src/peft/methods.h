@@ -60,6 +60,8 @@ typedef struct method_args {
 /* Builds a preset for a model (widths decide the default bottlenecks). */
 peftc_status method_build(const char *name, const method_args *args, const peftc_config *cfg,
                           method_opts *mo, peftc_error *err);
+/* The preset's default learning rate (see the table in methods.c). */
+float method_default_lr(const method_opts *mo);
 /* Prints the presets, what each expands to and its parameter formula. */
 void method_list(char *out, size_t cap);
 

@@ -10,8 +10,11 @@
 
 #define HEAD_PREFIX "base_model.model."
 
-peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
-                       const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
+/* Everything task_init does before the parameter blocks exist: the method's,
+ * the virtual tokens' and the head's tensors are declared (shapes only), so
+ * task_count_params can count a method without allocating its values. */
+static peftc_status task_declare(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                                 const label_set *labels, int max_len, peftc_error *err)
 {
     memset(t, 0, sizeof *t);
     t->m = m;
@@ -59,6 +62,35 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     t->p_cls_w = params_add(&t->pb, HEAD_PREFIX "classifier.weight", 2, shk, 0);
     t->p_cls_b = params_add(&t->pb, HEAD_PREFIX "classifier.bias", 1, shk, 1);
     if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    return PEFTC_OK;
+}
+
+peftc_status task_count_params(peftc_model *m, const method_opts *mo, int num_labels, int64_t *count, peftc_error *err)
+{
+    if (num_labels < 1 || num_labels > 1 << 20) return peftc_fail(err, PEFTC_ERR_INPUT, "number of labels %d out of range", num_labels);
+    label_set labels = {num_labels, calloc((size_t)num_labels, sizeof(char *))};
+    if (!labels.names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < num_labels; i++) labels.names[i] = "";
+    task t;
+    peftc_status rc = task_declare(&t, m, NULL, mo, &labels, m->cfg.max_position, err);
+    *count = rc ? 0 : task_trainable_count(&t);
+    free(labels.names);
+    t.m = NULL;   /* no activation buffers were made */
+    task_free(&t);
+    return rc;
+}
+
+peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                       const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
+{
+    peftc_status rc = task_declare(t, m, tok, mo, labels, max_len, err);
+    if (rc) return rc;
+    const peftc_config *c = &m->cfg;
+    int C = c->hidden_size, K = labels->n;
+    const model_family *f = m->family;
+    const float *m_pool_w = NULL, *m_pool_b = NULL;
+    f->pooler(m, &m_pool_w, &m_pool_b);
+    int train_pooler = mo->base == BASE_ALL || !m_pool_w;
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
     if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
