@@ -41,6 +41,9 @@
 /* Linear sites are the site ids below the first block site: [0, SITE_LINEAR_END).
  * (ffn.gate / ffn.up, when added, go at the end of that group.) */
 #define SITE_LINEAR_END SITE_ATTN_OUT
+/* Every linear site: those below SITE_LINEAR_END and the gated FFN's
+ * gate/up projections (added after the block sites). */
+static inline int site_is_linear(int s) { return s < SITE_LINEAR_END || s == SITE_FFN_GATE || s == SITE_FFN_UP; }
 
 typedef struct model_family model_family;
 

@@ -20,7 +20,7 @@ const char *lora_module_name(const model_family *f, site_id s)
 static int family_target(const char *name, site_id *out)
 {
     for (int i = 0; model_families[i]; i++)
-        for (int s = 0; s < SITE_LINEAR_END; s++) {
+        for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s)) {
             const char *t = model_families[i]->site_target[s];
             if (t && !strcmp(t, name)) { *out = (site_id)s; return 1; }
         }
@@ -38,12 +38,12 @@ peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *e
         int found = family_target(tok, &s);
         for (size_t i = 0; i < sizeof lora_aliases / sizeof *lora_aliases && !found; i++)
             if (!strcmp(tok, lora_aliases[i].name)) { s = lora_aliases[i].site; found = 1; }
-        if (!found && site_parse(tok, &s) && s < SITE_LINEAR_END) found = 1;
+        if (!found && site_parse(tok, &s) && site_is_linear(s)) found = 1;
         if (!found) {
             char names[512] = "";
             size_t len = 0;
             for (int i = 0; model_families[i]; i++)
-                for (int k = 0; k < SITE_LINEAR_END; k++)
+                for (int k = 0; k < SITE_COUNT; k++) if (site_is_linear(k))
                     if (model_families[i]->site_target[k] && len < sizeof names)
                         len += (size_t)snprintf(names + len, sizeof names - len, "%s%s", len ? ", " : "",
                                                 model_families[i]->site_target[k]);
@@ -53,6 +53,21 @@ peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *e
     }
     if (!*mask) return peftc_fail(err, PEFTC_ERR_INPUT, "--target-modules: no module given");
     return PEFTC_OK;
+}
+
+/* --target-modules of a model: PEFT's "all-linear" is every linear layer of
+ * the blocks the family names (the output head is not one of them). */
+static peftc_status lora_targets_for(const char *list, const peftc_config *cfg, unsigned *mask, peftc_error *err)
+{
+    if (list && !strcmp(list, "all-linear")) {
+        const model_family *f = model_family_for_arch(cfg->arch);
+        *mask = 0;
+        for (int s = 0; f && s < SITE_COUNT; s++)
+            if (site_is_linear(s) && f->site_target[s]) *mask |= 1u << s;
+        if (!*mask) return peftc_fail(err, PEFTC_ERR_INPUT, "--target-modules all-linear: the model has no linear layers");
+        return PEFTC_OK;
+    }
+    return lora_parse_targets(list ? list : "query,value", mask, err);
 }
 
 float lora_scale(const method_opts *mo)
@@ -89,7 +104,7 @@ int adalora_key_site(const char *key, int *layer, site_id *site)
         const char *post = pct + 2;
         if (strncmp(end, post, strlen(post)) || end[strlen(post)] != '.') continue;
         const char *mod = end + strlen(post) + 1;
-        for (int s = 0; s < SITE_LINEAR_END; s++)
+        for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s))
             if (f->site_module[s] && !strcmp(mod, f->site_module[s])) { *layer = (int)l; *site = (site_id)s; return 1; }
     }
     return 0;
@@ -142,7 +157,7 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
     free(refs);
     for (int l = 0; l < c->num_layers; l++) {
         if (mo->lora || mo->adalora) {
-            for (int st = 0; st < SITE_LINEAR_END; st++) {
+            for (int st = 0; st < SITE_COUNT; st++) if (site_is_linear(st)) {
                 if (!(mo->targets & (1u << st))) continue;
                 int in, out;
                 if (!f->site(m, l, (site_id)st, &in, &out) || !f->site_module[st])
@@ -363,7 +378,7 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         mo->dropout = a->lora_dropout;
         mo->rslora = a->rslora;
         if (mo->dropout < 0 || mo->dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
-        if ((rc = lora_parse_targets(a->targets ? a->targets : "query,value", &mo->targets, err))) return rc;
+        if ((rc = lora_targets_for(a->targets, cfg, &mo->targets, err))) return rc;
     } else if (!strcmp(name, "adalora")) {
         static const peftc_adalora_opts none;
         if ((rc = adalora_resolve(a->adalora ? a->adalora : &none, &mo->ada, err))) return rc;

@@ -79,7 +79,7 @@ static void describe(const method_opts *mo, peftc_method_info *in)
                     (double)mo->alpha);
         else
             appendf(in->spec, sizeof in->spec, "LoRA r=%d alpha=%g%s on", mo->r, (double)mo->alpha, mo->rslora ? " (rs)" : "");
-        for (int s = 0; s < SITE_LINEAR_END; s++) {
+        for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s)) {
             if (!(mo->targets & (1u << s))) continue;
             appendf(in->spec, sizeof in->spec, " %s", site_name((site_id)s));
             add_value(rep, cr, site_representation((site_id)s));

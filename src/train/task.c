@@ -292,16 +292,16 @@ static void regex_escape(const char *in, char *out, size_t cap)
 static json_t *target_modules_json(const model_family *f, unsigned mask)
 {
     int ambiguous = 0;
-    for (int s = 0; s < SITE_LINEAR_END; s++) {
+    for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s)) {
         if (!(mask & (1u << s)) || !f->site_target[s]) continue;
-        for (int o = 0; o < SITE_LINEAR_END; o++)
+        for (int o = 0; o < SITE_COUNT; o++) if (site_is_linear(o))
             if (o != s && f->site_target[o] && f->site_module[o] && f->site_module[s] &&
                 (suffix_match(f->site_target[s], f->site_module[o]) || suffix_match(f->site_target[o], f->site_module[s])))
                 ambiguous = 1;
     }
     if (!ambiguous) {
         json_t *a = json_array();
-        for (int s = 0; s < SITE_LINEAR_END; s++)
+        for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s))
             if (mask & (1u << s)) json_array_append_new(a, json_string(lora_module_name(f, (site_id)s)));
         return a;
     }
@@ -310,7 +310,7 @@ static json_t *target_modules_json(const model_family *f, unsigned mask)
     strcat(re, part);
     strcat(re, "\\.(");
     int first = 1;
-    for (int s = 0; s < SITE_LINEAR_END; s++)
+    for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s))
         if ((mask & (1u << s)) && f->site_module[s] && strlen(re) + 2 * strlen(f->site_module[s]) + 4 < sizeof re) {
             regex_escape(f->site_module[s], part, sizeof part);
             strcat(re, first ? "" : "|");
@@ -448,7 +448,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     json_object_set_new(own, "labels", labels);
     if (mo->lora) {
         json_t *tg = json_array();
-        for (int s = 0; s < SITE_LINEAR_END; s++)
+        for (int s = 0; s < SITE_COUNT; s++) if (site_is_linear(s))
             if (mo->targets & (1u << s)) json_array_append_new(tg, json_string(site_name((site_id)s)));
         json_object_set_new(own, "lora_sites", tg);
     }

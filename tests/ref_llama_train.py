@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""float64 autograd oracle of the Llama family's training forward/backward
+(src/model/llama_family.c) and the causal-LM task (src/train/task_lm.c), for
+tests/check_llama_train.sh.
+
+  ref_llama_train.py compare MODEL_DIR CASE_DIR R ALPHA RSLORA [--q8]
+      CASE_DIR holds lm_grad's params.safetensors (peftc's trainable values,
+      PEFT names), grads.safetensors (peftc's gradients) and batch.json (ids,
+      lengths, target flags, segments). The model is rebuilt here from the HF
+      directory in float64 (tests/ref_llama.py's RMSNorm/RoPE/GQA, written
+      from the architecture), the trained tensors put in by name: LoRA
+      (x A^T B^T * alpha/r, or alpha/sqrt(r) with rsLoRA) and (IA)^3 (k, v
+      outputs and the down projection's input scaled) as PEFT defines them,
+      base tensors of full fine-tuning replacing the model's; packed rows
+      attend within their segment with positions restarting there. The loss is
+      the mean next-token cross-entropy over the targets; every gradient is
+      compared: max |peftc - torch| <= 1e-4 * max(max |torch|, 1e-3 * the
+      largest gradient of all). --q8: the matmul inputs quantised to Q8_0 as
+      ggml does in the forward (straight-through in the backward, as peftc's
+      backward multiplies by the dequantised weights).
+Prints ok/FAIL lines."""
+import json, math, os, sys
+import torch
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ref_llama import load, inv_freq   # noqa: E402
+
+torch.set_default_dtype(torch.float64)
+
+
+def q8(x):
+    n, k = x.shape
+    b = x.reshape(n, k // 32, 32)
+    d = b.abs().amax(-1, keepdim=True).float() / 127
+    idd = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = torch.round(b.float() * idd)
+    return (q.double() * d.half().double()).reshape(n, k)
+
+
+def main():
+    model_dir, case, r, alpha, rslora = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+    use_q8 = "--q8" in sys.argv
+    cfg, t = load(model_dir)
+    f, hd = inv_freq(cfg)
+    nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    eps, L = cfg.get("rms_norm_eps", 1e-6), cfg["num_hidden_layers"]
+    P = {k: v.double().requires_grad_(True) for k, v in load_file(f"{case}/params.safetensors").items()}
+    G = load_file(f"{case}/grads.safetensors")
+    bt = json.load(open(f"{case}/batch.json"))
+    pre = "base_model.model."
+    W = dict(t)
+    for k, v in P.items():   # full fine-tuning: the base tensor itself
+        if k.startswith(pre) and k[len(pre):] in W:
+            W[k[len(pre):]] = v
+    scale = alpha / (math.sqrt(r) if rslora else r) if r else 0
+
+    def lin(x, w, mod):
+        xe = x + (q8(x) - x).detach() if use_q8 else x
+        y = xe @ w.T
+        a, b = P.get(f"{pre}model.{mod}.lora_A.weight"), P.get(f"{pre}model.{mod}.lora_B.weight")
+        if a is not None:
+            y = y + (x @ a.T) @ b.T * scale
+        l = P.get(f"{pre}model.{mod}.ia3_l")
+        if l is not None and "down_proj" not in mod:
+            y = y * l.reshape(-1)
+        return y
+
+    def norm(x, w):
+        return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+    def rope(x, pos):
+        ang = pos[:, None].double() * f[None, :]
+        c, s = torch.cos(ang)[:, None, :], torch.sin(ang)[:, None, :]
+        h = hd // 2
+        a, b = x[..., :h], x[..., h:]
+        return torch.cat([a * c - b * s, b * c + a * s], -1)
+
+    B, T = bt["B"], bt["T"]
+    ids = torch.tensor(bt["ids"]).view(B, T)
+    tg = torch.tensor(bt["target"]).view(B, T)
+    seg = torch.tensor(bt["seg"]).view(B, T)
+    total, count = 0, 0
+    for b in range(B):
+        n = bt["lens"][b]
+        row, sg = ids[b, :n], seg[b, :n]
+        pos = torch.zeros(n, dtype=torch.long)
+        for i in range(1, n):
+            pos[i] = 0 if sg[i] != sg[i - 1] else pos[i - 1] + 1
+        allowed = (torch.arange(n)[None, :] <= torch.arange(n)[:, None]) & (sg[None, :] == sg[:, None])
+        x = W["model.embed_tokens.weight"][row]
+        for l in range(L):
+            p = f"model.layers.{l}."
+            h = norm(x, W[p + "input_layernorm.weight"])
+            q = lin(h, W[p + "self_attn.q_proj.weight"], f"layers.{l}.self_attn.q_proj").view(n, nh, hd)
+            k = lin(h, W[p + "self_attn.k_proj.weight"], f"layers.{l}.self_attn.k_proj").view(n, nkv, hd)
+            v = lin(h, W[p + "self_attn.v_proj.weight"], f"layers.{l}.self_attn.v_proj").view(n, nkv, hd)
+            q, k = rope(q, pos), rope(k, pos)
+            g = nh // nkv
+            kk, vv = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+            sc = torch.einsum("ihd,jhd->hij", q, kk) / math.sqrt(hd)
+            sc = sc.masked_fill(~allowed[None], float("-inf"))
+            a = torch.einsum("hij,jhd->ihd", torch.softmax(sc, -1), vv).reshape(n, nh * hd)
+            x = x + lin(a, W[p + "self_attn.o_proj.weight"], f"layers.{l}.self_attn.o_proj")
+            h = norm(x, W[p + "post_attention_layernorm.weight"])
+            gt = lin(h, W[p + "mlp.gate_proj.weight"], f"layers.{l}.mlp.gate_proj")
+            up = lin(h, W[p + "mlp.up_proj.weight"], f"layers.{l}.mlp.up_proj")
+            act = torch.nn.functional.silu(gt) * up
+            l3 = P.get(f"{pre}model.layers.{l}.mlp.down_proj.ia3_l")
+            if l3 is not None:
+                act = act * l3.reshape(-1)
+            x = x + lin(act, W[p + "mlp.down_proj.weight"], f"layers.{l}.mlp.down_proj")
+        hn = norm(x, W["model.norm.weight"])
+        for i in range(n - 1):
+            if tg[b, i + 1]:
+                z = hn[i] @ W["lm_head.weight"].T
+                total = total + torch.logsumexp(z, 0) - z[row[i + 1]]
+                count += 1
+    loss = total / count
+    loss.backward()
+    fails = 0
+    rel = abs(loss.item() - bt["loss"]) / abs(loss.item())
+    if rel <= 1e-5 and count == bt["n_targets"]:
+        print(f"ok   - loss {bt['loss']:.7f} vs torch {loss.item():.7f} (rel {rel:.1e}), {count} targets")
+    else:
+        print(f"FAIL - loss {bt['loss']:.7f} vs torch {loss.item():.7f} (rel {rel:.1e}), targets {bt['n_targets']} vs {count}")
+        fails += 1
+    gmax = max(v.grad.abs().max().item() for v in P.values() if v.grad is not None)
+    worst, wname, missing = 0, "", []
+    for k, v in P.items():
+        if v.grad is None:
+            missing.append(k)
+            continue
+        ref = v.grad.reshape(G[k].shape)
+        floor = max(ref.abs().max().item(), 1e-3 * gmax)
+        e = (G[k].double() - ref).abs().max().item() / floor
+        if e > worst:
+            worst, wname = e, k
+    if missing:
+        print(f"FAIL - no torch gradient for {len(missing)} tensors, e.g. {missing[0]}")
+        fails += 1
+    tol = 1e-4
+    print(f"{'ok  ' if worst <= tol else 'FAIL'} - {len(P)} gradients, worst {worst:.2e} of the scale at {wname.replace(pre, '')} (<= {tol})")
+    sys.exit(1 if fails or worst > tol else 0)
+
+
+if __name__ == "__main__":
+    main()
