@@ -197,6 +197,13 @@ typedef struct peftc_train_opts {
     float lr_end;                /* > lr: a learning-rate range test (Smith 2017): the
                                     rate grows geometrically from lr at the first step to
                                     lr_end at the last, no warm-up or decay */
+    /* causal language modelling (the task of decoder models) */
+    const char *task;            /* NULL: the model's (causal-lm for decoders, seq-cls for encoders) */
+    int pack;                    /* several examples per row of max_len tokens */
+    int loss_on_all;             /* loss on prompt tokens too (default: the response only) */
+    const char *data_format;     /* NULL: recognised; text, prompt-response, alpaca, chat, template */
+    const char *prompt_template; /* "...{field}...": the prompt from a record's fields */
+    const char *prompt_field, *response_field;
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);

@@ -3,6 +3,10 @@
  * bit-exact resume. Nothing is allocated inside a step. */
 #include "train/eval.h"
 #include "train/checkpoint.h"
+#include "train/lm_data.h"
+#include "train/task_lm.h"
+#include "tokenizer/bpe.h"
+#include "io/gguf.h"
 #include "kernels/kernels.h"
 #include "io/safetensors.h"
 
@@ -164,6 +168,275 @@ static void emit(peftc_progress_fn fn, void *user, peftc_progress *p)
     if (fn) fn(p, user);
 }
 
+/* ------------------------------------------------------ causal LM (decoders) */
+
+/* The decoder's tokenizer: its GGUF metadata, or tokenizer.json beside an HF
+ * directory's weights. */
+static peftc_status lm_tokenizer(const char *path, bpe_tokenizer **tok, peftc_error *err)
+{
+    size_t n = strlen(path);
+    if (n > 5 && !strcmp(path + n - 5, ".gguf")) {
+        gguf_file *g;
+        peftc_status rc = gguf_open(path, &g, err);
+        if (rc) return rc;
+        rc = bpe_from_gguf(g, tok, err);
+        gguf_close(g);
+        return rc;
+    }
+    char p[4096];
+    peftc_status rc = peftc_path_join(p, sizeof p, path, "tokenizer.json", err);
+    if (rc) return rc;
+    if (!peftc_file_exists(p)) return peftc_fail(err, PEFTC_ERR_IO, "%s: no tokenizer.json (the data cannot be tokenised)", path);
+    return bpe_from_tokenizer_json(p, tok, err);
+}
+
+/* GGUF Llama files hold q/k rows permuted for ggml's RoPE (llama.h): a LoRA
+ * B trained against them is permuted back to Hugging Face's row order in
+ * the saved adapter, which is what PEFT and `peftc generate --adapter` read.
+ * Per head of hd rows: GGUF row 2i + j (j = 0, 1) is HF row i + j hd/2. */
+static void lora_b_to_hf(float *b, int out, int r, int n_head, float *tmp)
+{
+    int hd = out / n_head, h2 = hd / 2;
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < h2; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(tmp + ((size_t)h * hd + i + (size_t)j * h2) * r, b + ((size_t)h * hd + 2 * i + j) * r, (size_t)r * sizeof(float));
+    memcpy(b, tmp, (size_t)out * r * sizeof(float));
+}
+
+/* adapter_config.json (PEFT's fields: LoRA and (IA)^3 load in PEFT as
+ * CAUSAL_LM adapters; other methods keep peftc's own peft_type) and
+ * adapter_model.safetensors (PEFT's names: the parameter block's). */
+static peftc_status lm_save_adapter(const lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err)
+{
+    const method_opts *mo = &t->mo;
+    const model_family *f = t->m->family;
+    json_t *cfg = json_object();
+    json_object_set_new(cfg, "base_model_name_or_path", json_string(base));
+    json_object_set_new(cfg, "task_type", json_string("CAUSAL_LM"));
+    json_object_set_new(cfg, "inference_mode", json_true());
+    json_t *tm = json_array();
+    for (int s = 0; s < SITE_COUNT; s++)
+        if (site_is_linear(s) && (mo->targets & (1u << s)) && f->site_target[s]) json_array_append_new(tm, json_string(f->site_target[s]));
+    if (mo->lora) {
+        json_object_set_new(cfg, "peft_type", json_string("LORA"));
+        json_object_set_new(cfg, "r", json_integer(mo->r));
+        json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
+        json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
+        json_object_set_new(cfg, "use_rslora", json_boolean(mo->rslora));
+        json_object_set_new(cfg, "bias", json_string("none"));
+        json_object_set_new(cfg, "target_modules", tm);
+    } else {
+        json_decref(tm);
+        json_object_set_new(cfg, "peft_type", json_string("PEFTC"));
+    }
+    json_object_set_new(cfg, "peftc_method", json_string(mo->name));
+    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(cfg);
+    char path[4096];
+    peftc_status rc = peftc_mkdir_p(dir, err);
+    if (!rc) rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
+    if (!rc) rc = peftc_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    if (rc) return rc;
+    const param_block *pb = &t->pb;
+    st_write_item *items = calloc((size_t)(pb->n ? pb->n : 1), sizeof *items);
+    float *copy = malloc((pb->total ? pb->total : 1) * sizeof *copy), *tmp = malloc((pb->total ? pb->total : 1) * sizeof *tmp);
+    if (!items || !copy || !tmp) { free(items); free(copy); free(tmp); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    memcpy(copy, pb->p, pb->total * sizeof *copy);
+    for (int i = 0; i < pb->n; i++) {
+        const param_entry *e = &pb->e[i];
+        items[i].name = e->name;
+        items[i].ndim = e->ndim;
+        for (int d = 0; d < e->ndim; d++) items[i].shape[d] = e->shape[d];
+        items[i].data = copy + e->offset;
+        int is_q = strstr(e->name, "q_proj.lora_B") != NULL, is_k = strstr(e->name, "k_proj.lora_B") != NULL;
+        if (gguf_rows && (is_q || is_k) && e->ndim == 2) {
+            const peftc_config *c = &t->m->cfg;
+            int heads = is_q ? c->num_heads : (int)(e->shape[0] / (c->hidden_size / c->num_heads));
+            lora_b_to_hf(copy + e->offset, (int)e->shape[0], (int)e->shape[1], heads, tmp);
+        }
+    }
+    rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
+    if (!rc) rc = st_write_f32(path, items, pb->n, NULL, err);
+    free(items);
+    free(copy);
+    free(tmp);
+    return rc;
+}
+
+static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, const method_opts *mo, float lr,
+                                    peftc_progress_fn progress, void *user, peftc_error *err)
+{
+    bpe_tokenizer *tok = NULL;
+    lm_dataset tr = {0};
+    lm_task t = {0};
+    int32_t *ids = NULL, *seg = NULL;
+    uint8_t *tgt = NULL;
+    int *lens = NULL, *order = NULL;
+    peftc_status rc;
+    lm_data_opts dopt = {.prompt_field = o->prompt_field, .response_field = o->response_field,
+                         .prompt_template = o->prompt_template, .loss_on_all = o->loss_on_all, .pack = o->pack};
+    dopt.max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
+    if (o->data_format && !lm_format_parse(o->data_format, &dopt.format))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", o->data_format);
+    if (o->eval_path) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--eval with --task causal-lm is not supported yet (run peftc eval after training)");
+    if ((rc = lm_tokenizer(o->model_dir, &tok, err)) || (rc = lm_data_load(o->train_path, tok, &dopt, &tr, err))) goto out;
+    int T = 1;
+    for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
+    int B = o->batch < tr.n ? o->batch : tr.n;
+    peftc_rng rng;
+    peftc_rng_seed(&rng, o->seed);
+    if ((rc = lm_task_init(&t, m, mo, &rng, err)) || (rc = lm_task_alloc(&t, B, T, 1, err))) goto out;
+    ids = malloc((size_t)B * T * sizeof *ids);
+    seg = malloc((size_t)B * T * sizeof *seg);
+    tgt = malloc((size_t)B * T);
+    lens = malloc((size_t)B * sizeof *lens);
+    order = malloc((size_t)tr.n * sizeof *order);
+    if (!ids || !seg || !tgt || !lens || !order) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    if ((rc = peftc_mkdir_p(o->out_dir, err))) goto out;
+    int micro = (tr.n + B - 1) / B, per_epoch = (micro + o->grad_accum - 1) / o->grad_accum;
+    int total = o->max_steps > 0 ? o->max_steps : o->epochs * per_epoch;
+    int warmup = (int)ceil(o->warmup_ratio * total);
+    uint64_t run_sig = 0x6c6d;   /* the layout is checked by the checkpoint's tensor sizes and method */
+    for (int i = 0; i < t.pb.n; i++) run_sig = fnv(run_sig, t.pb.e[i].name, strlen(t.pb.e[i].name));
+    int ints[] = {o->batch, o->grad_accum, dopt.max_len, o->pack, o->loss_on_all};
+    run_sig = fnv(run_sig, ints, sizeof ints);
+    run_sig = fnv(run_sig, &o->seed, sizeof o->seed);
+    train_state s = {0, 0, 0, 0};
+    if (o->resume_dir) {
+        if ((rc = checkpoint_load(o->resume_dir, &t.pb, mo->name, run_sig, &s, err))) goto out;
+        rng.state = s.rng;
+    }
+    /* the epoch's order: a permutation seeded by (seed, epoch) alone */
+#define LM_ORDER(ep) do { peftc_rng r_; peftc_rng_seed(&r_, o->seed * 1000003u + (uint64_t)(ep)); \
+        for (int i = 0; i < tr.n; i++) order[i] = i; \
+        for (int i = tr.n - 1; i > 0; i--) { int j = (int)(peftc_rng_u64(&r_) % (uint64_t)(i + 1)), x = order[i]; order[i] = order[j]; order[j] = x; } } while (0)
+    LM_ORDER(s.epoch);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s (causal LM) on %s: %d examples (%s; %d truncated, %d dropped) in %d rows, %lld targets, %d steps, batch %d x %d, lr %g%s",
+             mo->name, o->train_path, tr.n_examples, lm_format_name(tr.format), tr.n_truncated, tr.n_dropped, tr.n, tr.n_targets,
+             total, B, o->grad_accum, lr, o->resume_dir ? ", resumed" : "");
+    peftc_progress pr = {.kind = PEFTC_PROGRESS_START, .message = msg, .total_steps = total, .step = s.step,
+                         .trainable_params = lm_task_trainable_count(&t), .total_params = peftc_model_param_count(m)};
+    emit(progress, user, &pr);
+    double t0 = now_s(), tokens = 0, last_loss = 0;
+    int steps_run = 0;
+    while (s.step < total) {
+        memset(t.pb.g, 0, t.pb.total * sizeof(float));
+        /* the micro-batches of one step first, to weight every target alike */
+        int pos0 = s.pos, ep0 = s.epoch;
+        long n_step_targets = 0;
+        for (int a = 0; a < o->grad_accum; a++) {
+            if (s.pos >= tr.n) { s.epoch++; s.pos = 0; LM_ORDER(s.epoch); }
+            int n = tr.n - s.pos < B ? tr.n - s.pos : B;
+            for (int i = 0; i < n; i++) {
+                int r = order[s.pos + i];
+                for (int p = 1; p < tr.len[r]; p++) n_step_targets += tr.target[tr.off[r] + (size_t)p];
+            }
+            s.pos += n;
+        }
+        s.pos = pos0;
+        if (s.epoch != ep0) { s.epoch = ep0; LM_ORDER(s.epoch); }
+        double loss_sum = 0;
+        for (int a = 0; a < o->grad_accum; a++) {
+            if (s.pos >= tr.n) { s.epoch++; s.pos = 0; LM_ORDER(s.epoch); }
+            int n = tr.n - s.pos < B ? tr.n - s.pos : B, Tb = 1;
+            for (int i = 0; i < n; i++) if (tr.len[order[s.pos + i]] > Tb) Tb = tr.len[order[s.pos + i]];
+            for (int i = 0; i < n; i++) {
+                int r = order[s.pos + i], L = tr.len[r];
+                lens[i] = L;
+                memcpy(ids + (size_t)i * Tb, tr.ids + tr.off[r], (size_t)L * sizeof *ids);
+                memcpy(seg + (size_t)i * Tb, tr.seg + tr.off[r], (size_t)L * sizeof *seg);
+                memcpy(tgt + (size_t)i * Tb, tr.target + tr.off[r], (size_t)L);
+                for (int p = L; p < Tb; p++) { ids[(size_t)i * Tb + p] = 0; seg[(size_t)i * Tb + p] = -1; tgt[(size_t)i * Tb + p] = 0; }
+                tokens += L;
+            }
+            s.pos += n;
+            long nt = 0;
+            loss_sum += lm_task_step(&t, ids, tgt, o->pack ? seg : NULL, lens, n, Tb,
+                                     n_step_targets ? 1.0f / (float)n_step_targets : 0.0f, &rng, &nt);
+        }
+        double loss = n_step_targets ? loss_sum / (double)n_step_targets : 0;
+        if (!isfinite(loss)) {
+            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
+            goto out;
+        }
+        double norm2 = 0;
+        for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
+        float norm = (float)sqrt(norm2);
+        if (!isfinite(norm)) {
+            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite gradient at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
+            goto out;
+        }
+        if (o->clip > 0 && norm > o->clip)
+            for (size_t i = 0; i < t.pb.total; i++) t.pb.g[i] *= o->clip / (norm + 1e-6f);
+        float lr_now = lr_at(o, lr, s.step, total, warmup);
+        for (int i = 0; i < t.pb.n; i++) {
+            const param_entry *e = &t.pb.e[i];
+            adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel, lr_now,
+                         o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
+        }
+        s.step++;
+        steps_run++;
+        last_loss = loss;
+        double el = now_s() - t0;
+        pr = (peftc_progress){.kind = PEFTC_PROGRESS_STEP, .step = s.step, .total_steps = total, .epoch = s.epoch,
+                              .loss = (float)loss, .lr = lr_now, .grad_norm = norm, .tokens_per_s = tokens / el,
+                              .elapsed_s = el, .eta_s = el / steps_run * (total - s.step)};
+        emit(progress, user, &pr);
+        int stopping = o->stop_after > 0 && s.step >= o->stop_after && s.step < total;
+        if ((o->save_every > 0 && s.step % o->save_every == 0) || stopping) {
+            s.rng = rng.state;
+            if ((rc = checkpoint_save(o->out_dir, &t.pb, mo->name, o->model_dir, &s, run_sig, err))) goto out;
+            pr.kind = PEFTC_PROGRESS_CHECKPOINT;
+            emit(progress, user, &pr);
+        }
+        if (stopping) break;
+    }
+#undef LM_ORDER
+    double secs = now_s() - t0;
+    size_t ml = strlen(o->model_dir);
+    if ((rc = lm_save_adapter(&t, o->out_dir, o->model_dir, ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf"), err))) goto out;
+    {
+        json_t *j = json_object();
+        json_object_set_new(j, "method", json_string(mo->name));
+        json_object_set_new(j, "task", json_string("causal-lm"));
+        int64_t trainable = lm_task_trainable_count(&t), tot = peftc_model_param_count(m);
+        json_object_set_new(j, "trainable_params", json_integer(trainable));
+        json_object_set_new(j, "total_params", json_integer(tot));
+        json_object_set_new(j, "trainable_percent", json_real(100.0 * trainable / (double)tot));
+        json_object_set_new(j, "train_tokens_per_s", json_real(secs > 0 ? tokens / secs : 0));
+        json_object_set_new(j, "train_seconds", json_real(secs));
+        json_object_set_new(j, "train_steps", json_integer(s.step));
+        json_object_set_new(j, "final_train_loss", json_real(last_loss));
+        json_object_set_new(j, "examples", json_integer(tr.n_examples));
+        json_object_set_new(j, "truncated", json_integer(tr.n_truncated));
+        json_object_set_new(j, "dropped", json_integer(tr.n_dropped));
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        json_object_set_new(j, "peak_rss_mb", json_real(ru.ru_maxrss / 1024.0));
+        char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+        json_decref(j);
+        char path[4096];
+        rc = peftc_path_join(path, sizeof path, o->out_dir, "metrics.json", err);
+        if (!rc) rc = peftc_write_file_atomic(path, text, strlen(text), err);
+        free(text);
+    }
+    if (!rc) {
+        pr = (peftc_progress){.kind = PEFTC_PROGRESS_DONE, .step = s.step, .total_steps = total, .epoch = s.epoch,
+                              .loss = (float)last_loss, .tokens_per_s = secs > 0 ? tokens / secs : 0, .elapsed_s = secs,
+                              .trainable_params = lm_task_trainable_count(&t), .total_params = peftc_model_param_count(m)};
+        emit(progress, user, &pr);
+    }
+out:
+    free(ids); free(seg); free(tgt); free(lens); free(order);
+    lm_task_free(&t);
+    lm_data_free(&tr);
+    bpe_free(tok);
+    return rc;
+}
+
 peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, void *user, peftc_error *err)
 {
     peftc_status rc;
@@ -185,9 +458,19 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
     method_args ma;
     method_args_from_opts(o, &ma);
-    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
-        (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
+    if (o->task && strcmp(o->task, "causal-lm") && strcmp(o->task, "seq-cls"))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--task '%s': use causal-lm or seq-cls", o->task);
+    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)))
         goto out;
+    /* the task: causal LM for decoders (the default there), sequence classification for encoders */
+    if (m->family->lm_head ? !(o->task && !strcmp(o->task, "seq-cls")) : (o->task && !strcmp(o->task, "causal-lm"))) {
+        if (!m->family->lm_head)
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: --task causal-lm needs a decoder; a %s model is an encoder", o->model_dir, m->family->name);
+        else
+            rc = train_causal_lm(o, m, &mo, o->lr > 0 ? o->lr : method_default_lr(&mo), progress, user, err);
+        goto out;
+    }
+    if ((rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
     float lr = o->lr > 0 ? o->lr : method_default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
     if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) ||
