@@ -113,6 +113,14 @@ int cmd_train(cli_args *a)
     o.clip = (float)cli_opt_double(a, "--clip", o.clip, 0, 1e9, &ok);
     o.seed = (uint64_t)cli_opt_int(a, "--seed", (int)o.seed, 0, 2147483647, &ok);
     o.bucket = cli_flag(a, "--bucket");
+    o.task = cli_opt(a, "--task");
+    o.pack = cli_flag(a, "--pack");
+    const char *loss_on = cli_opt(a, "--loss-on");
+    o.loss_on_all = loss_on && !strcmp(loss_on, "all");
+    o.data_format = cli_opt(a, "--format");
+    o.prompt_template = cli_opt(a, "--prompt-template");
+    o.prompt_field = cli_opt(a, "--prompt-field");
+    o.response_field = cli_opt(a, "--response-field");
     o.save_every = cli_opt_int(a, "--save-every", 0, 1, 1 << 30, &ok);
     o.eval_every = cli_opt_int(a, "--eval-every", 0, 1, 1 << 30, &ok);
     o.stop_after = cli_opt_int(a, "--stop-after", 0, 1, 1 << 30, &ok);
