@@ -14,7 +14,7 @@ int cmd_export(cli_args *a)
     if (!adapter || !*adapter) return cli_errorf(2, "export: --adapter DIR (a PEFT LoRA directory) is required");
     if (!model || !*model) return cli_errorf(2, "export: --model BASE.gguf (the GGUF base llama.cpp will load) is required");
     if (!out || !*out) return cli_errorf(2, "export: --out FILE.gguf is required");
-    if (!cli_check_unused(a, "export")) return 2;
+    if (cli_check_unused(a, "export")) return 2;
     peftc_error err = {0};
     if (peftc_export_gguf_lora(adapter, model, out, &err)) return cli_fail(&err);
     fprintf(stderr, "peftc: wrote %s (llama.cpp GGUF LoRA for %s)\n", out, model);
