@@ -142,6 +142,10 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"lora_alpha\" must be a number", path);
     } else if (json_is_true(json_object_get(j, "use_dora"))) {
         rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: use_dora: DoRA adapters are not LoRA factors llama.cpp or this loader applies", path);
+    } else if (json_is_true(json_object_get(j, "lora_bias"))) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: lora_bias: a LoRA with a bias on B is not supported", path);
+    } else if (json_object_get(j, "layer_replication") && !json_is_null(json_object_get(j, "layer_replication"))) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: layer_replication changes the model's layers and is not supported", path);
     } else if (json_is_true(json_object_get(j, "fan_in_fan_out"))) {
         rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to this model", path);
     } else if (bias && strcmp(bias, "none")) {
