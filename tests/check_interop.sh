@@ -136,5 +136,12 @@ expect_fail "export without --out" "--out" -- ./peftc export --format gguf --ada
 sed 's/"r": 8/"r": 6/' $O/qv/adapter_config.json > $O/extra/adapter_config.json
 cp $O/qv/adapter_model.safetensors $O/extra/
 expect_fail "r disagreeing with the tensors" "q_proj.lora_A.weight" "maybe wrong base model" -- ./peftc export --format gguf --adapter $O/extra --model $L/tiny.gguf --out $O/x.gguf
+# 7. inspect names the format
+out=$(./peftc inspect $O/all7.gguf 2>&1 | sed -n 3p)
+case "$out" in *"llama.cpp GGUF adapter"*"architecture llama"*"14 lora_a/lora_b pairs, rank 2..4"*) ok "inspect: $out" ;; *) bad "inspect of a GGUF LoRA: $out" ;; esac
+out=$(./peftc inspect $O/qv 2>&1 | sed -n 2p)
+case "$out" in *"Hugging Face PEFT, peft_type LORA, task_type CAUSAL_LM, r 8, lora_alpha 16"*) ok "inspect: $out" ;; *) bad "inspect of a PEFT adapter: $out" ;; esac
+rm -rf $O/ah && mkdir -p $O/ah && echo '{"config": {"architecture": "prefix_tuning"}, "model_class": "BertModel", "name": "x"}' > $O/ah/adapter_config.json && : > $O/ah/pytorch_adapter.bin
+expect_fail "an AdapterHub pickle is refused" "pytorch_adapter.bin" "use_safetensors=True" -- ./peftc inspect $O/ah
 [ ! -e $O/x.gguf ] && ok "no output file after a failed export" || bad "a failed export left $O/x.gguf"
 finish
