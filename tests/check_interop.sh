@@ -106,7 +106,23 @@ else
     echo "# llama.cpp is not built ($LB/src/libllama.a missing): the llama.cpp checks are skipped; build it with bash bench/llamacpp.sh --prepare (about 12 min on 2 cores)"
 fi
 
-# 6. bad input: one line each, naming the file and the problem
+# 6. PEFT -> peftc on BERT (BertForSequenceClassification naming): adapters
+# made by peft with its defaults, no peftc-only fields (labels from the head)
+mkdir -p $O/bert
+[ -s $O/tb/model/config.json ] || run "$PY" tests/make_tiny_bert.py $O/tb
+printf 'the film was good .\nthe plot is awful but the actor was nice .\nnot really a great story\n' > $O/texts.txt
+rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn
+run "$PY" $P bert $O/tb/model $O/bert $O/texts.txt
+for k in lora ia3_ffn; do
+    if ! out=$(./peftc predict --model $O/tb/model --adapter $O/bert/$k --probs < $O/texts.txt 2>&1); then bad "peft-made BERT $k in peftc: $out"; continue; fi
+    printf '%s\n' "$out" | cut -f2- > $O/bert/$k.got
+    d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/bert/$k.got\") - np.loadtxt(\"$O/bert/$k.probs\")).max():.1e}')")
+    if "$PY" -c "import sys; sys.exit(0 if $d <= 1e-5 else 1)" && printf '%s' "$out" | head -1 | grep -q '^LABEL_'; then
+        ok "peft-made BERT $k (SEQ_CLS, no peftc fields) in peftc: labels LABEL_0/1 from the head, max abs prob diff $d (6 printed digits)"
+    else bad "peft-made BERT $k in peftc: max abs prob diff $d: $(printf '%s' "$out" | head -1)"; fi
+done
+
+# 7. bad input: one line each, naming the file and the problem
 expect_fail() { # name words... -- command...
     local name=$1; shift
     local words=()
@@ -136,7 +152,10 @@ expect_fail "export without --out" "--out" -- ./peftc export --format gguf --ada
 sed 's/"r": 8/"r": 6/' $O/qv/adapter_config.json > $O/extra/adapter_config.json
 cp $O/qv/adapter_model.safetensors $O/extra/
 expect_fail "r disagreeing with the tensors" "q_proj.lora_A.weight" "maybe wrong base model" -- ./peftc export --format gguf --adapter $O/extra --model $L/tiny.gguf --out $O/x.gguf
-# 7. inspect names the format
+expect_fail "PEFT's default (IA)3 for BERT (output.dense also matches attention.output.dense): an error, not a silent drop" \
+    "attention.output.dense.ia3_l" "not a parameter of method ia3" -- ./peftc predict --model $O/tb/model --adapter $O/bert/ia3 < $O/texts.txt
+
+# 8. inspect names the format
 out=$(./peftc inspect $O/all7.gguf 2>&1 | sed -n 3p)
 case "$out" in *"llama.cpp GGUF adapter"*"architecture llama"*"14 lora_a/lora_b pairs, rank 2..4"*) ok "inspect: $out" ;; *) bad "inspect of a GGUF LoRA: $out" ;; esac
 out=$(./peftc inspect $O/qv 2>&1 | sed -n 2p)

@@ -15,6 +15,14 @@
       tensor against the PEFT adapter: lora_a = lora_A, lora_b = the q/k rows
       permuted as convert_hf_to_gguf permutes the base, times
       (trained scale) / (adapter.lora.alpha / r)
+  interop_peft.py bert MODEL_DIR OUT TEXTS.txt
+      PEFT-made adapters for BertForSequenceClassification (2 labels) on the
+      tiny BERT, random nonzero weights, each saved to OUT/<kind> with the
+      class probabilities of every line of TEXTS.txt in OUT/<kind>.probs:
+      lora (PEFT's defaults: query, value; the classifier in modules_to_save),
+      ia3 (PEFT's defaults for BERT: key, value, output.dense, which also
+      matches attention.output.dense), ia3_ffn (target and feed-forward
+      modules as regexes: key, value and the FFN's output.dense only)
   interop_peft.py gguf-writer FILE.gguf
       checks the writer test file of interop_driver gguf-write
 """
@@ -134,6 +142,35 @@ def check_gguf(a):
     print(f"{len(seen)} tensors equal the source (max diff {maxd:.1e}), adapter.lora.alpha {galpha}")
 
 
+def bert(a):
+    import os, torch
+    from transformers import BertForSequenceClassification, BertTokenizer
+    from peft import LoraConfig, IA3Config, get_peft_model
+    texts = [l.rstrip("\n") for l in open(a.texts) if l.strip()]
+    tok = BertTokenizer(f"{a.model}/vocab.txt", do_lower_case=True)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    kinds = {
+        "lora": lambda: LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8),
+        "ia3": lambda: IA3Config(task_type="SEQ_CLS"),
+        "ia3_ffn": lambda: IA3Config(task_type="SEQ_CLS", target_modules=r".*\.(key|value|\d+\.output\.dense)$",
+                                     feedforward_modules=r".*\.\d+\.output\.dense$"),
+    }
+    for i, (kind, mk) in enumerate(kinds.items()):
+        torch.manual_seed(10 + i)
+        m = BertForSequenceClassification.from_pretrained(a.model, num_labels=2)
+        pm = get_peft_model(m, mk())
+        g = torch.Generator().manual_seed(20 + i)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if p.requires_grad:
+                    p.copy_((1.0 if "ia3" in n else 0.0) + torch.randn(p.shape, generator=g) * 0.3)
+        pm.eval()
+        with torch.no_grad():
+            pr = torch.softmax(pm(**enc).logits, -1)
+        pm.save_pretrained(f"{a.out}/{kind}")
+        np.savetxt(f"{a.out}/{kind}.probs", pr.numpy(), fmt="%.8f")
+
+
 def gguf_writer(a):
     from gguf import GGUFReader
     r = GGUFReader(a.gguf)
@@ -182,8 +219,9 @@ def main():
     p = sp.add_parser("logits"); p.add_argument("hf"); p.add_argument("ids"); p.add_argument("out"); p.add_argument("--adapter")
     p = sp.add_parser("check-gguf"); p.add_argument("adapter"); p.add_argument("gguf"); p.add_argument("hf")
     p = sp.add_parser("gguf-writer"); p.add_argument("gguf")
+    p = sp.add_parser("bert"); p.add_argument("model"); p.add_argument("out"); p.add_argument("texts")
     a = ap.parse_args()
-    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer}[a.cmd](a)
+    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert}[a.cmd](a)
 
 
 if __name__ == "__main__":

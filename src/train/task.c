@@ -536,6 +536,16 @@ peftc_status task_load_weights(task *t, const char *dir, peftc_error *err)
         if (!ok) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has a shape that does not fit this model (maybe wrong base model?)", path, e->name); break; }
         rc = st_to_f32(st, x, params_value(&t->pb, i), err);
     }
+    /* every tensor must be used: one the method does not apply (PEFT's
+     * default (IA)^3 also matching attention.output.dense, say) would
+     * otherwise be dropped silently and the model would be another one */
+    for (int i = 0; i < st->n && !rc; i++) {
+        int used = 0;
+        for (int k = 0; k < t->pb.n && !used; k++) used = !strcmp(t->pb.e[k].name, st->t[i].name);
+        if (!used)
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not a parameter of method %s on this model (an adapter of another method, targets or model?)",
+                            path, st->t[i].name, t->mo.name);
+    }
     peftc_safetensors_free(st);
     return rc;
 }
