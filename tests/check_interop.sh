@@ -122,6 +122,20 @@ for k in lora ia3_ffn; do
     else bad "peft-made BERT $k in peftc: max abs prob diff $d: $(printf '%s' "$out" | head -1)"; fi
 done
 
+# peftc -> PEFT on BERT: adapters trained by peftc (4 steps) loaded by PeftModel.from_pretrained
+for m in lora ia3; do
+    rm -rf $O/run_$m
+    run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method $m --out $O/run_$m --max-steps 4 --lr 5e-2 --batch 4
+done
+run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3
+for m in lora ia3; do
+    if ! out=$(./peftc predict --model $O/tb/model --adapter $O/run_$m --probs < $O/texts.txt 2>&1); then bad "peftc predict $m: $out"; continue; fi
+    printf '%s\n' "$out" | cut -f2- > $O/run_$m/peftc.probs
+    d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/run_$m/peftc.probs\") - np.loadtxt(\"$O/run_$m/peft.probs\")).max():.1e}')")
+    if "$PY" -c "import sys; sys.exit(0 if $d <= 1e-5 else 1)"; then ok "peftc-trained BERT $m loaded by peft: max abs prob diff $d (6 printed digits)"
+    else bad "peftc-trained BERT $m in peft: max abs prob diff $d"; fi
+done
+
 # 7. bad input: one line each, naming the file and the problem
 expect_fail() { # name words... -- command...
     local name=$1; shift

@@ -23,6 +23,10 @@
       ia3 (PEFT's defaults for BERT: key, value, output.dense, which also
       matches attention.output.dense), ia3_ffn (target and feed-forward
       modules as regexes: key, value and the FFN's output.dense only)
+  interop_peft.py peft-probs MODEL_DIR TEXTS.txt ADAPTER... 
+      each (peftc-written) adapter loaded by PeftModel.from_pretrained on
+      BertForSequenceClassification (as many labels as peftc.labels): the
+      class probabilities of every line, in ADAPTER/peft.probs
   interop_peft.py gguf-writer FILE.gguf
       checks the writer test file of interop_driver gguf-write
 """
@@ -171,6 +175,23 @@ def bert(a):
         np.savetxt(f"{a.out}/{kind}.probs", pr.numpy(), fmt="%.8f")
 
 
+def peft_probs(a):
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizer
+    from peft import PeftModel
+    texts = [l.rstrip("\n") for l in open(a.texts) if l.strip()]
+    tok = BertTokenizer(f"{a.model}/vocab.txt", do_lower_case=True)
+    enc = tok(texts, padding=True, return_tensors="pt")
+    for d in a.adapters:
+        cfg = json.load(open(f"{d}/adapter_config.json"))
+        m = BertForSequenceClassification.from_pretrained(a.model, num_labels=len(cfg["peftc"]["labels"]))
+        pm = PeftModel.from_pretrained(m, d)
+        pm.eval()
+        with torch.no_grad():
+            pr = torch.softmax(pm(**enc).logits, -1)
+        np.savetxt(f"{d}/peft.probs", pr.numpy(), fmt="%.8f")
+
+
 def gguf_writer(a):
     from gguf import GGUFReader
     r = GGUFReader(a.gguf)
@@ -219,9 +240,10 @@ def main():
     p = sp.add_parser("logits"); p.add_argument("hf"); p.add_argument("ids"); p.add_argument("out"); p.add_argument("--adapter")
     p = sp.add_parser("check-gguf"); p.add_argument("adapter"); p.add_argument("gguf"); p.add_argument("hf")
     p = sp.add_parser("gguf-writer"); p.add_argument("gguf")
+    p = sp.add_parser("peft-probs"); p.add_argument("model"); p.add_argument("texts"); p.add_argument("adapters", nargs="+")
     p = sp.add_parser("bert"); p.add_argument("model"); p.add_argument("out"); p.add_argument("texts")
     a = ap.parse_args()
-    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert}[a.cmd](a)
+    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert, "peft-probs": peft_probs}[a.cmd](a)
 
 
 if __name__ == "__main__":
