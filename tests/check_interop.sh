@@ -111,9 +111,9 @@ fi
 mkdir -p $O/bert
 [ -s $O/tb/model/config.json ] || run "$PY" tests/make_tiny_bert.py $O/tb
 printf 'the film was good .\nthe plot is awful but the actor was nice .\nnot really a great story\n' > $O/texts.txt
-rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn
+rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn $O/bert/prompt
 run "$PY" $P bert $O/tb/model $O/bert $O/texts.txt
-for k in lora ia3_ffn; do
+for k in lora ia3_ffn prompt; do
     if ! out=$(./peftc predict --model $O/tb/model --adapter $O/bert/$k --probs < $O/texts.txt 2>&1); then bad "peft-made BERT $k in peftc: $out"; continue; fi
     printf '%s\n' "$out" | cut -f2- > $O/bert/$k.got
     d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/bert/$k.got\") - np.loadtxt(\"$O/bert/$k.probs\")).max():.1e}')")
@@ -123,12 +123,12 @@ for k in lora ia3_ffn; do
 done
 
 # peftc -> PEFT on BERT: adapters trained by peftc (4 steps) loaded by PeftModel.from_pretrained
-for m in lora ia3; do
+for m in lora ia3 prompt; do
     rm -rf $O/run_$m
-    run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method $m --out $O/run_$m --max-steps 4 --lr 5e-2 --batch 4
+    run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method $m --num-virtual 4 --out $O/run_$m --max-steps 4 --lr 5e-2 --batch 4
 done
-run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3
-for m in lora ia3; do
+run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3 $O/run_prompt
+for m in lora ia3 prompt; do
     if ! out=$(./peftc predict --model $O/tb/model --adapter $O/run_$m --probs < $O/texts.txt 2>&1); then bad "peftc predict $m: $out"; continue; fi
     printf '%s\n' "$out" | cut -f2- > $O/run_$m/peftc.probs
     d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/run_$m/peftc.probs\") - np.loadtxt(\"$O/run_$m/peft.probs\")).max():.1e}')")

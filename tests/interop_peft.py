@@ -22,7 +22,8 @@
       lora (PEFT's defaults: query, value; the classifier in modules_to_save),
       ia3 (PEFT's defaults for BERT: key, value, output.dense, which also
       matches attention.output.dense), ia3_ffn (target and feed-forward
-      modules as regexes: key, value and the FFN's output.dense only)
+      modules as regexes: key, value and the FFN's output.dense only),
+      prompt (PROMPT_TUNING, 4 virtual tokens)
   interop_peft.py peft-probs MODEL_DIR TEXTS.txt ADAPTER... 
       each (peftc-written) adapter loaded by PeftModel.from_pretrained on
       BertForSequenceClassification (as many labels as peftc.labels): the
@@ -149,7 +150,7 @@ def check_gguf(a):
 def bert(a):
     import os, torch
     from transformers import BertForSequenceClassification, BertTokenizer
-    from peft import LoraConfig, IA3Config, get_peft_model
+    from peft import LoraConfig, IA3Config, PromptTuningConfig, get_peft_model
     texts = [l.rstrip("\n") for l in open(a.texts) if l.strip()]
     tok = BertTokenizer(f"{a.model}/vocab.txt", do_lower_case=True)
     enc = tok(texts, padding=True, return_tensors="pt")
@@ -158,6 +159,7 @@ def bert(a):
         "ia3": lambda: IA3Config(task_type="SEQ_CLS"),
         "ia3_ffn": lambda: IA3Config(task_type="SEQ_CLS", target_modules=r".*\.(key|value|\d+\.output\.dense)$",
                                      feedforward_modules=r".*\.\d+\.output\.dense$"),
+        "prompt": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
     }
     for i, (kind, mk) in enumerate(kinds.items()):
         torch.manual_seed(10 + i)
