@@ -169,6 +169,11 @@ expect_fail "r disagreeing with the tensors" "q_proj.lora_A.weight" "maybe wrong
 expect_fail "PEFT's default (IA)3 for BERT (output.dense also matches attention.output.dense): an error, not a silent drop" \
     "attention.output.dense.ia3_l" "not a parameter of method ia3" -- ./peftc predict --model $O/tb/model --adapter $O/bert/ia3 < $O/texts.txt
 
+rm -rf $O/bert_ap && cp -r $O/bert/lora $O/bert_ap
+sed -i 's/"alpha_pattern": {}/"alpha_pattern": {"query": 2}/' $O/bert_ap/adapter_config.json
+expect_fail "a BERT LoRA with an alpha_pattern (not applied by the encoder path): refused, not mis-scaled" \
+    "bert_ap/adapter_config.json" "alpha_pattern" -- ./peftc predict --model $O/tb/model --adapter $O/bert_ap < $O/texts.txt
+
 # 8. inspect names the format
 out=$(./peftc inspect $O/all7.gguf 2>&1 | sed -n 3p)
 case "$out" in *"llama.cpp GGUF adapter"*"architecture llama"*"14 lora_a/lora_b pairs, rank 2..4"*) ok "inspect: $out" ;; *) bad "inspect of a GGUF LoRA: $out" ;; esac

@@ -515,6 +515,14 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         if (json_is_number(v = json_object_get(cfg, "lora_alpha"))) mo->alpha = (float)json_number_value(v);
         if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
         if (json_is_boolean(v = json_object_get(cfg, "use_rslora"))) mo->rslora = json_is_true(v);
+        /* one r and alpha for every module here: a per-module pattern would be applied wrongly, not at all */
+        json_t *rp = json_object_get(cfg, "rank_pattern"), *ap = json_object_get(cfg, "alpha_pattern");
+        if ((json_is_object(rp) && json_object_size(rp)) || (json_is_object(ap) && json_object_size(ap)))
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: rank_pattern / alpha_pattern (per-module r or alpha) are not supported for encoders", path);
+        else if (json_is_true(json_object_get(cfg, "use_dora")))
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: use_dora: DoRA adapters are not supported", path);
+        else if (json_is_true(json_object_get(cfg, "lora_bias")))
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: lora_bias: a LoRA with a bias on B is not supported", path);
         json_t *sites = json_object_get(own, "lora_sites"), *tm = json_object_get(cfg, "target_modules");
         unsigned mask = 0;
         size_t i;
@@ -531,8 +539,8 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
             }
         }
         mo->targets = mask;
-        if (!mask) rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path);
-        else if (mo->r <= 0) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path);
+        if (!rc2 && !mask) rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path);
+        else if (!rc2 && mo->r <= 0) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path);
     }
     if (rc2) { json_decref(cfg); return rc2; }
     json_t *ml = json_object_get(own, "max_len");
