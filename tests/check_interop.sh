@@ -96,6 +96,30 @@ if [ -f $LB/src/libllama.a ] && [ -f $LB/ggml/src/libggml-cpu.a ] && [ -f $LS/in
                 ok "32 greedy tokens equal (llama.cpp + $a.gguf, peftc + the PEFT adapter): $(cut -d' ' -f$(( $(wc -w < $O/ids.txt) + 1 ))-$(( $(wc -w < $O/ids.txt) + 8 )) $O/lc_$a.ids) ..."
             else bad "greedy tokens differ: llama.cpp $(cat $O/lc_$a.ids) / peftc $(cat $O/pc_$a.ids 2>/dev/null) $msg"; fi
         done
+        # a real model: SmolLM2-135M as F32 GGUF (made by bench/llamacpp.sh), a peft LoRA of its shapes
+        SG=$ANCHOR/models/SmolLM2-135M-Instruct.F32.gguf
+        if [ -s $SG ]; then
+            rm -rf $O/smol_lora
+            run "$PY" $P lora-smol $O/smol_lora
+            run ./peftc export --format gguf --adapter $O/smol_lora --model $SG --out $O/smol_lora.gguf
+            run $D tokenize $SG "The capital of France is Paris. The capital of Germany is" $O/smol_ids.txt
+            run $LC $SG $O/smol_lora.gguf $O/smol_ids.txt 32 /dev/null $O/smol_lc.ids
+            run $LC $SG $O/smol_lora.gguf $O/smol_lc.ids 0 $O/smol_lc.f32 /dev/null
+            run build/tests/lm_driver logits $SG $O/smol_lc.ids $O/smol_pc.f32 --adapter $O/smol_lora
+            if msg=$("$PY" - $O/smol_lc.f32 $O/smol_pc.f32 $O/smol_lc.ids $O/smol_ids.txt <<'PYEOF'
+import sys, numpy as np
+x = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, 49152); y = np.fromfile(sys.argv[2], dtype=np.float32).reshape(-1, 49152)
+ids = [int(t) for t in open(sys.argv[3]).read().split()]; n = len(open(sys.argv[4]).read().split())
+d = float(np.abs(x - y).max())
+# peftc's argmax after each prefix of llama.cpp's greedy text = llama.cpp's next token: the greedy texts are equal
+same = all(int(y[i].argmax()) == ids[i + 1] for i in range(n - 1, len(ids) - 1))
+print(f"max abs logit diff {d:.2e} over {x.size} logits, 32 greedy tokens {'identical' if same else 'DIFFER'}")
+sys.exit(0 if d <= 1e-3 and same and len(ids) == n + 32 else 1)
+PYEOF
+); then ok "SmolLM2-135M F32 + a peft LoRA (rsLoRA, 6 targets) exported: llama.cpp vs peftc: $msg"; else bad "SmolLM2 + LoRA, llama.cpp vs peftc: $msg"; fi
+        else
+            echo "# $SG missing: the SmolLM2 llama.cpp check is skipped (bash bench/llamacpp.sh --prepare makes it)"
+        fi
         cp $O/all7.gguf $O/arch.gguf
         run $D gguf-copy $O/all7.gguf $O/arch.gguf general.architecture gpt2
         if ! $LC $O/tiny_novocab.gguf $O/arch.gguf $O/ids.txt 0 $O/x.f32 $O/x.ids >/dev/null 2>&1; then ok "llama.cpp refuses the adapter relabelled gpt2 too"; else bad "llama.cpp took an adapter for gpt2"; fi

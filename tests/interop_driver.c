@@ -7,7 +7,9 @@
  *       tokenizer.ggml.model = "none" on a model without a vocabulary)
  *   interop_driver greedy MODEL IDS.txt N OUT.txt [--adapter A]...
  *       the first line of IDS.txt followed by N greedy tokens (argmax of the
- *       logits of the last position), space-separated */
+ *       logits of the last position), space-separated
+ *   interop_driver tokenize MODEL TEXT OUT.txt
+ *       the model tokenizer's ids of TEXT (with its BOS rule), space-separated */
 #include "io/gguf.h"
 #include "io/gguf_write.h"
 #include "peftc.h"
@@ -145,8 +147,27 @@ static int greedy(int argc, char **argv)
     return 0;
 }
 
+static int tokenize(const char *model, const char *text, const char *outp)
+{
+    peftc_error err = {0};
+    peftc_lm *lm;
+    CHECK(peftc_lm_load(model, NULL, &lm, &err));
+    int32_t *ids;
+    int n;
+    CHECK(peftc_lm_tokenize(lm, text, strlen(text), -1, 0, &ids, &n, &err));
+    FILE *out = fopen(outp, "w");
+    if (!out) return 1;
+    for (int i = 0; i < n; i++) fprintf(out, i ? " %d" : "%d", ids[i]);
+    fputc('\n', out);
+    fclose(out);
+    free(ids);
+    peftc_lm_free(lm);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && !strcmp(argv[1], "tokenize")) return tokenize(argv[2], argv[3], argv[4]);
     if (argc == 3 && !strcmp(argv[1], "gguf-write")) return gguf_write_all(argv[2]);
     if (argc == 6 && !strcmp(argv[1], "gguf-copy")) return gguf_copy(argv[2], argv[3], argv[4], argv[5]);
     if (argc >= 6 && !strcmp(argv[1], "greedy")) return greedy(argc, argv);

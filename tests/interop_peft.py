@@ -7,6 +7,8 @@
       a LoRA made by peft itself (get_peft_model + save_pretrained) on the
       LlamaForCausalLM of HF_DIR, its lora_A and lora_B set to random nonzero
       values (PEFT's init leaves B = 0, which would test nothing)
+  interop_peft.py lora-smol OUT_DIR [--seed S]
+      a peft LoRA (rsLoRA, r 8, six targets) for SmolLM2-135M's shapes
   interop_peft.py logits HF_DIR IDS.txt OUT.f32 [--adapter DIR]
       the first prompt's all-token logits (float32) from transformers, with the
       adapter applied unmerged by peft (PeftModel.from_pretrained)
@@ -50,6 +52,27 @@ def lora(a):
         for n, p in pm.named_parameters():
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    pm.save_pretrained(a.out)
+
+
+def lora_smol(a):
+    """A peft LoRA for SmolLM2-135M's shapes (the base's weights do not matter
+    to the adapter file: a random-init LlamaForCausalLM of its config), small
+    random factors so the adapted model still writes text."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(a.seed)
+    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, vocab_size=49152, head_dim=64, tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg)
+    pm = get_peft_model(m, LoraConfig(r=8, lora_alpha=16, use_rslora=True, task_type="CAUSAL_LM",
+                                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
+    g = torch.Generator().manual_seed(a.seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     pm.save_pretrained(a.out)
 
 
@@ -242,10 +265,11 @@ def main():
     p = sp.add_parser("logits"); p.add_argument("hf"); p.add_argument("ids"); p.add_argument("out"); p.add_argument("--adapter")
     p = sp.add_parser("check-gguf"); p.add_argument("adapter"); p.add_argument("gguf"); p.add_argument("hf")
     p = sp.add_parser("gguf-writer"); p.add_argument("gguf")
+    p = sp.add_parser("lora-smol"); p.add_argument("out"); p.add_argument("--seed", type=int, default=0)
     p = sp.add_parser("peft-probs"); p.add_argument("model"); p.add_argument("texts"); p.add_argument("adapters", nargs="+")
     p = sp.add_parser("bert"); p.add_argument("model"); p.add_argument("out"); p.add_argument("texts")
     a = ap.parse_args()
-    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert, "peft-probs": peft_probs}[a.cmd](a)
+    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert, "peft-probs": peft_probs, "lora-smol": lora_smol}[a.cmd](a)
 
 
 if __name__ == "__main__":
