@@ -57,10 +57,15 @@ test:
 demo:
 	bash scripts/demo.sh
 
+# The sweep report rendered by headless Chromium, with a screenshot (needs
+# Debian's chromium; not part of `make test`).
+test-report: all
+	bash scripts/report_screenshot.sh
+
 bench: all
 	bash bench/run
 
 clean:
 	rm -rf build peftc
 
-.PHONY: all setup test tests bench clean demo
+.PHONY: all setup test tests bench clean demo test-report

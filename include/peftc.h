@@ -139,6 +139,16 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
                                 float *hidden, float *pooled, peftc_error *err);
 
 /* ------------------------------------------------------------- training */
+/* AdaLoRA (--method adalora): HF PEFT's AdaLoraConfig; 0 means PEFT's default
+ * (init_r 12, target_r 8, tinit 0, tfinal 0, deltaT 1, beta1 = beta2 = 0.85,
+ * orth_reg_weight 0.5 (set orth_reg_set for an explicit 0), total_step = the
+ * run's optimizer steps). */
+typedef struct peftc_adalora_opts {
+    int init_r, target_r, tinit, tfinal, delta_t, total_step;
+    float beta1, beta2, orth_reg_weight;
+    int orth_reg_set;
+} peftc_adalora_opts;
+
 typedef struct peftc_train_opts {
     const char *model_dir;
     const char *train_path;
@@ -165,6 +175,7 @@ typedef struct peftc_train_opts {
     int encoder_hidden;
     int prefix_len;              /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;       /* 1: MLP reparameterisation while training, -1: none, 0: the preset's default */
+    peftc_adalora_opts adalora;  /* adalora: the rank allocator's schedule */
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */
@@ -183,6 +194,9 @@ typedef struct peftc_train_opts {
     int eval_every;              /* evaluate every N steps (0: each epoch) */
     int stop_after;              /* > 0: stop after this many optimizer steps, as if
                                     interrupted, leaving a checkpoint for resume_dir */
+    float lr_end;                /* > lr: a learning-rate range test (Smith 2017): the
+                                    rate grows geometrically from lr at the first step to
+                                    lr_end at the last, no warm-up or decay */
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);
@@ -190,6 +204,36 @@ void peftc_train_opts_default(peftc_train_opts *o);
 /* The method presets, what each expands to and its parameter formula
  * (multi-line text into out). */
 void peftc_method_list(char *out, size_t cap);
+
+/* A method's size and place in the design space, without training: the
+ * method is built for the model and its tensors are declared (not allocated)
+ * and counted. For sweeps (a budget picks the size whose count is nearest). */
+typedef struct peftc_method_info {
+    int64_t trainable_params;  /* what training updates, the classifier head and reparameterisation
+                                  MLPs included (metrics.json's trainable_params) */
+    int64_t saved_params;      /* what the adapter keeps (prefix / P-tuning MLPs folded away): the papers' count;
+                                  AdaLoRA: at init_r (its pruning happens while training) */
+    int64_t total_params;      /* the base model's (peftc_model_param_count) */
+    float lr;                  /* o->lr if set, else the method's default */
+    char spec[512];            /* what the method expands to: trained base tensors, delta specs, prompt, prefix */
+    /* the unified view's four design dimensions (He et al. 2022), from the
+     * built method; "+"-joined where its parts differ (MAM: "attention+FFN") */
+    char insertion[64];        /* parallel, sequential, input (virtual tokens), weights (full / BitFit) */
+    char representation[64];   /* attention, FFN, input embeddings, all weights, biases */
+    char composition[64];      /* add, scaled, learned-scale, gated, multiply, concat, replace */
+    char functional_form[64];  /* identity (linear), relu, gelu, silu, tanh, softmax (prefix), scale vector, bias */
+} peftc_method_info;
+
+/* The method of o (its preset and options; data, steps and paths unused)
+ * built on m for a task of num_labels labels. */
+peftc_status peftc_method_info_get(peftc_model *m, const peftc_train_opts *o, int num_labels,
+                                   peftc_method_info *info, peftc_error *err);
+
+/* The number of distinct labels of a training file (TSV, CSV, JSONL; columns
+ * NULL: recognised as peftc_train does): the head's size for
+ * peftc_method_info_get. */
+peftc_status peftc_data_num_labels(const char *path, const char *text_col, const char *pair_col, const char *label_col,
+                                   int *num_labels, peftc_error *err);
 
 typedef enum peftc_progress_kind {
     PEFTC_PROGRESS_START,        /* message: what is being trained */

@@ -26,6 +26,8 @@ static const char usage[] =
     "        [--site ffn|attn] [--scale S] [--learned-scale] [--delta SPEC]...\n"
     "        [--num-virtual N] [--template 'P P {text} P {pair}'] [--encoder mlp|lstm|none] [--encoder-hidden H]\n"
     "        [--prefix-len N] [--prefix-projection | --no-prefix-projection]\n"
+    "        [--init-r R] [--target-r R] [--tinit N] [--tfinal N] [--delta-t N] [--beta1 B] [--beta2 B]\n"
+    "        [--orth-reg-weight W] [--total-step N]   (adalora)\n"
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
@@ -37,6 +39,14 @@ static const char usage[] =
     "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
     "  predict --model DIR --adapter RUN_DIR [--probs] [--merge]\n"
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
+    "  sweep --model DIR --train FILE [--eval FILE] --methods M1,M2,... --out SWEEP_DIR\n"
+    "        [--budgets 0.1%,0.5%,2%] [--seeds 1,2,3] [--steps N] [--batch B] [--max-len T]\n"
+    "        [--lr-grid 1|3|5 | --lr auto [--lr-auto-steps N]] [--metric accuracy|f1|mcc] [--save-every N] [--sweep FILE.json]\n"
+    "        [--retry-failed] [--format html|md]\n"
+    "      every method at every budget (the size whose trainable % is nearest) and seed, each run\n"
+    "      in its own process; resumable; writes SWEEP_DIR/<method>-<budget>-s<seed>/ and report.html\n"
+    "  report SWEEP_DIR [--format html|md] [--out FILE]\n"
+    "      regenerates the sweep's report (self-contained HTML with SVG charts, or a Markdown table)\n"
     "\n"
     "  generate --model FILE.gguf|DIR (--prompt TEXT | --prompt-file FILE) [--chat [--system TEXT]]\n"
     "        [--adapter DIR[:SCALE]]... [--merge] [--max-new-tokens N] [--temp T] [--top-k K]\n"
@@ -106,6 +116,8 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "generate")) rc = cmd_generate(&a);
     else if (!strcmp(cmd, "chat")) rc = cmd_chat(&a);
     else if (!strcmp(cmd, "export")) rc = cmd_export(&a);
+    else if (!strcmp(cmd, "sweep")) rc = cmd_sweep(&a);
+    else if (!strcmp(cmd, "report")) rc = cmd_report(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

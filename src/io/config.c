@@ -65,6 +65,15 @@ static peftc_status parse_bert(json_t *root, const char *path, peftc_config *cfg
     return PEFTC_OK;
 }
 
+/* Llama: the architecture only; the family's loader (model/llama.c) reads
+ * and checks its own fields from the same config.json. */
+static peftc_status parse_llama(json_t *root, const char *path, peftc_config *cfg, peftc_error *err)
+{
+    (void)root; (void)path; (void)err;
+    cfg->arch = PEFTC_ARCH_LLAMA;
+    return PEFTC_OK;
+}
+
 /* One parser per model_type a family runs (model/model.c registers the
  * families themselves). "llama": added by the Llama family. */
 static const struct {
@@ -72,6 +81,7 @@ static const struct {
     peftc_status (*parse)(json_t *root, const char *path, peftc_config *cfg, peftc_error *err);
 } parsers[] = {
     {"bert", parse_bert},
+    {"llama", parse_llama},
 };
 
 peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error *err)

@@ -1,5 +1,5 @@
 /* llama.c: the Llama decoder: HF config/weights, GGUF, KV-cache forward. */
-#include "model/llama.h"
+#include "model/llama_internal.h"
 #include "io/safetensors.h"
 #include "io/gguf.h"
 #include "kernels/quant.h"
@@ -11,23 +11,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define MAX_SHARDS 64
 
-struct llama_model {
-    llama_config cfg;
-    char *path;
-    peftc_safetensors *st[MAX_SHARDS];
-    int n_st;
-    gguf_file *gguf;             /* GGUF models */
-    const float *rope_ff;        /* GGUF rope_freqs.weight (hd/2) or NULL */
-    int dequant;                 /* LLAMA_LOAD_DEQUANT */
-    llama_weight tok_embd, output;
-    const float *norm;
-    llama_layer *layers;
-    float *inv_freq;             /* (hd/2) RoPE frequencies after scaling */
-    void **owned;
-    int n_owned, cap_owned;
-};
 
 const llama_config *llama_model_config(const llama_model *m) { return &m->cfg; }
 const gguf_file *llama_model_gguf(const llama_model *m) { return m->gguf; }
@@ -659,7 +643,7 @@ static void pack_weight(llama_weight *w, int keep_source)
 }
 
 /* Row `id` of the token embedding table as fp32. */
-static void embed_row(float *dst, const llama_weight *w, int id)
+void llama_embed_row(float *dst, const llama_weight *w, int id)
 {
     if (w->type == GGML_TYPE_F32) memcpy(dst, (const float *)w->data + (size_t)id * w->in, (size_t)w->in * sizeof *dst);
     else quant_dequantize_row(w->type, (const char *)w->data + (size_t)id * ggml_row_bytes(w->type, w->in), dst, w->in);
@@ -680,7 +664,7 @@ static void rmsnorm(float *out, const float *x, const float *w, int N, int C, fl
 
 /* Rotates n rows of nh heads (row stride `stride`) in place. cs: (n, hd) with
  * cos at [i*hd + 2j], sin at [i*hd + 2j + 1]. */
-static void rope(float *x, int n, int nh, int hd, size_t stride, const float *cs, int interleaved)
+void llama_rope(float *x, int n, int nh, int hd, size_t stride, const float *cs, int interleaved)
 {
     int h2 = hd / 2;
     #pragma omp parallel for collapse(2) schedule(static) if (n * nh > 16)
@@ -733,7 +717,7 @@ peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, c
     int C = cf->hidden_size, hd = cf->head_dim, L = cf->num_layers, F = cf->intermediate_size;
     size_t KVD = (size_t)cf->num_kv_heads * hd;
     int qr;
-    for (int i = 0; i < n; i++) embed_row(c->x + (size_t)i * C, &m->tok_embd, ids[i]);
+    for (int i = 0; i < n; i++) llama_embed_row(c->x + (size_t)i * C, &m->tok_embd, ids[i]);
     for (int i = 0; i < n; i++)
         for (int j = 0; j < hd / 2; j++) {
             double a = (double)(pos + i) * m->inv_freq[j];
@@ -750,8 +734,8 @@ peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, c
         site(run, l, SITE_ATTN_K, c->xn, kc, n);
         if ((qr = llama_linear(vc, c->xn, &W->wv, n))) goto qfail;
         site(run, l, SITE_ATTN_V, c->xn, vc, n);
-        rope(c->q, n, cf->num_heads, hd, (size_t)cf->num_heads * hd, c->rope_cs, cf->rope_interleaved);
-        rope(kc, n, cf->num_kv_heads, hd, KVD, c->rope_cs, cf->rope_interleaved);
+        llama_rope(c->q, n, cf->num_heads, hd, (size_t)cf->num_heads * hd, c->rope_cs, cf->rope_interleaved);
+        llama_rope(kc, n, cf->num_kv_heads, hd, KVD, c->rope_cs, cf->rope_interleaved);
         attention(c, cf, l, n, pos);
         if ((qr = llama_linear(c->tmp, c->att, &W->wo, n))) goto qfail;
         site(run, l, SITE_ATTN_O, c->att, c->tmp, n);

@@ -9,6 +9,7 @@
 /* Every family peftc runs; a new one is added here (model.h says how). */
 const model_family *const model_families[] = {
     &model_family_bert,
+    &model_family_llama,
     NULL,
 };
 
@@ -33,8 +34,10 @@ peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *e
 {
     *out = NULL;
     size_t len = strlen(dir);
+    /* a GGUF file names its family by general.architecture: Llama's loader
+     * reads and checks it */
     if (len > 5 && !strcmp(dir + len - 5, ".gguf") && peftc_file_exists(dir))
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: GGUF models are not supported yet (give a model directory)", dir);
+        return model_family_llama.load(dir, NULL, out, err);
     char path[4096];
     peftc_config cfg;
     peftc_status rc;

@@ -176,6 +176,7 @@ struct model_family {
 };
 
 extern const model_family model_family_bert;
+extern const model_family model_family_llama;
 
 /* The registered families, NULL-terminated. */
 extern const model_family *const model_families[];

@@ -10,8 +10,11 @@
 
 #define HEAD_PREFIX "base_model.model."
 
-peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
-                       const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
+/* Everything task_init does before the parameter blocks exist: the method's,
+ * the virtual tokens' and the head's tensors are declared (shapes only), so
+ * task_count_params can count a method without allocating its values. */
+static peftc_status task_declare(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                                 const label_set *labels, int max_len, peftc_error *err)
 {
     memset(t, 0, sizeof *t);
     t->m = m;
@@ -59,8 +62,38 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     t->p_cls_w = params_add(&t->pb, HEAD_PREFIX "classifier.weight", 2, shk, 0);
     t->p_cls_b = params_add(&t->pb, HEAD_PREFIX "classifier.bias", 1, shk, 1);
     if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    return PEFTC_OK;
+}
+
+peftc_status task_count_params(peftc_model *m, const method_opts *mo, int num_labels, int64_t *count, peftc_error *err)
+{
+    if (num_labels < 1 || num_labels > 1 << 20) return peftc_fail(err, PEFTC_ERR_INPUT, "number of labels %d out of range", num_labels);
+    label_set labels = {num_labels, calloc((size_t)num_labels, sizeof(char *))};
+    if (!labels.names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < num_labels; i++) labels.names[i] = "";
+    task t;
+    peftc_status rc = task_declare(&t, m, NULL, mo, &labels, m->cfg.max_position, err);
+    *count = rc ? 0 : task_trainable_count(&t);
+    free(labels.names);
+    t.m = NULL;   /* no activation buffers were made */
+    task_free(&t);
+    return rc;
+}
+
+peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                       const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
+{
+    peftc_status rc = task_declare(t, m, tok, mo, labels, max_len, err);
+    if (rc) return rc;
+    const peftc_config *c = &m->cfg;
+    int C = c->hidden_size, K = labels->n;
+    const model_family *f = m->family;
+    const float *m_pool_w = NULL, *m_pool_b = NULL;
+    f->pooler(m, &m_pool_w, &m_pool_b);
+    int train_pooler = mo->base == BASE_ALL || !m_pool_w;
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
+    if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
     if (mo->prompt.n_virtual > 0) {
         if ((rc = prompt_alloc(&t->prompt, err))) return rc;
         prompt_init(&t->prompt, &t->pb, f->word_embeddings(m), c->vocab_size, NULL, 0, rng);
@@ -161,6 +194,7 @@ void task_free(task *t)
     free(t->d_hidden);
     prompt_free(&t->prompt);
     prefix_free(&t->prefix);
+    adalora_free(&t->ada);
     memset(t, 0, sizeof *t);
 }
 
@@ -224,6 +258,7 @@ int64_t task_trainable_count(const task *t)
 
 static const char *peft_type(const method_opts *mo)
 {
+    if (mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "ADALORA";
     if (mo->lora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "LORA";
     if (!strcmp(mo->name, "ia3")) return "IA3";
     /* prompt tuning exactly as PEFT runs it: virtual tokens before [CLS], no
@@ -293,6 +328,51 @@ static json_t *target_modules_json(const model_family *f, unsigned mask)
     return json_string(re);
 }
 
+/* AdaLoraConfig as PEFT saves it: LoraConfig's fields, the schedule and the
+ * rank pattern ({"<module>.lora_E": [kept...]}, null before any masking) */
+/* a float option as the decimal it was given as (0.85, not 0.850000024) */
+static json_t *json_float(float x)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.7g", x);
+    return json_real(strtod(b, NULL));
+}
+
+static void adalora_config_json(const task *t, json_t *cfg)
+{
+    const method_opts *mo = &t->mo;
+    const peftc_adalora_opts *o = t->ada.on ? &t->ada.o : &mo->ada;
+    json_object_set_new(cfg, "r", json_integer(8));   /* LoraConfig's default: AdaLoRA ignores r */
+    json_object_set_new(cfg, "init_r", json_integer(o->init_r));
+    json_object_set_new(cfg, "target_r", json_integer(o->target_r));
+    json_object_set_new(cfg, "tinit", json_integer(o->tinit));
+    json_object_set_new(cfg, "tfinal", json_integer(o->tfinal));
+    json_object_set_new(cfg, "deltaT", json_integer(o->delta_t));
+    json_object_set_new(cfg, "beta1", json_float(o->beta1));
+    json_object_set_new(cfg, "beta2", json_float(o->beta2));
+    json_object_set_new(cfg, "orth_reg_weight", json_float(o->orth_reg_weight));
+    json_object_set_new(cfg, "total_step", o->total_step > 0 ? json_integer(o->total_step) : json_null());
+    json_object_set_new(cfg, "lora_alpha", json_float(mo->alpha));
+    json_object_set_new(cfg, "lora_dropout", json_float(mo->dropout));
+    json_object_set_new(cfg, "use_rslora", json_false());
+    json_object_set_new(cfg, "use_dora", json_false());
+    json_object_set_new(cfg, "target_modules", target_modules_json(t->m->family, mo->targets));
+    json_object_set_new(cfg, "bias", json_string("none"));
+    json_object_set_new(cfg, "fan_in_fan_out", json_false());
+    json_object_set_new(cfg, "init_lora_weights", json_true());
+    json_object_set_new(cfg, "layers_to_transform", json_null());
+    json_object_set_new(cfg, "alpha_pattern", json_object());
+    if (!t->ada.on || t->ada.flags[0] == 0) { json_object_set_new(cfg, "rank_pattern", json_null()); return; }
+    json_t *rp = json_object();
+    for (int i = 0; i < t->ada.n_mod; i++) {
+        const adalora_module *m = &t->ada.mod[i];
+        json_t *row = json_array();
+        for (int k = 0; k < m->r; k++) json_array_append_new(row, json_boolean(t->ada.keep[m->tri + k] != 0.0f));
+        json_object_set_new(rp, m->key, row);
+    }
+    json_object_set_new(cfg, "rank_pattern", rp);
+}
+
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err)
 {
     peftc_status mk = peftc_mkdir_p(dir, err);
@@ -335,6 +415,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "rank_pattern", json_object());
         json_object_set_new(cfg, "alpha_pattern", json_object());
     }
+    if (mo->adalora) adalora_config_json(t, cfg);
     json_t *own = json_object();
     json_object_set_new(own, "method", json_string(mo->name));
     json_object_set_new(own, "base", json_string(mo->base == BASE_ALL ? "all" : mo->base == BASE_BIAS ? "bias" : "none"));
@@ -397,7 +478,9 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     if (rc) return rc;
 
     st_write_item *items = calloc((size_t)t->pb.n + 1, sizeof *items);
-    if (!items) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    /* AdaLoRA's tensors cut to the rank pattern, as PEFT saves them */
+    float *cut = t->ada.on ? malloc(t->pb.total * sizeof(float)) : NULL;
+    if (!items || (t->ada.on && !cut)) { free(items); free(cut); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     int ni = 0;
     for (int i = 0; i < t->pb.n; i++) {
         const param_entry *e = &t->pb.e[i];
@@ -409,6 +492,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         items[ni].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
         items[ni].data = params_value(&t->pb, i);
+        if (cut && adalora_compact(&t->ada, &t->pb, i, cut + e->offset, items[ni].shape)) items[ni].data = cut + e->offset;
         ni++;
     }
     if (mo->prefix.n > 0 && mo->prefix.project) {
@@ -425,7 +509,52 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     if (!(rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
         rc = st_write_f32(path, items, ni, NULL, err);
     free(items);
+    free(cut);
     return rc;
+}
+
+/* An AdaLoraConfig (PEFT's or peftc's): the SVD deltas at init_r's scale,
+ * each module at its rank_pattern's kept rank (the saved tensors' rows). */
+static peftc_status adalora_read_config(json_t *cfg, method_opts *mo, const char *path, peftc_error *err)
+{
+    json_t *v, *tm = json_object_get(cfg, "target_modules"), *rp = json_object_get(cfg, "rank_pattern");
+    mo->adalora = 1;
+    mo->ada.init_r = json_is_integer(v = json_object_get(cfg, "init_r")) ? (int)json_integer_value(v) : 12;
+    mo->ada.target_r = json_is_integer(v = json_object_get(cfg, "target_r")) ? (int)json_integer_value(v) : 8;
+    mo->r = mo->ada.init_r;
+    mo->alpha = json_is_number(v = json_object_get(cfg, "lora_alpha")) ? (float)json_number_value(v) : 8.0f;
+    /* scaling = lora_alpha if lora_alpha > 0 else r (SVDLinear.update_layer) */
+    if (!(mo->alpha > 0)) mo->alpha = (float)mo->r;
+    if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
+    if (mo->r <= 0 || mo->r > 1 << 16) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: init_r %d out of range", path, mo->r);
+    size_t i;
+    json_t *e;
+    unsigned mask = 0;
+    if (json_is_array(tm)) {
+        json_array_foreach(tm, i, e) {
+            unsigned one;
+            if (json_is_string(e) && !lora_parse_targets(json_string_value(e), &one, NULL)) mask |= one;
+        }
+    }
+    if (json_is_object(rp)) {   /* the modules are the pattern's keys; each keeps its true entries */
+        const char *key;
+        mo->ada_ranks = 1;
+        mask = 0;
+        json_object_foreach(rp, key, v) {
+            int layer;
+            site_id site;
+            if (!adalora_key_site(key, &layer, &site) || !json_is_array(v) || json_array_size(v) != (size_t)mo->r)
+                return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: rank_pattern entry '%s' is not a known module with %d flags",
+                                  path, key, mo->r);
+            int kept = 0;
+            json_array_foreach(v, i, e) kept += json_is_true(e);
+            mo->ada_rank[layer][site] = (unsigned short)kept;
+            mask |= 1u << site;
+        }
+    }
+    mo->targets = mask;
+    if (!mask) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the AdaLoRA target modules", path);
+    return PEFTC_OK;
 }
 
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err)
@@ -504,9 +633,12 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         else if (json_is_integer(v = json_object_get(cfg, "num_transformer_submodules")) && json_integer_value(v) != 1)
             rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: num_transformer_submodules %lld: encoder-decoder prompts do not apply to this model",
                              path, (long long)json_integer_value(v));
+    } else if (!strcmp(type, "ADALORA")) {
+        snprintf(mo->name, sizeof mo->name, "adalora");
     } else {
         rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type \"%s\" is not supported", path, type);
     }
+    if (!rc2 && !strcmp(type, "ADALORA")) rc2 = adalora_read_config(cfg, mo, path, err);
     if (!rc2 && (!strcmp(type, "LORA") || json_is_array(json_object_get(own, "lora_sites")))) {
         mo->lora = 1;
         mo->r = 8;
@@ -517,7 +649,7 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         if (json_is_boolean(v = json_object_get(cfg, "use_rslora"))) mo->rslora = json_is_true(v);
         /* one r and alpha for every module here: a per-module pattern would be applied wrongly, not at all */
         json_t *rp = json_object_get(cfg, "rank_pattern"), *ap = json_object_get(cfg, "alpha_pattern");
-        if ((json_is_object(rp) && json_object_size(rp)) || (json_is_object(ap) && json_object_size(ap)))
+        if (strcmp(type, "ADALORA") && ((json_is_object(rp) && json_object_size(rp)) || (json_is_object(ap) && json_object_size(ap))))
             rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: rank_pattern / alpha_pattern (per-module r or alpha) are not supported for encoders", path);
         else if (json_is_true(json_object_get(cfg, "use_dora")))
             rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: use_dora: DoRA adapters are not supported", path);
@@ -589,7 +721,7 @@ peftc_status task_load_weights(task *t, const char *dir, peftc_error *err)
      * default (IA)^3 also matching attention.output.dense, say) would
      * otherwise be dropped silently and the model would be another one */
     for (int i = 0; i < st->n && !rc; i++) {
-        int used = 0;
+        int used = st->t[i].numel == 0;   /* an empty tensor (an AdaLoRA module pruned to rank 0) changes nothing */
         char alias[256];
         for (int k = 0; k < t->pb.n && !used; k++)
             used = !strcmp(t->pb.e[k].name, st->t[i].name) ||

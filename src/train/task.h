@@ -27,6 +27,7 @@ typedef struct task {
     int merged;
     prompt_module prompt;     /* when mo.prompt.n_virtual > 0 */
     prefix_module prefix;     /* when mo.prefix.n > 0 */
+    adalora_state ada;        /* when mo.adalora: the rank allocator's state */
 } task;
 
 /* How examples become model input: the tokenizer, then the method's virtual
@@ -61,6 +62,12 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
 
 /* Number of trainable values (excluding alignment padding). */
 int64_t task_trainable_count(const task *t);
+/* The trainable values task_init would make for mo on m with num_labels
+ * labels, from the declared shapes alone (nothing of the size of the
+ * parameters is allocated). */
+peftc_status task_count_params(peftc_model *m, const method_opts *mo, int num_labels, int64_t *count, peftc_error *err);
+/* The method options of a peftc_train_opts (method_info.c). */
+void method_args_from_opts(const peftc_train_opts *o, method_args *ma);
 
 /* adapter_config.json + adapter_model.safetensors in dir (atomic writes). */
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err);

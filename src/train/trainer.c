@@ -46,6 +46,8 @@ static double now_s(void)
  * the update of step s uses lambda(s), s counted from 0). */
 static float lr_at(const peftc_train_opts *o, float lr, int step, int total, int warmup)
 {
+    if (o->lr_end > lr) /* range test: lr * (lr_end / lr)^(step / (total - 1)) */
+        return (float)(lr * pow((double)o->lr_end / lr, total > 1 ? (double)step / (total - 1) : 0.0));
     if (step < warmup) return lr * (float)step / (float)(warmup > 1 ? warmup : 1);
     if (!strcmp(o->schedule, "constant")) return lr;
     double progress = (double)(step - warmup) / (double)(total - warmup > 1 ? total - warmup : 1);
@@ -155,13 +157,6 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
     return rc;
 }
 
-/* Full fine-tuning moves pretrained weights: small steps. Every other method
- * trains new or few parameters: larger. */
-static float default_lr(const method_opts *mo)
-{
-    return mo->base == BASE_ALL ? 2e-5f : mo->base == BASE_BIAS ? 1e-3f : 5e-4f;
-}
-
 void peftc_method_list(char *out, size_t cap) { method_list(out, cap); }
 
 static void emit(peftc_progress_fn fn, void *user, peftc_progress *p)
@@ -188,15 +183,12 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     encoder_ctx enc = {0};
     int *order = NULL, have_eval = o->eval_path != NULL;
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
-    method_args ma = {.r = o->lora_r, .alpha = o->lora_alpha, .lora_dropout = o->lora_dropout, .rslora = o->rslora,
-                      .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
-                      .deltas = o->deltas, .n_deltas = o->n_deltas, .num_virtual = o->num_virtual,
-                      .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden,
-                      .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection};
+    method_args ma;
+    method_args_from_opts(o, &ma);
     if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
         (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
         goto out;
-    float lr = o->lr > 0 ? o->lr : default_lr(&mo);
+    float lr = o->lr > 0 ? o->lr : method_default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
     if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) ||
         (rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
@@ -233,6 +225,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
+    if ((rc = adalora_begin(&t.ada, total, err))) goto out;
     if (o->resume_dir) {
         if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &s, err))) goto out;
         rng.state = s.rng;
@@ -281,6 +274,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             for (int i = 0; i < n; i++) tokens += bb.lens[i];
             if (s.pos >= tr.n) epoch_ended = 1;
         }
+        loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
@@ -298,6 +292,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel,
                          lr_now, o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
         }
+        adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
         s.step++;
         steps_run++;
         last_loss = loss_acc;

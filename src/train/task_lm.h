@@ -1,0 +1,49 @@
+/* task_lm.h: a decoder fitted for causal language modelling with a PEFT
+ * method (internal): base model + method (trainable block, deltas), the loss
+ * the mean cross-entropy of the next token over the target positions.
+ *
+ * The logits are never materialised for the whole batch (B * T * vocab
+ * floats: 200 MB at 8 x 128 on a 49152-token vocabulary): the rows that carry
+ * a loss are gathered and run through the model's head LM_TASK_CHUNK rows at a
+ * time, each chunk's softmax gradient taken at once and sent back through the
+ * head into d_hidden. */
+#ifndef PEFTC_TASK_LM_H
+#define PEFTC_TASK_LM_H
+
+#include "model/model.h"
+#include "peft/methods.h"
+
+#define LM_TASK_CHUNK 64
+
+typedef struct lm_task {
+    peftc_model *m;
+    method_opts mo;
+    param_block pb;
+    delta_set ds;
+    float **grads;           /* base tensors' gradient slots (the family's order; NULL = frozen) */
+    model_acts *acts;
+    float *d_hidden;         /* (B*T, C) */
+    float *h_rows, *d_rows;  /* (CHUNK, C): gathered hidden rows and their gradients */
+    float *logits;           /* (CHUNK, vocab) */
+    int *rows;               /* (B*T): flat positions whose next token is a target */
+    int cap_B, cap_T, train;
+} lm_task;
+
+/* The method must fit a decoder: methods with virtual tokens or prefixes
+ * are refused on families that do not take them yet. */
+peftc_status lm_task_init(lm_task *t, peftc_model *m, const method_opts *mo, peftc_rng *rng, peftc_error *err);
+peftc_status lm_task_alloc(lm_task *t, int B, int T, int train, peftc_error *err);
+void lm_task_free(lm_task *t);
+
+/* One padded batch: ids, target (B*T; target[b*T+t] = 1: token t is
+ * predicted from the tokens before it), seg (B*T or NULL: packed rows), lens.
+ * Returns the summed loss over the targets and their count in *n_targets.
+ * With grad_scale != 0 (train): the gradients of grad_scale * summed loss are
+ * accumulated into the parameter block (the forward, the head's gradient
+ * chunk by chunk and the model's backward in one call). */
+double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const int32_t *seg, const int *lens, int B,
+                    int T, float grad_scale, peftc_rng *rng, long *n_targets);
+
+int64_t lm_task_trainable_count(const lm_task *t);
+
+#endif
