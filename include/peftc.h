@@ -370,6 +370,13 @@ peftc_status peftc_lm_tokenize(const peftc_lm *lm, const char *text, size_t len,
 int peftc_lm_vocab_size(const peftc_lm *lm);
 peftc_status peftc_lm_logits(peftc_lm *lm, const int32_t *ids, int n, int all, float *logits, peftc_error *err);
 
+/* Exports a decoder's LoRA adapter (a PEFT directory or a GGUF LoRA) as
+ * llama.cpp's GGUF LoRA (general.type adapter, adapter.type lora,
+ * blk.N.<weight>.weight.lora_a/.lora_b) for the GGUF base base_model: q/k
+ * lora_B rows in the base's row order, rsLoRA / alpha_pattern / rank_pattern
+ * scales folded into B so llama.cpp's alpha / r gives the trained result. */
+peftc_status peftc_export_gguf_lora(const char *adapter, const char *base_model, const char *out_path, peftc_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -45,6 +45,7 @@ int cmd_predict(cli_args *a);
 int cmd_methods(cli_args *a);
 int cmd_generate(cli_args *a);
 int cmd_chat(cli_args *a);
+int cmd_export(cli_args *a);
 int cmd_sweep(cli_args *a);
 int cmd_report(cli_args *a);
 

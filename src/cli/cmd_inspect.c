@@ -2,6 +2,8 @@
 #include "cli/cli.h"
 #include "io/gguf.h"
 
+#include <jansson.h>
+
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,30 @@ static int print_gguf(const char *path)
     }
     printf("file: %s\nformat: GGUF v%u, alignment %u, data at byte %" PRIu64 "\n", path, gguf_version(g),
            gguf_alignment(g), gguf_data_offset(g));
+    const char *gt, *at, *ar;
+    size_t gl, al, rl;
+    double alpha = 0;
+    if (gguf_get_str(g, "general.type", &gt, &gl) == 1 && gl == 7 && !memcmp(gt, "adapter", 7)) {
+        if (gguf_get_str(g, "adapter.type", &at, &al) != 1) { at = "?"; al = 1; }
+        if (gguf_get_str(g, "general.architecture", &ar, &rl) != 1) { ar = "?"; rl = 1; }
+        gguf_get_float(g, "adapter.lora.alpha", &alpha);
+        int pairs = 0;
+        long long rmin = 0, rmax = 0;
+        for (int i = 0; i < nt; i++) {
+            const gguf_tensor *t = gguf_tensor_at(g, i);
+            size_t n = strlen(t->name);
+            if (n > 7 && !strcmp(t->name + n - 7, ".lora_b")) {
+                long long r = t->ne[0];
+                if (!pairs || r < rmin) rmin = r;
+                if (!pairs || r > rmax) rmax = r;
+                pairs++;
+            }
+        }
+        printf("adapter: llama.cpp GGUF adapter, adapter.type %.*s, for architecture %.*s; %d lora_a/lora_b pairs, rank %lld",
+               (int)al, at, (int)rl, ar, pairs, rmin);
+        if (rmax != rmin) printf("..%lld", rmax);
+        printf(", adapter.lora.alpha %g (llama.cpp scales each pair by alpha / rank)\n", alpha);
+    }
     printf("metadata: %d keys\n", nkv);
     size_t cap = 4096;
     char *buf = malloc(cap);
@@ -88,6 +114,66 @@ static int print_tensors(const char *path)
     return 0;
 }
 
+static int peftc_file_exists_cli(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* An adapter directory: which ecosystem's layout it is and what it holds. */
+static int print_adapter_dir(const char *dir, const char *cfg_path)
+{
+    json_error_t je;
+    json_t *j = json_load_file(cfg_path, 0, &je);
+    if (!j || !json_is_object(j)) {
+        if (j) json_decref(j);
+        return cli_errorf(1, "%s: not a JSON object (line %d: %s)", cfg_path, je.line, je.text);
+    }
+    char path[4096];
+    const char *pt = json_string_value(json_object_get(j, "peft_type"));
+    if (pt) {
+        const char *tt = json_string_value(json_object_get(j, "task_type"));
+        printf("directory: %s\nadapter: Hugging Face PEFT, peft_type %s, task_type %s", dir, pt, tt ? tt : "null");
+        json_t *r = json_object_get(j, "r"), *al = json_object_get(j, "lora_alpha"), *nv = json_object_get(j, "num_virtual_tokens");
+        if (json_is_integer(r)) printf(", r %lld", (long long)json_integer_value(r));
+        if (json_is_number(al)) printf(", lora_alpha %g", json_number_value(al));
+        if (json_is_true(json_object_get(j, "use_rslora"))) printf(", rsLoRA");
+        if (json_is_integer(nv)) printf(", %lld virtual tokens", (long long)json_integer_value(nv));
+        json_t *tm = json_object_get(j, "target_modules");
+        if (json_is_array(tm)) {
+            printf(", target_modules");
+            size_t i;
+            json_t *v;
+            json_array_foreach(tm, i, v) printf("%s%s", i ? "," : " ", json_string_value(v) ? json_string_value(v) : "?");
+        } else if (json_is_string(tm)) printf(", target_modules /%s/", json_string_value(tm));
+        const char *base = json_string_value(json_object_get(j, "base_model_name_or_path"));
+        if (base) printf(", base %s", base);
+        printf("\n");
+        snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+        json_decref(j);
+        if (!peftc_file_exists_cli(path)) return cli_errorf(1, "%s: missing (PEFT adapters hold their weights there)", path);
+        return print_tensors(path);
+    }
+    json_t *c = json_object_get(j, "config");
+    if (json_is_object(c) || json_object_get(j, "model_class")) {
+        const char *arch = json_string_value(json_object_get(c, "architecture"));
+        printf("directory: %s\nadapter: AdapterHub (adapters), name %s, model_class %s, config %s\n", dir,
+               json_string_value(json_object_get(j, "name")) ? json_string_value(json_object_get(j, "name")) : "?",
+               json_string_value(json_object_get(j, "model_class")) ? json_string_value(json_object_get(j, "model_class")) : "?",
+               arch ? arch : "bottleneck");
+        json_decref(j);
+        snprintf(path, sizeof path, "%s/adapter.safetensors", dir);
+        if (peftc_file_exists_cli(path)) return print_tensors(path);
+        snprintf(path, sizeof path, "%s/pytorch_adapter.bin", dir);
+        if (peftc_file_exists_cli(path))
+            return cli_errorf(1, "%s: a pickle, which is not read (loading it could run code); re-save it with "
+                                 "model.save_adapter(dir, name, use_safetensors=True)", path);
+        return cli_errorf(1, "%s: no adapter.safetensors", dir);
+    }
+    json_decref(j);
+    return cli_errorf(1, "%s: neither a PEFT (peft_type) nor an AdapterHub (config, model_class) adapter config", cfg_path);
+}
+
 int cmd_inspect(cli_args *a)
 {
     const char *target = NULL;
@@ -101,6 +187,8 @@ int cmd_inspect(cli_args *a)
 
     char path[4096];
     peftc_error err = {0};
+    snprintf(path, sizeof path, "%s/adapter_config.json", target);
+    if (peftc_file_exists_cli(path)) return print_adapter_dir(target, path);
     peftc_config c;
     snprintf(path, sizeof path, "%s/config.json", target);
     if (peftc_config_load(path, &c, &err))

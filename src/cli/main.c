@@ -56,6 +56,8 @@ static const char usage[] =
     "      --chat wraps the prompt in the model's chat template\n"
     "  chat --model FILE.gguf|DIR [--system TEXT] [the sampling and adapter options of generate]\n"
     "      an interactive conversation: one user turn per stdin line, an empty line quits\n"
+    "  export --format gguf --adapter DIR|FILE.gguf --model BASE.gguf --out FILE.gguf\n"
+    "      a decoder's LoRA adapter as llama.cpp's GGUF LoRA (llama-cli --lora FILE.gguf)\n"
     "\n"
     "global options: --threads N (default: all cores)\n"
     "  --bf16   frozen encoder weights in bf16 (the default where the CPU has AMX; needs AVX-512-BF16)\n"
@@ -113,6 +115,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "methods")) rc = cmd_methods(&a);
     else if (!strcmp(cmd, "generate")) rc = cmd_generate(&a);
     else if (!strcmp(cmd, "chat")) rc = cmd_chat(&a);
+    else if (!strcmp(cmd, "export")) rc = cmd_export(&a);
     else if (!strcmp(cmd, "sweep")) rc = cmd_sweep(&a);
     else if (!strcmp(cmd, "report")) rc = cmd_report(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);

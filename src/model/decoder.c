@@ -17,11 +17,13 @@ struct decoder {
     int n_owned;
 };
 
-/* PEFT module names of the Llama blocks (LlamaDecoderLayer) */
-static const struct { const char *module; site_id site; } llama_modules[] = {
-    {"self_attn.q_proj", SITE_ATTN_Q}, {"self_attn.k_proj", SITE_ATTN_K}, {"self_attn.v_proj", SITE_ATTN_V},
-    {"self_attn.o_proj", SITE_ATTN_O}, {"mlp.gate_proj", SITE_FFN_GATE}, {"mlp.up_proj", SITE_FFN_UP},
-    {"mlp.down_proj", SITE_FFN_DOWN},
+/* PEFT module names of the Llama blocks (LlamaDecoderLayer) and llama.cpp's
+ * names of the same weights (blk.N.<gguf>.weight) */
+static const struct { const char *module; site_id site; const char *gguf; } llama_modules[] = {
+    {"self_attn.q_proj", SITE_ATTN_Q, "attn_q"}, {"self_attn.k_proj", SITE_ATTN_K, "attn_k"},
+    {"self_attn.v_proj", SITE_ATTN_V, "attn_v"}, {"self_attn.o_proj", SITE_ATTN_O, "attn_output"},
+    {"mlp.gate_proj", SITE_FFN_GATE, "ffn_gate"}, {"mlp.up_proj", SITE_FFN_UP, "ffn_up"},
+    {"mlp.down_proj", SITE_FFN_DOWN, "ffn_down"},
 };
 
 peftc_status decoder_load(const char *path, decoder **out, peftc_error *err)
@@ -133,6 +135,32 @@ void decoder_adapt_lora_b(const decoder *d, site_id s, float *b, int out, int r)
         for (int j = 0; j < 2; j++)
             for (int i = 0; i < hd / 2; i++)
                 memcpy(blk + (size_t)(2 * i + j) * r, tmp + (size_t)(j * (hd / 2) + i) * r, (size_t)r * sizeof *tmp);
+    }
+    free(tmp);
+}
+
+const char *decoder_gguf_name_of_site(const decoder *d, site_id s)
+{
+    (void)d;
+    for (size_t i = 0; i < sizeof llama_modules / sizeof *llama_modules; i++)
+        if (llama_modules[i].site == s) return llama_modules[i].gguf;
+    return NULL;
+}
+
+void decoder_lora_b_from_gguf(const decoder *d, site_id s, float *b, int out, int r)
+{
+    const llama_config *c = llama_model_config(d->m);
+    if (c->rope_interleaved || (s != SITE_ATTN_Q && s != SITE_ATTN_K)) return;
+    int hd = c->head_dim, heads = out / hd;
+    float *tmp = malloc((size_t)hd * r * sizeof *tmp);
+    if (!tmp) return;
+    /* GGUF row h*hd + 2i + j  ->  HF row h*hd + j*(hd/2) + i (undoing convert_hf_to_gguf's permute) */
+    for (int h = 0; h < heads; h++) {
+        float *blk = b + (size_t)h * hd * r;
+        memcpy(tmp, blk, (size_t)hd * r * sizeof *tmp);
+        for (int j = 0; j < 2; j++)
+            for (int i = 0; i < hd / 2; i++)
+                memcpy(blk + (size_t)(j * (hd / 2) + i) * r, tmp + (size_t)(2 * i + j) * r, (size_t)r * sizeof *tmp);
     }
     free(tmp);
 }

@@ -51,6 +51,13 @@ int decoder_site_dims(const decoder *d, site_id s, int *in, int *out);
  * place to this model's row order (GGUF Llama files permute q and k rows
  * for their RoPE). */
 void decoder_adapt_lora_b(const decoder *d, site_id s, float *b, int out, int r);
+/* llama.cpp's name of a site's weight in a block ("attn_q": the GGUF tensor
+ * blk.N.attn_q.weight), NULL if none; and a LoRA B (out, r) in that GGUF
+ * row order (as GGUF LoRA adapters hold it) reordered in place to this
+ * model's row order (a no-op for a GGUF base; the inverse permutation of
+ * decoder_adapt_lora_b for a Hugging Face directory). */
+const char *decoder_gguf_name_of_site(const decoder *d, site_id s);
+void decoder_lora_b_from_gguf(const decoder *d, site_id s, float *b, int out, int r);
 /* W += scale * B A at (layer, site): PEFTC_ERR_UNSUPPORTED for quantised
  * weights (they stay quantised: use the adapter unmerged). */
 peftc_status decoder_merge_lora(decoder *d, int layer, site_id s, const float *a, const float *b, int r,

@@ -1,7 +1,9 @@
 /* classifier.c: a base model with a trained adapter, for eval and predict. */
 #include "train/eval.h"
+#include "io/safetensors.h"
 
 #include <math.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +25,44 @@ void peftc_classifier_free(peftc_classifier *c)
     free(c);
 }
 
+/* Labels of an adapter written without peftc's label list (by PEFT): as
+ * many as its classification head has rows, named by the model config's
+ * id2label when that has as many entries, else LABEL_0, LABEL_1, ...
+ * (transformers' own default names). */
+static peftc_status default_labels(const char *model_dir, const char *adapter_dir, label_set *labels, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, adapter_dir, "adapter_model.safetensors", err);
+    peftc_safetensors *st;
+    if (rc || (rc = peftc_safetensors_open(path, &st, err))) return rc;
+    int n = 0;
+    static const char *const heads[] = {"classifier.weight", "classifier.out_proj.weight", "score.weight"};
+    for (int i = 0; i < st->n && !n; i++)
+        for (size_t h = 0; h < sizeof heads / sizeof *heads; h++) {
+            size_t nl = strlen(st->t[i].name), hl = strlen(heads[h]);
+            if (nl >= hl && !strcmp(st->t[i].name + nl - hl, heads[h]) && st->t[i].ndim == 2) { n = (int)st->t[i].shape[0]; break; }
+        }
+    peftc_safetensors_free(st);
+    if (n < 2 || n > 100000)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s/adapter_config.json: no label list (peftc.labels) and no classification head (classifier.weight) to count them from", adapter_dir);
+    labels->names = calloc((size_t)n, sizeof(char *));
+    if (!labels->names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    labels->n = n;
+    json_t *cfg = NULL, *id2 = NULL;
+    if (!peftc_path_join(path, sizeof path, model_dir, "config.json", NULL)) cfg = json_load_file(path, 0, NULL);
+    if (cfg) id2 = json_object_get(cfg, "id2label");
+    int named = json_is_object(id2) && (int)json_object_size(id2) == n;
+    for (int i = 0; i < n; i++) {
+        char key[32], def[32];
+        snprintf(key, sizeof key, "%d", i);
+        snprintf(def, sizeof def, "LABEL_%d", i);
+        const char *v = named ? json_string_value(json_object_get(id2, key)) : NULL;
+        if (!(labels->names[i] = strdup(v ? v : def))) { json_decref(cfg); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    }
+    json_decref(cfg);
+    return PEFTC_OK;
+}
+
 peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_dir,
                                    peftc_classifier **out, peftc_error *err)
 {
@@ -38,10 +78,7 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     if ((rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
         (rc = peftc_model_load(model_dir, &c->m, err)) || (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
         goto fail;
-    if (labels.n == 0) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s/adapter_config.json: no label list (peftc.labels)", adapter_dir);
-        goto fail;
-    }
+    if (labels.n == 0 && (rc = default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
     if ((rc = task_init(&c->t, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
         (rc = task_load_weights(&c->t, adapter_dir, err)) || (rc = encoder_init(&c->enc, c->tok, &mo.prompt, max_len, err)))

@@ -1,9 +1,10 @@
 /* lm.c: the public decoder API (peftc_lm_*): a decoder, its tokenizer, LoRA
- * adapters applied unmerged (delta modules at the linear sites, each
+ * adapters (PEFT directories or GGUF LoRA files) applied unmerged (delta modules at the linear sites, each
  * adapter's own scale) or merged, and the generation loop. */
 #include "model/decoder.h"
 #include "io/safetensors.h"
 #include "tokenizer/bpe.h"
+#include "train/adapter_formats.h"
 #include "train/generate.h"
 
 #include <jansson.h>
@@ -70,178 +71,36 @@ static peftc_status need_tokenizer(const peftc_lm *lm, peftc_error *err)
 
 /* ------------------------------------------------------------- adapters */
 
-typedef struct lora_src {
-    peftc_safetensors *st;
-    char dir[1024];
-    float scale;                 /* user scale * alpha / r (or / sqrt r) */
-    int r;
-} lora_src;
-
-static peftc_status read_lora_config(const char *dir, int *r, float *alpha, int *rslora, peftc_error *err)
-{
-    char path[4096];
-    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
-    if (rc) return rc;
-    char *text;
-    size_t len;
-    if ((rc = peftc_read_file(path, &text, &len, err))) return rc;
-    json_error_t je;
-    json_t *j = json_loadb(text, len, 0, &je);
-    free(text);
-    if (!j || !json_is_object(j)) {
-        if (j) json_decref(j);
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a JSON object (line %d: %s)", path, je.line, je.text);
-    }
-    const char *type = json_string_value(json_object_get(j, "peft_type"));
-    if (!type || strcmp(type, "LORA")) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type %s: decoders take LORA adapters for generation", path, type ? type : "(missing)");
-        goto done;
-    }
-    json_t *jr = json_object_get(j, "r"), *ja = json_object_get(j, "lora_alpha");
-    if (!json_is_integer(jr) || json_integer_value(jr) < 1 || json_integer_value(jr) > 65536) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"r\" must be an integer in [1, 65536]", path);
-        goto done;
-    }
-    *r = (int)json_integer_value(jr);
-    *alpha = ja ? (float)json_number_value(ja) : 8.0f;
-    if (ja && (!json_is_number(ja) || !isfinite(*alpha))) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"lora_alpha\" must be a finite number", path);
-        goto done;
-    }
-    *rslora = json_is_true(json_object_get(j, "use_rslora"));
-    if (json_is_true(json_object_get(j, "fan_in_fan_out"))) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to this model", path);
-        goto done;
-    }
-    const char *bias = json_string_value(json_object_get(j, "bias"));
-    if (bias && strcmp(bias, "none")) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: bias \"%s\": the model has no biases to train (use \"none\")", path, bias);
-        goto done;
-    }
-    json_t *mts = json_object_get(j, "modules_to_save");
-    if (mts && !json_is_null(mts) && !(json_is_array(mts) && json_array_size(mts) == 0)) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: modules_to_save is not supported for generation", path);
-        goto done;
-    }
-done:
-    json_decref(j);
-    return rc;
-}
-
-/* Parses "<prefix><layer>.<module>.lora_A.weight": layer, site. */
-static int parse_key(const decoder *dec, const char *key, int *layer, site_id *s)
-{
-    const char *pre = decoder_peft_layers_prefix(dec);
-    size_t pl = strlen(pre), kl = strlen(key);
-    static const char suf[] = ".lora_A.weight";
-    if (kl <= pl + sizeof suf || strncmp(key, pre, pl) || strcmp(key + kl - (sizeof suf - 1), suf)) return 0;
-    const char *p = key + pl;
-    char *end;
-    long l = strtol(p, &end, 10);
-    if (end == p || *end != '.' || l < 0 || l > 100000) return 0;
-    char module[128];
-    size_t ml = (size_t)(key + kl - (sizeof suf - 1) - (end + 1));
-    if (ml == 0 || ml >= sizeof module) return 0;
-    memcpy(module, end + 1, ml);
-    module[ml] = 0;
-    if (!decoder_site_of_module(dec, module, s)) return 0;
-    *layer = (int)l;
-    return 1;
-}
-
+/* Every adapter (a PEFT directory or a GGUF LoRA file, adapter_formats.c)
+ * becomes one delta per adapted linear layer, with the factor's own rank and
+ * scale; all deltas are declared first, then allocated at once and filled. */
 static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_error *err)
 {
     peftc_status rc = PEFTC_OK;
     const decoder_info *di = decoder_get_info(lm->dec);
-    lora_src *src = calloc((size_t)o->n_adapters, sizeof *src);
+    lora_factors *src = calloc((size_t)(o->n_adapters ? o->n_adapters : 1), sizeof *src);
     if (!src) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
-    /* declare every adapter's deltas, then allocate once and fill */
-    int first_delta[65];
     for (int k = 0; k < o->n_adapters && !rc; k++) {
-        lora_src *a = &src[k];
-        snprintf(a->dir, sizeof a->dir, "%s", o->adapters[k]);
-        int r = 0, rslora = 0;
-        float alpha = 0;
-        if ((rc = read_lora_config(a->dir, &r, &alpha, &rslora, err))) break;
         float us = o->adapter_scales ? o->adapter_scales[k] : 1.0f;
-        a->r = r;
-        a->scale = us * (rslora ? alpha / sqrtf((float)r) : alpha / (float)r);
-        char path[4096];
-        if ((rc = peftc_path_join(path, sizeof path, a->dir, "adapter_model.safetensors", err))) break;
-        if ((rc = peftc_safetensors_open(path, &a->st, err))) break;
-        first_delta[k] = lm->ds.n;
-        int found = 0;
-        for (int i = 0; i < a->st->n && !rc; i++) {
-            const st_tensor *ta = &a->st->t[i];
-            int layer;
-            site_id s;
-            if (!parse_key(lm->dec, ta->name, &layer, &s)) {
-                if (strstr(ta->name, "lora_A") || strstr(ta->name, "lora_B") || strstr(ta->name, "lora_embedding")) {
-                    if (strstr(ta->name, "lora_B")) continue;   /* checked with its A */
-                    rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' adapts no linear layer of this %s model (maybe wrong base model?)",
-                                    path, ta->name, di->arch);
-                } else {
-                    rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor '%s' is not a LoRA factor this model can apply", path, ta->name);
-                }
-                break;
-            }
-            if (layer >= di->n_layers) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is for layer %d; the model has %d layers (maybe wrong base model?)",
-                                path, ta->name, layer, di->n_layers);
-                break;
-            }
-            char bname[512];
-            size_t nl = strlen(ta->name);
-            if (nl + 1 > sizeof bname) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor name too long", path); break; }
-            memcpy(bname, ta->name, nl + 1);
-            bname[nl - strlen("A.weight")] = 'B';
-            const st_tensor *tb = st_find(a->st, bname);
-            int in, out;
-            decoder_site_dims(lm->dec, s, &in, &out);
-            if (!tb) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' has no lora_B beside it", path, ta->name); break; }
-            if (ta->ndim != 2 || ta->shape[0] != r || ta->shape[1] != in || tb->ndim != 2 || tb->shape[0] != out || tb->shape[1] != r) {
-                rc = peftc_fail(err, PEFTC_ERR_FORMAT,
-                                "%s: '%s' must be (%d, %d) and its lora_B (%d, %d) for this model and r %d (maybe wrong base model?)",
-                                path, ta->name, r, in, out, r, r);
-                break;
-            }
-            delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = s, .insert = INSERT_PARALLEL, .act = ACT_IDENTITY,
-                             .compose = COMPOSE_SCALE, .scale = a->scale, .r = r, .bias = 0, .init_lora = 1, .lora_names = 1};
+        if ((rc = lora_read(o->adapters[k], lm->dec, us, &src[k], err))) break;
+        for (int i = 0; i < src[k].n && !rc; i++) {
+            const lora_factor *f = &src[k].f[i];
+            delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = f->site, .insert = INSERT_PARALLEL, .act = ACT_IDENTITY,
+                             .compose = COMPOSE_SCALE, .scale = f->scale, .r = f->r, .bias = 0, .init_lora = 1, .lora_names = 1};
             char prefix[160];
-            snprintf(prefix, sizeof prefix, "adapter%d.%d.%s", k, layer, decoder_module_of_site(lm->dec, s));
-            if ((rc = delta_add(&lm->ds, &lm->pb, layer, in, out, &sp, prefix, err))) break;
-            found++;
+            snprintf(prefix, sizeof prefix, "adapter%d.%d.%s", k, f->layer, decoder_module_of_site(lm->dec, f->site));
+            rc = delta_add(&lm->ds, &lm->pb, f->layer, f->in, f->out, &sp, prefix, err);
         }
-        if (!rc && !found) rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no LoRA tensors (lora_A/lora_B) in adapter_model.safetensors", a->dir);
     }
-    first_delta[o->n_adapters] = lm->ds.n;
     if (!rc && lm->ds.n) rc = params_alloc(&lm->pb, err);
-    /* fill: the deltas were declared in tensor order, so walk again the same way */
-    for (int k = 0; k < o->n_adapters && !rc; k++) {
-        lora_src *a = &src[k];
-        int di_ = first_delta[k];
-        for (int i = 0; i < a->st->n && !rc; i++) {
-            const st_tensor *ta = &a->st->t[i];
-            int layer;
-            site_id s;
-            if (!parse_key(lm->dec, ta->name, &layer, &s)) continue;
+    for (int k = 0, di_ = 0; k < o->n_adapters && !rc; k++)
+        for (int i = 0; i < src[k].n; i++) {
+            const lora_factor *f = &src[k].f[i];
             delta *d = &lm->ds.d[di_++];
-            char bname[512];
-            size_t nl = strlen(ta->name);
-            memcpy(bname, ta->name, nl + 1);
-            bname[nl - strlen("A.weight")] = 'B';
-            const st_tensor *tb = st_find(a->st, bname);
-            float *A = params_value(&lm->pb, d->p_down), *B = params_value(&lm->pb, d->p_up);
-            if ((rc = st_to_f32(a->st, ta, A, err)) || (rc = st_to_f32(a->st, tb, B, err))) break;
-            for (size_t j = 0; j < (size_t)d->in * a->r; j++)
-                if (!isfinite(A[j])) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' holds a non-finite value", a->dir, ta->name); break; }
-            for (size_t j = 0; !rc && j < (size_t)d->out * a->r; j++)
-                if (!isfinite(B[j])) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' holds a non-finite value", a->dir, bname); break; }
-            if (!rc) decoder_adapt_lora_b(lm->dec, s, B, d->out, a->r);
+            memcpy(params_value(&lm->pb, d->p_down), f->a, (size_t)f->r * f->in * sizeof(float));
+            memcpy(params_value(&lm->pb, d->p_up), f->b, (size_t)f->out * f->r * sizeof(float));
         }
-    }
-    for (int k = 0; k < o->n_adapters; k++)
-        if (src[k].st) peftc_safetensors_free(src[k].st);
+    for (int k = 0; k < o->n_adapters; k++) lora_factors_free(&src[k]);
     free(src);
     if (rc) return rc;
     if (!lm->ds.n) return PEFTC_OK;

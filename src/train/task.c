@@ -261,6 +261,13 @@ static const char *peft_type(const method_opts *mo)
     if (mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "ADALORA";
     if (mo->lora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "LORA";
     if (!strcmp(mo->name, "ia3")) return "IA3";
+    /* prompt tuning exactly as PEFT runs it: virtual tokens before [CLS], no
+     * encoder, nothing else trained but the head. (P-tuning here places its
+     * tokens by a template after [CLS], which PEFT's P_TUNING does not, so it
+     * stays PEFTC.) */
+    if (mo->prompt.n_virtual > 0 && mo->prompt.before_cls && mo->prompt.encoder == PROMPT_ENC_NONE && !mo->lora &&
+        !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms && mo->prefix.n == 0)
+        return "PROMPT_TUNING";
     return "PEFTC"; /* this project's own methods: described by the "peftc" object */
 }
 
@@ -430,6 +437,14 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(own, "prompt", pj); /* saved folded: the encoder's output only */
         json_object_set_new(cfg, "num_virtual_tokens", json_integer(mo->prompt.n_virtual));
         json_object_set_new(cfg, "token_dim", json_integer(t->m->cfg.hidden_size));
+        if (!strcmp(peft_type(mo), "PROMPT_TUNING")) {   /* PromptTuningConfig's fields, resolved as PEFT saves them */
+            json_object_set_new(cfg, "num_transformer_submodules", json_integer(1));
+            json_object_set_new(cfg, "num_attention_heads", json_integer(t->m->cfg.num_heads));
+            json_object_set_new(cfg, "num_layers", json_integer(t->m->cfg.num_layers));
+            json_object_set_new(cfg, "prompt_tuning_init", json_string("RANDOM"));
+            json_object_set_new(cfg, "prompt_tuning_init_text", json_null());
+            json_object_set_new(cfg, "tokenizer_name_or_path", json_null());
+        }
     }
     if (mo->prefix.n > 0) {
         json_t *pj = json_object();
@@ -471,6 +486,9 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         const param_entry *e = &t->pb.e[i];
         if (!strncmp(e->name, "prompt_encoder.", 15)) continue; /* folded below */
         items[ni].name = e->name;
+        /* PEFT's prompt-learning models keep the head at base_model.classifier.* */
+        if (!strcmp(peft_type(mo), "PROMPT_TUNING") && !strncmp(e->name, HEAD_PREFIX "classifier.", strlen(HEAD_PREFIX "classifier.")))
+            items[ni].name = !strcmp(e->name, HEAD_PREFIX "classifier.weight") ? "base_model.classifier.weight" : "base_model.classifier.bias";
         items[ni].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
         items[ni].data = params_value(&t->pb, i);
@@ -603,6 +621,18 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         for (int i = 0; i < 3; i++) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = sites[i]};
     } else if (!strcmp(type, "LORA")) {
         snprintf(mo->name, sizeof mo->name, "lora");
+    } else if (!strcmp(type, "PROMPT_TUNING")) {
+        /* as PEFT runs it: the virtual tokens before the whole input */
+        snprintf(mo->name, sizeof mo->name, "prompt");
+        json_t *nv = json_object_get(cfg, "num_virtual_tokens");
+        mo->prompt.n_virtual = json_is_integer(nv) ? (int)json_integer_value(nv) : 0;
+        mo->prompt.before_cls = 1;
+        mo->prompt.encoder = PROMPT_ENC_NONE;
+        if (mo->prompt.n_virtual <= 0 || mo->prompt.n_virtual > 4096)
+            rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: num_virtual_tokens must be in [1, 4096]", path);
+        else if (json_is_integer(v = json_object_get(cfg, "num_transformer_submodules")) && json_integer_value(v) != 1)
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: num_transformer_submodules %lld: encoder-decoder prompts do not apply to this model",
+                             path, (long long)json_integer_value(v));
     } else if (!strcmp(type, "ADALORA")) {
         snprintf(mo->name, sizeof mo->name, "adalora");
     } else {
@@ -617,6 +647,14 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         if (json_is_number(v = json_object_get(cfg, "lora_alpha"))) mo->alpha = (float)json_number_value(v);
         if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
         if (json_is_boolean(v = json_object_get(cfg, "use_rslora"))) mo->rslora = json_is_true(v);
+        /* one r and alpha for every module here: a per-module pattern would be applied wrongly, not at all */
+        json_t *rp = json_object_get(cfg, "rank_pattern"), *ap = json_object_get(cfg, "alpha_pattern");
+        if (strcmp(type, "ADALORA") && ((json_is_object(rp) && json_object_size(rp)) || (json_is_object(ap) && json_object_size(ap))))
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: rank_pattern / alpha_pattern (per-module r or alpha) are not supported for encoders", path);
+        else if (json_is_true(json_object_get(cfg, "use_dora")))
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: use_dora: DoRA adapters are not supported", path);
+        else if (json_is_true(json_object_get(cfg, "lora_bias")))
+            rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: lora_bias: a LoRA with a bias on B is not supported", path);
         json_t *sites = json_object_get(own, "lora_sites"), *tm = json_object_get(cfg, "target_modules");
         unsigned mask = 0;
         size_t i;
@@ -633,8 +671,8 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
             }
         }
         mo->targets = mask;
-        if (!mask) rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path);
-        else if (mo->r <= 0) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path);
+        if (!rc2 && !mask) rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path);
+        else if (!rc2 && mo->r <= 0) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path);
     }
     if (rc2) { json_decref(cfg); return rc2; }
     json_t *ml = json_object_get(own, "max_len");
@@ -652,6 +690,15 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     return PEFTC_OK;
 }
 
+/* The name PEFT's prompt-learning models give a head parameter
+ * ("base_model.classifier.weight" for "base_model.model.classifier.weight"). */
+static int head_alias(const char *name, char *out, size_t cap)
+{
+    size_t hl = strlen(HEAD_PREFIX);
+    if (strncmp(name, HEAD_PREFIX "classifier.", hl + 11)) return 0;
+    return snprintf(out, cap, "base_model.%s", name + hl) < (int)cap;
+}
+
 peftc_status task_load_weights(task *t, const char *dir, peftc_error *err)
 {
     char path[4096];
@@ -662,11 +709,26 @@ peftc_status task_load_weights(task *t, const char *dir, peftc_error *err)
     for (int i = 0; i < t->pb.n && !rc; i++) {
         const param_entry *e = &t->pb.e[i];
         const st_tensor *x = st_find(st, e->name);
+        char alias[256];
+        if (!x && head_alias(e->name, alias, sizeof alias)) x = st_find(st, alias);
         if (!x) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is missing (adapter of another method or model?)", path, e->name); break; }
         int ok = x->ndim == e->ndim;
         for (int d = 0; ok && d < e->ndim; d++) ok = x->shape[d] == e->shape[d];
         if (!ok) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has a shape that does not fit this model (maybe wrong base model?)", path, e->name); break; }
         rc = st_to_f32(st, x, params_value(&t->pb, i), err);
+    }
+    /* every tensor must be used: one the method does not apply (PEFT's
+     * default (IA)^3 also matching attention.output.dense, say) would
+     * otherwise be dropped silently and the model would be another one */
+    for (int i = 0; i < st->n && !rc; i++) {
+        int used = st->t[i].numel == 0;   /* an empty tensor (an AdaLoRA module pruned to rank 0) changes nothing */
+        char alias[256];
+        for (int k = 0; k < t->pb.n && !used; k++)
+            used = !strcmp(t->pb.e[k].name, st->t[i].name) ||
+                   (head_alias(t->pb.e[k].name, alias, sizeof alias) && !strcmp(alias, st->t[i].name));
+        if (!used)
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not a parameter of method %s on this model (an adapter of another method, targets or model?)",
+                            path, st->t[i].name, t->mo.name);
     }
     peftc_safetensors_free(st);
     return rc;
