@@ -31,6 +31,27 @@ const model_family *model_family_for_arch(peftc_arch arch)
  * general.architecture (model_family_find) once io/ reads them. */
 peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err)
 {
+    return peftc_model_load_quantized(dir, PEFTC_QUANT_NONE, out, err);
+}
+
+peftc_status peftc_base_quant_parse(const char *name, peftc_base_quant *q, peftc_error *err)
+{
+    if (!strcmp(name, "nf4")) *q = PEFTC_QUANT_NF4;
+    else if (!strcmp(name, "none")) *q = PEFTC_QUANT_NONE;
+    else return peftc_fail(err, PEFTC_ERR_INPUT, "quantize: \"%s\" is not a base quantisation (nf4, none)", name);
+    return PEFTC_OK;
+}
+
+void peftc_model_linear_bytes(const peftc_model *m, int64_t *bytes, int64_t *params)
+{
+    *bytes = m->linear_bytes;
+    *params = m->linear_params;
+}
+
+/* The base option reaches the family through the config it loads with: the
+ * family decides how its linear weights are stored. */
+peftc_status peftc_model_load_quantized(const char *dir, peftc_base_quant q, peftc_model **out, peftc_error *err)
+{
     *out = NULL;
     size_t len = strlen(dir);
     if (len > 5 && !strcmp(dir + len - 5, ".gguf") && peftc_file_exists(dir))
@@ -43,6 +64,7 @@ peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *e
     const model_family *f = model_family_for_arch(cfg.arch);
     /* config.c accepts only the families it parses; this catches a parser without a family */
     if (!f) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: no model family runs this architecture", path);
+    cfg.quantize = q;
     return f->load(dir, &cfg, out, err);
 }
 

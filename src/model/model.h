@@ -50,6 +50,9 @@ struct peftc_model {
     const model_family *family;
     char *dir;                  /* the directory or file it was loaded from */
     int64_t n_params;
+    /* the linear weights as loaded (cfg.quantize): bytes and parameters
+     * (filled by the family's load; 0 if it does not count them) */
+    int64_t linear_bytes, linear_params;
     struct model_acts *infer;   /* inference scratch of peftc_model_encode, grown on demand */
     int infer_B, infer_T;
 };

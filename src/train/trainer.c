@@ -188,14 +188,23 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     encoder_ctx enc = {0};
     int *order = NULL, have_eval = o->eval_path != NULL;
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
-    method_args ma = {.r = o->lora_r, .alpha = o->lora_alpha, .lora_dropout = o->lora_dropout, .rslora = o->rslora,
+    method_args ma = {.r = o->lora_r, .alpha = o->lora_alpha, .lora_dropout = o->lora_dropout,
+                      .lora_dropout_set = o->lora_dropout_given, .rslora = o->rslora,
                       .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
                       .deltas = o->deltas, .n_deltas = o->n_deltas, .num_virtual = o->num_virtual,
                       .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden,
                       .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection};
-    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
+    /* the base's storage: --quantize, else the method's (qlora: NF4) */
+    peftc_base_quant bq = method_base_quant(o->method);
+    if (o->quantize && (rc = peftc_base_quant_parse(o->quantize, &bq, err))) goto out;
+    if ((rc = peftc_model_load_quantized(o->model_dir, bq, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
         (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
         goto out;
+    if (bq != PEFTC_QUANT_NONE && mo.base == BASE_ALL) {
+        rc = peftc_fail(err, PEFTC_ERR_INPUT, "--quantize nf4: method %s trains the base's weights, which stay NF4 (frozen)",
+                        mo.name);
+        goto out;
+    }
     float lr = o->lr > 0 ? o->lr : default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
     if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) ||
@@ -241,9 +250,15 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
 
     peftc_progress pr = {0};
     char msg[512];
-    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s",
+    int64_t lin_bytes, lin_params;
+    peftc_model_linear_bytes(m, &lin_bytes, &lin_params);
+    char quant_note[96] = "";
+    if (bq == PEFTC_QUANT_NF4 && lin_params > 0)
+        snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
+                 (double)lin_bytes / (double)lin_params);
+    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
              mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
-             o->resume_dir ? ", resumed" : "");
+             o->resume_dir ? ", resumed" : "", quant_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
     pr.total_steps = total;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# check_qlora.sh: QLoRA end to end against PyTorch (tests/ref_qlora.py, on
+# top of tests/ref_train.py). A tiny random BERT (hidden 64, ffn 128, 2
+# layers, dropout 0): `peftc train --method qlora` (NF4 base quantised by
+# peftc from the fp32 file, LoRA r 4 alpha 8 on all six linear layers, 5
+# AdamW steps with clipping) vs float64 autograd on the same model whose
+# linear weights are bitsandbytes' dequantised NF4: the logged losses and
+# gradient norms (clipped at 10 in some steps), the LoRA and head parameters after 5 steps (ref_train.py's
+# tolerances). Then the bad inputs: --quantize with an unknown name, full
+# fine-tuning of an NF4 base, a model whose width is not a multiple of 64.
+# Prints ok/FAIL lines and "## <passed> <failed>".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-/usr/bin/python3}
+FX=tests/out/qlora_ref
+. tests/lib.sh
+if ! "$PY" -c "import bitsandbytes, torch" 2>/dev/null; then bad "the oracle needs bitsandbytes and torch for $PY"; finish; fi
+if [ ! -x ./peftc ]; then bad "./peftc missing: run make"; finish; fi
+rm -rf "$FX"; mkdir -p "$FX"
+tally "$("$PY" tests/ref_qlora.py gen "$FX" 2>&1 | grep -v kernels-community)"
+[ -f "$FX/ref_lora.safetensors" ] || { bad "the oracle wrote no reference"; finish; }
+targets=query,key,value,attention.output.dense,intermediate.dense,output.dense
+if timeout 120 ./peftc train --model "$FX/model_fp32" --train "$FX/train.tsv" --method qlora --r 4 --alpha 8 \
+        --lora-dropout 0 --init-adapter "$FX/init_lora" --batch 8 --max-steps 5 --lr 1e-2 --schedule constant \
+        --warmup-ratio 0 --weight-decay 0.01 --clip 10 --seed 1 --max-len 32 --out "$FX/run" 2> "$FX/run.log"; then
+    tally "$("$PY" tests/ref_qlora.py compare-train "$FX" "$FX/run" "$FX/run.log" 2>&1)"
+    if grep -q "NF4 base: 0.51" "$FX/run.log"; then ok "the run reports the NF4 base: $(grep -o 'NF4 base: [0-9.]* bytes per linear parameter' "$FX/run.log")"
+    else bad "the run log does not report the NF4 base's bytes per parameter"; fi
+    if grep -q '"r": 4' "$FX/run/adapter_config.json" && grep -q '"LORA"' "$FX/run/adapter_config.json"; then
+        ok "adapter_config.json: a LoRA adapter (PEFT loads it onto the dequantised base)"
+    else bad "adapter_config.json: $(head -c 300 "$FX/run/adapter_config.json")"; fi
+else
+    tail -3 "$FX/run.log"; bad "peftc train --method qlora exited non-zero"
+fi
+# the preset's defaults (QLoRA paper: r 64, alpha 16, dropout 0.1, all linear layers)
+if timeout 120 ./peftc train --model "$FX/model_fp32" --train "$FX/train.tsv" --method qlora --batch 8 --max-steps 1 \
+        --out "$FX/run_defaults" 2> "$FX/run_defaults.log"; then
+    if "$PY" - "$FX/run_defaults/adapter_config.json" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+ok = c["r"] == 64 and c["lora_alpha"] == 16 and abs(c["lora_dropout"] - 0.1) < 1e-6 and all(m in c["target_modules"] for m in ("query", "key", "value", "attention\\.output\\.dense", "intermediate", "output\\.dense"))
+print(c["r"], c["lora_alpha"], c["lora_dropout"], c["target_modules"])
+sys.exit(0 if ok else 1)
+PYEOF
+    then ok "qlora defaults: r 64, alpha 16, dropout 0.1, six target modules"
+    else bad "qlora defaults: $(cat "$FX/run_defaults/adapter_config.json" | head -c 400)"; fi
+else tail -2 "$FX/run_defaults.log"; bad "peftc train --method qlora (defaults) exited non-zero"; fi
+# bad input: one clear line, non-zero exit
+expect_fail() {
+    local what=$1 pattern=$2; shift 2
+    local out
+    if out=$("$@" 2>&1); then bad "$what: exited 0"; return; fi
+    if [ "$(printf '%s\n' "$out" | grep -c .)" -eq 1 ] && printf '%s' "$out" | grep -q -- "$pattern"; then ok "$what: $out"
+    else bad "$what: $out"; fi
+}
+expect_fail "--quantize q3" "nf4, none" ./peftc train --model "$FX/model_fp32" --train "$FX/train.tsv" --method lora \
+    --quantize q3 --out "$FX/bad1"
+expect_fail "full fine-tuning on an NF4 base" "stay NF4" ./peftc train --model "$FX/model_fp32" --train "$FX/train.tsv" \
+    --method full --quantize nf4 --out "$FX/bad2"
+"$PY" tests/make_tiny_bert.py "$FX/model32" > /dev/null 2>&1
+expect_fail "--quantize nf4 on a width-32 model" "multiples of 64" ./peftc train --model "$FX/model32/model" \
+    --train "$FX/train.tsv" --method lora --quantize nf4 --out "$FX/bad3"
+finish
