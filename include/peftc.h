@@ -120,6 +120,11 @@ peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *e
  * peftc_model_load). A frozen NF4 weight is never expanded to fp32; one a
  * method must change (merge, full fine-tuning) is refused. */
 peftc_status peftc_model_load_quantized(const char *dir, peftc_base_quant q, peftc_model **out, peftc_error *err);
+/* Writes the base as loaded (with cfg.quantize NF4: the linear weights as
+ * NF4 codes and constants, bitsandbytes' bytes) to out_dir/model.safetensors,
+ * with config.json and the tokenizer files copied, so that later runs load
+ * it without quantising again (peftc quantize). */
+peftc_status peftc_model_save_base(peftc_model *m, const char *out_dir, peftc_error *err);
 /* "nf4" / "none" -> *q; PEFTC_ERR_INPUT naming the accepted values otherwise */
 peftc_status peftc_base_quant_parse(const char *name, peftc_base_quant *q, peftc_error *err);
 /* Bytes the base's linear weights take as loaded, and their parameter count

@@ -45,6 +45,16 @@ PYEOF
     then ok "qlora defaults: r 64, alpha 16, dropout 0.1, six target modules"
     else bad "qlora defaults: $(cat "$FX/run_defaults/adapter_config.json" | head -c 400)"; fi
 else tail -2 "$FX/run_defaults.log"; bad "peftc train --method qlora (defaults) exited non-zero"; fi
+# peftc quantize: the file vs bitsandbytes; a run on it equals the run that quantised at load
+if out=$(./peftc quantize --model "$FX/model_fp32" --out "$FX/model_nf4" 2>&1); then
+    ok "peftc quantize: $out"
+    tally "$("$PY" tests/ref_qlora.py check-file "$FX/model_fp32" "$FX/model_nf4" 2>&1 | grep -v kernels-community)"
+    if timeout 120 ./peftc train --model "$FX/model_nf4" --train "$FX/train.tsv" --method qlora --r 4 --alpha 8 \
+            --lora-dropout 0 --init-adapter "$FX/init_lora" --batch 8 --max-steps 5 --lr 1e-2 --schedule constant \
+            --warmup-ratio 0 --weight-decay 0.01 --clip 10 --seed 1 --max-len 32 --out "$FX/run_file" 2> "$FX/run_file.log"; then
+        tally "$("$PY" tests/ref_qlora.py same-adapter "$FX/run" "$FX/run_file" 2>&1)"
+    else tail -2 "$FX/run_file.log"; bad "peftc train on the saved NF4 base exited non-zero"; fi
+else bad "peftc quantize: $out"; fi
 # bad input: one clear line, non-zero exit
 expect_fail() {
     local what=$1 pattern=$2; shift 2
@@ -60,4 +70,11 @@ expect_fail "full fine-tuning on an NF4 base" "stay NF4" ./peftc train --model "
 "$PY" tests/make_tiny_bert.py "$FX/model32" > /dev/null 2>&1
 expect_fail "--quantize nf4 on a width-32 model" "multiples of 64" ./peftc train --model "$FX/model32/model" \
     --train "$FX/train.tsv" --method lora --quantize nf4 --out "$FX/bad3"
+mkdir -p "$FX/other"; cp "$FX/model_nf4/"* "$FX/other/" 2>/dev/null
+sed -i 's/"intermediate_size": 128/"intermediate_size": 256/' "$FX/other/config.json"
+expect_fail "an NF4 file for another model" "another model" ./peftc train --model "$FX/other" --train "$FX/train.tsv" \
+    --method lora --out "$FX/bad4"
+expect_fail "peftc quantize onto its own directory" "model directory itself" ./peftc quantize --model "$FX/model_nf4" \
+    --out "$FX/model_nf4"
+expect_fail "merging into an NF4 base" "NF4" ./peftc eval --model "$FX/model_nf4" --adapter "$FX/run" --data "$FX/train.tsv" --merge
 finish

@@ -88,11 +88,57 @@ def write_model(out, rng):
 
 R.write_model = write_model
 
+def check_file(src, qdir):
+    """peftc quantize's file vs bitsandbytes on the source weights: every NF4
+    array byte for byte, every other tensor unchanged"""
+    import torch
+    import bitsandbytes.functional as F
+    from safetensors.numpy import load_file
+    from safetensors import safe_open
+    tl = R.Tally()
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(qdir, "model.safetensors"))
+    with safe_open(os.path.join(qdir, "model.safetensors"), "np") as f:
+        meta = f.metadata()
+    tl.check(meta.get("peftc_quantize") == "nf4", f"metadata peftc_quantize = {meta.get('peftc_quantize')!r}")
+    n_nf4 = n_same = 0
+    bad = []
+    for n, w in a.items():
+        if n + ".nf4_codes" in b:
+            q, st = F.quantize_4bit(torch.from_numpy(w), blocksize=64, quant_type="nf4", compress_statistics=True)
+            ok = (np.array_equal(b[n + ".nf4_codes"].reshape(-1), q.numpy().reshape(-1)) and
+                  np.array_equal(b[n + ".nf4_absmax"], st.absmax.numpy()) and
+                  np.array_equal(b[n + ".nf4_absmax2"], st.state2.absmax.numpy()) and
+                  b[n + ".nf4_offset"].tobytes() == np.float32(st.offset.item()).tobytes())
+            n_nf4 += ok
+            if not ok: bad.append(n)
+        else:
+            ok = n in b and np.array_equal(a[n], b[n])
+            n_same += ok
+            if not ok: bad.append(n)
+    want = sum(1 for n in a if any(f".{m}.weight" in n for m in MODS))
+    tl.check(not bad and n_nf4 == want, f"peftc quantize: {n_nf4} linear weights equal bitsandbytes' quantize_4bit "
+             f"(codes, 8-bit absmax, absmax2, offset) byte for byte, {n_same} other tensors unchanged; bad {bad[:3]}")
+    return tl.finish()
+
+
+def same_adapter(a_dir, b_dir):
+    from safetensors.numpy import load_file
+    tl = R.Tally()
+    a, b = (load_file(os.path.join(d, "adapter_model.safetensors")) for d in (a_dir, b_dir))
+    same = sorted(a) == sorted(b) and all(np.array_equal(a[n], b[n]) for n in a)
+    tl.check(same, f"training on the saved NF4 base gives the same {len(a)} adapter tensors bit for bit as quantising at load")
+    return tl.finish()
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if len(a) == 2 and a[0] == "gen":
         sys.exit(R.cmd_gen(a[1]))
     if len(a) == 4 and a[0] == "compare-train":
         sys.exit(R.cmd_compare_train("lora", a[1], a[2], a[3]))
+    if len(a) == 3 and a[0] == "check-file":
+        sys.exit(check_file(a[1], a[2]))
+    if len(a) == 3 and a[0] == "same-adapter":
+        sys.exit(same_adapter(a[1], a[2]))
     sys.stderr.write(__doc__)
     sys.exit(2)

@@ -45,5 +45,6 @@ int cmd_predict(cli_args *a);
 int cmd_methods(cli_args *a);
 int cmd_generate(cli_args *a);
 int cmd_chat(cli_args *a);
+int cmd_quantize(cli_args *a);
 
 #endif

@@ -29,7 +29,7 @@ static const char usage[] =
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
-    "        [--init-adapter DIR] [--stop-after N]"
+    "        [--init-adapter DIR] [--stop-after N] [--quantize nf4|none]"
     "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"
@@ -37,6 +37,9 @@ static const char usage[] =
     "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
     "  predict --model DIR --adapter RUN_DIR [--probs] [--merge]\n"
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
+    "  quantize --model DIR --out DIR [--type nf4]\n"
+    "      the base with its linear weights in NF4 (QLoRA; bitsandbytes' bytes, double quantised),\n"
+    "      loaded by later runs as it is (--method qlora / --quantize nf4 quantise at load otherwise)\n"
     "\n"
     "  generate --model FILE.gguf|DIR (--prompt TEXT | --prompt-file FILE) [--chat [--system TEXT]]\n"
     "        [--adapter DIR[:SCALE]]... [--merge] [--max-new-tokens N] [--temp T] [--top-k K]\n"
@@ -103,6 +106,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "methods")) rc = cmd_methods(&a);
     else if (!strcmp(cmd, "generate")) rc = cmd_generate(&a);
     else if (!strcmp(cmd, "chat")) rc = cmd_chat(&a);
+    else if (!strcmp(cmd, "quantize")) rc = cmd_quantize(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

@@ -91,6 +91,41 @@ static void bert_free(peftc_model *pm)
     free(m);
 }
 
+/* An NF4 weight `name` (out d0, in d1) of a peftc quantize file, borrowed
+ * from the mapping: NAME.nf4_codes U8 [d0, d1/2], NAME.nf4_absmax U8
+ * [blocks], NAME.nf4_absmax2 F32 [ceil(blocks/256)], NAME.nf4_offset F32 [1];
+ * every dtype, shape and alignment checked before use. */
+static peftc_status load_nf4(bert_model *m, const char *name, int64_t d0, int64_t d1, nf4_tensor *t, peftc_error *err)
+{
+    static const struct { const char *sfx; st_dtype dt; } parts[4] = {
+        {"nf4_codes", ST_U8}, {"nf4_absmax", ST_U8}, {"nf4_absmax2", ST_F32}, {"nf4_offset", ST_F32}};
+    int64_t cb, nb, nb2;
+    if (d1 % NF4_BLOCK)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' is NF4 but its rows (%lld) are not whole blocks of %d",
+                          m->st->path, name, (long long)d1, NF4_BLOCK);
+    nf4_sizes(d0, d1, 1, &cb, &nb, &nb2);
+    int64_t want[4] = {cb, nb, nb2, 1};
+    const st_tensor *p[4];
+    for (int i = 0; i < 4; i++) {
+        char full[320];
+        snprintf(full, sizeof full, "%s.%s", name, parts[i].sfx);
+        p[i] = st_find(m->st, full);
+        if (!p[i])
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is missing (the file is NF4: every linear weight must be)",
+                              m->st->path, full);
+        if (p[i]->dtype != parts[i].dt || p[i]->numel != want[i] || (i == 0 && (p[i]->ndim != 2 || p[i]->shape[0] != d0)))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is %s with %lld values, but config.json implies %s with "
+                              "%lld (an NF4 file of another model?)", m->st->path, full, st_dtype_name(p[i]->dtype),
+                              (long long)p[i]->numel, st_dtype_name(parts[i].dt), (long long)want[i]);
+        if (parts[i].dt == ST_F32 && ((uintptr_t)p[i]->data & 3))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not 4-byte aligned", m->st->path, full);
+    }
+    float offset;
+    memcpy(&offset, p[3]->data, 4);
+    nf4_borrow(t, d0, d1, 1, p[0]->data, NULL, p[1]->data, p[2]->data, offset);
+    return PEFTC_OK;
+}
+
 /* The six linear weights of each layer, in the order of bert_layer.bf16[] */
 static float **layer_linear(bert_layer *L, int j)
 {
@@ -111,6 +146,11 @@ static peftc_status quantize_linears(bert_model *m, peftc_error *err)
     m->base.linear_bytes = 4 * m->base.linear_params;
     if (c->quantize == PEFTC_QUANT_NONE) return PEFTC_OK;
     if (!nq) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: unknown base quantisation %d", m->base.dir, (int)c->quantize);
+    if (m->nf4_from_file) {
+        m->base.linear_bytes = 0;
+        for (int i = 0; i < 6 * c->num_layers; i++) m->base.linear_bytes += (int64_t)nf4_bytes(&m->nf4[i]);
+        return PEFTC_OK;
+    }
     if (C % NF4_BLOCK || F % NF4_BLOCK)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED,
                           "%s: --quantize nf4 needs hidden_size and intermediate_size to be multiples of %d (rows of whole "
@@ -152,6 +192,18 @@ static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_mo
 
     const peftc_config *c = &m->base.cfg;
     int64_t C = c->hidden_size, F = c->intermediate_size;
+    /* a base written by peftc quantize: its linear weights are NF4 already */
+    const char *fq = st_metadata(m->st, "peftc_quantize");
+    if (fq && strcmp(fq, "nf4")) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peftc_quantize \"%s\" is not a base quantisation peftc reads (nf4)",
+                        m->st->path, fq);
+        goto fail;
+    }
+    if (fq) {
+        m->base.cfg.quantize = PEFTC_QUANT_NF4;
+        m->nf4_from_file = 1;
+        if (!(m->nf4 = calloc((size_t)c->num_layers * 6, sizeof *m->nf4))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto fail; }
+    }
     m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
     if (!m->layers) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto fail; }
     if ((rc = load_w(m, "embeddings.word_embeddings.weight", 2, c->vocab_size, C, 0, &m->wte, err)) ||
@@ -175,6 +227,14 @@ static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_mo
         for (size_t i = 0; i < sizeof w / sizeof *w; i++) {
             char name[256];
             snprintf(name, sizeof name, "encoder.layer.%d.%s", l, w[i].suffix);
+            /* the six linear weights are w[0, 2, 4, 6, 10, 12] */
+            int j = i < 8 && i % 2 == 0 ? (int)i / 2 : i == 10 ? 4 : i == 12 ? 5 : -1;
+            if (m->nf4 && j >= 0) {
+                if ((rc = load_nf4(m, name, w[i].d0, w[i].d1, &m->nf4[l * 6 + j], err))) goto fail;
+                *w[i].dst = NULL;   /* no fp32 copy exists */
+                m->base.n_params += w[i].d0 * w[i].d1;
+                continue;
+            }
             if ((rc = load_w(m, name, w[i].ndim, w[i].d0, w[i].d1, 0, w[i].dst, err))) goto fail;
         }
     }
@@ -933,6 +993,65 @@ static const float *bert_weights_sample(const peftc_model *m, size_t *n)
     return ((const bert_model *)m)->wpe;
 }
 
+/* peftc quantize: every tensor of the base, the NF4 linear weights as their
+ * codes and constants (load_nf4's layout); fp32 tensors first (aligned) */
+static peftc_status bert_save_base(peftc_model *pm, const char *path, peftc_error *err)
+{
+    bert_model *m = bert_of(pm);
+    int n = bert_tensors(pm, NULL, 0);
+    model_tensor *refs = calloc((size_t)n, sizeof *refs);
+    st_write_raw *it = calloc((size_t)n * 4 + 2, sizeof *it);
+    char (*names)[128] = calloc((size_t)n * 4 + 2, sizeof *names);
+    if (!refs || !it || !names) { free(refs); free(it); free(names); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    bert_tensors(pm, refs, n);
+    int k = 0, nl = pm->cfg.num_layers;
+    /* pass 0: fp32 tensors and the NF4 fp32 constants; pass 1: the NF4 bytes */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            const nf4_tensor *q = NULL;
+            for (int l = 0; m->nf4 && l < nl && !q; l++)
+                for (int j = 0; j < 6; j++)
+                    if (refs[i].w == layer_linear(&m->layers[l], j)) q = &m->nf4[l * 6 + j];
+            if (!q) {
+                if (pass) continue;
+                it[k] = (st_write_raw){.name = refs[i].name, .dtype = ST_F32, .ndim = refs[i].ndim, .data = *refs[i].w};
+                it[k].shape[0] = refs[i].shape[0]; it[k].shape[1] = refs[i].shape[1];
+                k++;
+                continue;
+            }
+            int64_t cb, nb, nb2;
+            nf4_sizes(q->rows, q->cols, q->double_quant, &cb, &nb, &nb2);
+            if (pass == 0) {
+                snprintf(names[k], sizeof names[k], "%s.nf4_absmax2", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_F32, .ndim = 1, .shape = {nb2}, .data = q->absmax2};
+                k++;
+                snprintf(names[k], sizeof names[k], "%s.nf4_offset", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_F32, .ndim = 1, .shape = {1}, .data = &q->offset};
+                k++;
+            } else {
+                snprintf(names[k], sizeof names[k], "%s.nf4_codes", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_U8, .ndim = 2, .shape = {q->rows, q->cols / 2}, .data = q->codes};
+                k++;
+                snprintf(names[k], sizeof names[k], "%s.nf4_absmax", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_U8, .ndim = 1, .shape = {nb}, .data = q->absmax_q};
+                k++;
+            }
+        }
+        if (pass == 0 && m->pool_w) {
+            it[k++] = (st_write_raw){.name = "pooler.dense.weight", .dtype = ST_F32, .ndim = 2,
+                                     .shape = {pm->cfg.hidden_size, pm->cfg.hidden_size}, .data = m->pool_w};
+            it[k++] = (st_write_raw){.name = "pooler.dense.bias", .dtype = ST_F32, .ndim = 1,
+                                     .shape = {pm->cfg.hidden_size}, .data = m->pool_b};
+        }
+    }
+    const char *meta[] = {"peftc_quantize", "nf4", "nf4_blocksize", "64", "nf4_double_quant", "1",
+                          "nf4_layout", "bitsandbytes quantize_4bit: high nibble first; absmax 8-bit blockwise (256) + offset",
+                          NULL};
+    peftc_status rc = st_write(path, it, k, m->nf4 ? meta : NULL, err);
+    free(refs); free(it); free(names);
+    return rc;
+}
+
 const model_family model_family_bert = {
     .name = "bert",
     .arch = PEFTC_ARCH_BERT,
@@ -951,6 +1070,7 @@ const model_family model_family_bert = {
     .word_embeddings = bert_word_embeddings,
     .pooler = bert_pooler,
     .weights_sample = bert_weights_sample,
+    .save_base = bert_save_base,
     .peft_prefix = "base_model.model.bert.",
     .pooler_module = "pooler.dense",
     .layer_path = "encoder.layer.%d",

@@ -101,6 +101,7 @@ typedef struct bert_model {
      * pointers stay (names, shapes) but frozen NF4 weights are never read
      * through them; their pages are released after quantisation. */
     struct nf4_tensor *nf4;
+    int nf4_from_file;       /* borrowed from a peftc quantize file's mapping (no fp32 weights) */
     float **owned;           /* fp32 copies this model must free */
     int n_owned, cap_owned;
 } bert_model;

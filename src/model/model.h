@@ -157,6 +157,12 @@ struct model_family {
      * signature hashes them); *n their count. */
     const float *(*weights_sample)(const peftc_model *m, size_t *n);
 
+    /* ---- the base as loaded, NF4 linear weights included, to one
+     * safetensors file (peftc quantize; the layout is in README "NF4 base
+     * files"); its load reads that file back without quantising again.
+     * NULL: the family cannot. */
+    peftc_status (*save_base)(peftc_model *m, const char *path, peftc_error *err);
+
     /* ---- causal LM head (decoders; NULL in encoders). hidden() is then
      * after the final norm. lm_head: logits (N, vocab) of N hidden rows
      * (N, C), whatever the output weight's storage (tied embedding,

@@ -200,7 +200,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if ((rc = peftc_model_load_quantized(o->model_dir, bq, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)) ||
         (rc = peftc_tokenizer_load(o->model_dir, &tok, err)))
         goto out;
-    if (bq != PEFTC_QUANT_NONE && mo.base == BASE_ALL) {
+    if (m->cfg.quantize != PEFTC_QUANT_NONE && mo.base == BASE_ALL) {
         rc = peftc_fail(err, PEFTC_ERR_INPUT, "--quantize nf4: method %s trains the base's weights, which stay NF4 (frozen)",
                         mo.name);
         goto out;
@@ -253,7 +253,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int64_t lin_bytes, lin_params;
     peftc_model_linear_bytes(m, &lin_bytes, &lin_params);
     char quant_note[96] = "";
-    if (bq == PEFTC_QUANT_NF4 && lin_params > 0)
+    if (m->cfg.quantize == PEFTC_QUANT_NF4 && lin_params > 0)
         snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
                  (double)lin_bytes / (double)lin_params);
     snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
