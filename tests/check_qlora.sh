@@ -55,6 +55,11 @@ if out=$(./peftc quantize --model "$FX/model_fp32" --out "$FX/model_nf4" 2>&1); 
         tally "$("$PY" tests/ref_qlora.py same-adapter "$FX/run" "$FX/run_file" 2>&1)"
     else tail -2 "$FX/run_file.log"; bad "peftc train on the saved NF4 base exited non-zero"; fi
 else bad "peftc quantize: $out"; fi
+# eval of a qlora adapter runs on the NF4 base, whether it is quantised at load or read from the file
+e1=$(./peftc eval --model "$FX/model_fp32" --adapter "$FX/run" --data "$FX/train.tsv" 2>&1)
+e2=$(./peftc eval --model "$FX/model_nf4" --adapter "$FX/run" --data "$FX/train.tsv" 2>&1)
+if [ -n "$e1" ] && [ "$e1" = "$e2" ] && printf '%s' "$e1" | grep -q accuracy; then ok "eval of the qlora adapter on the NF4 base (at load == from the file): $e1"
+else bad "eval of the qlora adapter: at load $e1, from the file $e2"; fi
 # bad input: one clear line, non-zero exit
 expect_fail() {
     local what=$1 pattern=$2; shift 2

@@ -36,7 +36,9 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     peftc_rng_seed(&rng, 0);
     peftc_status rc;
     if ((rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
-        (rc = peftc_model_load(model_dir, &c->m, err)) || (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
+        /* a qlora adapter was trained on the NF4 base: evaluate on the same */
+        (rc = peftc_model_load_quantized(model_dir, method_base_quant(mo.name), &c->m, err)) ||
+        (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
         goto fail;
     if (labels.n == 0) {
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s/adapter_config.json: no label list (peftc.labels)", adapter_dir);
