@@ -2,7 +2,9 @@
  * of the dequantised weight, on every ISA tier, with 1 and 2 threads (the
  * same bits), the input-gradient backward also against central finite
  * differences of the forward, and the bad sizes. (The quantisation itself
- * is checked against bitsandbytes in tests/check_nf4.sh.) */
+ * is checked against bitsandbytes in tests/check_nf4.sh.) N = 1 and 7 run
+ * the LUT kernels of each tier, N = 33 and 64 the dequantise-a-chunk + sgemm
+ * path (NF4_SGEMM_MIN_N = 16). */
 #define PEFTC_KERNELS_INTERNAL
 #include <omp.h>
 #include "testlib.h"

@@ -433,11 +433,35 @@ NF4_AVX2 static void fwd_avx2(float *out, const float *inp, const nf4_tensor *w,
 }
 #endif
 
+/* Rows of W dequantised per chunk (~1 MiB of fp32), for the sgemm paths */
+static int chunk_rows(int IC)
+{
+    int rc = (int)(262144 / IC);
+    return rc < 16 ? 16 : rc > 512 ? 512 : rc;
+}
+
 int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N)
 {
     if (N < 0 || w->cols <= 0 || w->cols % NF4_BLOCK || w->rows <= 0 || w->rows > INT32_MAX || w->cols > INT32_MAX)
         return NF4_EINVAL;
     if (N == 0) return 0;
+    if (N >= NF4_SGEMM_MIN_N) {
+        /* many rows (training batches, prompts): a chunk of W dequantised
+         * once and reused by every row through sgemm beats decoding it again
+         * per tile of rows; fixed chunks, so no thread-count dependence */
+        const int IC = (int)w->cols, OC = (int)w->rows, rc = chunk_rows(IC);
+        float *wf = kern_scratch((size_t)rc * IC * 4);
+        if (wf) {
+            for (int c0 = 0; c0 < OC; c0 += rc) {
+                int nr = OC - c0 < rc ? OC - c0 : rc;
+                #pragma omp parallel for schedule(static)
+                for (int r = 0; r < nr; r++) nf4_dequantize_rows(w, c0 + r, 1, wf + (size_t)r * IC);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, IC, 1.0f, inp, IC, wf, IC, 0.0f, out + c0, OC);
+            }
+            return 0;
+        }
+        /* no scratch: the LUT kernels need none */
+    }
     void (*fn)(float *, const float *, const nf4_tensor *, int, int, int) = fwd_portable;
 #if defined(__x86_64__) && !defined(PEFTC_KERNELS_NO_X86)
     if (kern_isa_level >= KERNELS_ISA_AVX512) fn = fwd_avx512;
@@ -463,8 +487,7 @@ int nf4_matmul_backward_input(float *dinp, const float *dout, const nf4_tensor *
     const int IC = (int)w->cols, OC = (int)w->rows;
     /* fixed chunk boundaries (~1 MiB of fp32), so the sums do not depend on
      * the thread count */
-    int rc = (int)(262144 / IC);
-    rc = rc < 16 ? 16 : rc > 512 ? 512 : rc;
+    const int rc = chunk_rows(IC);
     float *wf = kern_scratch((size_t)rc * IC * 4);
     if (!wf) return NF4_ENOMEM;
     for (int c0 = 0; c0 < OC; c0 += rc) {

@@ -72,12 +72,17 @@ float nf4_block_scale(const nf4_tensor *t, int64_t b);
  * bitsandbytes' dequantize_4bit. NF4_EINVAL if the rows are out of range. */
 int nf4_dequantize_rows(const nf4_tensor *t, int64_t r0, int64_t nr, float *dst);
 
-/* out (N, rows) = inp (N, cols) @ W^T, fp32 activations times the 16-entry
- * code table scaled per block (AVX-512: vpermps of the 4-bit codes; AVX2:
- * two 8-entry vpermps and a blend; portable: a table lookup), FMA where the
- * tier has it. OpenMP over tiles of rows of W; an output is summed by one
- * thread in a fixed order, so results do not depend on the thread count
- * (tiers agree to fp32 rounding). No allocation. NF4_EINVAL if cols % 64. */
+/* out (N, rows) = inp (N, cols) @ W^T. Below NF4_SGEMM_MIN_N rows (decode,
+ * small batches: memory-bound, 0.52 bytes read per weight): fp32 activations
+ * times the 16-entry code table scaled per block (AVX-512: vpermps of the
+ * 4-bit codes; AVX2: two 8-entry vpermps and a blend; portable: a table
+ * lookup), FMA where the tier has it, OpenMP over tiles of rows of W, each
+ * output summed by one thread in a fixed order. From NF4_SGEMM_MIN_N rows
+ * (compute-bound): chunks of rows of W (~1 MiB of fp32) dequantised into the
+ * thread's scratch (kept; never the whole matrix) and multiplied by sgemm.
+ * Results do not depend on the thread count; tiers agree to fp32 rounding.
+ * NF4_EINVAL if cols % 64. */
+#define NF4_SGEMM_MIN_N 16
 int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N);
 
 /* dinp (N, cols) = dout (N, rows) @ W (+= if accumulate): chunks of rows of
