@@ -32,6 +32,12 @@ if timeout 120 ./peftc train --model "$FX/model_fp32" --train "$FX/train.tsv" --
 else
     tail -3 "$FX/run.log"; bad "peftc train --method qlora exited non-zero"
 fi
+# one thread: the same adapter bit for bit (the NF4 kernels' sums do not depend on the thread count)
+if timeout 120 ./peftc train --threads 1 --model "$FX/model_fp32" --train "$FX/train.tsv" --method qlora --r 4 --alpha 8 \
+        --lora-dropout 0 --init-adapter "$FX/init_lora" --batch 8 --max-steps 5 --lr 1e-2 --schedule constant \
+        --warmup-ratio 0 --weight-decay 0.01 --clip 10 --seed 1 --max-len 32 --out "$FX/run_t1" 2> "$FX/run_t1.log"; then
+    tally "$("$PY" tests/ref_qlora.py same-adapter "$FX/run" "$FX/run_t1" 2>&1 | sed 's/training on the saved NF4 base gives/--threads 1 gives/; s/as quantising at load/as 2 threads/')"
+else tail -2 "$FX/run_t1.log"; bad "peftc train --threads 1 --method qlora exited non-zero"; fi
 # the preset's defaults (QLoRA paper: r 64, alpha 16, dropout 0.1, all linear layers)
 if timeout 120 ./peftc train --model "$FX/model_fp32" --train "$FX/train.tsv" --method qlora --batch 8 --max-steps 1 \
         --out "$FX/run_defaults" 2> "$FX/run_defaults.log"; then
