@@ -17,11 +17,11 @@ rm -rf $O; mkdir -p $O
 run() { local log; if ! log=$("$@" 2>&1); then printf '%s\n' "$log" | tail -5; bad "fixture step failed: $*"; finish; fi; }
 run "$PY" tests/ref_llama_nf4.py $O/bf16 $O/deq
 run "$PY" tests/ref_llama.py random $O/ids.txt --vocab 97
-run "$PY" tests/ref_llama.py fixture $O/deq $O/ids.txt $O/fx --ngen 4
+run "$PY" tests/ref_llama.py fixture $O/deq $O/ids.txt $O/fx --ngen 2
 ok "fixtures: the bf16 model, its NF4 round trip by bitsandbytes, the float64 oracle's logits"
 build_driver llama_ref || finish
 for isa in portable avx2 avx512; do
-    out=$(PEFTC_KERNELS_ISA=$isa LLAMA_REF_NF4=1 timeout 300 build/tests/llama_ref $O/bf16 $O/ids.txt $O/fx 1e-3 4 2>&1)
+    out=$(PEFTC_KERNELS_ISA=$isa LLAMA_REF_NF4=1 timeout 300 build/tests/llama_ref $O/bf16 $O/ids.txt $O/fx 1e-3 2 2>&1)
     tally "$(printf '%s\n' "$out" | sed "s/^\(ok   - \|FAIL - \)/\1[$isa] /")"
 done
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
