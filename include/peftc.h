@@ -281,6 +281,8 @@ typedef struct peftc_lm_opts {
     const float *adapter_scales;     /* a multiplier per adapter (NULL: 1 each) */
     int n_adapters;
     int merge;                       /* fold the adapters into the weights (F32/F16/BF16 bases) */
+    peftc_base_quant quantize;       /* NF4: an F32/F16/BF16 safetensors base's block weights in NF4
+                                        (GGUF bases refused: quantised already) */
 } peftc_lm_opts;
 
 void peftc_lm_opts_default(peftc_lm_opts *o);
