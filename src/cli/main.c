@@ -44,7 +44,7 @@ static const char usage[] =
     "  generate --model FILE.gguf|DIR (--prompt TEXT | --prompt-file FILE) [--chat [--system TEXT]]\n"
     "        [--adapter DIR[:SCALE]]... [--merge] [--max-new-tokens N] [--temp T] [--top-k K]\n"
     "        [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
-    "        [--stop STR]... [--ctx N] [--batch N] [--no-bos] [--timings]\n"
+    "        [--stop STR]... [--ctx N] [--batch N] [--no-bos] [--timings] [--quantize nf4|none]\n"
     "      a decoder's continuation of the prompt, streamed to stdout (greedy unless --temp > 0);\n"
     "      --chat wraps the prompt in the model's chat template\n"
     "  chat --model FILE.gguf|DIR [--system TEXT] [the sampling and adapter options of generate]\n"
