@@ -5,7 +5,8 @@
 # peftc from the fp32 file, LoRA r 4 alpha 8 on all six linear layers, 5
 # AdamW steps with clipping) vs float64 autograd on the same model whose
 # linear weights are bitsandbytes' dequantised NF4: the logged losses and
-# gradient norms (clipped at 10 in some steps), the LoRA and head parameters after 5 steps (ref_train.py's
+# gradient norms (clipped at 10 in some steps), the loss, logits and every
+# LoRA and head gradient at the init weights (tests/train_grad.c), the LoRA and head parameters after 5 steps (ref_train.py's
 # tolerances). Then the bad inputs: --quantize with an unknown name, full
 # fine-tuning of an NF4 base, a model whose width is not a multiple of 64.
 # Prints ok/FAIL lines and "## <passed> <failed>".
@@ -60,6 +61,11 @@ if out=$(./peftc quantize --model "$FX/model_fp32" --out "$FX/model_nf4" 2>&1); 
             --warmup-ratio 0 --weight-decay 0.01 --clip 10 --seed 1 --max-len 32 --out "$FX/run_file" 2> "$FX/run_file.log"; then
         tally "$("$PY" tests/ref_qlora.py same-adapter "$FX/run" "$FX/run_file" 2>&1)"
     else tail -2 "$FX/run_file.log"; bad "peftc train on the saved NF4 base exited non-zero"; fi
+    # loss, logits and every LoRA/head gradient at the init weights through the library API on the NF4 base
+    if build_driver train_grad; then
+        tally "$(timeout 120 build/tests/train_grad "$FX/model_nf4" "$FX/train.tsv" "$FX/init_lora" "$FX/c_grad.safetensors" 2>&1)"
+        [ -f "$FX/c_grad.safetensors" ] && tally "$("$PY" tests/ref_qlora.py compare-grads "$FX" "$FX/c_grad.safetensors" 2>&1)"
+    fi
 else bad "peftc quantize: $out"; fi
 # eval of a qlora adapter runs on the NF4 base, whether it is quantised at load or read from the file
 e1=$(./peftc eval --model "$FX/model_fp32" --adapter "$FX/run" --data "$FX/train.tsv" 2>&1)
