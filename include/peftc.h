@@ -160,6 +160,16 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
                                 float *hidden, float *pooled, peftc_error *err);
 
 /* ------------------------------------------------------------- training */
+/* AdaLoRA (--method adalora): HF PEFT's AdaLoraConfig; 0 means PEFT's default
+ * (init_r 12, target_r 8, tinit 0, tfinal 0, deltaT 1, beta1 = beta2 = 0.85,
+ * orth_reg_weight 0.5 (set orth_reg_set for an explicit 0), total_step = the
+ * run's optimizer steps). */
+typedef struct peftc_adalora_opts {
+    int init_r, target_r, tinit, tfinal, delta_t, total_step;
+    float beta1, beta2, orth_reg_weight;
+    int orth_reg_set;
+} peftc_adalora_opts;
+
 typedef struct peftc_train_opts {
     const char *model_dir;
     const char *train_path;
@@ -188,6 +198,7 @@ typedef struct peftc_train_opts {
     int encoder_hidden;
     int prefix_len;              /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;       /* 1: MLP reparameterisation while training, -1: none, 0: the preset's default */
+    peftc_adalora_opts adalora;  /* adalora: the rank allocator's schedule */
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */

@@ -151,6 +151,38 @@ static void check_grads(const char *label, const method_opts *mo)
     peftc_model_free(m);
 }
 
+/* AdaLoRA's init as PEFT's reset_lora_parameters: E = 0, A and B ~ N(0, 0.02^2). */
+static void check_adalora_init(const method_opts *mo)
+{
+    task t;
+    peftc_model *m = NULL;
+    if (!build(&t, &m, mo, 0)) { CHECK(0, "adalora init: build"); peftc_model_free(m); return; }
+    double s2[2] = {0, 0}, mean[2] = {0, 0};
+    size_t n[2] = {0, 0}, nonzero_e = 0, n_e = 0;
+    for (int e = 0; e < t.pb.n; e++) {
+        const param_entry *pe = &t.pb.e[e];
+        const float *p = t.pb.p + pe->offset;
+        size_t len = strlen(pe->name);
+        int which = len > 7 && !strcmp(pe->name + len - 7, ".lora_A") ? 0 : len > 7 && !strcmp(pe->name + len - 7, ".lora_B") ? 1 : -1;
+        if (len > 7 && !strcmp(pe->name + len - 7, ".lora_E")) {
+            for (size_t i = 0; i < pe->numel; i++) nonzero_e += p[i] != 0.0f;
+            n_e += pe->numel;
+        }
+        if (which < 0) continue;
+        for (size_t i = 0; i < pe->numel; i++) { s2[which] += (double)p[i] * p[i]; mean[which] += p[i]; }
+        n[which] += pe->numel;
+    }
+    double sa = sqrt(s2[0] / n[0]), sb = sqrt(s2[1] / n[1]);
+    /* std of a sample std of n normals: 0.02 / sqrt(2n); allow 5 of them */
+    double tol_a = 5 * 0.02 / sqrt(2.0 * n[0]), tol_b = 5 * 0.02 / sqrt(2.0 * n[1]);
+    CHECK(n_e > 0 && nonzero_e == 0 && fabs(sa - 0.02) < tol_a && fabs(sb - 0.02) < tol_b &&
+          fabs(mean[0] / n[0]) < 5 * 0.02 / sqrt((double)n[0]) && fabs(mean[1] / n[1]) < 5 * 0.02 / sqrt((double)n[1]),
+          "adalora init: E = 0 (%zu values), A std %.4f (%zu values), B std %.4f (%zu), means %.2g %.2g (PEFT: N(0, 0.02^2))",
+          n_e, sa, n[0], sb, n[1], mean[0] / n[0], mean[1] / n[1]);
+    task_free(&t);
+    peftc_model_free(m);
+}
+
 /* With its initialisation, a method's model computes exactly the base model's hidden states. */
 static void check_starts_as_base(const char *label, const method_opts *mo)
 {
@@ -510,6 +542,15 @@ int main(void)
     }
     mo = preset("ia3", &none);
     check_merge("ia3", &mo);
+    /* AdaLoRA's SVD deltas (lora_A, lora_E, lora_B) on every linear: backward, E = 0 start, merge, threads */
+    peftc_adalora_opts ada_o = {.init_r = 3, .target_r = 2};
+    method_args ada = {.alpha = 4, .adalora = &ada_o, .targets = lora.targets};
+    mo = preset("adalora", &ada);
+    check_grads("adalora (all six linears)", &mo);
+    check_starts_as_base("adalora", &mo);
+    check_adalora_init(&mo);
+    check_merge("adalora", &mo);
+    check_threads("adalora (all six linears)", &mo);
     method_args lora_qv = {.r = 2, .alpha = 4, .targets = "query,value"};
     mo = preset("lora", &lora_qv);
     check_threads("lora (query, value: fused FFN)", &mo);

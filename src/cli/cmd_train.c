@@ -93,6 +93,17 @@ int cmd_train(cli_args *a)
     o.encoder_hidden = cli_opt_int(a, "--encoder-hidden", 0, 1, 1 << 16, &ok);
     o.prefix_len = cli_opt_int(a, "--prefix-len", 0, 1, 1 << 20, &ok);
     o.prefix_projection = cli_flag(a, "--prefix-projection") ? 1 : cli_flag(a, "--no-prefix-projection") ? -1 : 0;
+    o.adalora.init_r = cli_opt_int(a, "--init-r", 0, 1, 1 << 20, &ok);
+    o.adalora.target_r = cli_opt_int(a, "--target-r", 0, 1, 1 << 20, &ok);
+    o.adalora.tinit = cli_opt_int(a, "--tinit", 0, 0, 1 << 30, &ok);
+    o.adalora.tfinal = cli_opt_int(a, "--tfinal", 0, 0, 1 << 30, &ok);
+    o.adalora.delta_t = cli_opt_int(a, "--delta-t", 0, 1, 1 << 30, &ok);
+    o.adalora.total_step = cli_opt_int(a, "--total-step", 0, 1, 1 << 30, &ok);
+    o.adalora.beta1 = (float)cli_opt_double(a, "--beta1", 0, 1e-6, 0.999999, &ok);
+    o.adalora.beta2 = (float)cli_opt_double(a, "--beta2", 0, 1e-6, 0.999999, &ok);
+    double orth = cli_opt_double(a, "--orth-reg-weight", -1, 0, 1e6, &ok);   /* -1: unset (0 is a valid weight) */
+    o.adalora.orth_reg_set = orth >= 0;
+    o.adalora.orth_reg_weight = orth >= 0 ? (float)orth : 0.0f;
     o.epochs = cli_opt_int(a, "--epochs", o.epochs, 1, 100000, &ok);
     o.max_steps = cli_opt_int(a, "--max-steps", 0, 1, 1 << 30, &ok);
     o.batch = cli_opt_int(a, "--batch", o.batch, 1, 65536, &ok);

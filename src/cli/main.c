@@ -26,6 +26,8 @@ static const char usage[] =
     "        [--site ffn|attn] [--scale S] [--learned-scale] [--delta SPEC]...\n"
     "        [--num-virtual N] [--template 'P P {text} P {pair}'] [--encoder mlp|lstm|none] [--encoder-hidden H]\n"
     "        [--prefix-len N] [--prefix-projection | --no-prefix-projection]\n"
+    "        [--init-r R] [--target-r R] [--tinit N] [--tfinal N] [--delta-t N] [--beta1 B] [--beta2 B]\n"
+    "        [--orth-reg-weight W] [--total-step N]   (adalora)\n"
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"

@@ -61,7 +61,18 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
     d->layer = layer;
     d->in = in;
     d->out = out;
-    d->p_down = d->p_up = d->p_down_b = d->p_up_b = d->p_gate_w = d->p_gate_b = d->p_scale = d->p_vec = -1;
+    d->p_down = d->p_up = d->p_down_b = d->p_up_b = d->p_gate_w = d->p_gate_b = d->p_scale = d->p_vec = d->p_sv = -1;
+    if (spec->kind == DELTA_SVD) {
+        if (spec->insert != INSERT_PARALLEL || spec->heads > 0)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: an SVD delta is parallel and single-head", prefix);
+        /* PEFT's AdaLoRA keys (ParameterDicts: no ".weight") in its declaration order A, B, E */
+        d->p_down = decl(pb, prefix, "lora_A", 2, spec->r, in, 0);
+        d->p_up = decl(pb, prefix, "lora_B", 2, out, spec->r, 0);
+        d->p_sv = decl(pb, prefix, "lora_E", 2, spec->r, 1, 0);
+        if (d->p_down < 0 || d->p_up < 0 || d->p_sv < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        ds->n++;
+        return PEFTC_OK;
+    }
     if (spec->kind == DELTA_SCALE) {
         /* PEFT's (IA)^3 shapes: [1, in] for feed-forward inputs, [out, 1] otherwise */
         d->p_vec = spec->site == SITE_FFN_ACT ? decl(pb, prefix, "ia3_l", 2, 1, out, 1) : decl(pb, prefix, "ia3_l", 2, out, 1, 1);
@@ -126,6 +137,11 @@ static int delta_lowrank(const delta_spec *s)
            (s->compose == COMPOSE_ADD || s->compose == COMPOSE_SCALE);
 }
 
+/* An SVD delta keeps both z = x A^T and a = z * E (E's gradient reads z,
+ * B's reads a); it runs on the lowrank kernels up to LOWRANK_MAX_R. */
+static int delta_two_acts(const delta_spec *s) { return s->act != ACT_IDENTITY || s->kind == DELTA_SVD; }
+static int svd_lowrank(const delta_spec *s) { return s->kind == DELTA_SVD && s->r <= LOWRANK_MAX_R; }
+
 peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
 {
     free(ds->act_block); free(ds->scratch);
@@ -145,7 +161,7 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
                 d->src_copy = p; p += R16((size_t)N * d->out);
                 continue;
             }
-            size_t need = R16((size_t)N * r_all) * (s->act == ACT_IDENTITY ? 1 : 2)
+            size_t need = R16((size_t)N * r_all) * (delta_two_acts(s) ? 2 : 1)
                         + (s->insert == INSERT_SEQUENTIAL ? R16((size_t)N * d->out) : 0)
                         + (s->dropout > 0 ? R16((size_t)N * src_w) + R16((size_t)N * src_w / 4 + 1) : 0)
                         + (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE ? R16((size_t)N * d->out) : 0)
@@ -155,11 +171,11 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
                 if ((size_t)d->in > maxw) maxw = (size_t)d->in;
                 if ((size_t)d->out > maxw) maxw = (size_t)d->out;
                 if (r_all > maxr) maxr = r_all;
-                if (delta_lowrank(s) && s->r > lr_r) lr_r = s->r;
+                if ((delta_lowrank(s) || svd_lowrank(s)) && s->r > lr_r) lr_r = s->r;
                 continue;
             }
             d->z = p; p += R16((size_t)N * r_all);
-            if (s->act == ACT_IDENTITY) d->a = d->z; else { d->a = p; p += R16((size_t)N * r_all); }
+            if (!delta_two_acts(s)) d->a = d->z; else { d->a = p; p += R16((size_t)N * r_all); }
             d->src_copy = NULL; d->xd = NULL; d->mask = NULL; d->u = NULL; d->gate = NULL;
             if (s->insert == INSERT_SEQUENTIAL) { d->src_copy = p; p += R16((size_t)N * d->out); }
             if (s->dropout > 0) {
@@ -195,6 +211,13 @@ void delta_init_params(delta_set *ds, param_block *pb, peftc_rng *rng)
         if (d->spec.kind == DELTA_SCALE) { /* (IA)^3 starts as the identity */
             float *l = params_value(pb, d->p_vec);
             for (size_t j = 0; j < pb->e[d->p_vec].numel; j++) l[j] = 1.0f;
+            continue;
+        }
+        if (d->spec.kind == DELTA_SVD) { /* PEFT's AdaLoRA: E = 0, A and B ~ N(0, 0.02^2) (A first, then B) */
+            float *a = params_value(pb, d->p_down), *b = params_value(pb, d->p_up);
+            for (size_t j = 0; j < pb->e[d->p_down].numel; j++) a[j] = 0.02f * peftc_rng_normal(rng);
+            for (size_t j = 0; j < pb->e[d->p_up].numel; j++) b[j] = 0.02f * peftc_rng_normal(rng);
+            memset(params_value(pb, d->p_sv), 0, pb->e[d->p_sv].numel * sizeof(float));
             continue;
         }
         const param_entry *e = &pb->e[d->p_down];
@@ -291,6 +314,65 @@ static float *delta_partials(const delta_set *ds)
     return ds->scratch + 2 * R16((size_t)ds->N * ds->maxw) + 2 * R16((size_t)ds->N * ds->maxr);
 }
 
+/* AdaLoRA's SVDLinear: h += s * ((src A^T) * E^T) B^T, s = alpha / (ranknum + 1e-5).
+ * z (N,r) = src A^T; a = z with column k times E_k; then the up-projection. */
+static void svd_forward(delta_set *ds, const param_block *pb, delta *d, const float *src, float *h, int N)
+{
+    const delta_spec *s = &d->spec;
+    const float *A = params_value(pb, d->p_down), *B = params_value(pb, d->p_up), *E = params_value(pb, d->p_sv);
+    int r = s->r;
+    float *lr_scratch = delta_partials(ds);
+    if (svd_lowrank(s)) lowrank_down_forward(d->z, lr_scratch, src, A, NULL, N, d->in, r);
+    else matmul_forward(d->z, src, A, NULL, N, d->in, r, 0);
+    for (int n = 0; n < N; n++) {
+        const float *zr = d->z + (size_t)n * r;
+        float *ar = d->a + (size_t)n * r;
+        for (int k = 0; k < r; k++) ar[k] = zr[k] * E[k];
+    }
+    if (svd_lowrank(s)) { lowrank_up_forward(h, lr_scratch, d->a, B, NULL, s->scale, N, r, d->out); return; }
+    float *u = ds->scratch;
+    matmul_forward(u, d->a, B, NULL, N, r, d->out, 0);
+    axpy_inplace(h, s->scale, u, (size_t)N * d->out);
+}
+
+/* Backward of svd_forward: da = s dh B, dB += s dh^T a; dE_k += sum_n da z;
+ * dz = da * E; dA += dz^T src; dx += dz A (through the dropout mask). */
+static void svd_backward(delta_set *ds, param_block *pb, delta *d, const float *src, const float *dh, float *dx, int N)
+{
+    const delta_spec *s = &d->spec;
+    const float *A = params_value(pb, d->p_down), *B = params_value(pb, d->p_up), *E = params_value(pb, d->p_sv);
+    float *dA = params_grad(pb, d->p_down), *dB = params_grad(pb, d->p_up), *dE = params_grad(pb, d->p_sv);
+    int r = s->r;
+    float *du = ds->scratch;
+    float *dsrc = du + R16((size_t)ds->N * ds->maxw);
+    float *da = dsrc + R16((size_t)ds->N * ds->maxw);
+    float *dz = da + R16((size_t)ds->N * ds->maxr);
+    float *partials = delta_partials(ds);
+    if (svd_lowrank(s)) {
+        lowrank_up_backward(da, dB, NULL, partials, dh, d->a, B, s->scale, N, r, d->out);
+    } else {
+        axpy_backward(du, NULL, NULL, dh, NULL, s->scale, N, d->out);
+        memset(da, 0, (size_t)N * r * sizeof(float));
+        matmul_backward(da, dB, NULL, du, d->a, B, N, r, d->out);
+    }
+    /* E's gradient summed in double over rows in order: independent of threads */
+    for (int k = 0; k < r; k++) {
+        double acc = 0;
+        for (int n = 0; n < N; n++) acc += (double)da[(size_t)n * r + k] * d->z[(size_t)n * r + k];
+        dE[k] += (float)acc;
+    }
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < r; k++) dz[(size_t)n * r + k] = da[(size_t)n * r + k] * E[k];
+    float *dgrad = dx;
+    if (dx && s->dropout > 0) {
+        dgrad = dsrc;
+        memset(dsrc, 0, (size_t)N * d->in * sizeof(float));
+    }
+    if (svd_lowrank(s)) lowrank_down_backward(dgrad, dA, NULL, partials, dz, src, A, N, d->in, r);
+    else matmul_backward(dgrad, dA, NULL, dz, src, A, N, d->in, r);
+    if (dgrad != dx) dropout_backward(dx, d->mask, dsrc, s->dropout, (size_t)N * d->in, 1);
+}
+
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
                    const float *x, float *h, int N, int train, peftc_rng *rng)
 {
@@ -313,6 +395,10 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         if (s->dropout > 0) {
             dropout_forward(d->xd, d->mask, src, train ? s->dropout : 0.0f, (size_t)N * src_w, rng);
             src = d->xd;
+        }
+        if (s->kind == DELTA_SVD) {
+            svd_forward(ds, pb, d, src, h, N);
+            continue;
         }
         const float *down_b = d->p_down_b >= 0 ? params_value(pb, d->p_down_b) : NULL;
         const float *up_b = d->p_up_b >= 0 ? params_value(pb, d->p_up_b) : NULL;
@@ -367,6 +453,10 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         float *dup_b = d->p_up_b >= 0 ? params_grad(pb, d->p_up_b) : NULL;
         float *ddown_b = d->p_down_b >= 0 ? params_grad(pb, d->p_down_b) : NULL;
         const float *src = s->dropout > 0 ? d->xd : (s->insert == INSERT_PARALLEL ? x : d->src_copy);
+        if (s->kind == DELTA_SVD) {
+            svd_backward(ds, pb, d, src, dh, dx, N);
+            continue;
+        }
         if (delta_lowrank(s)) {
             lowrank_up_backward(da, params_grad(pb, d->p_up), dup_b, partials, dh, d->a, params_value(pb, d->p_up),
                                 s->compose == COMPOSE_SCALE ? s->scale : 1.0f, N, s->r, d->out);

@@ -37,7 +37,8 @@ int act_parse(const char *name, delta_act *out);
 
 typedef enum delta_kind {
     DELTA_BOTTLENECK,   /* u = up(f(down(src))) composed into h */
-    DELTA_SCALE         /* (IA)^3: h <- h * l, one learned factor per channel, init 1 */
+    DELTA_SCALE,        /* (IA)^3: h <- h * l, one learned factor per channel, init 1 */
+    DELTA_SVD           /* AdaLoRA: h += s * ((x A^T) * E^T) B^T, A (r,in), E (r,1), B (out,r): P Lambda Q (peft/adalora.h) */
 } delta_kind;
 
 typedef struct delta_spec {
@@ -68,11 +69,12 @@ typedef struct delta {
     /* parameter indices in the trainable block (-1 if absent) */
     int p_down, p_down_b, p_up, p_up_b, p_gate_w, p_gate_b, p_scale;
     int p_vec;          /* DELTA_SCALE: the factors (out) */
+    int p_sv;           /* DELTA_SVD: the singular values E (r,1); p_down = A, p_up = B */
     /* activations for backward (capacity N rows), set by delta_acts_bind */
     float *src_copy;    /* (N,out) h before this delta, sequential only */
     float *xd;          /* (N,src width) dropped src, dropout only */
     uint8_t *mask;      /* (N,src width) dropout mask */
-    float *z, *a;       /* (N,r) before / after the nonlinearity (a == z for identity) */
+    float *z, *a;       /* (N,r) before / after the nonlinearity (a == z for identity; DELTA_SVD: a = z * E) */
     float *u;           /* (N,out) the module's output before composition */
     float *gate;        /* (N) gate values */
 } delta;

@@ -60,6 +60,41 @@ float lora_scale(const method_opts *mo)
     return mo->rslora ? mo->alpha / sqrtf((float)mo->r) : mo->alpha / (float)mo->r;
 }
 
+float adalora_scale(const method_opts *mo)
+{
+    /* ranknum is a float32 parameter: r + 1e-5 rounded to float first */
+    return (float)(mo->alpha / (double)((float)mo->r + 1e-5f));
+}
+
+int adalora_key_site(const char *key, int *layer, site_id *site)
+{
+    char full[PARAM_NAME_MAX * 2];
+    /* the key is the parameter's name inside PEFT's wrapper, base_model.model. */
+    snprintf(full, sizeof full, "base_model.model.%s", key);
+    size_t n = strlen(full), tail = strlen(".lora_E");
+    if (n <= tail || strcmp(full + n - tail, ".lora_E")) return 0;
+    full[n - tail] = 0;
+    for (int i = 0; model_families[i]; i++) {
+        const model_family *f = model_families[i];
+        const char *pct = f->layer_path ? strstr(f->layer_path, "%d") : NULL;
+        size_t lp = strlen(f->peft_prefix);
+        if (!pct || strncmp(full, f->peft_prefix, lp)) continue;
+        const char *p = full + lp;
+        size_t pre = (size_t)(pct - f->layer_path);
+        if (strncmp(p, f->layer_path, pre)) continue;
+        p += pre;
+        char *end;
+        long l = strtol(p, &end, 10);
+        if (end == p || l < 0 || l >= ADALORA_MAX_LAYERS) continue;
+        const char *post = pct + 2;
+        if (strncmp(end, post, strlen(post)) || end[strlen(post)] != '.') continue;
+        const char *mod = end + strlen(post) + 1;
+        for (int s = 0; s < SITE_LINEAR_END; s++)
+            if (f->site_module[s] && !strcmp(mod, f->site_module[s])) { *layer = (int)l; *site = (site_id)s; return 1; }
+    }
+    return 0;
+}
+
 static int base_trains(const method_opts *mo, const model_tensor *r)
 {
     if (mo->base == BASE_ALL) return 1;
@@ -106,19 +141,28 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
     }
     free(refs);
     for (int l = 0; l < c->num_layers; l++) {
-        if (mo->lora) {
+        if (mo->lora || mo->adalora) {
             for (int st = 0; st < SITE_LINEAR_END; st++) {
                 if (!(mo->targets & (1u << st))) continue;
                 int in, out;
                 if (!f->site(m, l, (site_id)st, &in, &out) || !f->site_module[st])
                     return peftc_fail(err, PEFTC_ERR_INPUT, "LoRA target %s: a %s model has no such linear layer",
                                       site_name((site_id)st), f->name);
+                int r_kept = mo->r;   /* a loaded AdaLoRA adapter: the module's kept triplets (0: no module) */
+                if (mo->adalora && mo->ada_ranks) {
+                    if (l >= ADALORA_MAX_LAYERS)
+                        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "AdaLoRA adapters of more than %d layers", ADALORA_MAX_LAYERS);
+                    if ((r_kept = mo->ada_rank[l][st]) == 0) continue;
+                    if (r_kept > mo->r) return peftc_fail(err, PEFTC_ERR_FORMAT, "rank_pattern: %d kept triplets of init_r %d", r_kept, mo->r);
+                }
                 if (mo->r <= 0 || mo->r > (in < out ? in : out))
-                    return peftc_fail(err, PEFTC_ERR_INPUT, "--r %d must be in [1, %d], the width of %s", mo->r,
+                    return peftc_fail(err, PEFTC_ERR_INPUT, "%s %d must be in [1, %d], the width of %s",
+                                      mo->adalora ? "--init-r" : "--r", mo->r,
                                       in < out ? in : out, lora_module_name(f, (site_id)st));
                 delta_spec sp = {.kind = DELTA_BOTTLENECK, .site = (site_id)st, .insert = INSERT_PARALLEL,
                                  .act = ACT_IDENTITY, .compose = COMPOSE_SCALE, .scale = lora_scale(mo),
                                  .dropout = mo->dropout, .r = mo->r, .bias = 0, .init_lora = 1, .lora_names = 1};
+                if (mo->adalora) { sp.kind = DELTA_SVD; sp.scale = adalora_scale(mo); sp.r = r_kept; }
                 char prefix[PARAM_NAME_MAX];
                 module_name(f, l, f->site_module[st], prefix, sizeof prefix);
                 peftc_status rc = delta_add(ds, pb, l, in, out, &sp, prefix, err);
@@ -202,6 +246,17 @@ peftc_status method_merge(peftc_model *m, const method_opts *mo, const param_blo
         const delta *d = &ds->d[i];
         peftc_status rc;
         float **w, **b;
+        if (d->spec.kind == DELTA_SVD) {
+            if (!f->linear(m, d->layer, d->spec.site, &w, &b)) continue;
+            if ((rc = f->make_writable(m, w, (size_t)d->in * d->out, err))) return rc;
+            /* W (out,in) += sign * s * B (out,r) @ (A * E) (r,in): one rank-1 term per triplet */
+            const float *A = params_value(pb, d->p_down), *B = params_value(pb, d->p_up), *E = params_value(pb, d->p_sv);
+            for (int k = 0; k < d->spec.r; k++)
+                if (E[k] != 0.0f)
+                    cblas_sger(CblasRowMajor, d->out, d->in, (float)sign * d->spec.scale * E[k], B + k, d->spec.r,
+                               A + (size_t)k * d->in, 1, *w, d->in);
+            continue;
+        }
         if (d->spec.kind == DELTA_BOTTLENECK) {
             if (!f->linear(m, d->layer, d->spec.site, &w, &b)) continue;
             if ((rc = f->make_writable(m, w, (size_t)d->in * d->out, err))) return rc;
@@ -248,6 +303,9 @@ static const struct { const char *name, *expands, *formula; } presets[] = {
     {"bitfit", "every bias and LayerNorm bias trains", "sum of bias sizes"},
     {"qlora", "LoRA on every linear layer (r 64, alpha 16, dropout 0.1) of an NF4 base (double quantised, as bitsandbytes)", "L * 6 * r * (in + out)"},
     {"lora", "delta at each target linear: parallel, identity, scale alpha/r (query,value by default)", "L * targets * r * (in + out)"},
+    {"adalora", "SVD deltas P diag(E) Q at each target linear (query,value by default), init_r 12 pruned to an average target_r 8 "
+                "by PEFT's RankAllocator (--init-r --target-r --tinit --tfinal --delta-t --beta1 --beta2 --orth-reg-weight --total-step)",
+     "L * targets * init_r * (in + out + 1) while training; the kept triplets saved"},
     {"ia3", "scale deltas at attn.k, attn.v, ffn.act (init 1, mergeable)", "L * (2d + d_ff)"},
     {"adapter-houlsby", "sequential silu bottlenecks at attn.out and ffn.out, r = d/16; layer LayerNorms train", "L * (2 * (2rd + r + d) + 4d)"},
     {"adapter-pfeiffer", "sequential relu bottleneck at ffn.out, r = d/16", "L * (2rd + r + d)"},
@@ -312,6 +370,17 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         mo->dropout = a->lora_dropout;
         mo->rslora = a->rslora;
         if (mo->dropout < 0 || mo->dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
+        if ((rc = lora_parse_targets(a->targets ? a->targets : "query,value", &mo->targets, err))) return rc;
+    } else if (!strcmp(name, "adalora")) {
+        static const peftc_adalora_opts none;
+        if ((rc = adalora_resolve(a->adalora ? a->adalora : &none, &mo->ada, err))) return rc;
+        mo->adalora = 1;
+        if (a->r > 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--method adalora: use --init-r (and --target-r), not --r");
+        mo->r = mo->ada.init_r;
+        mo->alpha = a->alpha > 0 ? a->alpha : 8;   /* LoraConfig's lora_alpha */
+        mo->dropout = a->lora_dropout;
+        if (mo->dropout < 0 || mo->dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
+        /* PEFT's TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING: query,value (q_proj,v_proj) */
         if ((rc = lora_parse_targets(a->targets ? a->targets : "query,value", &mo->targets, err))) return rc;
     } else if (!strcmp(name, "ia3")) {
         site_id sites[3] = {SITE_ATTN_K, SITE_ATTN_V, SITE_FFN_ACT};

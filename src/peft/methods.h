@@ -5,6 +5,7 @@
 
 #include "model/model.h"
 #include "peft/delta.h"
+#include "peft/adalora.h"
 #include "peft/prompt.h"
 #include "peft/prefix.h"
 #include "train/params.h"
@@ -12,6 +13,7 @@
 typedef enum base_train { BASE_NONE, BASE_ALL, BASE_BIAS } base_train;
 
 #define METHOD_MAX_DELTAS 16
+#define ADALORA_MAX_LAYERS 256   /* per-module ranks of a loaded AdaLoRA adapter */
 
 typedef struct method_opts {
     char name[32];            /* the preset ("lora", "adapter-houlsby", "custom", ...) */
@@ -25,7 +27,12 @@ typedef struct method_opts {
     float alpha;
     float dropout;
     int rslora;
-    unsigned targets;         /* bit (1 << site_id) per LoRA target */
+    unsigned targets;         /* bit (1 << site_id) per LoRA (or AdaLoRA) target */
+    /* AdaLoRA: SVD deltas of rank ada.init_r on the targets (r = init_r, alpha, dropout, targets above) */
+    int adalora;
+    peftc_adalora_opts ada;
+    int ada_ranks;            /* a loaded adapter: each module's kept rank (its rank_pattern) in ada_rank */
+    unsigned short ada_rank[ADALORA_MAX_LAYERS][SITE_COUNT];
     prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
     prefix_spec prefix;       /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT) */
 } method_opts;
@@ -48,6 +55,7 @@ typedef struct method_args {
     int encoder_hidden;
     int prefix_len;           /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;    /* 1 / -1: reparameterise with an MLP while training or not; 0: the preset's default */
+    const peftc_adalora_opts *adalora;   /* adalora (NULL: PEFT's defaults) */
 } method_args;
 
 /* Builds a preset for a model (widths decide the default bottlenecks). */
@@ -67,6 +75,11 @@ peftc_status lora_parse_targets(const char *list, unsigned *mask, peftc_error *e
 /* The PEFT target_modules name of a linear site in a family (query, key, ...). */
 const char *lora_module_name(const model_family *f, site_id s);
 float lora_scale(const method_opts *mo);
+/* AdaLoRA's SVDLinear scale: lora_alpha / (ranknum + 1e-5), ranknum = init_r */
+float adalora_scale(const method_opts *mo);
+/* The (layer, site) of a rank_pattern key ("bert.encoder.layer.3.attention.self.value.lora_E")
+ * in any registered family; 1 if recognised. */
+int adalora_key_site(const char *key, int *layer, site_id *site);
 
 /* Declares the method's trainable tensors (base copies and deltas) in pb/ds,
  * with PEFT-style names (the family's peft_prefix, then its module paths). */

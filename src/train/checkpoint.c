@@ -24,12 +24,15 @@ peftc_status checkpoint_save(const char *out_dir, const param_block *pb, const c
     snprintf(rng, sizeof rng, "%" PRIu64, s->rng);
     const char *meta[] = {"peftc_signature", sig, "step", step, "epoch", epoch, "pos", pos, "rng", rng,
                           "method", method, "model", model, NULL};
-    st_write_item items[3] = {
+    st_write_item items[3 + PARAM_STATE_MAX] = {
         {"params", 1, {(int64_t)pb->total}, pb->p},
         {"adam_m", 1, {(int64_t)pb->total}, pb->m},
         {"adam_v", 1, {(int64_t)pb->total}, pb->v},
     };
-    return st_write_f32(path, items, 3, meta, err);
+    int n = 3;
+    for (int i = 0; i < pb->n_state && i < PARAM_STATE_MAX; i++)   /* the method's own state (AdaLoRA's EMAs) */
+        items[n++] = (st_write_item){pb->state[i].name, 1, {(int64_t)pb->state[i].numel}, pb->state[i].data};
+    return st_write_f32(path, items, n, meta, err);
 }
 
 peftc_status checkpoint_load(const char *resume_dir, param_block *pb, const char *method, uint64_t run_sig,
@@ -53,7 +56,18 @@ peftc_status checkpoint_load(const char *resume_dir, param_block *pb, const char
     else if (strcmp(ssig, sig) || (size_t)p->numel != pb->total || (size_t)m->numel != pb->total || (size_t)v->numel != pb->total ||
              p->dtype != ST_F32)
         rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint from another model, method options, batch size or seed", path);
+    for (int i = 0; i < pb->n_state && !rc; i++) {
+        const st_tensor *x = st_find(st, pb->state[i].name);
+        if (!x || x->dtype != ST_F32 || (size_t)x->numel != pb->state[i].numel)
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint lacks %s of %zu values (saved by another version or method options)",
+                            path, pb->state[i].name, pb->state[i].numel);
+        else if (pb->state[i].match && memcmp(x->data, pb->state[i].data, pb->state[i].numel * sizeof(float)))
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: checkpoint of other %s (resume with the options it was started with)",
+                            path, pb->state[i].name);
+    }
     if (!rc) {
+        for (int i = 0; i < pb->n_state; i++)
+            if (!pb->state[i].match) memcpy(pb->state[i].data, st_find(st, pb->state[i].name)->data, pb->state[i].numel * sizeof(float));
         memcpy(pb->p, p->data, pb->total * sizeof(float));
         memcpy(pb->m, m->data, pb->total * sizeof(float));
         memcpy(pb->v, v->data, pb->total * sizeof(float));

@@ -16,11 +16,23 @@ typedef struct param_entry {
     int no_decay;              /* excluded from weight decay (biases, norms, scales) */
 } param_entry;
 
+/* State beside the parameters that a checkpoint must carry for resume to be
+ * bit-identical (AdaLoRA's importance EMAs); owned by whoever registers it. */
+typedef struct param_state {
+    const char *name;
+    float *data;
+    size_t numel;
+    int match;                 /* not restored but compared on resume: the options the state belongs to */
+} param_state;
+#define PARAM_STATE_MAX 6
+
 typedef struct param_block {
     param_entry *e;
     int n, cap;
     size_t total;              /* floats */
     float *p, *g, *m, *v;      /* values, gradients, AdamW first and second moments */
+    param_state state[PARAM_STATE_MAX];
+    int n_state;
 } param_block;
 
 /* Declares a tensor; returns its index. Offsets are fixed by declaration order. */

@@ -61,6 +61,7 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     if (t->p_cls_w < 0 || t->p_cls_b < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
+    if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
     if (mo->prompt.n_virtual > 0) {
         if ((rc = prompt_alloc(&t->prompt, err))) return rc;
         prompt_init(&t->prompt, &t->pb, f->word_embeddings(m), c->vocab_size, NULL, 0, rng);
@@ -161,6 +162,7 @@ void task_free(task *t)
     free(t->d_hidden);
     prompt_free(&t->prompt);
     prefix_free(&t->prefix);
+    adalora_free(&t->ada);
     memset(t, 0, sizeof *t);
 }
 
@@ -224,6 +226,7 @@ int64_t task_trainable_count(const task *t)
 
 static const char *peft_type(const method_opts *mo)
 {
+    if (mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "ADALORA";
     if (mo->lora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "LORA";
     if (!strcmp(mo->name, "ia3")) return "IA3";
     return "PEFTC"; /* this project's own methods: described by the "peftc" object */
@@ -286,6 +289,51 @@ static json_t *target_modules_json(const model_family *f, unsigned mask)
     return json_string(re);
 }
 
+/* AdaLoraConfig as PEFT saves it: LoraConfig's fields, the schedule and the
+ * rank pattern ({"<module>.lora_E": [kept...]}, null before any masking) */
+/* a float option as the decimal it was given as (0.85, not 0.850000024) */
+static json_t *json_float(float x)
+{
+    char b[32];
+    snprintf(b, sizeof b, "%.7g", x);
+    return json_real(strtod(b, NULL));
+}
+
+static void adalora_config_json(const task *t, json_t *cfg)
+{
+    const method_opts *mo = &t->mo;
+    const peftc_adalora_opts *o = t->ada.on ? &t->ada.o : &mo->ada;
+    json_object_set_new(cfg, "r", json_integer(8));   /* LoraConfig's default: AdaLoRA ignores r */
+    json_object_set_new(cfg, "init_r", json_integer(o->init_r));
+    json_object_set_new(cfg, "target_r", json_integer(o->target_r));
+    json_object_set_new(cfg, "tinit", json_integer(o->tinit));
+    json_object_set_new(cfg, "tfinal", json_integer(o->tfinal));
+    json_object_set_new(cfg, "deltaT", json_integer(o->delta_t));
+    json_object_set_new(cfg, "beta1", json_float(o->beta1));
+    json_object_set_new(cfg, "beta2", json_float(o->beta2));
+    json_object_set_new(cfg, "orth_reg_weight", json_float(o->orth_reg_weight));
+    json_object_set_new(cfg, "total_step", o->total_step > 0 ? json_integer(o->total_step) : json_null());
+    json_object_set_new(cfg, "lora_alpha", json_float(mo->alpha));
+    json_object_set_new(cfg, "lora_dropout", json_float(mo->dropout));
+    json_object_set_new(cfg, "use_rslora", json_false());
+    json_object_set_new(cfg, "use_dora", json_false());
+    json_object_set_new(cfg, "target_modules", target_modules_json(t->m->family, mo->targets));
+    json_object_set_new(cfg, "bias", json_string("none"));
+    json_object_set_new(cfg, "fan_in_fan_out", json_false());
+    json_object_set_new(cfg, "init_lora_weights", json_true());
+    json_object_set_new(cfg, "layers_to_transform", json_null());
+    json_object_set_new(cfg, "alpha_pattern", json_object());
+    if (!t->ada.on || t->ada.flags[0] == 0) { json_object_set_new(cfg, "rank_pattern", json_null()); return; }
+    json_t *rp = json_object();
+    for (int i = 0; i < t->ada.n_mod; i++) {
+        const adalora_module *m = &t->ada.mod[i];
+        json_t *row = json_array();
+        for (int k = 0; k < m->r; k++) json_array_append_new(row, json_boolean(t->ada.keep[m->tri + k] != 0.0f));
+        json_object_set_new(rp, m->key, row);
+    }
+    json_object_set_new(cfg, "rank_pattern", rp);
+}
+
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err)
 {
     peftc_status mk = peftc_mkdir_p(dir, err);
@@ -328,6 +376,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "rank_pattern", json_object());
         json_object_set_new(cfg, "alpha_pattern", json_object());
     }
+    if (mo->adalora) adalora_config_json(t, cfg);
     json_t *own = json_object();
     json_object_set_new(own, "method", json_string(mo->name));
     json_object_set_new(own, "base", json_string(mo->base == BASE_ALL ? "all" : mo->base == BASE_BIAS ? "bias" : "none"));
@@ -382,7 +431,9 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     if (rc) return rc;
 
     st_write_item *items = calloc((size_t)t->pb.n + 1, sizeof *items);
-    if (!items) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    /* AdaLoRA's tensors cut to the rank pattern, as PEFT saves them */
+    float *cut = t->ada.on ? malloc(t->pb.total * sizeof(float)) : NULL;
+    if (!items || (t->ada.on && !cut)) { free(items); free(cut); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     int ni = 0;
     for (int i = 0; i < t->pb.n; i++) {
         const param_entry *e = &t->pb.e[i];
@@ -391,6 +442,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         items[ni].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
         items[ni].data = params_value(&t->pb, i);
+        if (cut && adalora_compact(&t->ada, &t->pb, i, cut + e->offset, items[ni].shape)) items[ni].data = cut + e->offset;
         ni++;
     }
     if (mo->prefix.n > 0 && mo->prefix.project) {
@@ -407,7 +459,52 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     if (!(rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)))
         rc = st_write_f32(path, items, ni, NULL, err);
     free(items);
+    free(cut);
     return rc;
+}
+
+/* An AdaLoraConfig (PEFT's or peftc's): the SVD deltas at init_r's scale,
+ * each module at its rank_pattern's kept rank (the saved tensors' rows). */
+static peftc_status adalora_read_config(json_t *cfg, method_opts *mo, const char *path, peftc_error *err)
+{
+    json_t *v, *tm = json_object_get(cfg, "target_modules"), *rp = json_object_get(cfg, "rank_pattern");
+    mo->adalora = 1;
+    mo->ada.init_r = json_is_integer(v = json_object_get(cfg, "init_r")) ? (int)json_integer_value(v) : 12;
+    mo->ada.target_r = json_is_integer(v = json_object_get(cfg, "target_r")) ? (int)json_integer_value(v) : 8;
+    mo->r = mo->ada.init_r;
+    mo->alpha = json_is_number(v = json_object_get(cfg, "lora_alpha")) ? (float)json_number_value(v) : 8.0f;
+    /* scaling = lora_alpha if lora_alpha > 0 else r (SVDLinear.update_layer) */
+    if (!(mo->alpha > 0)) mo->alpha = (float)mo->r;
+    if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
+    if (mo->r <= 0 || mo->r > 1 << 16) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: init_r %d out of range", path, mo->r);
+    size_t i;
+    json_t *e;
+    unsigned mask = 0;
+    if (json_is_array(tm)) {
+        json_array_foreach(tm, i, e) {
+            unsigned one;
+            if (json_is_string(e) && !lora_parse_targets(json_string_value(e), &one, NULL)) mask |= one;
+        }
+    }
+    if (json_is_object(rp)) {   /* the modules are the pattern's keys; each keeps its true entries */
+        const char *key;
+        mo->ada_ranks = 1;
+        mask = 0;
+        json_object_foreach(rp, key, v) {
+            int layer;
+            site_id site;
+            if (!adalora_key_site(key, &layer, &site) || !json_is_array(v) || json_array_size(v) != (size_t)mo->r)
+                return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: rank_pattern entry '%s' is not a known module with %d flags",
+                                  path, key, mo->r);
+            int kept = 0;
+            json_array_foreach(v, i, e) kept += json_is_true(e);
+            mo->ada_rank[layer][site] = (unsigned short)kept;
+            mask |= 1u << site;
+        }
+    }
+    mo->targets = mask;
+    if (!mask) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the AdaLoRA target modules", path);
+    return PEFTC_OK;
 }
 
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err)
@@ -474,9 +571,12 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         for (int i = 0; i < 3; i++) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = sites[i]};
     } else if (!strcmp(type, "LORA")) {
         snprintf(mo->name, sizeof mo->name, "lora");
+    } else if (!strcmp(type, "ADALORA")) {
+        snprintf(mo->name, sizeof mo->name, "adalora");
     } else {
         rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type \"%s\" is not supported", path, type);
     }
+    if (!rc2 && !strcmp(type, "ADALORA")) rc2 = adalora_read_config(cfg, mo, path, err);
     if (!rc2 && (!strcmp(type, "LORA") || json_is_array(json_object_get(own, "lora_sites")))) {
         mo->lora = 1;
         mo->r = 8;

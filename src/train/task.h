@@ -27,6 +27,7 @@ typedef struct task {
     int merged;
     prompt_module prompt;     /* when mo.prompt.n_virtual > 0 */
     prefix_module prefix;     /* when mo.prefix.n > 0 */
+    adalora_state ada;        /* when mo.adalora: the rank allocator's state */
 } task;
 
 /* How examples become model input: the tokenizer, then the method's virtual

@@ -193,7 +193,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
                       .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
                       .deltas = o->deltas, .n_deltas = o->n_deltas, .num_virtual = o->num_virtual,
                       .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden,
-                      .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection};
+                      .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection, .adalora = &o->adalora};
     /* the base's storage: --quantize, else the method's (qlora: NF4) */
     peftc_base_quant bq = method_base_quant(o->method);
     if (o->quantize && (rc = peftc_base_quant_parse(o->quantize, &bq, err))) goto out;
@@ -242,6 +242,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
+    if ((rc = adalora_begin(&t.ada, total, err))) goto out;
     if (o->resume_dir) {
         if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &s, err))) goto out;
         rng.state = s.rng;
@@ -296,6 +297,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             for (int i = 0; i < n; i++) tokens += bb.lens[i];
             if (s.pos >= tr.n) epoch_ended = 1;
         }
+        loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
@@ -313,6 +315,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel,
                          lr_now, o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
         }
+        adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
         s.step++;
         steps_run++;
         last_loss = loss_acc;
