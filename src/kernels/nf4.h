@@ -10,9 +10,10 @@
  * element 2i in the HIGH nibble, 2i+1 in the low one.
  *
  * Double quantisation (compress_statistics=True): offset = mean of the
- * absmax (fp32), then absmax - offset quantised 8-bit blockwise in blocks of
- * 256 with bitsandbytes' dynamic map (create_dynamic_map(), code[0] set to
- * -1 as its CPU quantiser does): per 256 a fp32 absmax2, per block a byte.
+ * absmax (fp32, torch's summation order), then absmax - offset quantised
+ * 8-bit blockwise in blocks of 256 with bitsandbytes' dynamic map
+ * (create_dynamic_map()) the way its CPU quantiser does it (a 65536-bin table
+ * over [-1, 1]): per 256 a fp32 absmax2, per block a byte.
  * A block's scale is then code8[q] * absmax2 + offset (fp32, in that order,
  * as bitsandbytes' dequantize_4bit), and a value is nf4_code[q4] * scale.
  *
@@ -34,8 +35,7 @@
 #define NF4_EINVAL (-1)     /* sizes the function does not handle (nothing done) */
 #define NF4_ENOMEM (-2)
 
-/* bitsandbytes' NF4 code values (float32) and its 8-bit dynamic map as its
- * CPU blockwise quantiser uses it (entry 0 is -1) */
+/* bitsandbytes' NF4 code values (float32) and its 8-bit dynamic map */
 extern const float nf4_code[16];
 const float *nf4_dynamic_code(void);
 
