@@ -82,6 +82,12 @@ typedef enum peftc_arch {
     PEFTC_ARCH_LLAMA = 2   /* decoder (model_type "llama", GGUF "llama") */
 } peftc_arch;
 
+/* How the loader stores the base's linear weights (not read from config.json:
+ * peftc_model_load_quantized sets it). NF4: QLoRA's 4-bit NormalFloat with
+ * double quantisation, exactly as bitsandbytes (about 0.516 bytes per
+ * parameter); embeddings, norms and biases stay as they are. */
+typedef enum peftc_base_quant { PEFTC_QUANT_NONE = 0, PEFTC_QUANT_NF4 = 1 } peftc_base_quant;
+
 typedef struct peftc_config {
     peftc_arch arch;
     int vocab_size;
@@ -97,6 +103,7 @@ typedef struct peftc_config {
     float attention_dropout;
     int max_seq_len;       /* sentence_bert_config.json's max_seq_length if the
                               model directory has one, else max_position */
+    peftc_base_quant quantize;   /* set by the loader's caller, see peftc_base_quant */
 } peftc_config;
 
 /* Parses a Hugging Face config.json, dispatching on its model_type to the
@@ -109,6 +116,20 @@ typedef struct peftc_model peftc_model;
  * converted to fp32 only where the file holds F16/BF16); config.json's
  * model_type picks the model family. */
 peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err);
+/* peftc_model_load with the base's linear weights quantised (q; NONE is
+ * peftc_model_load). A frozen NF4 weight is never expanded to fp32; one a
+ * method must change (merge, full fine-tuning) is refused. */
+peftc_status peftc_model_load_quantized(const char *dir, peftc_base_quant q, peftc_model **out, peftc_error *err);
+/* Writes the base as loaded (with cfg.quantize NF4: the linear weights as
+ * NF4 codes and constants, bitsandbytes' bytes) to out_dir/model.safetensors,
+ * with config.json and the tokenizer files copied, so that later runs load
+ * it without quantising again (peftc quantize). */
+peftc_status peftc_model_save_base(peftc_model *m, const char *out_dir, peftc_error *err);
+/* "nf4" / "none" -> *q; PEFTC_ERR_INPUT naming the accepted values otherwise */
+peftc_status peftc_base_quant_parse(const char *name, peftc_base_quant *q, peftc_error *err);
+/* Bytes the base's linear weights take as loaded, and their parameter count
+ * (bytes per parameter: 4 fp32, ~0.516 NF4). */
+void peftc_model_linear_bytes(const peftc_model *m, int64_t *bytes, int64_t *params);
 void peftc_model_free(peftc_model *m);
 const peftc_config *peftc_model_config(const peftc_model *m);
 /* The model family's name ("bert"): its config.json model_type. */
@@ -157,11 +178,13 @@ typedef struct peftc_train_opts {
     const char *resume_dir;      /* may be NULL: continue the run saved there */
     const char *init_adapter;    /* may be NULL: start from this adapter's weights */
     const char *method;          /* a preset (see peftc_method_list) or "custom" */
+    const char *quantize;        /* base storage: "nf4" or "none"; NULL: the method's (qlora: nf4; others: none) */
     const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */
     /* method options; 0 / NULL: the preset's default */
     int lora_r;                  /* LoRA rank, or an adapter's bottleneck */
     float lora_alpha;
     float lora_dropout;
+    int lora_dropout_given;      /* lora_dropout was set (else the preset's: 0, qlora 0.1) */
     int rslora;
     const char *lora_targets;    /* comma list, e.g. "query,value" */
     const char *site;            /* parallel-adapter: "ffn" or "attn" */
@@ -309,6 +332,8 @@ typedef struct peftc_lm_opts {
     const float *adapter_scales;     /* a multiplier per adapter (NULL: 1 each) */
     int n_adapters;
     int merge;                       /* fold the adapters into the weights (F32/F16/BF16 bases) */
+    peftc_base_quant quantize;       /* NF4: an F32/F16/BF16 safetensors base's block weights in NF4
+                                        (GGUF bases refused: quantised already) */
 } peftc_lm_opts;
 
 void peftc_lm_opts_default(peftc_lm_opts *o);

@@ -37,6 +37,11 @@ if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
         echo "setup: installing HF peft (and PyPI torch) for the test oracles"
         /usr/bin/python3 -m pip install -q --break-system-packages peft
     fi
+    # bitsandbytes (its CPU backend): the oracle of NF4 and double quantisation
+    if ! /usr/bin/python3 -c "import bitsandbytes" 2>/dev/null; then
+        echo "setup: installing bitsandbytes for the NF4 test oracle"
+        /usr/bin/python3 -m pip install -q --break-system-packages --no-deps bitsandbytes
+    fi
 fi
 
 bash scripts/fetch_models.sh

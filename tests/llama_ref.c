@@ -10,6 +10,7 @@
  *       incremental check decodes only each prompt's last STEPS tokens one
  *       at a time (the rest as one batch; default: the second half).
  *       LLAMA_REF_DEQUANT=1: a GGUF's weights dequantised to fp32 at load.
+ *       LLAMA_REF_NF4=1: an HF base's block weights quantised to NF4 at load.
  *       LLAMA_REF_STAT="MEAN,TOP1": instead of the max abs bound, the mean
  *       abs logit difference must be <= MEAN and the top-1 token must agree
  *       on a fraction >= TOP1 of the positions (quantised models).
@@ -93,7 +94,9 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/gen.txt", argv[3]);
     int ng = read_lines(path, G, glen, MAXP);
     if (ngen > ng) ngen = ng < 0 ? 0 : ng;
-    if (llama_load_ex(argv[1], dq && *dq == '1' ? LLAMA_LOAD_DEQUANT : 0, &m, &err)) return tl_die("llama_load", &err);
+    const char *nf = getenv("LLAMA_REF_NF4");
+    unsigned flags = (dq && *dq == '1' ? LLAMA_LOAD_DEQUANT : 0) | (nf && *nf == '1' ? LLAMA_LOAD_NF4 : 0);
+    if (llama_load_ex(argv[1], flags, &m, &err)) return tl_die("llama_load", &err);
     if (minsame < 0 || minsame > ngen) minsame = ngen;
     const llama_config *cf = llama_model_config(m);
     int V = cf->vocab_size, tot = 0, maxlen = 0;

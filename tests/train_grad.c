@@ -185,7 +185,8 @@ int main(int argc, char **argv)
     CHECK(rc == PEFTC_OK, "%s: loss %.8f, grad norm %.6f, %d trainable tensors (%lld values) written to %s%s%s",
           mo.name, loss, sqrt(gn2), t.pb.n, (long long)task_trainable_count(&t), out_path, rc ? ": " : "", rc ? err.msg : "");
 
-    if (mo.lora && method_mergeable(&mo)) merge_checks(&t, &bb, B, Tb, &rng, logits);
+    /* an NF4 base cannot merge (check_qlora.sh checks the refusal) */
+    if (mo.lora && method_mergeable(&mo) && t.m->cfg.quantize == PEFTC_QUANT_NONE) merge_checks(&t, &bb, B, Tb, &rng, logits);
 
     free(items);
     free(ids_f);

@@ -48,5 +48,6 @@ int cmd_chat(cli_args *a);
 int cmd_export(cli_args *a);
 int cmd_sweep(cli_args *a);
 int cmd_report(cli_args *a);
+int cmd_quantize(cli_args *a);
 
 #endif

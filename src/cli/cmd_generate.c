@@ -35,6 +35,10 @@ static int parse_common(cli_args *a, gen_cli *g, const char *cmd)
     g->model = cli_opt(a, "--model");
     if (!g->model || !*g->model) { cli_errorf(2, "%s: --model FILE.gguf|DIR is required", cmd); return 0; }
     const char *v;
+    if ((v = cli_opt(a, "--quantize"))) {   /* the base's block weights in NF4 (safetensors bases) */
+        peftc_error qe = {0};
+        if (peftc_base_quant_parse(v, &g->lo.quantize, &qe)) { cli_fail(&qe); return 0; }
+    }
     while ((v = cli_opt(a, "--adapter"))) {
         if (!*v) { cli_errorf(2, "--adapter: expected DIR or DIR:SCALE"); return 0; }
         if (g->lo.n_adapters == MAX_ADAPTERS) { cli_errorf(2, "--adapter: at most %d adapters", MAX_ADAPTERS); return 0; }

@@ -75,7 +75,10 @@ int cmd_train(cli_args *a)
     o.lora_r = cli_opt_int(a, "--r", 0, -1000000, 1 << 20, &ok);
     if (o.lora_r < 0) { cli_errorf(2, "option --r: must be positive, got %d", o.lora_r); ok = 0; }
     o.lora_alpha = (float)cli_opt_double(a, "--alpha", o.lora_alpha, 0, 1e6, &ok);
-    o.lora_dropout = (float)cli_opt_double(a, "--lora-dropout", o.lora_dropout, 0, 0.99, &ok);
+    o.lora_dropout = (float)cli_opt_double(a, "--lora-dropout", -1, 0, 0.99, &ok);
+    if (o.lora_dropout < 0) o.lora_dropout = 0;
+    else o.lora_dropout_given = 1;
+    o.quantize = cli_opt(a, "--quantize");
     o.rslora = cli_flag(a, "--rslora");
     if ((v = cli_opt(a, "--target-modules"))) o.lora_targets = v;
     o.site = cli_opt(a, "--site");

@@ -31,7 +31,7 @@ static const char usage[] =
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
-    "        [--init-adapter DIR] [--stop-after N]"
+    "        [--init-adapter DIR] [--stop-after N] [--quantize nf4|none]\n"
     "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"
@@ -47,11 +47,14 @@ static const char usage[] =
     "      in its own process; resumable; writes SWEEP_DIR/<method>-<budget>-s<seed>/ and report.html\n"
     "  report SWEEP_DIR [--format html|md] [--out FILE]\n"
     "      regenerates the sweep's report (self-contained HTML with SVG charts, or a Markdown table)\n"
+    "  quantize --model DIR --out DIR [--type nf4]\n"
+    "      the base with its linear weights in NF4 (QLoRA; bitsandbytes' bytes, double quantised),\n"
+    "      loaded by later runs as it is (--method qlora / --quantize nf4 quantise at load otherwise)\n"
     "\n"
     "  generate --model FILE.gguf|DIR (--prompt TEXT | --prompt-file FILE) [--chat [--system TEXT]]\n"
     "        [--adapter DIR[:SCALE]]... [--merge] [--max-new-tokens N] [--temp T] [--top-k K]\n"
     "        [--top-p P] [--min-p P] [--repeat-penalty R] [--repeat-last-n N] [--seed S]\n"
-    "        [--stop STR]... [--ctx N] [--batch N] [--no-bos] [--timings]\n"
+    "        [--stop STR]... [--ctx N] [--batch N] [--no-bos] [--timings] [--quantize nf4|none]\n"
     "      a decoder's continuation of the prompt, streamed to stdout (greedy unless --temp > 0);\n"
     "      --chat wraps the prompt in the model's chat template\n"
     "  chat --model FILE.gguf|DIR [--system TEXT] [the sampling and adapter options of generate]\n"
@@ -118,6 +121,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "export")) rc = cmd_export(&a);
     else if (!strcmp(cmd, "sweep")) rc = cmd_sweep(&a);
     else if (!strcmp(cmd, "report")) rc = cmd_report(&a);
+    else if (!strcmp(cmd, "quantize")) rc = cmd_quantize(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

@@ -289,6 +289,19 @@ peftc_status st_to_f32(const peftc_safetensors *st, const st_tensor *t, float *d
 
 peftc_status st_write_f32(const char *path, const st_write_item *items, int n, const char *const *extra, peftc_error *err)
 {
+    st_write_raw *raw = calloc((size_t)(n > 0 ? n : 1), sizeof *raw);
+    if (!raw) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) {
+        raw[i].name = items[i].name; raw[i].dtype = ST_F32; raw[i].ndim = items[i].ndim; raw[i].data = items[i].data;
+        memcpy(raw[i].shape, items[i].shape, sizeof raw[i].shape);
+    }
+    peftc_status rc = st_write(path, raw, n, extra, err);
+    free(raw);
+    return rc;
+}
+
+peftc_status st_write(const char *path, const st_write_raw *items, int n, const char *const *extra, peftc_error *err)
+{
     json_t *hdr = json_object();
     json_t *meta = json_object();
     json_object_set_new(meta, "format", json_string("pt"));
@@ -303,11 +316,11 @@ peftc_status st_write_f32(const char *path, const st_write_item *items, int n, c
             json_array_append_new(shape, json_integer(items[i].shape[d]));
         }
         json_t *e = json_object();
-        json_object_set_new(e, "dtype", json_string("F32"));
+        json_object_set_new(e, "dtype", json_string(st_dtype_name(items[i].dtype)));
         json_object_set_new(e, "shape", shape);
         json_t *offs = json_array();
         json_array_append_new(offs, json_integer((json_int_t)off));
-        off += (size_t)numel * 4;
+        off += (size_t)numel * st_dtype_size(items[i].dtype);
         json_array_append_new(offs, json_integer((json_int_t)off));
         json_object_set_new(e, "data_offsets", offs);
         json_object_set_new(hdr, items[i].name, e);
@@ -327,8 +340,9 @@ peftc_status st_write_f32(const char *path, const st_write_item *items, int n, c
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
         for (int d = 0; d < items[i].ndim; d++) numel *= items[i].shape[d];
-        memcpy(buf + pos, items[i].data, (size_t)numel * 4);
-        pos += (size_t)numel * 4;
+        size_t nb = (size_t)numel * st_dtype_size(items[i].dtype);
+        memcpy(buf + pos, items[i].data, nb);
+        pos += nb;
     }
     peftc_status rc = peftc_write_file_atomic(path, buf, total, err);
     free(buf);

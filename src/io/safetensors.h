@@ -52,6 +52,17 @@ typedef struct st_write_item {
 
 /* meta: extra string key/values for __metadata__ (NULL-terminated pairs, may be NULL). */
 peftc_status st_write_f32(const char *path, const st_write_item *items, int n, const char *const *meta, peftc_error *err);
+/* Writer of tensors of any dtype (raw little-endian elements), in the order
+ * given (put 4-byte types first so they stay aligned in the mapping);
+ * atomically, __metadata__ as st_write_f32. */
+typedef struct st_write_raw {
+    const char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[8];
+    const void *data;
+} st_write_raw;
+peftc_status st_write(const char *path, const st_write_raw *items, int n, const char *const *meta, peftc_error *err);
 /* The string value of a __metadata__ key, or NULL. */
 const char *st_metadata(const peftc_safetensors *st, const char *key);
 

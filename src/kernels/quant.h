@@ -16,6 +16,13 @@
 #include <stdint.h>
 #include "io/ggml_types.h"
 
+/* peftc's own weight type beside ggml's (not a GGUF id): QLoRA's NF4 with
+ * double quantisation (kernels/nf4.h). The weight pointer of quant_matmul
+ * and quant_matmul_backward_input is then a const nf4_tensor * (whose rows
+ * and cols must be OC and IC); activations stay fp32 (quant_act_type gives
+ * the type itself). No row functions: its constants span rows. */
+#define QUANT_TYPE_NF4 0x100u
+
 #define QUANT_EUNSUPPORTED (-1)
 #define QUANT_ENOMEM (-2)
 

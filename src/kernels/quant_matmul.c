@@ -29,6 +29,7 @@
  * thread, with the same operations whatever the tile (the token count of a
  * micro-kernel call only changes how many run side by side), so results
  * depend on the tier, never on the thread count. */
+#include "kernels/nf4.h"
 #include <cblas.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -69,6 +70,7 @@ static int qinfo_get(uint32_t t, qinfo *q)
 
 uint32_t quant_act_type(uint32_t t)
 {
+    if (t == QUANT_TYPE_NF4) return t;
     qinfo q;
     if (qinfo_get(t, &q)) return q.act;
     if (t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16) return t;
@@ -820,8 +822,20 @@ static int fmatmul(float *out, const float *inp, const void *w, uint32_t type, i
     return 0;
 }
 
+/* NF4 weights (QUANT_TYPE_NF4): the shapes must be the tensor's */
+static int nf4_shape_ok(const void *w, int IC, int OC)
+{
+    const nf4_tensor *t = w;
+    return t && t->cols == IC && t->rows == OC;
+}
+
 int quant_matmul(float *out, const float *inp, const void *w, uint32_t type, int N, int IC, int OC)
 {
+    if (type == QUANT_TYPE_NF4) {
+        if (!nf4_shape_ok(w, IC, OC)) return QUANT_EUNSUPPORTED;
+        int rc = nf4_matmul(out, inp, w, N);
+        return rc == NF4_ENOMEM ? QUANT_ENOMEM : rc ? QUANT_EUNSUPPORTED : 0;
+    }
     if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16)
         return fmatmul(out, inp, w, type, N, IC, OC);
     return qmatmul(out, inp, w, NULL, type, N, IC, OC);
@@ -830,6 +844,11 @@ int quant_matmul(float *out, const float *inp, const void *w, uint32_t type, int
 int quant_matmul_backward_input(float *dinp, const float *dout, const void *w, uint32_t type,
                                 int N, int IC, int OC, int accumulate)
 {
+    if (type == QUANT_TYPE_NF4) {
+        if (!nf4_shape_ok(w, IC, OC)) return QUANT_EUNSUPPORTED;
+        int rc = nf4_matmul_backward_input(dinp, dout, w, N, accumulate);
+        return rc == NF4_ENOMEM ? QUANT_ENOMEM : rc ? QUANT_EUNSUPPORTED : 0;
+    }
     const ggml_type_traits *tr = ggml_traits(type);
     if (!tr || !tr->supported || type == GGML_TYPE_Q8_K || N < 0 || IC <= 0 || OC < 0 || IC % tr->block)
         return QUANT_EUNSUPPORTED;

@@ -3,6 +3,7 @@
 #include "model/bert.h"
 #include "model/cls_head.h"
 #include "kernels/kernels.h"
+#include "kernels/nf4.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -82,10 +83,93 @@ static void bert_free(peftc_model *pm)
     free(m->owned);
     for (int l = 0; m->layers && l < m->base.cfg.num_layers; l++)
         for (int j = 0; j < 6; j++) matmul_bf16_free(m->layers[l].bf16[j]);
+    for (int i = 0; m->nf4 && i < 6 * m->base.cfg.num_layers; i++) nf4_free(&m->nf4[i]);
+    free(m->nf4);
     free(m->layers);
     peftc_safetensors_free(m->st);
     free(m->base.dir);
     free(m);
+}
+
+/* An NF4 weight `name` (out d0, in d1) of a peftc quantize file, borrowed
+ * from the mapping: NAME.nf4_codes U8 [d0, d1/2], NAME.nf4_absmax U8
+ * [blocks], NAME.nf4_absmax2 F32 [ceil(blocks/256)], NAME.nf4_offset F32 [1];
+ * every dtype, shape and alignment checked before use. */
+static peftc_status load_nf4(bert_model *m, const char *name, int64_t d0, int64_t d1, nf4_tensor *t, peftc_error *err)
+{
+    static const struct { const char *sfx; st_dtype dt; } parts[4] = {
+        {"nf4_codes", ST_U8}, {"nf4_absmax", ST_U8}, {"nf4_absmax2", ST_F32}, {"nf4_offset", ST_F32}};
+    int64_t cb, nb, nb2;
+    if (d1 % NF4_BLOCK)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' is NF4 but its rows (%lld) are not whole blocks of %d",
+                          m->st->path, name, (long long)d1, NF4_BLOCK);
+    nf4_sizes(d0, d1, 1, &cb, &nb, &nb2);
+    int64_t want[4] = {cb, nb, nb2, 1};
+    const st_tensor *p[4];
+    for (int i = 0; i < 4; i++) {
+        char full[320];
+        snprintf(full, sizeof full, "%s.%s", name, parts[i].sfx);
+        p[i] = st_find(m->st, full);
+        if (!p[i])
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is missing (the file is NF4: every linear weight must be)",
+                              m->st->path, full);
+        if (p[i]->dtype != parts[i].dt || p[i]->numel != want[i] || (i == 0 && (p[i]->ndim != 2 || p[i]->shape[0] != d0)))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is %s with %lld values, but config.json implies %s with "
+                              "%lld (an NF4 file of another model?)", m->st->path, full, st_dtype_name(p[i]->dtype),
+                              (long long)p[i]->numel, st_dtype_name(parts[i].dt), (long long)want[i]);
+        if (parts[i].dt == ST_F32 && ((uintptr_t)p[i]->data & 3))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not 4-byte aligned", m->st->path, full);
+    }
+    float offset;
+    memcpy(&offset, p[3]->data, 4);
+    nf4_borrow(t, d0, d1, 1, p[0]->data, NULL, p[1]->data, p[2]->data, offset);
+    return PEFTC_OK;
+}
+
+/* The six linear weights of each layer, in the order of bert_layer.bf16[] */
+static float **layer_linear(bert_layer *L, int j)
+{
+    float **w[6] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wi, &L->wf};
+    return w[j];
+}
+
+/* cfg.quantize = NF4: every layer's linear weights to NF4 (double
+ * quantised, bitsandbytes' bytes), the fp32 pages released; the pooler,
+ * embeddings, biases and norms stay fp32. Also counts the linear bytes. */
+static peftc_status quantize_linears(bert_model *m, peftc_error *err)
+{
+    const peftc_config *c = &m->base.cfg;
+    int64_t C = c->hidden_size, F = c->intermediate_size;
+    int nq = c->quantize == PEFTC_QUANT_NF4;
+    int64_t dims[6][2] = {{C, C}, {C, C}, {C, C}, {C, C}, {F, C}, {C, F}};
+    m->base.linear_params = (int64_t)c->num_layers * (4 * C * C + 2 * C * F);
+    m->base.linear_bytes = 4 * m->base.linear_params;
+    if (c->quantize == PEFTC_QUANT_NONE) return PEFTC_OK;
+    if (!nq) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: unknown base quantisation %d", m->base.dir, (int)c->quantize);
+    if (m->nf4_from_file) {
+        m->base.linear_bytes = 0;
+        for (int i = 0; i < 6 * c->num_layers; i++) m->base.linear_bytes += (int64_t)nf4_bytes(&m->nf4[i]);
+        return PEFTC_OK;
+    }
+    if (C % NF4_BLOCK || F % NF4_BLOCK)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED,
+                          "%s: --quantize nf4 needs hidden_size and intermediate_size to be multiples of %d (rows of whole "
+                          "blocks), got %lld and %lld", m->base.dir, NF4_BLOCK, (long long)C, (long long)F);
+    m->nf4 = calloc((size_t)c->num_layers * 6, sizeof *m->nf4);
+    if (!m->nf4) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    m->base.linear_bytes = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        for (int j = 0; j < 6; j++) {
+            float *w = *layer_linear(&m->layers[l], j);
+            int q = nf4_quantize(&m->nf4[l * 6 + j], w, dims[j][0], dims[j][1], 1);
+            if (q) return peftc_fail(err, q == NF4_ENOMEM ? PEFTC_ERR_NOMEM : PEFTC_ERR_UNSUPPORTED,
+                                     "%s: layer %d: cannot quantise a %lldx%lld weight to NF4", m->base.dir, l,
+                                     (long long)dims[j][0], (long long)dims[j][1]);
+            m->base.linear_bytes += (int64_t)nf4_bytes(&m->nf4[l * 6 + j]);
+            /* the fp32 weight is not read again while it is frozen */
+            st_release(m->st, w, (size_t)(dims[j][0] * dims[j][1]) * sizeof(float));
+        }
+    return PEFTC_OK;
 }
 
 static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_model **out, peftc_error *err)
@@ -108,6 +192,18 @@ static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_mo
 
     const peftc_config *c = &m->base.cfg;
     int64_t C = c->hidden_size, F = c->intermediate_size;
+    /* a base written by peftc quantize: its linear weights are NF4 already */
+    const char *fq = st_metadata(m->st, "peftc_quantize");
+    if (fq && strcmp(fq, "nf4")) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peftc_quantize \"%s\" is not a base quantisation peftc reads (nf4)",
+                        m->st->path, fq);
+        goto fail;
+    }
+    if (fq) {
+        m->base.cfg.quantize = PEFTC_QUANT_NF4;
+        m->nf4_from_file = 1;
+        if (!(m->nf4 = calloc((size_t)c->num_layers * 6, sizeof *m->nf4))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto fail; }
+    }
     m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
     if (!m->layers) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto fail; }
     if ((rc = load_w(m, "embeddings.word_embeddings.weight", 2, c->vocab_size, C, 0, &m->wte, err)) ||
@@ -131,12 +227,21 @@ static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_mo
         for (size_t i = 0; i < sizeof w / sizeof *w; i++) {
             char name[256];
             snprintf(name, sizeof name, "encoder.layer.%d.%s", l, w[i].suffix);
+            /* the six linear weights are w[0, 2, 4, 6, 10, 12] */
+            int j = i < 8 && i % 2 == 0 ? (int)i / 2 : i == 10 ? 4 : i == 12 ? 5 : -1;
+            if (m->nf4 && j >= 0) {
+                if ((rc = load_nf4(m, name, w[i].d0, w[i].d1, &m->nf4[l * 6 + j], err))) goto fail;
+                *w[i].dst = NULL;   /* no fp32 copy exists */
+                m->base.n_params += w[i].d0 * w[i].d1;
+                continue;
+            }
             if ((rc = load_w(m, name, w[i].ndim, w[i].d0, w[i].d1, 0, w[i].dst, err))) goto fail;
         }
     }
     if ((rc = load_w(m, "pooler.dense.weight", 2, C, C, 1, &m->pool_w, err)) ||
         (rc = load_w(m, "pooler.dense.bias", 1, C, 0, 1, &m->pool_b, err)))
         goto fail;
+    if ((rc = quantize_linears(m, err))) goto fail;
     *out = &m->base;
     return PEFTC_OK;
 fail:
@@ -270,6 +375,7 @@ static int emb_trains(float *const *g)
 static unsigned bert_keep_for(const peftc_model *m, const delta_set *ds, float *const *g, int virt_train)
 {
     unsigned keep = 0;
+    if (((const bert_model *)m)->nf4) keep |= BERT_FFN_UNFUSED;   /* NF4 FFN weights go through linear_site */
     if (emb_trains(g) || virt_train) keep |= BERT_KEEP_EMB;   /* the embeddings' or the virtual tokens' gradient */
     for (int l = 0; l < m->cfg.num_layers; l++) {
         float *const *G = layer_grads(g, l);
@@ -411,11 +517,39 @@ static void ffn_fused_backward(const peftc_model *m, bert_acts *a, bert_layer_ac
 }
 
 /* A linear layer at a site: h = x W^T + b, then the site's deltas. */
+/* The NF4 weight at a linear site, if the base is quantised and it is frozen */
+static const nf4_tensor *site_nf4(const peftc_model *m, int l, site_id site, int frozen)
+{
+    const bert_model *bm = (const bert_model *)m;
+    if (!bm->nf4 || !frozen) return NULL;
+    switch (site) {
+    case SITE_ATTN_Q: return &bm->nf4[l * 6 + 0];
+    case SITE_ATTN_K: return &bm->nf4[l * 6 + 1];
+    case SITE_ATTN_V: return &bm->nf4[l * 6 + 2];
+    case SITE_ATTN_O: return &bm->nf4[l * 6 + 3];
+    case SITE_FFN_IN: return &bm->nf4[l * 6 + 4];
+    case SITE_FFN_DOWN: return &bm->nf4[l * 6 + 5];
+    default: return NULL;
+    }
+}
+
+/* h = x W^T + b with W in NF4 */
+static void nf4_linear(float *h, const float *x, const nf4_tensor *q, const float *b, int N, int OC)
+{
+    nf4_matmul(h, x, q, N);   /* sizes were checked at load: cannot fail */
+    if (!b) return;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        for (int o = 0; o < OC; o++) h[(size_t)i * OC + o] += b[o];
+}
+
 static void linear_site(const peftc_model *m, const model_run *run, int l, site_id site, float *h, const float *x,
                         const float *w, const float *b, matmul_bf16 **bf, int frozen, int N, int IC, int OC)
 {
-    matmul_bf16 *wb = bf16_weight(m, bf, frozen, w, IC, OC);
-    if (wb) matmul_bf16_forward(h, x, wb, b, N, IC, OC, 0);
+    const nf4_tensor *q = site_nf4(m, l, site, frozen);
+    matmul_bf16 *wb = q ? NULL : bf16_weight(m, bf, frozen, w, IC, OC);
+    if (q) nf4_linear(h, x, q, b, N, OC);
+    else if (wb) matmul_bf16_forward(h, x, wb, b, N, IC, OC, 0);
     else matmul_forward(h, x, w, b, N, IC, OC, 0);
     if (run && run->deltas && delta_count(run->deltas, l, site))
         delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
@@ -601,7 +735,7 @@ static void bert_forward(peftc_model *pm, model_acts *ma, const model_run *run, 
         add_inplace(A->res1, x, NC);
         layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
         /* res2 = dropout(gelu(ln1 Wi^T + bi) Wf^T + bf) (+ ffn.out deltas) + ln1 */
-        if (ffn_fused(run, G, l))
+        if (!bert_of(m)->nf4 && ffn_fused(run, G, l))   /* NF4: through linear_site */
             ffn_fused_forward(m, a, A, W, N);
         else {
             linear_site(m, run, l, SITE_FFN_IN, A->ffn_pre, a->ln1, W->wi, W->bi, &W->bf16[4], !(G && G[BL_WI]), N, C, F);
@@ -628,6 +762,14 @@ static void linear_site_backward(const peftc_model *m, const model_run *run, int
         if (dx && !accumulate) memset(dx, 0, (size_t)N * IC * sizeof(float));
         accumulate = 1;
         delta_backward(run->deltas, run->pb, l, site, x, dh, dx, N);
+    }
+    const nf4_tensor *q = site_nf4(m, l, site, !dw);
+    if (q) {
+        /* frozen NF4 weight: the input gradient through its blocks; a
+         * trained bias (BitFit) sums dh over the rows */
+        if (dx) nf4_matmul_backward_input(dx, dh, q, N, accumulate);
+        if (db) matmul_backward(NULL, NULL, db, dh, x, w, N, IC, OC);
+        return;
     }
     matmul_bf16 *wb = bf16_weight_bwd(m, bf, bwd_packed, !dw, w, IC, OC);
     if (!wb || matmul_bf16_backward(dx, db, dh, wb, N, IC, OC, accumulate)) {
@@ -687,7 +829,7 @@ static void bert_backward(peftc_model *pm, model_acts *ma, const model_run *run,
         /* out = LN2(res2), res2 = dropout(ffn) + ln1: d_ln1 starts as d_res2 */
         layernorm_backward(d_ln1, g[BL_LN2_W], g[BL_LN2_B], dout, A->res2, W->ln2_w, A->ln2_mean, A->ln2_rstd, N, C, 0);
         block_site_backward(run, l, SITE_FFN_OUT, d_blk, d_ln1, a->ln1, d_ln1, A->ffn_key, ph, NC, N);
-        if (ffn_fused(run, G ? g : NULL, l))
+        if (!bm->nf4 && ffn_fused(run, G ? g : NULL, l))
             ffn_fused_backward(m, a, A, W, d_blk, d_ln1, N);
         else {
             linear_site_backward(m, run, l, SITE_FFN_DOWN, d_blk, a->d_f, 0, A->ffn_act, W->wf, g[BL_WF], g[BL_BF],
@@ -790,6 +932,11 @@ static int bert_tensors(peftc_model *pm, model_tensor *refs, int cap)
 static peftc_status bert_make_owned(peftc_model *pm, float **w, size_t numel, peftc_error *err)
 {
     bert_model *m = bert_of(pm);
+    for (int l = 0; m->nf4 && l < pm->cfg.num_layers; l++)
+        for (int j = 0; j < 6; j++)
+            if (layer_linear(&m->layers[l], j) == w)
+                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "layer %d: the base's linear weights are NF4 (--quantize nf4): "
+                                  "they cannot be merged into or trained (use a method that leaves them frozen)", l);
     for (int l = 0; l < pm->cfg.num_layers; l++)   /* the weight may change: drop the bf16 copies */
         for (int j = 0; j < 6; j++) { matmul_bf16_free(m->layers[l].bf16[j]); m->layers[l].bf16[j] = NULL; m->layers[l].bf16_bwd_packed[j] = 0; }
     for (int i = 0; i < m->n_owned; i++)
@@ -846,6 +993,65 @@ static const float *bert_weights_sample(const peftc_model *m, size_t *n)
     return ((const bert_model *)m)->wpe;
 }
 
+/* peftc quantize: every tensor of the base, the NF4 linear weights as their
+ * codes and constants (load_nf4's layout); fp32 tensors first (aligned) */
+static peftc_status bert_save_base(peftc_model *pm, const char *path, peftc_error *err)
+{
+    bert_model *m = bert_of(pm);
+    int n = bert_tensors(pm, NULL, 0);
+    model_tensor *refs = calloc((size_t)n, sizeof *refs);
+    st_write_raw *it = calloc((size_t)n * 4 + 2, sizeof *it);
+    char (*names)[128] = calloc((size_t)n * 4 + 2, sizeof *names);
+    if (!refs || !it || !names) { free(refs); free(it); free(names); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    bert_tensors(pm, refs, n);
+    int k = 0, nl = pm->cfg.num_layers;
+    /* pass 0: fp32 tensors and the NF4 fp32 constants; pass 1: the NF4 bytes */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            const nf4_tensor *q = NULL;
+            for (int l = 0; m->nf4 && l < nl && !q; l++)
+                for (int j = 0; j < 6; j++)
+                    if (refs[i].w == layer_linear(&m->layers[l], j)) q = &m->nf4[l * 6 + j];
+            if (!q) {
+                if (pass) continue;
+                it[k] = (st_write_raw){.name = refs[i].name, .dtype = ST_F32, .ndim = refs[i].ndim, .data = *refs[i].w};
+                it[k].shape[0] = refs[i].shape[0]; it[k].shape[1] = refs[i].shape[1];
+                k++;
+                continue;
+            }
+            int64_t cb, nb, nb2;
+            nf4_sizes(q->rows, q->cols, q->double_quant, &cb, &nb, &nb2);
+            if (pass == 0) {
+                snprintf(names[k], sizeof names[k], "%s.nf4_absmax2", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_F32, .ndim = 1, .shape = {nb2}, .data = q->absmax2};
+                k++;
+                snprintf(names[k], sizeof names[k], "%s.nf4_offset", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_F32, .ndim = 1, .shape = {1}, .data = &q->offset};
+                k++;
+            } else {
+                snprintf(names[k], sizeof names[k], "%s.nf4_codes", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_U8, .ndim = 2, .shape = {q->rows, q->cols / 2}, .data = q->codes};
+                k++;
+                snprintf(names[k], sizeof names[k], "%s.nf4_absmax", refs[i].name);
+                it[k] = (st_write_raw){.name = names[k], .dtype = ST_U8, .ndim = 1, .shape = {nb}, .data = q->absmax_q};
+                k++;
+            }
+        }
+        if (pass == 0 && m->pool_w) {
+            it[k++] = (st_write_raw){.name = "pooler.dense.weight", .dtype = ST_F32, .ndim = 2,
+                                     .shape = {pm->cfg.hidden_size, pm->cfg.hidden_size}, .data = m->pool_w};
+            it[k++] = (st_write_raw){.name = "pooler.dense.bias", .dtype = ST_F32, .ndim = 1,
+                                     .shape = {pm->cfg.hidden_size}, .data = m->pool_b};
+        }
+    }
+    const char *meta[] = {"peftc_quantize", "nf4", "nf4_blocksize", "64", "nf4_double_quant", "1",
+                          "nf4_layout", "bitsandbytes quantize_4bit: high nibble first; absmax 8-bit blockwise (256) + offset",
+                          NULL};
+    peftc_status rc = st_write(path, it, k, m->nf4 ? meta : NULL, err);
+    free(refs); free(it); free(names);
+    return rc;
+}
+
 const model_family model_family_bert = {
     .name = "bert",
     .arch = PEFTC_ARCH_BERT,
@@ -864,6 +1070,7 @@ const model_family model_family_bert = {
     .word_embeddings = bert_word_embeddings,
     .pooler = bert_pooler,
     .weights_sample = bert_weights_sample,
+    .save_base = bert_save_base,
     .peft_prefix = "base_model.model.bert.",
     .pooler_module = "pooler.dense",
     .layer_path = "encoder.layer.%d",

@@ -96,6 +96,12 @@ typedef struct bert_model {
     float *wte, *wpe, *wtt, *emb_ln_w, *emb_ln_b;
     bert_layer *layers;
     float *pool_w, *pool_b;  /* pooler.dense (C,C), (C); NULL if absent */
+    /* --quantize nf4: the six linear weights of each layer (wq, wk, wv, wo,
+     * wi, wf: index l*6 + j, j as bf16[]) in NF4, NULL otherwise. The fp32
+     * pointers stay (names, shapes) but frozen NF4 weights are never read
+     * through them; their pages are released after quantisation. */
+    struct nf4_tensor *nf4;
+    int nf4_from_file;       /* borrowed from a peftc quantize file's mapping (no fp32 weights) */
     float **owned;           /* fp32 copies this model must free */
     int n_owned, cap_owned;
 } bert_model;

@@ -4,6 +4,7 @@
  * "llama". */
 #include "model/decoder.h"
 #include "model/llama.h"
+#include "kernels/quant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -28,10 +29,15 @@ static const struct { const char *module; site_id site; const char *gguf; } llam
 
 peftc_status decoder_load(const char *path, decoder **out, peftc_error *err)
 {
+    return decoder_load_quantized(path, PEFTC_QUANT_NONE, out, err);
+}
+
+peftc_status decoder_load_quantized(const char *path, peftc_base_quant q, decoder **out, peftc_error *err)
+{
     *out = NULL;
     decoder *d = calloc(1, sizeof *d);
     if (!d) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
-    peftc_status rc = llama_load(path, &d->m, err);
+    peftc_status rc = llama_load_ex(path, q == PEFTC_QUANT_NF4 ? LLAMA_LOAD_NF4 : 0, &d->m, err);
     if (rc) { free(d); return rc; }
     const llama_config *c = llama_model_config(d->m);
     d->info.arch = "llama";
@@ -42,7 +48,8 @@ peftc_status decoder_load(const char *path, decoder **out, peftc_error *err)
     d->info.from_gguf = llama_model_gguf(d->m) != NULL;
     const llama_layer *l0 = llama_model_layer(d->m, 0);
     const ggml_type_traits *tq = ggml_traits(l0->wq.type), *te = ggml_traits(llama_model_embd_type(d->m));
-    snprintf(d->info.weights, sizeof d->info.weights, "%s (token embedding %s)", tq ? tq->name : "?", te ? te->name : "?");
+    snprintf(d->info.weights, sizeof d->info.weights, "%s (token embedding %s)",
+             l0->wq.type == QUANT_TYPE_NF4 ? "nf4" : tq ? tq->name : "?", te ? te->name : "?");
     *out = d;
     return PEFTC_OK;
 }

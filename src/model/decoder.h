@@ -26,6 +26,9 @@ typedef struct decoder_info {
 } decoder_info;
 
 peftc_status decoder_load(const char *path, decoder **out, peftc_error *err);
+/* decoder_load with the base's block weights stored as q says (NF4: llama's
+ * LLAMA_LOAD_NF4) */
+peftc_status decoder_load_quantized(const char *path, peftc_base_quant q, decoder **out, peftc_error *err);
 void decoder_free(decoder *d);
 const decoder_info *decoder_get_info(const decoder *d);
 /* The GGUF file the model came from (its tokenizer metadata), or NULL. */

@@ -2,6 +2,7 @@
 #include "model/llama_internal.h"
 #include "io/safetensors.h"
 #include "io/gguf.h"
+#include "kernels/nf4.h"
 #include "kernels/quant.h"
 #include <jansson.h>
 #include <math.h>
@@ -46,6 +47,8 @@ void llama_free(llama_model *m)
 {
     if (!m) return;
     free_packed(m);
+    for (int i = 0; m->nf4 && i < 7 * m->cfg.num_layers; i++) nf4_free(&m->nf4[i]);
+    free(m->nf4);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     for (int i = 0; i < m->n_st; i++) peftc_safetensors_free(m->st[i]);
@@ -554,13 +557,49 @@ peftc_status llama_load(const char *path, llama_model **out, peftc_error *err)
     return llama_load_ex(path, 0, out, err);
 }
 
+/* LLAMA_LOAD_NF4 on an HF base: each block's seven linear weights to NF4
+ * (bitsandbytes' bytes), the mapped fp32 pages released */
+static peftc_status quantize_blocks_nf4(llama_model *m, peftc_error *err)
+{
+    const llama_config *c = &m->cfg;
+    m->nf4 = calloc((size_t)c->num_layers * 7, sizeof *m->nf4);
+    if (!m->nf4) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < c->num_layers; l++) {
+        llama_layer *L = &m->layers[l];
+        llama_weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wgate, &L->wup, &L->wdown};
+        for (int i = 0; i < 7; i++) {
+            llama_weight *w = ws[i];
+            if (w->in % NF4_BLOCK)
+                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: layer %d: --quantize nf4 needs input widths that are "
+                                  "multiples of %d, got %d", m->path, l, NF4_BLOCK, w->in);
+            nf4_tensor *t = &m->nf4[l * 7 + i];
+            int q = nf4_quantize(t, w->data, w->out, w->in, 1);
+            if (q) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory quantising layer %d to NF4", m->path, l);
+            size_t pg = (size_t)sysconf(_SC_PAGESIZE), bytes = (size_t)w->in * w->out * sizeof(float);
+            uintptr_t a = ((uintptr_t)w->data + pg - 1) & ~(uintptr_t)(pg - 1),
+                      e = ((uintptr_t)w->data + bytes) & ~(uintptr_t)(pg - 1);
+            if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);   /* mapped or owned: not read again */
+            w->type = QUANT_TYPE_NF4;
+            w->data = t;
+        }
+    }
+    return PEFTC_OK;
+}
+
 peftc_status llama_load_ex(const char *path, unsigned flags, llama_model **out, peftc_error *err)
 {
     *out = NULL;
     llama_model *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     m->dequant = (flags & LLAMA_LOAD_DEQUANT) != 0;
-    peftc_status rc = ends_with(path, ".gguf") || has_gguf_magic(path) ? gguf_load(m, path, err) : hf_load(m, path, err);
+    int is_gguf = ends_with(path, ".gguf") || has_gguf_magic(path);
+    if (is_gguf && (flags & LLAMA_LOAD_NF4)) {
+        llama_free(m);
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: --quantize nf4 takes an F32/F16/BF16 safetensors base; this "
+                          "GGUF's weights are quantised already", path);
+    }
+    peftc_status rc = is_gguf ? gguf_load(m, path, err) : hf_load(m, path, err);
+    if (!rc && (flags & LLAMA_LOAD_NF4)) rc = quantize_blocks_nf4(m, err);
     if (!rc) {
         const float *ff = m->rope_ff;
         m->inv_freq = own(m, (size_t)m->cfg.head_dim / 2 * sizeof(float));

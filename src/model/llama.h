@@ -84,7 +84,12 @@ typedef struct llama_run {
 peftc_status llama_load(const char *path, llama_model **out, peftc_error *err);
 /* LLAMA_LOAD_DEQUANT: GGUF weights dequantised to fp32 copies at load (the
  * tests compare that path with the HF directory of the same weights). */
-enum { LLAMA_LOAD_DEQUANT = 1 };
+/* LLAMA_LOAD_NF4: the linear weights of every block (q, k, v, o, gate, up,
+ * down) of an F32/F16/BF16 safetensors base quantised to NF4 with double
+ * quantisation (type QUANT_TYPE_NF4, data a const nf4_tensor *), the fp32
+ * pages released; embeddings, lm_head and norms stay. GGUF bases: refused
+ * (their weights are quantised already). */
+enum { LLAMA_LOAD_DEQUANT = 1, LLAMA_LOAD_NF4 = 2 };
 peftc_status llama_load_ex(const char *path, unsigned flags, llama_model **out, peftc_error *err);
 void llama_free(llama_model *m);
 const llama_config *llama_model_config(const llama_model *m);

@@ -24,6 +24,7 @@ struct llama_model {
     float *inv_freq;             /* (hd/2) RoPE frequencies after scaling */
     void **owned;
     int n_owned, cap_owned;
+    struct nf4_tensor *nf4;      /* LLAMA_LOAD_NF4: 7 per layer, the blocks' weights point here */
 };
 
 /* Rotates n rows of nh heads (row stride `stride`) in place; cs: (n, hd)

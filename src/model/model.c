@@ -32,6 +32,55 @@ const model_family *model_family_for_arch(peftc_arch arch)
  * general.architecture (model_family_find) once io/ reads them. */
 peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *err)
 {
+    return peftc_model_load_quantized(dir, PEFTC_QUANT_NONE, out, err);
+}
+
+peftc_status peftc_base_quant_parse(const char *name, peftc_base_quant *q, peftc_error *err)
+{
+    if (!strcmp(name, "nf4")) *q = PEFTC_QUANT_NF4;
+    else if (!strcmp(name, "none")) *q = PEFTC_QUANT_NONE;
+    else return peftc_fail(err, PEFTC_ERR_INPUT, "quantize: \"%s\" is not a base quantisation (nf4, none)", name);
+    return PEFTC_OK;
+}
+
+/* the small files of a model directory a saved base keeps beside its weights */
+static const char *const side_files[] = {"config.json", "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                                         "special_tokens_map.json", "sentence_bert_config.json", "modules.json",
+                                         "config_sentence_transformers.json", "generation_config.json", NULL};
+
+peftc_status peftc_model_save_base(peftc_model *m, const char *out_dir, peftc_error *err)
+{
+    if (!m->family->save_base)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: the %s family cannot save its base", m->dir, m->family->name);
+    peftc_status rc;
+    char src[4096], dst[4096];
+    if ((rc = peftc_mkdir_p(out_dir, err))) return rc;
+    for (int i = 0; side_files[i]; i++) {
+        if ((rc = peftc_path_join(src, sizeof src, m->dir, side_files[i], err)) ||
+            (rc = peftc_path_join(dst, sizeof dst, out_dir, side_files[i], err)))
+            return rc;
+        if (!peftc_file_exists(src)) continue;
+        char *data;
+        size_t len;
+        if ((rc = peftc_read_file(src, &data, &len, err))) return rc;
+        rc = peftc_write_file_atomic(dst, data, len, err);
+        free(data);
+        if (rc) return rc;
+    }
+    if ((rc = peftc_path_join(dst, sizeof dst, out_dir, "model.safetensors", err))) return rc;
+    return m->family->save_base(m, dst, err);
+}
+
+void peftc_model_linear_bytes(const peftc_model *m, int64_t *bytes, int64_t *params)
+{
+    *bytes = m->linear_bytes;
+    *params = m->linear_params;
+}
+
+/* The base option reaches the family through the config it loads with: the
+ * family decides how its linear weights are stored. */
+peftc_status peftc_model_load_quantized(const char *dir, peftc_base_quant q, peftc_model **out, peftc_error *err)
+{
     *out = NULL;
     size_t len = strlen(dir);
     /* a GGUF file names its family by general.architecture: Llama's loader
@@ -46,6 +95,7 @@ peftc_status peftc_model_load(const char *dir, peftc_model **out, peftc_error *e
     const model_family *f = model_family_for_arch(cfg.arch);
     /* config.c accepts only the families it parses; this catches a parser without a family */
     if (!f) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: no model family runs this architecture", path);
+    cfg.quantize = q;
     return f->load(dir, &cfg, out, err);
 }
 

@@ -53,6 +53,9 @@ struct peftc_model {
     const model_family *family;
     char *dir;                  /* the directory or file it was loaded from */
     int64_t n_params;
+    /* the linear weights as loaded (cfg.quantize): bytes and parameters
+     * (filled by the family's load; 0 if it does not count them) */
+    int64_t linear_bytes, linear_params;
     struct model_acts *infer;   /* inference scratch of peftc_model_encode, grown on demand */
     int infer_B, infer_T;
 };
@@ -156,6 +159,12 @@ struct model_family {
     /* Some frozen floats that identify the checkpoint (a training run's
      * signature hashes them); *n their count. */
     const float *(*weights_sample)(const peftc_model *m, size_t *n);
+
+    /* ---- the base as loaded, NF4 linear weights included, to one
+     * safetensors file (peftc quantize; the layout is in README "NF4 base
+     * files"); its load reads that file back without quantising again.
+     * NULL: the family cannot. */
+    peftc_status (*save_base)(peftc_model *m, const char *path, peftc_error *err);
 
     /* ---- causal LM head (decoders; NULL in encoders). hidden() is then
      * after the final norm. lm_head: logits (N, vocab) of N hidden rows

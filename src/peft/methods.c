@@ -321,6 +321,7 @@ static delta_spec adapter_spec(site_id site, delta_insert ins, delta_act act, in
 static const struct { const char *name, *expands, *formula; float lr; const char *lr_source; } presets[] = {
     {"full", "every base weight trains", "all parameters", 2e-5f, "BERT/RoBERTa fine-tuning, 1e-5..5e-5"},
     {"bitfit", "every bias and LayerNorm bias trains", "sum of bias sizes", 1e-3f, "Ben Zaken et al., 1e-4..1e-3"},
+    {"qlora", "LoRA on every linear layer (r 64, alpha 16, dropout 0.1) of an NF4 base (double quantised, as bitsandbytes)", "L * 6 * r * (in + out)", 2e-4f, "Dettmers et al. (QLoRA), 2e-4 for small models"},
     {"lora", "delta at each target linear: parallel, identity, scale alpha/r (query,value by default)", "L * targets * r * (in + out)", 5e-4f, "Hu et al., RoBERTa-base GLUE 4e-4..5e-4"},
     {"adalora", "SVD deltas P diag(E) Q at each target linear (query,value by default), init_r 12 pruned to an average target_r 8 "
                 "by PEFT's RankAllocator (--init-r --target-r --tinit --tfinal --delta-t --beta1 --beta2 --orth-reg-weight --total-step)",
@@ -359,6 +360,11 @@ float method_default_lr(const method_opts *mo)
     return mo->base == BASE_ALL ? 2e-5f : mo->base == BASE_BIAS ? 1e-3f : 5e-4f;
 }
 
+peftc_base_quant method_base_quant(const char *name)
+{
+    return name && !strcmp(name, "qlora") ? PEFTC_QUANT_NF4 : PEFTC_QUANT_NONE;
+}
+
 peftc_status method_build(const char *name, const method_args *a, const peftc_config *cfg,
                           method_opts *mo, peftc_error *err)
 {
@@ -371,6 +377,21 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         mo->base = BASE_ALL;
     } else if (!strcmp(name, "bitfit")) {
         mo->base = BASE_BIAS;
+    } else if (!strcmp(name, "qlora")) {
+        /* QLoRA (Dettmers et al. 2023): LoRA on every linear layer of an NF4
+         * base, r 64, alpha 16, dropout 0.1 (the paper's values for models up
+         * to 13B; its qlora.py script has the same r and alpha). The adapter
+         * is a plain LoRA one (peft_type LORA). */
+        mo->lora = 1;
+        mo->r = a->r > 0 ? a->r : 64;
+        mo->alpha = a->alpha > 0 ? a->alpha : 16;
+        mo->dropout = a->lora_dropout_set ? a->lora_dropout : 0.1f;
+        mo->rslora = a->rslora;
+        if (mo->dropout < 0 || mo->dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
+        if ((rc = lora_parse_targets(a->targets ? a->targets
+                                                : "query,key,value,attention.output.dense,intermediate.dense,output.dense",
+                                     &mo->targets, err)))
+            return rc;
     } else if (!strcmp(name, "lora")) {
         mo->lora = 1;
         mo->r = a->r > 0 ? a->r : 8;

@@ -41,6 +41,7 @@ typedef struct method_opts {
 typedef struct method_args {
     int r;                    /* LoRA rank, adapter bottleneck */
     float alpha, lora_dropout;
+    int lora_dropout_set;     /* lora_dropout given (qlora's default is 0.1, not 0) */
     int rslora;
     const char *targets;      /* LoRA target modules */
     const char *site;         /* parallel-adapter: "ffn" or "attn" */
@@ -62,6 +63,10 @@ peftc_status method_build(const char *name, const method_args *args, const peftc
                           method_opts *mo, peftc_error *err);
 /* The preset's default learning rate (see the table in methods.c). */
 float method_default_lr(const method_opts *mo);
+/* The base storage a preset asks the loader for when the run does not say
+ * (qlora: NF4; every other preset: the weights as stored). The method only
+ * names it: the model loader does the quantising. */
+peftc_base_quant method_base_quant(const char *name);
 /* Prints the presets, what each expands to and its parameter formula. */
 void method_list(char *out, size_t cap);
 

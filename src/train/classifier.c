@@ -76,7 +76,9 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     peftc_rng_seed(&rng, 0);
     peftc_status rc;
     if ((rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
-        (rc = peftc_model_load(model_dir, &c->m, err)) || (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
+        /* a qlora adapter was trained on the NF4 base: evaluate on the same */
+        (rc = peftc_model_load_quantized(model_dir, method_base_quant(mo.name), &c->m, err)) ||
+        (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
         goto fail;
     if (labels.n == 0 && (rc = default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;

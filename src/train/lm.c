@@ -137,7 +137,7 @@ peftc_status peftc_lm_load(const char *model_path, const peftc_lm_opts *o, peftc
         return peftc_fail(err, PEFTC_ERR_INPUT, "at most 64 adapters, got %d", o->n_adapters);
     peftc_lm *lm = calloc(1, sizeof *lm);
     if (!lm) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
-    peftc_status rc = decoder_load(model_path, &lm->dec, err);
+    peftc_status rc = decoder_load_quantized(model_path, o->quantize, &lm->dec, err);
     if (rc) { free(lm); return rc; }
     const decoder_info *di = decoder_get_info(lm->dec);
     lm->n_ctx = o->n_ctx > 0 ? o->n_ctx : (di->n_ctx_train > 0 && di->n_ctx_train < 4096 ? di->n_ctx_train : 4096);

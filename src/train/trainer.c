@@ -460,8 +460,16 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     method_args_from_opts(o, &ma);
     if (o->task && strcmp(o->task, "causal-lm") && strcmp(o->task, "seq-cls"))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--task '%s': use causal-lm or seq-cls", o->task);
-    if ((rc = peftc_model_load(o->model_dir, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)))
+    /* the base's storage: --quantize, else the method's (qlora: NF4) */
+    peftc_base_quant bq = method_base_quant(o->method);
+    if (o->quantize && (rc = peftc_base_quant_parse(o->quantize, &bq, err))) goto out;
+    if ((rc = peftc_model_load_quantized(o->model_dir, bq, &m, err)) || (rc = method_build(o->method, &ma, &m->cfg, &mo, err)))
         goto out;
+    if (m->cfg.quantize != PEFTC_QUANT_NONE && mo.base == BASE_ALL) {
+        rc = peftc_fail(err, PEFTC_ERR_INPUT, "--quantize nf4: method %s trains the base's weights, which stay NF4 (frozen)",
+                        mo.name);
+        goto out;
+    }
     /* the task: causal LM for decoders (the default there), sequence classification for encoders */
     if (m->family->lm_head ? !(o->task && !strcmp(o->task, "seq-cls")) : (o->task && !strcmp(o->task, "causal-lm"))) {
         if (!m->family->lm_head)
@@ -517,9 +525,15 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
 
     peftc_progress pr = {0};
     char msg[512];
-    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s",
+    int64_t lin_bytes, lin_params;
+    peftc_model_linear_bytes(m, &lin_bytes, &lin_params);
+    char quant_note[96] = "";
+    if (m->cfg.quantize == PEFTC_QUANT_NF4 && lin_params > 0)
+        snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
+                 (double)lin_bytes / (double)lin_params);
+    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
              mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
-             o->resume_dir ? ", resumed" : "");
+             o->resume_dir ? ", resumed" : "", quant_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
     pr.total_steps = total;
