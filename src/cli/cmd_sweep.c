@@ -400,7 +400,10 @@ static void child_progress(const peftc_progress *p, void *user)
         break;
     }
     case PEFTC_PROGRESS_STEP: {
-        if (c->csv) fprintf(c->csv, "%d,%.6g,%.6g\n", p->step, (double)p->loss, (double)p->lr);
+        /* flushed at once: the checkpoint of this step is written before this
+         * call returns to the loop, and a kill right after it must find the
+         * row on disk (a buffered row would be lost with no redo) */
+        if (c->csv) { fprintf(c->csv, "%d,%.6g,%.6g\n", p->step, (double)p->loss, (double)p->lr); fflush(c->csv); }
         double rate = c->sec_per_step > 0 ? c->sec_per_step : p->elapsed_s / (p->step > 0 ? p->step : 1);
         fmt_time(eta, sizeof eta, p->eta_s);
         fmt_time(sweep_eta, sizeof sweep_eta, p->eta_s + c->remaining_steps_after * rate);
