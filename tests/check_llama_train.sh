@@ -29,7 +29,7 @@ case_() { # name model oracle-model method r alpha rslora targets pack [--q8]
     local name=$1 model=$2 ref=$3; shift 3
     local d="$O/$name"; rm -rf "$d"; mkdir -p "$d"
     if ! build/tests/lm_grad "$model" "$1" "$d" "$2" "$3" "$4" "$5" "$6" 2 >"$d/log" 2>&1; then bad "$name: $(head -1 "$d/log")"; return; fi
-    tally "$("$PY" tests/ref_llama_train.py compare "$ref" "$d" "$2" "$3" "$4" ${7:-} 2>&1 | sed "s/^\(ok  \|FAIL\) - /\1 - $name: /")"
+    tally "$("$PY" tests/ref_llama_train.py compare "$ref" "$d" "$2" "$3" "$4" "${@:7}" 2>&1 | sed "s/^\(ok  \|FAIL\) - /\1 - $name: /")"
 }
 T=$O/tiny
 case_ lora_qv "$T" "$T" lora 4 8 0 q_proj,v_proj 0
@@ -37,6 +37,11 @@ case_ rslora "$T" "$T" lora 8 16 1 q_proj,k_proj,down_proj 0
 case_ all_linear "$T" "$T" lora 4 8 0 all-linear 0
 case_ ia3 "$T" "$T" ia3 0 0 0 - 0
 case_ full "$T" "$T" full 0 0 0 - 0
+# the bottleneck adapters (the presets as `peftc methods` describes them)
+case_ houlsby "$T" "$T" adapter-houlsby 0 0 0 - 0 --adapters attn.out:sequential:silu:add,ffn.out:sequential:silu:add
+case_ pfeiffer "$T" "$T" adapter-pfeiffer 0 0 0 - 1 --adapters ffn.out:sequential:relu:add
+case_ parallel "$T" "$T" parallel-adapter 0 0 0 - 0 --adapters ffn.out:parallel:relu:add
+case_ scaled_parallel "$T" "$T" scaled-parallel-adapter 0 0 0 - 1 --adapters ffn.out:parallel:relu:scale:4
 case_ packed "$T" "$T" lora 4 8 0 all-linear 1
 case_ gguf_f32 "$O/tiny.gguf" "$T" lora 4 8 0 v_proj,o_proj,gate_proj,up_proj,down_proj 1
 # 1 and 2 threads: the same bits

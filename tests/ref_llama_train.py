@@ -15,7 +15,13 @@ tests/check_llama_train.sh.
       attend within their segment with positions restarting there. The loss is
       the mean next-token cross-entropy over the targets; every gradient is
       compared: max |peftc - torch| <= 1e-4 * max(max |torch|, 1e-3 * the
-      largest gradient of all). --q8: the matmul inputs quantised to Q8_0 as
+      largest gradient of all). --adapters SITE:INSERT:ACT:COMPOSE[:S],...:
+      bottleneck deltas at attn.out (x = the attention's normed input, h =
+      o_proj's output) and ffn.out (x = the FFN's normed input, h = down_proj's
+      output), in declaration order per site (peftc's names
+      model.layers.L.delta.SITE.I.{down,up,down_bias,up_bias}): src = x
+      (parallel) or the current h (sequential), u = up(act(down(src))) + bias,
+      h += u (add) or s*u (scale). --q8: the matmul inputs quantised to Q8_0 as
       ggml does in the forward (straight-through in the backward, as peftc's
       backward multiplies by the dequantised weights).
 Prints ok/FAIL lines."""
@@ -41,6 +47,13 @@ def q8(x):
 def main():
     model_dir, case, r, alpha, rslora = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
     use_q8 = "--q8" in sys.argv
+    adapters = {}
+    if "--adapters" in sys.argv:
+        for spec in sys.argv[sys.argv.index("--adapters") + 1].split(","):
+            f5 = spec.split(":")
+            adapters.setdefault(f5[0], []).append((f5[1], f5[2], f5[3], float(f5[4]) if len(f5) > 4 else 1.0))
+    ACT = {"relu": torch.relu, "silu": torch.nn.functional.silu, "identity": lambda z: z,
+           "gelu": lambda z: 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))}
     cfg, t = load(model_dir)
     f, hd = inv_freq(cfg)
     nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
@@ -65,6 +78,14 @@ def main():
         if l is not None and "down_proj" not in mod:
             y = y * l.reshape(-1)
         return y
+
+    def site(l, name, x, h):
+        for i, (insert, act, compose, sc) in enumerate(adapters.get(name, [])):
+            p = f"{pre}model.layers.{l}.delta.{name}.{i}."
+            src = x if insert == "parallel" else h
+            u = ACT[act](src @ P[p + "down"].T + P[p + "down_bias"]) @ P[p + "up"].T + P[p + "up_bias"]
+            h = h + (sc * u if compose == "scale" else u)
+        return h
 
     def norm(x, w):
         return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
@@ -101,7 +122,7 @@ def main():
             sc = torch.einsum("ihd,jhd->hij", q, kk) / math.sqrt(hd)
             sc = sc.masked_fill(~allowed[None], float("-inf"))
             a = torch.einsum("hij,jhd->ihd", torch.softmax(sc, -1), vv).reshape(n, nh * hd)
-            x = x + lin(a, W[p + "self_attn.o_proj.weight"], f"layers.{l}.self_attn.o_proj")
+            x = x + site(l, "attn.out", h, lin(a, W[p + "self_attn.o_proj.weight"], f"layers.{l}.self_attn.o_proj"))
             h = norm(x, W[p + "post_attention_layernorm.weight"])
             gt = lin(h, W[p + "mlp.gate_proj.weight"], f"layers.{l}.mlp.gate_proj")
             up = lin(h, W[p + "mlp.up_proj.weight"], f"layers.{l}.mlp.up_proj")
@@ -109,7 +130,7 @@ def main():
             l3 = P.get(f"{pre}model.layers.{l}.mlp.down_proj.ia3_l")
             if l3 is not None:
                 act = act * l3.reshape(-1)
-            x = x + lin(act, W[p + "mlp.down_proj.weight"], f"layers.{l}.mlp.down_proj")
+            x = x + site(l, "ffn.out", h, lin(act, W[p + "mlp.down_proj.weight"], f"layers.{l}.mlp.down_proj"))
         hn = norm(x, W["model.norm.weight"])
         if use_q8:
             hn = hn + (q8(hn) - hn).detach()
