@@ -7,6 +7,10 @@
 #     LoRA q,v; rsLoRA on q,k,down; all-linear LoRA; (IA)^3; full fine-tuning
 #     (every linear weight and norm); all-linear LoRA on packed rows (two
 #     segments in a row: attention within each, positions restarting);
+#     the bottleneck adapters, prefix tuning (MLP or not; packed), P-tuning
+#     v2, prompt tuning, P-tuning (MLP encoder), MAM; the prompt-learning
+#     losses also against HF PEFT's own PrefixTuning / PromptTuning models
+#     (tests/ref_peft_prompt_lm.py);
 #   - the same weights as a GGUF F32 file (ggml's interleaved RoPE and
 #     permuted q/k rows): LoRA on v, o, gate, up, down, packed;
 #   - 1 and 2 threads: the same bits;
@@ -42,6 +46,18 @@ case_ houlsby "$T" "$T" adapter-houlsby 0 0 0 - 0 --adapters attn.out:sequential
 case_ pfeiffer "$T" "$T" adapter-pfeiffer 0 0 0 - 1 --adapters ffn.out:sequential:relu:add
 case_ parallel "$T" "$T" parallel-adapter 0 0 0 - 0 --adapters ffn.out:parallel:relu:add
 case_ scaled_parallel "$T" "$T" scaled-parallel-adapter 0 0 0 - 1 --adapters ffn.out:parallel:relu:scale:4
+# prefix keys/values (with and without the MLP), packed too; virtual tokens; MAM (prefix + scaled parallel adapter)
+case_ prefix "$T" "$T" prefix 0 0 0 - 0
+case_ prefix_packed "$T" "$T" prefix 0 0 0 - 1
+case_ ptuning_v2 "$T" "$T" ptuning-v2 0 0 0 - 0
+case_ prompt "$T" "$T" prompt 0 0 0 - 0
+case_ ptuning "$T" "$T" ptuning 0 0 0 - 0
+case_ mam "$T" "$T" mam 0 0 0 - 1 --adapters ffn.out:parallel:relu:scale:4
+case_ prefix_gguf "$O/tiny.gguf" "$T" ptuning-v2 0 0 0 - 1 --gguf-keys
+# ... and HF PEFT's own PrefixTuning / PromptTuning models give the same loss
+for c in prefix:prefix ptuning_v2:prefix prompt:prompt; do
+    tally "$("$PY" tests/ref_peft_prompt_lm.py "$T" "$O/${c%%:*}" "${c##*:}" 2>&1 | grep -E '^(ok  |FAIL) - ' | sed "s/^\(ok  \|FAIL\) - /\1 - ${c%%:*}: /" || echo "FAIL - ${c%%:*}: PEFT oracle gave no result")"
+done
 case_ packed "$T" "$T" lora 4 8 0 all-linear 1
 case_ gguf_f32 "$O/tiny.gguf" "$T" lora 4 8 0 v_proj,o_proj,gate_proj,up_proj,down_proj 1
 # 1 and 2 threads: the same bits

@@ -21,7 +21,17 @@ tests/check_llama_train.sh.
       output), in declaration order per site (peftc's names
       model.layers.L.delta.SITE.I.{down,up,down_bias,up_bias}): src = x
       (parallel) or the current h (sequential), u = up(act(down(src))) + bias,
-      h += u (add) or s*u (scale). --q8: the matmul inputs quantised to Q8_0 as
+      h += u (add) or s*u (scale). Prefix tuning / P-tuning v2 (PEFT's
+      past_key_values for a Llama: token_dim = kv_heads * head_dim): the
+      table (n, 2 L KVD) is prompt_embeddings, or with the reparameterisation
+      transform.2(tanh(transform.0(embedding))); layer l's keys are columns
+      [2l KVD, (2l+1) KVD), values the next KVD, never rotated, always
+      visible; the row's tokens take positions n.. (as transformers numbers
+      them after a cache of n). Prompt tuning / P-tuning: n virtual vectors
+      (prompt_embeddings, or PEFT's P-tuning MLP over the embedding: Linear,
+      ReLU, Linear, ReLU, Linear) before each row, positions 0..n-1, no
+      targets. --gguf-keys: the model ran from GGUF (prefix keys in ggml's
+      row order). --q8: the matmul inputs quantised to Q8_0 as
       ggml does in the forward (straight-through in the backward, as peftc's
       backward multiplies by the dequantised weights).
 Prints ok/FAIL lines."""
@@ -97,6 +107,33 @@ def main():
         a, b = x[..., :h], x[..., h:]
         return torch.cat([a * c - b * s, b * c + a * s], -1)
 
+    KVD = nkv * hd
+    prefix = None
+    if "prompt_embeddings" in P and P["prompt_embeddings"].shape[1] == 2 * L * KVD:
+        prefix = P["prompt_embeddings"]
+    elif "prompt_encoder.transform.0.weight" in P:
+        e = P["prompt_encoder.embedding.weight"]
+        hmid = torch.tanh(e @ P["prompt_encoder.transform.0.weight"].T + P["prompt_encoder.transform.0.bias"])
+        prefix = hmid @ P["prompt_encoder.transform.2.weight"].T + P["prompt_encoder.transform.2.bias"]
+    virt = None
+    if "prompt_embeddings" in P and P["prompt_embeddings"].shape[1] == cfg["hidden_size"]:
+        virt = P["prompt_embeddings"]
+    elif "prompt_encoder.mlp_head.0.weight" in P:
+        z = P["prompt_encoder.embedding.weight"]
+        for i in (0, 2, 4):
+            z = z @ P[f"prompt_encoder.mlp_head.{i}.weight"].T + P[f"prompt_encoder.mlp_head.{i}.bias"]
+            if i < 4:
+                z = torch.relu(z)
+        virt = z
+    if prefix is not None and "--gguf-keys" in sys.argv:
+        # a GGUF base keeps q/k rows in ggml's order (pairs rotated together):
+        # peftc's prefix keys are in that order too; HF's is half-split
+        kv = prefix.view(prefix.shape[0], L, 2, nkv, hd // 2, 2)
+        prefix = torch.stack([kv[:, :, 0].transpose(-1, -2).reshape(prefix.shape[0], L, nkv, hd),
+                              kv[:, :, 1].reshape(prefix.shape[0], L, nkv, hd)], 2).reshape(prefix.shape[0], -1)
+    npre = prefix.shape[0] if prefix is not None else 0
+    nv = virt.shape[0] if virt is not None else 0
+
     B, T = bt["B"], bt["T"]
     ids = torch.tensor(bt["ids"]).view(B, T)
     tg = torch.tensor(bt["target"]).view(B, T)
@@ -108,20 +145,31 @@ def main():
         pos = torch.zeros(n, dtype=torch.long)
         for i in range(1, n):
             pos[i] = 0 if sg[i] != sg[i - 1] else pos[i - 1] + 1
-        allowed = (torch.arange(n)[None, :] <= torch.arange(n)[:, None]) & (sg[None, :] == sg[:, None])
         x = W["model.embed_tokens.weight"][row]
+        if nv:   # virtual tokens first (no packing with them)
+            x = torch.cat([virt, x], 0)
+            pos = torch.arange(nv + n)
+            sg = torch.zeros(nv + n, dtype=torch.long)
+        n_all = x.shape[0]
+        pos = pos + npre
+        allowed = (torch.arange(n_all)[None, :] <= torch.arange(n_all)[:, None]) & (sg[None, :] == sg[:, None])
+        if npre:
+            allowed = torch.cat([torch.ones(n_all, npre, dtype=torch.bool), allowed], 1)
         for l in range(L):
             p = f"model.layers.{l}."
             h = norm(x, W[p + "input_layernorm.weight"])
-            q = lin(h, W[p + "self_attn.q_proj.weight"], f"layers.{l}.self_attn.q_proj").view(n, nh, hd)
-            k = lin(h, W[p + "self_attn.k_proj.weight"], f"layers.{l}.self_attn.k_proj").view(n, nkv, hd)
-            v = lin(h, W[p + "self_attn.v_proj.weight"], f"layers.{l}.self_attn.v_proj").view(n, nkv, hd)
+            q = lin(h, W[p + "self_attn.q_proj.weight"], f"layers.{l}.self_attn.q_proj").view(n_all, nh, hd)
+            k = lin(h, W[p + "self_attn.k_proj.weight"], f"layers.{l}.self_attn.k_proj").view(n_all, nkv, hd)
+            v = lin(h, W[p + "self_attn.v_proj.weight"], f"layers.{l}.self_attn.v_proj").view(n_all, nkv, hd)
             q, k = rope(q, pos), rope(k, pos)
+            if npre:
+                k = torch.cat([prefix[:, 2 * l * KVD:(2 * l + 1) * KVD].reshape(npre, nkv, hd), k], 0)
+                v = torch.cat([prefix[:, (2 * l + 1) * KVD:(2 * l + 2) * KVD].reshape(npre, nkv, hd), v], 0)
             g = nh // nkv
             kk, vv = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
             sc = torch.einsum("ihd,jhd->hij", q, kk) / math.sqrt(hd)
             sc = sc.masked_fill(~allowed[None], float("-inf"))
-            a = torch.einsum("hij,jhd->ihd", torch.softmax(sc, -1), vv).reshape(n, nh * hd)
+            a = torch.einsum("hij,jhd->ihd", torch.softmax(sc, -1), vv).reshape(n_all, nh * hd)
             x = x + site(l, "attn.out", h, lin(a, W[p + "self_attn.o_proj.weight"], f"layers.{l}.self_attn.o_proj"))
             h = norm(x, W[p + "post_attention_layernorm.weight"])
             gt = lin(h, W[p + "mlp.gate_proj.weight"], f"layers.{l}.mlp.gate_proj")
@@ -136,7 +184,7 @@ def main():
             hn = hn + (q8(hn) - hn).detach()
         for i in range(n - 1):
             if tg[b, i + 1]:
-                z = hn[i] @ W["lm_head.weight"].T
+                z = hn[nv + i] @ W["lm_head.weight"].T
                 total = total + torch.logsumexp(z, 0) - z[row[i + 1]]
                 count += 1
     loss = total / count

@@ -21,9 +21,16 @@
  * attention context and g, u, a; the attention probabilities are recomputed
  * in the backward (B * heads * T * T would dominate otherwise).
  *
- * Not yet: prefix keys/values and virtual tokens (the causal-LM task refuses
- * the methods that need them on this family), the attn.heads site, gradients
- * of the token embedding / output head. */
+ * Prefix keys/values (prefix tuning, P-tuning v2, MAM) are PEFT's
+ * past_key_values: per layer n_prefix keys and values of kv_heads * head_dim,
+ * not rotated (they stand for cached, already-rotated keys), visible to every
+ * query (of every segment of a packed row), and the row's own tokens take
+ * positions n_prefix.. as transformers gives them after a cache of that
+ * length. Virtual tokens (ids < 0) take their row of model_run.virt as the
+ * input vector and receive its gradient.
+ *
+ * Not yet: UniPELT's prefix gate, the attn.heads site, gradients of the token
+ * embedding / output head. */
 #include "model/llama_internal.h"
 #include "model/model.h"
 #include "kernels/kernels.h"
@@ -125,14 +132,15 @@ typedef struct lf_layer_acts {
 } lf_layer_acts;
 
 struct model_acts {
-    int B, T, train;
+    int B, T, train, P;         /* P: prefix length the buffers hold */
     lf_layer_acts *la;          /* num_layers (train) or 1 reused */
     float *x_out, *rsf, *hidden;    /* the last residual (N,C), its norm's rstd, the hidden states */
     float *cs;                  /* (N, hd) RoPE cos/sin at each token's position */
     int32_t *pos;
     /* backward scratch */
     float *d_res, *d_xn, *d_tmp, *d_q, *d_k, *d_v, *d_ctx, *d_g, *d_u, *d_a;
-    float *att;                 /* per thread: T*T probabilities + T*T gradients */
+    float *att;                 /* per thread: T*(P+T) probabilities + their gradients */
+    float *d_pre;               /* (B, P, 2 KVD): one layer's prefix-key/value gradients per row */
     int n_threads;
     float *block;
 };
@@ -153,16 +161,16 @@ static peftc_status lf_acts_init(const peftc_model *pm, model_acts **out, int B,
 {
     (void)keep;
     const llama_config *c = llama_model_config(fm_of(pm)->lm);
-    if (n_prefix > 0) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "prefix keys/values are not supported on Llama models yet");
-    if (B < 1 || T < 1) return peftc_fail(err, PEFTC_ERR_INPUT, "empty batch");
+    if (B < 1 || T < 1 || n_prefix < 0) return peftc_fail(err, PEFTC_ERR_INPUT, "empty batch");
     lf_acts_free(*out);
     *out = NULL;
     size_t N = (size_t)B * T, C = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
     size_t QD = (size_t)c->num_heads * hd, KVD = (size_t)c->num_kv_heads * hd;
     int nl = train ? c->num_layers : 1, nth = omp_get_max_threads();
     size_t per = 4 * R16(N * C) + 2 * R16(N) + 2 * R16(N * QD) + 2 * R16(N * KVD) + 3 * R16(N * F);
-    size_t total = (size_t)nl * per + 2 * R16(N * C) + R16(N) + R16(N * hd) + (size_t)nth * 2 * R16((size_t)T * T);
-    if (train) total += 3 * R16(N * C) + 2 * R16(N * QD) + 2 * R16(N * KVD) + 3 * R16(N * F);
+    size_t TK = (size_t)T + (size_t)n_prefix;
+    size_t total = (size_t)nl * per + 2 * R16(N * C) + R16(N) + R16(N * hd) + (size_t)nth * 2 * R16((size_t)T * TK);
+    if (train) total += 3 * R16(N * C) + 2 * R16(N * QD) + 2 * R16(N * KVD) + 3 * R16(N * F) + R16((size_t)B * n_prefix * 2 * KVD);
     double gib = total * 4.0 / (1 << 30);
     if (gib > 64) return peftc_fail(err, PEFTC_ERR_NOMEM, "a batch of %d x %d tokens needs %.1f GiB of activations", B, T, gib);
     model_acts *a = calloc(1, sizeof *a);
@@ -188,11 +196,12 @@ static peftc_status lf_acts_init(const peftc_model *pm, model_acts **out, int B,
         TAKE(a->d_res, N * C); TAKE(a->d_xn, N * C); TAKE(a->d_tmp, N * C);
         TAKE(a->d_q, N * QD); TAKE(a->d_ctx, N * QD); TAKE(a->d_k, N * KVD); TAKE(a->d_v, N * KVD);
         TAKE(a->d_g, N * F); TAKE(a->d_u, N * F); TAKE(a->d_a, N * F);
+        TAKE(a->d_pre, (size_t)B * n_prefix * 2 * KVD);
     }
     a->att = p;   /* per thread: probabilities and their gradients */
-    p += (size_t)nth * 2 * R16((size_t)T * T);
+    p += (size_t)nth * 2 * R16((size_t)T * TK);
 #undef TAKE
-    a->B = B; a->T = T; a->train = train; a->n_threads = nth;
+    a->B = B; a->T = T; a->train = train; a->n_threads = nth; a->P = n_prefix;
     *out = a;
     return PEFTC_OK;
 }
@@ -284,85 +293,144 @@ static inline int visible(const int32_t *seg, size_t base, int i, int j)
     return !seg || seg[base + (size_t)i] == seg[base + (size_t)j];
 }
 
-/* probabilities P (T x T, rows i < T) of head h of row b: causal, within
- * the segment, softmax of q k^T / sqrt(hd) */
-static void att_probs(float *P, const float *q, const float *k, const int32_t *seg, int b, int h, int kvh, int T,
-                      int hd, size_t QD, size_t KVD)
+/* The prefix of one layer (NULL pk: none): P keys at pk, values at pv,
+ * row stride ld floats (PEFT's (P, 2 L KVD) table). */
+typedef struct prefix_view {
+    const float *pk, *pv;
+    int P;
+    size_t ld;
+} prefix_view;
+
+/* probabilities S (T x (P+T)) of head h of row b: the P prefix keys always,
+ * the row's own keys causally within the segment; softmax of q k^T / sqrt(hd) */
+static void att_probs(float *S, const float *q, const float *k, const prefix_view *pre, const int32_t *seg, int b, int h,
+                      int kvh, int T, int hd, size_t QD, size_t KVD)
 {
     size_t base = (size_t)b * T;
+    int P = pre->P, TK = P + T;
+    float sc = 1.0f / sqrtf((float)hd);
     const float *qb = q + base * QD + (size_t)h * hd, *kb = k + base * KVD + (size_t)kvh * hd;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f / sqrtf((float)hd), qb, (int)QD, kb, (int)KVD,
-                0.0f, P, T);
+    if (P)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, P, hd, sc, qb, (int)QD, pre->pk + (size_t)kvh * hd,
+                    (int)pre->ld, 0.0f, S, TK);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, sc, qb, (int)QD, kb, (int)KVD, 0.0f, S + P, TK);
     for (int i = 0; i < T; i++) {
-        float *r = P + (size_t)i * T, mx = -INFINITY;
+        float *r = S + (size_t)i * TK, *o = r + P, mx = -INFINITY;
+        for (int j = 0; j < P; j++)
+            if (r[j] > mx) mx = r[j];
         for (int j = 0; j <= i; j++)
-            if (visible(seg, base, i, j) && r[j] > mx) mx = r[j];
+            if (visible(seg, base, i, j) && o[j] > mx) mx = o[j];
         double s = 0;
+        for (int j = 0; j < P; j++) {
+            r[j] = expf(r[j] - mx);
+            s += r[j];
+        }
         for (int j = 0; j < T; j++) {
-            float e = j <= i && visible(seg, base, i, j) ? expf(r[j] - mx) : 0.0f;
-            r[j] = e;
+            float e = j <= i && visible(seg, base, i, j) ? expf(o[j] - mx) : 0.0f;
+            o[j] = e;
             s += e;
         }
         float inv = (float)(1.0 / s);
-        for (int j = 0; j <= i; j++) r[j] *= inv;
+        for (int j = 0; j < P + i + 1; j++) r[j] *= inv;
     }
 }
 
-static void attention_fwd(float *ctx, const float *q, const float *k, const float *v, const int32_t *seg, float *scratch,
-                          int B, int T, int H, int KV, int hd)
+static void attention_fwd(float *ctx, const float *q, const float *k, const float *v, const prefix_view *pre,
+                          const int32_t *seg, float *scratch, int B, int T, int H, int KV, int hd)
 {
-    size_t QD = (size_t)H * hd, KVD = (size_t)KV * hd, TT = R16((size_t)T * T);
+    size_t QD = (size_t)H * hd, KVD = (size_t)KV * hd;
+    int P = pre->P, TK = P + T;
+    size_t TT = R16((size_t)T * TK);
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
-            float *P = scratch + (size_t)omp_get_thread_num() * 2 * TT;
+            float *S = scratch + (size_t)omp_get_thread_num() * 2 * TT;
             int kvh = h / (H / KV);
-            att_probs(P, q, k, seg, b, h, kvh, T, hd, QD, KVD);
+            att_probs(S, q, k, pre, seg, b, h, kvh, T, hd, QD, KVD);
             size_t base = (size_t)b * T;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, v + base * KVD + (size_t)kvh * hd,
-                        (int)KVD, 0.0f, ctx + base * QD + (size_t)h * hd, (int)QD);
+            float *cb = ctx + base * QD + (size_t)h * hd;
+            if (P)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, P, 1.0f, S, TK, pre->pv + (size_t)kvh * hd,
+                            (int)pre->ld, 0.0f, cb, (int)QD);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, S + P, TK,
+                        v + base * KVD + (size_t)kvh * hd, (int)KVD, P ? 1.0f : 0.0f, cb, (int)QD);
         }
 }
 
-/* d_q (=), d_k, d_v (=) from d_ctx; parallel over (row, kv head) so that the
- * heads sharing a kv head accumulate in a fixed order */
-static void attention_bwd(float *dq, float *dk, float *dv, const float *dctx, const float *q, const float *k, const float *v,
-                          const int32_t *seg, float *scratch, int B, int T, int H, int KV, int hd)
+/* d_q (=), d_k, d_v (=) from d_ctx, and with a prefix d_pre (B, P, 2 KVD)
+ * (=): row b's gradients of the prefix keys (first KVD) and values; parallel
+ * over (row, kv head) so that the heads sharing a kv head accumulate in a
+ * fixed order */
+static void attention_bwd(float *dq, float *dk, float *dv, float *d_pre, const float *dctx, const float *q, const float *k,
+                          const float *v, const prefix_view *pre, const int32_t *seg, float *scratch, int B, int T, int H,
+                          int KV, int hd)
 {
-    size_t QD = (size_t)H * hd, KVD = (size_t)KV * hd, TT = R16((size_t)T * T);
+    size_t QD = (size_t)H * hd, KVD = (size_t)KV * hd;
+    int P = pre->P, TK = P + T;
+    size_t TT = R16((size_t)T * TK);
     int G = H / KV;
     float sc = 1.0f / sqrtf((float)hd);
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int kvh = 0; kvh < KV; kvh++) {
-            float *P = scratch + (size_t)omp_get_thread_num() * 2 * TT, *dP = P + TT;
+            float *S = scratch + (size_t)omp_get_thread_num() * 2 * TT, *dS = S + TT;
             size_t base = (size_t)b * T;
             float *dkb = dk + base * KVD + (size_t)kvh * hd, *dvb = dv + base * KVD + (size_t)kvh * hd;
             const float *kb = k + base * KVD + (size_t)kvh * hd, *vb = v + base * KVD + (size_t)kvh * hd;
+            float *dpk = P ? d_pre + (size_t)b * P * 2 * KVD + (size_t)kvh * hd : NULL, *dpv = dpk ? dpk + KVD : NULL;
             for (int t = 0; t < T; t++) {
                 memset(dkb + (size_t)t * KVD, 0, (size_t)hd * sizeof(float));
                 memset(dvb + (size_t)t * KVD, 0, (size_t)hd * sizeof(float));
             }
+            for (int j = 0; j < P; j++) {
+                memset(dpk + (size_t)j * 2 * KVD, 0, (size_t)hd * sizeof(float));
+                memset(dpv + (size_t)j * 2 * KVD, 0, (size_t)hd * sizeof(float));
+            }
             for (int g = 0; g < G; g++) {
                 int h = kvh * G + g;
-                att_probs(P, q, k, seg, b, h, kvh, T, hd, QD, KVD);
+                att_probs(S, q, k, pre, seg, b, h, kvh, T, hd, QD, KVD);
                 const float *dcb = dctx + base * QD + (size_t)h * hd, *qb = q + base * QD + (size_t)h * hd;
                 float *dqb = dq + base * QD + (size_t)h * hd;
-                /* dV += P^T dctx ; dP = dctx V^T */
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dcb, (int)QD, 1.0f, dvb, (int)KVD);
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dcb, (int)QD, vb, (int)KVD, 0.0f, dP, T);
-                /* dS = P (dP - rowsum(P dP)) * scale */
-                for (int i = 0; i < T; i++) {
-                    float *pr = P + (size_t)i * T, *dr = dP + (size_t)i * T;
-                    double s = 0;
-                    for (int j = 0; j <= i; j++) s += (double)pr[j] * dr[j];
-                    for (int j = 0; j < T; j++) dr[j] = j <= i ? pr[j] * (dr[j] - (float)s) * sc : 0.0f;
+                /* dV += S^T dctx ; dS = dctx V^T (prefix columns first) */
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, S + P, TK, dcb, (int)QD, 1.0f, dvb, (int)KVD);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dcb, (int)QD, vb, (int)KVD, 0.0f, dS + P, TK);
+                if (P) {
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, P, hd, T, 1.0f, S, TK, dcb, (int)QD, 1.0f, dpv,
+                                (int)(2 * KVD));
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, P, hd, 1.0f, dcb, (int)QD,
+                                pre->pv + (size_t)kvh * hd, (int)pre->ld, 0.0f, dS, TK);
                 }
-                /* dQ = dS K ; dK += dS^T Q */
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dP, T, kb, (int)KVD, 0.0f, dqb, (int)QD);
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dP, T, qb, (int)QD, 1.0f, dkb, (int)KVD);
+                /* dZ = S (dS - rowsum(S dS)) * scale over the visible columns */
+                for (int i = 0; i < T; i++) {
+                    float *pr = S + (size_t)i * TK, *dr = dS + (size_t)i * TK;
+                    int nv = P + i + 1;
+                    double s = 0;
+                    for (int j = 0; j < nv; j++) s += (double)pr[j] * dr[j];
+                    for (int j = 0; j < TK; j++) dr[j] = j < nv ? pr[j] * (dr[j] - (float)s) * sc : 0.0f;
+                }
+                /* dQ = dZ K ; dK += dZ^T Q */
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS + P, TK, kb, (int)KVD, 0.0f, dqb, (int)QD);
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS + P, TK, qb, (int)QD, 1.0f, dkb, (int)KVD);
+                if (P) {
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, P, 1.0f, dS, TK, pre->pk + (size_t)kvh * hd,
+                                (int)pre->ld, 1.0f, dqb, (int)QD);
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, P, hd, T, 1.0f, dS, TK, qb, (int)QD, 1.0f, dpk,
+                                (int)(2 * KVD));
+                }
             }
         }
+}
+
+static prefix_view layer_prefix(const model_run *run, int l, size_t KVD, int L)
+{
+    prefix_view v = {0};
+    if (run && run->n_prefix > 0 && run->prefix_kv) {
+        v.P = run->n_prefix;
+        v.ld = 2 * (size_t)L * KVD;
+        v.pk = run->prefix_kv + (size_t)(2 * l) * KVD;
+        v.pv = v.pk + KVD;
+    }
+    return v;
 }
 
 /* RoPE's inverse (a rotation's transpose): the gradient before the rotation */
@@ -385,12 +453,13 @@ static void lf_forward(peftc_model *pm, model_acts *a, const model_run *run, con
     int N = B * T;
     size_t QD = (size_t)H * hd, KVD = (size_t)KV * hd;
     const int32_t *seg = run ? run->segments : NULL;
-    /* positions restart at each segment's first token */
+    /* positions restart at each segment's first token, after the prefix */
+    int P0 = run && run->prefix_kv ? run->n_prefix : 0;
     for (int b = 0; b < B; b++)
         for (int t = 0, p = 0; t < T; t++) {
             size_t i = (size_t)b * T + t;
             p = t == 0 || (seg && seg[i] != seg[i - 1]) ? 0 : p + 1;
-            a->pos[i] = p;
+            a->pos[i] = P0 + p;
         }
     const float *inv = m->lm->inv_freq;
     #pragma omp parallel for schedule(static)
@@ -403,7 +472,12 @@ static void lf_forward(peftc_model *pm, model_acts *a, const model_run *run, con
     const llama_weight *E = &m->lm->tok_embd;
     float *x = a->la[0].x;
     #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) llama_embed_row(x + (size_t)i * C, E, ids[i]);
+    for (int i = 0; i < N; i++) {
+        if (ids[i] < 0)   /* a virtual token: its prompt vector */
+            memcpy(x + (size_t)i * C, run->virt + (size_t)(-ids[i] - 1) * C, (size_t)C * sizeof(float));
+        else
+            llama_embed_row(x + (size_t)i * C, E, ids[i]);
+    }
     for (int l = 0; l < c->num_layers; l++) {
         lf_layer_acts *A = &a->la[a->train ? l : 0];
         const llama_layer *W = llama_model_layer(m->lm, l);
@@ -414,7 +488,8 @@ static void lf_forward(peftc_model *pm, model_acts *a, const model_run *run, con
         lin_fwd(A->v, A->xn1, &W->wv, N); site_fwd(run, l, SITE_ATTN_V, A->xn1, A->v, N);
         llama_rope(A->q, N, H, hd, QD, a->cs, c->rope_interleaved);
         llama_rope(A->k, N, KV, hd, KVD, a->cs, c->rope_interleaved);
-        attention_fwd(A->ctx, A->q, A->k, A->v, seg, a->att, B, T, H, KV, hd);
+        prefix_view pre = layer_prefix(run, l, KVD, c->num_layers);
+        attention_fwd(A->ctx, A->q, A->k, A->v, &pre, seg, a->att, B, T, H, KV, hd);
         float *o = A->x2;   /* the projection output, then the residual sum in place */
         lin_fwd(o, A->ctx, &W->wo, N); site_fwd(run, l, SITE_ATTN_O, A->ctx, o, N);
         site_fwd(run, l, SITE_ATTN_OUT, A->xn1, o, N);
@@ -462,7 +537,7 @@ static void lin_site_bwd(const model_run *run, int l, site_id s, float *dh, floa
 static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, const int32_t *ids, const int32_t *type_ids,
                         const int *lens, int B, int T, float *d_hidden)
 {
-    (void)ids; (void)type_ids; (void)lens;
+    (void)type_ids; (void)lens;
     llama_fmodel *m = fm_of(pm);
     const llama_config *c = llama_model_config(m->lm);
     int C = c->hidden_size, F = c->intermediate_size, hd = c->head_dim, H = c->num_heads, KV = c->num_kv_heads;
@@ -496,7 +571,20 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
         memset(d_xn, 0, NC * sizeof(float));
         if (has(run, l, SITE_ATTN_OUT)) delta_backward(run->deltas, run->pb, l, SITE_ATTN_OUT, A->xn1, dt, d_xn, N);
         lin_site_bwd(run, l, SITE_ATTN_O, dt, a->d_ctx, 0, A->ctx, &W->wo, grad_of(m, run, ti[LT_O]), N);
-        attention_bwd(a->d_q, a->d_k, a->d_v, a->d_ctx, A->q, A->k, A->v, seg, a->att, B, T, H, KV, hd);
+        prefix_view pre = layer_prefix(run, l, KVD, c->num_layers);
+        attention_bwd(a->d_q, a->d_k, a->d_v, a->d_pre, a->d_ctx, A->q, A->k, A->v, &pre, seg, a->att, B, T, H, KV, hd);
+        if (pre.P && run->d_prefix_kv) {
+            /* the rows' prefix gradients summed in row order: the same bits at any thread count */
+            size_t ld = pre.ld;
+            #pragma omp parallel for schedule(static)
+            for (int j = 0; j < pre.P; j++) {
+                float *dst = run->d_prefix_kv + (size_t)j * ld + (size_t)(2 * l) * KVD;
+                for (int b = 0; b < B; b++) {
+                    const float *src = a->d_pre + ((size_t)b * pre.P + j) * 2 * KVD;
+                    for (size_t e = 0; e < 2 * KVD; e++) dst[e] += src[e];
+                }
+            }
+        }
         rope_bwd(a->d_q, N, H, hd, QD, a->cs, c->rope_interleaved);
         rope_bwd(a->d_k, N, KV, hd, KVD, a->cs, c->rope_interleaved);
         /* the q/k sites' deltas read xn1 and saw h before RoPE: the
@@ -506,6 +594,15 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
         lin_site_bwd(run, l, SITE_ATTN_V, a->d_v, d_xn, 1, A->xn1, &W->wv, grad_of(m, run, ti[LT_V]), N);
         rmsnorm_bwd(d_res, grad_of(m, run, ti[LT_ATTN_NORM]), d_xn, A->x, A->rs1, W->attn_norm, N, C, 1);
     }
+    /* d_res is now the gradient of the input vectors: the virtual tokens'
+     * (serially, so that the rows of one virtual token add up in a fixed order) */
+    if (run->virt && run->d_virt)
+        for (int i = 0; i < N; i++)
+            if (ids[i] < 0) {
+                float *dv = run->d_virt + (size_t)(-ids[i] - 1) * C;
+                const float *g = d_res + (size_t)i * C;
+                for (int j = 0; j < C; j++) dv[j] += g[j];
+            }
 }
 
 /* ---------------------------------------------------------------- head */
@@ -641,6 +738,17 @@ static const float *lf_word_embeddings(const peftc_model *pm)
     return E->type == GGML_TYPE_F32 ? E->data : NULL;
 }
 
+static void lf_token_embedding(const peftc_model *pm, int id, float *dst)
+{
+    llama_embed_row(dst, &fm_of(pm)->lm->tok_embd, id);
+}
+
+static int lf_prefix_dim(const peftc_model *pm)
+{
+    const llama_config *c = llama_model_config(fm_of(pm)->lm);
+    return c->num_kv_heads * c->head_dim;
+}
+
 static int lf_pooler(const peftc_model *m, const float **w, const float **b)
 {
     (void)m; (void)w; (void)b;
@@ -669,6 +777,8 @@ const model_family model_family_llama = {
     .make_writable = lf_make_writable,
     .tensors = lf_tensors,
     .word_embeddings = lf_word_embeddings,
+    .token_embedding = lf_token_embedding,
+    .prefix_dim = lf_prefix_dim,
     .pooler = lf_pooler,
     .weights_sample = lf_weights_sample,
     .lm_head = lf_lm_head,

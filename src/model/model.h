@@ -150,8 +150,17 @@ struct model_family {
     /* ---- tensors: fills out (capacity cap; may be 0) and returns the count.
      * The order is the index of model_run.grads. */
     int (*tensors)(peftc_model *m, model_tensor *out, int cap);
-    /* The word embeddings (vocab_size, C) (prompt tuning's init). */
+    /* The word embeddings (vocab_size, C) (prompt tuning's init); NULL when
+     * the family stores them otherwise (quantised), then token_embedding
+     * gives one row. */
     const float *(*word_embeddings)(const peftc_model *m);
+    /* Token id's input vector into dst (C floats); may be NULL when
+     * word_embeddings never is. */
+    void (*token_embedding)(const peftc_model *m, int id, float *dst);
+    /* The width of one layer's prefix keys (= values): C for multi-head
+     * attention, kv_heads * head_dim with grouped-query attention (PEFT's
+     * token_dim). NULL: hidden_size. */
+    int (*prefix_dim)(const peftc_model *m);
     /* A sequence-classification pooler over the first token (tanh(W h + b)):
      * 1 if the family has one, its weights in *w, *b (NULL if the checkpoint
      * lacks them: the task learns it). 0: no pooler. */

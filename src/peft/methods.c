@@ -457,7 +457,7 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 20;
         /* Li & Liang reparameterise prefix tuning by default; P-tuning v2 does not */
         mo->prefix.project = a->prefix_projection ? a->prefix_projection > 0 : !strcmp(name, "prefix");
-        mo->prefix.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : C;
+        mo->prefix.hidden = a->encoder_hidden > 0 ? a->encoder_hidden : 0;   /* 0: the prefix width (PEFT: token_dim) */
     } else if (!strcmp(name, "mam")) {
         mo->prefix.n = a->prefix_len > 0 ? a->prefix_len : 30;
         delta_spec sp = adapter_spec(SITE_FFN_OUT, INSERT_PARALLEL, ACT_RELU, a->r > 0 ? a->r : (C < 512 ? C : 512));

@@ -13,9 +13,12 @@ peftc_status lm_task_init(lm_task *t, peftc_model *m, const method_opts *mo, pef
     const model_family *f = m->family;
     if (!f->lm_head)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: a %s model is an encoder; causal language modelling needs a decoder", m->dir, f->name);
-    if (mo->prompt.n_virtual > 0 || mo->prefix.n > 0)
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--method %s: virtual tokens and prefixes are not supported on %s models yet (use lora, ia3, adapters, full)",
-                          mo->name, f->name);
+    if (mo->prefix.gate)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--method %s: UniPELT's prefix gate is not supported on %s models yet", mo->name, f->name);
+    if (mo->prompt.n_virtual > 0 && mo->prompt.n_items > mo->prompt.n_virtual + 1)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--template: on a decoder the virtual tokens all precede the input (PEFT's causal-LM prompt learning); a template with {pair} or virtual tokens after {text} does not apply");
+    if (mo->prompt.n_virtual > 0 && mo->prompt.n_items > 0 && mo->prompt.items[mo->prompt.n_items - 1] != TPL_TEXT)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--template: on a decoder the virtual tokens all precede the input (PEFT's causal-LM prompt learning); put {text} last");
     if (mo->base == BASE_BIAS)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--method %s: %s models have no biases (BitFit trains biases only)", mo->name, f->name);
     if (mo->adalora)
@@ -24,9 +27,45 @@ peftc_status lm_task_init(lm_task *t, peftc_model *m, const method_opts *mo, pef
     t->grads = calloc((size_t)(n_slots > 0 ? n_slots : 1), sizeof *t->grads);
     if (!t->grads) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     peftc_status rc;
-    if ((rc = method_declare(m, mo, &t->pb, &t->ds, err)) || (rc = params_alloc(&t->pb, err)) ||
-        (rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err)))
-        return rc;
+    const peftc_config *c = &m->cfg;
+    int C = c->hidden_size, KD = f->prefix_dim ? f->prefix_dim(m) : C;
+    if ((rc = method_declare(m, mo, &t->pb, &t->ds, err))) return rc;
+    if (mo->prompt.n_virtual > 0) {
+        if (mo->prompt.n_virtual + 2 > c->max_position)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%d virtual tokens overflow the model's %d positions", mo->prompt.n_virtual, c->max_position);
+        if ((rc = prompt_declare(&t->prompt, &mo->prompt, C, &t->pb, err))) return rc;
+        t->n_virt = mo->prompt.n_virtual;
+    }
+    if (mo->prefix.n > 0) {
+        if (mo->prefix.n + 2 > c->max_position)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "--prefix-len %d overflows the model's %d positions", mo->prefix.n, c->max_position);
+        if ((rc = prefix_declare(&t->prefix, &mo->prefix, c->num_layers, KD, &t->pb, err))) return rc;
+    }
+    if ((rc = params_alloc(&t->pb, err)) || (rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
+    if (t->n_virt) {
+        /* rows of random ordinary tokens (Lester et al.'s vocabulary init),
+         * gathered first: a quantised embedding table has no float rows */
+        if ((rc = prompt_alloc(&t->prompt, err))) return rc;
+        int n = t->n_virt, V = c->vocab_size;
+        float *rows = malloc((size_t)n * C * sizeof(float));
+        int32_t *idx = malloc((size_t)n * sizeof(int32_t));
+        if (!rows || !idx) { free(rows); free(idx); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+        const float *wte = f->word_embeddings(m);
+        for (int k = 0; k < n; k++) {
+            int lo = V > 2000 ? 1000 : V / 2;
+            int id = lo + (int)peftc_rng_below(rng, (uint64_t)(V - lo));
+            if (wte) memcpy(rows + (size_t)k * C, wte + (size_t)id * C, (size_t)C * sizeof(float));
+            else f->token_embedding(m, id, rows + (size_t)k * C);
+            idx[k] = k;
+        }
+        prompt_init(&t->prompt, &t->pb, rows, n, idx, n, rng);
+        free(rows);
+        free(idx);
+    }
+    if (mo->prefix.n > 0) {
+        if ((rc = prefix_alloc(&t->prefix, err))) return rc;
+        prefix_init(&t->prefix, &t->pb, rng);
+    }
     return PEFTC_OK;
 }
 
@@ -35,10 +74,22 @@ peftc_status lm_task_alloc(lm_task *t, int B, int T, int train, peftc_error *err
     if (t->acts && B <= t->cap_B && T <= t->cap_T && (train <= t->train)) return PEFTC_OK;
     const peftc_config *c = &t->m->cfg;
     size_t N = (size_t)B * T, C = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
-    peftc_status rc = model_acts_init(t->m, &t->acts, B, T, train, 0, 0, err);
+    int Tv = T + t->n_virt;
+    N = (size_t)B * Tv;
+    peftc_status rc = model_acts_init(t->m, &t->acts, B, Tv, train, t->mo.prefix.n, 0, err);
     if (rc) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, (int)N, err))) return rc;
     free(t->d_hidden); free(t->h_rows); free(t->d_rows); free(t->logits); free(t->rows);
+    free(t->v_ids); free(t->v_seg); free(t->v_tgt); free(t->v_lens);
+    t->v_ids = NULL; t->v_seg = NULL; t->v_tgt = NULL; t->v_lens = NULL;
+    if (t->n_virt) {
+        t->v_ids = malloc(N * sizeof(int32_t));
+        t->v_seg = malloc(N * sizeof(int32_t));
+        t->v_tgt = malloc(N);
+        t->v_lens = malloc((size_t)B * sizeof(int));
+        if (!t->v_ids || !t->v_seg || !t->v_tgt || !t->v_lens)
+            return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory (batch %d x %d)", B, Tv);
+    }
     t->d_hidden = malloc(N * C * sizeof(float));
     t->h_rows = malloc(LM_TASK_CHUNK * C * sizeof(float));
     t->d_rows = malloc(LM_TASK_CHUNK * C * sizeof(float));
@@ -55,6 +106,9 @@ void lm_task_free(lm_task *t)
     if (t->m && t->acts) t->m->family->acts_free(t->acts);
     free(t->d_hidden); free(t->h_rows); free(t->d_rows); free(t->logits); free(t->rows);
     free(t->grads);
+    free(t->v_ids); free(t->v_seg); free(t->v_tgt); free(t->v_lens);
+    if (t->n_virt) prompt_free(&t->prompt);
+    if (t->mo.prefix.n > 0) prefix_free(&t->prefix);
     delta_set_free(&t->ds);
     params_free(&t->pb);
     memset(t, 0, sizeof *t);
@@ -75,6 +129,35 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size, train = grad_scale != 0;
     model_run run = {.train = train, .rng = rng, .deltas = t->ds.n ? &t->ds : NULL, .pb = &t->pb, .grads = t->grads,
                      .segments = seg};
+    if (t->n_virt) {
+        /* n virtual tokens, then the row; a packed row's segments keep their
+         * numbers and the virtual tokens join the first one */
+        int n = t->n_virt, Tv = T + n;
+        for (int b = 0; b < B; b++) {
+            int32_t *vi = t->v_ids + (size_t)b * Tv, *vs = t->v_seg + (size_t)b * Tv;
+            uint8_t *vt = t->v_tgt + (size_t)b * Tv;
+            for (int k = 0; k < n; k++) vi[k] = -(k + 1), vt[k] = 0, vs[k] = seg ? seg[(size_t)b * T] : 0;
+            memcpy(vi + n, ids + (size_t)b * T, (size_t)T * sizeof(int32_t));
+            memcpy(vt + n, target + (size_t)b * T, (size_t)T);
+            if (seg) memcpy(vs + n, seg + (size_t)b * T, (size_t)T * sizeof(int32_t));
+            else for (int k = n; k < Tv; k++) vs[k] = 0;
+            t->v_lens[b] = lens[b] + n;
+        }
+        ids = t->v_ids; target = t->v_tgt; lens = t->v_lens; T = Tv;
+        run.segments = seg ? t->v_seg : NULL;
+        prompt_forward(&t->prompt, &t->pb);
+        run.virt = t->prompt.out;
+        run.d_virt = train ? t->prompt.d_out : NULL;
+        run.n_virt = n;
+        if (train) memset(t->prompt.d_out, 0, (size_t)n * C * sizeof(float));
+    }
+    if (t->mo.prefix.n > 0) {
+        prefix_forward(&t->prefix, &t->pb);
+        run.n_prefix = t->mo.prefix.n;
+        run.prefix_kv = t->prefix.kv;
+        run.d_prefix_kv = train ? t->prefix.d_kv : NULL;
+        if (train) memset(t->prefix.d_kv, 0, (size_t)t->prefix.spec.n * 2 * t->prefix.L * t->prefix.C * sizeof(float));
+    }
     f->forward(m, t->acts, &run, ids, NULL, lens, B, T);
     const float *hid = f->hidden(m, t->acts);
     /* position p predicts token p+1 of the same row (and, packed, of the same segment: a target is never a segment's first token) */
@@ -114,6 +197,10 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
             }
         }
     }
-    if (train) f->backward(m, t->acts, &run, ids, NULL, lens, B, T, t->d_hidden);
+    if (train) {
+        f->backward(m, t->acts, &run, ids, NULL, lens, B, T, t->d_hidden);
+        if (t->n_virt) prompt_backward(&t->prompt, &t->pb);
+        if (t->mo.prefix.n > 0) prefix_backward(&t->prefix, &t->pb);
+    }
     return loss;
 }

@@ -12,6 +12,8 @@
 
 #include "model/model.h"
 #include "peft/methods.h"
+#include "peft/prefix.h"
+#include "peft/prompt.h"
 
 #define LM_TASK_CHUNK 64
 
@@ -27,10 +29,19 @@ typedef struct lm_task {
     float *logits;           /* (CHUNK, vocab) */
     int *rows;               /* (B*T): flat positions whose next token is a target */
     int cap_B, cap_T, train;
+    /* virtual tokens (prompt tuning, P-tuning): n_virt of them before every
+     * row, as PEFT's causal-LM prompt learning puts them; the batch is
+     * rewritten into (B, n_virt + T) rows (ids -(k+1), no targets there) */
+    prompt_module prompt;
+    int n_virt;
+    int32_t *v_ids, *v_seg;
+    uint8_t *v_tgt;
+    int *v_lens;
+    prefix_module prefix;    /* prefix keys/values (prefix tuning, P-tuning v2, MAM) */
 } lm_task;
 
-/* The method must fit a decoder: methods with virtual tokens or prefixes
- * are refused on families that do not take them yet. */
+/* The method must fit a decoder (no BitFit on a bias-free family, no
+ * UniPELT prefix gate yet). */
 peftc_status lm_task_init(lm_task *t, peftc_model *m, const method_opts *mo, peftc_rng *rng, peftc_error *err);
 peftc_status lm_task_alloc(lm_task *t, int B, int T, int train, peftc_error *err);
 void lm_task_free(lm_task *t);
