@@ -53,9 +53,10 @@ case_ ptuning_v2 "$T" "$T" ptuning-v2 0 0 0 - 0
 case_ prompt "$T" "$T" prompt 0 0 0 - 0
 case_ ptuning "$T" "$T" ptuning 0 0 0 - 0
 case_ mam "$T" "$T" mam 0 0 0 - 1 --adapters ffn.out:parallel:relu:scale:4
-case_ prefix_gguf "$O/tiny.gguf" "$T" ptuning-v2 0 0 0 - 1 --gguf-keys
+case_ prefix_gguf "$O/tiny.gguf" "$T" ptuning-v2 0 0 0 - 0 --gguf-keys
 # ... and HF PEFT's own PrefixTuning / PromptTuning models give the same loss
-for c in prefix:prefix ptuning_v2:prefix prompt:prompt; do
+# and the adapters peftc saves (folded prompt_embeddings; a GGUF base's prefix keys back in HF's order) load in PEFT with that loss
+for c in prefix:prefix ptuning_v2:prefix prompt:prompt prefix:saved ptuning_v2:saved prompt:saved ptuning:saved prefix_gguf:saved; do
     tally "$("$PY" tests/ref_peft_prompt_lm.py "$T" "$O/${c%%:*}" "${c##*:}" 2>&1 | grep -E '^(ok  |FAIL) - ' | sed "s/^\(ok  \|FAIL\) - /\1 - ${c%%:*}: /" || echo "FAIL - ${c%%:*}: PEFT oracle gave no result")"
 done
 case_ packed "$T" "$T" lora 4 8 0 all-linear 1

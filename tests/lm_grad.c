@@ -7,7 +7,7 @@
  * (IA)^3's ones give gradients everywhere), a fixed batch of 3 rows x 12 is
  * drawn (lengths 12, 9, 12; targets at random; with pack, row 2 holds two
  * segments 5 + 7), and OUT/params.safetensors, OUT/grads.safetensors (the
- * gradients of the MEAN loss over the targets) and OUT/batch.json are written. */
+ * gradients of the MEAN loss over the targets) and OUT/batch.json are written, and OUT/adapter as peftc train saves it. */
 #include "model/model.h"
 #include "peft/methods.h"
 #include "train/task_lm.h"
@@ -88,6 +88,10 @@ int main(int argc, char **argv)
     fprintf(f, "]}\n");
     fclose(f);
     free(items);
+    /* the adapter as `peftc train` saves it (PEFT's layout), of these values */
+    snprintf(path, sizeof path, "%s/adapter", argv[3]);
+    size_t ml = strlen(argv[1]);
+    if (lm_task_save_adapter(&t, path, argv[1], ml > 5 && !strcmp(argv[1] + ml - 5, ".gguf"), &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
     lm_task_free(&t);
     peftc_model_free(m);
     return 0;

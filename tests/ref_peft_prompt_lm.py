@@ -3,7 +3,7 @@
 reference implementation, not a re-derivation) against peftc's causal-LM loss,
 for tests/check_llama_train.sh.
 
-  ref_peft_prompt_lm.py MODEL_DIR CASE_DIR prefix|prompt
+  ref_peft_prompt_lm.py MODEL_DIR CASE_DIR prefix|prompt|saved
       CASE_DIR is tests/lm_grad's output (params.safetensors with peftc's
       training tensors, batch.json). PEFT's PrefixTuningConfig (with or
       without prefix_projection) or PromptTuningConfig for CAUSAL_LM is
@@ -12,7 +12,10 @@ for tests/check_llama_train.sh.
       target-weighted mean loss must equal peftc's within 1e-6 relative.
       This pins what a hand-written oracle could get wrong the same way as
       peftc: GQA's prefix width, positions after the prefix, where the
-      virtual tokens go."""
+      virtual tokens go.
+      saved: PeftModel.from_pretrained(CASE_DIR/adapter) instead — the
+      adapter peftc saved (folded prompt_embeddings, PEFT's config), loaded
+      by PEFT itself, must give the same loss."""
 import json, sys
 import torch
 from safetensors.torch import load_file
@@ -27,19 +30,25 @@ def main():
     P = load_file(f"{case}/params.safetensors")
     bt = json.load(open(f"{case}/batch.json"))
     proj = "prompt_encoder.transform.0.weight" in P
-    if kind == "prefix":
+    if kind == "saved":
+        from peft import PeftModel
+        pm = PeftModel.from_pretrained(m, f"{case}/adapter").double()
+        cfg = pm.peft_config["default"]
+        proj = False
+    elif kind == "prefix":
         n = (P["prompt_encoder.embedding.weight"] if proj else P["prompt_embeddings"]).shape[0]
         cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, prefix_projection=proj,
                                  encoder_hidden_size=P["prompt_encoder.transform.0.weight"].shape[0] if proj else None)
     else:
         n = P["prompt_embeddings"].shape[0]
         cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n)
-    pm = get_peft_model(m, cfg).double()
-    enc = pm.prompt_encoder["default"]
-    sd = enc.state_dict()
-    for k in sd:
-        sd[k] = (P["prompt_encoder." + k] if proj else P["prompt_embeddings"]).double()
-    enc.load_state_dict(sd)
+    if kind != "saved":
+        pm = get_peft_model(m, cfg).double()
+        enc = pm.prompt_encoder["default"]
+        sd = enc.state_dict()
+        for k in sd:
+            sd[k] = (P["prompt_encoder." + k] if proj else P["prompt_embeddings"]).double()
+        enc.load_state_dict(sd)
     B, T = bt["B"], bt["T"]
     ids = torch.tensor(bt["ids"]).view(B, T)
     tg = torch.tensor(bt["target"]).view(B, T)
@@ -55,7 +64,7 @@ def main():
     ref = tot / cnt
     rel = abs(ref - bt["loss"]) / abs(ref)
     good = rel <= 1e-6 and cnt == bt["n_targets"]
-    print(f"{'ok  ' if good else 'FAIL'} - PEFT's {type(cfg).__name__} (projection {proj}) loss {ref:.8f} vs peftc {bt['loss']:.8f} (rel {rel:.1e}, {cnt} targets)")
+    print(f"{'ok  ' if good else 'FAIL'} - PEFT's {type(cfg).__name__} ({'the saved adapter' if kind == 'saved' else f'projection {proj}'}) loss {ref:.8f} vs peftc {bt['loss']:.8f} (rel {rel:.1e}, {cnt} targets)")
     sys.exit(0 if good else 1)
 
 

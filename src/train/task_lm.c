@@ -1,5 +1,8 @@
 /* task_lm.c: the causal-LM task (task_lm.h). */
 #include "train/task_lm.h"
+#include "io/safetensors.h"
+
+#include <jansson.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -204,3 +207,142 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
     }
     return loss;
 }
+
+/* GGUF Llama files hold q/k rows permuted for ggml's RoPE (llama.h): a LoRA
+ * B trained against them is permuted back to Hugging Face's row order in
+ * the saved adapter, which is what PEFT and `peftc generate --adapter` read.
+ * Per head of hd rows: GGUF row 2i + j (j = 0, 1) is HF row i + j hd/2. */
+static void lora_b_to_hf(float *b, int out, int r, int n_head, float *tmp)
+{
+    int hd = out / n_head, h2 = hd / 2;
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < h2; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(tmp + ((size_t)h * hd + i + (size_t)j * h2) * r, b + ((size_t)h * hd + 2 * i + j) * r, (size_t)r * sizeof(float));
+    memcpy(b, tmp, (size_t)out * r * sizeof(float));
+}
+
+/* prompt_embeddings: the prefix table (n, 2 L KD) or the virtual tokens
+ * (n, C) as the encoders make them now; with a GGUF base the prefix keys go
+ * back to Hugging Face's order within each head, as LoRA B rows do. */
+static peftc_status save_prompt_embeddings(lm_task *t, const char *dir, int gguf_rows, peftc_error *err)
+{
+    const peftc_config *c = &t->m->cfg;
+    int pre = t->mo.prefix.n > 0;
+    float *src;
+    int64_t rows, cols;
+    if (pre) {
+        prefix_forward(&t->prefix, &t->pb);
+        src = t->prefix.kv;
+        rows = t->prefix.spec.n;
+        cols = 2 * (int64_t)t->prefix.L * t->prefix.C;
+    } else {
+        prompt_forward(&t->prompt, &t->pb);
+        src = t->prompt.out;
+        rows = t->n_virt;
+        cols = c->hidden_size;
+    }
+    float *copy = malloc((size_t)(rows * cols) * sizeof(float)), *tmp = malloc((size_t)t->prefix.C * sizeof(float) + 1);
+    if (!copy || !tmp) { free(copy); free(tmp); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    memcpy(copy, src, (size_t)(rows * cols) * sizeof(float));
+    if (pre && gguf_rows) {
+        int KD = t->prefix.C, hd = c->hidden_size / c->num_heads;
+        for (int64_t i = 0; i < rows; i++)
+            for (int l = 0; l < t->prefix.L; l++)   /* the keys (values are not rotated) */
+                lora_b_to_hf(copy + i * cols + (int64_t)2 * l * KD, KD, 1, KD / hd, tmp);
+    }
+    st_write_item it = {.name = "prompt_embeddings", .ndim = 2, .shape = {rows, cols}, .data = copy};
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
+    if (!rc) rc = st_write_f32(path, &it, 1, NULL, err);
+    free(copy);
+    free(tmp);
+    return rc;
+}
+
+/* adapter_config.json (PEFT's fields: LoRA and the prompt-learning methods
+ * load in PEFT as CAUSAL_LM adapters; other methods keep peftc's own
+ * peft_type) and adapter_model.safetensors (PEFT's names). */
+peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err)
+{
+    const method_opts *mo = &t->mo;
+    const model_family *f = t->m->family;
+    int prompt_only = !mo->lora && !mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms &&
+                      ((mo->prefix.n > 0 && !mo->prefix.gate) != (mo->prompt.n_virtual > 0));
+    json_t *cfg = json_object();
+    json_object_set_new(cfg, "base_model_name_or_path", json_string(base));
+    json_object_set_new(cfg, "task_type", json_string("CAUSAL_LM"));
+    json_object_set_new(cfg, "inference_mode", json_true());
+    json_t *tm = json_array();
+    for (int s = 0; s < SITE_COUNT; s++)
+        if (site_is_linear(s) && (mo->targets & (1u << s)) && f->site_target[s]) json_array_append_new(tm, json_string(f->site_target[s]));
+    if (mo->lora) {
+        json_object_set_new(cfg, "peft_type", json_string("LORA"));
+        json_object_set_new(cfg, "r", json_integer(mo->r));
+        json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
+        json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
+        json_object_set_new(cfg, "use_rslora", json_boolean(mo->rslora));
+        json_object_set_new(cfg, "bias", json_string("none"));
+        json_object_set_new(cfg, "target_modules", tm);
+    } else if (prompt_only) {
+        /* PEFT's prompt learning, saved folded as PEFT saves it (the encoder's
+         * output as prompt_embeddings) with the config fields PEFT resolves */
+        const peftc_config *c = &t->m->cfg;
+        int pre = mo->prefix.n > 0, KD = f->prefix_dim ? f->prefix_dim(t->m) : c->hidden_size;
+        int n = pre ? mo->prefix.n : mo->prompt.n_virtual;
+        json_decref(tm);
+        json_object_set_new(cfg, "peft_type", json_string(pre ? "PREFIX_TUNING" : mo->prompt.encoder == PROMPT_ENC_NONE ? "PROMPT_TUNING" : "P_TUNING"));
+        json_object_set_new(cfg, "num_virtual_tokens", json_integer(n));
+        json_object_set_new(cfg, "num_layers", json_integer(c->num_layers));
+        json_object_set_new(cfg, "num_transformer_submodules", json_integer(1));
+        json_object_set_new(cfg, "token_dim", json_integer(pre ? KD : c->hidden_size));
+        json_object_set_new(cfg, "num_attention_heads", json_integer(pre ? KD / (c->hidden_size / c->num_heads) : c->num_heads));
+        if (pre) {
+            json_object_set_new(cfg, "prefix_projection", json_false());
+            json_object_set_new(cfg, "encoder_hidden_size", json_integer(KD));
+        } else if (mo->prompt.encoder == PROMPT_ENC_NONE) {
+            json_object_set_new(cfg, "prompt_tuning_init", json_string("RANDOM"));
+        } else {
+            json_object_set_new(cfg, "encoder_reparameterization_type", json_string(mo->prompt.encoder == PROMPT_ENC_LSTM ? "LSTM" : "MLP"));
+            json_object_set_new(cfg, "encoder_hidden_size", json_integer(mo->prompt.hidden));
+        }
+    } else {
+        json_decref(tm);
+        json_object_set_new(cfg, "peft_type", json_string("PEFTC"));
+    }
+    json_object_set_new(cfg, "peftc_method", json_string(mo->name));
+    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(cfg);
+    char path[4096];
+    peftc_status rc = peftc_mkdir_p(dir, err);
+    if (!rc) rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
+    if (!rc) rc = peftc_write_file_atomic(path, text, strlen(text), err);
+    free(text);
+    if (rc) return rc;
+    if (prompt_only) return save_prompt_embeddings(t, dir, gguf_rows, err);
+    const param_block *pb = &t->pb;
+    st_write_item *items = calloc((size_t)(pb->n ? pb->n : 1), sizeof *items);
+    float *copy = malloc((pb->total ? pb->total : 1) * sizeof *copy), *tmp = malloc((pb->total ? pb->total : 1) * sizeof *tmp);
+    if (!items || !copy || !tmp) { free(items); free(copy); free(tmp); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    memcpy(copy, pb->p, pb->total * sizeof *copy);
+    for (int i = 0; i < pb->n; i++) {
+        const param_entry *e = &pb->e[i];
+        items[i].name = e->name;
+        items[i].ndim = e->ndim;
+        for (int d = 0; d < e->ndim; d++) items[i].shape[d] = e->shape[d];
+        items[i].data = copy + e->offset;
+        int is_q = strstr(e->name, "q_proj.lora_B") != NULL, is_k = strstr(e->name, "k_proj.lora_B") != NULL;
+        if (gguf_rows && (is_q || is_k) && e->ndim == 2) {
+            const peftc_config *c = &t->m->cfg;
+            int heads = is_q ? c->num_heads : (int)(e->shape[0] / (c->hidden_size / c->num_heads));
+            lora_b_to_hf(copy + e->offset, (int)e->shape[0], (int)e->shape[1], heads, tmp);
+        }
+    }
+    rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
+    if (!rc) rc = st_write_f32(path, items, pb->n, NULL, err);
+    free(items);
+    free(copy);
+    free(tmp);
+    return rc;
+}
+

@@ -57,4 +57,12 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
 
 int64_t lm_task_trainable_count(const lm_task *t);
 
+/* Writes dir/adapter_config.json and dir/adapter_model.safetensors in HF
+ * PEFT's CAUSAL_LM layout (LoRA; prefix tuning, P-tuning v2, prompt tuning
+ * and P-tuning folded to prompt_embeddings), other methods with peft_type
+ * PEFTC and the parameter block as it trains. base: base_model_name_or_path;
+ * gguf_rows: the base is a GGUF file (q/k rows in ggml's order, turned back
+ * to Hugging Face's in what is saved). */
+peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err);
+
 #endif

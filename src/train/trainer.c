@@ -190,81 +190,6 @@ static peftc_status lm_tokenizer(const char *path, bpe_tokenizer **tok, peftc_er
     return bpe_from_tokenizer_json(p, tok, err);
 }
 
-/* GGUF Llama files hold q/k rows permuted for ggml's RoPE (llama.h): a LoRA
- * B trained against them is permuted back to Hugging Face's row order in
- * the saved adapter, which is what PEFT and `peftc generate --adapter` read.
- * Per head of hd rows: GGUF row 2i + j (j = 0, 1) is HF row i + j hd/2. */
-static void lora_b_to_hf(float *b, int out, int r, int n_head, float *tmp)
-{
-    int hd = out / n_head, h2 = hd / 2;
-    for (int h = 0; h < n_head; h++)
-        for (int i = 0; i < h2; i++)
-            for (int j = 0; j < 2; j++)
-                memcpy(tmp + ((size_t)h * hd + i + (size_t)j * h2) * r, b + ((size_t)h * hd + 2 * i + j) * r, (size_t)r * sizeof(float));
-    memcpy(b, tmp, (size_t)out * r * sizeof(float));
-}
-
-/* adapter_config.json (PEFT's fields: LoRA and (IA)^3 load in PEFT as
- * CAUSAL_LM adapters; other methods keep peftc's own peft_type) and
- * adapter_model.safetensors (PEFT's names: the parameter block's). */
-static peftc_status lm_save_adapter(const lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err)
-{
-    const method_opts *mo = &t->mo;
-    const model_family *f = t->m->family;
-    json_t *cfg = json_object();
-    json_object_set_new(cfg, "base_model_name_or_path", json_string(base));
-    json_object_set_new(cfg, "task_type", json_string("CAUSAL_LM"));
-    json_object_set_new(cfg, "inference_mode", json_true());
-    json_t *tm = json_array();
-    for (int s = 0; s < SITE_COUNT; s++)
-        if (site_is_linear(s) && (mo->targets & (1u << s)) && f->site_target[s]) json_array_append_new(tm, json_string(f->site_target[s]));
-    if (mo->lora) {
-        json_object_set_new(cfg, "peft_type", json_string("LORA"));
-        json_object_set_new(cfg, "r", json_integer(mo->r));
-        json_object_set_new(cfg, "lora_alpha", json_real(mo->alpha));
-        json_object_set_new(cfg, "lora_dropout", json_real(mo->dropout));
-        json_object_set_new(cfg, "use_rslora", json_boolean(mo->rslora));
-        json_object_set_new(cfg, "bias", json_string("none"));
-        json_object_set_new(cfg, "target_modules", tm);
-    } else {
-        json_decref(tm);
-        json_object_set_new(cfg, "peft_type", json_string("PEFTC"));
-    }
-    json_object_set_new(cfg, "peftc_method", json_string(mo->name));
-    char *text = json_dumps(cfg, JSON_INDENT(2) | JSON_SORT_KEYS);
-    json_decref(cfg);
-    char path[4096];
-    peftc_status rc = peftc_mkdir_p(dir, err);
-    if (!rc) rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
-    if (!rc) rc = peftc_write_file_atomic(path, text, strlen(text), err);
-    free(text);
-    if (rc) return rc;
-    const param_block *pb = &t->pb;
-    st_write_item *items = calloc((size_t)(pb->n ? pb->n : 1), sizeof *items);
-    float *copy = malloc((pb->total ? pb->total : 1) * sizeof *copy), *tmp = malloc((pb->total ? pb->total : 1) * sizeof *tmp);
-    if (!items || !copy || !tmp) { free(items); free(copy); free(tmp); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    memcpy(copy, pb->p, pb->total * sizeof *copy);
-    for (int i = 0; i < pb->n; i++) {
-        const param_entry *e = &pb->e[i];
-        items[i].name = e->name;
-        items[i].ndim = e->ndim;
-        for (int d = 0; d < e->ndim; d++) items[i].shape[d] = e->shape[d];
-        items[i].data = copy + e->offset;
-        int is_q = strstr(e->name, "q_proj.lora_B") != NULL, is_k = strstr(e->name, "k_proj.lora_B") != NULL;
-        if (gguf_rows && (is_q || is_k) && e->ndim == 2) {
-            const peftc_config *c = &t->m->cfg;
-            int heads = is_q ? c->num_heads : (int)(e->shape[0] / (c->hidden_size / c->num_heads));
-            lora_b_to_hf(copy + e->offset, (int)e->shape[0], (int)e->shape[1], heads, tmp);
-        }
-    }
-    rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
-    if (!rc) rc = st_write_f32(path, items, pb->n, NULL, err);
-    free(items);
-    free(copy);
-    free(tmp);
-    return rc;
-}
-
 static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, const method_opts *mo, float lr,
                                     peftc_progress_fn progress, void *user, peftc_error *err)
 {
@@ -278,6 +203,11 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     lm_data_opts dopt = {.prompt_field = o->prompt_field, .response_field = o->response_field,
                          .prompt_template = o->prompt_template, .loss_on_all = o->loss_on_all, .pack = o->pack};
     dopt.max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
+    /* virtual tokens and a prefix take positions before the text */
+    int extra_pos = (mo->prompt.n_virtual > 0 ? mo->prompt.n_virtual : 0) + (mo->prefix.n > 0 ? mo->prefix.n : 0);
+    if (dopt.max_len > m->cfg.max_position - extra_pos) dopt.max_len = m->cfg.max_position - extra_pos;
+    if (o->pack && mo->prompt.n_virtual > 0)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--pack with --method %s: virtual tokens precede each example, so examples cannot share a row (drop --pack)", mo->name);
     if (o->data_format && !lm_format_parse(o->data_format, &dopt.format))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", o->data_format);
     if (o->eval_path) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--eval with --task causal-lm is not supported yet (run peftc eval after training)");
@@ -397,7 +327,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
 #undef LM_ORDER
     double secs = now_s() - t0;
     size_t ml = strlen(o->model_dir);
-    if ((rc = lm_save_adapter(&t, o->out_dir, o->model_dir, ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf"), err))) goto out;
+    if ((rc = lm_task_save_adapter(&t, o->out_dir, o->model_dir, ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf"), err))) goto out;
     {
         json_t *j = json_object();
         json_object_set_new(j, "method", json_string(mo->name));
