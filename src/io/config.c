@@ -1,6 +1,7 @@
 /* config.c: Hugging Face config.json -> peftc_config: model_type picks the
  * family's parser, which rejects what that family cannot run exactly
  * (activations, embeddings); other model types are rejected by name. */
+#include "core/json_file.h"
 #include "core/core.h"
 
 #include <jansson.h>
@@ -88,7 +89,7 @@ peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error 
 {
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = peftc_json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
         if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open (is this a model directory?)", path);
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, jerr.line, jerr.text);

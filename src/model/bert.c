@@ -1,5 +1,6 @@
 /* bert.c: loading a BERT encoder from config.json + model.safetensors and
  * running its forward pass (post-LN layers, exact GELU, padding mask). */
+#include "core/json_file.h"
 #include "model/bert.h"
 #include "model/cls_head.h"
 #include "kernels/kernels.h"
@@ -68,7 +69,7 @@ static int read_max_seq_len(const char *dir, int max_position)
 {
     char path[4096];
     if (peftc_path_join(path, sizeof path, dir, "sentence_bert_config.json", NULL)) return max_position;
-    json_t *root = json_load_file(path, 0, NULL);
+    json_t *root = peftc_json_load_file(path, 0, NULL);
     json_t *v = root ? json_object_get(root, "max_seq_length") : NULL;
     int n = json_is_integer(v) ? (int)json_integer_value(v) : max_position;
     json_decref(root);

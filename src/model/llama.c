@@ -1,4 +1,5 @@
 /* llama.c: the Llama decoder: HF config/weights, GGUF, KV-cache forward. */
+#include "core/json_file.h"
 #include "model/llama_internal.h"
 #include "io/safetensors.h"
 #include "io/gguf.h"
@@ -109,7 +110,7 @@ static peftc_status check_config(const char *path, llama_config *c, peftc_error 
 static peftc_status hf_config(const char *path, llama_config *c, peftc_error *err)
 {
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = peftc_json_load_file(path, 0, &jerr);
     if (!root) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
     peftc_status rc = PEFTC_OK;
     memset(c, 0, sizeof *c);
@@ -276,7 +277,7 @@ static peftc_status hf_open_files(llama_model *m, const char *dir, peftc_error *
     if (!peftc_file_exists(path))
         return peftc_fail(err, PEFTC_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = peftc_json_load_file(path, 0, &jerr);
     if (!root) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
     json_t *wm = json_object_get(root, "weight_map");
     if (!json_is_object(wm)) { json_decref(root); return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no weight_map", path); }
@@ -492,7 +493,7 @@ static peftc_status gg_weight(llama_model *m, const gguf_file *g, const char *na
 /* GGUF files are recognised by their magic, whatever their name */
 static int has_gguf_magic(const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = peftc_fopen_regular(path);
     if (!f) return 0;
     char m[4];
     int ok = fread(m, 1, 4, f) == 4 && !memcmp(m, "GGUF", 4);

@@ -1,4 +1,5 @@
 /* task.c: model + method + classification head, and the adapter files. */
+#include "core/json_file.h"
 #include "train/task.h"
 #include "io/safetensors.h"
 
@@ -143,6 +144,28 @@ peftc_status encoder_init(encoder_ctx *e, const peftc_tokenizer *tok, const prom
     return PEFTC_OK;
 }
 
+peftc_status encoder_bind_model(encoder_ctx *e, const peftc_model *m, const char *model_dir, peftc_error *err)
+{
+    const peftc_config *c = &m->cfg;
+    int nv = peftc_tokenizer_vocab_size(e->tok);
+    if (nv > c->vocab_size)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: the tokenizer has %d tokens but config.json's vocab_size (the embedding table) is %d",
+                          model_dir, nv, c->vocab_size);
+    e->type_vocab = c->type_vocab_size > 0 ? c->type_vocab_size : 1;
+    e->model_dir = model_dir;
+    return PEFTC_OK;
+}
+
+static peftc_status check_types(const encoder_ctx *e, const int32_t *tts, int n, peftc_error *err)
+{
+    if (e->type_vocab <= 0 || !tts) return PEFTC_OK;
+    for (int i = 0; i < n; i++)
+        if (tts[i] < 0 || tts[i] >= e->type_vocab)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "token type %d (a sentence pair) but %s/config.json has type_vocab_size %d",
+                              tts[i], e->model_dir, e->type_vocab);
+    return PEFTC_OK;
+}
+
 void encoder_free(encoder_ctx *e)
 {
     free(e->tmp_ids);
@@ -155,14 +178,16 @@ peftc_status encoder_encode(const void *user, const char *text, const char *pair
 {
     const encoder_ctx *e = user;
     size_t tl = strlen(text), pl = pair ? strlen(pair) : 0;
-    if (e->ps.n_virtual <= 0)
-        return peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len, ids, tts, n, err);
+    if (e->ps.n_virtual <= 0) {
+        peftc_status rc = peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len, ids, tts, n, err);
+        return rc ? rc : check_types(e, tts, *n, err);
+    }
     int m;
     peftc_status rc = peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len - e->ps.n_virtual,
                                              e->tmp_ids, e->tmp_tts, &m, err);
     if (rc) return rc;
     *n = template_apply(&e->ps, e->tmp_ids, e->tmp_tts, m, ids, tts, e->max_len);
-    return PEFTC_OK;
+    return check_types(e, tts, *n, err);
 }
 
 peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
@@ -563,7 +588,7 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
     if (rc) return rc;
     json_error_t je;
-    json_t *cfg = json_load_file(path, 0, &je);
+    json_t *cfg = peftc_json_load_file(path, 0, &je);
     if (!cfg) {
         if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: not found (is %s an adapter directory?)", path, dir);
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);

@@ -281,7 +281,13 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     if (o->data_format && !lm_format_parse(o->data_format, &dopt.format))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", o->data_format);
     if (o->eval_path) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--eval with --task causal-lm is not supported yet (run peftc eval after training)");
-    if ((rc = lm_tokenizer(o->model_dir, &tok, err)) || (rc = lm_data_load(o->train_path, tok, &dopt, &tr, err))) goto out;
+    if ((rc = lm_tokenizer(o->model_dir, &tok, err))) goto out;
+    if (bpe_vocab_size(tok) > m->cfg.vocab_size) {   /* every id must index the embedding table */
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: the tokenizer has %d tokens but the model's embedding only %d rows",
+                        o->model_dir, bpe_vocab_size(tok), m->cfg.vocab_size);
+        goto out;
+    }
+    if ((rc = lm_data_load(o->train_path, tok, &dopt, &tr, err))) goto out;
     int T = 1;
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     int B = o->batch < tr.n ? o->batch : tr.n;
@@ -305,7 +311,8 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     run_sig = fnv(run_sig, &o->seed, sizeof o->seed);
     train_state s = {0, 0, 0, 0};
     if (o->resume_dir) {
-        if ((rc = checkpoint_load(o->resume_dir, &t.pb, mo->name, run_sig, &s, err))) goto out;
+        ckpt_limits lim = {tr.n, o->grad_accum};
+        if ((rc = checkpoint_load(o->resume_dir, &t.pb, mo->name, run_sig, &lim, &s, err))) goto out;
         rng.state = s.rng;
     }
     /* the epoch's order: a permutation seeded by (seed, epoch) alone */
@@ -481,7 +488,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if ((rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
     float lr = o->lr > 0 ? o->lr : method_default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
-    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) ||
+    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) || (rc = encoder_bind_model(&enc, m, o->model_dir, err)) ||
         (rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
         (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
         goto out;
@@ -496,6 +503,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             goto out;
         }
     }
+    /* a batch larger than the data is the data: activations sized for what exists */
+    int B = o->batch < tr.n ? o->batch : tr.n;
     int T = 1;
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
@@ -503,7 +512,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
     if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)))
+        (rc = task_alloc(&t, B, T, 1, err)) || (rc = batch_alloc(&bb, B, T, err)))
         goto out;
     /* taken before any weight moves: full fine-tuning trains the sampled ones */
     uint64_t run_sig = run_signature(&t, o);
@@ -511,17 +520,18 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     if ((rc = peftc_mkdir_p(o->out_dir, err))) goto out;
 
-    int micro_per_epoch = (tr.n + o->batch - 1) / o->batch;
+    int micro_per_epoch = (tr.n + B - 1) / B;
     int steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
     if ((rc = adalora_begin(&t.ada, total, err))) goto out;
     if (o->resume_dir) {
-        if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &s, err))) goto out;
+        ckpt_limits lim = {tr.n, o->grad_accum};
+        if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &lim, &s, err))) goto out;
         rng.state = s.rng;
     }
-    epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
+    epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
 
     peftc_progress pr = {0};
     char msg[512];
@@ -532,7 +542,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
                  (double)lin_bytes / (double)lin_params);
     snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
-             mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
+             mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
              o->resume_dir ? ", resumed" : "", quant_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
@@ -554,9 +564,9 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             if (s.pos >= tr.n) {
                 s.epoch++;
                 s.pos = 0;
-                epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
+                epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
             }
-            int n = tr.n - s.pos < o->batch ? tr.n - s.pos : o->batch;
+            int n = tr.n - s.pos < B ? tr.n - s.pos : B;
             int Tb = batch_fill(&bb, &tr, order + s.pos, n);
             s.pos += n;
             float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, 1, &rng);
@@ -565,7 +575,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
                 goto out;
             }
             /* the mean over the accumulated micro-batches, weighting each by its size */
-            float scale = (float)n / (float)(o->batch * o->grad_accum);
+            float scale = (float)n / (float)(B * o->grad_accum);
             task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, scale, &rng);
             loss_acc += (double)loss * scale;
             for (int i = 0; i < n; i++) tokens += bb.lens[i];
