@@ -209,7 +209,7 @@ static peftc_status load_table(const char *path, char *buf, size_t n, int csv, c
                         (cols->label && col_index(&r, cols->label, r.n) >= 0 && !is_int_str(cols->label));
             if (t >= 0 || named) {
                 hdr = r;
-                r.f = NULL; r.n = 0;
+                r.f = NULL; r.n = 0; r.cap = 0;
                 have_hdr = 1;
                 tcol = cols->text ? col_index(&hdr, cols->text, hdr.n) : t;
                 pcol = cols->pair ? col_index(&hdr, cols->pair, hdr.n) : (cols->text ? -1 : p);
