@@ -245,6 +245,6 @@ done
 
 # --- 6. the fuzzers' findings, replayed ---
 if [ -x build/tests/fuzz_replay ] || make -s build/tests/fuzz_replay >/dev/null 2>&1; then
-    tally "$(build/tests/fuzz_replay tests/fuzz/regress tests/fuzz/seeds 2>&1)"
+    tally "$(build/tests/fuzz_replay tests/fuzz/regress build/fuzz/seeds 2>&1)"
 else bad "build/tests/fuzz_replay does not build"; fi
 finish

@@ -369,8 +369,9 @@ peftc_status labels_from_data(const dataset *d, label_set *ls, peftc_error *err)
         errno = 0;
         (void)strtoll(all[i], NULL, 10);
         if (errno == ERANGE) {
+            peftc_fail(err, PEFTC_ERR_INPUT, "%s: label '%.40s' is an integer beyond 64 bits (labels are ids or names)", d->path, all[i]);
             free(all);
-            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: label '%.40s' is an integer beyond 64 bits (labels are ids or names)", d->path, all[i]);
+            return PEFTC_ERR_INPUT;
         }
     }
     qsort(all, (size_t)k, sizeof *all, numeric ? cmp_num : cmp_str);
