@@ -54,7 +54,7 @@ expect_fail "eval: vocab.txt longer than the embedding" "bigvocab: the tokenizer
     ./peftc eval --model "$W/bigvocab" --adapter "$W/good" --data "$W/tiny/dev.tsv"
 STDIN=$W/one.txt expect_fail "predict: vocab.txt longer than the embedding" "bigvocab: the tokenizer has 33 tokens" -- \
     ./peftc predict --model "$W/bigvocab" --adapter "$W/good"
-STDIN=$W/one.txt expect_fail "embed: vocab.txt longer than the embedding" "bigvocab: the tokenizer has 33 tokens" -- \
+STDIN=$W/one.txt expect_fail "embed: vocab.txt longer than the embedding" "bigvocab: the tokenizer has 33 tokens but config.json's vocab_size (the embedding table) is 30" -- \
     ./peftc embed --model "$W/bigvocab"
 cp -r "$T" "$W/onetype"
 $PY - "$W/onetype" <<'PYEOF'
