@@ -1099,6 +1099,13 @@ peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
      * min(its length, budget / 2), the longer one gets the rest. */
     size_t budget = (size_t)max_len - (size_t)need + 1;
     size_t n1 = a.n, n2 = b.n;
+    /* both sides cut (each over the budget): which one is longer is taken
+     * from the byte lengths, the best guess without encoding either whole */
+    if (cut_a && cut_b) {
+        size_t lo = budget + 1;
+        n1 = text_len > pair_len ? lo + 1 : lo;
+        n2 = text_len > pair_len ? lo : lo + 1;
+    }
     if (!pair) {
         if (n1 > budget) n1 = budget;
     } else if (n1 + n2 > budget) {
