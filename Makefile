@@ -11,37 +11,73 @@ LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lutf8proc -ljansson -l
 LIB_SRC := $(sort $(wildcard src/core/*.c src/io/*.c src/tokenizer/*.c src/kernels/*.c \
                               src/model/*.c src/peft/*.c src/train/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
-LIB_OBJ := $(LIB_SRC:%.c=build/%.o)
-CLI_OBJ := $(CLI_SRC:%.c=build/%.o)
+# B: the build directory (another one per compiler or sanitizer build:
+# `make CC=clang B=build/clang`, make test-asan uses build/asan).
+B ?= build
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+CLI_OBJ := $(CLI_SRC:%.c=$(B)/%.o)
 TEST_SRC := $(sort $(wildcard tests/test_*.c))
-TEST_BIN := $(TEST_SRC:tests/%.c=build/tests/%)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 HDRS := include/peftc.h $(wildcard src/*/*.h)
+FUZZ_SRC := tests/fuzz/targets.c
+FUZZ_HDRS := tests/fuzz/fuzz.h
+# the peftc binary sits at the top for the default build only
+PEFTC_BIN := $(if $(filter build,$(B)),peftc,$(B)/peftc)
 
-all: build/libpeftc.a build/libpeftc.so peftc
+all: $(B)/libpeftc.a $(B)/libpeftc.so $(PEFTC_BIN)
 
-build/%.o: %.c $(HDRS)
+$(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
-build/libpeftc.a: $(LIB_OBJ)
+$(B)/libpeftc.a: $(LIB_OBJ)
 	@rm -f $@
 	@echo "AR $@"
 	@ar rcs $@ $^
 
-build/libpeftc.so: $(LIB_OBJ)
+$(B)/libpeftc.so: $(LIB_OBJ)
 	@echo "LD $@"
-	@$(CC) -shared -o $@ $^ $(LDLIBS)
+	@$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
 
-peftc: $(CLI_OBJ) build/libpeftc.a
+$(PEFTC_BIN): $(CLI_OBJ) $(B)/libpeftc.a
 	@echo "LD $@"
-	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libpeftc.a $(LDLIBS)
+	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libpeftc.a $(LDLIBS)
 
-build/tests/%: tests/%.c build/libpeftc.a $(HDRS) tests/testlib.h
-	@mkdir -p build/tests
-	$(CC) $(CFLAGS) -Itests -o $@ $< build/libpeftc.a $(LDLIBS)
+$(B)/tests/fuzz_replay: tests/fuzz/replay.c $(FUZZ_SRC) $(FUZZ_HDRS) $(B)/libpeftc.a $(HDRS)
+	@mkdir -p $(B)/tests
+	$(CC) $(CFLAGS) -Itests/fuzz -o $@ tests/fuzz/replay.c $(FUZZ_SRC) $(B)/libpeftc.a $(LDLIBS)
 
-tests: $(TEST_BIN)
+$(B)/tests/%: tests/%.c $(B)/libpeftc.a $(HDRS) tests/testlib.h
+	@mkdir -p $(B)/tests
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(B)/libpeftc.a $(LDLIBS)
+
+tests: $(TEST_BIN) $(B)/tests/fuzz_replay
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build (build/asan) of the
+# library, the CLI and the unit tests; runs the unit tests, the fuzz replay
+# and a few CLI checks (tests/run_asan.sh). LeakSanitizer is on (ASan's).
+ASAN_FLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+test-asan:
+	$(MAKE) B=build/asan OPT="$(ASAN_FLAGS)" LDLIBS="$(LDLIBS) -fsanitize=address,undefined" all tests
+	bash tests/run_asan.sh
+
+# libFuzzer targets (clang): each target of tests/fuzz/targets.c runs FUZZ_S
+# seconds from the seed corpora tests/fuzz/make_seeds.sh makes from real
+# files; findings land in build/fuzz/findings/<target>/ (copy each one, once
+# fixed, to tests/fuzz/regress/<target>/ so tests/check_reliability.sh replays it).
+FUZZ_S ?= 60
+FUZZ_CC ?= clang
+FUZZ_TARGETS := safetensors gguf config tokenizer adapter checkpoint data lm_data
+FUZZ_FLAGS := -O1 -g -Wno-pass-failed -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
+fuzz:
+	$(MAKE) CC=$(FUZZ_CC) B=build/fuzz OPT="$(FUZZ_FLAGS)" build/fuzz/libpeftc.a
+	bash tests/fuzz/make_seeds.sh build/fuzz/seeds
+	@for t in $(FUZZ_TARGETS); do \
+	    $(FUZZ_CC) -std=c11 $(FUZZ_FLAGS) -fsanitize=fuzzer -D_GNU_SOURCE -DFUZZ_TARGET=\"$$t\" -Iinclude -Isrc -Itests/fuzz \
+	        -o build/fuzz/fuzz_$$t tests/fuzz/main.c $(FUZZ_SRC) build/fuzz/libpeftc.a $(LDLIBS) || exit 1; \
+	done
+	bash tests/fuzz/run.sh $(FUZZ_S) $(FUZZ_TARGETS)
 
 # Installs Debian packages and fetches the models (idempotent).
 setup:
@@ -68,4 +104,4 @@ bench: all
 clean:
 	rm -rf build peftc
 
-.PHONY: all setup test tests bench clean demo test-report
+.PHONY: all setup test tests bench clean demo test-report test-asan fuzz

@@ -9,6 +9,7 @@
 #ifndef PEFTC_H
 #define PEFTC_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -227,6 +228,14 @@ typedef struct peftc_train_opts {
     const char *data_format;     /* NULL: recognised; text, prompt-response, alpaca, chat, template */
     const char *prompt_template; /* "...{field}...": the prompt from a record's fields */
     const char *prompt_field, *response_field;
+    /* reliability */
+    volatile sig_atomic_t *stop; /* may be NULL; once *stop is non-zero (a SIGINT/SIGTERM handler sets it),
+                                    training ends at the next step boundary: the checkpoint, adapter and
+                                    metrics are written as at the end of a run, peftc_train returns
+                                    PEFTC_OK and the state is resumable with resume_dir */
+    int skip_nonfinite;          /* a step whose loss or gradient is not finite is skipped (no update;
+                                    counted in metrics.json's skipped_steps) instead of ending the run
+                                    with PEFTC_ERR_NUMERIC */
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);

@@ -96,6 +96,17 @@ int cmd_embed(cli_args *a)
         return cli_fail(&err);
     }
     const peftc_config *cfg = peftc_model_config(m);
+    if (peftc_tokenizer_vocab_size(tok) > cfg->vocab_size) {   /* checked once here, not per batch */
+        int nv = peftc_tokenizer_vocab_size(tok), mv = cfg->vocab_size;
+        peftc_tokenizer_free(tok); peftc_model_free(m);
+        return cli_errorf(1, "%s: the tokenizer has %d tokens but config.json's vocab_size (the embedding table) is %d",
+                          dir, nv, mv);
+    }
+    if (pairs && cfg->type_vocab_size < 2) {
+        int tv = cfg->type_vocab_size;
+        peftc_tokenizer_free(tok); peftc_model_free(m);
+        return cli_errorf(1, "%s/config.json: type_vocab_size %d has no token type for the second text of --pairs", dir, tv);
+    }
     int max_len = max_len_opt ? max_len_opt : cfg->max_seq_len;
     if (max_len > cfg->max_position) {
         peftc_tokenizer_free(tok); peftc_model_free(m);

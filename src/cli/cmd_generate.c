@@ -1,6 +1,7 @@
 /* cmd_generate.c: `peftc generate` (one prompt, streamed to stdout) and
  * `peftc chat` (an interactive conversation with the model's chat template). */
 #include "cli/cli.h"
+#include "core/core.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -128,7 +129,7 @@ static void print_timings(const peftc_gen_stats *st)
 
 static char *read_file_text(const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = peftc_fopen_regular(path);
     if (!f) return NULL;
     size_t cap = 4096, n = 0;
     char *s = malloc(cap);

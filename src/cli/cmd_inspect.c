@@ -1,5 +1,7 @@
 /* cmd_inspect.c: `peftc inspect FILE_OR_DIR`. */
+#include "core/json_file.h"
 #include "cli/cli.h"
+#include "core/core.h"
 #include "io/gguf.h"
 
 #include <jansson.h>
@@ -13,7 +15,7 @@
 static int is_gguf(const char *path)
 {
     char m[4] = {0};
-    FILE *f = fopen(path, "rb");
+    FILE *f = peftc_fopen_regular(path);
     if (!f) return 0;
     size_t n = fread(m, 1, 4, f);
     fclose(f);
@@ -124,7 +126,7 @@ static int peftc_file_exists_cli(const char *path)
 static int print_adapter_dir(const char *dir, const char *cfg_path)
 {
     json_error_t je;
-    json_t *j = json_load_file(cfg_path, 0, &je);
+    json_t *j = peftc_json_load_file(cfg_path, 0, &je);
     if (!j || !json_is_object(j)) {
         if (j) json_decref(j);
         return cli_errorf(1, "%s: not a JSON object (line %d: %s)", cfg_path, je.line, je.text);

@@ -1,6 +1,7 @@
 /* cmd_sweep.c: `peftc sweep` — methods x budgets x seeds on one model and
  * task, each run trained in a forked child (its own peak RSS; a crash kills
  * one run, not the sweep), resumable, then the report; and `peftc report`. */
+#include "core/json_file.h"
 #include "cli/cli.h"
 #include "cli/sweep.h"
 
@@ -332,7 +333,7 @@ static void read_status(const sweep *s, sweep_run *r)
     char path[4096];
     snprintf(path, sizeof path, "%s/%s/run.json", s->out, r->dir);
     snprintf(r->status, sizeof r->status, "planned");
-    json_t *j = json_load_file(path, 0, NULL);
+    json_t *j = peftc_json_load_file(path, 0, NULL);
     const char *st = j ? json_string_value(json_object_get(j, "status")) : NULL;
     if (st && (!strcmp(st, "done") || !strcmp(st, "failed"))) snprintf(r->status, sizeof r->status, "%s", st);
     json_decref(j);
@@ -343,7 +344,7 @@ static double run_metric(const sweep *s, const sweep_run *r)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s/metrics.json", s->out, r->dir);
-    json_t *j = json_load_file(path, 0, NULL);
+    json_t *j = peftc_json_load_file(path, 0, NULL);
     char key[64];
     snprintf(key, sizeof key, "eval_%s", s->metric);
     json_t *v = j ? json_object_get(j, key) : NULL;
@@ -598,7 +599,7 @@ static int check_same_sweep(const sweep *s)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/sweep.json", s->out);
-    json_t *j = json_load_file(path, 0, NULL);
+    json_t *j = peftc_json_load_file(path, 0, NULL);
     if (!j) return 0;   /* a new sweep */
     struct { const char *key, *now; } strs[] = {{"model", s->model}, {"train", s->train}, {"eval", s->eval ? s->eval : ""}};
     struct { const char *key, *opt; int now; } ints[] = {{"steps", "--steps", s->steps}, {"batch", "--batch", s->batch},
@@ -721,7 +722,7 @@ static const char *jstr(json_t *o, const char *k) { return json_string_value(jso
 static int load_sweep_file(sweep *s, const char *path, json_t **keep)
 {
     json_error_t je;
-    json_t *j = json_load_file(path, 0, &je);
+    json_t *j = peftc_json_load_file(path, 0, &je);
     if (!j) return cli_errorf(2, "%s:%d: %s", path, je.line, je.text);
     *keep = j;
     if (!json_is_object(j)) return cli_errorf(2, "%s: the sweep file must be a JSON object", path);

@@ -1,13 +1,22 @@
 /* cmd_train.c: `peftc train`, `peftc eval`, `peftc predict`. */
 #include "cli/cli.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+/* SIGINT / SIGTERM during training: the handler only records the signal; the
+ * library sees the flag at the next step boundary, writes the checkpoint and
+ * the adapter and returns, and the command exits 128 + signal. SA_RESETHAND:
+ * a second signal kills at once (for a step that never ends). */
+static volatile sig_atomic_t g_stop = 0;
+static void on_signal(int sig) { g_stop = sig; }
+
 typedef struct progress_ui {
     int tty;
     int every;
+    int last_step;
 } progress_ui;
 
 static void fmt_time(char *buf, size_t n, double s)
@@ -28,6 +37,7 @@ static void on_progress(const peftc_progress *p, void *user)
         ui->every = p->total_steps / 100 > 0 ? p->total_steps / 100 : 1;
         break;
     case PEFTC_PROGRESS_STEP:
+        ui->last_step = p->step;
         fmt_time(eta, sizeof eta, p->eta_s);
         if (ui->tty) {
             int w = 30, done = (int)((double)w * p->step / p->total_steps);
@@ -45,6 +55,7 @@ static void on_progress(const peftc_progress *p, void *user)
                 p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
         break;
     case PEFTC_PROGRESS_CHECKPOINT:
+        ui->last_step = p->step;
         if (!ui->tty) fprintf(stderr, "checkpoint at step %d\n", p->step);
         break;
     case PEFTC_PROGRESS_DONE:
@@ -127,13 +138,30 @@ int cmd_train(cli_args *a)
     o.save_every = cli_opt_int(a, "--save-every", 0, 1, 1 << 30, &ok);
     o.eval_every = cli_opt_int(a, "--eval-every", 0, 1, 1 << 30, &ok);
     o.stop_after = cli_opt_int(a, "--stop-after", 0, 1, 1 << 30, &ok);
+    o.skip_nonfinite = cli_flag(a, "--skip-nonfinite");
     if (!ok) return 2;
     if (cli_check_unused(a, "train")) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)
         return cli_errorf(2, "train: --model DIR, --train FILE and --out RUN_DIR are required");
-    progress_ui ui = {isatty(2), 1};
+    progress_ui ui = {isatty(2), 1, 0};
     peftc_error err = {0};
-    if (peftc_train(&o, on_progress, &ui, &err)) return cli_fail(&err);
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    o.stop = &g_stop;
+    peftc_status rc = peftc_train(&o, on_progress, &ui, &err);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (rc) return cli_fail(&err);
+    if (g_stop) {
+        fprintf(stderr, "%strain: interrupted by %s after step %d: checkpoint and adapter saved in %s (continue with --resume %s)\n",
+                ui.tty ? "\n" : "", g_stop == SIGINT ? "SIGINT" : "SIGTERM", ui.last_step, o.out_dir, o.out_dir);
+        return 128 + (int)g_stop;
+    }
     return 0;
 }
 

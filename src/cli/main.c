@@ -31,7 +31,7 @@ static const char usage[] =
     "        [--epochs N] [--max-steps N] [--batch B] [--grad-accum K] [--lr LR] [--seed S]\n"
     "        [--max-len T] [--weight-decay W] [--warmup-ratio R] [--schedule linear|cosine|constant]\n"
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
-    "        [--init-adapter DIR] [--stop-after N] [--quantize nf4|none]\n"
+    "        [--init-adapter DIR] [--stop-after N] [--quantize nf4|none] [--skip-nonfinite]\n"
     "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"

@@ -3,6 +3,7 @@
  * table, metric vs trainable % on a log axis (He et al.'s Figure 1), loss
  * curves, speed and memory bars, and the four design dimensions as small
  * multiples. */
+#include "core/json_file.h"
 #include "cli/cli.h"
 #include "cli/sweep.h"
 
@@ -52,7 +53,7 @@ static json_t *load_in(const char *dir, const char *run, const char *file)
 {
     char path[4400];
     snprintf(path, sizeof path, "%s/%s/%s", dir, run, file);
-    return json_load_file(path, 0, NULL);
+    return peftc_json_load_file(path, 0, NULL);
 }
 
 static void load_loss(const char *dir, rrun *r)
@@ -426,7 +427,7 @@ int sweep_report(const char *dir, const char *format, const char *out_path)
     char path[4400];
     snprintf(path, sizeof path, "%s/sweep.json", dir);
     json_error_t je;
-    json_t *man = json_load_file(path, 0, &je);
+    json_t *man = peftc_json_load_file(path, 0, &je);
     if (!man) return cli_errorf(1, "%s: %s (is it a sweep directory?)", path, je.text);
     json_t *runs = json_object_get(man, "runs");
     const char *metric = json_string_value(json_object_get(man, "metric"));

@@ -19,6 +19,12 @@ peftc_status peftc_path_join(char *out, size_t cap, const char *dir, const char 
 
 int peftc_file_exists(const char *path);
 
+/* Opens path for reading only if it is a regular file (a FIFO, device or
+ * directory is refused at once, naming what it is): *fd and its size. */
+peftc_status peftc_open_regular(const char *path, int *fd, size_t *size, peftc_error *err);
+/* The same as a FILE* ("rb"), or NULL (for probes that need no message). */
+FILE *peftc_fopen_regular(const char *path);
+
 /* Creates a directory and any missing parents (mkdir -p). */
 peftc_status peftc_mkdir_p(const char *dir, peftc_error *err);
 

@@ -1,5 +1,6 @@
 /* file.c: small-file reading, path joining and atomic writes. */
 #include "core/core.h"
+#include "core/json_file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -8,18 +9,58 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+static const char *file_kind(mode_t m)
+{
+    return S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device" : S_ISBLK(m) ? "a block device" :
+           S_ISDIR(m) ? "a directory" : S_ISSOCK(m) ? "a socket" : "not a file";
+}
+
+/* O_NONBLOCK: opening a FIFO for reading blocks until a writer appears (a
+ * config.json that is a FIFO would hang the load forever); non-blocking, the
+ * open returns at once and fstat says what it is. Regular files ignore the
+ * flag, which is cleared anyway before reading. */
+peftc_status peftc_open_regular(const char *path, int *fd_out, size_t *size, peftc_error *err)
+{
+    *fd_out = -1;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: not a regular file (%s); peftc reads model, adapter and data files only", path,
+                          file_kind(sb.st_mode));
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    if (size) *size = (size_t)sb.st_size;
+    *fd_out = fd;
+    return PEFTC_OK;
+}
+
+FILE *peftc_fopen_regular(const char *path)
+{
+    int fd;
+    if (peftc_open_regular(path, &fd, NULL, NULL)) return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) close(fd);
+    return f;
+}
+
 peftc_status peftc_read_file(const char *path, char **data, size_t *len, peftc_error *err)
 {
     *data = NULL;
     if (len) *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fclose(f);
-        return peftc_fail(err, PEFTC_ERR_IO, "%s: not a regular file", path);
-    }
-    size_t n = (size_t)sb.st_size;
+    int fd;
+    size_t n;
+    peftc_status rc = peftc_open_regular(path, &fd, &n, err);
+    if (rc) return rc;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { close(fd); return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno)); }
     char *buf = malloc(n + 1);
     if (!buf) {
         fclose(f);
@@ -85,6 +126,13 @@ peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t 
         unlink(tmp);
         return peftc_fail(err, PEFTC_ERR_IO, "%s: rename failed: %s", path, strerror(e));
     }
+    /* the rename itself is durable only once the directory is synced */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) { if (slash == dir) slash[1] = 0; else *slash = 0; } else snprintf(dir, sizeof dir, ".");
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) { fsync(dfd); close(dfd); }
     return PEFTC_OK;
 }
 
@@ -117,4 +165,24 @@ peftc_status peftc_mkdir_p(const char *dir, peftc_error *err)
         *p = c;
     }
     return PEFTC_OK;
+}
+
+json_t *peftc_json_load_file(const char *path, size_t flags, json_error_t *je)
+{
+    peftc_error e = {0};
+    int fd;
+    if (peftc_open_regular(path, &fd, NULL, &e)) {
+        if (je) {
+            memset(je, 0, sizeof *je);
+            const char *colon = strstr(e.msg, ": ");
+            snprintf(je->text, sizeof je->text, "%.150s", colon ? colon + 2 : e.msg);
+            snprintf(je->source, sizeof je->source, "%.70s", path);
+        }
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) { close(fd); return NULL; }
+    json_t *j = json_loadf(f, flags, je);
+    fclose(f);
+    return j;
 }

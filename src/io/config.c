@@ -1,10 +1,12 @@
 /* config.c: Hugging Face config.json -> peftc_config: model_type picks the
  * family's parser, which rejects what that family cannot run exactly
  * (activations, embeddings); other model types are rejected by name. */
+#include "core/json_file.h"
 #include "core/core.h"
 
 #include <jansson.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static peftc_status get_int(json_t *root, const char *path, const char *key, int required,
                             int def, int lo, int *out, peftc_error *err)
@@ -88,9 +90,14 @@ peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error 
 {
     memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
-    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = peftc_json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open (is this a model directory?)", path);
+        if (!peftc_file_exists(path)) {
+            struct stat sb;
+            if (stat(path, &sb) == 0)   /* there, but a FIFO, device or directory */
+                return peftc_fail(err, PEFTC_ERR_IO, "%s: %s", path, jerr.text);
+            return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open (is this a model directory?)", path);
+        }
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, jerr.line, jerr.text);
     }
     peftc_status rc = PEFTC_OK;

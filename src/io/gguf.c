@@ -346,9 +346,10 @@ peftc_status gguf_open(const char *path, gguf_file **out, peftc_error *err)
         free(g);
         return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
     }
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        peftc_status rc = peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    peftc_status orc = peftc_open_regular(path, &fd, NULL, err);
+    if (orc) {
+        peftc_status rc = orc;
         gguf_close(g);
         return rc;
     }

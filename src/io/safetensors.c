@@ -170,9 +170,10 @@ peftc_status peftc_safetensors_open(const char *path, peftc_safetensors **out, p
         free(st);
         return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
     }
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        peftc_status rc = peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    int fd;
+    peftc_status orc = peftc_open_regular(path, &fd, NULL, err);
+    if (orc) {
+        peftc_status rc = orc;
         peftc_safetensors_free(st);
         return rc;
     }

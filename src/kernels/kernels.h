@@ -319,11 +319,28 @@ extern int kern_isa_level;
  * KERN_AVX2 and KERN_AVX512 (GCC compiles the inlined body for each target;
  * the project builds without -march). Off x86 (or with
  * -DPEFTC_KERNELS_NO_X86) only the plain one exists. */
+/* clang: not forced. Its OpenMP outlining puts a parallel region's body in a
+ * function without the enclosing function's target attribute, and a forced
+ * inline of AVX-512 / AMX code there fails in the backend (clang 14); unforced,
+ * clang's inliner keeps target-mismatched calls as calls. */
+#ifdef __clang__
+#define KERN_INLINE static inline
+#else
 #define KERN_INLINE static inline __attribute__((always_inline))
+#endif
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(PEFTC_KERNELS_NO_X86)
 #define KERN_X86 1
 #define KERN_AVX2 __attribute__((target("avx2,fma")))
-#define KERN_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,prefer-vector-width=512")))
+/* GCC takes the 512-bit preference inside target(); clang rejects it there
+ * and spells it min_vector_width(512). Every function using AVX-512
+ * intrinsics carries one of these (clang refuses always_inline intrinsics in
+ * a function without the matching target). */
+#ifdef __clang__
+#define KERN_TARGET_512(isa) __attribute__((target(isa), min_vector_width(512)))
+#else
+#define KERN_TARGET_512(isa) __attribute__((target(isa ",prefer-vector-width=512")))
+#endif
+#define KERN_AVX512 KERN_TARGET_512("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 #define KERN_TIERS(name, params, ...)                                                   \
     static void name##_portable params { name##_body(__VA_ARGS__, 0); }                 \
     KERN_AVX2 static void name##_avx2 params { name##_body(__VA_ARGS__, 1); }           \

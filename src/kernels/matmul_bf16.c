@@ -120,7 +120,7 @@ size_t matmul_bf16_bytes(const matmul_bf16 *p)
     return a + (p->bwd ? b : 0);
 }
 #if KERN_X86
-#define KERN_BF16 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,prefer-vector-width=512")))
+#define KERN_BF16 KERN_TARGET_512("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")
 #define MR 12
 
 /* What happens to each fp32 sum of products once complete: the epilogue,
@@ -317,7 +317,7 @@ KERN_BF16 static void gemm_bf16_gelu_grad(const epi *e, const float *A, int lda,
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <cpuid.h>
-#define KERN_AMX __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma,prefer-vector-width=512")))
+#define KERN_AMX KERN_TARGET_512("amx-tile,amx-bf16,avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,avx2,fma")
 /* Column pairs per output block. Plain epilogues do best with one (a 32 x 32
  * block, 4 KiB, stays in L1: 5-10% over 12 at K = 384). The GELU epilogues
  * read or write a second N x M array, and 32-column strips of it were up to
@@ -375,7 +375,15 @@ KERN_INLINE KERN_AMX void amx_finish(const epi *e, const float *cb, int ldc, int
 
 /* Same contract as bf16_rows: the calling thread's part, row blocks claimed
  * through *claimed (shared by the team, starts at 0) */
-KERN_INLINE KERN_AMX void amx_rows(const epi *e, const float *A, int lda, const uint16_t *Bp, int N, int K,
+/* Not inlined under clang: the OpenMP region's outlined function that calls
+ * it has no AMX target, and clang 14 cannot select the tile instructions
+ * once they are inlined there (GCC inlines with the callee's target). */
+#ifdef __clang__
+#define AMX_ROWS_INLINE static __attribute__((noinline))
+#else
+#define AMX_ROWS_INLINE KERN_INLINE
+#endif
+AMX_ROWS_INLINE KERN_AMX void amx_rows(const epi *e, const float *A, int lda, const uint16_t *Bp, int N, int K,
                                    int *claimed, const int G)
 {
     const int M = e->M, KPP = KPAD(K), nkb = KPP / 16, npp = (M + 31) / 32, nrb = (N + 31) / 32;

@@ -1,5 +1,6 @@
 /* bert.c: loading a BERT encoder from config.json + model.safetensors and
  * running its forward pass (post-LN layers, exact GELU, padding mask). */
+#include "core/json_file.h"
 #include "model/bert.h"
 #include "model/cls_head.h"
 #include "kernels/kernels.h"
@@ -27,6 +28,17 @@ static peftc_status own(bert_model *m, float *p, peftc_error *err)
 
 /* Finds `name` (with or without the "bert." prefix that task-head checkpoints
  * use), checks its shape, and points *out at fp32 data. */
+/* A NaN or Inf in a weight would turn every output into NaN with exit 0:
+ * one pass over the weights at load (tens of ms for MiniLM) names it. */
+static peftc_status check_finite(const bert_model *m, const st_tensor *t, const float *p, peftc_error *err)
+{
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(p[i]))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (%g) at element %lld",
+                              m->st->path, t->name, (double)p[i], (long long)i);
+    return PEFTC_OK;
+}
+
 static peftc_status load_w(bert_model *m, const char *name, int ndim, int64_t d0, int64_t d1,
                            int optional, float **out, peftc_error *err)
 {
@@ -51,7 +63,7 @@ static peftc_status load_w(bert_model *m, const char *name, int ndim, int64_t d0
     if (t->dtype == ST_F32 && ((uintptr_t)t->data & 3) == 0) {
         *out = (float *)t->data; /* frozen weights stay in the mapping: no copy */
         m->base.n_params += t->numel;
-        return PEFTC_OK;
+        return check_finite(m, t, *out, err);
     }
     float *p = peftc_alloc_aligned((size_t)t->numel * sizeof(float));
     if (!p) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory for '%s'", m->st->path, name);
@@ -60,7 +72,7 @@ static peftc_status load_w(bert_model *m, const char *name, int ndim, int64_t d0
     if ((rc = own(m, p, err))) return rc;
     *out = p;
     m->base.n_params += t->numel;
-    return PEFTC_OK;
+    return check_finite(m, t, p, err);
 }
 
 /* sentence-transformers models state the length they were trained with. */
@@ -68,7 +80,7 @@ static int read_max_seq_len(const char *dir, int max_position)
 {
     char path[4096];
     if (peftc_path_join(path, sizeof path, dir, "sentence_bert_config.json", NULL)) return max_position;
-    json_t *root = json_load_file(path, 0, NULL);
+    json_t *root = peftc_json_load_file(path, 0, NULL);
     json_t *v = root ? json_object_get(root, "max_seq_length") : NULL;
     int n = json_is_integer(v) ? (int)json_integer_value(v) : max_position;
     json_decref(root);
@@ -181,7 +193,10 @@ static peftc_status bert_load(const char *dir, const peftc_config *cfg, peftc_mo
     if (!m || !(m->base.dir = strdup(dir))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     m->base.cfg = *cfg;
     m->base.family = &model_family_bert;
-    if ((rc = peftc_path_join(path, sizeof path, dir, "model.safetensors", err)))
+    if ((rc = peftc_path_join(path, sizeof path, dir, "config.json", err)) ||
+        (rc = model_check_size(path, cfg->vocab_size, cfg->hidden_size, cfg->num_layers, cfg->intermediate_size,
+                               cfg->max_position, err)) ||
+        (rc = peftc_path_join(path, sizeof path, dir, "model.safetensors", err)))
         goto fail;
     m->base.cfg.max_seq_len = read_max_seq_len(dir, m->base.cfg.max_position);
     if (!peftc_file_exists(path)) {

@@ -1,5 +1,7 @@
 /* llama.c: the Llama decoder: HF config/weights, GGUF, KV-cache forward. */
+#include "core/json_file.h"
 #include "model/llama_internal.h"
+#include "model/model.h"
 #include "io/safetensors.h"
 #include "io/gguf.h"
 #include "kernels/nf4.h"
@@ -94,6 +96,8 @@ static int jtoken(json_t *root, const char *key)
 
 static peftc_status check_config(const char *path, llama_config *c, peftc_error *err)
 {
+    peftc_status rc = model_check_size(path, c->vocab_size, c->hidden_size, c->num_layers, c->intermediate_size, 0, err);
+    if (rc) return rc;
     if (c->num_heads <= 0 || c->hidden_size % c->num_heads)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: hidden size %d is not a multiple of the %d heads", path,
                           c->hidden_size, c->num_heads);
@@ -109,7 +113,7 @@ static peftc_status check_config(const char *path, llama_config *c, peftc_error 
 static peftc_status hf_config(const char *path, llama_config *c, peftc_error *err)
 {
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = peftc_json_load_file(path, 0, &jerr);
     if (!root) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
     peftc_status rc = PEFTC_OK;
     memset(c, 0, sizeof *c);
@@ -224,6 +228,16 @@ static const peftc_safetensors *hf_file_of(const llama_model *m, const st_tensor
 }
 
 /* Tensor `name` of shape (d0) or (d0, d1) as fp32: mapped if F32, else an owned copy. */
+/* A NaN or Inf weight would make every logit NaN with exit 0: one pass at load names it. */
+static peftc_status hf_finite(const llama_model *m, const char *name, const float *p, int64_t n, peftc_error *err)
+{
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(p[i]))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s holds a non-finite value (%g) at element %lld", m->path, name,
+                              (double)p[i], (long long)i);
+    return PEFTC_OK;
+}
+
 static peftc_status hf_tensor(llama_model *m, const char *name, int ndim, int64_t d0, int64_t d1, const float **out,
                               peftc_error *err)
 {
@@ -240,7 +254,7 @@ static peftc_status hf_tensor(llama_model *m, const char *name, int ndim, int64_
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld, %lld]", m->path, name,
                           got, (long long)d0, (long long)d1);
     }
-    if (t->dtype == ST_F32) { *out = t->data; return PEFTC_OK; }
+    if (t->dtype == ST_F32) { *out = t->data; return hf_finite(m, name, t->data, t->numel, err); }
     if (t->dtype != ST_F16 && t->dtype != ST_BF16)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: tensor %s has dtype %s (F32, F16, BF16 supported)", m->path,
                           name, st_dtype_name(t->dtype));
@@ -249,7 +263,7 @@ static peftc_status hf_tensor(llama_model *m, const char *name, int ndim, int64_
     peftc_status rc = st_to_f32(hf_file_of(m, t), t, dst, err);
     if (rc) return rc;
     *out = dst;
-    return PEFTC_OK;
+    return hf_finite(m, name, dst, t->numel, err);
 }
 
 static peftc_status hf_weight(llama_model *m, const char *name, int out_dim, int in_dim, llama_weight *w,
@@ -276,7 +290,7 @@ static peftc_status hf_open_files(llama_model *m, const char *dir, peftc_error *
     if (!peftc_file_exists(path))
         return peftc_fail(err, PEFTC_ERR_IO, "%s: no model.safetensors or model.safetensors.index.json", dir);
     json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
+    json_t *root = peftc_json_load_file(path, 0, &jerr);
     if (!root) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
     json_t *wm = json_object_get(root, "weight_map");
     if (!json_is_object(wm)) { json_decref(root); return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no weight_map", path); }
@@ -492,7 +506,7 @@ static peftc_status gg_weight(llama_model *m, const gguf_file *g, const char *na
 /* GGUF files are recognised by their magic, whatever their name */
 static int has_gguf_magic(const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = peftc_fopen_regular(path);
     if (!f) return 0;
     char m[4];
     int ok = fread(m, 1, 4, f) == 4 && !memcmp(m, "GGUF", 4);

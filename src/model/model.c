@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Every family peftc runs; a new one is added here (model.h says how). */
 const model_family *const model_families[] = {
@@ -144,5 +145,23 @@ peftc_status peftc_model_encode(peftc_model *m, const int32_t *ids, const int32_
         if (pool == PEFTC_POOL_CLS) cls_pool_forward(pooled, h, B, T, C);
         else mean_pool_forward(pooled, h, lens, B, T, C);
     }
+    return PEFTC_OK;
+}
+
+peftc_status model_check_size(const char *path, int64_t vocab, int64_t hidden, int64_t layers, int64_t intermediate,
+                              int64_t positions, peftc_error *err)
+{
+    /* doubles: a crafted config must not overflow the estimate itself */
+    double C = (double)hidden, params = (double)vocab * C + (double)positions * C +
+                                        (double)layers * (4.0 * C * C + 3.0 * C * (double)intermediate);
+    double need = params * 0.5;   /* the smallest storage peftc reads: 4-bit weights */
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 1e18;
+    if (need > have)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED,
+                          "%s: %lld layers of hidden size %lld (intermediate %lld), vocabulary %lld, %lld positions: %.3g parameters, "
+                          "at least %.1f GB even at 4 bits, but this machine has %.1f GB",
+                          path, (long long)layers, (long long)hidden, (long long)intermediate, (long long)vocab, (long long)positions,
+                          params, need / 1e9, have / 1e9);
     return PEFTC_OK;
 }

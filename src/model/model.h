@@ -203,6 +203,12 @@ extern const model_family model_family_llama;
 extern const model_family *const model_families[];
 /* By config.json model_type / GGUF general.architecture; NULL if unknown. */
 const model_family *model_family_find(const char *model_type);
+/* Resource limits, checked before anything is allocated: a config whose
+ * weights (vocab x hidden, positions x hidden, layers x (4 hidden^2 +
+ * 3 hidden x intermediate)) could not fit in this machine's memory even at
+ * 4 bits per parameter is refused with the number it would need. */
+peftc_status model_check_size(const char *path, int64_t vocab, int64_t hidden, int64_t layers, int64_t intermediate,
+                              int64_t positions, peftc_error *err);
 const model_family *model_family_for_arch(peftc_arch arch);
 
 /* A model's activation buffers through its family (a generic wrapper). */

@@ -521,12 +521,21 @@ peftc_status delta_spec_parse(const char *text, delta_spec *sp, peftc_error *err
     int have_site = 0;
     char buf[512];
     snprintf(buf, sizeof buf, "%s", text);
+    if (strlen(text) >= sizeof buf) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: spec of %zu characters is too long", strlen(text));
+    static const char *const keys[] = {"site", "kind", "insert", "r", "act", "compose", "bias", "dropout", "init", "heads"};
+    unsigned seen = 0;
     for (char *save = NULL, *kv = strtok_r(buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *eq = strchr(kv, '=');
         if (!eq) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta '%s': '%s' is not key=value", text, kv);
         *eq = 0;
         const char *k = kv, *v = eq + 1;
         char *end;
+        /* a key given twice is a typo or a conflict: which one was meant? */
+        for (unsigned q = 0; q < sizeof keys / sizeof *keys; q++)
+            if (!strcmp(k, keys[q])) {
+                if (seen & (1u << q)) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta '%s': key '%s' given twice", text, k);
+                seen |= 1u << q;
+            }
         if (!strcmp(k, "site")) {
             if (!site_parse(v, &sp->site))
                 return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: unknown site '%s' (attn.q attn.k attn.v attn.o ffn.in ffn.down "
@@ -563,10 +572,12 @@ peftc_status delta_spec_parse(const char *text, delta_spec *sp, peftc_error *err
                 sp->scale = (float)x;
             } else return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: compose must be add, scale:S, learned:S or gate, got '%s'", v);
         } else if (!strcmp(k, "bias")) {
-            sp->bias = !strcmp(v, "1") || !strcmp(v, "true");
+            if (!strcmp(v, "1") || !strcmp(v, "true")) sp->bias = 1;
+            else if (!strcmp(v, "0") || !strcmp(v, "false")) sp->bias = 0;
+            else return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: bias must be 0, 1, true or false, got '%s'", v);
         } else if (!strcmp(k, "dropout")) {
             double x = strtod(v, &end);
-            if (*end || x < 0 || x >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: dropout must be in [0, 1), got '%s'", v);
+            if (*end || !*v || !(x >= 0 && x < 1)) return peftc_fail(err, PEFTC_ERR_INPUT, "--delta: dropout must be in [0, 1), got '%s'", v);
             sp->dropout = (float)x;
         } else if (!strcmp(k, "init")) {
             if (!strcmp(v, "lora")) sp->init_lora = 1;

@@ -40,6 +40,7 @@
  * No word cache: a built tokenizer is immutable, so encoding needs no lock
  * (about 10 MB/s of English on one core without one).
  */
+#include "core/json_file.h"
 #include "tokenizer/bpe.h"
 #include "core/core.h"
 #include "tokenizer/utf8.h"
@@ -731,7 +732,7 @@ static peftc_status read_config(bpe_tokenizer *t, const char *path, peftc_error 
         return PEFTC_OK;
     if (!peftc_file_exists(cfg)) return PEFTC_OK;
     json_error_t je;
-    json_t *j = json_load_file(cfg, 0, &je);
+    json_t *j = peftc_json_load_file(cfg, 0, &je);
     if (!j) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", cfg, je.line, je.text);
     peftc_status s = PEFTC_OK;
     json_t *ct = json_object_get(j, "chat_template");
@@ -780,7 +781,7 @@ peftc_status bpe_from_tokenizer_json(const char *path, bpe_tokenizer **out, peft
     *out = NULL;
     json_error_t je;
     if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open", path);
-    json_t *j = json_load_file(path, 0, &je);
+    json_t *j = peftc_json_load_file(path, 0, &je);
     if (!j) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, je.line, je.text);
     bpe_tokenizer *t = NULL;
     peftc_status s = PEFTC_OK;

@@ -1029,6 +1029,33 @@ static peftc_status encode_one(const peftc_tokenizer *t, const char *text, size_
     return PEFTC_OK;
 }
 
+/* Bounded work on huge inputs: a text longer than the cap is encoded from a
+ * prefix cut at ASCII whitespace (the pre-tokenizer splits there, so the
+ * prefix's tokens are the first tokens of the whole text), grown 4x until it
+ * yields at least `need` tokens. Truncation then keeps exactly what the whole
+ * text would keep, and a 100 MB line costs a few times max_len in memory and
+ * time instead of normalising all of it. *cut: 1 if a prefix was used. */
+static peftc_status encode_capped(const peftc_tokenizer *t, const char *text, size_t len, const char *what, size_t cap,
+                                  size_t need, idbuf *out, scratch *s, int *cut, peftc_error *err)
+{
+    for (;;) {
+        size_t L = len;
+        *cut = 0;
+        if (len > cap) {
+            size_t k = cap;
+            while (k > cap / 2 && !(text[k] == ' ' || text[k] == '\t' || text[k] == '\n' || text[k] == '\r')) k--;
+            if (k <= cap / 2)   /* no space near the cap: the next one after it */
+                for (k = cap; k < len && !(text[k] == ' ' || text[k] == '\t' || text[k] == '\n' || text[k] == '\r'); k++) {}
+            if (k < len) { L = k; *cut = 1; }
+        }
+        free(out->v);
+        memset(out, 0, sizeof *out);
+        peftc_status st = encode_one(t, text, L, what, out, s, err);
+        if (st || !*cut || out->n >= need) return st;
+        cap = cap > len / 4 ? len : cap * 4;
+    }
+}
+
 peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
                                     const char *text, size_t text_len,
                                     const char *pair, size_t pair_len,
@@ -1045,8 +1072,18 @@ peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
                           pair ? "a sentence pair" : "a text");
     scratch s = {0};
     idbuf a = {0}, b = {0};
-    peftc_status st = encode_one(tok, text ? text : "", text_len, "text", &a, &s, err);
-    if (!st && pair) st = encode_one(tok, pair, pair_len, "pair", &b, &s, err);
+    /* HF truncates after encoding the whole text; the cap gives the same ids
+     * (see encode_capped) for what is kept. budget + 1 tokens decide it. */
+    size_t budget0 = (size_t)max_len - (size_t)need + 1, cap = 4096 + 64 * (size_t)max_len;
+    int cut_a = 0, cut_b = 0;
+    peftc_status st = encode_capped(tok, text ? text : "", text_len, "text", cap, budget0 + 1, &a, &s, &cut_a, err);
+    if (!st && pair) st = encode_capped(tok, pair, pair_len, "pair", cap, budget0 + 1, &b, &s, &cut_b, err);
+    /* longest-first compares the two lengths: a cut side must stay on the
+     * same side of the comparison as its whole text (when only one is cut) */
+    if (!st && pair && cut_a && !cut_b && a.n <= b.n)
+        st = encode_capped(tok, text, text_len, "text", cap, b.n + 1, &a, &s, &cut_a, err);
+    if (!st && pair && cut_b && !cut_a && b.n < a.n)
+        st = encode_capped(tok, pair, pair_len, "pair", cap, a.n, &b, &s, &cut_b, err);
     free(s.raw.v);
     free(s.norm.v);
     free(s.tmp.v);
@@ -1062,6 +1099,13 @@ peftc_status peftc_tokenizer_encode(const peftc_tokenizer *tok,
      * min(its length, budget / 2), the longer one gets the rest. */
     size_t budget = (size_t)max_len - (size_t)need + 1;
     size_t n1 = a.n, n2 = b.n;
+    /* both sides cut (each over the budget): which one is longer is taken
+     * from the byte lengths, the best guess without encoding either whole */
+    if (cut_a && cut_b) {
+        size_t lo = budget + 1;
+        n1 = text_len > pair_len ? lo + 1 : lo;
+        n2 = text_len > pair_len ? lo : lo + 1;
+    }
     if (!pair) {
         if (n1 > budget) n1 = budget;
     } else if (n1 + n2 > budget) {

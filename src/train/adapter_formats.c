@@ -16,7 +16,7 @@
 int adapter_is_gguf(const char *path)
 {
     char m[4] = {0};
-    FILE *f = fopen(path, "rb");
+    FILE *f = peftc_fopen_regular(path);
     if (!f) return 0;
     size_t n = fread(m, 1, 4, f);
     fclose(f);

@@ -1,4 +1,5 @@
 /* classifier.c: a base model with a trained adapter, for eval and predict. */
+#include "core/json_file.h"
 #include "train/eval.h"
 #include "io/safetensors.h"
 
@@ -13,6 +14,7 @@ struct peftc_classifier {
     task t;
     encoder_ctx enc;
     int B, T;
+    char model_dir[4096];
 };
 
 void peftc_classifier_free(peftc_classifier *c)
@@ -49,7 +51,7 @@ static peftc_status default_labels(const char *model_dir, const char *adapter_di
     if (!labels->names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     labels->n = n;
     json_t *cfg = NULL, *id2 = NULL;
-    if (!peftc_path_join(path, sizeof path, model_dir, "config.json", NULL)) cfg = json_load_file(path, 0, NULL);
+    if (!peftc_path_join(path, sizeof path, model_dir, "config.json", NULL)) cfg = peftc_json_load_file(path, 0, NULL);
     if (cfg) id2 = json_object_get(cfg, "id2label");
     int named = json_is_object(id2) && (int)json_object_size(id2) == n;
     for (int i = 0; i < n; i++) {
@@ -75,6 +77,7 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     peftc_rng rng;
     peftc_rng_seed(&rng, 0);
     peftc_status rc;
+    snprintf(c->model_dir, sizeof c->model_dir, "%s", model_dir);
     if ((rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
         /* a qlora adapter was trained on the NF4 base: evaluate on the same */
         (rc = peftc_model_load_quantized(model_dir, method_base_quant(mo.name), &c->m, err)) ||
@@ -83,7 +86,8 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     if (labels.n == 0 && (rc = default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
     if ((rc = task_init(&c->t, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_load_weights(&c->t, adapter_dir, err)) || (rc = encoder_init(&c->enc, c->tok, &mo.prompt, max_len, err)))
+        (rc = task_load_weights(&c->t, adapter_dir, err)) || (rc = encoder_init(&c->enc, c->tok, &mo.prompt, max_len, err)) ||
+        (rc = encoder_bind_model(&c->enc, c->m, c->model_dir, err)))
         goto fail;
     c->B = 32;
     c->T = 0;

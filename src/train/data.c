@@ -2,25 +2,37 @@
 #include "train/data.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct row { char **f; int n; } row;
+typedef struct row { char **f; int n, cap; } row;
+
+/* No data layout needs more columns; a line of 20 million commas must not
+ * become 20 million allocations. */
+#define MAX_FIELDS 4096
 
 static void row_free(row *r)
 {
     for (int i = 0; i < r->n; i++) free(r->f[i]);
     free(r->f);
     r->f = NULL;
-    r->n = 0;
+    r->n = r->cap = 0;
 }
 
+/* -1: out of memory, -2: more than MAX_FIELDS fields */
 static int row_push(row *r, const char *s, size_t n)
 {
-    char **f = realloc(r->f, (size_t)(r->n + 1) * sizeof *f);
-    if (!f) return -1;
-    r->f = f;
+    if (r->n >= MAX_FIELDS) return -2;
+    if (r->n == r->cap) {
+        int cap = r->cap ? 2 * r->cap : 8;
+        char **f = realloc(r->f, (size_t)cap * sizeof *f);
+        if (!f) return -1;
+        r->f = f;
+        r->cap = cap;
+    }
+    char **f = r->f;
     if (!(f[r->n] = malloc(n + 1))) return -1;
     memcpy(f[r->n], s, n);
     f[r->n][n] = 0;
@@ -28,13 +40,16 @@ static int row_push(row *r, const char *s, size_t n)
     return 0;
 }
 
+static const char *push_why(int e) { return e == -2 ? "more than 4096 fields in one row (is this the right file and format?)" : "out of memory"; }
+
 /* One TSV line (GLUE: split on TAB, no quoting). */
 static int split_tsv(const char *s, size_t n, row *r)
 {
     size_t start = 0;
     for (size_t i = 0; i <= n; i++)
         if (i == n || s[i] == '\t') {
-            if (row_push(r, s + start, i - start)) return -1;
+            int e = row_push(r, s + start, i - start);
+            if (e) return e;
             start = i + 1;
         }
     return 0;
@@ -42,18 +57,16 @@ static int split_tsv(const char *s, size_t n, row *r)
 
 /* One CSV record (RFC 4180: quotes, doubled quotes, newlines inside quotes).
  * *pos advances past the record. Returns 1 on a record, 0 at end, -1 on error. */
-static int split_csv(const char *s, size_t n, size_t *pos, row *r, const char **why)
+static int split_csv(const char *s, size_t n, size_t *pos, row *r, char *buf, const char **why)
 {
     size_t i = *pos;
     if (i >= n) return 0;
-    char *buf = malloc(n - i + 1);
-    if (!buf) { *why = "out of memory"; return -1; }
     for (;;) {
         size_t k = 0;
         if (i < n && s[i] == '"') {
             i++;
             for (;;) {
-                if (i >= n) { free(buf); *why = "unterminated quoted field"; return -1; }
+                if (i >= n) { *why = "unterminated quoted field"; return -1; }
                 if (s[i] == '"') {
                     if (i + 1 < n && s[i + 1] == '"') { buf[k++] = '"'; i += 2; continue; }
                     i++;
@@ -61,17 +74,17 @@ static int split_csv(const char *s, size_t n, size_t *pos, row *r, const char **
                 }
                 buf[k++] = s[i++];
             }
-            if (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') { free(buf); *why = "text after a closing quote"; return -1; }
+            if (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') { *why = "text after a closing quote"; return -1; }
         } else {
             while (i < n && s[i] != ',' && s[i] != '\n' && s[i] != '\r') buf[k++] = s[i++];
         }
-        if (row_push(r, buf, k)) { free(buf); *why = "out of memory"; return -1; }
+        int e = row_push(r, buf, k);
+        if (e) { *why = push_why(e); return -1; }
         if (i < n && s[i] == ',') { i++; continue; }
         if (i < n && s[i] == '\r') i++;
         if (i < n && s[i] == '\n') i++;
         break;
     }
-    free(buf);
     *pos = i;
     return 1;
 }
@@ -163,20 +176,25 @@ static peftc_status load_table(const char *path, char *buf, size_t n, int csv, c
     row hdr = {0}, r = {0};
     int have_hdr = 0, tcol = -1, pcol = -1, lcol = -1, line = 0;
     peftc_status rc = PEFTC_OK;
+    /* one field buffer for the whole file (a field is never longer than it),
+     * not one the size of the rest of the file per record */
+    char *fbuf = csv ? malloc(n + 1) : NULL;
+    if (csv && !fbuf) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, n + 1);
     for (;;) {
         const char *why = NULL;
         int got;
         line++;
         if (csv) {
-            got = split_csv(buf, n, &pos, &r, &why);
+            got = split_csv(buf, n, &pos, &r, fbuf, &why);
         } else {
             if (pos >= n) got = 0;
             else {
                 char *nl = memchr(buf + pos, '\n', n - pos);
                 size_t end = nl ? (size_t)(nl - buf) : n, len = end - pos;
                 if (len && buf[pos + len - 1] == '\r') len--;
-                got = split_tsv(buf + pos, len, &r) ? -1 : 1;
-                if (got < 0) why = "out of memory";
+                int e = split_tsv(buf + pos, len, &r);
+                got = e ? -1 : 1;
+                if (e) why = push_why(e);
                 pos = nl ? end + 1 : n;
             }
         }
@@ -191,7 +209,7 @@ static peftc_status load_table(const char *path, char *buf, size_t n, int csv, c
                         (cols->label && col_index(&r, cols->label, r.n) >= 0 && !is_int_str(cols->label));
             if (t >= 0 || named) {
                 hdr = r;
-                r.f = NULL; r.n = 0;
+                r.f = NULL; r.n = 0; r.cap = 0;
                 have_hdr = 1;
                 tcol = cols->text ? col_index(&hdr, cols->text, hdr.n) : t;
                 pcol = cols->pair ? col_index(&hdr, cols->pair, hdr.n) : (cols->text ? -1 : p);
@@ -239,6 +257,7 @@ static peftc_status load_table(const char *path, char *buf, size_t n, int csv, c
     snprintf(d->pair_col, sizeof d->pair_col, "%s", pcol >= 0 ? (have_hdr == 1 ? hdr.f[pcol] : cols->pair) : "");
     snprintf(d->label_col, sizeof d->label_col, "%s", lcol >= 0 ? (have_hdr == 1 ? hdr.f[lcol] : cols->label) : "");
 out:
+    free(fbuf);
     row_free(&r);
     row_free(&hdr);
     return rc;
@@ -343,6 +362,17 @@ peftc_status labels_from_data(const dataset *d, label_set *ls, peftc_error *err)
         if (!d->label_str[i]) continue;
         all[k++] = d->label_str[i];
         if (!is_int_str(d->label_str[i])) numeric = 0;
+    }
+    /* integer labels are compared as numbers (" 1" == "01"): one beyond 64
+     * bits would saturate and merge with its neighbours */
+    for (int i = 0; i < k && numeric; i++) {
+        errno = 0;
+        (void)strtoll(all[i], NULL, 10);
+        if (errno == ERANGE) {
+            peftc_fail(err, PEFTC_ERR_INPUT, "%s: label '%.40s' is an integer beyond 64 bits (labels are ids or names)", d->path, all[i]);
+            free(all);
+            return PEFTC_ERR_INPUT;
+        }
     }
     qsort(all, (size_t)k, sizeof *all, numeric ? cmp_num : cmp_str);
     ls->names = malloc((size_t)(k ? k : 1) * sizeof *ls->names);

@@ -23,7 +23,8 @@ peftc_status gen_model_init(gen_model *g, gen_eval_fn eval, void *model, int n_c
     g->n_batch = n_batch > 0 ? n_batch : 512;
     g->tok = tok;
     g->cache_ids = malloc((size_t)n_ctx * sizeof *g->cache_ids);
-    g->history = malloc((size_t)n_ctx * sizeof *g->history);
+    /* the last sampled token enters the history before the full-context stop: n_ctx + 1 (found by ASan) */
+    g->history = malloc(((size_t)n_ctx + 1) * sizeof *g->history);
     g->logits = malloc((size_t)n_vocab * sizeof *g->logits);
     if (!g->cache_ids || !g->history || !g->logits) {
         gen_model_free(g);

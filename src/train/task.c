@@ -1,4 +1,5 @@
 /* task.c: model + method + classification head, and the adapter files. */
+#include "core/json_file.h"
 #include "train/task.h"
 #include "io/safetensors.h"
 
@@ -143,6 +144,28 @@ peftc_status encoder_init(encoder_ctx *e, const peftc_tokenizer *tok, const prom
     return PEFTC_OK;
 }
 
+peftc_status encoder_bind_model(encoder_ctx *e, const peftc_model *m, const char *model_dir, peftc_error *err)
+{
+    const peftc_config *c = &m->cfg;
+    int nv = peftc_tokenizer_vocab_size(e->tok);
+    if (nv > c->vocab_size)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: the tokenizer has %d tokens but config.json's vocab_size (the embedding table) is %d",
+                          model_dir, nv, c->vocab_size);
+    e->type_vocab = c->type_vocab_size > 0 ? c->type_vocab_size : 1;
+    e->model_dir = model_dir;
+    return PEFTC_OK;
+}
+
+static peftc_status check_types(const encoder_ctx *e, const int32_t *tts, int n, peftc_error *err)
+{
+    if (e->type_vocab <= 0 || !tts) return PEFTC_OK;
+    for (int i = 0; i < n; i++)
+        if (tts[i] < 0 || tts[i] >= e->type_vocab)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "token type %d (a sentence pair) but %s/config.json has type_vocab_size %d",
+                              tts[i], e->model_dir, e->type_vocab);
+    return PEFTC_OK;
+}
+
 void encoder_free(encoder_ctx *e)
 {
     free(e->tmp_ids);
@@ -155,14 +178,16 @@ peftc_status encoder_encode(const void *user, const char *text, const char *pair
 {
     const encoder_ctx *e = user;
     size_t tl = strlen(text), pl = pair ? strlen(pair) : 0;
-    if (e->ps.n_virtual <= 0)
-        return peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len, ids, tts, n, err);
+    if (e->ps.n_virtual <= 0) {
+        peftc_status rc = peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len, ids, tts, n, err);
+        return rc ? rc : check_types(e, tts, *n, err);
+    }
     int m;
     peftc_status rc = peftc_tokenizer_encode(e->tok, text, tl, pair, pl, e->max_len - e->ps.n_virtual,
                                              e->tmp_ids, e->tmp_tts, &m, err);
     if (rc) return rc;
     *n = template_apply(&e->ps, e->tmp_ids, e->tmp_tts, m, ids, tts, e->max_len);
-    return PEFTC_OK;
+    return check_types(e, tts, *n, err);
 }
 
 peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
@@ -513,19 +538,51 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     return rc;
 }
 
+/* An integer field of a config from elsewhere: absent -> def; present, it
+ * must be an integer in [lo, hi] (not cast: "r": 4294967304 would become 8). */
+static peftc_status cfg_int(json_t *obj, const char *key, long long lo, long long hi, int def, int *out,
+                            const char *path, peftc_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) { *out = def; return PEFTC_OK; }
+    if (!json_is_integer(v))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"%s\" must be an integer in [%lld, %lld]", path, key, lo, hi);
+    long long x = (long long)json_integer_value(v);
+    if (x < lo || x > hi)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"%s\" is %lld, outside [%lld, %lld]", path, key, x, lo, hi);
+    *out = (int)x;
+    return PEFTC_OK;
+}
+
+/* A real field: finite and in [lo, hi) (NaN fails every comparison, so it is tested first). */
+static peftc_status cfg_real(json_t *obj, const char *key, double lo, double hi, float *out, const char *path, peftc_error *err)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) return PEFTC_OK;
+    double x = json_is_number(v) ? json_number_value(v) : NAN;
+    if (!(x >= lo && x < hi))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"%s\" must be a number in [%g, %g)", path, key, lo, hi);
+    *out = (float)x;
+    return PEFTC_OK;
+}
+
 /* An AdaLoraConfig (PEFT's or peftc's): the SVD deltas at init_r's scale,
  * each module at its rank_pattern's kept rank (the saved tensors' rows). */
 static peftc_status adalora_read_config(json_t *cfg, method_opts *mo, const char *path, peftc_error *err)
 {
     json_t *v, *tm = json_object_get(cfg, "target_modules"), *rp = json_object_get(cfg, "rank_pattern");
     mo->adalora = 1;
-    mo->ada.init_r = json_is_integer(v = json_object_get(cfg, "init_r")) ? (int)json_integer_value(v) : 12;
-    mo->ada.target_r = json_is_integer(v = json_object_get(cfg, "target_r")) ? (int)json_integer_value(v) : 8;
+    peftc_status rc;
+    if ((rc = cfg_int(cfg, "init_r", 1, 1 << 16, 12, &mo->ada.init_r, path, err)) ||
+        (rc = cfg_int(cfg, "target_r", 1, 1 << 16, 8, &mo->ada.target_r, path, err)))
+        return rc;
     mo->r = mo->ada.init_r;
-    mo->alpha = json_is_number(v = json_object_get(cfg, "lora_alpha")) ? (float)json_number_value(v) : 8.0f;
+    mo->alpha = 8.0f;
+    if ((rc = cfg_real(cfg, "lora_alpha", -1e6, 1e6, &mo->alpha, path, err)) ||
+        (rc = cfg_real(cfg, "lora_dropout", 0, 1, &mo->dropout, path, err)))
+        return rc;
     /* scaling = lora_alpha if lora_alpha > 0 else r (SVDLinear.update_layer) */
     if (!(mo->alpha > 0)) mo->alpha = (float)mo->r;
-    if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
     if (mo->r <= 0 || mo->r > 1 << 16) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: init_r %d out of range", path, mo->r);
     size_t i;
     json_t *e;
@@ -563,7 +620,7 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
     if (rc) return rc;
     json_error_t je;
-    json_t *cfg = json_load_file(path, 0, &je);
+    json_t *cfg = peftc_json_load_file(path, 0, &je);
     if (!cfg) {
         if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: not found (is %s an adapter directory?)", path, dir);
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);
@@ -587,7 +644,8 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
             json_t *tp = json_object_get(pj, "template"), *nv = json_object_get(pj, "num_virtual_tokens");
             mo->prompt.before_cls = json_is_true(json_object_get(pj, "before_cls"));
             mo->prompt.encoder = PROMPT_ENC_NONE;
-            if (mo->prompt.before_cls) mo->prompt.n_virtual = json_is_integer(nv) ? (int)json_integer_value(nv) : 0;
+            (void)nv;
+            if (mo->prompt.before_cls) rc2 = cfg_int(pj, "num_virtual_tokens", 1, 4096, 0, &mo->prompt.n_virtual, path, err);
             else {
                 peftc_error e2 = {0};
                 if (!json_is_string(tp) || template_parse(json_string_value(tp), &mo->prompt, &e2))
@@ -599,7 +657,8 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         json_t *xj = json_object_get(own, "prefix");
         if (json_is_object(xj)) {
             json_t *nv = json_object_get(xj, "num_virtual_tokens");
-            mo->prefix.n = json_is_integer(nv) ? (int)json_integer_value(nv) : 0;
+            (void)nv;
+            if ((rc2 = cfg_int(xj, "num_virtual_tokens", 1, 4096, 0, &mo->prefix.n, path, err))) goto done;
             mo->prefix.gate = json_is_true(json_object_get(xj, "gate"));
             if (mo->prefix.n <= 0 || mo->prefix.n > 4096) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad prefix length", path);
         }
@@ -625,10 +684,12 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         /* as PEFT runs it: the virtual tokens before the whole input */
         snprintf(mo->name, sizeof mo->name, "prompt");
         json_t *nv = json_object_get(cfg, "num_virtual_tokens");
-        mo->prompt.n_virtual = json_is_integer(nv) ? (int)json_integer_value(nv) : 0;
+        (void)nv;
+        rc2 = cfg_int(cfg, "num_virtual_tokens", 1, 4096, 0, &mo->prompt.n_virtual, path, err);
         mo->prompt.before_cls = 1;
         mo->prompt.encoder = PROMPT_ENC_NONE;
-        if (mo->prompt.n_virtual <= 0 || mo->prompt.n_virtual > 4096)
+        if (rc2) {}
+        else if (mo->prompt.n_virtual <= 0 || mo->prompt.n_virtual > 4096)
             rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: num_virtual_tokens must be in [1, 4096]", path);
         else if (json_is_integer(v = json_object_get(cfg, "num_transformer_submodules")) && json_integer_value(v) != 1)
             rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: num_transformer_submodules %lld: encoder-decoder prompts do not apply to this model",
@@ -643,9 +704,9 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         mo->lora = 1;
         mo->r = 8;
         mo->alpha = 8;
-        if (json_is_integer(v = json_object_get(cfg, "r"))) mo->r = (int)json_integer_value(v);
-        if (json_is_number(v = json_object_get(cfg, "lora_alpha"))) mo->alpha = (float)json_number_value(v);
-        if (json_is_number(v = json_object_get(cfg, "lora_dropout"))) mo->dropout = (float)json_number_value(v);
+        if (!rc2) rc2 = cfg_int(cfg, "r", 1, 1 << 16, 8, &mo->r, path, err);
+        if (!rc2) rc2 = cfg_real(cfg, "lora_alpha", -1e6, 1e6, &mo->alpha, path, err);
+        if (!rc2) rc2 = cfg_real(cfg, "lora_dropout", 0, 1, &mo->dropout, path, err);
         if (json_is_boolean(v = json_object_get(cfg, "use_rslora"))) mo->rslora = json_is_true(v);
         /* one r and alpha for every module here: a per-module pattern would be applied wrongly, not at all */
         json_t *rp = json_object_get(cfg, "rank_pattern"), *ap = json_object_get(cfg, "alpha_pattern");
@@ -674,9 +735,10 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
         if (!rc2 && !mask) rc2 = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: cannot tell the LoRA target modules", path);
         else if (!rc2 && mo->r <= 0) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: r must be positive", path);
     }
+done:
+    if (!rc2 && json_is_object(own)) rc2 = cfg_int(own, "max_len", 0, 1 << 20, 0, max_len, path, err);
+    else if (!rc2) *max_len = 0;
     if (rc2) { json_decref(cfg); return rc2; }
-    json_t *ml = json_object_get(own, "max_len");
-    *max_len = json_is_integer(ml) ? (int)json_integer_value(ml) : 0;
     json_t *ls = json_object_get(own, "labels");
     if (json_is_array(ls) && json_array_size(ls) >= 2) {
         labels->n = (int)json_array_size(ls);

@@ -37,10 +37,17 @@ typedef struct encoder_ctx {
     prompt_spec ps;
     int max_len;
     int32_t *tmp_ids, *tmp_tts;
+    int type_vocab;            /* > 0 (encoder_bind_model): token types must be below it */
+    const char *model_dir;     /* for the error naming config.json */
 } encoder_ctx;
 
 peftc_status encoder_init(encoder_ctx *e, const peftc_tokenizer *tok, const prompt_spec *ps, int max_len, peftc_error *err);
 void encoder_free(encoder_ctx *e);
+/* Checks the tokenizer against the model once, before any text is encoded
+ * (every id the tokenizer can emit indexes the embedding table), and makes
+ * encoder_encode refuse token types the model has no row for (a sentence
+ * pair on a type_vocab_size 1 model): otherwise both read past the tables. */
+peftc_status encoder_bind_model(encoder_ctx *e, const peftc_model *m, const char *model_dir, peftc_error *err);
 /* An encode_fn (data.h) with user = encoder_ctx*. ids/tts hold max_len entries. */
 peftc_status encoder_encode(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts,
                             int *n, peftc_error *err);

@@ -127,7 +127,7 @@ static uint64_t run_signature(const task *t, const peftc_train_opts *o)
 }
 
 static peftc_status write_metrics(const peftc_train_opts *o, const task *t, const peftc_eval_result *ev, int have_eval,
-                                  int steps, int epochs_done, double tok_s, double secs, double final_loss, peftc_error *err)
+                                  int steps, int skipped, int epochs_done, double tok_s, double secs, double final_loss, peftc_error *err)
 {
     json_t *j = json_object();
     json_object_set_new(j, "method", json_string(t->mo.name));
@@ -147,6 +147,7 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
     json_object_set_new(j, "train_tokens_per_s", json_real(tok_s));
     json_object_set_new(j, "train_seconds", json_real(secs));
     json_object_set_new(j, "train_steps", json_integer(steps));
+    json_object_set_new(j, "skipped_steps", json_integer(skipped));
     json_object_set_new(j, "epochs", json_integer(epochs_done));
     json_object_set_new(j, "final_train_loss", json_real(final_loss));
     struct rusage ru;
@@ -211,7 +212,13 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     if (o->data_format && !lm_format_parse(o->data_format, &dopt.format))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", o->data_format);
     if (o->eval_path) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--eval with --task causal-lm is not supported yet (run peftc eval after training)");
-    if ((rc = lm_tokenizer(o->model_dir, &tok, err)) || (rc = lm_data_load(o->train_path, tok, &dopt, &tr, err))) goto out;
+    if ((rc = lm_tokenizer(o->model_dir, &tok, err))) goto out;
+    if (bpe_vocab_size(tok) > m->cfg.vocab_size) {   /* every id must index the embedding table */
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: the tokenizer has %d tokens but the model's embedding only %d rows",
+                        o->model_dir, bpe_vocab_size(tok), m->cfg.vocab_size);
+        goto out;
+    }
+    if ((rc = lm_data_load(o->train_path, tok, &dopt, &tr, err))) goto out;
     int T = 1;
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     int B = o->batch < tr.n ? o->batch : tr.n;
@@ -235,7 +242,8 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     run_sig = fnv(run_sig, &o->seed, sizeof o->seed);
     train_state s = {0, 0, 0, 0};
     if (o->resume_dir) {
-        if ((rc = checkpoint_load(o->resume_dir, &t.pb, mo->name, run_sig, &s, err))) goto out;
+        ckpt_limits lim = {tr.n, o->grad_accum};
+        if ((rc = checkpoint_load(o->resume_dir, &t.pb, mo->name, run_sig, &lim, &s, err))) goto out;
         rng.state = s.rng;
     }
     /* the epoch's order: a permutation seeded by (seed, epoch) alone */
@@ -251,8 +259,16 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
                          .trainable_params = lm_task_trainable_count(&t), .total_params = peftc_model_param_count(m)};
     emit(progress, user, &pr);
     double t0 = now_s(), tokens = 0, last_loss = 0;
-    int steps_run = 0;
+    int steps_run = 0, skipped = 0;
     while (s.step < total) {
+        if (o->stop && *o->stop) {   /* a signal: keep what was done, resumable */
+            s.rng = rng.state;
+            if ((rc = checkpoint_save(o->out_dir, &t.pb, mo->name, o->model_dir, &s, run_sig, err))) goto out;
+            pr.kind = PEFTC_PROGRESS_CHECKPOINT;
+            pr.step = s.step;
+            emit(progress, user, &pr);
+            break;
+        }
         memset(t.pb.g, 0, t.pb.total * sizeof(float));
         /* the micro-batches of one step first, to weight every target alike */
         int pos0 = s.pos, ep0 = s.epoch;
@@ -288,28 +304,30 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
                                      n_step_targets ? 1.0f / (float)n_step_targets : 0.0f, &rng, &nt);
         }
         double loss = n_step_targets ? loss_sum / (double)n_step_targets : 0;
-        if (!isfinite(loss)) {
-            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
-            goto out;
-        }
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
-        if (!isfinite(norm)) {
-            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite gradient at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
+        float lr_now = lr_at(o, lr, s.step, total, warmup);
+        int bad = !isfinite(loss) ? 1 : !isfinite(norm) ? 2 : 0;
+        if (bad && !o->skip_nonfinite) {
+            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite %s at step %d (lower --lr, or --skip-nonfinite); the last checkpoint%s is left as it was",
+                            bad == 1 ? "loss" : "gradient", s.step + 1, o->save_every > 0 ? "" : " (none: --save-every 0)");
             goto out;
         }
-        if (o->clip > 0 && norm > o->clip)
-            for (size_t i = 0; i < t.pb.total; i++) t.pb.g[i] *= o->clip / (norm + 1e-6f);
-        float lr_now = lr_at(o, lr, s.step, total, warmup);
-        for (int i = 0; i < t.pb.n; i++) {
-            const param_entry *e = &t.pb.e[i];
-            adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel, lr_now,
-                         o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
+        if (bad) {
+            skipped++;   /* the batch is consumed, the schedule goes on, nothing is updated */
+        } else {
+            if (o->clip > 0 && norm > o->clip)
+                for (size_t i = 0; i < t.pb.total; i++) t.pb.g[i] *= o->clip / (norm + 1e-6f);
+            for (int i = 0; i < t.pb.n; i++) {
+                const param_entry *e = &t.pb.e[i];
+                adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel, lr_now,
+                             o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
+            }
+            last_loss = loss;
         }
         s.step++;
         steps_run++;
-        last_loss = loss;
         double el = now_s() - t0;
         pr = (peftc_progress){.kind = PEFTC_PROGRESS_STEP, .step = s.step, .total_steps = total, .epoch = s.epoch,
                               .loss = (float)loss, .lr = lr_now, .grad_norm = norm, .tokens_per_s = tokens / el,
@@ -339,6 +357,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         json_object_set_new(j, "train_tokens_per_s", json_real(secs > 0 ? tokens / secs : 0));
         json_object_set_new(j, "train_seconds", json_real(secs));
         json_object_set_new(j, "train_steps", json_integer(s.step));
+        json_object_set_new(j, "skipped_steps", json_integer(skipped));
         json_object_set_new(j, "final_train_loss", json_real(last_loss));
         json_object_set_new(j, "examples", json_integer(tr.n_examples));
         json_object_set_new(j, "truncated", json_integer(tr.n_truncated));
@@ -411,7 +430,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if ((rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
     float lr = o->lr > 0 ? o->lr : method_default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
-    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) ||
+    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) || (rc = encoder_bind_model(&enc, m, o->model_dir, err)) ||
         (rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
         (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
         goto out;
@@ -426,6 +445,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             goto out;
         }
     }
+    /* a batch larger than the data is the data: activations sized for what exists */
+    int B = o->batch < tr.n ? o->batch : tr.n;
     int T = 1;
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
@@ -433,7 +454,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
     if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)))
+        (rc = task_alloc(&t, B, T, 1, err)) || (rc = batch_alloc(&bb, B, T, err)))
         goto out;
     /* taken before any weight moves: full fine-tuning trains the sampled ones */
     uint64_t run_sig = run_signature(&t, o);
@@ -441,17 +462,18 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     if ((rc = peftc_mkdir_p(o->out_dir, err))) goto out;
 
-    int micro_per_epoch = (tr.n + o->batch - 1) / o->batch;
+    int micro_per_epoch = (tr.n + B - 1) / B;
     int steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
     if ((rc = adalora_begin(&t.ada, total, err))) goto out;
     if (o->resume_dir) {
-        if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &s, err))) goto out;
+        ckpt_limits lim = {tr.n, o->grad_accum};
+        if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &lim, &s, err))) goto out;
         rng.state = s.rng;
     }
-    epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
+    epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
 
     peftc_progress pr = {0};
     char msg[512];
@@ -462,7 +484,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
                  (double)lin_bytes / (double)lin_params);
     snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
-             mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, o->batch, o->grad_accum, lr,
+             mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
              o->resume_dir ? ", resumed" : "", quant_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
@@ -475,54 +497,75 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     peftc_eval_result er = {0};
     int evaluated_epoch = -1;
     double t0 = now_s(), tokens = 0, last_loss = 0;
-    int steps_run = 0;
+    int steps_run = 0, skipped = 0;
     while (s.step < total) {
+        if (o->stop && *o->stop) {   /* a signal: keep what was done, resumable */
+            s.rng = rng.state;
+            if ((rc = checkpoint_save(o->out_dir, &t.pb, t.mo.name, o->model_dir, &s, run_sig, err))) goto out;
+            pr.kind = PEFTC_PROGRESS_CHECKPOINT;
+            pr.step = s.step;
+            emit(progress, user, &pr);
+            break;
+        }
         memset(t.pb.g, 0, t.pb.total * sizeof(float));
         double loss_acc = 0;
-        int epoch_ended = 0;
+        int epoch_ended = 0, bad = 0;
         for (int a = 0; a < o->grad_accum; a++) {
             if (s.pos >= tr.n) {
                 s.epoch++;
                 s.pos = 0;
-                epoch_order(order, &tr, o->seed, s.epoch, o->bucket, o->batch);
+                epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
             }
-            int n = tr.n - s.pos < o->batch ? tr.n - s.pos : o->batch;
+            int n = tr.n - s.pos < B ? tr.n - s.pos : B;
             int Tb = batch_fill(&bb, &tr, order + s.pos, n);
             s.pos += n;
             float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, 1, &rng);
-            if (!isfinite(loss)) {
-                rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
-                goto out;
-            }
             /* the mean over the accumulated micro-batches, weighting each by its size */
-            float scale = (float)n / (float)(o->batch * o->grad_accum);
-            task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, scale, &rng);
+            float scale = (float)n / (float)(B * o->grad_accum);
+            if (!isfinite(loss)) {
+                if (!o->skip_nonfinite) {
+                    rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr, or --skip-nonfinite); the last checkpoint%s is left as it was",
+                                    s.step + 1, o->save_every > 0 ? "" : " (none: --save-every 0)");
+                    goto out;
+                }
+                bad = 1;   /* the rest of the step's batches are consumed (and drawn from rng) alike */
+            } else {
+                task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, scale, &rng);
+            }
             loss_acc += (double)loss * scale;
             for (int i = 0; i < n; i++) tokens += bb.lens[i];
             if (s.pos >= tr.n) epoch_ended = 1;
         }
-        loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
+        if (!bad) loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
-        if (!isfinite(norm)) {
-            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite gradient at step %d (lower --lr?); nothing was saved after the last checkpoint", s.step + 1);
-            goto out;
-        }
-        if (o->clip > 0 && norm > o->clip) {
-            float c = o->clip / (norm + 1e-6f);
-            for (size_t i = 0; i < t.pb.total; i++) t.pb.g[i] *= c;
+        if (!bad && !isfinite(norm)) {
+            if (!o->skip_nonfinite) {
+                rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite gradient at step %d (lower --lr, or --skip-nonfinite); the last checkpoint%s is left as it was",
+                                s.step + 1, o->save_every > 0 ? "" : " (none: --save-every 0)");
+                goto out;
+            }
+            bad = 1;
         }
         float lr_now = lr_at(o, lr, s.step, total, warmup);
-        for (int i = 0; i < t.pb.n; i++) {
-            const param_entry *e = &t.pb.e[i];
-            adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel,
-                         lr_now, o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
+        if (bad) {
+            skipped++;   /* the batches are consumed, the schedule goes on, nothing is updated */
+        } else {
+            if (o->clip > 0 && norm > o->clip) {
+                float c = o->clip / (norm + 1e-6f);
+                for (size_t i = 0; i < t.pb.total; i++) t.pb.g[i] *= c;
+            }
+            for (int i = 0; i < t.pb.n; i++) {
+                const param_entry *e = &t.pb.e[i];
+                adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel,
+                             lr_now, o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
+            }
+            adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
+            last_loss = loss_acc;
         }
-        adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
         s.step++;
         steps_run++;
-        last_loss = loss_acc;
         double el = now_s() - t0;
         pr = (peftc_progress){.kind = PEFTC_PROGRESS_STEP, .step = s.step, .total_steps = total, .epoch = s.epoch,
                               .loss = (float)loss_acc, .lr = lr_now, .grad_norm = norm, .tokens_per_s = tokens / el,
@@ -551,7 +594,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         evaluated_epoch = s.step;
     }
     if ((rc = task_save_adapter(&t, o->out_dir, o->model_dir, err))) goto out;
-    rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0, secs, last_loss, err);
+    rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, skipped, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0, secs, last_loss, err);
     if (!rc) {
         pr = (peftc_progress){.kind = PEFTC_PROGRESS_DONE, .step = s.step, .total_steps = total, .epoch = s.epoch,
                               .loss = (float)last_loss, .tokens_per_s = secs > 0 ? tokens / secs : 0, .elapsed_s = secs,

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# check_reliability.sh: issue 15. Files from strangers and runs that die.
+#  - tokenizer vs model: ids past the embedding table, token types past
+#    type_vocab_size (BERT: train/eval/predict/embed; Llama: BPE vocab vs
+#    embedding rows) refused once at load, naming the directory;
+#  - checkpoints: every metadata field and tensor dtype/size checked, a
+#    checksum (recomputed independently by tests/ckpt_tool.py) verified;
+#  - SIGINT / SIGTERM save a resumable checkpoint and the adapter (classifier
+#    and causal-LM trainers); SIGKILL at random moments, resumed each time,
+#    ends byte-identical to an uninterrupted run;
+#  - non-finite loss stops with the step and leaves the checkpoint as it was;
+#    --skip-nonfinite skips instead;
+#  - FIFO / device files, a 100 MB TSV line, a 20 MB CSV line of commas,
+#    --batch 65536, bad delta specs and adapter configs, 64-bit-overflowing
+#    labels, NaN weights, impossible sizes: one line, bounded memory;
+#  - the fuzzers' regression inputs (tests/fuzz/regress/) replayed.
+# Every case: exit non-zero (not a signal) with one 'peftc: ' line naming the
+# file or option. Prints ok/FAIL lines and ends with "## <passed> <failed>".
+set -u
+cd "$(dirname "$0")/.."
+. tests/lib.sh
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000
+PY=/usr/bin/python3
+W=$(mktemp -d /tmp/peftc_rel.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+# expect_fail NAME NEEDLE -- CMD...   (stdin from $STDIN, default /dev/null)
+expect_fail() {
+    local name="$1" needle="$2"; shift 2
+    [ "$1" = -- ] && shift
+    local rc
+    timeout 60 "$@" <"${STDIN:-/dev/null}" >/dev/null 2>"$W/err"; rc=$?
+    local lines
+    lines=$(grep -c '^peftc: ' "$W/err")
+    if [ "$rc" -eq 0 ] || [ "$rc" -ge 124 ]; then bad "$name: exit code $rc"; tail -3 "$W/err"; return; fi
+    if [ "$lines" -ne 1 ]; then bad "$name: $lines error lines on stderr"; tail -3 "$W/err"; return; fi
+    if ! grep '^peftc: ' "$W/err" | grep -qF -- "$needle"; then bad "$name: message lacks '$needle': $(grep '^peftc: ' "$W/err")"; return; fi
+    ok "$name: $(grep '^peftc: ' "$W/err")"
+}
+
+$PY tests/make_tiny_bert.py "$W/tiny" >/dev/null 2>&1 || { bad "cannot build the tiny model"; finish; }
+T=$W/tiny/model
+common="--model $T --batch 8 --seed 3"
+echo "good movie" > "$W/one.txt"
+printf 'good movie\tbad plot\n' > "$W/pair.txt"
+./peftc train $common --train "$W/tiny/train.tsv" --method lora --r 4 --max-steps 3 --out "$W/good" 2>/dev/null || bad "training the reference adapter"
+
+# --- 1. tokenizer vs model ---
+cp -r "$T" "$W/bigvocab"; printf 'extra1\nextra2\nextra3\n' >> "$W/bigvocab/vocab.txt"
+expect_fail "train: vocab.txt longer than the embedding" "the tokenizer has 33 tokens but config.json's vocab_size" -- \
+    ./peftc train --model "$W/bigvocab" --train "$W/tiny/train.tsv" --method full --max-steps 1 --out "$W/bv"
+expect_fail "eval: vocab.txt longer than the embedding" "bigvocab: the tokenizer has 33 tokens" -- \
+    ./peftc eval --model "$W/bigvocab" --adapter "$W/good" --data "$W/tiny/dev.tsv"
+STDIN=$W/one.txt expect_fail "predict: vocab.txt longer than the embedding" "bigvocab: the tokenizer has 33 tokens" -- \
+    ./peftc predict --model "$W/bigvocab" --adapter "$W/good"
+STDIN=$W/one.txt expect_fail "embed: vocab.txt longer than the embedding" "bigvocab: the tokenizer has 33 tokens but config.json's vocab_size (the embedding table) is 30" -- \
+    ./peftc embed --model "$W/bigvocab"
+cp -r "$T" "$W/onetype"
+$PY - "$W/onetype" <<'PYEOF'
+import json, sys
+from safetensors.numpy import load_file, save_file
+d = sys.argv[1]
+t = load_file(f"{d}/model.safetensors")
+for k in list(t):
+    if k.endswith("token_type_embeddings.weight"): t[k] = t[k][:1].copy()
+save_file(t, f"{d}/model.safetensors", metadata={"format": "pt"})
+c = json.load(open(f"{d}/config.json")); c["type_vocab_size"] = 1; json.dump(c, open(f"{d}/config.json", "w"))
+PYEOF
+expect_fail "train: sentence pairs on type_vocab_size 1" "config.json has type_vocab_size 1" -- \
+    ./peftc train --model "$W/onetype" --train "$W/tiny/pairs.tsv" --text-col sentence1 --text-pair-col sentence2 --label-col label --method lora --max-steps 1 --out "$W/ot"
+STDIN=$W/pair.txt expect_fail "embed --pairs on type_vocab_size 1" "type_vocab_size 1" -- ./peftc embed --model "$W/onetype" --pairs
+STDIN=$W/one.txt ./peftc embed --model "$W/onetype" >/dev/null 2>&1 && ok "type_vocab_size 1 still embeds single texts" || bad "type_vocab_size 1 refuses single texts"
+if [ -f "$GGUF" ] && $PY tests/make_llama_hf.py tiny "$W/ll" >/dev/null 2>&1 && $PY tests/ref_bpe.py hfjson "$GGUF" "$W/tok" >/dev/null 2>&1; then
+    cp "$W/tok/tokenizer.json" "$W/ll/"
+    head -40 ../shared/data/gsm8k/train.jsonl > "$W/gsm.jsonl"
+    expect_fail "train causal-lm: BPE vocabulary past the embedding rows" "the tokenizer has 49152 tokens but the model's embedding only 97 rows" -- \
+        ./peftc train --model "$W/ll" --train "$W/gsm.jsonl" --prompt-template 'Q: {question}\nA:' --response-field answer --method lora --max-steps 1 --out "$W/llv"
+    expect_fail "generate: BPE vocabulary past the embedding rows" "49152 tokens" -- ./peftc generate --model "$W/ll" --prompt hi --max-new-tokens 1
+else bad "tiny Llama or SmolLM2's tokenizer.json could not be made"; fi
+
+# --- 2. checkpoint metadata ---
+rc_="--train $W/tiny/train.tsv --method lora --r 4 --lora-dropout 0.1 --max-steps 12"
+./peftc train $common $rc_ --out "$W/half" --stop-after 6 2>/dev/null
+CK=$W/half/checkpoint.safetensors
+if $PY tests/ckpt_tool.py verify "$CK" >"$W/v" 2>&1; then ok "checkpoint checksum equals the independent recomputation ($(cat "$W/v"))"
+else bad "checkpoint checksum: $(cat "$W/v")"; fi
+ck_case() { # name needle edits...
+    local name="$1" needle="$2"; shift 2
+    rm -rf "$W/ck"; mkdir -p "$W/ck"
+    $PY tests/ckpt_tool.py edit "$CK" "$W/ck/checkpoint.safetensors" "$@" || { bad "$name: ckpt_tool"; return; }
+    expect_fail "resume: $name" "$needle" -- ./peftc train $common $rc_ --out "$W/ck" --resume "$W/ck"
+}
+ck_case "pos=-100000" "pos '-100000' is not an integer in [0, 48]" pos=-100000
+ck_case "pos=2147483647" "pos '2147483647' is not an integer" pos=2147483647
+ck_case "step=-1000" "step '-1000' is not an integer" step=-1000
+ck_case "epoch=-3" "epoch '-3' is not an integer" epoch=-3
+ck_case "rng=zz" "rng 'zz' is not an unsigned 64-bit integer" rng=zz
+ck_case "step=6x" "step '6x' is not an integer" step=6x
+ck_case "adam_v stored as U8" "tensor adam_v is U8" --u8 adam_v
+ck_case "one bit flipped in params" "checksum mismatch" --flip
+ck_case "step edited (checksum kept)" "checksum mismatch" step=5
+ck_case "no checksum" "no peftc_checksum" --no-sum
+ck_case "method edited" "checkpoint of method 'bitfit'" method=bitfit
+# an edit that passes every check resumes (the checks do not refuse good files)
+rm -rf "$W/ck"; mkdir -p "$W/ck"; $PY tests/ckpt_tool.py edit "$CK" "$W/ck/checkpoint.safetensors" --resum
+./peftc train $common $rc_ --out "$W/ck" --resume "$W/ck" 2>/dev/null && ok "a checkpoint rewritten by the independent writer resumes" || bad "independently rewritten checkpoint refused"
+
+# --- 3. signals ---
+long="$common --train $W/tiny/train.tsv --method lora --r 4 --lora-dropout 0.1 --max-steps 600 --save-every 5"
+./peftc train $long --out "$W/whole" 2>/dev/null
+for sig in TERM INT; do
+    d=$W/sig_$sig; rm -rf "$d"
+    ./peftc train $long --out "$d" 2>"$d.log" & pid=$!
+    sleep 0.4; kill -$sig $pid; wait $pid; rc=$?
+    want=$([ $sig = TERM ] && echo 143 || echo 130)
+    if [ "$rc" -eq "$want" ] && grep -q "interrupted by SIG$sig after step [0-9]*: checkpoint and adapter saved" "$d.log" &&
+       [ -s "$d/adapter_model.safetensors" ] && $PY tests/ckpt_tool.py verify "$d/checkpoint.safetensors" >/dev/null; then
+        st=$($PY tests/ckpt_tool.py step "$d/checkpoint.safetensors")
+        ok "SIG$sig: exit $rc, checkpoint (step $st) and adapter saved: $(grep interrupted "$d.log")"
+    else bad "SIG$sig: exit $rc; $(tail -1 "$d.log")"; fi
+    ./peftc train $long --out "$d" --resume "$d" 2>/dev/null
+    cmp -s "$W/whole/adapter_model.safetensors" "$d/adapter_model.safetensors" && ok "SIG$sig then resume: adapter identical to the uninterrupted run" ||
+        bad "SIG$sig then resume: adapter differs"
+done
+# SIGKILL at random moments (RANDOM seeded per run), resumed each time
+d=$W/kill; rm -rf "$d"; kills=0; starts=0; lost_ok=1; corrupt=0
+RANDOM=$$
+while [ $starts -lt 40 ]; do
+    starts=$((starts + 1))
+    res=""; [ -f "$d/checkpoint.safetensors" ] && res="--resume $d"
+    ./peftc train $long --out "$d" $res 2>"$W/klog" & pid=$!
+    if [ $kills -lt 6 ]; then
+        sleep "0.$(printf '%02d' $((RANDOM % 60 + 5)))"
+        if kill -KILL $pid 2>/dev/null; then wait $pid 2>/dev/null; kills=$((kills + 1))
+            if [ -f "$d/checkpoint.safetensors" ]; then
+                $PY tests/ckpt_tool.py verify "$d/checkpoint.safetensors" >/dev/null || corrupt=$((corrupt + 1))
+                # progress lost <= one checkpoint interval: the file holds the last checkpoint logged
+                last=$(grep -o 'checkpoint at step [0-9]*' "$W/klog" | tail -1 | grep -o '[0-9]*$')
+                st=$($PY tests/ckpt_tool.py step "$d/checkpoint.safetensors")
+                [ -z "$last" ] || [ "$st" -ge "$last" ] || lost_ok=0
+            fi
+            continue
+        fi
+    fi
+    wait $pid && break
+done
+if [ $kills -ge 5 ] && [ $corrupt -eq 0 ] && [ $lost_ok -eq 1 ] && cmp -s "$W/whole/adapter_model.safetensors" "$d/adapter_model.safetensors"; then
+    ok "SIGKILL $kills times at random moments, resumed each time: no corrupt checkpoint, none lost, adapter byte-identical"
+else bad "SIGKILL test: $kills kills, $corrupt corrupt, lost_ok $lost_ok, identical: $(cmp "$W/whole/adapter_model.safetensors" "$d/adapter_model.safetensors" 2>&1)"; fi
+echo "# kill-resume: $kills kills survived"
+if [ -f "$GGUF" ]; then   # the causal-LM trainer (SmolLM2, a few 64-token steps)
+    lm="--model $GGUF --train $W/gsm.jsonl --prompt-template Q:{question}A: --response-field answer --method lora --r 2 --batch 1 --max-len 32 --max-steps 4 --seed 1"
+    ./peftc train $lm --out "$W/lm_whole" 2>/dev/null
+    ./peftc train $lm --out "$W/lm_term" 2>"$W/lm.log" & pid=$!
+    for i in $(seq 1 120); do grep -q "^step [0-9]" "$W/lm.log" 2>/dev/null && break; sleep 0.5; done
+    kill -TERM $pid; wait $pid; rc=$?
+    if [ "$rc" -eq 143 ] && [ -s "$W/lm_term/adapter_model.safetensors" ] && $PY tests/ckpt_tool.py verify "$W/lm_term/checkpoint.safetensors" >/dev/null; then
+        ok "causal LM, SIGTERM: exit 143, $(grep -o 'after step [0-9]*' "$W/lm.log"), checkpoint and adapter saved"
+    else bad "causal LM SIGTERM: exit $rc; $(tail -1 "$W/lm.log")"; fi
+    ./peftc train $lm --out "$W/lm_term" --resume "$W/lm_term" 2>/dev/null
+    cmp -s "$W/lm_whole/adapter_model.safetensors" "$W/lm_term/adapter_model.safetensors" && ok "causal LM: SIGTERM then resume == uninterrupted (identical bytes)" ||
+        bad "causal LM: resumed adapter differs"
+fi
+
+# --- 4. non-finite loss ---
+rm -rf "$W/nan"; mkdir -p "$W/nan"
+$PY tests/ckpt_tool.py edit "$CK" "$W/nan/checkpoint.safetensors" --nan params --resum
+cp "$W/nan/checkpoint.safetensors" "$W/nan_before"
+expect_fail "NaN in the parameters: stops" "non-finite loss at step 7" -- ./peftc train $common $rc_ --save-every 1 --out "$W/nan" --resume "$W/nan"
+cmp -s "$W/nan_before" "$W/nan/checkpoint.safetensors" && ok "non-finite loss: the last checkpoint is left intact (same bytes)" || bad "non-finite loss changed the checkpoint"
+if ./peftc train $common $rc_ --skip-nonfinite --out "$W/nan" --resume "$W/nan" 2>"$W/log" &&
+   [ "$($PY -c "import json; print(json.load(open('$W/nan/metrics.json'))['skipped_steps'])")" = 6 ]; then
+    ok "--skip-nonfinite: the 6 non-finite steps skipped, run completed"
+else bad "--skip-nonfinite: $(tail -1 "$W/log")"; fi
+
+# --- 5. files, sizes, values ---
+cp -r "$T" "$W/fifo"; rm "$W/fifo/config.json"; mkfifo "$W/fifo/config.json"
+STDIN=$W/one.txt expect_fail "config.json is a FIFO (no hang)" "config.json: not a regular file (a FIFO)" -- ./peftc embed --model "$W/fifo"
+expect_fail "--train /dev/zero" "/dev/zero: not a regular file (a character device)" -- ./peftc train $common --train /dev/zero --method lora --out "$W/z"
+cp -r "$T" "$W/devvocab"; rm "$W/devvocab/vocab.txt"; ln -s /dev/zero "$W/devvocab/vocab.txt"
+STDIN=$W/one.txt expect_fail "vocab.txt -> /dev/zero (not read)" "no vocab.txt or tokenizer.json" -- ./peftc embed --model "$W/devvocab"
+$PY - "$W" <<'PYEOF'
+import sys
+w = sys.argv[1]
+with open(f"{w}/huge.tsv", "w") as f:
+    f.write("sentence\tlabel\n")
+    f.write("a good movie " * (100 * 1024 * 1024 // 13) + "\t1\n")
+    f.write("a bad movie\t0\n" * 8 + "a good film\t1\n" * 8)
+with open(f"{w}/commas.csv", "w") as f:
+    f.write("sentence,label\n")
+    f.write("," * (20 * 1024 * 1024) + "\n")
+PYEOF
+/usr/bin/time -f %M -o "$W/rss" ./peftc train $common --train "$W/huge.tsv" --method lora --max-steps 1 --max-len 32 --out "$W/huge" 2>"$W/log"; rc=$?
+rss=$(tail -1 "$W/rss")
+[ "$rc" -eq 0 ] && [ "$rss" -lt 700000 ] && ok "100 MB TSV line: trained, peak RSS $((rss / 1024)) MB (3 copies of the line at most; was 1.4 GB)" ||
+    bad "100 MB TSV line: exit $rc, peak RSS $((rss / 1024)) MB: $(tail -1 "$W/log")"
+rm -f "$W/huge.tsv"
+/usr/bin/time -f %M -o "$W/rss" ./peftc train $common --train "$W/commas.csv" --method lora --max-steps 1 --out "$W/commas" 2>"$W/log"; rc=$?
+rss=$(tail -1 "$W/rss")
+[ "$rc" -eq 1 ] && grep -q "commas.csv:2: more than 4096 fields" "$W/log" && [ "$rss" -lt 200000 ] &&
+    ok "20 MB CSV line of commas: refused, peak RSS $((rss / 1024)) MB (was 846 MB): $(tail -1 "$W/log")" || bad "CSV commas: exit $rc, RSS $((rss / 1024)) MB: $(tail -1 "$W/log")"
+rm -f "$W/commas.csv"
+if ./peftc train --model "$T" --seed 3 --train "$W/tiny/train.tsv" --method lora --max-steps 2 --batch 65536 --out "$W/bigbatch" 2>"$W/log"; then
+    rss=$($PY -c "import json; print(int(json.load(open('$W/bigbatch/metrics.json'))['peak_rss_mb']))")
+    [ "$rss" -lt 300 ] && ok "--batch 65536 on 48 rows: capped at the data (peak RSS $rss MB)" || bad "--batch 65536: peak RSS $rss MB"
+else bad "--batch 65536: $(tail -1 "$W/log")"; fi
+tr_="$common --train $W/tiny/train.tsv --max-steps 1"
+expect_fail "--delta dropout=nan" "dropout must be in [0, 1), got 'nan'" -- ./peftc train $tr_ --method custom --delta 'site=ffn.out,r=2,dropout=nan' --out "$W/d1"
+expect_fail "--delta duplicate key" "key 'r' given twice" -- ./peftc train $tr_ --method custom --delta 'site=ffn.out,r=2,r=4' --out "$W/d2"
+expect_fail "--delta bias=banana" "bias must be 0, 1, true or false" -- ./peftc train $tr_ --method custom --delta 'site=ffn.out,r=2,bias=banana' --out "$W/d3"
+cp -r "$W/good" "$W/r_over"; $PY -c "import json; c=json.load(open('$W/r_over/adapter_config.json')); c['r']=4294967304; json.dump(c, open('$W/r_over/adapter_config.json','w'))"
+expect_fail "adapter_config r 4294967304" "\"r\" is 4294967304, outside [1, 65536]" -- ./peftc eval --model "$T" --adapter "$W/r_over" --data "$W/tiny/dev.tsv"
+cp -r "$W/good" "$W/drop_bad"; $PY -c "import json; c=json.load(open('$W/drop_bad/adapter_config.json')); c['lora_dropout']=3; json.dump(c, open('$W/drop_bad/adapter_config.json','w'))"
+expect_fail "adapter_config lora_dropout 3" "\"lora_dropout\" must be a number in [0, 1)" -- ./peftc eval --model "$T" --adapter "$W/drop_bad" --data "$W/tiny/dev.tsv"
+printf 'sentence\tlabel\ngood\t99999999999999999999\nbad\t99999999999999999998\nfine\t1\n' > "$W/biglab.tsv"
+expect_fail "labels beyond 64 bits" "label '99999999999999999999' is an integer beyond 64 bits" -- ./peftc train $common --train "$W/biglab.tsv" --method lora --out "$W/bl"
+cp -r "$T" "$W/nanw"
+$PY - "$W/nanw" <<'PYEOF'
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+d = sys.argv[1]; t = load_file(f"{d}/model.safetensors")
+k = [k for k in t if k.endswith("attention.self.query.weight")][0]; t[k][3, 5] = np.nan
+save_file(t, f"{d}/model.safetensors", metadata={"format": "pt"})
+PYEOF
+STDIN=$W/one.txt expect_fail "NaN in a weight (embed)" "holds a non-finite value (nan)" -- ./peftc embed --model "$W/nanw"
+STDIN=$W/one.txt expect_fail "NaN in a weight (predict)" "holds a non-finite value" -- ./peftc predict --model "$W/nanw" --adapter "$W/good"
+if [ -f "$GGUF" ] && [ -d "$W/ll" ]; then
+    cp -r "$W/ll" "$W/llnan"; rm -f "$W/llnan/tokenizer.json"
+    $PY - "$W/llnan" <<'PYEOF'
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+d = sys.argv[1]; t = load_file(f"{d}/model.safetensors")
+k = [k for k in t if k.endswith("mlp.up_proj.weight")][0]; t[k][0, 1] = np.inf
+save_file(t, f"{d}/model.safetensors", metadata={"format": "pt"})
+PYEOF
+    expect_fail "Inf in a Llama weight" "holds a non-finite value (inf)" -- ./peftc generate --model "$W/llnan" --prompt hi
+fi
+for f in "{'num_hidden_layers': 10**9}" "{'vocab_size': 2**30, 'hidden_size': 1024}" "{'max_position_embeddings': 2**30, 'hidden_size': 1024}"; do
+    cp -r "$T" "$W/huge_cfg"
+    $PY -c "import json; c=json.load(open('$W/huge_cfg/config.json')); c.update($f); json.dump(c, open('$W/huge_cfg/config.json','w'))"
+    STDIN=$W/one.txt expect_fail "config.json $f" "GB even at 4 bits, but this machine has" -- ./peftc embed --model "$W/huge_cfg"
+    rm -rf "$W/huge_cfg"
+done
+
+# --- 6. the fuzzers' findings, replayed ---
+if [ -x build/tests/fuzz_replay ] || make -s build/tests/fuzz_replay >/dev/null 2>&1; then
+    tally "$(build/tests/fuzz_replay tests/fuzz/regress build/fuzz/seeds 2>&1)"
+else bad "build/tests/fuzz_replay does not build"; fi
+finish

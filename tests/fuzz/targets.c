@@ -1,0 +1,341 @@
+/* targets.c: the fuzz targets, one function per parser a stranger's file
+ * reaches. Built two ways (Makefile): with clang -fsanitize=fuzzer (main.c
+ * picks one target by FUZZ_TARGET) for `make fuzz`, and with the normal
+ * compiler into build/tests/fuzz_replay (replay.c), which runs every kept
+ * regression input and seed through its target in the normal test run.
+ * Each target writes the input where the library reads it (the parsers take
+ * paths, as peftc uses them) in a private directory under /dev/shm (or
+ * /tmp), calls the parser and everything a successful parse enables, and
+ * frees. A crash, a sanitizer report, a leak or a hang is a finding. */
+#include "fuzz.h"
+#include "io/safetensors.h"
+#include "io/gguf.h"
+#include "tokenizer/bpe.h"
+#include "train/data.h"
+#include "train/lm_data.h"
+#include "train/task.h"
+#include "train/checkpoint.h"
+#include "peft/delta.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char g_dir[256];
+
+static const char *work_dir(void)
+{
+    if (g_dir[0]) return g_dir;
+    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+    snprintf(g_dir, sizeof g_dir, "%s/peftc_fuzz.%d", base, (int)getpid());
+    mkdir(g_dir, 0700);
+    return g_dir;
+}
+
+/* name inside the work directory, written with the input */
+static const char *put(const char *name, const uint8_t *data, size_t n)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", work_dir(), name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return path;
+    if (n) fwrite(data, 1, n, f);
+    fclose(f);
+    return path;
+}
+
+static void rm(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", work_dir(), name);
+    unlink(path);
+}
+
+/* ------------------------------------------------------------ safetensors */
+static int t_safetensors(const uint8_t *d, size_t n)
+{
+    const char *p = put("x.safetensors", d, n);
+    peftc_safetensors *st;
+    peftc_error err;
+    if (!peftc_safetensors_open(p, &st, &err)) {
+        for (int i = 0; i < st->n; i++) {
+            const st_tensor *t = &st->t[i];
+            if ((t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) && t->numel <= (1 << 16)) {
+                float *buf = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *buf);
+                if (buf) st_to_f32(st, t, buf, &err);
+                free(buf);
+            }
+            peftc_tensor_info info;
+            peftc_safetensors_info(st, i, &info);
+        }
+        st_metadata(st, "format");
+        peftc_safetensors_free(st);
+    }
+    return 0;
+}
+
+/* -------------------------------------------------- GGUF (+ its vocabulary) */
+static int t_gguf(const uint8_t *d, size_t n)
+{
+    const char *p = put("x.gguf", d, n);
+    gguf_file *g;
+    peftc_error err;
+    if (!gguf_open(p, &g, &err)) {
+        int64_t iv;
+        gguf_get_int(g, "llama.block_count", &iv);
+        bpe_tokenizer *tok;
+        if (!bpe_from_gguf(g, &tok, &err)) {
+            int32_t *ids = NULL;
+            int m = 0;
+            if (!bpe_encode_alloc(tok, "Hello world, 123 héllo!", 24, 1, 1, &ids, &m, &err)) {
+                char *txt = NULL;
+                (void)txt;
+            }
+            free(ids);
+            bpe_free(tok);
+        }
+        gguf_close(g);
+    }
+    return 0;
+}
+
+/* ------------------------------------------- config.json (BERT and Llama) */
+static int t_config(const uint8_t *d, size_t n)
+{
+    put("config.json", d, n);
+    peftc_config cfg;
+    peftc_error err;
+    char path[512];
+    snprintf(path, sizeof path, "%s/config.json", work_dir());
+    peftc_config_load(path, &cfg, &err);
+    /* the families' own readers (no weights beside it: they stop at the file) */
+    peftc_model *m = NULL;
+    if (!peftc_model_load(work_dir(), &m, &err)) peftc_model_free(m);
+    rm("config.json");
+    return 0;
+}
+
+/* ------------------------------ vocab.txt / tokenizer.json (WordPiece, BPE) */
+static int t_tokenizer(const uint8_t *d, size_t n)
+{
+    if (n < 1) return 0;
+    int kind = d[0] % 3;
+    d++, n--;
+    peftc_error err;
+    if (kind == 2) {   /* a byte-level BPE tokenizer.json */
+        const char *p = put("bpe_tokenizer.json", d, n);
+        bpe_tokenizer *tok;
+        if (!bpe_from_tokenizer_json(p, &tok, &err)) {
+            int32_t *ids = NULL;
+            int m = 0;
+            bpe_encode_alloc(tok, "Hello world, 123 <|im_start|> x", 31, 1, 1, &ids, &m, &err);
+            char out[256];
+            size_t ol;
+            for (int i = 0; i < m && i < 16; i++) bpe_decode_token(tok, ids[i], out, sizeof out, &ol, &err);
+            free(ids);
+            bpe_free(tok);
+        }
+        return 0;
+    }
+    put(kind ? "tokenizer.json" : "vocab.txt", d, n);
+    peftc_tokenizer *tok;
+    if (!peftc_tokenizer_load(work_dir(), &tok, &err)) {
+        int32_t ids[64], tts[64];
+        int m;
+        peftc_tokenizer_encode(tok, "Hello, World! naïve 東京 [MASK]", 33, "a pair", 6, 64, ids, tts, &m, &err);
+        /* the input itself as text (bounded) */
+        size_t tl = n < 512 ? n : 512;
+        peftc_tokenizer_encode(tok, (const char *)d, tl, NULL, 0, 64, ids, tts, &m, &err);
+        peftc_tokenizer_free(tok);
+    }
+    rm(kind ? "tokenizer.json" : "vocab.txt");
+    return 0;
+}
+
+/* ------------------------------------ adapter_config.json and delta specs */
+static int t_adapter(const uint8_t *d, size_t n)
+{
+    if (n < 1) return 0;
+    int kind = d[0] & 1;
+    d++, n--;
+    peftc_error err;
+    if (kind) {   /* a --delta spec */
+        char buf[600];
+        size_t l = n < sizeof buf - 1 ? n : sizeof buf - 1;
+        memcpy(buf, d, l);
+        buf[l] = 0;
+        delta_spec sp;
+        if (!delta_spec_parse(buf, &sp, &err)) {
+            char out[512];
+            delta_spec_format(&sp, out, sizeof out);
+            delta_spec sp2;
+            delta_spec_parse(out, &sp2, &err);
+        }
+        return 0;
+    }
+    put("adapter_config.json", d, n);
+    method_opts mo;
+    label_set labels;
+    int max_len;
+    if (!adapter_read_config(work_dir(), &mo, &labels, &max_len, &err)) labels_free(&labels);
+    rm("adapter_config.json");
+    return 0;
+}
+
+/* ------------------------------------------------------ checkpoint metadata */
+static int t_checkpoint(const uint8_t *d, size_t n)
+{
+    const char *p = put("checkpoint.safetensors", d, n);
+    peftc_safetensors *st;
+    peftc_error err;
+    if (peftc_safetensors_open(p, &st, &err)) return 0;
+    /* a parameter block of the size the file claims (bounded), the signature
+     * and method it names: so the fuzzer reaches the field checks */
+    const st_tensor *pt = st_find(st, "params");
+    size_t total = pt && pt->numel > 0 && pt->numel <= (1 << 16) ? (size_t)pt->numel : 16;
+    const char *sig = st_metadata(st, "peftc_signature"), *meth = st_metadata(st, "method");
+    uint64_t run_sig = sig ? strtoull(sig, NULL, 16) : 0;
+    param_block pb = {0};
+    pb.total = total;
+    pb.p = calloc(total, sizeof(float));
+    pb.m = calloc(total, sizeof(float));
+    pb.v = calloc(total, sizeof(float));
+    float ema[4] = {0};
+    if (st_find(st, "ada_ipt")) { pb.state[0] = (param_state){"ada_ipt", ema, 4, 0}; pb.n_state = 1; }
+    train_state s = {0};
+    ckpt_limits lim = {48, 1};
+    if (pb.p && pb.m && pb.v) checkpoint_read(st, p, &pb, meth ? meth : "lora", run_sig, &lim, &s, &err);
+    free(pb.p); free(pb.m); free(pb.v);
+    peftc_safetensors_free(st);
+    return 0;
+}
+
+/* ------------------------------------- TSV / CSV / JSONL data + tokenising */
+static peftc_tokenizer *g_wp;
+
+static peftc_tokenizer *wordpiece(void)
+{
+    if (g_wp) return g_wp;
+    static const char vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\na\nfilm\ngood\nbad\n##s\n.\n,\n!\nmovie\nis\n";
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/wp", work_dir());
+    mkdir(dir, 0700);
+    char path[600];
+    snprintf(path, sizeof path, "%s/vocab.txt", dir);
+    FILE *f = fopen(path, "wb");
+    if (f) { fputs(vocab, f); fclose(f); }
+    peftc_error err;
+    if (peftc_tokenizer_load(dir, &g_wp, &err)) g_wp = NULL;
+    return g_wp;
+}
+
+static peftc_status enc_fn(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts, int *n,
+                           peftc_error *err)
+{
+    return peftc_tokenizer_encode(user, text, strlen(text), pair, pair ? strlen(pair) : 0, 32, ids, tts, n, err);
+}
+
+static int t_data(const uint8_t *d, size_t n)
+{
+    if (n < 1) return 0;
+    static const char *const names[] = {"d.tsv", "d.csv", "d.jsonl"};
+    const char *name = names[d[0] % 3];
+    const char *p = put(name, d + 1, n - 1);
+    dataset ds;
+    peftc_error err;
+    data_cols cols = {NULL, NULL, NULL};
+    if (!data_load(p, &cols, 1, &ds, &err)) {
+        label_set ls;
+        if (!labels_from_data(&ds, &ls, &err)) {
+            if (!data_map_labels(&ds, &ls, &err) && wordpiece()) data_tokenize(&ds, enc_fn, wordpiece(), 32, &err);
+            labels_free(&ls);
+        }
+        data_free(&ds);
+    }
+    rm(name);
+    return 0;
+}
+
+/* --------------------------------------------------------- lm_data (JSONL) */
+static bpe_tokenizer *g_bpe;
+
+/* a byte-level BPE vocabulary: the 256 GPT-2 byte symbols and a few merges */
+static bpe_tokenizer *bytebpe(void)
+{
+    if (g_bpe) return g_bpe;
+    static char store[300][8];
+    static const char *toks[300];
+    int nt = 0, extra = 0;
+    for (int b = 0; b < 256; b++) {
+        int cp = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE) ? b : 256 + extra++;
+        char *o = store[nt];
+        if (cp < 0x80) { o[0] = (char)cp; o[1] = 0; }
+        else { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); o[2] = 0; }
+        toks[nt] = store[nt];
+        nt++;
+    }
+    static const char *const more[] = {"\xC4\xA0t", "he", "\xC4\xA0the", "<|im_start|>", "<|im_end|>", "<|endoftext|>"};
+    for (int i = 0; i < 6; i++) toks[nt++] = more[i];
+    static const char *const merges[] = {"\xC4\xA0 t", "h e", "\xC4\xA0t he"};
+    int32_t types[300];
+    for (int i = 0; i < nt; i++) types[i] = i >= nt - 3 ? BPE_TOKEN_CONTROL : BPE_TOKEN_NORMAL;
+    bpe_vocab v = {.n_tokens = nt, .tokens = toks, .n_merges = 3, .merges = merges, .token_types = types, .pre = "gpt2",
+                   .bos_id = nt - 1, .eos_id = nt - 2, .unk_id = -1, .pad_id = -1,
+                   .chat_template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"};
+    peftc_error err;
+    if (bpe_from_vocab(&v, &g_bpe, &err)) g_bpe = NULL;
+    return g_bpe;
+}
+
+static int t_lm_data(const uint8_t *d, size_t n)
+{
+    if (n < 2 || !bytebpe()) return 0;
+    int fmt = d[0] % 6, flags = d[1];
+    const char *p = put(fmt == 2 && (flags & 8) ? "lm.json" : "lm.jsonl", d + 2, n - 2);
+    lm_data_opts o = {0};
+    o.format = (lm_format)fmt;
+    o.max_len = 2 + (flags >> 4) * 8;
+    o.pack = flags & 1;
+    o.loss_on_all = (flags >> 1) & 1;
+    if (fmt == 5 || (flags & 4)) { o.prompt_template = "Q: {question}\nA:"; o.response_field = "answer"; }
+    lm_dataset ds;
+    peftc_error err;
+    if (!lm_data_load(p, bytebpe(), &o, &ds, &err)) lm_data_free(&ds);
+    unlink(p);
+    return 0;
+}
+
+const fuzz_target fuzz_targets[] = {
+    {"safetensors", t_safetensors},
+    {"gguf", t_gguf},
+    {"config", t_config},
+    {"tokenizer", t_tokenizer},
+    {"adapter", t_adapter},
+    {"checkpoint", t_checkpoint},
+    {"data", t_data},
+    {"lm_data", t_lm_data},
+    {NULL, NULL},
+};
+
+const fuzz_target *fuzz_find(const char *name)
+{
+    for (int i = 0; fuzz_targets[i].name; i++)
+        if (!strcmp(fuzz_targets[i].name, name)) return &fuzz_targets[i];
+    return NULL;
+}
+
+void fuzz_cleanup(void)
+{
+    if (g_wp) peftc_tokenizer_free(g_wp);
+    if (g_bpe) bpe_free(g_bpe);
+    g_wp = NULL;
+    g_bpe = NULL;
+    if (g_dir[0]) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+        if (system(cmd)) {}
+    }
+}
