@@ -281,6 +281,8 @@ typedef struct peftc_progress {
     double eval_accuracy, eval_loss, eval_f1, eval_mcc;
     int64_t trainable_params, total_params;
     const char *message;
+    int eval_causal_lm;              /* an EVAL of a causal LM: eval_loss is the mean token loss, eval_perplexity its exp */
+    double eval_perplexity;
 } peftc_progress;
 
 typedef void (*peftc_progress_fn)(const peftc_progress *p, void *user);
