@@ -6,8 +6,11 @@ apply_chat_template).
 
   make TOKDIR OUT          a tiny random Llama in HF layout with TOKDIR's
                            tokenizer (SmolLM2's vocabulary of 49152 tokens)
+  generate MODEL ADAPTER|- DATA TEMPLATE LIMIT MAX_NEW
+                           transformers' greedy generate() of each record's prompt
   loss MODEL DATA FMT MAX_LEN LOSS_ALL [--template T --resp F] [--adapter DIR]
                            {"loss", "perplexity", "targets", "examples", "truncated", "dropped"}
+  batch SPEC               several loss cases (one a line, TAB-separated, each with --out FILE)
 """
 import argparse, contextlib, io, json, math, os, shutil, sys
 import numpy as np
@@ -53,9 +56,9 @@ def rows(model, data, fmt, max_len, loss_all, template, resp):
     return lines[:-1], lines[-1]
 
 
-def loss(a):
+def loss(a, base=None):
     from transformers import LlamaForCausalLM
-    m = LlamaForCausalLM.from_pretrained(a.model, torch_dtype=torch.float64)
+    m = base if base is not None else LlamaForCausalLM.from_pretrained(a.model, torch_dtype=torch.float64)
     if a.adapter:
         from peft import PeftModel
         m = PeftModel.from_pretrained(m, a.adapter, torch_dtype=torch.float64)
@@ -72,14 +75,14 @@ def loss(a):
                 if r["target"][p + 1]:
                     tot -= lp[p, r["ids"][p + 1]].item()
                     n += 1
-    print(json.dumps({"loss": tot / n, "perplexity": math.exp(tot / n), "targets": n, "examples": info["examples"],
-                      "truncated": info["truncated"], "dropped": info["dropped"]}))
+    res = {"loss": tot / n, "perplexity": math.exp(tot / n), "targets": n, "examples": info["examples"],
+           "truncated": info["truncated"], "dropped": info["dropped"]}
+    if a.adapter:
+        m.unload()
+    return res
 
 
-def main():
-    if sys.argv[1] == "make":
-        make(sys.argv[2], sys.argv[3])
-        return
+def parser():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd")
     ap.add_argument("model")
@@ -90,7 +93,56 @@ def main():
     ap.add_argument("--template")
     ap.add_argument("--resp")
     ap.add_argument("--adapter")
-    loss(ap.parse_args())
+    ap.add_argument("--out")
+    return ap
+
+
+def batch(spec):
+    """Each line of spec: the arguments of one `loss` case (shell words
+    separated by TABs) and --out FILE; the base model is loaded once."""
+    from transformers import LlamaForCausalLM
+    base = None
+    for line in open(spec, encoding="utf-8"):
+        if not line.strip():
+            continue
+        a = parser().parse_args(line.rstrip("\n").split("\t"))
+        if base is None:
+            base = LlamaForCausalLM.from_pretrained(a.model, torch_dtype=torch.float64)
+        r = loss(a, base)
+        json.dump(r, open(a.out, "w"))
+
+
+def generate(model, adapter, data, template, limit, max_new):
+    """Greedy continuations by transformers' generate() of each record's prompt
+    (BOS + the template filled), decoded without special tokens."""
+    from transformers import LlamaForCausalLM
+    m = LlamaForCausalLM.from_pretrained(model, torch_dtype=torch.float64)
+    if adapter != "-":
+        from peft import PeftModel
+        m = PeftModel.from_pretrained(m, adapter, torch_dtype=torch.float64)
+    m = m.double().eval()
+    tok = ref_lm_data.tokenizer(model)
+    template = template.replace("\\n", "\n")
+    for l in open(data, encoding="utf-8").readlines()[:limit]:
+        r = json.loads(l)
+        ids = tok(template.format(**r), add_special_tokens=True)["input_ids"]
+        with torch.no_grad():
+            out = m.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False)
+        new = out[0, len(ids):].tolist()
+        print(json.dumps({"ids": new, "prediction": tok.decode(new, skip_special_tokens=True)}, ensure_ascii=False))
+
+
+def main():
+    if sys.argv[1] == "make":
+        make(sys.argv[2], sys.argv[3])
+        return
+    if sys.argv[1] == "generate":
+        generate(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], int(sys.argv[6]), int(sys.argv[7]))
+        return
+    if sys.argv[1] == "batch":
+        batch(sys.argv[2])
+        return
+    print(json.dumps(loss(parser().parse_args())))
 
 
 if __name__ == "__main__":
