@@ -290,6 +290,8 @@ typedef struct peftc_progress {
     double eval_accuracy, eval_loss, eval_f1, eval_mcc;
     int64_t trainable_params, total_params;
     const char *message;
+    int eval_causal_lm;              /* an EVAL of a causal LM: eval_loss is the mean token loss, eval_perplexity its exp */
+    double eval_perplexity;
 } peftc_progress;
 
 typedef void (*peftc_progress_fn)(const peftc_progress *p, void *user);
@@ -403,6 +405,79 @@ peftc_status peftc_lm_tokenize(const peftc_lm *lm, const char *text, size_t len,
  * all != 0: every position's logits (n * n_vocab). For evaluation and tests. */
 int peftc_lm_vocab_size(const peftc_lm *lm);
 peftc_status peftc_lm_logits(peftc_lm *lm, const int32_t *ids, int n, int all, float *logits, peftc_error *err);
+
+/* ------------------------------------------ causal-LM evaluation and metrics */
+/* How a data file's records become prompts and targets: the options of
+ * `peftc train` on a decoder (README, Fine-tuning decoders). NULL fields are
+ * the format's defaults. */
+typedef struct peftc_lm_data_opts {
+    const char *format;              /* text, prompt-response, alpaca, chat, template; NULL: recognised */
+    const char *prompt_template;     /* "...{field}..." (the template format) */
+    const char *prompt_field, *response_field;
+    int loss_on_all;                 /* targets on the prompt tokens too */
+    int max_len;                     /* tokens per example, longer ones truncated (0: the model's context) */
+} peftc_lm_data_opts;
+
+typedef struct peftc_lm_eval_result {
+    int n_examples, n_truncated, n_dropped;
+    long long n_targets;
+    double loss;                     /* mean cross-entropy (nats) over every target token */
+    double perplexity;               /* exp(loss) */
+} peftc_lm_eval_result;
+
+/* Mean token loss over the target tokens of a data file (teacher forcing, one
+ * example at a time from a fresh cache; truncated examples counted). */
+peftc_status peftc_lm_eval_loss(peftc_lm *lm, const char *data_path, const peftc_lm_data_opts *d,
+                                peftc_lm_eval_result *r, peftc_error *err);
+
+/* Called after each generated example (i of n); non-zero stops. */
+typedef int (*peftc_lm_gen_progress)(int i, int n, const char *prediction, const peftc_gen_stats *st, void *user);
+
+typedef struct peftc_lm_gen_summary {
+    int n;                           /* examples generated */
+    long long prompt_tokens, gen_tokens;
+    double seconds;
+    int n_eos, n_stop, n_length;     /* why each ended */
+} peftc_lm_gen_summary;
+
+/* Generates a continuation of every record's prompt (the data options' prompt
+ * rendering: the template, Alpaca's prompt, a chat up to its last assistant
+ * turn with the generation prompt) with the decoding options, and writes
+ * out_path (JSONL, temp + rename): {"index", "prediction", "reference" (the
+ * response field / last assistant turn), "stop", "gen_tokens"} per record.
+ * limit > 0: the first limit records. predictions/references (may be NULL)
+ * receive the n strings (malloc'd, free each and the arrays). */
+peftc_status peftc_lm_generate_data(peftc_lm *lm, const char *data_path, const peftc_lm_data_opts *d,
+                                    const peftc_gen_opts *g, int limit, const char *out_path,
+                                    peftc_lm_gen_progress fn, void *user, peftc_lm_gen_summary *sum,
+                                    char ***predictions, char ***references, peftc_error *err);
+
+/* Metrics of generated text against references. */
+enum { PEFTC_METRIC_EM_NUMBER = 1, PEFTC_METRIC_ROUGE = 2, PEFTC_METRIC_BLEU = 4 };
+#define PEFTC_SCORE_PER 4            /* per-example values: em, rouge1, rouge2, rougeL (NaN if not asked) */
+
+typedef struct peftc_score_result {
+    int n, metrics;
+    double em;                       /* em-number: fraction whose final numbers agree */
+    int n_pred_numbers;              /* predictions that had a number at all */
+    double rouge1, rouge2, rougeL;   /* mean F-measure over the pairs (rouge-score, use_stemmer=True) */
+    double bleu;                     /* corpus BLEU, 0..100 (sacreBLEU default: 13a, exp smoothing) */
+    double bleu_precisions[4], bleu_bp;
+    long long bleu_correct[4], bleu_total[4], sys_len, ref_len;
+} peftc_score_result;
+
+/* "em-number", "rouge", "bleu" or a comma list of them -> mask; 0 unknown. */
+int peftc_metric_parse(const char *names);
+/* Scores n pairs; per (may be NULL): n * PEFTC_SCORE_PER values. */
+peftc_status peftc_score(int metrics, const char *const *preds, const char *const *refs, int n,
+                         peftc_score_result *r, double *per, peftc_error *err);
+/* Reads the texts to score: JSONL (.jsonl/.json: the string field `field`,
+ * or when NULL the first of prediction, reference, response, answer, output,
+ * summary, target, text that the first record has) or plain text (one segment
+ * a line). *texts malloc'd; *index (may be NULL) gets each record's integer
+ * "index" field or -1. */
+peftc_status peftc_score_read(const char *path, const char *field, char ***texts, int **index, int *n,
+                              peftc_error *err);
 
 /* Exports a decoder's LoRA adapter (a PEFT directory or a GGUF LoRA) as
  * llama.cpp's GGUF LoRA (general.type adapter, adapter.type lora,

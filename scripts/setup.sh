@@ -42,6 +42,12 @@ if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
         echo "setup: installing bitsandbytes for the NF4 test oracle"
         /usr/bin/python3 -m pip install -q --break-system-packages --no-deps bitsandbytes
     fi
+    # Google's rouge-score (with NLTK's Porter stemmer) and sacreBLEU: the
+    # oracles of peftc score's ROUGE and BLEU (tests/check_metrics.sh)
+    if ! /usr/bin/python3 -c "import rouge_score, sacrebleu, nltk" 2>/dev/null; then
+        echo "setup: installing rouge-score and sacrebleu for the metric test oracles"
+        /usr/bin/python3 -m pip install -q --break-system-packages rouge-score sacrebleu
+    fi
 fi
 
 bash scripts/fetch_models.sh

@@ -49,5 +49,9 @@ int cmd_export(cli_args *a);
 int cmd_sweep(cli_args *a);
 int cmd_report(cli_args *a);
 int cmd_quantize(cli_args *a);
+int cmd_score(cli_args *a);
+int cmd_eval_lm(cli_args *a);   /* eval --task causal-lm (cmd_generate.c) */
+/* "\"pairs\": n, ..." of a score result (no braces) to stdout */
+void cli_print_score(const peftc_score_result *r);
 
 #endif

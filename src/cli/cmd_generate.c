@@ -151,10 +151,142 @@ static char *read_file_text(const char *path)
     return s;
 }
 
+/* The data options of `peftc train` on a decoder (peftc_lm_data_opts). */
+static int parse_data(cli_args *a, peftc_lm_data_opts *d)
+{
+    int ok = 1;
+    memset(d, 0, sizeof *d);
+    d->format = cli_opt(a, "--format");
+    d->prompt_template = cli_opt(a, "--prompt-template");
+    d->prompt_field = cli_opt(a, "--prompt-field");
+    d->response_field = cli_opt(a, "--response-field");
+    const char *loss_on = cli_opt(a, "--loss-on");
+    if (loss_on && strcmp(loss_on, "all") && strcmp(loss_on, "response")) {
+        cli_errorf(2, "--loss-on '%s': use response or all", loss_on);
+        return 0;
+    }
+    d->loss_on_all = loss_on && !strcmp(loss_on, "all");
+    d->max_len = cli_opt_int(a, "--max-len", 0, 2, 1 << 20, &ok);
+    return ok;
+}
+
+typedef struct data_ui {
+    int tty;
+    double t0;
+} data_ui;
+
+static int on_example(int i, int n, const char *pred, const peftc_gen_stats *st, void *user)
+{
+    data_ui *ui = user;
+    (void)pred;
+    if (ui->tty) fprintf(stderr, "\r%d/%d (%d tokens, %s)   ", i + 1, n, st->gen_tokens, st->stop_reason);
+    else if ((i + 1) % 10 == 0 || i + 1 == n) fprintf(stderr, "generated %d/%d\n", i + 1, n);
+    if (ui->tty && i + 1 == n) fputc('\n', stderr);
+    return 0;
+}
+
+static void print_gen_summary(const peftc_lm_gen_summary *s)
+{
+    printf("\"examples\": %d, \"prompt_tokens\": %lld, \"gen_tokens\": %lld, \"seconds\": %.2f, \"gen_tok_s\": %.1f, "
+           "\"stopped_eos\": %d, \"stopped_stop\": %d, \"stopped_length\": %d",
+           s->n, s->prompt_tokens, s->gen_tokens, s->seconds, s->seconds > 0 ? s->gen_tokens / s->seconds : 0.0, s->n_eos,
+           s->n_stop, s->n_length);
+}
+
+static void free_strs(char **t, int n)
+{
+    if (!t) return;
+    for (int i = 0; i < n; i++) free(t[i]);
+    free(t);
+}
+
+/* `peftc eval --task causal-lm`: loss and perplexity over the targets; with
+ * --metric also generation over the records and its scores. */
+int cmd_eval_lm(cli_args *a)
+{
+    gen_cli g;
+    if (!parse_common(a, &g, "eval")) { gen_cli_free(&g); return 2; }
+    peftc_lm_data_opts d;
+    int ok = parse_data(a, &d);
+    const char *data = cli_opt(a, "--data"), *metric = cli_opt(a, "--metric"), *pred_out = cli_opt(a, "--pred-out");
+    int limit = cli_opt_int(a, "--limit", 0, 1, 1 << 30, &ok);
+    int no_loss = cli_flag(a, "--no-loss");
+    if (!ok || cli_check_unused(a, "eval")) { gen_cli_free(&g); return 2; }
+    if (!data || !*data) { gen_cli_free(&g); return cli_errorf(2, "eval: --data FILE.jsonl is required"); }
+    int mask = metric ? peftc_metric_parse(metric) : 0;
+    if (metric && !mask) { gen_cli_free(&g); return cli_errorf(2, "--metric '%s': use em-number, rouge, bleu or a comma list of them", metric); }
+    if ((pred_out || limit) && !metric) { gen_cli_free(&g); return cli_errorf(2, "eval: --pred-out and --limit go with --metric"); }
+    peftc_error err = {0};
+    peftc_lm *lm = NULL;
+    int rc = 0;
+    char **P = NULL, **R = NULL;
+    peftc_lm_gen_summary gs = {0};
+    if (peftc_lm_load(g.model, &g.lo, &lm, &err)) { rc = cli_fail(&err); goto done; }
+    peftc_lm_eval_result r = {0};
+    if (!no_loss && peftc_lm_eval_loss(lm, data, &d, &r, &err)) { rc = cli_fail(&err); goto done; }
+    peftc_score_result sr = {0};
+    if (mask) {
+        data_ui ui = {isatty(2), 0};
+        if (peftc_lm_generate_data(lm, data, &d, &g.go, limit, pred_out, on_example, &ui, &gs, &P, &R, &err) ||
+            peftc_score(mask, (const char *const *)P, (const char *const *)R, gs.n, &sr, NULL, &err)) {
+            rc = cli_fail(&err);
+            goto done;
+        }
+    }
+    printf("{");
+    if (!no_loss)
+        printf("\"examples\": %d, \"truncated\": %d, \"dropped\": %d, \"targets\": %lld, \"loss\": %.8f, \"perplexity\": %.6f%s",
+               r.n_examples, r.n_truncated, r.n_dropped, r.n_targets, r.loss, r.perplexity, mask ? ", " : "");
+    if (mask) {
+        printf("\"generation\": {");
+        print_gen_summary(&gs);
+        printf("}, ");
+        cli_print_score(&sr);
+    }
+    printf("}\n");
+done:
+    free_strs(P, gs.n);
+    free_strs(R, gs.n);
+    peftc_lm_free(lm);
+    gen_cli_free(&g);
+    return rc;
+}
+
+/* `peftc generate --data FILE --out preds.jsonl`: every record's prompt. */
+static int generate_data(cli_args *a, gen_cli *g, const char *data)
+{
+    peftc_lm_data_opts d;
+    int ok = parse_data(a, &d);
+    const char *out = cli_opt(a, "--out");
+    int limit = cli_opt_int(a, "--limit", 0, 1, 1 << 30, &ok);
+    if (!ok || cli_check_unused(a, "generate")) return 2;
+    if (!out || !*out) return cli_errorf(2, "generate: --data needs --out preds.jsonl");
+    peftc_error err = {0};
+    peftc_lm *lm = NULL;
+    int rc = 0;
+    if (peftc_lm_load(g->model, &g->lo, &lm, &err)) return cli_fail(&err);
+    data_ui ui = {isatty(2), 0};
+    peftc_lm_gen_summary gs;
+    if (peftc_lm_generate_data(lm, data, &d, &g->go, limit, out, on_example, &ui, &gs, NULL, NULL, &err)) rc = cli_fail(&err);
+    else {
+        printf("{");
+        print_gen_summary(&gs);
+        printf("}\n");
+    }
+    peftc_lm_free(lm);
+    return rc;
+}
+
 int cmd_generate(cli_args *a)
 {
     gen_cli g;
     if (!parse_common(a, &g, "generate")) { gen_cli_free(&g); return 2; }
+    const char *data = cli_opt(a, "--data");
+    if (data) {
+        int rc = generate_data(a, &g, data);
+        gen_cli_free(&g);
+        return rc;
+    }
     const char *prompt = cli_opt(a, "--prompt");
     const char *prompt_file = cli_opt(a, "--prompt-file");
     int chat = cli_flag(a, "--chat");

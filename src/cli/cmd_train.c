@@ -51,6 +51,11 @@ static void on_progress(const peftc_progress *p, void *user)
         }
         break;
     case PEFTC_PROGRESS_EVAL:
+        if (p->eval_causal_lm) {
+            fprintf(stderr, "%seval at step %d: loss %.4f perplexity %.3f\n", ui->tty ? "\n" : "", p->step, p->eval_loss,
+                    p->eval_perplexity);
+            break;
+        }
         fprintf(stderr, "%seval at step %d: accuracy %.4f loss %.4f f1 %.4f mcc %.4f\n", ui->tty ? "\n" : "",
                 p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
         break;
@@ -167,6 +172,17 @@ int cmd_train(cli_args *a)
 
 int cmd_eval(cli_args *a)
 {
+    /* a decoder (--task causal-lm, or a GGUF file) is evaluated as a language model */
+    const char *task = cli_opt(a, "--task");
+    if (task && strcmp(task, "causal-lm") && strcmp(task, "seq-cls"))
+        return cli_errorf(2, "--task '%s': use causal-lm or seq-cls", task);
+    int lm = task && !strcmp(task, "causal-lm");
+    for (int i = 0; !task && i + 1 < a->argc; i++)
+        if (!strcmp(a->argv[i], "--model")) {
+            size_t n = strlen(a->argv[i + 1]);
+            lm = n > 5 && !strcmp(a->argv[i + 1] + n - 5, ".gguf");
+        }
+    if (lm) return cmd_eval_lm(a);
     const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter"), *data = cli_opt(a, "--data");
     const char *tc = cli_opt(a, "--text-col"), *pc = cli_opt(a, "--text-pair-col"), *lc = cli_opt(a, "--label-col");
     int merge = cli_flag(a, "--merge");

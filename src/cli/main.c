@@ -37,6 +37,16 @@ static const char usage[] =
     "      adapter_model.safetensors and metrics.json\n"
     "  eval --model DIR --adapter RUN_DIR --data FILE [--merge]\n"
     "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
+    "  eval --task causal-lm --model FILE.gguf|DIR [--adapter DIR]... [--merge] --data FILE.jsonl\n"
+    "        [--format F] [--prompt-template T] [--prompt-field F] [--response-field F] [--max-len N]\n"
+    "        [--loss-on all] [--metric em-number,rouge,bleu [--pred-out FILE] [--limit N]\n"
+    "        [the decoding options of generate]]\n"
+    "      mean token loss and perplexity over the target tokens as JSON; --metric also generates\n"
+    "      for every record and scores the predictions against the response field\n"
+    "  score --metric em-number|rouge|bleu[,...] --pred FILE [--ref FILE] [--pred-field F]\n"
+    "        [--ref-field F] [--per-example FILE]\n"
+    "      GSM8K final-number exact match, ROUGE-1/2/L F (rouge-score, stemmed), corpus BLEU\n"
+    "      (sacreBLEU 13a); JSONL or plain-text lines; without --ref the predictions' \"reference\"\n"
     "  predict --model DIR --adapter RUN_DIR [--probs] [--merge]\n"
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
     "  sweep --model DIR --train FILE [--eval FILE] --methods M1,M2,... --out SWEEP_DIR\n"
@@ -122,6 +132,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "sweep")) rc = cmd_sweep(&a);
     else if (!strcmp(cmd, "report")) rc = cmd_report(&a);
     else if (!strcmp(cmd, "quantize")) rc = cmd_quantize(&a);
+    else if (!strcmp(cmd, "score")) rc = cmd_score(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

@@ -6,12 +6,16 @@
 #include "tokenizer/bpe.h"
 #include "train/adapter_formats.h"
 #include "train/generate.h"
+#include "train/lm_data.h"
 
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <time.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 struct peftc_lm {
     decoder *dec;
@@ -262,4 +266,220 @@ peftc_status peftc_lm_logits(peftc_lm *lm, const int32_t *ids, int n, int all, f
                           all ? logits + (size_t)i * V : logits, all, err);
     }
     return rc;
+}
+
+/* ------------------------------------------------ evaluation over a data file */
+
+static peftc_status data_opts(const peftc_lm *lm, const peftc_lm_data_opts *d, lm_data_opts *o, peftc_error *err)
+{
+    memset(o, 0, sizeof *o);
+    if (!d) return peftc_fail(err, PEFTC_ERR_INPUT, "no data options");
+    if (d->format && !lm_format_parse(d->format, &o->format))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", d->format);
+    if (d->max_len < 0 || d->max_len == 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--max-len %d: at least 2", d->max_len);
+    o->prompt_template = d->prompt_template;
+    o->prompt_field = d->prompt_field;
+    o->response_field = d->response_field;
+    o->loss_on_all = d->loss_on_all;
+    /* examples longer than the KV cache are cut there, as training cuts at --max-len */
+    o->max_len = d->max_len > 0 && d->max_len < lm->n_ctx ? d->max_len : lm->n_ctx;
+    return PEFTC_OK;
+}
+
+peftc_status peftc_lm_eval_loss(peftc_lm *lm, const char *data_path, const peftc_lm_data_opts *d,
+                                peftc_lm_eval_result *r, peftc_error *err)
+{
+    memset(r, 0, sizeof *r);
+    peftc_status rc = need_tokenizer(lm, err);
+    if (rc) return rc;
+    lm_data_opts o;
+    if ((rc = data_opts(lm, d, &o, err))) return rc;
+    lm_dataset ds;
+    if ((rc = lm_data_load(data_path, lm->tok, &o, &ds, err))) return rc;
+    int V = decoder_get_info(lm->dec)->n_vocab, T = 1;
+    for (int i = 0; i < ds.n; i++) if (ds.len[i] > T) T = ds.len[i];
+    float *logits = malloc((size_t)T * V * sizeof *logits);
+    if (!logits) { lm_data_free(&ds); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory for %d x %d logits", T, V); }
+    double sum = 0;
+    long long nt = 0;
+    for (int i = 0; i < ds.n && !rc; i++) {
+        const int32_t *ids = ds.ids + ds.off[i];
+        const uint8_t *tg = ds.target + ds.off[i];
+        int L = ds.len[i];
+        if ((rc = peftc_lm_logits(lm, ids, L, 1, logits, err))) break;
+        /* position p predicts token p+1: the loss of every target token */
+        for (int p = 0; p + 1 < L; p++) {
+            if (!tg[p + 1]) continue;
+            const float *z = logits + (size_t)p * V;
+            float mx = z[0];
+            for (int v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
+            double e = 0;
+            for (int v = 0; v < V; v++) e += exp((double)(z[v] - mx));
+            sum += mx + log(e) - z[ids[p + 1]];
+            nt++;
+        }
+    }
+    free(logits);
+    r->n_examples = ds.n_examples;
+    r->n_truncated = ds.n_truncated;
+    r->n_dropped = ds.n_dropped;
+    r->n_targets = nt;
+    lm_data_free(&ds);
+    if (rc) return rc;
+    r->loss = nt ? sum / (double)nt : 0;
+    r->perplexity = exp(r->loss);
+    if (!isfinite(r->loss)) return peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: the loss is not finite", data_path);
+    return PEFTC_OK;
+}
+
+typedef struct textbuf {
+    char *s;
+    size_t n, cap;
+    int oom;
+} textbuf;
+
+static int collect(const char *text, size_t len, void *user)
+{
+    textbuf *b = user;
+    if (b->n + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 512;
+        while (cap < b->n + len + 1) cap *= 2;
+        char *s = realloc(b->s, cap);
+        if (!s) { b->oom = 1; return 1; }
+        b->s = s;
+        b->cap = cap;
+    }
+    memcpy(b->s + b->n, text, len);
+    b->n += len;
+    b->s[b->n] = 0;
+    return 0;
+}
+
+/* The text with every ill-formed UTF-8 sequence (a token that ends a
+ * generation inside a character) replaced by U+FFFD, one per maximal
+ * subpart, as Rust's from_utf8_lossy (Hugging Face tokenizers' decode) and
+ * Python's errors="replace" do; malloc'd, NULL when out of memory. */
+static char *utf8_lossy(const char *in)
+{
+    const unsigned char *s = (const unsigned char *)in;
+    size_t n = strlen(in), o = 0;
+    char *out = malloc(3 * n + 1);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t need = c < 0x80 ? 0 : c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : 99;
+        if (need == 0) { out[o++] = (char)c; i++; continue; }
+        size_t k = 1;
+        if (need != 99)
+            for (; k <= need && i + k < n; k++) {
+                unsigned lo = 0x80, hi = 0xBF, b = s[i + k];
+                if (k == 1) {
+                    if (c == 0xE0) lo = 0xA0;
+                    else if (c == 0xED) hi = 0x9F;
+                    else if (c == 0xF0) lo = 0x90;
+                    else if (c == 0xF4) hi = 0x8F;
+                }
+                if (b < lo || b > hi) break;
+            }
+        if (need != 99 && k == need + 1) { memcpy(out + o, s + i, k); o += k; i += k; continue; }
+        memcpy(out + o, "\xEF\xBF\xBD", 3);   /* U+FFFD for the maximal subpart s[i..i+k) */
+        o += 3;
+        i += k;
+    }
+    out[o] = 0;
+    return out;
+}
+
+peftc_status peftc_lm_generate_data(peftc_lm *lm, const char *data_path, const peftc_lm_data_opts *d,
+                                    const peftc_gen_opts *g, int limit, const char *out_path,
+                                    peftc_lm_gen_progress fn, void *user, peftc_lm_gen_summary *sum,
+                                    char ***predictions, char ***references, peftc_error *err)
+{
+    peftc_lm_gen_summary s0;
+    if (!sum) sum = &s0;
+    memset(sum, 0, sizeof *sum);
+    if (predictions) *predictions = NULL;
+    if (references) *references = NULL;
+    peftc_gen_opts gdef;
+    if (!g) { peftc_gen_opts_default(&gdef); g = &gdef; }
+    peftc_status rc = need_tokenizer(lm, err);
+    if (rc) return rc;
+    lm_data_opts o;
+    if ((rc = data_opts(lm, d, &o, err))) return rc;
+    lm_prompts P;
+    if ((rc = lm_data_prompts(data_path, lm->tok, &o, &P, err))) return rc;
+    int n = limit > 0 && limit < P.n ? limit : P.n;
+    char tmp[4200];
+    FILE *f = NULL;
+    if (out_path) {
+        if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", out_path, (int)getpid()) >= (int)sizeof tmp) {
+            lm_prompts_free(&P);
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: path too long", out_path);
+        }
+        if (!(f = fopen(tmp, "w"))) { lm_prompts_free(&P); return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot write", tmp); }
+    }
+    char **preds = predictions ? calloc((size_t)n, sizeof *preds) : NULL;
+    char **refs = references ? calloc((size_t)n, sizeof *refs) : NULL;
+    if ((predictions && !preds) || (references && !refs)) rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    textbuf tb = {0};
+    for (int i = 0; i < n && !rc; i++) {
+        tb.n = 0;
+        if (tb.s) tb.s[0] = 0;
+        peftc_gen_stats st;
+        if (P.len[i] >= lm->n_ctx) {
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: the prompt is %d tokens, the context holds %d (raise --ctx)", data_path,
+                            P.line[i], P.len[i], lm->n_ctx);
+            break;
+        }
+        if ((rc = gen_run(&lm->gen, P.ids[i], P.len[i], g, collect, &tb, &st, err))) break;
+        if (tb.oom) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+        char *pred = utf8_lossy(tb.s ? tb.s : "");
+        if (!pred) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+        sum->n++;
+        sum->prompt_tokens += st.prompt_tokens;
+        sum->gen_tokens += st.gen_tokens;
+        sum->n_eos += !strcmp(st.stop_reason, "eos");
+        sum->n_stop += !strcmp(st.stop_reason, "stop");
+        sum->n_length += !strcmp(st.stop_reason, "length");
+        if (f) {
+            json_t *j = json_object();
+            json_object_set_new(j, "index", json_integer(i));
+            json_object_set_new(j, "prediction", json_string(pred));
+            json_object_set_new(j, "reference", json_string(P.ref[i]));
+            json_object_set_new(j, "stop", json_string(st.stop_reason));
+            json_object_set_new(j, "gen_tokens", json_integer(st.gen_tokens));
+            char *line = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
+            json_decref(j);
+            /* generated bytes that are not valid UTF-8 (a token split) cannot be JSON strings */
+            if (!line) { free(pred); rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+            int bad = fputs(line, f) < 0 || fputc('\n', f) == EOF;
+            free(line);
+            if (bad) { free(pred); rc = peftc_fail(err, PEFTC_ERR_IO, "%s: write error", tmp); break; }
+        }
+        if (preds) preds[i] = pred;
+        else free(pred);
+        pred = NULL;
+        if (refs && !rc && !(refs[i] = strdup(P.ref[i]))) rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        if (!rc && fn && fn(i, n, preds ? preds[i] : "", &st, user)) break;
+    }
+    free(tb.s);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    sum->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    lm_prompts_free(&P);
+    if (f) {
+        if (fclose(f) && !rc) rc = peftc_fail(err, PEFTC_ERR_IO, "%s: write error", tmp);
+        if (!rc && rename(tmp, out_path)) rc = peftc_fail(err, PEFTC_ERR_IO, "%s: cannot rename into place", out_path);
+        if (rc) unlink(tmp);
+    }
+    if (rc) {
+        for (int i = 0; i < n; i++) { if (preds) free(preds[i]); if (refs) free(refs[i]); }
+        free(preds);
+        free(refs);
+        return rc;
+    }
+    if (predictions) *predictions = preds;
+    if (references) *references = refs;
+    return PEFTC_OK;
 }

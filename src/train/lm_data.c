@@ -102,6 +102,7 @@ typedef struct loader {
     int *len;
     int n, cap;
     int n_truncated, n_dropped;
+    lm_prompts *prompts;   /* prompts mode: each record's prompt ids and reference, no targets */
 } loader;
 
 static lm_format detect(json_t *o, const lm_data_opts *opt, const char **why)
@@ -205,6 +206,62 @@ static peftc_status chat_pieces(loader *L, int line, json_t *msgs, peftc_error *
     return rc;
 }
 
+/* Prompts mode: the sequence built so far is the record's prompt. */
+static peftc_status keep_prompt(loader *L, int line, const char *ref, peftc_error *err)
+{
+    lm_prompts *p = L->prompts;
+    if (p->n == p->cap) {
+        if (p->cap > (1 << 26)) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: more than %d records", L->path, 1 << 26);
+        int cap = p->cap ? 2 * p->cap : 256;
+        int32_t **ids = realloc(p->ids, (size_t)cap * sizeof *ids);
+        if (ids) p->ids = ids;
+        int *len = ids ? realloc(p->len, (size_t)cap * sizeof *len) : NULL;
+        if (len) p->len = len;
+        int *ln = len ? realloc(p->line, (size_t)cap * sizeof *ln) : NULL;
+        if (ln) p->line = ln;
+        char **r = ln ? realloc(p->ref, (size_t)cap * sizeof *r) : NULL;
+        if (!r) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        p->ref = r;
+        p->cap = cap;
+    }
+    int n = L->seq.n;
+    int32_t *ids = malloc((size_t)(n ? n : 1) * sizeof *ids);
+    char *rs = strdup(ref ? ref : "");
+    if (!ids || !rs) { free(ids); free(rs); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    memcpy(ids, L->seq.ids, (size_t)n * sizeof *ids);
+    p->ids[p->n] = ids;
+    p->len[p->n] = n;
+    p->line[p->n] = line;
+    p->ref[p->n++] = rs;
+    return PEFTC_OK;
+}
+
+/* Prompts mode for a chat: the conversation before its last assistant turn
+ * with the generation prompt; the reference is that turn. */
+static peftc_status chat_prompt(loader *L, int line, json_t *msgs, peftc_error *err)
+{
+    size_t nm = json_array_size(msgs);
+    if (!json_is_array(msgs) || nm == 0 || nm > 100000)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: \"%s\" is not a non-empty array of messages", L->path, line, L->f_msgs);
+    bpe_chat_msg *m = malloc(nm * sizeof *m);
+    if (!m) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    peftc_status rc = PEFTC_OK;
+    size_t last = nm;
+    for (size_t i = 0; i < nm && !rc; i++) {
+        json_t *e = json_array_get(msgs, i);
+        const char *role = json_is_object(e) ? str_field(e, "role") : NULL, *content = json_is_object(e) ? str_field(e, "content") : NULL;
+        if (!role || !content) rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: message %zu lacks a string \"role\" or \"content\"", L->path, line, i + 1);
+        else { m[i] = (bpe_chat_msg){role, content}; if (!strcmp(role, "assistant")) last = i; }
+    }
+    char *pre = NULL;
+    if (!rc) rc = bpe_chat_apply(L->tok, m, (int)(last < nm ? last : nm), 1, &pre, err);
+    if (!rc) rc = seq_piece(&L->seq, L->tok, pre, strlen(pre), 0, err);
+    if (!rc) rc = keep_prompt(L, line, last < nm ? m[last].content : "", err);
+    free(pre);
+    free(m);
+    return rc;
+}
+
 static peftc_status add_record(loader *L, int line, json_t *o, peftc_error *err)
 {
     if (!json_is_object(o)) return peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: not a JSON object", L->path, line);
@@ -222,6 +279,9 @@ static peftc_status add_record(loader *L, int line, json_t *o, peftc_error *err)
     char *owned = NULL;
     switch (L->fmt) {
     case LM_FORMAT_TEXT:
+        if (L->prompts)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: plain \"%s\" records have no prompt to continue (give prompt/response fields or --prompt-template)",
+                              L->path, line, L->f_text);
         if (!(prompt = str_field(o, L->f_text))) return peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: no string field \"%s\"", L->path, line, L->f_text);
         if (!*prompt) return peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: empty \"%s\"", L->path, line, L->f_text);
         all = 1;
@@ -247,12 +307,18 @@ static peftc_status add_record(loader *L, int line, json_t *o, peftc_error *err)
         break;
     }
     case LM_FORMAT_CHAT:
+        if (L->prompts) return chat_prompt(L, line, json_object_get(o, L->f_msgs), err);
         return chat_pieces(L, line, json_object_get(o, L->f_msgs), err);
     default:
         return peftc_fail(err, PEFTC_ERR_INPUT, "%s: unknown record format %d", L->path, (int)L->fmt);
     }
     if (resp && !*resp) rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: empty \"%s\" (nothing to learn)", L->path, line, L->f_resp);
     if (!rc) rc = seq_piece(&L->seq, L->tok, prompt, strlen(prompt), all, err);
+    if (!rc && L->prompts) {
+        rc = keep_prompt(L, line, resp, err);
+        free(owned);
+        return rc;
+    }
     if (!rc && resp) rc = seq_piece(&L->seq, L->tok, resp, strlen(resp), 1, err);
     if (!rc && L->eos >= 0 && seq_push(&L->seq, L->eos, 1)) rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     free(owned);
@@ -343,16 +409,16 @@ static peftc_status make_rows(loader *L, lm_dataset *d, peftc_error *err)
     return PEFTC_OK;
 }
 
-peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_dataset *d,
-                          peftc_error *err)
+static peftc_status load(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_dataset *d,
+                         lm_prompts *prompts, peftc_error *err)
 {
-    memset(d, 0, sizeof *d);
+    if (d) memset(d, 0, sizeof *d);
     if (o->max_len < 2) return peftc_fail(err, PEFTC_ERR_INPUT, "--max-len %d: a causal-LM example needs at least 2 tokens", o->max_len);
     char *buf = NULL;
     size_t n = 0;
     peftc_status rc = peftc_read_file(path, &buf, &n, err);
     if (rc) return rc;
-    loader L = {.path = path, .tok = tok, .o = o, .fmt = o->format};
+    loader L = {.path = path, .tok = tok, .o = o, .fmt = o->format, .prompts = prompts};
     L.f_text = o->text_field ? o->text_field : "text";
     L.f_msgs = o->messages_field ? o->messages_field : "messages";
     L.f_input = "input";
@@ -381,7 +447,7 @@ peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_d
             L.f_prompt = o->prompt_field ? o->prompt_field : alpaca_names ? "instruction" : "prompt";
             L.f_resp = o->response_field ? o->response_field : alpaca_names ? "output" : "response";
             /* records of an array are numbered from 1 in messages */
-            if (!(rc = add_record(&L, (int)i + 1, rec, err))) rc = keep_example(&L, err);
+            if (!(rc = add_record(&L, (int)i + 1, rec, err)) && !prompts) rc = keep_example(&L, err);
         }
         json_decref(arr);
     } else {
@@ -404,11 +470,18 @@ peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_d
             }
             L.f_prompt = o->prompt_field ? o->prompt_field : alpaca_names ? "instruction" : "prompt";
             L.f_resp = o->response_field ? o->response_field : alpaca_names ? "output" : "response";
-            if (!(rc = add_record(&L, line, rec, err))) rc = keep_example(&L, err);
+            if (!(rc = add_record(&L, line, rec, err)) && !prompts) rc = keep_example(&L, err);
             json_decref(rec);
         }
     }
     free(buf);
+    if (prompts) {
+        if (!rc && prompts->n == 0) rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: no records", path);
+        free(L.seq.ids);
+        free(L.seq.tgt);
+        if (rc) lm_prompts_free(prompts);
+        return rc;
+    }
     if (!rc && L.n == 0)
         rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: no example with a target token (%d dropped after truncation to %d tokens)", path,
                         L.n_dropped, o->max_len);
@@ -421,6 +494,28 @@ peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_d
     free(L.len);
     if (rc) lm_data_free(d);
     return rc;
+}
+
+peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_dataset *d,
+                          peftc_error *err)
+{
+    return load(path, tok, o, d, NULL, err);
+}
+
+peftc_status lm_data_prompts(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_prompts *p,
+                             peftc_error *err)
+{
+    memset(p, 0, sizeof *p);
+    lm_data_opts q = *o;
+    if (q.max_len < 2) q.max_len = 2;   /* unused: prompts are not truncated */
+    return load(path, tok, &q, NULL, p, err);
+}
+
+void lm_prompts_free(lm_prompts *p)
+{
+    for (int i = 0; i < p->n; i++) { free(p->ids[i]); free(p->ref[i]); }
+    free(p->ids); free(p->len); free(p->line); free(p->ref);
+    memset(p, 0, sizeof *p);
 }
 
 void lm_data_free(lm_dataset *d)

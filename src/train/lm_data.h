@@ -60,6 +60,22 @@ typedef struct lm_dataset {
 peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_dataset *d,
                           peftc_error *err);
 void lm_data_free(lm_dataset *d);
+
+/* Generation prompts of the same records: each record's prompt tokens as
+ * training sees them (BOS, the rendered prompt; a chat up to its last
+ * assistant turn with the generation prompt), not truncated, and the
+ * reference text (the response field / that assistant turn; "" if none). */
+typedef struct lm_prompts {
+    int n, cap;
+    int32_t **ids;
+    int *len;
+    int *line;      /* the record's line (JSONL) or 1-based index (array) */
+    char **ref;
+} lm_prompts;
+
+peftc_status lm_data_prompts(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_prompts *p,
+                             peftc_error *err);
+void lm_prompts_free(lm_prompts *p);
 const char *lm_format_name(lm_format f);
 /* "text", "prompt-response", "alpaca", "chat", "template" -> 1 and *f; 0 unknown */
 int lm_format_parse(const char *name, lm_format *f);

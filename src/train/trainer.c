@@ -191,6 +191,31 @@ static peftc_status lm_tokenizer(const char *path, bpe_tokenizer **tok, peftc_er
     return bpe_from_tokenizer_json(p, tok, err);
 }
 
+/* Mean token loss of the causal-LM task over ev (no dropout, no
+ * gradients), in batches of at most B rows through the training buffers. */
+static double lm_eval_loss(lm_task *t, const lm_dataset *ev, int B, int32_t *ids, uint8_t *tgt, int *lens, peftc_rng *rng,
+                           long long *n_targets)
+{
+    double sum = 0;
+    long long nt = 0;
+    for (int s = 0; s < ev->n; s += B) {
+        int n = ev->n - s < B ? ev->n - s : B, Tb = 1;
+        for (int i = 0; i < n; i++) if (ev->len[s + i] > Tb) Tb = ev->len[s + i];
+        for (int i = 0; i < n; i++) {
+            int r = s + i, L = ev->len[r];
+            lens[i] = L;
+            memcpy(ids + (size_t)i * Tb, ev->ids + ev->off[r], (size_t)L * sizeof *ids);
+            memcpy(tgt + (size_t)i * Tb, ev->target + ev->off[r], (size_t)L);
+            for (int p = L; p < Tb; p++) { ids[(size_t)i * Tb + p] = 0; tgt[(size_t)i * Tb + p] = 0; }
+        }
+        long k = 0;
+        sum += lm_task_step(t, ids, tgt, NULL, lens, n, Tb, 0.0f, rng, &k);
+        nt += k;
+    }
+    *n_targets = nt;
+    return nt ? sum / (double)nt : 0;
+}
+
 static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, const method_opts *mo, float lr,
                                     peftc_progress_fn progress, void *user, peftc_error *err)
 {
@@ -211,7 +236,9 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         return peftc_fail(err, PEFTC_ERR_INPUT, "--pack with --method %s: virtual tokens precede each example, so examples cannot share a row (drop --pack)", mo->name);
     if (o->data_format && !lm_format_parse(o->data_format, &dopt.format))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", o->data_format);
-    if (o->eval_path) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--eval with --task causal-lm is not supported yet (run peftc eval after training)");
+    lm_dataset ev = {0};
+    double *ev_loss = NULL;
+    int *ev_step = NULL, n_ev = 0;
     if ((rc = lm_tokenizer(o->model_dir, &tok, err))) goto out;
     if (bpe_vocab_size(tok) > m->cfg.vocab_size) {   /* every id must index the embedding table */
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: the tokenizer has %d tokens but the model's embedding only %d rows",
@@ -219,22 +246,46 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         goto out;
     }
     if ((rc = lm_data_load(o->train_path, tok, &dopt, &tr, err))) goto out;
+    if (o->eval_path) {
+        /* the held-out file is read as the training file is, one example a row */
+        lm_data_opts eopt = dopt;
+        eopt.pack = 0;
+        if ((rc = lm_data_load(o->eval_path, tok, &eopt, &ev, err))) goto out;
+    }
     int T = 1;
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
+    for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
     int B = o->batch < tr.n ? o->batch : tr.n;
+    /* the buffers also hold an eval batch (at most --batch rows) */
+    int Bev = ev.n ? (o->batch < ev.n ? o->batch : ev.n) : 0, Bcap = Bev > B ? Bev : B;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
-    if ((rc = lm_task_init(&t, m, mo, &rng, err)) || (rc = lm_task_alloc(&t, B, T, 1, err))) goto out;
-    ids = malloc((size_t)B * T * sizeof *ids);
-    seg = malloc((size_t)B * T * sizeof *seg);
-    tgt = malloc((size_t)B * T);
-    lens = malloc((size_t)B * sizeof *lens);
+    if ((rc = lm_task_init(&t, m, mo, &rng, err)) || (rc = lm_task_alloc(&t, Bcap, T, 1, err))) goto out;
+    ids = malloc((size_t)Bcap * T * sizeof *ids);
+    seg = malloc((size_t)Bcap * T * sizeof *seg);
+    tgt = malloc((size_t)Bcap * T);
+    lens = malloc((size_t)Bcap * sizeof *lens);
     order = malloc((size_t)tr.n * sizeof *order);
     if (!ids || !seg || !tgt || !lens || !order) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     if ((rc = peftc_mkdir_p(o->out_dir, err))) goto out;
     int micro = (tr.n + B - 1) / B, per_epoch = (micro + o->grad_accum - 1) / o->grad_accum;
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
+    if (ev.n) {
+        int cap = (o->eval_every > 0 ? total / o->eval_every : 0) + 3;
+        ev_loss = malloc((size_t)cap * sizeof *ev_loss);
+        ev_step = malloc((size_t)cap * sizeof *ev_step);
+        if (!ev_loss || !ev_step) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    }
+    /* held-out loss at the current step: recorded, reported; a copy of the
+     * generator keeps the training's random stream (and resumes) unchanged */
+#define LM_EVAL() do { peftc_rng er_ = rng; long long nt_ = 0; \
+        double l_ = lm_eval_loss(&t, &ev, Bev, ids, tgt, lens, &er_, &nt_); \
+        if (!isfinite(l_)) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: the held-out loss is not finite at step %d", o->eval_path, s.step); goto out; } \
+        ev_loss[n_ev] = l_; ev_step[n_ev++] = s.step; \
+        peftc_progress ep_ = {.kind = PEFTC_PROGRESS_EVAL, .step = s.step, .total_steps = total, .epoch = s.epoch, \
+                              .eval_loss = l_, .eval_causal_lm = 1, .eval_perplexity = exp(l_)}; \
+        emit(progress, user, &ep_); } while (0)
     uint64_t run_sig = 0x6c6d;   /* the layout is checked by the checkpoint's tensor sizes and method */
     for (int i = 0; i < t.pb.n; i++) run_sig = fnv(run_sig, t.pb.e[i].name, strlen(t.pb.e[i].name));
     int ints[] = {o->batch, o->grad_accum, dopt.max_len, o->pack, o->loss_on_all};
@@ -258,6 +309,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     peftc_progress pr = {.kind = PEFTC_PROGRESS_START, .message = msg, .total_steps = total, .step = s.step,
                          .trainable_params = lm_task_trainable_count(&t), .total_params = peftc_model_param_count(m)};
     emit(progress, user, &pr);
+    if (ev.n && s.step == 0) LM_EVAL();
     double t0 = now_s(), tokens = 0, last_loss = 0;
     int steps_run = 0, skipped = 0;
     while (s.step < total) {
@@ -340,8 +392,11 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             emit(progress, user, &pr);
         }
+        if (ev.n && o->eval_every > 0 && s.step % o->eval_every == 0) LM_EVAL();
         if (stopping) break;
     }
+    if (ev.n && (n_ev == 0 || ev_step[n_ev - 1] != s.step)) LM_EVAL();
+#undef LM_EVAL
 #undef LM_ORDER
     double secs = now_s() - t0;
     size_t ml = strlen(o->model_dir);
@@ -362,6 +417,22 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         json_object_set_new(j, "examples", json_integer(tr.n_examples));
         json_object_set_new(j, "truncated", json_integer(tr.n_truncated));
         json_object_set_new(j, "dropped", json_integer(tr.n_dropped));
+        if (n_ev) {
+            json_t *h = json_array();
+            for (int i = 0; i < n_ev; i++) {
+                json_t *e = json_object();
+                json_object_set_new(e, "step", json_integer(ev_step[i]));
+                json_object_set_new(e, "loss", json_real(ev_loss[i]));
+                json_object_set_new(e, "perplexity", json_real(exp(ev_loss[i])));
+                json_array_append_new(h, e);
+            }
+            json_object_set_new(j, "eval", h);
+            json_object_set_new(j, "eval_loss", json_real(ev_loss[n_ev - 1]));
+            json_object_set_new(j, "eval_perplexity", json_real(exp(ev_loss[n_ev - 1])));
+            json_object_set_new(j, "eval_examples", json_integer(ev.n_examples));
+            json_object_set_new(j, "eval_truncated", json_integer(ev.n_truncated));
+            json_object_set_new(j, "eval_dropped", json_integer(ev.n_dropped));
+        }
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         json_object_set_new(j, "peak_rss_mb", json_real(ru.ru_maxrss / 1024.0));
@@ -380,8 +451,10 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     }
 out:
     free(ids); free(seg); free(tgt); free(lens); free(order);
+    free(ev_loss); free(ev_step);
     lm_task_free(&t);
     lm_data_free(&tr);
+    lm_data_free(&ev);
     bpe_free(tok);
     return rc;
 }
