@@ -318,6 +318,45 @@ peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *te
                                       const char *const *pairs, int n, int *labels,
                                       float *probs, peftc_error *err);
 
+/* ------------------------------------------- many adapters on one base model */
+/* Several named adapters (delta methods only: LoRA, AdaLoRA, (IA)^3, the
+ * bottleneck adapters; each with its own parameters and classification head)
+ * sharing one frozen base, combined by a composition (README "Many adapters
+ * on one model"). */
+typedef struct peftc_multi peftc_multi;
+
+/* names[i] may be NULL or "" for an unnamed adapter (named "0", "1", ...). */
+peftc_status peftc_multi_load(const char *model_dir, const char *const *names, const char *const *dirs, int n,
+                              peftc_multi **out, peftc_error *err);
+void peftc_multi_free(peftc_multi *mc);
+/* "stack(a,b)", "parallel(a,b)", "average(a,b[,w1,w2])", "batchsplit(a:n,b:m)",
+ * "split(a,b@k)", nested; or one adapter's name. The default is the first adapter. */
+peftc_status peftc_multi_compose(peftc_multi *mc, const char *spec, peftc_error *err);
+/* Mixed batch: example i goes through the adapter route[i] (peftc_multi_find)
+ * in peftc_multi_predict; replaces the composition. */
+peftc_status peftc_multi_route(peftc_multi *mc, peftc_error *err);
+/* AdapterDrop at inference: no adapter acts in the lowest n layers. */
+peftc_status peftc_multi_drop_layers(peftc_multi *mc, int n, peftc_error *err);
+int peftc_multi_find(const peftc_multi *mc, const char *name);   /* -1 if not loaded */
+int peftc_multi_count(const peftc_multi *mc);
+const char *peftc_multi_name(const peftc_multi *mc, int i);
+/* Outputs per example: the children of parallel(...), else 1; their names. */
+int peftc_multi_outputs(const peftc_multi *mc);
+const char *peftc_multi_output_name(const peftc_multi *mc, int o);
+/* The largest label count of the loaded heads (the stride of probs below). */
+int peftc_multi_max_labels(const peftc_multi *mc);
+/* Predicts n texts (pairs may be NULL): for example i and output o, at
+ * [i * outputs + o], the label's name (owned by mc), and (probs non-NULL) its
+ * head's probabilities at probs[(i * outputs + o) * max_labels + k] with
+ * n_probs[i * outputs + o] of them. route: the adapter per example (only
+ * after peftc_multi_route; NULL otherwise). */
+peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, const char *const *pairs, int n,
+                                 const int *route, const char **labels, float *probs, int *n_probs,
+                                 peftc_error *err);
+/* Rows times adapter applications computed in layer l since loading (the
+ * compute AdapterDrop saves: 0 in dropped layers). */
+int64_t peftc_multi_rows_applied(const peftc_multi *mc, int layer);
+
 /* ------------------------------------------------------ decoders (causal LM) */
 /* A decoder language model ready to generate: the model (a GGUF file, or an
  * HF directory with config.json model_type llama), its byte-level BPE
