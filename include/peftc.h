@@ -356,6 +356,7 @@ peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, cons
 /* Rows times adapter applications computed in layer l since loading (the
  * compute AdapterDrop saves: 0 in dropped layers). */
 int64_t peftc_multi_rows_applied(const peftc_multi *mc, int layer);
+int peftc_multi_layers(const peftc_multi *mc);
 
 /* ------------------------------------------------------ decoders (causal LM) */
 /* A decoder language model ready to generate: the model (a GGUF file, or an

@@ -159,7 +159,7 @@ int cmd_eval(cli_args *a)
     return 0;
 }
 
-static int predict_one(const char *model, const char *adapter, int with_probs, int merge)
+static int predict_one(const char *model, const char *adapter, int with_probs, int merge, int hex)
 {
     peftc_error err = {0};
     peftc_classifier *c;
@@ -181,7 +181,7 @@ static int predict_one(const char *model, const char *adapter, int with_probs, i
     if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
     for (int i = 0; i < L.n && !rc; i++) {
         fputs(peftc_classifier_label(c, labels[i]), stdout);
-        if (with_probs) for (int k = 0; k < K; k++) printf("\t%.6f", probs[(size_t)i * K + k]);
+        if (with_probs) for (int k = 0; k < K; k++) printf(hex ? "\t%a" : "\t%.6f", probs[(size_t)i * K + k]);
         putchar('\n');
     }
     free(texts); free(pairs); free(labels); free(probs);
@@ -208,7 +208,7 @@ static void split_named(char *spec, const char **name, const char **dir)
 
 /* predict with several adapters, a composition, a mixed batch or AdapterDrop */
 static int predict_multi(const char *model, char **specs, int n_ad, const char *compose, const char *col_s,
-                         int drop, int with_probs)
+                         int drop, int with_probs, int hex, int stats)
 {
     const char *names[PREDICT_MAX_ADAPTERS], *dirs[PREDICT_MAX_ADAPTERS];
     for (int i = 0; i < n_ad; i++) {
@@ -273,9 +273,15 @@ static int predict_multi(const char *model, char **specs, int n_ad, const char *
             if (o) putchar('\t');
             if (R > 1) printf("%s=", peftc_multi_output_name(mc, o));
             fputs(labels[slot], stdout);
-            if (with_probs) for (int k = 0; k < n_probs[slot]; k++) printf("\t%.6f", probs[slot * K + k]);
+            if (with_probs) for (int k = 0; k < n_probs[slot]; k++) printf(hex ? "\t%a" : "\t%.6f", probs[slot * K + k]);
         }
         putchar('\n');
+    }
+    if (!rc && stats) {
+        /* the adapter compute per layer: AdapterDrop's saving made visible */
+        fprintf(stderr, "adapter rows per layer:");
+        for (int l = 0; l < peftc_multi_layers(mc); l++) fprintf(stderr, " %lld", (long long)peftc_multi_rows_applied(mc, l));
+        fputc('\n', stderr);
     }
     free(texts); free(pairs); free(labels); free(probs); free(n_probs); free(route);
     cli_lines_free(&L);
@@ -297,7 +303,8 @@ int cmd_predict(cli_args *a)
     const char *compose = cli_opt(a, "--compose"), *col = cli_opt(a, "--adapter-col");
     int ok = 1;
     int drop = cli_opt_int(a, "--drop-layers", -1, 0, 1 << 20, &ok);
-    int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge");
+    int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge"), hex = cli_flag(a, "--hex");
+    int stats = cli_flag(a, "--adapter-stats");
     int rc;
     if (!ok || cli_check_unused(a, "predict")) { rc = 2; goto done; }
     if (!model || !*model || n_ad == 0 || !*specs[0]) { rc = cli_errorf(2, "predict: --model DIR and --adapter RUN_DIR are required"); goto done; }
@@ -305,12 +312,12 @@ int cmd_predict(cli_args *a)
     snprintf(first, sizeof first, "%s", specs[0]);
     const char *nm, *dir;
     split_named(first, &nm, &dir);
-    if (n_ad > 1 || nm || compose || col || drop >= 0) {
+    if (n_ad > 1 || nm || compose || col || drop >= 0 || stats) {
         if (merge) { rc = cli_errorf(2, "predict: --merge takes one adapter (the base is shared by several here)"); goto done; }
-        rc = predict_multi(model, specs, n_ad, compose, col, drop, with_probs);
+        rc = predict_multi(model, specs, n_ad, compose, col, drop, with_probs, hex, stats);
         goto done;
     }
-    rc = predict_one(model, specs[0], with_probs, merge);
+    rc = predict_one(model, specs[0], with_probs, merge, hex);
 done:
     for (int i = 0; i < n_ad; i++) free(specs[i]);
     return rc;

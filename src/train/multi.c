@@ -257,6 +257,7 @@ const char *peftc_multi_name(const peftc_multi *mc, int i) { return i >= 0 && i 
 int peftc_multi_outputs(const peftc_multi *mc) { return mc->n_out; }
 const char *peftc_multi_output_name(const peftc_multi *mc, int o) { return o >= 0 && o < mc->n_out ? mc->out_names[o] : NULL; }
 int peftc_multi_max_labels(const peftc_multi *mc) { return mc->max_K; }
+int peftc_multi_layers(const peftc_multi *mc) { return mc->m->cfg.num_layers; }
 int64_t peftc_multi_rows_applied(const peftc_multi *mc, int layer)
 {
     return mc->cc.rows_applied && layer >= 0 && layer < mc->cc.n_layers ? mc->cc.rows_applied[layer] : 0;
@@ -343,16 +344,20 @@ static peftc_status head_logits(peftc_multi *mc, int id, const float *hidden, in
         return PEFTC_OK;
     }
     case CN_ROUTE:
-        for (int e = 0; e < nex;) {
-            int r = route[ex0 + e], e1 = e + 1;
-            while (e1 < nex && route[ex0 + e1] == r) e1++;
+        /* each adapter's head over the whole batch, its rows kept: the
+         * head's matrix products see the same batch shape as a run of that
+         * adapter alone, so a mixed batch matches those runs bit for bit */
+        for (int r = 0; r < mc->n; r++) {
+            int any = 0;
+            for (int e = 0; e < nex && !any; e++) any = route[ex0 + e] == r;
+            if (!any) continue;
             task *t = &mc->t[r];
-            cls_head_forward(&t->head, hidden + (size_t)(ex0 + e) * T * C, e1 - e, T, 0.0f, 0, NULL);
-            for (int j = e; j < e1; j++) {
-                memcpy(lg + (size_t)j * K, t->head.logits + (size_t)(j - e) * t->labels.n, (size_t)t->labels.n * sizeof(float));
-                mc->head_of[ex0 + j] = r;
+            cls_head_forward(&t->head, hidden + (size_t)ex0 * T * C, nex, T, 0.0f, 0, NULL);
+            for (int e = 0; e < nex; e++) {
+                if (route[ex0 + e] != r) continue;
+                memcpy(lg + (size_t)e * K, t->head.logits + (size_t)e * t->labels.n, (size_t)t->labels.n * sizeof(float));
+                mc->head_of[ex0 + e] = r;
             }
-            e = e1;
         }
         return PEFTC_OK;
     }
