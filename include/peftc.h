@@ -358,6 +358,26 @@ peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, cons
 int64_t peftc_multi_rows_applied(const peftc_multi *mc, int layer);
 int peftc_multi_layers(const peftc_multi *mc);
 
+/* Several LoRA adapters combined into one new adapter directory, as HF
+ * PEFT 0.21's add_weighted_adapter: combination linear, cat, svd, ties,
+ * ties_svd, dare_linear, dare_linear_svd, dare_ties, dare_ties_svd,
+ * magnitude_prune, magnitude_prune_svd (src/train/merge_adapters.c). */
+typedef struct peftc_merge_opts {
+    const char *const *dirs;
+    int n;
+    const double *weights;
+    int n_weights;
+    const char *combination;
+    double density;            /* < 0: not given (needed by every rule but linear, cat, svd) */
+    int svd_rank;              /* 0: the largest rank */
+    int svd_rank_given;
+    int majority_frequency;    /* ties' majority_sign_method "frequency" (else "total") */
+    uint64_t seed;             /* DARE's random masks */
+    int head;                  /* the adapter whose other tensors (head) and config the result keeps */
+    const char *out_dir;
+} peftc_merge_opts;
+peftc_status peftc_merge_adapters(const peftc_merge_opts *o, peftc_error *err);
+
 /* ------------------------------------------------------ decoders (causal LM) */
 /* A decoder language model ready to generate: the model (a GGUF file, or an
  * HF directory with config.json model_type llama), its byte-level BPE

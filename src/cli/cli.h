@@ -49,5 +49,6 @@ int cmd_export(cli_args *a);
 int cmd_sweep(cli_args *a);
 int cmd_report(cli_args *a);
 int cmd_quantize(cli_args *a);
+int cmd_merge_adapters(cli_args *a);
 
 #endif
