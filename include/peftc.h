@@ -177,6 +177,7 @@ typedef struct peftc_train_opts {
     const char *out_dir;
     const char *resume_dir;      /* may be NULL: continue the run saved there */
     const char *init_adapter;    /* may be NULL: start from this adapter's weights */
+    int adapterdrop_train;       /* AdapterDrop: each micro-batch skips the deltas of its lowest n layers, n uniform in [0, L) */
     const char *method;          /* a preset (see peftc_method_list) or "custom" */
     const char *quantize;        /* base storage: "nf4" or "none"; NULL: the method's (qlora: nf4; others: none) */
     const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */

@@ -123,6 +123,13 @@ $P --adapter a="$W/a" --adapter p="$W/p" --compose 'parallel(a,p)' --drop-layers
 $P --adapter "$W/p_z1" < "$W/in.txt" > "$W/ref_pz1.txt"
 cmp_out "parallel(a,p) --drop-layers 1 output p = p without layer 0" "$W/par_drop.txt" "$W/ref_pz1.txt" 1e-6 3,4,5
 
+# --- --adapterdrop-train: reproducible, and not the plain run
+train pd1 --seed 3 --method adapter-pfeiffer --adapterdrop-train
+train pd2 --seed 3 --method adapter-pfeiffer --adapterdrop-train
+if cmp -s "$W/pd1/adapter_model.safetensors" "$W/pd2/adapter_model.safetensors"; then ok "--adapterdrop-train: the same seed gives the same adapter"; else bad "--adapterdrop-train not reproducible"; fi
+if ! cmp -s "$W/pd1/adapter_model.safetensors" "$W/p/adapter_model.safetensors"; then ok "--adapterdrop-train trains another adapter than without it"; else bad "--adapterdrop-train changed nothing"; fi
+$P --adapter pd="$W/pd1" --drop-layers 1 < "$W/in.txt" > "$W/pd_drop.txt" && [ "$(wc -l < "$W/pd_drop.txt")" -eq 64 ] && ok "an --adapterdrop-train adapter predicts with --drop-layers 1" || bad "pd --drop-layers 1"
+
 # --- bad input: one line naming the problem, non-zero exit
 expect_fail() {
     local name=$1 needle=$2; shift 2

@@ -69,6 +69,7 @@ int cmd_train(cli_args *a)
     o.out_dir = cli_opt(a, "--out");
     o.resume_dir = cli_opt(a, "--resume");
     o.init_adapter = cli_opt(a, "--init-adapter");
+    o.adapterdrop_train = cli_flag(a, "--adapterdrop-train");
     if ((v = cli_opt(a, "--method"))) o.method = v;
     o.text_col = cli_opt(a, "--text-col");
     o.pair_col = cli_opt(a, "--text-pair-col");

@@ -121,7 +121,7 @@ peftc_status delta_index(delta_set *ds, int n_layers, peftc_error *err)
 int delta_count(const delta_set *ds, int layer, site_id site)
 {
     if (ds && ds->comp) return compose_count(ds->comp, layer, site);
-    if (!ds || !ds->site_count || layer >= ds->n_layers) return 0;
+    if (!ds || !ds->site_count || layer >= ds->n_layers || layer < ds->skip_below) return 0;
     return ds->site_count[(size_t)layer * SITE_COUNT + site];
 }
 

@@ -95,6 +95,9 @@ typedef struct delta_set {
      * delta_count/delta_forward dispatch to it, and it holds no deltas itself.
      * Compositions are for inference: delta_backward does nothing on one. */
     struct compose_ctx *comp;
+    /* AdapterDrop: the deltas of layers below this act in neither forward
+     * nor backward (delta_count says 0 there, so the family skips them) */
+    int skip_below;
 } delta_set;
 
 /* Adds a delta at (layer, site) with the given widths; declares its params in pb
