@@ -122,6 +122,13 @@ done
 $P --adapter a="$W/a" --adapter p="$W/p" --compose 'parallel(a,p)' --drop-layers 1 < "$W/in.txt" > "$W/par_drop.txt"
 $P --adapter "$W/p_z1" < "$W/in.txt" > "$W/ref_pz1.txt"
 cmp_out "parallel(a,p) --drop-layers 1 output p = p without layer 0" "$W/par_drop.txt" "$W/ref_pz1.txt" 1e-6 3,4,5
+$P --adapter "$W/a_z1" < "$W/in.txt" > "$W/ref_az1.txt"
+cmp_out "parallel(a,p) --drop-layers 1 output a = a without layer 0" "$W/par_drop.txt" "$W/ref_az1.txt" 1e-6 0,1,2
+PEFTC_NO_SHARED_DROP=1 $P --adapter a="$W/a" --adapter p="$W/p" --compose 'parallel(a,p)' --drop-layers 1 < "$W/in.txt" > "$W/par_drop_rep.txt"
+cmp_out "parallel --drop-layers 1: layer 0 once for both outputs = replicated from the embeddings" "$W/par_drop.txt" "$W/par_drop_rep.txt" 1e-6
+$P --adapter a="$W/a" --adapter p="$W/p" --compose 'parallel(a,p)' --drop-layers $L < "$W/in.txt" > "$W/par_dropL.txt"
+$P --adapter "$W/p_z$L" < "$W/in.txt" > "$W/ref_pzL.txt"
+cmp_out "parallel(a,p) --drop-layers $L (all) output p = p's head on the base" "$W/par_dropL.txt" "$W/ref_pzL.txt" 1e-6 3,4,5
 
 # --- --adapterdrop-train: reproducible, and not the plain run
 train pd1 --seed 3 --method adapter-pfeiffer --adapterdrop-train

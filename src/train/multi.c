@@ -397,10 +397,16 @@ peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, cons
             memcpy(ids + (size_t)b * T, one, (size_t)T * sizeof *one);
             memcpy(tts + (size_t)b * T, one_t, (size_t)T * sizeof *one);
         }
-        /* parallel: the batch once per output, copy o through child o */
+        /* parallel: the batch once per output, copy o through child o. With
+         * the lowest layers dropped the family copies the rows only where the
+         * first adapters act: the layers below run once for every output */
+        int NL = mc->m->cfg.num_layers, rep_at = mc->cc.drop_layers < NL ? mc->cc.drop_layers : NL - 1;
+        int share = R > 1 && rep_at >= 1 && mc->m->family->can_replicate && !getenv("PEFTC_NO_SHARED_DROP");
         for (int o = 1; o < R; o++) {
-            memcpy(ids + (size_t)o * B * T, ids, (size_t)B * T * sizeof *ids);
-            memcpy(tts + (size_t)o * B * T, tts, (size_t)B * T * sizeof *tts);
+            if (!share) {
+                memcpy(ids + (size_t)o * B * T, ids, (size_t)B * T * sizeof *ids);
+                memcpy(tts + (size_t)o * B * T, tts, (size_t)B * T * sizeof *tts);
+            }
             memcpy(lens + (size_t)o * B, lens, (size_t)B * sizeof *lens);
         }
         int BR = B * R;
@@ -408,8 +414,8 @@ peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, cons
         mc->cc.T = T;
         mc->cc.B = BR;
         mc->cc.route = route ? route + s : NULL;
-        model_run run = {.train = 0, .deltas = &mc->comp_ds};
-        mc->m->family->forward(mc->m, mc->acts, &run, ids, tts, lens, BR, T);
+        model_run run = {.train = 0, .deltas = &mc->comp_ds, .rep = share ? R : 0, .rep_at = rep_at};
+        mc->m->family->forward(mc->m, mc->acts, &run, ids, tts, lens, share ? B : BR, T);
         const float *hidden = mc->m->family->hidden(mc->m, mc->acts);
         if ((rc = head_logits(mc, mc->tree.root, hidden, T, 0, BR, mc->logits, 0, route ? route + s : NULL, err))) goto out;
         for (int o = 0; o < R; o++)
