@@ -37,10 +37,11 @@ done
 if cmp -s "$W/s1/adapter_model.safetensors" "$W/s1b/adapter_model.safetensors" && ! cmp -s "$W/s1/adapter_model.safetensors" "$W/s2/adapter_model.safetensors"; then
     ok "DARE: one seed reproduces its masks, another seed draws others"; else bad "DARE seeds"; fi
 
-# a merged peftc adapter predicts: cat(a, b) with b's head = stack(a,b)
+# a merged peftc adapter predicts: cat(a, b) with b's head = stack(a,b); b's targets are a regular
+# expression (output.dense is ambiguous), a's a list: the union is one expression
 c="--model $T --batch 8 --train $W/tiny/train.tsv --epochs 3 --lr 0.01"
 ./peftc train $c --seed 1 --method lora --r 4 --out "$W/ta" >/dev/null 2>&1 &&
-./peftc train $c --seed 2 --method lora --r 2 --target-modules query,key,value --out "$W/tb" >/dev/null 2>&1 || bad "train"
+./peftc train $c --seed 2 --method lora --r 2 --target-modules query,key,value,output.dense --out "$W/tb" >/dev/null 2>&1 || bad "train"
 cut -f1 "$W/tiny/dev.tsv" | tail -n +2 > "$W/in.txt"
 ./peftc merge-adapters --adapter a="$W/ta" --adapter b="$W/tb" --combination cat --head b --out "$W/cat_ab" || bad "cat merge"
 ./peftc predict --model $T --adapter "$W/cat_ab" --probs > "$W/p_cat.txt" < "$W/in.txt"

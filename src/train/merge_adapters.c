@@ -86,8 +86,9 @@ static peftc_status read_one(const char *dir, merge_in *mi, peftc_error *err)
     if ((json_is_object(rp) && json_object_size(rp)) || (json_is_object(ap) && json_object_size(ap)))
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: rank_pattern/alpha_pattern adapters are not combined (one scale per adapter)", path);
     if (json_is_true(json_object_get(mi->cfg, "use_dora"))) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: DoRA adapters are not combined", path);
-    if (!json_is_array(json_object_get(mi->cfg, "target_modules")))
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: target_modules must be a list (a regular expression is not combined)", path);
+    json_t *tmod = json_object_get(mi->cfg, "target_modules");
+    if (!json_is_array(tmod) && !json_is_string(tmod))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: target_modules must be a list or a regular expression", path);
     if ((rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err)) ||
         (rc = peftc_safetensors_open(path, &mi->st, err)))
         return rc;
@@ -453,17 +454,52 @@ peftc_status peftc_merge_adapters(const peftc_merge_opts *o, peftc_error *err)
     }
     /* the config: the head adapter's, rank and alpha the new rank, the union of targets */
     cfg = json_deep_copy(mi[o->head].cfg);
-    json_t *tm = json_array(), *sites = json_array();
-    if (!cfg || !tm || !sites) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); json_decref(tm); json_decref(sites); goto out; }
+    /* target_modules as PEFT combines them: lists into their union, regular
+     * expressions into "(re1)|(re2)". A mix (PEFT refuses it; peftc writes a
+     * regular expression when a name is ambiguous) turns each list into the
+     * expression PEFT's suffix matching means: (.*\.)?(n1|n2) */
+    int n_str = 0;
+    for (int k = 0; k < n; k++) n_str += json_is_string(json_object_get(mi[k].cfg, "target_modules"));
+    json_t *tm = n_str ? NULL : json_array(), *sites = json_array();
+    char *re = NULL;
+    size_t re_len = 0;
+    if ((!n_str && !tm) || !cfg || !sites) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); json_decref(tm); json_decref(sites); goto out; }
     for (int k = 0; k < n; k++) {
         size_t idx;
         json_t *v;
-        json_array_foreach(json_object_get(mi[k].cfg, "target_modules"), idx, v) {
-            int dup = 0;
-            size_t j2;
-            json_t *u;
-            json_array_foreach(tm, j2, u) if (json_equal(u, v)) dup = 1;
-            if (!dup) json_array_append(tm, v);
+        if (n_str) {
+            json_t *tk = json_object_get(mi[k].cfg, "target_modules");
+            char lre[4096];
+            const char *e = json_string_value(tk);
+            if (!e) {
+                size_t ll = (size_t)snprintf(lre, sizeof lre, "(.*\\.)?(");
+                json_array_foreach(tk, idx, v) {
+                    const char *nm = json_string_value(v);
+                    if (!nm) continue;
+                    if (idx && ll < sizeof lre) lre[ll++] = '|';
+                    for (const char *c = nm; *c && ll + 2 < sizeof lre; c++) {
+                        if (*c == '.') lre[ll++] = '\\';
+                        lre[ll++] = *c;
+                    }
+                }
+                if (ll + 2 >= sizeof lre) { free(re); json_decref(sites); rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: target_modules too long", o->dirs[k]); goto out; }
+                lre[ll++] = ')';
+                lre[ll] = 0;
+                e = lre;
+            }
+            size_t el = strlen(e);
+            char *nre = realloc(re, re_len + el + 4);
+            if (!nre) { free(re); json_decref(sites); rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+            re = nre;
+            re_len += (size_t)sprintf(re + re_len, "%s(%s)", k ? "|" : "", e);
+        } else {
+            json_array_foreach(json_object_get(mi[k].cfg, "target_modules"), idx, v) {
+                int dup = 0;
+                size_t j2;
+                json_t *u;
+                json_array_foreach(tm, j2, u) if (json_equal(u, v)) dup = 1;
+                if (!dup) json_array_append(tm, v);
+            }
         }
         json_t *pc = json_object_get(mi[k].cfg, "peftc");
         json_array_foreach(json_object_get(pc, "lora_sites"), idx, v) {
@@ -474,6 +510,7 @@ peftc_status peftc_merge_adapters(const peftc_merge_opts *o, peftc_error *err)
             if (!dup) json_array_append(sites, v);
         }
     }
+    if (n_str) { tm = json_string(re); free(re); }
     json_object_set_new(cfg, "target_modules", tm);
     json_t *pc = json_object_get(cfg, "peftc");
     if (json_is_object(pc) && json_array_size(sites)) json_object_set(pc, "lora_sites", sites);
