@@ -24,7 +24,7 @@ acc() { paste "$1" "$W/y.txt" | awk -F'\t' '{ c += ($1 == $2) } END { printf "%.
 echo "## AdapterDrop on SST-2 dev ($n sentences, $OMP_NUM_THREADS thread(s))"
 echo "| N dropped | acc (plain) | sent/s (plain) | acc (--adapterdrop-train) | sent/s (--adapterdrop-train) |"
 echo "|---|---|---|---|---|"
-for N in $(seq 0 "$L"); do
+for N in ${NS:-$(seq 0 "$L")}; do
     t1=$(secs sh -c "./peftc predict --model $M --adapter s=$R/sst2 --drop-layers $N < $W/x.txt > $W/p1.txt")
     t2=$(secs sh -c "./peftc predict --model $M --adapter s=$R/sst2_ad --drop-layers $N < $W/x.txt > $W/p2.txt")
     printf "| %d | %s | %.1f | %s | %.1f |\n" "$N" "$(acc "$W/p1.txt")" "$(echo "$n / $t1" | bc -l)" "$(acc "$W/p2.txt")" "$(echo "$n / $t2" | bc -l)"
