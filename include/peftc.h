@@ -178,6 +178,7 @@ typedef struct peftc_train_opts {
     const char *out_dir;
     const char *resume_dir;      /* may be NULL: continue the run saved there */
     const char *init_adapter;    /* may be NULL: start from this adapter's weights */
+    int adapterdrop_train;       /* AdapterDrop: each micro-batch skips the deltas of its lowest n layers, n uniform in [0, L) */
     const char *method;          /* a preset (see peftc_method_list) or "custom" */
     const char *quantize;        /* base storage: "nf4" or "none"; NULL: the method's (qlora: nf4; others: none) */
     const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */
@@ -328,6 +329,66 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
 peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *texts,
                                       const char *const *pairs, int n, int *labels,
                                       float *probs, peftc_error *err);
+
+/* ------------------------------------------- many adapters on one base model */
+/* Several named adapters (delta methods only: LoRA, AdaLoRA, (IA)^3, the
+ * bottleneck adapters; each with its own parameters and classification head)
+ * sharing one frozen base, combined by a composition (README "Many adapters
+ * on one model"). */
+typedef struct peftc_multi peftc_multi;
+
+/* names[i] may be NULL or "" for an unnamed adapter (named "0", "1", ...). */
+peftc_status peftc_multi_load(const char *model_dir, const char *const *names, const char *const *dirs, int n,
+                              peftc_multi **out, peftc_error *err);
+void peftc_multi_free(peftc_multi *mc);
+/* "stack(a,b)", "parallel(a,b)", "average(a,b[,w1,w2])", "batchsplit(a:n,b:m)",
+ * "split(a,b@k)", nested; or one adapter's name. The default is the first adapter. */
+peftc_status peftc_multi_compose(peftc_multi *mc, const char *spec, peftc_error *err);
+/* Mixed batch: example i goes through the adapter route[i] (peftc_multi_find)
+ * in peftc_multi_predict; replaces the composition. */
+peftc_status peftc_multi_route(peftc_multi *mc, peftc_error *err);
+/* AdapterDrop at inference: no adapter acts in the lowest n layers. */
+peftc_status peftc_multi_drop_layers(peftc_multi *mc, int n, peftc_error *err);
+int peftc_multi_find(const peftc_multi *mc, const char *name);   /* -1 if not loaded */
+int peftc_multi_count(const peftc_multi *mc);
+const char *peftc_multi_name(const peftc_multi *mc, int i);
+/* Outputs per example: the children of parallel(...), else 1; their names. */
+int peftc_multi_outputs(const peftc_multi *mc);
+const char *peftc_multi_output_name(const peftc_multi *mc, int o);
+/* The largest label count of the loaded heads (the stride of probs below). */
+int peftc_multi_max_labels(const peftc_multi *mc);
+/* Predicts n texts (pairs may be NULL): for example i and output o, at
+ * [i * outputs + o], the label's name (owned by mc), and (probs non-NULL) its
+ * head's probabilities at probs[(i * outputs + o) * max_labels + k] with
+ * n_probs[i * outputs + o] of them. route: the adapter per example (only
+ * after peftc_multi_route; NULL otherwise). */
+peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, const char *const *pairs, int n,
+                                 const int *route, const char **labels, float *probs, int *n_probs,
+                                 peftc_error *err);
+/* Rows times adapter applications computed in layer l since loading (the
+ * compute AdapterDrop saves: 0 in dropped layers). */
+int64_t peftc_multi_rows_applied(const peftc_multi *mc, int layer);
+int peftc_multi_layers(const peftc_multi *mc);
+
+/* Several LoRA adapters combined into one new adapter directory, as HF
+ * PEFT 0.21's add_weighted_adapter: combination linear, cat, svd, ties,
+ * ties_svd, dare_linear, dare_linear_svd, dare_ties, dare_ties_svd,
+ * magnitude_prune, magnitude_prune_svd (src/train/merge_adapters.c). */
+typedef struct peftc_merge_opts {
+    const char *const *dirs;
+    int n;
+    const double *weights;
+    int n_weights;
+    const char *combination;
+    double density;            /* < 0: not given (needed by every rule but linear, cat, svd) */
+    int svd_rank;              /* 0: the largest rank */
+    int svd_rank_given;
+    int majority_frequency;    /* ties' majority_sign_method "frequency" (else "total") */
+    uint64_t seed;             /* DARE's random masks */
+    int head;                  /* the adapter whose other tensors (head) and config the result keeps */
+    const char *out_dir;
+} peftc_merge_opts;
+peftc_status peftc_merge_adapters(const peftc_merge_opts *o, peftc_error *err);
 
 /* ------------------------------------------------------ decoders (causal LM) */
 /* A decoder language model ready to generate: the model (a GGUF file, or an

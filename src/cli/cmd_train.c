@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 
 #include <signal.h>
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -84,6 +85,7 @@ int cmd_train(cli_args *a)
     o.out_dir = cli_opt(a, "--out");
     o.resume_dir = cli_opt(a, "--resume");
     o.init_adapter = cli_opt(a, "--init-adapter");
+    o.adapterdrop_train = cli_flag(a, "--adapterdrop-train");
     if ((v = cli_opt(a, "--method"))) o.method = v;
     o.text_col = cli_opt(a, "--text-col");
     o.pair_col = cli_opt(a, "--text-pair-col");
@@ -202,12 +204,8 @@ int cmd_eval(cli_args *a)
     return 0;
 }
 
-int cmd_predict(cli_args *a)
+static int predict_one(const char *model, const char *adapter, int with_probs, int merge, int hex)
 {
-    const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter");
-    int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge");
-    if (cli_check_unused(a, "predict")) return 2;
-    if (!model || !*model || !adapter || !*adapter) return cli_errorf(2, "predict: --model DIR and --adapter RUN_DIR are required");
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
@@ -228,12 +226,145 @@ int cmd_predict(cli_args *a)
     if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
     for (int i = 0; i < L.n && !rc; i++) {
         fputs(peftc_classifier_label(c, labels[i]), stdout);
-        if (with_probs) for (int k = 0; k < K; k++) printf("\t%.6f", probs[(size_t)i * K + k]);
+        if (with_probs) for (int k = 0; k < K; k++) printf(hex ? "\t%a" : "\t%.6f", probs[(size_t)i * K + k]);
         putchar('\n');
     }
     free(texts); free(pairs); free(labels); free(probs);
     cli_lines_free(&L);
     peftc_classifier_free(c);
+    return rc;
+}
+
+#define PREDICT_MAX_ADAPTERS 64
+
+/* "name=DIR" (name: letters, digits, _ - .) or a plain DIR */
+static void split_named(char *spec, const char **name, const char **dir)
+{
+    char *eq = strchr(spec, '=');
+    *name = NULL;
+    *dir = spec;
+    if (!eq || eq == spec) return;
+    for (char *p = spec; p < eq; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '_' || *p == '-' || *p == '.')) return;
+    *eq = 0;
+    *name = spec;
+    *dir = eq + 1;
+}
+
+/* predict with several adapters, a composition, a mixed batch or AdapterDrop */
+static int predict_multi(const char *model, char **specs, int n_ad, const char *compose, const char *col_s,
+                         int drop, int with_probs, int hex, int stats)
+{
+    const char *names[PREDICT_MAX_ADAPTERS], *dirs[PREDICT_MAX_ADAPTERS];
+    for (int i = 0; i < n_ad; i++) {
+        split_named(specs[i], &names[i], &dirs[i]);
+        if (!*dirs[i]) return cli_errorf(2, "--adapter %s=: no directory after the name", names[i] ? names[i] : "");
+    }
+    int col = -1;
+    if (col_s) {
+        char *end;
+        long v = strtol(col_s, &end, 10);
+        if (!*col_s || *end || v < 0 || v > 2) return cli_errorf(2, "--adapter-col %s: a field index 0, 1 or 2 of the TAB-separated input", col_s);
+        col = (int)v;
+        if (compose) return cli_errorf(2, "--adapter-col and --compose exclude each other (each example names its adapter)");
+    }
+    peftc_error err = {0};
+    peftc_multi *mc;
+    if (peftc_multi_load(model, names, dirs, n_ad, &mc, &err)) return cli_fail(&err);
+    int rc = 0;
+    if ((compose && peftc_multi_compose(mc, compose, &err)) || (col >= 0 && peftc_multi_route(mc, &err)) ||
+        (drop >= 0 && peftc_multi_drop_layers(mc, drop, &err))) {
+        peftc_multi_free(mc);
+        return cli_fail(&err);
+    }
+    cli_lines L;
+    if (cli_read_lines(stdin, "stdin", &L)) { peftc_multi_free(mc); return 1; }
+    int R = peftc_multi_outputs(mc), K = peftc_multi_max_labels(mc);
+    const char **texts = calloc((size_t)L.n + 1, sizeof *texts), **pairs = calloc((size_t)L.n + 1, sizeof *pairs);
+    const char **labels = calloc((size_t)(L.n + 1) * R, sizeof *labels);
+    float *probs = calloc((size_t)(L.n + 1) * R * K, sizeof *probs);
+    int *n_probs = calloc((size_t)(L.n + 1) * R, sizeof *n_probs), *route = calloc((size_t)L.n + 1, sizeof *route);
+    if (!texts || !pairs || !labels || !probs || !n_probs || !route) rc = cli_errorf(1, "out of memory");
+    for (int i = 0; i < L.n && !rc; i++) {
+        /* fields split on TAB: text [TAB pair], the adapter's name at --adapter-col */
+        char *f[4];
+        int nf = 0;
+        for (char *p = L.line[i]; nf < 4;) {
+            f[nf++] = p;
+            char *tab = strchr(p, '\t');
+            if (!tab) break;
+            *tab = 0;
+            p = tab + 1;
+        }
+        if (col >= 0) {
+            if (col >= nf) { rc = cli_errorf(1, "stdin line %d: no field %d (the adapter's name)", i + 1, col); break; }
+            if ((route[i] = peftc_multi_find(mc, f[col])) < 0) {
+                rc = cli_errorf(1, "stdin line %d: no adapter named '%.64s' is loaded", i + 1, f[col]);
+                break;
+            }
+            for (int k = col; k + 1 < nf; k++) f[k] = f[k + 1];
+            nf--;
+        }
+        if (nf < 1 || nf > 2) { rc = cli_errorf(1, "stdin line %d: expected a text and at most one TAB-separated pair", i + 1); break; }
+        texts[i] = f[0];
+        pairs[i] = nf > 1 ? f[1] : NULL;
+    }
+    if (!rc && peftc_multi_predict(mc, texts, pairs, L.n, col >= 0 ? route : NULL, labels, with_probs ? probs : NULL,
+                                   n_probs, &err))
+        rc = cli_fail(&err);
+    for (int i = 0; i < L.n && !rc; i++) {
+        for (int o = 0; o < R; o++) {
+            size_t slot = (size_t)i * R + o;
+            if (o) putchar('\t');
+            if (R > 1) printf("%s=", peftc_multi_output_name(mc, o));
+            fputs(labels[slot], stdout);
+            if (with_probs) for (int k = 0; k < n_probs[slot]; k++) printf(hex ? "\t%a" : "\t%.6f", probs[slot * K + k]);
+        }
+        putchar('\n');
+    }
+    if (!rc && stats) {
+        /* the adapter compute per layer: AdapterDrop's saving made visible */
+        fprintf(stderr, "adapter rows per layer:");
+        for (int l = 0; l < peftc_multi_layers(mc); l++) fprintf(stderr, " %lld", (long long)peftc_multi_rows_applied(mc, l));
+        fputc('\n', stderr);
+    }
+    free(texts); free(pairs); free(labels); free(probs); free(n_probs); free(route);
+    cli_lines_free(&L);
+    peftc_multi_free(mc);
+    return rc;
+}
+
+int cmd_predict(cli_args *a)
+{
+    const char *model = cli_opt(a, "--model");
+    char *specs[PREDICT_MAX_ADAPTERS];
+    int n_ad = 0;
+    const char *v;
+    while ((v = cli_opt(a, "--adapter"))) {
+        if (n_ad == PREDICT_MAX_ADAPTERS) { for (int i = 0; i < n_ad; i++) free(specs[i]); return cli_errorf(2, "--adapter: at most %d adapters", PREDICT_MAX_ADAPTERS); }
+        if (!(specs[n_ad] = strdup(v))) return cli_errorf(1, "out of memory");
+        n_ad++;
+    }
+    const char *compose = cli_opt(a, "--compose"), *col = cli_opt(a, "--adapter-col");
+    int ok = 1;
+    int drop = cli_opt_int(a, "--drop-layers", -1, 0, 1 << 20, &ok);
+    int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge"), hex = cli_flag(a, "--hex");
+    int stats = cli_flag(a, "--adapter-stats");
+    int rc;
+    if (!ok || cli_check_unused(a, "predict")) { rc = 2; goto done; }
+    if (!model || !*model || n_ad == 0 || !*specs[0]) { rc = cli_errorf(2, "predict: --model DIR and --adapter RUN_DIR are required"); goto done; }
+    char first[4096];
+    snprintf(first, sizeof first, "%s", specs[0]);
+    const char *nm, *dir;
+    split_named(first, &nm, &dir);
+    if (n_ad > 1 || nm || compose || col || drop >= 0 || stats) {
+        if (merge) { rc = cli_errorf(2, "predict: --merge takes one adapter (the base is shared by several here)"); goto done; }
+        rc = predict_multi(model, specs, n_ad, compose, col, drop, with_probs, hex, stats);
+        goto done;
+    }
+    rc = predict_one(model, specs[0], with_probs, merge, hex);
+done:
+    for (int i = 0; i < n_ad; i++) free(specs[i]);
     return rc;
 }
 

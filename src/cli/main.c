@@ -49,6 +49,14 @@ static const char usage[] =
     "      (sacreBLEU 13a); JSONL or plain-text lines; without --ref the predictions' \"reference\"\n"
     "  predict --model DIR --adapter RUN_DIR [--probs] [--merge]\n"
     "      stdin lines (a TAB separates a sentence pair) -> one predicted label each\n"
+    "  predict --model DIR --adapter NAME=DIR [--adapter NAME=DIR]... [--compose SPEC]\n"
+    "        [--adapter-col C] [--drop-layers N] [--probs] [--hex] [--adapter-stats]\n"
+    "      several adapters on one base: stack(a,b) average(a,b[,w..]) batchsplit(a:n,b:m)\n"
+    "      split(a,b@k) parallel(a,b) (one output each); --adapter-col: each line names its adapter\n"
+    "  merge-adapters --adapter [NAME=]DIR --adapter [NAME=]DIR... --out DIR [--weights W1,W2,..]\n"
+    "        [--combination linear|cat|svd|ties|dare_linear|dare_ties|magnitude_prune|*_svd]\n"
+    "        [--density D] [--svd-rank R] [--majority-sign total|frequency] [--seed S] [--head NAME]\n"
+    "      LoRA adapters combined into one, as PEFT's add_weighted_adapter\n"
     "  sweep --model DIR --train FILE [--eval FILE] --methods M1,M2,... --out SWEEP_DIR\n"
     "        [--budgets 0.1%,0.5%,2%] [--seeds 1,2,3] [--steps N] [--batch B] [--max-len T]\n"
     "        [--lr-grid 1|3|5 | --lr auto [--lr-auto-steps N]] [--metric accuracy|f1|mcc] [--save-every N] [--sweep FILE.json]\n"
@@ -133,6 +141,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "report")) rc = cmd_report(&a);
     else if (!strcmp(cmd, "quantize")) rc = cmd_quantize(&a);
     else if (!strcmp(cmd, "score")) rc = cmd_score(&a);
+    else if (!strcmp(cmd, "merge-adapters")) rc = cmd_merge_adapters(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

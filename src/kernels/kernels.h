@@ -17,6 +17,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "core/rng.h"
+/* Thin SVD M = U diag(S) VT of a row-major (m, n) matrix, k = min(m, n):
+ * U (m, k), S (k) descending, VT (k, n), all row-major. 0 on success,
+ * -1 if LAPACK fails or memory runs out. Allocates (LAPACK's workspace):
+ * for merging adapters, never inside a training step. */
+int svd_thin_f64(const double *M, int m, int n, double *U, double *S, double *VT);
+
 #ifdef PEFTC_KERNELS_INTERNAL
 #include <math.h>
 #endif

@@ -725,6 +725,15 @@ static void bert_forward(peftc_model *pm, model_acts *ma, const model_run *run, 
     hidden_dropout(run, a->emb_ln, &a->emb_key, ph, NC);
     const float *x = a->emb_ln;
     for (int l = 0; l < c->num_layers; l++) {
+        if (run && !train && run->rep > 1 && l == run->rep_at && l > 0) {
+            /* the copies of a parallel composition part from here (model.h):
+             * x is the previous block's output buffer, sized for B*rep */
+            float *xw = (float *)x;
+            for (int k = 1; k < run->rep; k++) memcpy(xw + (size_t)k * NC, xw, NC * sizeof(float));
+            B *= run->rep;
+            N = B * T;
+            NC = (size_t)N * C;
+        }
         bert_layer *W = &bm->layers[l];
         float *const *G = run ? layer_grads(run->grads, l) : NULL;
         /* in inference one activation set is reused */
@@ -1070,6 +1079,7 @@ static peftc_status bert_save_base(peftc_model *pm, const char *path, peftc_erro
 const model_family model_family_bert = {
     .name = "bert",
     .arch = PEFTC_ARCH_BERT,
+    .can_replicate = 1,
     .load = bert_load,
     .free = bert_free,
     .acts_init = bert_acts_init,

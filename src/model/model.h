@@ -94,6 +94,14 @@ typedef struct model_run {
      * inside a segment (and is causal), and positions restart at 0 at each
      * segment's first token. Encoders ignore it. */
     const int32_t *segments;
+    /* inference only: before block rep_at (>= 1) the B examples' rows are
+     * copied rep times (example k*B + b is copy k of b), so the blocks below
+     * run once for all copies (AdapterDrop under parallel(...): no adapter
+     * acts there, every copy would compute the same). lens then holds
+     * B*rep entries and the activations are sized for B*rep examples; the
+     * hidden states have B*rep rows. rep <= 1: none. Only families with
+     * can_replicate set honour it. */
+    int rep, rep_at;
 } model_run;
 
 /* One base tensor: for full fine-tuning, BitFit, trained norms. */
@@ -110,6 +118,7 @@ typedef struct model_tensor {
 struct model_family {
     const char *name;           /* config.json model_type (and GGUF general.architecture) */
     peftc_arch arch;
+    int can_replicate;          /* forward honours model_run.rep / rep_at */
 
     /* ---- loading: a model directory (or file); the config is parsed by io/config.c */
     peftc_status (*load)(const char *path, const peftc_config *cfg, peftc_model **out, peftc_error *err);

@@ -1,6 +1,7 @@
 /* delta.c: forward/backward of the unified delta module and its bookkeeping. */
 #include "peft/delta.h"
 #include "kernels/kernels.h"
+#include "peft/compose.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -119,7 +120,8 @@ peftc_status delta_index(delta_set *ds, int n_layers, peftc_error *err)
 
 int delta_count(const delta_set *ds, int layer, site_id site)
 {
-    if (!ds || !ds->site_count || layer >= ds->n_layers) return 0;
+    if (ds && ds->comp) return compose_count(ds->comp, layer, site);
+    if (!ds || !ds->site_count || layer >= ds->n_layers || layer < ds->skip_below) return 0;
     return ds->site_count[(size_t)layer * SITE_COUNT + site];
 }
 
@@ -376,6 +378,7 @@ static void svd_backward(delta_set *ds, param_block *pb, delta *d, const float *
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
                    const float *x, float *h, int N, int train, peftc_rng *rng)
 {
+    if (ds->comp) { compose_forward(ds->comp, layer, site, x, h, N, train, rng); return; }
     size_t cell = (size_t)layer * SITE_COUNT + site;
     int cnt = ds->site_count[cell];
     for (int k = 0; k < cnt; k++) {
@@ -432,6 +435,7 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
 void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
                     const float *x, float *dh, float *dx, int N)
 {
+    if (ds->comp) return;   /* inference only (delta.h) */
     size_t cell = (size_t)layer * SITE_COUNT + site;
     int cnt = ds->site_count[cell];
     for (int k = cnt - 1; k >= 0; k--) {

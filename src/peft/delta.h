@@ -91,6 +91,13 @@ typedef struct delta_set {
     size_t scratch_floats;
     size_t maxw, maxr;   /* widest x/h and largest rank: scratch strides */
     int N;               /* row capacity of the buffers */
+    /* non-NULL: this set stands for several adapters combined (peft/compose.h);
+     * delta_count/delta_forward dispatch to it, and it holds no deltas itself.
+     * Compositions are for inference: delta_backward does nothing on one. */
+    struct compose_ctx *comp;
+    /* AdapterDrop: the deltas of layers below this act in neither forward
+     * nor backward (delta_count says 0 there, so the family skips them) */
+    int skip_below;
 } delta_set;
 
 /* Adds a delta at (layer, site) with the given widths; declares its params in pb

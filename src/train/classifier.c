@@ -31,7 +31,7 @@ void peftc_classifier_free(peftc_classifier *c)
  * many as its classification head has rows, named by the model config's
  * id2label when that has as many entries, else LABEL_0, LABEL_1, ...
  * (transformers' own default names). */
-static peftc_status default_labels(const char *model_dir, const char *adapter_dir, label_set *labels, peftc_error *err)
+peftc_status classifier_default_labels(const char *model_dir, const char *adapter_dir, label_set *labels, peftc_error *err)
 {
     char path[4096];
     peftc_status rc = peftc_path_join(path, sizeof path, adapter_dir, "adapter_model.safetensors", err);
@@ -83,7 +83,7 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
         (rc = peftc_model_load_quantized(model_dir, method_base_quant(mo.name), &c->m, err)) ||
         (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
         goto fail;
-    if (labels.n == 0 && (rc = default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
+    if (labels.n == 0 && (rc = classifier_default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
     if ((rc = task_init(&c->t, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
         (rc = task_load_weights(&c->t, adapter_dir, err)) || (rc = encoder_init(&c->enc, c->tok, &mo.prompt, max_len, err)) ||

@@ -20,4 +20,9 @@ int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n);
  * batches of at most t->cap_B; fills accuracy, loss, and f1/mcc when binary. */
 peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_result *res, peftc_error *err);
 
+/* The labels of an adapter saved without peftc's label list (by PEFT):
+ * counted from its classification head, named by the model's id2label. */
+peftc_status classifier_default_labels(const char *model_dir, const char *adapter_dir, label_set *labels,
+                                       peftc_error *err);
+
 #endif

@@ -592,6 +592,14 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             int n = tr.n - s.pos < B ? tr.n - s.pos : B;
             int Tb = batch_fill(&bb, &tr, order + s.pos, n);
             s.pos += n;
+            if (o->adapterdrop_train) {
+                /* AdapterDrop (Rücklé et al. 2021): this micro-batch drops the
+                 * deltas of its lowest n layers, n from the step alone (a
+                 * resumed run draws the same) */
+                peftc_rng dr;
+                peftc_rng_seed(&dr, (uint64_t)o->seed * 1000003u + (uint64_t)s.step * 131u + (uint64_t)a + 0xAD0Du);
+                t.ds.skip_below = (int)peftc_rng_below(&dr, (uint64_t)m->cfg.num_layers);
+            }
             float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, 1, &rng);
             /* the mean over the accumulated micro-batches, weighting each by its size */
             float scale = (float)n / (float)(B * o->grad_accum);
@@ -605,6 +613,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             } else {
                 task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, scale, &rng);
             }
+            t.ds.skip_below = 0;   /* evaluation and saving see every layer */
             loss_acc += (double)loss * scale;
             for (int i = 0; i < n; i++) tokens += bb.lens[i];
             if (s.pos >= tr.n) epoch_ended = 1;
