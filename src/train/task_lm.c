@@ -74,7 +74,7 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
     const model_family *f = m->family;
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size, train = grad_scale != 0;
     model_run run = {.train = train, .rng = rng, .deltas = t->ds.n ? &t->ds : NULL, .pb = &t->pb, .grads = t->grads,
-                     .segments = seg};
+                     .segments = seg, .row0 = t->row0, .tok0 = t->row0 * T};
     f->forward(m, t->acts, &run, ids, NULL, lens, B, T);
     const float *hid = f->hidden(m, t->acts);
     /* position p predicts token p+1 of the same row (and, packed, of the same segment: a target is never a segment's first token) */

@@ -27,6 +27,7 @@ typedef struct lm_task {
     float *logits;           /* (CHUNK, vocab) */
     int *rows;               /* (B*T): flat positions whose next token is a target */
     int cap_B, cap_T, train;
+    int64_t row0;            /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
 } lm_task;
 
 /* The method must fit a decoder: methods with virtual tokens or prefixes
