@@ -8,6 +8,15 @@ CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -fPIC \
 # parallel loops never oversubscribe the cores.
 LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lutf8proc -ljansson -lpcre2-8 -lm -fopenmp
 
+# MPI (data-parallel `peftc train` under mpirun): on when OpenMPI's mpicc is
+# found; `make MPI=0` builds without. Only the CLI's transport (src/cli/mpi.c)
+# sees MPI: the library never links it.
+MPI ?= $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DPEFTC_MPI $(shell mpicc --showme:compile)
+MPI_LIBS   := $(shell mpicc --showme:link)
+endif
+
 LIB_SRC := $(sort $(wildcard src/core/*.c src/io/*.c src/tokenizer/*.c src/kernels/*.c \
                               src/model/*.c src/peft/*.c src/train/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
@@ -24,6 +33,16 @@ build/%.o: %.c $(HDRS)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
+# rebuilt when MPI flips (the stamp holds the setting)
+build/mpi.stamp: FORCE
+	@mkdir -p build
+	@echo "$(MPI)" | cmp -s - $@ || echo "$(MPI)" > $@
+
+build/src/cli/mpi.o: src/cli/mpi.c $(HDRS) build/mpi.stamp
+	@mkdir -p $(dir $@)
+	@echo "CC $< (MPI=$(MPI))"
+	@$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@
+
 build/libpeftc.a: $(LIB_OBJ)
 	@rm -f $@
 	@echo "AR $@"
@@ -33,9 +52,9 @@ build/libpeftc.so: $(LIB_OBJ)
 	@echo "LD $@"
 	@$(CC) -shared -o $@ $^ $(LDLIBS)
 
-peftc: $(CLI_OBJ) build/libpeftc.a
+peftc: $(CLI_OBJ) build/libpeftc.a build/mpi.stamp
 	@echo "LD $@"
-	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libpeftc.a $(LDLIBS)
+	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) build/libpeftc.a $(LDLIBS) $(MPI_LIBS)
 
 build/tests/%: tests/%.c build/libpeftc.a $(HDRS) tests/testlib.h
 	@mkdir -p build/tests
@@ -68,4 +87,5 @@ bench: all
 clean:
 	rm -rf build peftc
 
-.PHONY: all setup test tests bench clean demo test-report
+.PHONY: all setup test tests bench clean demo test-report FORCE
+FORCE:

@@ -131,10 +131,19 @@ int cmd_train(cli_args *a)
     if (cli_check_unused(a, "train")) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)
         return cli_errorf(2, "train: --model DIR, --train FILE and --out RUN_DIR are required");
+    peftc_comm comm;
+    int rc = cli_comm_init(&comm);
+    if (rc) return rc;
+    o.comm = &comm;
     progress_ui ui = {isatty(2), 1};
     peftc_error err = {0};
-    if (peftc_train(&o, on_progress, &ui, &err)) return cli_fail(&err);
-    return 0;
+    /* rank 0 alone reports progress; any rank reports its own failure */
+    if (peftc_train(&o, comm.rank == 0 ? on_progress : NULL, &ui, &err)) {
+        if (comm.size > 1) rc = cli_errorf(1, "rank %d of %d: %s", comm.rank, comm.size, err.msg[0] ? err.msg : peftc_status_name(err.code));
+        else rc = cli_fail(&err);
+    }
+    cli_comm_finish(&comm, rc);
+    return rc;
 }
 
 int cmd_eval(cli_args *a)
