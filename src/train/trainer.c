@@ -522,6 +522,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         return peftc_fail(err, PEFTC_ERR_INPUT, "--batch, --grad-accum must be >= 1, --max-len >= 4, and --epochs or --max-steps >= 1");
     if (strcmp(o->schedule, "linear") && strcmp(o->schedule, "cosine") && strcmp(o->schedule, "constant"))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--schedule must be linear, cosine or constant, got '%s'", o->schedule);
+    if (o->comm && o->comm->size > 1 &&
+        (!o->comm->allreduce_f32 || !o->comm->allreduce_f64 || o->comm->rank < 0 || o->comm->rank >= o->comm->size))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "data parallelism: rank %d of %d, or a missing all-reduce, in the communicator",
+                          o->comm->rank, o->comm->size);
     peftc_model *m = NULL;
     peftc_tokenizer *tok = NULL;
     dataset tr = {0}, ev = {0};
