@@ -69,16 +69,22 @@ static peftc_status allreduce(void *buf, size_t n, size_t esz, MPI_Datatype t, M
     return PEFTC_OK;
 }
 
+/* Two ranks: each element is one addition, a + b == b + a exactly, so MPI's
+ * own vectorised MPI_SUM gives every rank the same bits whatever its
+ * algorithm (the ordered user op measured 2.3x slower on 90 MB). Three or
+ * more: the ordered op. */
+static int n_ranks;
+
 static peftc_status ar_f32(void *ctx, float *buf, size_t n, peftc_error *err)
 {
     (void)ctx;
-    return allreduce(buf, n, sizeof *buf, MPI_FLOAT, op_f32, err);
+    return allreduce(buf, n, sizeof *buf, MPI_FLOAT, n_ranks == 2 ? MPI_SUM : op_f32, err);
 }
 
 static peftc_status ar_f64(void *ctx, double *buf, size_t n, peftc_error *err)
 {
     (void)ctx;
-    return allreduce(buf, n, sizeof *buf, MPI_DOUBLE, op_f64, err);
+    return allreduce(buf, n, sizeof *buf, MPI_DOUBLE, n_ranks == 2 ? MPI_SUM : op_f64, err);
 }
 
 int cli_comm_init(peftc_comm *c)
@@ -92,6 +98,7 @@ int cli_comm_init(peftc_comm *c)
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    n_ranks = c->size;
     MPI_Op_create(sum_f32, 0, &op_f32);
     MPI_Op_create(sum_f64, 0, &op_f64);
     c->allreduce_f32 = ar_f32;
