@@ -8,6 +8,15 @@ CFLAGS  += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -fPIC \
 # parallel loops never oversubscribe the cores.
 LDLIBS  += -L$(BLASDIR) -Wl,-rpath,$(BLASDIR) -lopenblas -lutf8proc -ljansson -lpcre2-8 -lm -fopenmp
 
+# MPI (data-parallel `peftc train` under mpirun): on when OpenMPI's mpicc is
+# found; `make MPI=0` builds without. Only the CLI's transport (src/cli/mpi.c)
+# sees MPI: the library never links it.
+MPI ?= $(shell command -v mpicc >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DPEFTC_MPI $(shell mpicc --showme:compile)
+MPI_LIBS   := $(shell mpicc --showme:link)
+endif
+
 LIB_SRC := $(sort $(wildcard src/core/*.c src/io/*.c src/tokenizer/*.c src/kernels/*.c \
                               src/model/*.c src/peft/*.c src/train/*.c))
 CLI_SRC := $(sort $(wildcard src/cli/*.c))
@@ -31,6 +40,16 @@ $(B)/%.o: %.c $(HDRS)
 	@echo "CC $<"
 	@$(CC) $(CFLAGS) -c $< -o $@
 
+# rebuilt when MPI flips (the stamp holds the setting)
+$(B)/mpi.stamp: FORCE
+	@mkdir -p $(B)
+	@echo "$(MPI)" | cmp -s - $@ || echo "$(MPI)" > $@
+
+$(B)/src/cli/mpi.o: src/cli/mpi.c $(HDRS) $(B)/mpi.stamp
+	@mkdir -p $(dir $@)
+	@echo "CC $< (MPI=$(MPI))"
+	@$(CC) $(CFLAGS) $(MPI_CFLAGS) -c $< -o $@
+
 $(B)/libpeftc.a: $(LIB_OBJ)
 	@rm -f $@
 	@echo "AR $@"
@@ -40,9 +59,9 @@ $(B)/libpeftc.so: $(LIB_OBJ)
 	@echo "LD $@"
 	@$(CC) $(CFLAGS) -shared -o $@ $^ $(LDLIBS)
 
-$(PEFTC_BIN): $(CLI_OBJ) $(B)/libpeftc.a
+$(PEFTC_BIN): $(CLI_OBJ) $(B)/libpeftc.a $(B)/mpi.stamp
 	@echo "LD $@"
-	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libpeftc.a $(LDLIBS)
+	@$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(B)/libpeftc.a $(LDLIBS) $(MPI_LIBS)
 
 $(B)/tests/fuzz_replay: tests/fuzz/replay.c $(FUZZ_SRC) $(FUZZ_HDRS) $(B)/libpeftc.a $(HDRS)
 	@mkdir -p $(B)/tests
@@ -104,4 +123,5 @@ bench: all
 clean:
 	rm -rf build peftc
 
-.PHONY: all setup test tests bench clean demo test-report test-asan fuzz
+.PHONY: all setup test tests bench clean demo test-report test-asan fuzz FORCE
+FORCE:

@@ -171,6 +171,22 @@ typedef struct peftc_adalora_opts {
     int orth_reg_set;
 } peftc_adalora_opts;
 
+/* Data parallelism: the processes of one training job, as the caller's
+ * transport (the CLI fills it from MPI when built with it; the library itself
+ * never links MPI). NULL or size 1: one process. Every rank runs peftc_train
+ * with the same options; each computes the gradient of its shard of every
+ * global batch, the ranks sum the trainable block's gradient with one
+ * allreduce_f32 per optimizer step, and rank 0 alone writes files. */
+typedef struct peftc_comm {
+    int rank, size;
+    void *ctx;
+    /* In place, element-wise sum of buf (n values) over the ranks. Every rank
+     * must get bit-identical sums, combined in an order that depends on
+     * nothing but the rank count (then a job's trajectory is reproducible). */
+    peftc_status (*allreduce_f32)(void *ctx, float *buf, size_t n, peftc_error *err);
+    peftc_status (*allreduce_f64)(void *ctx, double *buf, size_t n, peftc_error *err);
+} peftc_comm;
+
 typedef struct peftc_train_opts {
     const char *model_dir;
     const char *train_path;
@@ -237,6 +253,7 @@ typedef struct peftc_train_opts {
     int skip_nonfinite;          /* a step whose loss or gradient is not finite is skipped (no update;
                                     counted in metrics.json's skipped_steps) instead of ending the run
                                     with PEFTC_ERR_NUMERIC */
+    const peftc_comm *comm;      /* NULL: one process (see peftc_comm) */
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);

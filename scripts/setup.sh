@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up of a fresh Debian machine for peftc:
-#   1. the Debian packages that build peftc (compiler, OpenBLAS, utf8proc, jansson);
+#   1. the Debian packages that build peftc (compiler, OpenBLAS, utf8proc, jansson,
+#      OpenMPI for data-parallel training; PEFTC_NO_MPI=1 leaves it out);
 #   2. the reference stack the tests use as an independent oracle (PyTorch from
 #      Debian; HF tokenizers and safetensors from PyPI) unless PEFTC_NO_ORACLE=1;
 #   3. the models (scripts/fetch_models.sh).
@@ -12,7 +13,9 @@ SUDO=""
 
 BUILD_PKGS="build-essential libopenblas-openmp-dev libutf8proc-dev libjansson-dev libpcre2-dev python3-pip unzip"
 ORACLE_PKGS="python3-torch python3-numpy"
+MPI_PKGS="libopenmpi-dev openmpi-bin"
 want="$BUILD_PKGS"
+[ "${PEFTC_NO_MPI:-0}" = 1 ] || want="$want $MPI_PKGS"
 [ "${PEFTC_NO_ORACLE:-0}" = 1 ] || want="$want $ORACLE_PKGS"
 
 missing=""

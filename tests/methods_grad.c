@@ -251,7 +251,7 @@ static int cmd_fresh(int argc, char **argv)
     m0->family->pooler(m0, &h0.pool_w, &h0.pool_b);
     h0.cls_w = params_value(&t->pb, t->p_cls_w); /* the task's own (random) classifier */
     h0.cls_b = params_value(&t->pb, t->p_cls_b);
-    cls_head_forward(&h0, m0->family->hidden(m0, a0), B, T, 0.0f, 0, NULL);
+    cls_head_forward(&h0, m0->family->hidden(m0, a0), B, T, 0.0f, 0, NULL, 0);
     float *base = tl_dup_floats(h0.logits, (size_t)B * K);
     double bmax = 0;
     for (int i = 0; i < B * K; i++) bmax = fmax(bmax, fabs(base[i]));

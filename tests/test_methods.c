@@ -345,7 +345,7 @@ static size_t delta_pass(const char *spec_text, int N, int in, int out, float *r
     if (!x) { count = 0; goto done; }
     for (size_t i = 0; i < nx; i++) { x[i] = peftc_rng_normal(&r); dx[i] = 0; }
     for (size_t i = 0; i < nh; i++) { h[i] = peftc_rng_normal(&r); dh[i] = peftc_rng_normal(&r); }
-    delta_forward(&ds, &pb, 0, sp.site, x, h, N, 1, &r);
+    delta_forward(&ds, &pb, 0, sp.site, x, h, N, 1, &r, 0);
     delta_backward(&ds, &pb, 0, sp.site, x, dh, dx, N);
     memcpy(g, pb.g, pb.total * sizeof(float));
     free(x);
@@ -416,7 +416,7 @@ static int delta_run(const char *spec_text, int N, int in, int out, float *h, fl
     for (size_t i = 0; i < (size_t)N * out; i++) { h[i] = peftc_rng_normal(&r); dh[i] = peftc_rng_normal(&r); }
     peftc_rng drop;
     peftc_rng_seed(&drop, 29);
-    delta_forward(&ds, &pb, 0, sp.site, x, h, N, 1, &drop);
+    delta_forward(&ds, &pb, 0, sp.site, x, h, N, 1, &drop, 0);
     delta_backward(&ds, &pb, 0, sp.site, x, dh, dx, N);
     memcpy(g, pb.g, n_grad * sizeof(float));
     free(x);

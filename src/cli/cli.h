@@ -36,6 +36,13 @@ typedef struct cli_lines {
 int cli_read_lines(FILE *f, const char *what, cli_lines *out);
 void cli_lines_free(cli_lines *l);
 
+/* Data parallelism (mpi.c): joins the mpirun job this process belongs to
+ * (size 1 when not launched by mpirun; no MPI call then). Returns 0 or an
+ * exit code (message printed). */
+int cli_comm_init(peftc_comm *c);
+/* Leaves the job; failed != 0 aborts every rank (exit code failed). */
+void cli_comm_finish(peftc_comm *c, int failed);
+
 int cmd_tokenize(cli_args *a);
 int cmd_embed(cli_args *a);
 int cmd_inspect(cli_args *a);

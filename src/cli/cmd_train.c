@@ -150,6 +150,10 @@ int cmd_train(cli_args *a)
     if (cli_check_unused(a, "train")) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)
         return cli_errorf(2, "train: --model DIR, --train FILE and --out RUN_DIR are required");
+    peftc_comm comm;
+    int rc = cli_comm_init(&comm);
+    if (rc) return rc;
+    o.comm = &comm;
     progress_ui ui = {isatty(2), 1, 0};
     peftc_error err = {0};
     struct sigaction sa, old_int, old_term;
@@ -160,16 +164,20 @@ int cmd_train(cli_args *a)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     o.stop = &g_stop;
-    peftc_status rc = peftc_train(&o, on_progress, &ui, &err);
+    /* rank 0 alone reports progress; any rank reports its own failure */
+    if (peftc_train(&o, comm.rank == 0 ? on_progress : NULL, &ui, &err)) {
+        if (comm.size > 1) rc = cli_errorf(1, "rank %d of %d: %s", comm.rank, comm.size, err.msg[0] ? err.msg : peftc_status_name(err.code));
+        else rc = cli_fail(&err);
+    }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    if (rc) return cli_fail(&err);
-    if (g_stop) {
+    if (!rc && g_stop && comm.rank == 0) {
         fprintf(stderr, "%strain: interrupted by %s after step %d: checkpoint and adapter saved in %s (continue with --resume %s)\n",
                 ui.tty ? "\n" : "", g_stop == SIGINT ? "SIGINT" : "SIGTERM", ui.last_step, o.out_dir, o.out_dir);
-        return 128 + (int)g_stop;
     }
-    return 0;
+    int stopped = !rc && g_stop;
+    cli_comm_finish(&comm, stopped ? 0 : rc);   /* a signalled stop saved its work: no abort of the peers */
+    return stopped ? 128 + (int)g_stop : rc;
 }
 
 int cmd_eval(cli_args *a)

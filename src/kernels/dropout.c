@@ -70,6 +70,21 @@ void dropout_forward(float *out, uint8_t *mask, const float *inp, float p, size_
     drop_fwd_run(out, mask, inp, p, n, peftc_rng_u64(rng));
 }
 
+void dropout_forward_mask_key(float *out, uint8_t *mask, const float *inp, float p, size_t n, uint64_t key)
+{
+    if (p <= 0.0f) {
+        if (out != inp) memmove(out, inp, n * sizeof(float));
+        if (mask) memset(mask, 1, n);
+        return;
+    }
+    if (p >= 1.0f) {
+        memset(out, 0, n * sizeof(float));
+        if (mask) memset(mask, 0, n);
+        return;
+    }
+    drop_fwd_run(out, mask, inp, p, n, key);
+}
+
 void dropout_forward_key(float *out, const float *inp, float p, size_t n, uint64_t key)
 {
     if (p <= 0.0f) { if (out != inp) memmove(out, inp, n * sizeof(float)); return; }

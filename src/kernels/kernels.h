@@ -200,6 +200,13 @@ void dropout_backward(float *dinp, const uint8_t *mask, const float *dout, float
  * stores 8 bytes per dropout instead of a byte per element. dinp may equal
  * dout when !accumulate. */
 void dropout_forward_key(float *out, const float *inp, float p, size_t n, uint64_t key);
+/* dropout_forward with the key given and the mask saved. */
+void dropout_forward_mask_key(float *out, uint8_t *mask, const float *inp, float p, size_t n, uint64_t key);
+/* The key whose stream starts at draw i0 of key's stream (draw i is a function
+ * of key + i * gamma): a data-parallel rank that runs rows [r0, r1) of a batch
+ * draws, with key_at(key, r0 * per_row), exactly the masks a single process
+ * draws for those rows of the whole batch. Also for the attention kernels' seed. */
+static inline uint64_t dropout_key_at(uint64_t key, uint64_t i0) { return key + i0 * 0x9E3779B97F4A7C15ull; }
 void dropout_backward_key(float *dinp, const float *dout, float p, size_t n, uint64_t key, int accumulate);
 /* In place: d (n) = d * mask / (1-p), the gradient through inverted dropout
  * when it replaces rather than accumulates; p <= 0 leaves d, p >= 1 zeroes it. */

@@ -567,18 +567,20 @@ static void linear_site(const peftc_model *m, const model_run *run, int l, site_
     else if (wb) matmul_bf16_forward(h, x, wb, b, N, IC, OC, 0);
     else matmul_forward(h, x, w, b, N, IC, OC, 0);
     if (run && run->deltas && delta_count(run->deltas, l, site))
-        delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
+        delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng, run->tok0);
 }
 
 static void block_site(const model_run *run, int l, site_id site, float *h, const float *x, int N)
 {
     if (run && run->deltas && delta_count(run->deltas, l, site))
-        delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng);
+        delta_forward(run->deltas, run->pb, l, site, x, h, N, run->train, run->rng, run->tok0);
 }
 
-static void hidden_dropout(const model_run *run, float *x, uint64_t *key, float p, size_t n)
+/* n = B*T*C elements; the mask at the batch's offset in the whole batch (run->row0) */
+static void hidden_dropout(const model_run *run, float *x, uint64_t *key, float p, size_t n, int B)
 {
-    if (run && run->train && p > 0) dropout_forward_key(x, x, p, n, *key = peftc_rng_u64(run->rng));
+    if (run && run->train && p > 0)
+        dropout_forward_key(x, x, p, n, *key = dropout_key_at(peftc_rng_u64(run->rng), (uint64_t)run->row0 * (n / (size_t)B)));
 }
 
 static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -722,7 +724,7 @@ static void bert_forward(peftc_model *pm, model_acts *ma, const model_run *run, 
         embeddings_forward(a->emb, ids, type_ids, bm->wte, bm->wpe, bm->wtt, B, T, C, 0);
     }
     layernorm_forward(a->emb_ln, a->emb_mean, a->emb_rstd, a->emb, bm->emb_ln_w, bm->emb_ln_b, N, C, eps);
-    hidden_dropout(run, a->emb_ln, &a->emb_key, ph, NC);
+    hidden_dropout(run, a->emb_ln, &a->emb_key, ph, NC, B);
     const float *x = a->emb_ln;
     for (int l = 0; l < c->num_layers; l++) {
         if (run && !train && run->rep > 1 && l == run->rep_at && l > 0) {
@@ -745,16 +747,17 @@ static void bert_forward(peftc_model *pm, model_acts *ma, const model_run *run, 
         if (run && run->n_prefix) {
             prefix_extend(run, A, x, lens, l, B, T, C, 2 * (size_t)c->num_layers * C);
             attention_forward_prefix(A->ctx, A->probs, A->probs_mask, A->q, A->k_ext, A->v_ext, lens, B, T,
-                                     run->n_prefix, C, NH, pa, pa > 0 ? peftc_rng_u64(run->rng) : 0);
+                                     run->n_prefix, C, NH, pa,
+                                     pa > 0 ? dropout_key_at(peftc_rng_u64(run->rng), (uint64_t)run->row0 * NH * T * (run->n_prefix + T)) : 0);
         } else if (pa > 0)
             attention_forward_train(A->ctx, A->probs, A->probs_mask, A->q, A->k, A->v, lens, B, T, C, NH,
-                                    pa, peftc_rng_u64(run->rng));
+                                    pa, dropout_key_at(peftc_rng_u64(run->rng), (uint64_t)run->row0 * NH * T * T));
         else
             attention_forward(A->ctx, A->probs, A->q, A->k, A->v, lens, B, T, C, NH);
         block_site(run, l, SITE_ATTN_HEADS, A->ctx, x, N);
         /* res1 = dropout(ctx Wo^T + bo) (+ attn.out deltas) + x, built in place */
         linear_site(m, run, l, SITE_ATTN_O, A->res1, A->ctx, W->wo, W->bo, &W->bf16[3], !(G && G[BL_WO]), N, C, C);
-        hidden_dropout(run, A->res1, &A->attn_key, ph, NC);
+        hidden_dropout(run, A->res1, &A->attn_key, ph, NC, B);
         block_site(run, l, SITE_ATTN_OUT, A->res1, x, N);
         add_inplace(A->res1, x, NC);
         layernorm_forward(a->ln1, A->ln1_mean, A->ln1_rstd, A->res1, W->ln1_w, W->ln1_b, N, C, eps);
@@ -767,7 +770,7 @@ static void bert_forward(peftc_model *pm, model_acts *ma, const model_run *run, 
             block_site(run, l, SITE_FFN_ACT, A->ffn_act, A->ffn_act, N);
             linear_site(m, run, l, SITE_FFN_DOWN, A->res2, A->ffn_act, W->wf, W->bf, &W->bf16[5], !(G && G[BL_WF]), N, F, C);
         }
-        hidden_dropout(run, A->res2, &A->ffn_key, ph, NC);
+        hidden_dropout(run, A->res2, &A->ffn_key, ph, NC, B);
         block_site(run, l, SITE_FFN_OUT, A->res2, a->ln1, N);
         add_inplace(A->res2, a->ln1, NC);
         layernorm_forward(out, A->ln2_mean, A->ln2_rstd, A->res2, W->ln2_w, W->ln2_b, N, C, eps);

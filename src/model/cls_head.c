@@ -33,13 +33,16 @@ void cls_head_free(cls_head *h)
     h->block = NULL;
 }
 
-void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng)
+void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng, int64_t row0)
 {
     int C = h->C;
     cls_pool_forward(h->cls, hidden, B, T, C);
     matmul_forward(h->pooled, h->cls, h->pool_w, h->pool_b, B, C, C, 0);
     tanh_forward(h->pooled, h->pooled, (size_t)B * C);
-    dropout_forward(h->dropped, h->mask, h->pooled, train ? p : 0.0f, (size_t)B * C, rng);
+    /* one draw; the mask at row0 of the whole batch's stream (data parallelism) */
+    if (!train) p = 0.0f;
+    uint64_t key = p > 0 && p < 1 ? dropout_key_at(peftc_rng_u64(rng), (uint64_t)row0 * (uint64_t)C) : 0;
+    dropout_forward_mask_key(h->dropped, h->mask, h->pooled, p, (size_t)B * C, key);
     matmul_forward(h->logits, h->dropped, h->cls_w, h->cls_b, B, C, h->K, 0);
 }
 

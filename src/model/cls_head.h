@@ -23,7 +23,9 @@ typedef struct cls_head {
 peftc_status cls_head_alloc(cls_head *h, int C, int K, int B, peftc_error *err);
 void cls_head_free(cls_head *h);
 /* hidden (B,T,C) -> h->logits (B,K); dropout p when training. */
-void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng);
+/* row0: the batch's first row in the whole batch, for a data-parallel rank's
+ * shard (0 in one process): the mask is drawn at that offset. */
+void cls_head_forward(cls_head *h, const float *hidden, int B, int T, float p, int train, peftc_rng *rng, int64_t row0);
 /* Mean cross-entropy of h->logits against labels (B), filling h->probs. */
 float cls_head_loss(cls_head *h, const int *labels, int B);
 /* Backward of scale * (mean loss over the B rows): d_hidden (B,T,C) is overwritten (zero except the CLS rows). */

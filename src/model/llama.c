@@ -744,7 +744,7 @@ void llama_rope(float *x, int n, int nh, int hd, size_t stride, const float *cs,
 static void site(const llama_run *run, int l, site_id s, const float *x, float *h, int n)
 {
     if (run && run->deltas && delta_count(run->deltas, l, s))
-        delta_forward(run->deltas, run->pb, l, s, x, h, n, 0, NULL);
+        delta_forward(run->deltas, run->pb, l, s, x, h, n, 0, NULL, 0);
 }
 
 /* causal GQA attention of n queries at positions pos.. over cache rows 0..pos+n-1 */

@@ -279,7 +279,7 @@ static int has(const model_run *run, int l, site_id s)
 
 static void site_fwd(const model_run *run, int l, site_id s, const float *x, float *h, int N)
 {
-    if (has(run, l, s)) delta_forward(run->deltas, run->pb, l, s, x, h, N, run->train, run->rng);
+    if (has(run, l, s)) delta_forward(run->deltas, run->pb, l, s, x, h, N, run->train, run->rng, run->tok0);
 }
 
 static float *grad_of(const llama_fmodel *m, const model_run *run, int idx)

@@ -68,6 +68,12 @@ typedef struct model_acts model_acts;
 typedef struct model_run {
     int train;               /* dropout on */
     peftc_rng *rng;
+    /* data parallelism: the index, in the whole batch, of this batch's first
+     * row (0 in a single process). Dropout masks are drawn at that offset of
+     * the whole batch's stream, so the ranks of a job together draw exactly
+     * the masks of one process running the whole batch (padded to the same T). */
+    int64_t row0;
+    int64_t tok0;            /* row0 * T: the first token's index in the whole batch */
     delta_set *deltas;       /* may be NULL */
     param_block *pb;         /* the deltas' parameters */
     /* gradient destinations of the base tensors, indexed as the family's

@@ -282,7 +282,7 @@ static void apply(compose_ctx *c, const apply_args *a, int id, const float *x, f
     case CN_ADAPTER: {
         const compose_adapter *ad = &c->ad[nd->adapter];
         if (rows == 0 || !delta_count(ad->ds, a->layer, a->site)) return;
-        delta_forward(ad->ds, ad->pb, a->layer, a->site, x, h, (int)rows, a->train, a->rng);
+        delta_forward(ad->ds, ad->pb, a->layer, a->site, x, h, (int)rows, a->train, a->rng, 0);   /* compositions run inference only: no dropout to key */
         c->rows_applied[a->layer] += (int64_t)rows;
         return;
     }
@@ -333,7 +333,7 @@ static void apply(compose_ctx *c, const apply_args *a, int id, const float *x, f
             if (r >= 0 && r < c->n_ad && delta_count(c->ad[r].ds, a->layer, a->site)) {
                 const compose_adapter *ad = &c->ad[r];
                 delta_forward(ad->ds, ad->pb, a->layer, a->site, x + (size_t)e * T * in, h + (size_t)e * T * out,
-                              (e1 - e) * c->T, a->train, a->rng);
+                              (e1 - e) * c->T, a->train, a->rng, 0);
                 c->rows_applied[a->layer] += (int64_t)(e1 - e) * c->T;
             }
             e = e1;

@@ -376,7 +376,7 @@ static void svd_backward(delta_set *ds, param_block *pb, delta *d, const float *
 }
 
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
-                   const float *x, float *h, int N, int train, peftc_rng *rng)
+                   const float *x, float *h, int N, int train, peftc_rng *rng, int64_t tok0)
 {
     if (ds->comp) { compose_forward(ds->comp, layer, site, x, h, N, train, rng); return; }
     size_t cell = (size_t)layer * SITE_COUNT + site;
@@ -396,7 +396,10 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
             src = d->src_copy;
         }
         if (s->dropout > 0) {
-            dropout_forward(d->xd, d->mask, src, train ? s->dropout : 0.0f, (size_t)N * src_w, rng);
+            /* one draw whatever N; the mask at this batch's offset in the whole batch (model_run.row0) */
+            float p = train ? s->dropout : 0.0f;
+            uint64_t key = p > 0 && p < 1 ? dropout_key_at(peftc_rng_u64(rng), (uint64_t)tok0 * (uint64_t)src_w) : 0;
+            dropout_forward_mask_key(d->xd, d->mask, src, p, (size_t)N * src_w, key);
             src = d->xd;
         }
         if (s->kind == DELTA_SVD) {

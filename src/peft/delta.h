@@ -112,9 +112,10 @@ peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err);
 void delta_init_params(delta_set *ds, param_block *pb, peftc_rng *rng);
 void delta_set_free(delta_set *ds);
 
-/* Applies every delta at (layer, site): x (N,in), h (N,out) modified in place. */
+/* Applies every delta at (layer, site): x (N,in), h (N,out) modified in place.
+ * tok0: the first row's index in the whole batch (model_run.tok0) for dropout. */
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
-                   const float *x, float *h, int N, int train, peftc_rng *rng);
+                   const float *x, float *h, int N, int train, peftc_rng *rng, int64_t tok0);
 /* Backward through every delta at (layer, site), in reverse order.
  * dh (N,out): on entry the gradient w.r.t. the final h; on exit w.r.t. the
  * h before the deltas (sequential deltas add their path). dx (N,in) += the

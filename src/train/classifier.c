@@ -139,7 +139,7 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
     int T = 1;
     for (int i = 0; i < d.n; i++) if (d.len[i] > T) T = d.len[i];
     if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err))) goto out;
-    rc = task_evaluate(&c->t, &d, &bb, res, err);
+    rc = task_evaluate(&c->t, &d, &bb, NULL, res, err);
 out:
     batch_free(&bb);
     data_free(&d);

@@ -32,6 +32,12 @@ int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n)
 {
     int T = 1;
     for (int i = 0; i < n; i++) if (d->len[rows[i]] > T) T = d->len[rows[i]];
+    batch_fill_pad(b, d, rows, n, T);
+    return T;
+}
+
+void batch_fill_pad(batch_buf *b, const dataset *d, const int *rows, int n, int T)
+{
     for (int i = 0; i < n; i++) {
         int r = rows[i], L = d->len[r];
         int32_t *ids = b->ids + (size_t)i * T, *tts = b->tts + (size_t)i * T;
@@ -42,7 +48,6 @@ int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n)
         b->labels[i] = d->label[r];
         b->rows[i] = r;
     }
-    return T;
 }
 
 static const dataset *sort_ds;
@@ -53,8 +58,10 @@ static int cmp_rows_by_len(const void *x, const void *y)
     return la != lb ? la - lb : a - b;
 }
 
-peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_result *res, peftc_error *err)
+peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_comm *comm, peftc_eval_result *res,
+                           peftc_error *err)
 {
+    int rank = comm && comm->size > 1 ? comm->rank : 0, size = comm && comm->size > 1 ? comm->size : 1;
     memset(res, 0, sizeof *res);
     int *order = malloc((size_t)d->n * sizeof *order);
     if (!order) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
@@ -64,7 +71,8 @@ peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_r
     int K = t->labels.n;
     long long correct = 0, tp = 0, fp = 0, fn = 0, tn = 0;
     double loss_sum = 0;
-    for (int s = 0; s < d->n; s += t->cap_B) {
+    for (int s = 0, k = 0; s < d->n; s += t->cap_B, k++) {
+        if (k % size != rank) continue;
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         float loss = task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL);
@@ -84,6 +92,14 @@ peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_r
         }
     }
     free(order);
+    if (size > 1) {
+        /* counts are exact in doubles; the loss sum is summed in rank order */
+        double v[6] = {(double)correct, (double)tp, (double)fp, (double)fn, (double)tn, loss_sum};
+        peftc_status rc = comm->allreduce_f64(comm->ctx, v, 6, err);
+        if (rc) return rc;
+        correct = (long long)v[0]; tp = (long long)v[1]; fp = (long long)v[2]; fn = (long long)v[3]; tn = (long long)v[4];
+        loss_sum = v[5];
+    }
     res->n = d->n;
     res->accuracy = (double)correct / d->n;
     res->loss = loss_sum / d->n;

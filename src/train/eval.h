@@ -15,10 +15,16 @@ peftc_status batch_alloc(batch_buf *b, int B, int T, peftc_error *err);
 void batch_free(batch_buf *b);
 /* Pads rows[0..n) of d into b; returns the padded length T. */
 int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n);
+/* batch_fill padded to T (>= every row's length; a data-parallel shard is
+ * padded as the whole batch is). */
+void batch_fill_pad(batch_buf *b, const dataset *d, const int *rows, int n, int T);
 
 /* Runs the task without dropout over d (labels mapped) in length-sorted
- * batches of at most t->cap_B; fills accuracy, loss, and f1/mcc when binary. */
-peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_result *res, peftc_error *err);
+ * batches of at most t->cap_B; fills accuracy, loss, and f1/mcc when binary.
+ * comm (may be NULL): the ranks of a data-parallel job share the batches
+ * (batch k on rank k mod size) and sum their counts; every rank gets the result. */
+peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_comm *comm, peftc_eval_result *res,
+                           peftc_error *err);
 
 /* The labels of an adapter saved without peftc's label list (by PEFT):
  * counted from its classification head, named by the model's id2label. */

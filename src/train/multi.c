@@ -303,7 +303,7 @@ static peftc_status head_logits(peftc_multi *mc, int id, const float *hidden, in
     switch (nd->kind) {
     case CN_ADAPTER: {
         task *t = &mc->t[nd->adapter];
-        cls_head_forward(&t->head, hidden + (size_t)ex0 * T * C, nex, T, 0.0f, 0, NULL);
+        cls_head_forward(&t->head, hidden + (size_t)ex0 * T * C, nex, T, 0.0f, 0, NULL, 0);
         for (int e = 0; e < nex; e++) {
             memcpy(lg + (size_t)e * K, t->head.logits + (size_t)e * t->labels.n, (size_t)t->labels.n * sizeof(float));
             mc->head_of[ex0 + e] = nd->adapter;
@@ -352,7 +352,7 @@ static peftc_status head_logits(peftc_multi *mc, int id, const float *hidden, in
             for (int e = 0; e < nex && !any; e++) any = route[ex0 + e] == r;
             if (!any) continue;
             task *t = &mc->t[r];
-            cls_head_forward(&t->head, hidden + (size_t)ex0 * T * C, nex, T, 0.0f, 0, NULL);
+            cls_head_forward(&t->head, hidden + (size_t)ex0 * T * C, nex, T, 0.0f, 0, NULL, 0);
             for (int e = 0; e < nex; e++) {
                 if (route[ex0 + e] != r) continue;
                 memcpy(lg + (size_t)e * K, t->head.logits + (size_t)e * t->labels.n, (size_t)t->labels.n * sizeof(float));

@@ -28,15 +28,15 @@ int params_add(param_block *pb, const char *name, int ndim, const int64_t *shape
 
 peftc_status params_alloc(param_block *pb, peftc_error *err)
 {
-    size_t bytes = (pb->total ? pb->total : 16) * sizeof(float);
+    size_t bytes = (pb->total ? pb->total : 16) * sizeof(float), gbytes = (pb->total + PARAM_G_TAIL) * sizeof(float);
     pb->p = peftc_alloc_aligned(bytes);
-    pb->g = peftc_alloc_aligned(bytes);
+    pb->g = peftc_alloc_aligned(gbytes);
     pb->m = peftc_alloc_aligned(bytes);
     pb->v = peftc_alloc_aligned(bytes);
     if (!pb->p || !pb->g || !pb->m || !pb->v)
         return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate %zu trainable parameters", pb->total);
     memset(pb->p, 0, bytes);
-    memset(pb->g, 0, bytes);
+    memset(pb->g, 0, gbytes);
     memset(pb->m, 0, bytes);
     memset(pb->v, 0, bytes);
     return PEFTC_OK;

@@ -25,6 +25,10 @@ typedef struct param_state {
     int match;                 /* not restored but compared on resume: the options the state belongs to */
 } param_state;
 #define PARAM_STATE_MAX 6
+/* g holds PARAM_G_TAIL floats after the block (zero unless a trainer puts a
+ * step's scalars there): data parallelism sums them with the gradient in the
+ * same all-reduce. */
+#define PARAM_G_TAIL 16
 
 typedef struct param_block {
     param_entry *e;

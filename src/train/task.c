@@ -223,10 +223,10 @@ void task_free(task *t)
     memset(t, 0, sizeof *t);
 }
 
-static model_run task_run(task *t, int train, peftc_rng *rng)
+static model_run task_run(task *t, int train, peftc_rng *rng, int T)
 {
     model_run r = {.train = train, .rng = rng, .deltas = t->ds.n && !t->merged ? &t->ds : NULL,
-                   .pb = &t->pb, .grads = t->grads, .need_input_grad = 0};
+                   .pb = &t->pb, .grads = t->grads, .need_input_grad = 0, .row0 = t->row0, .tok0 = t->row0 * T};
     if (t->mo.prompt.n_virtual > 0) {
         r.virt = t->prompt.out;
         r.d_virt = train ? t->prompt.d_out : NULL;
@@ -252,16 +252,16 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
 {
     if (t->mo.prompt.n_virtual > 0) prompt_forward(&t->prompt, &t->pb);
     if (t->mo.prefix.n > 0) prefix_forward(&t->prefix, &t->pb);
-    model_run run = task_run(t, train, rng);
+    model_run run = task_run(t, train, rng, T);
     t->m->family->forward(t->m, t->acts, &run, ids, tts, lens, B, T);
-    cls_head_forward(&t->head, t->m->family->hidden(t->m, t->acts), B, T, t->m->cfg.hidden_dropout, train, rng);
+    cls_head_forward(&t->head, t->m->family->hidden(t->m, t->acts), B, T, t->m->cfg.hidden_dropout, train, rng, t->row0);
     return labels ? cls_head_loss(&t->head, labels, B) : 0.0f;
 }
 
 void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
                    int B, int T, float scale, peftc_rng *rng)
 {
-    model_run run = task_run(t, 1, rng);
+    model_run run = task_run(t, 1, rng, T);
     if (t->mo.prompt.n_virtual > 0)
         memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
     if (t->mo.prefix.n > 0)

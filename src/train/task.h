@@ -28,6 +28,7 @@ typedef struct task {
     prompt_module prompt;     /* when mo.prompt.n_virtual > 0 */
     prefix_module prefix;     /* when mo.prefix.n > 0 */
     adalora_state ada;        /* when mo.adalora: the rank allocator's state */
+    int64_t row0;             /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
 } task;
 
 /* How examples become model input: the tokenizer, then the method's virtual

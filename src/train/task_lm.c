@@ -131,7 +131,7 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
     const model_family *f = m->family;
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size, train = grad_scale != 0;
     model_run run = {.train = train, .rng = rng, .deltas = t->ds.n ? &t->ds : NULL, .pb = &t->pb, .grads = t->grads,
-                     .segments = seg};
+                     .segments = seg, .row0 = t->row0, .tok0 = t->row0 * T};
     if (t->n_virt) {
         /* n virtual tokens, then the row; a packed row's segments keep their
          * numbers and the virtual tokens join the first one */
@@ -147,6 +147,7 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
             t->v_lens[b] = lens[b] + n;
         }
         ids = t->v_ids; target = t->v_tgt; lens = t->v_lens; T = Tv;
+        run.tok0 = t->row0 * Tv;
         run.segments = seg ? t->v_seg : NULL;
         prompt_forward(&t->prompt, &t->pb);
         run.virt = t->prompt.out;

@@ -38,6 +38,7 @@ typedef struct lm_task {
     uint8_t *v_tgt;
     int *v_lens;
     prefix_module prefix;    /* prefix keys/values (prefix tuning, P-tuning v2, MAM) */
+    int64_t row0;            /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
 } lm_task;
 
 /* The method must fit a decoder (no BitFit on a bias-free family, no

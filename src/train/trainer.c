@@ -127,7 +127,8 @@ static uint64_t run_signature(const task *t, const peftc_train_opts *o)
 }
 
 static peftc_status write_metrics(const peftc_train_opts *o, const task *t, const peftc_eval_result *ev, int have_eval,
-                                  int steps, int skipped, int epochs_done, double tok_s, double secs, double final_loss, peftc_error *err)
+                                  int steps, int skipped, int epochs_done, double tok_s, double secs, double final_loss, int ranks,
+                                  size_t ar_bytes, double ar_secs, peftc_error *err)
 {
     json_t *j = json_object();
     json_object_set_new(j, "method", json_string(t->mo.name));
@@ -150,6 +151,9 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
     json_object_set_new(j, "skipped_steps", json_integer(skipped));
     json_object_set_new(j, "epochs", json_integer(epochs_done));
     json_object_set_new(j, "final_train_loss", json_real(final_loss));
+    json_object_set_new(j, "ranks", json_integer(ranks));
+    json_object_set_new(j, "allreduce_bytes_per_step", json_integer((json_int_t)ar_bytes));
+    json_object_set_new(j, "allreduce_seconds", json_real(ar_secs));
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     json_object_set_new(j, "peak_rss_mb", json_real(ru.ru_maxrss / 1024.0));
@@ -167,6 +171,44 @@ void peftc_method_list(char *out, size_t cap) { method_list(out, cap); }
 static void emit(peftc_progress_fn fn, void *user, peftc_progress *p)
 {
     if (fn) fn(p, user);
+}
+
+/* ------------------------------------------------------ data parallelism */
+
+static int dp_size(const peftc_comm *c) { return c && c->size > 1 ? c->size : 1; }
+static int dp_rank(const peftc_comm *c) { return c && c->size > 1 ? c->rank : 0; }
+/* rank 0 alone writes files */
+static int dp_writer(const peftc_comm *c) { return dp_rank(c) == 0; }
+
+/* This rank's rows [*r0, *r1) of a micro-batch of n rows: contiguous,
+ * balanced, in rank order (so the ranks' shards tile the batch). */
+static void dp_shard(const peftc_comm *c, int n, int *r0, int *r1)
+{
+    int size = dp_size(c), rank = dp_rank(c);
+    *r0 = (int)((int64_t)n * rank / size);
+    *r1 = (int)((int64_t)n * (rank + 1) / size);
+}
+
+/* The step's one all-reduce: the whole gradient block, with the step's loss
+ * (this rank's share) in the tail, summed in place. Every shard's gradient
+ * is already weighted as in the whole batch, so the sum is the global
+ * batch's gradient; every rank then takes the same optimizer step. */
+static peftc_status dp_allreduce(const peftc_comm *c, param_block *pb, double *loss, double *secs, peftc_error *err)
+{
+    if (dp_size(c) == 1) return PEFTC_OK;
+    double t0 = now_s();
+    pb->g[pb->total] = (float)*loss;
+    peftc_status rc = c->allreduce_f32(c->ctx, pb->g, pb->total + 1, err);
+    if (rc) return rc;
+    *loss = pb->g[pb->total];
+    pb->g[pb->total] = 0;
+    *secs += now_s() - t0;
+    return PEFTC_OK;
+}
+
+static size_t dp_bytes(const peftc_comm *c, const param_block *pb)
+{
+    return dp_size(c) > 1 ? (pb->total + 1) * sizeof(float) : 0;
 }
 
 /* ------------------------------------------------------ causal LM (decoders) */
@@ -256,8 +298,12 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
     int B = o->batch < tr.n ? o->batch : tr.n;
-    /* the buffers also hold an eval batch (at most --batch rows) */
-    int Bev = ev.n ? (o->batch < ev.n ? o->batch : ev.n) : 0, Bcap = Bev > B ? Bev : B;
+    const peftc_comm *comm = o->comm;
+    int Bs = (B + dp_size(comm) - 1) / dp_size(comm);   /* the most rows of a micro-batch this rank runs */
+    double comm_s = 0;
+    /* the buffers also hold an eval batch (at most --batch rows; every rank
+     * evaluates the whole held-out set, so all agree without a reduction) */
+    int Bev = ev.n ? (o->batch < ev.n ? o->batch : ev.n) : 0, Bcap = Bev > Bs ? Bev : Bs;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
     if ((rc = lm_task_init(&t, m, mo, &rng, err)) || (rc = lm_task_alloc(&t, Bcap, T, 1, err))) goto out;
@@ -302,10 +348,27 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         for (int i = 0; i < tr.n; i++) order[i] = i; \
         for (int i = tr.n - 1; i > 0; i--) { int j = (int)(peftc_rng_u64(&r_) % (uint64_t)(i + 1)), x = order[i]; order[i] = order[j]; order[j] = x; } } while (0)
     LM_ORDER(s.epoch);
+    /* A micro-batch takes a fixed number of rng draws (one per dropout, whatever
+     * its size; splitmix64 advances its state by gamma per draw): a rank whose
+     * shard of a short micro-batch is empty advances by as much. Measured on
+     * one row, the gradient discarded (each step starts from zero). */
+    uint64_t rng_per_batch = 0;
+    if (dp_size(comm) > 1 && tr.n > 0) {
+        int r = order[0], L = tr.len[r];
+        long nt;
+        memcpy(ids, tr.ids + tr.off[r], (size_t)L * sizeof *ids);
+        memcpy(tgt, tr.target + tr.off[r], (size_t)L);
+        peftc_rng probe = rng;
+        lm_task_step(&t, ids, tgt, NULL, &L, 1, L, 1.0f, &probe, &nt);
+        rng_per_batch = probe.state - rng.state;
+    }
     char msg[512];
-    snprintf(msg, sizeof msg, "%s (causal LM) on %s: %d examples (%s; %d truncated, %d dropped) in %d rows, %lld targets, %d steps, batch %d x %d, lr %g%s",
+    char dp_note[128] = "";
+    if (dp_size(comm) > 1)
+        snprintf(dp_note, sizeof dp_note, ", %d ranks (%zu bytes all-reduced per step)", dp_size(comm), dp_bytes(comm, &t.pb));
+    snprintf(msg, sizeof msg, "%s (causal LM) on %s: %d examples (%s; %d truncated, %d dropped) in %d rows, %lld targets, %d steps, batch %d x %d, lr %g%s%s",
              mo->name, o->train_path, tr.n_examples, lm_format_name(tr.format), tr.n_truncated, tr.n_dropped, tr.n, tr.n_targets,
-             total, B, o->grad_accum, lr, o->resume_dir ? ", resumed" : "");
+             total, B, o->grad_accum, lr, o->resume_dir ? ", resumed" : "", dp_note);
     peftc_progress pr = {.kind = PEFTC_PROGRESS_START, .message = msg, .total_steps = total, .step = s.step,
                          .trainable_params = lm_task_trainable_count(&t), .total_params = peftc_model_param_count(m)};
     emit(progress, user, &pr);
@@ -315,7 +378,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     while (s.step < total) {
         if (o->stop && *o->stop) {   /* a signal: keep what was done, resumable */
             s.rng = rng.state;
-            if ((rc = checkpoint_save(o->out_dir, &t.pb, mo->name, o->model_dir, &s, run_sig, err))) goto out;
+            if (dp_writer(comm) && (rc = checkpoint_save(o->out_dir, &t.pb, mo->name, o->model_dir, &s, run_sig, err))) goto out;
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             pr.step = s.step;
             emit(progress, user, &pr);
@@ -341,20 +404,29 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
             if (s.pos >= tr.n) { s.epoch++; s.pos = 0; LM_ORDER(s.epoch); }
             int n = tr.n - s.pos < B ? tr.n - s.pos : B, Tb = 1;
             for (int i = 0; i < n; i++) if (tr.len[order[s.pos + i]] > Tb) Tb = tr.len[order[s.pos + i]];
-            for (int i = 0; i < n; i++) {
-                int r = order[s.pos + i], L = tr.len[r];
+            for (int i = 0; i < n; i++) tokens += tr.len[order[s.pos + i]];   /* the global batch's */
+            /* this rank's shard, padded to the whole micro-batch's length */
+            int r0, r1;
+            dp_shard(comm, n, &r0, &r1);
+            for (int i = 0; i < r1 - r0; i++) {
+                int r = order[s.pos + r0 + i], L = tr.len[r];
                 lens[i] = L;
                 memcpy(ids + (size_t)i * Tb, tr.ids + tr.off[r], (size_t)L * sizeof *ids);
                 memcpy(seg + (size_t)i * Tb, tr.seg + tr.off[r], (size_t)L * sizeof *seg);
                 memcpy(tgt + (size_t)i * Tb, tr.target + tr.off[r], (size_t)L);
                 for (int p = L; p < Tb; p++) { ids[(size_t)i * Tb + p] = 0; seg[(size_t)i * Tb + p] = -1; tgt[(size_t)i * Tb + p] = 0; }
-                tokens += L;
             }
             s.pos += n;
             long nt = 0;
-            loss_sum += lm_task_step(&t, ids, tgt, o->pack ? seg : NULL, lens, n, Tb,
-                                     n_step_targets ? 1.0f / (float)n_step_targets : 0.0f, &rng, &nt);
+            t.row0 = r0;
+            if (r1 > r0)
+                loss_sum += lm_task_step(&t, ids, tgt, o->pack ? seg : NULL, lens, r1 - r0, Tb,
+                                         n_step_targets ? 1.0f / (float)n_step_targets : 0.0f, &rng, &nt);
+            else if (n_step_targets)
+                rng.state += rng_per_batch;   /* an empty shard: the draws its peers took, to stay in step */
         }
+        t.row0 = 0;
+        if ((rc = dp_allreduce(comm, &t.pb, &loss_sum, &comm_s, err))) goto out;
         double loss = n_step_targets ? loss_sum / (double)n_step_targets : 0;
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
@@ -388,7 +460,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         int stopping = o->stop_after > 0 && s.step >= o->stop_after && s.step < total;
         if ((o->save_every > 0 && s.step % o->save_every == 0) || stopping) {
             s.rng = rng.state;
-            if ((rc = checkpoint_save(o->out_dir, &t.pb, mo->name, o->model_dir, &s, run_sig, err))) goto out;
+            if (dp_writer(comm) && (rc = checkpoint_save(o->out_dir, &t.pb, mo->name, o->model_dir, &s, run_sig, err))) goto out;
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             emit(progress, user, &pr);
         }
@@ -400,8 +472,9 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
 #undef LM_ORDER
     double secs = now_s() - t0;
     size_t ml = strlen(o->model_dir);
-    if ((rc = lm_task_save_adapter(&t, o->out_dir, o->model_dir, ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf"), err))) goto out;
-    {
+    if (dp_writer(comm) && (rc = lm_task_save_adapter(&t, o->out_dir, o->model_dir, ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf"), err)))
+        goto out;
+    if (dp_writer(comm)) {
         json_t *j = json_object();
         json_object_set_new(j, "method", json_string(mo->name));
         json_object_set_new(j, "task", json_string("causal-lm"));
@@ -433,6 +506,9 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
             json_object_set_new(j, "eval_truncated", json_integer(ev.n_truncated));
             json_object_set_new(j, "eval_dropped", json_integer(ev.n_dropped));
         }
+        json_object_set_new(j, "ranks", json_integer(dp_size(comm)));
+        json_object_set_new(j, "allreduce_bytes_per_step", json_integer((json_int_t)dp_bytes(comm, &t.pb)));
+        json_object_set_new(j, "allreduce_seconds", json_real(comm_s));
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         json_object_set_new(j, "peak_rss_mb", json_real(ru.ru_maxrss / 1024.0));
@@ -469,6 +545,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         return peftc_fail(err, PEFTC_ERR_INPUT, "--batch, --grad-accum must be >= 1, --max-len >= 4, and --epochs or --max-steps >= 1");
     if (strcmp(o->schedule, "linear") && strcmp(o->schedule, "cosine") && strcmp(o->schedule, "constant"))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--schedule must be linear, cosine or constant, got '%s'", o->schedule);
+    if (o->comm && o->comm->size > 1 &&
+        (!o->comm->allreduce_f32 || !o->comm->allreduce_f64 || o->comm->rank < 0 || o->comm->rank >= o->comm->size))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "data parallelism: rank %d of %d, or a missing all-reduce, in the communicator",
+                          o->comm->rank, o->comm->size);
     peftc_model *m = NULL;
     peftc_tokenizer *tok = NULL;
     dataset tr = {0}, ev = {0};
@@ -524,10 +604,13 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
 
+    const peftc_comm *comm = o->comm;
+    int Bs = (B + dp_size(comm) - 1) / dp_size(comm);   /* the most rows of a micro-batch this rank runs */
+    double comm_s = 0;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
     if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_alloc(&t, B, T, 1, err)) || (rc = batch_alloc(&bb, B, T, err)))
+        (rc = task_alloc(&t, Bs, T, 1, err)) || (rc = batch_alloc(&bb, Bs, T, err)))
         goto out;
     /* taken before any weight moves: full fine-tuning trains the sampled ones */
     uint64_t run_sig = run_signature(&t, o);
@@ -547,6 +630,16 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         rng.state = s.rng;
     }
     epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
+    /* the rng draws of one micro-batch, for a rank whose shard of a short one
+     * is empty (see train_causal_lm): a forward on one row, nothing kept */
+    uint64_t rng_per_batch = 0;
+    if (dp_size(comm) > 1 && tr.n > 0) {
+        int Tb = batch_fill(&bb, &tr, order, 1);
+        peftc_rng probe = rng;
+        task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, 1, Tb, 1, &probe);
+        task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, 1, Tb, 0.0f, &probe);
+        rng_per_batch = probe.state - rng.state;
+    }
 
     peftc_progress pr = {0};
     char msg[512];
@@ -556,9 +649,12 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if (m->cfg.quantize == PEFTC_QUANT_NF4 && lin_params > 0)
         snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
                  (double)lin_bytes / (double)lin_params);
-    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
+    char dp_note[128] = "";
+    if (dp_size(comm) > 1)
+        snprintf(dp_note, sizeof dp_note, ", %d ranks (%zu bytes all-reduced per step)", dp_size(comm), dp_bytes(comm, &t.pb));
+    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
              mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
-             o->resume_dir ? ", resumed" : "", quant_note);
+             o->resume_dir ? ", resumed" : "", quant_note, dp_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
     pr.total_steps = total;
@@ -574,7 +670,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     while (s.step < total) {
         if (o->stop && *o->stop) {   /* a signal: keep what was done, resumable */
             s.rng = rng.state;
-            if ((rc = checkpoint_save(o->out_dir, &t.pb, t.mo.name, o->model_dir, &s, run_sig, err))) goto out;
+            if (dp_writer(comm) && (rc = checkpoint_save(o->out_dir, &t.pb, t.mo.name, o->model_dir, &s, run_sig, err))) goto out;
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             pr.step = s.step;
             emit(progress, user, &pr);
@@ -590,33 +686,48 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
                 epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
             }
             int n = tr.n - s.pos < B ? tr.n - s.pos : B;
-            int Tb = batch_fill(&bb, &tr, order + s.pos, n);
+            const int *rows = order + s.pos;
+            int Tb = 1, r0, r1;
+            for (int i = 0; i < n; i++) {
+                tokens += tr.len[rows[i]];   /* the global batch's */
+                if (tr.len[rows[i]] > Tb) Tb = tr.len[rows[i]];
+            }
             s.pos += n;
+            if (s.pos >= tr.n) epoch_ended = 1;
+            /* this rank's shard, padded to the whole micro-batch's length */
+            dp_shard(comm, n, &r0, &r1);
+            if (r1 == r0) { rng.state += rng_per_batch; continue; }   /* the draws its peers took */
+            batch_fill_pad(&bb, &tr, rows + r0, r1 - r0, Tb);
+            t.row0 = r0;
             if (o->adapterdrop_train) {
                 /* AdapterDrop (Rücklé et al. 2021): this micro-batch drops the
                  * deltas of its lowest n layers, n from the step alone (a
-                 * resumed run draws the same) */
+                 * resumed run, and every rank, draws the same) */
                 peftc_rng dr;
                 peftc_rng_seed(&dr, (uint64_t)o->seed * 1000003u + (uint64_t)s.step * 131u + (uint64_t)a + 0xAD0Du);
                 t.ds.skip_below = (int)peftc_rng_below(&dr, (uint64_t)m->cfg.num_layers);
             }
-            float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, 1, &rng);
-            /* the mean over the accumulated micro-batches, weighting each by its size */
-            float scale = (float)n / (float)(B * o->grad_accum);
-            if (!isfinite(loss)) {
-                if (!o->skip_nonfinite) {
-                    rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr, or --skip-nonfinite); the last checkpoint%s is left as it was",
-                                    s.step + 1, o->save_every > 0 ? "" : " (none: --save-every 0)");
-                    goto out;
-                }
-                bad = 1;   /* the rest of the step's batches are consumed (and drawn from rng) alike */
-            } else {
-                task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, n, Tb, scale, &rng);
+            float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, r1 - r0, Tb, 1, &rng);
+            if (!isfinite(loss)) {   /* judged after the all-reduce, so that every rank stops or skips alike */
+                loss_acc = NAN;
+                t.ds.skip_below = 0;
+                continue;
             }
+            /* the mean over the accumulated micro-batches, weighting each row alike */
+            float scale = (float)(r1 - r0) / (float)(B * o->grad_accum);
+            task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, r1 - r0, Tb, scale, &rng);
             t.ds.skip_below = 0;   /* evaluation and saving see every layer */
             loss_acc += (double)loss * scale;
-            for (int i = 0; i < n; i++) tokens += bb.lens[i];
-            if (s.pos >= tr.n) epoch_ended = 1;
+        }
+        t.row0 = 0;
+        if ((rc = dp_allreduce(comm, &t.pb, &loss_acc, &comm_s, err))) goto out;
+        if (!isfinite(loss_acc)) {
+            if (!o->skip_nonfinite) {
+                rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "non-finite loss at step %d (lower --lr, or --skip-nonfinite); the last checkpoint%s is left as it was",
+                                s.step + 1, o->save_every > 0 ? "" : " (none: --save-every 0)");
+                goto out;
+            }
+            bad = 1;   /* the step's batches were consumed (and drawn from rng) alike */
         }
         if (!bad) loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
         double norm2 = 0;
@@ -655,7 +766,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         emit(progress, user, &pr);
         int do_eval = have_eval && ((epoch_ended && o->eval_every == 0) || (o->eval_every > 0 && s.step % o->eval_every == 0));
         if (do_eval) {
-            if ((rc = task_evaluate(&t, &ev, &bb, &er, err))) goto out;
+            if ((rc = task_evaluate(&t, &ev, &bb, comm, &er, err))) goto out;
             evaluated_epoch = s.step;
             pr.kind = PEFTC_PROGRESS_EVAL;
             pr.eval_accuracy = er.accuracy; pr.eval_loss = er.loss; pr.eval_f1 = er.f1; pr.eval_mcc = er.mcc;
@@ -664,7 +775,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         int stopping = o->stop_after > 0 && s.step >= o->stop_after && s.step < total;
         if ((o->save_every > 0 && s.step % o->save_every == 0) || stopping) {
             s.rng = rng.state;
-            if ((rc = checkpoint_save(o->out_dir, &t.pb, t.mo.name, o->model_dir, &s, run_sig, err))) goto out;
+            if (dp_writer(comm) && (rc = checkpoint_save(o->out_dir, &t.pb, t.mo.name, o->model_dir, &s, run_sig, err))) goto out;
             pr.kind = PEFTC_PROGRESS_CHECKPOINT;
             emit(progress, user, &pr);
         }
@@ -672,11 +783,13 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     }
     double secs = now_s() - t0;
     if (have_eval && evaluated_epoch != s.step && s.step == total) {
-        if ((rc = task_evaluate(&t, &ev, &bb, &er, err))) goto out;
+        if ((rc = task_evaluate(&t, &ev, &bb, comm, &er, err))) goto out;
         evaluated_epoch = s.step;
     }
-    if ((rc = task_save_adapter(&t, o->out_dir, o->model_dir, err))) goto out;
-    rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, skipped, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0, secs, last_loss, err);
+    if (dp_writer(comm) && (rc = task_save_adapter(&t, o->out_dir, o->model_dir, err))) goto out;
+    if (dp_writer(comm))
+        rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, skipped, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0,
+                           secs, last_loss, dp_size(comm), dp_bytes(comm, &t.pb), comm_s, err);
     if (!rc) {
         pr = (peftc_progress){.kind = PEFTC_PROGRESS_DONE, .step = s.step, .total_steps = total, .epoch = s.epoch,
                               .loss = (float)last_loss, .tokens_per_s = secs > 0 ? tokens / secs : 0, .elapsed_s = secs,

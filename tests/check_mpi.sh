@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# check_mpi.sh: data-parallel `peftc train` under mpirun (OpenMPI) against the
+# oracle of one process running the same global batches:
+#   - every method on the tiny random BERT (dropout 0.1 on: the ranks draw
+#     the single process's masks), 2 ranks, 4 steps with --grad-accum 2 and
+#     an eval file: the checkpoint's parameters and AdamW moments within 1e-6,
+#     eval accuracy and loss, and the final loss, equal;
+#   - 3 ranks with --batch 2 (a rank's shard is empty every micro-batch) and
+#     a short last micro-batch; --bucket;
+#   - the causal-LM trainer on SmolLM2-135M (LoRA, 2 ranks, 2 steps);
+#   - only rank 0 writes (one metrics.json, ranks and bytes recorded);
+#   - resume with another rank count: 2 ranks stopped at step 3, resumed
+#     with 1 and with 3 ranks, equal the uninterrupted single process;
+#   - a rank killed with SIGKILL stops the whole job (non-zero exit, mpirun
+#     names the rank) and the last checkpoint is intact: it loads and
+#     resuming it in one process matches a single process run to that step;
+#   - peftc built without MPI refuses to run as one of several ranks.
+# Prints a SKIP line (and "## 0 0") only if OpenMPI is not installed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. tests/lib.sh
+PY=/usr/bin/python3
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+    echo "SKIP - OpenMPI is not installed (apt-get install libopenmpi-dev openmpi-bin, or bash scripts/setup.sh)"
+    finish
+fi
+if ! ldd ./peftc 2>/dev/null | grep -q libmpi; then
+    bad "./peftc is not linked with MPI although mpicc is installed (make MPI=1)"
+    finish
+fi
+MPIRUN="mpirun --allow-run-as-root --oversubscribe --mca btl self,vader --mca orte_base_help_aggregate 0"
+O=$(mktemp -d /tmp/peftc_mpi.XXXXXX)
+MPI_PID=
+trap '[ -n "$MPI_PID" ] && kill -9 $MPI_PID 2>/dev/null; rm -rf "$O"' EXIT
+"$PY" tests/make_tiny_bert.py "$O/tiny" >/dev/null || { bad "cannot build the tiny model"; finish; }
+T=$O/tiny
+P=./peftc
+
+# compare RUN_A RUN_B WHAT: checkpoint tensors within 1e-6, metrics equal
+compare() {
+    "$PY" - "$1" "$2" "$3" <<'EOF'
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+a, b, what = sys.argv[1:4]
+A, B = load_file(f"{a}/checkpoint.safetensors"), load_file(f"{b}/checkpoint.safetensors")
+# BERT's attention key bias adds q.b_k to every score of a query: softmax
+# cancels it, so its gradient is 0 analytically and rounding noise in
+# practice, which AdamW (m / sqrt(v)) turns into steps of up to lr whatever
+# the noise's size: two summation orders give different noise, one process
+# or several. It is held to lr * steps; every other parameter to 1e-6.
+sa, sb = load_file(f"{a}/adapter_model.safetensors"), load_file(f"{b}/adapter_model.safetensors")
+noise = [k for k in sa if k.endswith("attention.self.key.bias")]
+worst, note = 0.0, ""
+for k in A:
+    if k not in B or A[k].shape != B[k].shape:
+        print(f"FAIL - {what}: {k} missing or of another shape"); sys.exit()
+    if k == "params" and noise:
+        continue
+    worst = max(worst, float(np.abs(A[k].astype(np.float64) - B[k]).max()))
+if noise:   # the parameters by name, from the adapters
+    for k in sa:
+        d = float(np.abs(sa[k].astype(np.float64) - sb[k]).max())
+        if k in noise:
+            if d > 1e-3 * 4:   # bitfit's lr (full: 2e-5) x 4 steps
+                print(f"FAIL - {what}: {k} differs by {d:.3g}, more than lr x steps"); sys.exit()
+        else:
+            worst = max(worst, d)
+    note = f" ({len(noise)} key biases, of zero true gradient, within lr x steps)"
+scale = float(np.abs(A["params"]).max())
+msgs = []
+ma, mb = json.load(open(f"{a}/metrics.json")), json.load(open(f"{b}/metrics.json"))
+for k in ("eval_accuracy", "eval_loss", "final_train_loss", "train_steps"):
+    if k in ma and abs(ma[k] - mb.get(k, float("nan"))) > 1e-5 * max(1, abs(ma[k])):
+        msgs.append(f"{k} {ma[k]} vs {mb.get(k)}")
+if worst > 1e-6 or msgs or scale == 0:
+    print(f"FAIL - {what}: max |diff| {worst:.3g} (params up to {scale:.3g}) {'; '.join(msgs)}")
+else:
+    print(f"ok   - {what}: parameters and AdamW moments within {worst:.2g} (<= 1e-6){note}, metrics equal")
+EOF
+}
+
+# 1. every method, 2 ranks vs 1 process
+common="--model $T/model --train $T/train.tsv --eval $T/dev.tsv --max-steps 4 --batch 6 --grad-accum 2 --save-every 4 --seed 3"
+for m in lora lora-dropout full bitfit adalora ia3 adapter-houlsby adapter-pfeiffer parallel-adapter scaled-parallel-adapter \
+         mh-parallel-adapter prompt ptuning prefix ptuning-v2 mam unipelt; do
+    extra="" m_=$m
+    [ "$m" = lora-dropout ] && { m_=lora; extra="--lora-dropout 0.1"; }   # the deltas' dropout (QLoRA's)
+    [ "$m" = adalora ] && extra="--tinit 1 --tfinal 1 --total-step 4"   # the rank allocator prunes within the 4 steps
+    if ! $P train $common --method $m_ $extra --out "$O/$m.1" >"$O/$m.1.log" 2>&1; then bad "$m, 1 process: $(tail -1 "$O/$m.1.log")"; continue; fi
+    if ! $MPIRUN -np 2 $P train $common --method $m_ $extra --out "$O/$m.2" >"$O/$m.2.log" 2>&1; then bad "$m, 2 ranks: $(tail -2 "$O/$m.2.log")"; continue; fi
+    tally "$(compare "$O/$m.1" "$O/$m.2" "$m, 2 ranks vs 1 process")"
+done
+
+# 2. empty shards (3 ranks, batch 2), a short last micro-batch (48 rows / 5), bucketing
+$P train --model $T/model --train $T/train.tsv --method lora --max-steps 30 --batch 2 --save-every 30 --out "$O/e1" >"$O/e1.log" 2>&1 &&
+$MPIRUN -np 3 $P train --model $T/model --train $T/train.tsv --method lora --max-steps 30 --batch 2 --save-every 30 --out "$O/e3" >"$O/e3.log" 2>&1 &&
+    tally "$(compare "$O/e1" "$O/e3" "3 ranks, batch 2 (an empty shard in every micro-batch), past an epoch")" || bad "3 ranks batch 2: $(tail -2 "$O/e3.log")"
+$P train --model $T/model --train $T/train.tsv --method lora --epochs 2 --batch 5 --bucket --save-every 20 --out "$O/s1" >"$O/s1.log" 2>&1 &&
+$MPIRUN -np 2 $P train --model $T/model --train $T/train.tsv --method lora --epochs 2 --batch 5 --bucket --save-every 20 --out "$O/s2" >"$O/s2.log" 2>&1 &&
+    tally "$(compare "$O/s1" "$O/s2" "2 ranks, batch 5 (short last micro-batch of 3 rows), --bucket, 2 epochs")" || bad "batch 5 bucket: $(tail -2 "$O/s2.log")"
+
+# 3. only rank 0 writes; the log names the ranks and the bytes per step
+n_metrics=$(find "$O/lora.2" -name metrics.json | wc -l)
+bytes=$("$PY" -c "import json,sys; m=json.load(open('$O/lora.2/metrics.json')); print(m['ranks'], m['allreduce_bytes_per_step'])")
+grep -q "2 ranks (.* bytes all-reduced per step)" "$O/lora.2.log" && [ "$n_metrics" = 1 ] && [ "$(grep -c '^step ' "$O/lora.2.log")" = "$(grep -c '^step ' "$O/lora.1.log")" ] &&
+    [ "$(ls "$O/lora.2" | tr '\n' ' ')" = "$(ls "$O/lora.1" | tr '\n' ' ')" ] && [ "${bytes%% *}" = 2 ] && [ "${bytes##* }" -gt 0 ] &&
+    ok "rank 0 alone reports and writes (same files as one process; metrics: ranks, bytes per step = ${bytes##* })" ||
+    bad "rank 0 writes: metrics files $n_metrics, '$bytes', $(grep -c '^step ' "$O/lora.2.log") step lines"
+
+# 4. resume with another rank count
+r="--model $T/model --train $T/train.tsv --method lora --max-steps 8 --batch 6"
+$P train $r --out "$O/r.full" --save-every 8 >"$O/r.log" 2>&1 || bad "uninterrupted run failed"
+if $MPIRUN -np 2 $P train $r --save-every 100 --stop-after 3 --out "$O/r.stop" >"$O/r.stop.log" 2>&1; then
+    for n in 1 3; do
+        rm -rf "$O/r.$n"; cp -r "$O/r.stop" "$O/r.$n"
+        if [ $n = 1 ]; then $P train $r --save-every 8 --resume "$O/r.$n" --out "$O/r.$n" >"$O/r.$n.log" 2>&1
+        else $MPIRUN -np $n $P train $r --save-every 8 --resume "$O/r.$n" --out "$O/r.$n" >"$O/r.$n.log" 2>&1; fi ||
+            { bad "resume with $n rank(s): $(tail -2 "$O/r.$n.log")"; continue; }
+        tally "$(compare "$O/r.full" "$O/r.$n" "stopped at step 3 on 2 ranks, resumed on $n: equals one uninterrupted process")"
+    done
+else
+    bad "2 ranks --stop-after 3: $(tail -2 "$O/r.stop.log")"
+fi
+
+# 5. a rank killed: the job stops, the last checkpoint is intact
+k="--model $T/model --train $T/train.tsv --method lora --max-steps 400000 --batch 6 --save-every 1000"
+$MPIRUN -np 2 $P train $k --out "$O/k" >"$O/k.log" 2>&1 &
+MPI_PID=$!
+for _ in $(seq 1 600); do [ -f "$O/k/checkpoint.safetensors" ] && break; sleep 0.1; done
+victim=""
+for pid in $(pgrep -f "peftc train .*$O/k\$"); do
+    tr '\0' '\n' </proc/$pid/environ 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1' && victim=$pid
+done
+if [ -z "$victim" ] || [ ! -f "$O/k/checkpoint.safetensors" ]; then
+    bad "kill test: no checkpoint or no rank 1 process found"
+else
+    kill -9 "$victim"
+    stopped=0
+    for _ in $(seq 1 300); do kill -0 $MPI_PID 2>/dev/null || { stopped=1; break; }; sleep 0.1; done
+    wait $MPI_PID; rc=$?; MPI_PID=
+    left=$(pgrep -f "peftc train .*$O/k\$" | wc -l)
+    if [ $stopped = 1 ] && [ $rc -ne 0 ] && [ "$left" = 0 ] && grep -q "rank 1 .*exited on signal 9" "$O/k.log"; then
+        ok "rank 1 SIGKILLed: the job stopped (exit $rc): $(grep -o 'process rank 1 .*signal 9[^.]*' "$O/k.log" | head -1)"
+    else
+        bad "rank 1 killed: stopped=$stopped exit=$rc processes left=$left; $(tail -3 "$O/k.log")"
+    fi
+    step=$("$PY" -c "
+from safetensors import safe_open
+with safe_open('$O/k/checkpoint.safetensors', 'np') as f: print(f.metadata()['step'])" 2>/dev/null)
+    if [ -n "$step" ] && [ $((step % 1000)) = 0 ]; then
+        stop=$((step + 5))
+        $P train $k --resume "$O/k" --out "$O/k" --stop-after $stop >"$O/k.r.log" 2>&1 &&
+        $P train $k --out "$O/k.ref" --stop-after $stop >"$O/k.ref.log" 2>&1 &&
+            tally "$(compare "$O/k.ref" "$O/k" "the killed job's checkpoint (step $step) is intact: resumed in 1 process to step $stop, equals one process")" ||
+            bad "resuming the killed job's checkpoint: $(tail -2 "$O/k.r.log")"
+    else
+        bad "the killed job's checkpoint does not load (step '$step')"
+    fi
+fi
+
+# 6. the causal-LM trainer (SmolLM2-135M, LoRA on q,v), 2 ranks vs 1 process
+S=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$S" ]; then
+    "$PY" -c "
+import json; d = sorted(json.load(open('../shared/data/alpaca-5k/alpaca_data.json'))[:200], key=lambda r: len(r['instruction']) + len(r['input']) + len(r['output']))[:12]
+json.dump(d, open('$O/alpaca12.json', 'w'))"
+    l="--model $S --train $O/alpaca12.json --method lora --max-steps 2 --batch 3 --grad-accum 2 --max-len 64 --save-every 2"
+    $P train $l --out "$O/lm.1" >"$O/lm.1.log" 2>&1 && $MPIRUN -np 2 $P train $l --out "$O/lm.2" >"$O/lm.2.log" 2>&1 &&
+        tally "$(compare "$O/lm.1" "$O/lm.2" "causal LM (SmolLM2-135M, alpaca), 2 ranks vs 1 process")" ||
+        bad "causal LM: $(tail -2 "$O/lm.2.log")"
+else
+    bad "$S missing (bash scripts/fetch_models.sh)"
+fi
+
+# 7. built without MPI (the CLI as `make MPI=0` links it): no libmpi, and it
+#    refuses to be one of several ranks rather than train alone
+mkvar() { make -s --no-print-directory MPI=0 --eval='print-%: ; @echo $($*)' "print-$1"; }
+if $(mkvar CC) $(mkvar CFLAGS) -o "$O/peftc.nompi" src/cli/*.c build/libpeftc.a $(mkvar LDLIBS) $(mkvar MPI_LIBS) 2>"$O/nompi.err"; then
+    if ldd "$O/peftc.nompi" | grep -q libmpi; then bad "the MPI=0 build still links MPI"
+    elif msg=$($MPIRUN -np 2 "$O/peftc.nompi" train $common --method lora --out "$O/nompi" 2>&1); then bad "a peftc without MPI ran as 2 ranks"
+    else
+        printf '%s' "$msg" | grep -q "built without MPI" && ok "MPI=0 build: no libmpi; under mpirun it refuses: $(printf '%s\n' "$msg" | grep -m1 'built without' | cut -c1-120)" ||
+            bad "MPI=0 under mpirun: $(printf '%s\n' "$msg" | head -2)"
+        "$O/peftc.nompi" train $common --method lora --out "$O/nompi1" >/dev/null 2>&1 && tally "$(compare "$O/lora.1" "$O/nompi1" "MPI=0 build, one process: the same run")" ||
+            bad "the MPI=0 build does not train"
+    fi
+else
+    bad "the CLI does not build with MPI=0: $(head -3 "$O/nompi.err")"
+fi
+finish
