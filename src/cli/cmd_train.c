@@ -41,15 +41,25 @@ static void on_progress(const peftc_progress *p, void *user)
         }
         break;
     case PEFTC_PROGRESS_EVAL:
-        fprintf(stderr, "%seval at step %d: accuracy %.4f loss %.4f f1 %.4f mcc %.4f\n", ui->tty ? "\n" : "",
-                p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
+        if (p->eval && p->eval->task && !strcmp(p->eval->task, "token-cls"))
+            fprintf(stderr, "%seval at step %d: entity precision %.4f recall %.4f f1 %.4f token accuracy %.4f loss %.4f\n",
+                    ui->tty ? "\n" : "", p->step, p->eval->precision, p->eval->recall, p->eval->entity_f1, p->eval->accuracy, p->eval->loss);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
+            fprintf(stderr, "%seval at step %d: pearson %.4f spearman %.4f mse %.4f\n", ui->tty ? "\n" : "", p->step,
+                    p->eval->pearson, p->eval->spearman, p->eval->loss);
+        else
+            fprintf(stderr, "%seval at step %d: accuracy %.4f loss %.4f f1 %.4f mcc %.4f\n", ui->tty ? "\n" : "",
+                    p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
         break;
     case PEFTC_PROGRESS_CHECKPOINT:
         if (!ui->tty) fprintf(stderr, "checkpoint at step %d\n", p->step);
         break;
     case PEFTC_PROGRESS_DONE:
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s", p->step, p->elapsed_s, p->tokens_per_s);
-        if (p->message) fprintf(stderr, ", eval accuracy %.4f", p->eval_accuracy);
+        if (p->eval && p->eval->task && !strcmp(p->eval->task, "token-cls")) fprintf(stderr, ", eval entity f1 %.4f", p->eval->entity_f1);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
+            fprintf(stderr, ", eval pearson %.4f spearman %.4f", p->eval->pearson, p->eval->spearman);
+        else if (p->message) fprintf(stderr, ", eval accuracy %.4f", p->eval_accuracy);
         fputc('\n', stderr);
         break;
     }
@@ -142,18 +152,34 @@ int cmd_eval(cli_args *a)
     const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter"), *data = cli_opt(a, "--data");
     const char *tc = cli_opt(a, "--text-col"), *pc = cli_opt(a, "--text-pair-col"), *lc = cli_opt(a, "--label-col");
     int merge = cli_flag(a, "--merge");
+    const char *task = cli_opt(a, "--task");
     if (cli_check_unused(a, "eval")) return 2;
     if (!model || !*model || !adapter || !*adapter || !data || !*data)
         return cli_errorf(2, "eval: --model DIR, --adapter RUN_DIR and --data FILE are required");
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    if (task && strcmp(task, peftc_classifier_task(c))) {
+        int rc = cli_errorf(1, "%s: the adapter was trained for --task %s, not %s", adapter, peftc_classifier_task(c), task);
+        peftc_classifier_free(c);
+        return rc;
+    }
     if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
     peftc_eval_result r;
     if (peftc_classifier_eval(c, data, tc, pc, lc, &r, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
-    printf("{\"examples\": %d, \"accuracy\": %.6f, \"loss\": %.6f", r.n, r.accuracy, r.loss);
-    if (r.binary) printf(", \"f1\": %.6f, \"mcc\": %.6f", r.f1, r.mcc);
-    printf("}\n");
+    if (!strcmp(r.task, "token-cls")) {
+        printf("{\"task\": \"token-cls\", \"sentences\": %d, \"words\": %lld, \"words_cut\": %lld, \"precision\": %.6f, \"recall\": %.6f, "
+               "\"f1\": %.6f, \"token_accuracy\": %.6f, \"entities_true\": %lld, \"entities_pred\": %lld, \"entities_correct\": %lld, "
+               "\"loss\": %.6f}\n", r.n, r.n_words, r.n_words_cut, r.precision, r.recall, r.entity_f1, r.accuracy, r.n_true,
+               r.n_pred, r.n_correct, r.loss);
+    } else if (!strcmp(r.task, "regression")) {
+        printf("{\"task\": \"regression\", \"examples\": %d, \"pearson\": %.6f, \"spearman\": %.6f, \"mse\": %.6f}\n", r.n,
+               r.pearson, r.spearman, r.loss);
+    } else {
+        printf("{\"examples\": %d, \"accuracy\": %.6f, \"loss\": %.6f", r.n, r.accuracy, r.loss);
+        if (r.binary) printf(", \"f1\": %.6f, \"mcc\": %.6f", r.f1, r.mcc);
+        printf("}\n");
+    }
     peftc_classifier_free(c);
     return 0;
 }
@@ -162,12 +188,30 @@ int cmd_predict(cli_args *a)
 {
     const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter");
     int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge");
+    const char *data = cli_opt(a, "--data"), *task = cli_opt(a, "--task");
     if (cli_check_unused(a, "predict")) return 2;
     if (!model || !*model || !adapter || !*adapter) return cli_errorf(2, "predict: --model DIR and --adapter RUN_DIR are required");
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    const char *kind = peftc_classifier_task(c);
+    if (task && strcmp(task, kind)) {
+        int rc = cli_errorf(1, "%s: the adapter was trained for --task %s, not %s", adapter, kind, task);
+        peftc_classifier_free(c);
+        return rc;
+    }
     if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
+    if (!strcmp(kind, "token-cls")) {   /* a CoNLL file in, its lines with a predicted tag column out */
+        char *text = NULL;
+        int rc = 0;
+        if (!data || !*data) rc = cli_errorf(2, "predict: %s is a token-classification adapter: --data FILE (CoNLL, one word per line) is required", adapter);
+        else if (peftc_classifier_tag_conll(c, data, &text, &err)) rc = cli_fail(&err);
+        else fputs(text, stdout);
+        free(text);
+        peftc_classifier_free(c);
+        return rc;
+    }
+    if (data) { peftc_classifier_free(c); return cli_errorf(2, "predict: --data is for token-classification adapters; sentences come on stdin"); }
     cli_lines L;
     if (cli_read_lines(stdin, "stdin", &L)) { peftc_classifier_free(c); return 1; }
     int K = peftc_classifier_num_labels(c);
@@ -181,8 +225,12 @@ int cmd_predict(cli_args *a)
         texts[i] = L.line[i];
         if (tab) { *tab = 0; pairs[i] = tab + 1; }
     }
-    if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
-    for (int i = 0; i < L.n && !rc; i++) {
+    int scored = !strcmp(kind, "regression");
+    if (scored) {
+        if (!rc && peftc_classifier_score(c, texts, pairs, L.n, probs, &err)) rc = cli_fail(&err);
+        for (int i = 0; i < L.n && !rc; i++) printf("%.6f\n", probs[i]);
+    } else if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
+    for (int i = 0; i < L.n && !rc && !scored; i++) {
         fputs(peftc_classifier_label(c, labels[i]), stdout);
         if (with_probs) for (int k = 0; k < K; k++) printf("\t%.6f", probs[(size_t)i * K + k]);
         putchar('\n');

@@ -48,12 +48,44 @@ float cls_head_loss(cls_head *h, const int *labels, int B)
     return softmax_ce_forward(h->losses, h->probs, h->logits, labels, B, h->K);
 }
 
+float cls_head_mse_loss(cls_head *h, const float *targets, int B)
+{
+    double s = 0;
+    for (int b = 0; b < B; b++) {
+        double e = (double)h->logits[(size_t)b * h->K] - targets[b];
+        h->losses[b] = (float)(e * e);
+        s += e * e;
+    }
+    return B ? (float)(s / B) : 0.0f;
+}
+
+/* From dlogits (in h->logits) down to d_hidden. */
+static void backward_from_logits(cls_head *h, int B, int T, float p, int train, float *d_hidden);
+
+void cls_head_backward_mse(cls_head *h, const float *targets, int B, int T, float p, int train, float scale, float *d_hidden)
+{
+    /* d(scale * mean (z - y)^2) / dz = scale * 2 (z - y) / B; logits are not needed any more */
+    for (int b = 0; b < B; b++) {
+        float *z = h->logits + (size_t)b * h->K;
+        z[0] = scale * 2.0f * (z[0] - targets[b]) / (float)B;
+        for (int k = 1; k < h->K; k++) z[k] = 0;
+    }
+    backward_from_logits(h, B, T, p, train, d_hidden);
+}
+
 void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, int train, float scale, float *d_hidden)
 {
-    int C = h->C, K = h->K;
+    int K = h->K;
     float *dlogits = h->logits; /* logits are not needed any more: reuse their buffer */
     memset(dlogits, 0, (size_t)B * K * sizeof(float));
     softmax_ce_backward(dlogits, h->probs, labels, B, K, scale / (float)B); /* d(scale * mean loss) */
+    backward_from_logits(h, B, T, p, train, d_hidden);
+}
+
+static void backward_from_logits(cls_head *h, int B, int T, float p, int train, float *d_hidden)
+{
+    int C = h->C, K = h->K;
+    float *dlogits = h->logits;
     float *d_dropped = h->d_cls;
     memset(d_dropped, 0, (size_t)B * C * sizeof(float));
     matmul_backward(d_dropped, h->g_cls_w, h->g_cls_b, dlogits, h->dropped, h->cls_w, B, C, K);

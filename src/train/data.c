@@ -2,6 +2,7 @@
 #include "train/data.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,7 +105,7 @@ static void recognise(const row *h, int *t, int *p, int *l)
         {"premise", "hypothesis"}, {"question1", "question2"}, {"text", "text_pair"},
     };
     static const char *singles[] = {"sentence", "text"};
-    static const char *labels[] = {"label", "Quality", "gold_label", "labels"};
+    static const char *labels[] = {"label", "Quality", "gold_label", "labels", "score"};   /* score: STS-B */
     *t = *p = *l = -1;
     for (size_t k = 0; k < sizeof pairs / sizeof *pairs && *t < 0; k++) {
         int a = col_index(h, pairs[k][0], h->n), b = col_index(h, pairs[k][1], h->n);
@@ -258,7 +259,7 @@ static peftc_status load_jsonl(const char *path, char *buf, size_t n, const data
 {
     static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1"};
     static const char *pn[] = {"", "text_pair", "hypothesis", "sentence", "sentence2"};
-    static const char *ln[] = {"label", "gold_label", "labels"};
+    static const char *ln[] = {"label", "gold_label", "labels", "score"};
     size_t pos = 0;
     int line = 0;
     const char *tk = cols->text, *pk = cols->pair, *lk = cols->label;
@@ -387,6 +388,25 @@ peftc_status data_map_labels(dataset *d, const label_set *ls, peftc_error *err)
     return PEFTC_OK;
 }
 
+peftc_status data_map_targets(dataset *d, peftc_error *err)
+{
+    free(d->target);
+    if (!(d->target = malloc((size_t)d->n * sizeof *d->target))) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", d->path);
+    for (int i = 0; i < d->n; i++) {
+        const char *s = d->label_str[i];
+        if (!s) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d has no label", d->path, i + 1);
+        char *end;
+        double v = strtod(s, &end);
+        while (*end == ' ') end++;
+        if (end == s || *end || !isfinite(v) || fabs(v) > 1e30)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d: label '%.60s' (column %s) is not a number, which regression needs",
+                              d->path, i + 1, s, d->label_col);
+        d->target[i] = (float)v;
+        d->label[i] = 0;
+    }
+    return PEFTC_OK;
+}
+
 peftc_status data_tokenize(dataset *d, encode_fn encode, const void *user, int max_len, peftc_error *err)
 {
     free(d->ids); free(d->tts); free(d->len); free(d->off);
@@ -419,6 +439,9 @@ void data_free(dataset *d)
     }
     free(d->text); free(d->pair); free(d->label_str); free(d->label);
     free(d->ids); free(d->tts); free(d->len); free(d->off); free(d->path);
+    if (d->word_off) for (int i = 0; i < d->word_off[d->n]; i++) { free(d->word_line[i]); free(d->word_tag[i]); }
+    free(d->word_off); free(d->word_line); free(d->word_tag); free(d->word_label); free(d->tok_word);
+    free(d->target);
     memset(d, 0, sizeof *d);
 }
 
