@@ -222,7 +222,7 @@ typedef struct peftc_train_opts {
                                     lr_end at the last, no warm-up or decay */
     /* causal language modelling (the task of decoder models) */
     const char *task;            /* NULL: the model's (causal-lm for decoders, seq-cls for encoders);
-                                    encoders also token-cls (CoNLL files) and regression */
+                                    encoders also token-cls (CoNLL files), regression and multi-label */
     int pack;                    /* several examples per row of max_len tokens */
     int loss_on_all;             /* loss on prompt tokens too (default: the response only) */
     const char *data_format;     /* NULL: recognised; text, prompt-response, alpaca, chat, template */
@@ -315,6 +315,8 @@ typedef struct peftc_eval_result {
     long long n_words, n_words_cut, n_true, n_pred, n_correct;   /* words scored, words lost to --max-len; entities */
     /* regression */
     double pearson, spearman;
+    /* multi-label: f1 is the micro average, accuracy the exact-match ratio */
+    double macro_f1;
 } peftc_eval_result;
 
 peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, const char *text_col,

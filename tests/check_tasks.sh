@@ -39,9 +39,10 @@ TINY=$FX/model
 
 # ---- 1, 2: the library API against transformers / PEFT / seqeval
 if build_driver tasks_grad; then
-    for c in tok_full tok_lora tok_prompt reg_full; do
+    for c in tok_full tok_lora tok_prompt reg_full ml_lora; do
         data=$FX/train.conll
         [ $c = reg_full ] && data=$FX/train_reg.tsv
+        [ $c = ml_lora ] && data=$FX/train_ml.tsv
         tally "$(timeout 120 build/tests/tasks_grad grad "$TINY" "$data" "$FX/init_$c" "$FX/c_$c.safetensors" 2>&1)"
         [ -f "$FX/c_$c.safetensors" ] && tally "$("$PY" tests/ref_tasks.py compare-grads $c "$FX" "$FX/c_$c.safetensors" 2>&1)"
     done
@@ -128,6 +129,20 @@ if [ -f "$MINI/model.safetensors" ] && [ -f "$D/glue-stsb/train.tsv" ]; then
     fi
 fi
 
+# ---- 5b: multi-label (each CoNLL-2003 sentence's entity types), micro / macro F1 vs sklearn
+if [ -f "$MINI/model.safetensors" ] && [ -f "$D/conll2003/eng.train" ]; then
+    "$PY" tests/ref_tasks.py make-ml "$D/conll2003/eng.train" "$FX/ml_train.tsv" 4000
+    "$PY" tests/ref_tasks.py make-ml "$D/conll2003/eng.testa" "$FX/ml_dev.tsv" 300
+    if timeout 300 ./peftc train --model "$MINI" --task multi-label --train "$FX/ml_train.tsv" --method lora \
+            --max-steps 30 --batch 16 --lr 5e-3 --out "$FX/ml" --threads 1 > "$FX/ml.log" 2>&1; then
+        ./peftc eval --model "$MINI" --adapter "$FX/ml" --data "$FX/ml_dev.tsv" --threads 1 > "$FX/ml_eval.json"
+        cut -f1 "$FX/ml_dev.tsv" | tail -n +2 | ./peftc predict --model "$MINI" --adapter "$FX/ml" --threads 1 > "$FX/ml_pred.txt"
+        tally "$("$PY" tests/ref_tasks.py ml-sklearn "$FX/ml_eval.json" "$FX/ml_dev.tsv" "$FX/ml_pred.txt" 2>&1)"
+    else
+        bad "multi-label training run failed: $(tail -1 "$FX/ml.log")"
+    fi
+fi
+
 # ---- 6: bad input
 W=$FX/bad
 mkdir -p "$W"
@@ -156,6 +171,9 @@ expect_fail "a single tag" "onetag.conll: the training data has fewer than two d
 printf 'sentence\tlabel\ngood film\t4.5\nbad film\thigh\n' > "$W/reg.tsv"
 expect_fail "regression label not a number" "reg.tsv: example 2: label 'high' (column label) is not a number" -- \
     ./peftc train --model "$TINY" --task regression --train "$W/reg.tsv" --max-steps 1 --threads 1 --out "$W/run"
+printf 'sentence\tlabel\ngood film\tpos,fun\nbad film\t ,\n' > "$W/ml.tsv"
+expect_fail "multi-label: empty label list" "ml.tsv: example 2 has an empty label list" -- \
+    ./peftc train --model "$TINY" --task multi-label --train "$W/ml.tsv" --max-steps 1 --threads 1 --out "$W/run"
 expect_fail "unknown task" "--task 'ner'" -- ./peftc train --model "$TINY" --task ner --train "$W/reg.tsv" --out "$W/run"
 printf 'sentence\tlabel\ngood film\tpos\nbad film\tneg\n' > "$W/cls.tsv"
 if [ -d "$FX/m_lora" ]; then

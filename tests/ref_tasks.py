@@ -48,7 +48,8 @@ NV = 4                       # prompt tuning's virtual tokens
 LORA_R, LORA_ALPHA = 4, 8.0
 # Hugging Face conll2003's label order (not peftc's sorted one: the adapter's list must be the one used)
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-CASES = ("tok_full", "tok_lora", "tok_prompt", "reg_full")
+CASES = ("tok_full", "tok_lora", "tok_prompt", "reg_full", "ml_lora")
+ML_LABELS = ["LOC", "MISC", "ORG", "PER", "none"]
 HEAD = "base_model.model."
 BERT = "base_model.model.bert."
 TOL_LOSS, TOL_LOGITS, TOL_GRAD, GRAD_FLOOR = 1e-5, 1e-5, 1e-4, 1e-3
@@ -79,6 +80,7 @@ REG = [("the company said", "visited london", "3.5"), ("john met mary", "mary me
        ("a cup", "the football league", "0.4"), ("Paris and Berlin", "the world", "1.25"),
        ("Google Inc.", "google corp", "4.0"), ("unbelievably new", "new york", "2.2")]
 
+ML = ["ORG", "PER", "none", "LOC,MISC", "ORG, PER ,LOC", "MISC"]
 passed = failed = 0
 
 
@@ -140,6 +142,10 @@ def gen(out):
             for w, t in s:
                 f.write(f"{w} NNP I-NP {t}\n")
             f.write("\n")
+    with open(os.path.join(out, "train_ml.tsv"), "w") as f:   # the entity types of each pair's first sentence
+        f.write("sentence1\tsentence2\tlabel\n")
+        for (a, b, _), y in zip(REG, ML):
+            f.write(f"{a}\t{b}\t{y}\n")
     with open(os.path.join(out, "train_reg.tsv"), "w") as f:
         f.write("sentence1\tsentence2\tlabel\n")
         for a, b, y in REG:
@@ -166,12 +172,12 @@ def load_file_names():
 
 def trainable(case, base):
     _base_cache["names"] = sorted(base)
-    K = 1 if case.startswith("reg") else len(LABELS)
+    K = 1 if case.startswith("reg") else len(ML_LABELS) if case.startswith("ml") else len(LABELS)
     t = {}
     if case in ("tok_full", "reg_full"):
         for n in base_names(case == "reg_full"):
             t[BERT + n] = tuple(base[n].shape)
-    elif case == "tok_lora":
+    elif case in ("tok_lora", "ml_lora"):
         for l in range(L):
             for m in ("query", "value"):
                 t[f"{BERT}encoder.layer.{l}.attention.self.{m}.lora_A.weight"] = (LORA_R, C)
@@ -194,13 +200,14 @@ def write_init(out, case, base, rng):
         else:
             t[n] = (rng.standard_normal(shape) * 0.3).astype(np.float32)
     save_file(t, os.path.join(d, "adapter_model.safetensors"), metadata={"format": "pt"})
-    task = "regression" if case.startswith("reg") else "token-cls"
-    own = {"method": case.split("_")[1], "labels": ["label"] if task == "regression" else LABELS,
+    task = "regression" if case.startswith("reg") else "multi-label" if case.startswith("ml") else "token-cls"
+    own = {"method": case.split("_")[1],
+           "labels": ["label"] if task == "regression" else ML_LABELS if task == "multi-label" else LABELS,
            "max_len": MAX_LEN, "task": task}
     if case.endswith("full"):
         own["base"] = "all"
-    cfg = {"peft_type": "PEFTC", "task_type": "SEQ_CLS" if task == "regression" else "TOKEN_CLS", "peftc": own}
-    if case == "tok_lora":
+    cfg = {"peft_type": "PEFTC", "task_type": "TOKEN_CLS" if task == "token-cls" else "SEQ_CLS", "peftc": own}
+    if case.endswith("lora"):
         cfg.update(peft_type="LORA", r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=["query", "value"])
     if case == "tok_prompt":
         own["method"] = "prompt"
@@ -252,6 +259,9 @@ def compare_grads(case, out, cpath):
     if case.startswith("reg"):
         model = BertForSequenceClassification(config(1)).double()
         model.config.problem_type = "regression"
+    elif case.startswith("ml"):
+        model = BertForSequenceClassification(config(len(ML_LABELS))).double()
+        model.config.problem_type = "multi_label_classification"
     else:
         model = BertForTokenClassification(config(len(LABELS))).double()
     sd = model.state_dict()
@@ -263,9 +273,9 @@ def compare_grads(case, out, cpath):
             sd[n[len(HEAD):]] = v
     model.load_state_dict(sd)
     params = {}
-    if case == "tok_lora":
+    if case.endswith("lora"):
         from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(task_type="TOKEN_CLS", r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
+        model = get_peft_model(model, LoraConfig(task_type="TOKEN_CLS" if case.startswith("tok") else "SEQ_CLS", r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
                                                  target_modules=["query", "value"]))
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -280,7 +290,7 @@ def compare_grads(case, out, cpath):
             p.requires_grad_(key in init)
             if key in init:
                 params[key] = p
-    if case.startswith("reg"):
+    if case.startswith("reg") or case.startswith("ml"):
         tok = hf_tokenizer(out)
         tok.enable_truncation(max_length=MAX_LEN)
         encs = [tok.encode(a, b) for a, b, _ in REG]
@@ -292,13 +302,21 @@ def compare_grads(case, out, cpath):
             ids[b, :len(e.ids)] = torch.tensor(e.ids)
             tts[b, :len(e.ids)] = torch.tensor(e.type_ids)
             mask[b, :len(e.ids)] = 1
-        y = torch.tensor([float(v) for _, _, v in REG], dtype=torch.float64)
+        if case.startswith("ml"):
+            y = torch.tensor([[1.0 if n in [x.strip() for x in v.split(",")] else 0.0 for n in ML_LABELS] for v in ML],
+                             dtype=torch.float64)
+        else:
+            y = torch.tensor([float(v) for _, _, v in REG], dtype=torch.float64)
         res = model(input_ids=ids, attention_mask=mask, token_type_ids=tts, labels=y)
         loss, logits = res.loss, res.logits
+        if case.startswith("ml"):
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+            check(abs(float(bce.detach()) - float(loss.detach())) < 1e-12, f"{case}: transformers' multi-label loss is the mean BCE with logits")
         cids = torch.from_numpy(c["input_ids"].astype(np.int64))
         check(cids.shape == ids.shape and bool((cids == ids).all()), f"{case}: token ids equal Hugging Face tokenizers' {tuple(ids.shape)}")
-        check(abs(float(torch.nn.functional.mse_loss(logits.squeeze(-1), y).detach()) - float(loss.detach())) < 1e-12,
-              f"{case}: transformers' regression loss is the MSE")
+        if case.startswith("reg"):
+            check(abs(float(torch.nn.functional.mse_loss(logits.squeeze(-1), y).detach()) - float(loss.detach())) < 1e-12,
+                  f"{case}: transformers' regression loss is the MSE")
     else:
         nv = NV if case == "tok_prompt" else 0
         ids, mask, y = token_batch(out, nv)
@@ -441,6 +459,42 @@ def corr(eval_json, gold_tsv, pred_txt):
     finish()
 
 
+def make_ml(conll, out_tsv, n):
+    """A multi-label set from real sentences: each CoNLL sentence's entity types (or "none")."""
+    rows, words, types = [], [], set()
+    for line in list(open(conll)) + ["\n"]:
+        f = line.split()
+        if not f or f[0] == "-DOCSTART-":
+            if words:
+                rows.append((" ".join(words), ",".join(sorted(types)) or "none"))
+            words, types = [], set()
+            continue
+        words.append(f[0])
+        if f[-1] != "O":
+            types.add(f[-1][2:])
+    with open(out_tsv, "w") as fo:
+        fo.write("sentence\tlabel\n")
+        for s, y in rows[:n]:
+            fo.write(f"{s}\t{y}\n")
+
+
+def ml_sklearn(eval_json, gold_tsv, pred_txt):
+    from sklearn.metrics import f1_score, accuracy_score
+    ev = json.load(open(eval_json))
+    gold = [line.rstrip("\n").split("\t")[1].split(",") for line in list(open(gold_tsv))[1:]]
+    pred = [line.rstrip("\n").split("\t")[0].split(",") if line.strip() else [] for line in open(pred_txt)]
+    names = sorted({x for g in gold for x in g})
+    check(len(gold) == len(pred) == ev["examples"], f"multi-label: {len(pred)} predictions for {len(gold)} rows")
+    Y = np.array([[n in g for n in names] for g in gold], dtype=int)
+    P = np.array([[n in p for n in names] for p in pred], dtype=int)
+    mi, ma = f1_score(Y, P, average="micro", zero_division=0), f1_score(Y, P, average="macro", zero_division=0)
+    ex = accuracy_score(Y, P)
+    check(abs(ev["micro_f1"] - mi) <= 1e-6, f"multi-label: micro F1 peftc {ev['micro_f1']:.6f} sklearn {mi:.6f}")
+    check(abs(ev["macro_f1"] - ma) <= 1e-6, f"multi-label: macro F1 peftc {ev['macro_f1']:.6f} sklearn {ma:.6f}")
+    check(abs(ev["exact_match"] - ex) <= 1e-6, f"multi-label: exact match peftc {ev['exact_match']:.6f} sklearn accuracy_score {ex:.6f}")
+    finish()
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "gen":
@@ -452,6 +506,10 @@ if __name__ == "__main__":
         seqeval_random(sys.argv[2], sys.argv[3])
     elif mode == "seqeval-pred":
         seqeval_pred(sys.argv[2], sys.argv[3])
+    elif mode == "make-ml":
+        make_ml(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif mode == "ml-sklearn":
+        ml_sklearn(sys.argv[2], sys.argv[3], sys.argv[4])
     elif mode == "corr":
         corr(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

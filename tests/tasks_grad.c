@@ -5,7 +5,9 @@
  *   tasks_grad grad MODEL_DIR DATA ADAPTER_DIR OUT.safetensors
  *       ADAPTER_DIR's config gives the method and task (token-cls: DATA is a
  *       CoNLL file, mapped through the adapter's label list; regression: a
- *       TSV with a numeric label column); its tensors the starting weights.
+ *       TSV with a numeric label column; multi-label: a TSV whose label column
+ *       lists names, mapped through the adapter's labels); its tensors the
+ *       starting weights.
  *       The whole file is one batch, in file order: one forward (train mode;
  *       the fixture's dropout is 0) and one backward of the mean loss.
  *       OUT.safetensors (F32): "loss" (1), "logits" (B*T,K or B,1),
@@ -95,7 +97,8 @@ int main(int argc, char **argv)
         printf("# %d sentences, %d words, %ld tags converted IOB1 -> IOB2, %d words cut\n", d.n, d.n_words, conv, d.n_words_cut);
     } else {
         data_cols cols = {0};
-        if (data_load(data_path, &cols, 1, &d, &err) || data_map_targets(&d, &err) ||
+        if (data_load(data_path, &cols, 1, &d, &err) ||
+            (kind == TASK_MULTI_LABEL ? data_map_multi(&d, &labels, &err) : data_map_targets(&d, &err)) ||
             data_tokenize(&d, encoder_encode, &enc, max_len, &err))
             return tl_die("regression data", &err);
     }
@@ -108,7 +111,7 @@ int main(int argc, char **argv)
     if (task_init_kind(&t, kind, m, tok, &mo, &labels, max_len, &rng, &err) || task_alloc(&t, B, T, 1, &err))
         return tl_die("task", &err);
     if (task_load_weights(&t, adapter, &err)) return tl_die("init weights", &err);
-    if (batch_alloc(&bb, B, T, &err)) return tl_die("batch", &err);
+    if (batch_alloc(&bb, B, T, &err) || (kind == TASK_MULTI_LABEL && batch_alloc_multi(&bb, labels.n, &err))) return tl_die("batch", &err);
     int *rows = malloc((size_t)B * sizeof *rows);
     for (int i = 0; i < B; i++) rows[i] = i;
     int Tb = batch_fill(&bb, &d, rows, B);

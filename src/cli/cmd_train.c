@@ -44,6 +44,9 @@ static void on_progress(const peftc_progress *p, void *user)
         if (p->eval && p->eval->task && !strcmp(p->eval->task, "token-cls"))
             fprintf(stderr, "%seval at step %d: entity precision %.4f recall %.4f f1 %.4f token accuracy %.4f loss %.4f\n",
                     ui->tty ? "\n" : "", p->step, p->eval->precision, p->eval->recall, p->eval->entity_f1, p->eval->accuracy, p->eval->loss);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "multi-label"))
+            fprintf(stderr, "%seval at step %d: micro f1 %.4f macro f1 %.4f exact match %.4f loss %.4f\n", ui->tty ? "\n" : "", p->step,
+                    p->eval->f1, p->eval->macro_f1, p->eval->accuracy, p->eval->loss);
         else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
             fprintf(stderr, "%seval at step %d: pearson %.4f spearman %.4f mse %.4f\n", ui->tty ? "\n" : "", p->step,
                     p->eval->pearson, p->eval->spearman, p->eval->loss);
@@ -172,6 +175,9 @@ int cmd_eval(cli_args *a)
                "\"f1\": %.6f, \"token_accuracy\": %.6f, \"entities_true\": %lld, \"entities_pred\": %lld, \"entities_correct\": %lld, "
                "\"loss\": %.6f}\n", r.n, r.n_words, r.n_words_cut, r.precision, r.recall, r.entity_f1, r.accuracy, r.n_true,
                r.n_pred, r.n_correct, r.loss);
+    } else if (!strcmp(r.task, "multi-label")) {
+        printf("{\"task\": \"multi-label\", \"examples\": %d, \"micro_f1\": %.6f, \"macro_f1\": %.6f, \"exact_match\": %.6f, \"loss\": %.6f}\n",
+               r.n, r.f1, r.macro_f1, r.accuracy, r.loss);
     } else if (!strcmp(r.task, "regression")) {
         printf("{\"task\": \"regression\", \"examples\": %d, \"pearson\": %.6f, \"spearman\": %.6f, \"mse\": %.6f}\n", r.n,
                r.pearson, r.spearman, r.loss);
@@ -230,7 +236,15 @@ int cmd_predict(cli_args *a)
         if (!rc && peftc_classifier_score(c, texts, pairs, L.n, probs, &err)) rc = cli_fail(&err);
         for (int i = 0; i < L.n && !rc; i++) printf("%.6f\n", probs[i]);
     } else if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
-    for (int i = 0; i < L.n && !rc && !scored; i++) {
+    int multi = !strcmp(kind, "multi-label");
+    for (int i = 0; i < L.n && !rc && multi; i++) {   /* the labels whose sigmoid passes 0.5, comma-separated */
+        int any = 0;
+        for (int k = 0; k < K; k++)
+            if (probs[(size_t)i * K + k] > 0.5f) { printf("%s%s", any ? "," : "", peftc_classifier_label(c, k)); any = 1; }
+        if (with_probs) for (int k = 0; k < K; k++) printf("\t%.6f", probs[(size_t)i * K + k]);
+        putchar('\n');
+    }
+    for (int i = 0; i < L.n && !rc && !scored && !multi; i++) {
         fputs(peftc_classifier_label(c, labels[i]), stdout);
         if (with_probs) for (int k = 0; k < K; k++) printf("\t%.6f", probs[(size_t)i * K + k]);
         putchar('\n');

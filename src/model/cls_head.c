@@ -2,6 +2,7 @@
 #include "model/cls_head.h"
 #include "kernels/kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,26 @@ void cls_head_backward_mse(cls_head *h, const float *targets, int B, int T, floa
         z[0] = scale * 2.0f * (z[0] - targets[b]) / (float)B;
         for (int k = 1; k < h->K; k++) z[k] = 0;
     }
+    backward_from_logits(h, B, T, p, train, d_hidden);
+}
+
+float cls_head_bce_loss(cls_head *h, const float *targets, int B)
+{
+    size_t n = (size_t)B * h->K;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double z = h->logits[i], y = targets[i];
+        /* max(z, 0) - z y + log(1 + exp(-|z|)): stable for any z */
+        s += (z > 0 ? z : 0) - z * y + log1p(exp(-fabs(z)));
+        h->probs[i] = (float)(1.0 / (1.0 + exp(-z)));
+    }
+    return n ? (float)(s / (double)n) : 0.0f;
+}
+
+void cls_head_backward_bce(cls_head *h, const float *targets, int B, int T, float p, int train, float scale, float *d_hidden)
+{
+    size_t n = (size_t)B * h->K;
+    for (size_t i = 0; i < n; i++) h->logits[i] = scale * (h->probs[i] - targets[i]) / (float)n;
     backward_from_logits(h, B, T, p, train, d_hidden);
 }
 

@@ -153,6 +153,8 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
         rc = conll_map_labels(&d, &c->t.labels, err);
     else if (kind == TASK_REGRESSION)
         rc = data_map_targets(&d, err);
+    else if (kind == TASK_MULTI_LABEL)
+        rc = data_map_multi(&d, &c->t.labels, err);
     else
         rc = data_map_labels(&d, &c->t.labels, err);
     if (rc) goto out;
@@ -161,7 +163,9 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
     if (rc) goto out;
     int T = 1;
     for (int i = 0; i < d.n; i++) if (d.len[i] > T) T = d.len[i];
-    if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err))) goto out;
+    if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err)) ||
+        (kind == TASK_MULTI_LABEL && (rc = batch_alloc_multi(&bb, c->t.labels.n, err))))
+        goto out;
     rc = task_evaluate(&c->t, &d, &bb, res, err);
 out:
     batch_free(&bb);
@@ -258,7 +262,7 @@ peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *te
                                       const char *const *pairs, int n, int *labels,
                                       float *probs, peftc_error *err)
 {
-    peftc_status rc = kind_check(c, TASK_SEQ_CLS, "sentence classification", err);
+    peftc_status rc = c->t.kind == TASK_MULTI_LABEL ? PEFTC_OK : kind_check(c, TASK_SEQ_CLS, "sentence classification", err);
     return rc ? rc : predict_rows(c, texts, pairs, n, labels, probs, err);
 }
 
@@ -296,6 +300,8 @@ static peftc_status predict_rows(peftc_classifier *c, const char *const *texts, 
             labels[s + b] = best;
             if (probs && c->t.kind == TASK_REGRESSION) {
                 probs[s + b] = lg[0];
+            } else if (probs && c->t.kind == TASK_MULTI_LABEL) {   /* a sigmoid per label */
+                for (int k = 0; k < K; k++) probs[(size_t)(s + b) * K + k] = 1.0f / (1.0f + expf(-lg[k]));
             } else if (probs) {
                 float mx = lg[best], sum = 0;
                 for (int k = 0; k < K; k++) sum += expf(lg[k] - mx);

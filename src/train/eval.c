@@ -24,6 +24,15 @@ peftc_status batch_alloc(batch_buf *b, int B, int T, peftc_error *err)
     return PEFTC_OK;
 }
 
+peftc_status batch_alloc_multi(batch_buf *b, int K, peftc_error *err)
+{
+    float *t = calloc((size_t)b->B * (K > 1 ? K : 1), sizeof *t);
+    if (!t) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory for batches");
+    free(b->targets);
+    b->targets = t;
+    return PEFTC_OK;
+}
+
 void batch_free(batch_buf *b)
 {
     free(b->ids); free(b->tts); free(b->lens); free(b->labels); free(b->rows); free(b->targets);
@@ -43,7 +52,8 @@ int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n)
         b->lens[i] = L;
         b->labels[i] = d->label[r];
         b->rows[i] = r;
-        b->targets[i] = d->target ? d->target[r] : 0.0f;
+        if (d->multi) memcpy(b->targets + (size_t)i * d->n_multi, d->multi + (size_t)r * d->n_multi, (size_t)d->n_multi * sizeof(float));
+        else b->targets[i] = d->target ? d->target[r] : 0.0f;
     }
     if (d->tok_word) /* per token: a word's first piece carries its label, everything else is ignored */
         for (int i = 0; i < n; i++) {
@@ -191,6 +201,46 @@ static peftc_status evaluate_regression(task *t, const dataset *d, batch_buf *b,
     return PEFTC_OK;
 }
 
+static peftc_status evaluate_multi(task *t, const dataset *d, batch_buf *b, const int *order, peftc_eval_result *res, peftc_error *err)
+{
+    int K = t->labels.n;
+    long long *tp = calloc((size_t)K, sizeof *tp), *fp = calloc((size_t)K, sizeof *fp), *fn = calloc((size_t)K, sizeof *fn);
+    if (!tp || !fp || !fn) { free(tp); free(fp); free(fn); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    long long exact = 0;
+    double loss_sum = 0;
+    for (int s = 0; s < d->n; s += t->cap_B) {
+        int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
+        int T = batch_fill(b, d, order + s, n);
+        t->targets = b->targets;
+        loss_sum += (double)task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL) * n;
+        for (int i = 0; i < n; i++) {
+            int all = 1;
+            for (int k = 0; k < K; k++) {
+                int p = t->head.logits[(size_t)i * K + k] > 0.0f, y = b->targets[(size_t)i * K + k] > 0.5f;   /* sigmoid > 0.5 */
+                tp[k] += p && y; fp[k] += p && !y; fn[k] += !p && y;
+                all &= p == y;
+            }
+            exact += all;
+        }
+    }
+    long long TP = 0, FP = 0, FN = 0;
+    double macro = 0;
+    for (int k = 0; k < K; k++) {
+        TP += tp[k]; FP += fp[k]; FN += fn[k];
+        /* sklearn's f1_score: 0 where a label has no positives either way */
+        macro += tp[k] + fp[k] + fn[k] ? 2.0 * tp[k] / (2.0 * tp[k] + fp[k] + fn[k]) : 0.0;
+    }
+    res->task = "multi-label";
+    res->n = d->n;
+    res->accuracy = (double)exact / d->n;   /* subset accuracy: every label right */
+    res->loss = loss_sum / d->n;
+    res->f1 = TP + FP + FN ? 2.0 * TP / (2.0 * TP + FP + FN) : 0.0;
+    res->macro_f1 = macro / K;
+    free(tp); free(fp); free(fn);
+    if (!isfinite(res->loss)) return peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: evaluation loss is not finite", d->path);
+    return PEFTC_OK;
+}
+
 peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_result *res, peftc_error *err)
 {
     memset(res, 0, sizeof *res);
@@ -200,7 +250,9 @@ peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, peftc_eval_r
     sort_ds = d;
     qsort(order, (size_t)d->n, sizeof *order, cmp_rows_by_len);
     if (t->kind != TASK_SEQ_CLS) {
-        peftc_status rc = t->kind == TASK_TOKEN_CLS ? evaluate_tokens(t, d, b, order, res, err) : evaluate_regression(t, d, b, order, res, err);
+        peftc_status rc = t->kind == TASK_TOKEN_CLS ? evaluate_tokens(t, d, b, order, res, err)
+                        : t->kind == TASK_MULTI_LABEL ? evaluate_multi(t, d, b, order, res, err)
+                        : evaluate_regression(t, d, b, order, res, err);
         free(order);
         return rc;
     }

@@ -13,6 +13,8 @@ typedef struct batch_buf {
 } batch_buf;
 
 peftc_status batch_alloc(batch_buf *b, int B, int T, peftc_error *err);
+/* Multi-label: room for (B, K) targets. */
+peftc_status batch_alloc_multi(batch_buf *b, int K, peftc_error *err);
 void batch_free(batch_buf *b);
 /* Pads rows[0..n) of d into b; returns the padded length T. */
 int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n);

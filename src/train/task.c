@@ -15,7 +15,7 @@
  * task_count_params can count a method without allocating its values. */
 const char *task_kind_name(task_kind k)
 {
-    return k == TASK_TOKEN_CLS ? "token-cls" : k == TASK_REGRESSION ? "regression" : "seq-cls";
+    return k == TASK_TOKEN_CLS ? "token-cls" : k == TASK_REGRESSION ? "regression" : k == TASK_MULTI_LABEL ? "multi-label" : "seq-cls";
 }
 
 int task_kind_parse(const char *s, task_kind *k)
@@ -23,6 +23,7 @@ int task_kind_parse(const char *s, task_kind *k)
     if (!strcmp(s, "seq-cls")) *k = TASK_SEQ_CLS;
     else if (!strcmp(s, "token-cls")) *k = TASK_TOKEN_CLS;
     else if (!strcmp(s, "regression")) *k = TASK_REGRESSION;
+    else if (!strcmp(s, "multi-label")) *k = TASK_MULTI_LABEL;
     else return 0;
     return 1;
 }
@@ -271,6 +272,7 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
     }
     cls_head_forward(&t->head, hidden, B, T, t->m->cfg.hidden_dropout, train, rng);
     if (!labels) return 0.0f;
+    if (t->kind == TASK_MULTI_LABEL) return cls_head_bce_loss(&t->head, t->targets, B);
     return t->kind == TASK_REGRESSION ? cls_head_mse_loss(&t->head, t->targets, B) : cls_head_loss(&t->head, labels, B);
 }
 
@@ -284,6 +286,8 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
         memset(t->prefix.d_kv, 0, (size_t)t->mo.prefix.n * 2 * t->m->cfg.num_layers * t->m->cfg.hidden_size * sizeof(float));
     if (t->kind == TASK_TOKEN_CLS)
         tok_head_backward(&t->thead, labels, (size_t)B * T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
+    else if (t->kind == TASK_MULTI_LABEL)
+        cls_head_backward_bce(&t->head, t->targets, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
     else if (t->kind == TASK_REGRESSION)
         cls_head_backward_mse(&t->head, t->targets, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
     else
@@ -752,7 +756,7 @@ peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *er
     *kind = TASK_SEQ_CLS;
     if (json_is_string(v)) {
         if (!task_kind_parse(json_string_value(v), kind))
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.task '%s' is not seq-cls, token-cls or regression", path, json_string_value(v));
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.task '%s' is not seq-cls, token-cls, regression or multi-label", path, json_string_value(v));
     } else if (json_is_string(tt)) {
         const char *s = json_string_value(tt);
         if (!strcmp(s, "TOKEN_CLS")) *kind = TASK_TOKEN_CLS;

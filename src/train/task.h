@@ -14,7 +14,7 @@
 /* What the head predicts: a label per sequence (BertForSequenceClassification),
  * a label per token (BertForTokenClassification), or one number per sequence
  * (BertForSequenceClassification with num_labels 1, problem_type regression). */
-typedef enum task_kind { TASK_SEQ_CLS = 0, TASK_TOKEN_CLS, TASK_REGRESSION } task_kind;
+typedef enum task_kind { TASK_SEQ_CLS = 0, TASK_TOKEN_CLS, TASK_REGRESSION, TASK_MULTI_LABEL } task_kind;
 
 typedef struct task {
     task_kind kind;
@@ -36,7 +36,8 @@ typedef struct task {
     prompt_module prompt;     /* when mo.prompt.n_virtual > 0 */
     prefix_module prefix;     /* when mo.prefix.n > 0 */
     adalora_state ada;        /* when mo.adalora: the rank allocator's state */
-    const float *targets;     /* TASK_REGRESSION: the batch's targets (B), set before forward/backward */
+    const float *targets;     /* TASK_REGRESSION: the batch's targets (B); TASK_MULTI_LABEL: (B,K) 0/1;
+                                 set before forward/backward */
 } task;
 
 /* How examples become model input: the tokenizer, then the method's virtual
@@ -60,7 +61,9 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
                        const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err);
 peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
                             const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err);
-/* "seq-cls", "token-cls", "regression"; parse returns 0 for an unknown name. */
+/* "seq-cls", "token-cls", "regression", "multi-label" (problem_type
+ * multi_label_classification: a sigmoid per label, BCE); parse returns 0 for
+ * an unknown name. */
 const char *task_kind_name(task_kind k);
 int task_kind_parse(const char *s, task_kind *k);
 /* Activation buffers for batches up to B x T; train adds backward buffers. */

@@ -142,6 +142,12 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
         json_object_set_new(j, "eval_examples", json_integer(ev->n));
         json_object_set_new(j, "eval_words", json_integer(ev->n_words));
         json_object_set_new(j, "eval_words_cut", json_integer(ev->n_words_cut));
+    } else if (have_eval && t->kind == TASK_MULTI_LABEL) {
+        json_object_set_new(j, "eval_micro_f1", json_real(ev->f1));
+        json_object_set_new(j, "eval_macro_f1", json_real(ev->macro_f1));
+        json_object_set_new(j, "eval_exact_match", json_real(ev->accuracy));
+        json_object_set_new(j, "eval_loss", json_real(ev->loss));
+        json_object_set_new(j, "eval_examples", json_integer(ev->n));
     } else if (have_eval && t->kind == TASK_REGRESSION) {
         json_object_set_new(j, "eval_pearson", json_real(ev->pearson));
         json_object_set_new(j, "eval_spearman", json_real(ev->spearman));
@@ -522,6 +528,13 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         if (have_eval && ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_targets(&ev, err)) ||
                           (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err))))
             goto out;
+    } else if (kind == TASK_MULTI_LABEL) {
+        if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_multi(&tr, &labels, err)) ||
+            (rc = data_map_multi(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
+            goto out;
+        if (have_eval && ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_multi(&ev, &labels, err)) ||
+                          (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err))))
+            goto out;
     } else if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
                (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err))) {
         goto out;
@@ -544,7 +557,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
     if ((rc = task_init_kind(&t, kind, m, tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)))
+        (rc = task_alloc(&t, o->batch, T, 1, err)) || (rc = batch_alloc(&bb, o->batch, T, err)) ||
+        (kind == TASK_MULTI_LABEL && (rc = batch_alloc_multi(&bb, labels.n, err))))
         goto out;
     /* taken before any weight moves: full fine-tuning trains the sampled ones */
     uint64_t run_sig = run_signature(&t, o);
@@ -576,6 +590,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if (kind == TASK_TOKEN_CLS)
         snprintf(task_note, sizeof task_note, " (token-cls: %d words, %ld tags IOB1 -> IOB2, %d words cut by --max-len)",
                  tr.n_words, converted, tr.n_words_cut);
+    else if (kind == TASK_MULTI_LABEL)
+        snprintf(task_note, sizeof task_note, " (multi-label: sigmoid + BCE)");
     else if (kind == TASK_REGRESSION)
         snprintf(task_note, sizeof task_note, " (regression on '%s', MSE)", labels.names[0]);
     snprintf(msg, sizeof msg, "%s on %s: %d examples%s, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s",
