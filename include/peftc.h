@@ -312,7 +312,8 @@ typedef struct peftc_eval_result {
     const char *task;        /* "seq-cls", "token-cls", "regression" */
     /* token-cls: entities as seqeval's default mode counts them (micro average) */
     double precision, recall, entity_f1;
-    long long n_words, n_words_cut, n_true, n_pred, n_correct;   /* words scored, words lost to --max-len; entities */
+    long long n_words, n_words_cut, n_true, n_pred, n_correct;   /* words scored (all); of them, words without a first
+                                                                    piece in the window (scored as O); entities */
     /* regression */
     double pearson, spearman;
     /* multi-label: f1 is the micro average, accuracy the exact-match ratio */

@@ -268,7 +268,7 @@ peftc_status conll_tokenize(dataset *d, const peftc_tokenizer *tok, const prompt
             }
             /* wid = [CLS] pieces [SEP]; a word of more pieces than wcap - 2 was cut by the tokenizer, as the window would */
             int np = m - 2, first = 1;
-            if (np <= 0) continue;   /* no pieces (only characters the tokenizer drops): no label, as in HF */
+            if (np <= 0) { d->n_words_cut++; continue; }   /* no pieces (only characters the tokenizer drops): no label, as in HF */
             for (int p = 0; p < np; p++) {
                 if (k >= room - 1) { full = 1; break; }   /* truncation, even inside a word: keep room for [SEP] */
                 sid[k] = wid[1 + p]; stt[k] = 0; sw[k] = first ? w - d->word_off[s] : -1;

@@ -126,30 +126,34 @@ static peftc_status evaluate_tokens(task *t, const dataset *d, batch_buf *b, con
     seqeval_acc acc;
     peftc_status rc = seqeval_init(&acc, &t->labels, err);
     if (rc) return rc;
-    int cap = 1;
-    for (int i = 0; i < d->n; i++) if (d->len[i] > cap) cap = d->len[i];
+    /* every word is scored, as conlleval and seqeval on the whole file do: a
+     * word whose first piece the window cut (or that has no piece) counts as
+     * predicted O, which is what `peftc predict` writes for it */
+    int cap = 1, o_label = labels_find(&t->labels, "O");
+    if (o_label < 0) o_label = 0;
+    for (int i = 0; i < d->n; i++) if (d->word_off[i + 1] - d->word_off[i] > cap) cap = d->word_off[i + 1] - d->word_off[i];
     int *gold = malloc((size_t)cap * sizeof *gold), *pred = malloc((size_t)cap * sizeof *pred);
     if (!gold || !pred) { free(gold); free(pred); seqeval_free(&acc); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    long long words = 0, correct = 0;
+    long long words = 0, correct = 0, labelled = 0;
     double loss_sum = 0;
     for (int s = 0; s < d->n; s += t->cap_B) {
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         float loss = task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL);
         loss_sum += (double)loss * t->thead.n_labelled;
+        labelled += t->thead.n_labelled;
         for (int i = 0; i < n; i++) {
-            int m = 0;
-            for (int j = 0; j < T; j++) {
-                int y = b->labels[(size_t)i * T + j];
-                if (y < 0) continue;
+            int r = b->rows[i], w0 = d->word_off[r], m = d->word_off[r + 1] - w0;
+            const int32_t *tw = d->tok_word + d->off[r];
+            for (int w = 0; w < m; w++) { gold[w] = d->word_label[w0 + w]; pred[w] = o_label; }
+            for (int j = 0; j < d->len[r]; j++) {
+                if (tw[j] < 0) continue;
                 const float *lg = t->thead.logits + ((size_t)i * T + j) * K;
                 int best = 0;
                 for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
-                gold[m] = y;
-                pred[m] = best;
-                correct += best == y;
-                m++;
+                pred[tw[j]] = best;
             }
+            for (int w = 0; w < m; w++) correct += pred[w] == gold[w];
             words += m;
             seqeval_add(&acc, gold, pred, m);
         }
@@ -159,7 +163,7 @@ static peftc_status evaluate_tokens(task *t, const dataset *d, batch_buf *b, con
     res->n_words = words;
     res->n_words_cut = d->n_words_cut;
     res->accuracy = words ? (double)correct / words : 0;
-    res->loss = words ? loss_sum / words : 0;
+    res->loss = labelled ? loss_sum / labelled : 0;
     res->n_true = acc.n_true;
     res->n_pred = acc.n_pred;
     res->n_correct = acc.n_correct;
