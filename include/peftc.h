@@ -239,7 +239,8 @@ typedef struct peftc_train_opts {
                                     rate grows geometrically from lr at the first step to
                                     lr_end at the last, no warm-up or decay */
     /* causal language modelling (the task of decoder models) */
-    const char *task;            /* NULL: the model's (causal-lm for decoders, seq-cls for encoders) */
+    const char *task;            /* NULL: the model's (causal-lm for decoders, seq-cls for encoders);
+                                    encoders also token-cls (CoNLL files), regression and multi-label */
     int pack;                    /* several examples per row of max_len tokens */
     int loss_on_all;             /* loss on prompt tokens too (default: the response only) */
     const char *data_format;     /* NULL: recognised; text, prompt-response, alpaca, chat, template */
@@ -306,6 +307,7 @@ typedef struct peftc_progress {
     float loss, lr, grad_norm;
     double tokens_per_s, elapsed_s, eta_s;
     double eval_accuracy, eval_loss, eval_f1, eval_mcc;
+    const struct peftc_eval_result *eval;   /* PEFTC_PROGRESS_EVAL / DONE after an evaluation: all of it */
     int64_t trainable_params, total_params;
     const char *message;
     int eval_causal_lm;              /* an EVAL of a causal LM: eval_loss is the mean token loss, eval_perplexity its exp */
@@ -332,15 +334,35 @@ int peftc_classifier_num_labels(const peftc_classifier *c);
 const char *peftc_classifier_label(const peftc_classifier *c, int k);
 
 typedef struct peftc_eval_result {
-    int n;
-    double accuracy, loss;
+    int n;                   /* examples (token-cls: sentences) */
+    double accuracy, loss;   /* token-cls: token accuracy over the labelled words; regression: loss = MSE */
     int binary;              /* f1 and mcc are set for two-label tasks */
     double f1, mcc;
+    const char *task;        /* "seq-cls", "token-cls", "regression" */
+    /* token-cls: entities as seqeval's default mode counts them (micro average) */
+    double precision, recall, entity_f1;
+    long long n_words, n_words_cut, n_true, n_pred, n_correct;   /* words scored (all); of them, words without a first
+                                                                    piece in the window (scored as O); entities */
+    /* regression */
+    double pearson, spearman;
+    /* multi-label: f1 is the micro average, accuracy the exact-match ratio */
+    double macro_f1;
 } peftc_eval_result;
 
 peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, const char *text_col,
                                    const char *pair_col, const char *label_col,
                                    peftc_eval_result *res, peftc_error *err);
+/* The task the adapter was trained for: "seq-cls", "token-cls", "regression". */
+const char *peftc_classifier_task(const peftc_classifier *c);
+/* Token classification: tags every word of a CoNLL file (one word per line,
+ * the last column the tag if there are two or more; see `peftc train --task
+ * token-cls`). *out (malloc'd) receives each word's line, a TAB and the
+ * predicted tag, a blank line after each sentence (words beyond --max-len
+ * get O). */
+peftc_status peftc_classifier_tag_conll(peftc_classifier *c, const char *data_path, char **out, peftc_error *err);
+/* Regression: one score per text (pairs as for predict). */
+peftc_status peftc_classifier_score(peftc_classifier *c, const char *const *texts, const char *const *pairs, int n,
+                                    float *scores, peftc_error *err);
 /* Predicts n texts (pairs[i] may be NULL; pairs may be NULL): label indices,
  * and probabilities (n * num_labels, may be NULL). */
 peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *texts,

@@ -40,6 +40,15 @@ if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
         echo "setup: installing HF peft (and PyPI torch) for the test oracles"
         /usr/bin/python3 -m pip install -q --break-system-packages peft
     fi
+    # seqeval (entity F1 of token classification) and scipy (Pearson / Spearman):
+    # the oracles of tests/check_tasks.sh. seqeval ships only an sdist whose
+    # setup_requires pulls the newest setuptools_scm, which no longer builds
+    # there: an older setuptools_scm first, then no build isolation.
+    if ! /usr/bin/python3 -c "import seqeval, scipy" 2>/dev/null; then
+        echo "setup: installing seqeval and scipy for the token-classification and regression oracles"
+        /usr/bin/python3 -m pip install -q --break-system-packages scipy 'setuptools_scm<9'
+        /usr/bin/python3 -m pip install -q --break-system-packages --no-build-isolation seqeval
+    fi
     # bitsandbytes (its CPU backend): the oracle of NF4 and double quantisation
     if ! /usr/bin/python3 -c "import bitsandbytes" 2>/dev/null; then
         echo "setup: installing bitsandbytes for the NF4 test oracle"

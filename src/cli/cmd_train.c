@@ -57,8 +57,18 @@ static void on_progress(const peftc_progress *p, void *user)
                     p->eval_perplexity);
             break;
         }
-        fprintf(stderr, "%seval at step %d: accuracy %.4f loss %.4f f1 %.4f mcc %.4f\n", ui->tty ? "\n" : "",
-                p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
+        if (p->eval && p->eval->task && !strcmp(p->eval->task, "token-cls"))
+            fprintf(stderr, "%seval at step %d: entity precision %.4f recall %.4f f1 %.4f token accuracy %.4f loss %.4f\n",
+                    ui->tty ? "\n" : "", p->step, p->eval->precision, p->eval->recall, p->eval->entity_f1, p->eval->accuracy, p->eval->loss);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "multi-label"))
+            fprintf(stderr, "%seval at step %d: micro f1 %.4f macro f1 %.4f exact match %.4f loss %.4f\n", ui->tty ? "\n" : "", p->step,
+                    p->eval->f1, p->eval->macro_f1, p->eval->accuracy, p->eval->loss);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
+            fprintf(stderr, "%seval at step %d: pearson %.4f spearman %.4f mse %.4f\n", ui->tty ? "\n" : "", p->step,
+                    p->eval->pearson, p->eval->spearman, p->eval->loss);
+        else
+            fprintf(stderr, "%seval at step %d: accuracy %.4f loss %.4f f1 %.4f mcc %.4f\n", ui->tty ? "\n" : "",
+                    p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
         break;
     case PEFTC_PROGRESS_CHECKPOINT:
         ui->last_step = p->step;
@@ -66,7 +76,10 @@ static void on_progress(const peftc_progress *p, void *user)
         break;
     case PEFTC_PROGRESS_DONE:
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s", p->step, p->elapsed_s, p->tokens_per_s);
-        if (p->message) fprintf(stderr, ", eval accuracy %.4f", p->eval_accuracy);
+        if (p->eval && p->eval->task && !strcmp(p->eval->task, "token-cls")) fprintf(stderr, ", eval entity f1 %.4f", p->eval->entity_f1);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
+            fprintf(stderr, ", eval pearson %.4f spearman %.4f", p->eval->pearson, p->eval->spearman);
+        else if (p->message) fprintf(stderr, ", eval accuracy %.4f", p->eval_accuracy);
         fputc('\n', stderr);
         break;
     }
@@ -184,8 +197,9 @@ int cmd_eval(cli_args *a)
 {
     /* a decoder (--task causal-lm, or a GGUF file) is evaluated as a language model */
     const char *task = cli_opt(a, "--task");
-    if (task && strcmp(task, "causal-lm") && strcmp(task, "seq-cls"))
-        return cli_errorf(2, "--task '%s': use causal-lm or seq-cls", task);
+    if (task && strcmp(task, "causal-lm") && strcmp(task, "seq-cls") && strcmp(task, "token-cls") && strcmp(task, "regression") &&
+        strcmp(task, "multi-label"))
+        return cli_errorf(2, "--task '%s': use causal-lm, seq-cls, token-cls, regression or multi-label", task);
     int lm = task && !strcmp(task, "causal-lm");
     for (int i = 0; !task && i + 1 < a->argc; i++)
         if (!strcmp(a->argv[i], "--model")) {
@@ -202,22 +216,58 @@ int cmd_eval(cli_args *a)
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    if (task && strcmp(task, peftc_classifier_task(c))) {
+        int rc = cli_errorf(1, "%s: the adapter was trained for --task %s, not %s", adapter, peftc_classifier_task(c), task);
+        peftc_classifier_free(c);
+        return rc;
+    }
     if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
     peftc_eval_result r;
     if (peftc_classifier_eval(c, data, tc, pc, lc, &r, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
-    printf("{\"examples\": %d, \"accuracy\": %.6f, \"loss\": %.6f", r.n, r.accuracy, r.loss);
-    if (r.binary) printf(", \"f1\": %.6f, \"mcc\": %.6f", r.f1, r.mcc);
-    printf("}\n");
+    if (!strcmp(r.task, "token-cls")) {
+        printf("{\"task\": \"token-cls\", \"sentences\": %d, \"words\": %lld, \"words_cut\": %lld, \"precision\": %.6f, \"recall\": %.6f, "
+               "\"f1\": %.6f, \"token_accuracy\": %.6f, \"entities_true\": %lld, \"entities_pred\": %lld, \"entities_correct\": %lld, "
+               "\"loss\": %.6f}\n", r.n, r.n_words, r.n_words_cut, r.precision, r.recall, r.entity_f1, r.accuracy, r.n_true,
+               r.n_pred, r.n_correct, r.loss);
+    } else if (!strcmp(r.task, "multi-label")) {
+        printf("{\"task\": \"multi-label\", \"examples\": %d, \"micro_f1\": %.6f, \"macro_f1\": %.6f, \"exact_match\": %.6f, \"loss\": %.6f}\n",
+               r.n, r.f1, r.macro_f1, r.accuracy, r.loss);
+    } else if (!strcmp(r.task, "regression")) {
+        printf("{\"task\": \"regression\", \"examples\": %d, \"pearson\": %.6f, \"spearman\": %.6f, \"mse\": %.6f}\n", r.n,
+               r.pearson, r.spearman, r.loss);
+    } else {
+        printf("{\"examples\": %d, \"accuracy\": %.6f, \"loss\": %.6f", r.n, r.accuracy, r.loss);
+        if (r.binary) printf(", \"f1\": %.6f, \"mcc\": %.6f", r.f1, r.mcc);
+        printf("}\n");
+    }
     peftc_classifier_free(c);
     return 0;
 }
 
-static int predict_one(const char *model, const char *adapter, int with_probs, int merge, int hex)
+static int predict_one(const char *model, const char *adapter, int with_probs, int merge, int hex, const char *data,
+                       const char *task)
 {
     peftc_error err = {0};
     peftc_classifier *c;
     if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    const char *kind = peftc_classifier_task(c);
+    if (task && strcmp(task, kind)) {
+        int rc = cli_errorf(1, "%s: the adapter was trained for --task %s, not %s", adapter, kind, task);
+        peftc_classifier_free(c);
+        return rc;
+    }
     if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
+    if (!strcmp(kind, "token-cls")) {   /* a CoNLL file in, its lines with a predicted tag column out */
+        char *text = NULL;
+        int rc = 0;
+        if (!data || !*data) rc = cli_errorf(2, "predict: %s is a token-classification adapter: --data FILE (CoNLL, one word per line) is required", adapter);
+        else if (peftc_classifier_tag_conll(c, data, &text, &err)) rc = cli_fail(&err);
+        else fputs(text, stdout);
+        free(text);
+        peftc_classifier_free(c);
+        return rc;
+    }
+    if (data) { peftc_classifier_free(c); return cli_errorf(2, "predict: --data is for token-classification adapters; sentences come on stdin"); }
     cli_lines L;
     if (cli_read_lines(stdin, "stdin", &L)) { peftc_classifier_free(c); return 1; }
     int K = peftc_classifier_num_labels(c);
@@ -231,8 +281,20 @@ static int predict_one(const char *model, const char *adapter, int with_probs, i
         texts[i] = L.line[i];
         if (tab) { *tab = 0; pairs[i] = tab + 1; }
     }
-    if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
-    for (int i = 0; i < L.n && !rc; i++) {
+    int scored = !strcmp(kind, "regression");
+    if (scored) {
+        if (!rc && peftc_classifier_score(c, texts, pairs, L.n, probs, &err)) rc = cli_fail(&err);
+        for (int i = 0; i < L.n && !rc; i++) printf("%.6f\n", probs[i]);
+    } else if (!rc && peftc_classifier_predict(c, texts, pairs, L.n, labels, probs, &err)) rc = cli_fail(&err);
+    int multi = !strcmp(kind, "multi-label");
+    for (int i = 0; i < L.n && !rc && multi; i++) {   /* the labels whose sigmoid passes 0.5, comma-separated */
+        int any = 0;
+        for (int k = 0; k < K; k++)
+            if (probs[(size_t)i * K + k] > 0.5f) { printf("%s%s", any ? "," : "", peftc_classifier_label(c, k)); any = 1; }
+        if (with_probs) for (int k = 0; k < K; k++) printf("\t%.6f", probs[(size_t)i * K + k]);
+        putchar('\n');
+    }
+    for (int i = 0; i < L.n && !rc && !scored && !multi; i++) {
         fputs(peftc_classifier_label(c, labels[i]), stdout);
         if (with_probs) for (int k = 0; k < K; k++) printf(hex ? "\t%a" : "\t%.6f", probs[(size_t)i * K + k]);
         putchar('\n');
@@ -358,6 +420,7 @@ int cmd_predict(cli_args *a)
     int drop = cli_opt_int(a, "--drop-layers", -1, 0, 1 << 20, &ok);
     int with_probs = cli_flag(a, "--probs"), merge = cli_flag(a, "--merge"), hex = cli_flag(a, "--hex");
     int stats = cli_flag(a, "--adapter-stats");
+    const char *data = cli_opt(a, "--data"), *task = cli_opt(a, "--task");
     int rc;
     if (!ok || cli_check_unused(a, "predict")) { rc = 2; goto done; }
     if (!model || !*model || n_ad == 0 || !*specs[0]) { rc = cli_errorf(2, "predict: --model DIR and --adapter RUN_DIR are required"); goto done; }
@@ -367,10 +430,11 @@ int cmd_predict(cli_args *a)
     split_named(first, &nm, &dir);
     if (n_ad > 1 || nm || compose || col || drop >= 0 || stats) {
         if (merge) { rc = cli_errorf(2, "predict: --merge takes one adapter (the base is shared by several here)"); goto done; }
+        if (data || task) { rc = cli_errorf(2, "predict: --data and --task take one adapter (several adapters predict sentence classes from stdin)"); goto done; }
         rc = predict_multi(model, specs, n_ad, compose, col, drop, with_probs, hex, stats);
         goto done;
     }
-    rc = predict_one(model, specs[0], with_probs, merge, hex);
+    rc = predict_one(model, specs[0], with_probs, merge, hex, data, task);
 done:
     for (int i = 0; i < n_ad; i++) free(specs[i]);
     return rc;

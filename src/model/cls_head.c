@@ -2,6 +2,7 @@
 #include "model/cls_head.h"
 #include "kernels/kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,12 +52,64 @@ float cls_head_loss(cls_head *h, const int *labels, int B)
     return softmax_ce_forward(h->losses, h->probs, h->logits, labels, B, h->K);
 }
 
+float cls_head_mse_loss(cls_head *h, const float *targets, int B)
+{
+    double s = 0;
+    for (int b = 0; b < B; b++) {
+        double e = (double)h->logits[(size_t)b * h->K] - targets[b];
+        h->losses[b] = (float)(e * e);
+        s += e * e;
+    }
+    return B ? (float)(s / B) : 0.0f;
+}
+
+/* From dlogits (in h->logits) down to d_hidden. */
+static void backward_from_logits(cls_head *h, int B, int T, float p, int train, float *d_hidden);
+
+void cls_head_backward_mse(cls_head *h, const float *targets, int B, int T, float p, int train, float scale, float *d_hidden)
+{
+    /* d(scale * mean (z - y)^2) / dz = scale * 2 (z - y) / B; logits are not needed any more */
+    for (int b = 0; b < B; b++) {
+        float *z = h->logits + (size_t)b * h->K;
+        z[0] = scale * 2.0f * (z[0] - targets[b]) / (float)B;
+        for (int k = 1; k < h->K; k++) z[k] = 0;
+    }
+    backward_from_logits(h, B, T, p, train, d_hidden);
+}
+
+float cls_head_bce_loss(cls_head *h, const float *targets, int B)
+{
+    size_t n = (size_t)B * h->K;
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double z = h->logits[i], y = targets[i];
+        /* max(z, 0) - z y + log(1 + exp(-|z|)): stable for any z */
+        s += (z > 0 ? z : 0) - z * y + log1p(exp(-fabs(z)));
+        h->probs[i] = (float)(1.0 / (1.0 + exp(-z)));
+    }
+    return n ? (float)(s / (double)n) : 0.0f;
+}
+
+void cls_head_backward_bce(cls_head *h, const float *targets, int B, int T, float p, int train, float scale, float *d_hidden)
+{
+    size_t n = (size_t)B * h->K;
+    for (size_t i = 0; i < n; i++) h->logits[i] = scale * (h->probs[i] - targets[i]) / (float)n;
+    backward_from_logits(h, B, T, p, train, d_hidden);
+}
+
 void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, int train, float scale, float *d_hidden)
 {
-    int C = h->C, K = h->K;
+    int K = h->K;
     float *dlogits = h->logits; /* logits are not needed any more: reuse their buffer */
     memset(dlogits, 0, (size_t)B * K * sizeof(float));
     softmax_ce_backward(dlogits, h->probs, labels, B, K, scale / (float)B); /* d(scale * mean loss) */
+    backward_from_logits(h, B, T, p, train, d_hidden);
+}
+
+static void backward_from_logits(cls_head *h, int B, int T, float p, int train, float *d_hidden)
+{
+    int C = h->C, K = h->K;
+    float *dlogits = h->logits;
     float *d_dropped = h->d_cls;
     memset(d_dropped, 0, (size_t)B * C * sizeof(float));
     matmul_backward(d_dropped, h->g_cls_w, h->g_cls_b, dlogits, h->dropped, h->cls_w, B, C, K);

@@ -31,4 +31,15 @@ float cls_head_loss(cls_head *h, const int *labels, int B);
 /* Backward of scale * (mean loss over the B rows): d_hidden (B,T,C) is overwritten (zero except the CLS rows). */
 void cls_head_backward(cls_head *h, const int *labels, int B, int T, float p, int train, float scale, float *d_hidden);
 
+/* Regression (num_labels 1, MSELoss): mean of (logit - target)^2 over B rows,
+ * and its backward as cls_head_backward's. */
+float cls_head_mse_loss(cls_head *h, const float *targets, int B);
+void cls_head_backward_mse(cls_head *h, const float *targets, int B, int T, float p, int train, float scale, float *d_hidden);
+
+/* Multi-label (problem_type multi_label_classification, BCEWithLogitsLoss):
+ * the mean over B*K of the binary cross-entropy of sigmoid(logits) against
+ * targets (B,K) in {0,1}; probs receives the sigmoids. */
+float cls_head_bce_loss(cls_head *h, const float *targets, int B);
+void cls_head_backward_bce(cls_head *h, const float *targets, int B, int T, float p, int train, float scale, float *d_hidden);
+
 #endif

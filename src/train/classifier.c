@@ -1,6 +1,7 @@
 /* classifier.c: a base model with a trained adapter, for eval and predict. */
 #include "core/json_file.h"
 #include "train/eval.h"
+#include "train/conll.h"
 #include "io/safetensors.h"
 
 #include <math.h>
@@ -78,14 +79,19 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
     peftc_rng_seed(&rng, 0);
     peftc_status rc;
     snprintf(c->model_dir, sizeof c->model_dir, "%s", model_dir);
-    if ((rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
+    task_kind kind;
+    if ((rc = adapter_read_task(adapter_dir, &kind, err)) || (rc = adapter_read_config(adapter_dir, &mo, &labels, &max_len, err)) ||
         /* a qlora adapter was trained on the NF4 base: evaluate on the same */
         (rc = peftc_model_load_quantized(model_dir, method_base_quant(mo.name), &c->m, err)) ||
         (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
         goto fail;
     if (labels.n == 0 && (rc = classifier_default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
-    if ((rc = task_init(&c->t, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
+    if (kind == TASK_REGRESSION && labels.n != 1) {
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s/adapter_config.json: a regression adapter has one output, not %d labels", adapter_dir, labels.n);
+        goto fail;
+    }
+    if ((rc = task_init_kind(&c->t, kind, c->m, c->tok, &mo, &labels, max_len, &rng, err)) ||
         (rc = task_load_weights(&c->t, adapter_dir, err)) || (rc = encoder_init(&c->enc, c->tok, &mo.prompt, max_len, err)) ||
         (rc = encoder_bind_model(&c->enc, c->m, c->model_dir, err)))
         goto fail;
@@ -118,6 +124,8 @@ const char *peftc_classifier_label(const peftc_classifier *c, int k)
 }
 
 /* (Re)allocates activations when a longer batch arrives. */
+const char *peftc_classifier_task(const peftc_classifier *c) { return task_kind_name(c->t.kind); }
+
 static peftc_status ensure(peftc_classifier *c, int T, peftc_error *err)
 {
     if (T <= c->T) return PEFTC_OK;
@@ -133,12 +141,35 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
     batch_buf bb = {0};
     data_cols cols = {text_col, pair_col, label_col};
     peftc_status rc;
-    if ((rc = data_load(data_path, &cols, 1, &d, err)) || (rc = data_map_labels(&d, &c->t.labels, err)) ||
-        (rc = data_tokenize(&d, encoder_encode, &c->enc, c->t.max_len, err)))
-        goto out;
+    task_kind kind = c->t.kind;
+    size_t pl = strlen(data_path);
+    int table = (pl > 4 && (!strcmp(data_path + pl - 4, ".tsv") || !strcmp(data_path + pl - 4, ".csv"))) ||
+                (pl > 6 && !strcmp(data_path + pl - 6, ".jsonl")) || (pl > 5 && !strcmp(data_path + pl - 5, ".json"));
+    if (kind == TASK_TOKEN_CLS && table)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s: this adapter was trained for token classification (TOKEN_CLS): it tags the words of a CoNLL file, not the rows of a table",
+                          data_path);
+    if (kind == TASK_TOKEN_CLS)
+        rc = conll_load(data_path, 1, &d, NULL, err);
+    else
+        rc = data_load(data_path, &cols, 1, &d, err);
+    if (rc) goto out;
+    if (kind == TASK_TOKEN_CLS)
+        rc = conll_map_labels(&d, &c->t.labels, err);
+    else if (kind == TASK_REGRESSION)
+        rc = data_map_targets(&d, err);
+    else if (kind == TASK_MULTI_LABEL)
+        rc = data_map_multi(&d, &c->t.labels, err);
+    else
+        rc = data_map_labels(&d, &c->t.labels, err);
+    if (rc) goto out;
+    if (kind == TASK_TOKEN_CLS) rc = conll_tokenize(&d, c->tok, &c->t.mo.prompt, c->t.max_len, err);
+    else rc = data_tokenize(&d, encoder_encode, &c->enc, c->t.max_len, err);
+    if (rc) goto out;
     int T = 1;
     for (int i = 0; i < d.n; i++) if (d.len[i] > T) T = d.len[i];
-    if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err))) goto out;
+    if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err)) ||
+        (kind == TASK_MULTI_LABEL && (rc = batch_alloc_multi(&bb, c->t.labels.n, err))))
+        goto out;
     rc = task_evaluate(&c->t, &d, &bb, NULL, res, err);
 out:
     batch_free(&bb);
@@ -146,9 +177,101 @@ out:
     return rc;
 }
 
+static peftc_status predict_rows(peftc_classifier *c, const char *const *texts, const char *const *pairs, int n,
+                                 int *labels, float *probs, peftc_error *err);
+
+static peftc_status kind_check(const peftc_classifier *c, task_kind want, const char *what, peftc_error *err)
+{
+    if (c->t.kind == want) return PEFTC_OK;
+    return peftc_fail(err, PEFTC_ERR_INPUT, "this adapter was trained for %s (%s), not %s",
+                      task_kind_name(c->t.kind), c->t.kind == TASK_TOKEN_CLS ? "TOKEN_CLS" : "SEQ_CLS", what);
+}
+
+peftc_status peftc_classifier_tag_conll(peftc_classifier *c, const char *data_path, char **out, peftc_error *err)
+{
+    *out = NULL;
+    peftc_status rc = kind_check(c, TASK_TOKEN_CLS, "token classification", err);
+    if (rc) return rc;
+    dataset d = {0};
+    batch_buf bb = {0};
+    int *pred = NULL;
+    char *text = NULL;
+    if ((rc = conll_load(data_path, 0, &d, NULL, err)) || (rc = conll_tokenize(&d, c->tok, &c->t.mo.prompt, c->t.max_len, err)))
+        goto out;
+    int T = 1, K = c->t.labels.n, o_label = labels_find(&c->t.labels, "O");
+    for (int i = 0; i < d.n; i++) if (d.len[i] > T) T = d.len[i];
+    if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err))) goto out;
+    pred = malloc((size_t)(d.n_words ? d.n_words : 1) * sizeof *pred);
+    size_t need = 1;
+    for (int w = 0; w < d.n_words; w++) need += strlen(d.word_line[w]) + 2;
+    need += (size_t)d.n + (size_t)d.n_words * 0;
+    if (!pred) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    /* words the window cut (or that have no pieces) get O, or the first label if there is no O */
+    for (int w = 0; w < d.n_words; w++) pred[w] = o_label >= 0 ? o_label : 0;
+    int *rows = bb.rows;
+    for (int s = 0; s < d.n; s += c->B) {
+        int n = d.n - s < c->B ? d.n - s : c->B;
+        int idx[256];
+        int *ix = c->B <= 256 ? idx : NULL;
+        if (!ix) { rc = peftc_fail(err, PEFTC_ERR_INPUT, "batch too large"); goto out; }
+        for (int i = 0; i < n; i++) ix[i] = s + i;
+        int Tb = batch_fill(&bb, &d, ix, n);
+        task_forward(&c->t, bb.ids, bb.tts, bb.lens, NULL, n, Tb, 0, NULL);
+        for (int i = 0; i < n; i++) {
+            int r = rows[i];
+            const int32_t *tw = d.tok_word + d.off[r];
+            for (int j = 0; j < d.len[r]; j++) {
+                if (tw[j] < 0) continue;
+                const float *lg = c->t.thead.logits + ((size_t)i * Tb + j) * K;
+                int best = 0;
+                for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
+                pred[d.word_off[r] + tw[j]] = best;
+            }
+        }
+    }
+    size_t maxlab = 0;
+    for (int k = 0; k < K; k++) if (strlen(c->t.labels.names[k]) > maxlab) maxlab = strlen(c->t.labels.names[k]);
+    need += (size_t)d.n_words * (maxlab + 2);
+    if (!(text = malloc(need))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    size_t at = 0;
+    for (int s = 0; s < d.n; s++) {
+        for (int w = d.word_off[s]; w < d.word_off[s + 1]; w++)
+            at += (size_t)sprintf(text + at, "%s\t%s\n", d.word_line[w], c->t.labels.names[pred[w]]);
+        text[at++] = '\n';
+    }
+    text[at] = 0;
+    *out = text;
+    text = NULL;
+out:
+    free(text);
+    free(pred);
+    batch_free(&bb);
+    data_free(&d);
+    return rc;
+}
+
+peftc_status peftc_classifier_score(peftc_classifier *c, const char *const *texts, const char *const *pairs, int n,
+                                    float *scores, peftc_error *err)
+{
+    peftc_status rc = kind_check(c, TASK_REGRESSION, "regression", err);
+    if (rc) return rc;
+    int *labels = malloc((size_t)(n ? n : 1) * sizeof *labels);
+    if (!labels) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    rc = predict_rows(c, texts, pairs, n, labels, scores, err);   /* regression: the raw output, not a softmax */
+    free(labels);
+    return rc;
+}
+
 peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *texts,
                                       const char *const *pairs, int n, int *labels,
                                       float *probs, peftc_error *err)
+{
+    peftc_status rc = c->t.kind == TASK_MULTI_LABEL ? PEFTC_OK : kind_check(c, TASK_SEQ_CLS, "sentence classification", err);
+    return rc ? rc : predict_rows(c, texts, pairs, n, labels, probs, err);
+}
+
+static peftc_status predict_rows(peftc_classifier *c, const char *const *texts, const char *const *pairs, int n,
+                                 int *labels, float *probs, peftc_error *err)
 {
     int L = c->t.max_len, K = c->t.labels.n;
     int32_t *ids = malloc((size_t)c->B * L * sizeof *ids), *tts = malloc((size_t)c->B * L * sizeof *tts);
@@ -179,7 +302,11 @@ peftc_status peftc_classifier_predict(peftc_classifier *c, const char *const *te
             int best = 0;
             for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
             labels[s + b] = best;
-            if (probs) {
+            if (probs && c->t.kind == TASK_REGRESSION) {
+                probs[s + b] = lg[0];
+            } else if (probs && c->t.kind == TASK_MULTI_LABEL) {   /* a sigmoid per label */
+                for (int k = 0; k < K; k++) probs[(size_t)(s + b) * K + k] = 1.0f / (1.0f + expf(-lg[k]));
+            } else if (probs) {
                 float mx = lg[best], sum = 0;
                 for (int k = 0; k < K; k++) sum += expf(lg[k] - mx);
                 for (int k = 0; k < K; k++) probs[(size_t)(s + b) * K + k] = expf(lg[k] - mx) / sum;

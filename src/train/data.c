@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,7 @@ static void recognise(const row *h, int *t, int *p, int *l)
         {"premise", "hypothesis"}, {"question1", "question2"}, {"text", "text_pair"},
     };
     static const char *singles[] = {"sentence", "text"};
-    static const char *labels[] = {"label", "Quality", "gold_label", "labels"};
+    static const char *labels[] = {"label", "Quality", "gold_label", "labels", "score"};   /* score: STS-B */
     *t = *p = *l = -1;
     for (size_t k = 0; k < sizeof pairs / sizeof *pairs && *t < 0; k++) {
         int a = col_index(h, pairs[k][0], h->n), b = col_index(h, pairs[k][1], h->n);
@@ -269,6 +270,24 @@ static const char *json_field(json_t *o, const char *name)
     static char num[64];
     if (json_is_string(v)) return json_string_value(v);
     if (json_is_integer(v)) { snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v)); return num; }
+    if (json_is_array(v)) {   /* a multi-label list: joined with commas */
+        static char list[4096];
+        size_t at = 0, i;
+        json_t *e;
+        list[0] = 0;
+        json_array_foreach(v, i, e) {
+            char one[64];
+            const char *s = json_is_string(e) ? json_string_value(e) : NULL;
+            if (!s && json_is_integer(e)) { snprintf(one, sizeof one, "%lld", (long long)json_integer_value(e)); s = one; }
+            if (!s) return NULL;
+            size_t l = strlen(s);
+            if (at + l + 2 >= sizeof list) return NULL;
+            if (at) list[at++] = ',';
+            memcpy(list + at, s, l + 1);
+            at += l;
+        }
+        return list;
+    }
     return NULL;
 }
 
@@ -277,7 +296,7 @@ static peftc_status load_jsonl(const char *path, char *buf, size_t n, const data
 {
     static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1"};
     static const char *pn[] = {"", "text_pair", "hypothesis", "sentence", "sentence2"};
-    static const char *ln[] = {"label", "gold_label", "labels"};
+    static const char *ln[] = {"label", "gold_label", "labels", "score"};
     size_t pos = 0;
     int line = 0;
     const char *tk = cols->text, *pk = cols->pair, *lk = cols->label;
@@ -417,6 +436,25 @@ peftc_status data_map_labels(dataset *d, const label_set *ls, peftc_error *err)
     return PEFTC_OK;
 }
 
+peftc_status data_map_targets(dataset *d, peftc_error *err)
+{
+    free(d->target);
+    if (!(d->target = malloc((size_t)d->n * sizeof *d->target))) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", d->path);
+    for (int i = 0; i < d->n; i++) {
+        const char *s = d->label_str[i];
+        if (!s) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d has no label", d->path, i + 1);
+        char *end;
+        double v = strtod(s, &end);
+        while (*end == ' ') end++;
+        if (end == s || *end || !isfinite(v) || fabs(v) > 1e30)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d: label '%.60s' (column %s) is not a number, which regression needs",
+                              d->path, i + 1, s, d->label_col);
+        d->target[i] = (float)v;
+        d->label[i] = 0;
+    }
+    return PEFTC_OK;
+}
+
 peftc_status data_tokenize(dataset *d, encode_fn encode, const void *user, int max_len, peftc_error *err)
 {
     free(d->ids); free(d->tts); free(d->len); free(d->off);
@@ -440,6 +478,73 @@ peftc_status data_tokenize(dataset *d, encode_fn encode, const void *user, int m
     return PEFTC_OK;
 }
 
+/* The i-th name of a comma-separated list into out (trimmed); returns 0 past the end. */
+static int list_item(const char *s, int i, char *out, size_t cap)
+{
+    for (int k = 0; k < i && s; k++) { s = strchr(s, ','); if (s) s++; }
+    if (!s) return 0;
+    const char *e = strchr(s, ',');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    while (n && (*s == ' ' || *s == '[' || *s == '"' || *s == '\'')) { s++; n--; }
+    while (n && (s[n - 1] == ' ' || s[n - 1] == ']' || s[n - 1] == '"' || s[n - 1] == '\'')) n--;
+    if (n >= cap) n = cap - 1;
+    memcpy(out, s, n);
+    out[n] = 0;
+    return 1;
+}
+
+peftc_status labels_from_multi(const dataset *d, label_set *ls, peftc_error *err)
+{
+    /* every name once: a fake dataset of the names, through labels_from_data */
+    dataset all = {0};
+    size_t cap = 0;
+    char one[256];
+    peftc_status rc = PEFTC_OK;
+    for (int i = 0; i < d->n && !rc; i++) {
+        if (!d->label_str[i]) continue;
+        for (int k = 0; list_item(d->label_str[i], k, one, sizeof one); k++) {
+            if (!one[0]) continue;
+            if ((size_t)all.n == cap) {
+                cap = cap ? 2 * cap : 256;
+                char **p = realloc(all.label_str, cap * sizeof *p);
+                if (!p) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+                all.label_str = p;
+            }
+            if (!(all.label_str[all.n] = strdup(one))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+            all.n++;
+        }
+    }
+    all.path = d->path;
+    if (!rc) rc = labels_from_data(&all, ls, err);
+    for (int i = 0; i < all.n; i++) free(all.label_str[i]);
+    free(all.label_str);
+    return rc;
+}
+
+peftc_status data_map_multi(dataset *d, const label_set *ls, peftc_error *err)
+{
+    int K = ls->n;
+    free(d->multi);
+    if (!(d->multi = calloc((size_t)d->n * K, sizeof *d->multi))) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", d->path);
+    d->n_multi = K;
+    char one[256];
+    for (int i = 0; i < d->n; i++) {
+        const char *s = d->label_str[i];
+        int got = 0;
+        for (int k = 0; s && list_item(s, k, one, sizeof one); k++) {
+            if (!one[0]) continue;
+            int j = labels_find(ls, one);
+            if (j < 0) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d has label '%s' outside the label set", d->path, i + 1, one);
+            d->multi[(size_t)i * K + j] = 1.0f;
+            got++;
+        }
+        if (!got)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d has an empty label list (multi-label: names separated by commas)", d->path, i + 1);
+        d->label[i] = 0;
+    }
+    return PEFTC_OK;
+}
+
 void data_free(dataset *d)
 {
     for (int i = 0; i < d->n; i++) {
@@ -449,6 +554,10 @@ void data_free(dataset *d)
     }
     free(d->text); free(d->pair); free(d->label_str); free(d->label);
     free(d->ids); free(d->tts); free(d->len); free(d->off); free(d->path);
+    if (d->word_off) for (int i = 0; i < d->word_off[d->n]; i++) { free(d->word_line[i]); free(d->word_tag[i]); }
+    free(d->word_off); free(d->word_line); free(d->word_tag); free(d->word_label); free(d->tok_word);
+    free(d->target);
+    free(d->multi);
     memset(d, 0, sizeof *d);
 }
 

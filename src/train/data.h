@@ -25,6 +25,19 @@ typedef struct dataset {
     long long n_tokens;
     char *path;
     char text_col[64], pair_col[64], label_col[64];   /* as resolved */
+    /* token classification (conll.c): sentence i's words are
+     * [word_off[i], word_off[i+1]) of word_line / word_tag / word_label */
+    int *word_off;
+    char **word_line;      /* each word's line as read (all its columns) */
+    char **word_tag;       /* its IOB2 tag (NULL: unlabelled) */
+    int *word_label;       /* index into the label set; -1 before mapping */
+    int32_t *tok_word;     /* per token (laid out as ids): the word it is the first piece of, -1 if none */
+    int n_words, n_words_cut; /* words; words lost to truncation (no first piece in the window) */
+    /* regression (data_map_targets): the label column as numbers */
+    float *target;
+    /* multi-label (data_map_multi): (n, n_multi) 0/1, the label column a comma-separated list */
+    float *multi;
+    int n_multi;
 } dataset;
 
 /* Reads a file; the format comes from the extension (.tsv, .csv, .jsonl/.json). */
@@ -33,6 +46,14 @@ peftc_status data_load(const char *path, const data_cols *cols, int need_labels,
 peftc_status labels_from_data(const dataset *d, label_set *ls, peftc_error *err);
 /* Maps every label of d through ls; a label outside it is an error naming the row. */
 peftc_status data_map_labels(dataset *d, const label_set *ls, peftc_error *err);
+/* Multi-label: the label column is a list ("a,b", a JSON array in JSONL):
+ * labels_from_multi builds the set of every name (sorted as
+ * labels_from_data), data_map_multi the 0/1 rows; an empty list or a name
+ * outside the set is an error naming the row. */
+peftc_status labels_from_multi(const dataset *d, label_set *ls, peftc_error *err);
+peftc_status data_map_multi(dataset *d, const label_set *ls, peftc_error *err);
+/* Regression: every label as a finite number into d->target; one that is not is an error naming the row. */
+peftc_status data_map_targets(dataset *d, peftc_error *err);
 /* encode(user, text, pair, ids, tts, &n, err) tokenises one example into at most max_len ids. */
 typedef peftc_status (*encode_fn)(const void *user, const char *text, const char *pair, int32_t *ids,
                                   int32_t *tts, int *n, peftc_error *err);

@@ -7,17 +7,23 @@
 /* Batch buffers sized for (B, T) (allocated once, reused every step). */
 typedef struct batch_buf {
     int32_t *ids, *tts;
-    int *lens, *labels, *rows;
+    int *lens, *labels, *rows;   /* labels: B (sequences) or B*T (tokens, the batch's T as stride) */
+    float *targets;              /* B: regression targets */
     int B, T;
 } batch_buf;
 
 peftc_status batch_alloc(batch_buf *b, int B, int T, peftc_error *err);
+/* Multi-label: room for (B, K) targets. */
+peftc_status batch_alloc_multi(batch_buf *b, int K, peftc_error *err);
 void batch_free(batch_buf *b);
 /* Pads rows[0..n) of d into b; returns the padded length T. */
 int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n);
 /* batch_fill padded to T (>= every row's length; a data-parallel shard is
  * padded as the whole batch is). */
 void batch_fill_pad(batch_buf *b, const dataset *d, const int *rows, int n, int T);
+
+/* Pearson and Spearman (average ranks for ties, as scipy.stats) correlations of x and y. */
+void correlations(const double *x, const double *y, int n, double *pearson, double *spearman);
 
 /* Runs the task without dropout over d (labels mapped) in length-sorted
  * batches of at most t->cap_B; fills accuracy, loss, and f1/mcc when binary.

@@ -14,10 +14,26 @@
 /* Everything task_init does before the parameter blocks exist: the method's,
  * the virtual tokens' and the head's tensors are declared (shapes only), so
  * task_count_params can count a method without allocating its values. */
-static peftc_status task_declare(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+const char *task_kind_name(task_kind k)
+{
+    return k == TASK_TOKEN_CLS ? "token-cls" : k == TASK_REGRESSION ? "regression" : k == TASK_MULTI_LABEL ? "multi-label" : "seq-cls";
+}
+
+int task_kind_parse(const char *s, task_kind *k)
+{
+    if (!strcmp(s, "seq-cls")) *k = TASK_SEQ_CLS;
+    else if (!strcmp(s, "token-cls")) *k = TASK_TOKEN_CLS;
+    else if (!strcmp(s, "regression")) *k = TASK_REGRESSION;
+    else if (!strcmp(s, "multi-label")) *k = TASK_MULTI_LABEL;
+    else return 0;
+    return 1;
+}
+
+static peftc_status task_declare(task *t, task_kind kind, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
                                  const label_set *labels, int max_len, peftc_error *err)
 {
     memset(t, 0, sizeof *t);
+    t->kind = kind;
     t->m = m;
     t->tok = tok;
     t->mo = *mo;
@@ -50,8 +66,10 @@ static peftc_status task_declare(task *t, peftc_model *m, peftc_tokenizer *tok, 
      * checkpoint has none (it must be learned then) */
     const float *m_pool_w = NULL, *m_pool_b = NULL;
     if (!f->pooler(m, &m_pool_w, &m_pool_b))
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "sequence classification of a %s model is not supported yet", f->name);
-    int train_pooler = mo->base == BASE_ALL || !m_pool_w;
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s of a %s model is not supported yet",
+                          kind == TASK_TOKEN_CLS ? "token classification" : "sequence classification", f->name);
+    /* a token head reads every position: no pooler */
+    int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w);
     int64_t sh[2] = {C, C}, shk[2] = {K, C};
     if (train_pooler) {
         char nw[PARAM_NAME_MAX], nb[PARAM_NAME_MAX];
@@ -73,7 +91,7 @@ peftc_status task_count_params(peftc_model *m, const method_opts *mo, int num_la
     if (!labels.names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < num_labels; i++) labels.names[i] = "";
     task t;
-    peftc_status rc = task_declare(&t, m, NULL, mo, &labels, m->cfg.max_position, err);
+    peftc_status rc = task_declare(&t, TASK_SEQ_CLS, m, NULL, mo, &labels, m->cfg.max_position, err);
     *count = rc ? 0 : task_trainable_count(&t);
     free(labels.names);
     t.m = NULL;   /* no activation buffers were made */
@@ -84,14 +102,20 @@ peftc_status task_count_params(peftc_model *m, const method_opts *mo, int num_la
 peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
                        const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
 {
-    peftc_status rc = task_declare(t, m, tok, mo, labels, max_len, err);
+    return task_init_kind(t, TASK_SEQ_CLS, m, tok, mo, labels, max_len, rng, err);
+}
+
+peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                            const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err)
+{
+    peftc_status rc = task_declare(t, kind, m, tok, mo, labels, max_len, err);
     if (rc) return rc;
     const peftc_config *c = &m->cfg;
     int C = c->hidden_size, K = labels->n;
     const model_family *f = m->family;
     const float *m_pool_w = NULL, *m_pool_b = NULL;
     f->pooler(m, &m_pool_w, &m_pool_b);
-    int train_pooler = mo->base == BASE_ALL || !m_pool_w;
+    int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w);
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
     if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
@@ -104,7 +128,7 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
         prefix_init(&t->prefix, &t->pb, rng);
     }
 
-    /* BertForSequenceClassification's init: N(0, 0.02^2) weights, zero bias */
+    /* BertFor{Sequence,Token}Classification's init: N(0, 0.02^2) weights, zero bias */
     float *w = params_value(&t->pb, t->p_cls_w);
     for (int i = 0; i < K * C; i++) w[i] = 0.02f * peftc_rng_normal(rng);
     if (train_pooler) {
@@ -127,6 +151,13 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
     h->cls_b = params_value(&t->pb, t->p_cls_b);
     h->g_cls_w = params_grad(&t->pb, t->p_cls_w);
     h->g_cls_b = params_grad(&t->pb, t->p_cls_b);
+    tok_head *th = &t->thead;
+    th->C = C;
+    th->K = K;
+    th->w = h->cls_w;
+    th->b = h->cls_b;
+    th->g_w = h->g_cls_w;
+    th->g_b = h->g_cls_b;
     return PEFTC_OK;
 }
 
@@ -198,7 +229,11 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
     unsigned keep = f->keep_for(t->m, t->ds.n ? &t->ds : NULL, t->grads, t->mo.prompt.n_virtual > 0);
     if ((rc = model_acts_init(t->m, &t->acts, B, T, train, t->mo.prefix.n, keep, err))) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
-    if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) return rc;
+    if (t->kind == TASK_TOKEN_CLS) {
+        if ((rc = tok_head_alloc(&t->thead, c->hidden_size, t->labels.n, (size_t)B * T, err))) return rc;
+    } else if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) {
+        return rc;
+    }
     free(t->d_hidden);
     t->d_hidden = NULL;
     if (train && !(t->d_hidden = peftc_alloc_aligned((size_t)B * T * c->hidden_size * sizeof(float))))
@@ -213,6 +248,7 @@ void task_free(task *t)
     if (t->m) t->m->family->acts_free(t->acts);
     delta_set_free(&t->ds);
     cls_head_free(&t->head);
+    tok_head_free(&t->thead);
     params_free(&t->pb);
     labels_free(&t->labels);
     free(t->grads);
@@ -254,8 +290,15 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
     if (t->mo.prefix.n > 0) prefix_forward(&t->prefix, &t->pb);
     model_run run = task_run(t, train, rng, T);
     t->m->family->forward(t->m, t->acts, &run, ids, tts, lens, B, T);
-    cls_head_forward(&t->head, t->m->family->hidden(t->m, t->acts), B, T, t->m->cfg.hidden_dropout, train, rng, t->row0);
-    return labels ? cls_head_loss(&t->head, labels, B) : 0.0f;
+    const float *hidden = t->m->family->hidden(t->m, t->acts);
+    if (t->kind == TASK_TOKEN_CLS) {
+        tok_head_forward(&t->thead, hidden, (size_t)B * T, t->m->cfg.hidden_dropout, train, rng);
+        return labels ? tok_head_loss(&t->thead, labels, (size_t)B * T) : 0.0f;
+    }
+    cls_head_forward(&t->head, hidden, B, T, t->m->cfg.hidden_dropout, train, rng, t->row0);
+    if (!labels) return 0.0f;
+    if (t->kind == TASK_MULTI_LABEL) return cls_head_bce_loss(&t->head, t->targets, B);
+    return t->kind == TASK_REGRESSION ? cls_head_mse_loss(&t->head, t->targets, B) : cls_head_loss(&t->head, labels, B);
 }
 
 void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
@@ -266,7 +309,14 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
         memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
     if (t->mo.prefix.n > 0)
         memset(t->prefix.d_kv, 0, (size_t)t->mo.prefix.n * 2 * t->m->cfg.num_layers * t->m->cfg.hidden_size * sizeof(float));
-    cls_head_backward(&t->head, labels, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
+    if (t->kind == TASK_TOKEN_CLS)
+        tok_head_backward(&t->thead, labels, (size_t)B * T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
+    else if (t->kind == TASK_MULTI_LABEL)
+        cls_head_backward_bce(&t->head, t->targets, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
+    else if (t->kind == TASK_REGRESSION)
+        cls_head_backward_mse(&t->head, t->targets, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
+    else
+        cls_head_backward(&t->head, labels, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
     t->m->family->backward(t->m, t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
     if (t->mo.prompt.n_virtual > 0) prompt_backward(&t->prompt, &t->pb);
     if (t->mo.prefix.n > 0) prefix_backward(&t->prefix, &t->pb);
@@ -406,7 +456,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     const model_family *f = t->m->family;
     json_t *cfg = json_object();
     json_object_set_new(cfg, "peft_type", json_string(peft_type(mo)));
-    json_object_set_new(cfg, "task_type", json_string("SEQ_CLS"));
+    json_object_set_new(cfg, "task_type", json_string(t->kind == TASK_TOKEN_CLS ? "TOKEN_CLS" : "SEQ_CLS"));
     json_object_set_new(cfg, "base_model_name_or_path", json_string(base_model));
     json_object_set_new(cfg, "revision", json_null());
     json_object_set_new(cfg, "inference_mode", json_true());
@@ -483,6 +533,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "prefix_projection", json_false());
     }
     json_object_set_new(own, "max_len", json_integer(t->max_len));
+    json_object_set_new(own, "task", json_string(task_kind_name(t->kind)));
     json_t *labels = json_array();
     for (int i = 0; i < t->labels.n; i++) json_array_append_new(labels, json_string(t->labels.names[i]));
     json_object_set_new(own, "labels", labels);
@@ -740,7 +791,7 @@ done:
     else if (!rc2) *max_len = 0;
     if (rc2) { json_decref(cfg); return rc2; }
     json_t *ls = json_object_get(own, "labels");
-    if (json_is_array(ls) && json_array_size(ls) >= 2) {
+    if (json_is_array(ls) && json_array_size(ls) >= 1 && json_array_size(ls) <= 100000) {   /* regression: one */
         labels->n = (int)json_array_size(ls);
         labels->names = calloc((size_t)labels->n, sizeof(char *));
         for (int i = 0; i < labels->n; i++) {
@@ -750,6 +801,32 @@ done:
     }
     json_decref(cfg);
     return PEFTC_OK;
+}
+
+peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
+    if (rc) return rc;
+    json_error_t je;
+    json_t *cfg = json_load_file(path, 0, &je);
+    if (!cfg) {
+        if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: not found (is %s an adapter directory?)", path, dir);
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);
+    }
+    json_t *own = json_object_get(cfg, "peftc"), *v = json_object_get(own, "task"), *tt = json_object_get(cfg, "task_type");
+    *kind = TASK_SEQ_CLS;
+    if (json_is_string(v)) {
+        if (!task_kind_parse(json_string_value(v), kind))
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.task '%s' is not seq-cls, token-cls, regression or multi-label", path, json_string_value(v));
+    } else if (json_is_string(tt)) {
+        const char *s = json_string_value(tt);
+        if (!strcmp(s, "TOKEN_CLS")) *kind = TASK_TOKEN_CLS;
+        else if (strcmp(s, "SEQ_CLS"))
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: task_type %s: an encoder adapter here is SEQ_CLS or TOKEN_CLS", path, s);
+    }
+    json_decref(cfg);
+    return rc;
 }
 
 /* The name PEFT's prompt-learning models give a head parameter

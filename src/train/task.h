@@ -6,11 +6,18 @@
 
 #include "model/model.h"
 #include "model/cls_head.h"
+#include "model/tok_head.h"
 #include "peft/methods.h"
 #include "train/data.h"
 #include "peft/prompt.h"
 
+/* What the head predicts: a label per sequence (BertForSequenceClassification),
+ * a label per token (BertForTokenClassification), or one number per sequence
+ * (BertForSequenceClassification with num_labels 1, problem_type regression). */
+typedef enum task_kind { TASK_SEQ_CLS = 0, TASK_TOKEN_CLS, TASK_REGRESSION, TASK_MULTI_LABEL } task_kind;
+
 typedef struct task {
+    task_kind kind;
     peftc_model *m;
     peftc_tokenizer *tok;
     method_opts mo;
@@ -19,7 +26,8 @@ typedef struct task {
     param_block pb;
     delta_set ds;
     float **grads;            /* the base tensors' gradient slots (the family's tensor order; NULL = frozen) */
-    cls_head head;
+    cls_head head;            /* TASK_SEQ_CLS, TASK_REGRESSION */
+    tok_head thead;           /* TASK_TOKEN_CLS */
     int p_cls_w, p_cls_b, p_pool_w, p_pool_b;   /* head params (pooler only if trainable) */
     model_acts *acts;         /* the family's activation buffers */
     float *d_hidden;
@@ -29,6 +37,8 @@ typedef struct task {
     prefix_module prefix;     /* when mo.prefix.n > 0 */
     adalora_state ada;        /* when mo.adalora: the rank allocator's state */
     int64_t row0;             /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
+    const float *targets;     /* TASK_REGRESSION: the batch's targets (B); TASK_MULTI_LABEL: (B,K) 0/1;
+                                 set before forward/backward */
 } task;
 
 /* How examples become model input: the tokenizer, then the method's virtual
@@ -53,15 +63,26 @@ peftc_status encoder_bind_model(encoder_ctx *e, const peftc_model *m, const char
 peftc_status encoder_encode(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts,
                             int *n, peftc_error *err);
 
-/* Builds everything; labels are copied. rng initialises the new parameters. */
+/* Builds everything; labels are copied. rng initialises the new parameters.
+ * task_init is task_init_kind for TASK_SEQ_CLS. */
 peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
                        const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err);
+peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
+                            const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err);
+/* "seq-cls", "token-cls", "regression", "multi-label" (problem_type
+ * multi_label_classification: a sigmoid per label, BCE); parse returns 0 for
+ * an unknown name. */
+const char *task_kind_name(task_kind k);
+int task_kind_parse(const char *s, task_kind *k);
 /* Activation buffers for batches up to B x T; train adds backward buffers. */
 peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err);
 void task_free(task *t);
 
 /* Forward on a padded batch; returns the mean loss if labels != NULL. Logits
- * and probabilities are left in t->head. */
+ * and probabilities are left in t->head (t->thead for tokens). labels: B
+ * label indices (TASK_SEQ_CLS); B*T per-token labels, < 0 ignored
+ * (TASK_TOKEN_CLS); for TASK_REGRESSION the targets are t->targets (B floats)
+ * and labels only says whether to compute the loss. */
 float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
                    int B, int T, int train, peftc_rng *rng);
 /* Backward of loss*scale after task_forward(train=1): accumulates gradients. */
@@ -81,6 +102,9 @@ void method_args_from_opts(const peftc_train_opts *o, method_args *ma);
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err);
 /* Reads an adapter directory's config into mo/labels/max_len (before task_init). */
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err);
+/* The task an adapter directory was trained for: peftc.task, else PEFT's
+ * task_type (TOKEN_CLS, SEQ_CLS; none: SEQ_CLS); others are refused. */
+peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *err);
 /* Loads the tensors of an adapter directory into an initialised task. */
 peftc_status task_load_weights(task *t, const char *dir, peftc_error *err);
 

@@ -2,6 +2,7 @@
  * gradient accumulation and clipping, evaluation, atomic checkpoints and
  * bit-exact resume. Nothing is allocated inside a step. */
 #include "train/eval.h"
+#include "train/conll.h"
 #include "train/checkpoint.h"
 #include "train/lm_data.h"
 #include "train/task_lm.h"
@@ -132,7 +133,29 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
 {
     json_t *j = json_object();
     json_object_set_new(j, "method", json_string(t->mo.name));
-    if (have_eval) {
+    json_object_set_new(j, "task", json_string(task_kind_name(t->kind)));
+    if (have_eval && t->kind == TASK_TOKEN_CLS) {
+        json_object_set_new(j, "eval_precision", json_real(ev->precision));
+        json_object_set_new(j, "eval_recall", json_real(ev->recall));
+        json_object_set_new(j, "eval_f1", json_real(ev->entity_f1));
+        json_object_set_new(j, "eval_token_accuracy", json_real(ev->accuracy));
+        json_object_set_new(j, "eval_loss", json_real(ev->loss));
+        json_object_set_new(j, "eval_examples", json_integer(ev->n));
+        json_object_set_new(j, "eval_words", json_integer(ev->n_words));
+        json_object_set_new(j, "eval_words_cut", json_integer(ev->n_words_cut));
+    } else if (have_eval && t->kind == TASK_MULTI_LABEL) {
+        json_object_set_new(j, "eval_micro_f1", json_real(ev->f1));
+        json_object_set_new(j, "eval_macro_f1", json_real(ev->macro_f1));
+        json_object_set_new(j, "eval_exact_match", json_real(ev->accuracy));
+        json_object_set_new(j, "eval_loss", json_real(ev->loss));
+        json_object_set_new(j, "eval_examples", json_integer(ev->n));
+    } else if (have_eval && t->kind == TASK_REGRESSION) {
+        json_object_set_new(j, "eval_pearson", json_real(ev->pearson));
+        json_object_set_new(j, "eval_spearman", json_real(ev->spearman));
+        json_object_set_new(j, "eval_mse", json_real(ev->loss));
+        json_object_set_new(j, "eval_loss", json_real(ev->loss));
+        json_object_set_new(j, "eval_examples", json_integer(ev->n));
+    } else if (have_eval) {
         json_object_set_new(j, "eval_accuracy", json_real(ev->accuracy));
         json_object_set_new(j, "eval_loss", json_real(ev->loss));
         if (ev->binary) {
@@ -560,8 +583,9 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
     method_args ma;
     method_args_from_opts(o, &ma);
-    if (o->task && strcmp(o->task, "causal-lm") && strcmp(o->task, "seq-cls"))
-        return peftc_fail(err, PEFTC_ERR_INPUT, "--task '%s': use causal-lm or seq-cls", o->task);
+    task_kind kind = TASK_SEQ_CLS;
+    if (o->task && strcmp(o->task, "causal-lm") && !task_kind_parse(o->task, &kind))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--task '%s': use causal-lm, seq-cls, token-cls or regression", o->task);
     /* the base's storage: --quantize, else the method's (qlora: NF4) */
     peftc_base_quant bq = method_base_quant(o->method);
     if (o->quantize && (rc = peftc_base_quant_parse(o->quantize, &bq, err))) goto out;
@@ -573,7 +597,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         goto out;
     }
     /* the task: causal LM for decoders (the default there), sequence classification for encoders */
-    if (m->family->lm_head ? !(o->task && !strcmp(o->task, "seq-cls")) : (o->task && !strcmp(o->task, "causal-lm"))) {
+    if (m->family->lm_head ? !(o->task && strcmp(o->task, "causal-lm")) : (o->task && !strcmp(o->task, "causal-lm"))) {
         if (!m->family->lm_head)
             rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: --task causal-lm needs a decoder; a %s model is an encoder", o->model_dir, m->family->name);
         else
@@ -583,11 +607,41 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if ((rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
     float lr = o->lr > 0 ? o->lr : method_default_lr(&mo);
     int max_len = o->max_len < m->cfg.max_position ? o->max_len : m->cfg.max_position;
-    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) || (rc = encoder_bind_model(&enc, m, o->model_dir, err)) ||
-        (rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
-        (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
+    long converted = 0;
+    if ((rc = encoder_init(&enc, tok, &mo.prompt, max_len, err)) || (rc = encoder_bind_model(&enc, m, o->model_dir, err))) goto out;
+    if (kind == TASK_TOKEN_CLS) {
+        /* CoNLL files: tags per word, IOB1 converted to IOB2 */
+        if ((rc = conll_load(o->train_path, 1, &tr, &converted, err)) || (rc = conll_labels(&tr, &labels, err)) ||
+            (rc = conll_map_labels(&tr, &labels, err)) || (rc = conll_tokenize(&tr, tok, &mo.prompt, max_len, err)))
+            goto out;
+        if (have_eval && ((rc = conll_load(o->eval_path, 1, &ev, NULL, err)) || (rc = conll_map_labels(&ev, &labels, err)) ||
+                          (rc = conll_tokenize(&ev, tok, &mo.prompt, max_len, err))))
+            goto out;
+    } else if (kind == TASK_REGRESSION) {
+        /* one output: the label column's numbers */
+        if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = data_map_targets(&tr, err)) ||
+            (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
+            goto out;
+        labels.n = 1;
+        if (!(labels.names = calloc(1, sizeof *labels.names)) || !(labels.names[0] = strdup(tr.label_col[0] ? tr.label_col : "score"))) {
+            rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+            goto out;
+        }
+        if (have_eval && ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_targets(&ev, err)) ||
+                          (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err))))
+            goto out;
+    } else if (kind == TASK_MULTI_LABEL) {
+        if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_multi(&tr, &labels, err)) ||
+            (rc = data_map_multi(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
+            goto out;
+        if (have_eval && ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_multi(&ev, &labels, err)) ||
+                          (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err))))
+            goto out;
+    } else if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_data(&tr, &labels, err)) ||
+               (rc = data_map_labels(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err))) {
         goto out;
-    if (have_eval) {
+    }
+    if (have_eval && kind == TASK_SEQ_CLS) {
         /* the eval file uses the training file's columns unless they were recognised */
         if ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_labels(&ev, &labels, err)) ||
             (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err)))
@@ -609,8 +663,9 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     double comm_s = 0;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
-    if ((rc = task_init(&t, m, tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_alloc(&t, Bs, T, 1, err)) || (rc = batch_alloc(&bb, Bs, T, err)))
+    if ((rc = task_init_kind(&t, kind, m, tok, &mo, &labels, max_len, &rng, err)) ||
+        (rc = task_alloc(&t, Bs, T, 1, err)) || (rc = batch_alloc(&bb, Bs, T, err)) ||
+        (kind == TASK_MULTI_LABEL && (rc = batch_alloc_multi(&bb, labels.n, err))))
         goto out;
     /* taken before any weight moves: full fine-tuning trains the sampled ones */
     uint64_t run_sig = run_signature(&t, o);
@@ -652,8 +707,16 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     char dp_note[128] = "";
     if (dp_size(comm) > 1)
         snprintf(dp_note, sizeof dp_note, ", %d ranks (%zu bytes all-reduced per step)", dp_size(comm), dp_bytes(comm, &t.pb));
-    snprintf(msg, sizeof msg, "%s on %s: %d examples, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
-             mo.name, o->train_path, tr.n, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
+    char task_note[160] = "";
+    if (kind == TASK_TOKEN_CLS)
+        snprintf(task_note, sizeof task_note, " (token-cls: %d words, %ld tags IOB1 -> IOB2, %d words cut by --max-len)",
+                 tr.n_words, converted, tr.n_words_cut);
+    else if (kind == TASK_MULTI_LABEL)
+        snprintf(task_note, sizeof task_note, " (multi-label: sigmoid + BCE)");
+    else if (kind == TASK_REGRESSION)
+        snprintf(task_note, sizeof task_note, " (regression on '%s', MSE)", labels.names[0]);
+    snprintf(msg, sizeof msg, "%s on %s: %d examples%s, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
+             mo.name, o->train_path, tr.n, task_note, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
              o->resume_dir ? ", resumed" : "", quant_note, dp_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
@@ -698,6 +761,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             dp_shard(comm, n, &r0, &r1);
             if (r1 == r0) { rng.state += rng_per_batch; continue; }   /* the draws its peers took */
             batch_fill_pad(&bb, &tr, rows + r0, r1 - r0, Tb);
+            t.targets = bb.targets;
             t.row0 = r0;
             if (o->adapterdrop_train) {
                 /* AdapterDrop (Rücklé et al. 2021): this micro-batch drops the
@@ -770,6 +834,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             evaluated_epoch = s.step;
             pr.kind = PEFTC_PROGRESS_EVAL;
             pr.eval_accuracy = er.accuracy; pr.eval_loss = er.loss; pr.eval_f1 = er.f1; pr.eval_mcc = er.mcc;
+            pr.eval = &er;
             emit(progress, user, &pr);
         }
         int stopping = o->stop_after > 0 && s.step >= o->stop_after && s.step < total;
@@ -795,7 +860,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
                               .loss = (float)last_loss, .tokens_per_s = secs > 0 ? tokens / secs : 0, .elapsed_s = secs,
                               .eval_accuracy = er.accuracy, .eval_loss = er.loss, .eval_f1 = er.f1, .eval_mcc = er.mcc,
                               .trainable_params = task_trainable_count(&t), .total_params = peftc_model_param_count(m),
-                              .message = evaluated_epoch >= 0 ? "eval" : NULL};
+                              .message = evaluated_epoch >= 0 ? "eval" : NULL, .eval = evaluated_epoch >= 0 ? &er : NULL};
         emit(progress, user, &pr);
     }
 out:

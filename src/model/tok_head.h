@@ -1,0 +1,31 @@
+/* tok_head.h: a token-classification head over any family's last hidden
+ * states (internal): BertForTokenClassification's, logits = W dropout(h) + b
+ * at every position, the loss the mean cross-entropy over the positions
+ * whose label is not ignored (< 0: padding, [CLS]/[SEP], later sub-word
+ * pieces, virtual tokens). */
+#ifndef PEFTC_TOK_HEAD_H
+#define PEFTC_TOK_HEAD_H
+
+#include "core/core.h"
+#include "core/rng.h"
+
+typedef struct tok_head {
+    int C, K;
+    const float *w, *b;      /* (K,C) (K) */
+    float *g_w, *g_b;        /* NULL = frozen */
+    float *dropped, *logits, *probs;   /* (N,C) (N,K) (N,K), N = B*T */
+    uint8_t *mask;           /* (N,C) */
+    int n_labelled;          /* of the last loss */
+    size_t cap_N;
+} tok_head;
+
+peftc_status tok_head_alloc(tok_head *h, int C, int K, size_t N, peftc_error *err);
+void tok_head_free(tok_head *h);
+/* hidden (N,C) -> h->logits (N,K); dropout p when training. */
+void tok_head_forward(tok_head *h, const float *hidden, size_t N, float p, int train, peftc_rng *rng);
+/* Mean cross-entropy over the rows with labels[i] >= 0 (0 if none). */
+float tok_head_loss(tok_head *h, const int *labels, size_t N);
+/* Backward of scale * mean loss: d_hidden (N,C) is overwritten. */
+void tok_head_backward(tok_head *h, const int *labels, size_t N, float p, int train, float scale, float *d_hidden);
+
+#endif
