@@ -281,20 +281,8 @@ static peftc_status predict_rows(peftc_classifier *c, const char *const *texts, 
     if (!ids || !tts || !lens || !one || !one_t) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     for (int s = 0; s < n && !rc; s += c->B) {
         int B = n - s < c->B ? n - s : c->B, T = 1;
-        /* tokenise into fixed-stride rows, then repack at the batch's length */
-        for (int b = 0; b < B; b++) {
-            const char *p = pairs ? pairs[s + b] : NULL;
-            if ((rc = encoder_encode(&c->enc, texts[s + b], p, ids + (size_t)b * L, tts + (size_t)b * L, &lens[b], err)))
-                goto out;
-            if (lens[b] > T) T = lens[b];
-        }
-        for (int b = 0; b < B; b++) {
-            memcpy(one, ids + (size_t)b * L, (size_t)lens[b] * sizeof *one);
-            memcpy(one_t, tts + (size_t)b * L, (size_t)lens[b] * sizeof *one);
-            for (int j = lens[b]; j < T; j++) one[j] = one_t[j] = 0;
-            memcpy(ids + (size_t)b * T, one, (size_t)T * sizeof *one);
-            memcpy(tts + (size_t)b * T, one_t, (size_t)T * sizeof *one);
-        }
+        if ((rc = encoder_encode_batch(&c->enc, texts + s, pairs ? pairs + s : NULL, B, L, ids, tts, lens, one, one_t, &T, err)))
+            goto out;
         if ((rc = ensure(c, T, err))) goto out;
         task_forward(&c->t, ids, tts, lens, NULL, B, T, 0, NULL);
         for (int b = 0; b < B; b++) {

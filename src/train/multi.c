@@ -384,19 +384,8 @@ peftc_status peftc_multi_predict(peftc_multi *mc, const char *const *texts, cons
     if (!ids || !tts || !lens || !one || !one_t) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     for (int s = 0; s < n && !rc; s += mc->B) {
         int B = n - s < mc->B ? n - s : mc->B, T = 1;
-        for (int b = 0; b < B; b++) {
-            const char *p = pairs ? pairs[s + b] : NULL;
-            if ((rc = encoder_encode(&mc->enc, texts[s + b], p, ids + (size_t)b * L, tts + (size_t)b * L, &lens[b], err)))
-                goto out;
-            if (lens[b] > T) T = lens[b];
-        }
-        for (int b = 0; b < B; b++) {
-            memcpy(one, ids + (size_t)b * L, (size_t)lens[b] * sizeof *one);
-            memcpy(one_t, tts + (size_t)b * L, (size_t)lens[b] * sizeof *one);
-            for (int j = lens[b]; j < T; j++) one[j] = one_t[j] = 0;
-            memcpy(ids + (size_t)b * T, one, (size_t)T * sizeof *one);
-            memcpy(tts + (size_t)b * T, one_t, (size_t)T * sizeof *one);
-        }
+        if ((rc = encoder_encode_batch(&mc->enc, texts + s, pairs ? pairs + s : NULL, B, L, ids, tts, lens, one, one_t, &T, err)))
+            goto out;
         /* parallel: the batch once per output, copy o through child o. With
          * the lowest layers dropped the family copies the rows only where the
          * first adapters act: the layers below run once for every output */

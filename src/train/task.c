@@ -204,6 +204,28 @@ void encoder_free(encoder_ctx *e)
     memset(e, 0, sizeof *e);
 }
 
+peftc_status encoder_encode_batch(const encoder_ctx *e, const char *const *texts, const char *const *pairs, int B, int L,
+                                  int32_t *ids, int32_t *tts, int *lens, int32_t *one, int32_t *one_t, int *T,
+                                  peftc_error *err)
+{
+    /* tokenise into fixed-stride rows, then repack at the batch's length */
+    int Tb = 1;
+    for (int b = 0; b < B; b++) {
+        peftc_status rc = encoder_encode(e, texts[b], pairs ? pairs[b] : NULL, ids + (size_t)b * L, tts + (size_t)b * L, &lens[b], err);
+        if (rc) return rc;
+        if (lens[b] > Tb) Tb = lens[b];
+    }
+    for (int b = 0; b < B; b++) {
+        memcpy(one, ids + (size_t)b * L, (size_t)lens[b] * sizeof *one);
+        memcpy(one_t, tts + (size_t)b * L, (size_t)lens[b] * sizeof *one);
+        for (int j = lens[b]; j < Tb; j++) one[j] = one_t[j] = 0;
+        memcpy(ids + (size_t)b * Tb, one, (size_t)Tb * sizeof *one);
+        memcpy(tts + (size_t)b * Tb, one_t, (size_t)Tb * sizeof *one);
+    }
+    *T = Tb;
+    return PEFTC_OK;
+}
+
 peftc_status encoder_encode(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts,
                             int *n, peftc_error *err)
 {

@@ -62,6 +62,12 @@ peftc_status encoder_bind_model(encoder_ctx *e, const peftc_model *m, const char
 /* An encode_fn (data.h) with user = encoder_ctx*. ids/tts hold max_len entries. */
 peftc_status encoder_encode(const void *user, const char *text, const char *pair, int32_t *ids, int32_t *tts,
                             int *n, peftc_error *err);
+/* Encodes texts[0..B) (pairs may be NULL) into one padded batch: ids, tts
+ * (B * L each, L = the encoder's max_len) end up packed at the batch's
+ * length *T (zero padding), lens[b] each row's. one, one_t: L-entry scratch. */
+peftc_status encoder_encode_batch(const encoder_ctx *e, const char *const *texts, const char *const *pairs, int B, int L,
+                                  int32_t *ids, int32_t *tts, int *lens, int32_t *one, int32_t *one_t, int *T,
+                                  peftc_error *err);
 
 /* Builds everything; labels are copied. rng initialises the new parameters.
  * task_init is task_init_kind for TASK_SEQ_CLS. */
