@@ -108,11 +108,14 @@ rm -rf "$W/ck"; mkdir -p "$W/ck"; $PY tests/ckpt_tool.py edit "$CK" "$W/ck/check
 
 # --- 3. signals ---
 long="$common --train $W/tiny/train.tsv --method lora --r 4 --lora-dropout 0.1 --max-steps 600 --save-every 5"
+t_start=$(date +%s%N)
 ./peftc train $long --out "$W/whole" 2>/dev/null
+whole_ms=$(( ($(date +%s%N) - t_start) / 1000000 ))
 for sig in TERM INT; do
     d=$W/sig_$sig; rm -rf "$d"
     ./peftc train $long --out "$d" 2>"$d.log" & pid=$!
-    sleep 0.4; kill -$sig $pid; wait $pid; rc=$?
+    ms=$((whole_ms / 3 + 20)); sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"   # mid-run on any machine
+    kill -$sig $pid; wait $pid; rc=$?
     want=$([ $sig = TERM ] && echo 143 || echo 130)
     if [ "$rc" -eq "$want" ] && grep -q "interrupted by SIG$sig after step [0-9]*: checkpoint and adapter saved" "$d.log" &&
        [ -s "$d/adapter_model.safetensors" ] && $PY tests/ckpt_tool.py verify "$d/checkpoint.safetensors" >/dev/null; then
@@ -131,7 +134,10 @@ while [ $starts -lt 40 ]; do
     res=""; [ -f "$d/checkpoint.safetensors" ] && res="--resume $d"
     ./peftc train $long --out "$d" $res 2>"$W/klog" & pid=$!
     if [ $kills -lt 6 ]; then
-        sleep "0.$(printf '%02d' $((RANDOM % 60 + 5)))"
+        # a random moment within a seventh of an uninterrupted run: six kills
+        # land before the work is done however fast this machine is
+        ms=$(( (whole_ms / 7) * (RANDOM % 90 + 5) / 100 + 5 ))
+        sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
         if kill -KILL $pid 2>/dev/null; then wait $pid 2>/dev/null; kills=$((kills + 1))
             if [ -f "$d/checkpoint.safetensors" ]; then
                 $PY tests/ckpt_tool.py verify "$d/checkpoint.safetensors" >/dev/null || corrupt=$((corrupt + 1))
