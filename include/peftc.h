@@ -586,6 +586,23 @@ peftc_status peftc_score_read(const char *path, const char *field, char ***texts
  * scales folded into B so llama.cpp's alpha / r gives the trained result. */
 peftc_status peftc_export_gguf_lora(const char *adapter, const char *base_model, const char *out_path, peftc_error *err);
 
+/* Writes the base model with the adapter's LoRA / (IA)^3 deltas folded into
+ * its weights, as a plain model other tools load without any adapter code:
+ *   - a Hugging Face base (a BERT encoder, a Llama directory): out is a
+ *     directory with config.json (an encoder's: architectures
+ *     BertForSequenceClassification / BertForTokenClassification with the
+ *     adapter's labels and problem_type), model.safetensors (every tensor,
+ *     the head included) and the tokenizer files; type f32 (NULL), f16 or
+ *     bf16 for every floating tensor;
+ *   - a GGUF base: out is a GGUF file with every key and tensor of the base,
+ *     the adapted block weights dequantised, merged and written as type
+ *     (f32 when NULL); a type given also re-encodes every other block linear
+ *     weight (f32, f16, bf16, q8_0, q4_1). Untouched tensors keep their bytes.
+ * Methods that cannot be merged (adapters, prompts, prefixes) are refused
+ * with PEFTC_ERR_UNSUPPORTED naming the method. Written temp + rename. */
+peftc_status peftc_merge_model(const char *model, const char *adapter, const char *out, const char *type,
+                               peftc_error *err);
+
 #ifdef __cplusplus
 }
 #endif

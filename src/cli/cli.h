@@ -61,5 +61,6 @@ int cmd_eval_lm(cli_args *a);   /* eval --task causal-lm (cmd_generate.c) */
 /* "\"pairs\": n, ..." of a score result (no braces) to stdout */
 void cli_print_score(const peftc_score_result *r);
 int cmd_merge_adapters(cli_args *a);
+int cmd_merge(cli_args *a);   /* cmd_merge.c: an adapter folded into its base, written as a plain model */
 
 #endif

@@ -57,6 +57,10 @@ static const char usage[] =
     "        [--combination linear|cat|svd|ties|dare_linear|dare_ties|magnitude_prune|*_svd]\n"
     "        [--density D] [--svd-rank R] [--majority-sign total|frequency] [--seed S] [--head NAME]\n"
     "      LoRA adapters combined into one, as PEFT's add_weighted_adapter\n"
+    "  merge --model DIR|FILE.gguf --adapter DIR|FILE.gguf --out DIR|FILE.gguf [--type f32|f16|bf16|q8_0|q4_1]\n"
+    "      the base with a LoRA / (IA)^3 adapter folded in, as a plain model: an HF directory that\n"
+    "      transformers loads (BertFor*Classification with the adapter's head; LlamaForCausalLM) or,\n"
+    "      for a GGUF base, a GGUF file for llama.cpp (merged weights f32 unless --type)\n"
     "  sweep --model DIR --train FILE [--eval FILE] --methods M1,M2,... --out SWEEP_DIR\n"
     "        [--budgets 0.1%,0.5%,2%] [--seeds 1,2,3] [--steps N] [--batch B] [--max-len T]\n"
     "        [--lr-grid 1|3|5 | --lr auto [--lr-auto-steps N]] [--metric accuracy|f1|mcc] [--save-every N] [--sweep FILE.json]\n"
@@ -142,6 +146,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "quantize")) rc = cmd_quantize(&a);
     else if (!strcmp(cmd, "score")) rc = cmd_score(&a);
     else if (!strcmp(cmd, "merge-adapters")) rc = cmd_merge_adapters(&a);
+    else if (!strcmp(cmd, "merge")) rc = cmd_merge(&a);
     else rc = cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
     free(a.used);
     return rc;

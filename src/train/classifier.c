@@ -118,6 +118,8 @@ peftc_status peftc_classifier_merge(peftc_classifier *c, peftc_error *err)
 
 int peftc_classifier_num_labels(const peftc_classifier *c) { return c->t.labels.n; }
 
+task *classifier_task(peftc_classifier *c) { return &c->t; }
+
 const char *peftc_classifier_label(const peftc_classifier *c, int k)
 {
     return k >= 0 && k < c->t.labels.n ? c->t.labels.names[k] : NULL;

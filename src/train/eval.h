@@ -37,4 +37,7 @@ peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_
 peftc_status classifier_default_labels(const char *model_dir, const char *adapter_dir, label_set *labels,
                                        peftc_error *err);
 
+/* The task behind a classifier (merge_model.c writes its merged weights and head). */
+task *classifier_task(peftc_classifier *c);
+
 #endif
