@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# check_merge_model.sh: `peftc merge` (an adapter folded into its base, written
+# as a plain model) against the real tools (tests/ref_merge_model.py):
+#   - BERT: LoRA and (IA)3 trained by peftc on the tiny random BERT and LoRA
+#     on all-MiniLM-L6-v2; the merged directory loaded by transformers'
+#     AutoModelForSequenceClassification (no adapter code, no missing or
+#     unexpected weights) gives the logits of peft's merge_and_unload() and of
+#     peft applying the adapter unmerged within 1e-4, and the probabilities
+#     of `peftc predict` with the adapter unmerged; --type bf16;
+#   - Llama, HF base: a peft-made LoRA (all seven linears, rsLoRA, rank and
+#     alpha patterns) merged; LlamaForCausalLM on the merged directory vs
+#     merge_and_unload() and vs peft unmerged, and peftc on it vs peftc
+#     unmerged;
+#   - Llama, GGUF base: the same adapter merged into the tiny F32 GGUF (and
+#     --type f16 / bf16): gguf.GGUFReader reads it, every merged weight
+#     equals peft's merge_and_unload() weight with q/k rows permuted, every
+#     other tensor and key byte-equal, re-encoded weights equal gguf's own
+#     quantisers; peftc and (if bench/llamacpp.sh built it) llama.cpp load it
+#     and give transformers+peft's logits; SmolLM2-135M Q4_1 with a LoRA merged
+#     to f32 and re-quantised to q8_0 / q4_1, checked the same way on blocks
+#     0 and 29 and run by peftc and llama.cpp;
+#   - bad input: one line each, no output left behind.
+# Prints ok/FAIL lines and ends with "## <passed> <failed>".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-/usr/bin/python3}
+O=tests/out/merge_model
+L=tests/out/llama
+R=tests/ref_merge_model.py
+. tests/lib.sh
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+mkdir -p $O $L
+run() { local log; if ! log=$("$@" 2>&1); then printf '%s\n' "$log" | tail -5; bad "fixture step failed: $*"; finish; fi; }
+[ -x ./peftc ] || { bad "./peftc missing (run make)"; finish; }
+build_driver lm_driver || finish
+build_driver interop_driver || finish
+last() { printf '%s\n' "$1" | grep -v -i -E 'warn|loading weights|^\s*$' | tail -1; }
+check() { # name command...: ok with the command's last line, or FAIL with it
+    local name=$1 out; shift
+    if out=$("$@" 2>&1); then ok "$name: $(last "$out")"; else bad "$name: $(printf '%s\n' "$out" | grep -v -i warn | tail -3 | tr '\n' ' ')"; fi
+}
+probs_close() { # name A B: the probabilities of two files agree to the 6 printed digits
+    local d
+    d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$2\", ndmin=2) - np.loadtxt(\"$3\", ndmin=2)).max():.1e}')" 2>&1)
+    if "$PY" -c "import sys; sys.exit(0 if float('$d') <= 1e-5 else 1)" 2>/dev/null; then ok "$1: max abs prob diff $d"; else bad "$1: $d"; fi
+}
+maxdiff_le() { # name A.f32 B.f32 tol
+    local d
+    d=$("$PY" - "$2" "$3" <<'PYEOF'
+import sys, numpy as np
+a = np.fromfile(sys.argv[1], dtype=np.float32); b = np.fromfile(sys.argv[2], dtype=np.float32)
+print(f"{float(np.abs(a - b).max()):.2e}" if a.shape == b.shape and a.size else f"shape {a.shape} vs {b.shape}")
+PYEOF
+)
+    if "$PY" -c "import sys; sys.exit(0 if float('$d') <= float('$4') else 1)" 2>/dev/null; then ok "$1: max abs logit diff $d"; else bad "$1: $d (tolerance $4)"; fi
+}
+
+# ---- BERT
+[ -s $O/tb/model/config.json ] || run "$PY" tests/make_tiny_bert.py $O/tb
+printf 'the film was good .\nthe plot is awful but the actor was nice .\nnot really a great story\n' > $O/texts.txt
+for m in lora ia3; do
+    rm -rf $O/run_$m $O/m_$m
+    run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method $m --out $O/run_$m --max-steps 4 --lr 5e-2 --batch 4
+    run ./peftc merge --model $O/tb/model --adapter $O/run_$m --out $O/m_$m
+    check "tiny BERT $m merged" "$PY" $R bert $O/tb/model $O/run_$m $O/m_$m $O/texts.txt $O/m_$m.probs
+    ./peftc predict --model $O/tb/model --adapter $O/run_$m --probs < $O/texts.txt 2>/dev/null | cut -f2- > $O/run_$m.probs
+    probs_close "tiny BERT $m: the merged directory in transformers vs peftc predict with the adapter unmerged" $O/m_$m.probs $O/run_$m.probs
+done
+rm -rf $O/m_lora_bf16
+run ./peftc merge --model $O/tb/model --adapter $O/run_lora --out $O/m_lora_bf16 --type bf16
+if "$PY" -c "import json,sys; from safetensors import safe_open; f=safe_open('$O/m_lora_bf16/model.safetensors','pt'); sys.exit(0 if all(f.get_slice(k).get_dtype()=='BF16' for k in f.keys()) and json.load(open('$O/m_lora_bf16/config.json'))['torch_dtype']=='bfloat16' else 1)"; then
+    check "tiny BERT lora merged --type bf16 (every tensor BF16; bf16's rounding)" "$PY" $R bert $O/tb/model $O/run_lora $O/m_lora_bf16 $O/texts.txt $O/m_lora_bf16.probs 2e-2
+else bad "--type bf16: not every tensor is BF16"; fi
+
+# a real model: all-MiniLM-L6-v2 (no BertForSequenceClassification head in it) with LoRA, 3 steps of SST-2
+MINI=models/all-MiniLM-L6-v2
+SST=../shared/data/glue-sst2/train.tsv
+if [ -s $MINI/config.json ] && [ -s $SST ]; then
+    head -65 $SST > $O/sst64.tsv
+    head -9 $SST | tail -8 | cut -f1 > $O/sst_texts.txt
+    rm -rf $O/run_mini $O/m_mini
+    run ./peftc train --model $MINI --train $O/sst64.tsv --method lora --out $O/run_mini --max-steps 3 --lr 5e-3 --batch 8 --max-len 64
+    run ./peftc merge --model $MINI --adapter $O/run_mini --out $O/m_mini
+    check "all-MiniLM-L6-v2 LoRA merged" "$PY" $R bert $MINI $O/run_mini $O/m_mini $O/sst_texts.txt $O/m_mini.probs
+    ./peftc predict --model $MINI --adapter $O/run_mini --probs < $O/sst_texts.txt 2>/dev/null | cut -f2- > $O/run_mini.probs
+    probs_close "all-MiniLM-L6-v2 LoRA: merged directory in transformers vs peftc predict unmerged" $O/m_mini.probs $O/run_mini.probs
+    rm -rf $O/m_other
+    out=$(./peftc merge --model $MINI --adapter $O/run_lora --out $O/m_other 2>&1 >/dev/null); rc=$?
+    if [ $rc -ne 0 ] && [ "$(printf '%s\n' "$out" | wc -l)" -eq 1 ] && printf '%s' "$out" | grep -q "run_lora/adapter_model.safetensors: tensor '" && [ ! -e $O/m_other ]; then
+        ok "an adapter of another base, refused naming the tensor: $out"
+    else bad "adapter of another base (exit $rc): $out"; fi
+else
+    echo "# $MINI or $SST missing: the all-MiniLM-L6-v2 checks are skipped (scripts/fetch_models.sh)"
+fi
+
+# ---- Llama, HF base
+[ -s $L/tiny/config.json ] || run "$PY" tests/make_llama_hf.py tiny $L/tiny
+[ -s $L/tiny.gguf ] || run "$PY" tests/make_llama_gguf.py $L/tiny $L/tiny.gguf
+[ -s $L/tiny_ids.txt ] || run "$PY" tests/ref_llama.py random $L/tiny_ids.txt --vocab 97
+sed -n 5p $L/tiny_ids.txt > $O/ids.txt
+rm -rf $O/all7 $O/m_llama
+run "$PY" tests/interop_peft.py lora $L/tiny $O/all7 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --r 4 --alpha 8 \
+    --rslora --rank-pattern '{"layers.1.self_attn.q_proj": 2}' --alpha-pattern '{"v_proj": 3}' --seed 3
+run "$PY" tests/interop_peft.py logits $L/tiny $O/ids.txt $O/hf_all7.f32 --adapter $O/all7
+run ./peftc merge --model $L/tiny --adapter $O/all7 --out $O/m_llama
+check "tiny Llama HF + peft LoRA (all 7, rsLoRA, patterns) merged" "$PY" $R llama $L/tiny $O/all7 $O/m_llama $O/ids.txt $O/m_llama.f32
+run build/tests/lm_driver logits $O/m_llama $O/ids.txt $O/pc_m_llama.f32
+run build/tests/lm_driver logits $L/tiny $O/ids.txt $O/pc_all7.f32 --adapter $O/all7
+maxdiff_le "peftc on the merged HF directory vs peftc with the adapter unmerged" $O/pc_m_llama.f32 $O/pc_all7.f32 1e-4
+
+# ---- Llama, GGUF base
+rm -f $O/m_*.gguf
+run ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/m_f32.gguf
+check "tiny GGUF (F32) + the LoRA merged, read by gguf" "$PY" $R gguf $L/tiny.gguf $O/m_f32.gguf $L/tiny $O/all7 none
+run build/tests/lm_driver logits $O/m_f32.gguf $O/ids.txt $O/pc_m_f32.f32
+maxdiff_le "peftc on the merged GGUF vs transformers+peft unmerged" $O/pc_m_f32.f32 $O/hf_all7.f32 1e-4
+for t in f16 bf16; do
+    run ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/m_$t.gguf --type $t
+    check "tiny GGUF merged --type $t, read by gguf" "$PY" $R gguf $L/tiny.gguf $O/m_$t.gguf $L/tiny $O/all7 $t $O/m_f32.gguf
+done
+run build/tests/lm_driver logits $O/m_f16.gguf $O/ids.txt $O/pc_m_f16.f32
+maxdiff_le "peftc on the merged f16 GGUF vs transformers+peft unmerged (f16 rounding)" $O/pc_m_f16.f32 $O/hf_all7.f32 2e-2
+
+# SmolLM2-135M Q4_1 (the real file) + a LoRA of its shapes
+SMOL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -s $SMOL ]; then
+    rm -rf $O/smol_lora
+    run "$PY" $R smol-lora $O/smol_lora
+    run ./peftc merge --model $SMOL --adapter $O/smol_lora --out $O/smol_f32.gguf
+    export MERGE_CHECK_LAYERS=0,29
+    check "SmolLM2 Q4_1 + LoRA merged to f32 (blocks 0, 29 checked)" "$PY" $R gguf $SMOL $O/smol_f32.gguf - $O/smol_lora none
+    for t in q8_0 q4_1; do
+        run ./peftc merge --model $SMOL --adapter $O/smol_lora --out $O/smol_$t.gguf --type $t
+        check "SmolLM2 merged --type $t (blocks 0, 29 checked)" "$PY" $R gguf $SMOL $O/smol_$t.gguf - $O/smol_lora $t $O/smol_f32.gguf
+    done
+    unset MERGE_CHECK_LAYERS
+    run build/tests/interop_driver tokenize $SMOL "The capital of France is Paris. The capital of Germany is" $O/smol_ids.txt
+    run build/tests/lm_driver logits $O/smol_f32.gguf $O/smol_ids.txt $O/pc_smol_f32.f32
+    run build/tests/lm_driver logits $SMOL $O/smol_ids.txt $O/pc_smol_un.f32 --adapter $O/smol_lora
+    run build/tests/lm_driver logits $O/smol_q8_0.gguf $O/smol_ids.txt $O/pc_smol_q8.f32
+    # the Q4_1 base dequantised, merged in f32: the unmerged run multiplies Q4_1 blocks by Q8_0 activations
+    maxdiff_le "SmolLM2: peftc on the merged f32 GGUF vs peftc with the LoRA unmerged on the Q4_1 base" $O/pc_smol_f32.f32 $O/pc_smol_un.f32 1.5
+    maxdiff_le "SmolLM2: peftc on the merged q8_0 GGUF vs on the merged f32 GGUF" $O/pc_smol_q8.f32 $O/pc_smol_f32.f32 1.5
+else
+    echo "# $SMOL missing: the SmolLM2 checks are skipped"
+fi
+
+# llama.cpp loads the merged GGUF files (only if bench/llamacpp.sh built it; CI does not)
+ANCHOR=${PEFTC_ANCHOR_DIR:-$HOME/.cache/peftc-anchor}/llama.cpp-${LLAMACPP_PY_VERSION:-0.3.36}
+LB=$ANCHOR/build LS=$ANCHOR/sdist/vendor/llama.cpp
+if [ -f $LB/src/libllama.a ] && [ -f $LB/ggml/src/libggml-cpu.a ] && [ -f $LS/include/llama.h ]; then
+    if cc -O1 -c tests/llamacpp_lora.c -I$LS/include -I$LS/ggml/include -o build/tests/llamacpp_lora.o 2>/dev/null &&
+       c++ -o build/tests/llamacpp_lora build/tests/llamacpp_lora.o $LB/src/libllama.a $LB/ggml/src/libggml.a \
+           $LB/ggml/src/libggml-cpu.a $LB/ggml/src/libggml-base.a -fopenmp -lpthread -lm -ldl 2>/dev/null; then
+        LC=build/tests/llamacpp_lora
+        run build/tests/interop_driver gguf-copy $L/tiny.gguf $O/tiny_novocab.gguf tokenizer.ggml.model none
+        run ./peftc merge --model $O/tiny_novocab.gguf --adapter $O/all7 --out $O/m_novocab.gguf
+        if msg=$($LC $O/m_novocab.gguf - $O/ids.txt 0 $O/lc_m.f32 /dev/null 2>&1); then
+            maxdiff_le "llama.cpp on the merged tiny GGUF vs transformers+peft unmerged" $O/lc_m.f32 $O/hf_all7.f32 1e-4
+        else bad "llama.cpp cannot run the merged GGUF: $msg"; fi
+        if [ -s $O/smol_q8_0.gguf ]; then
+            if msg=$($LC $O/smol_q8_0.gguf - $O/smol_ids.txt 0 $O/lc_smol_q8.f32 /dev/null 2>&1); then
+                if msg=$("$PY" - $O/lc_smol_q8.f32 $O/pc_smol_q8.f32 <<'PYEOF'
+import sys, numpy as np
+x = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, 49152); y = np.fromfile(sys.argv[2], dtype=np.float32).reshape(-1, 49152)
+agree = float((x.argmax(1) == y.argmax(1)).mean())
+print(f"mean abs {np.abs(x - y).mean():.3f}, max {np.abs(x - y).max():.3f}, top-1 agreement {agree:.2f} over {x.shape[0]} positions")
+sys.exit(0 if agree >= 0.9 and np.abs(x - y).mean() < 0.3 else 1)
+PYEOF
+); then ok "llama.cpp on the merged SmolLM2 q8_0 GGUF vs peftc on it: $msg"; else bad "SmolLM2 q8_0 merged, llama.cpp vs peftc: $msg"; fi
+            else bad "llama.cpp cannot run the merged SmolLM2 q8_0 file: $msg"; fi
+        fi
+    else bad "tests/llamacpp_lora.c does not build against $LB"; fi
+else
+    echo "# llama.cpp is not built ($LB/src/libllama.a missing): the llama.cpp checks are skipped (bash bench/llamacpp.sh --prepare)"
+fi
+
+# ---- bad input: one line each, naming the file and the problem, nothing written
+expect_fail() { # name out-path words... -- command...
+    local name=$1 outp=$2; shift 2
+    local words=()
+    while [ "$1" != "--" ]; do words+=("$1"); shift; done; shift
+    rm -rf "$outp"
+    local out rc good=1
+    out=$("$@" 2>&1 >/dev/null); rc=$?
+    [ $rc -ne 0 ] || good=0
+    [ "$(printf '%s\n' "$out" | wc -l)" -eq 1 ] || good=0
+    for w in "${words[@]}"; do printf '%s' "$out" | grep -qF -- "$w" || good=0; done
+    [ ! -e "$outp" ] || { good=0; out="$out (and $outp was written)"; }
+    if [ $good = 1 ]; then ok "$name: $out"; else bad "$name (exit $rc): $out"; fi
+}
+rm -rf $O/run_prompt
+run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method prompt --num-virtual 4 --out $O/run_prompt --max-steps 2 --batch 4
+expect_fail "prompt tuning cannot merge" $O/x "run_prompt" "cannot be merged" -- ./peftc merge --model $O/tb/model --adapter $O/run_prompt --out $O/x
+rm -rf $O/run_pf
+run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method adapter-pfeiffer --out $O/run_pf --max-steps 2 --batch 4
+expect_fail "a bottleneck adapter cannot merge" $O/x "run_pf" "cannot be merged" -- ./peftc merge --model $O/tb/model --adapter $O/run_pf --out $O/x
+expect_fail "--type q4_1 for a Hugging Face directory" $O/x "--type q4_1" "f32, f16 or bf16" -- ./peftc merge --model $O/tb/model --adapter $O/run_lora --out $O/x --type q4_1
+expect_fail "an unknown --type" $O/x "--type q3" "the types are" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x --type q3
+expect_fail "q8_0 on rows that are no whole blocks" $O/x.gguf "40 values" "q8_0" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x.gguf --type q8_0
+expect_fail "a GGUF base into a directory" $O/x "--out" ".gguf file" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x
+expect_fail "--out the model itself" $L/nonexistent "the model itself" -- ./peftc merge --model $L/tiny --adapter $O/all7 --out $L/tiny
+expect_fail "a BERT adapter on a Llama" $O/x "run_lora" -- ./peftc merge --model $L/tiny --adapter $O/run_lora --out $O/x
+expect_fail "missing --adapter" $O/x "--adapter" -- ./peftc merge --model $L/tiny --out $O/x
+finish
