@@ -3,6 +3,9 @@
 `transformers`, `peft`, `torch`, `gguf` from PyPI): models written by
 `peftc merge` loaded as plain models, against PEFT's own merge_and_unload().
 
+  ref_merge_model.py jobs < LINES
+      many of the commands below in one process: "NAME<TAB>COMMAND ARGS" a
+      line; prints ok/FAIL - NAME: <the command's last line>
   ref_merge_model.py bert BASE ADAPTER MERGED TEXTS.txt OUT.probs [TOL]
       BertForSequenceClassification of BASE with the (peftc-written) ADAPTER
       through PeftModel.from_pretrained, unmerged and merge_and_unload()ed,
@@ -16,7 +19,7 @@
       of the first line of IDS.txt go to OUT.f32
   ref_merge_model.py smol-lora OUT_DIR
       a LoRA in PEFT's layout for SmolLM2-135M's shapes (numpy)
-  ref_merge_model.py gguf BASE.gguf MERGED.gguf HF ADAPTER TYPE [F32_MERGED.gguf]
+  ref_merge_model.py gguf BASE.gguf MERGED.gguf HF ADAPTER TYPE [F32_MERGED.gguf|- [LAYERS]]
       reads both files with gguf.GGUFReader: every metadata key equal
       (general.file_type excepted when TYPE is given), every tensor the adapter
       does not touch byte for byte the base's (unless TYPE re-encodes block
@@ -26,7 +29,7 @@
       gguf.quants.quantize of the f32 merge's values (F32_MERGED.gguf).
       HF "-": no HF base (a quantised GGUF), the reference is gguf's
       dequantised base weight + scale B A from the adapter file;
-      MERGE_CHECK_LAYERS=0,29 limits the value checks to those blocks
+      LAYERS (e.g. 29) limits the value checks to those blocks
 """
 import json, math, re, sys
 import numpy as np
@@ -69,7 +72,7 @@ def bert(base, adapter, merged, texts, out, tol="1e-4"):
     sys.exit(0 if d1 <= tol and d2 <= tol and moved <= 1e-4 and delta > 1e-3 else 1)
 
 
-def llama(hf, adapter, merged, ids_path, out):
+def llama(hf, adapter, merged, ids_path, out, unmerged_out=None):
     import torch
     from transformers import LlamaForCausalLM
     from peft import PeftModel
@@ -88,6 +91,8 @@ def llama(hf, adapter, merged, ids_path, out):
     with torch.no_grad():
         got = mm.eval()(input_ids=ids).logits[0].double()
     got.float().numpy().tofile(out)
+    if unmerged_out:
+        unmerged.float().numpy().tofile(unmerged_out)
     d1, d2 = float((got - ref).abs().max()), float((got - unmerged).abs().max())
     moved = float((got - plain).abs().max())
     print(f"LlamaForCausalLM of the merged dir vs peft merge_and_unload {d1:.1e}, vs peft unmerged {d2:.1e} "
@@ -110,14 +115,19 @@ def field(r, key):
     return None if f is None else f.contents()
 
 
-def gguf_check(base, merged, hf, adapter, typ, f32_merged=None):
-    import torch
+def field_bytes(r, f):
+    n = sum(p.nbytes for p in f.parts)
+    return bytes(r.data[f.offset:f.offset + n])
+
+
+def gguf_check(base, merged, hf, adapter, typ, f32_merged="-", layers=""):
     from gguf import GGUFReader, GGMLQuantizationType, quants
-    from transformers import LlamaForCausalLM
-    from peft import PeftModel
     st = json.load(open(f"{adapter}/adapter_config.json"))
     rb, rm = GGUFReader(base), GGUFReader(merged)
     if hf != "-":
+        import torch
+        from transformers import LlamaForCausalLM
+        from peft import PeftModel
         cfg = json.load(open(f"{hf}/config.json"))
         nh, nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
         m = LlamaForCausalLM.from_pretrained(hf, dtype=torch.float32)
@@ -149,24 +159,23 @@ def gguf_check(base, merged, hf, adapter, typ, f32_merged=None):
     for k in set(rb.fields) | set(rm.fields):
         if k.startswith("GGUF.") or (typ != "none" and k == "general.file_type"):
             continue
-        if field(rb, k) != field(rm, k):
-            fails.append(f"key {k}: {field(rb, k)!r} -> {field(rm, k)!r}")
+        # the key's bytes (name, type, value): quicker than decoding 49152-string arrays
+        if k not in rb.fields or k not in rm.fields or field_bytes(rb, rb.fields[k]) != field_bytes(rm, rm.fields[k]):
+            fails.append(f"key {k} differs")
     want_ft = {"none": None, "f32": 0, "f16": 1, "bf16": 32, "q8_0": 7, "q4_1": 3}[typ]
     if want_ft is not None and field(rm, "general.file_type") != want_ft:
         fails.append(f"general.file_type {field(rm, 'general.file_type')}, want {want_ft}")
     tb = {t.name: t for t in rb.tensors}
     tm = {t.name: t for t in rm.tensors}
-    tf = {t.name: t for t in GGUFReader(f32_merged).tensors} if f32_merged else {}
+    tf = {t.name: t for t in GGUFReader(f32_merged).tensors} if f32_merged != "-" else {}
     if list(tb) != list(tm):
         fails.append(f"tensor names/order differ: {sorted(set(tb) ^ set(tm))}")
     targets = set()
     for mod in st["target_modules"]:
         targets.add(GG[mod])
-    # MERGE_CHECK_LAYERS=0,29: the value checks on those blocks only (a 135M
-    # model's every weight through numpy's quantisers takes minutes here)
-    import os
-    only = os.environ.get("MERGE_CHECK_LAYERS")
-    only = {int(x) for x in only.split(",")} if only else None
+    # LAYERS "29": the value checks on those blocks only (a 135M model's every
+    # weight through numpy's quantisers takes minutes on a loaded machine)
+    only = {int(x) for x in layers.split(",")} if layers else None
     n_merged = n_same = n_req = 0
     maxd = 0.0
     qt = {"f16": GGMLQuantizationType.F16, "bf16": GGMLQuantizationType.BF16, "q8_0": GGMLQuantizationType.Q8_0,
@@ -208,6 +217,8 @@ def gguf_check(base, merged, hf, adapter, typ, f32_merged=None):
             if u.tensor_type != t.tensor_type or bytes(np.asarray(u.data).view(np.uint8).ravel()) != bytes(np.asarray(t.data).view(np.uint8).ravel()):
                 fails.append(f"{name}: changed, but the adapter does not touch it")
             n_same += 1
+    if n_merged == 0:
+        fails.append("no merged weight was checked")
     if fails:
         print("; ".join(fails[:6]))
         sys.exit(1)
@@ -241,8 +252,34 @@ def smol_lora(out):
                "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}, open(f"{out}/adapter_config.json", "w"))
 
 
-def main():
-    cmd, args = sys.argv[1], sys.argv[2:]
+def jobs():
+    """One process for many checks (torch + transformers + peft take ~10 s to
+    import on a loaded machine): stdin lines "NAME<TAB>COMMAND ARGS..." (TAB
+    separated), each run as its own command; prints "ok   - NAME: <its last
+    line>" or "FAIL - NAME: ..." per line."""
+    import contextlib, io, shlex
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        name, cmd = line.rstrip("\n").split("\t", 1)
+        buf = io.StringIO()
+        code = 0
+        try:
+            with contextlib.redirect_stdout(buf):
+                run(shlex.split(cmd))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+            if isinstance(e.code, str):
+                buf.write(e.code)
+        except Exception as e:
+            code = 1
+            buf.write(f"{type(e).__name__}: {e}")
+        msg = " ".join(buf.getvalue().strip().splitlines()[-2:])
+        print(f"{'ok  ' if code == 0 else 'FAIL'} - {name}: {msg}", flush=True)
+
+
+def run(argv):
+    cmd, args = argv[0], argv[1:]
     if cmd == "bert":
         bert(*args)
     elif cmd == "llama":
@@ -256,4 +293,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "jobs":
+        jobs()
+    else:
+        run(sys.argv[1:])
