@@ -72,6 +72,12 @@ for m in lora ia3; do
     job "tiny BERT $m merged" bert $O/tb/model $O/run_$m $O/m_$m $O/texts.txt $O/m_$m.probs
     ./peftc predict --model $O/tb/model --adapter $O/run_$m --probs < $O/texts.txt 2>/dev/null | cut -f2- > $O/run_$m.probs
 done
+# token classification: BertForTokenClassification's head
+printf 'the\tB-X\nfilm\tI-X\nwas\tO\ngood\tO\n\nthe\tO\nactor\tB-Y\nwas\tO\nnice\tO\n\na\tO\nplot\tB-X\nis\tO\nawful\tO\n\n' > $O/tok.conll
+rm -rf $O/run_tok $O/m_tok
+run ./peftc train --model $O/tb/model --task token-cls --train $O/tok.conll --method lora --out $O/run_tok --max-steps 4 --lr 5e-2 --batch 2 --max-len 16
+run ./peftc merge --model $O/tb/model --adapter $O/run_tok --out $O/m_tok
+job "tiny BERT token-cls lora merged" bert-token $O/tb/model $O/run_tok $O/m_tok $O/texts.txt $O/m_tok.probs
 rm -rf $O/m_lora_bf16
 run ./peftc merge --model $O/tb/model --adapter $O/run_lora --out $O/m_lora_bf16 --type bf16
 if "$PY" -c "import json,sys; from safetensors import safe_open; f=safe_open('$O/m_lora_bf16/model.safetensors','pt'); sys.exit(0 if all(f.get_slice(k).get_dtype()=='BF16' for k in f.keys()) and json.load(open('$O/m_lora_bf16/config.json'))['torch_dtype']=='bfloat16' else 1)"; then

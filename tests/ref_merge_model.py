@@ -14,6 +14,9 @@
       has missing or unexpected weights or differs by more than TOL (1e-4;
       bf16 files need more), or the merge left the base's weights as they were; the
       merged model's class probabilities go to OUT.probs
+  ref_merge_model.py bert-token BASE ADAPTER MERGED TEXTS.txt OUT.probs [TOL]
+      the same for a token-classification adapter (BertForTokenClassification,
+      AutoModelForTokenClassification on MERGED; logits of every token)
   ref_merge_model.py llama HF ADAPTER MERGED IDS.txt OUT.f32
       the same for LlamaForCausalLM (PEFT dir made by peft); MERGED's logits
       of the first line of IDS.txt go to OUT.f32
@@ -35,10 +38,15 @@ import json, math, re, sys
 import numpy as np
 
 
-def bert(base, adapter, merged, texts, out, tol="1e-4"):
+def bert(base, adapter, merged, texts, out, tol="1e-4", token=False):
     tol = float(tol)
     import torch
-    from transformers import AutoModelForSequenceClassification, BertForSequenceClassification, BertTokenizer
+    from transformers import BertTokenizer
+    if token:
+        from transformers import AutoModelForTokenClassification as AutoModelForSequenceClassification
+        from transformers import BertForTokenClassification as BertForSequenceClassification
+    else:
+        from transformers import AutoModelForSequenceClassification, BertForSequenceClassification
     from peft import PeftModel
     lines = [l.rstrip("\n") for l in open(texts) if l.strip()]
     tok = BertTokenizer(f"{base}/vocab.txt", do_lower_case=True)
@@ -65,7 +73,7 @@ def bert(base, adapter, merged, texts, out, tol="1e-4"):
     from transformers import BertModel
     bw = BertModel.from_pretrained(base, dtype=torch.float32).state_dict()
     delta = max(float((v - bw[k]).abs().max()) for k, v in mm.bert.state_dict().items() if k in bw)
-    np.savetxt(out, torch.softmax(got, -1).numpy(), fmt="%.8f")
+    np.savetxt(out, torch.softmax(got, -1).reshape(-1, got.shape[-1]).numpy(), fmt="%.8f")
     print(f"{type(mm).__name__} of the merged dir vs peft merge_and_unload {d1:.1e}, vs peft unmerged {d2:.1e} "
           f"(num_labels {mm.config.num_labels}, problem_type {mm.config.problem_type}; "
           f"the merge moved base weights by up to {delta:.1e})")
@@ -282,6 +290,8 @@ def run(argv):
     cmd, args = argv[0], argv[1:]
     if cmd == "bert":
         bert(*args)
+    elif cmd == "bert-token":
+        bert(*args[:5], tol=args[5] if len(args) > 5 else "1e-4", token=True)
     elif cmd == "llama":
         llama(*args)
     elif cmd == "smol-lora":
