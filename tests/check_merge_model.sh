@@ -226,7 +226,7 @@ run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method adapter-p
 expect_fail "a bottleneck adapter cannot merge" $O/x "run_pf" "cannot be merged" -- ./peftc merge --model $O/tb/model --adapter $O/run_pf --out $O/x
 expect_fail "--type q4_1 for a Hugging Face directory" $O/x "--type q4_1" "f32, f16 or bf16" -- ./peftc merge --model $O/tb/model --adapter $O/run_lora --out $O/x --type q4_1
 expect_fail "an unknown --type" $O/x "--type q3" "the types are" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x --type q3
-expect_fail "q8_0 on rows that are no whole blocks" $O/x.gguf "40 values" "q8_0" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x.gguf --type q8_0
+expect_fail "q8_0 on rows that are no whole blocks" $O/x.gguf "tiny.gguf: tensor blk.0.attn_" "40 values" "q8_0" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x.gguf --type q8_0
 expect_fail "a GGUF base into a directory" $O/x "--out" ".gguf file" -- ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/x
 expect_fail "--out the model itself" $L/nonexistent "the model itself" -- ./peftc merge --model $L/tiny --adapter $O/all7 --out $L/tiny
 expect_fail "a BERT adapter on a Llama" $O/x "run_lora" -- ./peftc merge --model $L/tiny --adapter $O/run_lora --out $O/x

@@ -342,6 +342,12 @@ static peftc_status merge_gguf(const char *model, const char *adapter, const cha
                             f->out, f->in, (long long)rows, (long long)cols);
             break;
         }
+        const ggml_type_traits *to = ggml_traits(ot->ggml);
+        if (cols % to->block) {
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: tensor %s has rows of %lld values, which do not split into %s blocks of %d (--type f32, f16 or bf16)",
+                            model, t->name, (long long)cols, to->name, to->block);
+            break;
+        }
         if (!(tmp = malloc((size_t)rows * (size_t)cols * sizeof *tmp))) {
             rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory for %s", t->name);
             break;
