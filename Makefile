@@ -87,7 +87,7 @@ test-asan:
 # fixed, to tests/fuzz/regress/<target>/ so tests/check_reliability.sh replays it).
 FUZZ_S ?= 60
 FUZZ_CC ?= clang
-FUZZ_TARGETS := safetensors gguf config tokenizer adapter checkpoint data lm_data
+FUZZ_TARGETS := safetensors gguf config tokenizer adapter checkpoint data lm_data conll compose
 FUZZ_FLAGS := -O1 -g -Wno-pass-failed -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined
 fuzz:
 	$(MAKE) CC=$(FUZZ_CC) B=build/fuzz OPT="$(FUZZ_FLAGS)" build/fuzz/libpeftc.a

@@ -1,12 +1,13 @@
 /* config.c: Hugging Face config.json -> peftc_config: model_type picks the
  * family's parser, which rejects what that family cannot run exactly
  * (activations, embeddings); other model types are rejected by name. */
-#include "core/json_file.h"
-#include "core/core.h"
+#include "io/config.h"
 
 #include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static peftc_status get_int(json_t *root, const char *path, const char *key, int required,
                             int def, int lo, int *out, peftc_error *err)
@@ -89,17 +90,31 @@ static const struct {
 peftc_status peftc_config_load(const char *path, peftc_config *cfg, peftc_error *err)
 {
     memset(cfg, 0, sizeof *cfg);
-    json_error_t jerr;
-    json_t *root = peftc_json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        if (!peftc_file_exists(path)) {
-            struct stat sb;
-            if (stat(path, &sb) == 0)   /* there, but a FIFO, device or directory */
-                return peftc_fail(err, PEFTC_ERR_IO, "%s: %s", path, jerr.text);
-            return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open (is this a model directory?)", path);
+    char *buf;
+    size_t n;
+    if (!peftc_file_exists(path)) {
+        struct stat sb;
+        if (stat(path, &sb) == 0) {   /* there, but a FIFO, device or directory */
+            int fd;
+            peftc_status rc = peftc_open_regular(path, &fd, NULL, err);
+            if (!rc) close(fd);
+            return rc ? rc : peftc_fail(err, PEFTC_ERR_IO, "%s: not a regular file", path);
         }
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, jerr.line, jerr.text);
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open (is this a model directory?)", path);
     }
+    peftc_status rc = peftc_read_file(path, &buf, &n, err);
+    if (rc) return rc;
+    rc = peftc_config_parse(buf, n, path, cfg, err);
+    free(buf);
+    return rc;
+}
+
+peftc_status peftc_config_parse(const char *text, size_t len, const char *path, peftc_config *cfg, peftc_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t jerr;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, jerr.line, jerr.text);
     peftc_status rc = PEFTC_OK;
     if (!json_is_object(root)) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a JSON object", path); goto out; }
 

@@ -42,6 +42,7 @@ struct gguf_file {
     int *kv_sorted;        /* kv indices sorted by key */
     gguf_tensor *t;
     int *t_sorted;
+    int borrowed;          /* map is a caller's buffer (gguf_open_mem) */
 };
 
 static const size_t scalar_size[GGUF_TYPE_COUNT] = {
@@ -158,7 +159,7 @@ void gguf_close(gguf_file *g)
     for (int i = 0; i < g->n_tensors; i++) free((char *)g->t[i].name);
     free(g->t);
     free(g->t_sorted);
-    if (g->map) munmap((void *)g->map, g->size);
+    if (g->map && !g->borrowed) munmap((void *)g->map, g->size);
     free(g->path);
     free(g);
 }
@@ -380,6 +381,26 @@ peftc_status gguf_open(const char *path, gguf_file **out, peftc_error *err)
     }
     g->map = m;
     peftc_status rc = parse(g, err);
+    if (rc) { gguf_close(g); return rc; }
+    *out = g;
+    return PEFTC_OK;
+}
+
+peftc_status gguf_open_mem(const void *buf, size_t len, const char *name, gguf_file **out, peftc_error *err)
+{
+    *out = NULL;
+    gguf_file *g = calloc(1, sizeof *g);
+    if (!g || !(g->path = strdup(name))) {
+        free(g);
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", name);
+    }
+    g->map = buf;
+    g->size = len;
+    g->borrowed = 1;
+    peftc_status rc = len < 24 ? (len >= 4 && memcmp(buf, "GGUF", 4)
+                                      ? peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not a GGUF file (the magic is not 'GGUF')", name)
+                                      : peftc_fail(err, PEFTC_ERR_FORMAT, "%s: truncated: %zu bytes is too short for a GGUF header", name, len))
+                               : parse(g, err);
     if (rc) { gguf_close(g); return rc; }
     *out = g;
     return PEFTC_OK;

@@ -35,6 +35,9 @@ typedef struct gguf_tensor {
 typedef struct gguf_file gguf_file;
 
 peftc_status gguf_open(const char *path, gguf_file **out, peftc_error *err);
+/* The same over len bytes at buf (borrowed: buf must outlive the view);
+ * name stands for the path in messages. The fuzz targets' entry. */
+peftc_status gguf_open_mem(const void *buf, size_t len, const char *name, gguf_file **out, peftc_error *err);
 void gguf_close(gguf_file *g);
 
 const char *gguf_path(const gguf_file *g);

@@ -61,7 +61,7 @@ void peftc_safetensors_free(peftc_safetensors *st)
     free(st->t);
     for (int i = 0; i < 2 * st->n_meta; i++) free(st->meta[i]);
     free(st->meta);
-    if (st->map && st->map != MAP_FAILED) munmap(st->map, st->size);
+    if (st->map && st->map != MAP_FAILED && !st->borrowed) munmap(st->map, st->size);
     free(st->path);
     free(st);
 }
@@ -162,6 +162,20 @@ out:
     return rc;
 }
 
+/* The 8-byte header length, the JSON header and the tensors' bounds of the
+ * st->size bytes at st->map (a file's mapping or a caller's buffer). */
+static peftc_status parse_file(peftc_safetensors *st, peftc_error *err)
+{
+    const char *path = st->path;
+    const uint8_t *p = st->map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
+    if (hlen > ST_MAX_HEADER || hlen > st->size - 8)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: header length %llu runs past the end of the %zu-byte file (truncated or not safetensors)",
+                          path, (unsigned long long)hlen, st->size);
+    return parse_header(st, (const char *)p + 8, (size_t)hlen, p + 8 + hlen, st->size - 8 - (size_t)hlen, err);
+}
+
 peftc_status peftc_safetensors_open(const char *path, peftc_safetensors **out, peftc_error *err)
 {
     *out = NULL;
@@ -197,17 +211,29 @@ peftc_status peftc_safetensors_open(const char *path, peftc_safetensors **out, p
         peftc_safetensors_free(st);
         return rc;
     }
-    const uint8_t *p = st->map;
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | p[i];
-    if (hlen > ST_MAX_HEADER || hlen > st->size - 8) {
-        peftc_status rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: header length %llu runs past the end of the %zu-byte file (truncated or not safetensors)",
-                                     path, (unsigned long long)hlen, st->size);
+    peftc_status rc = parse_file(st, err);
+    if (rc != PEFTC_OK) {
         peftc_safetensors_free(st);
         return rc;
     }
-    peftc_status rc = parse_header(st, (const char *)p + 8, (size_t)hlen, p + 8 + hlen,
-                                   st->size - 8 - (size_t)hlen, err);
+    *out = st;
+    return PEFTC_OK;
+}
+
+peftc_status st_open_mem(const void *buf, size_t len, const char *name, peftc_safetensors **out, peftc_error *err)
+{
+    *out = NULL;
+    peftc_safetensors *st = calloc(1, sizeof *st);
+    if (!st || !(st->path = strdup(name))) {
+        free(st);
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", name);
+    }
+    /* the caller's bytes, not a mapping: free must not unmap them */
+    st->map = (void *)buf;
+    st->size = len;
+    st->borrowed = 1;
+    peftc_status rc = len < 8 ? peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %zu bytes is too short for a safetensors file", name, len)
+                              : parse_file(st, err);
     if (rc != PEFTC_OK) {
         peftc_safetensors_free(st);
         return rc;
@@ -352,7 +378,7 @@ peftc_status st_write(const char *path, const st_write_raw *items, int n, const 
 
 void st_release(const peftc_safetensors *st, const void *p, size_t bytes)
 {
-    if (!st || !st->map || !p) return;
+    if (!st || !st->map || !p || st->borrowed) return;   /* a caller's buffer is not ours to drop */
     uintptr_t lo = (uintptr_t)st->map, hi = lo + st->size, a = (uintptr_t)p, b = a + bytes;
     if (a < lo || b > hi || b < a) return;
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);

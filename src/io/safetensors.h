@@ -26,7 +26,12 @@ struct peftc_safetensors {
     st_tensor *t;       /* sorted by name for lookup */
     char **meta;        /* __metadata__ key, value pairs (strings) */
     int n_meta;
+    int borrowed;       /* map is a caller's buffer (st_open_mem), not unmapped */
 };
+
+/* The same view over len bytes at buf (not copied: buf must outlive the
+ * view); name stands for the path in messages. The fuzz targets' entry. */
+peftc_status st_open_mem(const void *buf, size_t len, const char *name, peftc_safetensors **out, peftc_error *err);
 
 size_t st_dtype_size(st_dtype d);
 const char *st_dtype_name(st_dtype d);

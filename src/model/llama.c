@@ -112,8 +112,19 @@ static peftc_status check_config(const char *path, llama_config *c, peftc_error 
 
 static peftc_status hf_config(const char *path, llama_config *c, peftc_error *err)
 {
+    char *buf;
+    size_t n;
+    peftc_status rc = peftc_read_file(path, &buf, &n, err);
+    if (rc) return rc;
+    rc = llama_config_parse(buf, n, path, c, err);
+    free(buf);
+    return rc;
+}
+
+peftc_status llama_config_parse(const char *text, size_t len, const char *path, llama_config *c, peftc_error *err)
+{
     json_error_t jerr;
-    json_t *root = peftc_json_load_file(path, 0, &jerr);
+    json_t *root = json_loadb(text, len, 0, &jerr);
     if (!root) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, jerr.line, jerr.text);
     peftc_status rc = PEFTC_OK;
     memset(c, 0, sizeof *c);
@@ -391,7 +402,7 @@ static int gg_streq(const gguf_file *g, const char *key, const char *want, char 
     return n == strlen(want) && !memcmp(s, want, n);
 }
 
-static peftc_status gguf_config(const gguf_file *g, llama_config *c, peftc_error *err)
+peftc_status llama_config_from_gguf(const gguf_file *g, llama_config *c, peftc_error *err)
 {
     char arch[128];
     peftc_status rc;
@@ -522,7 +533,7 @@ static peftc_status gguf_load(llama_model *m, const char *path, peftc_error *err
     gguf_file *g;
     if ((rc = gguf_open(path, &g, err))) return rc;
     m->gguf = g;
-    if ((rc = gguf_config(g, &m->cfg, err))) return rc;
+    if ((rc = llama_config_from_gguf(g, &m->cfg, err))) return rc;
     llama_config *c = &m->cfg;
     int C = c->hidden_size, F = c->intermediate_size, hd = c->head_dim;
     int QD = c->num_heads * hd, KVD = c->num_kv_heads * hd;

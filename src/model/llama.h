@@ -46,6 +46,12 @@ typedef struct llama_config {
     int rope_interleaved;        /* 1: GGUF weights, adjacent pairs; 0: HF, rotate_half */
 } llama_config;
 
+/* A Hugging Face config.json's len bytes (path names it in messages), or a
+ * GGUF file's llama.* metadata, -> the checked config (the loaders' first
+ * step; the fuzz targets' entries). */
+peftc_status llama_config_parse(const char *text, size_t len, const char *path, llama_config *c, peftc_error *err);
+peftc_status llama_config_from_gguf(const gguf_file *g, llama_config *c, peftc_error *err);
+
 /* A linear layer's weight (out, in) row-major, in a GGML_TYPE_* encoding:
  * F32 (data is float *) or a quantised block type (rows of in values). */
 typedef struct llama_weight {

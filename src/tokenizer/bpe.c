@@ -722,17 +722,11 @@ static const char *tok_str(json_t *v)
     return json_string_value(json_object_get(v, "content"));
 }
 
-/* Reads tokenizer_config.json beside path, if present. */
-static peftc_status read_config(bpe_tokenizer *t, const char *path, peftc_error *err)
+/* tokenizer_config.json's bytes (text, len), named cfg in messages. */
+static peftc_status read_config(bpe_tokenizer *t, const char *text, size_t len, const char *cfg, peftc_error *err)
 {
-    char cfg[4096];
-    const char *slash = strrchr(path, '/');
-    int dl = slash ? (int)(slash - path) : 1;
-    if (snprintf(cfg, sizeof cfg, "%.*s/tokenizer_config.json", dl, slash ? path : ".") >= (int)sizeof cfg)
-        return PEFTC_OK;
-    if (!peftc_file_exists(cfg)) return PEFTC_OK;
     json_error_t je;
-    json_t *j = peftc_json_load_file(cfg, 0, &je);
+    json_t *j = json_loadb(text, len, 0, &je);
     if (!j) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", cfg, je.line, je.text);
     peftc_status s = PEFTC_OK;
     json_t *ct = json_object_get(j, "chat_template");
@@ -779,9 +773,29 @@ static peftc_status read_config(bpe_tokenizer *t, const char *path, peftc_error 
 peftc_status bpe_from_tokenizer_json(const char *path, bpe_tokenizer **out, peftc_error *err)
 {
     *out = NULL;
-    json_error_t je;
     if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: cannot open", path);
-    json_t *j = peftc_json_load_file(path, 0, &je);
+    /* tokenizer_config.json beside it, if present */
+    char cfg[4096];
+    const char *slash = strrchr(path, '/');
+    int dl = slash ? (int)(slash - path) : 1;
+    int have_cfg = snprintf(cfg, sizeof cfg, "%.*s/tokenizer_config.json", dl, slash ? path : ".") < (int)sizeof cfg &&
+                   peftc_file_exists(cfg);
+    char *tj = NULL, *ct = NULL;
+    size_t tn = 0, cn = 0;
+    peftc_status s = peftc_read_file(path, &tj, &tn, err);
+    if (!s && have_cfg) s = peftc_read_file(cfg, &ct, &cn, err);
+    if (!s) s = bpe_from_tokenizer_json_mem(tj, tn, path, ct, cn, cfg, out, err);
+    free(tj);
+    free(ct);
+    return s;
+}
+
+peftc_status bpe_from_tokenizer_json_mem(const char *text, size_t len, const char *path, const char *cfg_text, size_t cfg_len,
+                                         const char *cfg_name, bpe_tokenizer **out, peftc_error *err)
+{
+    *out = NULL;
+    json_error_t je;
+    json_t *j = json_loadb(text, len, 0, &je);
     if (!j) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: line %d: %s", path, je.line, je.text);
     bpe_tokenizer *t = NULL;
     peftc_status s = PEFTC_OK;
@@ -912,7 +926,7 @@ peftc_status bpe_from_tokenizer_json(const char *path, bpe_tokenizer **out, peft
     }
     if ((s = parse_post(t, json_object_get(j, "post_processor"), path, err))) goto done;
     if (t->nprefix) t->bos = t->prefix[0];
-    s = read_config(t, path, err);
+    if (cfg_text) s = read_config(t, cfg_text, cfg_len, cfg_name, err);
 done:
     json_decref(j);
     if (s) { bpe_free(t); return s; }

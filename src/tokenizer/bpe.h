@@ -52,6 +52,10 @@ peftc_status bpe_from_vocab(const bpe_vocab *v, bpe_tokenizer **out, peftc_error
  * add_bos_token).  Unsupported constructs are rejected with the file name and
  * the construct. */
 peftc_status bpe_from_tokenizer_json(const char *path, bpe_tokenizer **out, peftc_error *err);
+/* The same from bytes: tokenizer.json's (text, len) named path, and
+ * tokenizer_config.json's (cfg_text, cfg_len; NULL if absent) named cfg_name. */
+peftc_status bpe_from_tokenizer_json_mem(const char *text, size_t len, const char *path, const char *cfg_text, size_t cfg_len,
+                                         const char *cfg_name, bpe_tokenizer **out, peftc_error *err);
 
 /* From a GGUF file's tokenizer.* metadata (tokenizer/bpe_gguf.c). */
 struct gguf_file;

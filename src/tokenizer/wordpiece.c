@@ -32,7 +32,7 @@
  * min(n1, floor(t/2)) and the longer gets the rest of t.  This differs from
  * "remove one token at a time from the longer" on odd budgets and ties.
  */
-#include "core/core.h"
+#include "tokenizer/wordpiece.h"
 #include "tokenizer/utf8.h"
 
 #include <jansson.h>
@@ -383,12 +383,13 @@ static size_t trim_end(const char *s, size_t n)
 }
 
 /* vocab.txt: one token per line, id = line index (Rust BufRead::lines). */
-static peftc_status load_vocab_txt(peftc_tokenizer *t, const char *path, peftc_error *err)
+static peftc_status load_vocab_txt(peftc_tokenizer *t, const char *data, size_t n, const char *path, peftc_error *err)
 {
-    char *buf;
-    size_t n;
-    peftc_status st = peftc_read_file(path, &buf, &n, err);
-    if (st) return st;
+    /* a private copy: the lines are cut in place and the table points into it */
+    char *buf = malloc(n + 1);
+    if (!buf) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: cannot allocate %zu bytes", path, n + 1);
+    if (n) memcpy(buf, data, n);
+    buf[n] = 0;
     t->store = buf;
     size_t lines = 0;
     for (size_t i = 0; i < n; i++) lines += buf[i] == '\n';
@@ -451,16 +452,11 @@ static peftc_status load_vocab_json(peftc_tokenizer *t, json_t *vocab, const cha
     return PEFTC_OK;
 }
 
-static peftc_status load_json(const char *path, json_t **out, peftc_error *err)
+static peftc_status load_json(const char *buf, size_t n, const char *path, json_t **out, peftc_error *err)
 {
-    char *buf;
-    size_t n;
     *out = NULL;
-    peftc_status st = peftc_read_file(path, &buf, &n, err);
-    if (st) return st;
     json_error_t je;
     json_t *j = json_loadb(buf, n, 0, &je);
-    free(buf);
     if (!j) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: invalid JSON at line %d: %s", path, je.line, je.text);
     if (!json_is_object(j)) {
         json_decref(j);
@@ -671,6 +667,14 @@ static peftc_status read_model(peftc_tokenizer *t, json_t *model, const char *pa
     return PEFTC_OK;
 }
 
+/* Reads the file at path if it is there: *buf NULL if it is not. */
+static peftc_status read_if_present(const char *path, char **buf, size_t *n, peftc_error *err)
+{
+    *buf = NULL;
+    *n = 0;
+    return peftc_file_exists(path) ? peftc_read_file(path, buf, n, err) : PEFTC_OK;
+}
+
 peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, peftc_error *err)
 {
     if (out) *out = NULL;
@@ -681,7 +685,28 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
         (st = peftc_path_join(tj_path, sizeof tj_path, model_dir, "tokenizer.json", err)) ||
         (st = peftc_path_join(cfg_path, sizeof cfg_path, model_dir, "tokenizer_config.json", err)))
         return st;
-    int have_vocab = peftc_file_exists(vocab_path), have_tj = peftc_file_exists(tj_path);
+    if (!peftc_file_exists(vocab_path) && !peftc_file_exists(tj_path))
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: no vocab.txt or tokenizer.json (is this a model directory?)", model_dir);
+    wordpiece_files f = {vocab_path, NULL, 0, tj_path, NULL, 0, cfg_path, NULL, 0};
+    char *v = NULL, *tj = NULL, *cfg = NULL;
+    if (!(st = read_if_present(vocab_path, &v, &f.vocab_len, err)) && !(st = read_if_present(tj_path, &tj, &f.tj_len, err)) &&
+        /* tokenizer_config.json is read only without tokenizer.json */
+        !(st = tj ? PEFTC_OK : read_if_present(cfg_path, &cfg, &f.cfg_len, err))) {
+        f.vocab = v; f.tj = tj; f.cfg = cfg;
+        st = wordpiece_load_mem(&f, model_dir, out, err);
+    }
+    free(v);
+    free(tj);
+    free(cfg);
+    return st;
+}
+
+peftc_status wordpiece_load_mem(const wordpiece_files *f, const char *model_dir, peftc_tokenizer **out, peftc_error *err)
+{
+    *out = NULL;
+    peftc_status st;
+    const char *vocab_path = f->vocab_name, *tj_path = f->tj_name, *cfg_path = f->cfg_name;
+    int have_vocab = f->vocab != NULL, have_tj = f->tj != NULL;
     if (!have_vocab && !have_tj)
         return peftc_fail(err, PEFTC_ERR_IO, "%s: no vocab.txt or tokenizer.json (is this a model directory?)", model_dir);
 
@@ -695,7 +720,7 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
     json_t *tj = NULL;
 
     if (have_tj) {
-        if ((st = load_json(tj_path, &tj, err))) goto fail;
+        if ((st = load_json(f->tj, f->tj_len, tj_path, &tj, err))) goto fail;
         if ((st = read_normalizer(t, tj, tj_path, err))) goto fail;
         json_t *pre = json_object_get(tj, "pre_tokenizer");
         json_t *pt = json_object_get(pre, "type");
@@ -705,9 +730,9 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
             goto fail;
         }
         if ((st = read_model(t, json_object_get(tj, "model"), tj_path, unk, sizeof unk, err))) goto fail;
-    } else if (peftc_file_exists(cfg_path)) {
+    } else if (f->cfg) {
         json_t *cfg;
-        if ((st = load_json(cfg_path, &cfg, err))) goto fail;
+        if ((st = load_json(f->cfg, f->cfg_len, cfg_path, &cfg, err))) goto fail;
         int ok = 1;
         t->lowercase = get_bool(cfg, "do_lower_case", 1, &ok);
         t->strip_accents = get_bool(cfg, "strip_accents", t->lowercase, &ok);
@@ -721,7 +746,7 @@ peftc_status peftc_tokenizer_load(const char *model_dir, peftc_tokenizer **out, 
         }
     }
 
-    if (have_vocab) st = load_vocab_txt(t, vocab_path, err);
+    if (have_vocab) st = load_vocab_txt(t, f->vocab, f->vocab_len, vocab_path, err);
     else st = load_vocab_json(t, json_object_get(json_object_get(tj, "model"), "vocab"), tj_path, err);
     if (st) goto fail;
     const char *vpath = have_vocab ? vocab_path : tj_path;

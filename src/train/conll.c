@@ -30,6 +30,9 @@ static const char *iob_type(const char *tag)
     return (tag[0] == 'B' || tag[0] == 'I') && tag[1] == '-' && tag[2] ? tag + 2 : NULL;
 }
 
+static peftc_status conll_take(char *buf, size_t n, const char *path, int need_labels, dataset *d, long *converted,
+                               peftc_error *err);
+
 peftc_status conll_load(const char *path, int need_labels, dataset *d, long *converted, peftc_error *err)
 {
     memset(d, 0, sizeof *d);
@@ -38,6 +41,27 @@ peftc_status conll_load(const char *path, int need_labels, dataset *d, long *con
     size_t n;
     peftc_status rc = peftc_read_file(path, &buf, &n, err);
     if (rc) return rc;
+    return conll_take(buf, n, path, need_labels, d, converted, err);
+}
+
+peftc_status conll_parse(const char *text, size_t n, const char *path, int need_labels, dataset *d, long *converted,
+                         peftc_error *err)
+{
+    memset(d, 0, sizeof *d);
+    if (converted) *converted = 0;
+    /* a private NUL-terminated copy: the lines are cut in place */
+    char *buf = malloc(n + 1);
+    if (!buf) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory (%zu bytes)", path, n + 1);
+    if (n) memcpy(buf, text, n);
+    buf[n] = 0;
+    return conll_take(buf, n, path, need_labels, d, converted, err);
+}
+
+/* Parses the n bytes at buf (NUL-terminated, modified, freed here). */
+static peftc_status conll_take(char *buf, size_t n, const char *path, int need_labels, dataset *d, long *converted,
+                               peftc_error *err)
+{
+    peftc_status rc = PEFTC_OK;
     if (!(d->path = strdup(path))) { free(buf); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     growbuf lines = {.size = sizeof(char *)}, tags = {.size = sizeof(char *)}, offs = {.size = sizeof(int)};
     int zero = 0, ncols = 0, first_line = 0, in_sentence = 0;

@@ -17,6 +17,9 @@
  * IOB2: an I-X that does not continue an X becomes B-X). Errors name the
  * line. *converted (may be NULL) counts the tags IOB1 -> IOB2 changed. */
 peftc_status conll_load(const char *path, int need_labels, dataset *d, long *converted, peftc_error *err);
+/* The same from n bytes at text (path names it in messages). */
+peftc_status conll_parse(const char *text, size_t n, const char *path, int need_labels, dataset *d, long *converted,
+                         peftc_error *err);
 /* Labels from d's tags: O first, then the rest sorted (B-X before I-X). */
 peftc_status conll_labels(const dataset *d, label_set *ls, peftc_error *err);
 /* Maps every tag through ls; one outside it is an error naming the word. */

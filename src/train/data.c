@@ -169,7 +169,7 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-static peftc_status load_table(const char *path, char *buf, size_t n, int csv, const data_cols *cols,
+static peftc_status load_table(const char *path, const char *buf, size_t n, int csv, const data_cols *cols,
                                int need_labels, dataset *d, peftc_error *err)
 {
     size_t pos = 0;
@@ -291,7 +291,7 @@ static const char *json_field(json_t *o, const char *name)
     return NULL;
 }
 
-static peftc_status load_jsonl(const char *path, char *buf, size_t n, const data_cols *cols, int need_labels,
+static peftc_status load_jsonl(const char *path, const char *buf, size_t n, const data_cols *cols, int need_labels,
                                dataset *d, peftc_error *err)
 {
     static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1"};
@@ -345,15 +345,25 @@ static peftc_status load_jsonl(const char *path, char *buf, size_t n, const data
 peftc_status data_load(const char *path, const data_cols *cols, int need_labels, dataset *d, peftc_error *err)
 {
     memset(d, 0, sizeof *d);
-    d->path = strdup(path);
     char *buf;
     size_t n;
     peftc_status rc = peftc_read_file(path, &buf, &n, err);
     if (rc) return rc;
+    rc = data_parse(buf, n, path, cols, need_labels, d, err);
+    free(buf);
+    return rc;
+}
+
+peftc_status data_parse(const char *text, size_t n, const char *path, const data_cols *cols, int need_labels, dataset *d,
+                        peftc_error *err)
+{
+    memset(d, 0, sizeof *d);
+    if (!(d->path = strdup(path))) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", path);
+    peftc_status rc;
+    const char *buf = text;
     if (ends_with(path, ".jsonl") || ends_with(path, ".json")) rc = load_jsonl(path, buf, n, cols, need_labels, d, err);
     else if (ends_with(path, ".csv")) rc = load_table(path, buf, n, 1, cols, need_labels, d, err);
     else rc = load_table(path, buf, n, 0, cols, need_labels, d, err);
-    free(buf);
     if (!rc && d->n == 0) rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: no examples (empty file?)", path);
     if (!rc) {
         d->label = malloc((size_t)d->n * sizeof *d->label);

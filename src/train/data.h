@@ -42,6 +42,10 @@ typedef struct dataset {
 
 /* Reads a file; the format comes from the extension (.tsv, .csv, .jsonl/.json). */
 peftc_status data_load(const char *path, const data_cols *cols, int need_labels, dataset *d, peftc_error *err);
+/* The same from n bytes at text; path names it and picks the format by its
+ * ending (.jsonl/.json, .csv, else TSV). */
+peftc_status data_parse(const char *text, size_t n, const char *path, const data_cols *cols, int need_labels, dataset *d,
+                        peftc_error *err);
 /* Builds the label set from a training set: integers in numeric order, else sorted strings. */
 peftc_status labels_from_data(const dataset *d, label_set *ls, peftc_error *err);
 /* Maps every label of d through ls; a label outside it is an error naming the row. */

@@ -28,6 +28,37 @@ static const char ALPACA_NO_INPUT[] =
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n%s\n\n### Response:\n";
 
+/* A single record larger than this is refused before it is parsed or
+ * tokenised: far beyond any training example (a whole book is ~1 MB), and it
+ * bounds what one record can make the loader allocate (its JSON tree, the
+ * rendered prompt, the token ids: a few times its size). */
+#define LM_MAX_RECORD_BYTES ((size_t)100 << 20)
+
+/* The bytes of a parsed record's strings and keys (the array form's records
+ * are parsed with the array; nesting past 64 levels counts as too large). */
+static size_t record_bytes(json_t *v, int depth)
+{
+    if (depth > 64) return LM_MAX_RECORD_BYTES + 1;
+    size_t n = 0;
+    if (json_is_string(v)) return json_string_length(v);
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *e;
+        json_object_foreach(v, k, e) {
+            n += strlen(k) + record_bytes(e, depth + 1);
+            if (n > LM_MAX_RECORD_BYTES) break;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            n += record_bytes(e, depth + 1);
+            if (n > LM_MAX_RECORD_BYTES) break;
+        }
+    } else n = 8;
+    return n;
+}
+
 /* ------------------------------------------------------------ one example */
 
 /* The token sequence of one example being built: ids and target flags. */
@@ -409,6 +440,9 @@ static peftc_status make_rows(loader *L, lm_dataset *d, peftc_error *err)
     return PEFTC_OK;
 }
 
+static peftc_status parse(const char *buf, size_t n, const char *path, const bpe_tokenizer *tok, const lm_data_opts *o,
+                          lm_dataset *d, lm_prompts *prompts, peftc_error *err);
+
 static peftc_status load(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_dataset *d,
                          lm_prompts *prompts, peftc_error *err)
 {
@@ -418,6 +452,32 @@ static peftc_status load(const char *path, const bpe_tokenizer *tok, const lm_da
     size_t n = 0;
     peftc_status rc = peftc_read_file(path, &buf, &n, err);
     if (rc) return rc;
+    rc = parse(buf, n, path, tok, o, d, prompts, err);
+    free(buf);
+    return rc;
+}
+
+peftc_status lm_data_parse(const char *text, size_t n, const char *path, const bpe_tokenizer *tok, const lm_data_opts *o,
+                           lm_dataset *d, peftc_error *err)
+{
+    memset(d, 0, sizeof *d);
+    if (o->max_len < 2) return peftc_fail(err, PEFTC_ERR_INPUT, "--max-len %d: a causal-LM example needs at least 2 tokens", o->max_len);
+    return parse(text, n, path, tok, o, d, NULL, err);
+}
+
+peftc_status lm_data_parse_prompts(const char *text, size_t n, const char *path, const bpe_tokenizer *tok,
+                                   const lm_data_opts *o, lm_prompts *p, peftc_error *err)
+{
+    memset(p, 0, sizeof *p);
+    lm_data_opts q = *o;
+    if (q.max_len < 2) q.max_len = 2;
+    return parse(text, n, path, tok, &q, NULL, p, err);
+}
+
+static peftc_status parse(const char *buf, size_t n, const char *path, const bpe_tokenizer *tok, const lm_data_opts *o,
+                          lm_dataset *d, lm_prompts *prompts, peftc_error *err)
+{
+    peftc_status rc = PEFTC_OK;
     loader L = {.path = path, .tok = tok, .o = o, .fmt = o->format, .prompts = prompts};
     L.f_text = o->text_field ? o->text_field : "text";
     L.f_msgs = o->messages_field ? o->messages_field : "messages";
@@ -439,6 +499,12 @@ static peftc_status load(const char *path, const bpe_tokenizer *tok, const lm_da
         }
         for (size_t i = 0; !rc && i < json_array_size(arr); i++) {
             json_t *rec = json_array_get(arr, i);
+            size_t rb = record_bytes(rec, 0);
+            if (rb > LM_MAX_RECORD_BYTES) {
+                rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: record %zu holds more than %zu MB of text (the limit of one record)",
+                                path, i + 1, LM_MAX_RECORD_BYTES >> 20);
+                break;
+            }
             if (L.fmt == LM_FORMAT_AUTO && json_is_object(rec)) {
                 const char *why;
                 L.fmt = detect(rec, o, &why);
@@ -460,6 +526,11 @@ static peftc_status load(const char *path, const bpe_tokenizer *tok, const lm_da
             pos = nl ? end + 1 : n;
             while (b < end && isspace((unsigned char)buf[b])) b++;
             if (b == end) continue;
+            if (end - b > LM_MAX_RECORD_BYTES) {
+                rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: a record of %zu bytes, over the %zu MB limit of one record", path, line,
+                                end - b, LM_MAX_RECORD_BYTES >> 20);
+                break;
+            }
             json_error_t je;
             json_t *rec = json_loadb(buf + b, end - b, 0, &je);
             if (!rec) { rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: not JSON (%s)", path, line, je.text); break; }
@@ -474,7 +545,6 @@ static peftc_status load(const char *path, const bpe_tokenizer *tok, const lm_da
             json_decref(rec);
         }
     }
-    free(buf);
     if (prompts) {
         if (!rc && prompts->n == 0) rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: no records", path);
         free(L.seq.ids);

@@ -59,6 +59,9 @@ typedef struct lm_dataset {
 
 peftc_status lm_data_load(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_dataset *d,
                           peftc_error *err);
+/* The same from n bytes at text (path names it in messages). */
+peftc_status lm_data_parse(const char *text, size_t n, const char *path, const bpe_tokenizer *tok, const lm_data_opts *o,
+                           lm_dataset *d, peftc_error *err);
 void lm_data_free(lm_dataset *d);
 
 /* Generation prompts of the same records: each record's prompt tokens as
@@ -75,6 +78,8 @@ typedef struct lm_prompts {
 
 peftc_status lm_data_prompts(const char *path, const bpe_tokenizer *tok, const lm_data_opts *o, lm_prompts *p,
                              peftc_error *err);
+peftc_status lm_data_parse_prompts(const char *text, size_t n, const char *path, const bpe_tokenizer *tok,
+                                   const lm_data_opts *o, lm_prompts *p, peftc_error *err);
 void lm_prompts_free(lm_prompts *p);
 const char *lm_format_name(lm_format f);
 /* "text", "prompt-response", "alpaca", "chat", "template" -> 1 and *f; 0 unknown */

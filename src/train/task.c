@@ -692,14 +692,24 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     char path[4096];
     peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_config.json", err);
     if (rc) return rc;
-    json_error_t je;
-    json_t *cfg = peftc_json_load_file(path, 0, &je);
-    if (!cfg) {
-        if (!peftc_file_exists(path)) return peftc_fail(err, PEFTC_ERR_IO, "%s: not found (is %s an adapter directory?)", path, dir);
-        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);
-    }
+    struct stat sb;
+    if (stat(path, &sb) != 0) return peftc_fail(err, PEFTC_ERR_IO, "%s: not found (is %s an adapter directory?)", path, dir);
+    char *text;
+    size_t len;
+    if ((rc = peftc_read_file(path, &text, &len, err))) return rc;
+    rc = adapter_parse_config(text, len, path, mo, labels, max_len, err);
+    free(text);
+    return rc;
+}
+
+peftc_status adapter_parse_config(const char *text, size_t len, const char *path, method_opts *mo, label_set *labels,
+                                  int *max_len, peftc_error *err)
+{
     memset(labels, 0, sizeof *labels);
     memset(mo, 0, sizeof *mo);
+    json_error_t je;
+    json_t *cfg = json_loadb(text, len, 0, &je);
+    if (!cfg) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: not valid JSON at line %d: %s", path, je.line, je.text);
     json_t *own = json_object_get(cfg, "peftc");
     json_t *pt = json_object_get(cfg, "peft_type");
     const char *type = json_is_string(pt) ? json_string_value(pt) : "";

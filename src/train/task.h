@@ -108,6 +108,9 @@ void method_args_from_opts(const peftc_train_opts *o, method_args *ma);
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err);
 /* Reads an adapter directory's config into mo/labels/max_len (before task_init). */
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err);
+/* The same from adapter_config.json's len bytes at text (path names it). */
+peftc_status adapter_parse_config(const char *text, size_t len, const char *path, method_opts *mo, label_set *labels,
+                                  int *max_len, peftc_error *err);
 /* The task an adapter directory was trained for: peftc.task, else PEFT's
  * task_type (TOKEN_CLS, SEQ_CLS; none: SEQ_CLS); others are refused. */
 peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *err);

@@ -10,7 +10,7 @@ total=0; crashes=0
 printf '%-12s %12s %8s %s\n' target executions exec/s findings
 for t in "$@"; do
     mkdir -p "build/fuzz/corpus/$t" "build/fuzz/findings/$t"
-    cp -n build/fuzz/seeds/$t/* "build/fuzz/corpus/$t/" 2>/dev/null || true
+    cp -n build/fuzz/seeds/$t/* tests/fuzz/regress/$t/* "build/fuzz/corpus/$t/" 2>/dev/null || true
     log=build/fuzz/$t.log
     OMP_NUM_THREADS=1 ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
         "build/fuzz/fuzz_$t" -max_total_time="$S" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \

@@ -7,60 +7,53 @@
  * paths, as peftc uses them) in a private directory under /dev/shm (or
  * /tmp), calls the parser and everything a successful parse enables, and
  * frees. A crash, a sanitizer report, a leak or a hang is a finding. */
+/* targets.c: the fuzz targets, one function per parser a stranger's file
+ * reaches. Built two ways (Makefile): with clang -fsanitize=fuzzer (main.c
+ * picks one target by FUZZ_TARGET) for `make fuzz`, and with the normal
+ * compiler into build/tests/fuzz_replay (replay.c), which runs every kept
+ * regression input and seed through its target in the normal test run.
+ * Each target hands the input to the parser's in-memory entry (the bytes a
+ * path function would have read: the path functions are thin wrappers over
+ * these), calls everything a successful parse enables, and frees. No file
+ * is written, so an input costs only the parse. A crash, a sanitizer report,
+ * a leak or a hang is a finding. */
 #include "fuzz.h"
+#include "io/config.h"
 #include "io/safetensors.h"
 #include "io/gguf.h"
+#include "model/llama.h"
 #include "tokenizer/bpe.h"
+#include "tokenizer/wordpiece.h"
 #include "train/data.h"
+#include "train/conll.h"
 #include "train/lm_data.h"
 #include "train/task.h"
 #include "train/checkpoint.h"
+#include "peft/compose.h"
 #include "peft/delta.h"
 
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-static char g_dir[256];
-
-static const char *work_dir(void)
+/* a NUL-terminated copy of at most cap - 1 input bytes */
+static char *cstr(const uint8_t *d, size_t n, size_t cap)
 {
-    if (g_dir[0]) return g_dir;
-    const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
-    snprintf(g_dir, sizeof g_dir, "%s/peftc_fuzz.%d", base, (int)getpid());
-    mkdir(g_dir, 0700);
-    return g_dir;
-}
-
-/* name inside the work directory, written with the input */
-static const char *put(const char *name, const uint8_t *data, size_t n)
-{
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", work_dir(), name);
-    FILE *f = fopen(path, "wb");
-    if (!f) return path;
-    if (n) fwrite(data, 1, n, f);
-    fclose(f);
-    return path;
-}
-
-static void rm(const char *name)
-{
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", work_dir(), name);
-    unlink(path);
+    size_t l = n < cap - 1 ? n : cap - 1;
+    char *s = malloc(l + 1);
+    if (!s) return NULL;
+    if (l) memcpy(s, d, l);
+    s[l] = 0;
+    return s;
 }
 
 /* ------------------------------------------------------------ safetensors */
 static int t_safetensors(const uint8_t *d, size_t n)
 {
-    const char *p = put("x.safetensors", d, n);
     peftc_safetensors *st;
     peftc_error err;
-    if (!peftc_safetensors_open(p, &st, &err)) {
+    if (!st_open_mem(d, n, "x.safetensors", &st, &err)) {
         for (int i = 0; i < st->n; i++) {
             const st_tensor *t = &st->t[i];
             if ((t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) && t->numel <= (1 << 16)) {
@@ -80,12 +73,15 @@ static int t_safetensors(const uint8_t *d, size_t n)
 /* -------------------------------------------------- GGUF (+ its vocabulary) */
 static int t_gguf(const uint8_t *d, size_t n)
 {
-    const char *p = put("x.gguf", d, n);
     gguf_file *g;
     peftc_error err;
-    if (!gguf_open(p, &g, &err)) {
+    if (!gguf_open_mem(d, n, "x.gguf", &g, &err)) {
         int64_t iv;
         gguf_get_int(g, "llama.block_count", &iv);
+        llama_config lc;
+        llama_config_from_gguf(g, &lc, &err);
+        char txt[256];
+        for (int i = 0; i < gguf_kv_count(g) && i < 64; i++) gguf_format_value(g, i, txt, sizeof txt, 4);
         bpe_tokenizer *tok;
         if (!bpe_from_gguf(g, &tok, &err)) {
             int32_t *ids = NULL;
@@ -105,16 +101,12 @@ static int t_gguf(const uint8_t *d, size_t n)
 /* ------------------------------------------- config.json (BERT and Llama) */
 static int t_config(const uint8_t *d, size_t n)
 {
-    put("config.json", d, n);
     peftc_config cfg;
     peftc_error err;
-    char path[512];
-    snprintf(path, sizeof path, "%s/config.json", work_dir());
-    peftc_config_load(path, &cfg, &err);
-    /* the families' own readers (no weights beside it: they stop at the file) */
-    peftc_model *m = NULL;
-    if (!peftc_model_load(work_dir(), &m, &err)) peftc_model_free(m);
-    rm("config.json");
+    peftc_config_parse((const char *)d, n, "config.json", &cfg, &err);
+    /* the Llama family's own reader of the same file */
+    llama_config lc;
+    llama_config_parse((const char *)d, n, "config.json", &lc, &err);
     return 0;
 }
 
@@ -122,13 +114,12 @@ static int t_config(const uint8_t *d, size_t n)
 static int t_tokenizer(const uint8_t *d, size_t n)
 {
     if (n < 1) return 0;
-    int kind = d[0] % 3;
+    int kind = d[0] % 4;
     d++, n--;
     peftc_error err;
     if (kind == 2) {   /* a byte-level BPE tokenizer.json */
-        const char *p = put("bpe_tokenizer.json", d, n);
         bpe_tokenizer *tok;
-        if (!bpe_from_tokenizer_json(p, &tok, &err)) {
+        if (!bpe_from_tokenizer_json_mem((const char *)d, n, "tokenizer.json", NULL, 0, NULL, &tok, &err)) {
             int32_t *ids = NULL;
             int m = 0;
             bpe_encode_alloc(tok, "Hello world, 123 <|im_start|> x", 31, 1, 1, &ids, &m, &err);
@@ -140,18 +131,27 @@ static int t_tokenizer(const uint8_t *d, size_t n)
         }
         return 0;
     }
-    put(kind ? "tokenizer.json" : "vocab.txt", d, n);
+    /* 0: vocab.txt; 1: tokenizer.json (WordPiece); 3: vocab.txt and, after
+     * the first NUL byte, tokenizer_config.json */
+    wordpiece_files f = {"vocab.txt", NULL, 0, "tokenizer.json", NULL, 0, "tokenizer_config.json", NULL, 0};
+    if (kind == 1) { f.tj = (const char *)d; f.tj_len = n; }
+    else {
+        f.vocab = (const char *)d;
+        f.vocab_len = n;
+        const uint8_t *z = kind == 3 ? memchr(d, 0, n) : NULL;
+        if (z) { f.vocab_len = (size_t)(z - d); f.cfg = (const char *)z + 1; f.cfg_len = n - f.vocab_len - 1; }
+    }
     peftc_tokenizer *tok;
-    if (!peftc_tokenizer_load(work_dir(), &tok, &err)) {
+    if (!wordpiece_load_mem(&f, "fuzz", &tok, &err)) {
         int32_t ids[64], tts[64];
         int m;
-        peftc_tokenizer_encode(tok, "Hello, World! naïve 東京 [MASK]", 33, "a pair", 6, 64, ids, tts, &m, &err);
+        static const char hello[] = "Hello, World! na\xc3\xafve \xe6\x9d\xb1\xe4\xba\xac [MASK]";
+        peftc_tokenizer_encode(tok, hello, sizeof hello - 1, "a pair", 6, 64, ids, tts, &m, &err);
         /* the input itself as text (bounded) */
         size_t tl = n < 512 ? n : 512;
         peftc_tokenizer_encode(tok, (const char *)d, tl, NULL, 0, 64, ids, tts, &m, &err);
         peftc_tokenizer_free(tok);
     }
-    rm(kind ? "tokenizer.json" : "vocab.txt");
     return 0;
 }
 
@@ -176,22 +176,20 @@ static int t_adapter(const uint8_t *d, size_t n)
         }
         return 0;
     }
-    put("adapter_config.json", d, n);
     method_opts mo;
     label_set labels;
     int max_len;
-    if (!adapter_read_config(work_dir(), &mo, &labels, &max_len, &err)) labels_free(&labels);
-    rm("adapter_config.json");
+    if (!adapter_parse_config((const char *)d, n, "adapter_config.json", &mo, &labels, &max_len, &err)) labels_free(&labels);
     return 0;
 }
 
 /* ------------------------------------------------------ checkpoint metadata */
 static int t_checkpoint(const uint8_t *d, size_t n)
 {
-    const char *p = put("checkpoint.safetensors", d, n);
+    const char *p = "checkpoint.safetensors";
     peftc_safetensors *st;
     peftc_error err;
-    if (peftc_safetensors_open(p, &st, &err)) return 0;
+    if (st_open_mem(d, n, p, &st, &err)) return 0;
     /* a parameter block of the size the file claims (bounded), the signature
      * and method it names: so the fuzzer reaches the field checks */
     const st_tensor *pt = st_find(st, "params");
@@ -220,15 +218,9 @@ static peftc_tokenizer *wordpiece(void)
 {
     if (g_wp) return g_wp;
     static const char vocab[] = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nthe\na\nfilm\ngood\nbad\n##s\n.\n,\n!\nmovie\nis\n";
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/wp", work_dir());
-    mkdir(dir, 0700);
-    char path[600];
-    snprintf(path, sizeof path, "%s/vocab.txt", dir);
-    FILE *f = fopen(path, "wb");
-    if (f) { fputs(vocab, f); fclose(f); }
+    wordpiece_files f = {"vocab.txt", vocab, sizeof vocab - 1, "tokenizer.json", NULL, 0, "tokenizer_config.json", NULL, 0};
     peftc_error err;
-    if (peftc_tokenizer_load(dir, &g_wp, &err)) g_wp = NULL;
+    if (wordpiece_load_mem(&f, "fuzz", &g_wp, &err)) g_wp = NULL;
     return g_wp;
 }
 
@@ -243,11 +235,10 @@ static int t_data(const uint8_t *d, size_t n)
     if (n < 1) return 0;
     static const char *const names[] = {"d.tsv", "d.csv", "d.jsonl"};
     const char *name = names[d[0] % 3];
-    const char *p = put(name, d + 1, n - 1);
     dataset ds;
     peftc_error err;
     data_cols cols = {NULL, NULL, NULL};
-    if (!data_load(p, &cols, 1, &ds, &err)) {
+    if (!data_parse((const char *)d + 1, n - 1, name, &cols, 1, &ds, &err)) {
         label_set ls;
         if (!labels_from_data(&ds, &ls, &err)) {
             if (!data_map_labels(&ds, &ls, &err) && wordpiece()) data_tokenize(&ds, enc_fn, wordpiece(), 32, &err);
@@ -255,7 +246,6 @@ static int t_data(const uint8_t *d, size_t n)
         }
         data_free(&ds);
     }
-    rm(name);
     return 0;
 }
 
@@ -294,7 +284,6 @@ static int t_lm_data(const uint8_t *d, size_t n)
 {
     if (n < 2 || !bytebpe()) return 0;
     int fmt = d[0] % 6, flags = d[1];
-    const char *p = put(fmt == 2 && (flags & 8) ? "lm.json" : "lm.jsonl", d + 2, n - 2);
     lm_data_opts o = {0};
     o.format = (lm_format)fmt;
     o.max_len = 2 + (flags >> 4) * 8;
@@ -303,8 +292,56 @@ static int t_lm_data(const uint8_t *d, size_t n)
     if (fmt == 5 || (flags & 4)) { o.prompt_template = "Q: {question}\nA:"; o.response_field = "answer"; }
     lm_dataset ds;
     peftc_error err;
-    if (!lm_data_load(p, bytebpe(), &o, &ds, &err)) lm_data_free(&ds);
-    unlink(p);
+    if (!lm_data_parse((const char *)d + 2, n - 2, "lm.jsonl", bytebpe(), &o, &ds, &err)) lm_data_free(&ds);
+    if (flags & 8) {   /* the generation prompts of the same records */
+        lm_prompts pr;
+        if (!lm_data_parse_prompts((const char *)d + 2, n - 2, "lm.jsonl", bytebpe(), &o, &pr, &err)) lm_prompts_free(&pr);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------ CoNLL token-cls files */
+static int t_conll(const uint8_t *d, size_t n)
+{
+    if (n < 1 || !wordpiece()) return 0;
+    int flags = d[0];
+    dataset ds;
+    peftc_error err;
+    long conv;
+    if (conll_parse((const char *)d + 1, n - 1, "x.conll", flags & 1, &ds, &conv, &err)) return 0;
+    label_set ls;
+    if (!conll_labels(&ds, &ls, &err)) {
+        if (!conll_map_labels(&ds, &ls, &err)) {
+            prompt_spec ps;
+            memset(&ps, 0, sizeof ps);
+            if (flags & 2) template_parse("P P {text} P", &ps, &err);
+            if (!conll_tokenize(&ds, wordpiece(), &ps, 4 + (flags >> 2), &err)) {
+                seqeval_acc a;
+                if (!seqeval_init(&a, &ls, &err)) {
+                    for (int i = 0; i < ds.n; i++) {
+                        int b = ds.word_off[i], e = ds.word_off[i + 1];
+                        seqeval_add(&a, ds.word_label + b, ds.word_label + b, e - b);
+                    }
+                    seqeval_free(&a);
+                }
+            }
+        }
+        labels_free(&ls);
+    }
+    data_free(&ds);
+    return 0;
+}
+
+/* ------------------------------------------- the --compose syntax */
+static int t_compose(const uint8_t *d, size_t n)
+{
+    static const char *const names[] = {"a", "b", "c", "sst2", "rte", "mrpc", "x_1"};
+    char *text = cstr(d, n, 8192);
+    if (!text) return 0;
+    compose_tree t;
+    peftc_error err;
+    compose_parse(text, names, 7, &t, &err);
+    free(text);
     return 0;
 }
 
@@ -317,6 +354,8 @@ const fuzz_target fuzz_targets[] = {
     {"checkpoint", t_checkpoint},
     {"data", t_data},
     {"lm_data", t_lm_data},
+    {"conll", t_conll},
+    {"compose", t_compose},
     {NULL, NULL},
 };
 
@@ -333,9 +372,4 @@ void fuzz_cleanup(void)
     if (g_bpe) bpe_free(g_bpe);
     g_wp = NULL;
     g_bpe = NULL;
-    if (g_dir[0]) {
-        char cmd[600];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-        if (system(cmd)) {}
-    }
 }
