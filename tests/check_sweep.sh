@@ -290,4 +290,16 @@ EOF
 else
     bad "sweep file run: $(tail -3 $W/s5.log)"
 fi
+# a kept run is the run the plan describes: the same sweep with pa-attn's lr
+# edited is refused (its finished run trained at 0.002), and so is a changed
+# spec (another site), not silently reported under the new label
+sed 's/"lr": 0.002/"lr": 0.004/' $W/sweep.json >$W/sweep_lr.json
+check_err "kept run with another lr" "pa-attn-3%-s1/run.json: this run was trained with lr 0.002, the sweep now gives it 0.004" \
+    $P sweep --sweep $W/sweep_lr.json --model $T/model --train $T/train.tsv --eval $T/dev.tsv --out $W/s5
+sed 's/"site": "attn"/"site": "ffn"/' $W/sweep.json >$W/sweep_site.json
+check_err "kept run with another spec" "pa-attn-3%-s1/run.json: this run was trained as 'attn.out parallel" \
+    $P sweep --sweep $W/sweep_site.json --model $T/model --train $T/train.tsv --eval $T/dev.tsv --out $W/s5
+if $P sweep --sweep $W/sweep.json --model $T/model --train $T/train.tsv --eval $T/dev.tsv --out $W/s5 >$W/s5b.log 2>&1 \
+    && grep -q "3 finished before (kept), 0 to train" $W/s5b.log; then ok "the unedited sweep file resumes with every run kept"
+else bad "unedited resume: $(head -2 $W/s5b.log)"; fi
 finish

@@ -426,10 +426,16 @@ static void child_progress(const peftc_progress *p, void *user)
     }
 }
 
-static void write_run_json(const char *dir, const char *status, double peak_mb, double wall, const char *error)
+/* run.json records the lr and spec the run trained with: a resumed sweep
+ * whose plan gives the run another (an edited sweep file, a new default
+ * lr) must not keep it under the new label. */
+static void write_run_json(const char *dir, const char *status, double peak_mb, double wall, const char *error,
+                           const sweep_run *r)
 {
     json_t *j = json_object();
     json_object_set_new(j, "status", json_string(status));
+    json_object_set_new(j, "lr", json_real(r->lr > 0 ? r->lr : r->info.lr));
+    json_object_set_new(j, "spec", json_string(r->info.spec));
     json_object_set_new(j, "peak_rss_mb", json_real(peak_mb));
     json_object_set_new(j, "wall_seconds", json_real(wall));
     if (error) json_object_set_new(j, "error", json_string(error));
@@ -508,14 +514,14 @@ static int run_one(sweep *s, sweep_run *r, int run_no, int n_runs, double remain
         why[strcspn(why, "\n")] = 0;
     }
     if (why[0]) {
-        write_run_json(dir, "failed", peak_mb, wall, why);
+        write_run_json(dir, "failed", peak_mb, wall, why, r);
         snprintf(r->status, sizeof r->status, "failed");
         fprintf(stderr, "[%d/%d] %s failed: %s\n", run_no, n_runs, r->dir, why);
         return 1;
     }
     /* the checkpoint is only for resuming; the adapter is the result */
     remove(ckpt);
-    write_run_json(dir, "done", peak_mb, wall, NULL);
+    write_run_json(dir, "done", peak_mb, wall, NULL, r);
     snprintf(r->status, sizeof r->status, "done");
     if (r->grid == 2) fprintf(stderr, "[%d/%d] %s done: range test, %.1f s\n", run_no, n_runs, r->dir, wall);
     else fprintf(stderr, "[%d/%d] %s done: %s %.4f, %.1f s, peak RSS %.0f MB\n", run_no, n_runs, r->dir, s->metric,
@@ -620,6 +626,29 @@ static int check_same_sweep(const sweep *s)
     return rc;
 }
 
+/* A kept run must be the run the plan describes: its run.json's lr and spec
+ * (absent in run.json files of older sweeps: not checked) equal the plan's.
+ * Runs whose lr a grid or range test chooses are checked by their name (the
+ * grid runs carry the lr in it) and their spec. */
+static int check_kept_run(const sweep *s, const sweep_run *r)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/run.json", s->out, r->dir);
+    json_t *j = peftc_json_load_file(path, 0, NULL);
+    if (!j) return 0;
+    json_t *lr = json_object_get(j, "lr");
+    const char *spec = json_string_value(json_object_get(j, "spec"));
+    int rc = 0;
+    if (json_is_number(lr) && r->lr > 0 && fabs(json_number_value(lr) - r->lr) > 1e-6 * r->lr)
+        rc = cli_errorf(2, "%s: this run was trained with lr %g, the sweep now gives it %g (remove the run's directory to retrain it, or use another --out)",
+                        path, json_number_value(lr), (double)r->lr);
+    else if (spec && strcmp(spec, r->info.spec))
+        rc = cli_errorf(2, "%s: this run was trained as '%s', the sweep now plans '%s' (remove the run's directory to retrain it, or use another --out)",
+                        path, spec, r->info.spec);
+    json_decref(j);
+    return rc;
+}
+
 static int execute(sweep *s)
 {
     int todo = 0, done = 0, failed = 0, skipped = 0;
@@ -627,6 +656,7 @@ static int execute(sweep *s)
     for (int i = 0; i < s->n_runs; i++) {
         read_status(s, &s->runs[i]);
         if (!strcmp(s->runs[i].status, "failed") && s->retry_failed) snprintf(s->runs[i].status, sizeof s->runs[i].status, "planned");
+        if (strcmp(s->runs[i].status, "planned") && check_kept_run(s, &s->runs[i])) return 2;
         if (strcmp(s->runs[i].status, "planned")) skipped++;
         else { todo++; steps_left += s->steps; }
     }
@@ -906,7 +936,8 @@ int cmd_sweep(cli_args *a)
     if (rc) { json_decref(file); return rc; }
     rc = plan(&s);
     if (!rc) rc = execute(&s);
-    if (rc != 1) {
+    /* a report after the runs (3: some failed), not after a refusal */
+    if (rc == 0 || rc == 3) {
         int rr = sweep_report(s.out, format ? format : "html", NULL);
         if (!rr && !format) rr = sweep_report(s.out, "md", NULL);
         if (!rr) fprintf(stderr, "sweep: report in %s/report.%s\n", s.out, format ? format : "html");
