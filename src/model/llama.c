@@ -283,6 +283,11 @@ static peftc_status hf_weight(llama_model *m, const char *name, int out_dim, int
     const float *p;
     peftc_status rc = hf_tensor(m, name, 2, out_dim, in_dim, &p, err);
     if (rc) return rc;
+    /* the finiteness pass read every page of a mapped weight: drop them again
+     * (the page cache keeps the file), so that a base stored otherwise in
+     * training (NF4, bf16 packs) never holds the whole fp32 file at once */
+    const st_tensor *t = hf_find(m, name);
+    if (t->dtype == ST_F32) st_release(hf_file_of(m, t), p, (size_t)out_dim * in_dim * sizeof(float));
     w->type = GGML_TYPE_F32; w->data = p; w->in = in_dim; w->out = out_dim; w->bf16 = NULL;
     return PEFTC_OK;
 }

@@ -15,7 +15,7 @@
 #include "peft/prefix.h"
 #include "peft/prompt.h"
 
-#define LM_TASK_CHUNK 64
+#define LM_TASK_CHUNK 256
 
 typedef struct lm_task {
     peftc_model *m;
