@@ -32,9 +32,11 @@ D=build/tests/interop_driver
 if msg=$($D gguf-write $O/all.gguf 2>&1) && msg=$("$PY" $P gguf-writer $O/all.gguf 2>&1); then ok "gguf writer: $msg"; else bad "gguf writer: $msg"; fi
 
 # fixtures (shared with check_llama.sh / check_lm.sh, made here if missing)
+fixtures_lock $L
 [ -s $L/tiny/config.json ] || run "$PY" tests/make_llama_hf.py tiny $L/tiny
 [ -s $L/tiny.gguf ] || run "$PY" tests/make_llama_gguf.py $L/tiny $L/tiny.gguf
 [ -s $L/tiny_ids.txt ] || run "$PY" tests/ref_llama.py random $L/tiny_ids.txt --vocab 97
+fixtures_unlock
 sed -n 5p $L/tiny_ids.txt > $O/ids.txt
 rm -rf $O/all7 $O/qv
 run "$PY" $P lora $L/tiny $O/all7 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --r 4 --alpha 8 \

@@ -32,6 +32,7 @@ run() { local log; if ! log=$("$@" 2>&1); then printf '%s\n' "$log" | tail -5; b
 MK=tests/make_llama_hf.py; MG=tests/make_llama_gguf.py; REF=tests/ref_llama.py
 
 # ---- fixtures
+fixtures_lock $O
 stale $O/tiny/config.json $MK && run "$PY" $MK tiny $O/tiny
 stale $O/tiny_sharded/config.json $MK && run "$PY" $MK tiny $O/tiny_sharded --shards 3 --dtype bf16
 stale $O/tiny_f16/config.json $MK && run "$PY" $MK tiny $O/tiny_f16 --dtype f16
@@ -62,6 +63,7 @@ mk("arch", {**cfg, "model_type": "mistral"}, t)
 mk("rope", {**cfg, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, t)
 PYEOF
 fi
+fixtures_unlock
 
 # ---- 1. the oracle against itself
 tally "$("$PY" $REF selfcheck $O/tiny $O/tiny_ids.txt --n 4 2>&1)"

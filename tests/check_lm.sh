@@ -20,9 +20,11 @@ mkdir -p $O $L
 run() { local log; if ! log=$("$@" 2>&1); then printf '%s\n' "$log" | tail -5; bad "fixture step failed: $*"; finish; fi; }
 
 # fixtures (shared with check_llama.sh, made here if missing)
+fixtures_lock $L
 [ -s $L/tiny/config.json ] || run "$PY" tests/make_llama_hf.py tiny $L/tiny
 [ -s $L/tiny.gguf ] || run "$PY" tests/make_llama_gguf.py $L/tiny $L/tiny.gguf
 [ -s $L/tiny_ids.txt ] || run "$PY" tests/ref_llama.py random $L/tiny_ids.txt --vocab 97
+fixtures_unlock
 head -4 $L/tiny_ids.txt > $O/ids.txt
 R=tests/ref_lm_lora.py
 run "$PY" $R adapter $L/tiny $O/all7 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --r 4 --alpha 8 --seed 1

@@ -106,16 +106,17 @@ else
 fi
 
 # ---- Llama, HF base
+fixtures_lock $L
 [ -s $L/tiny/config.json ] || run "$PY" tests/make_llama_hf.py tiny $L/tiny
 [ -s $L/tiny.gguf ] || run "$PY" tests/make_llama_gguf.py $L/tiny $L/tiny.gguf
 [ -s $L/tiny_ids.txt ] || run "$PY" tests/ref_llama.py random $L/tiny_ids.txt --vocab 97
+fixtures_unlock
 sed -n 5p $L/tiny_ids.txt > $O/ids.txt
 rm -rf $O/all7 $O/m_llama
-# check_interop.sh makes the same adapter (same command and seed): reused when there
-if [ -s tests/out/interop/all7/adapter_model.safetensors ]; then cp -r tests/out/interop/all7 $O/all7; else
+# made here, not copied from check_interop.sh's identical one: tests/run.sh runs
+# the two side by side, and a copy could catch that adapter half-written
 run "$PY" tests/interop_peft.py lora $L/tiny $O/all7 --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --r 4 --alpha 8 \
     --rslora --rank-pattern '{"layers.1.self_attn.q_proj": 2}' --alpha-pattern '{"v_proj": 3}' --seed 3
-fi
 run ./peftc merge --model $L/tiny --adapter $O/all7 --out $O/m_llama
 job "tiny Llama HF + peft LoRA (all 7, rsLoRA, patterns) merged" llama $L/tiny $O/all7 $O/m_llama $O/ids.txt $O/m_llama.f32 $O/hf_all7.f32
 run build/tests/lm_driver logits $O/m_llama $O/ids.txt $O/pc_m_llama.f32
@@ -156,10 +157,10 @@ fi
 ANCHOR=${PEFTC_ANCHOR_DIR:-$HOME/.cache/peftc-anchor}/llama.cpp-${LLAMACPP_PY_VERSION:-0.3.36}
 LB=$ANCHOR/build LS=$ANCHOR/sdist/vendor/llama.cpp
 if [ -f $LB/src/libllama.a ] && [ -f $LB/ggml/src/libggml-cpu.a ] && [ -f $LS/include/llama.h ]; then
-    if cc -O1 -c tests/llamacpp_lora.c -I$LS/include -I$LS/ggml/include -o build/tests/llamacpp_lora.o 2>/dev/null &&
-       c++ -o build/tests/llamacpp_lora build/tests/llamacpp_lora.o $LB/src/libllama.a $LB/ggml/src/libggml.a \
+    if cc -O1 -c tests/llamacpp_lora.c -I$LS/include -I$LS/ggml/include -o $O/llamacpp_lora.o 2>/dev/null &&
+       c++ -o $O/llamacpp_lora $O/llamacpp_lora.o $LB/src/libllama.a $LB/ggml/src/libggml.a \
            $LB/ggml/src/libggml-cpu.a $LB/ggml/src/libggml-base.a -fopenmp -lpthread -lm -ldl 2>/dev/null; then
-        LC=build/tests/llamacpp_lora
+        LC=$O/llamacpp_lora   # its own copy: check_interop.sh may be building build/tests/'s at the same time
         run build/tests/interop_driver gguf-copy $L/tiny.gguf $O/tiny_novocab.gguf tokenizer.ggml.model none
         run ./peftc merge --model $O/tiny_novocab.gguf --adapter $O/all7 --out $O/m_novocab.gguf
         if ! msg=$($LC $O/m_novocab.gguf - $O/ids.txt 0 $O/lc_m.f32 /dev/null 2>&1); then bad "llama.cpp cannot run the merged GGUF: $msg"; fi

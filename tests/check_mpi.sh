@@ -25,7 +25,9 @@ if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; th
     echo "SKIP - OpenMPI is not installed (apt-get install libopenmpi-dev openmpi-bin, or bash scripts/setup.sh)"
     finish
 fi
-if ! ldd ./peftc 2>/dev/null | grep -q libmpi; then
+# grep -c, not grep -q: under pipefail a grep that quits at the first match can
+# SIGPIPE ldd, and the pipeline then fails although libmpi was found
+if [ "$(ldd ./peftc 2>/dev/null | grep -c libmpi)" -eq 0 ]; then
     bad "./peftc is not linked with MPI although mpicc is installed (make MPI=1)"
     finish
 fi
@@ -131,7 +133,7 @@ MPI_PID=$!
 for _ in $(seq 1 600); do [ -f "$O/k/checkpoint.safetensors" ] && break; sleep 0.1; done
 victim=""
 for pid in $(pgrep -f "peftc train .*$O/k\$"); do
-    tr '\0' '\n' </proc/$pid/environ 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1' && victim=$pid
+    tr '\0' '\n' </proc/$pid/environ 2>/dev/null | grep -cx 'OMPI_COMM_WORLD_RANK=1' >/dev/null && victim=$pid
 done
 if [ -z "$victim" ] || [ ! -f "$O/k/checkpoint.safetensors" ]; then
     bad "kill test: no checkpoint or no rank 1 process found"
@@ -178,7 +180,7 @@ fi
 #    refuses to be one of several ranks rather than train alone
 mkvar() { make -s --no-print-directory MPI=0 --eval='print-%: ; @echo $($*)' "print-$1"; }
 if $(mkvar CC) $(mkvar CFLAGS) -o "$O/peftc.nompi" src/cli/*.c build/libpeftc.a $(mkvar LDLIBS) $(mkvar MPI_LIBS) 2>"$O/nompi.err"; then
-    if ldd "$O/peftc.nompi" | grep -q libmpi; then bad "the MPI=0 build still links MPI"
+    if [ "$(ldd "$O/peftc.nompi" | grep -c libmpi)" -ne 0 ]; then bad "the MPI=0 build still links MPI"
     elif msg=$($MPIRUN -np 2 "$O/peftc.nompi" train $common --method lora --out "$O/nompi" 2>&1); then bad "a peftc without MPI ran as 2 ranks"
     else
         printf '%s' "$msg" | grep -q "built without MPI" && ok "MPI=0 build: no libmpi; under mpirun it refuses: $(printf '%s\n' "$msg" | grep -m1 'built without' | cut -c1-120)" ||

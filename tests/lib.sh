@@ -35,9 +35,21 @@ build_driver() {
     mkvar() { make -s --no-print-directory --eval='print-%: ; @echo $($*)' "print-$1"; }
     cc=$(mkvar CC); cflags=$(mkvar CFLAGS); ldlibs=$(mkvar LDLIBS)
     mkdir -p build/tests
-    if ! out=$($cc $cflags -Itests -o "build/tests/$1" "tests/$1.c" build/libpeftc.a $ldlibs 2>&1); then
+    # built beside and renamed into place: tests run two at a time and several
+    # build the same driver, so one must never execute another's half-written file
+    local tmp="build/tests/.$1.$$"
+    if ! out=$($cc $cflags -Itests -o "$tmp" "tests/$1.c" build/libpeftc.a $ldlibs 2>&1); then
+        rm -f "$tmp"
         printf '%s\n' "$out" | head -20
         bad "tests/$1.c does not build"
         return 1
     fi
+    mv -f "$tmp" "build/tests/$1"
 }
+
+# fixtures_lock DIR / fixtures_unlock: hold DIR's lock while its shared fixtures
+# are made or checked (tests/out/llama is made by whichever of check_llama,
+# check_lm, check_interop and check_merge_model gets there first, and
+# tests/run.sh runs two tests at a time)
+fixtures_lock() { mkdir -p "$1"; exec 9>"$1/.lock"; flock 9; }
+fixtures_unlock() { flock -u 9; exec 9>&-; }
