@@ -109,7 +109,7 @@ fail:
 peftc_status peftc_classifier_merge(peftc_classifier *c, peftc_error *err)
 {
     if (c->t.merged) return PEFTC_OK;
-    if (c->t.mo.prompt.n_virtual > 0 || c->t.mo.prefix.n > 0 || !method_mergeable(&c->t.mo))
+    if (c->t.mo.prompt.n_virtual > 0 || c->t.mo.prefix.n > 0 || c->t.ds.fuse || !method_mergeable(&c->t.mo))
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "method %s cannot be merged into the weights (only LoRA and (IA)^3 can)", c->t.mo.name);
     peftc_status rc = method_merge(c->m, &c->t.mo, &c->t.pb, &c->t.ds, +1, err);
     if (!rc) c->t.merged = 1;
