@@ -217,6 +217,8 @@ typedef struct peftc_train_opts {
     int prefix_len;              /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;       /* 1: MLP reparameterisation while training, -1: none, 0: the preset's default */
     peftc_adalora_opts adalora;  /* adalora: the rank allocator's schedule */
+    const char *fuse_adapters;   /* method "fusion" (peftc fuse): "a=DIR,b=DIR,..." of bottleneck adapters, frozen */
+    int fusion_temperature;      /* fusion: softmax temperature annealed 50 -> 1 (AdapterHub's temperature option) */
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */
