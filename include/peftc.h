@@ -356,6 +356,16 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
                                    peftc_eval_result *res, peftc_error *err);
 /* The task the adapter was trained for: "seq-cls", "token-cls", "regression". */
 const char *peftc_classifier_task(const peftc_classifier *c);
+/* AdapterFusion runs (peftc fuse): the number of fused adapters (0 for any
+ * other adapter) and the k-th one's name. */
+int peftc_classifier_fusion_count(const peftc_classifier *c);
+const char *peftc_classifier_fusion_name(const peftc_classifier *c, int k);
+/* The average fusion weight per layer and adapter over the real tokens of
+ * every forward since the load (eval, predict, score): w[l * n + k] for
+ * layers l < min(n_layers, the model's); *n_layers receives the model's
+ * layer count. Layers without a forward yet read 0. Returns 0, or -1 when
+ * the adapter is not a fusion. */
+int peftc_classifier_fusion_weights(const peftc_classifier *c, double *w, int *n_layers, int cap_layers);
 /* Token classification: tags every word of a CoNLL file (one word per line,
  * the last column the tag if there are two or more; see `peftc train --task
  * token-cls`). *out (malloc'd) receives each word's line, a TAB and the

@@ -30,6 +30,13 @@ if ./peftc fuse $c --adapters a="$W/p1",b="$W/p2" --eval "$W/tiny/dev.tsv" --out
     e0=$(grep -o 'eval accuracy [0-9.]*' "$W/f.log" | tail -1 | awk '{print $3}')
     case "$e1" in *"$e0"*) ok "eval --adapter FUSION_RUN gives the training's eval accuracy ($e0)";; *) bad "eval of the fusion run: $e1 vs training $e0";; esac
     [ -f "$W/f/adapters/a/adapter_model.safetensors" ] && ok "the fusion run holds its adapters" || bad "no adapters/a in the run"
+    # the fusion weight table: one row per layer, each a distribution over the adapters
+    if tab=$(./peftc inspect "$W/f" --model $T --data "$W/tiny/dev.tsv" 2>&1) &&
+       printf '%s\n' "$tab" | awk -v L=2 '$1 ~ /^[0-9]+$/ { n++; s = 0; for (i = 2; i <= NF; i++) s += $i;
+                                              if (s < 0.999 || s > 1.001 || NF != 3) exit 1 }
+                                              END { exit n == L ? 0 : 1 }'; then
+        ok "inspect RUN --model --data: a fusion weight row per layer, each summing to 1 ($(printf '%s' "$tab" | grep '^mean'))"
+    else bad "inspect of the fusion run: $tab"; fi
 else bad "peftc fuse: $(tail -1 "$W/f.log")"; fi
 # bad input: one line, non-zero exit
 badcase() {   # NAME PATTERN ARGS...
@@ -46,6 +53,7 @@ badcase "missing directory" "not found\|cannot open" fuse $c --adapters a="$W/p1
 mkdir -p "$W/other"; cp "$W/p2/"* "$W/other/"
 sed -i 's|"base_model_name_or_path": "[^"]*"|"base_model_name_or_path": "/elsewhere/bert-base"|' "$W/other/adapter_config.json"
 badcase "different base" "trained on base model" fuse $c --adapters a="$W/p1",b="$W/other" --out "$W/x5"
+badcase "inspect --data of a non-fusion adapter" "not an AdapterFusion run" inspect "$W/l" --model $T --data "$W/tiny/dev.tsv"
 if [ -d "$W/f" ]; then
     cp -r "$W/f" "$W/f2"; printf ' ' >> "$W/f2/adapters/b/adapter_config.json"
     badcase "changed adapter (checksum)" "not the one the fusion was trained with" eval --model $T --adapter "$W/f2" --data "$W/tiny/dev.tsv"
