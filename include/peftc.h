@@ -217,6 +217,8 @@ typedef struct peftc_train_opts {
     int prefix_len;              /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;       /* 1: MLP reparameterisation while training, -1: none, 0: the preset's default */
     peftc_adalora_opts adalora;  /* adalora: the rank allocator's schedule */
+    const char *fuse_adapters;   /* method "fusion" (peftc fuse): "a=DIR,b=DIR,..." of bottleneck adapters, frozen */
+    int fusion_temperature;      /* fusion: softmax temperature annealed 50 -> 1 (AdapterHub's temperature option) */
     /* optimisation */
     int epochs;
     int max_steps;               /* > 0 overrides epochs */
@@ -354,6 +356,16 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
                                    peftc_eval_result *res, peftc_error *err);
 /* The task the adapter was trained for: "seq-cls", "token-cls", "regression". */
 const char *peftc_classifier_task(const peftc_classifier *c);
+/* AdapterFusion runs (peftc fuse): the number of fused adapters (0 for any
+ * other adapter) and the k-th one's name. */
+int peftc_classifier_fusion_count(const peftc_classifier *c);
+const char *peftc_classifier_fusion_name(const peftc_classifier *c, int k);
+/* The average fusion weight per layer and adapter over the real tokens of
+ * every forward since the load (eval, predict, score): w[l * n + k] for
+ * layers l < min(n_layers, the model's); *n_layers receives the model's
+ * layer count. Layers without a forward yet read 0. Returns 0, or -1 when
+ * the adapter is not a fusion. */
+int peftc_classifier_fusion_weights(const peftc_classifier *c, double *w, int *n_layers, int cap_layers);
 /* Token classification: tags every word of a CoNLL file (one word per line,
  * the last column the tag if there are two or more; see `peftc train --task
  * token-cls`). *out (malloc'd) receives each word's line, a TAB and the

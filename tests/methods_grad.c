@@ -47,6 +47,11 @@
 #define MAX_DELTAS 32
 
 
+/* AdapterFusion (method fusion): --adapters SPEC, --fusion-T T (the softmax
+ * temperature), --fusion-reg (the 0.01 ||I - W_V||^2 term into loss and gradients) */
+static float g_fusion_T;
+static int g_fusion_reg;
+
 /* Parses OPTIONS into a; returns 0 or prints the problem and returns -1. */
 static int parse_opts(int argc, char **argv, method_args *a, const char **deltas, int *max_len, const char **label)
 {
@@ -54,7 +59,8 @@ static int parse_opts(int argc, char **argv, method_args *a, const char **deltas
     a->deltas = deltas;
     for (int i = 0; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int flag = !strcmp(k, "--learned-scale") || !strcmp(k, "--prefix-projection") || !strcmp(k, "--no-prefix-projection");
+        int flag = !strcmp(k, "--learned-scale") || !strcmp(k, "--prefix-projection") || !strcmp(k, "--no-prefix-projection") ||
+                   !strcmp(k, "--fusion-reg");
         if (!flag && !v) { fprintf(stderr, "option %s needs a value\n", k); return -1; }
         if (!strcmp(k, "--r")) a->r = atoi(v);
         else if (!strcmp(k, "--alpha")) a->alpha = (float)atof(v);
@@ -75,6 +81,9 @@ static int parse_opts(int argc, char **argv, method_args *a, const char **deltas
         else if (!strcmp(k, "--no-prefix-projection")) a->prefix_projection = -1;
         else if (!strcmp(k, "--max-len")) *max_len = atoi(v);
         else if (!strcmp(k, "--label")) *label = v;
+        else if (!strcmp(k, "--adapters")) a->fuse_adapters = v;
+        else if (!strcmp(k, "--fusion-T")) g_fusion_T = (float)atof(v);
+        else if (!strcmp(k, "--fusion-reg")) g_fusion_reg = 1;
         else { fprintf(stderr, "unknown option %s\n", k); return -1; }
         if (!flag) i++;
     }
@@ -124,6 +133,7 @@ static int build(setup *s, const char *model_dir, const char *data_path, const c
     if (task_init(&s->t, s->m, s->tok, &s->mo, &s->labels, max_len, &s->rng, err) ||
         task_alloc(&s->t, s->B, s->T, 1, err) || batch_alloc(&s->bb, s->B, s->T, err))
         return -1;
+    if (g_fusion_T > 0) s->t.fu.T = g_fusion_T;
     int *rows = malloc((size_t)s->B * sizeof *rows);
     for (int i = 0; i < s->B; i++) rows[i] = i;
     int Tb = batch_fill(&s->bb, &s->d, rows, s->B);
@@ -193,6 +203,7 @@ static int cmd_grad(int argc, char **argv)
     float loss = task_forward(t, s.bb.ids, s.bb.tts, s.bb.lens, s.bb.labels, B, T, 1, &s.rng);
     float *logits = tl_dup_floats(t->head.logits, (size_t)B * K);
     task_backward(t, s.bb.ids, s.bb.tts, s.bb.lens, s.bb.labels, B, T, 1.0f, &s.rng);
+    if (g_fusion_reg) loss += (float)task_fusion_regularize(t);
 
     float *ids_f = malloc((size_t)B * T * sizeof *ids_f), *tts_f = malloc((size_t)B * T * sizeof *tts_f);
     float *lens_f = malloc((size_t)B * sizeof *lens_f);

@@ -47,6 +47,7 @@ int cmd_tokenize(cli_args *a);
 int cmd_embed(cli_args *a);
 int cmd_inspect(cli_args *a);
 int cmd_train(cli_args *a);
+int cmd_fuse(cli_args *a);    /* AdapterFusion stage 2 (cmd_train.c) */
 int cmd_eval(cli_args *a);
 int cmd_predict(cli_args *a);
 int cmd_methods(cli_args *a);

@@ -176,13 +176,61 @@ static int print_adapter_dir(const char *dir, const char *cfg_path)
     return cli_errorf(1, "%s: neither a PEFT (peft_type) nor an AdapterHub (config, model_class) adapter config", cfg_path);
 }
 
+/* An AdapterFusion run with --model and --data: runs the data through the
+ * fused model and prints the average fusion weight per layer and adapter
+ * (which task's knowledge each layer uses; Pfeiffer et al. 2021, fig. 5). */
+static int print_fusion_weights(const char *run, const char *model, const char *data, const char *tc,
+                                const char *pc, const char *lc)
+{
+    peftc_error err = {0};
+    peftc_classifier *c;
+    if (peftc_classifier_load(model, run, &c, &err)) return cli_fail(&err);
+    int n = peftc_classifier_fusion_count(c);
+    if (n == 0) {
+        peftc_classifier_free(c);
+        return cli_errorf(1, "%s: not an AdapterFusion run (peftc fuse): --data prints fusion weights", run);
+    }
+    peftc_eval_result r;
+    if (peftc_classifier_eval(c, data, tc, pc, lc, &r, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
+    enum { MAXL = 256 };
+    static double w[MAXL * 16];
+    int L = 0;
+    peftc_classifier_fusion_weights(c, w, &L, MAXL);
+    if (L > MAXL) L = MAXL;
+    printf("fusion run: %s, %d adapters, %d layers; accuracy %.4f on %s\n", run, n, L, r.accuracy, data);
+    printf("average fusion weight per layer (rows) and adapter (columns), over the data's real tokens\n");
+    printf("%-6s", "layer");
+    for (int k = 0; k < n; k++) printf(" %10.10s", peftc_classifier_fusion_name(c, k));
+    printf("\n");
+    for (int l = 0; l < L; l++) {
+        printf("%-6d", l);
+        for (int k = 0; k < n; k++) printf(" %10.4f", w[(size_t)l * n + k]);
+        printf("\n");
+    }
+    printf("%-6s", "mean");
+    for (int k = 0; k < n; k++) {
+        double m = 0;
+        for (int l = 0; l < L; l++) m += w[(size_t)l * n + k];
+        printf(" %10.4f", L ? m / L : 0.0);
+    }
+    printf("\n");
+    peftc_classifier_free(c);
+    return 0;
+}
+
 int cmd_inspect(cli_args *a)
 {
-    const char *target = NULL;
-    for (int i = 0; i < a->argc; i++)
+    const char *target = cli_opt(a, "--adapter");
+    const char *model = cli_opt(a, "--model"), *data = cli_opt(a, "--data");
+    const char *tc = cli_opt(a, "--text-col"), *pc = cli_opt(a, "--text-pair-col"), *lc = cli_opt(a, "--label-col");
+    for (int i = 0; !target && i < a->argc; i++)
         if (!a->used[i] && strncmp(a->argv[i], "--", 2) != 0) { target = a->argv[i]; a->used[i] = 1; break; }
     if (cli_check_unused(a, "inspect")) return 2;
     if (!target) return cli_errorf(2, "inspect: give a model directory, a .safetensors or a .gguf file");
+    if (data || model) {
+        if (!data || !model) return cli_errorf(2, "inspect %s: --model DIR and --data FILE go together (fusion weights)", target);
+        return print_fusion_weights(target, model, data, tc, pc, lc);
+    }
     struct stat sb;
     if (stat(target, &sb) != 0) return cli_errorf(1, "%s: no such file or directory", target);
     if (!S_ISDIR(sb.st_mode)) return is_gguf(target) ? print_gguf(target) : print_tensors(target);

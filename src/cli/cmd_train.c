@@ -85,12 +85,21 @@ static void on_progress(const peftc_progress *p, void *user)
     }
 }
 
-int cmd_train(cli_args *a)
+/* train, or fuse (AdapterFusion stage 2: method fusion over --adapters) */
+static int train_main(cli_args *a, int fuse)
 {
     peftc_train_opts o;
     peftc_train_opts_default(&o);
     int ok = 1;
     const char *v;
+    const char *cmd = fuse ? "fuse" : "train";
+    if (fuse) {
+        o.method = "fusion";
+        o.fuse_adapters = cli_opt(a, "--adapters");
+        o.fusion_temperature = cli_flag(a, "--temperature");
+        if (!o.fuse_adapters || !*o.fuse_adapters)
+            return cli_errorf(2, "fuse: --adapters a=DIR,b=DIR,... (at least two bottleneck adapters) is required");
+    }
     o.model_dir = cli_opt(a, "--model");
     o.train_path = cli_opt(a, "--train");
     if (!o.train_path) o.train_path = cli_opt(a, "--data");
@@ -99,7 +108,10 @@ int cmd_train(cli_args *a)
     o.resume_dir = cli_opt(a, "--resume");
     o.init_adapter = cli_opt(a, "--init-adapter");
     o.adapterdrop_train = cli_flag(a, "--adapterdrop-train");
-    if ((v = cli_opt(a, "--method"))) o.method = v;
+    if ((v = cli_opt(a, "--method"))) {
+        if (fuse) return cli_errorf(2, "fuse: --method is fusion; use peftc train for other methods");
+        o.method = v;
+    }
     o.text_col = cli_opt(a, "--text-col");
     o.pair_col = cli_opt(a, "--text-pair-col");
     o.label_col = cli_opt(a, "--label-col");
@@ -160,9 +172,9 @@ int cmd_train(cli_args *a)
     o.stop_after = cli_opt_int(a, "--stop-after", 0, 1, 1 << 30, &ok);
     o.skip_nonfinite = cli_flag(a, "--skip-nonfinite");
     if (!ok) return 2;
-    if (cli_check_unused(a, "train")) return 2;
+    if (cli_check_unused(a, cmd)) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)
-        return cli_errorf(2, "train: --model DIR, --train FILE and --out RUN_DIR are required");
+        return cli_errorf(2, "%s: --model DIR, --train FILE and --out RUN_DIR are required", cmd);
     peftc_comm comm;
     int rc = cli_comm_init(&comm);
     if (rc) return rc;
@@ -192,6 +204,9 @@ int cmd_train(cli_args *a)
     cli_comm_finish(&comm, stopped ? 0 : rc);   /* a signalled stop saved its work: no abort of the peers */
     return stopped ? 128 + (int)g_stop : rc;
 }
+
+int cmd_train(cli_args *a) { return train_main(a, 0); }
+int cmd_fuse(cli_args *a) { return train_main(a, 1); }
 
 int cmd_eval(cli_args *a)
 {

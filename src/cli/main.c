@@ -35,6 +35,13 @@ static const char usage[] =
     "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"
+    "  fuse --model DIR --adapters a=DIR,b=DIR,... --train FILE [--eval FILE] --out RUN_DIR [--temperature]\n"
+    "        [the optimisation and data options of train]\n"
+    "      AdapterFusion (stage 2): the base and the bottleneck adapters frozen, a fusion module per\n"
+    "      layer (query/key/value over the adapters' ffn.out outputs, W_V = I, 0.01 ||I - W_V||^2)\n"
+    "      and the task's head train; the run holds the adapters (adapters/NAME, with checksums);\n"
+    "      eval/predict --adapter RUN_DIR use it, inspect RUN_DIR --model DIR --data FILE prints\n"
+    "      the average fusion weight per layer and adapter\n"
     "  eval --model DIR --adapter RUN_DIR --data FILE [--merge]\n"
     "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
     "  eval --task causal-lm --model FILE.gguf|DIR [--adapter DIR]... [--merge] --data FILE.jsonl\n"
@@ -135,6 +142,7 @@ int main(int argc, char **argv)
     else if (!strcmp(cmd, "embed")) rc = cmd_embed(&a);
     else if (!strcmp(cmd, "inspect")) rc = cmd_inspect(&a);
     else if (!strcmp(cmd, "train")) rc = cmd_train(&a);
+    else if (!strcmp(cmd, "fuse")) rc = cmd_fuse(&a);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(&a);
     else if (!strcmp(cmd, "predict")) rc = cmd_predict(&a);
     else if (!strcmp(cmd, "methods")) rc = cmd_methods(&a);

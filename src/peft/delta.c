@@ -2,6 +2,7 @@
 #include "peft/delta.h"
 #include "kernels/kernels.h"
 #include "peft/compose.h"
+#include "peft/fusion.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -121,6 +122,7 @@ peftc_status delta_index(delta_set *ds, int n_layers, peftc_error *err)
 int delta_count(const delta_set *ds, int layer, site_id site)
 {
     if (ds && ds->comp) return compose_count(ds->comp, layer, site);
+    if (ds && ds->fuse) return fusion_count(ds->fuse, layer, site);
     if (!ds || !ds->site_count || layer >= ds->n_layers || layer < ds->skip_below) return 0;
     return ds->site_count[(size_t)layer * SITE_COUNT + site];
 }
@@ -379,6 +381,7 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
                    const float *x, float *h, int N, int train, peftc_rng *rng, int64_t tok0)
 {
     if (ds->comp) { compose_forward(ds->comp, layer, site, x, h, N, train, rng); return; }
+    if (ds->fuse) { fusion_forward(ds->fuse, pb, layer, site, x, h, N, train, rng); return; }
     size_t cell = (size_t)layer * SITE_COUNT + site;
     int cnt = ds->site_count[cell];
     for (int k = 0; k < cnt; k++) {
@@ -439,6 +442,7 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
                     const float *x, float *dh, float *dx, int N)
 {
     if (ds->comp) return;   /* inference only (delta.h) */
+    if (ds->fuse) { fusion_backward(ds->fuse, pb, layer, site, x, dh, dx, N); return; }
     size_t cell = (size_t)layer * SITE_COUNT + site;
     int cnt = ds->site_count[cell];
     for (int k = cnt - 1; k >= 0; k--) {

@@ -95,6 +95,10 @@ typedef struct delta_set {
      * delta_count/delta_forward dispatch to it, and it holds no deltas itself.
      * Compositions are for inference: delta_backward does nothing on one. */
     struct compose_ctx *comp;
+    /* non-NULL: AdapterFusion over frozen adapters (peft/fusion.h) stands
+     * for this set; count/forward/backward dispatch to it, with the
+     * fusion's parameters in the pb the family passes */
+    struct fusion_module *fuse;
     /* AdapterDrop: the deltas of layers below this act in neither forward
      * nor backward (delta_count says 0 there, so the family skips them) */
     int skip_below;

@@ -338,6 +338,7 @@ static const struct { const char *name, *expands, *formula; float lr; const char
     {"ptuning-v2", "deep prompts: prefix key/values at every layer, no reparameterisation (--prefix-len, default 20)", "L * 2 n d", 7e-3f, "Liu et al. (P-tuning v2), 5e-3..1e-2"},
     {"mam", "prefix (n = 30) at attention + scaled parallel adapter at the FFN (r = min(512, d), s = 4)", "L * (2 n d + 2rd + r + d)", 1e-3f, "He et al.; the prefix part needs more than 5e-4"},
     {"unipelt", "gated LoRA on query,value (r 8, alpha 16) + gated prefix (n = 10) + gated sequential adapter after the FFN (r = d/16)", "L * (4 r d + 2 d + 2 n d + 2 d + 2 + 2 r' d + r' + d + d + 1)", 1e-3f, "Mao et al.'s components, short-run end"},
+    {"fusion", "AdapterFusion over frozen bottleneck adapters (peftc fuse --adapters a=DIR,b=DIR,...): per layer query/key/value attention over their ffn.out outputs, W_V = I", "L * (3 d^2 + 2 d)", 1e-4f, "Pfeiffer et al. 5e-5 over 10 epochs; higher for short runs"},
     {"custom", "--delta 'site=...,insert=...,r=...,act=...,compose=...' (repeatable)", "per delta", 5e-4f, "a middle rate for new delta modules"},
 };
 
@@ -373,7 +374,13 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
     int C = cfg->hidden_size, NH = cfg->num_heads;
     int r_ad = a->r > 0 ? a->r : imax(1, C / 16);
     peftc_status rc;
-    if (!strcmp(name, "full")) {
+    if (!strcmp(name, "fusion")) {
+        if (!a->fuse_adapters) return peftc_fail(err, PEFTC_ERR_INPUT, "fusion: --adapters a=DIR,b=DIR,... is required");
+        if ((rc = fusion_spec_parse(a->fuse_adapters, &mo->fusion, err))) return rc;
+        mo->fusion.temperature = a->fusion_temperature;
+    } else if (a->fuse_adapters) {
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--adapters is for peftc fuse (method fusion), not method %s", name);
+    } else if (!strcmp(name, "full")) {
         mo->base = BASE_ALL;
     } else if (!strcmp(name, "bitfit")) {
         mo->base = BASE_BIAS;

@@ -8,6 +8,7 @@
 #include "peft/adalora.h"
 #include "peft/prompt.h"
 #include "peft/prefix.h"
+#include "peft/fusion.h"
 #include "train/params.h"
 
 typedef enum base_train { BASE_NONE, BASE_ALL, BASE_BIAS } base_train;
@@ -35,6 +36,7 @@ typedef struct method_opts {
     unsigned short ada_rank[ADALORA_MAX_LAYERS][SITE_COUNT];
     prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
     prefix_spec prefix;       /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT) */
+    fusion_spec fusion;       /* AdapterFusion: the adapters fused (fusion.n >= 2), else n 0 */
 } method_opts;
 
 /* Options a user gives with --method NAME; zero/NULL means the preset's default. */
@@ -56,6 +58,8 @@ typedef struct method_args {
     int prefix_len;           /* prefix, ptuning-v2, mam, unipelt */
     int prefix_projection;    /* 1 / -1: reparameterise with an MLP while training or not; 0: the preset's default */
     const peftc_adalora_opts *adalora;   /* adalora (NULL: PEFT's defaults) */
+    const char *fuse_adapters;/* fusion: "a=DIR,b=DIR,..." */
+    int fusion_temperature;   /* fusion: anneal the softmax temperature 50 -> 1 */
 } method_args;
 
 /* Builds a preset for a model (widths decide the default bottlenecks). */

@@ -97,6 +97,7 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
         goto fail;
     c->B = 32;
     c->T = 0;
+    c->t.fu.stats = c->t.ds.fuse != NULL;   /* inference only: the weights per layer for inspect */
     labels_free(&labels);
     *out = c;
     return PEFTC_OK;
@@ -109,7 +110,7 @@ fail:
 peftc_status peftc_classifier_merge(peftc_classifier *c, peftc_error *err)
 {
     if (c->t.merged) return PEFTC_OK;
-    if (c->t.mo.prompt.n_virtual > 0 || c->t.mo.prefix.n > 0 || !method_mergeable(&c->t.mo))
+    if (c->t.mo.prompt.n_virtual > 0 || c->t.mo.prefix.n > 0 || c->t.ds.fuse || !method_mergeable(&c->t.mo))
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "method %s cannot be merged into the weights (only LoRA and (IA)^3 can)", c->t.mo.name);
     peftc_status rc = method_merge(c->m, &c->t.mo, &c->t.pb, &c->t.ds, +1, err);
     if (!rc) c->t.merged = 1;
@@ -306,4 +307,22 @@ static peftc_status predict_rows(peftc_classifier *c, const char *const *texts, 
 out:
     free(ids); free(tts); free(lens); free(one); free(one_t);
     return rc;
+}
+
+int peftc_classifier_fusion_count(const peftc_classifier *c) { return c->t.ds.fuse ? c->t.fu.n : 0; }
+
+const char *peftc_classifier_fusion_name(const peftc_classifier *c, int k)
+{
+    return c->t.ds.fuse && k >= 0 && k < c->t.fu.n ? c->t.mo.fusion.names[k] : NULL;
+}
+
+int peftc_classifier_fusion_weights(const peftc_classifier *c, double *w, int *n_layers, int cap_layers)
+{
+    const fusion_module *f = &c->t.fu;
+    if (!c->t.ds.fuse) return -1;
+    *n_layers = f->L;
+    for (int l = 0; l < f->L && l < cap_layers; l++)
+        for (int k = 0; k < f->n; k++)
+            w[(size_t)l * f->n + k] = f->wsum && f->wcount && f->wcount[l] ? f->wsum[(size_t)l * f->n + k] / (double)f->wcount[l] : 0.0;
+    return 0;
 }

@@ -13,7 +13,8 @@ void method_args_from_opts(const peftc_train_opts *o, method_args *ma)
                         .lora_dropout_set = o->lora_dropout_given, .rslora = o->rslora, .targets = o->lora_targets, .site = o->site, .scale = o->scale, .learned_scale = o->learned_scale,
                         .deltas = o->deltas, .n_deltas = o->n_deltas, .num_virtual = o->num_virtual,
                         .template_text = o->template_text, .encoder = o->encoder, .encoder_hidden = o->encoder_hidden,
-                        .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection, .adalora = &o->adalora};
+                        .prefix_len = o->prefix_len, .prefix_projection = o->prefix_projection, .adalora = &o->adalora,
+                        .fuse_adapters = o->fuse_adapters, .fusion_temperature = o->fusion_temperature};
 }
 
 /* Appends value to a "+"-joined list unless it is there already. */

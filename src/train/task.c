@@ -29,6 +29,116 @@ int task_kind_parse(const char *s, task_kind *k)
     return 1;
 }
 
+/* basename of an adapter's base_model_name_or_path (NULL if absent), copied */
+static char *adapter_base_name(const char *dir)
+{
+    char path[4096];
+    if (peftc_path_join(path, sizeof path, dir, "adapter_config.json", NULL)) return NULL;
+    json_t *cfg = json_load_file(path, 0, NULL);
+    const char *b = cfg ? json_string_value(json_object_get(cfg, "base_model_name_or_path")) : NULL;
+    char *out = NULL;
+    if (b && *b) {
+        char tmp[4096];
+        snprintf(tmp, sizeof tmp, "%s", b);
+        size_t n = strlen(tmp);
+        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
+        const char *s = strrchr(tmp, '/');
+        out = strdup(s ? s + 1 : tmp);
+    }
+    json_decref(cfg);
+    return out;
+}
+
+/* The checksum of an adapter directory: FNV-1a over its config and tensors. */
+static peftc_status adapter_checksum(const char *dir, uint64_t *sum, peftc_error *err)
+{
+    static const char *files[2] = {"adapter_config.json", "adapter_model.safetensors"};
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int i = 0; i < 2; i++) {
+        char path[4096], *data = NULL;
+        size_t len = 0;
+        peftc_status rc = peftc_path_join(path, sizeof path, dir, files[i], err);
+        if (!rc) rc = peftc_read_file(path, &data, &len, err);
+        if (rc) return rc;
+        h = fusion_fnv(h, data, len);
+        free(data);
+    }
+    *sum = h ? h : 1;
+    return PEFTC_OK;
+}
+
+/* AdapterFusion: each fused adapter as a task of its own on m (its deltas
+ * and parameters, frozen), checked, then the fusion module declared in t->pb. */
+static peftc_status fusion_load_children(task *t, peftc_model *m, peftc_tokenizer *tok, int max_len, peftc_error *err)
+{
+    const fusion_spec *fs = &t->mo.fusion;
+    if (fs->n < 2) return peftc_fail(err, PEFTC_ERR_INPUT, "fusion needs at least two adapters, got %d", fs->n);
+    if (!(t->fu_child = calloc((size_t)fs->n, sizeof *t->fu_child))) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    fusion_child ch[FUSION_MAX];
+    const char *names[FUSION_MAX];
+    char *base0 = NULL;
+    peftc_status rc = PEFTC_OK;
+    for (int k = 0; k < fs->n && !rc; k++) {
+        const char *dir = fs->dirs[k];
+        method_opts cmo;
+        label_set cl = {0};
+        int cmax = 0;
+        uint64_t sum = 0;
+        peftc_rng r0;
+        peftc_rng_seed(&r0, 0);
+        names[k] = fs->names[k];
+        if ((rc = adapter_checksum(dir, &sum, err)) || (rc = adapter_read_config(dir, &cmo, &cl, &cmax, err))) {
+            labels_free(&cl);
+            break;
+        }
+        if (fs->sums[k] && fs->sums[k] != sum) {
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "fusion: adapter '%s' (%s) is not the one the fusion was trained with (checksum %016llx, saved %016llx)",
+                            fs->names[k], dir, (unsigned long long)sum, (unsigned long long)fs->sums[k]);
+        } else if (cmo.fusion.n > 0) {
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "fusion: adapter '%s' (%s) is itself a fusion", fs->names[k], dir);
+        } else if (cmo.base != BASE_NONE || cmo.train_norms || cmo.prompt.n_virtual > 0 || cmo.prefix.n > 0 || cmo.lora || cmo.adalora) {
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "fusion: adapter '%s' (%s) is method %s; fusion fuses bottleneck adapters (adapter-pfeiffer, parallel-adapter, scaled-parallel-adapter)",
+                            fs->names[k], dir, cmo.name);
+        } else {
+            char *b = adapter_base_name(dir);
+            if (k == 0) base0 = b;
+            else {
+                if (base0 && b && strcmp(base0, b))
+                    rc = peftc_fail(err, PEFTC_ERR_INPUT, "fusion: adapter '%s' (%s) was trained on base model '%s', adapter '%s' on '%s'",
+                                    fs->names[k], dir, b, fs->names[0], base0);
+                free(b);
+            }
+        }
+        if (!rc && cl.n == 0) {   /* a config without labels: one placeholder (the child's head is not used) */
+            cl.n = 1;
+            cl.names = calloc(1, sizeof *cl.names);
+            if (!cl.names || !(cl.names[0] = strdup("0"))) rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        }
+        if (!rc) {
+            if ((rc = task_init(&t->fu_child[k], m, tok, &cmo, &cl, max_len, &r0, err))) {
+                t->fu_child[k].m = NULL;   /* the shared model's buffers are not the child's */
+                task_free(&t->fu_child[k]);
+            } else {
+                t->fu_n = k + 1;
+                rc = task_load_weights(&t->fu_child[k], dir, err);
+            }
+        }
+        labels_free(&cl);
+        if (!rc) {
+            t->mo.fusion.sums[k] = sum;
+            ch[k].ds = &t->fu_child[k].ds;
+            ch[k].pb = &t->fu_child[k].pb;
+        }
+    }
+    free(base0);
+    if (rc) return rc;
+    if ((rc = fusion_declare(&t->fu, &t->pb, m->cfg.num_layers, m->cfg.hidden_size, m->cfg.attention_dropout, ch, names, fs->n, err)))
+        return rc;
+    t->ds.fuse = &t->fu;
+    t->fu.T = fs->T >= 1.0f ? fs->T : 1.0f;
+    return PEFTC_OK;
+}
+
 static peftc_status task_declare(task *t, task_kind kind, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
                                  const label_set *labels, int max_len, peftc_error *err)
 {
@@ -52,6 +162,7 @@ static peftc_status task_declare(task *t, task_kind kind, peftc_model *m, peftc_
 
     peftc_status rc = method_declare(m, mo, &t->pb, &t->ds, err);
     if (rc) return rc;
+    if (mo->fusion.n > 0 && (rc = fusion_load_children(t, m, tok, max_len, err))) return rc;
     if (mo->prompt.n_virtual > 0) {
         if (mo->prompt.n_virtual + 3 > c->max_position)
             return peftc_fail(err, PEFTC_ERR_INPUT, "%d virtual tokens overflow the model's %d positions", mo->prompt.n_virtual, c->max_position);
@@ -118,6 +229,7 @@ peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_token
     int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w);
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
+    if (t->ds.fuse) fusion_init_params(&t->fu, &t->pb, rng);
     if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
     if (mo->prompt.n_virtual > 0) {
         if ((rc = prompt_alloc(&t->prompt, err))) return rc;
@@ -248,9 +360,10 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
     const peftc_config *c = &t->m->cfg;
     peftc_status rc;
     const model_family *f = t->m->family;
-    unsigned keep = f->keep_for(t->m, t->ds.n ? &t->ds : NULL, t->grads, t->mo.prompt.n_virtual > 0);
+    unsigned keep = f->keep_for(t->m, t->ds.n || t->ds.fuse ? &t->ds : NULL, t->grads, t->mo.prompt.n_virtual > 0);
     if ((rc = model_acts_init(t->m, &t->acts, B, T, train, t->mo.prefix.n, keep, err))) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
+    if (t->ds.fuse && (rc = fusion_acts_alloc(&t->fu, B * T, err))) return rc;
     if (t->kind == TASK_TOKEN_CLS) {
         if ((rc = tok_head_alloc(&t->thead, c->hidden_size, t->labels.n, (size_t)B * T, err))) return rc;
     } else if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) {
@@ -268,6 +381,12 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
 void task_free(task *t)
 {
     if (t->m) t->m->family->acts_free(t->acts);
+    for (int k = 0; k < t->fu_n; k++) {
+        t->fu_child[k].m = NULL;   /* the shared model's buffers are not the child's */
+        task_free(&t->fu_child[k]);
+    }
+    free(t->fu_child);
+    fusion_free(&t->fu);
     delta_set_free(&t->ds);
     cls_head_free(&t->head);
     tok_head_free(&t->thead);
@@ -283,7 +402,7 @@ void task_free(task *t)
 
 static model_run task_run(task *t, int train, peftc_rng *rng, int T)
 {
-    model_run r = {.train = train, .rng = rng, .deltas = t->ds.n && !t->merged ? &t->ds : NULL,
+    model_run r = {.train = train, .rng = rng, .deltas = (t->ds.n || t->ds.fuse) && !t->merged ? &t->ds : NULL,
                    .pb = &t->pb, .grads = t->grads, .need_input_grad = 0, .row0 = t->row0, .tok0 = t->row0 * T};
     if (t->mo.prompt.n_virtual > 0) {
         r.virt = t->prompt.out;
@@ -311,6 +430,9 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
     if (t->mo.prompt.n_virtual > 0) prompt_forward(&t->prompt, &t->pb);
     if (t->mo.prefix.n > 0) prefix_forward(&t->prefix, &t->pb);
     model_run run = task_run(t, train, rng, T);
+    t->fu.lens = lens;   /* the fusion's statistics count the real tokens */
+    t->fu.B = B;
+    t->fu.Tlen = T;
     t->m->family->forward(t->m, t->acts, &run, ids, tts, lens, B, T);
     const float *hidden = t->m->family->hidden(t->m, t->acts);
     if (t->kind == TASK_TOKEN_CLS) {
@@ -342,6 +464,16 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
     t->m->family->backward(t->m, t->acts, &run, ids, tts, lens, B, T, t->d_hidden);
     if (t->mo.prompt.n_virtual > 0) prompt_backward(&t->prompt, &t->pb);
     if (t->mo.prefix.n > 0) prefix_backward(&t->prefix, &t->pb);
+}
+
+double task_fusion_regularize(task *t)
+{
+    return t->ds.fuse ? fusion_regularize(&t->fu, &t->pb) : 0.0;
+}
+
+void task_fusion_anneal(task *t, long forwards)
+{
+    if (t->ds.fuse) t->fu.T = fusion_temperature(t->mo.fusion.temperature, forwards);
 }
 
 int64_t task_trainable_count(const task *t)
@@ -470,6 +602,30 @@ static void adalora_config_json(const task *t, json_t *cfg)
     json_object_set_new(cfg, "rank_pattern", rp);
 }
 
+/* src's adapter_config.json and adapter_model.safetensors into
+ * dir/adapters/name/ (atomic writes); nothing when src is that directory. */
+static peftc_status copy_adapter(const char *src, const char *dir, const char *name, peftc_error *err)
+{
+    char sub[4096], sub2[4096];
+    peftc_status rc = peftc_path_join(sub2, sizeof sub2, dir, "adapters", err);
+    if (!rc) rc = peftc_path_join(sub, sizeof sub, sub2, name, err);
+    if (!rc) rc = peftc_mkdir_p(sub, err);
+    if (rc) return rc;
+    struct stat a, b;
+    if (!stat(src, &a) && !stat(sub, &b) && a.st_dev == b.st_dev && a.st_ino == b.st_ino) return PEFTC_OK;
+    static const char *files[2] = {"adapter_config.json", "adapter_model.safetensors"};
+    for (int i = 0; i < 2 && !rc; i++) {
+        char from[4096], to[4096], *data = NULL;
+        size_t len = 0;
+        if ((rc = peftc_path_join(from, sizeof from, src, files[i], err)) || (rc = peftc_path_join(to, sizeof to, sub, files[i], err)) ||
+            (rc = peftc_read_file(from, &data, &len, err)))
+            break;
+        rc = peftc_write_file_atomic(to, data, len, err);
+        free(data);
+    }
+    return rc;
+}
+
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err)
 {
     peftc_status mk = peftc_mkdir_p(dir, err);
@@ -524,6 +680,27 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_array_append_new(dl, json_string(spec));
     }
     json_object_set_new(own, "deltas", dl);
+    if (mo->fusion.n > 0) {
+        /* the fused adapters travel with the run: copied under adapters/NAME,
+         * each named with the checksum it had when the fusion trained */
+        json_t *fj = json_object(), *al = json_array();
+        for (int k = 0; k < mo->fusion.n; k++) {
+            json_t *aj = json_object();
+            char hex[32];
+            snprintf(hex, sizeof hex, "%016llx", (unsigned long long)mo->fusion.sums[k]);
+            json_object_set_new(aj, "name", json_string(mo->fusion.names[k]));
+            json_object_set_new(aj, "checksum", json_string(hex));
+            json_array_append_new(al, aj);
+            peftc_status crc = copy_adapter(mo->fusion.dirs[k], dir, mo->fusion.names[k], err);
+            if (crc) { json_decref(al); json_decref(fj); json_decref(cfg); return crc; }
+        }
+        json_object_set_new(fj, "adapters", al);
+        json_object_set_new(fj, "config", json_string("dynamic"));
+        json_object_set_new(fj, "temperature", json_boolean(mo->fusion.temperature));
+        json_object_set_new(fj, "T", json_real(t->fu.T));
+        json_object_set_new(fj, "regularization", json_real(FUSION_REG));
+        json_object_set_new(own, "fusion", fj);
+    }
     if (mo->prompt.n_virtual > 0) {
         json_t *pj = json_object();
         char tpl[1024];
@@ -687,6 +864,37 @@ static peftc_status adalora_read_config(json_t *cfg, method_opts *mo, const char
     return PEFTC_OK;
 }
 
+/* peftc.fusion of a fusion run: the adapters under dir/adapters/NAME, their
+ * checksums, the temperature. */
+static peftc_status fusion_read_config(json_t *fj, const char *dir, fusion_spec *fs, const char *path, peftc_error *err)
+{
+    json_t *al = json_object_get(fj, "adapters"), *e;
+    if (!json_is_object(fj) || !json_is_array(al)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion.adapters is not a list", path);
+    if (json_array_size(al) < 2 || json_array_size(al) > FUSION_MAX)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion names %zu adapters (2 to %d)", path, json_array_size(al), FUSION_MAX);
+    size_t i;
+    json_array_foreach(al, i, e) {
+        const char *nm = json_string_value(json_object_get(e, "name")), *cs = json_string_value(json_object_get(e, "checksum"));
+        if (!nm || !*nm || strlen(nm) >= FUSION_NAME_MAX || strchr(nm, '/') || !strcmp(nm, "..") || !strcmp(nm, "."))
+            return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion.adapters[%zu]: a bad name", path, i);
+        char *end = NULL;
+        unsigned long long v = cs ? strtoull(cs, &end, 16) : 0;
+        if (!cs || !*cs || *end || !v) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion.adapters[%zu]: a bad checksum", path, i);
+        char sub[4096];
+        snprintf(fs->names[fs->n], FUSION_NAME_MAX, "%s", nm);
+        if (peftc_path_join(sub, sizeof sub, dir, "adapters", err) ||
+            (size_t)snprintf(fs->dirs[fs->n], FUSION_DIR_MAX, "%s/%s", sub, nm) >= FUSION_DIR_MAX)
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: the adapters' path is too long", path);
+        fs->sums[fs->n] = v;
+        fs->n++;
+    }
+    fs->temperature = json_is_true(json_object_get(fj, "temperature"));
+    json_t *tv = json_object_get(fj, "T");
+    fs->T = json_is_number(tv) ? (float)json_number_value(tv) : 1.0f;
+    if (!(fs->T >= 1.0f && fs->T <= FUSION_T0)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion.T must be in [1, 50]", path);
+    return PEFTC_OK;
+}
+
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err)
 {
     char path[4096];
@@ -745,6 +953,8 @@ peftc_status adapter_parse_config(const char *text, size_t len, const char *path
             mo->prefix.gate = json_is_true(json_object_get(xj, "gate"));
             if (mo->prefix.n <= 0 || mo->prefix.n > 4096) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad prefix length", path);
         }
+        json_t *fj = json_object_get(own, "fusion");
+        if (!rc2 && fj) rc2 = fusion_read_config(fj, dir, &mo->fusion, path, err);
         json_t *dl = json_object_get(own, "deltas"), *e;
         size_t i;
         if (json_is_array(dl)) {

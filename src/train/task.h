@@ -37,6 +37,12 @@ typedef struct task {
     prefix_module prefix;     /* when mo.prefix.n > 0 */
     adalora_state ada;        /* when mo.adalora: the rank allocator's state */
     int64_t row0;             /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
+    /* AdapterFusion (mo.fusion.n >= 2): the fused adapters, each a task of its
+     * own on the same model (frozen: only their deltas are used), and the
+     * fusion module the delta set stands for (ds.fuse) */
+    fusion_module fu;
+    struct task *fu_child;
+    int fu_n;
     const float *targets;     /* TASK_REGRESSION: the batch's targets (B); TASK_MULTI_LABEL: (B,K) 0/1;
                                  set before forward/backward */
 } task;
@@ -114,6 +120,10 @@ peftc_status adapter_parse_config(const char *text, size_t len, const char *path
 /* The task an adapter directory was trained for: peftc.task, else PEFT's
  * task_type (TOKEN_CLS, SEQ_CLS; none: SEQ_CLS); others are refused. */
 peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *err);
+/* AdapterFusion: 0.01 * sum ||I - W_V||^2 into the gradients (returns it; 0
+ * without fusion); the temperature after `forwards` training forwards. */
+double task_fusion_regularize(task *t);
+void task_fusion_anneal(task *t, long forwards);
 /* Loads the tensors of an adapter directory into an initialised task. */
 peftc_status task_load_weights(task *t, const char *dir, peftc_error *err);
 

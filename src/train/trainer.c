@@ -771,6 +771,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
                 peftc_rng_seed(&dr, (uint64_t)o->seed * 1000003u + (uint64_t)s.step * 131u + (uint64_t)a + 0xAD0Du);
                 t.ds.skip_below = (int)peftc_rng_below(&dr, (uint64_t)m->cfg.num_layers);
             }
+            task_fusion_anneal(&t, (long)s.step * o->grad_accum + a);   /* AdapterFusion's temperature, from the count */
             float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, r1 - r0, Tb, 1, &rng);
             if (!isfinite(loss)) {   /* judged after the all-reduce, so that every rank stops or skips alike */
                 loss_acc = NAN;
@@ -793,7 +794,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             }
             bad = 1;   /* the step's batches were consumed (and drawn from rng) alike */
         }
-        if (!bad) loss_acc += adalora_regularize(&t.ada, &t.pb);   /* AdaLoRA: the orthogonality term, into loss and gradients */
+        if (!bad) loss_acc += adalora_regularize(&t.ada, &t.pb);
+        /* AdapterFusion: 0.01 ||I - W_V||^2 per layer, once per step (AdapterHub
+         * adds its gradient at the step's end, to the next step's) */
+        if (!bad) loss_acc += task_fusion_regularize(&t);   /* AdaLoRA: the orthogonality term, into loss and gradients */
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
