@@ -864,9 +864,10 @@ static peftc_status adalora_read_config(json_t *cfg, method_opts *mo, const char
     return PEFTC_OK;
 }
 
-/* peftc.fusion of a fusion run: the adapters under dir/adapters/NAME, their
- * checksums, the temperature. */
-static peftc_status fusion_read_config(json_t *fj, const char *dir, fusion_spec *fs, const char *path, peftc_error *err)
+/* peftc.fusion of a fusion run: the adapters' names and checksums, the
+ * temperature (adapter_read_config places them under RUN/adapters/NAME; the
+ * in-memory parse knows no directory). */
+static peftc_status fusion_read_config(json_t *fj, fusion_spec *fs, const char *path, peftc_error *err)
 {
     json_t *al = json_object_get(fj, "adapters"), *e;
     if (!json_is_object(fj) || !json_is_array(al)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion.adapters is not a list", path);
@@ -880,11 +881,8 @@ static peftc_status fusion_read_config(json_t *fj, const char *dir, fusion_spec 
         char *end = NULL;
         unsigned long long v = cs ? strtoull(cs, &end, 16) : 0;
         if (!cs || !*cs || *end || !v) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.fusion.adapters[%zu]: a bad checksum", path, i);
-        char sub[4096];
         snprintf(fs->names[fs->n], FUSION_NAME_MAX, "%s", nm);
-        if (peftc_path_join(sub, sizeof sub, dir, "adapters", err) ||
-            (size_t)snprintf(fs->dirs[fs->n], FUSION_DIR_MAX, "%s/%s", sub, nm) >= FUSION_DIR_MAX)
-            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: the adapters' path is too long", path);
+        fs->dirs[fs->n][0] = 0;
         fs->sums[fs->n] = v;
         fs->n++;
     }
@@ -907,6 +905,13 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     if ((rc = peftc_read_file(path, &text, &len, err))) return rc;
     rc = adapter_parse_config(text, len, path, mo, labels, max_len, err);
     free(text);
+    for (int k = 0; !rc && k < mo->fusion.n; k++) {   /* a fusion run holds its adapters */
+        char sub[4096];
+        if ((rc = peftc_path_join(sub, sizeof sub, dir, "adapters", err))) break;
+        if ((size_t)snprintf(mo->fusion.dirs[k], FUSION_DIR_MAX, "%s/%s", sub, mo->fusion.names[k]) >= FUSION_DIR_MAX)
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: the adapters' path is too long", path);
+    }
+    if (rc) labels_free(labels);
     return rc;
 }
 
@@ -954,7 +959,7 @@ peftc_status adapter_parse_config(const char *text, size_t len, const char *path
             if (mo->prefix.n <= 0 || mo->prefix.n > 4096) rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: bad prefix length", path);
         }
         json_t *fj = json_object_get(own, "fusion");
-        if (!rc2 && fj) rc2 = fusion_read_config(fj, dir, &mo->fusion, path, err);
+        if (!rc2 && fj) rc2 = fusion_read_config(fj, &mo->fusion, path, err);
         json_t *dl = json_object_get(own, "deltas"), *e;
         size_t i;
         if (json_is_array(dl)) {
