@@ -40,7 +40,7 @@ if [ ! -f "$R/fusion/DONE" ]; then
 fi
 echo "## RTE dev accuracy ($(tail -n +2 "$D/glue-rte/dev.tsv" | wc -l) pairs)"
 for n in rte rte_full fusion; do
-    printf -- "- %s: %s\n" "$n" "$(./peftc eval --model $M --adapter "$R/$n" --data "$D/glue-rte/dev.tsv" --threads 1 2>&1 | grep -o 'accuracy[ =:]*[0-9.]*' | head -1)"
+    printf -- "- %s: %s\n" "$n" "$(./peftc eval --model $M --adapter "$R/$n" --data "$D/glue-rte/dev.tsv" --threads 1 2>&1 | grep -o '"accuracy": [0-9.]*' | head -1)"
 done
 echo
 echo "## fusion weights (average over RTE dev tokens)"
