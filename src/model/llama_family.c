@@ -35,6 +35,7 @@
 #include "model/model.h"
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
+#include "io/safetensors.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -71,10 +72,20 @@ static llama_weight *layer_weight(llama_layer *L, int k)
     }
 }
 
+/* every linear weight of the model with the output head (NULL-terminated walk) */
+static llama_weight *nth_weight(llama_model *lm, int i)
+{
+    int L = llama_model_config(lm)->num_layers;
+    if (i < 7 * L) return layer_weight(llama_model_layer(lm, i / 7), LT_Q + i % 7);
+    return i == 7 * L ? &lm->output : NULL;
+}
+
 static void lf_free(peftc_model *pm)
 {
     llama_fmodel *m = fm_of(pm);
     if (!m) return;
+    llama_weight *w;
+    for (int i = 0; m->lm && (w = nth_weight(m->lm, i)); i++) { matmul_bf16_free(w->bf16); w->bf16 = NULL; }
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->tidx);
@@ -260,11 +271,36 @@ static void qfail_abort(int rc)
     if (rc) abort();
 }
 
-static void lin_fwd(float *h, const float *x, const llama_weight *w, int N) { qfail_abort(llama_linear(h, x, w, N)); }
-
-/* dx (+= if acc) = dh W; dW += dh^T x when dw (F32 weights only) */
-static void lin_bwd(float *dx, float *dw, const float *dh, const float *x, const llama_weight *w, int N, int acc)
+/* The bf16 pack of a frozen F32 weight when the bf16 path is on
+ * (kernels_bf16(): the default where AMX runs, --bf16 / --fp32), made on
+ * first use and kept; NULL: fp32. A trained weight (full fine-tuning) drops
+ * its pack: the optimizer changes it. After packing, the fp32 pages of a
+ * mapped safetensors file are released (re-read from the file should
+ * anything read them again: generation, a merge); the tied output head
+ * shares the embedding's rows and keeps them. The transposed pack for the
+ * backward is made by the first backward (matmul_bf16_backward). */
+static matmul_bf16 *bf16_of(const llama_model *lm, llama_weight *w, int frozen)
 {
+    if (w->type != GGML_TYPE_F32 || !w->data) return NULL;
+    if (!frozen && w->bf16) { matmul_bf16_free(w->bf16); w->bf16 = NULL; }
+    if (!frozen || !kernels_bf16()) return NULL;
+    if (!w->bf16 && (w->bf16 = matmul_bf16_pack(w->data, w->in, w->out)) && w->data != lm->tok_embd.data)
+        for (int i = 0; i < lm->n_st; i++) st_release(lm->st[i], w->data, (size_t)w->in * w->out * sizeof(float));
+    return w->bf16;
+}
+
+static void lin_fwd(float *h, const float *x, llama_weight *w, int N, matmul_bf16 *wb)
+{
+    if (wb) matmul_bf16_forward(h, x, wb, NULL, N, w->in, w->out, 0);
+    else qfail_abort(llama_linear(h, x, w, N));
+}
+
+/* dx (+= if acc) = dh W; dW += dh^T x when dw (F32 weights only); wb: the
+ * frozen weight's bf16 pack (NULL: none) */
+static void lin_bwd(float *dx, float *dw, const float *dh, const float *x, const llama_weight *w, int N, int acc,
+                    matmul_bf16 *wb)
+{
+    if (wb && !dw && dx && !matmul_bf16_backward(dx, NULL, dh, wb, N, w->in, w->out, acc)) return;
     if (w->type == GGML_TYPE_F32) {
         if (dx) matmul_backward_input(dx, dh, w->data, N, w->in, w->out, acc);
         if (dw) matmul_backward(NULL, dw, NULL, dh, x, w->data, N, w->in, w->out);
@@ -480,23 +516,25 @@ static void lf_forward(peftc_model *pm, model_acts *a, const model_run *run, con
     }
     for (int l = 0; l < c->num_layers; l++) {
         lf_layer_acts *A = &a->la[a->train ? l : 0];
-        const llama_layer *W = llama_model_layer(m->lm, l);
+        llama_layer *W = llama_model_layer(m->lm, l);
+        const int *ti = m->tidx[l];
+#define LIN(h, x, wt, k) lin_fwd(h, x, &W->wt, N, bf16_of(m->lm, &W->wt, !grad_of(m, run, ti[k])))
         if (A->x != x) memcpy(A->x, x, (size_t)N * C * sizeof(float));
         rmsnorm_fwd(A->xn1, A->rs1, A->x, W->attn_norm, N, C, c->rms_norm_eps);
-        lin_fwd(A->q, A->xn1, &W->wq, N); site_fwd(run, l, SITE_ATTN_Q, A->xn1, A->q, N);
-        lin_fwd(A->k, A->xn1, &W->wk, N); site_fwd(run, l, SITE_ATTN_K, A->xn1, A->k, N);
-        lin_fwd(A->v, A->xn1, &W->wv, N); site_fwd(run, l, SITE_ATTN_V, A->xn1, A->v, N);
+        LIN(A->q, A->xn1, wq, LT_Q); site_fwd(run, l, SITE_ATTN_Q, A->xn1, A->q, N);
+        LIN(A->k, A->xn1, wk, LT_K); site_fwd(run, l, SITE_ATTN_K, A->xn1, A->k, N);
+        LIN(A->v, A->xn1, wv, LT_V); site_fwd(run, l, SITE_ATTN_V, A->xn1, A->v, N);
         llama_rope(A->q, N, H, hd, QD, a->cs, c->rope_interleaved);
         llama_rope(A->k, N, KV, hd, KVD, a->cs, c->rope_interleaved);
         prefix_view pre = layer_prefix(run, l, KVD, c->num_layers);
         attention_fwd(A->ctx, A->q, A->k, A->v, &pre, seg, a->att, B, T, H, KV, hd);
         float *o = A->x2;   /* the projection output, then the residual sum in place */
-        lin_fwd(o, A->ctx, &W->wo, N); site_fwd(run, l, SITE_ATTN_O, A->ctx, o, N);
+        LIN(o, A->ctx, wo, LT_O); site_fwd(run, l, SITE_ATTN_O, A->ctx, o, N);
         site_fwd(run, l, SITE_ATTN_OUT, A->xn1, o, N);
         for (size_t i = 0; i < (size_t)N * C; i++) o[i] += A->x[i];
         rmsnorm_fwd(A->xn2, A->rs2, A->x2, W->ffn_norm, N, C, c->rms_norm_eps);
-        lin_fwd(A->g, A->xn2, &W->wgate, N); site_fwd(run, l, SITE_FFN_GATE, A->xn2, A->g, N);
-        lin_fwd(A->u, A->xn2, &W->wup, N); site_fwd(run, l, SITE_FFN_UP, A->xn2, A->u, N);
+        LIN(A->g, A->xn2, wgate, LT_GATE); site_fwd(run, l, SITE_FFN_GATE, A->xn2, A->g, N);
+        LIN(A->u, A->xn2, wup, LT_UP); site_fwd(run, l, SITE_FFN_UP, A->xn2, A->u, N);
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * F; i++) {
             float g = A->g[i];
@@ -504,10 +542,11 @@ static void lf_forward(peftc_model *pm, model_acts *a, const model_run *run, con
         }
         site_fwd(run, l, SITE_FFN_ACT, A->a, A->a, N);
         float *next = l + 1 < c->num_layers && a->train ? a->la[l + 1].x : a->x_out;
-        lin_fwd(next, A->a, &W->wdown, N); site_fwd(run, l, SITE_FFN_DOWN, A->a, next, N);
+        LIN(next, A->a, wdown, LT_DOWN); site_fwd(run, l, SITE_FFN_DOWN, A->a, next, N);
         site_fwd(run, l, SITE_FFN_OUT, A->xn2, next, N);
         for (size_t i = 0; i < (size_t)N * C; i++) next[i] += A->x2[i];
         x = next;
+#undef LIN
     }
     if (x != a->x_out) memcpy(a->x_out, x, (size_t)N * C * sizeof(float));
     rmsnorm_fwd(a->hidden, a->rsf, a->x_out, m->lm->norm, N, C, c->rms_norm_eps);
@@ -523,15 +562,15 @@ static float *lf_hidden(const peftc_model *m, const model_acts *a)
 
 /* the gradient of a linear site's output dh -> dx (=) and dW; the site's
  * deltas first (a sequential delta turns dh into its input's gradient) */
-static void lin_site_bwd(const model_run *run, int l, site_id s, float *dh, float *dx, int acc, const float *x,
-                         const llama_weight *w, float *dw, int N)
+static void lin_site_bwd(const llama_fmodel *m, const model_run *run, int l, site_id s, float *dh, float *dx, int acc,
+                         const float *x, llama_weight *w, float *dw, int N)
 {
     if (has(run, l, s)) {
         if (!acc) memset(dx, 0, (size_t)N * w->in * sizeof(float));
         acc = 1;
         delta_backward(run->deltas, run->pb, l, s, x, dh, dx, N);
     }
-    lin_bwd(dx, dw, dh, x, w, N, acc);
+    lin_bwd(dx, dw, dh, x, w, N, acc, bf16_of(m->lm, w, !dw));
 }
 
 static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, const int32_t *ids, const int32_t *type_ids,
@@ -554,7 +593,7 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
         memcpy(dt, d_res, NC * sizeof(float));
         memset(d_xn, 0, NC * sizeof(float));
         if (has(run, l, SITE_FFN_OUT)) delta_backward(run->deltas, run->pb, l, SITE_FFN_OUT, A->xn2, dt, d_xn, N);
-        lin_site_bwd(run, l, SITE_FFN_DOWN, dt, a->d_a, 0, A->a, &W->wdown, grad_of(m, run, ti[LT_DOWN]), N);
+        lin_site_bwd(m, run, l, SITE_FFN_DOWN, dt, a->d_a, 0, A->a, &W->wdown, grad_of(m, run, ti[LT_DOWN]), N);
         if (has(run, l, SITE_FFN_ACT)) delta_backward(run->deltas, run->pb, l, SITE_FFN_ACT, A->a, a->d_a, NULL, N);
         #pragma omp parallel for schedule(static)
         for (size_t i = 0; i < (size_t)N * F; i++) {
@@ -562,15 +601,15 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
             a->d_u[i] = da * g * s;
             a->d_g[i] = da * A->u[i] * s * (1.0f + g * (1.0f - s));
         }
-        lin_site_bwd(run, l, SITE_FFN_UP, a->d_u, d_xn, 1, A->xn2, &W->wup, grad_of(m, run, ti[LT_UP]), N);
-        lin_site_bwd(run, l, SITE_FFN_GATE, a->d_g, d_xn, 1, A->xn2, &W->wgate, grad_of(m, run, ti[LT_GATE]), N);
+        lin_site_bwd(m, run, l, SITE_FFN_UP, a->d_u, d_xn, 1, A->xn2, &W->wup, grad_of(m, run, ti[LT_UP]), N);
+        lin_site_bwd(m, run, l, SITE_FFN_GATE, a->d_g, d_xn, 1, A->xn2, &W->wgate, grad_of(m, run, ti[LT_GATE]), N);
         /* d_x2 = d_res + norm backward */
         rmsnorm_bwd(d_res, grad_of(m, run, ti[LT_FFN_NORM]), d_xn, A->x2, A->rs2, W->ffn_norm, N, C, 1);
         /* ---- attention: x2 = x + attn_out(xn1) */
         memcpy(dt, d_res, NC * sizeof(float));
         memset(d_xn, 0, NC * sizeof(float));
         if (has(run, l, SITE_ATTN_OUT)) delta_backward(run->deltas, run->pb, l, SITE_ATTN_OUT, A->xn1, dt, d_xn, N);
-        lin_site_bwd(run, l, SITE_ATTN_O, dt, a->d_ctx, 0, A->ctx, &W->wo, grad_of(m, run, ti[LT_O]), N);
+        lin_site_bwd(m, run, l, SITE_ATTN_O, dt, a->d_ctx, 0, A->ctx, &W->wo, grad_of(m, run, ti[LT_O]), N);
         prefix_view pre = layer_prefix(run, l, KVD, c->num_layers);
         attention_bwd(a->d_q, a->d_k, a->d_v, a->d_pre, a->d_ctx, A->q, A->k, A->v, &pre, seg, a->att, B, T, H, KV, hd);
         if (pre.P && run->d_prefix_kv) {
@@ -589,9 +628,9 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
         rope_bwd(a->d_k, N, KV, hd, KVD, a->cs, c->rope_interleaved);
         /* the q/k sites' deltas read xn1 and saw h before RoPE: the
          * rotated-back gradients are theirs */
-        lin_site_bwd(run, l, SITE_ATTN_Q, a->d_q, d_xn, 1, A->xn1, &W->wq, grad_of(m, run, ti[LT_Q]), N);
-        lin_site_bwd(run, l, SITE_ATTN_K, a->d_k, d_xn, 1, A->xn1, &W->wk, grad_of(m, run, ti[LT_K]), N);
-        lin_site_bwd(run, l, SITE_ATTN_V, a->d_v, d_xn, 1, A->xn1, &W->wv, grad_of(m, run, ti[LT_V]), N);
+        lin_site_bwd(m, run, l, SITE_ATTN_Q, a->d_q, d_xn, 1, A->xn1, &W->wq, grad_of(m, run, ti[LT_Q]), N);
+        lin_site_bwd(m, run, l, SITE_ATTN_K, a->d_k, d_xn, 1, A->xn1, &W->wk, grad_of(m, run, ti[LT_K]), N);
+        lin_site_bwd(m, run, l, SITE_ATTN_V, a->d_v, d_xn, 1, A->xn1, &W->wv, grad_of(m, run, ti[LT_V]), N);
         rmsnorm_bwd(d_res, grad_of(m, run, ti[LT_ATTN_NORM]), d_xn, A->x, A->rs1, W->attn_norm, N, C, 1);
     }
     /* d_res is now the gradient of the input vectors: the virtual tokens'
@@ -609,14 +648,16 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
 
 static void lf_lm_head(const peftc_model *pm, const float *h, int N, float *logits)
 {
-    lin_fwd(logits, h, &fm_of(pm)->lm->output, N);
+    llama_model *lm = fm_of(pm)->lm;
+    lin_fwd(logits, h, &lm->output, N, bf16_of(lm, &lm->output, 1));
 }
 
 static void lf_lm_head_backward(const peftc_model *pm, const float *h, const float *d_logits, int N, float *d_h,
                                 float *d_w)
 {
     (void)d_w;   /* the output head / tied embedding does not train (model.h says so for decoders) */
-    lin_bwd(d_h, NULL, d_logits, h, &fm_of(pm)->lm->output, N, 1);
+    llama_model *lm = fm_of(pm)->lm;
+    lin_bwd(d_h, NULL, d_logits, h, &lm->output, N, 1, bf16_of(lm, &lm->output, 1));
 }
 
 /* ---------------------------------------------------------- sites, tensors */
@@ -671,6 +712,9 @@ static int lf_linear(peftc_model *pm, int layer, site_id s, float ***w, float **
 static peftc_status lf_make_writable(peftc_model *pm, float **slot, size_t numel, peftc_error *err)
 {
     llama_fmodel *m = fm_of(pm);
+    llama_weight *w;
+    for (int i = 0; (w = nth_weight(m->lm, i)); i++)   /* its bf16 pack is of the old values */
+        if ((const void *)&w->data == (const void *)slot) { matmul_bf16_free(w->bf16); w->bf16 = NULL; }
     for (int i = 0; i < m->n_owned; i++)
         if (m->owned[i] == *slot) return PEFTC_OK;
     void **o = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *o);
