@@ -1487,6 +1487,55 @@ static void ref_ce(void *vctx, double *out)  /* out[0] = mean loss */
     out[0] = tot / e->B;
 }
 
+/* lm_ce_rows (the LM loss over a vocabulary, gradient in place) against a
+ * double reference and finite differences of ref_ce; softmax_row_inplace with
+ * masked (-inf) entries */
+static void test_lm_ce_rows(void)
+{
+    const int B = 4, K = 1003;   /* odd: the vector tails */
+    int labels[4] = { 0, 1002, 17, 500 };
+    size_t n = (size_t)B * K;
+    float *x = frand(n, -6, 6);
+    for (int j = 0; j < K; j++) x[3 * K + j] = 40.0f * sinf((float)j);   /* saturated row */
+    ce_ctx ctx = { f2d(x, n), labels, B, K };
+    double rmean, *rl = dalloc(B);
+    ref_ce(&ctx, &rmean);
+    for (int b = 0; b < B; b++) {
+        ce_ctx one = { ctx.logits + (size_t)b * K, labels + b, 1, K };
+        ref_ce(&one, &rl[b]);
+    }
+    double l[4], l0[4], lerr = 0;
+    float *z = fcopy(x, n), *z0 = fcopy(x, n);
+    lm_ce_rows(z0, labels, B, K, 0.0f, l0);
+    lm_ce_rows(z, labels, B, K, 1.0f / B, l);
+    for (int b = 0; b < B; b++) lerr = fmax(lerr, fabs(l[b] - rl[b]) / fmax(1, fabs(rl[b])));
+    CHECK(lerr <= 1e-6 && memcmp(l, l0, sizeof l) == 0 && tl_max_abs_diff(z0, x, n) == 0,
+          "lm_ce_rows losses vs double: rel err %g; scale 0 leaves the logits alone, same losses", lerr);
+    double one = 1, *g = dalloc(n);
+    fd_grad(ref_ce, &ctx, ctx.logits, n, &one, 1, g);
+    float *zero = falloc(n);
+    memset(zero, 0, n * sizeof(float));
+    CHECK(grad_err(z, zero, g, n) <= GRAD_TOL, "lm_ce_rows gradient (scale 1/B) vs FD of the mean loss: err %g",
+          grad_err(z, zero, g, n));
+    /* softmax of a masked row: the masked entries 0, the rest as double's softmax */
+    float r[37];
+    double want[37], mx = -INFINITY, sum = 0, err = 0;
+    for (int j = 0; j < 37; j++) r[j] = (j % 5 == 2) ? -INFINITY : 3.0f * sinf(0.7f * (float)j);
+    for (int j = 0; j < 37; j++) if (r[j] > mx) mx = r[j];
+    for (int j = 0; j < 37; j++) sum += (want[j] = r[j] == -INFINITY ? 0 : exp(r[j] - mx));
+    softmax_row_inplace(r, 37);
+    int zeros = 1;
+    for (int j = 0; j < 37; j++) {
+        err = fmax(err, fabs(r[j] - want[j] / sum));
+        if (j % 5 == 2 && r[j] != 0.0f) zeros = 0;
+    }
+    float allmask[3] = { -INFINITY, -INFINITY, -INFINITY };
+    softmax_row_inplace(allmask, 3);
+    CHECK(err <= FWD_TOL && zeros && allmask[0] == 0 && allmask[2] == 0,
+          "softmax_row_inplace: err %g, masked entries exactly 0, an all-masked row all 0", err);
+    free(x); free(ctx.logits); free(rl); free(z); free(z0); free(g); free(zero);
+}
+
 static void test_softmax_ce(void)
 {
     const int B = 5, K = 7;
@@ -2191,6 +2240,7 @@ int main(void)
         test_dropout();
         test_pooling();
         test_softmax_ce();
+        test_lm_ce_rows();
         test_adamw();
         test_misc();
         test_gate();

@@ -226,6 +226,14 @@ float softmax_ce_forward(float *losses, float *probs, const float *logits,
 /* dlogits (B,K) += (probs - onehot) * scale   (scale = 1/B for a mean loss) */
 void softmax_ce_backward(float *dlogits, const float *probs, const int *labels,
                          int B, int K, float scale);
+/* The language-model loss over n rows of K logits: loss[b] (n, double) =
+ * logsumexp(z_b) - z_b[labels[b]]; with scale != 0 each row of z is
+ * overwritten with scale * (softmax - onehot), its gradient. Rows in
+ * parallel, each computed alone (the same bits for any thread count). */
+void lm_ce_rows(float *z, const int *labels, int n, int K, float scale, double *loss);
+/* x (n) = softmax(x) in place, vectorised; -inf entries (masked) give 0, an
+ * all -inf row gives all 0 */
+void softmax_row_inplace(float *x, int n);
 
 /* Scalings of a hidden state, as the delta modules use them (scaling.c).
  * The backward kernels WRITE the gradient of the scaled tensor (dx, du: the

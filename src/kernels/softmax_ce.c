@@ -97,3 +97,65 @@ void softmax_ce_backward(float *dlogits, const float *probs, const int *labels,
         d[labels[b]] -= scale;
     }
 }
+
+/* rows [b0, b1) of the language-model loss: loss[b] = logsumexp(z_b) -
+ * z_b[label] in double; with scale != 0, z_b is overwritten with its
+ * gradient scale * (softmax(z_b) - onehot(label)). Vector lanes for the max,
+ * the sum of exps and the exps themselves (a vocabulary of 49,152 per row:
+ * libm's scalar exp in double was an eighth of a SmolLM2 training step). */
+KERN_INLINE void lm_ce_rows_body(float *z, const int *labels, int b0, int b1, int K, float scale, double *loss,
+                                 const int F)
+{
+    const int W = KERN_LANES(F);
+    for (int b = b0; b < b1; b++) {
+        float *x = z + (size_t)b * K;
+        float mx = kern_vmax(x, K, F), sum = 0.0f;
+        float acc[16] = { 0 };
+        int j = 0;
+        for (; j + W <= K; j += W) {
+            #pragma omp simd
+            for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
+        }
+        KERN_ACC_COMBINE(acc, W, sum);
+        for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+        loss[b] = log((double)sum) + (double)mx - (double)x[labels[b]];
+        if (scale != 0.0f) {
+            const float g = scale / sum;
+            #pragma omp simd
+            for (int k = 0; k < K; k++) x[k] = g * kern_exp(x[k] - mx, F);
+            x[labels[b]] -= scale;
+        }
+    }
+}
+KERN_TIERS(lm_ce_rows, (float *z, const int *labels, int b0, int b1, int K, float scale, double *loss),
+           z, labels, b0, b1, K, scale, loss)
+
+void lm_ce_rows(float *z, const int *labels, int n, int K, float scale, double *loss)
+{
+    if (n <= 0) return;
+    void (*f)(float *, const int *, int, int, int, float, double *) = KERN_PICK(lm_ce_rows);
+    /* each row on its own: the same bits for any thread count */
+    #pragma omp parallel for schedule(static) if ((size_t)n * K >= CE_PAR)
+    for (int b = 0; b < n; b++) f(z, labels, b, b + 1, K, scale, loss);
+}
+
+/* x (n) = softmax(x) in place; -inf entries (masked) give exactly 0 */
+KERN_INLINE void softmax_row_body(float *x, int n, const int F)
+{
+    float mx = kern_vmax(x, n, F);
+    if (mx == -INFINITY) {   /* nothing visible: no probabilities (not NaN) */
+        for (int j = 0; j < n; j++) x[j] = 0.0f;
+        return;
+    }
+    #pragma omp simd
+    for (int j = 0; j < n; j++) x[j] = kern_exp(x[j] - mx, F);
+    float inv = 1.0f / kern_vsum(x, n, F);
+    #pragma omp simd
+    for (int j = 0; j < n; j++) x[j] *= inv;
+}
+KERN_TIERS(softmax_row, (float *x, int n), x, n)
+
+void softmax_row_inplace(float *x, int n)
+{
+    if (n > 0) KERN_PICK(softmax_row)(x, n);
+}

@@ -351,23 +351,12 @@ static void att_probs(float *S, const float *q, const float *k, const prefix_vie
                     (int)pre->ld, 0.0f, S, TK);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, sc, qb, (int)QD, kb, (int)KVD, 0.0f, S + P, TK);
     for (int i = 0; i < T; i++) {
-        float *r = S + (size_t)i * TK, *o = r + P, mx = -INFINITY;
-        for (int j = 0; j < P; j++)
-            if (r[j] > mx) mx = r[j];
-        for (int j = 0; j <= i; j++)
-            if (visible(seg, base, i, j) && o[j] > mx) mx = o[j];
-        double s = 0;
-        for (int j = 0; j < P; j++) {
-            r[j] = expf(r[j] - mx);
-            s += r[j];
-        }
-        for (int j = 0; j < T; j++) {
-            float e = j <= i && visible(seg, base, i, j) ? expf(o[j] - mx) : 0.0f;
-            o[j] = e;
-            s += e;
-        }
-        float inv = (float)(1.0 / s);
-        for (int j = 0; j < P + i + 1; j++) r[j] *= inv;
+        float *r = S + (size_t)i * TK, *o = r + P;
+        if (seg)   /* packed rows: another segment's keys are masked */
+            for (int j = 0; j <= i; j++)
+                if (!visible(seg, base, i, j)) o[j] = -INFINITY;
+        softmax_row_inplace(r, P + i + 1);   /* the prefix and keys 0..i (causal) */
+        memset(o + i + 1, 0, (size_t)(T - i - 1) * sizeof(float));
     }
 }
 

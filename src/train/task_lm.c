@@ -1,6 +1,7 @@
 /* task_lm.c: the causal-LM task (task_lm.h). */
 #include "train/task_lm.h"
 #include "io/safetensors.h"
+#include "kernels/kernels.h"
 
 #include <jansson.h>
 
@@ -176,21 +177,12 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
         int n = nr - r0 < LM_TASK_CHUNK ? nr - r0 : LM_TASK_CHUNK;
         for (int i = 0; i < n; i++) memcpy(t->h_rows + (size_t)i * C, hid + (size_t)t->rows[r0 + i] * C, (size_t)C * sizeof(float));
         f->lm_head(m, t->h_rows, n, t->logits);
-        for (int i = 0; i < n; i++) {
-            float *z = t->logits + (size_t)i * V;
-            int y = ids[t->rows[r0 + i] + 1];
-            float mx = z[0];
-            for (int v = 1; v < V; v++) if (z[v] > mx) mx = z[v];
-            double s = 0;
-            for (int v = 0; v < V; v++) s += exp((double)(z[v] - mx));
-            double lse = mx + log(s);
-            loss += lse - z[y];
-            if (train) {
-                /* d loss / d z = softmax(z) - onehot(y), times the scale */
-                for (int v = 0; v < V; v++) z[v] = grad_scale * (float)exp((double)z[v] - lse);
-                z[y] -= grad_scale;
-            }
-        }
+        int ys[LM_TASK_CHUNK];
+        double rl[LM_TASK_CHUNK];
+        for (int i = 0; i < n; i++) ys[i] = ids[t->rows[r0 + i] + 1];
+        /* d loss / d z = softmax(z) - onehot(y), times the scale, in place */
+        lm_ce_rows(t->logits, ys, n, V, train ? grad_scale : 0.0f, rl);
+        for (int i = 0; i < n; i++) loss += rl[i];   /* in row order */
         if (train) {
             memset(t->d_rows, 0, (size_t)n * C * sizeof(float));
             f->lm_head_backward(m, t->h_rows, t->logits, n, t->d_rows, NULL);
