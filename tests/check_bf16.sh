@@ -8,6 +8,9 @@
 #      (tests/ref_train.py with REF_PRECISION=bf16: loss 1e-2 relative, logits
 #      3e-2, each gradient tensor 4e-2 of its largest value); and the bf16
 #      gradients must differ from the fp32 ones (the path really ran);
+#   1b. the same for the Llama family (LoRA q,v / all-linear / rsLoRA, (IA)^3)
+#      against tests/ref_llama_train.py --bf16, which emulates the bf16
+#      roundings (loss 1e-4 relative, gradients 5e-3 of their scale);
 #   2. the real model: `peftc embed` of 256 SST-2 dev sentences with --bf16
 #      and --fp32: every embedding's cosine >= 0.999, and not all identical.
 # A CPU without AVX-512-BF16 skips both (one ok line says so).
@@ -47,6 +50,36 @@ print(("ok   - " if d > 0 else "FAIL - ") + f"{sys.argv[3]}: bf16 and fp32 gradi
 PYEOF
 )"
     done
+fi
+
+# ---- 1b. the Llama family (tests/lm_grad.c) on a tiny random Llama: frozen
+# linear weights and the output head through the bf16 kernels, against the
+# float64 oracle with bf16 emulated (tests/ref_llama_train.py --bf16: loss
+# <= 1e-4 rel, every gradient <= 5e-3 of its scale); without the emulation the
+# same gradients are ~5e-2 off, so the check sees which path ran
+LT=$FX/llama
+if "$PY" tests/make_llama_hf.py tiny "$LT/tiny" >/dev/null 2>"$FX/llama.err" && build_driver lm_grad; then
+    for c in lora_qv:lora:4:8:0:q_proj,v_proj all_linear:lora:4:8:0:all-linear rslora:lora:8:16:1:q_proj,k_proj,down_proj ia3:ia3:0:0:0:-; do
+        IFS=: read -r n m r a rs tg <<< "$c"
+        for p in 1 0; do
+            rm -rf "$LT/${n}_$p"; mkdir -p "$LT/${n}_$p"
+            PEFTC_BF16=$p timeout 120 build/tests/lm_grad "$LT/tiny" "$m" "$LT/${n}_$p" "$r" "$a" "$rs" "$tg" 0 2 \
+                >"$LT/${n}_$p/log" 2>&1 || bad "llama $n (PEFTC_BF16=$p): $(head -1 "$LT/${n}_$p/log")"
+        done
+        tally "$("$PY" tests/ref_llama_train.py compare "$LT/tiny" "$LT/${n}_1" "$r" "$a" "$rs" --bf16 2>&1 |
+                 sed "s/^\(ok  \|FAIL\) - /\1 - llama $n, bf16 path vs the emulating oracle: /")"
+        tally "$("$PY" - "$LT/${n}_1/grads.safetensors" "$LT/${n}_0/grads.safetensors" "llama $n" <<'PYEOF'
+import sys
+import numpy as np
+from safetensors.numpy import load_file
+a, b = load_file(sys.argv[1]), load_file(sys.argv[2])
+d = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+print(("ok   - " if d > 0 else "FAIL - ") + f"{sys.argv[3]}: bf16 and fp32 gradients differ (max {d:.3g}): the bf16 path ran")
+PYEOF
+)"
+    done
+else
+    bad "tiny Llama for the bf16 check: $(tail -1 "$FX/llama.err")"
 fi
 
 # ---- 2. embeddings of the real model
