@@ -25,6 +25,17 @@ for isa in portable avx2 avx512; do
     out=$(PEFTC_KERNELS_ISA=$isa LLAMA_REF_NF4=1 timeout 300 build/tests/llama_ref $O/bf16 $O/ids.txt $O/fx 1e-3 2 2>&1)
     tally "$(printf '%s\n' "$out" | sed "s/^\(ok   - \|FAIL - \)/\1[$isa] /")"
 done
+# training on the NF4 base (--quantize nf4 / --method qlora reach the Llama
+# family through the model loader): LoRA's loss and gradients through the NF4
+# weights against float64 autograd on bitsandbytes' dequantised weights
+build_driver lm_grad || finish
+for c in lora_qv:4:8:0:q_proj,v_proj all_linear:4:8:0:all-linear; do
+    IFS=: read -r n r a rs tg <<< "$c"
+    rm -rf "$O/$n"; mkdir -p "$O/$n"
+    if LM_GRAD_NF4=1 timeout 120 build/tests/lm_grad $O/bf16 lora "$O/$n" "$r" "$a" "$rs" "$tg" 0 2 >"$O/$n/log" 2>&1; then
+        tally "$("$PY" tests/ref_llama_train.py compare $O/deq "$O/$n" "$r" "$a" "$rs" 2>&1 | sed "s/^\(ok  \|FAIL\) - /\1 - NF4 base, LoRA $n: /")"
+    else bad "lm_grad on the NF4 base ($n): $(head -1 "$O/$n/log")"; fi
+done
 # the public option (peftc_lm_opts.quantize) reaches the loader
 build_driver lm_nf4_driver && tally "$(build/tests/lm_nf4_driver $O/bf16 2>&1)"
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -7,7 +7,8 @@
  * (IA)^3's ones give gradients everywhere), a fixed batch of 3 rows x 12 is
  * drawn (lengths 12, 9, 12; targets at random; with pack, row 2 holds two
  * segments 5 + 7), and OUT/params.safetensors, OUT/grads.safetensors (the
- * gradients of the MEAN loss over the targets) and OUT/batch.json are written, and OUT/adapter as peftc train saves it. */
+ * gradients of the MEAN loss over the targets) and OUT/batch.json are written, and OUT/adapter as peftc train saves it.
+ * LM_GRAD_NF4=1 loads the base with its linear weights in NF4 (--quantize nf4). */
 #include "model/model.h"
 #include "peft/methods.h"
 #include "train/task_lm.h"
@@ -23,7 +24,12 @@ int main(int argc, char **argv)
     if (argc < 4) { fprintf(stderr, "usage: lm_grad MODEL METHOD OUT [r alpha rslora targets pack threads]\n"); return 2; }
     peftc_error err = {0};
     peftc_model *m = NULL;
-    if (peftc_model_load(argv[1], &m, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    const char *nf4 = getenv("LM_GRAD_NF4");
+    if (peftc_model_load_quantized(argv[1], nf4 && *nf4 == '1' ? PEFTC_QUANT_NF4 : PEFTC_QUANT_NONE, &m, &err)) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    if (nf4 && *nf4 == '1' && m->cfg.quantize != PEFTC_QUANT_NF4) { fprintf(stderr, "the base is not NF4\n"); return 1; }
     method_args ma = {0};
     ma.r = argc > 4 ? atoi(argv[4]) : 0;
     ma.alpha = argc > 5 ? (float)atof(argv[5]) : 0;

@@ -35,6 +35,7 @@
 #include "model/model.h"
 #include "kernels/kernels.h"
 #include "kernels/quant.h"
+#include "kernels/nf4.h"
 #include "io/safetensors.h"
 
 #include <cblas.h>
@@ -96,16 +97,18 @@ static void lf_free(peftc_model *pm)
 
 static peftc_status lf_load(const char *path, const peftc_config *cfg0, peftc_model **out, peftc_error *err)
 {
-    (void)cfg0;
     *out = NULL;
+    /* --quantize nf4 / --method qlora reach the family through the config */
+    peftc_base_quant q = cfg0 ? cfg0->quantize : PEFTC_QUANT_NONE;
     llama_fmodel *m = calloc(1, sizeof *m);
     if (!m || !(m->base.dir = strdup(path))) { free(m); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
     m->base.family = &model_family_llama;
-    peftc_status rc = llama_load(path, &m->lm, err);
+    peftc_status rc = llama_load_ex(path, q == PEFTC_QUANT_NF4 ? LLAMA_LOAD_NF4 : 0, &m->lm, err);
     if (rc) { lf_free(&m->base); return rc; }
     const llama_config *c = llama_model_config(m->lm);
     peftc_config *pc = &m->base.cfg;
     pc->arch = PEFTC_ARCH_LLAMA;
+    pc->quantize = q;
     pc->vocab_size = c->vocab_size;
     pc->hidden_size = c->hidden_size;
     pc->num_layers = c->num_layers;
@@ -132,6 +135,18 @@ static peftc_status lf_load(const char *path, const peftc_config *cfg0, peftc_mo
     }
     m->norm_idx = n++;
     m->n_tensors = n;
+    /* the seven linear weights per block as stored (the bytes per parameter
+     * that train reports for an NF4 base) */
+    m->base.linear_params = 0;
+    m->base.linear_bytes = 0;
+    for (int l = 0; l < L; l++)
+        for (int k = LT_Q; k < LT_Q + 7; k++) {
+            const llama_weight *w = layer_weight(llama_model_layer(m->lm, l), k);
+            if (!w) continue;
+            m->base.linear_params += (int64_t)w->in * w->out;
+            m->base.linear_bytes += w->type == QUANT_TYPE_NF4 ? (int64_t)nf4_bytes(w->data)
+                                    : (int64_t)ggml_row_bytes(w->type, w->in) * w->out;
+        }
     *out = &m->base;
     return PEFTC_OK;
 }

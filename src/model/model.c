@@ -86,8 +86,11 @@ peftc_status peftc_model_load_quantized(const char *dir, peftc_base_quant q, pef
     size_t len = strlen(dir);
     /* a GGUF file names its family by general.architecture: Llama's loader
      * reads and checks it */
-    if (len > 5 && !strcmp(dir + len - 5, ".gguf") && peftc_file_exists(dir))
-        return model_family_llama.load(dir, NULL, out, err);
+    if (len > 5 && !strcmp(dir + len - 5, ".gguf") && peftc_file_exists(dir)) {
+        peftc_config gc = {0};
+        gc.quantize = q;   /* NF4 of a GGUF base: the loader refuses it by name */
+        return model_family_llama.load(dir, &gc, out, err);
+    }
     char path[4096];
     peftc_config cfg;
     peftc_status rc;
