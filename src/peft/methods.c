@@ -395,10 +395,8 @@ peftc_status method_build(const char *name, const method_args *a, const peftc_co
         mo->dropout = a->lora_dropout_set ? a->lora_dropout : 0.1f;
         mo->rslora = a->rslora;
         if (mo->dropout < 0 || mo->dropout >= 1) return peftc_fail(err, PEFTC_ERR_INPUT, "--lora-dropout must be in [0, 1)");
-        if ((rc = lora_parse_targets(a->targets ? a->targets
-                                                : "query,key,value,attention.output.dense,intermediate.dense,output.dense",
-                                     &mo->targets, err)))
-            return rc;
+        /* every linear layer of the family's blocks (BERT's six, Llama's seven) */
+        if ((rc = lora_targets_for(a->targets ? a->targets : "all-linear", cfg, &mo->targets, err))) return rc;
     } else if (!strcmp(name, "lora")) {
         mo->lora = 1;
         mo->r = a->r > 0 ? a->r : 8;

@@ -389,9 +389,15 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     char dp_note[128] = "";
     if (dp_size(comm) > 1)
         snprintf(dp_note, sizeof dp_note, ", %d ranks (%zu bytes all-reduced per step)", dp_size(comm), dp_bytes(comm, &t.pb));
-    snprintf(msg, sizeof msg, "%s (causal LM) on %s: %d examples (%s; %d truncated, %d dropped) in %d rows, %lld targets, %d steps, batch %d x %d, lr %g%s%s",
+    char quant_note[96] = "";
+    int64_t lin_bytes, lin_params;
+    peftc_model_linear_bytes(m, &lin_bytes, &lin_params);
+    if (m->cfg.quantize == PEFTC_QUANT_NF4 && lin_params > 0)
+        snprintf(quant_note, sizeof quant_note, ", NF4 base: %.4f bytes per linear parameter",
+                 (double)lin_bytes / (double)lin_params);
+    snprintf(msg, sizeof msg, "%s (causal LM) on %s: %d examples (%s; %d truncated, %d dropped) in %d rows, %lld targets, %d steps, batch %d x %d, lr %g%s%s%s",
              mo->name, o->train_path, tr.n_examples, lm_format_name(tr.format), tr.n_truncated, tr.n_dropped, tr.n, tr.n_targets,
-             total, B, o->grad_accum, lr, o->resume_dir ? ", resumed" : "", dp_note);
+             total, B, o->grad_accum, lr, o->resume_dir ? ", resumed" : "", quant_note, dp_note);
     peftc_progress pr = {.kind = PEFTC_PROGRESS_START, .message = msg, .total_steps = total, .step = s.step,
                          .trainable_params = lm_task_trainable_count(&t), .total_params = peftc_model_param_count(m)};
     emit(progress, user, &pr);
