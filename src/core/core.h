@@ -31,6 +31,9 @@ peftc_status peftc_mkdir_p(const char *dir, peftc_error *err);
 /* Writes data to path atomically: path.tmp, fsync, rename. */
 peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t len, peftc_error *err);
 
+/* Copies each named file of from/ that exists to to/ (atomically each). */
+peftc_status peftc_copy_present_files(const char *from, const char *to, const char *const *names, peftc_error *err);
+
 /* 64-byte aligned allocation (freed with free()). */
 void *peftc_alloc_aligned(size_t bytes);
 

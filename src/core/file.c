@@ -186,3 +186,22 @@ json_t *peftc_json_load_file(const char *path, size_t flags, json_error_t *je)
     fclose(f);
     return j;
 }
+
+peftc_status peftc_copy_present_files(const char *from, const char *to, const char *const *names, peftc_error *err)
+{
+    char src[4096], dst[4096];
+    peftc_status rc;
+    for (int i = 0; names[i]; i++) {
+        if ((rc = peftc_path_join(src, sizeof src, from, names[i], err)) ||
+            (rc = peftc_path_join(dst, sizeof dst, to, names[i], err)))
+            return rc;
+        if (!peftc_file_exists(src)) continue;
+        char *data;
+        size_t len;
+        if ((rc = peftc_read_file(src, &data, &len, err))) return rc;
+        rc = peftc_write_file_atomic(dst, data, len, err);
+        free(data);
+        if (rc) return rc;
+    }
+    return PEFTC_OK;
+}

@@ -5,6 +5,22 @@
 
 #define CE_PAR (1u << 14)
 
+/* sum_j exp(x[j] - mx) with KERN_LANES(F) partial sums: the same sums as
+ * kern_vsum over the stored exps, without storing them */
+KERN_INLINE float sum_exp(const float *x, int K, float mx, const int F)
+{
+    const int W = KERN_LANES(F);
+    float acc[16] = { 0 }, sum = 0.0f;
+    int j = 0;
+    for (; j + W <= K; j += W) {
+        #pragma omp simd
+        for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
+    }
+    KERN_ACC_COMBINE(acc, W, sum);
+    for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+    return sum;
+}
+
 /* rows [b0, b1): probs (if given), loss (if given) = -log softmax(x)[label];
  * the losses are also returned through tot[b - b0] when tot is given */
 KERN_INLINE void ce_rows_body(float *losses, float *probs, const float *logits, const int *labels,
@@ -35,16 +51,7 @@ KERN_INLINE void ce_rows_body(float *losses, float *probs, const float *logits, 
                 #pragma omp simd
                 for (int j = 0; j < K; j++) p[j] *= inv;
             } else {
-                /* the same partial sums as kern_vsum over the stored exps */
-                const int W = KERN_LANES(F);
-                float acc[16] = { 0 };
-                int j = 0;
-                for (; j + W <= K; j += W) {
-                    #pragma omp simd
-                    for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
-                }
-                KERN_ACC_COMBINE(acc, W, sum);
-                for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+                sum = sum_exp(x, K, mx, F);
             }
         }
         /* log-sum-exp form: exact even when probs[label] underflows to 0 */
@@ -106,18 +113,9 @@ void softmax_ce_backward(float *dlogits, const float *probs, const int *labels,
 KERN_INLINE void lm_ce_rows_body(float *z, const int *labels, int b0, int b1, int K, float scale, double *loss,
                                  const int F)
 {
-    const int W = KERN_LANES(F);
     for (int b = b0; b < b1; b++) {
         float *x = z + (size_t)b * K;
-        float mx = kern_vmax(x, K, F), sum = 0.0f;
-        float acc[16] = { 0 };
-        int j = 0;
-        for (; j + W <= K; j += W) {
-            #pragma omp simd
-            for (int l = 0; l < W; l++) acc[l] += kern_exp(x[j + l] - mx, F);
-        }
-        KERN_ACC_COMBINE(acc, W, sum);
-        for (; j < K; j++) sum += kern_exp(x[j] - mx, F);
+        float mx = kern_vmax(x, K, F), sum = sum_exp(x, K, mx, F);
         loss[b] = log((double)sum) + (double)mx - (double)x[labels[b]];
         if (scale != 0.0f) {
             const float g = scale / sum;

@@ -54,20 +54,8 @@ peftc_status peftc_model_save_base(peftc_model *m, const char *out_dir, peftc_er
     if (!m->family->save_base)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: the %s family cannot save its base", m->dir, m->family->name);
     peftc_status rc;
-    char src[4096], dst[4096];
-    if ((rc = peftc_mkdir_p(out_dir, err))) return rc;
-    for (int i = 0; side_files[i]; i++) {
-        if ((rc = peftc_path_join(src, sizeof src, m->dir, side_files[i], err)) ||
-            (rc = peftc_path_join(dst, sizeof dst, out_dir, side_files[i], err)))
-            return rc;
-        if (!peftc_file_exists(src)) continue;
-        char *data;
-        size_t len;
-        if ((rc = peftc_read_file(src, &data, &len, err))) return rc;
-        rc = peftc_write_file_atomic(dst, data, len, err);
-        free(data);
-        if (rc) return rc;
-    }
+    char dst[4096];
+    if ((rc = peftc_mkdir_p(out_dir, err)) || (rc = peftc_copy_present_files(m->dir, out_dir, side_files, err))) return rc;
     if ((rc = peftc_path_join(dst, sizeof dst, out_dir, "model.safetensors", err))) return rc;
     return m->family->save_base(m, dst, err);
 }

@@ -96,25 +96,6 @@ static void keep_free(keep_list *k)
 static const char *const side_files[] = {"vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                                          "special_tokens_map.json", "generation_config.json", "added_tokens.json", NULL};
 
-static peftc_status copy_side_files(const char *from, const char *to, peftc_error *err)
-{
-    char src[4096], dst[4096];
-    peftc_status rc;
-    for (int i = 0; side_files[i]; i++) {
-        if ((rc = peftc_path_join(src, sizeof src, from, side_files[i], err)) ||
-            (rc = peftc_path_join(dst, sizeof dst, to, side_files[i], err)))
-            return rc;
-        if (!peftc_file_exists(src)) continue;
-        char *data;
-        size_t len;
-        if ((rc = peftc_read_file(src, &data, &len, err))) return rc;
-        rc = peftc_write_file_atomic(dst, data, len, err);
-        free(data);
-        if (rc) return rc;
-    }
-    return PEFTC_OK;
-}
-
 /* config.json of the source with fields replaced (fields: an object whose
  * members overwrite; drop: keys removed), written atomically to out/config.json */
 static peftc_status write_config(const char *model, const char *out, json_t *fields, const char *const *drop,
@@ -245,7 +226,7 @@ static peftc_status merge_encoder(const char *model, const char *adapter, const 
     json_object_set_new(fields, "torch_dtype", json_string(st_dtype_torch(ot->st)));
     static const char *const drop[] = {"dtype", "num_labels", NULL};
     if ((rc = write_config(model, out, fields, drop, err))) goto done;
-    rc = copy_side_files(model, out, err);
+    rc = peftc_copy_present_files(model, out, side_files, err);
 done:
     json_decref(fields);
     keep_free(&kept);
@@ -468,7 +449,7 @@ static peftc_status merge_hf_decoder(const char *model, const char *adapter, con
         rc = write_config(model, out, fields, drop, err);
         json_decref(fields);
     }
-    if (!rc) rc = copy_side_files(model, out, err);
+    if (!rc) rc = peftc_copy_present_files(model, out, side_files, err);
     keep_free(&kept);
     free(items);
     for (int s = 0; s < nst; s++) peftc_safetensors_free(sts[s]);

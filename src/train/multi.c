@@ -34,34 +34,6 @@ struct peftc_multi {
     int routed;
 };
 
-static const char *base_name(const char *p)
-{
-    size_t n = strlen(p);
-    while (n > 1 && p[n - 1] == '/') n--;
-    const char *s = p + n;
-    while (s > p && s[-1] != '/') s--;
-    return s;
-}
-
-/* base_model_name_or_path of an adapter (NULL if absent), copied */
-static char *adapter_base(const char *dir)
-{
-    char path[4096];
-    if (peftc_path_join(path, sizeof path, dir, "adapter_config.json", NULL)) return NULL;
-    json_t *cfg = json_load_file(path, 0, NULL);
-    const char *b = cfg ? json_string_value(json_object_get(cfg, "base_model_name_or_path")) : NULL;
-    char *out = NULL;
-    if (b && *b) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s", b);
-        size_t n = strlen(tmp);
-        while (n > 1 && tmp[n - 1] == '/') tmp[--n] = 0;
-        out = strdup(base_name(tmp));
-    }
-    json_decref(cfg);
-    return out;
-}
-
 void peftc_multi_free(peftc_multi *mc)
 {
     if (!mc) return;
@@ -121,7 +93,7 @@ peftc_status peftc_multi_load(const char *model_dir, const char *const *names, c
             goto fail;
         }
         free(base_i);
-        base_i = adapter_base(dirs[i]);
+        base_i = adapter_base_name(dirs[i]);
         if (i == 0) {
             quant = method_base_quant(mo.name);
             if ((rc = peftc_model_load_quantized(model_dir, quant, &mc->m, err)) ||

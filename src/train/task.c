@@ -29,8 +29,7 @@ int task_kind_parse(const char *s, task_kind *k)
     return 1;
 }
 
-/* basename of an adapter's base_model_name_or_path (NULL if absent), copied */
-static char *adapter_base_name(const char *dir)
+char *adapter_base_name(const char *dir)
 {
     char path[4096];
     if (peftc_path_join(path, sizeof path, dir, "adapter_config.json", NULL)) return NULL;

@@ -113,6 +113,9 @@ void method_args_from_opts(const peftc_train_opts *o, method_args *ma);
 /* adapter_config.json + adapter_model.safetensors in dir (atomic writes). */
 peftc_status task_save_adapter(const task *t, const char *dir, const char *base_model, peftc_error *err);
 /* Reads an adapter directory's config into mo/labels/max_len (before task_init). */
+/* basename of an adapter's base_model_name_or_path (NULL if absent or
+ * unreadable), malloc'd: adapters on one base must agree on it */
+char *adapter_base_name(const char *dir);
 peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *labels, int *max_len, peftc_error *err);
 /* The same from adapter_config.json's len bytes at text (path names it). */
 peftc_status adapter_parse_config(const char *text, size_t len, const char *path, method_opts *mo, label_set *labels,
