@@ -2,11 +2,11 @@
 """AdapterHub's `adapters` (1.3.0, run from the test venv: transformers 4.57)
 as the oracle of peftc's AdapterHub format (tests/check_adapterhub.sh).
 
-  logits MODEL AHUB_DIR SENTENCES OUT.f32
+  logits MODEL SENTENCES AHUB_DIR OUT.f32 [AHUB_DIR OUT.f32 ...]
       model.load_adapter(AHUB_DIR, use_safetensors=True) with its head on
-      MODEL (AutoAdapterModel), set active; fp32 logits of each sentence
-      (one a line) to OUT.f32 (rows of num_labels floats).
-  make MODEL OUT KIND SEED [--pickle]
+      MODEL (AutoAdapterModel, loaded anew for each), set active; fp32 logits
+      of each sentence (one a line) to OUT.f32 (rows of num_labels floats).
+  make MODEL SEED [--pickle] KIND OUT [KIND OUT ...]
       an adapter and classification head made by adapters itself (add_adapter
       + add_classification_head, 3 labels), every adapter and head tensor
       replaced by random nonzero values (up projections too, so the adapter
@@ -42,7 +42,7 @@ def run_logits(m, tok, sents):
     return np.array(rows)
 
 
-def cmd_logits(model, ahub, sents_path, out):
+def cmd_logits(model, sents_path, ahub, out):
     m, tok = load_model(model)
     name = m.load_adapter(ahub, with_head=True, use_safetensors=True)
     m.set_active_adapters(name)
@@ -92,7 +92,11 @@ def cmd_compare(a, b, k):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    if a[0] == "logits": cmd_logits(*a[1:5])
-    elif a[0] == "make": cmd_make(a[1], a[2], a[3], int(a[4]), "--pickle" in a)
+    if a[0] == "logits":
+        for i in range(3, len(a), 2): cmd_logits(a[1], a[2], a[i], a[i + 1])
+    elif a[0] == "make":
+        pk = "--pickle" in a
+        rest = [x for x in a[3:] if x != "--pickle"]
+        for i in range(0, len(rest), 2): cmd_make(a[1], rest[i + 1], rest[i], int(a[2]), pk)
     elif a[0] == "compare": cmd_compare(*a[1:4])
     else: sys.exit(f"unknown command {a[0]}")
