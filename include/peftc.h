@@ -597,6 +597,12 @@ peftc_status peftc_score_read(const char *path, const char *field, char ***texts
  * lora_B rows in the base's row order, rsLoRA / alpha_pattern / rank_pattern
  * scales folded into B so llama.cpp's alpha / r gives the trained result. */
 peftc_status peftc_export_gguf_lora(const char *adapter, const char *base_model, const char *out_path, peftc_error *err);
+/* A peftc bottleneck adapter run (sequential / parallel / scaled, at attn.out
+ * and/or ffn.out) with its classification head as an AdapterHub directory
+ * (adapters' save_adapter(out_dir, name, with_head=True, use_safetensors=True)
+ * layout) on base model_dir; what AdapterHub's config cannot express is
+ * PEFTC_ERR_UNSUPPORTED saying what. name NULL: "peftc". */
+peftc_status peftc_export_adapterhub(const char *adapter, const char *model_dir, const char *out_dir, const char *name, peftc_error *err);
 
 /* Writes the base model with the adapter's LoRA / (IA)^3 deltas folded into
  * its weights, as a plain model other tools load without any adapter code:

@@ -12,7 +12,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 BUILD_PKGS="build-essential libopenblas-openmp-dev libutf8proc-dev libjansson-dev libpcre2-dev python3-pip unzip"
-ORACLE_PKGS="python3-torch python3-numpy"
+ORACLE_PKGS="python3-torch python3-numpy python3-venv"
 MPI_PKGS="libopenmpi-dev openmpi-bin"
 want="$BUILD_PKGS"
 [ "${PEFTC_NO_MPI:-0}" = 1 ] || want="$want $MPI_PKGS"
@@ -59,6 +59,23 @@ if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
     if ! /usr/bin/python3 -c "import rouge_score, sacrebleu, nltk" 2>/dev/null; then
         echo "setup: installing rouge-score and sacrebleu for the metric test oracles"
         /usr/bin/python3 -m pip install -q --break-system-packages rouge-score sacrebleu
+    fi
+    # AdapterHub's adapters (the oracle of the AdapterHub format,
+    # tests/check_adapterhub.sh): adapters 1.3.0 requires transformers ~= 4.57,
+    # which the system Python's transformers 5 cannot share, so it lives in a
+    # venv of its own under build/ over the system site packages (torch,
+    # safetensors, numpy come from there). A failed install does not stop the
+    # set-up: check_adapterhub.sh then fails saying the venv is missing.
+    AHUB_VENV=build/ahub-venv
+    if ! "$AHUB_VENV/bin/python" -c "import adapters, transformers, sys; sys.exit(adapters.__version__ != '1.3.0' or not transformers.__version__.startswith('4.57.'))" 2>/dev/null; then
+        echo "setup: making $AHUB_VENV (adapters 1.3.0, transformers 4.57) for the AdapterHub oracle"
+        rm -rf "$AHUB_VENV"
+        mkdir -p build
+        if ! { /usr/bin/python3 -m venv --system-site-packages "$AHUB_VENV" &&
+               "$AHUB_VENV/bin/pip" install -q --disable-pip-version-check adapters==1.3.0 'transformers==4.57.*'; }; then
+            echo "setup: could not make $AHUB_VENV: tests/check_adapterhub.sh will fail"
+            rm -rf "$AHUB_VENV"
+        fi
     fi
 fi
 

@@ -90,7 +90,9 @@ static const char usage[] =
     "      an interactive conversation: one user turn per stdin line, an empty line quits\n"
     "  export --format gguf --adapter DIR|FILE.gguf --model BASE.gguf --out FILE.gguf\n"
     "      a decoder's LoRA adapter as llama.cpp's GGUF LoRA (llama-cli --lora FILE.gguf)\n"
-    "\n"
+    "  export --format adapterhub --adapter RUN_DIR --model DIR --out DIR [--name NAME]\n"
+    "      a bottleneck adapter (pfeiffer, houlsby-form, parallel, scaled) and its head as AdapterHub's\n"
+    "      save_adapter directory (adapters: model.load_adapter(DIR)); eval/predict read such directories\n"    "\n"
     "global options: --threads N (default: all cores)\n"
     "  --bf16   frozen encoder weights in bf16 (the default where the CPU has AMX; needs AVX-512-BF16)\n"
     "  --fp32   frozen encoder weights in fp32 (the default without AMX)\n";

@@ -37,6 +37,8 @@ typedef struct method_opts {
     prompt_spec prompt;       /* virtual tokens (prompt tuning, P-tuning) */
     prefix_spec prefix;       /* prefix keys/values (prefix tuning, P-tuning v2, MAM, UniPELT) */
     fusion_spec fusion;       /* AdapterFusion: the adapters fused (fusion.n >= 2), else n 0 */
+    int ahub;                 /* an AdapterHub adapter (train/adapterhub.h): its head's dense layer is its own, not the pooler */
+    char ahub_name[64];       /* its name (tensor keys adapters.NAME.*, heads.NAME.*) */
 } method_opts;
 
 /* Options a user gives with --method NAME; zero/NULL means the preset's default. */

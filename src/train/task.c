@@ -2,6 +2,7 @@
 #include "core/json_file.h"
 #include "train/task.h"
 #include "io/safetensors.h"
+#include "train/adapterhub.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -179,7 +180,8 @@ static peftc_status task_declare(task *t, task_kind kind, peftc_model *m, peftc_
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s of a %s model is not supported yet",
                           kind == TASK_TOKEN_CLS ? "token classification" : "sequence classification", f->name);
     /* a token head reads every position: no pooler */
-    int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w);
+    /* AdapterHub's head has a dense layer of its own where BERT's pooler is */
+    int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w || mo->ahub);
     int64_t sh[2] = {C, C}, shk[2] = {K, C};
     if (train_pooler) {
         char nw[PARAM_NAME_MAX], nb[PARAM_NAME_MAX];
@@ -225,7 +227,7 @@ peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_token
     const model_family *f = m->family;
     const float *m_pool_w = NULL, *m_pool_b = NULL;
     f->pooler(m, &m_pool_w, &m_pool_b);
-    int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w);
+    int train_pooler = kind != TASK_TOKEN_CLS && (mo->base == BASE_ALL || !m_pool_w || mo->ahub);
     if ((rc = params_alloc(&t->pb, err))) return rc;
     if ((rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
     if (t->ds.fuse) fusion_init_params(&t->fu, &t->pb, rng);
@@ -904,6 +906,7 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     if ((rc = peftc_read_file(path, &text, &len, err))) return rc;
     rc = adapter_parse_config(text, len, path, mo, labels, max_len, err);
     free(text);
+    if (!rc && mo->ahub) rc = ahub_read_labels(dir, labels, err);   /* AdapterHub keeps them with its head */
     for (int k = 0; !rc && k < mo->fusion.n; k++) {   /* a fusion run holds its adapters */
         char sub[4096];
         if ((rc = peftc_path_join(sub, sizeof sub, dir, "adapters", err))) break;
@@ -971,6 +974,8 @@ peftc_status adapter_parse_config(const char *text, size_t len, const char *path
                     rc2 = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %s", path, e2.msg);
             }
         }
+    } else if (ahub_config_is(cfg)) {
+        rc2 = ahub_parse_config(cfg, path, mo, err);
     } else if (!strcmp(type, "IA3")) {
         snprintf(mo->name, sizeof mo->name, "ia3");
         site_id sites[3] = {SITE_ATTN_K, SITE_ATTN_V, SITE_FFN_ACT};
@@ -1087,6 +1092,7 @@ static int head_alias(const char *name, char *out, size_t cap)
 peftc_status task_load_weights(task *t, const char *dir, peftc_error *err)
 {
     char path[4096];
+    if (t->mo.ahub) return ahub_load_weights(t, dir, err);
     peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
     if (rc) return rc;
     peftc_safetensors *st;
