@@ -317,6 +317,94 @@ static void test_threads_big(void)
     }
 }
 
+/* An unmerged LoRA at a decoding step (lowrank_row_bf16 as the epilogue of
+ * quant_matmul_packed_epi, split by the product's threads): against a double
+ * reference on the bf16-rounded factors, every tier; bit for bit across 1 and
+ * 2 threads and equal to the product followed by the whole-row delta. */
+typedef struct { const float *x; float *h; const uint16_t *A16, *Bt16; float alpha; int N, IC, R, OC; int calls; } lora_epi;
+static void lora_epi_fn(void *ctx, int lo, int hi)
+{
+    lora_epi *e = ctx;
+    __atomic_fetch_add(&e->calls, 1, __ATOMIC_RELAXED);
+    for (int n = 0; n < e->N; n++)
+        lowrank_row_bf16(e->h + (size_t)n * e->OC, e->x + (size_t)n * e->IC, e->A16, e->Bt16, e->alpha, e->IC, e->R,
+                         e->OC, lo, hi);
+}
+static double bf16_round_d(float f) { uint16_t b = kernels_f32_to_bf16(f); union { uint32_t u; float f; } c = { (uint32_t)b << 16 }; return c.f; }
+
+static void test_lora_epilogue(const char *tier)
+{
+    static const int ICs[] = { 96, 512, 1536 }, OCs[] = { 7, 33, 1000, 1536 }, Rs[] = { 1, 8, 16, 20 };
+    const uint32_t ts[] = { GGML_TYPE_Q4_1, GGML_TYPE_Q8_0 };
+    const double u = 1.0 / 16777216.0;
+    double worst = 0;
+    int bad_threads = 0, bad_seq = 0, runs = 0, split_calls = 0;
+    for (int ti = 0; ti < 2; ti++)
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 4; b++)
+                for (int c = 0; c < 4; c++)
+                    for (int N = 1; N <= 2; N++) {
+                        const int IC = ICs[a], OC = OCs[b], R = Rs[c];
+                        uint8_t *w = make_weight(ts[ti], IC, OC);
+                        quant_packed *pk = quant_pack(w, ts[ti], IC, OC);
+                        float *x = xmalloc((size_t)N * IC * 4), *A = xmalloc((size_t)R * IC * 4), *B = xmalloc((size_t)OC * R * 4);
+                        float *base = xmalloc((size_t)N * OC * 4), *h1 = xmalloc((size_t)N * OC * 4), *h2 = xmalloc((size_t)N * OC * 4);
+                        float *hs = xmalloc((size_t)N * OC * 4);
+                        uint16_t *A16 = xmalloc((size_t)R * IC * 2), *Bt16 = xmalloc((size_t)R * OC * 2);
+                        for (size_t i = 0; i < (size_t)N * IC; i++) x[i] = urand(-2, 2);
+                        for (size_t i = 0; i < (size_t)R * IC; i++) A[i] = urand(-0.1f, 0.1f);
+                        for (size_t i = 0; i < (size_t)OC * R; i++) B[i] = urand(-0.1f, 0.1f);
+                        lowrank_bf16_pack(A16, Bt16, A, B, IC, R, OC);
+                        const float alpha = 2.0f;
+                        lora_epi e = { x, h1, A16, Bt16, alpha, N, IC, R, OC, 0 };
+                        quant_epilogue qe = { lora_epi_fn, &e };
+                        omp_set_num_threads(1);
+                        quant_matmul_packed(base, x, pk, N);
+                        quant_matmul_packed_epi(h1, x, pk, N, &qe);
+                        omp_set_num_threads(2);
+                        e.h = h2; e.calls = 0;
+                        quant_matmul_packed_epi(h2, x, pk, N, &qe);
+                        if (e.calls > 1) split_calls++;
+                        memcpy(hs, base, (size_t)N * OC * 4);
+                        for (int n = 0; n < N; n++)
+                            lowrank_row_bf16(hs + (size_t)n * OC, x + (size_t)n * IC, A16, Bt16, alpha, IC, R, OC, 0, OC);
+                        bad_threads += memcmp(h1, h2, (size_t)N * OC * 4) != 0;
+                        bad_seq += memcmp(h1, hs, (size_t)N * OC * 4) != 0;
+                        for (int n = 0; n < N; n++) {
+                            double z[64], za[64];
+                            for (int r = 0; r < R; r++) {
+                                z[r] = za[r] = 0;
+                                for (int j = 0; j < IC; j++) {
+                                    double p = (double)x[(size_t)n * IC + j] * bf16_round_d(A[(size_t)r * IC + j]);
+                                    z[r] += p; za[r] += fabs(p);
+                                }
+                            }
+                            for (int o = 0; o < OC; o++) {
+                                /* the delta against the reference; its bound: the fp32 sums of z (IC terms)
+                                 * carried through B, then R terms and the add into h */
+                                double d = 0, da = 0;
+                                for (int r = 0; r < R; r++) {
+                                    double bq = bf16_round_d(B[(size_t)o * R + r]);
+                                    d += bq * z[r];
+                                    da += fabs(bq) * (za[r] * (IC + 2) * u + fabs(z[r]) * (R + 2) * u);
+                                }
+                                double want = base[(size_t)n * OC + o] + alpha * d;
+                                double tol = alpha * da + 2 * u * (fabs(base[(size_t)n * OC + o]) + fabs(alpha * d)) + 1e-30;
+                                double r_ = fabs(h1[(size_t)n * OC + o] - want) / tol;
+                                if (!(r_ <= worst)) worst = r_ != r_ ? INFINITY : r_;
+                            }
+                        }
+                        runs++;
+                        quant_packed_free(pk);
+                        free(w); free(x); free(A); free(B); free(base); free(h1); free(h2); free(hs); free(A16); free(Bt16);
+                    }
+    CHECK(worst <= 1.0, "[%s] LoRA epilogue (bf16 factors) vs double reference on the rounded factors: worst err/bound %.3g (%d shapes)",
+          tier, worst, runs);
+    CHECK(bad_threads == 0, "[%s] LoRA epilogue 1 and 2 threads bit for bit (%d of %d differ)", tier, bad_threads, runs);
+    CHECK(bad_seq == 0, "[%s] LoRA epilogue == product then the whole-row delta, bit for bit (%d of %d differ)", tier, bad_seq, runs);
+    CHECK(split_calls > 0, "[%s] the epilogue was split between threads on some shapes (%d)", tier, split_calls);
+}
+
 /* the hardware's conversions, the reference for quant_f16_to_f32 / quant_f32_to_f16 */
 __attribute__((target("f16c"))) static float ref_h2f(uint16_t h) { return _cvtsh_ss(h); }
 __attribute__((target("f16c"))) static uint16_t ref_f2h(float f) { return (uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
@@ -405,6 +493,10 @@ int main(void)
         } else {
             test_matmul_tier(kernels_isa_name(isa));
         }
+    }
+    for (int isa = KERNELS_ISA_PORTABLE; isa <= kernels_isa_max(); isa++) {
+        kernels_set_isa(isa);
+        test_lora_epilogue(kernels_isa_name(isa));
     }
     kernels_set_isa(KERNELS_ISA_AUTO);
     test_threads_big();

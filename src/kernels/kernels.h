@@ -291,6 +291,22 @@ void lowrank_up_backward(float *da, float *dB, float *dbias, float *scratch, con
 void lowrank_down_backward(float *dx, float *dA, float *dbias, float *scratch, const float *dz, const float *x,
                            const float *A, int N, int IC, int R);
 
+/* The same two products for one row at inference, on factors held in bf16
+ * (lowrank_bf16_pack): decoding reads every factor once per token, so the
+ * factors' bytes, not their arithmetic, set the cost (fp32 factors of a
+ * rank-16 LoRA on all seven linears of SmolLM2 are 20 MB a token, a quarter
+ * of its Q4_1 weights). Products of the bf16 values with fp32 activations,
+ * summed in fp32 in a fixed order (the tiers differ only by FMA rounding).
+ * A16 (R, IC) row-major; Bt16 (R, OC): B transposed, so that the up-product
+ * runs along outputs without horizontal sums. */
+void lowrank_bf16_pack(uint16_t *A16, uint16_t *Bt16, const float *A, const float *B, int IC, int R, int OC);
+/* Columns [o_lo, o_hi) of h (OC) += alpha Bt16^T (A16 x) for one row x (IC),
+ * R <= LOWRANK_MAX_R: the R sums are made in full by every call (a few
+ * thousand products), so that threads splitting the columns need not share
+ * them, and each column's sum does not depend on the split. */
+void lowrank_row_bf16(float *h, const float *x, const uint16_t *A16, const uint16_t *Bt16, float alpha,
+                      int IC, int R, int OC, int o_lo, int o_hi);
+
 /* y += x, n elements */
 void add_inplace(float *y, const float *x, size_t n);
 

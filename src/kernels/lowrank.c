@@ -618,3 +618,70 @@ void lowrank_down_backward(float *dx, float *dA, float *dbias, float *scratch, c
         }
     }
 }
+
+/* ------------------------------------------------- one row, bf16 factors */
+
+void lowrank_bf16_pack(uint16_t *A16, uint16_t *Bt16, const float *A, const float *B, int IC, int R, int OC)
+{
+    for (size_t i = 0; i < (size_t)R * IC; i++) A16[i] = kernels_f32_to_bf16(A[i]);
+    for (int o = 0; o < OC; o++)
+        for (int r = 0; r < R; r++) Bt16[(size_t)r * OC + o] = kernels_f32_to_bf16(B[(size_t)o * R + r]);
+}
+
+KERN_INLINE float bf16_value(uint16_t v)
+{
+    union { uint32_t u; float f; } c = { (uint32_t)v << 16 };
+    return c.f;
+}
+
+/* 16 partial sums per row of A, as kern_dot, so each tier vectorises */
+KERN_INLINE void lr_down_row_bf16_body(float *z, const float *x, const uint16_t *A16, int IC, int R, const int F)
+{
+    for (int r = 0; r < R; r++) {
+        const uint16_t *a = A16 + (size_t)r * IC;
+        float acc[16] = {0};
+        int j = 0;
+        for (; j + 16 <= IC; j += 16)
+            for (int u = 0; u < 16; u++) acc[u] = kern_madd(x[j + u], bf16_value(a[j + u]), acc[u], F);
+        float d = 0;
+        for (; j < IC; j++) d = kern_madd(x[j], bf16_value(a[j]), d, F);
+        for (int u = 0; u < 16; u++) d += acc[u];
+        z[r] = d;
+    }
+}
+KERN_TIERS(lr_down_row_bf16, (float *z, const float *x, const uint16_t *A16, int IC, int R), z, x, A16, IC, R)
+
+/* outputs [o_lo, o_hi) of h (OC) += alpha Bt16^T a; Bt16 rows of stride OC.
+ * 64 outputs at a time (four 512-bit accumulators), r in order */
+#define LR_UP_COLS 64
+KERN_INLINE void lr_up_row_bf16_body(float *h, const float *a, const uint16_t *Bt16, float alpha, int R, int OC,
+                                     int o_lo, int o_hi, const int F)
+{
+    for (int o0 = o_lo; o0 < o_hi; o0 += LR_UP_COLS) {
+        int n = o_hi - o0 < LR_UP_COLS ? o_hi - o0 : LR_UP_COLS;
+        float acc[LR_UP_COLS] = {0};
+        if (n == LR_UP_COLS) {
+            for (int r = 0; r < R; r++) {
+                const uint16_t *b = Bt16 + (size_t)r * OC + o0;
+                for (int u = 0; u < LR_UP_COLS; u++) acc[u] = kern_madd(a[r], bf16_value(b[u]), acc[u], F);
+            }
+        } else {
+            for (int r = 0; r < R; r++) {
+                const uint16_t *b = Bt16 + (size_t)r * OC + o0;
+                for (int u = 0; u < n; u++) acc[u] = kern_madd(a[r], bf16_value(b[u]), acc[u], F);
+            }
+        }
+        for (int u = 0; u < n; u++) h[o0 + u] = kern_madd(alpha, acc[u], h[o0 + u], F);
+    }
+}
+KERN_TIERS(lr_up_row_bf16, (float *h, const float *a, const uint16_t *Bt16, float alpha, int R, int OC, int o_lo,
+                            int o_hi), h, a, Bt16, alpha, R, OC, o_lo, o_hi)
+
+void lowrank_row_bf16(float *h, const float *x, const uint16_t *A16, const uint16_t *Bt16, float alpha,
+                      int IC, int R, int OC, int o_lo, int o_hi)
+{
+    if (IC <= 0 || R <= 0 || R > LOWRANK_MAX_R || o_lo < 0 || o_hi > OC || o_lo >= o_hi) return;
+    float z[LOWRANK_MAX_R];
+    KERN_PICK(lr_down_row_bf16)(z, x, A16, IC, R);
+    KERN_PICK(lr_up_row_bf16)(h, z, Bt16, alpha, R, OC, o_lo, o_hi);
+}

@@ -80,6 +80,16 @@ size_t quant_packed_bytes(const quant_packed *p);
 /* quant_matmul with a packed weight: the same results bit for bit (same
  * tier), without decoding the blocks on every call. */
 int quant_matmul_packed(float *out, const float *inp, const quant_packed *w, int N);
+/* Work done inside the product's threads once each has written its outputs:
+ * fn(ctx, o_lo, o_hi) may read and add to columns [o_lo, o_hi) of out (every
+ * row), which no other thread touches. An unmerged adapter's delta at a
+ * decoding step is this: split with the weight's rows, at no extra fork. */
+typedef struct quant_epilogue {
+    void (*fn)(void *ctx, int o_lo, int o_hi);
+    void *ctx;
+} quant_epilogue;
+/* quant_matmul_packed, then epi (NULL: none) on every output column */
+int quant_matmul_packed_epi(float *out, const float *inp, const quant_packed *w, int N, const quant_epilogue *epi);
 
 /* Whether the AVX-512 tier uses AVX512-VNNI (vpdpbusd) where the CPU has it
  * (default) or AVX-512-BW only (0), for tests and benchmarks; -1 queries.

@@ -706,7 +706,7 @@ struct quant_packed {
 
 /* the quantised path: w raw (ggml rows) or pk packed */
 static int qmatmul(float *out, const float *inp, const void *w, const quant_packed *pk, uint32_t type,
-                   int N, int IC, int OC)
+                   int N, int IC, int OC, const quant_epilogue *epi)
 {
     qinfo q;
     if (!qinfo_get(type, &q)) return QUANT_EUNSUPPORTED;
@@ -759,7 +759,14 @@ static int qmatmul(float *out, const float *inp, const void *w, const quant_pack
             int n0 = c * QNB, n1 = n0 + QNB < N ? n0 + QNB : N;
             mk(&a, P, nib, n0, n1 - n0, out + (size_t)n0 * OC + (size_t)g * QG, (size_t)OC, nr);
         }
+        /* one token chunk: this thread's tiles are whole groups, so the
+         * columns [t0 QG, t1 QG) are its alone */
+        if (epi && NC == 1 && t1 > t0) {
+            int o1 = (int)t1 * QG < OC ? (int)t1 * QG : OC;
+            epi->fn(epi->ctx, (int)t0 * QG, o1);
+        }
     }
+    if (epi && NC > 1) epi->fn(epi->ctx, 0, OC);
     return 0;
 }
 
@@ -838,7 +845,7 @@ int quant_matmul(float *out, const float *inp, const void *w, uint32_t type, int
     }
     if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16)
         return fmatmul(out, inp, w, type, N, IC, OC);
-    return qmatmul(out, inp, w, NULL, type, N, IC, OC);
+    return qmatmul(out, inp, w, NULL, type, N, IC, OC, NULL);
 }
 
 int quant_matmul_backward_input(float *dinp, const float *dout, const void *w, uint32_t type,
@@ -923,5 +930,11 @@ size_t quant_packed_bytes(const quant_packed *p)
 int quant_matmul_packed(float *out, const float *inp, const quant_packed *w, int N)
 {
     if (!w) return QUANT_EUNSUPPORTED;
-    return qmatmul(out, inp, NULL, w, w->type, N, w->IC, w->OC);
+    return qmatmul(out, inp, NULL, w, w->type, N, w->IC, w->OC, NULL);
+}
+
+int quant_matmul_packed_epi(float *out, const float *inp, const quant_packed *w, int N, const quant_epilogue *epi)
+{
+    if (!w) return QUANT_EUNSUPPORTED;
+    return qmatmul(out, inp, NULL, w, w->type, N, w->IC, w->OC, epi);
 }

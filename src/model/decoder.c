@@ -48,6 +48,8 @@ peftc_status decoder_load_quantized(const char *path, peftc_base_quant q, decode
     d->info.from_gguf = llama_model_gguf(d->m) != NULL;
     const llama_layer *l0 = llama_model_layer(d->m, 0);
     const ggml_type_traits *tq = ggml_traits(l0->wq.type), *te = ggml_traits(llama_model_embd_type(d->m));
+    uint32_t wt = l0->wq.type;
+    d->info.block_quantised = wt != GGML_TYPE_F32 && wt != GGML_TYPE_F16 && wt != GGML_TYPE_BF16;
     snprintf(d->info.weights, sizeof d->info.weights, "%s (token embedding %s)",
              l0->wq.type == QUANT_TYPE_NF4 ? "nf4" : tq ? tq->name : "?", te ? te->name : "?");
     *out = d;

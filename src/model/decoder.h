@@ -23,6 +23,7 @@ typedef struct decoder_info {
     int n_vocab, n_layers, d_model, n_ctx_train;
     char weights[48];            /* the weight types, e.g. "q4_1 (token_embd q8_0)" */
     int from_gguf;
+    int block_quantised;         /* the layers' linear weights are in blocks (Q4_1, Q8_0, NF4, ...), not F32/F16/BF16 */
 } decoder_info;
 
 peftc_status decoder_load(const char *path, decoder **out, peftc_error *err);

@@ -248,8 +248,61 @@ void delta_init_params(delta_set *ds, param_block *pb, peftc_rng *rng)
 void delta_set_free(delta_set *ds)
 {
     free(ds->d); free(ds->site_first); free(ds->site_count); free(ds->order);
-    free(ds->act_block); free(ds->scratch);
+    free(ds->act_block); free(ds->scratch); free(ds->bf16_block);
     memset(ds, 0, sizeof *ds);
+}
+
+static int delta_bf16_form(const delta *d)
+{
+    return delta_lowrank(&d->spec) && d->spec.insert == INSERT_PARALLEL && d->spec.act == ACT_IDENTITY &&
+           d->p_down_b < 0 && d->p_up_b < 0;
+}
+
+peftc_status delta_set_freeze_bf16(delta_set *ds, const param_block *pb, peftc_error *err)
+{
+    size_t total = 0;
+    for (int i = 0; i < ds->n; i++)
+        if (delta_bf16_form(&ds->d[i])) total += (size_t)ds->d[i].spec.r * ((size_t)ds->d[i].in + ds->d[i].out);
+    free(ds->bf16_block);
+    ds->bf16_block = NULL;
+    if (!total) return PEFTC_OK;
+    if (!(ds->bf16_block = malloc(total * sizeof *ds->bf16_block)))
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory (bf16 copies of the adapters' factors, %zu bytes)",
+                          total * sizeof *ds->bf16_block);
+    uint16_t *p = ds->bf16_block;
+    for (int i = 0; i < ds->n; i++) {
+        delta *d = &ds->d[i];
+        if (!delta_bf16_form(d)) continue;
+        int r = d->spec.r;
+        d->a16 = p; p += (size_t)r * d->in;
+        d->bt16 = p; p += (size_t)r * d->out;
+        lowrank_bf16_pack(d->a16, d->bt16, params_value(pb, d->p_down), params_value(pb, d->p_up), d->in, r, d->out);
+    }
+    return PEFTC_OK;
+}
+
+int delta_cols_ready(const delta_set *ds, int layer, site_id site, int N)
+{
+    if (ds->comp || ds->fuse || N > 2 || layer < ds->skip_below) return 0;
+    size_t cell = (size_t)layer * SITE_COUNT + site;
+    int cnt = ds->site_count[cell];
+    for (int k = 0; k < cnt; k++)
+        if (!ds->d[ds->order[ds->site_first[cell] + k]].a16) return 0;
+    return cnt > 0;
+}
+
+void delta_forward_cols(const delta_set *ds, int layer, site_id site, const float *x, float *h, int N,
+                        int o_lo, int o_hi)
+{
+    size_t cell = (size_t)layer * SITE_COUNT + site;
+    for (int k = 0; k < ds->site_count[cell]; k++) {
+        const delta *d = &ds->d[ds->order[ds->site_first[cell] + k]];
+        const delta_spec *s = &d->spec;
+        float alpha = s->compose == COMPOSE_SCALE ? s->scale : 1.0f;
+        for (int n = 0; n < N; n++)
+            lowrank_row_bf16(h + (size_t)n * d->out, x + (size_t)n * d->in, d->a16, d->bt16, alpha, d->in, s->r,
+                             d->out, o_lo, o_hi);
+    }
 }
 
 static void act_forward(delta_act act, float *a, const float *z, size_t n)
@@ -411,6 +464,13 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
         }
         const float *down_b = d->p_down_b >= 0 ? params_value(pb, d->p_down_b) : NULL;
         const float *up_b = d->p_up_b >= 0 ? params_value(pb, d->p_up_b) : NULL;
+        if (d->a16 && !train && N <= 2) {   /* decoding (delta_set_freeze_bf16) */
+            float alpha = s->compose == COMPOSE_SCALE ? s->scale : 1.0f;
+            for (int n = 0; n < N; n++)
+                lowrank_row_bf16(h + (size_t)n * d->out, src + (size_t)n * src_w, d->a16, d->bt16, alpha, src_w,
+                                 s->r, d->out, 0, d->out);
+            continue;
+        }
         if (delta_lowrank(s)) {
             float *lr_scratch = delta_partials(ds);
             lowrank_down_forward(d->z, lr_scratch, src, params_value(pb, d->p_down), down_b, N, src_w, s->r);

@@ -77,6 +77,9 @@ typedef struct delta {
     float *z, *a;       /* (N,r) before / after the nonlinearity (a == z for identity; DELTA_SVD: a = z * E) */
     float *u;           /* (N,out) the module's output before composition */
     float *gate;        /* (N) gate values */
+    /* inference copies of a LoRA's factors in bf16 (delta_set_freeze_bf16):
+     * A (r,in) and B transposed (r,out); NULL: the fp32 parameters are used */
+    uint16_t *a16, *bt16;
 } delta;
 
 typedef struct delta_set {
@@ -102,6 +105,7 @@ typedef struct delta_set {
     /* AdapterDrop: the deltas of layers below this act in neither forward
      * nor backward (delta_count says 0 there, so the family skips them) */
     int skip_below;
+    uint16_t *bf16_block;   /* the storage of every delta's a16/bt16 */
 } delta_set;
 
 /* Adds a delta at (layer, site) with the given widths; declares its params in pb
@@ -112,6 +116,18 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
 peftc_status delta_index(delta_set *ds, int n_layers, peftc_error *err);
 /* Allocates activation and scratch buffers for N = B*T rows. */
 peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err);
+/* For inference only: every LoRA-form delta (low-rank, no biases) gets bf16
+ * copies of its factors, which delta_forward then uses for one or two rows
+ * (decoding) when not training. Halves the bytes a token reads from the
+ * factors; the copies are not updated if pb's values change afterwards. */
+peftc_status delta_set_freeze_bf16(delta_set *ds, const param_block *pb, peftc_error *err);
+/* 1 if every delta at (layer, site) is a bf16-frozen LoRA and N <= 2 rows at
+ * inference: then delta_forward_cols may stand for delta_forward, split by
+ * output columns (inside the threads of the site's own product). */
+int delta_cols_ready(const delta_set *ds, int layer, site_id site, int N);
+/* columns [o_lo, o_hi) of h (N, out) += the deltas at (layer, site) of x */
+void delta_forward_cols(const delta_set *ds, int layer, site_id site, const float *x, float *h, int N,
+                        int o_lo, int o_hi);
 /* Initialises the parameters of every delta (call after params_alloc). */
 void delta_init_params(delta_set *ds, param_block *pb, peftc_rng *rng);
 void delta_set_free(delta_set *ds);

@@ -10,14 +10,29 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdio.h>
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* Threads for a decoding step. A step is ~10 ms of ~100 small products,
+ * each a fork and a join: when other processes hold the cores, every join
+ * waits for a descheduled thread, and two threads run several times slower
+ * than one. So each step is timed, with the caller's team and now and then
+ * (a probe) with one thread; the faster setting is kept, and probes back off
+ * while they lose. Only on block-quantised bases, whose products give the
+ * same bits with any team: the tokens do not change, only the speed. */
+typedef struct team_tuner {
+    int one;            /* the setting in use: 0 the caller's team, 1 one thread */
+    int since, every;   /* steps since the last probe; steps between probes */
+    double ewma[2];     /* smoothed seconds per step of each setting (0: not yet timed) */
+} team_tuner;
+
 struct peftc_lm {
+    team_tuner tune;
     decoder *dec;
     bpe_tokenizer *tok;
     gen_model gen;
@@ -121,15 +136,45 @@ static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_er
         return rc;
     }
     if ((rc = delta_index(&lm->ds, di->n_layers, err))) return rc;
-    return delta_acts_alloc(&lm->ds, lm->n_batch, err);
+    if ((rc = delta_acts_alloc(&lm->ds, lm->n_batch, err))) return rc;
+    /* decoding reads every factor once per token: on a block-quantised base
+     * (whose own products round activations to 8 bits) the factors are read
+     * as bf16, half the bytes (llama.cpp's GGUF LoRA files are f16 too);
+     * float bases keep fp32 factors, exact against --merge */
+    return di->block_quantised ? delta_set_freeze_bf16(&lm->ds, &lm->pb, err) : PEFTC_OK;
 }
 
 /* ------------------------------------------------------------ the handle */
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 static peftc_status eval_cb(void *model, const int32_t *ids, int n, int pos, float *logits, peftc_error *err)
 {
     peftc_lm *lm = model;
-    return decoder_eval(lm->dec, lm->ds.n ? &lm->ds : NULL, &lm->pb, ids, n, pos, logits, 0, err);
+    const delta_set *ds = lm->ds.n ? &lm->ds : NULL;
+    int team = omp_get_max_threads();
+    if (n != 1 || team < 2 || !decoder_get_info(lm->dec)->block_quantised)
+        return decoder_eval(lm->dec, ds, &lm->pb, ids, n, pos, logits, 0, err);
+    team_tuner *t = &lm->tune;
+    if (!t->every) t->every = 8;
+    int probe = t->since >= t->every, s = probe ? !t->one : t->one;
+    t->since = probe ? 0 : t->since + 1;
+    if (s) omp_set_num_threads(1);
+    double t0 = now_s();
+    peftc_status rc = decoder_eval(lm->dec, ds, &lm->pb, ids, n, pos, logits, 0, err);
+    double dt = now_s() - t0;
+    if (s) omp_set_num_threads(team);
+    t->ewma[s] = t->ewma[s] > 0 ? 0.75 * t->ewma[s] + 0.25 * dt : dt;
+    if (probe) {
+        if (t->ewma[s] < t->ewma[!s]) { t->one = s; t->every = 8; }
+        else if (t->every < 512) t->every *= 2;
+    }
+    return rc;
 }
 
 peftc_status peftc_lm_load(const char *model_path, const peftc_lm_opts *o, peftc_lm **out, peftc_error *err)
