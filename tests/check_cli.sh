@@ -172,5 +172,16 @@ expect_fail "non-finite loss" "non-finite" -- ./peftc train $common $rc --out "$
 cmp -s "$W/ckpt.before" "$W/half/checkpoint.safetensors" && ok "the last good checkpoint is intact" || bad "checkpoint changed"
 ls "$W/half"/*.tmp >/dev/null 2>&1 && bad "temp files left behind" || ok "no temp files left behind"
 
+# per-command help: peftc CMD --help and peftc help CMD print that command's usage entries only
+for c in train generate merge; do
+    out=$(./peftc $c --help 2>&1); rc=$?
+    first=$(printf '%s\n' "$out" | head -1)
+    if [ "$rc" -eq 0 ] && [ "${first#  $c }" != "$first" ] && ! printf '%s\n' "$out" | grep -q '^  tokenize '; then
+        ok "peftc $c --help: $(printf '%s\n' "$out" | wc -l) lines, starting '${first:0:40}...'"
+    else bad "peftc $c --help: rc $rc, first line '$first'"; fi
+done
+cmp -s <(./peftc help eval) <(./peftc eval -h) && ok "peftc help eval == peftc eval -h" || bad "peftc help eval differs from eval -h"
+expect_fail "help for an unknown command" "unknown command 'nosuch'" -- ./peftc help nosuch
+
 echo "## $pass $fail"
 [ "$fail" -eq 0 ]

@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -114,10 +115,37 @@ static void short_spin_wait(char **argv)
     /* if that failed, run on with the default */
 }
 
+/* The usage entries of one command (an entry: a line "  NAME ..." and the
+ * more deeply indented lines after it; a command may have several forms).
+ * 0 if it has none. */
+static int command_help(const char *cmd, FILE *out)
+{
+    size_t cl = strlen(cmd);
+    int found = 0, in = 0;
+    for (const char *l = usage; *l;) {
+        const char *e = strchr(l, '\n');
+        size_t n = e ? (size_t)(e - l) : strlen(l);
+        int entry = n > 2 && l[0] == ' ' && l[1] == ' ' && l[2] != ' ';
+        if (entry) in = n >= 2 + cl && !strncmp(l + 2, cmd, cl) && (n == 2 + cl || l[2 + cl] == ' ');
+        else if (n < 4 || strncmp(l, "    ", 4)) in = 0;
+        if (in) { fwrite(l, 1, n, out); fputc('\n', out); found = 1; }
+        l += n + (e != NULL);
+    }
+    return found;
+}
+
+static int is_help(const char *s) { return !strcmp(s, "help") || !strcmp(s, "--help") || !strcmp(s, "-h"); }
+
 int main(int argc, char **argv)
 {
     short_spin_wait(argv);
-    if (argc < 2 || !strcmp(argv[1], "help") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    /* peftc help CMD, peftc CMD --help */
+    if (argc >= 3 && (is_help(argv[1]) || is_help(argv[2]))) {
+        const char *cmd = is_help(argv[1]) ? argv[2] : argv[1];
+        if (command_help(cmd, stdout)) return 0;
+        return cli_errorf(2, "unknown command '%s' (try: peftc help)", cmd);
+    }
+    if (argc < 2 || is_help(argv[1])) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
