@@ -297,7 +297,7 @@ static void test_tiers_agree(void)
  * splits (decode: OC across threads; prompt: tiles of tokens x rows) */
 static void test_threads_big(void)
 {
-    for (size_t ti = 0; ti < 8; ti++) {
+    for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
         uint32_t t = types[ti];
         int bad = 0;
         static const int Ns[] = { 1, 2, 100 };

@@ -770,41 +770,72 @@ static int qmatmul(float *out, const float *inp, const void *w, const quant_pack
     return 0;
 }
 
-/* rows [r0, r1) of out (1, OC) = inp . W rows, fp32 dots with fixed lanes
- * (OpenBLAS's sgemv splits the sum between threads: results would depend on
- * the thread count); fp16/bf16 rows are widened into tmp (IC floats) first */
-KERN_INLINE void fdot_rows_body(float *out, const float *inp, const void *w, uint32_t type, int IC,
+/* rows [r0, r1) of out (N, OC) = inp (N rows, N <= FROWS_N) . W rows, fp32
+ * dots with fixed lanes (OpenBLAS's sgemv splits the sum between threads:
+ * results would depend on the thread count). F32 and BF16 rows are read in
+ * place (bf16 widened in registers: exact products), 64 lanes at a time so
+ * that four vector accumulators hide the FMA latency, the lanes then summed
+ * in a fixed tree; F16 rows are widened into tmp (IC floats) first. Decoding
+ * is this: every weight byte read once per token, the inputs from L1. */
+#define FROWS_N 4
+#define FROWS_L 64
+KERN_INLINE float frow_lanes_sum(float *acc)
+{
+    for (int u = 0; u < 16; u++) acc[u] = (acc[u] + acc[u + 16]) + (acc[u + 32] + acc[u + 48]);
+    for (int u = 0; u < 8; u++) acc[u] += acc[u + 8];
+    for (int u = 0; u < 4; u++) acc[u] += acc[u + 4];
+    return (acc[0] + acc[2]) + (acc[1] + acc[3]);
+}
+KERN_INLINE void fdot_rows_body(float *out, const float *inp, int N, const void *w, uint32_t type, int IC, int OC,
                                 int r0, int r1, float *tmp, const int F)
 {
     const size_t rb = ggml_row_bytes(type, IC);
     for (int r = r0; r < r1; r++) {
         const void *row = (const uint8_t *)w + (size_t)r * rb;
-        const float *x = row;
-        if (type != GGML_TYPE_F32) {
-            quant_dequantize_row(type, row, tmp, IC);
-            x = tmp;
+        const float *wf = type == GGML_TYPE_F32 ? row : tmp;
+        const uint16_t *wb = type == GGML_TYPE_BF16 ? row : NULL;
+        if (type == GGML_TYPE_F16) quant_dequantize_row(type, row, tmp, IC);
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * IC;
+            float acc[FROWS_L] = {0}, tail = 0;
+            int j = 0;
+            if (wb) {
+                for (; j + FROWS_L <= IC; j += FROWS_L)
+                    for (int u = 0; u < FROWS_L; u++) {
+                        union { uint32_t i; float f; } c = { (uint32_t)wb[j + u] << 16 };
+                        acc[u] = kern_madd(x[j + u], c.f, acc[u], F);
+                    }
+                for (; j < IC; j++) {
+                    union { uint32_t i; float f; } c = { (uint32_t)wb[j] << 16 };
+                    tail = kern_madd(x[j], c.f, tail, F);
+                }
+            } else {
+                for (; j + FROWS_L <= IC; j += FROWS_L)
+                    for (int u = 0; u < FROWS_L; u++) acc[u] = kern_madd(x[j + u], wf[j + u], acc[u], F);
+                for (; j < IC; j++) tail = kern_madd(x[j], wf[j], tail, F);
+            }
+            out[(size_t)n * OC + r] = frow_lanes_sum(acc) + tail;
         }
-        out[r] = kern_vdot(inp, x, IC, F);
     }
 }
-KERN_TIERS(fdot_rows, (float *out, const float *inp, const void *w, uint32_t type, int IC, int r0, int r1,
-                       float *tmp), out, inp, w, type, IC, r0, r1, tmp)
+KERN_TIERS(fdot_rows, (float *out, const float *inp, int N, const void *w, uint32_t type, int IC, int OC, int r0,
+                       int r1, float *tmp), out, inp, N, w, type, IC, OC, r0, r1, tmp)
 
 /* F16 / BF16 / F32 weights: fp32 products */
 static int fmatmul(float *out, const float *inp, const void *w, uint32_t type, int N, int IC, int OC)
 {
     if (N < 0 || IC <= 0 || OC < 0) return QUANT_EUNSUPPORTED;
     if (N == 0 || OC == 0) return 0;
-    if (N == 1) {
-        void (*f)(float *, const float *, const void *, uint32_t, int, int, int, float *) = KERN_PICK(fdot_rows);
+    if (N <= FROWS_N) {
+        void (*f)(float *, const float *, int, const void *, uint32_t, int, int, int, int, float *) = KERN_PICK(fdot_rows);
         int fail = 0;
         #pragma omp parallel reduction(|: fail) if ((size_t)OC * IC > 65536)
         {
             size_t a, b;
             kern_split((size_t)OC, &a, &b);
-            float *tmp = type == GGML_TYPE_F32 || a == b ? NULL : kern_scratch((size_t)IC * 4);
-            if (type != GGML_TYPE_F32 && a < b && !tmp) fail = 1;
-            else f(out, inp, w, type, IC, (int)a, (int)b, tmp);
+            float *tmp = type != GGML_TYPE_F16 || a == b ? NULL : kern_scratch((size_t)IC * 4);
+            if (type == GGML_TYPE_F16 && a < b && !tmp) fail = 1;
+            else f(out, inp, N, w, type, IC, OC, (int)a, (int)b, tmp);
         }
         return fail ? QUANT_ENOMEM : 0;
     }

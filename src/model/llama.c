@@ -689,7 +689,9 @@ peftc_status llama_ctx_init(llama_ctx *c, const llama_model *m, int n_ctx, int n
 /* -------------------------------------------------------------- forward */
 int llama_linear(float *out, const float *in, const llama_weight *w, int N)
 {
-    if (w->type == GGML_TYPE_F32) {
+    /* a few rows (decoding): one pass over the weight rows split between
+     * threads by rows (quant_matmul's float path) instead of sgemm */
+    if (w->type == GGML_TYPE_F32 && N > 4) {
         matmul_forward(out, in, w->data, NULL, N, w->in, w->out, 0);
         return 0;
     }
