@@ -23,8 +23,9 @@
  * waits for a descheduled thread, and two threads run several times slower
  * than one. So each step is timed, with the caller's team and now and then
  * (a probe) with one thread; the faster setting is kept, and probes back off
- * while they lose. Only on block-quantised bases, whose products give the
- * same bits with any team: the tokens do not change, only the speed. */
+ * while they lose. A one-token step gives the same bits with any team
+ * (products split by weight rows, fixed-lane sums; attention by heads), so
+ * the tokens do not change, only the speed. */
 typedef struct team_tuner {
     int one;            /* the setting in use: 0 the caller's team, 1 one thread */
     int since, every;   /* steps since the last probe; steps between probes */
@@ -158,7 +159,7 @@ static peftc_status eval_cb(void *model, const int32_t *ids, int n, int pos, flo
     peftc_lm *lm = model;
     const delta_set *ds = lm->ds.n ? &lm->ds : NULL;
     int team = omp_get_max_threads();
-    if (n != 1 || team < 2 || !decoder_get_info(lm->dec)->block_quantised)
+    if (n != 1 || team < 2)
         return decoder_eval(lm->dec, ds, &lm->pb, ids, n, pos, logits, 0, err);
     team_tuner *t = &lm->tune;
     if (!t->every) t->every = 8;
