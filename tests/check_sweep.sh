@@ -217,6 +217,27 @@ okk = (len(grid) == 3 and abs(lrs[1] / lrs[0] - 3) < 1e-3 and abs(lrs[1] - 5e-4)
 print(("ok   - " if okk else "FAIL - ") + f"lr grid {lrs} around lora's 5e-4; the chosen {best} used by every seed; seed 1 links its grid run")
 EOF
 )
+    # the report's lr table: each grid rate's first-seed metric from its
+    # metrics.json, the rate the runs use starred, the note naming the split
+    $P report $W/s4 >/dev/null 2>&1
+    out=$($PY - "$W/s4" <<'EOF'
+import json, re, sys
+d = sys.argv[1]
+man = json.load(open(f"{d}/sweep.json"))
+grid = [r for r in man["runs"] if r["grid"]]
+used = [r for r in man["runs"] if not r["grid"]][0]["lr"]
+want = ", ".join(f"{r['lr']:.3g}: {100 * json.load(open(d + '/' + r['dir'] + '/metrics.json'))['eval_accuracy']:.2f}"
+                 + ("*" if abs(r["lr"] - used) <= 1e-6 * used else "") for r in grid)
+md = open(f"{d}/report.md").read()
+rows = [l for l in md.splitlines() if l.startswith("| lora | 5% | ") and "LoRA" not in l]
+html = open(f"{d}/report.html").read()
+ok = (rows == [f"| lora | 5% | {want} |"] and want.count("*") == 1 and man["eval"] in md
+      and "optimistic" in md and 'id="lr-grid"' in html and want in html)
+print(("ok   - " if ok else "FAIL - ") + f"report's lr table: '{want}' (md and html), the choice's split named as optimistic"
+      + ("" if ok else f"; md rows {rows}"))
+EOF
+)
+    tally "$out"
     tally "$out"
 else
     bad "lr-grid sweep failed: $(tail -3 $W/s4.log)"
