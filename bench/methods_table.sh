@@ -40,6 +40,7 @@ def stats(key):
     n = len(v); mean = sum(v) / n if n else float("nan")
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else float("nan")
     return mean, sd, n
+def fmt(x, f): return "—" if math.isnan(x) else format(x, f)
 full = stats(("full", "fixed"))[0] if groups.get(("full", "fixed")) else float("nan")   # no full run: no gaps
 names = []
 for k in order:
@@ -60,7 +61,7 @@ for name in names:
     within = "reference" if name == "full" else "—" if math.isnan(gap) else ("yes" if gap >= -1.5 else "no")
     label = name + (" (He et al.)" if name in PAPER else "")
     print(f"| {label} | {k[1]} | {spec} | {r['saved_percent']:.3f} | {m['trainable_percent']:.3f} | {lr} | "
-          f"{mean:.2f} ± {sd:.2f} | {n} | {gap:+.2f} | {within} |")
+          f"{mean:.2f} ± {fmt(sd, '.2f')} | {n} | {fmt(gap, '+.2f')} | {within} |")
 PY
 fi
 STEPS=${1:-600}; shift || true

@@ -35,7 +35,8 @@ typedef struct rgroup {
 static const char *const dim_keys[4] = {"insertion", "representation", "composition", "functional_form"};
 static const char *const dim_titles[4] = {"insertion form", "modified representation", "composition function", "functional form"};
 static const char *const palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                                      "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39"};
+                                      "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39",
+                                      "#e7ba52", "#6b6ecf", "#31a354", "#de9ed6", "#3182bd", "#e6550d"};   /* 20: a sweep of 15+ methods */
 #define N_COLORS (int)(sizeof palette / sizeof *palette)
 
 static double jnum(json_t *o, const char *k)
