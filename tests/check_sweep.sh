@@ -238,6 +238,15 @@ print(("ok   - " if ok else "FAIL - ") + f"report's lr table: '{want}' (md and h
 EOF
 )
     tally "$out"
+    # a kept main run is checked against the rate the grid chose (a grid
+    # edited since could choose another): seed 2 recorded with another lr
+    $PY -c "import json,sys; p=sys.argv[1]; j=json.load(open(p)); j['lr']=0.25; json.dump(j,open(p,'w'))" $W/s4/lora-5%-s2/run.json
+    if ! $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lora --budgets 5% --seeds 1,2 --steps 4 --batch 8 \
+          --lr-grid 3 --format md --out $W/s4 >$W/s4b.log 2>&1 && grep -q "lora-5%-s2/run.json: this run was trained with lr 0.25, the sweep now gives it" $W/s4b.log; then
+        ok "a kept seed-2 run whose lr is not the grid's choice is refused: $(tail -1 $W/s4b.log | cut -c1-160)"
+    else
+        bad "a kept seed-2 run with another lr than the grid's choice: $(tail -2 $W/s4b.log)"
+    fi
     tally "$out"
 else
     bad "lr-grid sweep failed: $(tail -3 $W/s4.log)"
