@@ -5,7 +5,8 @@
 # (methods with a size knob), the scaled parallel adapter and the parallel
 # adapter at the attention output at 2%, 3 seeds, 160 steps x batch 16,
 # length 64, one thread each. Prompt, prefix, P-tuning, P-tuning v2, (IA)3
-# and MAM have an lr grid (3 rates, prefix 4): seed 1 at each rate, seeds 2 and 3 at the
+# and MAM have an lr grid (3 rates; 4 for prefix, (IA)3 and P-tuning v2,
+# whose first-seed best was at an end of 3): seed 1 at each rate, seeds 2 and 3 at the
 # rate with the best dev accuracy (the dev split is also the reported one:
 # the choice is optimistic). Resumable: rerun the same command after an
 # interruption (finished runs are kept; a run whose lr or spec changed is
