@@ -259,7 +259,7 @@ if $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lo
 import json, sys, math
 d = sys.argv[1]
 man = json.load(open(f"{d}/sweep.json"))
-default = {"lora": 5e-4, "prompt": 3e-2}
+default = {"lora": 5e-4, "prompt": 3e-1}   # peftc methods' defaults
 for name in ("lora", "prompt"):
     t = [r for r in man["runs"] if r["name"] == name and r["lr_find"]]
     main = [r for r in man["runs"] if r["name"] == name and not r["grid"]]
