@@ -113,9 +113,10 @@ demo:
 	bash scripts/demo.sh
 
 # The sweep report rendered by headless Chromium, with a screenshot (needs
-# Debian's chromium; not part of `make test`).
+# Debian's chromium; not part of `make test`): a tiny sweep's (build/report.png),
+# or with SWEEP=DIR that sweep's report (DIR/report.png).
 test-report: all
-	bash scripts/report_screenshot.sh
+	REPORT_PNG=$(if $(SWEEP),$(SWEEP)/report.png,build/report.png) REPORT_HEIGHT=$(if $(SWEEP),5200,3200) bash scripts/report_screenshot.sh $(SWEEP)
 
 bench: all
 	bash bench/run

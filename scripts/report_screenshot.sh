@@ -3,7 +3,8 @@
 # tests/run.sh: it needs Debian's chromium, which the normal run must not).
 # A tiny sweep is run, Chromium loads report.html from disk with the network
 # off, its DOM must hold one Figure-1 point per run, the axis labels and the
-# legend, and a screenshot is written (build/report.png, or REPORT_PNG).
+# legend, and a screenshot is written (build/report.png, or REPORT_PNG; the
+# page's first REPORT_HEIGHT pixels, default 3200).
 # With a sweep directory as $1 it renders that report instead.
 set -u
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ print(len(re.findall(r'<circle class=\"run\"', fig)))")
 [ "$pts" -eq "$runs" ] && ok "Chromium's DOM: Figure 1 has $pts points, one per run" || bad "Chromium's DOM: $pts points for $runs runs"
 grep -q "trainable parameters (% of the model, log scale)" "$W/dom.html" && grep -q 'class="legend"' "$W/dom.html" \
     && ok "Chromium's DOM: axis label and legend present" || bad "Chromium's DOM lacks the axis label or the legend"
-"$CHROME" $flags --window-size=1280,3200 --screenshot="$(realpath -m "$PNG")" "file://$(realpath "$D")/report.html" >/dev/null 2>>"$W/chrome.err"
+"$CHROME" $flags --window-size=1280,${REPORT_HEIGHT:-3200} --screenshot="$(realpath -m "$PNG")" "file://$(realpath "$D")/report.html" >/dev/null 2>>"$W/chrome.err"
 size=$(stat -c %s "$PNG" 2>/dev/null || echo 0)
 # a blank page compresses to a few KB; the charts make it much larger
 [ "$size" -gt 30000 ] && ok "screenshot $PNG ($size bytes)" || { bad "screenshot missing or blank ($size bytes)"; tail -3 "$W/chrome.err"; }

@@ -90,6 +90,9 @@ for m in lora lora-dropout full bitfit adalora ia3 adapter-houlsby adapter-pfeif
     extra="" m_=$m
     [ "$m" = lora-dropout ] && { m_=lora; extra="--lora-dropout 0.1"; }   # the deltas' dropout (QLoRA's)
     [ "$m" = adalora ] && extra="--tinit 1 --tfinal 1 --total-step 4"   # the rank allocator prunes within the 4 steps
+    # prompt's default lr (0.3) moves the vectors ten times as far per step, and the
+    # two reduction orders' rounding with them past 1e-6 absolute: its former 3e-2
+    [ "$m" = prompt ] && extra="--lr 3e-2"
     if ! $P train $common --method $m_ $extra --out "$O/$m.1" >"$O/$m.1.log" 2>&1; then bad "$m, 1 process: $(tail -1 "$O/$m.1.log")"; continue; fi
     if ! $MPIRUN -np 2 $P train $common --method $m_ $extra --out "$O/$m.2" >"$O/$m.2.log" 2>&1; then bad "$m, 2 ranks: $(tail -2 "$O/$m.2.log")"; continue; fi
     tally "$(compare "$O/$m.1" "$O/$m.2" "$m, 2 ranks vs 1 process")"

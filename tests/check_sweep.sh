@@ -217,6 +217,36 @@ okk = (len(grid) == 3 and abs(lrs[1] / lrs[0] - 3) < 1e-3 and abs(lrs[1] - 5e-4)
 print(("ok   - " if okk else "FAIL - ") + f"lr grid {lrs} around lora's 5e-4; the chosen {best} used by every seed; seed 1 links its grid run")
 EOF
 )
+    # the report's lr table: each grid rate's first-seed metric from its
+    # metrics.json, the rate the runs use starred, the note naming the split
+    $P report $W/s4 >/dev/null 2>&1
+    out=$($PY - "$W/s4" <<'EOF'
+import json, re, sys
+d = sys.argv[1]
+man = json.load(open(f"{d}/sweep.json"))
+grid = [r for r in man["runs"] if r["grid"]]
+used = [r for r in man["runs"] if not r["grid"]][0]["lr"]
+want = ", ".join(f"{r['lr']:.3g}: {100 * json.load(open(d + '/' + r['dir'] + '/metrics.json'))['eval_accuracy']:.2f}"
+                 + ("*" if abs(r["lr"] - used) <= 1e-6 * used else "") for r in grid)
+md = open(f"{d}/report.md").read()
+rows = [l for l in md.splitlines() if l.startswith("| lora | 5% | ") and "LoRA" not in l]
+html = open(f"{d}/report.html").read()
+ok = (rows == [f"| lora | 5% | {want} |"] and want.count("*") == 1 and man["eval"] in md
+      and "optimistic" in md and 'id="lr-grid"' in html and want in html)
+print(("ok   - " if ok else "FAIL - ") + f"report's lr table: '{want}' (md and html), the choice's split named as optimistic"
+      + ("" if ok else f"; md rows {rows}"))
+EOF
+)
+    tally "$out"
+    # a kept main run is checked against the rate the grid chose (a grid
+    # edited since could choose another): seed 2 recorded with another lr
+    $PY -c "import json,sys; p=sys.argv[1]; j=json.load(open(p)); j['lr']=0.25; json.dump(j,open(p,'w'))" $W/s4/lora-5%-s2/run.json
+    if ! $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lora --budgets 5% --seeds 1,2 --steps 4 --batch 8 \
+          --lr-grid 3 --format md --out $W/s4 >$W/s4b.log 2>&1 && grep -q "lora-5%-s2/run.json: this run was trained with lr 0.25, the sweep now gives it" $W/s4b.log; then
+        ok "a kept seed-2 run whose lr is not the grid's choice is refused: $(tail -1 $W/s4b.log | cut -c1-160)"
+    else
+        bad "a kept seed-2 run with another lr than the grid's choice: $(tail -2 $W/s4b.log)"
+    fi
     tally "$out"
 else
     bad "lr-grid sweep failed: $(tail -3 $W/s4.log)"
@@ -229,7 +259,7 @@ if $P sweep --model $T/model --train $T/train.tsv --eval $T/dev.tsv --methods lo
 import json, sys, math
 d = sys.argv[1]
 man = json.load(open(f"{d}/sweep.json"))
-default = {"lora": 5e-4, "prompt": 3e-2}
+default = {"lora": 5e-4, "prompt": 3e-1}   # peftc methods' defaults
 for name in ("lora", "prompt"):
     t = [r for r in man["runs"] if r["name"] == name and r["lr_find"]]
     main = [r for r in man["runs"] if r["name"] == name and not r["grid"]]

@@ -675,6 +675,10 @@ static int execute(sweep *s)
             int was_planned = !strcmp(r->status, "planned");
             choose_lr(s, r->group);
             if (was_planned && strcmp(r->status, "planned")) { steps_left -= s->steps; todo--; }
+            /* kept runs of the group were checked before the choice, without
+             * an lr: a grid edited since (a rate added) may now choose another */
+            for (int j = i; j < s->n_runs && s->runs[j].group == r->group; j++)
+                if (!s->runs[j].grid && strcmp(s->runs[j].status, "planned") && check_kept_run(s, &s->runs[j])) return 2;
             if (write_manifest(s)) return 1;
         }
         if (strcmp(r->status, "planned")) continue;

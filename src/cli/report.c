@@ -18,7 +18,7 @@
 typedef struct rrun {
     const char *dir, *name, *method, *budget, *spec;
     const char *dims[4];
-    int group, grid, done, seed;
+    int group, grid, lr_find, done, seed;
     double saved_pct, trainable_pct, lr;
     double metric, tok_s, rss_mb, train_s;   /* NAN when missing */
     int n_loss;
@@ -35,7 +35,8 @@ typedef struct rgroup {
 static const char *const dim_keys[4] = {"insertion", "representation", "composition", "functional_form"};
 static const char *const dim_titles[4] = {"insertion form", "modified representation", "composition function", "functional form"};
 static const char *const palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-                                      "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39"};
+                                      "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#843c39",
+                                      "#e7ba52", "#6b6ecf", "#31a354", "#de9ed6", "#3182bd", "#e6550d"};   /* 20: a sweep of 15+ methods */
 #define N_COLORS (int)(sizeof palette / sizeof *palette)
 
 static double jnum(json_t *o, const char *k)
@@ -192,6 +193,45 @@ static const char css[] =
     ".curve{fill:none;stroke-width:1.2;opacity:.8}.meanline{fill:none;stroke-width:1.5;opacity:.6}"
     ".note{color:#555;font-size:13px}";
 
+/* The lr grids: per (method, budget) with a grid, each rate's first-seed
+ * metric and the rate its main runs took (marked). The choice reads the eval
+ * file that the results table reports, so the note says so: the chosen rates'
+ * scores are optimistic by the selection. html: a table, else Markdown. */
+static void write_grids(FILE *f, const rrun *R, int nr, const rgroup *G, int ng, const char *metric, const char *eval, int html)
+{
+    int any = 0;
+    for (int i = 0; i < nr; i++) any |= R[i].grid;
+    if (!any) return;
+    if (html) fprintf(f, "<h2>Learning-rate choice</h2>\n<table id=\"lr-grid\"><tr><th class=\"l\">method</th><th class=\"l\">budget</th>"
+                         "<th class=\"l\">first seed's eval %s per lr (* chosen)</th></tr>\n", metric);
+    else fprintf(f, "\nLearning-rate choice (first seed's eval %s per lr, * the rate the runs above use):\n\n"
+                    "| method | budget | %s per lr |\n|---|---|---|\n", metric, metric);
+    for (int g = 0; g < ng; g++) {
+        const rrun *m = &R[G[g].first];
+        int n = 0;
+        for (int i = 0; i < nr; i++) n += R[i].grid && R[i].group == m->group;
+        if (!n) continue;
+        if (html) { fprintf(f, "<tr><td class=\"l\">"); esc(f, m->name); fprintf(f, "</td><td class=\"l\">"); esc(f, m->budget); fprintf(f, "</td><td class=\"l\">"); }
+        else fprintf(f, "| %s | %s | ", m->name, m->budget);
+        int k = 0;
+        for (int i = 0; i < nr; i++) {
+            const rrun *r = &R[i];
+            if (!r->grid || r->group != m->group) continue;
+            if (r->lr_find) fprintf(f, "%srange test from %.3g: %.3g", k++ ? ", " : "", r->lr, m->lr);
+            else if (!r->done || isnan(r->metric)) fprintf(f, "%s%.3g: —", k++ ? ", " : "", r->lr);
+            else fprintf(f, "%s%.3g: %.2f%s", k++ ? ", " : "", r->lr, 100 * r->metric,
+                         m->lr > 0 && fabs(r->lr - m->lr) <= 1e-6 * m->lr ? "*" : "");
+        }
+        fprintf(f, html ? "</td></tr>\n" : " |\n");
+    }
+    if (html) fprintf(f, "</table>\n<p class=\"note\">");
+    else fprintf(f, "\n");
+    fprintf(f, "The rate is chosen by the first seed's eval %s on ", metric);
+    if (html) { fprintf(f, "<code>"); esc(f, eval); fprintf(f, "</code>"); } else fprintf(f, "`%s`", eval);
+    fprintf(f, ", the file the results are reported on: the chosen rates' scores are optimistic by that choice "
+               "(the later seeds took no part in it).%s\n", html ? "</p>" : "");
+}
+
 static int write_html(FILE *f, json_t *man, rrun *R, int nr, rgroup *G, int ng, const char *metric)
 {
     names nm = {{0}, 0};
@@ -233,6 +273,7 @@ static int write_html(FILE *f, json_t *man, rrun *R, int nr, rgroup *G, int ng, 
     }
     fprintf(f, "</table>\n<p class=\"note\">Metric in %%; sd over seeds (n − 1). tokens/s, peak RSS (getrusage of the run's process) "
                "and train time are means over the seeds.</p>\n");
+    write_grids(f, R, nr, G, ng, metric, jstr(man, "eval"), 1);
 
     /* Figure 1 */
     plot p = {720, 420, 60, 150, 20, 44, INFINITY, -INFINITY, INFINITY, -INFINITY, 1};
@@ -403,7 +444,7 @@ static int write_html(FILE *f, json_t *man, rrun *R, int nr, rgroup *G, int ng, 
     return ferror(f) ? -1 : 0;
 }
 
-static int write_md(FILE *f, rrun *R, rgroup *G, int ng, const char *metric)
+static int write_md(FILE *f, json_t *man, rrun *R, int nr, rgroup *G, int ng, const char *metric)
 {
     fprintf(f, "| method | budget | spec | trainable %% | lr | %s (mean ± sd) | runs | tokens/s | peak RSS MB | train s |\n", metric);
     fprintf(f, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -419,6 +460,7 @@ static int write_md(FILE *f, rrun *R, rgroup *G, int ng, const char *metric)
         for (const char *c = r->spec; *c; c++) fputs(*c == '|' ? "\\|" : (char[2]){*c, 0}, f);
         fprintf(f, " | %.4f | %.2g | %s ± %s | %d | %s | %s | %s |\n", r->saved_pct, r->lr, m, sd, G[g].n, t, rs, ts);
     }
+    write_grids(f, R, nr, G, ng, metric, jstr(man, "eval"), 0);
     return ferror(f) ? -1 : 0;
 }
 
@@ -451,6 +493,7 @@ int sweep_report(const char *dir, const char *format, const char *out_path)
         for (int d = 0; d < 4; d++) r->dims[d] = jstr(o, dim_keys[d]);
         r->group = (int)json_integer_value(json_object_get(o, "group"));
         r->grid = json_is_true(json_object_get(o, "grid"));
+        r->lr_find = json_is_true(json_object_get(o, "lr_find"));
         r->saved_pct = jnum(o, "saved_percent");
         r->lr = jnum(o, "lr");
         r->metric = r->tok_s = r->rss_mb = r->train_s = NAN;
@@ -503,7 +546,7 @@ int sweep_report(const char *dir, const char *format, const char *out_path)
     int rc = 0;
     if (!f || !gid) rc = cli_errorf(1, "out of memory");
     else {
-        int w = !strcmp(format, "md") ? write_md(f, R, G, ng, metric) : write_html(f, man, R, nr, G, ng, metric);
+        int w = !strcmp(format, "md") ? write_md(f, man, R, nr, G, ng, metric) : write_html(f, man, R, nr, G, ng, metric);
         fclose(f);
         if (w) rc = cli_errorf(1, "%s: cannot format the report", outp);
         else if (cli_write_atomic(outp, text, len)) rc = cli_errorf(1, "%s: cannot write: %s", outp, strerror(errno));
