@@ -12,7 +12,7 @@
 #    --skip-nonfinite skips instead;
 #  - FIFO / device files, a 100 MB TSV line, a 20 MB CSV line of commas,
 #    --batch 65536, bad delta specs and adapter configs, 64-bit-overflowing
-#    labels, NaN weights, impossible sizes: one line, bounded memory;
+#    labels, NaN weights (and NaN/Inf GGUF block scales), impossible sizes: one line, bounded memory;
 #  - the fuzzers' regression inputs (tests/fuzz/regress/) replayed.
 # Every case: exit non-zero (not a signal) with one 'peftc: ' line naming the
 # file or option. Prints ok/FAIL lines and ends with "## <passed> <failed>".
@@ -241,6 +241,25 @@ k = [k for k in t if k.endswith("mlp.up_proj.weight")][0]; t[k][0, 1] = np.inf
 save_file(t, f"{d}/model.safetensors", metadata={"format": "pt"})
 PYEOF
     expect_fail "Inf in a Llama weight" "holds a non-finite value (inf)" -- ./peftc generate --model "$W/llnan" --prompt hi
+fi
+# NaN/Inf in a quantised GGUF tensor: a block's fp16 scale (d, m, dmin) or an
+# F32 value, patched into a copy of SmolLM2's GGUF (Q4_1, Q8_0; one tensor
+# re-typed Q4_K). tests/gguf_bad_scale.py asserts with the gguf package's
+# dequantize() that the patch makes exactly the named values non-finite.
+if [ -f "$GGUF" ]; then
+    for k in q4_1_d q4_1_m q8_0_d f32 q4_k_d q4_k_dmin; do
+        want=$($PY tests/gguf_bad_scale.py "$GGUF" "$W/bad.gguf" $k 2>"$W/err") || { bad "gguf_bad_scale $k: $(tail -1 "$W/err")"; continue; }
+        set -- $want
+        if [ "$3" = value ]; then needle="tensor $1 holds a non-finite value (nan) at element ${2%%..*}"
+        else needle="tensor $1: the ${k%_*} block of values $2 has a non-finite scale $3"; fi
+        expect_fail "GGUF $k: non-finite ${3} in $1" "$needle" -- ./peftc generate --model "$W/bad.gguf" --prompt hi --max-new-tokens 1
+    done
+    # the control: the same re-typed Q4_K tensor with finite scales loads
+    if $PY tests/gguf_bad_scale.py "$GGUF" "$W/bad.gguf" q4_k >/dev/null 2>"$W/err" &&
+        ./peftc generate --model "$W/bad.gguf" --prompt hi --max-new-tokens 1 >/dev/null 2>"$W/err"; then
+        ok "GGUF with a re-typed Q4_K tensor of finite scales loads and generates (the refusals are the scales')"
+    else bad "GGUF q4_k control: $(tail -1 "$W/err")"; fi
+    rm -f "$W/bad.gguf"
 fi
 for f in "{'num_hidden_layers': 10**9}" "{'vocab_size': 2**30, 'hidden_size': 1024}" "{'max_position_embeddings': 2**30, 'hidden_size': 1024}"; do
     cp -r "$T" "$W/huge_cfg"
