@@ -13,6 +13,8 @@
 #  - FIFO / device files, a 100 MB TSV line, a 20 MB CSV line of commas,
 #    --batch 65536, bad delta specs and adapter configs, 64-bit-overflowing
 #    labels, NaN weights (and NaN/Inf GGUF block scales), impossible sizes: one line, bounded memory;
+#  - a full disk (tmpfs ENOSPC, ulimit -f EFBIG) at a checkpoint or adapter
+#    write leaves the previous files intact;
 #  - the fuzzers' regression inputs (tests/fuzz/regress/) replayed.
 # Every case: exit non-zero (not a signal) with one 'peftc: ' line naming the
 # file or option. Prints ok/FAIL lines and ends with "## <passed> <failed>".
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000
 PY=/usr/bin/python3
 W=$(mktemp -d /tmp/peftc_rel.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+trap 'umount "$W/disk" 2>/dev/null; rm -rf "$W"' EXIT
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # expect_fail NAME NEEDLE -- CMD...   (stdin from $STDIN, default /dev/null)
@@ -267,6 +269,52 @@ for f in "{'num_hidden_layers': 10**9}" "{'vocab_size': 2**30, 'hidden_size': 10
     STDIN=$W/one.txt expect_fail "config.json $f" "GB even at 4 bits, but this machine has" -- ./peftc embed --model "$W/huge_cfg"
     rm -rf "$W/huge_cfg"
 done
+
+# --- full disk: a checkpoint or adapter write that fails (ENOSPC on a 1 MB
+# tmpfs when mount is permitted, as root here; EFBIG under ulimit -f, with
+# SIGXFSZ ignored so write() returns the error, everywhere) leaves the
+# previous files byte for byte, no temp file, one line, exit 1; the kept
+# checkpoint then resumes to the uninterrupted run's adapter ---
+fd_base="--model $T --batch 8 --train $W/tiny/train.tsv --method lora --r 4 --max-steps 6"
+fd_opts="$fd_base --seed 3 --save-every 1"
+./peftc train $fd_opts --out "$W/fd_whole" 2>/dev/null || bad "full disk: the uninterrupted run"
+disk_check() { # NAME DIR KEEP(dir of the previous files) LOG RC
+    local name=$1 d=$2 keep=$3 log=$4 rc=$5 same=1 f
+    for f in "$keep"/*; do cmp -s "$f" "$d/$(basename "$f")" || same=0; done
+    local tmps; tmps=$(ls "$d" | grep -c '\.tmp')
+    if [ "$rc" -eq 1 ] && [ "$(grep -c '^peftc: ' "$log")" -eq 1 ] && grep -q 'is left as it was' "$log" && [ $same -eq 1 ] && [ "$tmps" -eq 0 ]; then
+        ok "$name: exit 1, previous checkpoint/adapter byte-identical, no temp file: $(grep '^peftc: ' "$log")"
+    else bad "$name: exit $rc, same $same, temp files $tmps: $(tail -1 "$log")"; fi
+}
+mkdir -p "$W/disk"
+if mount -t tmpfs -o size=1m tmpfs "$W/disk" 2>/dev/null; then
+    d=$W/disk/run
+    ./peftc train $fd_opts --stop-after 3 --out "$d" 2>/dev/null
+    mkdir -p "$W/fd_keep"; cp "$d"/* "$W/fd_keep/"
+    avail=$(df -k --output=avail "$W/disk" | tail -1)
+    dd if=/dev/zero of="$W/disk/fill" bs=1k count=$((avail - 4)) 2>/dev/null
+    ./peftc train $fd_opts --out "$d" --resume "$d" 2>"$W/log"; rc=$?
+    grep -q 'No space left on device' "$W/log" || bad "full tmpfs: not ENOSPC: $(tail -1 "$W/log")"
+    disk_check "full tmpfs (ENOSPC) at a checkpoint" "$d" "$W/fd_keep" "$W/log" $rc
+    rm -f "$W/disk/fill"
+    if ./peftc train $fd_opts --out "$d" --resume "$d" 2>/dev/null && cmp -s "$W/fd_whole/adapter_model.safetensors" "$d/adapter_model.safetensors"; then
+        ok "full tmpfs: space freed, resumed from the kept checkpoint: adapter identical to the uninterrupted run"
+    else bad "full tmpfs: resume after freeing space did not reproduce the uninterrupted adapter"; fi
+    # the adapter write of a run without checkpoints into a full disk
+    rm -rf "$d" "$W/fd_keep"; mkdir -p "$W/fd_keep"
+    ./peftc train $fd_base --seed 3 --out "$d" 2>/dev/null; cp "$d"/* "$W/fd_keep/"
+    avail=$(df -k --output=avail "$W/disk" | tail -1)
+    dd if=/dev/zero of="$W/disk/fill" bs=1k count=$((avail - 4)) 2>/dev/null
+    ./peftc train $fd_base --seed 4 --out "$d" 2>"$W/log"; rc=$?
+    disk_check "full tmpfs (ENOSPC) at the adapter" "$d" "$W/fd_keep" "$W/log" $rc
+    umount "$W/disk"
+else echo "# full disk: mount -t tmpfs not permitted here; the EFBIG case below stands in"; fi
+d=$W/fd_efbig; rm -rf "$W/fd_keep"; mkdir -p "$W/fd_keep"
+./peftc train $fd_opts --stop-after 3 --out "$d" 2>/dev/null; cp "$d"/* "$W/fd_keep/"
+# ulimit -f counts 1024-byte blocks in bash: 8 KB holds the adapter (5.6 KB), not the checkpoint (13 KB)
+(ulimit -f 8; trap '' XFSZ; exec ./peftc train $fd_opts --out "$d" --resume "$d") 2>"$W/log"; rc=$?
+grep -q 'File too large' "$W/log" || bad "ulimit -f: not EFBIG: $(tail -1 "$W/log")"
+disk_check "file size limit (EFBIG) at a checkpoint" "$d" "$W/fd_keep" "$W/log" $rc
 
 # --- 6. the fuzzers' findings, replayed ---
 if [ -x build/tests/fuzz_replay ] || make -s build/tests/fuzz_replay >/dev/null 2>&1; then
