@@ -13,6 +13,8 @@
 #  - FIFO / device files, a 100 MB TSV line, a 20 MB CSV line of commas,
 #    --batch 65536, bad delta specs and adapter configs, 64-bit-overflowing
 #    labels, NaN weights (and NaN/Inf GGUF block scales), impossible sizes: one line, bounded memory;
+#  - 100 MB records and prompts to the decoder paths: refused or handled,
+#    bounded RSS;
 #  - a full disk (tmpfs ENOSPC, ulimit -f EFBIG) at a checkpoint or adapter
 #    write leaves the previous files intact;
 #  - the fuzzers' regression inputs (tests/fuzz/regress/) replayed.
@@ -269,6 +271,47 @@ for f in "{'num_hidden_layers': 10**9}" "{'vocab_size': 2**30, 'hidden_size': 10
     STDIN=$W/one.txt expect_fail "config.json $f" "GB even at 4 bits, but this machine has" -- ./peftc embed --model "$W/huge_cfg"
     rm -rf "$W/huge_cfg"
 done
+
+# 100 MB records and inputs to the decoder paths (peak RSS and time by
+# /usr/bin/time): a JSONL line over lm_data's 100 MB record limit is refused
+# before parsing; a 99 MB record trains (only the head truncation keeps is
+# tokenised: was 62.7 s and 1.33 GB); a 99 MB --prompt-file is refused before
+# tokenising (was 37 s, 1.07 GB); a 99 MB stdin line to embed is refused.
+if [ -f "$GGUF" ]; then
+    $PY - "$W" <<'PYEOF'
+import json, sys
+w = sys.argv[1]
+text = "a good movie " * (99 * 1024 * 1024 // 13)
+qa = json.dumps({"question": "What is 2+2?", "answer": "4"}) + "\n"
+with open(f"{w}/lm99.jsonl", "w") as f:
+    f.write(qa + json.dumps({"question": text, "answer": "4"}) + "\n" + qa)
+with open(f"{w}/lm101.jsonl", "w") as f:
+    f.write(qa + json.dumps({"question": text + "x" * (2 << 20), "answer": "4"}) + "\n")
+with open(f"{w}/p99.txt", "w") as f:
+    f.write(text)
+PYEOF
+    lm100="--model $GGUF --prompt-template Q:{question}A: --response-field answer --method lora --r 2 --batch 1 --max-len 32 --max-steps 1 --seed 1"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc train $lm100 --train "$W/lm101.jsonl" --out "$W/lm101" 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 1 ] && grep -q 'lm101.jsonl:2: a record of [0-9]* bytes, over the 100 MB limit' "$W/log" && [ "$1" -lt 450000 ] &&
+        ok "causal LM: 101 MB JSONL line refused before parsing, peak RSS $(($1 / 1024)) MB, $2 s: $(grep '^peftc:' "$W/log")" ||
+        bad "causal LM 101 MB line: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc train $lm100 --train "$W/lm99.jsonl" --out "$W/lm99" 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 0 ] && grep -q '1 truncated' "$W/log" && [ "$1" -lt 800000 ] &&
+        ok "causal LM: 99 MB JSONL record trained (its head), peak RSS $(($1 / 1024)) MB, $2 s (was 1.33 GB, 62.7 s)" ||
+        bad "causal LM 99 MB record: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc generate --model "$GGUF" --prompt-file "$W/p99.txt" --max-new-tokens 1 >/dev/null 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 1 ] && grep -q 'the prompt is 103809[0-9]* bytes, at least [0-9]* tokens' "$W/log" && [ "$1" -lt 450000 ] &&
+        ok "generate: 99 MB prompt refused before tokenising, peak RSS $(($1 / 1024)) MB, $2 s (was 1.07 GB, 37 s): $(grep '^peftc:' "$W/log")" ||
+        bad "generate 99 MB prompt: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc embed --model "$T" <"$W/p99.txt" >/dev/null 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 1 ] && grep -q 'stdin:1: line of [0-9]* bytes exceeds the 1048576-byte limit' "$W/log" && [ "$1" -lt 450000 ] &&
+        ok "embed: 99 MB input line refused, peak RSS $(($1 / 1024)) MB, $2 s" || bad "embed 99 MB line: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    rm -f "$W/lm99.jsonl" "$W/lm101.jsonl" "$W/p99.txt"
+fi
 
 # --- full disk: a checkpoint or adapter write that fails (ENOSPC on a 1 MB
 # tmpfs when mount is permitted, as root here; EFBIG under ulimit -f, with
