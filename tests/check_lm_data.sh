@@ -7,7 +7,8 @@
 # assistant turns) and XSum (plain text): every row's token ids, target flags
 # and segments equal tests/ref_lm_data.py's, with and without packing, loss on
 # responses or on everything, and truncation (counts of truncated and dropped
-# examples too); bad records give one line naming file:line and field.
+# examples too; 0.1-1 MB records, whose heads peftc tokenises from a
+# prefix, against HF tokenising them whole); bad records give one line naming file:line and field.
 # Prints ok/FAIL lines and ends with "## <passed> <failed>".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,9 @@ $D/text.jsonl${T}auto${T}512${T}1${T}0
 $D/text.jsonl${T}text${T}16${T}0${T}0
 $D/gsm_raw.jsonl${T}template${T}512${T}0${T}0${T}Question: {question}\\nAnswer:${T}answer
 $D/xsum.jsonl${T}template${T}128${T}0${T}0${T}Summarize: {document}\\nSummary:${T}summary
+$D/long.jsonl${T}template${T}64${T}0${T}1${T}Summarize: {document}\\nSummary:${T}summary
+$D/long.jsonl${T}template${T}700${T}1${T}1${T}Summarize: {document}\\nSummary:${T}summary
+$D/chat_long.jsonl${T}chat${T}128${T}0${T}1
 CASES
 mkdir -p "$tmp/want"
 "$PY" tests/ref_lm_data.py expect "$tmp/tok" "$tmp/cases" "$tmp/want" 2>"$tmp/e" || { bad "expect: $(tail -1 "$tmp/e")"; finish; }

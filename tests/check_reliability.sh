@@ -12,7 +12,11 @@
 #    --skip-nonfinite skips instead;
 #  - FIFO / device files, a 100 MB TSV line, a 20 MB CSV line of commas,
 #    --batch 65536, bad delta specs and adapter configs, 64-bit-overflowing
-#    labels, NaN weights, impossible sizes: one line, bounded memory;
+#    labels, NaN weights (and NaN/Inf GGUF block scales), impossible sizes: one line, bounded memory;
+#  - 100 MB records and prompts to the decoder paths: refused or handled,
+#    bounded RSS;
+#  - a full disk (tmpfs ENOSPC, ulimit -f EFBIG) at a checkpoint or adapter
+#    write leaves the previous files intact;
 #  - the fuzzers' regression inputs (tests/fuzz/regress/) replayed.
 # Every case: exit non-zero (not a signal) with one 'peftc: ' line naming the
 # file or option. Prints ok/FAIL lines and ends with "## <passed> <failed>".
@@ -22,7 +26,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE GOMP_SPINCOUNT=10000
 PY=/usr/bin/python3
 W=$(mktemp -d /tmp/peftc_rel.XXXXXX)
-trap 'rm -rf "$W"' EXIT
+trap 'umount "$W/disk" 2>/dev/null; rm -rf "$W"' EXIT
 GGUF=models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 # expect_fail NAME NEEDLE -- CMD...   (stdin from $STDIN, default /dev/null)
@@ -242,12 +246,118 @@ save_file(t, f"{d}/model.safetensors", metadata={"format": "pt"})
 PYEOF
     expect_fail "Inf in a Llama weight" "holds a non-finite value (inf)" -- ./peftc generate --model "$W/llnan" --prompt hi
 fi
+# NaN/Inf in a quantised GGUF tensor: a block's fp16 scale (d, m, dmin) or an
+# F32 value, patched into a copy of SmolLM2's GGUF (Q4_1, Q8_0; one tensor
+# re-typed Q4_K). tests/gguf_bad_scale.py asserts with the gguf package's
+# dequantize() that the patch makes exactly the named values non-finite.
+if [ -f "$GGUF" ]; then
+    for k in q4_1_d q4_1_m q8_0_d f32 q4_k_d q4_k_dmin; do
+        want=$($PY tests/gguf_bad_scale.py "$GGUF" "$W/bad.gguf" $k 2>"$W/err") || { bad "gguf_bad_scale $k: $(tail -1 "$W/err")"; continue; }
+        set -- $want
+        if [ "$3" = value ]; then needle="tensor $1 holds a non-finite value (nan) at element ${2%%..*}"
+        else needle="tensor $1: the ${k%_*} block of values $2 has a non-finite scale $3"; fi
+        expect_fail "GGUF $k: non-finite ${3} in $1" "$needle" -- ./peftc generate --model "$W/bad.gguf" --prompt hi --max-new-tokens 1
+    done
+    # the control: the same re-typed Q4_K tensor with finite scales loads
+    if $PY tests/gguf_bad_scale.py "$GGUF" "$W/bad.gguf" q4_k >/dev/null 2>"$W/err" &&
+        ./peftc generate --model "$W/bad.gguf" --prompt hi --max-new-tokens 1 >/dev/null 2>"$W/err"; then
+        ok "GGUF with a re-typed Q4_K tensor of finite scales loads and generates (the refusals are the scales')"
+    else bad "GGUF q4_k control: $(tail -1 "$W/err")"; fi
+    rm -f "$W/bad.gguf"
+fi
 for f in "{'num_hidden_layers': 10**9}" "{'vocab_size': 2**30, 'hidden_size': 1024}" "{'max_position_embeddings': 2**30, 'hidden_size': 1024}"; do
     cp -r "$T" "$W/huge_cfg"
     $PY -c "import json; c=json.load(open('$W/huge_cfg/config.json')); c.update($f); json.dump(c, open('$W/huge_cfg/config.json','w'))"
     STDIN=$W/one.txt expect_fail "config.json $f" "GB even at 4 bits, but this machine has" -- ./peftc embed --model "$W/huge_cfg"
     rm -rf "$W/huge_cfg"
 done
+
+# 100 MB records and inputs to the decoder paths (peak RSS and time by
+# /usr/bin/time): a JSONL line over lm_data's 100 MB record limit is refused
+# before parsing; a 99 MB record trains (only the head truncation keeps is
+# tokenised: was 62.7 s and 1.33 GB); a 99 MB --prompt-file is refused before
+# tokenising (was 37 s, 1.07 GB); a 99 MB stdin line to embed is refused.
+if [ -f "$GGUF" ]; then
+    $PY - "$W" <<'PYEOF'
+import json, sys
+w = sys.argv[1]
+text = "a good movie " * (99 * 1024 * 1024 // 13)
+qa = json.dumps({"question": "What is 2+2?", "answer": "4"}) + "\n"
+with open(f"{w}/lm99.jsonl", "w") as f:
+    f.write(qa + json.dumps({"question": text, "answer": "4"}) + "\n" + qa)
+with open(f"{w}/lm101.jsonl", "w") as f:
+    f.write(qa + json.dumps({"question": text + "x" * (2 << 20), "answer": "4"}) + "\n")
+with open(f"{w}/p99.txt", "w") as f:
+    f.write(text)
+PYEOF
+    lm100="--model $GGUF --prompt-template Q:{question}A: --response-field answer --method lora --r 2 --batch 1 --max-len 32 --max-steps 1 --seed 1"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc train $lm100 --train "$W/lm101.jsonl" --out "$W/lm101" 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 1 ] && grep -q 'lm101.jsonl:2: a record of [0-9]* bytes, over the 100 MB limit' "$W/log" && [ "$1" -lt 450000 ] &&
+        ok "causal LM: 101 MB JSONL line refused before parsing, peak RSS $(($1 / 1024)) MB, $2 s: $(grep '^peftc:' "$W/log")" ||
+        bad "causal LM 101 MB line: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc train $lm100 --train "$W/lm99.jsonl" --out "$W/lm99" 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 0 ] && grep -q '1 truncated' "$W/log" && [ "$1" -lt 800000 ] &&
+        ok "causal LM: 99 MB JSONL record trained (its head), peak RSS $(($1 / 1024)) MB, $2 s (was 1.33 GB, 62.7 s)" ||
+        bad "causal LM 99 MB record: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc generate --model "$GGUF" --prompt-file "$W/p99.txt" --max-new-tokens 1 >/dev/null 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 1 ] && grep -q 'the prompt is 103809[0-9]* bytes, at least [0-9]* tokens' "$W/log" && [ "$1" -lt 450000 ] &&
+        ok "generate: 99 MB prompt refused before tokenising, peak RSS $(($1 / 1024)) MB, $2 s (was 1.07 GB, 37 s): $(grep '^peftc:' "$W/log")" ||
+        bad "generate 99 MB prompt: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    /usr/bin/time -f '%M %e' -o "$W/rss" ./peftc embed --model "$T" <"$W/p99.txt" >/dev/null 2>"$W/log"; rc=$?
+    set -- $(tail -1 "$W/rss")
+    [ "$rc" -eq 1 ] && grep -q 'stdin:1: line of [0-9]* bytes exceeds the 1048576-byte limit' "$W/log" && [ "$1" -lt 450000 ] &&
+        ok "embed: 99 MB input line refused, peak RSS $(($1 / 1024)) MB, $2 s" || bad "embed 99 MB line: exit $rc, RSS $(($1 / 1024)) MB: $(tail -1 "$W/log")"
+    rm -f "$W/lm99.jsonl" "$W/lm101.jsonl" "$W/p99.txt"
+fi
+
+# --- full disk: a checkpoint or adapter write that fails (ENOSPC on a 1 MB
+# tmpfs when mount is permitted, as root here; EFBIG under ulimit -f, with
+# SIGXFSZ ignored so write() returns the error, everywhere) leaves the
+# previous files byte for byte, no temp file, one line, exit 1; the kept
+# checkpoint then resumes to the uninterrupted run's adapter ---
+fd_base="--model $T --batch 8 --train $W/tiny/train.tsv --method lora --r 4 --max-steps 6"
+fd_opts="$fd_base --seed 3 --save-every 1"
+./peftc train $fd_opts --out "$W/fd_whole" 2>/dev/null || bad "full disk: the uninterrupted run"
+disk_check() { # NAME DIR KEEP(dir of the previous files) LOG RC
+    local name=$1 d=$2 keep=$3 log=$4 rc=$5 same=1 f
+    for f in "$keep"/*; do cmp -s "$f" "$d/$(basename "$f")" || same=0; done
+    local tmps; tmps=$(ls "$d" | grep -c '\.tmp')
+    if [ "$rc" -eq 1 ] && [ "$(grep -c '^peftc: ' "$log")" -eq 1 ] && grep -q 'is left as it was' "$log" && [ $same -eq 1 ] && [ "$tmps" -eq 0 ]; then
+        ok "$name: exit 1, previous checkpoint/adapter byte-identical, no temp file: $(grep '^peftc: ' "$log")"
+    else bad "$name: exit $rc, same $same, temp files $tmps: $(tail -1 "$log")"; fi
+}
+mkdir -p "$W/disk"
+if mount -t tmpfs -o size=1m tmpfs "$W/disk" 2>/dev/null; then
+    d=$W/disk/run
+    ./peftc train $fd_opts --stop-after 3 --out "$d" 2>/dev/null
+    mkdir -p "$W/fd_keep"; cp "$d"/* "$W/fd_keep/"
+    avail=$(df -k --output=avail "$W/disk" | tail -1)
+    dd if=/dev/zero of="$W/disk/fill" bs=1k count=$((avail - 4)) 2>/dev/null
+    ./peftc train $fd_opts --out "$d" --resume "$d" 2>"$W/log"; rc=$?
+    grep -q 'No space left on device' "$W/log" || bad "full tmpfs: not ENOSPC: $(tail -1 "$W/log")"
+    disk_check "full tmpfs (ENOSPC) at a checkpoint" "$d" "$W/fd_keep" "$W/log" $rc
+    rm -f "$W/disk/fill"
+    if ./peftc train $fd_opts --out "$d" --resume "$d" 2>/dev/null && cmp -s "$W/fd_whole/adapter_model.safetensors" "$d/adapter_model.safetensors"; then
+        ok "full tmpfs: space freed, resumed from the kept checkpoint: adapter identical to the uninterrupted run"
+    else bad "full tmpfs: resume after freeing space did not reproduce the uninterrupted adapter"; fi
+    # the adapter write of a run without checkpoints into a full disk
+    rm -rf "$d" "$W/fd_keep"; mkdir -p "$W/fd_keep"
+    ./peftc train $fd_base --seed 3 --out "$d" 2>/dev/null; cp "$d"/* "$W/fd_keep/"
+    avail=$(df -k --output=avail "$W/disk" | tail -1)
+    dd if=/dev/zero of="$W/disk/fill" bs=1k count=$((avail - 4)) 2>/dev/null
+    ./peftc train $fd_base --seed 4 --out "$d" 2>"$W/log"; rc=$?
+    disk_check "full tmpfs (ENOSPC) at the adapter" "$d" "$W/fd_keep" "$W/log" $rc
+    umount "$W/disk"
+else echo "# full disk: mount -t tmpfs not permitted here; the EFBIG case below stands in"; fi
+d=$W/fd_efbig; rm -rf "$W/fd_keep"; mkdir -p "$W/fd_keep"
+./peftc train $fd_opts --stop-after 3 --out "$d" 2>/dev/null; cp "$d"/* "$W/fd_keep/"
+# ulimit -f counts 1024-byte blocks in bash: 8 KB holds the adapter (5.6 KB), not the checkpoint (13 KB)
+(ulimit -f 8; trap '' XFSZ; exec ./peftc train $fd_opts --out "$d" --resume "$d") 2>"$W/log"; rc=$?
+grep -q 'File too large' "$W/log" || bad "ulimit -f: not EFBIG: $(tail -1 "$W/log")"
+disk_check "file size limit (EFBIG) at a checkpoint" "$d" "$W/fd_keep" "$W/log" $rc
 
 # --- 6. the fuzzers' findings, replayed ---
 if [ -x build/tests/fuzz_replay ] || make -s build/tests/fuzz_replay >/dev/null 2>&1; then

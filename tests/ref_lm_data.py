@@ -67,6 +67,21 @@ def gen(data, out):
     xs = jl(os.path.join(data, "xsum-test1000/test.jsonl"), 30)
     write_jsonl(os.path.join(out, "text.jsonl"), [{"text": x["summary"]} for x in xs])
     write_jsonl(os.path.join(out, "xsum.jsonl"), xs)
+    # long records (0.1-1 MB): peftc tokenises a prefix of a text whose head
+    # is all truncation keeps (lm_data.c, seq_piece); HF tokenises it whole.
+    # Prose with newlines, digits and punctuation, a run of 40k CJK
+    # characters without a space (no cut point: tokenised whole), numbers.
+    xl = jl(os.path.join(data, "xsum-test1000/test.jsonl"), 1000)
+    docs = [x["document"] for x in xl]
+    longs = [{"document": "\n".join(docs[:300]), "summary": xl[0]["summary"]},
+             {"document": "\u65e5\u672c\u8a9e\u306e\u6587" * 8000 + " " + " ".join(docs[300:400]), "summary": xl[1]["summary"]},
+             {"document": " ".join(str(i * 7919) for i in range(30000)) + ", done.", "summary": xl[2]["summary"]},
+             {"document": xl[3]["document"], "summary": xl[3]["summary"]},
+             {"document": "Caf\u00e9 na\u00efve r\u00e9sum\u00e9! " * 20000, "summary": xl[4]["summary"]}]
+    write_jsonl(os.path.join(out, "long.jsonl"), longs)
+    write_jsonl(os.path.join(out, "chat_long.jsonl"),
+                [{"messages": [{"role": "user", "content": "Summarize:\n" + r["document"]},
+                               {"role": "assistant", "content": r["summary"]}]} for r in longs])
     # bad inputs
     write_jsonl(os.path.join(out, "bad_missing.jsonl"), [{"prompt": "a", "response": "b"}, {"prompt": "c"}])
     write_jsonl(os.path.join(out, "bad_empty.jsonl"), [{"prompt": "a", "response": ""}])

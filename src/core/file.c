@@ -111,7 +111,9 @@ peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t 
             int e = errno;
             close(fd);
             unlink(tmp);
-            return peftc_fail(err, PEFTC_ERR_IO, "%s: write failed: %s", tmp, strerror(e));
+            /* say that the old file survived: after ENOSPC or EFBIG the user
+             * wants to know the last checkpoint or adapter is still good */
+            return peftc_fail(err, PEFTC_ERR_IO, "%s: write failed: %s (%s is left as it was)", tmp, strerror(e), path);
         }
         p += w;
         left -= (size_t)w;
@@ -119,7 +121,7 @@ peftc_status peftc_write_file_atomic(const char *path, const void *data, size_t 
     if (fsync(fd) != 0 || close(fd) != 0) {
         int e = errno;
         unlink(tmp);
-        return peftc_fail(err, PEFTC_ERR_IO, "%s: sync failed: %s", tmp, strerror(e));
+        return peftc_fail(err, PEFTC_ERR_IO, "%s: sync failed: %s (%s is left as it was)", tmp, strerror(e), path);
     }
     if (rename(tmp, path) != 0) {
         int e = errno;

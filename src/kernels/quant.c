@@ -14,6 +14,7 @@
  * one fused multiply-add (the project builds with -std=c11, which makes GCC
  * keep a*b+c as two roundings unless asked). */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 #include "kernels/quant.h"
 #include "kernels/quant_internal.h"
@@ -94,6 +95,68 @@ void quant_k_scale_min(const uint8_t *s, int j, int *sc, int *m)
         *sc = (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4);
         *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
     }
+}
+
+int64_t quant_find_nonfinite(uint32_t type, const void *src, int64_t n, const char **field, float *val)
+{
+    /* the float fields of each block type: byte offset in the block, name;
+     * fp16 unless the type is Q8_K (fp32 d) */
+    static const struct { uint32_t type; int off[2]; const char *name[2]; int n; } tab[] = {
+        {GGML_TYPE_Q4_0, {offsetof(blk_q4_0, d)}, {"d"}, 1},
+        {GGML_TYPE_Q4_1, {offsetof(blk_q4_1, d), offsetof(blk_q4_1, m)}, {"d", "m"}, 2},
+        {GGML_TYPE_Q5_0, {offsetof(blk_q5_0, d)}, {"d"}, 1},
+        {GGML_TYPE_Q5_1, {offsetof(blk_q5_1, d), offsetof(blk_q5_1, m)}, {"d", "m"}, 2},
+        {GGML_TYPE_Q8_0, {offsetof(blk_q8_0, d)}, {"d"}, 1},
+        {GGML_TYPE_Q4_K, {offsetof(blk_q4_k, d), offsetof(blk_q4_k, dmin)}, {"d", "dmin"}, 2},
+        {GGML_TYPE_Q5_K, {offsetof(blk_q5_k, d), offsetof(blk_q5_k, dmin)}, {"d", "dmin"}, 2},
+        {GGML_TYPE_Q6_K, {offsetof(blk_q6_k, d)}, {"d"}, 1},
+        {GGML_TYPE_Q8_K, {offsetof(blk_q8_k, d)}, {"d"}, 1},
+    };
+    const ggml_type_traits *tr = ggml_traits(type);
+    if (!tr || n < 0 || n % tr->block) return -2;
+    const unsigned char *p = src;
+    *field = "value";
+    if (type == GGML_TYPE_F32) {
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) { memcpy(val, &u, 4); return i; }
+        }
+        return -1;
+    }
+    if (type == GGML_TYPE_F16 || type == GGML_TYPE_BF16) {
+        uint16_t mask = type == GGML_TYPE_F16 ? 0x7c00 : 0x7f80;
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            if ((h & mask) == mask) { *val = type == GGML_TYPE_F16 ? quant_f16_to_f32(h) : bf16_to_f32(h); return i; }
+        }
+        return -1;
+    }
+    for (size_t k = 0; k < sizeof tab / sizeof tab[0]; k++) {
+        if (tab[k].type != type) continue;
+        const int64_t nb = n / tr->block;
+        for (int64_t b = 0; b < nb; b++) {
+            const unsigned char *blk = p + (size_t)b * (size_t)tr->bytes;
+            for (int f = 0; f < tab[k].n; f++) {
+                if (type == GGML_TYPE_Q8_K) {
+                    uint32_t u;
+                    memcpy(&u, blk + tab[k].off[f], 4);
+                    if ((u & 0x7f800000u) != 0x7f800000u) continue;
+                    memcpy(val, &u, 4);
+                } else {
+                    uint16_t h;
+                    memcpy(&h, blk + tab[k].off[f], 2);
+                    if ((h & 0x7c00) != 0x7c00) continue;
+                    *val = quant_f16_to_f32(h);
+                }
+                *field = tab[k].name[f];
+                return b * tr->block;
+            }
+        }
+        return -1;
+    }
+    return -2;   /* a type peftc knows but does not read (Q2_K, Q3_K, Q8_1) */
 }
 
 int quant_dequantize_row(uint32_t type, const void *src, float *y, int64_t n)

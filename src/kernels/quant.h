@@ -36,6 +36,16 @@ uint16_t quant_f32_to_f16(float f);
  * those of ggml and of the gguf Python package. */
 int quant_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
 
+/* The first non-finite number a row of n values stored as `type` holds, as
+ * the index of the first value it affects (-1: none; -2: type unknown or n
+ * not whole blocks). For F32/F16/BF16 the values themselves are checked; for
+ * the block types the fp16 (fp32 for Q8_K) fields of each block, i.e. the
+ * scales d and mins m/dmin, because the quantised values are small integers:
+ * with every scale finite each dequantised value is finite too (at most
+ * 65504 * 63 * 63 in magnitude), and with one NaN/Inf scale its whole block
+ * is. *field names what was found ("value", "d", "m", "dmin"), *val its value. */
+int64_t quant_find_nonfinite(uint32_t type, const void *src, int64_t n, const char **field, float *val);
+
 /* dst = src (n floats) quantised to `type`: F32, F16, BF16, Q4_0, Q4_1,
  * Q5_0, Q5_1, Q8_0 (ggml's reference rounding: the same bytes as the gguf
  * Python package's quantisers) and Q8_K (ggml's activation format: per 256

@@ -475,6 +475,17 @@ static peftc_status gg_tensor(const gguf_file *g, const char *name, int64_t ne0,
         return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s has shape [%s], expected [%lld, %lld] (ggml order)",
                           gguf_path(g), name, got, (long long)ne0, (long long)ne1);
     }
+    /* a NaN/Inf weight or block scale would make every logit NaN with exit 0:
+     * one pass over the scales (a few bytes per block) names it at load */
+    const char *field;
+    float v;
+    int64_t at = quant_find_nonfinite(t->type, t->data, gguf_tensor_numel(t), &field, &v);
+    if (at >= 0 && !strcmp(field, "value"))
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s holds a non-finite value (%g) at element %lld", gguf_path(g),
+                          name, (double)v, (long long)at);
+    if (at >= 0)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor %s: the %s block of values %lld..%lld has a non-finite scale %s (%g)",
+                          gguf_path(g), name, tr->name, (long long)at, (long long)(at + tr->block - 1), field, (double)v);
     return PEFTC_OK;
 }
 

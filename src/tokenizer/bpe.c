@@ -937,6 +937,18 @@ done:
 /* ------------------------------------------------------------ accessors */
 
 int bpe_vocab_size(const bpe_tokenizer *t) { return t->n_ids; }
+size_t bpe_max_token_bytes(const bpe_tokenizer *t)
+{
+    size_t m = 1;
+    for (int i = 0; i < t->n_ids; i++)
+        if (t->raw && t->raw_len[i] > m) m = t->raw_len[i];
+    for (int i = 0; i < t->nadded; i++) {
+        if (t->added[i].lstrip || t->added[i].rstrip) return 0;   /* absorbs any run of spaces */
+        if (t->added[i].len > m) m = t->added[i].len;
+    }
+    return m;
+}
+
 int32_t bpe_bos_id(const bpe_tokenizer *t) { return t->bos; }
 int32_t bpe_eos_id(const bpe_tokenizer *t) { return t->eos; }
 int32_t bpe_pad_id(const bpe_tokenizer *t) { return t->pad; }

@@ -90,6 +90,13 @@ peftc_status bpe_encode_alloc(const bpe_tokenizer *tok, const char *text, size_t
                               int add_special, int parse_special,
                               int32_t **ids, int *n, peftc_error *err);
 
+/* The most input bytes one token can stand for: the longest token's bytes
+ * (normalisation aside); 0 if unbounded (an added token that strips the
+ * spaces beside it). A text of B bytes is at least B / (4 x this) tokens
+ * (NFC shrinks text at most 3x), so a prompt that cannot fit a context is
+ * refused before it is tokenised. */
+size_t bpe_max_token_bytes(const bpe_tokenizer *tok);
+
 /* The raw bytes of one token (byte-level decoded; a special token is its
  * text).  Writes min(len, cap) bytes (no NUL) and sets *len to the full length;
  * fails with PEFTC_ERR_INPUT for an unknown id or when cap is too small. */

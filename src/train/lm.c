@@ -256,7 +256,14 @@ peftc_status peftc_lm_generate(peftc_lm *lm, const char *prompt, const peftc_gen
     int32_t *ids = NULL;
     int n = 0;
     int bos = want_bos(lm, o->add_bos);
-    rc = bpe_encode_alloc(lm->tok, prompt, strlen(prompt), bos != 0, o->parse_special, &ids, &n, err);
+    /* a prompt too long for the context even at the longest token per
+     * position is refused before tokenising (100 MB took 37 s and 1 GB) */
+    size_t plen = strlen(prompt), mt = bpe_max_token_bytes(lm->tok);
+    if (mt && plen / (4 * mt) >= (size_t)lm->n_ctx)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "generate: the prompt is %zu bytes, at least %zu tokens (no token is longer than %zu bytes), "
+                          "the context holds %d (raise --ctx, up to the model's context length)",
+                          plen, plen / (4 * mt), mt, lm->n_ctx);
+    rc = bpe_encode_alloc(lm->tok, prompt, plen, bos != 0, o->parse_special, &ids, &n, err);
     if (rc) return rc;
     /* add_bos 1 on a tokenizer that adds none by itself: put BOS in front */
     if (bos == 1 && bpe_bos_id(lm->tok) >= 0 && (n == 0 || ids[0] != bpe_bos_id(lm->tok))) {

@@ -2,6 +2,7 @@
 #include "train/lm_data.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,8 @@ typedef struct seqbuf {
     int32_t *ids;
     uint8_t *tgt;
     int n, cap;
+    int keep;   /* tokens that can matter: max_len + 1 in training (then
+                 * truncation is counted), INT_MAX for generation prompts */
 } seqbuf;
 
 static int seq_push(seqbuf *s, int32_t id, int tgt)
@@ -86,14 +89,43 @@ static int seq_push(seqbuf *s, int32_t id, int tgt)
     return 0;
 }
 
-/* Tokenises text[0..len) on its own and appends it with target flag tgt. */
+/* The end of a prefix of text[0..len) of at most cap bytes (cap < len) that
+ * the byte-level pre-tokenisers split exactly where they split the whole
+ * text: just before a space that follows an ASCII letter or digit (every
+ * supported regex ends a letter or digit run there and starts the next chunk
+ * with the space; NFC composes nothing across a space). 0 if there is none
+ * in the prefix's second half. */
+static size_t prefix_cut(const char *text, size_t cap)
+{
+    for (size_t p = cap; p > cap / 2; p--)
+        if (text[p] == ' ' && isalnum((unsigned char)text[p - 1])) return p;
+    return 0;
+}
+
+/* Tokenises text[0..len) on its own and appends it with target flag tgt.
+ * Only the first s->keep tokens of an example can matter (truncation keeps
+ * max_len): a long text is tokenised from a prefix cut where the
+ * pre-tokeniser cuts anyway, grown until it yields the tokens needed, so the
+ * ids are those of the whole text, without tokenising 100 MB for 32 tokens;
+ * nothing is tokenised once the example is over its length. */
 static peftc_status seq_piece(seqbuf *s, const bpe_tokenizer *tok, const char *text, size_t len, int tgt,
                               peftc_error *err)
 {
-    if (!len) return PEFTC_OK;
+    if (!len || s->n >= s->keep) return PEFTC_OK;
+    int need = s->keep - s->n;
     int32_t *ids = NULL;
     int n = 0;
-    peftc_status rc = bpe_encode_alloc(tok, text, len, 0, 1, &ids, &n, err);
+    peftc_status rc = PEFTC_OK;
+    size_t cap = need < (1 << 20) ? 4096 + (size_t)64 * (size_t)need : len;
+    for (;;) {
+        size_t cut = cap < len ? prefix_cut(text, cap) : 0;
+        rc = bpe_encode_alloc(tok, text, cut ? cut : len, 0, 1, &ids, &n, err);
+        if (rc || !cut || n >= need) break;
+        free(ids);
+        ids = NULL;
+        cap *= 4;
+    }
+    if (n > need) n = need;
     for (int i = 0; !rc && i < n; i++)
         if (seq_push(s, ids[i], tgt)) rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     free(ids);
@@ -479,6 +511,7 @@ static peftc_status parse(const char *buf, size_t n, const char *path, const bpe
 {
     peftc_status rc = PEFTC_OK;
     loader L = {.path = path, .tok = tok, .o = o, .fmt = o->format, .prompts = prompts};
+    L.seq.keep = prompts || o->max_len >= INT_MAX - 1 ? INT_MAX : o->max_len + 1;
     L.f_text = o->text_field ? o->text_field : "text";
     L.f_msgs = o->messages_field ? o->messages_field : "messages";
     L.f_input = "input";

@@ -3,15 +3,6 @@
  * picks one target by FUZZ_TARGET) for `make fuzz`, and with the normal
  * compiler into build/tests/fuzz_replay (replay.c), which runs every kept
  * regression input and seed through its target in the normal test run.
- * Each target writes the input where the library reads it (the parsers take
- * paths, as peftc uses them) in a private directory under /dev/shm (or
- * /tmp), calls the parser and everything a successful parse enables, and
- * frees. A crash, a sanitizer report, a leak or a hang is a finding. */
-/* targets.c: the fuzz targets, one function per parser a stranger's file
- * reaches. Built two ways (Makefile): with clang -fsanitize=fuzzer (main.c
- * picks one target by FUZZ_TARGET) for `make fuzz`, and with the normal
- * compiler into build/tests/fuzz_replay (replay.c), which runs every kept
- * regression input and seed through its target in the normal test run.
  * Each target hands the input to the parser's in-memory entry (the bytes a
  * path function would have read: the path functions are thin wrappers over
  * these), calls everything a successful parse enables, and frees. No file
@@ -21,6 +12,7 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 #include "io/gguf.h"
+#include "kernels/quant.h"
 #include "model/llama.h"
 #include "tokenizer/bpe.h"
 #include "tokenizer/wordpiece.h"
@@ -82,14 +74,29 @@ static int t_gguf(const uint8_t *d, size_t n)
         llama_config_from_gguf(g, &lc, &err);
         char txt[256];
         for (int i = 0; i < gguf_kv_count(g) && i < 64; i++) gguf_format_value(g, i, txt, sizeof txt, 4);
+        /* tensors: the type check, the scan for non-finite values or block
+         * scales the loader runs, and the dequantisation of small ones */
+        for (int i = 0; i < gguf_tensor_count(g) && i < 64; i++) {
+            const gguf_tensor *t = gguf_tensor_at(g, i);
+            if (gguf_tensor_check_type(g, t, &err)) continue;
+            const char *field;
+            float v;
+            int64_t ne = gguf_tensor_numel(t);
+            quant_find_nonfinite(t->type, t->data, ne, &field, &v);
+            if (ne > 0 && ne <= (1 << 14) && t->type != GGML_TYPE_Q8_K) {
+                float *buf = malloc((size_t)ne * sizeof *buf);
+                if (buf) quant_dequantize_row(t->type, t->data, buf, ne);
+                free(buf);
+            }
+        }
         bpe_tokenizer *tok;
         if (!bpe_from_gguf(g, &tok, &err)) {
             int32_t *ids = NULL;
             int m = 0;
-            if (!bpe_encode_alloc(tok, "Hello world, 123 héllo!", 24, 1, 1, &ids, &m, &err)) {
-                char *txt = NULL;
-                (void)txt;
-            }
+            bpe_encode_alloc(tok, "Hello world, 123 h\xc3\xa9llo!", 24, 1, 1, &ids, &m, &err);
+            char out[64];
+            size_t ol;
+            for (int i = 0; i < m && i < 16; i++) bpe_decode_token(tok, ids[i], out, sizeof out, &ol, &err);
             free(ids);
             bpe_free(tok);
         }
