@@ -1,6 +1,7 @@
 /* cmd_train.c: `peftc train`, `peftc eval`, `peftc predict`. */
 #include "cli/cli.h"
 
+#include <math.h>
 #include <signal.h>
 #include <ctype.h>
 #include <stdlib.h>
@@ -118,10 +119,8 @@ static int train_main(cli_args *a, int fuse)
     o.text_col = cli_opt(a, "--text-col");
     o.pair_col = cli_opt(a, "--text-pair-col");
     o.label_col = cli_opt(a, "--label-col");
-    if (cli_opt(a, "--min-score")) {
-        o.has_min_score = 1;
-        o.min_score = cli_opt_double(a, "--min-score", 0, -1e30, 1e30, &ok);
-    }
+    o.min_score = cli_opt_double(a, "--min-score", NAN, -1e30, 1e30, &ok);
+    o.has_min_score = !isnan(o.min_score);
     o.lora_r = cli_opt_int(a, "--r", 0, -1000000, 1 << 20, &ok);
     if (o.lora_r < 0) { cli_errorf(2, "option --r: must be positive, got %d", o.lora_r); ok = 0; }
     o.lora_alpha = (float)cli_opt_double(a, "--alpha", o.lora_alpha, 0, 1e6, &ok);

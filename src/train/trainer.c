@@ -767,8 +767,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     else if (kind == TASK_EMBEDDING)
         snprintf(task_note, sizeof task_note, " (embedding: %d pairs%s, mean pooling, MultipleNegativesRankingLoss scale %g, in-batch negatives)",
                  tr.n_pairs, o->has_min_score ? " with a score >= --min-score" : "", t.ehead.scale);
-    snprintf(msg, sizeof msg, "%s on %s: %d examples%s, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
-             mo.name, o->train_path, tr.n, task_note, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
+    char label_note[32] = "";
+    if (kind != TASK_EMBEDDING) snprintf(label_note, sizeof label_note, ", %d labels", labels.n);
+    snprintf(msg, sizeof msg, "%s on %s: %d examples%s%s, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
+             mo.name, o->train_path, n_rows, task_note, label_note, total, steps_per_epoch, B, o->grad_accum, lr,
              o->resume_dir ? ", resumed" : "", quant_note, dp_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
