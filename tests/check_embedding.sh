@@ -13,6 +13,8 @@
 #      a FEATURE_EXTRACTION adapter that reloads: `peftc eval` reproduces the
 #      run's own evaluation, and its cosine Pearson / Spearman equal scipy's
 #      on `peftc embed --adapter`'s embeddings;
+#      `peftc merge` of an embedding LoRA is a plain BertModel (no head)
+#      whose transformers embeddings equal `peftc embed --adapter`'s;
 #   3. all-MiniLM-L6-v2, 20 steps on STS-B train pairs of score >= 4: the
 #      same against scipy on 300 dev pairs;
 #   4. bad input: one 'peftc:' line naming the file, non-zero exit.
@@ -80,6 +82,12 @@ for m in lora prompt ptuning; do
     [ -f "$FX/m_$m.e1" ] && tally "$("$PY" tests/ref_embedding.py corr "$FX/m_$m.eval" "$FX/m_$m.e1" "$FX/m_$m.e2" "$FX/pairs.tsv" 2>&1)"
 done
 [ -d "$FX/m_lora" ] && tally "$("$PY" tests/ref_embedding.py check-config "$FX/m_lora" 2>&1)"
+# merge: an embedding LoRA folded into the weights is a plain BertModel
+if [ -f "$FX/m_lora.e1" ] && ./peftc merge --model "$TINY" --adapter "$FX/m_lora" --out "$FX/merged" > /dev/null 2>&1; then
+    tally "$("$PY" tests/ref_embedding.py merged "$FX/merged" "$FX/s1.txt" "$FX/m_lora.e1" 2>&1)"
+else
+    bad "peftc merge of the embedding LoRA failed"
+fi
 # no adapter and a no-op LoRA (B = 0 at init): embed --adapter equals plain embed
 if timeout 60 ./peftc train --model "$TINY" --task embedding --train "$FX/pairs.tsv" --method lora --max-steps 1 --batch 4 \
         --lr 1e-12 --max-len 64 --out "$FX/noop" --threads 1 > "$FX/noop.log" 2>&1; then

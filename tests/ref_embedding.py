@@ -18,6 +18,11 @@ Modes (run from the repo root):
   corr EVAL.json E1.txt E2.txt PAIRS.tsv
                   peftc eval's cosine Pearson / Spearman against scipy.stats on
                   the cosine similarities of `peftc embed --adapter`'s output
+  merged MERGED_DIR TEXTS.txt EMB.txt
+                  `peftc merge`'s output of an embedding adapter loads in
+                  transformers as a plain BertModel (no head) whose mean-pooled
+                  embeddings (sentence-transformers' Pooling) of TEXTS equal
+                  EMB.txt (`peftc embed --adapter`'s, unmerged)
   check-config RUN_DIR
                   the adapter's task_type is FEATURE_EXTRACTION, peftc.task
                   embedding, no head tensors; PEFT's LoraConfig loads it
@@ -269,6 +274,32 @@ def corr(eval_json, e1, e2, pairs_tsv):
     finish()
 
 
+def merged(md, texts_path, emb_path):
+    from transformers import AutoModel
+    from tokenizers import BertWordPieceTokenizer
+    Pooling, _ = st_loss()
+    cfg = json.load(open(os.path.join(md, "config.json")))
+    check(cfg.get("architectures") == ["BertModel"] and "id2label" not in cfg, f"merged: architectures {cfg.get('architectures')}, no labels")
+    model = AutoModel.from_pretrained(md).double().eval()
+    check(type(model).__name__ == "BertModel", f"merged: transformers loads it as {type(model).__name__}")
+    tok = BertWordPieceTokenizer(os.path.join(md, "vocab.txt"), lowercase=True)
+    texts = [l.rstrip("\n") for l in open(texts_path)]
+    encs = [tok.encode(t) for t in texts]
+    T = max(len(e.ids) for e in encs)
+    ids = torch.zeros(len(encs), T, dtype=torch.long)
+    mask = torch.zeros(len(encs), T, dtype=torch.long)
+    for b, e in enumerate(encs):
+        ids[b, :len(e.ids)] = torch.tensor(e.ids)
+        mask[b, :len(e.ids)] = 1
+    with torch.no_grad():
+        h = model(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids)).last_hidden_state
+        e = Pooling(h.shape[-1], pooling_mode="mean")({"token_embeddings": h, "attention_mask": mask})["sentence_embedding"]
+    c = np.loadtxt(emb_path, ndmin=2)
+    dz = float(np.abs(c - e.numpy()).max()) if c.shape == tuple(e.shape) else float("inf")
+    check(dz <= 1e-4, f"merged: its mean-pooled embeddings equal peftc embed --adapter's (unmerged), max abs diff {dz:.2e} (<= 1e-4)")
+    finish()
+
+
 def check_config(run):
     cfg = json.load(open(os.path.join(run, "adapter_config.json")))
     st = load_file(os.path.join(run, "adapter_model.safetensors"))
@@ -291,6 +322,8 @@ if __name__ == "__main__":
         compare_grads(sys.argv[2], sys.argv[3], sys.argv[4])
     elif mode == "corr":
         corr(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
+    elif mode == "merged":
+        merged(sys.argv[2], sys.argv[3], sys.argv[4])
     elif mode == "check-config":
         check_config(sys.argv[2])
     else:
