@@ -101,6 +101,35 @@ else
     bad "no-op LoRA run failed: $(tail -1 "$FX/noop.log")"
 fi
 
+# sentence-transformers' anchor / positive fields (JSONL and TSV) are recognised: the same pairs, the same run
+"$PY" - "$FX" <<'PYEOF'
+import json, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1] + "/pairs.tsv")][1:]
+with open(sys.argv[1] + "/pairs.jsonl", "w") as f:
+    for a, b, s in rows:
+        f.write(json.dumps({"anchor": a, "positive": b, "score": float(s)}) + "\n")
+with open(sys.argv[1] + "/ap.tsv", "w") as f:
+    f.write("id\tanchor\tpositive\n" + "".join(f"{i}\t{a}\t{b}\n" for i, (a, b, s) in enumerate(rows)))
+PYEOF
+for f in pairs.jsonl ap.tsv; do
+    if timeout 60 ./peftc train --model "$TINY" --task embedding --train "$FX/$f" --method lora --max-steps 2 --batch 4             --max-len 24 --out "$FX/ap_$f" --threads 1 > "$FX/ap_$f.log" 2>&1 &&
+       cmp -s "$FX/ap_$f/adapter_model.safetensors" "$FX/m_lora/adapter_model.safetensors"; then
+        ok "$f: anchor / positive recognised; the adapter is byte-identical to the sentence1 / sentence2 TSV run's"
+    else
+        bad "$f: $(tail -1 "$FX/ap_$f.log"), or an adapter unlike the TSV run's"
+    fi
+done
+# resume: 2 steps, stop, resume to 4 = 4 steps straight (bit-exact)
+R=(./peftc train --model "$TINY" --task embedding --train "$FX/pairs.tsv" --method lora --max-steps 4 --batch 4 --max-len 24 --threads 1 --save-every 1)
+if timeout 60 "${R[@]}" --out "$FX/straight" > "$FX/straight.log" 2>&1 &&
+   timeout 60 "${R[@]}" --out "$FX/resumed" --stop-after 2 > "$FX/resumed.log" 2>&1 &&
+   timeout 60 "${R[@]}" --out "$FX/resumed" --resume "$FX/resumed" >> "$FX/resumed.log" 2>&1 &&
+   cmp -s "$FX/straight/adapter_model.safetensors" "$FX/resumed/adapter_model.safetensors"; then
+    ok "embedding: 2 steps + --resume to 4 equals 4 steps straight, byte for byte (6 pairs at batch 4: two epochs, each with a short last batch)"
+else
+    bad "embedding resume: $(tail -1 "$FX/resumed.log")"
+fi
+
 # ---- 3: real model, real data
 if [ -f "$MINI/model.safetensors" ] && [ -f "$D/glue-stsb/train.tsv" ]; then
     head -301 "$D/glue-stsb/dev.tsv" > "$FX/stsb300.tsv"

@@ -116,6 +116,7 @@ static void recognise(const row *h, int *t, int *p, int *l)
     static const char *pairs[][2] = {
         {"question", "sentence"}, {"sentence1", "sentence2"}, {"#1 String", "#2 String"},
         {"premise", "hypothesis"}, {"question1", "question2"}, {"text", "text_pair"},
+        {"anchor", "positive"},   /* sentence-transformers' pair datasets */
     };
     static const char *singles[] = {"sentence", "text"};
     static const char *labels[] = {"label", "Quality", "gold_label", "labels", "score"};   /* score: STS-B */
@@ -294,8 +295,8 @@ static const char *json_field(json_t *o, const char *name)
 static peftc_status load_jsonl(const char *path, const char *buf, size_t n, const data_cols *cols, int need_labels,
                                dataset *d, peftc_error *err)
 {
-    static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1"};
-    static const char *pn[] = {"", "text_pair", "hypothesis", "sentence", "sentence2"};
+    static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1", "anchor"};
+    static const char *pn[] = {"", "text_pair", "hypothesis", "sentence", "sentence2", "positive"};
     static const char *ln[] = {"label", "gold_label", "labels", "score"};
     size_t pos = 0;
     int line = 0;
