@@ -44,7 +44,8 @@ torch.set_num_threads(1)
 
 NV = 3                        # virtual tokens
 LORA_R, LORA_ALPHA = 4, 8.0
-BERT = "base_model.model."
+BERT = "base_model.model.bert."   # peftc / PEFT names of the base tensors
+PEFT_ROOT = "base_model.model."
 CASES = ("emb_full", "emb_lora", "emb_prompt", "emb_ptpl")
 TEMPLATE = "P {text} P P"     # emb_ptpl: virtual tokens inside the sequence ([CLS] v1 text v2 v3 [SEP])
 TOL_LOSS, TOL_EMB, TOL_GRAD, GRAD_FLOOR = 1e-5, 1e-5, 1e-4, 1e-3
@@ -176,7 +177,7 @@ def compare_grads(case, out, cpath):
                                                  lora_dropout=0.0, target_modules=["query", "value"]))
         with torch.no_grad():
             for n, p in model.named_parameters():
-                key = n.replace(".default", "")
+                key = n.replace(".default", "").replace(PEFT_ROOT, BERT, 1)   # PEFT on a bare BertModel has no "bert."
                 if key in init and p.requires_grad:
                     p.copy_(init[key])
                     params[key] = p
