@@ -198,6 +198,8 @@ typedef struct peftc_train_opts {
     const char *method;          /* a preset (see peftc_method_list) or "custom" */
     const char *quantize;        /* base storage: "nf4" or "none"; NULL: the method's (qlora: nf4; others: none) */
     const char *text_col, *pair_col, *label_col;   /* NULL: recognised from the header */
+    int has_min_score;           /* --task embedding: keep only the pairs whose label column is >= min_score */
+    double min_score;
     /* method options; 0 / NULL: the preset's default */
     int lora_r;                  /* LoRA rank, or an adapter's bottleneck */
     float lora_alpha;
@@ -242,7 +244,8 @@ typedef struct peftc_train_opts {
                                     lr_end at the last, no warm-up or decay */
     /* causal language modelling (the task of decoder models) */
     const char *task;            /* NULL: the model's (causal-lm for decoders, seq-cls for encoders);
-                                    encoders also token-cls (CoNLL files), regression and multi-label */
+                                    encoders also token-cls (CoNLL files), regression, multi-label and
+                                    embedding (pairs, MultipleNegativesRankingLoss) */
     int pack;                    /* several examples per row of max_len tokens */
     int loss_on_all;             /* loss on prompt tokens too (default: the response only) */
     const char *data_format;     /* NULL: recognised; text, prompt-response, alpaca, chat, template */
@@ -372,6 +375,13 @@ int peftc_classifier_fusion_weights(const peftc_classifier *c, double *w, int *n
  * predicted tag, a blank line after each sentence (words beyond --max-len
  * get O). */
 peftc_status peftc_classifier_tag_conll(peftc_classifier *c, const char *data_path, char **out, peftc_error *err);
+/* Embedding adapters (--task embedding, task_type FEATURE_EXTRACTION): the
+ * sentence embedding of each of n texts, out[i * dim + c] (dim =
+ * peftc_classifier_embedding_dim): the mean of the adapted model's last
+ * hidden states over the text's tokens (virtual tokens left out), not
+ * normalised; the adapter's max_len. */
+int peftc_classifier_embedding_dim(const peftc_classifier *c);
+peftc_status peftc_classifier_embed(peftc_classifier *c, const char *const *texts, int n, float *out, peftc_error *err);
 /* Regression: one score per text (pairs as for predict). */
 peftc_status peftc_classifier_score(peftc_classifier *c, const char *const *texts, const char *const *pairs, int n,
                                     float *scores, peftc_error *err);

@@ -49,6 +49,12 @@ if [ "${PEFTC_NO_ORACLE:-0}" != 1 ]; then
         /usr/bin/python3 -m pip install -q --break-system-packages scipy 'setuptools_scm<9'
         /usr/bin/python3 -m pip install -q --break-system-packages --no-build-isolation seqeval
     fi
+    # sentence-transformers: its Pooling(mean) and MultipleNegativesRankingLoss
+    # are the oracle of --task embedding (tests/check_embedding.sh)
+    if ! /usr/bin/python3 -c "import sentence_transformers" 2>/dev/null; then
+        echo "setup: installing sentence-transformers for the embedding-task oracle"
+        /usr/bin/python3 -m pip install -q --break-system-packages sentence-transformers
+    fi
     # bitsandbytes (its CPU backend): the oracle of NF4 and double quantisation
     if ! /usr/bin/python3 -c "import bitsandbytes" 2>/dev/null; then
         echo "setup: installing bitsandbytes for the NF4 test oracle"

@@ -186,8 +186,8 @@ if [ -d "$FX/m_lora" ]; then
     expect_fail "eval tag outside the training tags" "has tag 'B-FOO', which the training data does not have" -- \
         ./peftc eval --model "$TINY" --adapter "$FX/m_lora" --data "$W/newtag.conll"
     cp -r "$FX/m_lora" "$W/fe"
-    "$PY" -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['task_type']='FEATURE_EXTRACTION'; del c['peftc']['task']; json.dump(c, open(p,'w'))" "$W/fe/adapter_config.json"
-    expect_fail "unsupported task_type" "task_type FEATURE_EXTRACTION" -- \
+    "$PY" -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['task_type']='CAUSAL_LM'; del c['peftc']['task']; json.dump(c, open(p,'w'))" "$W/fe/adapter_config.json"
+    expect_fail "unsupported task_type" "task_type CAUSAL_LM" -- \
         ./peftc eval --model "$TINY" --adapter "$W/fe" --data "$FX/train.conll"
 fi
 finish

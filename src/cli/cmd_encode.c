@@ -69,6 +69,50 @@ static int cmp_len(const void *x, const void *y)
     return a->len != b->len ? a->len - b->len : a->idx - b->idx;
 }
 
+static void print_embeddings(float *out, int n, int C, int normalize)
+{
+    for (int i = 0; i < n; i++) {
+        float *v = out + (size_t)i * C;
+        if (normalize) {
+            double ss = 0;
+            for (int j = 0; j < C; j++) ss += (double)v[j] * v[j];
+            float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12)); /* torch.nn.functional.normalize's eps */
+            for (int j = 0; j < C; j++) v[j] *= inv;
+        }
+        for (int j = 0; j < C; j++) printf(j ? " %.7g" : "%.7g", v[j]);
+        putchar('\n');
+    }
+}
+
+/* embed --adapter: the adapted model's embeddings, as the adapter was trained
+ * (its mean pooling, virtual tokens left out, and its max_len) */
+static int embed_adapter(const char *dir, const char *adapter, int normalize)
+{
+    peftc_error err = {0};
+    peftc_classifier *c;
+    if (peftc_classifier_load(dir, adapter, &c, &err)) return cli_fail(&err);
+    if (strcmp(peftc_classifier_task(c), "embedding")) {
+        int rc = cli_errorf(1, "%s: the adapter was trained for --task %s, not embedding (peftc embed --adapter takes a --task embedding run)",
+                            adapter, peftc_classifier_task(c));
+        peftc_classifier_free(c);
+        return rc;
+    }
+    cli_lines L;
+    if (cli_read_lines(stdin, "stdin", &L)) { peftc_classifier_free(c); return 1; }
+    int C = peftc_classifier_embedding_dim(c), rc = 0;
+    const char **texts = calloc((size_t)L.n + 1, sizeof *texts);
+    float *out = calloc((size_t)L.n * C + 1, sizeof *out);
+    if (!texts || !out) rc = cli_errorf(1, "out of memory");
+    for (int i = 0; i < L.n && !rc; i++) texts[i] = L.line[i];
+    if (!rc && peftc_classifier_embed(c, texts, L.n, out, &err)) rc = cli_fail(&err);
+    if (!rc) print_embeddings(out, L.n, C, normalize);
+    free(texts);
+    free(out);
+    cli_lines_free(&L);
+    peftc_classifier_free(c);
+    return rc;
+}
+
 int cmd_embed(cli_args *a)
 {
     int ok = 1;
@@ -78,9 +122,16 @@ int cmd_embed(cli_args *a)
     int pairs = cli_flag(a, "--pairs");
     int batch = cli_opt_int(a, "--batch", 32, 1, 4096, &ok);
     int max_len_opt = cli_opt_int(a, "--max-len", 0, 3, 1 << 20, &ok);
+    const char *adapter = cli_opt(a, "--adapter");
     if (!ok) return 2;
     if (cli_check_unused(a, "embed")) return 2;
     if (!dir || !*dir) return cli_errorf(2, "embed: --model DIR is required");
+    if (adapter) {
+        if (!*adapter) return cli_errorf(2, "embed: --adapter needs a RUN_DIR");
+        if ((pool_s && strcmp(pool_s, "mean")) || pairs || max_len_opt)
+            return cli_errorf(2, "embed --adapter: the adapter's own pooling (mean) and max_len apply; --pool cls, --pairs and --max-len do not");
+        return embed_adapter(dir, adapter, normalize);
+    }
     peftc_pool pool = PEFTC_POOL_MEAN;
     if (pool_s) {
         if (!strcmp(pool_s, "mean")) pool = PEFTC_POOL_MEAN;
@@ -146,17 +197,7 @@ int cmd_embed(cli_args *a)
         if (peftc_model_encode(m, bids, btts, blens, B, T, pool, NULL, bpool, &err)) { rc = cli_fail(&err); break; }
         for (int b = 0; b < B; b++) memcpy(out + (size_t)order[s + b].idx * C, bpool + (size_t)b * C, (size_t)C * sizeof *out);
     }
-    for (int i = 0; i < L.n && !rc; i++) {
-        float *v = out + (size_t)i * C;
-        if (normalize) {
-            double ss = 0;
-            for (int j = 0; j < C; j++) ss += (double)v[j] * v[j];
-            float inv = (float)(1.0 / fmax(sqrt(ss), 1e-12)); /* torch.nn.functional.normalize's eps */
-            for (int j = 0; j < C; j++) v[j] *= inv;
-        }
-        for (int j = 0; j < C; j++) printf(j ? " %.7g" : "%.7g", v[j]);
-        putchar('\n');
-    }
+    if (!rc) print_embeddings(out, L.n, C, normalize);
     free(ids); free(tts); free(order); free(out); free(bids); free(btts); free(blens); free(bpool);
     cli_lines_free(&L);
     peftc_tokenizer_free(tok);

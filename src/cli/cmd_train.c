@@ -1,6 +1,7 @@
 /* cmd_train.c: `peftc train`, `peftc eval`, `peftc predict`. */
 #include "cli/cli.h"
 
+#include <math.h>
 #include <signal.h>
 #include <ctype.h>
 #include <stdlib.h>
@@ -66,6 +67,9 @@ static void on_progress(const peftc_progress *p, void *user)
         else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
             fprintf(stderr, "%seval at step %d: pearson %.4f spearman %.4f mse %.4f\n", ui->tty ? "\n" : "", p->step,
                     p->eval->pearson, p->eval->spearman, p->eval->loss);
+        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "embedding"))
+            fprintf(stderr, "%seval at step %d: cosine pearson %.4f spearman %.4f (%d pairs)\n", ui->tty ? "\n" : "", p->step,
+                    p->eval->pearson, p->eval->spearman, p->eval->n);
         else
             fprintf(stderr, "%seval at step %d: accuracy %.4f loss %.4f f1 %.4f mcc %.4f\n", ui->tty ? "\n" : "",
                     p->step, p->eval_accuracy, p->eval_loss, p->eval_f1, p->eval_mcc);
@@ -77,7 +81,7 @@ static void on_progress(const peftc_progress *p, void *user)
     case PEFTC_PROGRESS_DONE:
         fprintf(stderr, "done: %d steps in %.1f s, %.0f tokens/s", p->step, p->elapsed_s, p->tokens_per_s);
         if (p->eval && p->eval->task && !strcmp(p->eval->task, "token-cls")) fprintf(stderr, ", eval entity f1 %.4f", p->eval->entity_f1);
-        else if (p->eval && p->eval->task && !strcmp(p->eval->task, "regression"))
+        else if (p->eval && p->eval->task && (!strcmp(p->eval->task, "regression") || !strcmp(p->eval->task, "embedding")))
             fprintf(stderr, ", eval pearson %.4f spearman %.4f", p->eval->pearson, p->eval->spearman);
         else if (p->message) fprintf(stderr, ", eval accuracy %.4f", p->eval_accuracy);
         fputc('\n', stderr);
@@ -115,6 +119,8 @@ static int train_main(cli_args *a, int fuse)
     o.text_col = cli_opt(a, "--text-col");
     o.pair_col = cli_opt(a, "--text-pair-col");
     o.label_col = cli_opt(a, "--label-col");
+    o.min_score = cli_opt_double(a, "--min-score", NAN, -1e30, 1e30, &ok);
+    o.has_min_score = !isnan(o.min_score);
     o.lora_r = cli_opt_int(a, "--r", 0, -1000000, 1 << 20, &ok);
     if (o.lora_r < 0) { cli_errorf(2, "option --r: must be positive, got %d", o.lora_r); ok = 0; }
     o.lora_alpha = (float)cli_opt_double(a, "--alpha", o.lora_alpha, 0, 1e6, &ok);
@@ -213,8 +219,8 @@ int cmd_eval(cli_args *a)
     /* a decoder (--task causal-lm, or a GGUF file) is evaluated as a language model */
     const char *task = cli_opt(a, "--task");
     if (task && strcmp(task, "causal-lm") && strcmp(task, "seq-cls") && strcmp(task, "token-cls") && strcmp(task, "regression") &&
-        strcmp(task, "multi-label"))
-        return cli_errorf(2, "--task '%s': use causal-lm, seq-cls, token-cls, regression or multi-label", task);
+        strcmp(task, "multi-label") && strcmp(task, "embedding"))
+        return cli_errorf(2, "--task '%s': use causal-lm, seq-cls, token-cls, regression, multi-label or embedding", task);
     int lm = task && !strcmp(task, "causal-lm");
     for (int i = 0; !task && i + 1 < a->argc; i++)
         if (!strcmp(a->argv[i], "--model")) {
@@ -247,6 +253,8 @@ int cmd_eval(cli_args *a)
     } else if (!strcmp(r.task, "multi-label")) {
         printf("{\"task\": \"multi-label\", \"examples\": %d, \"micro_f1\": %.6f, \"macro_f1\": %.6f, \"exact_match\": %.6f, \"loss\": %.6f}\n",
                r.n, r.f1, r.macro_f1, r.accuracy, r.loss);
+    } else if (!strcmp(r.task, "embedding")) {
+        printf("{\"task\": \"embedding\", \"pairs\": %d, \"cosine_pearson\": %.6f, \"cosine_spearman\": %.6f}\n", r.n, r.pearson, r.spearman);
     } else if (!strcmp(r.task, "regression")) {
         printf("{\"task\": \"regression\", \"examples\": %d, \"pearson\": %.6f, \"spearman\": %.6f, \"mse\": %.6f}\n", r.n,
                r.pearson, r.spearman, r.loss);

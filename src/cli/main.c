@@ -14,8 +14,9 @@ static const char usage[] =
     "  tokenize --model DIR [--max-len N] [--pairs]\n"
     "      stdin lines -> WordPiece token ids, space-separated, one line each\n"
     "      (--pairs: a TAB separates a sentence pair)\n"
-    "  embed --model DIR [--pool mean|cls] [--normalize] [--batch N] [--max-len N] [--pairs]\n"
-    "      stdin lines -> one line of space-separated floats each\n"
+    "  embed --model DIR [--adapter RUN_DIR] [--pool mean|cls] [--normalize] [--batch N] [--max-len N] [--pairs]\n"
+    "      stdin lines -> one line of space-separated floats each; --adapter: a --task embedding\n"
+    "      adapter (FEATURE_EXTRACTION) applied, its mean pooling (virtual tokens left out) and max_len\n"
     "  inspect FILE_OR_DIR\n"
     "      architecture, config and every tensor (name, dtype, shape) of a model\n"
     "      directory or a .safetensors file\n"
@@ -34,8 +35,17 @@ static const char usage[] =
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
     "        [--init-adapter DIR] [--stop-after N] [--quantize nf4|none] [--skip-nonfinite]\n"
     "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
+    "        [--task seq-cls|token-cls|regression|multi-label|embedding] [--min-score S]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"
+    "      --task embedding: sentence embeddings (mean pooling) from (anchor, positive) pairs with\n"
+    "      sentence-transformers' MultipleNegativesRankingLoss (cosine x 20, the batch's other\n"
+    "      positives as negatives); the anchor is --text-col, the positive --text-pair-col (a TSV/CSV\n"
+    "      header sentence1/sentence2 etc. is recognised; JSONL fields likewise); --min-score S keeps\n"
+    "      the pairs whose --label-col is >= S. STS-B: --train glue-stsb/train.tsv --min-score 4.0\n"
+    "      (sentence1, sentence2, score recognised); --eval FILE with scored pairs reports the\n"
+    "      Pearson / Spearman of the pairs' cosine similarities; the adapter's task_type is\n"
+    "      FEATURE_EXTRACTION (peftc embed --adapter RUN_DIR; peftc eval --adapter RUN_DIR --data FILE)\n"
     "  fuse --model DIR --adapters a=DIR,b=DIR,... --train FILE [--eval FILE] --out RUN_DIR [--temperature]\n"
     "        [the optimisation and data options of train]\n"
     "      AdapterFusion (stage 2): the base and the bottleneck adapters frozen, a fusion module per\n"
@@ -44,7 +54,8 @@ static const char usage[] =
     "      eval/predict --adapter RUN_DIR use it, inspect RUN_DIR --model DIR --data FILE prints\n"
     "      the average fusion weight per layer and adapter\n"
     "  eval --model DIR --adapter RUN_DIR --data FILE [--merge]\n"
-    "      prints {accuracy, loss[, f1, mcc]} as JSON\n"
+    "      prints {accuracy, loss[, f1, mcc]} as JSON (an embedding adapter: the pairs' cosine\n"
+    "      similarities' Pearson / Spearman against the label column)\n"
     "  eval --task causal-lm --model FILE.gguf|DIR [--adapter DIR]... [--merge] --data FILE.jsonl\n"
     "        [--format F] [--prompt-template T] [--prompt-field F] [--response-field F] [--max-len N]\n"
     "        [--loss-on all] [--metric em-number,rouge,bleu [--pred-out FILE] [--limit N]\n"
@@ -149,6 +160,8 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    for (int i = 2; i < argc; i++)   /* peftc COMMAND --help: the usage, which describes every command's options */
+        if (!strcmp(argv[i], "--help")) { fputs(usage, stdout); return 0; }
     cli_args a = {argc - 2, argv + 2, calloc((size_t)argc, 1)};
     if (!a.used) return cli_errorf(1, "out of memory");
     int ok = 1;

@@ -85,7 +85,8 @@ peftc_status peftc_classifier_load(const char *model_dir, const char *adapter_di
         (rc = peftc_model_load_quantized(model_dir, method_base_quant(mo.name), &c->m, err)) ||
         (rc = peftc_tokenizer_load(model_dir, &c->tok, err)))
         goto fail;
-    if (labels.n == 0 && (rc = classifier_default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
+    /* an embedding adapter has no head, so no labels */
+    if (labels.n == 0 && kind != TASK_EMBEDDING && (rc = classifier_default_labels(model_dir, adapter_dir, &labels, err))) goto fail;
     if (max_len <= 0 || max_len > c->m->cfg.max_position) max_len = c->m->cfg.max_seq_len;
     if (kind == TASK_REGRESSION && labels.n != 1) {
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s/adapter_config.json: a regression adapter has one output, not %d labels", adapter_dir, labels.n);
@@ -156,10 +157,13 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
     else
         rc = data_load(data_path, &cols, 1, &d, err);
     if (rc) goto out;
+    if (kind == TASK_EMBEDDING && ((rc = data_map_targets(&d, err)) || (rc = data_pairs_apart(&d, err)))) goto out;
     if (kind == TASK_TOKEN_CLS)
         rc = conll_map_labels(&d, &c->t.labels, err);
     else if (kind == TASK_REGRESSION)
         rc = data_map_targets(&d, err);
+    else if (kind == TASK_EMBEDDING)
+        rc = PEFTC_OK;   /* the scores were read above */
     else if (kind == TASK_MULTI_LABEL)
         rc = data_map_multi(&d, &c->t.labels, err);
     else
@@ -186,8 +190,8 @@ static peftc_status predict_rows(peftc_classifier *c, const char *const *texts, 
 static peftc_status kind_check(const peftc_classifier *c, task_kind want, const char *what, peftc_error *err)
 {
     if (c->t.kind == want) return PEFTC_OK;
-    return peftc_fail(err, PEFTC_ERR_INPUT, "this adapter was trained for %s (%s), not %s",
-                      task_kind_name(c->t.kind), c->t.kind == TASK_TOKEN_CLS ? "TOKEN_CLS" : "SEQ_CLS", what);
+    return peftc_fail(err, PEFTC_ERR_INPUT, "this adapter was trained for %s (%s), not %s", task_kind_name(c->t.kind),
+                      c->t.kind == TASK_TOKEN_CLS ? "TOKEN_CLS" : c->t.kind == TASK_EMBEDDING ? "FEATURE_EXTRACTION" : "SEQ_CLS", what);
 }
 
 peftc_status peftc_classifier_tag_conll(peftc_classifier *c, const char *data_path, char **out, peftc_error *err)
@@ -250,6 +254,29 @@ out:
     free(pred);
     batch_free(&bb);
     data_free(&d);
+    return rc;
+}
+
+int peftc_classifier_embedding_dim(const peftc_classifier *c) { return c->m->cfg.hidden_size; }
+
+peftc_status peftc_classifier_embed(peftc_classifier *c, const char *const *texts, int n, float *out, peftc_error *err)
+{
+    peftc_status rc = kind_check(c, TASK_EMBEDDING, "embedding", err);
+    if (rc) return rc;
+    int L = c->t.max_len, C = c->m->cfg.hidden_size;
+    int32_t *ids = malloc((size_t)c->B * L * sizeof *ids), *tts = malloc((size_t)c->B * L * sizeof *tts);
+    int *lens = malloc((size_t)c->B * sizeof *lens);
+    int32_t *one = malloc((size_t)L * sizeof *one), *one_t = malloc((size_t)L * sizeof *one_t);
+    if (!ids || !tts || !lens || !one || !one_t) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    for (int s = 0; s < n && !rc; s += c->B) {
+        int B = n - s < c->B ? n - s : c->B, T = 1;
+        if ((rc = encoder_encode_batch(&c->enc, texts + s, NULL, B, L, ids, tts, lens, one, one_t, &T, err))) goto out;
+        if ((rc = ensure(c, T, err))) goto out;
+        task_forward(&c->t, ids, tts, lens, NULL, B, T, 0, NULL);
+        memcpy(out + (size_t)s * C, c->t.ehead.emb, (size_t)B * C * sizeof *out);
+    }
+out:
+    free(ids); free(tts); free(lens); free(one); free(one_t);
     return rc;
 }
 

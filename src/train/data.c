@@ -116,6 +116,7 @@ static void recognise(const row *h, int *t, int *p, int *l)
     static const char *pairs[][2] = {
         {"question", "sentence"}, {"sentence1", "sentence2"}, {"#1 String", "#2 String"},
         {"premise", "hypothesis"}, {"question1", "question2"}, {"text", "text_pair"},
+        {"anchor", "positive"},   /* sentence-transformers' pair datasets */
     };
     static const char *singles[] = {"sentence", "text"};
     static const char *labels[] = {"label", "Quality", "gold_label", "labels", "score"};   /* score: STS-B */
@@ -294,8 +295,8 @@ static const char *json_field(json_t *o, const char *name)
 static peftc_status load_jsonl(const char *path, const char *buf, size_t n, const data_cols *cols, int need_labels,
                                dataset *d, peftc_error *err)
 {
-    static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1"};
-    static const char *pn[] = {"", "text_pair", "hypothesis", "sentence", "sentence2"};
+    static const char *tn[] = {"sentence", "text", "premise", "question", "sentence1", "anchor"};
+    static const char *pn[] = {"", "text_pair", "hypothesis", "sentence", "sentence2", "positive"};
     static const char *ln[] = {"label", "gold_label", "labels", "score"};
     size_t pos = 0;
     int line = 0;
@@ -462,6 +463,70 @@ peftc_status data_map_targets(dataset *d, peftc_error *err)
         d->target[i] = (float)v;
         d->label[i] = 0;
     }
+    return PEFTC_OK;
+}
+
+peftc_status data_keep_min_score(dataset *d, double min, peftc_error *err)
+{
+    int k = 0;
+    for (int i = 0; i < d->n; i++) {
+        const char *s = d->label_str[i];
+        if (!s) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d has no score (label column) for --min-score", d->path, i + 1);
+        char *end;
+        double v = strtod(s, &end);
+        while (*end == ' ') end++;
+        if (end == s || *end || !isfinite(v))
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d: score '%.60s' (column %s) is not a number, which --min-score needs",
+                              d->path, i + 1, s, d->label_col);
+        if (v >= min) {   /* kept, moved down in file order */
+            char *t = d->text[i], *p = d->pair[i], *l = d->label_str[i];
+            d->text[i] = d->pair[i] = d->label_str[i] = NULL;
+            d->text[k] = t; d->pair[k] = p; d->label_str[k] = l;
+            d->label[k] = d->label[i];
+            k++;
+        } else {
+            free(d->text[i]); free(d->pair[i]); free(d->label_str[i]);
+            d->text[i] = d->pair[i] = d->label_str[i] = NULL;
+        }
+    }
+    int n0 = d->n;
+    d->n = k;
+    if (k == 0) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: none of the %d examples has a score >= %g (--min-score)", d->path, n0, min);
+    return PEFTC_OK;
+}
+
+peftc_status data_pairs_apart(dataset *d, peftc_error *err)
+{
+    int n = d->n;
+    for (int i = 0; i < n; i++)
+        if (!d->pair[i] || !d->pair[i][0])
+            return peftc_fail(err, PEFTC_ERR_INPUT, "%s: example %d has one text; an embedding pair needs two (anchor and positive: "
+                              "--text-col and --text-pair-col, or a header such as sentence1 / sentence2)", d->path, i + 1);
+    if (n > (1 << 29)) return peftc_fail(err, PEFTC_ERR_INPUT, "%s: too many pairs (%d)", d->path, n);
+    char **t = realloc(d->text, (size_t)2 * n * sizeof *t);
+    if (t) d->text = t;
+    char **p = realloc(d->pair, (size_t)2 * n * sizeof *p);
+    if (p) d->pair = p;
+    char **l = realloc(d->label_str, (size_t)2 * n * sizeof *l);
+    if (l) d->label_str = l;
+    int *lb = realloc(d->label, (size_t)2 * n * sizeof *lb);
+    if (lb) d->label = lb;
+    float *tg = d->target ? realloc(d->target, (size_t)2 * n * sizeof *tg) : NULL;
+    if (tg) d->target = tg;
+    if (!t || !p || !l || !lb || (d->target && !tg)) return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", d->path);
+    for (int i = 0; i < n; i++) {
+        d->text[n + i] = d->pair[i];
+        d->pair[i] = d->pair[n + i] = NULL;
+        d->label_str[n + i] = d->label_str[i] ? strdup(d->label_str[i]) : NULL;
+        d->label[n + i] = d->label[i];
+        if (d->target) d->target[n + i] = d->target[i];
+        if (d->label_str[i] && !d->label_str[n + i]) {
+            d->n = n + i;   /* what is there is freed with the rest */
+            return peftc_fail(err, PEFTC_ERR_NOMEM, "%s: out of memory", d->path);
+        }
+    }
+    d->n = 2 * n;
+    d->n_pairs = n;
     return PEFTC_OK;
 }
 

@@ -38,6 +38,9 @@ typedef struct dataset {
     /* multi-label (data_map_multi): (n, n_multi) 0/1, the label column a comma-separated list */
     float *multi;
     int n_multi;
+    /* embedding pairs (data_pairs_apart): rows [0, n_pairs) the anchors,
+     * [n_pairs, 2 n_pairs) their positives, row i's positive at n_pairs + i */
+    int n_pairs;
 } dataset;
 
 /* Reads a file; the format comes from the extension (.tsv, .csv, .jsonl/.json). */
@@ -58,6 +61,14 @@ peftc_status labels_from_multi(const dataset *d, label_set *ls, peftc_error *err
 peftc_status data_map_multi(dataset *d, const label_set *ls, peftc_error *err);
 /* Regression: every label as a finite number into d->target; one that is not is an error naming the row. */
 peftc_status data_map_targets(dataset *d, peftc_error *err);
+/* Embedding pairs: keeps the rows whose label column is a number >= min
+ * (STS-B's pairs of score >= 4 as positives); a label that is not a number
+ * is an error naming the row, and so is keeping none. */
+peftc_status data_keep_min_score(dataset *d, double min, peftc_error *err);
+/* Embedding pairs: every row's two texts become two rows (see n_pairs), each
+ * encoded alone; a row without a second text is an error naming it. Labels
+ * (and targets, when mapped) go with both. */
+peftc_status data_pairs_apart(dataset *d, peftc_error *err);
 /* encode(user, text, pair, ids, tts, &n, err) tokenises one example into at most max_len ids. */
 typedef peftc_status (*encode_fn)(const void *user, const char *text, const char *pair, int32_t *ids,
                                   int32_t *tts, int *n, peftc_error *err);

@@ -250,6 +250,37 @@ static peftc_status evaluate_multi(task *t, const dataset *d, batch_buf *b, cons
     return PEFTC_OK;
 }
 
+/* The cosine similarity of each pair's embeddings (rows i and n_pairs + i)
+ * against its score (the targets), as sentence-transformers'
+ * EmbeddingSimilarityEvaluator: Pearson and Spearman. */
+static peftc_status evaluate_embedding(task *t, const dataset *d, batch_buf *b, const int *order, peftc_eval_result *res, peftc_error *err)
+{
+    int np = d->n_pairs, C = t->m->cfg.hidden_size;
+    if (np < 1 || d->n != 2 * np || !d->target)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "%s: an embedding evaluation needs scored pairs", d->path);
+    float *u = malloc((size_t)d->n * C * sizeof *u);
+    double *x = malloc((size_t)np * sizeof *x), *y = malloc((size_t)np * sizeof *y);
+    if (!u || !x || !y) { free(u); free(x); free(y); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    for (int s = 0; s < d->n; s += t->cap_B) {
+        int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
+        int T = batch_fill(b, d, order + s, n);
+        task_forward(t, b->ids, b->tts, b->lens, NULL, n, T, 0, NULL);
+        for (int i = 0; i < n; i++) memcpy(u + (size_t)b->rows[i] * C, t->ehead.unit + (size_t)i * C, (size_t)C * sizeof *u);
+    }
+    for (int i = 0; i < np; i++) {
+        const float *a = u + (size_t)i * C, *q = u + (size_t)(np + i) * C;
+        double dp = 0;
+        for (int c = 0; c < C; c++) dp += (double)a[c] * q[c];
+        x[i] = dp;
+        y[i] = d->target[i];
+    }
+    res->task = "embedding";
+    res->n = np;
+    correlations(x, y, np, &res->pearson, &res->spearman);
+    free(u); free(x); free(y);
+    return PEFTC_OK;
+}
+
 /* Under data parallelism the sentence-classification pass is sharded and
  * reduced; the token, regression and multi-label passes run whole on every
  * rank (the same result everywhere, no reduction needed). */
@@ -265,6 +296,7 @@ peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_
     qsort(order, (size_t)d->n, sizeof *order, cmp_rows_by_len);
     if (t->kind != TASK_SEQ_CLS) {
         peftc_status rc = t->kind == TASK_TOKEN_CLS ? evaluate_tokens(t, d, b, order, res, err)
+                        : t->kind == TASK_EMBEDDING ? evaluate_embedding(t, d, b, order, res, err)
                         : t->kind == TASK_MULTI_LABEL ? evaluate_multi(t, d, b, order, res, err)
                         : evaluate_regression(t, d, b, order, res, err);
         free(order);

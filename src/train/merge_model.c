@@ -167,7 +167,11 @@ static peftc_status merge_encoder(const char *model, const char *adapter, const 
     struct extra_tensor { const char *name; const float *data; int64_t rows, cols; int ndim; } extra[4];
     int ne = 0;
     int seq = t->kind != TASK_TOKEN_CLS;
-    if (seq && t->head.pool_w) {
+    const float *bpw = NULL, *bpb = NULL;
+    if (t->kind == TASK_EMBEDDING && f->pooler(m, &bpw, &bpb) && bpw) {   /* unused by the mean pooling; kept so the model is whole */
+        extra[ne++] = (struct extra_tensor){"pooler.dense.weight", bpw, C, C, 2};
+        extra[ne++] = (struct extra_tensor){"pooler.dense.bias", bpb, 1, C, 1};
+    } else if (seq && t->head.pool_w) {
         extra[ne++] = (struct extra_tensor){"pooler.dense.weight", t->head.pool_w, C, C, 2};
         extra[ne++] = (struct extra_tensor){"pooler.dense.bias", t->head.pool_b, 1, C, 1};
     }
@@ -186,7 +190,9 @@ static peftc_status merge_encoder(const char *model, const char *adapter, const 
         items[k].shape[1] = cols;
         k++;
     }
-    for (int j = 0; j < 2; j++) {
+    /* an embedding adapter (FEATURE_EXTRACTION) has no head: the merged model is a plain BertModel */
+    int emb = t->kind == TASK_EMBEDDING;
+    for (int j = 0; j < 2 && !emb; j++) {
         void *data;
         size_t bytes;
         if ((rc = encode(j ? hb : hw, j ? 1 : K, j ? K : C, ot->ggml, &data, &bytes, err))) goto done;
@@ -209,17 +215,22 @@ static peftc_status merge_encoder(const char *model, const char *adapter, const 
         json_object_set_new(id2, key, json_string(t->labels.names[i]));
         json_object_set_new(l2i, t->labels.names[i], json_integer(i));
     }
-    json_object_set_new(fields, "id2label", id2);
-    json_object_set_new(fields, "label2id", l2i);
+    if (!emb) {
+        json_object_set_new(fields, "id2label", id2);
+        json_object_set_new(fields, "label2id", l2i);
+    } else {
+        json_decref(id2);
+        json_decref(l2i);
+    }
     json_t *arch = json_array();
-    json_array_append_new(arch, json_string(seq ? "BertForSequenceClassification" : "BertForTokenClassification"));
+    json_array_append_new(arch, json_string(emb ? "BertModel" : seq ? "BertForSequenceClassification" : "BertForTokenClassification"));
     if (strcmp(f->name, "bert")) {
         rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "merge: the %s family has no transformers head class here", f->name);
         json_decref(arch);
         goto done;
     }
     json_object_set_new(fields, "architectures", arch);
-    if (seq)
+    if (seq && !emb)
         json_object_set_new(fields, "problem_type", json_string(t->kind == TASK_REGRESSION ? "regression"
                                                                 : t->kind == TASK_MULTI_LABEL ? "multi_label_classification"
                                                                                               : "single_label_classification"));

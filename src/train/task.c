@@ -17,7 +17,8 @@
  * task_count_params can count a method without allocating its values. */
 const char *task_kind_name(task_kind k)
 {
-    return k == TASK_TOKEN_CLS ? "token-cls" : k == TASK_REGRESSION ? "regression" : k == TASK_MULTI_LABEL ? "multi-label" : "seq-cls";
+    return k == TASK_TOKEN_CLS ? "token-cls" : k == TASK_REGRESSION ? "regression" : k == TASK_MULTI_LABEL ? "multi-label"
+         : k == TASK_EMBEDDING ? "embedding" : "seq-cls";
 }
 
 int task_kind_parse(const char *s, task_kind *k)
@@ -26,6 +27,7 @@ int task_kind_parse(const char *s, task_kind *k)
     else if (!strcmp(s, "token-cls")) *k = TASK_TOKEN_CLS;
     else if (!strcmp(s, "regression")) *k = TASK_REGRESSION;
     else if (!strcmp(s, "multi-label")) *k = TASK_MULTI_LABEL;
+    else if (!strcmp(s, "embedding")) *k = TASK_EMBEDDING;
     else return 0;
     return 1;
 }
@@ -152,7 +154,7 @@ static peftc_status task_declare(task *t, task_kind kind, peftc_model *m, peftc_
     const peftc_config *c = &m->cfg;
     int C = c->hidden_size, K = labels->n;
     t->labels.n = labels->n;
-    t->labels.names = calloc((size_t)K, sizeof(char *));
+    t->labels.names = calloc((size_t)(K > 0 ? K : 1), sizeof(char *));   /* an embedding has no labels */
     if (!t->labels.names) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
     for (int i = 0; i < K; i++) t->labels.names[i] = strdup(labels->names[i]);
     const model_family *f = m->family;
@@ -173,6 +175,8 @@ static peftc_status task_declare(task *t, task_kind kind, peftc_model *m, peftc_
             return peftc_fail(err, PEFTC_ERR_INPUT, "--prefix-len %d overflows the model's %d positions", mo->prefix.n, c->max_position);
         if ((rc = prefix_declare(&t->prefix, &mo->prefix, c->num_layers, C, &t->pb, err))) return rc;
     }
+    /* an embedding is the mean of the hidden states: no pooler, no head */
+    if (kind == TASK_EMBEDDING) return PEFTC_OK;
     /* the pooler trains with the base in full fine-tuning, and always when the
      * checkpoint has none (it must be learned then) */
     const float *m_pool_w = NULL, *m_pool_b = NULL;
@@ -241,6 +245,11 @@ peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_token
         prefix_init(&t->prefix, &t->pb, rng);
     }
 
+    if (kind == TASK_EMBEDDING) {
+        t->ehead.C = C;
+        t->ehead.scale = 20.0f;   /* MultipleNegativesRankingLoss's default */
+        return PEFTC_OK;
+    }
     /* BertFor{Sequence,Token}Classification's init: N(0, 0.02^2) weights, zero bias */
     float *w = params_value(&t->pb, t->p_cls_w);
     for (int i = 0; i < K * C; i++) w[i] = 0.02f * peftc_rng_normal(rng);
@@ -365,7 +374,9 @@ peftc_status task_alloc(task *t, int B, int T, int train, peftc_error *err)
     if ((rc = model_acts_init(t->m, &t->acts, B, T, train, t->mo.prefix.n, keep, err))) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, B * T, err))) return rc;
     if (t->ds.fuse && (rc = fusion_acts_alloc(&t->fu, B * T, err))) return rc;
-    if (t->kind == TASK_TOKEN_CLS) {
+    if (t->kind == TASK_EMBEDDING) {
+        if ((rc = emb_head_alloc(&t->ehead, c->hidden_size, B, err))) return rc;
+    } else if (t->kind == TASK_TOKEN_CLS) {
         if ((rc = tok_head_alloc(&t->thead, c->hidden_size, t->labels.n, (size_t)B * T, err))) return rc;
     } else if ((rc = cls_head_alloc(&t->head, c->hidden_size, t->labels.n, B, err))) {
         return rc;
@@ -391,6 +402,7 @@ void task_free(task *t)
     delta_set_free(&t->ds);
     cls_head_free(&t->head);
     tok_head_free(&t->thead);
+    emb_head_free(&t->ehead);
     params_free(&t->pb);
     labels_free(&t->labels);
     free(t->grads);
@@ -436,6 +448,10 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
     t->fu.Tlen = T;
     t->m->family->forward(t->m, t->acts, &run, ids, tts, lens, B, T);
     const float *hidden = t->m->family->hidden(t->m, t->acts);
+    if (t->kind == TASK_EMBEDDING) {
+        emb_head_forward(&t->ehead, hidden, ids, lens, B, T);
+        return labels ? emb_head_loss(&t->ehead, B) : 0.0f;
+    }
     if (t->kind == TASK_TOKEN_CLS) {
         tok_head_forward(&t->thead, hidden, (size_t)B * T, t->m->cfg.hidden_dropout, train, rng);
         return labels ? tok_head_loss(&t->thead, labels, (size_t)B * T) : 0.0f;
@@ -454,7 +470,9 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
         memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
     if (t->mo.prefix.n > 0)
         memset(t->prefix.d_kv, 0, (size_t)t->mo.prefix.n * 2 * t->m->cfg.num_layers * t->m->cfg.hidden_size * sizeof(float));
-    if (t->kind == TASK_TOKEN_CLS)
+    if (t->kind == TASK_EMBEDDING)
+        emb_head_backward(&t->ehead, ids, lens, B, T, scale, t->d_hidden);
+    else if (t->kind == TASK_TOKEN_CLS)
         tok_head_backward(&t->thead, labels, (size_t)B * T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
     else if (t->kind == TASK_MULTI_LABEL)
         cls_head_backward_bce(&t->head, t->targets, B, T, t->m->cfg.hidden_dropout, 1, scale, t->d_hidden);
@@ -635,14 +653,18 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
     const model_family *f = t->m->family;
     json_t *cfg = json_object();
     json_object_set_new(cfg, "peft_type", json_string(peft_type(mo)));
-    json_object_set_new(cfg, "task_type", json_string(t->kind == TASK_TOKEN_CLS ? "TOKEN_CLS" : "SEQ_CLS"));
+    json_object_set_new(cfg, "task_type", json_string(t->kind == TASK_TOKEN_CLS ? "TOKEN_CLS" : t->kind == TASK_EMBEDDING ? "FEATURE_EXTRACTION" : "SEQ_CLS"));
     json_object_set_new(cfg, "base_model_name_or_path", json_string(base_model));
     json_object_set_new(cfg, "revision", json_null());
     json_object_set_new(cfg, "inference_mode", json_true());
-    json_t *mts = json_array();
-    json_array_append_new(mts, json_string("classifier"));
-    json_array_append_new(mts, json_string("score"));
-    json_object_set_new(cfg, "modules_to_save", mts);
+    if (t->kind != TASK_EMBEDDING) {   /* an embedding model has no head to save */
+        json_t *mts = json_array();
+        json_array_append_new(mts, json_string("classifier"));
+        json_array_append_new(mts, json_string("score"));
+        json_object_set_new(cfg, "modules_to_save", mts);
+    } else {
+        json_object_set_new(cfg, "modules_to_save", json_null());
+    }
     if (!strcmp(peft_type(mo), "IA3")) {
         json_t *tm = json_array(), *ff = json_array();
         /* (IA)^3 on k, v and the FFN's inside, whose vector PEFT puts on the down projection's input */
@@ -1069,12 +1091,13 @@ peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *er
     *kind = TASK_SEQ_CLS;
     if (json_is_string(v)) {
         if (!task_kind_parse(json_string_value(v), kind))
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.task '%s' is not seq-cls, token-cls, regression or multi-label", path, json_string_value(v));
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: peftc.task '%s' is not seq-cls, token-cls, regression, multi-label or embedding", path, json_string_value(v));
     } else if (json_is_string(tt)) {
         const char *s = json_string_value(tt);
         if (!strcmp(s, "TOKEN_CLS")) *kind = TASK_TOKEN_CLS;
+        else if (!strcmp(s, "FEATURE_EXTRACTION")) *kind = TASK_EMBEDDING;
         else if (strcmp(s, "SEQ_CLS"))
-            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: task_type %s: an encoder adapter here is SEQ_CLS or TOKEN_CLS", path, s);
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: task_type %s: an encoder adapter here is SEQ_CLS, TOKEN_CLS or FEATURE_EXTRACTION", path, s);
     }
     json_decref(cfg);
     return rc;

@@ -7,6 +7,7 @@
 #include "model/model.h"
 #include "model/cls_head.h"
 #include "model/tok_head.h"
+#include "model/emb_head.h"
 #include "peft/methods.h"
 #include "train/data.h"
 #include "peft/prompt.h"
@@ -14,7 +15,10 @@
 /* What the head predicts: a label per sequence (BertForSequenceClassification),
  * a label per token (BertForTokenClassification), or one number per sequence
  * (BertForSequenceClassification with num_labels 1, problem_type regression). */
-typedef enum task_kind { TASK_SEQ_CLS = 0, TASK_TOKEN_CLS, TASK_REGRESSION, TASK_MULTI_LABEL } task_kind;
+/* TASK_EMBEDDING: no head; the mean-pooled hidden states are the sentence
+ * embedding, trained on (anchor, positive) pairs with sentence-transformers'
+ * MultipleNegativesRankingLoss (PEFT's task_type FEATURE_EXTRACTION). */
+typedef enum task_kind { TASK_SEQ_CLS = 0, TASK_TOKEN_CLS, TASK_REGRESSION, TASK_MULTI_LABEL, TASK_EMBEDDING } task_kind;
 
 typedef struct task {
     task_kind kind;
@@ -28,6 +32,7 @@ typedef struct task {
     float **grads;            /* the base tensors' gradient slots (the family's tensor order; NULL = frozen) */
     cls_head head;            /* TASK_SEQ_CLS, TASK_REGRESSION */
     tok_head thead;           /* TASK_TOKEN_CLS */
+    emb_head ehead;           /* TASK_EMBEDDING */
     int p_cls_w, p_cls_b, p_pool_w, p_pool_b;   /* head params (pooler only if trainable) */
     model_acts *acts;         /* the family's activation buffers */
     float *d_hidden;
@@ -82,8 +87,8 @@ peftc_status task_init(task *t, peftc_model *m, peftc_tokenizer *tok, const meth
 peftc_status task_init_kind(task *t, task_kind kind, peftc_model *m, peftc_tokenizer *tok, const method_opts *mo,
                             const label_set *labels, int max_len, peftc_rng *rng, peftc_error *err);
 /* "seq-cls", "token-cls", "regression", "multi-label" (problem_type
- * multi_label_classification: a sigmoid per label, BCE); parse returns 0 for
- * an unknown name. */
+ * multi_label_classification: a sigmoid per label, BCE), "embedding"; parse
+ * returns 0 for an unknown name. */
 const char *task_kind_name(task_kind k);
 int task_kind_parse(const char *s, task_kind *k);
 /* Activation buffers for batches up to B x T; train adds backward buffers. */
@@ -94,7 +99,10 @@ void task_free(task *t);
  * and probabilities are left in t->head (t->thead for tokens). labels: B
  * label indices (TASK_SEQ_CLS); B*T per-token labels, < 0 ignored
  * (TASK_TOKEN_CLS); for TASK_REGRESSION the targets are t->targets (B floats)
- * and labels only says whether to compute the loss. */
+ * and labels only says whether to compute the loss. TASK_EMBEDDING: the
+ * embeddings are left in t->ehead (emb, unit); with labels != NULL the B rows
+ * are B/2 anchors then their B/2 positives and the loss is
+ * MultipleNegativesRankingLoss's (labels' values are not read). */
 float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *lens, const int *labels,
                    int B, int T, int train, peftc_rng *rng);
 /* Backward of loss*scale after task_forward(train=1): accumulates gradients. */
@@ -121,7 +129,8 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
 peftc_status adapter_parse_config(const char *text, size_t len, const char *path, method_opts *mo, label_set *labels,
                                   int *max_len, peftc_error *err);
 /* The task an adapter directory was trained for: peftc.task, else PEFT's
- * task_type (TOKEN_CLS, SEQ_CLS; none: SEQ_CLS); others are refused. */
+ * task_type (TOKEN_CLS, SEQ_CLS, FEATURE_EXTRACTION; none: SEQ_CLS); others
+ * are refused. */
 peftc_status adapter_read_task(const char *dir, task_kind *kind, peftc_error *err);
 /* AdapterFusion: 0.01 * sum ||I - W_V||^2 into the gradients (returns it; 0
  * without fusion); the temperature after `forwards` training forwards. */

@@ -65,11 +65,11 @@ static float lr_at(const peftc_train_opts *o, float lr, int step, int total, int
  * generator seeded by (seed, epoch) alone, so resuming needs only (epoch, pos).
  * With bucketing, rows are sorted by length inside windows of 50 batches and
  * the batches of a window are shuffled again. */
-static void epoch_order(int *order, const dataset *d, uint64_t seed, int epoch, int bucket, int B)
+/* n: the rows to order (an embedding set's pairs: its anchors' rows) */
+static void epoch_order(int *order, const dataset *d, int n, uint64_t seed, int epoch, int bucket, int B)
 {
     peftc_rng r;
     peftc_rng_seed(&r, seed * 1000003ull + (uint64_t)epoch + 1);
-    int n = d->n;
     for (int i = 0; i < n; i++) order[i] = i;
     for (int i = n - 1; i > 0; i--) {
         int j = (int)peftc_rng_below(&r, (uint64_t)i + 1);
@@ -149,6 +149,11 @@ static peftc_status write_metrics(const peftc_train_opts *o, const task *t, cons
         json_object_set_new(j, "eval_exact_match", json_real(ev->accuracy));
         json_object_set_new(j, "eval_loss", json_real(ev->loss));
         json_object_set_new(j, "eval_examples", json_integer(ev->n));
+    } else if (have_eval && t->kind == TASK_EMBEDDING) {
+        /* the cosine similarity of each pair's embeddings against its score */
+        json_object_set_new(j, "eval_pearson", json_real(ev->pearson));
+        json_object_set_new(j, "eval_spearman", json_real(ev->spearman));
+        json_object_set_new(j, "eval_pairs", json_integer(ev->n));
     } else if (have_eval && t->kind == TASK_REGRESSION) {
         json_object_set_new(j, "eval_pearson", json_real(ev->pearson));
         json_object_set_new(j, "eval_spearman", json_real(ev->spearman));
@@ -585,13 +590,17 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     task t = {0};
     batch_buf bb = {0};
     encoder_ctx enc = {0};
-    int *order = NULL, have_eval = o->eval_path != NULL;
+    int *order = NULL, *pair_rows = NULL, have_eval = o->eval_path != NULL;
     data_cols cols = {o->text_col, o->pair_col, o->label_col};
     method_args ma;
     method_args_from_opts(o, &ma);
     task_kind kind = TASK_SEQ_CLS;
     if (o->task && strcmp(o->task, "causal-lm") && !task_kind_parse(o->task, &kind))
-        return peftc_fail(err, PEFTC_ERR_INPUT, "--task '%s': use causal-lm, seq-cls, token-cls or regression", o->task);
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--task '%s': use causal-lm, seq-cls, token-cls, regression, multi-label or embedding", o->task);
+    if (o->has_min_score && kind != TASK_EMBEDDING)
+        return peftc_fail(err, PEFTC_ERR_INPUT, "--min-score selects embedding pairs: it needs --task embedding");
+    if (kind == TASK_EMBEDDING && o->comm && o->comm->size > 1)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--task embedding: the in-batch negatives are the whole batch's, which data parallelism would split (run one process)");
     /* the base's storage: --quantize, else the method's (qlora: NF4) */
     peftc_base_quant bq = method_base_quant(o->method);
     if (o->quantize && (rc = peftc_base_quant_parse(o->quantize, &bq, err))) goto out;
@@ -609,6 +618,18 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         else
             rc = train_causal_lm(o, m, &mo, o->lr > 0 ? o->lr : method_default_lr(&mo), progress, user, err);
         goto out;
+    }
+    if (kind == TASK_EMBEDDING && m->family->lm_head) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: --task embedding trains an encoder's sentence embeddings; a %s model is a decoder", o->model_dir, m->family->name);
+        goto out;
+    }
+    if (o->init_adapter) {   /* its head (or none) must be this task's */
+        task_kind ik;
+        if ((rc = adapter_read_task(o->init_adapter, &ik, err))) goto out;
+        if (ik != kind) {
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: the adapter was trained for --task %s, not %s", o->init_adapter, task_kind_name(ik), task_kind_name(kind));
+            goto out;
+        }
     }
     if ((rc = peftc_tokenizer_load(o->model_dir, &tok, err))) goto out;
     float lr = o->lr > 0 ? o->lr : method_default_lr(&mo);
@@ -636,6 +657,22 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         if (have_eval && ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_targets(&ev, err)) ||
                           (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err))))
             goto out;
+    } else if (kind == TASK_EMBEDDING) {
+        /* (anchor, positive) pairs, each text encoded alone; with --min-score
+         * the label column (a score) selects them. The eval file's pairs are
+         * scored: the cosine of their embeddings against it. */
+        if ((rc = data_load(o->train_path, &cols, o->has_min_score, &tr, err)) ||
+            (o->has_min_score && (rc = data_keep_min_score(&tr, o->min_score, err))) || (rc = data_pairs_apart(&tr, err)) ||
+            (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
+            goto out;
+        if (have_eval && ((rc = data_load(o->eval_path, &cols, 1, &ev, err)) || (rc = data_map_targets(&ev, err)) ||
+                          (rc = data_pairs_apart(&ev, err)) || (rc = data_tokenize(&ev, encoder_encode, &enc, max_len, err))))
+            goto out;
+        if (tr.n_pairs < 2 || o->batch < 2) {
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: --task embedding takes its negatives from the batch: it needs --batch >= 2 and 2 pairs or more (%d pairs)",
+                            o->train_path, tr.n_pairs);
+            goto out;
+        }
     } else if (kind == TASK_MULTI_LABEL) {
         if ((rc = data_load(o->train_path, &cols, 1, &tr, err)) || (rc = labels_from_multi(&tr, &labels, err)) ||
             (rc = data_map_multi(&tr, &labels, err)) || (rc = data_tokenize(&tr, encoder_encode, &enc, max_len, err)))
@@ -658,39 +695,45 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             goto out;
         }
     }
+    /* the rows an epoch goes through: an embedding set's pairs */
+    int n_rows = kind == TASK_EMBEDDING ? tr.n_pairs : tr.n;
     /* a batch larger than the data is the data: activations sized for what exists */
-    int B = o->batch < tr.n ? o->batch : tr.n;
+    int B = o->batch < n_rows ? o->batch : n_rows;
     int T = 1;
     for (int i = 0; i < tr.n; i++) if (tr.len[i] > T) T = tr.len[i];
     for (int i = 0; i < ev.n; i++) if (ev.len[i] > T) T = ev.len[i];
 
     const peftc_comm *comm = o->comm;
     int Bs = (B + dp_size(comm) - 1) / dp_size(comm);   /* the most rows of a micro-batch this rank runs */
+    int Brows = kind == TASK_EMBEDDING ? 2 * Bs : Bs;   /* an embedding batch: the anchors, then their positives */
     double comm_s = 0;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
     if ((rc = task_init_kind(&t, kind, m, tok, &mo, &labels, max_len, &rng, err)) ||
-        (rc = task_alloc(&t, Bs, T, 1, err)) || (rc = batch_alloc(&bb, Bs, T, err)) ||
+        (rc = task_alloc(&t, Brows, T, 1, err)) || (rc = batch_alloc(&bb, Brows, T, err)) ||
         (kind == TASK_MULTI_LABEL && (rc = batch_alloc_multi(&bb, labels.n, err))))
         goto out;
     /* taken before any weight moves: full fine-tuning trains the sampled ones */
     uint64_t run_sig = run_signature(&t, o);
     if (o->init_adapter && (rc = task_load_weights(&t, o->init_adapter, err))) goto out;
-    if (!(order = malloc((size_t)tr.n * sizeof *order))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+    if (!(order = malloc((size_t)n_rows * sizeof *order)) || !(pair_rows = malloc((size_t)Brows * sizeof *pair_rows))) {
+        rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        goto out;
+    }
     if ((rc = peftc_mkdir_p(o->out_dir, err))) goto out;
 
-    int micro_per_epoch = (tr.n + B - 1) / B;
+    int micro_per_epoch = (n_rows + B - 1) / B;
     int steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
     int total = o->max_steps > 0 ? o->max_steps : o->epochs * steps_per_epoch;
     int warmup = (int)ceil(o->warmup_ratio * total);
     train_state s = {0, 0, 0, 0};
     if ((rc = adalora_begin(&t.ada, total, err))) goto out;
     if (o->resume_dir) {
-        ckpt_limits lim = {tr.n, o->grad_accum};
+        ckpt_limits lim = {n_rows, o->grad_accum};
         if ((rc = checkpoint_load(o->resume_dir, &t.pb, t.mo.name, run_sig, &lim, &s, err))) goto out;
         rng.state = s.rng;
     }
-    epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
+    epoch_order(order, &tr, n_rows, o->seed, s.epoch, o->bucket, B);
     /* the rng draws of one micro-batch, for a rank whose shard of a short one
      * is empty (see train_causal_lm): a forward on one row, nothing kept */
     uint64_t rng_per_batch = 0;
@@ -721,8 +764,13 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         snprintf(task_note, sizeof task_note, " (multi-label: sigmoid + BCE)");
     else if (kind == TASK_REGRESSION)
         snprintf(task_note, sizeof task_note, " (regression on '%s', MSE)", labels.names[0]);
-    snprintf(msg, sizeof msg, "%s on %s: %d examples%s, %d labels, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
-             mo.name, o->train_path, tr.n, task_note, labels.n, total, steps_per_epoch, B, o->grad_accum, lr,
+    else if (kind == TASK_EMBEDDING)
+        snprintf(task_note, sizeof task_note, " (embedding: %d pairs%s, mean pooling, MultipleNegativesRankingLoss scale %g, in-batch negatives)",
+                 tr.n_pairs, o->has_min_score ? " with a score >= --min-score" : "", t.ehead.scale);
+    char label_note[32] = "";
+    if (kind != TASK_EMBEDDING) snprintf(label_note, sizeof label_note, ", %d labels", labels.n);
+    snprintf(msg, sizeof msg, "%s on %s: %d examples%s%s, %d steps (%d per epoch), batch %d x %d, lr %g%s%s%s",
+             mo.name, o->train_path, n_rows, task_note, label_note, total, steps_per_epoch, B, o->grad_accum, lr,
              o->resume_dir ? ", resumed" : "", quant_note, dp_note);
     pr.kind = PEFTC_PROGRESS_START;
     pr.message = msg;
@@ -749,24 +797,30 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         double loss_acc = 0;
         int epoch_ended = 0, bad = 0;
         for (int a = 0; a < o->grad_accum; a++) {
-            if (s.pos >= tr.n) {
+            if (s.pos >= n_rows) {
                 s.epoch++;
                 s.pos = 0;
-                epoch_order(order, &tr, o->seed, s.epoch, o->bucket, B);
+                epoch_order(order, &tr, n_rows, o->seed, s.epoch, o->bucket, B);
             }
-            int n = tr.n - s.pos < B ? tr.n - s.pos : B;
+            int n = n_rows - s.pos < B ? n_rows - s.pos : B;
             const int *rows = order + s.pos;
             int Tb = 1, r0, r1;
-            for (int i = 0; i < n; i++) {
+            if (kind == TASK_EMBEDDING) {   /* pair k: anchor row k, positive row n_pairs + k */
+                for (int i = 0; i < n; i++) { pair_rows[i] = rows[i]; pair_rows[n + i] = rows[i] + tr.n_pairs; }
+                rows = pair_rows;
+            }
+            int nb = kind == TASK_EMBEDDING ? 2 * n : n;   /* the micro-batch's rows */
+            for (int i = 0; i < nb; i++) {
                 tokens += tr.len[rows[i]];   /* the global batch's */
                 if (tr.len[rows[i]] > Tb) Tb = tr.len[rows[i]];
             }
             s.pos += n;
-            if (s.pos >= tr.n) epoch_ended = 1;
+            if (s.pos >= n_rows) epoch_ended = 1;
             /* this rank's shard, padded to the whole micro-batch's length */
             dp_shard(comm, n, &r0, &r1);
             if (r1 == r0) { rng.state += rng_per_batch; continue; }   /* the draws its peers took */
-            batch_fill_pad(&bb, &tr, rows + r0, r1 - r0, Tb);
+            if (kind == TASK_EMBEDDING) batch_fill_pad(&bb, &tr, rows, nb, Tb);   /* one process (refused otherwise) */
+            else batch_fill_pad(&bb, &tr, rows + r0, r1 - r0, Tb);
             t.targets = bb.targets;
             t.row0 = r0;
             if (o->adapterdrop_train) {
@@ -778,7 +832,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
                 t.ds.skip_below = (int)peftc_rng_below(&dr, (uint64_t)m->cfg.num_layers);
             }
             task_fusion_anneal(&t, (long)s.step * o->grad_accum + a);   /* AdapterFusion's temperature, from the count */
-            float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, r1 - r0, Tb, 1, &rng);
+            int rows_run = kind == TASK_EMBEDDING ? nb : r1 - r0;
+            float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, rows_run, Tb, 1, &rng);
             if (!isfinite(loss)) {   /* judged after the all-reduce, so that every rank stops or skips alike */
                 loss_acc = NAN;
                 t.ds.skip_below = 0;
@@ -786,7 +841,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             }
             /* the mean over the accumulated micro-batches, weighting each row alike */
             float scale = (float)(r1 - r0) / (float)(B * o->grad_accum);
-            task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, r1 - r0, Tb, scale, &rng);
+            task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, rows_run, Tb, scale, &rng);
             t.ds.skip_below = 0;   /* evaluation and saving see every layer */
             loss_acc += (double)loss * scale;
         }
@@ -863,7 +918,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     }
     if (dp_writer(comm) && (rc = task_save_adapter(&t, o->out_dir, o->model_dir, err))) goto out;
     if (dp_writer(comm))
-        rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, skipped, s.epoch + (s.pos >= tr.n), secs > 0 ? tokens / secs : 0,
+        rc = write_metrics(o, &t, &er, evaluated_epoch >= 0, s.step, skipped, s.epoch + (s.pos >= n_rows), secs > 0 ? tokens / secs : 0,
                            secs, last_loss, dp_size(comm), dp_bytes(comm, &t.pb), comm_s, err);
     if (!rc) {
         pr = (peftc_progress){.kind = PEFTC_PROGRESS_DONE, .step = s.step, .total_steps = total, .epoch = s.epoch,
@@ -875,6 +930,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     }
 out:
     free(order);
+    free(pair_rows);
     encoder_free(&enc);
     batch_free(&bb);
     task_free(&t);
