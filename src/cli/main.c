@@ -160,8 +160,11 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    for (int i = 2; i < argc; i++)   /* peftc COMMAND --help: the usage, which describes every command's options */
-        if (!strcmp(argv[i], "--help")) { fputs(usage, stdout); return 0; }
+    for (int i = 2; i < argc; i++)   /* peftc COMMAND ... --help: that command's usage (or all of it) */
+        if (!strcmp(argv[i], "--help")) {
+            if (!command_help(argv[1], stdout)) fputs(usage, stdout);
+            return 0;
+        }
     cli_args a = {argc - 2, argv + 2, calloc((size_t)argc, 1)};
     if (!a.used) return cli_errorf(1, "out of memory");
     int ok = 1;
