@@ -932,7 +932,9 @@ peftc_status adapter_read_config(const char *dir, method_opts *mo, label_set *la
     for (int k = 0; !rc && k < mo->fusion.n; k++) {   /* a fusion run holds its adapters */
         char sub[4096];
         if ((rc = peftc_path_join(sub, sizeof sub, dir, "adapters", err))) break;
-        if ((size_t)snprintf(mo->fusion.dirs[k], FUSION_DIR_MAX, "%s/%s", sub, mo->fusion.names[k]) >= FUSION_DIR_MAX)
+        char nm[FUSION_NAME_MAX];   /* a copy: the name and the path are both in *mo (-Wrestrict) */
+        memcpy(nm, mo->fusion.names[k], sizeof nm);
+        if ((size_t)snprintf(mo->fusion.dirs[k], FUSION_DIR_MAX, "%s/%s", sub, nm) >= FUSION_DIR_MAX)
             rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: the adapters' path is too long", path);
     }
     if (rc) labels_free(labels);
