@@ -135,7 +135,9 @@ def main():
     ran = {k: r for k, r in res.items()
            if r and not (k.split(".")[0] in ("torch", "torch-bf16") and
                          f"{k.split('.')[0]}-fused.{k.split('.', 1)[1]}" in res)}
-    flagged = sorted(r["label"] for r in ran.values() if num(r, "other_cpus") > OTHER_TOL)
+    # runs beside the BENCH_LOAD hogs are busy on purpose
+    flagged = sorted(r["label"] for r in ran.values()
+                     if num(r, "other_cpus") > OTHER_TOL and not r["label"].startswith("load."))
     if flagged:
         load_note += (f"; **⚠ marks a time taken while other processes kept > {OTHER_TOL:g} CPU busy** "
                       f"({len(flagged)} of {len(ran)} runs, after up to {meta.get('retries', '?')} retries: "
@@ -248,6 +250,37 @@ def main():
           + (" † full fine-tuning trains every weight, and peftc's bf16 path covers frozen weights "
              "only: peftc computes in fp32 in this row (torch's autocast has no such limit)."
              if full_bf16 else ""))
+        p("")
+
+    # under load: the same workloads beside N CPU-bound processes
+    nload = int(num(meta, "load")) if not math.isnan(num(meta, "load")) else 0
+    rows = [(n, d) for n, d in TRAIN + INFER
+            if any(f"load.peftc{s}-spin10k.{n}" in res for _, s in PRECS)]
+    if nload and rows:
+        p(f"## Under load: beside {nload} CPU-bound process{'es' if nload > 1 else ''} (median step)")
+        p("")
+        p("peftc as the CLI runs it (`GOMP_SPINCOUNT=10000`), idle and loaded; torch (fused q/k/v, "
+          "`OMP_WAIT_POLICY=PASSIVE`) idle (the table above) and loaded, run right after peftc beside the "
+          "same busy loops. Slow-down = loaded / idle step time; the last column is peftc's slow-down over "
+          "torch's (below 1: peftc suffers less).")
+        p("")
+        p("| workload | batch × seq | precision | peftc idle ms | peftc loaded ms | peftc slow-down "
+          "| torch idle ms | torch loaded ms | torch slow-down | **peftc / torch slow-down** "
+          "| loaded: peftc/torch speed |")
+        p("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, desc in rows:
+            bt = n.split(".")[-1].replace("x", " × ")
+            for prec, sfx in PRECS:
+                a, al = res.get(f"peftc{sfx}-spin10k.{n}"), res.get(f"load.peftc{sfx}-spin10k.{n}")
+                t, tl = res.get(f"torch{sfx}-fused.{n}") or res.get(f"torch{sfx}.{n}"), res.get(f"load.torch{sfx}.{n}")
+                if not (a and al):
+                    continue
+                sa = ratio(num(al, "median_ms"), num(a, "median_ms"))
+                st = ratio(num(tl, "median_ms"), num(t, "median_ms")) if t and tl else float("nan")
+                p(f"| {desc} | {bt} | {prec} | {fmt(num(a, 'median_ms'))} | {fmt(num(al, 'median_ms'))} "
+                  f"| {fmt(sa, 2)}× | {fmt(num(t, 'median_ms')) if t else '–'} "
+                  f"| {fmt(num(tl, 'median_ms')) if tl else '–'} | {fmt(st, 2)}× | **{fmt(ratio(sa, st), 2)}** "
+                  f"| {fmt(ratio(num(tl, 'median_ms'), num(al, 'median_ms')), 2) if tl else '–'}× |")
         p("")
 
     # FLOP utilisation

@@ -141,11 +141,25 @@ int64_t peftc_model_param_count(const peftc_model *m);
 /* bf16 path: the frozen linear weights of the encoder (query/key/value,
  * attention output, intermediate, output) are rounded to bf16 and multiplied
  * with AMX tiles (or AVX-512-BF16), accumulating in fp32; trained weights stay
- * fp32. On by default where the CPU and OS allow AMX, fp32 elsewhere.
- * on = 1 forces it (if the CPU has avx512bf16), 0 forces fp32, -1 restores
- * the default; PEFTC_BF16=1 / 0 in the environment does the same at start.
- * Process-wide; returns 1 if bf16 is now in use, else 0. */
+ * fp32. On by default where it is faster: where the CPU and OS allow AMX, and
+ * where the AVX-512-BF16 kernel measured (once per process, about 10 ms, on
+ * the first query) at least 1.3x OpenBLAS's sgemm on one thread (AMD Zen 4:
+ * about 2.2x); fp32 elsewhere. on = 1 forces it (if the CPU has avx512bf16),
+ * 0 forces fp32, -1 restores the default; PEFTC_BF16=1 / 0 in the
+ * environment does the same at start. Process-wide; returns 1 if bf16 is
+ * now in use, else 0. */
 int peftc_set_bf16(int on);
+
+/* What the kernels found on this CPU (peftc cpu prints it). */
+typedef struct peftc_cpu_info {
+    const char *isa;       /* the kernel tier in use: "avx512", "avx2" or "portable" */
+    int avx512_bf16;       /* the CPU has AVX-512-BF16 (vdpbf16ps) */
+    int amx;               /* bf16 products run on AMX tiles */
+    double bf16_speedup;   /* bf16 kernel / sgemm throughput on one thread (0: no bf16) */
+    int bf16_default;      /* bf16 is the default here */
+    int bf16;              /* bf16 is in use now (peftc_set_bf16) */
+} peftc_cpu_info;
+void peftc_cpu(peftc_cpu_info *out);
 
 typedef enum peftc_pool {
     PEFTC_POOL_MEAN = 0,

@@ -46,6 +46,7 @@ void cli_comm_finish(peftc_comm *c, int failed);
 int cmd_tokenize(cli_args *a);
 int cmd_embed(cli_args *a);
 int cmd_inspect(cli_args *a);
+int cmd_cpu(cli_args *a, int forced);
 int cmd_train(cli_args *a);
 int cmd_fuse(cli_args *a);    /* AdapterFusion stage 2 (cmd_train.c) */
 int cmd_eval(cli_args *a);

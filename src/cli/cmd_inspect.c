@@ -251,3 +251,19 @@ int cmd_inspect(cli_args *a)
     snprintf(path, sizeof path, "%s/model.safetensors", target);
     return print_tensors(path);
 }
+
+/* peftc cpu: what the kernels found here; forced: --bf16 / --fp32 given */
+int cmd_cpu(cli_args *a, int forced)
+{
+    if (cli_check_unused(a, "cpu")) return 2;
+    peftc_cpu_info c;
+    peftc_cpu(&c);
+    printf("kernels: %s\navx512-bf16: %s\namx: %s\n", c.isa, c.avx512_bf16 ? "yes" : "no", c.amx ? "yes" : "no");
+    if (c.avx512_bf16) printf("bf16 kernel / sgemm, one thread: %.2fx\n", c.bf16_speedup);
+    const char *why = c.amx ? "AMX tiles" : c.bf16_default ? "AVX-512-BF16 measured >= 1.3x sgemm"
+                      : c.avx512_bf16 ? "AVX-512-BF16 measured < 1.3x sgemm" : "no AVX-512-BF16";
+    printf("frozen weights: %s (%s%s)\n", c.bf16 ? "bf16" : "fp32",
+           forced || getenv("PEFTC_BF16") ? "forced; the default here is " : "the default here: ",
+           forced || getenv("PEFTC_BF16") ? (c.bf16_default ? "bf16" : "fp32") : why);
+    return 0;
+}

@@ -17,6 +17,9 @@ static const char usage[] =
     "  embed --model DIR [--adapter RUN_DIR] [--pool mean|cls] [--normalize] [--batch N] [--max-len N] [--pairs]\n"
     "      stdin lines -> one line of space-separated floats each; --adapter: a --task embedding\n"
     "      adapter (FEATURE_EXTRACTION) applied, its mean pooling (virtual tokens left out) and max_len\n"
+    "  cpu\n"
+    "      the kernel tier, AVX-512-BF16 and AMX, the bf16 kernel's measured speed against\n"
+    "      sgemm on one thread, and whether frozen weights are multiplied in bf16 by default here\n"
     "  inspect FILE_OR_DIR\n"
     "      architecture, config and every tensor (name, dtype, shape) of a model\n"
     "      directory or a .safetensors file\n"
@@ -106,8 +109,9 @@ static const char usage[] =
     "      a bottleneck adapter (pfeiffer, houlsby-form, parallel, scaled) and its head as AdapterHub's\n"
     "      save_adapter directory (adapters: model.load_adapter(DIR)); eval/predict read such directories\n"    "\n"
     "global options: --threads N (default: all cores)\n"
-    "  --bf16   frozen encoder weights in bf16 (the default where the CPU has AMX; needs AVX-512-BF16)\n"
-    "  --fp32   frozen encoder weights in fp32 (the default without AMX)\n";
+    "  --bf16   frozen weights in bf16 (the default where it is faster: AMX, or AVX-512-BF16 measured\n"
+    "           >= 1.3x sgemm, as on AMD Zen 4; see peftc cpu)\n"
+    "  --fp32   frozen weights in fp32 (the default elsewhere)\n";
 
 /* OpenMP threads (ours and OpenBLAS's) spin-wait ~300k iterations between
  * parallel regions by default; when another process holds a core that
@@ -187,6 +191,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "tokenize")) rc = cmd_tokenize(&a);
     else if (!strcmp(cmd, "embed")) rc = cmd_embed(&a);
     else if (!strcmp(cmd, "inspect")) rc = cmd_inspect(&a);
+    else if (!strcmp(cmd, "cpu")) rc = cmd_cpu(&a, want_bf16 || want_fp32);
     else if (!strcmp(cmd, "train")) rc = cmd_train(&a);
     else if (!strcmp(cmd, "fuse")) rc = cmd_fuse(&a);
     else if (!strcmp(cmd, "eval")) rc = cmd_eval(&a);

@@ -54,7 +54,7 @@ void matmul_backward_gelu(float *dpre, const float *pre, const float *dout, cons
                           int N, int IC, int OC);
 
 /* bf16 path for frozen weights (AMX or AVX-512-BF16). By default on where
- * AMX tiles run (kernels_bf16_amx), off elsewhere; kernels_set_bf16(1) / (0)
+ * it pays (kernels_bf16_default), off elsewhere; kernels_set_bf16(1) / (0)
  * or PEFTC_BF16=1 / 0 in the environment force it on (if the CPU has
  * avx512bf16) / off, kernels_set_bf16(-1) restores the default; it returns
  * what is now in use. The kernels are usable whenever
@@ -63,6 +63,12 @@ void matmul_backward_gelu(float *dpre, const float *pre, const float *dout, cons
 int kernels_bf16_supported(void);
 int kernels_set_bf16(int on);
 int kernels_bf16(void);
+/* The default: 1 where AMX tiles run, or where the AVX-512-BF16 kernel
+ * measured (once per process, ~10 ms) at least 1.3x OpenBLAS's sgemm on one
+ * thread (Zen 4: ~2.2x); kernels_bf16_speedup() is that ratio (0: no
+ * AVX-512-BF16; measured on first call even where AMX runs). */
+int kernels_bf16_default(void);
+double kernels_bf16_speedup(void);
 /* The matmul_bf16 kernels use AMX tiles (TDPBF16PS) where the CPU and the
  * OS allow (Linux arch_prctl permission, asked on first use), else
  * AVX-512-BF16: same operands, same fp32 accumulation (the order of the

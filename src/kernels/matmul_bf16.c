@@ -27,7 +27,7 @@ struct matmul_bf16 {
 };
 
 static int bf16_supported = -1;
-static int bf16_on = -1;   /* -1: the default, on where AMX runs (where bf16 pays) */
+static int bf16_on = -1;   /* -1: the default, on where bf16 pays (kernels_bf16_default) */
 
 int kernels_bf16_supported(void)
 {
@@ -57,9 +57,77 @@ int kernels_set_bf16(int on)
     return kernels_bf16();
 }
 
-/* Without AMX, vdpbf16ps runs at about 0.6x OpenBLAS's sgemm here: bf16
- * would cost precision and time, so the default is fp32 there. */
-int kernels_bf16(void) { return bf16_on < 0 ? kernels_bf16_amx(-1) : bf16_on; }
+/* Without AMX the answer depends on the core: vdpbf16ps ran at 0.6x
+ * OpenBLAS's sgemm on a Sapphire Rapids core with its tiles unused, at 2.2x
+ * on a Zen 4 core. So where AMX does not run the default is measured, once
+ * per process: the bf16 kernel and cblas_sgemm on one thread (robust to a
+ * busy second core), a shape of the encoder's (128 x 384 -> 1536, 151 MFLOP),
+ * the best of 4 timed calls each after a warm-up, about 10 ms in all. bf16
+ * becomes the default where it is at least 1.3x faster: the two kinds of
+ * core measured are far from that line on both sides, so the choice does not
+ * flip with noise. */
+static double bf16_speedup = -1;   /* bf16 GEMM / sgemm throughput, 0: not measured */
+static int bf16_calibrated = 0;
+#define BF16_PAYS 1.3
+
+static double time_best(int which, float *out, const float *inp, const float *w, const matmul_bf16 *p,
+                        int N, int IC, int OC)
+{
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = omp_get_wtime();
+        if (which) matmul_bf16_forward(out, inp, p, NULL, N, IC, OC, 0);
+        else matmul_forward(out, inp, w, NULL, N, IC, OC, 0);
+        double t = omp_get_wtime() - t0;
+        if (rep > 0 && t < best) best = t;
+    }
+    return best;
+}
+
+static double measure_bf16_speedup(void)
+{
+    enum { N = 128, IC = 384, OC = 1536 };
+    float *w = malloc(sizeof(float) * IC * OC), *x = malloc(sizeof(float) * N * IC),
+          *y = malloc(sizeof(float) * N * OC);
+    double r = 0;
+    if (w && x && y) {
+        uint32_t s = 12345u;
+        for (int i = 0; i < IC * OC; i++) { s = s * 1664525u + 1013904223u; w[i] = (float)(s >> 8) * 0x1p-24f - 0.5f; }
+        for (int i = 0; i < N * IC; i++) { s = s * 1664525u + 1013904223u; x[i] = (float)(s >> 8) * 0x1p-24f - 0.5f; }
+        int nt = omp_get_max_threads();
+        omp_set_num_threads(1);   /* OpenBLAS's OpenMP build and our kernels both follow it */
+        matmul_bf16 *p = matmul_bf16_pack(w, IC, OC);
+        if (p) {
+            double tf = time_best(0, y, x, w, NULL, N, IC, OC);
+            double tb = time_best(1, y, x, w, p, N, IC, OC);
+            if (tb > 0) r = tf / tb;
+            matmul_bf16_free(p);
+        }
+        omp_set_num_threads(nt);
+    }
+    free(w); free(x); free(y);
+    return r;
+}
+
+double kernels_bf16_speedup(void)
+{
+    if (!__atomic_load_n(&bf16_calibrated, __ATOMIC_ACQUIRE)) {
+        #pragma omp critical(peftc_bf16_calibrate)
+        if (!bf16_calibrated) {
+            bf16_speedup = kernels_bf16_supported() ? measure_bf16_speedup() : 0;
+            __atomic_store_n(&bf16_calibrated, 1, __ATOMIC_RELEASE);
+        }
+    }
+    return bf16_speedup;
+}
+
+int kernels_bf16_default(void)
+{
+    if (kernels_bf16_amx(-1)) return 1;
+    return kernels_bf16_supported() && kernels_bf16_speedup() >= BF16_PAYS;
+}
+
+int kernels_bf16(void) { return bf16_on < 0 ? kernels_bf16_default() : bf16_on; }
 
 /* the public switch of include/peftc.h */
 int peftc_set_bf16(int on);
@@ -240,7 +308,10 @@ KERN_INLINE KERN_BF16 void bf16_rows(const epi *e, const float *A, int lda, cons
 {
     const int M = e->M, KP = (K + 1) / 2, KPP = KPAD(K), np = (M + 15) / 16, nrb = (N + MR - 1) / MR;
     uint32_t *at = kern_scratch((size_t)MR * KP * 4);
-    #pragma omp for schedule(static)
+    /* row blocks handed out one at a time: a thread that another process
+     * holds up takes fewer, instead of leaving the other at the barrier
+     * (each output is still one thread's sum in a fixed order) */
+    #pragma omp for schedule(dynamic)
     for (int rb = 0; rb < nrb; rb++) {
         int r0 = rb * MR, nr = N - r0 < MR ? N - r0 : MR;
         if (!at) {
