@@ -14,6 +14,17 @@
 #   - a rank killed with SIGKILL stops the whole job (non-zero exit, mpirun
 #     names the rank) and the last checkpoint is intact: it loads and
 #     resuming it in one process matches a single process run to that step;
+#   - the causal LM's held-out loss sharded (step 0's, before any update,
+#     bit-identical), and `peftc eval` of a causal LM refused under mpirun;
+#   - --task token-cls, regression and multi-label trained on 2 ranks (batch
+#     5: shards of unequal token counts) against one process, parameters
+#     within 1e-6, eval metrics equal;
+#   - evaluation sharded and gathered: the same weights (an adapter, one step
+#     at lr 0) evaluated by `train --eval` on 1, 2 and 3 ranks, every eval_*
+#     metric of seq-cls, token-cls, regression and multi-label bit-identical;
+#     `peftc eval` on 1, 2 and 3 ranks prints the same line for all five
+#     tasks (embedding included);
+#   - mpirun --hostfile (localhost slots=2) against one process;
 #   - peftc built without MPI refuses to run as one of several ranks.
 # Prints a SKIP line (and "## 0 0") only if OpenMPI is not installed.
 set -uo pipefail
@@ -224,7 +235,7 @@ else
     bad "$S missing (bash scripts/fetch_models.sh)"
 fi
 
-# 8. the other tasks (tests/make_mpi_tasks.py: the tiny model's words, dropout
+# 7. the other tasks (tests/make_mpi_tasks.py: the tiny model's words, dropout
 #    on, held-out sets of 80 rows), 2 ranks vs 1 process, --batch 5 (shards of
 #    2 and 3 rows, so of different token counts: the token-cls loss is a mean
 #    over the whole micro-batch's labelled tokens)
@@ -272,14 +283,14 @@ else
     bad "cannot write the task data sets (tests/make_mpi_tasks.py)"
 fi
 
-# 9. a hostfile (one line per machine, "host slots=N"): this one machine, 2 slots
+# 8. a hostfile (one line per machine, "host slots=N"): this one machine, 2 slots
 printf 'localhost slots=2\n' >"$O/hosts"
 $MPIRUN --hostfile "$O/hosts" -np 2 $P train $common --method lora --out "$O/hostfile" >"$O/hostfile.log" 2>&1 &&
     grep -q "2 ranks (" "$O/hostfile.log" &&
     tally "$(compare "$O/lora.1" "$O/hostfile" "mpirun --hostfile (localhost slots=2) -np 2 vs 1 process")" ||
     bad "mpirun --hostfile: $(tail -2 "$O/hostfile.log")"
 
-# 7. built without MPI (the CLI as `make MPI=0` links it): no libmpi, and it
+# 9. built without MPI (the CLI as `make MPI=0` links it): no libmpi, and it
 #    refuses to be one of several ranks rather than train alone
 mkvar() { make -s --no-print-directory MPI=0 --eval='print-%: ; @echo $($*)' "print-$1"; }
 if $(mkvar CC) $(mkvar CFLAGS) -o "$O/peftc.nompi" src/cli/*.c build/libpeftc.a $(mkvar LDLIBS) $(mkvar MPI_LIBS) 2>"$O/nompi.err"; then
