@@ -371,6 +371,12 @@ typedef struct peftc_eval_result {
 peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, const char *text_col,
                                    const char *pair_col, const char *label_col,
                                    peftc_eval_result *res, peftc_error *err);
+/* Data-parallel evaluation (comm NULL or size 1: one process): every rank of
+ * the job calls peftc_classifier_eval with the same arguments; the batches
+ * (the single process's) are dealt out, batch k to rank k mod size, the
+ * per-example outputs gathered exactly, and every rank gets the single
+ * process's result, bit for bit. comm must outlive the evaluations. */
+void peftc_classifier_set_comm(peftc_classifier *c, const peftc_comm *comm);
 /* The task the adapter was trained for: "seq-cls", "token-cls", "regression". */
 const char *peftc_classifier_task(const peftc_classifier *c);
 /* AdapterFusion runs (peftc fuse): the number of fused adapters (0 for any

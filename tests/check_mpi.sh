@@ -14,6 +14,17 @@
 #   - a rank killed with SIGKILL stops the whole job (non-zero exit, mpirun
 #     names the rank) and the last checkpoint is intact: it loads and
 #     resuming it in one process matches a single process run to that step;
+#   - the causal LM's held-out loss sharded (step 0's, before any update,
+#     bit-identical), and `peftc eval` of a causal LM refused under mpirun;
+#   - --task token-cls, regression and multi-label trained on 2 ranks (batch
+#     5: shards of unequal token counts) against one process, parameters
+#     within 1e-6, eval metrics equal;
+#   - evaluation sharded and gathered: the same weights (an adapter, one step
+#     at lr 0) evaluated by `train --eval` on 1, 2 and 3 ranks, every eval_*
+#     metric of seq-cls, token-cls, regression and multi-label bit-identical;
+#     `peftc eval` on 1, 2 and 3 ranks prints the same line for all five
+#     tasks (embedding included);
+#   - mpirun --hostfile (localhost slots=2) against one process;
 #   - peftc built without MPI refuses to run as one of several ranks.
 # Prints a SKIP line (and "## 0 0") only if OpenMPI is not installed.
 set -uo pipefail
@@ -73,13 +84,39 @@ if noise:   # the parameters by name, from the adapters
 scale = float(np.abs(A["params"]).max())
 msgs = []
 ma, mb = json.load(open(f"{a}/metrics.json")), json.load(open(f"{b}/metrics.json"))
-for k in ("eval_accuracy", "eval_loss", "final_train_loss", "train_steps"):
-    if k in ma and abs(ma[k] - mb.get(k, float("nan"))) > 1e-5 * max(1, abs(ma[k])):
+# every evaluation metric of the task (the parameters differ by rounding, so
+# the metrics may too, by as little; same_eval below holds them to the bit
+# where the weights are equal)
+keys = [k for k in ma if k.startswith("eval_") and isinstance(ma[k], (int, float))] + ["final_train_loss", "train_steps"]
+for k in keys:
+    if k not in mb or abs(ma[k] - mb[k]) > 1e-5 * max(1, abs(ma[k])):
         msgs.append(f"{k} {ma[k]} vs {mb.get(k)}")
 if worst > 1e-6 or msgs or scale == 0:
     print(f"FAIL - {what}: max |diff| {worst:.3g} (params up to {scale:.3g}) {'; '.join(msgs)}")
 else:
     print(f"ok   - {what}: parameters and AdamW moments within {worst:.2g} (<= 1e-6){note}, metrics equal")
+EOF
+}
+
+# same_eval RUN_A RUN_B WHAT: the evaluation metrics of two runs of the same
+# weights bit-identical (metrics.json's reals are written with 17 digits: a
+# round trip): every eval_* number
+same_eval() {
+    "$PY" - "$1" "$2" "$3" <<'EOF'
+import json, math, sys
+a, b, what = sys.argv[1:4]
+ma, mb = json.load(open(f"{a}/metrics.json")), json.load(open(f"{b}/metrics.json"))
+ka = sorted(k for k in ma if k.startswith("eval_") and isinstance(ma[k], (int, float)))
+kb = sorted(k for k in mb if k.startswith("eval_") and isinstance(mb[k], (int, float)))
+diff = [f"{k} {ma[k]!r} vs {mb.get(k)!r}" for k in ka if mb.get(k) != ma[k]]
+if ka != kb: diff.append(f"keys {ka} vs {kb}")
+shown = [k for k in ka if k not in ("eval_examples", "eval_words", "eval_words_cut", "eval_pairs")]
+if not shown or not all(math.isfinite(ma[k]) for k in shown) or ma.get("eval_loss", 1) == 0:
+    diff.append(f"no real metrics: {ma}")
+if diff:
+    print(f"FAIL - {what}: " + "; ".join(diff))
+else:
+    print(f"ok   - {what}: " + ", ".join(f"{k[5:]} {ma[k]:.9g}" for k in shown) + " bit-identical")
 EOF
 }
 
@@ -171,15 +208,89 @@ if [ -f "$S" ]; then
     "$PY" -c "
 import json; d = sorted(json.load(open('../shared/data/alpaca-5k/alpaca_data.json'))[:200], key=lambda r: len(r['instruction']) + len(r['input']) + len(r['output']))[:12]
 json.dump(d, open('$O/alpaca12.json', 'w'))"
-    l="--model $S --train $O/alpaca12.json --method lora --max-steps 2 --batch 3 --grad-accum 2 --max-len 64 --save-every 2"
-    $P train $l --out "$O/lm.1" >"$O/lm.1.log" 2>&1 && $MPIRUN -np 2 $P train $l --out "$O/lm.2" >"$O/lm.2.log" 2>&1 &&
-        tally "$(compare "$O/lm.1" "$O/lm.2" "causal LM (SmolLM2-135M, alpaca), 2 ranks vs 1 process")" ||
+    "$PY" -c "
+import json; d = sorted(json.load(open('../shared/data/alpaca-5k/alpaca_data.json'))[200:400], key=lambda r: len(r['instruction']) + len(r['input']) + len(r['output']))[:8]
+json.dump(d, open('$O/alpaca_ev8.json', 'w'))"
+    # the held-out loss (8 rows in batches of 3: rank 0 runs two, rank 1 one)
+    # at step 0, before any update, is the single process's to the bit
+    l="--model $S --train $O/alpaca12.json --eval $O/alpaca_ev8.json --method lora --max-steps 2 --batch 3 --grad-accum 2 --max-len 64 --save-every 2"
+    if $P train $l --out "$O/lm.1" >"$O/lm.1.log" 2>&1 && $MPIRUN -np 2 $P train $l --out "$O/lm.2" >"$O/lm.2.log" 2>&1; then
+        tally "$(compare "$O/lm.1" "$O/lm.2" "causal LM (SmolLM2-135M, alpaca), 2 ranks vs 1 process")"
+        tally "$("$PY" - "$O/lm.1" "$O/lm.2" <<'EOF'
+import json, math, sys
+a, b = (json.load(open(f"{d}/metrics.json"))["eval"] for d in sys.argv[1:3])
+if len(a) != 2 or len(b) != 2 or a[0]["step"] != 0 or a[0] != b[0] or not math.isfinite(a[0]["loss"]) or abs(a[1]["loss"] - b[1]["loss"]) > 1e-5 * a[1]["loss"]:
+    print(f"FAIL - causal LM held-out loss, 2 ranks vs 1 process: {a} vs {b}")
+else:
+    print(f"ok   - causal LM held-out loss sharded over 2 ranks: step 0 {a[0]['loss']!r} bit-identical, step 2 {b[1]['loss']:.9g} vs {a[1]['loss']:.9g}")
+EOF
+)"
+    else
         bad "causal LM: $(tail -2 "$O/lm.2.log")"
+    fi
+    if msg=$($MPIRUN -np 2 $P eval --model $S --data $O/alpaca_ev8.json 2>&1); then bad "peftc eval of a causal LM ran under mpirun"
+    elif printf '%s' "$msg" | grep -q "not under mpirun"; then ok "peftc eval of a causal LM under mpirun is refused: $(printf '%s\n' "$msg" | grep -m1 'not under mpirun' | cut -c1-110)"
+    else bad "peftc eval of a causal LM under mpirun: $(printf '%s\n' "$msg" | head -2)"; fi
 else
     bad "$S missing (bash scripts/fetch_models.sh)"
 fi
 
-# 7. built without MPI (the CLI as `make MPI=0` links it): no libmpi, and it
+# 7. the other tasks (tests/make_mpi_tasks.py: the tiny model's words, dropout
+#    on, held-out sets of 80 rows), 2 ranks vs 1 process, --batch 5 (shards of
+#    2 and 3 rows, so of different token counts: the token-cls loss is a mean
+#    over the whole micro-batch's labelled tokens)
+MT=$O/mt
+if "$PY" tests/make_mpi_tasks.py "$MT"; then
+    for spec in token-cls:tok_train.conll:tok_dev.conll regression:reg_train.tsv:reg_dev.tsv multi-label:ml_train.tsv:ml_dev.tsv; do
+        IFS=: read -r task trf dvf <<<"$spec"
+        a="--model $T/model --task $task --train $MT/$trf --eval $MT/$dvf --method lora --max-steps 4 --batch 5 --grad-accum 2 --save-every 4 --seed 3"
+        if ! $P train $a --out "$O/$task.1" >"$O/$task.1.log" 2>&1; then bad "--task $task, 1 process: $(tail -1 "$O/$task.1.log")"; continue; fi
+        if ! $MPIRUN -np 2 $P train $a --out "$O/$task.2" >"$O/$task.2.log" 2>&1; then bad "--task $task, 2 ranks: $(tail -2 "$O/$task.2.log")"; continue; fi
+        tally "$(compare "$O/$task.1" "$O/$task.2" "--task $task (lora, dropout 0.1, batch 5 x 2), 2 ranks vs 1 process, eval sharded")"
+    done
+    # the evaluation to the bit: the same weights (a trained adapter, then one
+    # step at lr 0: --warmup-ratio 1 makes step 0's rate 0, and AdamW leaves
+    # every value as it is), evaluated in batches of 6 by 1, 2 and 3 ranks
+    for spec in seq-cls:lora:../tiny/train.tsv:cls_dev.tsv token-cls:token-cls:tok_train.conll:tok_dev.conll \
+                regression:regression:reg_train.tsv:reg_dev.tsv multi-label:multi-label:ml_train.tsv:ml_dev.tsv; do
+        IFS=: read -r task init trf dvf <<<"$spec"
+        [ -f "$O/$init.1/adapter_model.safetensors" ] || { bad "--task $task: no trained adapter to evaluate"; continue; }
+        e="--model $T/model --task $task --train $MT/$trf --eval $MT/$dvf --method lora --init-adapter $O/$init.1 --max-steps 1 --warmup-ratio 1 --batch 6 --seed 3"
+        $P train $e --out "$O/ev.$task.1" >"$O/ev.$task.1.log" 2>&1 || { bad "--task $task eval run, 1 process: $(tail -1 "$O/ev.$task.1.log")"; continue; }
+        for n in 2 3; do
+            $MPIRUN -np $n $P train $e --out "$O/ev.$task.$n" >"$O/ev.$task.$n.log" 2>&1 &&
+                tally "$(same_eval "$O/ev.$task.1" "$O/ev.$task.$n" "--task $task train --eval of the same weights, $n ranks vs 1 process")" ||
+                bad "--task $task eval run, $n ranks: $(tail -2 "$O/ev.$task.$n.log")"
+        done
+    done
+    # `peftc eval` under mpirun (batches of 32: 3 of them for 80 rows), every
+    # task, embedding included (trained in one process: its in-batch negatives)
+    $P train --model $T/model --task embedding --train $MT/sts_train.tsv --method lora --max-steps 4 --batch 6 --out "$O/embedding.1" >"$O/emb.log" 2>&1 ||
+        bad "--task embedding, 1 process: $(tail -1 "$O/emb.log")"
+    for spec in lora:cls_dev.tsv token-cls:tok_dev.conll regression:reg_dev.tsv multi-label:ml_dev.tsv embedding:sts_dev.tsv; do
+        IFS=: read -r run dvf <<<"$spec"
+        one=$($P eval --model $T/model --adapter "$O/$run.1" --data "$MT/$dvf" 2>&1) || { bad "peftc eval $run, 1 process: $one"; continue; }
+        for n in 2 3; do
+            many=$($MPIRUN -np $n $P eval --model $T/model --adapter "$O/$run.1" --data "$MT/$dvf" 2>&1)
+            if [ $? -eq 0 ] && [ "$many" = "$one" ] && [ "$(printf '%s\n' "$one" | grep -c '^{"')" = 1 ]; then
+                ok "peftc eval under mpirun -np $n ($run adapter, $dvf): rank 0 prints the one process's line: $(printf '%s' "$one" | cut -c1-110)"
+            else
+                bad "peftc eval under mpirun -np $n ($run adapter): '$many' vs 1 process '$one'"
+            fi
+        done
+    done
+else
+    bad "cannot write the task data sets (tests/make_mpi_tasks.py)"
+fi
+
+# 8. a hostfile (one line per machine, "host slots=N"): this one machine, 2 slots
+printf 'localhost slots=2\n' >"$O/hosts"
+$MPIRUN --hostfile "$O/hosts" -np 2 $P train $common --method lora --out "$O/hostfile" >"$O/hostfile.log" 2>&1 &&
+    grep -q "2 ranks (" "$O/hostfile.log" &&
+    tally "$(compare "$O/lora.1" "$O/hostfile" "mpirun --hostfile (localhost slots=2) -np 2 vs 1 process")" ||
+    bad "mpirun --hostfile: $(tail -2 "$O/hostfile.log")"
+
+# 9. built without MPI (the CLI as `make MPI=0` links it): no libmpi, and it
 #    refuses to be one of several ranks rather than train alone
 mkvar() { make -s --no-print-directory MPI=0 --eval='print-%: ; @echo $($*)' "print-$1"; }
 if $(mkvar CC) $(mkvar CFLAGS) -o "$O/peftc.nompi" src/cli/*.c build/libpeftc.a $(mkvar LDLIBS) $(mkvar MPI_LIBS) 2>"$O/nompi.err"; then

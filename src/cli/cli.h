@@ -42,6 +42,8 @@ void cli_lines_free(cli_lines *l);
 int cli_comm_init(peftc_comm *c);
 /* Leaves the job; failed != 0 aborts every rank (exit code failed). */
 void cli_comm_finish(peftc_comm *c, int failed);
+/* The job size mpirun announces in the environment (0: not launched by it). */
+int cli_comm_launched(void);
 
 int cmd_tokenize(cli_args *a);
 int cmd_embed(cli_args *a);

@@ -214,6 +214,16 @@ static int train_main(cli_args *a, int fuse)
 int cmd_train(cli_args *a) { return train_main(a, 0); }
 int cmd_fuse(cli_args *a) { return train_main(a, 1); }
 
+/* One line naming the rank when one of several failed. */
+static int eval_fail(const peftc_comm *comm, peftc_error *err)
+{
+    if (comm->size > 1) return cli_errorf(1, "rank %d of %d: %s", comm->rank, comm->size, err->msg[0] ? err->msg : peftc_status_name(err->code));
+    return cli_fail(err);
+}
+
+static int eval_classifier(const char *model, const char *adapter, const char *data, const char *tc, const char *pc,
+                           const char *lc, const char *task, int merge, const peftc_comm *comm);
+
 int cmd_eval(cli_args *a)
 {
     /* a decoder (--task causal-lm, or a GGUF file) is evaluated as a language model */
@@ -227,6 +237,11 @@ int cmd_eval(cli_args *a)
             size_t n = strlen(a->argv[i + 1]);
             lm = n > 5 && !strcmp(a->argv[i + 1] + n - 5, ".gguf");
         }
+    /* a causal LM's evaluation (generation included) is not sharded: under
+     * mpirun each rank would run all of it and print it again */
+    if (lm && cli_comm_launched() > 1)
+        return cli_errorf(2, "eval: a causal LM is evaluated by one process, not under mpirun (%d ranks); "
+                             "its held-out loss is sharded in train --eval", cli_comm_launched());
     if (lm) return cmd_eval_lm(a);
     const char *model = cli_opt(a, "--model"), *adapter = cli_opt(a, "--adapter"), *data = cli_opt(a, "--data");
     const char *tc = cli_opt(a, "--text-col"), *pc = cli_opt(a, "--text-pair-col"), *lc = cli_opt(a, "--label-col");
@@ -234,17 +249,32 @@ int cmd_eval(cli_args *a)
     if (cli_check_unused(a, "eval")) return 2;
     if (!model || !*model || !adapter || !*adapter || !data || !*data)
         return cli_errorf(2, "eval: --model DIR, --adapter RUN_DIR and --data FILE are required");
+    /* under mpirun the ranks share the batches (the result is one
+     * process's, bit for bit) and rank 0 prints it */
+    peftc_comm comm;
+    int rc = cli_comm_init(&comm);
+    if (rc) return rc;
+    rc = eval_classifier(model, adapter, data, tc, pc, lc, task, merge, &comm);
+    cli_comm_finish(&comm, rc);
+    return rc;
+}
+
+static int eval_classifier(const char *model, const char *adapter, const char *data, const char *tc, const char *pc,
+                           const char *lc, const char *task, int merge, const peftc_comm *comm)
+{
     peftc_error err = {0};
     peftc_classifier *c;
-    if (peftc_classifier_load(model, adapter, &c, &err)) return cli_fail(&err);
+    if (peftc_classifier_load(model, adapter, &c, &err)) return eval_fail(comm, &err);
+    peftc_classifier_set_comm(c, comm);
     if (task && strcmp(task, peftc_classifier_task(c))) {
         int rc = cli_errorf(1, "%s: the adapter was trained for --task %s, not %s", adapter, peftc_classifier_task(c), task);
         peftc_classifier_free(c);
         return rc;
     }
-    if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
+    if (merge && peftc_classifier_merge(c, &err)) { peftc_classifier_free(c); return eval_fail(comm, &err); }
     peftc_eval_result r;
-    if (peftc_classifier_eval(c, data, tc, pc, lc, &r, &err)) { peftc_classifier_free(c); return cli_fail(&err); }
+    if (peftc_classifier_eval(c, data, tc, pc, lc, &r, &err)) { peftc_classifier_free(c); return eval_fail(comm, &err); }
+    if (comm->rank != 0) { peftc_classifier_free(c); return 0; }   /* rank 0 prints */
     if (!strcmp(r.task, "token-cls")) {
         printf("{\"task\": \"token-cls\", \"sentences\": %d, \"words\": %lld, \"words_cut\": %lld, \"precision\": %.6f, \"recall\": %.6f, "
                "\"f1\": %.6f, \"token_accuracy\": %.6f, \"entities_true\": %lld, \"entities_pred\": %lld, \"entities_correct\": %lld, "

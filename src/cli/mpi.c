@@ -20,6 +20,8 @@ static int launcher_size(void)
     return 0;
 }
 
+int cli_comm_launched(void) { return launcher_size(); }
+
 #ifdef PEFTC_MPI
 #include <mpi.h>
 
@@ -126,7 +128,7 @@ int cli_comm_init(peftc_comm *c)
     c->size = 1;
     int n = launcher_size();
     if (n > 1)
-        return cli_errorf(2, "train: launched as one of %d MPI ranks, but this peftc was built without MPI "
+        return cli_errorf(2, "launched as one of %d MPI ranks, but this peftc was built without MPI "
                              "(install OpenMPI's mpicc and rebuild: make MPI=1)", n);
     return 0;
 }

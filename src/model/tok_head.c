@@ -35,9 +35,11 @@ void tok_head_free(tok_head *h)
     h->cap_N = 0;
 }
 
-void tok_head_forward(tok_head *h, const float *hidden, size_t N, float p, int train, peftc_rng *rng)
+void tok_head_forward(tok_head *h, const float *hidden, size_t N, float p, int train, peftc_rng *rng, int64_t tok0)
 {
-    dropout_forward(h->dropped, h->mask, hidden, train ? p : 0.0f, N * h->C, rng);
+    if (!train) p = 0.0f;
+    uint64_t key = p > 0 && p < 1 ? dropout_key_at(peftc_rng_u64(rng), (uint64_t)tok0 * (uint64_t)h->C) : 0;
+    dropout_forward_mask_key(h->dropped, h->mask, hidden, p, N * h->C, key);
     matmul_forward(h->logits, h->dropped, h->w, h->b, (int)N, h->C, h->K, 0);
 }
 
@@ -64,7 +66,7 @@ float tok_head_loss(tok_head *h, const int *labels, size_t N)
 
 void tok_head_backward(tok_head *h, const int *labels, size_t N, float p, int train, float scale, float *d_hidden)
 {
-    int C = h->C, K = h->K, n = h->n_labelled;
+    int C = h->C, K = h->K, n = h->n_norm > 0 ? h->n_norm : h->n_labelled;
     float *dlogits = h->logits;   /* not needed any more */
     float s = n ? scale / (float)n : 0.0f;
     for (size_t i = 0; i < N; i++) {

@@ -16,7 +16,10 @@ struct peftc_classifier {
     encoder_ctx enc;
     int B, T;
     char model_dir[4096];
+    const peftc_comm *comm;   /* NULL: one process */
 };
+
+void peftc_classifier_set_comm(peftc_classifier *c, const peftc_comm *comm) { c->comm = comm; }
 
 void peftc_classifier_free(peftc_classifier *c)
 {
@@ -177,7 +180,7 @@ peftc_status peftc_classifier_eval(peftc_classifier *c, const char *data_path, c
     if ((rc = ensure(c, T, err)) || (rc = batch_alloc(&bb, c->B, T, err)) ||
         (kind == TASK_MULTI_LABEL && (rc = batch_alloc_multi(&bb, c->t.labels.n, err))))
         goto out;
-    rc = task_evaluate(&c->t, &d, &bb, NULL, res, err);
+    rc = task_evaluate(&c->t, &d, &bb, c->comm, res, err);
 out:
     batch_free(&bb);
     data_free(&d);

@@ -71,6 +71,18 @@ void batch_fill_pad(batch_buf *b, const dataset *d, const int *rows, int n, int 
         }
 }
 
+int batch_count_labelled(const dataset *d, const int *rows, int n)
+{
+    int c = 0;
+    if (!d->tok_word) return 0;
+    for (int i = 0; i < n; i++) {
+        int r = rows[i];
+        const int32_t *tw = d->tok_word + d->off[r];
+        for (int j = 0; j < d->len[r]; j++) c += tw[j] >= 0 && d->word_label[d->word_off[r] + tw[j]] >= 0;
+    }
+    return c;
+}
+
 static const dataset *sort_ds;
 static int cmp_rows_by_len(const void *x, const void *y)
 {
@@ -125,9 +137,43 @@ void correlations(const double *x, const double *y, int n, double *pearson, doub
     free(ry);
 }
 
-static peftc_status evaluate_tokens(task *t, const dataset *d, batch_buf *b, const int *order, peftc_eval_result *res, peftc_error *err)
+/* Data-parallel evaluation. The held-out set is cut into the length-sorted
+ * batches of t->cap_B rows a single process runs (the trainer sizes cap_B as
+ * one process does, whatever the rank count), and batch k runs on rank k mod
+ * size, so every example's outputs are computed from the same batch, bit for
+ * bit. What the metrics need is then gathered whole to every rank: each rank
+ * fills the slots of its batches (per example: a prediction, an embedding;
+ * per batch: its loss) and leaves the others 0, and one in-place sum of the
+ * vector gives every rank every slot exactly (x + 0 == x). The metrics are
+ * then computed once, from the gathered values in the single process's
+ * order, so they are the single process's to the bit: Pearson and Spearman
+ * need every prediction, and even a sum of per-rank partial statistics would
+ * round differently. */
+typedef struct eval_shard {
+    const peftc_comm *comm;
+    int rank, size;
+} eval_shard;
+
+static int shard_mine(const eval_shard *sh, int batch) { return batch % sh->size == sh->rank; }
+
+static peftc_status gather_f64(const eval_shard *sh, double *v, size_t n, peftc_error *err)
 {
-    int K = t->labels.n;
+    return sh->size > 1 && n ? sh->comm->allreduce_f64(sh->comm->ctx, v, n, err) : PEFTC_OK;
+}
+
+static peftc_status gather_f32(const eval_shard *sh, float *v, size_t n, peftc_error *err)
+{
+    return sh->size > 1 && n ? sh->comm->allreduce_f32(sh->comm->ctx, v, n, err) : PEFTC_OK;
+}
+
+static int n_batches(const dataset *d, const task *t) { return (d->n + t->cap_B - 1) / t->cap_B; }
+
+/* Per word (d->word_off indexing) the predicted label; per batch the loss
+ * sum and the labelled tokens: gathered, then scored in order. */
+static peftc_status evaluate_tokens(task *t, const dataset *d, batch_buf *b, const int *order, const eval_shard *sh,
+                                    peftc_eval_result *res, peftc_error *err)
+{
+    int K = t->labels.n, nb = n_batches(d, t);
     seqeval_acc acc;
     peftc_status rc = seqeval_init(&acc, &t->labels, err);
     if (rc) return rc;
@@ -137,31 +183,42 @@ static peftc_status evaluate_tokens(task *t, const dataset *d, batch_buf *b, con
     int cap = 1, o_label = labels_find(&t->labels, "O");
     if (o_label < 0) o_label = 0;
     for (int i = 0; i < d->n; i++) if (d->word_off[i + 1] - d->word_off[i] > cap) cap = d->word_off[i + 1] - d->word_off[i];
+    size_t n_all_words = (size_t)d->word_off[d->n];
     int *gold = malloc((size_t)cap * sizeof *gold), *pred = malloc((size_t)cap * sizeof *pred);
-    if (!gold || !pred) { free(gold); free(pred); seqeval_free(&acc); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    long long words = 0, correct = 0, labelled = 0;
-    double loss_sum = 0;
-    for (int s = 0; s < d->n; s += t->cap_B) {
+    /* predictions, then per batch (loss x labelled, labelled) */
+    double *g = calloc(n_all_words + 2 * (size_t)nb, sizeof *g);
+    if (!gold || !pred || !g) { free(gold); free(pred); free(g); seqeval_free(&acc); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    double *wp = g, *bl = g + n_all_words;
+    for (int s = 0, k = 0; s < d->n; s += t->cap_B, k++) {
+        if (!shard_mine(sh, k)) continue;
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         float loss = task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL);
-        loss_sum += (double)loss * t->thead.n_labelled;
-        labelled += t->thead.n_labelled;
+        bl[2 * k] = (double)loss * t->thead.n_labelled;
+        bl[2 * k + 1] = t->thead.n_labelled;
         for (int i = 0; i < n; i++) {
             int r = b->rows[i], w0 = d->word_off[r], m = d->word_off[r + 1] - w0;
             const int32_t *tw = d->tok_word + d->off[r];
-            for (int w = 0; w < m; w++) { gold[w] = d->word_label[w0 + w]; pred[w] = o_label; }
+            for (int w = 0; w < m; w++) wp[w0 + w] = o_label;
             for (int j = 0; j < d->len[r]; j++) {
                 if (tw[j] < 0) continue;
                 const float *lg = t->thead.logits + ((size_t)i * T + j) * K;
                 int best = 0;
-                for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
-                pred[tw[j]] = best;
+                for (int q = 1; q < K; q++) if (lg[q] > lg[best]) best = q;
+                wp[w0 + tw[j]] = best;
             }
-            for (int w = 0; w < m; w++) correct += pred[w] == gold[w];
-            words += m;
-            seqeval_add(&acc, gold, pred, m);
         }
+    }
+    if ((rc = gather_f64(sh, g, n_all_words + 2 * (size_t)nb, err))) goto done;
+    long long words = 0, correct = 0, labelled = 0;
+    double loss_sum = 0;
+    for (int k = 0; k < nb; k++) { loss_sum += bl[2 * k]; labelled += (long long)bl[2 * k + 1]; }
+    for (int s = 0; s < d->n; s++) {
+        int r = order[s], w0 = d->word_off[r], m = d->word_off[r + 1] - w0;
+        for (int w = 0; w < m; w++) { gold[w] = d->word_label[w0 + w]; pred[w] = (int)wp[w0 + w]; }
+        for (int w = 0; w < m; w++) correct += pred[w] == gold[w];
+        words += m;
+        seqeval_add(&acc, gold, pred, m);
     }
     res->task = "token-cls";
     res->n = d->n;
@@ -177,28 +234,36 @@ static peftc_status evaluate_tokens(task *t, const dataset *d, batch_buf *b, con
     res->recall = acc.n_true ? (double)acc.n_correct / acc.n_true : 0;
     res->entity_f1 = res->precision + res->recall > 0 ? 2 * res->precision * res->recall / (res->precision + res->recall) : 0;
     res->f1 = res->entity_f1;
+    if (!isfinite(res->loss)) rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: evaluation loss is not finite", d->path);
+done:
     free(gold);
     free(pred);
+    free(g);
     seqeval_free(&acc);
-    if (!isfinite(res->loss)) return peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: evaluation loss is not finite", d->path);
-    return PEFTC_OK;
+    return rc;
 }
 
-static peftc_status evaluate_regression(task *t, const dataset *d, batch_buf *b, const int *order, peftc_eval_result *res, peftc_error *err)
+/* Every prediction, in the length-sorted order, gathered: the correlations
+ * rank all of them. */
+static peftc_status evaluate_regression(task *t, const dataset *d, batch_buf *b, const int *order, const eval_shard *sh,
+                                        peftc_eval_result *res, peftc_error *err)
 {
-    double *x = malloc((size_t)d->n * sizeof *x), *y = malloc((size_t)d->n * sizeof *y);
+    double *x = calloc((size_t)d->n, sizeof *x), *y = malloc((size_t)d->n * sizeof *y);
     if (!x || !y) { free(x); free(y); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    double se = 0;
-    for (int s = 0; s < d->n; s += t->cap_B) {
+    for (int s = 0, k = 0; s < d->n; s += t->cap_B, k++) {
+        if (!shard_mine(sh, k)) continue;
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         t->targets = b->targets;
         task_forward(t, b->ids, b->tts, b->lens, NULL, n, T, 0, NULL);
-        for (int i = 0; i < n; i++) {
-            x[s + i] = t->head.logits[(size_t)i * t->head.K];
-            y[s + i] = b->targets[i];
-            se += (x[s + i] - y[s + i]) * (x[s + i] - y[s + i]);
-        }
+        for (int i = 0; i < n; i++) x[s + i] = t->head.logits[(size_t)i * t->head.K];
+    }
+    peftc_status rc = gather_f64(sh, x, (size_t)d->n, err);
+    if (rc) { free(x); free(y); return rc; }
+    double se = 0;
+    for (int s = 0; s < d->n; s++) {
+        y[s] = (float)(d->target ? d->target[order[s]] : 0.0f);   /* the batch's float target, as batch_fill copies it */
+        se += (x[s] - y[s]) * (x[s] - y[s]);
     }
     res->task = "regression";
     res->n = d->n;
@@ -210,34 +275,45 @@ static peftc_status evaluate_regression(task *t, const dataset *d, batch_buf *b,
     return PEFTC_OK;
 }
 
-static peftc_status evaluate_multi(task *t, const dataset *d, batch_buf *b, const int *order, peftc_eval_result *res, peftc_error *err)
+/* Per example and label the predicted bit, per batch its loss, gathered. */
+static peftc_status evaluate_multi(task *t, const dataset *d, batch_buf *b, const int *order, const eval_shard *sh,
+                                   peftc_eval_result *res, peftc_error *err)
 {
-    int K = t->labels.n;
+    int K = t->labels.n, nb = n_batches(d, t);
     long long *tp = calloc((size_t)K, sizeof *tp), *fp = calloc((size_t)K, sizeof *fp), *fn = calloc((size_t)K, sizeof *fn);
-    if (!tp || !fp || !fn) { free(tp); free(fp); free(fn); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    long long exact = 0;
-    double loss_sum = 0;
-    for (int s = 0; s < d->n; s += t->cap_B) {
+    double *g = calloc((size_t)d->n * K + (size_t)nb, sizeof *g);
+    if (!tp || !fp || !fn || !g) { free(tp); free(fp); free(fn); free(g); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    double *pr = g, *bl = g + (size_t)d->n * K;
+    for (int s = 0, k = 0; s < d->n; s += t->cap_B, k++) {
+        if (!shard_mine(sh, k)) continue;
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         t->targets = b->targets;
-        loss_sum += (double)task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL) * n;
-        for (int i = 0; i < n; i++) {
-            int all = 1;
-            for (int k = 0; k < K; k++) {
-                int p = t->head.logits[(size_t)i * K + k] > 0.0f, y = b->targets[(size_t)i * K + k] > 0.5f;   /* sigmoid > 0.5 */
-                tp[k] += p && y; fp[k] += p && !y; fn[k] += !p && y;
-                all &= p == y;
-            }
-            exact += all;
+        bl[k] = (double)task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL) * n;
+        for (int i = 0; i < n; i++)
+            for (int q = 0; q < K; q++) pr[(size_t)(s + i) * K + q] = t->head.logits[(size_t)i * K + q] > 0.0f;   /* sigmoid > 0.5 */
+    }
+    peftc_status rc = gather_f64(sh, g, (size_t)d->n * K + (size_t)nb, err);
+    if (rc) { free(tp); free(fp); free(fn); free(g); return rc; }
+    long long exact = 0;
+    double loss_sum = 0;
+    for (int k = 0; k < nb; k++) loss_sum += bl[k];
+    for (int s = 0; s < d->n; s++) {
+        int all = 1;
+        const float *yt = d->multi + (size_t)order[s] * d->n_multi;
+        for (int q = 0; q < K; q++) {
+            int p = pr[(size_t)s * K + q] != 0, y = yt[q] > 0.5f;
+            tp[q] += p && y; fp[q] += p && !y; fn[q] += !p && y;
+            all &= p == y;
         }
+        exact += all;
     }
     long long TP = 0, FP = 0, FN = 0;
     double macro = 0;
-    for (int k = 0; k < K; k++) {
-        TP += tp[k]; FP += fp[k]; FN += fn[k];
+    for (int q = 0; q < K; q++) {
+        TP += tp[q]; FP += fp[q]; FN += fn[q];
         /* sklearn's f1_score: 0 where a label has no positives either way */
-        macro += tp[k] + fp[k] + fn[k] ? 2.0 * tp[k] / (2.0 * tp[k] + fp[k] + fn[k]) : 0.0;
+        macro += tp[q] + fp[q] + fn[q] ? 2.0 * tp[q] / (2.0 * tp[q] + fp[q] + fn[q]) : 0.0;
     }
     res->task = "multi-label";
     res->n = d->n;
@@ -245,28 +321,33 @@ static peftc_status evaluate_multi(task *t, const dataset *d, batch_buf *b, cons
     res->loss = loss_sum / d->n;
     res->f1 = TP + FP + FN ? 2.0 * TP / (2.0 * TP + FP + FN) : 0.0;
     res->macro_f1 = macro / K;
-    free(tp); free(fp); free(fn);
+    free(tp); free(fp); free(fn); free(g);
     if (!isfinite(res->loss)) return peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: evaluation loss is not finite", d->path);
     return PEFTC_OK;
 }
 
 /* The cosine similarity of each pair's embeddings (rows i and n_pairs + i)
  * against its score (the targets), as sentence-transformers'
- * EmbeddingSimilarityEvaluator: Pearson and Spearman. */
-static peftc_status evaluate_embedding(task *t, const dataset *d, batch_buf *b, const int *order, peftc_eval_result *res, peftc_error *err)
+ * EmbeddingSimilarityEvaluator: Pearson and Spearman. The embeddings are
+ * gathered (a pair's two rows may sit in batches of different ranks). */
+static peftc_status evaluate_embedding(task *t, const dataset *d, batch_buf *b, const int *order, const eval_shard *sh,
+                                       peftc_eval_result *res, peftc_error *err)
 {
     int np = d->n_pairs, C = t->m->cfg.hidden_size;
     if (np < 1 || d->n != 2 * np || !d->target)
         return peftc_fail(err, PEFTC_ERR_INPUT, "%s: an embedding evaluation needs scored pairs", d->path);
-    float *u = malloc((size_t)d->n * C * sizeof *u);
+    float *u = calloc((size_t)d->n * C, sizeof *u);
     double *x = malloc((size_t)np * sizeof *x), *y = malloc((size_t)np * sizeof *y);
     if (!u || !x || !y) { free(u); free(x); free(y); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
-    for (int s = 0; s < d->n; s += t->cap_B) {
+    for (int s = 0, k = 0; s < d->n; s += t->cap_B, k++) {
+        if (!shard_mine(sh, k)) continue;
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         task_forward(t, b->ids, b->tts, b->lens, NULL, n, T, 0, NULL);
         for (int i = 0; i < n; i++) memcpy(u + (size_t)b->rows[i] * C, t->ehead.unit + (size_t)i * C, (size_t)C * sizeof *u);
     }
+    peftc_status rc = gather_f32(sh, u, (size_t)d->n * C, err);
+    if (rc) { free(u); free(x); free(y); return rc; }
     for (int i = 0; i < np; i++) {
         const float *a = u + (size_t)i * C, *q = u + (size_t)(np + i) * C;
         double dp = 0;
@@ -281,60 +362,45 @@ static peftc_status evaluate_embedding(task *t, const dataset *d, batch_buf *b, 
     return PEFTC_OK;
 }
 
-/* Under data parallelism the sentence-classification pass is sharded and
- * reduced; the token, regression and multi-label passes run whole on every
- * rank (the same result everywhere, no reduction needed). */
-peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_comm *comm, peftc_eval_result *res,
-                           peftc_error *err)
+/* Sentence classification: per example the predicted label, per batch its
+ * loss, gathered; the counts are then taken in order. */
+static peftc_status evaluate_seq(task *t, const dataset *d, batch_buf *b, const int *order, const eval_shard *sh,
+                                 peftc_eval_result *res, peftc_error *err)
 {
-    int rank = comm && comm->size > 1 ? comm->rank : 0, size = comm && comm->size > 1 ? comm->size : 1;
-    memset(res, 0, sizeof *res);
-    int *order = malloc((size_t)d->n * sizeof *order);
-    if (!order) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < d->n; i++) order[i] = i;
-    sort_ds = d;
-    qsort(order, (size_t)d->n, sizeof *order, cmp_rows_by_len);
-    if (t->kind != TASK_SEQ_CLS) {
-        peftc_status rc = t->kind == TASK_TOKEN_CLS ? evaluate_tokens(t, d, b, order, res, err)
-                        : t->kind == TASK_EMBEDDING ? evaluate_embedding(t, d, b, order, res, err)
-                        : t->kind == TASK_MULTI_LABEL ? evaluate_multi(t, d, b, order, res, err)
-                        : evaluate_regression(t, d, b, order, res, err);
-        free(order);
-        return rc;
-    }
-    res->task = "seq-cls";
-    int K = t->labels.n;
-    long long correct = 0, tp = 0, fp = 0, fn = 0, tn = 0;
-    double loss_sum = 0;
+    int K = t->labels.n, nb = n_batches(d, t);
+    double *g = calloc((size_t)d->n + (size_t)nb, sizeof *g);
+    if (!g) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    double *pr = g, *bl = g + d->n;
     for (int s = 0, k = 0; s < d->n; s += t->cap_B, k++) {
-        if (k % size != rank) continue;
+        if (!shard_mine(sh, k)) continue;
         int n = d->n - s < t->cap_B ? d->n - s : t->cap_B;
         int T = batch_fill(b, d, order + s, n);
         float loss = task_forward(t, b->ids, b->tts, b->lens, b->labels, n, T, 0, NULL);
-        loss_sum += (double)loss * n;
+        bl[k] = (double)loss * n;
         for (int i = 0; i < n; i++) {
             const float *lg = t->head.logits + (size_t)i * K;
             int best = 0;
-            for (int k = 1; k < K; k++) if (lg[k] > lg[best]) best = k;
-            int y = b->labels[i];
-            correct += best == y;
-            if (K == 2) {
-                if (best == 1 && y == 1) tp++;
-                else if (best == 1) fp++;
-                else if (y == 1) fn++;
-                else tn++;
-            }
+            for (int q = 1; q < K; q++) if (lg[q] > lg[best]) best = q;
+            pr[s + i] = best;
         }
     }
-    free(order);
-    if (size > 1) {
-        /* counts are exact in doubles; the loss sum is summed in rank order */
-        double v[6] = {(double)correct, (double)tp, (double)fp, (double)fn, (double)tn, loss_sum};
-        peftc_status rc = comm->allreduce_f64(comm->ctx, v, 6, err);
-        if (rc) return rc;
-        correct = (long long)v[0]; tp = (long long)v[1]; fp = (long long)v[2]; fn = (long long)v[3]; tn = (long long)v[4];
-        loss_sum = v[5];
+    peftc_status rc = gather_f64(sh, g, (size_t)d->n + (size_t)nb, err);
+    if (rc) { free(g); return rc; }
+    long long correct = 0, tp = 0, fp = 0, fn = 0, tn = 0;
+    double loss_sum = 0;
+    for (int k = 0; k < nb; k++) loss_sum += bl[k];
+    for (int s = 0; s < d->n; s++) {
+        int best = (int)pr[s], y = d->label[order[s]];
+        correct += best == y;
+        if (K == 2) {
+            if (best == 1 && y == 1) tp++;
+            else if (best == 1) fp++;
+            else if (y == 1) fn++;
+            else tn++;
+        }
     }
+    free(g);
+    res->task = "seq-cls";
     res->n = d->n;
     res->accuracy = (double)correct / d->n;
     res->loss = loss_sum / d->n;
@@ -346,4 +412,25 @@ peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_
         res->mcc = den > 0 ? ((double)tp * tn - (double)fp * fn) / den : 0.0;
     }
     return PEFTC_OK;
+}
+
+peftc_status task_evaluate(task *t, const dataset *d, batch_buf *b, const peftc_comm *comm, peftc_eval_result *res,
+                           peftc_error *err)
+{
+    eval_shard sh = {comm, comm && comm->size > 1 ? comm->rank : 0, comm && comm->size > 1 ? comm->size : 1};
+    memset(res, 0, sizeof *res);
+    if (sh.size > 1 && (!comm->allreduce_f32 || !comm->allreduce_f64))
+        return peftc_fail(err, PEFTC_ERR_INPUT, "data-parallel evaluation: the communicator has no all-reduce");
+    int *order = malloc((size_t)(d->n > 0 ? d->n : 1) * sizeof *order);
+    if (!order) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < d->n; i++) order[i] = i;
+    sort_ds = d;
+    qsort(order, (size_t)d->n, sizeof *order, cmp_rows_by_len);
+    peftc_status rc = t->kind == TASK_TOKEN_CLS ? evaluate_tokens(t, d, b, order, &sh, res, err)
+                    : t->kind == TASK_EMBEDDING ? evaluate_embedding(t, d, b, order, &sh, res, err)
+                    : t->kind == TASK_MULTI_LABEL ? evaluate_multi(t, d, b, order, &sh, res, err)
+                    : t->kind == TASK_REGRESSION ? evaluate_regression(t, d, b, order, &sh, res, err)
+                    : evaluate_seq(t, d, b, order, &sh, res, err);
+    free(order);
+    return rc;
 }

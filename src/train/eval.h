@@ -22,6 +22,11 @@ int batch_fill(batch_buf *b, const dataset *d, const int *rows, int n);
  * padded as the whole batch is). */
 void batch_fill_pad(batch_buf *b, const dataset *d, const int *rows, int n, int T);
 
+/* The labelled positions (those batch_fill_pad gives a label >= 0) of
+ * rows[0..n) of a token-classification set: a data-parallel shard's loss is
+ * normalised by the whole micro-batch's count. */
+int batch_count_labelled(const dataset *d, const int *rows, int n);
+
 /* Pearson and Spearman (average ranks for ties, as scipy.stats) correlations of x and y. */
 void correlations(const double *x, const double *y, int n, double *pearson, double *spearman);
 

@@ -453,7 +453,7 @@ float task_forward(task *t, const int32_t *ids, const int32_t *tts, const int *l
         return labels ? emb_head_loss(&t->ehead, B) : 0.0f;
     }
     if (t->kind == TASK_TOKEN_CLS) {
-        tok_head_forward(&t->thead, hidden, (size_t)B * T, t->m->cfg.hidden_dropout, train, rng);
+        tok_head_forward(&t->thead, hidden, (size_t)B * T, t->m->cfg.hidden_dropout, train, rng, t->row0 * T);
         return labels ? tok_head_loss(&t->thead, labels, (size_t)B * T) : 0.0f;
     }
     cls_head_forward(&t->head, hidden, B, T, t->m->cfg.hidden_dropout, train, rng, t->row0);

@@ -262,13 +262,19 @@ static peftc_status lm_tokenizer(const char *path, bpe_tokenizer **tok, peftc_er
 }
 
 /* Mean token loss of the causal-LM task over ev (no dropout, no
- * gradients), in batches of at most B rows through the training buffers. */
-static double lm_eval_loss(lm_task *t, const lm_dataset *ev, int B, int32_t *ids, uint8_t *tgt, int *lens, peftc_rng *rng,
-                           long long *n_targets)
+ * gradients), in batches of at most B rows through the training buffers.
+ * Data parallelism: batch k runs on rank k mod size (B is the single
+ * process's, whatever the rank count), each rank fills its batches' slots of
+ * (loss sum, targets) and leaves the rest 0, one in-place sum gathers them
+ * all exactly, and every rank adds them up in batch order: the single
+ * process's sum to the bit. slots: 2 per batch. */
+static peftc_status lm_eval_loss(lm_task *t, const lm_dataset *ev, int B, int32_t *ids, uint8_t *tgt, int *lens, peftc_rng *rng,
+                                 const peftc_comm *comm, double *slots, double *loss, long long *n_targets, peftc_error *err)
 {
-    double sum = 0;
-    long long nt = 0;
-    for (int s = 0; s < ev->n; s += B) {
+    int size = dp_size(comm), rank = dp_rank(comm), nb = (ev->n + B - 1) / B;
+    memset(slots, 0, (size_t)2 * nb * sizeof *slots);
+    for (int s = 0, k = 0; s < ev->n; s += B, k++) {
+        if (k % size != rank) continue;
         int n = ev->n - s < B ? ev->n - s : B, Tb = 1;
         for (int i = 0; i < n; i++) if (ev->len[s + i] > Tb) Tb = ev->len[s + i];
         for (int i = 0; i < n; i++) {
@@ -278,12 +284,20 @@ static double lm_eval_loss(lm_task *t, const lm_dataset *ev, int B, int32_t *ids
             memcpy(tgt + (size_t)i * Tb, ev->target + ev->off[r], (size_t)L);
             for (int p = L; p < Tb; p++) { ids[(size_t)i * Tb + p] = 0; tgt[(size_t)i * Tb + p] = 0; }
         }
-        long k = 0;
-        sum += lm_task_step(t, ids, tgt, NULL, lens, n, Tb, 0.0f, rng, &k);
-        nt += k;
+        long q = 0;
+        slots[2 * k] = lm_task_step(t, ids, tgt, NULL, lens, n, Tb, 0.0f, rng, &q);
+        slots[2 * k + 1] = (double)q;
     }
+    if (size > 1 && nb) {
+        peftc_status rc = comm->allreduce_f64(comm->ctx, slots, (size_t)2 * nb, err);
+        if (rc) return rc;
+    }
+    double sum = 0;
+    long long nt = 0;
+    for (int k = 0; k < nb; k++) { sum += slots[2 * k]; nt += (long long)slots[2 * k + 1]; }
     *n_targets = nt;
-    return nt ? sum / (double)nt : 0;
+    *loss = nt ? sum / (double)nt : 0;
+    return PEFTC_OK;
 }
 
 static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, const method_opts *mo, float lr,
@@ -307,7 +321,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     if (o->data_format && !lm_format_parse(o->data_format, &dopt.format))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--format '%s': use text, prompt-response, alpaca, chat or template", o->data_format);
     lm_dataset ev = {0};
-    double *ev_loss = NULL;
+    double *ev_loss = NULL, *ev_slots = NULL;
     int *ev_step = NULL, n_ev = 0;
     if ((rc = lm_tokenizer(o->model_dir, &tok, err))) goto out;
     if (bpe_vocab_size(tok) > m->cfg.vocab_size) {   /* every id must index the embedding table */
@@ -329,8 +343,8 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     const peftc_comm *comm = o->comm;
     int Bs = (B + dp_size(comm) - 1) / dp_size(comm);   /* the most rows of a micro-batch this rank runs */
     double comm_s = 0;
-    /* the buffers also hold an eval batch (at most --batch rows; every rank
-     * evaluates the whole held-out set, so all agree without a reduction) */
+    /* the buffers also hold an eval batch (at most --batch rows, the single
+     * process's batches: lm_eval_loss deals them out whole to the ranks) */
     int Bev = ev.n ? (o->batch < ev.n ? o->batch : ev.n) : 0, Bcap = Bev > Bs ? Bev : Bs;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
@@ -349,12 +363,13 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         int cap = (o->eval_every > 0 ? total / o->eval_every : 0) + 3;
         ev_loss = malloc((size_t)cap * sizeof *ev_loss);
         ev_step = malloc((size_t)cap * sizeof *ev_step);
-        if (!ev_loss || !ev_step) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
+        ev_slots = malloc((size_t)2 * ((ev.n + Bev - 1) / Bev) * sizeof *ev_slots);
+        if (!ev_loss || !ev_step || !ev_slots) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); goto out; }
     }
     /* held-out loss at the current step: recorded, reported; a copy of the
      * generator keeps the training's random stream (and resumes) unchanged */
-#define LM_EVAL() do { peftc_rng er_ = rng; long long nt_ = 0; \
-        double l_ = lm_eval_loss(&t, &ev, Bev, ids, tgt, lens, &er_, &nt_); \
+#define LM_EVAL() do { peftc_rng er_ = rng; long long nt_ = 0; double l_ = 0; \
+        if ((rc = lm_eval_loss(&t, &ev, Bev, ids, tgt, lens, &er_, comm, ev_slots, &l_, &nt_, err))) goto out; \
         if (!isfinite(l_)) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: the held-out loss is not finite at step %d", o->eval_path, s.step); goto out; } \
         ev_loss[n_ev] = l_; ev_step[n_ev++] = s.step; \
         peftc_progress ep_ = {.kind = PEFTC_PROGRESS_EVAL, .step = s.step, .total_steps = total, .epoch = s.epoch, \
@@ -561,7 +576,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     }
 out:
     free(ids); free(seg); free(tgt); free(lens); free(order);
-    free(ev_loss); free(ev_step);
+    free(ev_loss); free(ev_step); free(ev_slots);
     lm_task_free(&t);
     lm_data_free(&tr);
     lm_data_free(&ev);
@@ -706,6 +721,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     const peftc_comm *comm = o->comm;
     int Bs = (B + dp_size(comm) - 1) / dp_size(comm);   /* the most rows of a micro-batch this rank runs */
     int Brows = kind == TASK_EMBEDDING ? 2 * Bs : Bs;   /* an embedding batch: the anchors, then their positives */
+    /* the evaluation runs the single process's batches of B rows whatever the
+     * rank count (task_evaluate deals them out whole), so that every example's
+     * outputs, and the metrics, are the single process's: room for them */
+    if (have_eval && Brows < B) Brows = B;
     double comm_s = 0;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
@@ -739,6 +758,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     uint64_t rng_per_batch = 0;
     if (dp_size(comm) > 1 && tr.n > 0) {
         int Tb = batch_fill(&bb, &tr, order, 1);
+        /* regression and multi-label losses read their targets through t.targets,
+         * which the loop sets per micro-batch; unset here, it was NULL (a
+         * segfault on every rank of a job) */
+        t.targets = bb.targets;
         peftc_rng probe = rng;
         task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, 1, Tb, 1, &probe);
         task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, 1, Tb, 0.0f, &probe);
@@ -823,6 +846,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             else batch_fill_pad(&bb, &tr, rows + r0, r1 - r0, Tb);
             t.targets = bb.targets;
             t.row0 = r0;
+            if (kind == TASK_TOKEN_CLS) t.thead.n_norm = batch_count_labelled(&tr, rows, n);
             if (o->adapterdrop_train) {
                 /* AdapterDrop (Rücklé et al. 2021): this micro-batch drops the
                  * deltas of its lowest n layers, n from the step alone (a
@@ -841,11 +865,21 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             }
             /* the mean over the accumulated micro-batches, weighting each row alike */
             float scale = (float)(r1 - r0) / (float)(B * o->grad_accum);
+            double loss_w = scale;
+            if (kind == TASK_TOKEN_CLS) {
+                /* the loss is a mean over the micro-batch's labelled tokens, not its
+                 * rows: a shard's tokens are divided by the whole micro-batch's
+                 * count (n_norm) and weighted as the whole micro-batch is, which
+                 * is the single process's gradient, token for token */
+                scale = (float)n / (float)(B * o->grad_accum);
+                loss_w = t.thead.n_norm > 0 ? (double)scale * t.thead.n_labelled / t.thead.n_norm : 0.0;
+            }
             task_backward(&t, bb.ids, bb.tts, bb.lens, bb.labels, rows_run, Tb, scale, &rng);
             t.ds.skip_below = 0;   /* evaluation and saving see every layer */
-            loss_acc += (double)loss * scale;
+            loss_acc += (double)loss * loss_w;
         }
         t.row0 = 0;
+        t.thead.n_norm = 0;
         if ((rc = dp_allreduce(comm, &t.pb, &loss_acc, &comm_s, err))) goto out;
         if (!isfinite(loss_acc)) {
             if (!o->skip_nonfinite) {
