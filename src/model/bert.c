@@ -483,7 +483,8 @@ static void ffn_rows_backward(const bert_layer_acts *A, const bert_layer *W, mat
  * there is no barrier between the steps. In fp32 (OpenBLAS would pack the
  * weight again for every small block): chunks of a->ffn_act_rows rows, each
  * step threaded. Block and chunk boundaries do not depend on the thread
- * count, and every row is computed by one thread, so neither do results. */
+ * count, and every row is computed by one thread, so neither do results
+ * (whichever thread claims a block: blocks are handed out dynamically). */
 static int ffn_blocked(const bert_acts *a, const bert_layer_acts *A) { return kernels_bf16() || !A->ffn_act || !a->ffn_act_rows; }
 
 static void ffn_fused_forward(const peftc_model *m, bert_acts *a, bert_layer_acts *A, bert_layer *W, int N)
@@ -501,7 +502,8 @@ static void ffn_fused_forward(const peftc_model *m, bert_acts *a, bert_layer_act
     #pragma omp parallel num_threads(nth)
     {
         float *act = a->ffn_rows + (size_t)omp_get_thread_num() * stride;
-        #pragma omp for schedule(static)
+        /* dynamic: a thread another process holds up takes fewer blocks */
+        #pragma omp for schedule(dynamic)
         for (int b = 0; b < nb; b++)
             ffn_rows_forward(a, A, W, wi, wf, act, b * R, N - b * R < R ? N - b * R : R, C, F);
     }
@@ -525,7 +527,7 @@ static void ffn_fused_backward(const peftc_model *m, bert_acts *a, bert_layer_ac
     #pragma omp parallel num_threads(nth)
     {
         float *dpre = a->ffn_rows + (size_t)omp_get_thread_num() * stride;
-        #pragma omp for schedule(static)
+        #pragma omp for schedule(dynamic)
         for (int b = 0; b < nb; b++)
             ffn_rows_backward(A, W, wi, wf, d_blk, d_ln1, dpre, b * R, N - b * R < R ? N - b * R : R, C, F);
     }
