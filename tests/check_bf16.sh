@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# check_bf16.sh: the bf16 path for frozen weights (the default where the CPU
-# has AMX; tests/run.sh runs everything else in fp32) against independent
+# check_bf16.sh: the bf16 path for frozen weights (the default where it is
+# faster: AMX, Zen 4; tests/run.sh runs everything else in fp32) against independent
 # references, at bf16's precision:
 #   1. training maths: tests/train_grad.c with PEFTC_BF16=1 on the tiny model
 #      of check_train_ref.sh, for lora and bitfit (the methods whose base
@@ -12,7 +12,10 @@
 #      against tests/ref_llama_train.py --bf16, which emulates the bf16
 #      roundings (loss 1e-4 relative, gradients 5e-3 of their scale);
 #   2. the real model: `peftc embed` of 256 SST-2 dev sentences with --bf16
-#      and --fp32: every embedding's cosine >= 0.999, and not all identical.
+#      and --fp32: every embedding's cosine >= 0.999, and not all identical;
+#   3. the default (PEFTC_BF16 unset): `peftc cpu` states one that follows its
+#      rule (AMX, or bf16 measured >= 1.3x sgemm), and embed gives exactly
+#      that flag's output.
 # A CPU without AVX-512-BF16 skips both (one ok line says so).
 # Prints ok/FAIL lines and ends with "## <passed> <failed>"; exit 1 on failure.
 set -uo pipefail
@@ -107,4 +110,29 @@ d = float(np.abs(a - b).max())
 print(("ok   - " if d > 0 else "FAIL - ") + f"embed --bf16 differs from --fp32 (max abs {d:.3g}): the bf16 path ran")
 PYEOF
 )"
+
+# ---- 3. the default precision: `peftc cpu` must state a choice that follows
+# its own rule (AMX, or the measured bf16/sgemm ratio >= 1.3), and a run with
+# PEFTC_BF16 unset must give exactly the embeddings of that choice's flag
+info=$(env -u PEFTC_BF16 ./peftc cpu 2>&1)
+amx=$(sed -n 's/^amx: //p' <<< "$info")
+ratio=$(sed -n 's/^bf16 kernel \/ sgemm, one thread: \([0-9.]*\)x$/\1/p' <<< "$info")
+dflt=$(sed -n 's/^frozen weights: \([a-z0-9]*\) (the default here.*/\1/p' <<< "$info")
+if [ -z "$amx" ] || [ -z "$ratio" ] || [ -z "$dflt" ]; then
+    bad "peftc cpu: unexpected output: $(tr '\n' ';' <<< "$info")"
+else
+    want=fp32
+    if [ "$amx" = yes ] || awk -v r="$ratio" 'BEGIN { exit !(r >= 1.3) }'; then want=bf16; fi
+    [ "$dflt" = "$want" ] && ok "peftc cpu: default $dflt (amx $amx, bf16/sgemm ${ratio}x): follows the rule" ||
+        bad "peftc cpu: default $dflt, but amx $amx and bf16/sgemm ${ratio}x say $want"
+    forced=$(PEFTC_BF16=0 ./peftc cpu 2>&1 | sed -n 's/^frozen weights: //p')
+    [[ $forced == "fp32 (forced; the default here is $dflt)" ]] && ok "peftc cpu under PEFTC_BF16=0: $forced" ||
+        bad "peftc cpu under PEFTC_BF16=0 says '$forced'"
+    if env -u PEFTC_BF16 timeout 300 ./peftc embed --model "$MODEL" < "$FX/sentences.txt" > "$FX/embed_default.txt" 2> "$FX/embed_default.err"; then
+        cmp -s "$FX/embed_default.txt" "$FX/embed_$dflt.txt" && ok "embed with PEFTC_BF16 unset = embed --$dflt, bit for bit" ||
+            bad "embed with PEFTC_BF16 unset differs from embed --$dflt (the default that peftc cpu states)"
+    else
+        bad "peftc embed (default precision) exited non-zero: $(tail -1 "$FX/embed_default.err")"
+    fi
+fi
 finish
