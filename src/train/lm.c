@@ -301,6 +301,13 @@ peftc_status peftc_lm_chat_format(const peftc_lm *lm, const peftc_chat_msg *msgs
     for (int i = 0; i < n; i++) m[i] = (bpe_chat_msg){msgs[i].role, msgs[i].content};
     peftc_status rc = bpe_chat_apply(lm->tok, m, n, add_generation_prompt, out, err);
     free(m);
+    /* the tokenizer does not know its file: name the model, so the CLI's one
+       line says which file has no (or an unknown) chat template */
+    if (rc && err) {
+        char why[sizeof err->msg];
+        memcpy(why, err->msg, sizeof why);
+        peftc_fail(err, rc, "%s: %s", lm->path, why);
+    }
     return rc;
 }
 

@@ -223,6 +223,20 @@ static peftc_status fill_template(const loader *L, int line, json_t *o, char **o
  * the end of the generation prompt before it to the end of the turn) is a
  * target. Each prefix rendering must be a prefix of the whole (true of the
  * chat templates peftc renders); a template that is not is an error. */
+/* bpe_chat_apply, its error prefixed with FILE:LINE: the tokenizer does not
+   know its file, and "no chat template" alone would name nothing */
+static peftc_status chat_at(const loader *L, int line, const bpe_chat_msg *m, int n, int add_gen, char **out,
+                            peftc_error *err)
+{
+    peftc_status rc = bpe_chat_apply(L->tok, m, n, add_gen, out, err);
+    if (rc && err) {
+        char why[sizeof err->msg];
+        memcpy(why, err->msg, sizeof why);
+        peftc_fail(err, rc, "%s:%d: %s", L->path, line, why);
+    }
+    return rc;
+}
+
 static peftc_status chat_pieces(loader *L, int line, json_t *msgs, peftc_error *err)
 {
     size_t nm = json_array_size(msgs);
@@ -241,12 +255,12 @@ static peftc_status chat_pieces(loader *L, int line, json_t *msgs, peftc_error *
     if (!rc && !n_asst && !L->o->loss_on_all)
         rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s:%d: no assistant message (nothing to learn; or give --loss-on all)", L->path, line);
     char *all = NULL;
-    if (!rc) rc = bpe_chat_apply(L->tok, m, (int)nm, 0, &all, err);
+    if (!rc) rc = chat_at(L, line, m, (int)nm, 0, &all, err);
     size_t done = 0, alen = all ? strlen(all) : 0;
     for (size_t i = 0; i < nm && !rc; i++) {
         if (strcmp(m[i].role, "assistant")) continue;
         char *pre = NULL, *upto = NULL;
-        if ((rc = bpe_chat_apply(L->tok, m, (int)i, 1, &pre, err)) || (rc = bpe_chat_apply(L->tok, m, (int)i + 1, 0, &upto, err))) {
+        if ((rc = chat_at(L, line, m, (int)i, 1, &pre, err)) || (rc = chat_at(L, line, m, (int)i + 1, 0, &upto, err))) {
             free(pre);
             free(upto);
             break;
@@ -317,7 +331,7 @@ static peftc_status chat_prompt(loader *L, int line, json_t *msgs, peftc_error *
         else { m[i] = (bpe_chat_msg){role, content}; if (!strcmp(role, "assistant")) last = i; }
     }
     char *pre = NULL;
-    if (!rc) rc = bpe_chat_apply(L->tok, m, (int)(last < nm ? last : nm), 1, &pre, err);
+    if (!rc) rc = chat_at(L, line, m, (int)(last < nm ? last : nm), 1, &pre, err);
     if (!rc) rc = seq_piece(&L->seq, L->tok, pre, strlen(pre), 0, err);
     if (!rc) rc = keep_prompt(L, line, last < nm ? m[last].content : "", err);
     free(pre);
