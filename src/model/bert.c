@@ -964,8 +964,10 @@ static peftc_status bert_make_owned(peftc_model *pm, float **w, size_t numel, pe
     for (int l = 0; m->nf4 && l < pm->cfg.num_layers; l++)
         for (int j = 0; j < 6; j++)
             if (layer_linear(&m->layers[l], j) == w)
-                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "layer %d: the base's linear weights are NF4 (--quantize nf4): "
-                                  "they cannot be merged into or trained (use a method that leaves them frozen)", l);
+                /* the model's directory first: the CLI's one line names a file */
+                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: layer %d: the base's linear weights are NF4 (--quantize nf4): "
+                                  "they cannot be merged into or trained (use a method that leaves them frozen)",
+                                  pm->dir ? pm->dir : "model", l);
     for (int l = 0; l < pm->cfg.num_layers; l++)   /* the weight may change: drop the bf16 copies */
         for (int j = 0; j < 6; j++) { matmul_bf16_free(m->layers[l].bf16[j]); m->layers[l].bf16[j] = NULL; m->layers[l].bf16_bwd_packed[j] = 0; }
     for (int i = 0; i < m->n_owned; i++)
