@@ -17,6 +17,8 @@
 #    bounded RSS;
 #  - a full disk (tmpfs ENOSPC, ulimit -f EFBIG) at a checkpoint or adapter
 #    write leaves the previous files intact;
+#  - the README's Errors table, row by row: each row no other check
+#    demonstrates provoked through the CLI (exit status, one line, the phrase);
 #  - the fuzzers' regression inputs (tests/fuzz/regress/) replayed.
 # Every case: exit non-zero (not a signal) with one 'peftc: ' line naming the
 # file or option. Prints ok/FAIL lines and ends with "## <passed> <failed>".
@@ -358,6 +360,159 @@ d=$W/fd_efbig; rm -rf "$W/fd_keep"; mkdir -p "$W/fd_keep"
 (ulimit -f 8; trap '' XFSZ; exec ./peftc train $fd_opts --out "$d" --resume "$d") 2>"$W/log"; rc=$?
 grep -q 'File too large' "$W/log" || bad "ulimit -f: not EFBIG: $(tail -1 "$W/log")"
 disk_check "file size limit (EFBIG) at a checkpoint" "$d" "$W/fd_keep" "$W/log" $rc
+
+# --- 7. the README's "## Errors" table, row by row ---
+# Each row that no other check demonstrates, provoked through the CLI with a
+# tiny fixture. Stricter than expect_fail: the exit status exactly (1; 2 for
+# usage errors), stderr exactly one line, 'peftc: ' first, and every NEEDLE
+# (the row's phrase and the file or option it names) in it.
+row_fail() { # NAME RC NEEDLE... -- CMD...   (stdin from $STDIN, default /dev/null)
+    local name="$1" want="$2"; shift 2
+    local needles=() n rc msg nl
+    while [ "$1" != -- ]; do needles+=("$1"); shift; done; shift
+    timeout 60 "$@" <"${STDIN:-/dev/null}" >/dev/null 2>"$W/err"; rc=$?
+    msg=$(head -1 "$W/err"); nl=$(wc -l <"$W/err")
+    if [ "$rc" -ne "$want" ]; then bad "$name: exit $rc, not $want: $msg"; return; fi
+    if [ "$nl" -ne 1 ]; then bad "$name: $nl lines on stderr: $(head -3 "$W/err" | tr '\n' '|')"; return; fi
+    case $msg in "peftc: "*) ;; *) bad "$name: does not start with 'peftc: ': $msg"; return;; esac
+    for n in "${needles[@]}"; do
+        case $msg in *"$n"*) ;; *) bad "$name: lacks '$n': $msg"; return;; esac
+    done
+    ok "$name: $msg"
+}
+E=$W/errors; mkdir -p "$E"
+# safetensors: a header length past the end, a tensor's data past the end
+$PY - "$E" <<'PYEOF'
+import json, struct, sys
+e = sys.argv[1]
+h = json.dumps({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+open(f"{e}/hdr.safetensors", "wb").write(struct.pack("<Q", 1000000) + h + b"\0" * 16)
+h = json.dumps({"a": {"dtype": "F32", "shape": [250], "data_offsets": [0, 1000]}}).encode()
+open(f"{e}/out.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + b"\0" * 16)
+# GGUF: a tensor of ggml type 99, a key of value type 99
+def s(x): x = x.encode(); return struct.pack("<Q", len(x)) + x
+open(f"{e}/type.gguf", "wb").write(b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + s("t") + struct.pack("<IQIQ", 1, 32, 99, 0) + b"\0" * 64)
+open(f"{e}/vtype.gguf", "wb").write(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + s("k") + struct.pack("<I", 99) + b"\0" * 16)
+PYEOF
+row_fail "safetensors header length past the end" 1 "hdr.safetensors: header length 1000000 runs past the end" -- ./peftc inspect "$E/hdr.safetensors"
+row_fail "safetensors tensor data past the end" 1 "out.safetensors: tensor 'a' data [0, 1000) lies outside" -- ./peftc inspect "$E/out.safetensors"
+row_fail "GGUF tensor of an unknown type" 1 "type.gguf: tensor 't' has unknown type id 99" -- ./peftc inspect "$E/type.gguf"
+row_fail "GGUF key of an unknown value type" 1 "vtype.gguf: key 'k' has unknown value type 99" -- ./peftc inspect "$E/vtype.gguf"
+# config.json of another model, or without a required field
+cp -r "$T" "$E/gpt2"; sed -i 's/"model_type": "bert"/"model_type": "gpt2"/' "$E/gpt2/config.json"
+cp -r "$T" "$E/nohid"; $PY -c "import json, sys; c = json.load(open(sys.argv[1])); del c['hidden_size']; json.dump(c, open(sys.argv[1], 'w'))" "$E/nohid/config.json"
+STDIN=$W/one.txt row_fail "config.json of another model" 1 'gpt2/config.json: model_type "gpt2" is not supported' -- ./peftc embed --model "$E/gpt2"
+STDIN=$W/one.txt row_fail "config.json without hidden_size" 1 'nohid/config.json: missing required field "hidden_size"' -- ./peftc embed --model "$E/nohid"
+# a missing data column; resuming with another method
+row_fail "train: a missing pair column" 1 "train.tsv: sentence-pair column 'nosuch' not found" -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --text-pair-col nosuch --method lora --max-steps 1 --out "$E/r"
+row_fail "train: a missing text column" 1 "train.tsv: text column 'nosuch' not found" -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --text-col nosuch --method lora --max-steps 1 --out "$E/r"
+cp -r "$W/half" "$E/half"
+row_fail "resume with another --method" 1 "half/checkpoint.safetensors: checkpoint of method 'lora', but --method is 'bitfit'" -- \
+    ./peftc train $common ${rc_/--method lora/--method bitfit} --out "$E/half" --resume "$E/half"
+# an encoder adapter tensor the method does not use
+./peftc train $common --train "$W/tiny/train.tsv" --method ia3 --max-steps 1 --out "$E/ia3" 2>/dev/null
+$PY - "$E/ia3/adapter_model.safetensors" <<'PYEOF'
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1]); t["base_model.model.bert.pooler.dense.ia3_l.weight"] = np.ones((1, 32), np.float32); save_file(t, sys.argv[1])
+PYEOF
+row_fail "an adapter tensor the method does not use" 1 "ia3/adapter_model.safetensors: tensor 'base_model.model.bert.pooler.dense.ia3_l.weight' is not a parameter of method ia3 on this model" -- \
+    ./peftc eval --model "$T" --adapter "$E/ia3" --data "$W/tiny/dev.tsv"
+# --quantize: an unknown kind, widths not whole blocks, full fine-tuning, a
+# merge, an NF4 file of another model, quantize onto its input (a 64-wide model)
+row_fail "--quantize q3" 1 '"q3" is not a base quantisation (nf4, none)' -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --quantize q3 --method lora --max-steps 1 --out "$E/r"
+row_fail "--quantize nf4 on width 32" 1 "tiny/model: --quantize nf4 needs hidden_size and intermediate_size to be multiples of 64" "got 32 and 64" -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --quantize nf4 --method lora --max-steps 1 --out "$E/r"
+sed 's/^C, L, H, F, V, P = 32, 2, 4, 64,/C, L, H, F, V, P = 64, 2, 4, 128,/' tests/make_tiny_bert.py >"$E/mk64.py"
+if grep -q '^C, L, H, F, V, P = 64, 2, 4, 128,' "$E/mk64.py" && $PY "$E/mk64.py" "$E/t64" >/dev/null 2>&1 &&
+   ./peftc quantize --model "$E/t64/model" --out "$E/q64" >/dev/null 2>&1 &&
+   ./peftc train --model "$E/q64" --train "$E/t64/train.tsv" --method lora --max-steps 1 --out "$E/q64r" 2>/dev/null; then
+    row_fail "--quantize nf4 --method full" 1 "--quantize nf4: method full trains the base's weights, which stay NF4" -- \
+        ./peftc train --model "$E/t64/model" --train "$E/t64/train.tsv" --quantize nf4 --method full --max-steps 1 --out "$E/r"
+    row_fail "--merge on an NF4 base" 1 "q64: layer 0: the base's linear weights are NF4 (--quantize nf4): they cannot be merged into or trained" -- \
+        ./peftc eval --model "$E/q64" --adapter "$E/q64r" --data "$E/t64/dev.tsv" --merge
+    cp -r "$E/q64" "$E/q64x"
+    $PY -c "import json, sys; c = json.load(open(sys.argv[1])); c['intermediate_size'] = 192; json.dump(c, open(sys.argv[1], 'w'))" "$E/q64x/config.json"
+    row_fail "an NF4 file of another model" 1 "q64x/model.safetensors: tensor 'encoder.layer.0.intermediate.dense.weight.nf4_codes' is U8 with 4096 values, but config.json implies U8 with 6144 (an NF4 file of another model?)" -- \
+        ./peftc train --model "$E/q64x" --train "$E/t64/train.tsv" --method lora --max-steps 1 --out "$E/r"
+    row_fail "peftc quantize onto its input" 2 "quantize: --out $E/t64/model is the model directory itself" -- ./peftc quantize --model "$E/t64/model" --out "$E/t64/model"
+else bad "the 64-wide tiny model or its NF4 copy could not be made"; fi
+# decoders: a GGUF of another architecture, a missing or mis-shaped tensor
+if $PY tests/make_llama_hf.py tiny "$E/llh" >/dev/null 2>&1; then
+    for b in arch missing shape; do $PY tests/make_llama_gguf.py "$E/llh" "$E/ll_$b.gguf" --bad $b >/dev/null 2>&1 || bad "make_llama_gguf --bad $b"; done
+    row_fail "GGUF of another architecture" 1 'll_arch.gguf: architecture "gpt2" is not supported' -- ./peftc generate --model "$E/ll_arch.gguf" --prompt hi
+    row_fail "GGUF without a tensor" 1 "ll_missing.gguf: missing tensor blk.1.ffn_up.weight" -- ./peftc generate --model "$E/ll_missing.gguf" --prompt hi
+    row_fail "GGUF with a mis-shaped tensor" 1 "ll_shape.gguf: tensor blk.0.attn_k.weight has shape [40, 18], expected [40, 20]" -- ./peftc generate --model "$E/ll_shape.gguf" --prompt hi
+    # tokenizer.json: a BPE model without merges, a pre-tokenizer peftc does not know
+    if [ -s "$W/tok/tokenizer.json" ]; then
+        $PY - "$W/tok/tokenizer.json" "$E" <<'PYEOF'
+import json, shutil, sys
+t = json.load(open(sys.argv[1])); e = sys.argv[2]
+for name, key, val in (("nomerges", "model", dict(t["model"], merges=[])), ("pretok", "pre_tokenizer", {"type": "Bogus"})):
+    shutil.copytree(f"{e}/llh", f"{e}/{name}")
+    json.dump(dict(t, **{key: val}), open(f"{e}/{name}/tokenizer.json", "w"))
+PYEOF
+        row_fail "tokenizer.json: BPE without merges" 1 "nomerges/tokenizer.json: the BPE model has no merges" -- ./peftc generate --model "$E/nomerges" --prompt hi
+        row_fail "tokenizer.json: unknown pre-tokenizer" 1 "pretok/tokenizer.json: pre_tokenizer type Bogus is not supported" -- ./peftc generate --model "$E/pretok" --prompt hi
+    else bad "no tokenizer.json from SmolLM2 for the BPE cases"; fi
+else bad "the tiny Llama could not be made"; fi
+if [ -f "$GGUF" ]; then
+    # SmolLM2's GGUF with one key renamed or one string overwritten in place
+    # (same length): no merges, an unknown pre-tokenizer, no or an unknown chat template
+    $PY - "$GGUF" "$E" <<'PYEOF'
+import struct, sys
+g, e = sys.argv[1], sys.argv[2]
+d = open(g, "rb").read()
+def key(k):   # the offset just past key k's name
+    kb = k.encode(); i = d.find(struct.pack("<Q", len(kb)) + kb); assert i > 0, k; return i + 8 + len(kb)
+def put(name, off, new):
+    b = bytearray(d); b[off:off + len(new)] = new; open(f"{e}/{name}.gguf", "wb").write(b)
+def sval(i):  # a string value after its u32 type: (offset, bytes)
+    n = struct.unpack("<Q", d[i + 4:i + 12])[0]; return i + 12, d[i + 12:i + 12 + n]
+put("nomerges", key("tokenizer.ggml.merges") - 1, b"x")
+o, v = sval(key("tokenizer.ggml.pre")); put("pretok", o, b"z" * len(v))
+i = key("tokenizer.chat_template"); put("notmpl", i - 1, b"x")
+o, v = sval(i); put("badtmpl", o, v.replace(b"im_start", b"xx_start").replace(b"im_end", b"xx_end"))
+PYEOF
+    row_fail "GGUF: BPE without merges" 1 "nomerges.gguf: a BPE tokenizer without merges" -- ./peftc generate --model "$E/nomerges.gguf" --prompt hi
+    row_fail "GGUF: unknown pre-tokenizer" 1 "pretok.gguf: tokenizer.ggml.pre: unknown pre-tokenizer 'zzzzzz'" -- ./peftc generate --model "$E/pretok.gguf" --prompt hi
+    row_fail "--chat without a chat template" 1 "notmpl.gguf: the tokenizer has no chat template" -- ./peftc generate --model "$E/notmpl.gguf" --chat --prompt hi --max-new-tokens 1
+    printf '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n' >"$E/chat.jsonl"
+    row_fail "chat-format data without a chat template" 1 "chat.jsonl:1: the tokenizer has no chat template" -- ./peftc train --model "$E/notmpl.gguf" --train "$E/chat.jsonl" --method lora --max-steps 1 --out "$E/r"
+    row_fail "--chat with an unknown chat template" 1 "badtmpl.gguf: chat template not recognised" -- ./peftc generate --model "$E/badtmpl.gguf" --chat --prompt hi --max-new-tokens 1
+    rm -f "$E"/nomerges.gguf "$E"/pretok.gguf "$E"/notmpl.gguf "$E"/badtmpl.gguf
+    # decoder adapters: of another type, DoRA and kin, a model given as the
+    # adapter, a GGUF LoRA of another architecture, --merge on Q4_1 weights
+    mkdir -p "$E/ia3dec"; echo '{"peft_type": "IA3", "target_modules": ["q_proj"]}' >"$E/ia3dec/adapter_config.json"
+    $PY -c "import sys, numpy as np; from safetensors.numpy import save_file; save_file({'x': np.zeros(1, np.float32)}, sys.argv[1])" "$E/ia3dec/adapter_model.safetensors"
+    row_fail "an IA3 adapter on a decoder" 1 "ia3dec/adapter_config.json: peft_type IA3: decoders take LORA adapters" -- ./peftc generate --model "$GGUF" --adapter "$E/ia3dec" --prompt hi --max-new-tokens 1
+    for k in use_dora:true:"use_dora: DoRA" lora_bias:true:"lora_bias: " layer_replication:'[[0, 2]]':"layer_replication " fan_in_fan_out:true:"fan_in_fan_out "; do
+        f=${k%%:*}; rest=${k#*:}; v=${rest%%:*}; want=${rest#*:}
+        mkdir -p "$E/$f"; cp "$E/ia3dec/adapter_model.safetensors" "$E/$f/"
+        echo "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"target_modules\": [\"q_proj\"], \"$f\": $v}" >"$E/$f/adapter_config.json"
+        row_fail "a decoder LoRA with $f" 1 "$f/adapter_config.json: $want" -- ./peftc generate --model "$GGUF" --adapter "$E/$f" --prompt hi --max-new-tokens 1
+    done
+    row_fail "a model given as the adapter" 1 "$GGUF: a GGUF LoRA adapter has general.type 'adapter'" -- ./peftc generate --model "$GGUF" --adapter "$GGUF" --prompt hi --max-new-tokens 1
+    lmt="--prompt-template Q:{question}A: --response-field answer"
+    if ./peftc train --model "$GGUF" --train "$W/gsm.jsonl" $lmt --method lora --r 2 --batch 1 --max-len 64 --max-steps 1 --out "$E/lmr" 2>/dev/null &&
+       ./peftc export --format gguf --adapter "$E/lmr" --model "$GGUF" --out "$E/lmr.gguf" 2>/dev/null; then
+        $PY - "$E/lmr.gguf" "$E/lmr_arch.gguf" <<'PYEOF'
+import struct, sys
+d = bytearray(open(sys.argv[1], "rb").read()); k = b"general.architecture"
+i = d.find(struct.pack("<Q", len(k)) + k) + 8 + len(k)
+assert d[i + 12:i + 17] == b"llama"; d[i + 12:i + 17] = b"mamba"; open(sys.argv[2], "wb").write(d)
+PYEOF
+        row_fail "a GGUF LoRA of another architecture" 1 "lmr_arch.gguf: an adapter for architecture 'mamba'; the model is 'llama'" -- \
+            ./peftc generate --model "$GGUF" --adapter "$E/lmr_arch.gguf" --prompt hi --max-new-tokens 1
+        row_fail "generate --merge on Q4_1 weights" 1 "--merge: the base weights are q4_1 and stay quantised" -- \
+            ./peftc generate --model "$GGUF" --adapter "$E/lmr" --merge --prompt hi --max-new-tokens 1
+        row_fail "eval --merge on Q4_1 weights" 1 "--merge: the base weights are q4_1 and stay quantised" -- \
+            ./peftc eval --task causal-lm --model "$GGUF" $lmt --adapter "$E/lmr" --merge --data "$W/gsm.jsonl" --max-len 64
+    else bad "a SmolLM2 LoRA (train, export) for the adapter cases"; fi
+else bad "$GGUF missing: the GGUF rows of the Errors table are not checked"; fi
 
 # --- 6. the fuzzers' findings, replayed ---
 if [ -x build/tests/fuzz_replay ] || make -s build/tests/fuzz_replay >/dev/null 2>&1; then
