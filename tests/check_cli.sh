@@ -183,5 +183,35 @@ done
 cmp -s <(./peftc help eval) <(./peftc eval -h) && ok "peftc help eval == peftc eval -h" || bad "peftc help eval differs from eval -h"
 expect_fail "help for an unknown command" "unknown command 'nosuch'" -- ./peftc help nosuch
 
+# the step's thread count is chosen by timing (src/train/team.h): a 2-thread
+# run, whose probes run steps with 1 thread, must give the bits of a 1-thread
+# run and of a 2-thread run with the tuner off (PEFTC_TEAM_TUNE=0); 14 steps:
+# probes after the 2 untimed warm-up steps and every 8 then 16. The real model
+# (the tiny one runs its kernels single-threaded), fp32 and bf16 where the CPU
+# has it, LoRA, a Pfeiffer adapter and prefix tuning.
+MINI=models/all-MiniLM-L6-v2
+SST=../shared/data/glue-sst2/train.tsv
+if [ -f "$MINI/model.safetensors" ] && [ -f "$SST" ]; then
+    head -200 "$SST" > "$W/sst200.tsv"
+    precs="--fp32"; grep -qw avx512_bf16 /proc/cpuinfo && precs="--fp32 --bf16"
+    for p in $precs; do
+        for m in lora adapter-pfeiffer prefix; do
+            same=1
+            for v in "1 1" "2 1" "2 0"; do
+                set -- $v
+                if ! env PEFTC_TEAM_TUNE=$2 timeout 300 ./peftc train --model "$MINI" --train "$W/sst200.tsv" --method $m \
+                        --batch 8 --max-len 32 --max-steps 14 --seed 3 --threads $1 $p --out "$W/team_${m}_$1_$2" > /dev/null 2> "$W/team.err"; then
+                    bad "train $m $p --threads $1 (tuner $2): $(tail -1 "$W/team.err")"; same=0; continue
+                fi
+                cmp -s "$W/team_${m}_1_1/adapter_model.safetensors" "$W/team_${m}_$1_$2/adapter_model.safetensors" || same=0
+            done
+            [ $same = 1 ] && ok "train $m $p: --threads 2 with the timed team (probes at 1 thread) = --threads 1 = tuner off, bit for bit" ||
+                bad "train $m $p: the adapters of --threads 1, 2 (tuned) and 2 (PEFTC_TEAM_TUNE=0) differ"
+        done
+    done
+else
+    bad "missing $MINI or $SST (run scripts/setup.sh)"
+fi
+
 echo "## $pass $fail"
 [ "$fail" -eq 0 ]

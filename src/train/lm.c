@@ -7,6 +7,7 @@
 #include "train/adapter_formats.h"
 #include "train/generate.h"
 #include "train/lm_data.h"
+#include "train/team.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -18,19 +19,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Threads for a decoding step. A step is ~10 ms of ~100 small products,
- * each a fork and a join: when other processes hold the cores, every join
- * waits for a descheduled thread, and two threads run several times slower
- * than one. So each step is timed, with the caller's team and now and then
- * (a probe) with one thread; the faster setting is kept, and probes back off
- * while they lose. A one-token step gives the same bits with any team
- * (products split by weight rows, fixed-lane sums; attention by heads), so
- * the tokens do not change, only the speed. */
-typedef struct team_tuner {
-    int one;            /* the setting in use: 0 the caller's team, 1 one thread */
-    int since, every;   /* steps since the last probe; steps between probes */
-    double ewma[2];     /* smoothed seconds per step of each setting (0: not yet timed) */
-} team_tuner;
+/* Threads for a decoding step (train/team.h). A step is ~10 ms of ~100
+ * small products, each a fork and a join: when other processes hold the
+ * cores, every join waits for a descheduled thread, and two threads ran
+ * several times slower than one. A one-token step gives the same bits with
+ * any team (products split by weight rows, fixed-lane sums; attention by
+ * heads), so the tokens do not change, only the speed. */
 
 struct peftc_lm {
     team_tuner tune;
@@ -147,13 +141,6 @@ static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_er
 
 /* ------------------------------------------------------------ the handle */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static peftc_status eval_cb(void *model, const int32_t *ids, int n, int pos, float *logits, peftc_error *err)
 {
     peftc_lm *lm = model;
@@ -161,20 +148,10 @@ static peftc_status eval_cb(void *model, const int32_t *ids, int n, int pos, flo
     int team = omp_get_max_threads();
     if (n != 1 || team < 2)
         return decoder_eval(lm->dec, ds, &lm->pb, ids, n, pos, logits, 0, err);
-    team_tuner *t = &lm->tune;
-    if (!t->every) t->every = 8;
-    int probe = t->since >= t->every, s = probe ? !t->one : t->one;
-    t->since = probe ? 0 : t->since + 1;
-    if (s) omp_set_num_threads(1);
-    double t0 = now_s();
+    if (!lm->tune.every) team_tuner_init(&lm->tune, 0, 512);
+    team_tuner_begin(&lm->tune);
     peftc_status rc = decoder_eval(lm->dec, ds, &lm->pb, ids, n, pos, logits, 0, err);
-    double dt = now_s() - t0;
-    if (s) omp_set_num_threads(team);
-    t->ewma[s] = t->ewma[s] > 0 ? 0.75 * t->ewma[s] + 0.25 * dt : dt;
-    if (probe) {
-        if (t->ewma[s] < t->ewma[!s]) { t->one = s; t->every = 8; }
-        else if (t->every < 512) t->every *= 2;
-    }
+    team_tuner_end(&lm->tune, 1);
     return rc;
 }
 

@@ -6,6 +6,7 @@
 #include "train/checkpoint.h"
 #include "train/lm_data.h"
 #include "train/task_lm.h"
+#include "train/team.h"
 #include "tokenizer/bpe.h"
 #include "io/gguf.h"
 #include "kernels/kernels.h"
@@ -14,6 +15,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -303,6 +305,7 @@ static peftc_status lm_eval_loss(lm_task *t, const lm_dataset *ev, int B, int32_
 static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, const method_opts *mo, float lr,
                                     peftc_progress_fn progress, void *user, peftc_error *err)
 {
+    team_tuner tune = {0};   /* a goto out mid-step restores its thread count */
     bpe_tokenizer *tok = NULL;
     lm_dataset tr = {0};
     lm_task t = {0};
@@ -424,6 +427,10 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     if (ev.n && s.step == 0) LM_EVAL();
     double t0 = now_s(), tokens = 0, last_loss = 0;
     int steps_run = 0, skipped = 0;
+    /* the step's thread count, timed (train/team.h): two warm-up steps
+     * untimed, probes at most 32 steps apart (a minute at most of a poor
+     * setting after the machine's load changes) */
+    team_tuner_init(&tune, 2, 32);
     while (s.step < total) {
         if (o->stop && *o->stop) {   /* a signal: keep what was done, resumable */
             s.rng = rng.state;
@@ -433,6 +440,8 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
             emit(progress, user, &pr);
             break;
         }
+        team_tuner_begin(&tune);
+        double step_units = 0;
         memset(t.pb.g, 0, t.pb.total * sizeof(float));
         /* the micro-batches of one step first, to weight every target alike */
         int pos0 = s.pos, ep0 = s.epoch;
@@ -468,6 +477,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
             s.pos += n;
             long nt = 0;
             t.row0 = r0;
+            step_units += (double)(r1 - r0) * Tb;
             if (r1 > r0)
                 loss_sum += lm_task_step(&t, ids, tgt, o->pack ? seg : NULL, lens, r1 - r0, Tb,
                                          n_step_targets ? 1.0f / (float)n_step_targets : 0.0f, &rng, &nt);
@@ -499,6 +509,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
             }
             last_loss = loss;
         }
+        team_tuner_end(&tune, step_units);
         s.step++;
         steps_run++;
         double el = now_s() - t0;
@@ -575,6 +586,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         emit(progress, user, &pr);
     }
 out:
+    if (tune.cur) omp_set_num_threads(tune.team);
     free(ids); free(seg); free(tgt); free(lens); free(order);
     free(ev_loss); free(ev_step); free(ev_slots);
     lm_task_free(&t);
@@ -586,6 +598,7 @@ out:
 
 peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, void *user, peftc_error *err)
 {
+    team_tuner tune = {0};   /* a goto out mid-step restores its thread count */
     peftc_status rc;
     method_opts mo;
     if (!o->model_dir || !o->train_path || !o->out_dir)
@@ -807,6 +820,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     int evaluated_epoch = -1;
     double t0 = now_s(), tokens = 0, last_loss = 0;
     int steps_run = 0, skipped = 0;
+    /* the step's thread count, timed (train/team.h): two warm-up steps
+     * untimed, probes at most 32 steps apart (a minute at most of a poor
+     * setting after the machine's load changes) */
+    team_tuner_init(&tune, 2, 32);
     while (s.step < total) {
         if (o->stop && *o->stop) {   /* a signal: keep what was done, resumable */
             s.rng = rng.state;
@@ -816,6 +833,8 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             emit(progress, user, &pr);
             break;
         }
+        team_tuner_begin(&tune);
+        double step_units = 0;
         memset(t.pb.g, 0, t.pb.total * sizeof(float));
         double loss_acc = 0;
         int epoch_ended = 0, bad = 0;
@@ -857,6 +876,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             }
             task_fusion_anneal(&t, (long)s.step * o->grad_accum + a);   /* AdapterFusion's temperature, from the count */
             int rows_run = kind == TASK_EMBEDDING ? nb : r1 - r0;
+            step_units += (double)rows_run * Tb;
             float loss = task_forward(&t, bb.ids, bb.tts, bb.lens, bb.labels, rows_run, Tb, 1, &rng);
             if (!isfinite(loss)) {   /* judged after the all-reduce, so that every rank stops or skips alike */
                 loss_acc = NAN;
@@ -920,6 +940,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
             adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
             last_loss = loss_acc;
         }
+        team_tuner_end(&tune, step_units);
         s.step++;
         steps_run++;
         double el = now_s() - t0;
@@ -963,6 +984,7 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
         emit(progress, user, &pr);
     }
 out:
+    if (tune.cur) omp_set_num_threads(tune.team);
     free(order);
     free(pair_rows);
     encoder_free(&enc);
