@@ -11,6 +11,8 @@
 #   1b. the same for the Llama family (LoRA q,v / all-linear / rsLoRA, (IA)^3)
 #      against tests/ref_llama_train.py --bf16, which emulates the bf16
 #      roundings (loss 1e-4 relative, gradients 5e-3 of their scale);
+#   1c. the decoder's prompt rows on BF16 weights through the bf16 kernels
+#      (what llama.cpp computes for a BF16 file) against the fp32 oracle;
 #   2. the real model: `peftc embed` of 256 SST-2 dev sentences with --bf16
 #      and --fp32: every embedding's cosine >= 0.999, and not all identical;
 #   3. the default (PEFTC_BF16 unset): `peftc cpu` states one that follows its
@@ -83,6 +85,30 @@ PYEOF
     done
 else
     bad "tiny Llama for the bf16 check: $(tail -1 "$FX/llama.err")"
+fi
+
+# ---- 1c. the decoder's prompt rows on BF16 weights (llama_linear: a bf16
+# pack, activations rounded to bf16, as llama.cpp computes a BF16 file):
+# a tiny random Llama in bf16 against the fp32 PyTorch oracle's fixture; the
+# bf16 run's logits within bf16's reach (max abs <= 0.5, top-1 >= 95%) and
+# not the fp32 run's (> 1e-4: the path ran); PEFTC_BF16=0 stays exact (1e-3)
+if "$PY" tests/make_llama_hf.py tiny "$LT/tiny_bf16" --dtype bf16 >/dev/null 2>"$FX/llama.err" &&
+   "$PY" tests/ref_llama.py random "$LT/ids.txt" --vocab 97 >/dev/null 2>>"$FX/llama.err" &&
+   "$PY" tests/ref_llama.py fixture "$LT/tiny_bf16" "$LT/ids.txt" "$LT/fx_bf16" --ngen 2 >/dev/null 2>>"$FX/llama.err" &&
+   build_driver llama_ref; then
+    exact=$(PEFTC_BF16=0 timeout 120 build/tests/llama_ref "$LT/tiny_bf16" "$LT/ids.txt" "$LT/fx_bf16" 1e-3 2 2>&1)
+    grep -q '^## 3 0$' <<< "$exact" && ok "decoder on BF16 weights, PEFTC_BF16=0: exact against the oracle (1e-3)" ||
+        bad "decoder on BF16 weights, PEFTC_BF16=0: $(grep -m1 FAIL <<< "$exact")"
+    out=$(PEFTC_BF16=1 timeout 120 build/tests/llama_ref "$LT/tiny_bf16" "$LT/ids.txt" "$LT/fx_bf16" 0.5 2 0 2>&1)
+    mx=$(sed -n 's/.*all-token logits of .* max abs \([0-9.e+-]*\) .*/\1/p' <<< "$out")
+    agree=$(sed -n 's/.*top-1 token agrees on \([0-9]*\) \/ \([0-9]*\) positions.*/\1 \2/p' <<< "$out")
+    if [ -n "$mx" ] && [ -n "$agree" ] && awk -v m="$mx" -v a="$agree" 'BEGIN { split(a, x, " "); exit !(m > 1e-4 && m <= 0.5 && x[1] >= 0.95 * x[2]) }'; then
+        ok "decoder prompt rows on BF16 weights, bf16 path: max abs logit $mx vs the fp32 oracle (in (1e-4, 0.5]), top-1 $agree"
+    else
+        bad "decoder prompt rows on BF16 weights, bf16 path: max abs '$mx', top-1 '$agree' (want (1e-4, 0.5], >= 95%)"
+    fi
+else
+    bad "tiny bf16 Llama for the prompt-row check: $(tail -1 "$FX/llama.err")"
 fi
 
 # ---- 2. embeddings of the real model

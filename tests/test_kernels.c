@@ -341,6 +341,19 @@ static void bf16_case(int N, int IC, int OC, int nthreads)
     CHECK(l_fwd <= 1e-2 && l_bwd <= 1e-2,
           "matmul_bf16 N=%d IC=%d OC=%d vs fp32 (loose, <= 1e-2 of sum|a w|): fwd %.2g, bwd %.2g",
           N, IC, OC, l_fwd, l_bwd);
+    /* the pack from weights already in bf16 (a BF16 file's rows): the same
+     * forward bit for bit as the pack of the fp32 weights they round from, and
+     * no backward (it has no fp32 source) */
+    uint16_t *wb = malloc(nw * sizeof *wb);
+    for (size_t i = 0; i < nw; i++) wb[i] = kernels_f32_to_bf16(w[i]);
+    matmul_bf16 *pb = matmul_bf16_pack_bf16(wb, IC, OC);
+    float *out2 = falloc(no);
+    for (size_t i = 0; i < no; i++) out2[i] = NAN;
+    if (pb) matmul_bf16_forward(out2, inp, pb, bias, N, IC, OC, 0);
+    CHECK(pb && memcmp(out, out2, no * sizeof *out) == 0 && matmul_bf16_backward(dnew, NULL, dout, pb, N, IC, OC, 0) != 0,
+          "matmul_bf16_pack_bf16 N=%d IC=%d OC=%d: forward = the fp32 pack's bit for bit; backward refused", N, IC, OC);
+    matmul_bf16_free(pb);
+    free(wb); free(out2);
     matmul_bf16_free(p);
     free(inp); free(w); free(bias); free(dout); free(o0); free(d0); free(out); free(acc); free(dinp); free(db);
     free(dnew);

@@ -68,6 +68,8 @@ int kernels_bf16(void);
  * thread (Zen 4: ~2.2x); kernels_bf16_speedup() is that ratio (0: no
  * AVX-512-BF16; measured on first call even where AMX runs). */
 int kernels_bf16_default(void);
+/* bf16 asked for explicitly (kernels_set_bf16(1), PEFTC_BF16=1, --bf16) */
+int kernels_bf16_forced(void);
 double kernels_bf16_speedup(void);
 /* The matmul_bf16 kernels use AMX tiles (TDPBF16PS) where the CPU and the
  * OS allow (Linux arch_prctl permission, asked on first use), else
@@ -83,6 +85,9 @@ uint16_t kernels_f32_to_bf16(float f);
  * unsupported or out of memory. */
 typedef struct matmul_bf16 matmul_bf16;
 matmul_bf16 *matmul_bf16_pack(const float *w, int IC, int OC);
+/* the same from weights already in bf16 (a BF16 file's (OC,IC) rows, bits
+ * copied); forward only (the backward kernels refuse it) */
+matmul_bf16 *matmul_bf16_pack_bf16(const uint16_t *w, int IC, int OC);
 void matmul_bf16_free(matmul_bf16 *p);
 size_t matmul_bf16_bytes(const matmul_bf16 *p);
 /* out (N,OC) = bf16(inp) @ bf16(w)^T + bias, products accumulated in fp32

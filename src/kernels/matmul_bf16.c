@@ -128,6 +128,7 @@ int kernels_bf16_default(void)
 }
 
 int kernels_bf16(void) { return bf16_on < 0 ? kernels_bf16_default() : bf16_on; }
+int kernels_bf16_forced(void) { return bf16_on == 1; }
 
 /* the public switch of include/peftc.h */
 int peftc_set_bf16(int on);
@@ -145,7 +146,11 @@ uint16_t kernels_f32_to_bf16(float f)
 /* Panels are padded to an even count and to a multiple of 16 pairs (zeros),
  * the shape of the AMX tiles; the AVX-512 kernel skips the padding pairs. */
 #define KPAD(K) (((K) + 31) / 32 * 16)
-static uint16_t *pack(const float *w, int M, int K, size_t so, size_t sk)
+static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk);
+static uint16_t *pack(const float *w, int M, int K, size_t so, size_t sk) { return pack_any(w, NULL, M, K, so, sk); }
+/* w fp32 (rounded here) or wb already bf16 (copied: the same bits a bf16
+ * file's weights hold) */
+static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk)
 {
     int np = (M + 31) / 32 * 2, KP = KPAD(K);
     size_t n = (size_t)np * KP * 32;
@@ -157,8 +162,9 @@ static uint16_t *pack(const float *w, int M, int K, size_t so, size_t sk)
             for (int j = 0; j < 16; j++)
                 for (int e = 0; e < 2; e++) {
                     int o = p * 16 + j, k = 2 * kp + e;
+                    size_t at = (size_t)o * so + (size_t)k * sk;
                     d[(((size_t)p * KP + kp) * 16 + j) * 2 + e] =
-                        o < M && k < K ? kernels_f32_to_bf16(w[(size_t)o * so + (size_t)k * sk]) : 0;
+                        o < M && k < K ? (wb ? wb[at] : kernels_f32_to_bf16(w[at])) : 0;
                 }
     return d;
 }
@@ -170,6 +176,17 @@ matmul_bf16 *matmul_bf16_pack(const float *w, int IC, int OC)
     if (!p) return NULL;
     p->IC = IC; p->OC = OC; p->w = w;
     p->fwd = pack(w, OC, IC, (size_t)IC, 1);
+    if (!p->fwd) { free(p); return NULL; }
+    return p;
+}
+
+matmul_bf16 *matmul_bf16_pack_bf16(const uint16_t *w, int IC, int OC)
+{
+    if (!kernels_bf16_supported() || IC <= 0 || OC <= 0) return NULL;
+    matmul_bf16 *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->IC = IC; p->OC = OC; p->w = NULL;   /* forward only: no fp32 source for the backward's pack */
+    p->fwd = pack_any(NULL, w, OC, IC, (size_t)IC, 1);
     if (!p->fwd) { free(p); return NULL; }
     return p;
 }
@@ -613,7 +630,7 @@ void matmul_bf16_forward_gelu(float *pre, float *act, const float *inp, const ma
 /* the transposed packing, made on the first backward; -1 if out of memory */
 static int need_bwd(matmul_bf16 *w, int IC, int OC)
 {
-    if (!w->bwd) w->bwd = pack(w->w, IC, OC, 1, (size_t)IC);
+    if (!w->bwd && w->w) w->bwd = pack(w->w, IC, OC, 1, (size_t)IC);
     return w->bwd ? 0 : -1;
 }
 

@@ -58,7 +58,9 @@ typedef struct llama_weight {
     uint32_t type;
     const void *data;
     int in, out;
-    matmul_bf16 *bf16;           /* reserved: a packed bf16 copy (NULL) */
+    matmul_bf16 *bf16;           /* a packed bf16 copy: training's frozen F32 weights, and
+                                    the prompt rows of F32/BF16 weights (llama_linear) */
+    int bf16_failed;             /* packing it failed (out of memory): not tried again */
     struct quant_packed *packed; /* quantised weights in the kernels' interleaved layout
                                     (made once at load; the file's blocks are then not read) */
 } llama_weight;
