@@ -1,6 +1,6 @@
-/* adapterhub.c: AdapterHub's bottleneck adapters (BnConfig) and classification
- * head, read and written (adapterhub.h); checked against `adapters` 1.3.0
- * (tests/check_adapterhub.sh).
+/* adapterhub.c: AdapterHub's bottleneck adapters (BnConfig), LoRA and (IA)^3
+ * (LoRAConfig, see ahub_parse_lora) and classification head, read and written
+ * (adapterhub.h); checked against `adapters` 1.3.0 (tests/check_adapterhub.sh).
  *
  * How AdapterHub computes a bottleneck at a BERT sub-layer (BertSelfOutput /
  * BertOutput: h = dropout(dense(.)), x = the sub-layer's residual input, LN the
@@ -613,50 +613,50 @@ peftc_status peftc_export_adapterhub(const char *adapter, const char *model_dir,
     if (akind != AHUB_BN) {
         c = ahub_lora_config(&mo, akind == AHUB_IA3);
     } else {
-    const delta_spec *s = &mo.deltas[0];
-    json_t *red = ahub_reduction(C, s->r, err, adapter);
-    if (!red) { rc = PEFTC_ERR_UNSUPPORTED; goto out; }
-    c = json_object();
-    int mh = 0, oa = 0;
-    for (int k = 0; k < mo.n_deltas; k++) { mh |= mo.deltas[k].site == SITE_ATTN_OUT; oa |= mo.deltas[k].site == SITE_FFN_OUT; }
-    int par = s->insert == INSERT_PARALLEL;
-    /* every BnConfig field, as adapters 1.3.0's save_adapter writes them */
-    json_object_set_new(c, "adapter_residual_before_ln", json_false());
-    json_object_set_new(c, "cross_adapter", json_false());
-    json_object_set_new(c, "dropout", json_real(0.0));
-    json_object_set_new(c, "factorized_phm_W", json_true());
-    json_object_set_new(c, "factorized_phm_rule", json_false());
-    json_object_set_new(c, "hypercomplex_nonlinearity", json_string("glorot-uniform"));
-    json_object_set_new(c, "init_weights", json_string(par ? "mam_adapter" : "bert"));
-    json_object_set_new(c, "init_weights_seed", json_null());
-    json_object_set_new(c, "inv_adapter", json_null());
-    json_object_set_new(c, "inv_adapter_reduction_factor", json_null());
-    json_object_set_new(c, "is_parallel", json_boolean(par));
-    json_object_set_new(c, "learn_phm", json_true());
-    json_object_set_new(c, "leave_out", json_array());
-    json_object_set_new(c, "ln_after", json_false());
-    json_object_set_new(c, "ln_before", json_false());
-    json_object_set_new(c, "mh_adapter", json_boolean(mh));
-    json_object_set_new(c, "non_linearity", json_string(ahub_act_name(s->act)));
-    json_object_set_new(c, "original_ln_after", json_true());
-    /* false even for Pfeiffer's sequential adapter: peftc's reads the
-     * sub-layer output h, as AdapterHub's does only without original_ln_before */
-    json_object_set_new(c, "original_ln_before", json_false());
-    json_object_set_new(c, "output_adapter", json_boolean(oa));
-    json_object_set_new(c, "phm_bias", json_true());
-    json_object_set_new(c, "phm_c_init", json_string("normal"));
-    json_object_set_new(c, "phm_dim", json_integer(4));
-    json_object_set_new(c, "phm_init_range", json_real(0.0001));
-    json_object_set_new(c, "phm_layer", json_false());
-    json_object_set_new(c, "phm_rank", json_integer(1));
-    json_object_set_new(c, "reduction_factor", red);
-    json_object_set_new(c, "residual_before_ln", json_true());
-    json_object_set_new(c, "scaling", s->compose == COMPOSE_LEARNED_SCALE ? json_string("learned")
-                                      : json_real(s->compose == COMPOSE_SCALE ? (double)s->scale : 1.0));
-    json_object_set_new(c, "shared_W_phm", json_false());
-    json_object_set_new(c, "shared_phm_rule", json_true());
-    json_object_set_new(c, "stochastic_depth", json_real(0.0));
-    json_object_set_new(c, "use_gating", json_false());
+        const delta_spec *s = &mo.deltas[0];
+        json_t *red = ahub_reduction(C, s->r, err, adapter);
+        if (!red) { rc = PEFTC_ERR_UNSUPPORTED; goto out; }
+        c = json_object();
+        int mh = 0, oa = 0;
+        for (int k = 0; k < mo.n_deltas; k++) { mh |= mo.deltas[k].site == SITE_ATTN_OUT; oa |= mo.deltas[k].site == SITE_FFN_OUT; }
+        int par = s->insert == INSERT_PARALLEL;
+        /* every BnConfig field, as adapters 1.3.0's save_adapter writes them */
+        json_object_set_new(c, "adapter_residual_before_ln", json_false());
+        json_object_set_new(c, "cross_adapter", json_false());
+        json_object_set_new(c, "dropout", json_real(0.0));
+        json_object_set_new(c, "factorized_phm_W", json_true());
+        json_object_set_new(c, "factorized_phm_rule", json_false());
+        json_object_set_new(c, "hypercomplex_nonlinearity", json_string("glorot-uniform"));
+        json_object_set_new(c, "init_weights", json_string(par ? "mam_adapter" : "bert"));
+        json_object_set_new(c, "init_weights_seed", json_null());
+        json_object_set_new(c, "inv_adapter", json_null());
+        json_object_set_new(c, "inv_adapter_reduction_factor", json_null());
+        json_object_set_new(c, "is_parallel", json_boolean(par));
+        json_object_set_new(c, "learn_phm", json_true());
+        json_object_set_new(c, "leave_out", json_array());
+        json_object_set_new(c, "ln_after", json_false());
+        json_object_set_new(c, "ln_before", json_false());
+        json_object_set_new(c, "mh_adapter", json_boolean(mh));
+        json_object_set_new(c, "non_linearity", json_string(ahub_act_name(s->act)));
+        json_object_set_new(c, "original_ln_after", json_true());
+        /* false even for Pfeiffer's sequential adapter: peftc's reads the
+         * sub-layer output h, as AdapterHub's does only without original_ln_before */
+        json_object_set_new(c, "original_ln_before", json_false());
+        json_object_set_new(c, "output_adapter", json_boolean(oa));
+        json_object_set_new(c, "phm_bias", json_true());
+        json_object_set_new(c, "phm_c_init", json_string("normal"));
+        json_object_set_new(c, "phm_dim", json_integer(4));
+        json_object_set_new(c, "phm_init_range", json_real(0.0001));
+        json_object_set_new(c, "phm_layer", json_false());
+        json_object_set_new(c, "phm_rank", json_integer(1));
+        json_object_set_new(c, "reduction_factor", red);
+        json_object_set_new(c, "residual_before_ln", json_true());
+        json_object_set_new(c, "scaling", s->compose == COMPOSE_LEARNED_SCALE ? json_string("learned")
+                                          : json_real(s->compose == COMPOSE_SCALE ? (double)s->scale : 1.0));
+        json_object_set_new(c, "shared_W_phm", json_false());
+        json_object_set_new(c, "shared_phm_rule", json_true());
+        json_object_set_new(c, "stochastic_depth", json_real(0.0));
+        json_object_set_new(c, "use_gating", json_false());
     }
     json_t *cfg = ahub_meta(model_dir, name, C);
     json_object_set_new(cfg, "config", c);
