@@ -14,7 +14,12 @@ as the oracle of peftc's AdapterHub format (tests/check_adapterhub.sh).
       use_safetensors=True) (--pickle: use_safetensors=False).
       KIND: seq (Pfeiffer form: BnConfig, output_adapter, relu, original_ln_before
       false), double (double_seq_bn), par (par_bn, scaling 4), learned (par_bn,
-      scaling "learned"), seq_default (seq_bn as shipped: original_ln_before true).
+      scaling "learned"), seq_default (seq_bn as shipped: original_ln_before true),
+      lora (LoRAConfig r 4 alpha 6: query, value), lora_all (r 3 alpha 5: query,
+      key, value, intermediate.dense, output.dense), ia3 (IA3Config as shipped:
+      key, value, intermediate.dense; vectors 1 + noise), ia3_all (IA3Config
+      alpha 2 on query, key, value, intermediate.dense, output.dense), prompt
+      (PromptTuningConfig, 3 tokens).
   compare A.f32 B.f32 K
       max abs difference of the logits centred per row (peftc predict gives
       probabilities: their logs are the logits up to a per-row constant)."""
@@ -54,13 +59,18 @@ def cmd_logits(model, sents_path, ahub, out):
 
 def cmd_make(model, out, kind, seed, pickle=False):
     import torch
-    from adapters import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig
+    from adapters import BnConfig, DoubleSeqBnConfig, IA3Config, LoRAConfig, ParBnConfig, PromptTuningConfig, SeqBnConfig
     m, _ = load_model(model)
     cfg = {"seq": BnConfig(mh_adapter=False, output_adapter=True, reduction_factor=8, non_linearity="relu", original_ln_before=False),
            "double": DoubleSeqBnConfig(reduction_factor=8),
            "par": ParBnConfig(reduction_factor=4),
            "learned": ParBnConfig(reduction_factor=4, scaling="learned", non_linearity="gelu"),
-           "seq_default": SeqBnConfig(reduction_factor=8)}[kind]
+           "seq_default": SeqBnConfig(reduction_factor=8),
+           "lora": LoRAConfig(r=4, alpha=6),
+           "lora_all": LoRAConfig(r=3, alpha=5, attn_matrices=["q", "k", "v"], intermediate_lora=True, output_lora=True),
+           "ia3": IA3Config(),
+           "ia3_all": IA3Config(alpha=2, attn_matrices=["q", "k", "v"], output_lora=True),
+           "prompt": PromptTuningConfig(prompt_length=3)}[kind]
     name = f"ah_{kind}"
     m.add_adapter(name, config=cfg)
     m.add_classification_head(name, num_labels=3, id2label={0: "neg", 1: "neu", 2: "pos"})
@@ -68,9 +78,11 @@ def cmd_make(model, out, kind, seed, pickle=False):
     n = 0
     with torch.no_grad():
         for pn, p in m.named_parameters():
-            if f"adapters.{name}." in pn or f"heads.{name}." in pn:
+            if any(f"{w}.{name}." in pn for w in ("adapters", "loras", "prompt_tunings", "heads")):
                 if pn.endswith("scaling"):
                     p.fill_(1.7)
+                elif kind.startswith("ia3"):   # (IA)^3 vectors scale: keep them near 1
+                    p.copy_(1 + torch.randn(p.shape, generator=g) * 0.3)
                 else:
                     p.copy_(torch.randn(p.shape, generator=g) * 0.3)
                 n += 1

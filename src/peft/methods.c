@@ -200,9 +200,12 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
                 return peftc_fail(err, PEFTC_ERR_INPUT, "delta at %s: r=%d must be in [1, %d], the width there", site_name(sp->site), sp->r, width);
             if (sp->kind == DELTA_BOTTLENECK && sp->site == SITE_FFN_ACT)
                 return peftc_fail(err, PEFTC_ERR_INPUT, "site ffn.act takes only kind=scale deltas ((IA)^3); put bottlenecks at ffn.in, ffn.down or ffn.out");
+            /* ffn.in and ffn.down scale a projection's output as attn.k does (AdapterHub's (IA)^3 on
+             * intermediate.dense / output.dense); merge folds them into W's rows and bias alike */
             if (sp->kind == DELTA_SCALE && !(sp->site == SITE_ATTN_K || sp->site == SITE_ATTN_V || sp->site == SITE_ATTN_Q ||
-                                             sp->site == SITE_FFN_ACT || sp->site == SITE_ATTN_HEADS))
-                return peftc_fail(err, PEFTC_ERR_INPUT, "a scale delta goes at attn.q, attn.k, attn.v, attn.heads or ffn.act, not %s", site_name(sp->site));
+                                             sp->site == SITE_FFN_ACT || sp->site == SITE_ATTN_HEADS || sp->site == SITE_FFN_IN ||
+                                             sp->site == SITE_FFN_DOWN))
+                return peftc_fail(err, PEFTC_ERR_INPUT, "a scale delta goes at attn.q, attn.k, attn.v, attn.heads, ffn.in, ffn.down or ffn.act, not %s", site_name(sp->site));
             char prefix[PARAM_NAME_MAX];
             if (sp->kind == DELTA_SCALE) { /* PEFT's (IA)^3 key names: ffn.act's vector sits on the down projection's input */
                 const char *mod = f->site_module[sp->site == SITE_FFN_ACT ? SITE_FFN_DOWN : sp->site];

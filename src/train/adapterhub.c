@@ -1,6 +1,6 @@
-/* adapterhub.c: AdapterHub's bottleneck adapters (BnConfig) and classification
- * head, read and written (adapterhub.h); checked against `adapters` 1.3.0
- * (tests/check_adapterhub.sh).
+/* adapterhub.c: AdapterHub's bottleneck adapters (BnConfig), LoRA and (IA)^3
+ * (LoRAConfig, see ahub_parse_lora) and classification head, read and written
+ * (adapterhub.h); checked against `adapters` 1.3.0 (tests/check_adapterhub.sh).
  *
  * How AdapterHub computes a bottleneck at a BERT sub-layer (BertSelfOutput /
  * BertOutput: h = dropout(dense(.)), x = the sub-layer's residual input, LN the
@@ -75,6 +75,96 @@ static int valid_name(const char *s)
 
 static int is_false(json_t *v) { return !v || json_is_false(v) || json_is_null(v); }
 
+/* The transformers module a LoRA (or (IA)^3) module wraps, below encoder.layer.N */
+static const char *ahub_linear_loc(site_id st)
+{
+    switch (st) {
+    case SITE_ATTN_Q: return "attention.self.query";
+    case SITE_ATTN_K: return "attention.self.key";
+    case SITE_ATTN_V: return "attention.self.value";
+    case SITE_FFN_IN: return "intermediate.dense";
+    case SITE_FFN_DOWN: return "output.dense";
+    default: return NULL;   /* attention.output.dense takes no LoRA in AdapterHub's BERT */
+    }
+}
+
+/* LoRAConfig (methods/lora.py): at each wrapped linear y = W x + b, composition_mode
+ *   "add":   y + (alpha / r) * x A^T B^T     (LoRA: A (r,in), B (out,r))
+ *   "scale": y * (alpha * l)                 ((IA)^3, r 1: l = lora_B (out,1))
+ * which are peftc's LoRA deltas (scale alpha/r) and its scale deltas (alpha folded into l on load).
+ * The modules: selfattn_lora on attn_matrices of q, k, v; intermediate_lora on
+ * intermediate.dense (before the GELU, so ffn.in, not peftc's ffn.act); output_lora on output.dense. */
+static peftc_status ahub_parse_lora(json_t *c, const char *path, const char *name, method_opts *mo, peftc_error *err)
+{
+    static const char *const known[] = {"alpha", "architecture", "attn_matrices", "composition_mode", "dropout", "dtype", "init_weights",
+        "init_weights_seed", "intermediate_lora", "leave_out", "output_lora", "r", "selfattn_lora", "use_dora", "use_gating", "vera_b", "vera_d"};
+    const char *key;
+    json_t *v;
+    json_object_foreach(c, key, v) {
+        size_t i = 0;
+        while (i < sizeof known / sizeof *known && strcmp(key, known[i])) i++;
+        if (i == sizeof known / sizeof *known)
+            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config field \"%s\" is not known here", path, key);
+    }
+    if (!is_false(json_object_get(c, "use_gating")))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config use_gating is set: a gate averaged over the sequence has no peftc form", path);
+    if (!is_false(json_object_get(c, "use_dora")))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config use_dora is set: DoRA is not supported here", path);
+    if (!json_is_null(json_object_get(c, "vera_d")) && json_object_get(c, "vera_d"))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config vera_d is set: VeRA is not supported here", path);
+    if (!json_is_null(json_object_get(c, "vera_b")) && json_object_get(c, "vera_b"))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config vera_b is set: VeRA is not supported here", path);
+    const char *dt = json_string_value(json_object_get(c, "dtype"));
+    if (json_object_get(c, "dtype") && !json_is_null(json_object_get(c, "dtype")) && !(dt && !strcmp(dt, "float32")))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config dtype %s: the LoRA product would be computed in it; float32 only here", path, dt ? dt : "(not a string)");
+    json_t *lo = json_object_get(c, "leave_out");
+    if (lo && !(json_is_array(lo) && json_array_size(lo) == 0))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub leave_out: adapters in only some layers are not supported", path);
+    json_t *jr = json_object_get(c, "r"), *ja = json_object_get(c, "alpha");
+    if (!json_is_integer(jr) || json_integer_value(jr) < 1 || json_integer_value(jr) > 1 << 16)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: AdapterHub r missing or not a positive integer", path);
+    double alpha = ja ? json_number_value(ja) : 8.0;
+    if ((ja && !json_is_number(ja)) || !isfinite(alpha) || fabs(alpha) > 1e6)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: AdapterHub alpha is not a number in range", path);
+    const char *cm = json_string_value(json_object_get(c, "composition_mode"));
+    int scale = cm && !strcmp(cm, "scale");
+    if (cm && !scale && strcmp(cm, "add"))
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub composition_mode %s: \"add\" (LoRA) or \"scale\" ((IA)^3) only", path, cm);
+    if (scale && json_integer_value(jr) != 1)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: AdapterHub composition_mode \"scale\" needs r 1", path);
+    unsigned targets = 0;
+    if (!json_is_false(json_object_get(c, "selfattn_lora"))) {   /* LoRAConfig's default: true */
+        json_t *am = json_object_get(c, "attn_matrices");
+        size_t i;
+        if (!am) targets |= 1u << SITE_ATTN_Q | 1u << SITE_ATTN_V;
+        else if (!json_is_array(am)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: AdapterHub attn_matrices is not a list", path);
+        json_array_foreach(am, i, v) {
+            const char *s = json_string_value(v);
+            if (s && !strcmp(s, "q")) targets |= 1u << SITE_ATTN_Q;
+            else if (s && !strcmp(s, "k")) targets |= 1u << SITE_ATTN_K;
+            else if (s && !strcmp(s, "v")) targets |= 1u << SITE_ATTN_V;
+            else return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub attn_matrices: %s is not q, k or v", path, s ? s : "(not a string)");
+        }
+    }
+    if (json_is_true(json_object_get(c, "intermediate_lora"))) targets |= 1u << SITE_FFN_IN;
+    if (json_is_true(json_object_get(c, "output_lora"))) targets |= 1u << SITE_FFN_DOWN;
+    if (!targets) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub LoRA config places no module (selfattn_lora, intermediate_lora, output_lora)", path);
+    snprintf(mo->name, sizeof mo->name, "adapterhub");
+    mo->ahub = 1;
+    snprintf(mo->ahub_name, sizeof mo->ahub_name, "%s", name);
+    mo->alpha = (float)alpha;
+    if (!scale) {
+        mo->lora = 1;
+        mo->r = (int)json_integer_value(jr);
+        mo->targets = targets;
+        mo->dropout = 0;   /* training only */
+        return PEFTC_OK;
+    }
+    for (int st = 0; st < SITE_COUNT; st++)
+        if (targets & (1u << st)) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = (site_id)st};
+    return PEFTC_OK;
+}
+
 peftc_status ahub_parse_config(json_t *cfg, const char *path, method_opts *mo, peftc_error *err)
 {
     static const char *const top_keys[] = {"config", "hidden_size", "model_class", "model_name", "model_type", "name", "version"};
@@ -97,8 +187,15 @@ peftc_status ahub_parse_config(json_t *cfg, const char *path, method_opts *mo, p
     int C = (int)json_integer_value(hs);
     json_t *c = json_object_get(cfg, "config");
     const char *arch = json_string_value(json_object_get(c, "architecture"));
+    if (arch && !strcmp(arch, "lora")) return ahub_parse_lora(c, path, name, mo, err);
+    if (arch && !strcmp(arch, "prompt_tuning"))
+        /* PromptTuningLayer joins the prompt to the embedding layer's output: the prompt gets no
+         * position embedding or LayerNorm and the text keeps positions 0.., while peftc embeds
+         * its virtual tokens as words (with positions, the text shifted after them) */
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub architecture \"prompt_tuning\": its prompt is joined to the embedding "
+                                                      "layer's output (no position embedding or LayerNorm), which peftc's prompt tuning does not compute", path);
     if (arch && strcmp(arch, "bottleneck"))
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub architecture \"%s\": only bottleneck adapters are read here", path, arch);
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub architecture \"%s\": only bottleneck, LoRA and (IA)^3 adapters are read here", path, arch);
     /* fields that do not change the model at inference (init, dropout, PHM
      * settings used only with phm_layer, invertible adapter's factor) */
     static const char *const inert[] = {"architecture", "init_weights", "init_weights_seed", "dropout", "stochastic_depth",
@@ -235,6 +332,18 @@ static int ahub_items(const task *t, const char *an, ahub_item *it, int cap)
     int n = 0;
     for (int i = 0; i < t->ds.n; i++) {
         const delta *d = &t->ds.d[i];
+        if (d->spec.kind == DELTA_SCALE || d->spec.lora_names) {   /* LoRA / (IA)^3: loras.NAME.lora_A / lora_B */
+            const char *ll = ahub_linear_loc(d->spec.site);
+            struct { const char *what; int p; } lp[2] = {{"lora_A", d->spec.kind == DELTA_SCALE ? -1 : d->p_down},
+                                                         {"lora_B", d->spec.kind == DELTA_SCALE ? d->p_vec : d->p_up}};
+            for (int k = 0; k < 2 && n < cap && ll; k++) {
+                if (lp[k].p < 0) continue;
+                it[n] = (ahub_item){.head = 0, .param = lp[k].p};
+                snprintf(it[n].name, 256, "encoder.layer.%d.%s.loras.%s.%s", d->layer, ll, an, lp[k].what);
+                n++;
+            }
+            continue;
+        }
         const char *loc = d->spec.site == SITE_ATTN_OUT ? "attention.output" : "output";
         struct { const char *what; int p; } ps[5] = {{"adapter_down.0.weight", d->p_down}, {"adapter_down.0.bias", d->p_down_b},
                                                      {"adapter_up.weight", d->p_up}, {"adapter_up.bias", d->p_up_b}, {"scaling", d->p_scale}};
@@ -310,6 +419,12 @@ peftc_status ahub_load_weights(task *t, const char *dir, peftc_error *err)
         used[it[k].head][x - s->t] = 1;
         rc = st_to_f32(s, x, params_value(&t->pb, it[k].param), err);
     }
+    /* (IA)^3: AdapterHub multiplies by alpha * l; peftc's scale delta holds that product */
+    for (int i = 0; i < t->ds.n && !rc; i++)
+        if (t->ds.d[i].spec.kind == DELTA_SCALE && t->mo.alpha != 1.0f) {
+            float *l = params_value(&t->pb, t->ds.d[i].p_vec);
+            for (int o = 0; o < t->ds.d[i].out; o++) l[o] *= t->mo.alpha;
+        }
     /* a tensor AdapterHub would apply that is not mapped would change the model silently */
     for (int f = 0; f < 2 && !rc; f++)
         for (int i = 0; i < st[f]->n && !rc; i++)
@@ -323,14 +438,55 @@ peftc_status ahub_load_weights(task *t, const char *dir, peftc_error *err)
 
 /* Whether a peftc adapter has AdapterHub's form: bottlenecks with biases at
  * attn.out and/or ffn.out, one spec for both, nothing else trained. */
-static peftc_status ahub_check_exportable(const method_opts *mo, const char *dir, peftc_error *err)
+enum { AHUB_BN, AHUB_LORA, AHUB_IA3 };
+
+/* LoRA at AdapterHub's linear modules, or scale deltas there only ((IA)^3) */
+static peftc_status ahub_check_lora_ia3(const method_opts *mo, const char *dir, int *kind, peftc_error *err)
 {
+    if (mo->lora) {
+        if (mo->n_deltas > 0)
+            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: method %s: LoRA with other deltas is not one AdapterHub adapter", dir, mo->name);
+        for (int st = 0; st < SITE_COUNT; st++)
+            if ((mo->targets & (1u << st)) && !ahub_linear_loc((site_id)st))
+                return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: LoRA target %s: AdapterHub puts LoRA on query, key, value, "
+                                                              "intermediate.dense and output.dense only", dir, site_name((site_id)st));
+        *kind = AHUB_LORA;
+        return PEFTC_OK;
+    }
+    unsigned seen = 0;
+    for (int k = 0; k < mo->n_deltas; k++) {
+        const delta_spec *s = &mo->deltas[k];
+        if (s->site == SITE_FFN_ACT)
+            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: delta site=ffn.act,kind=scale: AdapterHub's (IA)^3 scales intermediate.dense's output "
+                                                          "(before the GELU), not the GELU's output (train --delta site=ffn.in,kind=scale for its form)", dir);
+        if (!ahub_linear_loc(s->site))
+            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: delta site=%s,kind=scale: AdapterHub's (IA)^3 scales query, key, value, "
+                                                          "intermediate.dense and output.dense only", dir, site_name(s->site));
+        if (seen & (1u << s->site))
+            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: two scale deltas at %s", dir, site_name(s->site));
+        seen |= 1u << s->site;
+    }
+    *kind = AHUB_IA3;
+    return PEFTC_OK;
+}
+
+static peftc_status ahub_check_exportable(const method_opts *mo, const char *dir, int *kind, peftc_error *err)
+{
+    *kind = AHUB_BN;
+    int all_scale = mo->n_deltas > 0;
+    for (int k = 0; k < mo->n_deltas; k++) all_scale &= mo->deltas[k].kind == DELTA_SCALE;
+    if (!mo->train_norms && !mo->adalora && mo->prompt.n_virtual <= 0 && mo->prefix.n <= 0 && mo->fusion.n <= 0 && mo->base == BASE_NONE &&
+        (mo->lora || all_scale))
+        return ahub_check_lora_ia3(mo, dir, kind, err);
+    if (mo->prompt.n_virtual > 0)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: method %s: AdapterHub joins a prompt to the embedding layer's output (no position "
+                                                      "embedding or LayerNorm), which peftc's virtual tokens do not compute", dir, mo->name);
     if (mo->train_norms)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: method %s trains the layers' LayerNorms, which an AdapterHub adapter cannot carry "
                                                       "(train --method custom --delta site=attn.out,... --delta site=ffn.out,... for double_seq_bn)", dir, mo->name);
     if (mo->lora || mo->adalora || mo->prompt.n_virtual > 0 || mo->prefix.n > 0 || mo->fusion.n > 0 || mo->base != BASE_NONE || mo->n_deltas < 1)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: method %s: only bottleneck adapters (adapter-pfeiffer, adapter-houlsby, parallel-adapter, "
-                                                      "scaled-parallel-adapter) export to AdapterHub so far", dir, mo->name);
+                                                      "scaled-parallel-adapter), LoRA and (IA)^3 export to AdapterHub so far", dir, mo->name);
     int seen[SITE_COUNT] = {0};
     for (int k = 0; k < mo->n_deltas; k++) {
         const delta_spec *s = &mo->deltas[k], *s0 = &mo->deltas[0];
@@ -376,6 +532,39 @@ static peftc_status write_json(const char *dir, const char *file, json_t *j, pef
     return rc;
 }
 
+/* every LoRAConfig / IA3Config field, as adapters 1.3.0's save_adapter writes them */
+static json_t *ahub_lora_config(const method_opts *mo, int ia3)
+{
+    unsigned tg = 0;
+    if (ia3) for (int k = 0; k < mo->n_deltas; k++) tg |= 1u << mo->deltas[k].site;
+    else tg = mo->targets;
+    json_t *c = json_object(), *am = json_array();
+    const struct { site_id st; const char *key; } qkv[3] = {{SITE_ATTN_Q, "q"}, {SITE_ATTN_K, "k"}, {SITE_ATTN_V, "v"}};
+    for (int i = 0; i < 3; i++)
+        if (tg & (1u << qkv[i].st)) json_array_append_new(am, json_string(qkv[i].key));
+    /* AdapterHub scales by alpha / r: rsLoRA's alpha / sqrt(r) is alpha * sqrt(r) there; (IA)^3's
+     * vectors already hold the whole factor (alpha 1) */
+    double alpha = ia3 ? 1.0 : mo->rslora ? (double)mo->alpha * sqrt((double)mo->r) : (double)mo->alpha;
+    json_object_set_new(c, "alpha", alpha == floor(alpha) && fabs(alpha) < 1e9 ? json_integer((json_int_t)alpha) : json_real(alpha));
+    json_object_set_new(c, "architecture", json_string("lora"));
+    json_object_set_new(c, "attn_matrices", am);
+    json_object_set_new(c, "composition_mode", json_string(ia3 ? "scale" : "add"));
+    json_object_set_new(c, "dropout", json_real(ia3 ? 0.0 : (double)mo->dropout));
+    json_object_set_new(c, "dtype", json_null());
+    json_object_set_new(c, "init_weights", json_string(ia3 ? "ia3" : "lora"));
+    json_object_set_new(c, "init_weights_seed", json_null());
+    json_object_set_new(c, "intermediate_lora", json_boolean(tg & (1u << SITE_FFN_IN)));
+    json_object_set_new(c, "leave_out", json_array());
+    json_object_set_new(c, "output_lora", json_boolean(tg & (1u << SITE_FFN_DOWN)));
+    json_object_set_new(c, "r", json_integer(ia3 ? 1 : mo->r));
+    json_object_set_new(c, "selfattn_lora", json_boolean(json_array_size(am) > 0));
+    json_object_set_new(c, "use_dora", json_false());
+    json_object_set_new(c, "use_gating", json_false());
+    json_object_set_new(c, "vera_b", json_null());
+    json_object_set_new(c, "vera_d", json_null());
+    return c;
+}
+
 static json_t *ahub_meta(const char *model_dir, const char *name, int C)
 {
     json_t *j = json_object();
@@ -402,7 +591,8 @@ peftc_status peftc_export_adapterhub(const char *adapter, const char *model_dir,
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: a %s adapter: AdapterHub export writes sequence-classification (and regression) heads only",
                           adapter, task_kind_name(kind));
     if ((rc = adapter_read_config(adapter, &mo, &labels, &max_len, err))) return rc;
-    if ((rc = ahub_check_exportable(&mo, adapter, err))) { labels_free(&labels); return rc; }
+    int akind;
+    if ((rc = ahub_check_exportable(&mo, adapter, &akind, err))) { labels_free(&labels); return rc; }
     if (labels.n == 0 && (rc = classifier_default_labels(model_dir, adapter, &labels, err))) return rc;
     peftc_model *m = NULL;
     peftc_tokenizer *tok = NULL;
@@ -419,50 +609,55 @@ peftc_status peftc_export_adapterhub(const char *adapter, const char *model_dir,
     t_ok = 1;
     if ((rc = task_load_weights(&t, adapter, err))) goto out;
     int C = m->cfg.hidden_size;
-    const delta_spec *s = &mo.deltas[0];
-    json_t *red = ahub_reduction(C, s->r, err, adapter);
-    if (!red) { rc = PEFTC_ERR_UNSUPPORTED; goto out; }
-    json_t *c = json_object();
-    int mh = 0, oa = 0;
-    for (int k = 0; k < mo.n_deltas; k++) { mh |= mo.deltas[k].site == SITE_ATTN_OUT; oa |= mo.deltas[k].site == SITE_FFN_OUT; }
-    int par = s->insert == INSERT_PARALLEL;
-    /* every BnConfig field, as adapters 1.3.0's save_adapter writes them */
-    json_object_set_new(c, "adapter_residual_before_ln", json_false());
-    json_object_set_new(c, "cross_adapter", json_false());
-    json_object_set_new(c, "dropout", json_real(0.0));
-    json_object_set_new(c, "factorized_phm_W", json_true());
-    json_object_set_new(c, "factorized_phm_rule", json_false());
-    json_object_set_new(c, "hypercomplex_nonlinearity", json_string("glorot-uniform"));
-    json_object_set_new(c, "init_weights", json_string(par ? "mam_adapter" : "bert"));
-    json_object_set_new(c, "init_weights_seed", json_null());
-    json_object_set_new(c, "inv_adapter", json_null());
-    json_object_set_new(c, "inv_adapter_reduction_factor", json_null());
-    json_object_set_new(c, "is_parallel", json_boolean(par));
-    json_object_set_new(c, "learn_phm", json_true());
-    json_object_set_new(c, "leave_out", json_array());
-    json_object_set_new(c, "ln_after", json_false());
-    json_object_set_new(c, "ln_before", json_false());
-    json_object_set_new(c, "mh_adapter", json_boolean(mh));
-    json_object_set_new(c, "non_linearity", json_string(ahub_act_name(s->act)));
-    json_object_set_new(c, "original_ln_after", json_true());
-    /* false even for Pfeiffer's sequential adapter: peftc's reads the
-     * sub-layer output h, as AdapterHub's does only without original_ln_before */
-    json_object_set_new(c, "original_ln_before", json_false());
-    json_object_set_new(c, "output_adapter", json_boolean(oa));
-    json_object_set_new(c, "phm_bias", json_true());
-    json_object_set_new(c, "phm_c_init", json_string("normal"));
-    json_object_set_new(c, "phm_dim", json_integer(4));
-    json_object_set_new(c, "phm_init_range", json_real(0.0001));
-    json_object_set_new(c, "phm_layer", json_false());
-    json_object_set_new(c, "phm_rank", json_integer(1));
-    json_object_set_new(c, "reduction_factor", red);
-    json_object_set_new(c, "residual_before_ln", json_true());
-    json_object_set_new(c, "scaling", s->compose == COMPOSE_LEARNED_SCALE ? json_string("learned")
-                                      : json_real(s->compose == COMPOSE_SCALE ? (double)s->scale : 1.0));
-    json_object_set_new(c, "shared_W_phm", json_false());
-    json_object_set_new(c, "shared_phm_rule", json_true());
-    json_object_set_new(c, "stochastic_depth", json_real(0.0));
-    json_object_set_new(c, "use_gating", json_false());
+    json_t *c;
+    if (akind != AHUB_BN) {
+        c = ahub_lora_config(&mo, akind == AHUB_IA3);
+    } else {
+        const delta_spec *s = &mo.deltas[0];
+        json_t *red = ahub_reduction(C, s->r, err, adapter);
+        if (!red) { rc = PEFTC_ERR_UNSUPPORTED; goto out; }
+        c = json_object();
+        int mh = 0, oa = 0;
+        for (int k = 0; k < mo.n_deltas; k++) { mh |= mo.deltas[k].site == SITE_ATTN_OUT; oa |= mo.deltas[k].site == SITE_FFN_OUT; }
+        int par = s->insert == INSERT_PARALLEL;
+        /* every BnConfig field, as adapters 1.3.0's save_adapter writes them */
+        json_object_set_new(c, "adapter_residual_before_ln", json_false());
+        json_object_set_new(c, "cross_adapter", json_false());
+        json_object_set_new(c, "dropout", json_real(0.0));
+        json_object_set_new(c, "factorized_phm_W", json_true());
+        json_object_set_new(c, "factorized_phm_rule", json_false());
+        json_object_set_new(c, "hypercomplex_nonlinearity", json_string("glorot-uniform"));
+        json_object_set_new(c, "init_weights", json_string(par ? "mam_adapter" : "bert"));
+        json_object_set_new(c, "init_weights_seed", json_null());
+        json_object_set_new(c, "inv_adapter", json_null());
+        json_object_set_new(c, "inv_adapter_reduction_factor", json_null());
+        json_object_set_new(c, "is_parallel", json_boolean(par));
+        json_object_set_new(c, "learn_phm", json_true());
+        json_object_set_new(c, "leave_out", json_array());
+        json_object_set_new(c, "ln_after", json_false());
+        json_object_set_new(c, "ln_before", json_false());
+        json_object_set_new(c, "mh_adapter", json_boolean(mh));
+        json_object_set_new(c, "non_linearity", json_string(ahub_act_name(s->act)));
+        json_object_set_new(c, "original_ln_after", json_true());
+        /* false even for Pfeiffer's sequential adapter: peftc's reads the
+         * sub-layer output h, as AdapterHub's does only without original_ln_before */
+        json_object_set_new(c, "original_ln_before", json_false());
+        json_object_set_new(c, "output_adapter", json_boolean(oa));
+        json_object_set_new(c, "phm_bias", json_true());
+        json_object_set_new(c, "phm_c_init", json_string("normal"));
+        json_object_set_new(c, "phm_dim", json_integer(4));
+        json_object_set_new(c, "phm_init_range", json_real(0.0001));
+        json_object_set_new(c, "phm_layer", json_false());
+        json_object_set_new(c, "phm_rank", json_integer(1));
+        json_object_set_new(c, "reduction_factor", red);
+        json_object_set_new(c, "residual_before_ln", json_true());
+        json_object_set_new(c, "scaling", s->compose == COMPOSE_LEARNED_SCALE ? json_string("learned")
+                                          : json_real(s->compose == COMPOSE_SCALE ? (double)s->scale : 1.0));
+        json_object_set_new(c, "shared_W_phm", json_false());
+        json_object_set_new(c, "shared_phm_rule", json_true());
+        json_object_set_new(c, "stochastic_depth", json_real(0.0));
+        json_object_set_new(c, "use_gating", json_false());
+    }
     json_t *cfg = ahub_meta(model_dir, name, C);
     json_object_set_new(cfg, "config", c);
     json_t *hc = json_object(), *l2i = json_object();
