@@ -65,6 +65,20 @@ static double py_floordiv(double a, double b)
     return div ? fl : copysign(0.0, a / b);
 }
 
+/* the first key of object o not in known[0..n) (NULL: none): fields this
+ * reader does not know would change what AdapterHub computes */
+static const char *unknown_key(json_t *o, const char *const *known, size_t n)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v) {
+        size_t i = 0;
+        while (i < n && strcmp(key, known[i])) i++;
+        if (i == n) return key;
+    }
+    return NULL;
+}
+
 static int valid_name(const char *s)
 {
     if (!s || !*s || strlen(s) >= 64) return 0;
@@ -98,14 +112,9 @@ static peftc_status ahub_parse_lora(json_t *c, const char *path, const char *nam
 {
     static const char *const known[] = {"alpha", "architecture", "attn_matrices", "composition_mode", "dropout", "dtype", "init_weights",
         "init_weights_seed", "intermediate_lora", "leave_out", "output_lora", "r", "selfattn_lora", "use_dora", "use_gating", "vera_b", "vera_d"};
-    const char *key;
+    const char *key = unknown_key(c, known, sizeof known / sizeof *known);
     json_t *v;
-    json_object_foreach(c, key, v) {
-        size_t i = 0;
-        while (i < sizeof known / sizeof *known && strcmp(key, known[i])) i++;
-        if (i == sizeof known / sizeof *known)
-            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config field \"%s\" is not known here", path, key);
-    }
+    if (key) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config field \"%s\" is not known here", path, key);
     if (!is_false(json_object_get(c, "use_gating")))
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub config use_gating is set: a gate averaged over the sequence has no peftc form", path);
     if (!is_false(json_object_get(c, "use_dora")))
@@ -168,14 +177,9 @@ static peftc_status ahub_parse_lora(json_t *c, const char *path, const char *nam
 peftc_status ahub_parse_config(json_t *cfg, const char *path, method_opts *mo, peftc_error *err)
 {
     static const char *const top_keys[] = {"config", "hidden_size", "model_class", "model_name", "model_type", "name", "version"};
-    const char *key;
+    const char *key = unknown_key(cfg, top_keys, sizeof top_keys / sizeof *top_keys);
     json_t *v;
-    json_object_foreach(cfg, key, v) {
-        size_t i = 0;
-        while (i < sizeof top_keys / sizeof *top_keys && strcmp(key, top_keys[i])) i++;
-        if (i == sizeof top_keys / sizeof *top_keys)
-            return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub field \"%s\" is not known here", path, key);
-    }
+    if (key) return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: AdapterHub field \"%s\" is not known here", path, key);
     const char *name = json_string_value(json_object_get(cfg, "name"));
     if (!valid_name(name)) return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: AdapterHub \"name\" missing or not a plain name", path);
     const char *mt = json_string_value(json_object_get(cfg, "model_type"));
