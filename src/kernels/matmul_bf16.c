@@ -66,7 +66,7 @@ int kernels_set_bf16(int on)
  * becomes the default where it is at least 1.3x faster: the two kinds of
  * core measured are far from that line on both sides, so the choice does not
  * flip with noise. */
-static double bf16_speedup = -1;   /* bf16 GEMM / sgemm throughput, 0: not measured */
+static double bf16_speedup;   /* bf16 GEMM / sgemm throughput (0: no AVX-512-BF16), once bf16_calibrated */
 static int bf16_calibrated = 0;
 #define BF16_PAYS 1.3
 
@@ -146,8 +146,6 @@ uint16_t kernels_f32_to_bf16(float f)
 /* Panels are padded to an even count and to a multiple of 16 pairs (zeros),
  * the shape of the AMX tiles; the AVX-512 kernel skips the padding pairs. */
 #define KPAD(K) (((K) + 31) / 32 * 16)
-static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk);
-static uint16_t *pack(const float *w, int M, int K, size_t so, size_t sk) { return pack_any(w, NULL, M, K, so, sk); }
 /* w fp32 (rounded here) or wb already bf16 (copied: the same bits a bf16
  * file's weights hold) */
 static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk)
@@ -168,28 +166,22 @@ static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size
                 }
     return d;
 }
+static uint16_t *pack(const float *w, int M, int K, size_t so, size_t sk) { return pack_any(w, NULL, M, K, so, sk); }
 
-matmul_bf16 *matmul_bf16_pack(const float *w, int IC, int OC)
+/* the forward pack of w (fp32) or wb (bf16 bits); w NULL: no backward */
+static matmul_bf16 *pack_new(const float *w, const uint16_t *wb, int IC, int OC)
 {
     if (!kernels_bf16_supported() || IC <= 0 || OC <= 0) return NULL;
     matmul_bf16 *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->IC = IC; p->OC = OC; p->w = w;
-    p->fwd = pack(w, OC, IC, (size_t)IC, 1);
+    p->fwd = pack_any(w, wb, OC, IC, (size_t)IC, 1);
     if (!p->fwd) { free(p); return NULL; }
     return p;
 }
 
-matmul_bf16 *matmul_bf16_pack_bf16(const uint16_t *w, int IC, int OC)
-{
-    if (!kernels_bf16_supported() || IC <= 0 || OC <= 0) return NULL;
-    matmul_bf16 *p = calloc(1, sizeof *p);
-    if (!p) return NULL;
-    p->IC = IC; p->OC = OC; p->w = NULL;   /* forward only: no fp32 source for the backward's pack */
-    p->fwd = pack_any(NULL, w, OC, IC, (size_t)IC, 1);
-    if (!p->fwd) { free(p); return NULL; }
-    return p;
-}
+matmul_bf16 *matmul_bf16_pack(const float *w, int IC, int OC) { return w ? pack_new(w, NULL, IC, OC) : NULL; }
+matmul_bf16 *matmul_bf16_pack_bf16(const uint16_t *w, int IC, int OC) { return w ? pack_new(NULL, w, IC, OC) : NULL; }
 
 void matmul_bf16_free(matmul_bf16 *p)
 {

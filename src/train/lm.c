@@ -11,7 +11,6 @@
 
 #include <jansson.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,8 +144,7 @@ static peftc_status eval_cb(void *model, const int32_t *ids, int n, int pos, flo
 {
     peftc_lm *lm = model;
     const delta_set *ds = lm->ds.n ? &lm->ds : NULL;
-    int team = omp_get_max_threads();
-    if (n != 1 || team < 2)
+    if (n != 1)   /* prompt rows: big products, the caller's team */
         return decoder_eval(lm->dec, ds, &lm->pb, ids, n, pos, logits, 0, err);
     if (!lm->tune.every) team_tuner_init(&lm->tune, 0, 512);
     team_tuner_begin(&lm->tune);
