@@ -270,6 +270,9 @@ typedef struct peftc_train_opts {
                                     training ends at the next step boundary: the checkpoint, adapter and
                                     metrics are written as at the end of a run, peftc_train returns
                                     PEFTC_OK and the state is resumable with resume_dir */
+    int gradient_checkpointing;  /* keep only each block's input and run its forward again in the backward
+                                    (the same gradients, bit for bit; about one more forward per step, for a
+                                    fraction of the activations' memory); decoders (causal-lm) */
     int skip_nonfinite;          /* a step whose loss or gradient is not finite is skipped (no update;
                                     counted in metrics.json's skipped_steps) instead of ending the run
                                     with PEFTC_ERR_NUMERIC */

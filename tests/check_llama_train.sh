@@ -65,6 +65,22 @@ case_ gguf_f32 "$O/tiny.gguf" "$T" lora 4 8 0 v_proj,o_proj,gate_proj,up_proj,do
 mkdir -p "$O/t1" "$O/t2"
 build/tests/lm_grad "$T" lora "$O/t1" 4 8 0 all-linear 1 1 >/dev/null 2>&1 && build/tests/lm_grad "$T" lora "$O/t2" 4 8 0 all-linear 1 2 >/dev/null 2>&1 &&
     cmp -s "$O/t1/grads.safetensors" "$O/t2/grads.safetensors" && ok "1 and 2 threads: identical gradients" || bad "1 and 2 threads give different gradients"
+# gradient checkpointing (--gradient-checkpointing): each block's forward run
+# again in the backward gives the same bits as the kept activations, for every
+# kind of method (dropout 0.1: the recomputed forward draws the same masks;
+# a prefix; virtual tokens; trained base weights), and against the oracle
+LM_GRAD_RECOMPUTE=1 case_ recompute_packed "$T" "$T" lora 4 8 0 all-linear 1
+for c in "lora 4 8 0 all-linear 1" "lora 4 8 0 q_proj,v_proj,down_proj 0" "adapter-houlsby 0 0 0 - 1" "prefix 0 0 0 - 1" \
+         "ptuning 0 0 0 - 0" "full 0 0 0 - 0" "mam 0 0 0 - 1"; do
+    set -- $c
+    n=rc_$1_$6; mkdir -p "$O/$n.keep" "$O/$n.re"
+    if LM_GRAD_DROPOUT=0.1 build/tests/lm_grad "$T" "$1" "$O/$n.keep" "$2" "$3" "$4" "$5" "$6" 2 >"$O/$n.e" 2>&1 &&
+       LM_GRAD_DROPOUT=0.1 LM_GRAD_RECOMPUTE=1 build/tests/lm_grad "$T" "$1" "$O/$n.re" "$2" "$3" "$4" "$5" "$6" 2 >>"$O/$n.e" 2>&1; then
+        if cmp -s "$O/$n.keep/grads.safetensors" "$O/$n.re/grads.safetensors" && cmp -s "$O/$n.keep/batch.json" "$O/$n.re/batch.json"; then
+            ok "gradient checkpointing, $1 (targets $5, pack $6, dropout 0.1): loss and gradients identical to kept activations"
+        else bad "gradient checkpointing, $1 (targets $5, pack $6): gradients differ from kept activations"; fi
+    else bad "gradient checkpointing, $1: $(head -1 "$O/$n.e")"; fi
+done
 # a method that does not fit a decoder: one line
 if msg=$(build/tests/lm_grad "$T" bitfit "$O/t1" 2>&1); then bad "bitfit on Llama accepted"
 else [ "$(printf '%s\n' "$msg" | wc -l)" -eq 1 ] && printf '%s' "$msg" | grep -q "no biases" && ok "bitfit on Llama: $msg" || bad "bitfit on Llama: '$msg'"; fi

@@ -8,7 +8,10 @@
  * drawn (lengths 12, 9, 12; targets at random; with pack, row 2 holds two
  * segments 5 + 7), and OUT/params.safetensors, OUT/grads.safetensors (the
  * gradients of the MEAN loss over the targets) and OUT/batch.json are written, and OUT/adapter as peftc train saves it.
- * LM_GRAD_NF4=1 loads the base with its linear weights in NF4 (--quantize nf4). */
+ * LM_GRAD_NF4=1 loads the base with its linear weights in NF4 (--quantize nf4).
+ * LM_GRAD_RECOMPUTE=1: gradient checkpointing (MODEL_KEEP_RECOMPUTE);
+ * LM_GRAD_DROPOUT=P: LoRA dropout P (masks drawn: the recomputed forward
+ * must draw the same ones). */
 #include "model/model.h"
 #include "peft/methods.h"
 #include "train/task_lm.h"
@@ -35,6 +38,8 @@ int main(int argc, char **argv)
     ma.alpha = argc > 5 ? (float)atof(argv[5]) : 0;
     ma.rslora = argc > 6 ? atoi(argv[6]) : 0;
     ma.targets = argc > 7 && strcmp(argv[7], "-") ? argv[7] : NULL;
+    const char *dp = getenv("LM_GRAD_DROPOUT"), *rc = getenv("LM_GRAD_RECOMPUTE");
+    if (dp && *dp) ma.lora_dropout = (float)atof(dp), ma.lora_dropout_set = 1;
     int pack = argc > 8 ? atoi(argv[8]) : 0;
     if (argc > 9) omp_set_num_threads(atoi(argv[9]));
     method_opts mo;
@@ -43,7 +48,9 @@ int main(int argc, char **argv)
     peftc_rng_seed(&rng, 7);
     lm_task t;
     enum { B = 3, T = 12 };
-    if (lm_task_init(&t, m, &mo, &rng, &err) || lm_task_alloc(&t, B, T, 1, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    if (lm_task_init(&t, m, &mo, &rng, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
+    t.recompute = rc && *rc == '1';
+    if (lm_task_alloc(&t, B, T, 1, &err)) { fprintf(stderr, "%s\n", err.msg); return 1; }
     for (size_t i = 0; i < t.pb.total; i++) t.pb.p[i] += 0.05f * peftc_rng_normal(&rng);
     int32_t ids[B * T], seg[B * T];
     uint8_t tgt[B * T];

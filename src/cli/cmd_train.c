@@ -177,6 +177,7 @@ static int train_main(cli_args *a, int fuse)
     o.eval_every = cli_opt_int(a, "--eval-every", 0, 1, 1 << 30, &ok);
     o.stop_after = cli_opt_int(a, "--stop-after", 0, 1, 1 << 30, &ok);
     o.skip_nonfinite = cli_flag(a, "--skip-nonfinite");
+    o.gradient_checkpointing = cli_flag(a, "--gradient-checkpointing");
     if (!ok) return 2;
     if (cli_check_unused(a, cmd)) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)

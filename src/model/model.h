@@ -64,6 +64,14 @@ struct peftc_model {
  * this name and casts (train/ only holds the pointer). */
 typedef struct model_acts model_acts;
 
+/* A keep flag every family may honour (can_recompute): gradient
+ * checkpointing. Training keeps only each block's input; the backward runs
+ * each block's forward again from it (the same dropout draws: the family
+ * restores the generator's state), then that block's backward. The
+ * gradients are the same bits; the step does about one more forward. The
+ * families' own keep flags stay below this bit. */
+#define MODEL_KEEP_RECOMPUTE (1u << 30)
+
 /* What a forward/backward needs beyond the weights. */
 typedef struct model_run {
     int train;               /* dropout on */
@@ -125,6 +133,7 @@ struct model_family {
     const char *name;           /* config.json model_type (and GGUF general.architecture) */
     peftc_arch arch;
     int can_replicate;          /* forward honours model_run.rep / rep_at */
+    int can_recompute;          /* acts_init honours MODEL_KEEP_RECOMPUTE */
 
     /* ---- loading: a model directory (or file); the config is parsed by io/config.c */
     peftc_status (*load)(const char *path, const peftc_config *cfg, peftc_model **out, peftc_error *err);

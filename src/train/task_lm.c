@@ -80,7 +80,7 @@ peftc_status lm_task_alloc(lm_task *t, int B, int T, int train, peftc_error *err
     size_t N = (size_t)B * T, C = (size_t)c->hidden_size, V = (size_t)c->vocab_size;
     int Tv = T + t->n_virt;
     N = (size_t)B * Tv;
-    peftc_status rc = model_acts_init(t->m, &t->acts, B, Tv, train, t->mo.prefix.n, 0, err);
+    peftc_status rc = model_acts_init(t->m, &t->acts, B, Tv, train, t->mo.prefix.n, t->recompute ? MODEL_KEEP_RECOMPUTE : 0, err);
     if (rc) return rc;
     if (t->ds.n && (rc = delta_acts_alloc(&t->ds, (int)N, err))) return rc;
     free(t->d_hidden); free(t->h_rows); free(t->d_rows); free(t->logits); free(t->rows);

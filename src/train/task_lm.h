@@ -29,6 +29,7 @@ typedef struct lm_task {
     float *logits;           /* (CHUNK, vocab) */
     int *rows;               /* (B*T): flat positions whose next token is a target */
     int cap_B, cap_T, train;
+    int recompute;           /* gradient checkpointing (MODEL_KEEP_RECOMPUTE), set before lm_task_alloc */
     /* virtual tokens (prompt tuning, P-tuning): n_virt of them before every
      * row, as PEFT's causal-LM prompt learning puts them; the batch is
      * rewritten into (B, n_virt + T) rows (ids -(k+1), no targets there) */

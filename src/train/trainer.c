@@ -351,7 +351,9 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     int Bev = ev.n ? (o->batch < ev.n ? o->batch : ev.n) : 0, Bcap = Bev > Bs ? Bev : Bs;
     peftc_rng rng;
     peftc_rng_seed(&rng, o->seed);
-    if ((rc = lm_task_init(&t, m, mo, &rng, err)) || (rc = lm_task_alloc(&t, Bcap, T, 1, err))) goto out;
+    if ((rc = lm_task_init(&t, m, mo, &rng, err))) goto out;
+    t.recompute = o->gradient_checkpointing;
+    if ((rc = lm_task_alloc(&t, Bcap, T, 1, err))) goto out;
     ids = malloc((size_t)Bcap * T * sizeof *ids);
     seg = malloc((size_t)Bcap * T * sizeof *seg);
     tgt = malloc((size_t)Bcap * T);
@@ -637,6 +639,10 @@ peftc_status peftc_train(const peftc_train_opts *o, peftc_progress_fn progress, 
     if (m->cfg.quantize != PEFTC_QUANT_NONE && mo.base == BASE_ALL) {
         rc = peftc_fail(err, PEFTC_ERR_INPUT, "--quantize nf4: method %s trains the base's weights, which stay NF4 (frozen)",
                         mo.name);
+        goto out;
+    }
+    if (o->gradient_checkpointing && !m->family->can_recompute) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--gradient-checkpointing: %s models do not recompute their layers yet (decoders do)", m->family->name);
         goto out;
     }
     /* the task: causal LM for decoders (the default there), sequence classification for encoders */
