@@ -109,18 +109,20 @@ def main():
             continue
         kind = c[6:]
         model, extra = hf, []
+        if kind.endswith("-ckpt"):   # gradient checkpointing
+            kind, extra = kind[:-5], ["--gradient-checkpointing"]
         if kind == "q4_1":
             model = gguf
         elif kind == "f32":
-            extra = ["--fp32"]
+            extra += ["--fp32"]
         elif kind == "bf16":
-            extra = ["--bf16"]
+            extra += ["--bf16"]
         elif kind == "nf4":
-            extra = ["--quantize", "nf4"]
+            extra += ["--quantize", "nf4"]
         meth = ["--method", "lora", "--r", str(r), "--alpha", alpha, "--lora-dropout", "0", "--target-modules", targets]
         if kind == "qlora":   # the method's own defaults (r 64, alpha 16, dropout 0.1, every linear layer)
             meth = ["--method", "qlora"]
-        out_dir = os.path.join(work, "run-" + kind)
+        out_dir = os.path.join(work, "run-" + c[6:])
         cmd = ["./peftc", "train", "--model", model, "--train", texts, "--format", "text", "--max-len", str(T),
                "--batch", str(B), "--max-steps", str(steps), "--lr", lr, "--weight-decay", "0.01", "--clip", "1.0",
                "--warmup-ratio", "0", "--schedule", "constant", "--threads", str(threads), "--out", out_dir] + meth + extra

@@ -12,6 +12,8 @@
 #   peftc-bf16   peftc LoRA on the F32 HF base, --bf16 (frozen weights as bf16, AMX tiles)
 #   peftc-nf4    peftc LoRA (same r/targets) on the HF base quantised to NF4 at load (--quantize nf4)
 #   peftc-qlora  peftc --method qlora (NF4 base, LoRA r 64 alpha 16 dropout 0.1 on every linear layer)
+#   CASE-ckpt    any case with gradient checkpointing (peftc --gradient-checkpointing;
+#                torch: transformers' gradient_checkpointing_enable)
 # The F32 HF base is the GGUF dequantised (tests/make_llama_hf.py gguf, the
 # gguf package) with a tokenizer.json from the GGUF (tests/ref_bpe.py hfjson),
 # made once under WORK.

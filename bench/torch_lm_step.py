@@ -14,6 +14,9 @@ next-token cross-entropy over every token (labels = input ids, as
 transformers shifts them), backward, clip the global norm at 1.0, AdamW (lr
 LR, weight decay 0.01) on the LoRA tensors only (PEFT freezes the rest).
 LoRA: PEFT's LoraConfig(r, lora_alpha, target_modules, lora_dropout=0).
+PRECISION may end in -ckpt: transformers' gradient checkpointing
+(gradient_checkpointing_enable(use_reentrant=False), the inputs' gradient
+enabled as PEFT does for it), each decoder layer recomputed in the backward.
 Prints one JSON line: per-step seconds, the losses, tokens per step."""
 import json
 import sys
@@ -27,6 +30,8 @@ def main():
     r, alpha, targets = int(sys.argv[4]), float(sys.argv[5]), sys.argv[6]
     steps, threads = int(sys.argv[7]), int(sys.argv[8])
     lr = float(sys.argv[9]) if len(sys.argv) > 9 else 5e-4
+    ckpt = prec.endswith("-ckpt")
+    prec = prec[:-5] if ckpt else prec
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     from transformers import LlamaForCausalLM
@@ -35,6 +40,9 @@ def main():
     B = len(rows) // steps
     T = len(rows[0])
     model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     tm = "all-linear" if targets == "all-linear" else targets.split(",")
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=tm, lora_dropout=0.0,
                                              task_type="CAUSAL_LM"))
@@ -56,7 +64,7 @@ def main():
         opt.step()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    print(json.dumps({"side": "torch", "precision": prec, "B": B, "T": T, "tokens_per_step": B * T,
+    print(json.dumps({"side": "torch", "precision": prec, "checkpointing": ckpt, "B": B, "T": T, "tokens_per_step": B * T,
                       "step_seconds": times, "losses": losses,
                       "trainable": sum(p.numel() for p in params),
                       "torch": torch.__version__}))

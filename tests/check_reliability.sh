@@ -76,6 +76,8 @@ PYEOF
 expect_fail "train: sentence pairs on type_vocab_size 1" "config.json has type_vocab_size 1" -- \
     ./peftc train --model "$W/onetype" --train "$W/tiny/pairs.tsv" --text-col sentence1 --text-pair-col sentence2 --label-col label --method lora --max-steps 1 --out "$W/ot"
 STDIN=$W/pair.txt expect_fail "embed --pairs on type_vocab_size 1" "type_vocab_size 1" -- ./peftc embed --model "$W/onetype" --pairs
+expect_fail "train --gradient-checkpointing on an encoder" "--gradient-checkpointing: bert models do not recompute their layers yet (decoders do)" -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --method lora --max-steps 1 --gradient-checkpointing --out "$W/gc"
 STDIN=$W/one.txt ./peftc embed --model "$W/onetype" >/dev/null 2>&1 && ok "type_vocab_size 1 still embeds single texts" || bad "type_vocab_size 1 refuses single texts"
 if [ -f "$GGUF" ] && $PY tests/make_llama_hf.py tiny "$W/ll" >/dev/null 2>&1 && $PY tests/ref_bpe.py hfjson "$GGUF" "$W/tok" >/dev/null 2>&1; then
     cp "$W/tok/tokenizer.json" "$W/ll/"
