@@ -97,8 +97,8 @@ def from_gguf(path, out, shards):
     write(out, cfg, tensors, shards)
 
 
-def tiny(out, shards, dtype):
-    V, C, L, NH, NKV, HD, F = 97, 40, 2, 4, 2, 10, 70
+def tiny(out, shards, dtype, L=2):
+    V, C, NH, NKV, HD, F = 97, 40, 4, 2, 10, 70
     cfg = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=C, intermediate_size=F,
                num_hidden_layers=L, num_attention_heads=NH, num_key_value_heads=NKV, head_dim=HD,
                rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=128, vocab_size=V,
@@ -126,8 +126,9 @@ if __name__ == "__main__":
     ap.add_argument("args", nargs="+")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--dtype", default="f32")
+    ap.add_argument("--layers", type=int, default=2)   # tiny: blocks (more than 2: gradient checkpointing's tests)
     a = ap.parse_args()
     if a.what == "gguf":
         from_gguf(a.args[0], a.args[1], a.shards)
     else:
-        tiny(a.args[0], a.shards, a.dtype)
+        tiny(a.args[0], a.shards, a.dtype, a.layers)

@@ -146,64 +146,87 @@ static int delta_lowrank(const delta_spec *s)
 static int delta_two_acts(const delta_spec *s) { return s->act != ACT_IDENTITY || s->kind == DELTA_SVD; }
 static int svd_lowrank(const delta_spec *s) { return s->kind == DELTA_SVD && s->r <= LOWRANK_MAX_R; }
 
+/* The floats a delta keeps for its backward at N rows, and their layout. */
+static size_t delta_need(const delta *d, size_t N)
+{
+    const delta_spec *s = &d->spec;
+    size_t src_w = s->insert == INSERT_PARALLEL ? (size_t)d->in : (size_t)d->out;
+    size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
+    if (s->kind == DELTA_SCALE) return R16(N * d->out);   /* only the h before scaling, for the factors' gradient */
+    return R16(N * r_all) * (delta_two_acts(s) ? 2 : 1)
+           + (s->insert == INSERT_SEQUENTIAL ? R16(N * d->out) : 0)
+           + (s->dropout > 0 ? R16(N * src_w) + R16(N * src_w / 4 + 1) : 0)
+           + (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE ? R16(N * d->out) : 0)
+           + (s->compose == COMPOSE_GATE ? R16(N) : 0);
+}
+
+static void delta_bind_acts(delta *d, float *p, size_t N)
+{
+    const delta_spec *s = &d->spec;
+    size_t src_w = s->insert == INSERT_PARALLEL ? (size_t)d->in : (size_t)d->out;
+    size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
+    if (s->kind == DELTA_SCALE) { d->src_copy = p; return; }
+    d->z = p; p += R16(N * r_all);
+    if (!delta_two_acts(s)) d->a = d->z; else { d->a = p; p += R16(N * r_all); }
+    d->src_copy = NULL; d->xd = NULL; d->mask = NULL; d->u = NULL; d->gate = NULL;
+    if (s->insert == INSERT_SEQUENTIAL) { d->src_copy = p; p += R16(N * d->out); }
+    if (s->dropout > 0) {
+        d->xd = p; p += R16(N * src_w);
+        d->mask = (uint8_t *)p; p += R16(N * src_w / 4 + 1);
+    }
+    if (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE) { d->u = p; p += R16(N * d->out); }
+    if (s->compose == COMPOSE_GATE) d->gate = p;
+}
+
 peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err)
+{
+    return delta_acts_alloc_ex(ds, N, 0, err);
+}
+
+peftc_status delta_acts_alloc_ex(delta_set *ds, int N, int one_layer, peftc_error *err)
 {
     free(ds->act_block); free(ds->scratch);
     ds->act_block = NULL; ds->scratch = NULL;
-    size_t total = 0, maxw = 1, maxr = 1;
+    size_t maxw = 1, maxr = 1;
     int lr_r = 0;   /* the largest rank on the lowrank kernels */
-    for (int pass = 0; pass < 2; pass++) {
-        float *p = ds->act_block;
-        for (int i = 0; i < ds->n; i++) {
-            delta *d = &ds->d[i];
-            const delta_spec *s = &d->spec;
-            size_t src_w = s->insert == INSERT_PARALLEL ? (size_t)d->in : (size_t)d->out;
-            size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
-            if (s->kind == DELTA_SCALE) {
-                /* only the h before scaling, for the factors' gradient */
-                if (pass == 0) { total += R16((size_t)N * d->out); if ((size_t)d->out > maxw) maxw = (size_t)d->out; continue; }
-                d->src_copy = p; p += R16((size_t)N * d->out);
-                continue;
-            }
-            size_t need = R16((size_t)N * r_all) * (delta_two_acts(s) ? 2 : 1)
-                        + (s->insert == INSERT_SEQUENTIAL ? R16((size_t)N * d->out) : 0)
-                        + (s->dropout > 0 ? R16((size_t)N * src_w) + R16((size_t)N * src_w / 4 + 1) : 0)
-                        + (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE ? R16((size_t)N * d->out) : 0)
-                        + (s->compose == COMPOSE_GATE ? R16((size_t)N) : 0);
-            if (pass == 0) {
-                total += need;
-                if ((size_t)d->in > maxw) maxw = (size_t)d->in;
-                if ((size_t)d->out > maxw) maxw = (size_t)d->out;
-                if (r_all > maxr) maxr = r_all;
-                if ((delta_lowrank(s) || svd_lowrank(s)) && s->r > lr_r) lr_r = s->r;
-                continue;
-            }
-            d->z = p; p += R16((size_t)N * r_all);
-            if (!delta_two_acts(s)) d->a = d->z; else { d->a = p; p += R16((size_t)N * r_all); }
-            d->src_copy = NULL; d->xd = NULL; d->mask = NULL; d->u = NULL; d->gate = NULL;
-            if (s->insert == INSERT_SEQUENTIAL) { d->src_copy = p; p += R16((size_t)N * d->out); }
-            if (s->dropout > 0) {
-                d->xd = p; p += R16((size_t)N * src_w);
-                d->mask = (uint8_t *)p; p += R16((size_t)N * src_w / 4 + 1);
-            }
-            if (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE) { d->u = p; p += R16((size_t)N * d->out); }
-            if (s->compose == COMPOSE_GATE) { d->gate = p; p += R16((size_t)N); }
-        }
-        if (pass == 0) {
-            ds->act_block = peftc_alloc_aligned((total ? total : 16) * sizeof(float));
-            /* scratch: du (N,maxw) | dsrc (N,maxw) | da (N,maxr) | dz (N,maxr) |
-             * the row-block partial sums of the scaling or lowrank kernels;
-             * the forward's u uses du's slot */
-            ds->maxw = maxw;
-            ds->maxr = maxr;
-            size_t part = scaling_scratch_floats(N, (int)maxw);
-            size_t lr = lr_r > 0 ? lowrank_scratch_floats(N, (int)maxw, lr_r) : 0;
-            ds->scratch_floats = 2 * R16((size_t)N * maxw) + 2 * R16((size_t)N * maxr) + (part > lr ? part : lr);
-            ds->scratch = peftc_alloc_aligned(ds->scratch_floats * sizeof(float));
-            if (!ds->act_block || !ds->scratch)
-                return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate delta activations for %d rows", N);
-        }
+    /* each delta's region: its own, or (one_layer) the k-th delta of every
+     * layer shares one region, as large as the largest of them */
+    int n = ds->n > 0 ? ds->n : 1;
+    int *slot = malloc((size_t)n * sizeof *slot), *seen = calloc((size_t)(ds->n_layers > 0 ? ds->n_layers : 1) + 1, sizeof *seen);
+    size_t *size = calloc((size_t)n, sizeof *size);
+    if (!slot || !seen || !size) { free(slot); free(seen); free(size); return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); }
+    int n_slots = 0;
+    for (int i = 0; i < ds->n; i++) {
+        delta *d = &ds->d[i];
+        const delta_spec *s = &d->spec;
+        int li = d->layer >= 0 && d->layer < ds->n_layers ? d->layer : ds->n_layers;   /* out of range: a layer of its own */
+        slot[i] = one_layer ? seen[li]++ : i;
+        if (slot[i] + 1 > n_slots) n_slots = slot[i] + 1;
+        size_t need = delta_need(d, (size_t)N);
+        if (need > size[slot[i]]) size[slot[i]] = need;
+        if ((size_t)d->in > maxw) maxw = (size_t)d->in;
+        if ((size_t)d->out > maxw) maxw = (size_t)d->out;
+        size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
+        if (r_all > maxr) maxr = r_all;
+        if (s->kind != DELTA_SCALE && (delta_lowrank(s) || svd_lowrank(s)) && s->r > lr_r) lr_r = s->r;
     }
+    size_t total = 0;
+    for (int k = 0; k < n_slots; k++) { size_t z = size[k]; size[k] = total; total += z; }   /* sizes -> offsets */
+    ds->act_block = peftc_alloc_aligned((total ? total : 16) * sizeof(float));
+    /* scratch: du (N,maxw) | dsrc (N,maxw) | da (N,maxr) | dz (N,maxr) |
+     * the row-block partial sums of the scaling or lowrank kernels;
+     * the forward's u uses du's slot */
+    ds->maxw = maxw;
+    ds->maxr = maxr;
+    size_t part = scaling_scratch_floats(N, (int)maxw);
+    size_t lr = lr_r > 0 ? lowrank_scratch_floats(N, (int)maxw, lr_r) : 0;
+    ds->scratch_floats = 2 * R16((size_t)N * maxw) + 2 * R16((size_t)N * maxr) + (part > lr ? part : lr);
+    ds->scratch = peftc_alloc_aligned(ds->scratch_floats * sizeof(float));
+    if (ds->act_block && ds->scratch)
+        for (int i = 0; i < ds->n; i++) delta_bind_acts(&ds->d[i], ds->act_block + size[slot[i]], (size_t)N);
+    free(slot); free(seen); free(size);
+    if (!ds->act_block || !ds->scratch)
+        return peftc_fail(err, PEFTC_ERR_NOMEM, "cannot allocate delta activations for %d rows", N);
     ds->N = N;
     return PEFTC_OK;
 }

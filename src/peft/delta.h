@@ -116,6 +116,10 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
 peftc_status delta_index(delta_set *ds, int n_layers, peftc_error *err);
 /* Allocates activation and scratch buffers for N = B*T rows. */
 peftc_status delta_acts_alloc(delta_set *ds, int N, peftc_error *err);
+/* The same; one_layer: the deltas of all layers share one layer's buffers
+ * (the k-th delta of each layer the same region), for a model that runs a
+ * layer's forward again right before its backward (gradient checkpointing). */
+peftc_status delta_acts_alloc_ex(delta_set *ds, int N, int one_layer, peftc_error *err);
 /* For inference only: every LoRA-form delta (low-rank, no biases) gets bf16
  * copies of its factors, which delta_forward then uses for one or two rows
  * (decoding) when not training. Halves the bytes a token reads from the

@@ -82,7 +82,9 @@ peftc_status lm_task_alloc(lm_task *t, int B, int T, int train, peftc_error *err
     N = (size_t)B * Tv;
     peftc_status rc = model_acts_init(t->m, &t->acts, B, Tv, train, t->mo.prefix.n, t->recompute ? MODEL_KEEP_RECOMPUTE : 0, err);
     if (rc) return rc;
-    if (t->ds.n && (rc = delta_acts_alloc(&t->ds, (int)N, err))) return rc;
+    /* checkpointed layers run their deltas' forward again before their
+     * backward: one layer's delta activations serve them all */
+    if (t->ds.n && (rc = delta_acts_alloc_ex(&t->ds, (int)N, t->recompute && t->m->family->can_recompute, err))) return rc;
     free(t->d_hidden); free(t->h_rows); free(t->d_rows); free(t->logits); free(t->rows);
     free(t->v_ids); free(t->v_seg); free(t->v_tgt); free(t->v_lens);
     t->v_ids = NULL; t->v_seg = NULL; t->v_tgt = NULL; t->v_lens = NULL;
