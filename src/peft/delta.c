@@ -150,12 +150,10 @@ static int svd_lowrank(const delta_spec *s) { return s->kind == DELTA_SVD && s->
 static size_t delta_need(const delta *d, size_t N)
 {
     const delta_spec *s = &d->spec;
-    size_t src_w = s->insert == INSERT_PARALLEL ? (size_t)d->in : (size_t)d->out;
     size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
     if (s->kind == DELTA_SCALE) return R16(N * d->out);   /* only the h before scaling, for the factors' gradient */
     return R16(N * r_all) * (delta_two_acts(s) ? 2 : 1)
            + (s->insert == INSERT_SEQUENTIAL ? R16(N * d->out) : 0)
-           + (s->dropout > 0 ? R16(N * src_w) + R16(N * src_w / 4 + 1) : 0)
            + (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE ? R16(N * d->out) : 0)
            + (s->compose == COMPOSE_GATE ? R16(N) : 0);
 }
@@ -163,17 +161,12 @@ static size_t delta_need(const delta *d, size_t N)
 static void delta_bind_acts(delta *d, float *p, size_t N)
 {
     const delta_spec *s = &d->spec;
-    size_t src_w = s->insert == INSERT_PARALLEL ? (size_t)d->in : (size_t)d->out;
     size_t r_all = s->kind == DELTA_SCALE ? 0 : (size_t)(s->heads > 0 ? s->heads * s->r : s->r);
     if (s->kind == DELTA_SCALE) { d->src_copy = p; return; }
     d->z = p; p += R16(N * r_all);
     if (!delta_two_acts(s)) d->a = d->z; else { d->a = p; p += R16(N * r_all); }
-    d->src_copy = NULL; d->xd = NULL; d->mask = NULL; d->u = NULL; d->gate = NULL;
+    d->src_copy = NULL; d->u = NULL; d->gate = NULL;
     if (s->insert == INSERT_SEQUENTIAL) { d->src_copy = p; p += R16(N * d->out); }
-    if (s->dropout > 0) {
-        d->xd = p; p += R16(N * src_w);
-        d->mask = (uint8_t *)p; p += R16(N * src_w / 4 + 1);
-    }
     if (s->compose == COMPOSE_GATE || s->compose == COMPOSE_LEARNED_SCALE) { d->u = p; p += R16(N * d->out); }
     if (s->compose == COMPOSE_GATE) d->gate = p;
 }
@@ -444,13 +437,17 @@ static void svd_backward(delta_set *ds, param_block *pb, delta *d, const float *
     for (int n = 0; n < N; n++)
         for (int k = 0; k < r; k++) dz[(size_t)n * r + k] = da[(size_t)n * r + k] * E[k];
     float *dgrad = dx;
-    if (dx && s->dropout > 0) {
-        dgrad = dsrc;
-        memset(dsrc, 0, (size_t)N * d->in * sizeof(float));
+    if (d->drop_p > 0) {   /* the dropped src again, into du (free from here) */
+        dropout_forward_key(du, src, d->drop_p, (size_t)N * d->in, d->drop_key);
+        src = du;
+        if (dx) {
+            dgrad = dsrc;
+            memset(dsrc, 0, (size_t)N * d->in * sizeof(float));
+        }
     }
     if (svd_lowrank(s)) lowrank_down_backward(dgrad, dA, NULL, partials, dz, src, A, N, d->in, r);
     else matmul_backward(dgrad, dA, NULL, dz, src, A, N, d->in, r);
-    if (dgrad != dx) dropout_backward(dx, d->mask, dsrc, s->dropout, (size_t)N * d->in, 1);
+    if (dgrad != dx) dropout_backward_key(dx, dsrc, d->drop_p, (size_t)N * d->in, d->drop_key, 1);
 }
 
 void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site,
@@ -474,12 +471,18 @@ void delta_forward(delta_set *ds, const param_block *pb, int layer, site_id site
             memcpy(d->src_copy, h, (size_t)N * d->out * sizeof(float));
             src = d->src_copy;
         }
+        d->drop_p = 0;
         if (s->dropout > 0) {
             /* one draw whatever N; the mask at this batch's offset in the whole batch (model_run.row0) */
             float p = train ? s->dropout : 0.0f;
             uint64_t key = p > 0 && p < 1 ? dropout_key_at(peftc_rng_u64(rng), (uint64_t)tok0 * (uint64_t)src_w) : 0;
-            dropout_forward_mask_key(d->xd, d->mask, src, p, (size_t)N * src_w, key);
-            src = d->xd;
+            if (p > 0) {   /* into the scratch's dsrc slot (the forward's u takes du's) */
+                float *xd = ds->scratch + R16((size_t)ds->N * ds->maxw);
+                dropout_forward_key(xd, src, p, (size_t)N * src_w, key);
+                src = xd;
+                d->drop_p = p;
+                d->drop_key = key;
+            }
         }
         if (s->kind == DELTA_SVD) {
             svd_forward(ds, pb, d, src, h, N);
@@ -546,7 +549,8 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         size_t n = (size_t)N * d->out;
         float *dup_b = d->p_up_b >= 0 ? params_grad(pb, d->p_up_b) : NULL;
         float *ddown_b = d->p_down_b >= 0 ? params_grad(pb, d->p_down_b) : NULL;
-        const float *src = s->dropout > 0 ? d->xd : (s->insert == INSERT_PARALLEL ? x : d->src_copy);
+        /* the source before dropout: dropout is applied again below from its key */
+        const float *src = s->insert == INSERT_PARALLEL ? x : d->src_copy;
         if (s->kind == DELTA_SVD) {
             svd_backward(ds, pb, d, src, dh, dx, N);
             continue;
@@ -560,13 +564,17 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
              * for the last time above), parallel ones to dx */
             float *dtarget = s->insert == INSERT_SEQUENTIAL ? dh : dx;
             float *dgrad = dtarget;
-            if (dtarget && s->dropout > 0) {   /* through the dropout mask first */
-                dgrad = dsrc;
-                memset(dsrc, 0, (size_t)N * src_w * sizeof(float));
+            if (d->drop_p > 0) {   /* the dropped src again (du is unused on this path) */
+                dropout_forward_key(du, src, d->drop_p, (size_t)N * src_w, d->drop_key);
+                src = du;
+                if (dtarget) {   /* through the dropout mask first */
+                    dgrad = dsrc;
+                    memset(dsrc, 0, (size_t)N * src_w * sizeof(float));
+                }
             }
             lowrank_down_backward(dgrad, params_grad(pb, d->p_down), ddown_b, partials, dz, src,
                                   params_value(pb, d->p_down), N, src_w, s->r);
-            if (dgrad != dtarget) dropout_backward(dtarget, d->mask, dsrc, s->dropout, (size_t)N * src_w, 1);
+            if (dgrad != dtarget) dropout_backward_key(dtarget, dsrc, d->drop_p, (size_t)N * src_w, d->drop_key, 1);
             continue;
         }
         switch (s->compose) {
@@ -590,11 +598,15 @@ void delta_backward(delta_set *ds, param_block *pb, int layer, site_id site,
         if (s->act == ACT_IDENTITY) dz = da;
         else act_backward(s->act, dz, d->z, d->a, da, (size_t)N * r_all);
         int need_dsrc = s->insert == INSERT_SEQUENTIAL || dx;
+        if (d->drop_p > 0) {   /* the dropped src again, into du (read for the last time above) */
+            dropout_forward_key(du, src, d->drop_p, (size_t)N * src_w, d->drop_key);
+            src = du;
+        }
         if (need_dsrc) memset(dsrc, 0, (size_t)N * src_w * sizeof(float));
         matmul_backward(need_dsrc ? dsrc : NULL, params_grad(pb, d->p_down), ddown_b, dz, src,
                         params_value(pb, d->p_down), N, src_w, r_all);
         if (!need_dsrc) continue;
-        if (s->dropout > 0) dropout_backward_inplace(dsrc, d->mask, s->dropout, (size_t)N * src_w);
+        if (d->drop_p > 0) dropout_backward_key(dsrc, dsrc, d->drop_p, (size_t)N * src_w, d->drop_key, 0);
         if (s->insert == INSERT_SEQUENTIAL) add_inplace(dh, dsrc, n);
         else add_inplace(dx, dsrc, (size_t)N * d->in);
     }

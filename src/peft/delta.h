@@ -72,8 +72,11 @@ typedef struct delta {
     int p_sv;           /* DELTA_SVD: the singular values E (r,1); p_down = A, p_up = B */
     /* activations for backward (capacity N rows), set by delta_acts_bind */
     float *src_copy;    /* (N,out) h before this delta, sequential only */
-    float *xd;          /* (N,src width) dropped src, dropout only */
-    uint8_t *mask;      /* (N,src width) dropout mask */
+    /* dropout: the forward's key and rate (0: none, as at inference); the
+     * dropped src and the mask are drawn again from the key in the backward
+     * (dropout_backward_key), so nothing of N x width is kept for them */
+    uint64_t drop_key;
+    float drop_p;
     float *z, *a;       /* (N,r) before / after the nonlinearity (a == z for identity; DELTA_SVD: a = z * E) */
     float *u;           /* (N,out) the module's output before composition */
     float *gate;        /* (N) gate values */
