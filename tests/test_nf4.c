@@ -4,7 +4,10 @@
  * differences of the forward, and the bad sizes. (The quantisation itself
  * is checked against bitsandbytes in tests/check_nf4.sh.) N = 1 and 7 run
  * the LUT kernels of each tier, N = 33 and 64 the dequantise-a-chunk + sgemm
- * path (NF4_SGEMM_MIN_N = 16). */
+ * path (NF4_SGEMM_MIN_N = 16): fp32 (kernels_set_bf16(0)), and, where the
+ * CPU has AVX-512-BF16, the bf16 chunks (dequantised rows rounded to bf16,
+ * matmul_bf16_*_chunk) against float64 products of the bf16-rounded
+ * operands. */
 #define PEFTC_KERNELS_INTERNAL
 #include <omp.h>
 #include "testlib.h"
@@ -28,6 +31,15 @@ static double rel_err(const float *got, const double *ref, size_t n)
         if (fabs(ref[i]) > s) s = fabs(ref[i]);
     }
     return m / (s + 1e-30);
+}
+
+/* x rounded to bf16 (nearest even), as a float */
+static float bf16r(float x)
+{
+    uint32_t u = (uint32_t)kernels_f32_to_bf16(x) << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
 static void run_case(int N, int IC, int OC, int dq)
@@ -54,6 +66,7 @@ static void run_case(int N, int IC, int OC, int dq)
             for (int o = 0; o < OC; o++) s += (double)g[(size_t)n * OC + o] * wd[(size_t)o * IC + k];
             dref[(size_t)n * IC + k] = s;
         }
+    kernels_set_bf16(0);
     for (int isa = KERNELS_ISA_PORTABLE; isa <= kernels_isa_max(); isa++) {
         kernels_set_isa(isa);
         const char *nm = kernels_isa_name(isa);
@@ -100,6 +113,45 @@ static void run_case(int N, int IC, int OC, int dq)
         if (d > worst) worst = d;
     }
     CHECK(worst < 1e-2, "N=%d %dx%d: backward vs central differences of the forward, worst rel %.2e", N, OC, IC, worst);
+    if (kernels_set_bf16(1)) {
+        /* the bf16 path: forward from NF4_SGEMM_MIN_N rows (below, the LUT
+         * kernels stay fp32), the backward always; exact products of the
+         * rounded operands summed in fp32 */
+        float *xb = malloc((size_t)N * IC * 4), *gb = malloc((size_t)N * OC * 4), *wb = malloc(nw * 4);
+        int fwd16 = N >= NF4_SGEMM_MIN_N;
+        for (size_t i = 0; i < (size_t)N * IC; i++) xb[i] = fwd16 ? bf16r(x[i]) : x[i];
+        for (size_t i = 0; i < (size_t)N * OC; i++) gb[i] = bf16r(g[i]);
+        for (size_t i = 0; i < nw; i++) wb[i] = bf16r(wd[i]);
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < OC; o++) {
+                double sum = 0;
+                for (int k = 0; k < IC; k++) sum += (double)xb[(size_t)n * IC + k] * (fwd16 ? wb : wd)[(size_t)o * IC + k];
+                ref[(size_t)n * OC + o] = sum;
+            }
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < IC; k++) {
+                double sum = 0;
+                for (int o = 0; o < OC; o++) sum += (double)gb[(size_t)n * OC + o] * wb[(size_t)o * IC + k];
+                dref[(size_t)n * IC + k] = sum;
+            }
+        omp_set_num_threads(1);
+        int rc = nf4_matmul(out1, x, &t, N) | nf4_matmul_backward_input(dx1, g, &t, N, 0);
+        omp_set_num_threads(2);
+        rc |= nf4_matmul(out, x, &t, N) | nf4_matmul_backward_input(dx, g, &t, N, 0);
+        double e = rel_err(out, ref, (size_t)N * OC), eb = rel_err(dx, dref, (size_t)N * IC);
+        CHECK(!rc && e < 1e-5, "bf16 N=%d %dx%d dq=%d: forward vs float64 of the bf16-rounded operands, rel err %.2e", N, OC, IC, dq, e);
+        CHECK(!rc && eb < 1e-5, "bf16 N=%d %dx%d dq=%d: backward vs float64 of the bf16-rounded operands, rel err %.2e", N, OC, IC, dq, eb);
+        CHECK(!memcmp(out, out1, (size_t)N * OC * 4) && !memcmp(dx, dx1, (size_t)N * IC * 4),
+              "bf16 N=%d %dx%d: forward and backward, 1 thread == 2 threads bit for bit", N, OC, IC);
+        for (size_t i = 0; i < (size_t)N * IC; i++) dx1[i] = dx[i] + 1.0f;
+        for (size_t i = 0; i < (size_t)N * IC; i++) dx[i] = 1.0f;
+        rc = nf4_matmul_backward_input(dx, g, &t, N, 1);
+        double m = 0;
+        for (size_t i = 0; i < (size_t)N * IC; i++) { double d = fabs(dx[i] - dx1[i]); if (d > m) m = d; }
+        CHECK(!rc && m < 1e-5, "bf16 N=%d: backward accumulates (max err %.2e)", N, m);
+        free(xb); free(gb); free(wb);
+    }
+    kernels_set_bf16(-1);
     nf4_free(&t);
     free(w); free(wd); free(x); free(g); free(out); free(out1); free(dx); free(dx1); free(ref); free(dref);
 }

@@ -117,6 +117,21 @@ void matmul_bf16_forward_gelu(float *pre, float *act, const float *inp, const ma
 int matmul_bf16_backward_gelu(float *dpre, const float *pre, const float *dout, matmul_bf16 *w,
                               int N, int IC, int OC);
 
+/* A frozen weight stored in another form (NF4 blocks) through the bf16
+ * kernels a chunk at a time, never packed whole: the caller dequantises rows
+ * [c0, c0+nr) of W (OC, IC) into `rows` (nr, IC) fp32, and these round them
+ * to bf16 into `pack` (matmul_bf16_chunk_elems(IC, nr) elements, 64-byte
+ * aligned; not kern_scratch's slot 0, which the kernels use) and multiply:
+ *   forward:  out[:, c0:c0+nr] (row stride ldo) = bf16(inp) (N, IC) @ bf16(rows)^T
+ *   backward: dinp (N, IC) (+)= bf16(dout[:, c0:c0+nr]) (row stride ldd) @ bf16(rows)
+ * Products accumulate in fp32. Return 0, or -1 where the bf16 kernels do
+ * not run (nothing done: use fp32). */
+size_t matmul_bf16_chunk_elems(int IC, int nr);
+int matmul_bf16_forward_chunk(float *out, int ldo, const float *inp, const float *rows, uint16_t *pack, int N, int IC,
+                              int nr);
+int matmul_bf16_backward_chunk(float *dinp, const float *dout, int ldd, const float *rows, uint16_t *pack, int N,
+                               int IC, int nr, int accumulate);
+
 /* out (B,T,C) = wte[ids] + wpe[pos0 + t] + wtt[type_ids] ; type_ids may be NULL (type 0) */
 void embeddings_forward(float *out, const int32_t *ids, const int32_t *type_ids,
                         const float *wte, const float *wpe, const float *wtt,
@@ -511,6 +526,10 @@ KERN_INLINE float kern_gelu_grad(float x, const int F)
  * falls back to code that needs none). Valid until the same thread's next
  * kern_scratch call. */
 void *kern_scratch(size_t bytes);
+/* The same from another of the thread's buffers (slot 0 is kern_scratch's;
+ * slot 1 for a caller that holds its buffer across calls of kernels that
+ * use kern_scratch, such as matmul_bf16_*_chunk's callers). */
+void *kern_scratch_slot(int slot, size_t bytes);
 
 /* Reductions with KERN_LANES(F) partial sums (an array the `omp simd` lane
  * loop keeps in registers: 16 floats are one zmm, 8 one ymm; the plain SSE2

@@ -148,12 +148,12 @@ uint16_t kernels_f32_to_bf16(float f)
 #define KPAD(K) (((K) + 31) / 32 * 16)
 /* w fp32 (rounded here) or wb already bf16 (copied: the same bits a bf16
  * file's weights hold) */
-static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk)
+static size_t pack_elems(int M, int K) { return (size_t)((M + 31) / 32 * 2) * KPAD(K) * 32; }
+
+/* into d (pack_elems(M, K) elements) */
+static void pack_into(uint16_t *d, const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk)
 {
     int np = (M + 31) / 32 * 2, KP = KPAD(K);
-    size_t n = (size_t)np * KP * 32;
-    uint16_t *d = aligned_alloc(64, (n * 2 + 63) / 64 * 64 + 64);
-    if (!d) return NULL;
     #pragma omp parallel for schedule(static)
     for (int p = 0; p < np; p++)
         for (int kp = 0; kp < KP; kp++)
@@ -164,6 +164,13 @@ static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size
                     d[(((size_t)p * KP + kp) * 16 + j) * 2 + e] =
                         o < M && k < K ? (wb ? wb[at] : kernels_f32_to_bf16(w[at])) : 0;
                 }
+}
+
+static uint16_t *pack_any(const float *w, const uint16_t *wb, int M, int K, size_t so, size_t sk)
+{
+    size_t n = pack_elems(M, K);
+    uint16_t *d = aligned_alloc(64, (n * 2 + 63) / 64 * 64 + 64);
+    if (d) pack_into(d, w, wb, M, K, so, sk);
     return d;
 }
 static uint16_t *pack(const float *w, int M, int K, size_t so, size_t sk) { return pack_any(w, NULL, M, K, so, sk); }
@@ -617,6 +624,42 @@ void matmul_bf16_forward_gelu(float *pre, float *act, const float *inp, const ma
     }
 #endif
     matmul_forward_gelu(pre, act, inp, w ? w->w : NULL, bias, N, IC, OC);   /* not reached on supported CPUs */
+}
+
+size_t matmul_bf16_chunk_elems(int IC, int nr)
+{
+    size_t f = pack_elems(nr, IC), b = pack_elems(IC, nr);
+    return f > b ? f : b;
+}
+
+int matmul_bf16_forward_chunk(float *out, int ldo, const float *inp, const float *rows, uint16_t *pack, int N, int IC,
+                              int nr)
+{
+    if (!kernels_bf16_supported() || N <= 0 || IC <= 0 || nr <= 0) return -1;
+#if KERN_X86
+    pack_into(pack, rows, NULL, nr, IC, (size_t)IC, 1);
+    epi e = { out, ldo, nr, NULL, 0, NULL, NULL };
+    gemm_run(&e, inp, IC, pack, N, IC);
+    return 0;
+#else
+    (void)out; (void)ldo; (void)inp; (void)rows; (void)pack;
+    return -1;
+#endif
+}
+
+int matmul_bf16_backward_chunk(float *dinp, const float *dout, int ldd, const float *rows, uint16_t *pack, int N,
+                               int IC, int nr, int accumulate)
+{
+    if (!kernels_bf16_supported() || N <= 0 || IC <= 0 || nr <= 0) return -1;
+#if KERN_X86
+    pack_into(pack, rows, NULL, IC, nr, 1, (size_t)IC);   /* the transpose: IC outputs over nr inputs */
+    epi e = { dinp, IC, IC, NULL, accumulate, NULL, NULL };
+    gemm_run(&e, dout, ldd, pack, N, nr);
+    return 0;
+#else
+    (void)dinp; (void)dout; (void)ldd; (void)rows; (void)pack; (void)accumulate;
+    return -1;
+#endif
 }
 
 /* the transposed packing, made on the first backward; -1 if out of memory */

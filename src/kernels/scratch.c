@@ -10,6 +10,7 @@
 #include "kernels/kernels.h"
 
 typedef struct { void *p; size_t cap; } scratch_buf;
+#define N_SLOTS 2
 
 static pthread_key_t scratch_key;
 static int scratch_key_ok;
@@ -18,7 +19,7 @@ static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static void scratch_free(void *v)
 {
     scratch_buf *b = v;
-    free(b->p);
+    for (int i = 0; i < N_SLOTS; i++) free(b[i].p);
     free(b);
 }
 
@@ -27,17 +28,19 @@ static void scratch_init(void)
     scratch_key_ok = pthread_key_create(&scratch_key, scratch_free) == 0;
 }
 
-void *kern_scratch(size_t bytes)
+void *kern_scratch_slot(int slot, size_t bytes)
 {
+    if (slot < 0 || slot >= N_SLOTS) return NULL;
     if (bytes < 64) bytes = 64;
     pthread_once(&scratch_once, scratch_init);
     if (!scratch_key_ok) return NULL;
-    scratch_buf *b = pthread_getspecific(scratch_key);
-    if (!b) {
-        b = calloc(1, sizeof *b);
-        if (!b) return NULL;
-        if (pthread_setspecific(scratch_key, b) != 0) { free(b); return NULL; }
+    scratch_buf *all = pthread_getspecific(scratch_key);
+    if (!all) {
+        all = calloc(N_SLOTS, sizeof *all);
+        if (!all) return NULL;
+        if (pthread_setspecific(scratch_key, all) != 0) { free(all); return NULL; }
     }
+    scratch_buf *b = &all[slot];
     if (b->cap >= bytes && b->p) return b->p;
     /* grow by at least half, so a slowly growing size does not realloc each call */
     size_t want = bytes + bytes / 2 > b->cap + b->cap / 2 ? bytes + bytes / 2 : b->cap + b->cap / 2;
@@ -53,3 +56,5 @@ void *kern_scratch(size_t bytes)
     b->cap = want;
     return p;
 }
+
+void *kern_scratch(size_t bytes) { return kern_scratch_slot(0, bytes); }
