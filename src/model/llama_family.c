@@ -501,7 +501,7 @@ static void rope_bwd(float *d, int N, int nh, int hd, size_t stride, float *cs, 
 
 /* ------------------------------------------------------------- forward */
 
-/* Block l from A->x into A's buffers and `next` (x' = x2 + ffn(x2)). */
+/* Block l from A->x into A's buffers and `next` (x' = x2 + ffn(rmsnorm(x2))). */
 static void layer_fwd(llama_fmodel *m, model_acts *a, lf_layer_acts *A, const model_run *run, int l, int B, int T,
                       float *next)
 {
