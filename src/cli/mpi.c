@@ -89,12 +89,71 @@ static peftc_status ar_f64(void *ctx, double *buf, size_t n, peftc_error *err)
     return allreduce(buf, n, sizeof *buf, MPI_DOUBLE, n_ranks == 2 ? MPI_SUM : op_f64, err);
 }
 
+/* The sums in flight of an overlapped step (peftc_comm.iallreduce_f32): room
+ * made once by reserve, before training. */
+static MPI_Request *reqs;
+static int n_reqs, cap_reqs;
+
+static peftc_status comm_fail(peftc_error *err, peftc_status code, const char *msg)
+{
+    if (err) {
+        err->code = code;
+        snprintf(err->msg, sizeof err->msg, "%s", msg);
+    }
+    return code;
+}
+
+static peftc_status ar_reserve(void *ctx, int n, peftc_error *err)
+{
+    (void)ctx;
+    if (n <= cap_reqs) return PEFTC_OK;
+    MPI_Request *r = realloc(reqs, (size_t)n * sizeof *r);
+    if (!r) return comm_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    reqs = r;
+    cap_reqs = n;
+    return PEFTC_OK;
+}
+
+static peftc_status iar_f32(void *ctx, float *buf, size_t n, peftc_error *err)
+{
+    (void)ctx;
+    if (n_reqs == cap_reqs || n > (size_t)1 << 30)
+        return comm_fail(err, PEFTC_ERR_INPUT, "MPI: a sum of 2^30 floats or more, or more sums in flight than reserved");
+    /* the same operation as ar_f32: the same bits on every rank as the blocking sum */
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, n_ranks == 2 ? MPI_SUM : op_f32, MPI_COMM_WORLD,
+                            &reqs[n_reqs]);
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "all-reduce start", err);
+    n_reqs++;
+    return PEFTC_OK;
+}
+
+/* Open MPI moves a non-blocking collective on only inside MPI calls (it runs
+ * no progress thread): one test of every sum in flight. */
+static peftc_status ar_progress(void *ctx, peftc_error *err)
+{
+    (void)ctx;
+    int done;
+    int rc = MPI_Testall(n_reqs, reqs, &done, MPI_STATUSES_IGNORE);
+    return rc == MPI_SUCCESS ? PEFTC_OK : mpi_fail(rc, "all-reduce test", err);
+}
+
+static peftc_status ar_wait(void *ctx, peftc_error *err)
+{
+    (void)ctx;
+    int rc = MPI_Waitall(n_reqs, reqs, MPI_STATUSES_IGNORE);
+    n_reqs = 0;
+    return rc == MPI_SUCCESS ? PEFTC_OK : mpi_fail(rc, "all-reduce", err);
+}
+
 int cli_comm_init(peftc_comm *c)
 {
     memset(c, 0, sizeof *c);
     c->size = 1;
     if (launcher_size() <= 0) return 0;   /* not under mpirun: no MPI at all */
-    if (MPI_Init(NULL, NULL) != MPI_SUCCESS) return cli_errorf(1, "MPI_Init failed (is this an mpirun job of the same MPI peftc was built with?)");
+    /* OpenMP threads compute, the main thread alone calls MPI (between layers, outside parallel regions) */
+    int level;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &level) != MPI_SUCCESS)
+        return cli_errorf(1, "MPI_Init failed (is this an mpirun job of the same MPI peftc was built with?)");
     mpi_on = 1;
     /* errors come back as codes: the library reports them in one line, then the job is aborted */
     MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
@@ -105,6 +164,10 @@ int cli_comm_init(peftc_comm *c)
     MPI_Op_create(sum_f64, 0, &op_f64);
     c->allreduce_f32 = ar_f32;
     c->allreduce_f64 = ar_f64;
+    c->reserve = ar_reserve;
+    c->iallreduce_f32 = iar_f32;
+    c->progress = ar_progress;
+    c->wait = ar_wait;
     return 0;
 }
 
@@ -116,6 +179,9 @@ void cli_comm_finish(peftc_comm *c, int failed)
     if (failed && c->size > 1) MPI_Abort(MPI_COMM_WORLD, failed);
     MPI_Op_free(&op_f32);
     MPI_Op_free(&op_f64);
+    free(reqs);
+    reqs = NULL;
+    n_reqs = cap_reqs = 0;
     MPI_Finalize();
     mpi_on = 0;
 }
