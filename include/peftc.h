@@ -213,6 +213,7 @@ typedef struct peftc_comm {
     peftc_status (*iallreduce_f32)(void *ctx, float *buf, size_t n, peftc_error *err);
     peftc_status (*progress)(void *ctx, peftc_error *err);
     peftc_status (*wait)(void *ctx, peftc_error *err);
+    int one_host;   /* every rank on one machine: the sums go through shared memory */
 } peftc_comm;
 
 typedef struct peftc_train_opts {
@@ -294,8 +295,10 @@ typedef struct peftc_train_opts {
     /* data parallelism: the gradient sum overlapped with the backward, in
      * buckets of whole layers of at least dp_bucket_mb MB (0: 1 MB) started as
      * the backward finishes them. dp_overlap 1: on, -1: off (one blocking sum
-     * after the backward), 0: the default (see peftc_train). The parameters
-     * are bit-identical either way. */
+     * after the backward), 0: the default: off when every rank is on one
+     * machine (peftc_comm.one_host: measured slower there, README "Data-parallel
+     * training on MPI"), on across machines for a block of more than one
+     * bucket. The parameters are bit-identical either way. */
     int dp_overlap;
     float dp_bucket_mb;
 } peftc_train_opts;

@@ -160,6 +160,14 @@ int cli_comm_init(peftc_comm *c)
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
     n_ranks = c->size;
+    /* the ranks sharing this machine's memory: all of them, or not */
+    MPI_Comm node;
+    int on_node = 0;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) == MPI_SUCCESS) {
+        MPI_Comm_size(node, &on_node);
+        MPI_Comm_free(&node);
+    }
+    c->one_host = on_node == c->size;
     MPI_Op_create(sum_f32, 0, &op_f32);
     MPI_Op_create(sum_f64, 0, &op_f64);
     c->allreduce_f32 = ar_f32;

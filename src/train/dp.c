@@ -150,6 +150,7 @@ void dp_sync_metrics(const dp_sync *s, void *json_object)
     if (!s->c || s->c->size <= 1) return;
     json_object_set_new(j, "allreduce_overlap", json_integer(s->overlap));
     json_object_set_new(j, "allreduce_ranges", json_integer(s->overlap ? s->n : 1));
+    json_object_set_new(j, "allreduce_buckets", json_integer(s->overlap ? s->n_bucket : 0));
     json_object_set_new(j, "allreduce_overlapped_bytes_per_step",
                         json_real(s->steps ? s->early_floats * sizeof(float) / (double)s->steps : 0.0));
 }

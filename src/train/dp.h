@@ -57,7 +57,8 @@ void dp_sync_layer_done(void *ctx, int layer);
 peftc_status dp_sync_finish(dp_sync *s, double *loss, peftc_error *err);
 void dp_sync_free(dp_sync *s);
 /* metrics.json's fields of data parallelism (none in one process):
- * allreduce_overlap (0/1), allreduce_ranges (the sums a step starts) and
+ * allreduce_overlap (0/1), allreduce_ranges (the sums a step starts),
+ * allreduce_buckets (those of them the backward may start) and
  * allreduce_overlapped_bytes_per_step (what the backward started, mean) */
 void dp_sync_metrics(const dp_sync *s, void *json_object);
 
