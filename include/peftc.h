@@ -202,17 +202,19 @@ typedef struct peftc_comm {
     /* Optional (all NULL: the trainer sums with allreduce_f32 after the
      * backward): the same sum, non-blocking, so that the gradients of the
      * layers already done travel while the backward runs the layers below
-     * (peftc_train_opts.dp_overlap). reserve: room for n sums in flight,
-     * called once before training (no allocation in a step after it);
-     * iallreduce_f32: starts one (n < 2^31; buf is untouched by the caller
-     * until wait), giving every rank the bits allreduce_f32 would; progress:
-     * lets started sums move on (the trainer calls it between layers); wait:
-     * completes every started sum. Every rank starts the same sums in the
-     * same order. */
-    peftc_status (*reserve)(void *ctx, int n, peftc_error *err);
-    peftc_status (*iallreduce_f32)(void *ctx, float *buf, size_t n, peftc_error *err);
+     * (peftc_train_opts.dp_overlap). iallreduce_init: declares, once before
+     * training, an in-place sum of buf (n < 2^30 values) that will be
+     * started every step, and returns its handle (the transport makes its
+     * requests there, none in a step); start: starts it (buf is untouched by
+     * the caller until wait), giving every rank the bits allreduce_f32 would;
+     * progress: lets started sums move on (the trainer calls it between
+     * layers); wait: completes every started sum. Every rank declares and
+     * starts the same sums in the same order. */
+    peftc_status (*iallreduce_init)(void *ctx, float *buf, size_t n, int *handle, peftc_error *err);
+    peftc_status (*start)(void *ctx, int handle, peftc_error *err);
     peftc_status (*progress)(void *ctx, peftc_error *err);
     peftc_status (*wait)(void *ctx, peftc_error *err);
+    void (*iallreduce_free)(void *ctx);   /* after training: drops every declared sum */
     int one_host;   /* every rank on one machine: the sums go through shared memory */
 } peftc_comm;
 

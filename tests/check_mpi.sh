@@ -59,7 +59,7 @@ P=./peftc
 
 # compare RUN_A RUN_B WHAT: checkpoint tensors within 1e-6, metrics equal
 compare() {
-    "$PY" - "$1" "$2" "$3" "$4" <<'EOF'
+    "$PY" - "$1" "$2" "$3" <<'EOF'
 import json, sys
 import numpy as np
 from safetensors.numpy import load_file
@@ -109,7 +109,7 @@ EOF
 # weights bit-identical (metrics.json's reals are written with 17 digits: a
 # round trip): every eval_* number
 same_eval() {
-    "$PY" - "$1" "$2" "$3" "$4" <<'EOF'
+    "$PY" - "$1" "$2" "$3" <<'EOF'
 import json, math, sys
 a, b, what = sys.argv[1:4]
 ma, mb = json.load(open(f"{a}/metrics.json")), json.load(open(f"{b}/metrics.json"))

@@ -14,7 +14,7 @@ static double now_s(void)
 }
 
 /* A transport takes counts below 2^31: a longer range goes in pieces. */
-#define DP_CHUNK ((size_t)1 << 30)
+#define DP_CHUNK (((size_t)1 << 30) - 16)
 
 static int emit(dp_sync *s, int *cap, size_t lo, size_t n, int layer)
 {
@@ -26,7 +26,7 @@ static int emit(dp_sync *s, int *cap, size_t lo, size_t n, int layer)
             s->r = r;
             *cap = c2;
         }
-        s->r[s->n++] = (dp_range){lo + o, n - o < DP_CHUNK ? n - o : DP_CHUNK, layer};
+        s->r[s->n++] = (dp_range){lo + o, n - o < DP_CHUNK ? n - o : DP_CHUNK, layer, -1};
     }
     return 0;
 }
@@ -53,7 +53,7 @@ peftc_status dp_sync_init(dp_sync *s, const peftc_comm *c, param_block *pb, int 
     s->c = c;
     s->pb = pb;
     if (!c || c->size <= 1) return PEFTC_OK;
-    s->overlap = overlap && c->reserve && c->iallreduce_f32 && c->progress && c->wait;
+    s->overlap = overlap && c->iallreduce_init && c->start && c->progress && c->wait && c->iallreduce_free;
     if (!s->overlap) return PEFTC_OK;
     const param_entry *e = pb->e;
     int cap = 0;
@@ -84,7 +84,12 @@ peftc_status dp_sync_init(dp_sync *s, const peftc_comm *c, param_block *pb, int 
     }
     if (at < end && emit(s, &cap, at, end - at, -1)) goto nomem;
     qsort(s->r, (size_t)s->n_bucket, sizeof *s->r, by_ready);
-    return c->reserve(c->ctx, s->n, err);
+    /* the transport's sums, made here once, in the order they start */
+    for (int k = 0; k < s->n; k++) {
+        peftc_status rc = c->iallreduce_init(c->ctx, pb->g + s->r[k].lo, s->r[k].n, &s->r[k].handle, err);
+        if (rc) return rc;
+    }
+    return PEFTC_OK;
 nomem:
     return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
 }
@@ -98,7 +103,7 @@ void dp_sync_begin(dp_sync *s)
 static void start(dp_sync *s)
 {
     const dp_range *r = &s->r[s->next++];
-    if (!s->rc) s->rc = s->c->iallreduce_f32(s->c->ctx, s->pb->g + r->lo, r->n, &s->err);
+    if (!s->rc) s->rc = s->c->start(s->c->ctx, r->handle, &s->err);
 }
 
 void dp_sync_layer_done(void *ctx, int layer)
@@ -157,6 +162,7 @@ void dp_sync_metrics(const dp_sync *s, void *json_object)
 
 void dp_sync_free(dp_sync *s)
 {
+    if (s->overlap && s->c->iallreduce_free) s->c->iallreduce_free(s->c->ctx);
     free(s->r);
     memset(s, 0, sizeof *s);
 }

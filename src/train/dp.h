@@ -24,6 +24,7 @@
 typedef struct dp_range {
     size_t lo, n;     /* floats of pb->g */
     int layer;        /* a bucket: starts when this layer's backward is done; -1: after the backward */
+    int handle;       /* the transport's (peftc_comm.iallreduce_init) */
 } dp_range;
 
 typedef struct dp_sync {
