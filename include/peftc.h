@@ -199,6 +199,23 @@ typedef struct peftc_comm {
      * nothing but the rank count (then a job's trajectory is reproducible). */
     peftc_status (*allreduce_f32)(void *ctx, float *buf, size_t n, peftc_error *err);
     peftc_status (*allreduce_f64)(void *ctx, double *buf, size_t n, peftc_error *err);
+    /* Optional (all NULL: the trainer sums with allreduce_f32 after the
+     * backward): the same sum, non-blocking, so that the gradients of the
+     * layers already done travel while the backward runs the layers below
+     * (peftc_train_opts.dp_overlap). iallreduce_init: declares, once before
+     * training, an in-place sum of buf (n < 2^30 values) that will be
+     * started every step, and returns its handle (the transport makes its
+     * requests there, none in a step); start: starts it (buf is untouched by
+     * the caller until wait), giving every rank the bits allreduce_f32 would;
+     * progress: lets started sums move on (the trainer calls it between
+     * layers); wait: completes every started sum. Every rank declares and
+     * starts the same sums in the same order. */
+    peftc_status (*iallreduce_init)(void *ctx, float *buf, size_t n, int *handle, peftc_error *err);
+    peftc_status (*start)(void *ctx, int handle, peftc_error *err);
+    peftc_status (*progress)(void *ctx, peftc_error *err);
+    peftc_status (*wait)(void *ctx, peftc_error *err);
+    void (*iallreduce_free)(void *ctx);   /* after training: drops every declared sum */
+    int one_host;   /* every rank on one machine: the sums go through shared memory */
 } peftc_comm;
 
 typedef struct peftc_train_opts {
@@ -277,6 +294,15 @@ typedef struct peftc_train_opts {
                                     counted in metrics.json's skipped_steps) instead of ending the run
                                     with PEFTC_ERR_NUMERIC */
     const peftc_comm *comm;      /* NULL: one process (see peftc_comm) */
+    /* data parallelism: the gradient sum overlapped with the backward, in
+     * buckets of whole layers of at least dp_bucket_mb MB (0: 1 MB) started as
+     * the backward finishes them. dp_overlap 1: on, -1: off (one blocking sum
+     * after the backward), 0: the default: off when every rank is on one
+     * machine (peftc_comm.one_host: measured slower there, README "Data-parallel
+     * training on MPI"), on across machines for a block of more than one
+     * bucket. The parameters are bit-identical either way. */
+    int dp_overlap;
+    float dp_bucket_mb;
 } peftc_train_opts;
 
 void peftc_train_opts_default(peftc_train_opts *o);

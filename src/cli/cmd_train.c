@@ -178,6 +178,12 @@ static int train_main(cli_args *a, int fuse)
     o.stop_after = cli_opt_int(a, "--stop-after", 0, 1, 1 << 30, &ok);
     o.skip_nonfinite = cli_flag(a, "--skip-nonfinite");
     o.gradient_checkpointing = cli_flag(a, "--gradient-checkpointing");
+    if ((v = cli_opt(a, "--dp-overlap"))) {
+        if (!strcmp(v, "on")) o.dp_overlap = 1;
+        else if (!strcmp(v, "off")) o.dp_overlap = -1;
+        else if (strcmp(v, "auto")) { cli_errorf(2, "option --dp-overlap: on, off or auto, got '%s'", v); ok = 0; }
+    }
+    o.dp_bucket_mb = (float)cli_opt_double(a, "--dp-bucket-mb", 0, 1e-3, 1e6, &ok);
     if (!ok) return 2;
     if (cli_check_unused(a, cmd)) return 2;
     if (!o.model_dir || !*o.model_dir || !o.train_path || !*o.train_path || !o.out_dir || !*o.out_dir)

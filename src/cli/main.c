@@ -38,7 +38,7 @@ static const char usage[] =
     "        [--clip C] [--bucket] [--save-every N] [--eval-every N] [--resume RUN_DIR]\n"
     "        [--init-adapter DIR] [--stop-after N] [--quantize nf4|none] [--skip-nonfinite]\n"
     "        [--gradient-checkpointing]\n"
-    "        [--text-col C] [--text-pair-col C] [--label-col C]\n"
+    "        [--text-col C] [--text-pair-col C] [--label-col C] [--dp-overlap on|off|auto] [--dp-bucket-mb MB]\n"
     "        [--task seq-cls|token-cls|regression|multi-label|embedding] [--min-score S]\n"
     "      fine-tunes a sequence classifier; writes RUN_DIR/adapter_config.json,\n"
     "      adapter_model.safetensors and metrics.json\n"

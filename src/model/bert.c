@@ -896,6 +896,7 @@ static void bert_backward(peftc_model *pm, model_acts *ma, const model_run *run,
         linear_site_backward(m, run, l, SITE_ATTN_Q, a->d_q, dxp, 1, x, W->wq, g[BL_WQ], g[BL_BQ], &W->bf16[0], &W->bf16_bwd_packed[0], N, C, C);
         linear_site_backward(m, run, l, SITE_ATTN_K, a->d_k, dxp, 1, x, W->wk, g[BL_WK], g[BL_BK], &W->bf16[1], &W->bf16_bwd_packed[1], N, C, C);
         linear_site_backward(m, run, l, SITE_ATTN_V, a->d_v, dxp, 1, x, W->wv, g[BL_WV], g[BL_BV], &W->bf16[2], &W->bf16_bwd_packed[2], N, C, C);
+        if (run->layer_done) run->layer_done(run->layer_done_ctx, l);   /* layer l's gradients are final */
         if (!need_dx) return;
     }
     /* embeddings: emb_ln = dropout(LN(emb)) */

@@ -675,6 +675,7 @@ static void lf_backward(peftc_model *pm, model_acts *a, const model_run *run, co
         lin_site_bwd(m, run, l, SITE_ATTN_K, a->d_k, d_xn, 1, A->xn1, &W->wk, grad_of(m, run, ti[LT_K]), N);
         lin_site_bwd(m, run, l, SITE_ATTN_V, a->d_v, d_xn, 1, A->xn1, &W->wv, grad_of(m, run, ti[LT_V]), N);
         rmsnorm_bwd(d_res, grad_of(m, run, ti[LT_ATTN_NORM]), d_xn, A->x, A->rs1, W->attn_norm, N, C, 1);
+        if (run->layer_done) run->layer_done(run->layer_done_ctx, l);   /* layer l's gradients are final */
     }
     /* d_res is now the gradient of the input vectors: the virtual tokens'
      * (serially, so that the rows of one virtual token add up in a fixed order) */

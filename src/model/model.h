@@ -116,6 +116,14 @@ typedef struct model_run {
      * hidden states have B*rep rows. rep <= 1: none. Only families with
      * can_replicate set honour it. */
     int rep, rep_at;
+    /* backward: called (may be NULL) on the calling thread, outside any
+     * parallel region, as soon as block l's backward is done (blocks run
+     * from the top down): every gradient of the tensors param_entry.layer
+     * says are l's is then final for this batch. Data parallelism starts
+     * summing them over the ranks there while the blocks below run; the
+     * family knows nothing of what the caller does. */
+    void (*layer_done)(void *ctx, int layer);
+    void *layer_done_ctx;
 } model_run;
 
 /* One base tensor: for full fine-tuning, BitFit, trained norms. */

@@ -58,6 +58,7 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
         ds->cap = cap;
     }
     delta *d = &ds->d[ds->n];
+    int first = pb->n;   /* this delta's tensors: layer's alone */
     memset(d, 0, sizeof *d);
     d->spec = *spec;
     d->layer = layer;
@@ -72,6 +73,7 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
         d->p_up = decl(pb, prefix, "lora_B", 2, out, spec->r, 0);
         d->p_sv = decl(pb, prefix, "lora_E", 2, spec->r, 1, 0);
         if (d->p_down < 0 || d->p_up < 0 || d->p_sv < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        params_set_layer(pb, first, layer);
         ds->n++;
         return PEFTC_OK;
     }
@@ -79,6 +81,7 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
         /* PEFT's (IA)^3 shapes: [1, in] for feed-forward inputs, [out, 1] otherwise */
         d->p_vec = spec->site == SITE_FFN_ACT ? decl(pb, prefix, "ia3_l", 2, 1, out, 1) : decl(pb, prefix, "ia3_l", 2, out, 1, 1);
         if (d->p_vec < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+        params_set_layer(pb, first, layer);
         ds->n++;
         return PEFTC_OK;
     }
@@ -92,6 +95,7 @@ peftc_status delta_add(delta_set *ds, param_block *pb, int layer, int in, int ou
     d->p_gate_b = spec->compose == COMPOSE_GATE ? decl(pb, prefix, "gate_bias", 1, 1, 0, 1) : -1;
     d->p_scale = spec->compose == COMPOSE_LEARNED_SCALE ? decl(pb, prefix, "scale", 1, 1, 0, 1) : -1;
     if (d->p_down < 0 || d->p_up < 0) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    params_set_layer(pb, first, layer);
     ds->n++;
     return PEFTC_OK;
 }

@@ -125,6 +125,7 @@ peftc_status fusion_declare(fusion_module *f, param_block *pb, int n_layers, int
         DECL(p_kb, "key.bias", 1, 1)
         DECL(p_vw, "value.weight", 2, 0)
 #undef DECL
+        params_set_layer(pb, f->p_qw[l], l);   /* layer l's fusion: its backward alone writes them */
     }
     return PEFTC_OK;
 }

@@ -153,6 +153,7 @@ peftc_status method_declare(peftc_model *m, const method_opts *mo, param_block *
             free(refs);
             return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
         }
+        params_set_layer(pb, pb->n - 1, refs[i].layer);   /* its block's backward writes its gradient */
     }
     free(refs);
     for (int l = 0; l < c->num_layers; l++) {

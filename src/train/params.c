@@ -23,6 +23,7 @@ int params_add(param_block *pb, const char *name, int ndim, const int64_t *shape
     e->offset = pb->total;
     pb->total += (e->numel + 15) & ~(size_t)15;
     e->no_decay = no_decay;
+    e->layer = -1;   /* the declarer of a layer's tensor says so (params_set_layer) */
     return pb->n++;
 }
 
@@ -40,6 +41,11 @@ peftc_status params_alloc(param_block *pb, peftc_error *err)
     memset(pb->m, 0, bytes);
     memset(pb->v, 0, bytes);
     return PEFTC_OK;
+}
+
+void params_set_layer(param_block *pb, int first, int layer)
+{
+    for (int i = first; i < pb->n; i++) pb->e[i].layer = layer;
 }
 
 float *params_value(const param_block *pb, int idx) { return pb->p + pb->e[idx].offset; }

@@ -14,6 +14,11 @@ typedef struct param_entry {
     int64_t shape[4];
     size_t offset, numel;      /* in floats, into the blocks */
     int no_decay;              /* excluded from weight decay (biases, norms, scales) */
+    /* the block whose backward alone writes its gradient (a layer's deltas,
+     * a base tensor of the layer), -1 if none does (heads, embeddings,
+     * prompts, prefixes, shared tensors): data parallelism may start summing
+     * a layer's gradients once the backward is below it (train/dp.h) */
+    int layer;
 } param_entry;
 
 /* State beside the parameters that a checkpoint must carry for resume to be
@@ -41,6 +46,8 @@ typedef struct param_block {
 
 /* Declares a tensor; returns its index. Offsets are fixed by declaration order. */
 int params_add(param_block *pb, const char *name, int ndim, const int64_t *shape, int no_decay);
+/* Marks the tensors declared from index first on as layer's (param_entry.layer). */
+void params_set_layer(param_block *pb, int first, int layer);
 /* Allocates the four blocks (zeroed) once all tensors are declared. */
 peftc_status params_alloc(param_block *pb, peftc_error *err);
 float *params_value(const param_block *pb, int idx);

@@ -466,6 +466,8 @@ void task_backward(task *t, const int32_t *ids, const int32_t *tts, const int *l
                    int B, int T, float scale, peftc_rng *rng)
 {
     model_run run = task_run(t, 1, rng, T);
+    run.layer_done = t->layer_done;
+    run.layer_done_ctx = t->layer_done_ctx;
     if (t->mo.prompt.n_virtual > 0)
         memset(t->prompt.d_out, 0, (size_t)t->mo.prompt.n_virtual * t->m->cfg.hidden_size * sizeof(float));
     if (t->mo.prefix.n > 0)

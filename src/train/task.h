@@ -48,6 +48,10 @@ typedef struct task {
     fusion_module fu;
     struct task *fu_child;
     int fu_n;
+    /* model_run.layer_done for task_backward (NULL: none): the trainer's
+     * data-parallel sum, set for a step's last micro-batch only */
+    void (*layer_done)(void *ctx, int layer);
+    void *layer_done_ctx;
     const float *targets;     /* TASK_REGRESSION: the batch's targets (B); TASK_MULTI_LABEL: (B,K) 0/1;
                                  set before forward/backward */
 } task;

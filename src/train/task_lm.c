@@ -134,7 +134,8 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
     const model_family *f = m->family;
     int C = m->cfg.hidden_size, V = m->cfg.vocab_size, train = grad_scale != 0;
     model_run run = {.train = train, .rng = rng, .deltas = t->ds.n ? &t->ds : NULL, .pb = &t->pb, .grads = t->grads,
-                     .segments = seg, .row0 = t->row0, .tok0 = t->row0 * T};
+                     .segments = seg, .row0 = t->row0, .tok0 = t->row0 * T,
+                     .layer_done = train ? t->layer_done : NULL, .layer_done_ctx = t->layer_done_ctx};
     if (t->n_virt) {
         /* n virtual tokens, then the row; a packed row's segments keep their
          * numbers and the virtual tokens join the first one */

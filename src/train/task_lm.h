@@ -40,6 +40,8 @@ typedef struct lm_task {
     int *v_lens;
     prefix_module prefix;    /* prefix keys/values (prefix tuning, P-tuning v2, MAM) */
     int64_t row0;            /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
+    void (*layer_done)(void *ctx, int layer);   /* model_run.layer_done of a training step (NULL: none) */
+    void *layer_done_ctx;
 } lm_task;
 
 /* The method must fit a decoder (no BitFit on a bias-free family, no
