@@ -19,12 +19,12 @@
 # --max-len 512 --loss-on all`), batch 1, as many steps as
 # llama-finetune trains windows; tokens/s from metrics.json. Peak RSS of both
 # from /usr/bin/time -v.
-# Environment: N_EX (300) THREADS (2) WORK (build/bench/finetune)
+# Environment: N_EX (80) THREADS (2) WORK (build/bench/finetune)
 #   PEFTC_ANCHOR_DIR, LLAMACPP_PY_VERSION (as bench/llamacpp.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
-N_EX=${N_EX:-300} THREADS=${THREADS:-2} WORK=${WORK:-build/bench/finetune}
+N_EX=${N_EX:-80} THREADS=${THREADS:-2} WORK=${WORK:-build/bench/finetune}
 VER=${LLAMACPP_PY_VERSION:-0.3.36}
 TOP=${PEFTC_ANCHOR_DIR:-$HOME/.cache/peftc-anchor}/llama.cpp-$VER
 SRC=$TOP/sdist/vendor/llama.cpp BLD=$TOP/build-ft

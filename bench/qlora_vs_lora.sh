@@ -15,10 +15,10 @@
 # Per run: the dev metric, trainable parameters, the base's bytes per linear
 # parameter, training tokens/s and peak RSS (/usr/bin/time -v).
 # Environment: STEPS (400) LR (1e-3) LM_STEPS (40) LM_LR (5e-4) LM_EVAL (64)
-#   WORK (build/bench/qlora) PARTS ("bert llama")
+#   SEED (42) WORK (build/bench/qlora) PARTS ("bert llama")
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS=${STEPS:-400} LR=${LR:-1e-3} LM_STEPS=${LM_STEPS:-40} LM_LR=${LM_LR:-5e-4} LM_EVAL=${LM_EVAL:-64}
+STEPS=${STEPS:-400} LR=${LR:-1e-3} SEED=${SEED:-42} LM_STEPS=${LM_STEPS:-40} LM_LR=${LM_LR:-5e-4} LM_EVAL=${LM_EVAL:-64}
 WORK=${WORK:-build/bench/qlora}
 PARTS=${PARTS:-bert llama}
 [ -x /usr/bin/time ] || { echo "qlora_vs_lora.sh: /usr/bin/time missing (apt-get install time)" >&2; exit 1; }
@@ -45,7 +45,7 @@ if metric == "accuracy":
     val = f"{100 * m['eval_accuracy']:.2f}"
 else:
     h = m.get("eval") or []   # the held-out loss at step 0, then at the end
-    val = f"{h[0]['loss']:.4f} → {m['eval_loss']:.4f} / {m['eval_perplexity']:.2f}" if h else "—
+    val = f"{h[0]['loss']:.4f} → {m['eval_loss']:.4f} / {m['eval_perplexity']:.2f}" if h else "—"
 print(f"| {sys.argv[3]} | {m['trainable_params']:,} | {bpp.group(1) if bpp else '4 (fp32)'} | {val} | "
       f"{m['train_tokens_per_s']:.0f} | {rss:.0f} |")
 PY
@@ -54,13 +54,13 @@ PY
 if [[ " $PARTS " == *" bert "* ]]; then
     M=models/all-MiniLM-L6-v2 D=../shared/data/glue-sst2
     SIX=query,key,value,attention.output.dense,intermediate.dense,output.dense
-    common=(--model "$M" --train "$D/train.tsv" --eval "$D/dev.tsv" --bucket --max-steps "$STEPS" --batch 32 --seed 42 --lr "$LR")
+    common=(--model "$M" --train "$D/train.tsv" --eval "$D/dev.tsv" --bucket --max-steps "$STEPS" --batch 32 --seed "$SEED" --lr "$LR")
     lora=(--method lora --r 64 --alpha 16 --lora-dropout 0.1 --target-modules "$SIX")
     run bert-lora-fp32 "${common[@]}" "${lora[@]}" --fp32
     [ "$BF" = 1 ] && run bert-lora-bf16 "${common[@]}" "${lora[@]}" --bf16
     run bert-qlora "${common[@]}" --method qlora
     echo
-    echo "all-MiniLM-L6-v2, SST-2 dev accuracy after $STEPS steps (batch 32, lr $LR, seed 42), LoRA r 64 alpha 16 dropout 0.1 on the six linear layers"
+    echo "all-MiniLM-L6-v2, SST-2 dev accuracy after $STEPS steps (batch 32, lr $LR, seed $SEED), LoRA r 64 alpha 16 dropout 0.1 on the six linear layers"
     echo
     echo "| run | trainable params | base bytes / linear param | SST-2 dev acc | train tokens/s | peak RSS MiB |"
     echo "|---|---:|---:|---:|---:|---:|"
@@ -75,7 +75,7 @@ if [[ " $PARTS " == *" llama "* ]]; then
     head -n "$LM_EVAL" ../shared/data/gsm8k/test.jsonl > "$WORK/gsm_eval.jsonl"
     P=$([ "$BF" = 1 ] && echo --bf16 || echo --fp32)
     common=(--model "$HF" --train ../shared/data/gsm8k/train.jsonl --eval "$WORK/gsm_eval.jsonl" --prompt-template $'Question: {question}\nAnswer:'
-            --response-field answer --max-len 256 --batch 4 --max-steps "$LM_STEPS" --lr "$LM_LR" --seed 42)
+            --response-field answer --max-len 256 --batch 4 --max-steps "$LM_STEPS" --lr "$LM_LR" --seed "$SEED")
     run lm-lora "${common[@]}" --method lora --r 64 --alpha 16 --lora-dropout 0.1 --target-modules all-linear "$P"
     run lm-qlora "${common[@]}" --method qlora
     echo
