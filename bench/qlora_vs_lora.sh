@@ -15,7 +15,7 @@
 # Per run: the dev metric, trainable parameters, the base's bytes per linear
 # parameter, training tokens/s and peak RSS (/usr/bin/time -v).
 # Environment: STEPS (400) LR (1e-3) LM_STEPS (40) LM_LR (5e-4) LM_EVAL (64)
-#   SEED (42) WORK (build/bench/qlora) PARTS ("bert llama")
+#   SEED (42) SKIP_FP32 (0; 1: no --fp32 LoRA run) WORK (build/bench/qlora) PARTS ("bert llama")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-400} LR=${LR:-1e-3} SEED=${SEED:-42} LM_STEPS=${LM_STEPS:-40} LM_LR=${LM_LR:-5e-4} LM_EVAL=${LM_EVAL:-64}
@@ -56,7 +56,7 @@ if [[ " $PARTS " == *" bert "* ]]; then
     SIX=query,key,value,attention.output.dense,intermediate.dense,output.dense
     common=(--model "$M" --train "$D/train.tsv" --eval "$D/dev.tsv" --bucket --max-steps "$STEPS" --batch 32 --seed "$SEED" --lr "$LR")
     lora=(--method lora --r 64 --alpha 16 --lora-dropout 0.1 --target-modules "$SIX")
-    run bert-lora-fp32 "${common[@]}" "${lora[@]}" --fp32
+    [ "${SKIP_FP32:-0}" = 1 ] || run bert-lora-fp32 "${common[@]}" "${lora[@]}" --fp32
     [ "$BF" = 1 ] && run bert-lora-bf16 "${common[@]}" "${lora[@]}" --bf16
     run bert-qlora "${common[@]}" --method qlora
     echo
@@ -64,7 +64,7 @@ if [[ " $PARTS " == *" bert "* ]]; then
     echo
     echo "| run | trainable params | base bytes / linear param | SST-2 dev acc | train tokens/s | peak RSS MiB |"
     echo "|---|---:|---:|---:|---:|---:|"
-    row bert-lora-fp32 "LoRA, fp32 base (--fp32)" accuracy
+    [ "${SKIP_FP32:-0}" = 1 ] || row bert-lora-fp32 "LoRA, fp32 base (--fp32)" accuracy
     [ "$BF" = 1 ] && row bert-lora-bf16 "LoRA, bf16 path (--bf16)" accuracy
     row bert-qlora "QLoRA (--method qlora: NF4 base)" accuracy
 fi
