@@ -20,6 +20,7 @@
 # llama-finetune trains windows; tokens/s from metrics.json. Peak RSS of both
 # from /usr/bin/time -v.
 # Environment: N_EX (80) THREADS (2) WORK (build/bench/finetune)
+#   KEEP_LLAMA=1: reuse WORK/llama.log of an earlier run (same text) instead of training llama.cpp again
 #   PEFTC_ANCHOR_DIR, LLAMACPP_PY_VERSION (as bench/llamacpp.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,9 +66,13 @@ print(f"# {len(ids)} tokens, {len(wins)} windows of {W} (stride {S}), {len(train
 PY
 NW=$("$PY" -c "import json; print(json.load(open('$WORK/windows.json'))['train_windows'])")
 
-echo "== llama-finetune (F32, all parameters)" >&2
-/usr/bin/time -v "$BLD/bin/llama-finetune" -m "$F32" --file "$WORK/alpaca.txt" -c 512 -b 512 -ub 512 -t "$THREADS" \
-    --epochs 1 -o "$WORK/llama-finetuned.gguf" > "$WORK/llama.log" 2>&1 || die "llama-finetune failed ($WORK/llama.log)"
+if [ "${KEEP_LLAMA:-0}" = 1 ] && grep -q 'Maximum resident' "$WORK/llama.log" 2>/dev/null; then
+    echo "== llama-finetune: kept $WORK/llama.log (KEEP_LLAMA=1)" >&2
+else
+    echo "== llama-finetune (F32, all parameters)" >&2
+    /usr/bin/time -v "$BLD/bin/llama-finetune" -m "$F32" --file "$WORK/alpaca.txt" -c 512 -b 512 -ub 512 -t "$THREADS" \
+        --epochs 1 -o "$WORK/llama-finetuned.gguf" > "$WORK/llama.log" 2>&1 || die "llama-finetune failed ($WORK/llama.log)"
+fi
 peftc_run() {  # NAME MODEL ARGS...
     local name=$1 model=$2; shift 2
     echo "== peftc $name" >&2

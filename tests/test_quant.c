@@ -479,6 +479,52 @@ static void test_roundtrip(void)
     free(x); free(y); free(q);
 }
 
+/* The input gradient on the bf16 path (kernels_set_bf16(1): the dequantised
+ * chunks rounded to bf16 and multiplied on the bf16 kernels) against float64
+ * products of the bf16-rounded operands, = and +=, and 1 vs 2 threads bit for
+ * bit; skipped where the CPU has no AVX-512-BF16. */
+static void test_backward_bf16(void)
+{
+    if (!kernels_set_bf16(1)) { kernels_set_bf16(-1); return; }
+    static const uint32_t ts[] = { GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K,
+                                   GGML_TYPE_F16, GGML_TYPE_BF16 };
+    for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) {
+        uint32_t t = ts[k];
+        int N = 37, IC = 512, OC = 600;   /* two chunks of 512 rows of W, a tail of rows */
+        uint8_t *w = make_weight(t, IC, OC);
+        float *W = xmalloc((size_t)OC * IC * 4), *B = xmalloc((size_t)OC * IC * 4), *dout = xmalloc((size_t)N * OC * 4);
+        float *d1 = xmalloc((size_t)N * IC * 4), *d2 = xmalloc((size_t)N * IC * 4);
+        weight_ref(t, w, IC, OC, W, B);
+        for (size_t i = 0; i < (size_t)N * OC; i++) dout[i] = urand(-1, 1);
+        omp_set_num_threads(1);
+        int st = quant_matmul_backward_input(d1, dout, w, t, N, IC, OC, 0);
+        omp_set_num_threads(2);
+        for (size_t i = 0; i < (size_t)N * IC; i++) d2[i] = 0.5f;
+        st |= quant_matmul_backward_input(d2, dout, w, t, N, IC, OC, 1);
+        double worst = 0, worst_acc = 0;
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < IC; j++) {
+                double s = 0, e = 0;
+                for (int o = 0; o < OC; o++) {
+                    double p = bf16_round_d(dout[(size_t)n * OC + o]) * bf16_round_d(W[(size_t)o * IC + j]);
+                    s += p;
+                    e += fabs(p);
+                }
+                double tol = (OC + 4) / 16777216.0 * e + 1e-30;
+                double r = fabs(d1[(size_t)n * IC + j] - s) / tol, ra = fabs(d2[(size_t)n * IC + j] - 0.5 - s) / (tol + 1e-7);
+                if (!(r <= worst)) worst = r != r ? INFINITY : r;
+                if (!(ra <= worst_acc)) worst_acc = ra != ra ? INFINITY : ra;
+            }
+        omp_set_num_threads(2);
+        quant_matmul_backward_input(d2, dout, w, t, N, IC, OC, 0);
+        CHECK(!st && worst <= 1.0 && worst_acc <= 1.0, "bf16 path: %s backward_input (= and +=) vs float64 of the bf16-rounded operands: worst err/bound %.3g, %.3g",
+              ggml_traits(t)->name, worst, worst_acc);
+        CHECK(!memcmp(d1, d2, (size_t)N * IC * 4), "bf16 path: %s backward_input 1 thread == 2 threads bit for bit", ggml_traits(t)->name);
+        free(w); free(W); free(B); free(dout); free(d1); free(d2);
+    }
+    kernels_set_bf16(-1);
+}
+
 int main(void)
 {
     peftc_rng_seed(&rng, 1234);
@@ -501,5 +547,6 @@ int main(void)
     kernels_set_isa(KERNELS_ISA_AUTO);
     test_threads_big();
     test_tiers_agree();
+    test_backward_bf16();
     return tl_finish();
 }

@@ -127,6 +127,10 @@ int matmul_bf16_backward_gelu(float *dpre, const float *pre, const float *dout, 
  * Products accumulate in fp32. Return 0, or -1 where the bf16 kernels do
  * not run (nothing done: use fp32). */
 size_t matmul_bf16_chunk_elems(int IC, int nr);
+/* With the bf16 path on (kernels_bf16(): measured faster here, or asked
+ * for) and the CPU able: 1, with *rows (nr, IC) fp32 and *pack for them from
+ * the thread's second scratch slot; else 0 (use fp32). */
+int matmul_bf16_chunk_scratch(int IC, int nr, float **rows, uint16_t **pack);
 int matmul_bf16_forward_chunk(float *out, int ldo, const float *inp, const float *rows, uint16_t *pack, int N, int IC,
                               int nr);
 int matmul_bf16_backward_chunk(float *dinp, const float *dout, int ldd, const float *rows, uint16_t *pack, int N,

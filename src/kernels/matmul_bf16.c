@@ -632,6 +632,17 @@ size_t matmul_bf16_chunk_elems(int IC, int nr)
     return f > b ? f : b;
 }
 
+int matmul_bf16_chunk_scratch(int IC, int nr, float **rows, uint16_t **pack)
+{
+    if (!kernels_bf16() || !kernels_bf16_supported()) return 0;
+    size_t fb = ((size_t)nr * IC * 4 + 63) / 64 * 64;
+    char *b = kern_scratch_slot(1, fb + matmul_bf16_chunk_elems(IC, nr) * 2 + 64);
+    if (!b) return 0;
+    *rows = (float *)b;
+    *pack = (uint16_t *)(b + fb);
+    return 1;
+}
+
 int matmul_bf16_forward_chunk(float *out, int ldo, const float *inp, const float *rows, uint16_t *pack, int N, int IC,
                               int nr)
 {

@@ -440,21 +440,6 @@ static int chunk_rows(int IC)
     return rc < 16 ? 16 : rc > 512 ? 512 : rc;
 }
 
-/* With the bf16 path on (kernels_bf16(): measured faster here, or asked
- * for), the dequantised chunks go through the bf16 kernels: *wf (rc, IC)
- * fp32 and *pk their bf16 pack, from the thread's second scratch slot (the
- * kernels use the first). 0: fp32 sgemm. */
-static int bf16_chunks(int IC, int rc, float **wf, uint16_t **pk)
-{
-    if (!kernels_bf16() || !kernels_bf16_supported()) return 0;
-    size_t fb = ((size_t)rc * IC * 4 + 63) / 64 * 64;
-    char *b = kern_scratch_slot(1, fb + matmul_bf16_chunk_elems(IC, rc) * 2 + 64);
-    if (!b) return 0;
-    *wf = (float *)b;
-    *pk = (uint16_t *)(b + fb);
-    return 1;
-}
-
 int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N)
 {
     if (N < 0 || w->cols <= 0 || w->cols % NF4_BLOCK || w->rows <= 0 || w->rows > INT32_MAX || w->cols > INT32_MAX)
@@ -467,7 +452,7 @@ int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N)
         const int IC = (int)w->cols, OC = (int)w->rows, rc = chunk_rows(IC);
         float *wf;
         uint16_t *pk;
-        if (bf16_chunks(IC, rc, &wf, &pk)) {
+        if (matmul_bf16_chunk_scratch(IC, rc, &wf, &pk)) {
             for (int c0 = 0; c0 < OC; c0 += rc) {
                 int nr = OC - c0 < rc ? OC - c0 : rc;
                 #pragma omp parallel for schedule(static)
@@ -516,7 +501,7 @@ int nf4_matmul_backward_input(float *dinp, const float *dout, const nf4_tensor *
     const int rc = chunk_rows(IC);
     float *wf;
     uint16_t *pk;
-    if (bf16_chunks(IC, rc, &wf, &pk)) {
+    if (matmul_bf16_chunk_scratch(IC, rc, &wf, &pk)) {
         for (int c0 = 0; c0 < OC; c0 += rc) {
             int nr = OC - c0 < rc ? OC - c0 : rc;
             #pragma omp parallel for schedule(static)

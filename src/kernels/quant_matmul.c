@@ -905,7 +905,19 @@ int quant_matmul_backward_input(float *dinp, const float *dout, const void *w, u
     const size_t row_bytes = ggml_row_bytes(type, IC);
     int rc = (int)(262144 / IC);
     rc = rc < 16 ? 16 : rc > 512 ? 512 : rc;
-    float *wf = kern_scratch((size_t)rc * IC * 4);
+    float *wf;
+    uint16_t *pk;
+    if (matmul_bf16_chunk_scratch(IC, rc, &wf, &pk)) {   /* the bf16 path: each chunk on the bf16 kernels */
+        for (int c0 = 0; c0 < OC; c0 += rc) {
+            int nr = OC - c0 < rc ? OC - c0 : rc;
+            #pragma omp parallel for schedule(static)
+            for (int r = 0; r < nr; r++)
+                quant_dequantize_row(type, (const uint8_t *)w + (size_t)(c0 + r) * row_bytes, wf + (size_t)r * IC, IC);
+            matmul_bf16_backward_chunk(dinp, dout + c0, OC, wf, pk, N, IC, nr, accumulate || c0 > 0);
+        }
+        return 0;
+    }
+    wf = kern_scratch((size_t)rc * IC * 4);
     if (!wf) return QUANT_ENOMEM;
     for (int c0 = 0; c0 < OC; c0 += rc) {
         int nr = OC - c0 < rc ? OC - c0 : rc;
