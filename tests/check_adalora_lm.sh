@@ -18,7 +18,8 @@
 #      gives peftc's eval loss (1e-5 rel) and PEFT's own trained model's;
 #   3. peftc loads AdaLoRA causal-LM adapters: eval --task causal-lm of its
 #      own (unmerged and merged) equals training's eval_loss, of PEFT's
-#      save_pretrained equals PEFT's loss; generate --adapter runs; a run with
+#      save_pretrained equals PEFT's loss; peftc merge of it gives the run's
+#      loss; generate --adapter runs; a run with
 #      target_r 1 (a module pruned to rank 0) loads in PEFT and peftc;
 #   4. resume: stopped after step 8 and resumed equals the straight run bit for bit;
 #   5. bad input: target_r > init_r, no budgeting phase, an init adapter
@@ -70,6 +71,15 @@ for mode in unmerged merged; do
         bad "peftc eval --task causal-lm ($mode) of the AdaLoRA adapter: loss '$got' vs training's '$want'"
     fi
 done
+# peftc merge: the AdaLoRA deltas folded into a new HF directory, whose loss is the run's
+rm -rf "$FX/merged"
+if timeout 60 ./peftc merge --model "$M" --adapter "$FX/runs/$STEPS" --out "$FX/merged" >/dev/null 2>"$FX/merge.log"; then
+    cp "$M"/tokenizer.json "$M"/tokenizer_config.json "$FX/merged/"
+    got=$(timeout 60 ./peftc eval --task causal-lm --model "$FX/merged" --data "$D" 2>&1 |
+          "$PY" -c 'import json,sys; print(json.loads(sys.stdin.read())["loss"])' 2>/dev/null)
+    if close "$got" "$want"; then ok "peftc merge of the AdaLoRA adapter into the base: loss $got = training's eval_loss $want"
+    else bad "peftc merge of the AdaLoRA adapter: loss '$got' vs training's '$want'"; fi
+else tail -2 "$FX/merge.log"; bad "peftc merge of the AdaLoRA adapter failed"; fi
 # PEFT's own save_pretrained (its rank pattern; the oracle ran in float64, peftc reads
 # F32/F16/BF16 tensors: saved again as float32) and PEFT's loss with it
 rm -rf "$FX/peft_f32" && cp -r "$FX/peft_saved" "$FX/peft_f32"
