@@ -247,7 +247,6 @@ peftc_status lm_task_load_weights(lm_task *t, const char *dir, int gguf_rows, pe
     peftc_safetensors *st;
     if ((rc = peftc_safetensors_open(path, &st, err))) return rc;
     param_block *pb = &t->pb;
-    float *tmp = NULL;
     for (int i = 0; i < pb->n && !rc; i++) {
         const param_entry *e = &pb->e[i];
         const st_tensor *x = st_find(st, e->name);
@@ -266,10 +265,10 @@ peftc_status lm_task_load_weights(lm_task *t, const char *dir, int gguf_rows, pe
             if (!isfinite(v[k])) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value", path, e->name); break; }
         int heads = e->ndim == 2 ? qk_heads(t, e->name, e->shape[0]) : 0;
         if (!rc && gguf_rows && heads) {   /* saved in Hugging Face's row order (lm_task_save_adapter) */
-            if (!tmp && !(tmp = malloc(e->numel * sizeof *tmp))) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+            float *tmp = malloc(e->numel * sizeof *tmp);
+            if (!tmp) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
             lora_b_from_hf(v, (int)e->shape[0], (int)e->shape[1], heads, tmp);
             free(tmp);
-            tmp = NULL;
         }
     }
     /* every tensor of the file must be one this run trains: another would be dropped silently */
@@ -280,7 +279,6 @@ peftc_status lm_task_load_weights(lm_task *t, const char *dir, int gguf_rows, pe
             rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not a parameter of method %s on this model (an adapter of another method, targets or model?)",
                             path, st->t[i].name, t->mo.name);
     }
-    free(tmp);
     peftc_safetensors_free(st);
     return rc;
 }
