@@ -55,7 +55,7 @@ run_one() {
 SERIAL=" check_mpi check_reliability check_sweep "
 # the slowest first (measured on 2 cores); anything not named keeps glob order
 FIRST="check_tasks check_embedding check_asan check_llama_train check_interop check_merge_model check_merge check_lm_eval
-       check_adapterhub check_nf4 check_fusion check_bpe check_adalora"
+       check_adapterhub check_nf4 check_fusion check_bpe check_adalora check_adalora_lm"
 declare -a names=() cmds=()
 add() { names+=("$1"); cmds+=("$2"); }
 for n in $FIRST; do [ -f "tests/$n.sh" ] && add "$n" "bash tests/$n.sh"; done

@@ -90,17 +90,20 @@ static int pattern_value(json_t *obj, const char *module, double *value, const c
     return 0;
 }
 
-/* "<prefix><layer>.<module>.lora_X.weight" -> layer, site, X ('A' or 'B'). */
-static int parse_peft_key(const decoder *dec, const char *key, int *layer, site_id *s, char *ab, char *module, size_t cap)
+/* "<prefix><layer>.<module>.lora_X.weight" (LoRA) or "...lora_X" (AdaLoRA's
+ * parameters, X also E) -> layer, site, X; *xpos: X's offset in key. */
+static int parse_peft_key(const decoder *dec, const char *key, int ada, int *layer, site_id *s, char *ab, size_t *xpos,
+                          char *module, size_t cap)
 {
     const char *pre = decoder_peft_layers_prefix(dec);
     size_t pl = strlen(pre), kl = strlen(key);
-    static const char suf[] = ".lora_A.weight";
-    size_t sl = sizeof suf - 1;
+    const char *sfx = ada ? "" : ".weight";
+    size_t sl = strlen(".lora_X") + strlen(sfx);
     if (kl <= pl + sl || strncmp(key, pre, pl)) return 0;
     const char *tail = key + kl - sl;
-    if (strcmp(tail, ".lora_A.weight") && strcmp(tail, ".lora_B.weight")) return 0;
+    if (strncmp(tail, ".lora_", 6) || strcmp(tail + 7, sfx) || !strchr(ada ? "ABE" : "AB", tail[6]) || !tail[6]) return 0;
     *ab = tail[6];
+    *xpos = (size_t)(tail + 6 - key);
     const char *p = key + pl;
     char *end;
     long l = strtol(p, &end, 10);
@@ -112,6 +115,25 @@ static int parse_peft_key(const decoder *dec, const char *key, int *layer, site_
     if (!decoder_site_of_module(dec, module, s)) return 0;
     *layer = (int)l;
     return 1;
+}
+
+/* AdaLoRA: the kept triplets of module mpath by rank_pattern's
+ * "<mpath>.lora_E" flags (PEFT's resize_modules_by_rank_pattern), init_r
+ * when there is no pattern yet; -1 (err set) for a malformed entry. */
+static int adalora_kept(json_t *rank_pattern, const char *mpath, int init_r, const char *path, peftc_error *err)
+{
+    if (!json_is_object(rank_pattern)) return init_r;
+    char key[300];
+    snprintf(key, sizeof key, "%s.lora_E", mpath);
+    json_t *v = json_object_get(rank_pattern, key), *e;
+    if (!json_is_array(v) || json_array_size(v) != (size_t)init_r) {
+        peftc_fail(err, PEFTC_ERR_FORMAT, "%s: rank_pattern has no list of %d flags for '%s'", path, init_r, key);
+        return -1;
+    }
+    size_t i;
+    int kept = 0;
+    json_array_foreach(v, i, e) kept += json_is_true(e);
+    return kept;
 }
 
 static peftc_status read_peft(const char *dir, const decoder *dec, float us, lora_factors *lf, peftc_error *err)
@@ -134,10 +156,14 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
     json_t *jr = json_object_get(j, "r"), *ja = json_object_get(j, "lora_alpha");
     json_t *mts = json_object_get(j, "modules_to_save");
     const char *bias = json_string_value(json_object_get(j, "bias"));
-    if (!type || strcmp(type, "LORA")) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type %s: decoders take LORA adapters", path, type ? type : "(missing)");
+    /* AdaLoRA: SVD factors P diag(E) Q, applied as the LoRA pair (B, diag(E) A) at
+     * SVDLinear's scale lora_alpha / (ranknum + 1e-5), ranknum = init_r */
+    int ada = type && !strcmp(type, "ADALORA");
+    if (ada) jr = json_object_get(j, "init_r");
+    if (!type || (strcmp(type, "LORA") && !ada)) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type %s: decoders take LORA and ADALORA adapters", path, type ? type : "(missing)");
     } else if (!json_is_integer(jr) || json_integer_value(jr) < 1 || json_integer_value(jr) > 65536) {
-        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"r\" must be an integer in [1, 65536]", path);
+        rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"%s\" must be an integer in [1, 65536]", path, ada ? "init_r" : "r");
     } else if (ja && !json_is_number(ja)) {
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"lora_alpha\" must be a number", path);
     } else if (json_is_true(json_object_get(j, "use_dora"))) {
@@ -156,7 +182,8 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
     if (rc) goto done;
     int r0 = (int)json_integer_value(jr);
     double alpha0 = ja ? json_number_value(ja) : 8.0;
-    int rslora = json_is_true(json_object_get(j, "use_rslora"));
+    if (ada && !(alpha0 > 0)) alpha0 = r0;   /* SVDLinear: scaling = lora_alpha if lora_alpha > 0 else r */
+    int rslora = !ada && json_is_true(json_object_get(j, "use_rslora"));
     json_t *rank_pattern = json_object_get(j, "rank_pattern"), *alpha_pattern = json_object_get(j, "alpha_pattern");
     lf->alpha = (float)alpha0;
     if ((rc = peftc_safetensors_open(stpath, &st, err))) goto done;
@@ -169,17 +196,29 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
         int layer;
         site_id s;
         char ab, module[128];
-        if (!parse_peft_key(dec, t->name, &layer, &s, &ab, module, sizeof module)) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not a LoRA factor of a linear layer of this %s model (maybe wrong base model?)",
-                            stpath, t->name, decoder_get_info(dec)->arch);
+        size_t xpos;
+        if (!parse_peft_key(dec, t->name, ada, &layer, &s, &ab, &xpos, module, sizeof module)) {
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not a%s factor of a linear layer of this %s model (maybe wrong base model?)",
+                            stpath, t->name, ada ? "n AdaLoRA" : " LoRA", decoder_get_info(dec)->arch);
             break;
         }
-        char other[512];
-        snprintf(other, sizeof other, "%s", t->name);
-        other[strlen(other) - strlen("A.weight")] = ab == 'A' ? 'B' : 'A';
-        const st_tensor *tb = st_find(st, other);
-        if (!tb) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' has no %s beside it", stpath, t->name, ab == 'A' ? "lora_B" : "lora_A"); break; }
-        if (ab == 'B') continue;   /* handled with its A */
+        /* its partners (A, B and, AdaLoRA, E of the module), each set handled at its A */
+        const st_tensor *part[3] = {NULL, NULL, NULL};
+        const char *letters = ada ? "ABE" : "AB";
+        for (int q = 0; letters[q]; q++) {
+            char other[512];
+            snprintf(other, sizeof other, "%s", t->name);
+            other[xpos] = letters[q];
+            part[q] = st_find(st, other);
+            if (!part[q]) break;
+        }
+        int missing = !part[0] ? 0 : !part[1] ? 1 : ada && !part[2] ? 2 : -1;
+        if (missing >= 0) {
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' has no lora_%c beside it", stpath, t->name, letters[missing]);
+            break;
+        }
+        if (ab != 'A') continue;
+        const st_tensor *tb = part[1], *te = part[2];
         if (layer >= decoder_get_info(dec)->n_layers) {
             rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is for layer %d; the model has %d layers (maybe wrong base model?)",
                             stpath, t->name, layer, decoder_get_info(dec)->n_layers);
@@ -188,8 +227,12 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
         char mpath[256];
         snprintf(mpath, sizeof mpath, "%s%d.%s", mpre, layer, module);
         double rv = r0, av = alpha0;
-        int got;
-        if ((got = pattern_value(rank_pattern, mpath, &rv, path, err)) < 0 || pattern_value(alpha_pattern, mpath, &av, path, err) < 0) {
+        int got = 0;
+        if (ada) {
+            int kept = adalora_kept(rank_pattern, mpath, r0, path, err);
+            if (kept < 0) { rc = PEFTC_ERR_FORMAT; break; }
+            rv = kept;
+        } else if ((got = pattern_value(rank_pattern, mpath, &rv, path, err)) < 0 || pattern_value(alpha_pattern, mpath, &av, path, err) < 0) {
             rc = PEFTC_ERR_FORMAT;
             break;
         }
@@ -197,22 +240,40 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
         if (got && (rv != r || r < 1 || r > 65536)) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: rank_pattern gives %s rank %g", path, mpath, rv); break; }
         int in, out;
         decoder_site_dims(dec, s, &in, &out);
-        if (t->ndim != 2 || t->shape[0] != r || t->shape[1] != in || tb->ndim != 2 || tb->shape[0] != out || tb->shape[1] != r) {
-            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' must be (%d, %d) and its lora_B (%d, %d) for this model and r %d (maybe wrong base model?)",
-                            stpath, t->name, r, in, out, r, r);
+        if (t->ndim != 2 || t->shape[0] != r || t->shape[1] != in || tb->ndim != 2 || tb->shape[0] != out || tb->shape[1] != r ||
+            (te && (te->ndim != 2 || te->shape[0] != r || te->shape[1] != 1))) {
+            if (ada)
+                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' must be (%d, %d), its lora_B (%d, %d) and lora_E (%d, 1) for this model and the rank_pattern's %d kept (maybe wrong base model?)",
+                                stpath, t->name, r, in, out, r, r, r);
+            else
+                rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' must be (%d, %d) and its lora_B (%d, %d) for this model and r %d (maybe wrong base model?)",
+                                stpath, t->name, r, in, out, r, r);
             break;
         }
-        float scale = us * (float)(rslora ? av / sqrt((double)r) : av / r);
+        if (r == 0) continue;   /* an AdaLoRA module pruned to rank 0 adds nothing */
+        /* ranknum is a float32 parameter: init_r + 1e-5 rounded to float first (adalora_scale) */
+        float scale = ada ? us * (float)(av / (double)((float)r0 + 1e-5f))
+                          : us * (float)(rslora ? av / sqrt((double)r) : av / r);
         if ((rc = push_factor(lf, layer, s, r, in, out, scale, err))) break;
         lora_factor *f = &lf->f[lf->n - 1];
         if ((rc = st_to_f32(st, t, f->a, err)) || (rc = st_to_f32(st, tb, f->b, err))) break;
+        if (te) {   /* diag(E) A */
+            float *e = malloc((size_t)r * sizeof *e);
+            if (!e) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+            if (!(rc = st_to_f32(st, te, e, err)))
+                for (int k = 0; k < r; k++)
+                    for (int c = 0; c < in; c++) f->a[(size_t)k * in + c] *= e[k];
+            free(e);
+            if (rc) break;
+        }
         if (!all_finite(f->a, (size_t)r * in) || !all_finite(f->b, (size_t)out * r)) {
-            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' or its lora_B holds a non-finite value", stpath, t->name);
+            rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' or its lora_B%s holds a non-finite value", stpath, t->name, ada ? " or lora_E" : "");
             break;
         }
         decoder_adapt_lora_b(dec, s, f->b, out, r);
     }
-    if (!rc && !lf->n) rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no LoRA tensors (lora_A/lora_B)", stpath);
+    /* (an AdaLoRA adapter whose every module was pruned to rank 0 is the base itself) */
+    if (!rc && !lf->n && (!ada || !st->n)) rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no %s tensors (lora_A/lora_B%s)", stpath, ada ? "AdaLoRA" : "LoRA", ada ? "/lora_E" : "");
 done:
     if (st) peftc_safetensors_free(st);
     json_decref(j);

@@ -3,7 +3,10 @@
  *   - HF PEFT (a directory: adapter_config.json + adapter_model.safetensors,
  *     keys base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight),
  *     with rsLoRA, rank_pattern and alpha_pattern (PEFT's own matching:
- *     the first key K with re.match("(.*\.)?(K)$", module path));
+ *     the first key K with re.match("(.*\.)?(K)$", module path)); and
+ *     PEFT's ADALORA adapters (keys ...q_proj.lora_A / lora_B / lora_E, each
+ *     module at its rank_pattern's kept rank), read as the LoRA pair
+ *     (B, diag(E) A) at SVDLinear's scale lora_alpha / (init_r + 1e-5);
  *   - llama.cpp GGUF LoRA (general.type adapter, adapter.type lora,
  *     adapter.lora.alpha, blk.N.attn_q.weight.lora_a ne [in, r] / .lora_b ne
  *     [r, out]; llama.cpp scales every pair by alpha / r, r = lora_b ne[0]).

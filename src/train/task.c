@@ -3,6 +3,7 @@
 #include "train/task.h"
 #include "io/safetensors.h"
 #include "train/adapterhub.h"
+#include "train/adalora_config.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -578,51 +579,6 @@ static json_t *target_modules_json(const model_family *f, unsigned mask)
     return json_string(re);
 }
 
-/* AdaLoraConfig as PEFT saves it: LoraConfig's fields, the schedule and the
- * rank pattern ({"<module>.lora_E": [kept...]}, null before any masking) */
-/* a float option as the decimal it was given as (0.85, not 0.850000024) */
-static json_t *json_float(float x)
-{
-    char b[32];
-    snprintf(b, sizeof b, "%.7g", x);
-    return json_real(strtod(b, NULL));
-}
-
-static void adalora_config_json(const task *t, json_t *cfg)
-{
-    const method_opts *mo = &t->mo;
-    const peftc_adalora_opts *o = t->ada.on ? &t->ada.o : &mo->ada;
-    json_object_set_new(cfg, "r", json_integer(8));   /* LoraConfig's default: AdaLoRA ignores r */
-    json_object_set_new(cfg, "init_r", json_integer(o->init_r));
-    json_object_set_new(cfg, "target_r", json_integer(o->target_r));
-    json_object_set_new(cfg, "tinit", json_integer(o->tinit));
-    json_object_set_new(cfg, "tfinal", json_integer(o->tfinal));
-    json_object_set_new(cfg, "deltaT", json_integer(o->delta_t));
-    json_object_set_new(cfg, "beta1", json_float(o->beta1));
-    json_object_set_new(cfg, "beta2", json_float(o->beta2));
-    json_object_set_new(cfg, "orth_reg_weight", json_float(o->orth_reg_weight));
-    json_object_set_new(cfg, "total_step", o->total_step > 0 ? json_integer(o->total_step) : json_null());
-    json_object_set_new(cfg, "lora_alpha", json_float(mo->alpha));
-    json_object_set_new(cfg, "lora_dropout", json_float(mo->dropout));
-    json_object_set_new(cfg, "use_rslora", json_false());
-    json_object_set_new(cfg, "use_dora", json_false());
-    json_object_set_new(cfg, "target_modules", target_modules_json(t->m->family, mo->targets));
-    json_object_set_new(cfg, "bias", json_string("none"));
-    json_object_set_new(cfg, "fan_in_fan_out", json_false());
-    json_object_set_new(cfg, "init_lora_weights", json_true());
-    json_object_set_new(cfg, "layers_to_transform", json_null());
-    json_object_set_new(cfg, "alpha_pattern", json_object());
-    if (!t->ada.on || t->ada.flags[0] == 0) { json_object_set_new(cfg, "rank_pattern", json_null()); return; }
-    json_t *rp = json_object();
-    for (int i = 0; i < t->ada.n_mod; i++) {
-        const adalora_module *m = &t->ada.mod[i];
-        json_t *row = json_array();
-        for (int k = 0; k < m->r; k++) json_array_append_new(row, json_boolean(t->ada.keep[m->tri + k] != 0.0f));
-        json_object_set_new(rp, m->key, row);
-    }
-    json_object_set_new(cfg, "rank_pattern", rp);
-}
-
 /* src's adapter_config.json and adapter_model.safetensors into
  * dir/adapters/name/ (atomic writes); nothing when src is that directory. */
 static peftc_status copy_adapter(const char *src, const char *dir, const char *name, peftc_error *err)
@@ -693,7 +649,7 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(cfg, "rank_pattern", json_object());
         json_object_set_new(cfg, "alpha_pattern", json_object());
     }
-    if (mo->adalora) adalora_config_json(t, cfg);
+    if (mo->adalora) adalora_config_json(cfg, &t->ada, mo, target_modules_json(f, mo->targets));
     json_t *own = json_object();
     json_object_set_new(own, "method", json_string(mo->name));
     json_object_set_new(own, "base", json_string(mo->base == BASE_ALL ? "all" : mo->base == BASE_BIAS ? "bias" : "none"));

@@ -1,5 +1,6 @@
 /* task_lm.c: the causal-LM task (task_lm.h). */
 #include "train/task_lm.h"
+#include "train/adalora_config.h"
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
 
@@ -25,8 +26,6 @@ peftc_status lm_task_init(lm_task *t, peftc_model *m, const method_opts *mo, pef
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--template: on a decoder the virtual tokens all precede the input (PEFT's causal-LM prompt learning); put {text} last");
     if (mo->base == BASE_BIAS)
         return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--method %s: %s models have no biases (BitFit trains biases only)", mo->name, f->name);
-    if (mo->adalora)
-        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "--method %s: AdaLoRA on decoders is not supported yet", mo->name);
     int n_slots = method_grad_slots(m);
     t->grads = calloc((size_t)(n_slots > 0 ? n_slots : 1), sizeof *t->grads);
     if (!t->grads) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
@@ -46,6 +45,7 @@ peftc_status lm_task_init(lm_task *t, peftc_model *m, const method_opts *mo, pef
         if ((rc = prefix_declare(&t->prefix, &mo->prefix, c->num_layers, KD, &t->pb, err))) return rc;
     }
     if ((rc = params_alloc(&t->pb, err)) || (rc = method_bind(m, mo, &t->pb, &t->ds, t->grads, rng, err))) return rc;
+    if (mo->adalora && (rc = adalora_init(&t->ada, &mo->ada, &t->pb, &t->ds, err))) return rc;
     if (t->n_virt) {
         /* rows of random ordinary tokens (Lester et al.'s vocabulary init),
          * gathered first: a quantised embedding table has no float rows */
@@ -115,6 +115,7 @@ void lm_task_free(lm_task *t)
     free(t->v_ids); free(t->v_seg); free(t->v_tgt); free(t->v_lens);
     if (t->n_virt) prompt_free(&t->prompt);
     if (t->mo.prefix.n > 0) prefix_free(&t->prefix);
+    adalora_free(&t->ada);
     delta_set_free(&t->ds);
     params_free(&t->pb);
     memset(t, 0, sizeof *t);
@@ -218,6 +219,70 @@ static void lora_b_to_hf(float *b, int out, int r, int n_head, float *tmp)
     memcpy(b, tmp, (size_t)out * r * sizeof(float));
 }
 
+/* The inverse: a saved (Hugging Face order) B's rows back to the GGUF base's. */
+static void lora_b_from_hf(float *b, int out, int r, int n_head, float *tmp)
+{
+    int hd = out / n_head, h2 = hd / 2;
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < h2; i++)
+            for (int j = 0; j < 2; j++)
+                memcpy(tmp + ((size_t)h * hd + 2 * i + j) * r, b + ((size_t)h * hd + i + (size_t)j * h2) * r, (size_t)r * sizeof(float));
+    memcpy(b, tmp, (size_t)out * r * sizeof(float));
+}
+
+/* the heads of a q or k projection's B (out rows), 0 if name is neither */
+static int qk_heads(const lm_task *t, const char *name, int64_t out)
+{
+    const peftc_config *c = &t->m->cfg;
+    if (strstr(name, "q_proj.lora_B")) return c->num_heads;
+    if (strstr(name, "k_proj.lora_B")) return (int)(out / (c->hidden_size / c->num_heads));
+    return 0;
+}
+
+peftc_status lm_task_load_weights(lm_task *t, const char *dir, int gguf_rows, peftc_error *err)
+{
+    char path[4096];
+    peftc_status rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
+    if (rc) return rc;
+    peftc_safetensors *st;
+    if ((rc = peftc_safetensors_open(path, &st, err))) return rc;
+    param_block *pb = &t->pb;
+    for (int i = 0; i < pb->n && !rc; i++) {
+        const param_entry *e = &pb->e[i];
+        const st_tensor *x = st_find(st, e->name);
+        if (!x) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is missing (an adapter of another method, targets or model?)", path, e->name); break; }
+        int ok = x->ndim == e->ndim;
+        for (int d = 0; ok && d < e->ndim; d++) ok = x->shape[d] == e->shape[d];
+        if (!ok) {
+            /* an AdaLoRA adapter cut to its rank pattern has fewer rows than init_r */
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' has a shape that does not fit this run (another base model, r, or an AdaLoRA adapter already cut to its rank pattern?)",
+                            path, e->name);
+            break;
+        }
+        float *v = params_value(pb, i);
+        if ((rc = st_to_f32(st, x, v, err))) break;
+        for (size_t k = 0; k < e->numel; k++)
+            if (!isfinite(v[k])) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: tensor '%s' holds a non-finite value", path, e->name); break; }
+        int heads = e->ndim == 2 ? qk_heads(t, e->name, e->shape[0]) : 0;
+        if (!rc && gguf_rows && heads) {   /* saved in Hugging Face's row order (lm_task_save_adapter) */
+            float *tmp = malloc(e->numel * sizeof *tmp);
+            if (!tmp) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+            lora_b_from_hf(v, (int)e->shape[0], (int)e->shape[1], heads, tmp);
+            free(tmp);
+        }
+    }
+    /* every tensor of the file must be one this run trains: another would be dropped silently */
+    for (int i = 0; i < st->n && !rc; i++) {
+        int used = 0;
+        for (int k = 0; k < pb->n && !used; k++) used = !strcmp(pb->e[k].name, st->t[i].name);
+        if (!used)
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not a parameter of method %s on this model (an adapter of another method, targets or model?)",
+                            path, st->t[i].name, t->mo.name);
+    }
+    peftc_safetensors_free(st);
+    return rc;
+}
+
 /* prompt_embeddings: the prefix table (n, 2 L KD) or the virtual tokens
  * (n, C) as the encoders make them now; with a GGUF base the prefix keys go
  * back to Hugging Face's order within each head, as LoRA B rows do. */
@@ -256,8 +321,8 @@ static peftc_status save_prompt_embeddings(lm_task *t, const char *dir, int gguf
     return rc;
 }
 
-/* adapter_config.json (PEFT's fields: LoRA and the prompt-learning methods
- * load in PEFT as CAUSAL_LM adapters; other methods keep peftc's own
+/* adapter_config.json (PEFT's fields: LoRA, AdaLoRA and the prompt-learning
+ * methods load in PEFT as CAUSAL_LM adapters; other methods keep peftc's own
  * peft_type) and adapter_model.safetensors (PEFT's names). */
 peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err)
 {
@@ -280,6 +345,9 @@ peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base,
         json_object_set_new(cfg, "use_rslora", json_boolean(mo->rslora));
         json_object_set_new(cfg, "bias", json_string("none"));
         json_object_set_new(cfg, "target_modules", tm);
+    } else if (mo->adalora) {
+        json_object_set_new(cfg, "peft_type", json_string("ADALORA"));
+        adalora_config_json(cfg, &t->ada, mo, tm);
     } else if (prompt_only) {
         /* PEFT's prompt learning, saved folded as PEFT saves it (the encoder's
          * output as prompt_embeddings) with the config fields PEFT resolves */
@@ -327,12 +395,10 @@ peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base,
         items[i].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[i].shape[d] = e->shape[d];
         items[i].data = copy + e->offset;
-        int is_q = strstr(e->name, "q_proj.lora_B") != NULL, is_k = strstr(e->name, "k_proj.lora_B") != NULL;
-        if (gguf_rows && (is_q || is_k) && e->ndim == 2) {
-            const peftc_config *c = &t->m->cfg;
-            int heads = is_q ? c->num_heads : (int)(e->shape[0] / (c->hidden_size / c->num_heads));
-            lora_b_to_hf(copy + e->offset, (int)e->shape[0], (int)e->shape[1], heads, tmp);
-        }
+        /* AdaLoRA: the kept triplets only (rows of A and E, columns of B), as PEFT saves them */
+        adalora_compact(&t->ada, pb, i, copy + e->offset, items[i].shape);
+        int heads = e->ndim == 2 ? qk_heads(t, e->name, e->shape[0]) : 0;
+        if (gguf_rows && heads) lora_b_to_hf(copy + e->offset, (int)items[i].shape[0], (int)items[i].shape[1], heads, tmp);
     }
     rc = peftc_path_join(path, sizeof path, dir, "adapter_model.safetensors", err);
     if (!rc) rc = st_write_f32(path, items, pb->n, NULL, err);

@@ -39,6 +39,7 @@ typedef struct lm_task {
     uint8_t *v_tgt;
     int *v_lens;
     prefix_module prefix;    /* prefix keys/values (prefix tuning, P-tuning v2, MAM) */
+    adalora_state ada;       /* AdaLoRA: the rank allocator (its EMAs and mask in pb.state, checkpointed) */
     int64_t row0;            /* data parallelism: the next batch's first row in the whole batch (model_run.row0) */
     void (*layer_done)(void *ctx, int layer);   /* model_run.layer_done of a training step (NULL: none) */
     void *layer_done_ctx;
@@ -62,11 +63,18 @@ double lm_task_step(lm_task *t, const int32_t *ids, const uint8_t *target, const
 int64_t lm_task_trainable_count(const lm_task *t);
 
 /* Writes dir/adapter_config.json and dir/adapter_model.safetensors in HF
- * PEFT's CAUSAL_LM layout (LoRA; prefix tuning, P-tuning v2, prompt tuning
+ * PEFT's CAUSAL_LM layout (LoRA; AdaLoRA with its tensors cut to the rank
+ * pattern as PEFT's save_pretrained cuts them; prefix tuning, P-tuning v2, prompt tuning
  * and P-tuning folded to prompt_embeddings), other methods with peft_type
  * PEFTC and the parameter block as it trains. base: base_model_name_or_path;
  * gguf_rows: the base is a GGUF file (q/k rows in ggml's order, turned back
  * to Hugging Face's in what is saved). */
 peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err);
+
+/* Starts from dir's adapter_model.safetensors (peftc train --init-adapter):
+ * every trainable tensor by its saved name and shape, every tensor of the
+ * file one of them; gguf_rows: q/k B rows turned from Hugging Face's order
+ * to the GGUF base's (the inverse of lm_task_save_adapter's). */
+peftc_status lm_task_load_weights(lm_task *t, const char *dir, int gguf_rows, peftc_error *err);
 
 #endif

@@ -375,6 +375,9 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     if ((rc = lm_task_init(&t, m, mo, &rng, err))) goto out;
     t.recompute = o->gradient_checkpointing;
     if ((rc = lm_task_alloc(&t, Bcap, T, 1, err)) || (rc = dp_setup(&dps, o, &t.pb, err))) goto out;
+    size_t ml = strlen(o->model_dir);
+    int gguf_rows = ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf");
+    if (o->init_adapter && (rc = lm_task_load_weights(&t, o->init_adapter, gguf_rows, err))) goto out;
     ids = malloc((size_t)Bcap * T * sizeof *ids);
     seg = malloc((size_t)Bcap * T * sizeof *seg);
     tgt = malloc((size_t)Bcap * T);
@@ -407,6 +410,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
     run_sig = fnv(run_sig, ints, sizeof ints);
     run_sig = fnv(run_sig, &o->seed, sizeof o->seed);
     train_state s = {0, 0, 0, 0};
+    if ((rc = adalora_begin(&t.ada, total, err))) goto out;   /* before a resume checks its options */
     if (o->resume_dir) {
         ckpt_limits lim = {tr.n, o->grad_accum};
         if ((rc = checkpoint_load(o->resume_dir, &t.pb, mo->name, run_sig, &lim, &s, err))) goto out;
@@ -513,6 +517,8 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
         t.row0 = 0;
         if ((rc = dp_sync_finish(&dps, &loss_sum, err))) goto out;
         double loss = n_step_targets ? loss_sum / (double)n_step_targets : 0;
+        /* AdaLoRA: the orthogonality term, into the loss and the summed gradients (before clipping) */
+        if (isfinite(loss)) loss += adalora_regularize(&t.ada, &t.pb);
         double norm2 = 0;
         for (size_t i = 0; i < t.pb.total; i++) norm2 += (double)t.pb.g[i] * t.pb.g[i];
         float norm = (float)sqrt(norm2);
@@ -533,6 +539,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
                 adamw_update(t.pb.p + e->offset, t.pb.g + e->offset, t.pb.m + e->offset, t.pb.v + e->offset, e->numel, lr_now,
                              o->adam_beta1, o->adam_beta2, o->adam_eps, e->no_decay ? 0.0f : o->weight_decay, s.step + 1);
             }
+            adalora_update(&t.ada, &t.pb, s.step);   /* AdaLoRA: update_and_allocate(global_step), this step's gradients */
             last_loss = loss;
         }
         team_tuner_end(&tune, step_units);
@@ -557,8 +564,7 @@ static peftc_status train_causal_lm(const peftc_train_opts *o, peftc_model *m, c
 #undef LM_EVAL
 #undef LM_ORDER
     double secs = now_s() - t0;
-    size_t ml = strlen(o->model_dir);
-    if (dp_writer(comm) && (rc = lm_task_save_adapter(&t, o->out_dir, o->model_dir, ml > 5 && !strcmp(o->model_dir + ml - 5, ".gguf"), err)))
+    if (dp_writer(comm) && (rc = lm_task_save_adapter(&t, o->out_dir, o->model_dir, gguf_rows, err)))
         goto out;
     if (dp_writer(comm)) {
         json_t *j = json_object();
