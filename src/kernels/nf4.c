@@ -440,6 +440,13 @@ static int chunk_rows(int IC)
     return rc < 16 ? 16 : rc > 512 ? 512 : rc;
 }
 
+/* rows [c0, c0+nr) of W into wf (nr, cols) fp32, rows in parallel */
+static void dequant_chunk(const nf4_tensor *w, int c0, int nr, float *wf)
+{
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < nr; r++) nf4_dequantize_rows(w, c0 + r, 1, wf + (size_t)r * w->cols);
+}
+
 int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N)
 {
     if (N < 0 || w->cols <= 0 || w->cols % NF4_BLOCK || w->rows <= 0 || w->rows > INT32_MAX || w->cols > INT32_MAX)
@@ -455,8 +462,7 @@ int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N)
         if (matmul_bf16_chunk_scratch(IC, rc, &wf, &pk)) {
             for (int c0 = 0; c0 < OC; c0 += rc) {
                 int nr = OC - c0 < rc ? OC - c0 : rc;
-                #pragma omp parallel for schedule(static)
-                for (int r = 0; r < nr; r++) nf4_dequantize_rows(w, c0 + r, 1, wf + (size_t)r * IC);
+                dequant_chunk(w, c0, nr, wf);
                 matmul_bf16_forward_chunk(out + c0, OC, inp, wf, pk, N, IC, nr);
             }
             return 0;
@@ -465,8 +471,7 @@ int nf4_matmul(float *out, const float *inp, const nf4_tensor *w, int N)
         if (wf) {
             for (int c0 = 0; c0 < OC; c0 += rc) {
                 int nr = OC - c0 < rc ? OC - c0 : rc;
-                #pragma omp parallel for schedule(static)
-                for (int r = 0; r < nr; r++) nf4_dequantize_rows(w, c0 + r, 1, wf + (size_t)r * IC);
+                dequant_chunk(w, c0, nr, wf);
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, IC, 1.0f, inp, IC, wf, IC, 0.0f, out + c0, OC);
             }
             return 0;
@@ -504,8 +509,7 @@ int nf4_matmul_backward_input(float *dinp, const float *dout, const nf4_tensor *
     if (matmul_bf16_chunk_scratch(IC, rc, &wf, &pk)) {
         for (int c0 = 0; c0 < OC; c0 += rc) {
             int nr = OC - c0 < rc ? OC - c0 : rc;
-            #pragma omp parallel for schedule(static)
-            for (int r = 0; r < nr; r++) nf4_dequantize_rows(w, c0 + r, 1, wf + (size_t)r * IC);
+            dequant_chunk(w, c0, nr, wf);
             matmul_bf16_backward_chunk(dinp, dout + c0, OC, wf, pk, N, IC, nr, accumulate || c0 > 0);
         }
         return 0;
@@ -514,8 +518,7 @@ int nf4_matmul_backward_input(float *dinp, const float *dout, const nf4_tensor *
     if (!wf) return NF4_ENOMEM;
     for (int c0 = 0; c0 < OC; c0 += rc) {
         int nr = OC - c0 < rc ? OC - c0 : rc;
-        #pragma omp parallel for schedule(static)
-        for (int r = 0; r < nr; r++) nf4_dequantize_rows(w, c0 + r, 1, wf + (size_t)r * IC);
+        dequant_chunk(w, c0, nr, wf);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, nr, 1.0f, dout + c0, OC, wf, IC,
                     accumulate || c0 > 0 ? 1.0f : 0.0f, dinp, IC);
     }

@@ -822,6 +822,14 @@ KERN_TIERS(fdot_rows, (float *out, const float *inp, int N, const void *w, uint3
                        int r1, float *tmp), out, inp, N, w, type, IC, OC, r0, r1, tmp)
 
 /* F16 / BF16 / F32 weights: fp32 products */
+/* rows [c0, c0+nr) of a block-quantised (or F16/BF16) W into wf (nr, IC) fp32, rows in parallel */
+static void dequant_chunk(uint32_t type, const void *w, size_t row_bytes, int c0, int nr, int IC, float *wf)
+{
+    #pragma omp parallel for schedule(static)
+    for (int r = 0; r < nr; r++)
+        quant_dequantize_row(type, (const uint8_t *)w + (size_t)(c0 + r) * row_bytes, wf + (size_t)r * IC, IC);
+}
+
 static int fmatmul(float *out, const float *inp, const void *w, uint32_t type, int N, int IC, int OC)
 {
     if (N < 0 || IC <= 0 || OC < 0) return QUANT_EUNSUPPORTED;
@@ -852,9 +860,7 @@ static int fmatmul(float *out, const float *inp, const void *w, uint32_t type, i
     if (!wf) return QUANT_ENOMEM;
     for (int c0 = 0; c0 < OC; c0 += rc) {
         int nr = OC - c0 < rc ? OC - c0 : rc;
-        #pragma omp parallel for schedule(static)
-        for (int r = 0; r < nr; r++)
-            quant_dequantize_row(type, (const uint8_t *)w + (size_t)(c0 + r) * row_bytes, wf + (size_t)r * IC, IC);
+        dequant_chunk(type, w, row_bytes, c0, nr, IC, wf);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, nr, IC, 1.0f, inp, IC, wf, IC, 0.0f, out + c0, OC);
     }
     return 0;
@@ -910,9 +916,7 @@ int quant_matmul_backward_input(float *dinp, const float *dout, const void *w, u
     if (matmul_bf16_chunk_scratch(IC, rc, &wf, &pk)) {   /* the bf16 path: each chunk on the bf16 kernels */
         for (int c0 = 0; c0 < OC; c0 += rc) {
             int nr = OC - c0 < rc ? OC - c0 : rc;
-            #pragma omp parallel for schedule(static)
-            for (int r = 0; r < nr; r++)
-                quant_dequantize_row(type, (const uint8_t *)w + (size_t)(c0 + r) * row_bytes, wf + (size_t)r * IC, IC);
+            dequant_chunk(type, w, row_bytes, c0, nr, IC, wf);
             matmul_bf16_backward_chunk(dinp, dout + c0, OC, wf, pk, N, IC, nr, accumulate || c0 > 0);
         }
         return 0;
@@ -921,9 +925,7 @@ int quant_matmul_backward_input(float *dinp, const float *dout, const void *w, u
     if (!wf) return QUANT_ENOMEM;
     for (int c0 = 0; c0 < OC; c0 += rc) {
         int nr = OC - c0 < rc ? OC - c0 : rc;
-        #pragma omp parallel for schedule(static)
-        for (int r = 0; r < nr; r++)
-            quant_dequantize_row(type, (const uint8_t *)w + (size_t)(c0 + r) * row_bytes, wf + (size_t)r * IC, IC);
+        dequant_chunk(type, w, row_bytes, c0, nr, IC, wf);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, nr, 1.0f, dout + c0, OC, wf, IC,
                     accumulate || c0 > 0 ? 1.0f : 0.0f, dinp, IC);
     }
