@@ -413,6 +413,19 @@ row_fail "train: a missing text column" 1 "train.tsv: text column 'nosuch' not f
 cp -r "$W/half" "$E/half"
 row_fail "resume with another --method" 1 "half/checkpoint.safetensors: checkpoint of method 'lora', but --method is 'bitfit'" -- \
     ./peftc train $common ${rc_/--method lora/--method bitfit} --out "$E/half" --resume "$E/half"
+# an option that takes one value given twice (was "unknown option '--method'"),
+# a flag given twice; repeatable options (--adapter, --delta) still repeat
+row_fail "train --method given twice" 2 "train: option --method given twice ('lora', then 'ia3')" -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --method lora --method ia3 --max-steps 1 --out "$E/r"
+row_fail "train: a flag given twice" 2 "train: option --bucket given twice" -- \
+    ./peftc train $common --train "$W/tiny/train.tsv" --method lora --bucket --bucket --max-steps 1 --out "$E/r"
+STDIN=$W/one.txt row_fail "embed --model given twice" 2 "embed: option --model given twice ('$T', then '$W/good')" -- \
+    ./peftc embed --model "$T" --model "$W/good"
+STDIN=$W/one.txt row_fail "predict: --adapter repeats, --drop-layers given twice" 2 "predict: option --drop-layers given twice ('1', then '2')" -- \
+    ./peftc predict --model "$T" --adapter "$W/good" --adapter "$W/good" --drop-layers 1 --drop-layers 2
+if ./peftc train $common --train "$W/tiny/train.tsv" --method custom --delta 'site=ffn.out,r=2' --delta 'site=attn.out,r=2' \
+    --max-steps 1 --out "$E/two_deltas" 2>"$W/err"; then ok "train: --delta given twice is two deltas"
+else bad "train: two --delta specs refused: $(head -1 "$W/err")"; fi
 # an encoder adapter tensor the method does not use
 ./peftc train $common --train "$W/tiny/train.tsv" --method ia3 --max-steps 1 --out "$E/ia3" 2>/dev/null
 $PY - "$E/ia3/adapter_model.safetensors" <<'PYEOF'

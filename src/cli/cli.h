@@ -22,7 +22,8 @@ int cli_flag(cli_args *a, const char *name);               /* present? */
 /* Parses an integer/float option with range; returns 0 and sets *ok=0 on error (message printed). */
 int cli_opt_int(cli_args *a, const char *name, int def, int lo, int hi, int *ok);
 double cli_opt_double(cli_args *a, const char *name, double def, double lo, double hi, int *ok);
-/* Reports the first unknown option or stray argument; returns 0 if all used. */
+/* Reports the first unknown option, stray argument or option given twice (a
+ * second occurrence of a non-repeatable one); returns 0 if all used. */
 int cli_check_unused(cli_args *a, const char *cmd);
 
 /* Reads lines from f: strips "\n"/"\r\n"; rejects empty lines and lines over

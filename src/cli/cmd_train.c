@@ -135,6 +135,8 @@ static int train_main(cli_args *a, int fuse)
     o.learned_scale = cli_flag(a, "--learned-scale");
     const char *deltas[32];
     while (o.n_deltas < 32 && (v = cli_opt(a, "--delta"))) deltas[o.n_deltas++] = v;
+    /* a 33rd would otherwise be left unused and reported as given twice */
+    if (o.n_deltas == 32 && cli_opt(a, "--delta")) return cli_errorf(2, "%s: --delta: at most 32 specs", cmd);
     o.deltas = deltas;
     o.num_virtual = cli_opt_int(a, "--num-virtual", 0, 1, 4096, &ok);
     o.template_text = cli_opt(a, "--template");

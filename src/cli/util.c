@@ -23,6 +23,12 @@ int cli_errorf(int code, const char *fmt, ...)
     return code;
 }
 
+/* a->used[i]: 0 unused, USED_NAME an option's name (or a positional argument),
+ * USED_VALUE an option's value. The distinction lets cli_check_unused tell a
+ * second "--method x" (its name was consumed once already) from an unknown
+ * option. */
+enum { USED_NAME = 1, USED_VALUE = 2 };
+
 static int find(cli_args *a, const char *name)
 {
     for (int i = 0; i < a->argc; i++)
@@ -34,9 +40,9 @@ const char *cli_opt(cli_args *a, const char *name)
 {
     int i = find(a, name);
     if (i < 0) return NULL;
-    a->used[i] = 1;
+    a->used[i] = USED_NAME;
     if (i + 1 >= a->argc) return ""; /* caller sees an empty value: reported as missing */
-    a->used[i + 1] = 1;
+    a->used[i + 1] = USED_VALUE;
     return a->argv[i + 1];
 }
 
@@ -44,7 +50,7 @@ int cli_flag(cli_args *a, const char *name)
 {
     int i = find(a, name);
     if (i < 0) return 0;
-    a->used[i] = 1;
+    a->used[i] = USED_NAME;
     return 1;
 }
 
@@ -78,10 +84,35 @@ double cli_opt_double(cli_args *a, const char *name, double def, double lo, doub
     return x;
 }
 
+/* An option that takes one value (or a flag) reads only its first occurrence;
+ * a later one is left unused. Repeatable options (--adapter, --delta, --stop)
+ * are read in a loop that consumes every occurrence, so what is left here
+ * under a consumed name was given twice. */
+static int given_twice(cli_args *a, const char *cmd, int i)
+{
+    if (strncmp(a->argv[i], "--", 2) != 0) return 0;
+    for (int j = 0; j < a->argc; j++) {
+        if (a->used[j] != USED_NAME || strcmp(a->argv[j], a->argv[i]) != 0) continue;
+        if (j + 1 < a->argc && a->used[j + 1] == USED_VALUE) {
+            const char *second = i + 1 < a->argc && !a->used[i + 1] ? a->argv[i + 1] : NULL;
+            if (second)
+                cli_errorf(2, "%s: option %s given twice ('%s', then '%s'); give it once", cmd, a->argv[i],
+                           a->argv[j + 1], second);
+            else
+                cli_errorf(2, "%s: option %s given twice (first '%s'); give it once", cmd, a->argv[i], a->argv[j + 1]);
+        } else {
+            cli_errorf(2, "%s: option %s given twice; give it once", cmd, a->argv[i]);
+        }
+        return 1;
+    }
+    return 0;
+}
+
 int cli_check_unused(cli_args *a, const char *cmd)
 {
     for (int i = 0; i < a->argc; i++)
         if (!a->used[i]) {
+            if (given_twice(a, cmd, i)) return 1;
             cli_errorf(2, "%s: unknown option or argument '%s' (see peftc help)", cmd, a->argv[i]);
             return 1;
         }
