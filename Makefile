@@ -81,6 +81,10 @@ tests: $(TEST_BIN) $(B)/tests/fuzz_replay
 ASAN_FLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -Wno-format-truncation
 test-asan: test-asan-build
 	bash tests/run_asan.sh
+# LeakSanitizer (with ASan+UBSan, the same build) over the CLI's commands on
+# the tiny BERT and tiny Llama fixtures, successful and failing (tests/run_lsan.sh)
+test-lsan: test-asan-build
+	bash tests/run_lsan.sh
 test-asan-build:
 	$(MAKE) B=build/asan OPT="$(ASAN_FLAGS)" LDLIBS="$(LDLIBS) -fsanitize=address,undefined" all tests
 
@@ -127,5 +131,5 @@ bench: all
 clean:
 	rm -rf build peftc
 
-.PHONY: test-asan-build all setup test tests bench clean demo test-report test-asan fuzz FORCE
+.PHONY: test-asan-build all setup test tests bench clean demo test-report test-asan test-lsan fuzz FORCE
 FORCE:
