@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-BUILD_PKGS="build-essential libopenblas-openmp-dev libutf8proc-dev libjansson-dev libpcre2-dev python3-pip unzip"
+BUILD_PKGS="build-essential clang libopenblas-openmp-dev libutf8proc-dev libjansson-dev libpcre2-dev python3-pip unzip"
 ORACLE_PKGS="python3-torch python3-numpy python3-venv"
 MPI_PKGS="libopenmpi-dev openmpi-bin"
 want="$BUILD_PKGS"
