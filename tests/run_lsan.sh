@@ -134,6 +134,8 @@ if [ -f "$GGUF" ]; then
     lsan "train causal-lm lora, --eval, checkpoints" 0 $P train --model $L --train $W/gsm.jsonl --eval $W/gsm.jsonl $lt --method lora --r 2 --batch 2 --max-len 48 --max-steps 3 --save-every 2 --eval-every 2 --out $R/lm
     lsan "train causal-lm: resume" 0 $P train --model $L --train $W/gsm.jsonl $lt --method lora --r 2 --batch 2 --max-len 48 --max-steps 4 --save-every 2 --out $R/lm --resume $R/lm
     lsan "train causal-lm prompt tuning" 0 $P train --model $L --train $W/gsm.jsonl $lt --method prompt --num-virtual 2 --batch 2 --max-len 48 --max-steps 2 --out $R/lmp
+    lsan "train causal-lm adalora" 0 $P train --model $L --train $W/gsm.jsonl $lt --method adalora --init-r 2 --target-r 1 --tinit 1 --tfinal 1 --delta-t 1 --total-step 4 --batch 2 --max-len 48 --max-steps 4 --out $R/lmada
+    lsan "generate with the decoder AdaLoRA adapter" 0 $P generate --model $L --adapter $R/lmada --prompt hi --max-new-tokens 2
     lsan "eval --task causal-lm with an adapter" 0 $P eval --task causal-lm --model $L --adapter $R/lm --data $W/gsm.jsonl $lt --max-len 48
     lsan "eval --task causal-lm --metric" 0 $P eval --task causal-lm --model $L --data $W/gsm.jsonl $lt --max-len 48 --metric em-number --limit 2 --max-new-tokens 3
     lsan "generate --adapter --merge" 0 $P generate --model $L --adapter $R/lm --merge --prompt "Q: 2+2?" --max-new-tokens 3
