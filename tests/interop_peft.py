@@ -39,7 +39,10 @@
       ia3 (PEFT's defaults for BERT: key, value, output.dense, which also
       matches attention.output.dense), ia3_ffn (target and feed-forward
       modules as regexes: key, value and the FFN's output.dense only),
-      prompt (PROMPT_TUNING, 4 virtual tokens)
+      prompt (PROMPT_TUNING, 4 virtual tokens), adalora (ADALORA init_r 4 on
+      query, key, value and the encoder's dense layers, a rank_pattern with a
+      module at rank 0, saved cut to the kept ranks), adalora_pooler (targets
+      query, value, dense: also the pooler's dense)
   interop_peft.py peft-probs MODEL_DIR TEXTS.txt ADAPTER... 
       each (peftc-written) adapter loaded by PeftModel.from_pretrained on
       BertForSequenceClassification (as many labels as peftc.labels): the
@@ -79,25 +82,35 @@ def adalora(a):
                         target_modules=a.targets.split(","), total_step=100, tinit=10, tfinal=10, lora_dropout=0.0)
     pm = get_peft_model(m, cfg)
     g = torch.Generator().manual_seed(a.seed)
-    pattern = {}
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    adalora_prune(pm, g)
+    pm.save_pretrained(a.out)
+
+
+def adalora_prune(pm, g):
+    """A rank_pattern as RankAllocator.mask_to_budget leaves one: E zeroed
+    where a triplet is pruned, the pattern in the config (save_pretrained then
+    cuts every module to its kept rank); the second module pruned to rank 0,
+    the first kept whole."""
+    import torch
+    pattern = {}
+    with torch.no_grad():
         es = [(n, p) for n, p in pm.named_parameters() if ".lora_E." in n]
         for i, (n, p) in enumerate(es):
             keep = torch.rand(p.shape[0], generator=g) < 0.6
             if i == 1:
-                keep[:] = False            # a module pruned to rank 0
+                keep[:] = False
             elif i == 0:
-                keep[:] = True             # and one kept whole
+                keep[:] = True
             elif not keep.any():
                 keep[0] = True
             p.masked_fill_(~keep.view(-1, 1), 0.0)
             # RankAllocator's names: the parameter below the PeftModel wrapper, adapter name dropped on save
-            pattern[n[len("base_model.model."):]] = keep.tolist()
+            pattern[n[len("base_model.model."):].replace(".default", "")] = keep.tolist()
     pm.peft_config["default"].rank_pattern = pattern
-    pm.save_pretrained(a.out)
 
 
 def ia3(a):
@@ -265,7 +278,7 @@ def check_gguf(a):
 def bert(a):
     import os, torch
     from transformers import BertForSequenceClassification, BertTokenizer
-    from peft import LoraConfig, IA3Config, PromptTuningConfig, get_peft_model
+    from peft import AdaLoraConfig, LoraConfig, IA3Config, PromptTuningConfig, get_peft_model
     texts = [l.rstrip("\n") for l in open(a.texts) if l.strip()]
     tok = BertTokenizer(f"{a.model}/vocab.txt", do_lower_case=True)
     enc = tok(texts, padding=True, return_tensors="pt")
@@ -275,6 +288,11 @@ def bert(a):
         "ia3_ffn": lambda: IA3Config(task_type="SEQ_CLS", target_modules=r".*\.(key|value|\d+\.output\.dense)$",
                                      feedforward_modules=r".*\.\d+\.output\.dense$"),
         "prompt": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
+        "adalora": lambda: AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, lora_alpha=6, total_step=100,
+                                         tinit=10, tfinal=10, target_modules=r".*encoder.*\.(query|key|value|dense)$"),
+        # "dense" as a name also matches the pooler's layer, which peftc does not adapt
+        "adalora_pooler": lambda: AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, total_step=100,
+                                                tinit=10, tfinal=10, target_modules=["query", "value", "dense"]),
     }
     for i, (kind, mk) in enumerate(kinds.items()):
         torch.manual_seed(10 + i)
@@ -283,8 +301,11 @@ def bert(a):
         g = torch.Generator().manual_seed(20 + i)
         with torch.no_grad():
             for n, p in pm.named_parameters():
-                if p.requires_grad:
+                # AdaLoRA's ranknum (init_r, not saved: PEFT 0.21 marks it trainable) stays
+                if p.requires_grad and "ranknum" not in n:
                     p.copy_((1.0 if "ia3" in n else 0.0) + torch.randn(p.shape, generator=g) * 0.3)
+        if kind.startswith("adalora"):
+            adalora_prune(pm, g)
         pm.eval()
         with torch.no_grad():
             pr = torch.softmax(pm(**enc).logits, -1)
