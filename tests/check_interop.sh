@@ -317,6 +317,8 @@ out=$(./peftc inspect $O/all7.gguf 2>&1 | sed -n 3p)
 case "$out" in *"llama.cpp GGUF adapter"*"architecture llama"*"14 lora_a/lora_b pairs, rank 2..4"*) ok "inspect: $out" ;; *) bad "inspect of a GGUF LoRA: $out" ;; esac
 out=$(./peftc inspect $O/qv 2>&1 | sed -n 2p)
 case "$out" in *"Hugging Face PEFT, peft_type LORA, task_type CAUSAL_LM, r 8, lora_alpha 16"*) ok "inspect: $out" ;; *) bad "inspect of a PEFT adapter: $out" ;; esac
+out=$(./peftc inspect $O/ada 2>&1 | sed -n 2p)
+case "$out" in *"peft_type ADALORA, task_type CAUSAL_LM, init_r 4, rank_pattern keeps "*" of 40 triplets, lora_alpha 6"*) ok "inspect: $out" ;; *) bad "inspect of an AdaLoRA adapter: $out" ;; esac
 rm -rf $O/ah && mkdir -p $O/ah && echo '{"config": {"architecture": "prefix_tuning"}, "model_class": "BertModel", "name": "x"}' > $O/ah/adapter_config.json && : > $O/ah/pytorch_adapter.bin
 expect_fail "an AdapterHub pickle is refused" "pytorch_adapter.bin" "use_safetensors=True" -- ./peftc inspect $O/ah
 [ ! -e $O/x.gguf ] && ok "no output file after a failed export" || bad "a failed export left $O/x.gguf"
