@@ -17,9 +17,9 @@
 #     exported to GGUF and loaded back / applied by llama.cpp, peftc's own
 #     decoder (IA)3 loaded by peft;
 #   - BERT: adapters made by peft with its defaults (LoRA, (IA)3, prompt
-#     tuning, AdaLoRA with a rank_pattern) in peftc without peftc's fields,
-#     and adapters trained by peftc (AdaLoRA with its pruned rank_pattern)
-#     loaded by peft;
+#     tuning, P-tuning, AdaLoRA with a rank_pattern) in peftc without
+#     peftc's fields, and adapters trained by peftc (AdaLoRA with its pruned
+#     rank_pattern, P-tuning before [CLS]) loaded by peft;
 #   - bad input: one line naming the file and the problem, non-zero exit.
 # Prints ok/FAIL lines and ends with "## <passed> <failed>".
 set -uo pipefail
@@ -192,9 +192,9 @@ fi
 mkdir -p $O/bert
 [ -s $O/tb/model/config.json ] || run "$PY" tests/make_tiny_bert.py $O/tb
 printf 'the film was good .\nthe plot is awful but the actor was nice .\nnot really a great story\n' > $O/texts.txt
-rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn $O/bert/prompt $O/bert/adalora $O/bert/adalora_pooler
+rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn $O/bert/prompt $O/bert/ptuning $O/bert/adalora $O/bert/adalora_pooler
 run "$PY" $P bert $O/tb/model $O/bert $O/texts.txt
-for k in lora ia3_ffn prompt adalora; do
+for k in lora ia3_ffn prompt ptuning adalora; do
     if ! out=$(./peftc predict --model $O/tb/model --adapter $O/bert/$k --probs < $O/texts.txt 2>&1); then bad "peft-made BERT $k in peftc: $out"; continue; fi
     printf '%s\n' "$out" | cut -f2- > $O/bert/$k.got
     d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/bert/$k.got\") - np.loadtxt(\"$O/bert/$k.probs\")).max():.1e}')")
@@ -215,8 +215,15 @@ run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method adalora -
 if "$PY" -c "import json,sys; c=json.load(open('$O/run_adalora/adapter_config.json')); sys.exit(0 if c['peft_type']=='ADALORA' and c.get('rank_pattern') and sum(map(sum, c['rank_pattern'].values())) < 4 * len(c['rank_pattern']) else 1)"; then
     ok "peftc's AdaLoRA run saved ADALORA with a rank_pattern below init_r"
 else bad "peftc's AdaLoRA run has no pruned rank_pattern"; fi
-run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3 $O/run_prompt $O/run_adalora
-for m in lora ia3 prompt adalora; do
+# P-tuning with its virtual tokens before [CLS] (PEFT's placement): saved as P_TUNING, the MLP encoder folded
+rm -rf $O/run_ptuning
+run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method ptuning --template 'P P P P [CLS] {text}' --encoder-hidden 16 \
+    --out $O/run_ptuning --max-steps 4 --lr 5e-2 --batch 4
+if "$PY" -c "import json,sys; from safetensors.numpy import load_file; c=json.load(open('$O/run_ptuning/adapter_config.json')); t=load_file('$O/run_ptuning/adapter_model.safetensors'); sys.exit(0 if c['peft_type']=='P_TUNING' and c['encoder_reparameterization_type']=='MLP' and c['peftc']['prompt']['template']=='P P P P [CLS] {text}' and sorted(t)==['base_model.classifier.bias', 'base_model.classifier.weight', 'prompt_embeddings'] else 1)"; then
+    ok "peftc's P-tuning before [CLS]: P_TUNING, PromptEncoderConfig's fields, the encoder folded into prompt_embeddings"
+else bad "peftc's P-tuning before [CLS] is not saved as PEFT's P_TUNING"; fi
+run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3 $O/run_prompt $O/run_adalora $O/run_ptuning
+for m in lora ia3 prompt adalora ptuning; do
     if ! out=$(./peftc predict --model $O/tb/model --adapter $O/run_$m --probs < $O/texts.txt 2>&1); then bad "peftc predict $m: $out"; continue; fi
     printf '%s\n' "$out" | cut -f2- > $O/run_$m/peftc.probs
     d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/run_$m/peftc.probs\") - np.loadtxt(\"$O/run_$m/peft.probs\")).max():.1e}')")
@@ -258,6 +265,10 @@ expect_fail "r disagreeing with the tensors" "q_proj.lora_A.weight" "maybe wrong
 expect_fail "PEFT's default (IA)3 for BERT (output.dense also matches attention.output.dense): an error, not a silent drop" \
     "attention.output.dense.ia3_l" "not a parameter of method ia3" -- ./peftc predict --model $O/tb/model --adapter $O/bert/ia3 < $O/texts.txt
 
+expect_fail "a template with P after [CLS]" "--template" "every P goes before it" -- ./peftc train --model $O/tb/model --train $O/tb/train.tsv \
+    --method ptuning --template 'P [CLS] P {text}' --out $O/x --max-steps 1
+expect_fail "a template with [CLS] after the text" "--template" "[CLS] may come once, right after the leading P's" -- ./peftc train --model $O/tb/model \
+    --train $O/tb/train.tsv --method ptuning --template 'P P {text} [CLS]' --out $O/x --max-steps 1
 expect_fail "PEFT's AdaLoRA with target 'dense' (also the pooler's): refused, naming the entry" \
     "adalora_pooler/adapter_config.json" "bert.pooler.dense.lora_E" -- ./peftc predict --model $O/tb/model --adapter $O/bert/adalora_pooler < $O/texts.txt
 # the decoder's AdaLoRA and (IA)3 readers: a rank_pattern that disagrees with the tensors, a missing lora_E,

@@ -39,7 +39,8 @@
       ia3 (PEFT's defaults for BERT: key, value, output.dense, which also
       matches attention.output.dense), ia3_ffn (target and feed-forward
       modules as regexes: key, value and the FFN's output.dense only),
-      prompt (PROMPT_TUNING, 4 virtual tokens), adalora (ADALORA init_r 4 on
+      prompt (PROMPT_TUNING, 4 virtual tokens), ptuning (P_TUNING: an MLP
+      prompt encoder of width 16, saved folded as PEFT does), adalora (ADALORA init_r 4 on
       query, key, value and the encoder's dense layers, a rank_pattern with a
       module at rank 0, saved cut to the kept ranks), adalora_pooler (targets
       query, value, dense: also the pooler's dense)
@@ -278,7 +279,7 @@ def check_gguf(a):
 def bert(a):
     import os, torch
     from transformers import BertForSequenceClassification, BertTokenizer
-    from peft import AdaLoraConfig, LoraConfig, IA3Config, PromptTuningConfig, get_peft_model
+    from peft import AdaLoraConfig, LoraConfig, IA3Config, PromptEncoderConfig, PromptTuningConfig, get_peft_model
     texts = [l.rstrip("\n") for l in open(a.texts) if l.strip()]
     tok = BertTokenizer(f"{a.model}/vocab.txt", do_lower_case=True)
     enc = tok(texts, padding=True, return_tensors="pt")
@@ -288,6 +289,7 @@ def bert(a):
         "ia3_ffn": lambda: IA3Config(task_type="SEQ_CLS", target_modules=r".*\.(key|value|\d+\.output\.dense)$",
                                      feedforward_modules=r".*\.\d+\.output\.dense$"),
         "prompt": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
+        "ptuning": lambda: PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16),
         "adalora": lambda: AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, lora_alpha=6, total_step=100,
                                          tinit=10, tfinal=10, target_modules=r".*encoder.*\.(query|key|value|dense)$"),
         # "dense" as a name also matches the pooler's layer, which peftc does not adapt
