@@ -12,6 +12,14 @@
 #     applies unmerged (tests/llamacpp_lora.c linked to the llama.cpp build
 #     of bench/llamacpp.sh; skipped, saying so, when that build is absent):
 #     its logits match peftc's within 1e-4 and 32 greedy tokens are equal;
+#   - AdaLoRA (a rank_pattern with a module at rank 0) and (IA)3 made by
+#     peft on the Llama applied by peftc (GGUF and HF bases), the AdaLoRA
+#     exported to GGUF and loaded back / applied by llama.cpp, peftc's own
+#     decoder (IA)3 loaded by peft;
+#   - BERT: adapters made by peft with its defaults (LoRA, (IA)3, prompt
+#     tuning, P-tuning, AdaLoRA with a rank_pattern) in peftc without
+#     peftc's fields, and adapters trained by peftc (AdaLoRA with its pruned
+#     rank_pattern, P-tuning before [CLS]) loaded by peft;
 #   - bad input: one line naming the file and the problem, non-zero exit.
 # Prints ok/FAIL lines and ends with "## <passed> <failed>".
 set -uo pipefail
@@ -25,6 +33,7 @@ run() { local log; if ! log=$("$@" 2>&1); then printf '%s\n' "$log" | tail -5; b
 [ -x ./peftc ] || { bad "./peftc missing (run make)"; finish; }
 build_driver interop_driver || finish
 build_driver lm_driver || finish
+build_driver lm_grad || finish
 P=tests/interop_peft.py
 D=build/tests/interop_driver
 
@@ -77,8 +86,49 @@ for a in all7 qv; do
     close "the GGUF LoRA of $a in peftc (HF base) vs transformers+peft" $O/pch_$a.f32 $O/hf_$a.f32 1e-4
 done
 build/tests/lm_driver logits $L/tiny.gguf $O/ids.txt $O/pc_base.f32 2>/dev/null
-d=$(maxdiff $O/pc_base.f32 $O/hf_all7.f32)
-if "$PY" -c "import sys; sys.exit(0 if float('$d') > 0.5 else 1)" 2>/dev/null; then ok "the all7 adapter moves the logits by $d (the checks above can fail)"; else bad "the all7 adapter barely moves the logits: $d"; fi
+moves() { # name ref.f32: the adapter moves the logits (so the checks against it can fail)
+    local d
+    d=$(maxdiff $O/pc_base.f32 "$2")
+    if "$PY" -c "import sys; sys.exit(0 if float('$d') > 0.5 else 1)" 2>/dev/null; then ok "the $1 adapter moves the logits by $d (the checks against it can fail)"; else bad "the $1 adapter barely moves the logits: $d"; fi
+}
+moves all7 $O/hf_all7.f32
+
+# 4b. AdaLoRA and (IA)3 made by peft on the Llama, applied by peftc unmerged:
+# AdaLoRA on q, k, v, o, down (init_r 4, lora_alpha 6, a rank_pattern with a
+# module at rank 0, saved cut to the kept ranks) also exported to a GGUF LoRA
+# (E folded into A) and loaded back; (IA)3 with PEFT's Llama defaults (k, v,
+# down_proj's input) and on q, o, gate (outputs) + up, down (inputs), the
+# latter refused unmerged (no site at up_proj's input: check_merge_model
+# merges it); and an (IA)3 saved by peftc (tests/lm_grad) loaded by peft
+rm -rf $O/ada $O/ia3 $O/ia3x $O/pia3
+run "$PY" $P adalora $L/tiny $O/ada --targets q_proj,k_proj,v_proj,o_proj,down_proj --init-r 4 --alpha 6 --seed 5
+run "$PY" $P ia3 $L/tiny $O/ia3 --seed 6
+run "$PY" $P ia3 $L/tiny $O/ia3x --targets q_proj,o_proj,gate_proj,up_proj,down_proj --ff up_proj,down_proj --seed 7
+for a in ada ia3; do run "$PY" $P logits $L/tiny $O/ids.txt $O/hf_$a.f32 --adapter $O/$a; done
+if "$PY" -c "import json,sys; c=json.load(open('$O/ada/adapter_config.json')); p=c['rank_pattern']; sys.exit(0 if c['peft_type']=='ADALORA' and len(p)==10 and any(not any(v) for v in p.values()) else 1)"; then
+    ok "peft's AdaLoRA adapter: ADALORA, a rank_pattern of 10 modules, one at rank 0"
+else bad "peft's AdaLoRA adapter has no rank_pattern with a rank-0 module"; fi
+for a in ada ia3; do
+    for b in $L/tiny.gguf $L/tiny; do
+        peftc_logits $O/pc_${a}_$(basename $b).f32 $b $O/$a
+        close "peft-made $a in peftc ($(basename $b) base) vs transformers+peft" $O/pc_${a}_$(basename $b).f32 $O/hf_$a.f32 1e-4
+    done
+    moves $a $O/hf_$a.f32
+done
+if msg=$(./peftc export --format gguf --adapter $O/ada --model $L/tiny.gguf --out $O/ada.gguf 2>&1); then
+    peftc_logits $O/pcg_ada.f32 $L/tiny.gguf $O/ada.gguf
+    close "the AdaLoRA adapter exported to a GGUF LoRA, in peftc (GGUF base) vs transformers+peft" $O/pcg_ada.f32 $O/hf_ada.f32 1e-4
+else bad "export of the AdaLoRA adapter: $msg"; fi
+if msg=$(build/tests/lm_driver logits $L/tiny.gguf $O/ids.txt $O/x.f32 --adapter $O/ia3x 2>&1); then bad "(IA)3 at up_proj's input applied unmerged: $msg"
+elif [ "$(printf '%s\n' "$msg" | wc -l)" -eq 1 ] && printf '%s' "$msg" | grep -q "ia3x: its (IA)3 vector scales the input of mlp.up_proj, which is applied merged only"; then ok "(IA)3 at up_proj's input, unmerged: $msg"
+else bad "(IA)3 at up_proj's input, unmerged: $msg"; fi
+mkdir -p $O/pia3
+if msg=$(build/tests/lm_grad $L/tiny ia3 $O/pia3 2>&1) && "$PY" -c "import json,sys; c=json.load(open('$O/pia3/adapter/adapter_config.json')); sys.exit(0 if c['peft_type']=='IA3' and c['feedforward_modules']==['down_proj'] else 1)"; then
+    run "$PY" $P logits $L/tiny $O/ids.txt $O/hf_pia3.f32 --adapter $O/pia3/adapter
+    peftc_logits $O/pc_pia3.f32 $L/tiny $O/pia3/adapter
+    close "peftc's (IA)3 (PEFT's IA3 form, random vectors) loaded by peft vs peftc" $O/hf_pia3.f32 $O/pc_pia3.f32 1e-4
+    moves "peftc (IA)3" $O/hf_pia3.f32
+else bad "peftc's decoder (IA)3 is not saved as PEFT's IA3: $msg $(cat $O/pia3/adapter/adapter_config.json 2>/dev/null)"; fi
 
 # 5. llama.cpp applies the GGUF LoRA unmerged
 ANCHOR=${PEFTC_ANCHOR_DIR:-$HOME/.cache/peftc-anchor}/llama.cpp-${LLAMACPP_PY_VERSION:-0.3.36}
@@ -98,6 +148,11 @@ if [ -f $LB/src/libllama.a ] && [ -f $LB/ggml/src/libggml-cpu.a ] && [ -f $LS/in
                 ok "32 greedy tokens equal (llama.cpp + $a.gguf, peftc + the PEFT adapter): $(cut -d' ' -f$(( $(wc -w < $O/ids.txt) + 1 ))-$(( $(wc -w < $O/ids.txt) + 8 )) $O/lc_$a.ids) ..."
             else bad "greedy tokens differ: llama.cpp $(cat $O/lc_$a.ids) / peftc $(cat $O/pc_$a.ids 2>/dev/null) $msg"; fi
         done
+        if [ -s $O/ada.gguf ]; then
+            if msg=$($LC $O/tiny_novocab.gguf $O/ada.gguf $O/ids.txt 32 $O/lc_ada.f32 $O/lc_ada.ids 2>&1); then
+                close "llama.cpp applying the AdaLoRA export unmerged vs transformers+peft" $O/lc_ada.f32 $O/hf_ada.f32 1e-4
+            else bad "llama.cpp with ada.gguf: $msg"; fi
+        fi
         # a real model: SmolLM2-135M as F32 GGUF (made by bench/llamacpp.sh), a peft LoRA of its shapes
         SG=$ANCHOR/models/SmolLM2-135M-Instruct.F32.gguf
         if [ -s $SG ]; then
@@ -137,9 +192,9 @@ fi
 mkdir -p $O/bert
 [ -s $O/tb/model/config.json ] || run "$PY" tests/make_tiny_bert.py $O/tb
 printf 'the film was good .\nthe plot is awful but the actor was nice .\nnot really a great story\n' > $O/texts.txt
-rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn $O/bert/prompt
+rm -rf $O/bert/lora $O/bert/ia3 $O/bert/ia3_ffn $O/bert/prompt $O/bert/ptuning $O/bert/adalora $O/bert/adalora_pooler
 run "$PY" $P bert $O/tb/model $O/bert $O/texts.txt
-for k in lora ia3_ffn prompt; do
+for k in lora ia3_ffn prompt ptuning adalora; do
     if ! out=$(./peftc predict --model $O/tb/model --adapter $O/bert/$k --probs < $O/texts.txt 2>&1); then bad "peft-made BERT $k in peftc: $out"; continue; fi
     printf '%s\n' "$out" | cut -f2- > $O/bert/$k.got
     d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/bert/$k.got\") - np.loadtxt(\"$O/bert/$k.probs\")).max():.1e}')")
@@ -153,8 +208,22 @@ for m in lora ia3 prompt; do
     rm -rf $O/run_$m
     run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method $m --num-virtual 4 --out $O/run_$m --max-steps 4 --lr 5e-2 --batch 4
 done
-run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3 $O/run_prompt
-for m in lora ia3 prompt; do
+# AdaLoRA: 8 steps, the budget cut from init_r 4 to target_r 2 after step 2 (a rank_pattern in the saved config)
+rm -rf $O/run_adalora
+run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method adalora --init-r 4 --target-r 2 --tinit 2 --tfinal 2 \
+    --delta-t 1 --target-modules query,key,value,intermediate.dense --out $O/run_adalora --max-steps 8 --lr 5e-2 --batch 4
+if "$PY" -c "import json,sys; c=json.load(open('$O/run_adalora/adapter_config.json')); sys.exit(0 if c['peft_type']=='ADALORA' and c.get('rank_pattern') and sum(map(sum, c['rank_pattern'].values())) < 4 * len(c['rank_pattern']) else 1)"; then
+    ok "peftc's AdaLoRA run saved ADALORA with a rank_pattern below init_r"
+else bad "peftc's AdaLoRA run has no pruned rank_pattern"; fi
+# P-tuning with its virtual tokens before [CLS] (PEFT's placement): saved as P_TUNING, the MLP encoder folded
+rm -rf $O/run_ptuning
+run ./peftc train --model $O/tb/model --train $O/tb/train.tsv --method ptuning --template 'P P P P [CLS] {text}' --encoder-hidden 16 \
+    --out $O/run_ptuning --max-steps 4 --lr 5e-2 --batch 4
+if "$PY" -c "import json,sys; from safetensors.numpy import load_file; c=json.load(open('$O/run_ptuning/adapter_config.json')); t=load_file('$O/run_ptuning/adapter_model.safetensors'); sys.exit(0 if c['peft_type']=='P_TUNING' and c['encoder_reparameterization_type']=='MLP' and c['peftc']['prompt']['template']=='P P P P [CLS] {text}' and sorted(t)==['base_model.classifier.bias', 'base_model.classifier.weight', 'prompt_embeddings'] else 1)"; then
+    ok "peftc's P-tuning before [CLS]: P_TUNING, PromptEncoderConfig's fields, the encoder folded into prompt_embeddings"
+else bad "peftc's P-tuning before [CLS] is not saved as PEFT's P_TUNING"; fi
+run "$PY" $P peft-probs $O/tb/model $O/texts.txt $O/run_lora $O/run_ia3 $O/run_prompt $O/run_adalora $O/run_ptuning
+for m in lora ia3 prompt adalora ptuning; do
     if ! out=$(./peftc predict --model $O/tb/model --adapter $O/run_$m --probs < $O/texts.txt 2>&1); then bad "peftc predict $m: $out"; continue; fi
     printf '%s\n' "$out" | cut -f2- > $O/run_$m/peftc.probs
     d=$("$PY" -c "import numpy as np; print(f'{np.abs(np.loadtxt(\"$O/run_$m/peftc.probs\") - np.loadtxt(\"$O/run_$m/peft.probs\")).max():.1e}')")
@@ -163,6 +232,7 @@ for m in lora ia3 prompt; do
 done
 
 # 7. bad input: one line each, naming the file and the problem
+rm -rf $O/x $O/x.gguf
 expect_fail() { # name words... -- command...
     local name=$1; shift
     local words=()
@@ -195,6 +265,51 @@ expect_fail "r disagreeing with the tensors" "q_proj.lora_A.weight" "maybe wrong
 expect_fail "PEFT's default (IA)3 for BERT (output.dense also matches attention.output.dense): an error, not a silent drop" \
     "attention.output.dense.ia3_l" "not a parameter of method ia3" -- ./peftc predict --model $O/tb/model --adapter $O/bert/ia3 < $O/texts.txt
 
+expect_fail "a template with P after [CLS]" "--template" "every P goes before it" -- ./peftc train --model $O/tb/model --train $O/tb/train.tsv \
+    --method ptuning --template 'P [CLS] P {text}' --out $O/x --max-steps 1
+expect_fail "a template with [CLS] after the text" "--template" "[CLS] may come once, right after the leading P's" -- ./peftc train --model $O/tb/model \
+    --train $O/tb/train.tsv --method ptuning --template 'P P {text} [CLS]' --out $O/x --max-steps 1
+expect_fail "PEFT's AdaLoRA with target 'dense' (also the pooler's): refused, naming the entry" \
+    "adalora_pooler/adapter_config.json" "bert.pooler.dense.lora_E" -- ./peftc predict --model $O/tb/model --adapter $O/bert/adalora_pooler < $O/texts.txt
+# the decoder's AdaLoRA and (IA)3 readers: a rank_pattern that disagrees with the tensors, a missing lora_E,
+# an (IA)3 vector of another width, a LoRA tensor in an IA3 adapter, an (IA)3 adapter for llama.cpp
+badcopy() { rm -rf "$2" && cp -r "$1" "$2"; }
+badcopy $O/ada $O/ada_rp
+"$PY" - $O/ada_rp/adapter_config.json <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1])); k = "model.layers.0.self_attn.q_proj.lora_E"; c["rank_pattern"][k] = [True, False, False, False]
+json.dump(c, open(sys.argv[1], "w"))
+PYEOF
+expect_fail "AdaLoRA: rank_pattern keeps 1 of a module saved at rank 4" "ada_rp/adapter_model.safetensors" "q_proj.lora_A' must be (1, 40)" "rank_pattern's 1 kept" -- \
+    build/tests/lm_driver logits $L/tiny.gguf $O/ids.txt $O/x.f32 --adapter $O/ada_rp
+badcopy $O/ada $O/ada_ne
+"$PY" - $O/ada_ne/adapter_model.safetensors <<'PYEOF'
+import sys
+from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1]); del t["base_model.model.model.layers.1.mlp.down_proj.lora_E"]; save_file(t, sys.argv[1], metadata={"format": "pt"})
+PYEOF
+expect_fail "AdaLoRA: a module without lora_E" "ada_ne/adapter_model.safetensors" "layers.1.mlp.down_proj.lora_A' has no lora_E beside it" -- \
+    ./peftc merge --model $L/tiny --adapter $O/ada_ne --out $O/x
+badcopy $O/ia3 $O/ia3_w
+"$PY" - $O/ia3_w/adapter_model.safetensors <<'PYEOF'
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1]); t["base_model.model.model.layers.0.self_attn.k_proj.ia3_l"] = np.ones((40, 1), np.float32)
+save_file(t, sys.argv[1], metadata={"format": "pt"})
+PYEOF
+expect_fail "(IA)3: a vector of another width (another base model)" "ia3_w/adapter_model.safetensors" "k_proj.ia3_l' must be (20, 1)" -- \
+    build/tests/lm_driver logits $L/tiny $O/ids.txt $O/x.f32 --adapter $O/ia3_w
+badcopy $O/ia3 $O/ia3_x
+"$PY" - $O/ia3_x/adapter_model.safetensors <<'PYEOF'
+import sys, numpy as np
+from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1]); t["base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"] = np.ones((2, 40), np.float32)
+save_file(t, sys.argv[1], metadata={"format": "pt"})
+PYEOF
+expect_fail "(IA)3: a LoRA tensor in an IA3 adapter" "ia3_x/adapter_model.safetensors" "k_proj.lora_A.weight' is not an (IA)3 vector" -- \
+    ./peftc merge --model $L/tiny --adapter $O/ia3_x --out $O/x
+expect_fail "(IA)3 exported for llama.cpp: refused (llama.cpp's adapters are LoRA only)" "ia3: an (IA)3 adapter has no GGUF form" "peftc merge" -- \
+    ./peftc export --format gguf --adapter $O/ia3 --model $L/tiny.gguf --out $O/x.gguf
 rm -rf $O/bert_ap && cp -r $O/bert/lora $O/bert_ap
 sed -i 's/"alpha_pattern": {}/"alpha_pattern": {"query": 2}/' $O/bert_ap/adapter_config.json
 expect_fail "a BERT LoRA with an alpha_pattern (not applied by the encoder path): refused, not mis-scaled" \
@@ -205,7 +320,10 @@ out=$(./peftc inspect $O/all7.gguf 2>&1 | sed -n 3p)
 case "$out" in *"llama.cpp GGUF adapter"*"architecture llama"*"14 lora_a/lora_b pairs, rank 2..4"*) ok "inspect: $out" ;; *) bad "inspect of a GGUF LoRA: $out" ;; esac
 out=$(./peftc inspect $O/qv 2>&1 | sed -n 2p)
 case "$out" in *"Hugging Face PEFT, peft_type LORA, task_type CAUSAL_LM, r 8, lora_alpha 16"*) ok "inspect: $out" ;; *) bad "inspect of a PEFT adapter: $out" ;; esac
+out=$(./peftc inspect $O/ada 2>&1 | sed -n 2p)
+case "$out" in *"peft_type ADALORA, task_type CAUSAL_LM, init_r 4, rank_pattern keeps "*" of 40 triplets, lora_alpha 6"*) ok "inspect: $out" ;; *) bad "inspect of an AdaLoRA adapter: $out" ;; esac
 rm -rf $O/ah && mkdir -p $O/ah && echo '{"config": {"architecture": "prefix_tuning"}, "model_class": "BertModel", "name": "x"}' > $O/ah/adapter_config.json && : > $O/ah/pytorch_adapter.bin
 expect_fail "an AdapterHub pickle is refused" "pytorch_adapter.bin" "use_safetensors=True" -- ./peftc inspect $O/ah
 [ ! -e $O/x.gguf ] && ok "no output file after a failed export" || bad "a failed export left $O/x.gguf"
+[ ! -e $O/x ] && ok "no output directory after a failed merge" || bad "a failed merge left $O/x"
 finish

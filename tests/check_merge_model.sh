@@ -11,6 +11,12 @@
 #     alpha patterns) merged; LlamaForCausalLM on the merged directory vs
 #     merge_and_unload() and vs peft unmerged, and peftc on it vs peftc
 #     unmerged;
+#   - Llama (IA)3 (peft-made with PEFT's defaults, and on q/o/gate outputs
+#     plus up/down inputs; peftc's own, saved as PEFT's IA3), merged into the
+#     HF and the GGUF base: transformers on the merged directory vs
+#     merge_and_unload() and vs peft unmerged, gguf reads the merged weights
+#     against merge_and_unload()'s (q rows permuted), peftc and llama.cpp run
+#     the merged files;
 #   - Llama, GGUF base: the same adapter merged into the tiny F32 GGUF (and
 #     --type f16 / bf16): gguf.GGUFReader reads it, every merged weight
 #     equals peft's merge_and_unload() weight with q/k rows permuted, every
@@ -30,10 +36,11 @@ R=tests/ref_merge_model.py
 . tests/lib.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p $O $L
-rm -f $O/lc_*.f32 $O/pc_*.f32 $O/hf_*.f32 $O/*.probs
+rm -f $O/lc_*.f32 $O/pc_*.f32 $O/hf_*.f32 $O/*.probs $O/m_ia3.f32
 run() { local log; if ! log=$("$@" 2>&1); then printf '%s\n' "$log" | tail -5; bad "fixture step failed: $*"; finish; fi; }
 [ -x ./peftc ] || { bad "./peftc missing (run make)"; finish; }
 build_driver lm_driver || finish
+build_driver lm_grad || finish
 build_driver interop_driver || finish
 JOBS=$O/jobs.txt
 : > $JOBS
@@ -122,6 +129,26 @@ job "tiny Llama HF + peft LoRA (all 7, rsLoRA, patterns) merged" llama $L/tiny $
 run build/tests/lm_driver logits $O/m_llama $O/ids.txt $O/pc_m_llama.f32
 run build/tests/lm_driver logits $L/tiny $O/ids.txt $O/pc_all7.f32 --adapter $O/all7
 
+# (IA)3 on the Llama: peft-made with PEFT's defaults (k, v outputs, down_proj's
+# input) and on q, o, gate (outputs) + up, down (inputs: columns scaled), and
+# peftc's own (tests/lm_grad, PEFT's IA3 form), merged into the HF and the GGUF base
+rm -rf $O/ia3 $O/ia3x $O/pia3 $O/lm_ia3 $O/lm_ia3x $O/lm_pia3 $O/lm_*.gguf
+run "$PY" tests/interop_peft.py ia3 $L/tiny $O/ia3 --seed 6
+run "$PY" tests/interop_peft.py ia3 $L/tiny $O/ia3x --targets q_proj,o_proj,gate_proj,up_proj,down_proj --ff up_proj,down_proj --seed 7
+mkdir -p $O/pia3
+run build/tests/lm_grad $L/tiny ia3 $O/pia3
+cp -r $O/pia3/adapter $O/pia3a
+rm -rf $O/pia3 && mv $O/pia3a $O/pia3
+for a in ia3 ia3x pia3; do
+    run ./peftc merge --model $L/tiny --adapter $O/$a --out $O/lm_$a
+    job "tiny Llama HF + (IA)3 $a merged" llama $L/tiny $O/$a $O/lm_$a $O/ids.txt $O/lm_$a.f32 $O/hf_$a.f32
+    run ./peftc merge --model $L/tiny.gguf --adapter $O/$a --out $O/lm_$a.gguf
+    job "tiny GGUF (F32) + (IA)3 $a merged, read by gguf" gguf $L/tiny.gguf $O/lm_$a.gguf $L/tiny $O/$a none
+    run build/tests/lm_driver logits $O/lm_$a.gguf $O/ids.txt $O/pc_lm_$a.f32
+    run build/tests/lm_driver logits $O/lm_$a $O/ids.txt $O/pc_lmh_$a.f32
+done
+run build/tests/lm_driver logits $L/tiny $O/ids.txt $O/pc_ia3.f32 --adapter $O/ia3
+
 # ---- Llama, GGUF base
 rm -f $O/m_*.gguf
 run ./peftc merge --model $L/tiny.gguf --adapter $O/all7 --out $O/m_f32.gguf
@@ -164,6 +191,8 @@ if [ -f $LB/src/libllama.a ] && [ -f $LB/ggml/src/libggml-cpu.a ] && [ -f $LS/in
         run build/tests/interop_driver gguf-copy $L/tiny.gguf $O/tiny_novocab.gguf tokenizer.ggml.model none
         run ./peftc merge --model $O/tiny_novocab.gguf --adapter $O/all7 --out $O/m_novocab.gguf
         if ! msg=$($LC $O/m_novocab.gguf - $O/ids.txt 0 $O/lc_m.f32 /dev/null 2>&1); then bad "llama.cpp cannot run the merged GGUF: $msg"; fi
+        run ./peftc merge --model $O/tiny_novocab.gguf --adapter $O/ia3x --out $O/m_ia3x_novocab.gguf
+        if ! msg=$($LC $O/m_ia3x_novocab.gguf - $O/ids.txt 0 $O/lc_m_ia3x.f32 /dev/null 2>&1); then bad "llama.cpp cannot run the (IA)3-merged GGUF: $msg"; fi
         if [ -s $O/smol_q8_0.gguf ] && ! msg=$($LC $O/smol_q8_0.gguf - $O/smol_ids.txt 0 $O/lc_smol_q8.f32 /dev/null 2>&1); then
             bad "llama.cpp cannot run the merged SmolLM2 q8_0 file: $msg"
         fi
@@ -184,6 +213,12 @@ maxdiff_le "peftc on the merged GGUF vs transformers+peft unmerged" $O/pc_m_f32.
 # f16 weights: the logits move by f16's rounding amplified by the random model (the adapter itself moves them by ~9)
 maxdiff_le "peftc on the merged f16 GGUF vs transformers+peft unmerged (f16 rounding)" $O/pc_m_f16.f32 $O/hf_all7.f32 0.2
 [ -s $O/lc_m.f32 ] && maxdiff_le "llama.cpp on the merged tiny GGUF vs transformers+peft unmerged" $O/lc_m.f32 $O/hf_all7.f32 1e-4
+for a in ia3 ia3x pia3; do
+    maxdiff_le "(IA)3 $a: peftc on the merged GGUF vs transformers+peft unmerged" $O/pc_lm_$a.f32 $O/hf_$a.f32 1e-4
+    maxdiff_le "(IA)3 $a: peftc on the merged HF directory vs transformers+peft unmerged" $O/pc_lmh_$a.f32 $O/hf_$a.f32 1e-4
+done
+maxdiff_le "(IA)3 ia3: peftc on the merged HF directory vs peftc with the adapter unmerged" $O/pc_lmh_ia3.f32 $O/pc_ia3.f32 1e-4
+[ -s $O/lc_m_ia3x.f32 ] && maxdiff_le "llama.cpp on the tiny GGUF with (IA)3 ia3x merged vs transformers+peft unmerged" $O/lc_m_ia3x.f32 $O/hf_ia3x.f32 1e-4
 agree() { # name A.f32 B.f32 MEAN TOP1: SmolLM2 logits (49152 a row) of two quantised runs: mean abs below MEAN,
     # top-1 agreement at least TOP1 (plausibility: the weights' values are checked against gguf above)
     local msg

@@ -501,9 +501,12 @@ PYEOF
     rm -f "$E"/nomerges.gguf "$E"/pretok.gguf "$E"/notmpl.gguf "$E"/badtmpl.gguf
     # decoder adapters: of another type, DoRA and kin, a model given as the
     # adapter, a GGUF LoRA of another architecture, --merge on Q4_1 weights
-    mkdir -p "$E/ia3dec"; echo '{"peft_type": "IA3", "target_modules": ["q_proj"]}' >"$E/ia3dec/adapter_config.json"
+    mkdir -p "$E/ia3dec" "$E/lohadec"; echo '{"peft_type": "IA3", "target_modules": ["q_proj"]}' >"$E/ia3dec/adapter_config.json"
+    echo '{"peft_type": "LOHA", "target_modules": ["q_proj"]}' >"$E/lohadec/adapter_config.json"
     $PY -c "import sys, numpy as np; from safetensors.numpy import save_file; save_file({'x': np.zeros(1, np.float32)}, sys.argv[1])" "$E/ia3dec/adapter_model.safetensors"
-    row_fail "an IA3 adapter on a decoder" 1 "ia3dec/adapter_config.json: peft_type IA3: decoders take LORA and ADALORA adapters" -- ./peftc generate --model "$GGUF" --adapter "$E/ia3dec" --prompt hi --max-new-tokens 1
+    cp "$E/ia3dec/adapter_model.safetensors" "$E/lohadec/"
+    row_fail "a LoHa adapter on a decoder" 1 "lohadec/adapter_config.json: peft_type LOHA: decoders take LORA, ADALORA and IA3 adapters" -- ./peftc generate --model "$GGUF" --adapter "$E/lohadec" --prompt hi --max-new-tokens 1
+    row_fail "an IA3 adapter with a stray tensor on a decoder" 1 "ia3dec/adapter_model.safetensors: tensor 'x' is not an (IA)3 vector (ia3_l)" -- ./peftc generate --model "$GGUF" --adapter "$E/ia3dec" --prompt hi --max-new-tokens 1
     for k in use_dora:true:"use_dora: DoRA" lora_bias:true:"lora_bias: " layer_replication:'[[0, 2]]':"layer_replication " fan_in_fan_out:true:"fan_in_fan_out "; do
         f=${k%%:*}; rest=${k#*:}; v=${rest%%:*}; want=${rest#*:}
         mkdir -p "$E/$f"; cp "$E/ia3dec/adapter_model.safetensors" "$E/$f/"

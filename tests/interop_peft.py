@@ -7,6 +7,20 @@
       a LoRA made by peft itself (get_peft_model + save_pretrained) on the
       LlamaForCausalLM of HF_DIR, its lora_A and lora_B set to random nonzero
       values (PEFT's init leaves B = 0, which would test nothing)
+  interop_peft.py adalora HF_DIR OUT_DIR --targets q_proj,v_proj,down_proj --init-r 4 --alpha A [--seed S]
+      an AdaLoRA made by peft (AdaLoraConfig, get_peft_model, save_pretrained)
+      on the LlamaForCausalLM of HF_DIR: random nonzero A, E, B and a
+      rank_pattern as RankAllocator.mask_to_budget leaves it (E zeroed where
+      a triplet is pruned; one module pruned to rank 0), so save_pretrained
+      writes each module at its kept rank
+  interop_peft.py ia3 HF_DIR OUT_DIR [--targets k_proj,v_proj,down_proj --ff down_proj] [--seed S]
+      an IA3 made by peft (IA3Config, PEFT's Llama defaults unless given),
+      each ia3_l set to 1 + random noise
+  interop_peft.py merged-logits HF_DIR ADAPTER IDS.txt OUT.f32 [--save DIR]
+      the logits of merge_and_unload() (float32); --save writes the merged
+      model with save_pretrained
+  interop_peft.py hf-logits MODEL_DIR IDS.txt OUT.f32
+      the logits of a plain LlamaForCausalLM directory (no adapter code)
   interop_peft.py lora-smol OUT_DIR [--seed S]
       a peft LoRA (rsLoRA, r 8, six targets) for SmolLM2-135M's shapes
   interop_peft.py logits HF_DIR IDS.txt OUT.f32 [--adapter DIR]
@@ -25,7 +39,11 @@
       ia3 (PEFT's defaults for BERT: key, value, output.dense, which also
       matches attention.output.dense), ia3_ffn (target and feed-forward
       modules as regexes: key, value and the FFN's output.dense only),
-      prompt (PROMPT_TUNING, 4 virtual tokens)
+      prompt (PROMPT_TUNING, 4 virtual tokens), ptuning (P_TUNING: an MLP
+      prompt encoder of width 16, saved folded as PEFT does), adalora (ADALORA init_r 4 on
+      query, key, value and the encoder's dense layers, a rank_pattern with a
+      module at rank 0, saved cut to the kept ranks), adalora_pooler (targets
+      query, value, dense: also the pooler's dense)
   interop_peft.py peft-probs MODEL_DIR TEXTS.txt ADAPTER... 
       each (peftc-written) adapter loaded by PeftModel.from_pretrained on
       BertForSequenceClassification (as many labels as peftc.labels): the
@@ -53,6 +71,94 @@ def lora(a):
             if "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     pm.save_pretrained(a.out)
+
+
+def adalora(a):
+    import torch
+    from transformers import LlamaForCausalLM
+    from peft import AdaLoraConfig, get_peft_model
+    torch.manual_seed(a.seed)
+    m = LlamaForCausalLM.from_pretrained(a.hf, torch_dtype=torch.float32)
+    cfg = AdaLoraConfig(task_type="CAUSAL_LM", init_r=a.init_r, target_r=max(1, a.init_r // 2), lora_alpha=a.alpha,
+                        target_modules=a.targets.split(","), total_step=100, tinit=10, tfinal=10, lora_dropout=0.0)
+    pm = get_peft_model(m, cfg)
+    g = torch.Generator().manual_seed(a.seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    adalora_prune(pm, g)
+    pm.save_pretrained(a.out)
+
+
+def adalora_prune(pm, g):
+    """A rank_pattern as RankAllocator.mask_to_budget leaves one: E zeroed
+    where a triplet is pruned, the pattern in the config (save_pretrained then
+    cuts every module to its kept rank); the second module pruned to rank 0,
+    the first kept whole."""
+    import torch
+    pattern = {}
+    with torch.no_grad():
+        es = [(n, p) for n, p in pm.named_parameters() if ".lora_E." in n]
+        for i, (n, p) in enumerate(es):
+            keep = torch.rand(p.shape[0], generator=g) < 0.6
+            if i == 1:
+                keep[:] = False
+            elif i == 0:
+                keep[:] = True
+            elif not keep.any():
+                keep[0] = True
+            p.masked_fill_(~keep.view(-1, 1), 0.0)
+            # RankAllocator's names: the parameter below the PeftModel wrapper, adapter name dropped on save
+            pattern[n[len("base_model.model."):].replace(".default", "")] = keep.tolist()
+    pm.peft_config["default"].rank_pattern = pattern
+
+
+def ia3(a):
+    import torch
+    from transformers import LlamaForCausalLM
+    from peft import IA3Config, get_peft_model
+    torch.manual_seed(a.seed)
+    m = LlamaForCausalLM.from_pretrained(a.hf, torch_dtype=torch.float32)
+    kw = {}
+    if a.targets:
+        kw = {"target_modules": a.targets.split(","), "feedforward_modules": a.ff.split(",") if a.ff else []}
+    pm = get_peft_model(m, IA3Config(task_type="CAUSAL_LM", **kw))
+    g = torch.Generator().manual_seed(a.seed)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "ia3_l" in n:
+                p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.5)
+    pm.save_pretrained(a.out)
+
+
+def merged_logits(a):
+    import torch
+    from transformers import LlamaForCausalLM
+    from peft import PeftModel
+    m = LlamaForCausalLM.from_pretrained(a.hf, torch_dtype=torch.float32)
+    m = PeftModel.from_pretrained(m, a.adapter).merge_and_unload()
+    m.eval()
+    ids = [int(x) for x in open(a.ids).readline().split()]
+    with torch.no_grad():
+        m(input_ids=torch.tensor([ids])).logits[0].numpy().astype(np.float32).tofile(a.out)
+    if a.save:
+        m.save_pretrained(a.save)
+
+
+def hf_logits(a):
+    import torch
+    from transformers import LlamaForCausalLM
+    m = LlamaForCausalLM.from_pretrained(a.hf, torch_dtype=torch.float32, output_loading_info=True)
+    m, info = m
+    bad = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if bad:
+        print(f"{a.hf}: {bad}")
+        sys.exit(1)
+    m.eval()
+    ids = [int(x) for x in open(a.ids).readline().split()]
+    with torch.no_grad():
+        m(input_ids=torch.tensor([ids])).logits[0].numpy().astype(np.float32).tofile(a.out)
 
 
 def lora_smol(a):
@@ -173,7 +279,7 @@ def check_gguf(a):
 def bert(a):
     import os, torch
     from transformers import BertForSequenceClassification, BertTokenizer
-    from peft import LoraConfig, IA3Config, PromptTuningConfig, get_peft_model
+    from peft import AdaLoraConfig, LoraConfig, IA3Config, PromptEncoderConfig, PromptTuningConfig, get_peft_model
     texts = [l.rstrip("\n") for l in open(a.texts) if l.strip()]
     tok = BertTokenizer(f"{a.model}/vocab.txt", do_lower_case=True)
     enc = tok(texts, padding=True, return_tensors="pt")
@@ -183,6 +289,12 @@ def bert(a):
         "ia3_ffn": lambda: IA3Config(task_type="SEQ_CLS", target_modules=r".*\.(key|value|\d+\.output\.dense)$",
                                      feedforward_modules=r".*\.\d+\.output\.dense$"),
         "prompt": lambda: PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4),
+        "ptuning": lambda: PromptEncoderConfig(task_type="SEQ_CLS", num_virtual_tokens=4, encoder_hidden_size=16),
+        "adalora": lambda: AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, lora_alpha=6, total_step=100,
+                                         tinit=10, tfinal=10, target_modules=r".*encoder.*\.(query|key|value|dense)$"),
+        # "dense" as a name also matches the pooler's layer, which peftc does not adapt
+        "adalora_pooler": lambda: AdaLoraConfig(task_type="SEQ_CLS", init_r=4, target_r=2, total_step=100,
+                                                tinit=10, tfinal=10, target_modules=["query", "value", "dense"]),
     }
     for i, (kind, mk) in enumerate(kinds.items()):
         torch.manual_seed(10 + i)
@@ -191,8 +303,11 @@ def bert(a):
         g = torch.Generator().manual_seed(20 + i)
         with torch.no_grad():
             for n, p in pm.named_parameters():
-                if p.requires_grad:
+                # AdaLoRA's ranknum (init_r, not saved: PEFT 0.21 marks it trainable) stays
+                if p.requires_grad and "ranknum" not in n:
                     p.copy_((1.0 if "ia3" in n else 0.0) + torch.randn(p.shape, generator=g) * 0.3)
+        if kind.startswith("adalora"):
+            adalora_prune(pm, g)
         pm.eval()
         with torch.no_grad():
             pr = torch.softmax(pm(**enc).logits, -1)
@@ -262,6 +377,14 @@ def main():
     p.add_argument("--alpha", type=float, default=8); p.add_argument("--rslora", action="store_true")
     p.add_argument("--rank-pattern", default="{}"); p.add_argument("--alpha-pattern", default="{}")
     p.add_argument("--seed", type=int, default=0)
+    p = sp.add_parser("adalora"); p.add_argument("hf"); p.add_argument("out")
+    p.add_argument("--targets", default="q_proj,v_proj"); p.add_argument("--init-r", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=8); p.add_argument("--seed", type=int, default=0)
+    p = sp.add_parser("ia3"); p.add_argument("hf"); p.add_argument("out")
+    p.add_argument("--targets"); p.add_argument("--ff"); p.add_argument("--seed", type=int, default=0)
+    p = sp.add_parser("merged-logits"); p.add_argument("hf"); p.add_argument("adapter"); p.add_argument("ids"); p.add_argument("out")
+    p.add_argument("--save")
+    p = sp.add_parser("hf-logits"); p.add_argument("hf"); p.add_argument("ids"); p.add_argument("out")
     p = sp.add_parser("logits"); p.add_argument("hf"); p.add_argument("ids"); p.add_argument("out"); p.add_argument("--adapter")
     p = sp.add_parser("check-gguf"); p.add_argument("adapter"); p.add_argument("gguf"); p.add_argument("hf")
     p = sp.add_parser("gguf-writer"); p.add_argument("gguf")
@@ -269,7 +392,8 @@ def main():
     p = sp.add_parser("peft-probs"); p.add_argument("model"); p.add_argument("texts"); p.add_argument("adapters", nargs="+")
     p = sp.add_parser("bert"); p.add_argument("model"); p.add_argument("out"); p.add_argument("texts")
     a = ap.parse_args()
-    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert, "peft-probs": peft_probs, "lora-smol": lora_smol}[a.cmd](a)
+    {"lora": lora, "logits": logits, "check-gguf": check_gguf, "gguf-writer": gguf_writer, "bert": bert, "peft-probs": peft_probs, "lora-smol": lora_smol,
+     "adalora": adalora, "ia3": ia3, "merged-logits": merged_logits, "hf-logits": hf_logits}[a.cmd](a)
 
 
 if __name__ == "__main__":

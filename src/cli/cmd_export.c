@@ -1,5 +1,5 @@
 /* cmd_export.c: `peftc export --format gguf --adapter A --model BASE.gguf --out X.gguf`:
- * a decoder's LoRA adapter (a PEFT directory or a GGUF LoRA) as llama.cpp's GGUF LoRA;
+ * a decoder's LoRA or AdaLoRA adapter (a PEFT directory or a GGUF LoRA) as llama.cpp's GGUF LoRA;
  * `peftc export --format adapterhub --adapter RUN --model BASE --out DIR [--name N]`:
  * a bottleneck, LoRA or (IA)^3 adapter and its head as AdapterHub's save_adapter directory. */
 #include "cli/cli.h"
@@ -27,7 +27,7 @@ int cmd_export(cli_args *a)
     if (!strcmp(format, "adapterhub")) return export_adapterhub(a, adapter, model, out);
     if (strcmp(format, "gguf"))
         return cli_errorf(2, "export: --format %s: the formats are: gguf (llama.cpp LoRA), adapterhub (AdapterHub bottleneck adapters, LoRA, (IA)^3); PEFT directories are what train writes", format);
-    if (!adapter || !*adapter) return cli_errorf(2, "export: --adapter DIR (a PEFT LoRA directory) is required");
+    if (!adapter || !*adapter) return cli_errorf(2, "export: --adapter DIR (a PEFT LoRA or AdaLoRA directory) is required");
     if (!model || !*model) return cli_errorf(2, "export: --model BASE.gguf (the GGUF base llama.cpp will load) is required");
     if (!out || !*out) return cli_errorf(2, "export: --out FILE.gguf is required");
     if (cli_check_unused(a, "export")) return 2;

@@ -137,7 +137,19 @@ static int print_adapter_dir(const char *dir, const char *cfg_path)
         const char *tt = json_string_value(json_object_get(j, "task_type"));
         printf("directory: %s\nadapter: Hugging Face PEFT, peft_type %s, task_type %s", dir, pt, tt ? tt : "null");
         json_t *r = json_object_get(j, "r"), *al = json_object_get(j, "lora_alpha"), *nv = json_object_get(j, "num_virtual_tokens");
-        if (json_is_integer(r)) printf(", r %lld", (long long)json_integer_value(r));
+        json_t *ir = json_object_get(j, "init_r"), *rp = json_object_get(j, "rank_pattern");
+        if (pt && !strcmp(pt, "ADALORA") && json_is_integer(ir)) {
+            /* AdaLoRA's r is unused: init_r and the ranks its rank_pattern keeps are the adapter's */
+            printf(", init_r %lld", (long long)json_integer_value(ir));
+            if (json_is_object(rp) && json_object_size(rp)) {
+                long long kept = 0;
+                const char *k;
+                json_t *v, *e;
+                size_t i;
+                json_object_foreach(rp, k, v) json_array_foreach(v, i, e) kept += json_is_true(e);
+                printf(", rank_pattern keeps %lld of %lld triplets", kept, (long long)json_object_size(rp) * json_integer_value(ir));
+            }
+        } else if (json_is_integer(r)) printf(", r %lld", (long long)json_integer_value(r));
         if (json_is_number(al)) printf(", lora_alpha %g", json_number_value(al));
         if (json_is_true(json_object_get(j, "use_rslora"))) printf(", rsLoRA");
         if (json_is_integer(nv)) printf(", %lld virtual tokens", (long long)json_integer_value(nv));

@@ -105,7 +105,7 @@ static const char usage[] =
     "  chat --model FILE.gguf|DIR [--system TEXT] [the sampling and adapter options of generate]\n"
     "      an interactive conversation: one user turn per stdin line, an empty line quits\n"
     "  export --format gguf --adapter DIR|FILE.gguf --model BASE.gguf --out FILE.gguf\n"
-    "      a decoder's LoRA adapter as llama.cpp's GGUF LoRA (llama-cli --lora FILE.gguf)\n"
+    "      a decoder's LoRA or AdaLoRA adapter as llama.cpp's GGUF LoRA (llama-cli --lora FILE.gguf)\n"
     "  export --format adapterhub --adapter RUN_DIR --model DIR --out DIR [--name NAME]\n"
     "      a bottleneck adapter (pfeiffer, houlsby-form, parallel, scaled) and its head as AdapterHub's\n"
     "      save_adapter directory (adapters: model.load_adapter(DIR)); eval/predict read such directories\n"    "\n"

@@ -174,8 +174,9 @@ void decoder_lora_b_from_gguf(const decoder *d, site_id s, float *b, int out, in
     free(tmp);
 }
 
-peftc_status decoder_merge_lora(decoder *d, int layer, site_id s, const float *a, const float *b, int r,
-                                float scale, peftc_error *err)
+/* The F32 weight at (layer, s) replaced by a copy this decoder owns, to be
+ * changed in place; quantised weights are refused (they stay quantised). */
+static peftc_status owned_weight(decoder *d, int layer, site_id s, llama_weight **out, peftc_error *err)
 {
     llama_weight *w = site_weight(llama_model_layer(d->m, layer), s);
     if (!w) return peftc_fail(err, PEFTC_ERR_INPUT, "merge: no linear layer at %s", site_name(s));
@@ -192,6 +193,19 @@ peftc_status decoder_merge_lora(decoder *d, int layer, site_id s, const float *a
     float *copy = malloc(n * sizeof *copy);
     if (!copy) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory merging a %d x %d weight", w->out, w->in);
     memcpy(copy, w->data, n * sizeof *copy);
+    d->owned[d->n_owned++] = copy;
+    w->data = copy;
+    *out = w;
+    return PEFTC_OK;
+}
+
+peftc_status decoder_merge_lora(decoder *d, int layer, site_id s, const float *a, const float *b, int r,
+                                float scale, peftc_error *err)
+{
+    llama_weight *w;
+    peftc_status rc = owned_weight(d, layer, s, &w, err);
+    if (rc) return rc;
+    float *copy = (float *)w->data;
     /* W (out, in) += scale * B (out, r) A (r, in) */
     for (int i = 0; i < w->out; i++)
         for (int k = 0; k < r; k++) {
@@ -200,7 +214,16 @@ peftc_status decoder_merge_lora(decoder *d, int layer, site_id s, const float *a
             float *wi = copy + (size_t)i * w->in;
             for (int j = 0; j < w->in; j++) wi[j] += bik * ak[j];
         }
-    d->owned[d->n_owned++] = copy;
-    w->data = copy;
+    return PEFTC_OK;
+}
+
+peftc_status decoder_merge_scale(decoder *d, int layer, site_id s, const float *l, int input, peftc_error *err)
+{
+    llama_weight *w;
+    peftc_status rc = owned_weight(d, layer, s, &w, err);
+    if (rc) return rc;
+    float *copy = (float *)w->data;
+    for (int i = 0; i < w->out; i++)
+        for (int j = 0; j < w->in; j++) copy[(size_t)i * w->in + j] *= l[input ? j : i];
     return PEFTC_OK;
 }

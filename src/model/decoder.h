@@ -66,5 +66,9 @@ void decoder_lora_b_from_gguf(const decoder *d, site_id s, float *b, int out, in
  * weights (they stay quantised: use the adapter unmerged). */
 peftc_status decoder_merge_lora(decoder *d, int layer, site_id s, const float *a, const float *b, int r,
                                 float scale, peftc_error *err);
+/* W at (layer, site) with its rows (input 0: l has out values, in the
+ * model's row order) or its columns (input 1: l has in values) multiplied
+ * by l, as an (IA)^3 vector merges; the same refusal for quantised weights. */
+peftc_status decoder_merge_scale(decoder *d, int layer, site_id s, const float *l, int input, peftc_error *err);
 
 #endif

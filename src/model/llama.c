@@ -878,6 +878,7 @@ peftc_status llama_forward(llama_model *m, llama_ctx *c, const llama_run *run, c
             float g = c->g[i];
             c->g[i] = g / (1.0f + expf(-g)) * c->u[i];
         }
+        site(run, l, SITE_FFN_ACT, c->g, c->g, n);   /* down_proj's input: (IA)^3's feed-forward scale */
         if ((qr = linear_site(run, l, SITE_FFN_DOWN, c->tmp, c->g, &W->wdown, n))) goto qfail;
         for (size_t i = 0; i < (size_t)n * C; i++) c->x[i] += c->tmp[i];
     }

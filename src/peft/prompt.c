@@ -9,24 +9,33 @@
 peftc_status template_parse(const char *text, prompt_spec *ps, peftc_error *err)
 {
     ps->n_items = 0;
-    int n_virt = 0, have_text = 0, have_pair = 0;
+    int n_virt = 0, have_text = 0, have_pair = 0, cls = 0;
     char buf[1024];
     snprintf(buf, sizeof buf, "%s", text);
     for (char *save = NULL, *tok = strtok_r(buf, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
         if (ps->n_items == TEMPLATE_MAX) return peftc_fail(err, PEFTC_ERR_INPUT, "--template: more than %d items", TEMPLATE_MAX);
-        if (!strcmp(tok, "P")) { ps->items[ps->n_items++] = TPL_VIRT; n_virt++; }
+        if (!strcmp(tok, "P")) {
+            if (cls) return peftc_fail(err, PEFTC_ERR_INPUT, "--template: with [CLS], every P goes before it (PEFT's placement: P ... P [CLS] {text})");
+            ps->items[ps->n_items++] = TPL_VIRT; n_virt++;
+        } else if (!strcmp(tok, "[CLS]")) {
+            /* the virtual tokens before the whole input, as PEFT's P_TUNING and
+             * PROMPT_TUNING put them: only after the leading P's */
+            if (cls || have_text || n_virt != ps->n_items)
+                return peftc_fail(err, PEFTC_ERR_INPUT, "--template: [CLS] may come once, right after the leading P's (P ... P [CLS] {text})");
+            cls = 1;
+        }
         else if (!strcmp(tok, "{text}")) {
             if (have_text) return peftc_fail(err, PEFTC_ERR_INPUT, "--template: {text} appears twice");
             ps->items[ps->n_items++] = TPL_TEXT; have_text = 1;
         } else if (!strcmp(tok, "{pair}")) {
             if (have_pair || !have_text) return peftc_fail(err, PEFTC_ERR_INPUT, "--template: {pair} must come once, after {text}");
             ps->items[ps->n_items++] = TPL_PAIR; have_pair = 1;
-        } else return peftc_fail(err, PEFTC_ERR_INPUT, "--template: unknown item '%s' (use P, {text}, {pair})", tok);
+        } else return peftc_fail(err, PEFTC_ERR_INPUT, "--template: unknown item '%s' (use P, [CLS], {text}, {pair})", tok);
     }
     if (!have_text) return peftc_fail(err, PEFTC_ERR_INPUT, "--template '%s' has no {text} placeholder for the input", text);
     if (n_virt == 0) return peftc_fail(err, PEFTC_ERR_INPUT, "--template '%s' has no virtual token P", text);
     ps->n_virtual = n_virt;
-    ps->before_cls = 0;
+    ps->before_cls = cls;
     return PEFTC_OK;
 }
 
@@ -36,7 +45,9 @@ void template_format(const prompt_spec *ps, char *out, size_t cap)
     out[0] = 0;
     for (int i = 0; i < ps->n_items && n + 8 < cap; i++) {
         const char *s = ps->items[i] == TPL_VIRT ? "P" : ps->items[i] == TPL_TEXT ? "{text}" : "{pair}";
-        n += (size_t)snprintf(out + n, cap - n, "%s%s", i ? " " : "", s);
+        /* the virtual tokens before the whole input: [CLS] after them */
+        int cls = ps->before_cls && ps->items[i] != TPL_VIRT && i > 0 && ps->items[i - 1] == TPL_VIRT;
+        n += (size_t)snprintf(out + n, cap - n, "%s%s%s", i ? " " : "", cls ? "[CLS] " : "", s);
     }
 }
 

@@ -26,7 +26,9 @@ int adapter_is_gguf(const char *path)
 void lora_factors_free(lora_factors *lf)
 {
     for (int i = 0; i < lf->n; i++) { free(lf->f[i].a); free(lf->f[i].b); }
+    for (int i = 0; i < lf->nv; i++) free(lf->v[i].l);
     free(lf->f);
+    free(lf->v);
     memset(lf, 0, sizeof *lf);
 }
 
@@ -136,6 +138,66 @@ static int adalora_kept(json_t *rank_pattern, const char *mpath, int init_r, con
     return kept;
 }
 
+/* IA3: ia3_l (out, 1) multiplies a layer's output, (1, in) its input (PEFT's
+ * feedforward_modules): the shape says which, as PEFT's IA3Layer makes it. */
+static peftc_status read_peft_ia3(const char *stpath, const peftc_safetensors *st, const decoder *dec, lora_factors *lf,
+                                  peftc_error *err)
+{
+    static const char sfx[] = ".ia3_l";
+    const char *pre = decoder_peft_layers_prefix(dec);
+    size_t pl = strlen(pre), sl = sizeof sfx - 1;
+    peftc_status rc = PEFTC_OK;
+    const decoder_info *di = decoder_get_info(dec);
+    if (!(lf->v = calloc((size_t)(st->n ? st->n : 1), sizeof *lf->v))) return peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < st->n && !rc; i++) {
+        const st_tensor *t = &st->t[i];
+        size_t kl = strlen(t->name);
+        /* "<prefix><layer>.<module>.ia3_l" */
+        char module[128];
+        char *end = NULL;
+        long layer = -1;
+        site_id s;
+        int ok = kl > pl + sl && !strncmp(t->name, pre, pl) && !strcmp(t->name + kl - sl, sfx);
+        if (ok) {
+            layer = strtol(t->name + pl, &end, 10);
+            size_t ml = ok && end && *end == '.' ? (size_t)(t->name + kl - sl - (end + 1)) : 0;
+            ok = end != t->name + pl && layer >= 0 && layer <= 100000 && ml > 0 && ml < sizeof module;
+            if (ok) {
+                memcpy(module, end + 1, ml);
+                module[ml] = 0;
+                ok = decoder_site_of_module(dec, module, &s);
+            }
+        }
+        if (!ok) {
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is not an (IA)3 vector (ia3_l) of a linear layer of this %s model (maybe wrong base model?)",
+                            stpath, t->name, di->arch);
+            break;
+        }
+        if (layer >= di->n_layers) {
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: tensor '%s' is for layer %ld; the model has %d layers (maybe wrong base model?)",
+                            stpath, t->name, layer, di->n_layers);
+            break;
+        }
+        int in, out;
+        decoder_site_dims(dec, s, &in, &out);
+        int input = t->ndim == 2 && t->shape[0] == 1 && t->shape[1] == in && !(in == 1 && out == 1);
+        if (!input && !(t->ndim == 2 && t->shape[0] == out && t->shape[1] == 1)) {
+            rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: '%s' must be (%d, 1), or (1, %d) for a feed-forward module, for this model (maybe wrong base model?)",
+                            stpath, t->name, out, in);
+            break;
+        }
+        ia3_vector *v = &lf->v[lf->nv];
+        *v = (ia3_vector){(int)layer, s, input, input ? in : out, malloc((size_t)(input ? in : out) * sizeof(float))};
+        lf->nv++;
+        if (!v->l) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory"); break; }
+        if ((rc = st_to_f32(st, t, v->l, err))) break;
+        if (!all_finite(v->l, (size_t)v->n)) { rc = peftc_fail(err, PEFTC_ERR_NUMERIC, "%s: '%s' holds a non-finite value", stpath, t->name); break; }
+        if (!input) decoder_adapt_lora_b(dec, s, v->l, out, 1);   /* q/k output rows of a GGUF base */
+    }
+    if (!rc && !lf->nv) rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: no (IA)3 tensors (ia3_l)", stpath);
+    return rc;
+}
+
 static peftc_status read_peft(const char *dir, const decoder *dec, float us, lora_factors *lf, peftc_error *err)
 {
     char path[4096], stpath[4096];
@@ -158,10 +220,21 @@ static peftc_status read_peft(const char *dir, const decoder *dec, float us, lor
     const char *bias = json_string_value(json_object_get(j, "bias"));
     /* AdaLoRA: SVD factors P diag(E) Q, applied as the LoRA pair (B, diag(E) A) at
      * SVDLinear's scale lora_alpha / (ranknum + 1e-5), ranknum = init_r */
-    int ada = type && !strcmp(type, "ADALORA");
+    int ada = type && !strcmp(type, "ADALORA"), ia3 = type && !strcmp(type, "IA3");
     if (ada) jr = json_object_get(j, "init_r");
-    if (!type || (strcmp(type, "LORA") && !ada)) {
-        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type %s: decoders take LORA and ADALORA adapters", path, type ? type : "(missing)");
+    if (!type || (strcmp(type, "LORA") && !ada && !ia3)) {
+        rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: peft_type %s: decoders take LORA, ADALORA and IA3 adapters", path, type ? type : "(missing)");
+    } else if (ia3) {
+        /* no r or alpha: vectors only; --lora-scale has no meaning PEFT gives them */
+        if (json_is_true(json_object_get(j, "fan_in_fan_out")))
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: fan_in_fan_out adapters (GPT-2 Conv1D) do not apply to this model", path);
+        else if (mts && !json_is_null(mts) && !(json_is_array(mts) && json_array_size(mts) == 0))
+            rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: modules_to_save is not supported for decoders", path);
+        else if (us != 1.0f)
+            rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: an (IA)3 adapter has no scale to set (the adapter scale %g applies to LoRA)", dir, us);
+        else if (!(rc = peftc_safetensors_open(stpath, &st, err)))
+            rc = read_peft_ia3(stpath, st, dec, lf, err);
+        goto done;
     } else if (!json_is_integer(jr) || json_integer_value(jr) < 1 || json_integer_value(jr) > 65536) {
         rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: \"%s\" must be an integer in [1, 65536]", path, ada ? "init_r" : "r");
     } else if (ja && !json_is_number(ja)) {
@@ -414,6 +487,8 @@ peftc_status lora_read(const char *path, const decoder *dec, float user_scale, l
 peftc_status lora_write_gguf(const lora_factors *lf, const decoder *dec, const char *out_path, peftc_error *err)
 {
     const decoder_info *di = decoder_get_info(dec);
+    if (lf->nv)
+        return peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "an (IA)3 adapter has no GGUF form (llama.cpp's adapters are LoRA only)");
     if (!decoder_gguf(dec))
         return peftc_fail(err, PEFTC_ERR_INPUT, "--model: a GGUF LoRA is made for a GGUF base (its q/k row order); give the .gguf file llama.cpp will load");
     gguf_writer *w;
@@ -457,7 +532,9 @@ peftc_status peftc_export_gguf_lora(const char *adapter, const char *base_model,
     if (rc) return rc;
     lora_factors lf;
     if (!(rc = lora_read(adapter, dec, 1.0f, &lf, err))) {
-        rc = lora_write_gguf(&lf, dec, out_path, err);
+        rc = lf.nv ? peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: an (IA)3 adapter has no GGUF form: llama.cpp's adapters are LoRA "
+                                "(lora_a/lora_b) only; merge it into the base instead (peftc merge)", adapter)
+                   : lora_write_gguf(&lf, dec, out_path, err);
         lora_factors_free(&lf);
     }
     decoder_free(dec);

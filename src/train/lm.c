@@ -86,7 +86,7 @@ static peftc_status need_tokenizer(const peftc_lm *lm, peftc_error *err)
 
 /* Every adapter (a PEFT directory or a GGUF LoRA file, adapter_formats.c)
  * becomes one delta per adapted linear layer, with the factor's own rank and
- * scale; all deltas are declared first, then allocated at once and filled. */
+ * scale (an IA3 adapter: one scale delta per vector); all deltas are declared first, then allocated at once and filled. */
 static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_error *err)
 {
     peftc_status rc = PEFTC_OK;
@@ -104,15 +104,36 @@ static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_er
             snprintf(prefix, sizeof prefix, "adapter%d.%d.%s", k, f->layer, decoder_module_of_site(lm->dec, f->site));
             rc = delta_add(&lm->ds, &lm->pb, f->layer, f->in, f->out, &sp, prefix, err);
         }
+        for (int i = 0; i < src[k].nv && !rc; i++) {
+            /* (IA)^3: a scale delta on the output channels of its layer, or
+             * (PEFT's feed-forward down_proj) on the SwiGLU product that is
+             * down_proj's input; another layer's input has no site */
+            const ia3_vector *v = &src[k].v[i];
+            const char *mod = decoder_module_of_site(lm->dec, v->site);
+            if (v->input && v->site != SITE_FFN_DOWN) {
+                rc = peftc_fail(err, PEFTC_ERR_UNSUPPORTED, "%s: its (IA)3 vector scales the input of %s, which is applied merged only "
+                                "(peftc merge)", o->adapters[k], mod);
+                break;
+            }
+            delta_spec sp = {.kind = DELTA_SCALE, .site = v->input ? SITE_FFN_ACT : v->site};
+            char prefix[160];
+            snprintf(prefix, sizeof prefix, "adapter%d.%d.%s", k, v->layer, mod);
+            rc = delta_add(&lm->ds, &lm->pb, v->layer, v->n, v->n, &sp, prefix, err);
+        }
     }
     if (!rc && lm->ds.n) rc = params_alloc(&lm->pb, err);
-    for (int k = 0, di_ = 0; k < o->n_adapters && !rc; k++)
+    for (int k = 0, di_ = 0; k < o->n_adapters && !rc; k++) {
         for (int i = 0; i < src[k].n; i++) {
             const lora_factor *f = &src[k].f[i];
             delta *d = &lm->ds.d[di_++];
             memcpy(params_value(&lm->pb, d->p_down), f->a, (size_t)f->r * f->in * sizeof(float));
             memcpy(params_value(&lm->pb, d->p_up), f->b, (size_t)f->out * f->r * sizeof(float));
         }
+        for (int i = 0; i < src[k].nv; i++) {
+            delta *d = &lm->ds.d[di_++];
+            memcpy(params_value(&lm->pb, d->p_vec), src[k].v[i].l, (size_t)src[k].v[i].n * sizeof(float));
+        }
+    }
     for (int k = 0; k < o->n_adapters; k++) lora_factors_free(&src[k]);
     free(src);
     if (rc) return rc;
@@ -120,8 +141,12 @@ static peftc_status load_adapters(peftc_lm *lm, const peftc_lm_opts *o, peftc_er
     if (o->merge) {
         for (int i = 0; i < lm->ds.n && !rc; i++) {
             delta *d = &lm->ds.d[i];
-            rc = decoder_merge_lora(lm->dec, d->layer, d->spec.site, params_value(&lm->pb, d->p_down),
-                                    params_value(&lm->pb, d->p_up), d->spec.r, d->spec.scale, err);
+            if (d->spec.kind == DELTA_SCALE)
+                rc = d->spec.site == SITE_FFN_ACT ? decoder_merge_scale(lm->dec, d->layer, SITE_FFN_DOWN, params_value(&lm->pb, d->p_vec), 1, err)
+                                                  : decoder_merge_scale(lm->dec, d->layer, d->spec.site, params_value(&lm->pb, d->p_vec), 0, err);
+            else
+                rc = decoder_merge_lora(lm->dec, d->layer, d->spec.site, params_value(&lm->pb, d->p_down),
+                                        params_value(&lm->pb, d->p_up), d->spec.r, d->spec.scale, err);
         }
         delta_set_free(&lm->ds);
         memset(&lm->ds, 0, sizeof lm->ds);

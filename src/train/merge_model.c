@@ -6,8 +6,10 @@
  *     tensor under transformers' base-model prefix ("bert."), the pooler and
  *     the head as BertFor{Sequence,Token}Classification names them;
  *   - Llama decoders: the LoRA factors as the decoder applies them
- *     (lora_read: rsLoRA, rank/alpha patterns, q/k rows in the base's order)
- *     added to the weights they adapt, read from the base file itself so
+ *     (lora_read: rsLoRA, rank/alpha patterns, AdaLoRA, q/k rows in the
+ *     base's order) added to the weights they adapt, or an IA3 adapter's
+ *     vectors multiplying their rows (outputs) or columns (feed-forward
+ *     inputs), as PEFT's merge_and_unload does, read from the base file itself so
  *     that every other tensor and (GGUF) every metadata key passes through
  *     unchanged. */
 #include "train/eval.h"
@@ -262,36 +264,60 @@ static void add_lora(float *w, const lora_factor *f)
         }
 }
 
-/* the factor at "<prefix>N.<module>.weight" (prefix "model.layers." / "blk."),
- * modules by decoder_module_of_site / decoder_gguf_name_of_site; *linear = 1
- * if the name is a block linear weight at all */
-static const lora_factor *factor_of(const lora_factors *lf, const decoder *dec, const char *name, int gguf, int *linear)
+/* W (out, in) scaled by an (IA)^3 vector: its rows (output channels) or its
+ * columns (input channels), as PEFT's IA3 merge multiplies the weight */
+static void scale_ia3(float *w, const ia3_vector *v, int64_t out, int64_t in)
 {
-    *linear = 0;
+    for (int64_t i = 0; i < out; i++)
+        for (int64_t j = 0; j < in; j++) w[i * in + j] *= v->l[v->input ? j : i];
+}
+
+/* What the adapter holds for the weight "<prefix>N.<module>.weight" (prefix
+ * "model.layers." / "blk.", modules by decoder_module_of_site /
+ * decoder_gguf_name_of_site): its LoRA factor and (IA)^3 vector, NULL where
+ * none; returns 1 if the name is a block linear weight at all */
+static int adapted(const lora_factors *lf, const decoder *dec, const char *name, int gguf, const lora_factor **f,
+                   const ia3_vector **v)
+{
+    *f = NULL;
+    *v = NULL;
     const char *pre = gguf ? "blk." : "model.layers.";
     size_t pl = strlen(pre);
-    if (strncmp(name, pre, pl)) return NULL;
+    if (strncmp(name, pre, pl)) return 0;
     char *end;
     long layer = strtol(name + pl, &end, 10);
-    if (end == name + pl || *end != '.' || layer < 0 || layer > INT_MAX) return NULL;
+    if (end == name + pl || *end != '.' || layer < 0 || layer > INT_MAX) return 0;
     const char *mod = end + 1;
     for (int s = 0; s < SITE_COUNT; s++) {
         const char *mn = gguf ? decoder_gguf_name_of_site(dec, (site_id)s) : decoder_module_of_site(dec, (site_id)s);
         if (!mn) continue;
         size_t ml = strlen(mn);
         if (strncmp(mod, mn, ml) || strcmp(mod + ml, ".weight")) continue;
-        *linear = 1;
-        for (int i = 0; i < lf->n; i++)
-            if (lf->f[i].layer == layer && lf->f[i].site == (site_id)s) return &lf->f[i];
-        return NULL;
+        for (int i = 0; i < lf->n && !*f; i++)
+            if (lf->f[i].layer == layer && lf->f[i].site == (site_id)s) *f = &lf->f[i];
+        for (int i = 0; i < lf->nv && !*v; i++)
+            if (lf->v[i].layer == layer && lf->v[i].site == (site_id)s) *v = &lf->v[i];
+        return 1;
     }
-    return NULL;
+    return 0;
 }
 
-/* every factor must land on a tensor of the file: counted by the callers */
+/* a vector must fit the weight it scales */
+static peftc_status check_vector(const ia3_vector *v, int64_t out, int64_t in, const char *adapter, const char *name,
+                                 peftc_error *err)
+{
+    if (v->n == (v->input ? in : out)) return PEFTC_OK;
+    return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: its (IA)3 vector for %s has %d values, the weight %lld %s (wrong base model?)", adapter,
+                      name, v->n, (long long)(v->input ? in : out), v->input ? "inputs" : "outputs");
+}
+
+/* every factor and vector must land on a tensor of the file: counted by the callers */
 static peftc_status check_all_used(const lora_factors *lf, int used, const char *adapter, peftc_error *err)
 {
-    if (used == lf->n) return PEFTC_OK;
+    if (used == lf->n + lf->nv) return PEFTC_OK;
+    if (lf->nv)
+        return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %d of its %d (IA)3 vectors scale no weight of the base model (wrong base model?)",
+                          adapter, lf->n + lf->nv - used, lf->nv);
     return peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %d of its %d LoRA factors adapt no weight of the base model (wrong base model?)",
                       adapter, lf->n - used, lf->n);
 }
@@ -316,9 +342,10 @@ static peftc_status merge_gguf(const char *model, const char *adapter, const cha
     if (!rc && type_given) rc = gguf_w_u32(w, "general.file_type", (uint32_t)ot->ftype, err);
     for (int i = 0; i < gguf_tensor_count(g) && !rc; i++) {
         const gguf_tensor *t = gguf_tensor_at(g, i);
-        int linear;
-        const lora_factor *f = factor_of(lf, dec, t->name, 1, &linear);
-        if (!f && !(linear && type_given)) {
+        const lora_factor *f;
+        const ia3_vector *v;
+        int linear = adapted(lf, dec, t->name, 1, &f, &v);
+        if (!f && !v && !(linear && type_given)) {
             rc = gguf_w_tensor(w, t->name, t->type, t->n_dims, t->ne, t->data, t->nbytes, err);
             continue;
         }
@@ -334,6 +361,7 @@ static peftc_status merge_gguf(const char *model, const char *adapter, const cha
                             f->out, f->in, (long long)rows, (long long)cols);
             break;
         }
+        if (v && (rc = check_vector(v, rows, cols, adapter, t->name, err))) break;
         const ggml_type_traits *to = ggml_traits(ot->ggml);
         if (cols % to->block) {
             rc = peftc_fail(err, PEFTC_ERR_INPUT, "%s: tensor %s has rows of %lld values, which do not split into %s blocks of %d (--type f32, f16 or bf16)",
@@ -348,6 +376,7 @@ static peftc_status merge_gguf(const char *model, const char *adapter, const cha
         for (int64_t r = 0; r < rows; r++)
             quant_dequantize_row(t->type, (const char *)t->data + (size_t)r * row_bytes, tmp + r * cols, cols);
         if (f) { add_lora(tmp, f); used++; }
+        if (v) { scale_ia3(tmp, v, rows, cols); used++; }
         /* merged weights default to f32: re-quantising them is the user's choice (--type) */
         void *data;
         size_t bytes;
@@ -424,8 +453,9 @@ static peftc_status merge_hf_decoder(const char *model, const char *adapter, con
     for (int s = 0; !rc && s < nst; s++)
         for (int i = 0; i < sts[s]->n && !rc; i++) {
             const st_tensor *t = &sts[s]->t[i];
-            int linear;
-            const lora_factor *f = factor_of(lf, dec, t->name, 0, &linear);
+            const lora_factor *f;
+            const ia3_vector *iv;
+            adapted(lf, dec, t->name, 0, &f, &iv);
             if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
                 /* integer buffers (none in Llama checkpoints): passed through */
                 items[k] = (st_write_raw){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
@@ -437,10 +467,13 @@ static peftc_status merge_hf_decoder(const char *model, const char *adapter, con
                 rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: its factor for %s is (%d, %d), the weight is not", adapter, t->name, f->out, f->in);
                 break;
             }
+            if (iv && t->ndim != 2) { rc = peftc_fail(err, PEFTC_ERR_FORMAT, "%s: %s is not a matrix an (IA)3 vector scales", model, t->name); break; }
+            if (iv && (rc = check_vector(iv, t->shape[0], t->shape[1], adapter, t->name, err))) break;
             float *v = malloc((size_t)(t->numel ? t->numel : 1) * sizeof *v);
             if (!v) { rc = peftc_fail(err, PEFTC_ERR_NOMEM, "out of memory for %s", t->name); break; }
             if ((rc = keep(&kept, v, err)) || (rc = st_to_f32(sts[s], t, v, err))) break;
             if (f) { add_lora(v, f); used++; }
+            if (iv) { scale_ia3(v, iv, t->shape[0], t->shape[1]); used++; }
             void *data;
             size_t bytes;
             if ((rc = encode(v, 1, t->numel, ot->ggml, &data, &bytes, err))) break;

@@ -512,13 +512,14 @@ static const char *peft_type(const method_opts *mo)
     if (mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "ADALORA";
     if (mo->lora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms) return "LORA";
     if (!strcmp(mo->name, "ia3")) return "IA3";
-    /* prompt tuning exactly as PEFT runs it: virtual tokens before [CLS], no
-     * encoder, nothing else trained but the head. (P-tuning here places its
-     * tokens by a template after [CLS], which PEFT's P_TUNING does not, so it
-     * stays PEFTC.) */
-    if (mo->prompt.n_virtual > 0 && mo->prompt.before_cls && mo->prompt.encoder == PROMPT_ENC_NONE && !mo->lora &&
-        !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms && mo->prefix.n == 0)
-        return "PROMPT_TUNING";
+    /* prompt tuning / P-tuning exactly as PEFT runs them: virtual tokens
+     * before [CLS] (P-tuning: --template 'P ... P [CLS] {text}'), nothing
+     * else trained but the head; P-tuning's encoder is folded on save, as
+     * PEFT saves it. (P-tuning's other templates place tokens after [CLS],
+     * which PEFT's P_TUNING does not: they stay PEFTC.) */
+    if (mo->prompt.n_virtual > 0 && mo->prompt.before_cls && !mo->lora && !mo->n_deltas && mo->base == BASE_NONE &&
+        !mo->train_norms && mo->prefix.n == 0)
+        return mo->prompt.encoder == PROMPT_ENC_NONE ? "PROMPT_TUNING" : "P_TUNING";
     return "PEFTC"; /* this project's own methods: described by the "peftc" object */
 }
 
@@ -692,13 +693,22 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         json_object_set_new(own, "prompt", pj); /* saved folded: the encoder's output only */
         json_object_set_new(cfg, "num_virtual_tokens", json_integer(mo->prompt.n_virtual));
         json_object_set_new(cfg, "token_dim", json_integer(t->m->cfg.hidden_size));
-        if (!strcmp(peft_type(mo), "PROMPT_TUNING")) {   /* PromptTuningConfig's fields, resolved as PEFT saves them */
+        int ptt = !strcmp(peft_type(mo), "PROMPT_TUNING"), ptu = !strcmp(peft_type(mo), "P_TUNING");
+        if (ptt || ptu) {   /* PromptTuningConfig's / PromptEncoderConfig's fields, resolved as PEFT saves them */
             json_object_set_new(cfg, "num_transformer_submodules", json_integer(1));
             json_object_set_new(cfg, "num_attention_heads", json_integer(t->m->cfg.num_heads));
             json_object_set_new(cfg, "num_layers", json_integer(t->m->cfg.num_layers));
+        }
+        if (ptt) {
             json_object_set_new(cfg, "prompt_tuning_init", json_string("RANDOM"));
             json_object_set_new(cfg, "prompt_tuning_init_text", json_null());
             json_object_set_new(cfg, "tokenizer_name_or_path", json_null());
+        }
+        if (ptu) {   /* the encoder's shape: PEFT builds none in inference mode, the folded prompt is all it reads */
+            json_object_set_new(cfg, "encoder_reparameterization_type", json_string(mo->prompt.encoder == PROMPT_ENC_LSTM ? "LSTM" : "MLP"));
+            json_object_set_new(cfg, "encoder_hidden_size", json_integer(mo->prompt.hidden));
+            json_object_set_new(cfg, "encoder_num_layers", json_integer(2));
+            json_object_set_new(cfg, "encoder_dropout", json_real(0.0));
         }
     }
     if (mo->prefix.n > 0) {
@@ -743,7 +753,8 @@ peftc_status task_save_adapter(const task *t, const char *dir, const char *base_
         if (!strncmp(e->name, "prompt_encoder.", 15)) continue; /* folded below */
         items[ni].name = e->name;
         /* PEFT's prompt-learning models keep the head at base_model.classifier.* */
-        if (!strcmp(peft_type(mo), "PROMPT_TUNING") && !strncmp(e->name, HEAD_PREFIX "classifier.", strlen(HEAD_PREFIX "classifier.")))
+        if ((!strcmp(peft_type(mo), "PROMPT_TUNING") || !strcmp(peft_type(mo), "P_TUNING")) &&
+            !strncmp(e->name, HEAD_PREFIX "classifier.", strlen(HEAD_PREFIX "classifier.")))
             items[ni].name = !strcmp(e->name, HEAD_PREFIX "classifier.weight") ? "base_model.classifier.weight" : "base_model.classifier.bias";
         items[ni].ndim = e->ndim;
         for (int d = 0; d < e->ndim; d++) items[ni].shape[d] = e->shape[d];
@@ -964,9 +975,10 @@ peftc_status adapter_parse_config(const char *text, size_t len, const char *path
         for (int i = 0; i < 3; i++) mo->deltas[mo->n_deltas++] = (delta_spec){.kind = DELTA_SCALE, .site = sites[i]};
     } else if (!strcmp(type, "LORA")) {
         snprintf(mo->name, sizeof mo->name, "lora");
-    } else if (!strcmp(type, "PROMPT_TUNING")) {
-        /* as PEFT runs it: the virtual tokens before the whole input */
-        snprintf(mo->name, sizeof mo->name, "prompt");
+    } else if (!strcmp(type, "PROMPT_TUNING") || !strcmp(type, "P_TUNING")) {
+        /* as PEFT runs them: the virtual tokens before the whole input; PEFT
+         * saves P-tuning's encoder output (prompt_embeddings), used as is */
+        snprintf(mo->name, sizeof mo->name, "%s", strcmp(type, "P_TUNING") ? "prompt" : "ptuning");
         json_t *nv = json_object_get(cfg, "num_virtual_tokens");
         (void)nv;
         rc2 = cfg_int(cfg, "num_virtual_tokens", 1, 4096, 0, &mo->prompt.n_virtual, path, err);

@@ -321,7 +321,7 @@ static peftc_status save_prompt_embeddings(lm_task *t, const char *dir, int gguf
     return rc;
 }
 
-/* adapter_config.json (PEFT's fields: LoRA, AdaLoRA and the prompt-learning
+/* adapter_config.json (PEFT's fields: LoRA, AdaLoRA, (IA)^3 and the prompt-learning
  * methods load in PEFT as CAUSAL_LM adapters; other methods keep peftc's own
  * peft_type) and adapter_model.safetensors (PEFT's names). */
 peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base, int gguf_rows, peftc_error *err)
@@ -330,6 +330,19 @@ peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base,
     const model_family *f = t->m->family;
     int prompt_only = !mo->lora && !mo->adalora && !mo->n_deltas && mo->base == BASE_NONE && !mo->train_norms &&
                       ((mo->prefix.n > 0 && !mo->prefix.gate) != (mo->prompt.n_virtual > 0));
+    /* scale deltas alone, each at a linear layer's output or at down_proj's
+     * input (ffn.act; not with down_proj's output: PEFT gives a module one
+     * form): PEFT's IA3 */
+    unsigned ia3_sites = 0;
+    int ia3 = !mo->lora && !mo->adalora && mo->n_deltas > 0 && mo->base == BASE_NONE && !mo->train_norms &&
+              mo->prompt.n_virtual == 0 && mo->prefix.n == 0;
+    for (int i = 0; ia3 && i < mo->n_deltas; i++) {
+        const delta_spec *d = &mo->deltas[i];
+        site_id s = d->site;
+        ia3 = d->kind == DELTA_SCALE && (s == SITE_FFN_ACT || (site_is_linear(s) && f->site_target[s]));
+        ia3_sites |= 1u << s;
+    }
+    if (!ia3 || ((ia3_sites & (1u << SITE_FFN_ACT)) && (ia3_sites & (1u << SITE_FFN_DOWN)))) ia3_sites = 0;
     json_t *cfg = json_object();
     json_object_set_new(cfg, "base_model_name_or_path", json_string(base));
     json_object_set_new(cfg, "task_type", json_string("CAUSAL_LM"));
@@ -370,6 +383,23 @@ peftc_status lm_task_save_adapter(lm_task *t, const char *dir, const char *base,
             json_object_set_new(cfg, "encoder_reparameterization_type", json_string(mo->prompt.encoder == PROMPT_ENC_LSTM ? "LSTM" : "MLP"));
             json_object_set_new(cfg, "encoder_hidden_size", json_integer(mo->prompt.hidden));
         }
+    } else if (ia3_sites) {
+        /* PEFT's IA3: the scaled linear layers; down_proj's input (ffn.act)
+         * is its feed-forward form */
+        json_decref(tm);
+        tm = json_array();
+        json_t *ff = json_array();
+        for (int s = 0; s < SITE_COUNT; s++) {
+            if (!(ia3_sites & (1u << s))) continue;
+            site_id ls = s == SITE_FFN_ACT ? SITE_FFN_DOWN : (site_id)s;
+            json_array_append_new(tm, json_string(f->site_target[ls]));
+            if (s == SITE_FFN_ACT) json_array_append_new(ff, json_string(f->site_target[ls]));
+        }
+        json_object_set_new(cfg, "peft_type", json_string("IA3"));
+        json_object_set_new(cfg, "target_modules", tm);
+        json_object_set_new(cfg, "feedforward_modules", ff);
+        json_object_set_new(cfg, "fan_in_fan_out", json_false());
+        json_object_set_new(cfg, "init_ia3_weights", json_true());
     } else {
         json_decref(tm);
         json_object_set_new(cfg, "peft_type", json_string("PEFTC"));
