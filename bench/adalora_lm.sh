@@ -21,7 +21,7 @@ mkdir -p "$OUT"
 head -n "$EVAL" ../shared/data/gsm8k/test.jsonl > "$OUT/eval.jsonl"
 common=(--model "$HF" --train ../shared/data/gsm8k/train.jsonl --eval "$OUT/eval.jsonl"
         --prompt-template $'Question: {question}\nAnswer:' --response-field answer --max-len 256 --batch 4
-        --target-modules all-linear --alpha 16 --lr 1e-3 --max-steps "$STEPS" --seed 42)
+        --target-modules q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --alpha 16 --lr 1e-3 --max-steps "$STEPS" --seed 42)
 [ -f "$OUT/lora/metrics.json" ] || ./peftc train "${common[@]}" --method lora --r 8 --out "$OUT/lora" 2> "$OUT/lora.log"
 [ -f "$OUT/adalora/metrics.json" ] || ./peftc train "${common[@]}" --method adalora --init-r 12 --target-r 8 \
     --tinit $((STEPS / 10)) --tfinal $((STEPS / 5)) --delta-t 5 --out "$OUT/adalora" 2> "$OUT/adalora.log"
