@@ -77,7 +77,7 @@ expect_fail() { # name words... -- command...
     for w in "${words[@]}"; do printf '%s' "$out" | grep -qF -- "$w" || good=0; done
     if [ $good = 1 ]; then ok "$name: $out"; else bad "$name (exit $rc): $out"; fi
 }
-expect_fail "an IA3 adapter on a decoder" "bad_type/adapter_config.json" "IA3" -- drv $L/tiny --adapter $O/bad_type
+expect_fail "an IA3-typed adapter holding LoRA tensors on a decoder" "bad_type/adapter_model.safetensors" "not an (IA)3 vector" -- drv $L/tiny --adapter $O/bad_type
 expect_fail "r disagreeing with the tensors" "bad_shape" "maybe wrong base model" -- drv $L/tiny --adapter $O/bad_shape
 expect_fail "a missing adapter" "nonexistent/adapter_config.json" -- drv $L/tiny --adapter $O/nonexistent
 
